@@ -1,0 +1,186 @@
+"""Cheap capture on vLLM's threads; span building off them.
+
+Handlers call :func:`record_span` / :func:`record_event` with plain values (timestamps, ids, a
+few numbers). The call appends one tuple to a bounded queue and returns: no OpenTelemetry work
+happens on the serving thread. A daemon thread per process turns queued records into real SDK
+spans (``start_span(start_time=...)`` / ``end(end_time=...)``), so every configured span
+processor and exporter receives them and the configured sampler still applies.
+
+When the queue is full the record is dropped and counted (:func:`dropped_count`); vLLM is never
+blocked. :func:`flush` drains the queue synchronously (used at exit and in tests).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode
+
+from otel_vllm_ascend import contract
+
+_logger = logging.getLogger(__name__)
+
+MAX_QUEUE = int(os.environ.get("OTEL_VLLM_RECORD_QUEUE_SIZE", "65536"))
+DRAIN_INTERVAL_S = 0.2
+_TRACER_NAME = "otel_vllm_ascend"
+
+EventTuple = tuple  # (name, timestamp_ns, attributes)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.queue: collections.deque = collections.deque()
+        self.dropped = 0
+        self.thread: Optional[threading.Thread] = None
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.tracer_provider: Any = None
+        self.atexit_registered = False
+
+
+_state = _State()
+
+
+def set_tracer_provider(provider: Any) -> None:
+    """Use this provider instead of the global one (tests, explicit set-up)."""
+    _state.tracer_provider = provider
+
+
+def record_span(
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    attributes: Mapping[str, Any],
+    events: Optional[Sequence[EventTuple]] = None,
+    parent: Optional[SpanContext] = None,
+    links: Optional[Sequence[SpanContext]] = None,
+    exception: Optional[BaseException] = None,
+    thread_id: Optional[int] = None,
+) -> None:
+    """Queue one span record. ``attributes`` must not be mutated afterwards."""
+    queue = _state.queue
+    if len(queue) >= MAX_QUEUE:
+        _state.dropped += 1
+        return
+    queue.append(
+        (name, start_ns, end_ns, attributes, events, parent, links, exception,
+         thread_id or threading.get_native_id())
+    )
+    if _state.thread is None:
+        _start_thread()
+
+
+def record_event(name: str, attributes: Mapping[str, Any], timestamp_ns: Optional[int] = None,
+                 record: str = contract.RECORD_EVENT) -> None:
+    """Queue one event record that has no span around it (a zero-duration span)."""
+    ts = timestamp_ns or time.time_ns()
+    attrs = dict(attributes)
+    attrs[contract.RECORD] = record
+    record_span(name, ts, ts, attrs)
+
+
+def record_link(from_rid: str, to_rid: str, domain: str = "Engine") -> None:
+    record_event(contract.LINK_NAME, {contract.DOMAIN: domain, contract.LINK_FROM: from_rid,
+                                      contract.LINK_TO: to_rid}, record=contract.RECORD_LINK)
+
+
+def record_meta(key: str, value: Any) -> None:
+    record_event(contract.META_NAME, {contract.META_PREFIX + key: str(value)},
+                 record=contract.RECORD_META)
+
+
+def dropped_count() -> int:
+    return _state.dropped
+
+
+def pending_count() -> int:
+    return len(_state.queue)
+
+
+def flush() -> None:
+    """Turn every queued record into a span now, on the calling thread."""
+    with _state.lock:
+        _drain()
+
+
+def _start_thread() -> None:
+    with _state.lock:
+        if _state.thread is not None:
+            return
+        thread = threading.Thread(target=_run, name="otel-vllm-recorder", daemon=True)
+        _state.thread = thread
+        thread.start()
+        if not _state.atexit_registered:
+            # Registered after the SDK provider's own atexit hook, so it runs before it.
+            atexit.register(flush)
+            _state.atexit_registered = True
+
+
+def _run() -> None:
+    while True:
+        _state.wake.wait(DRAIN_INTERVAL_S)
+        _state.wake.clear()
+        try:
+            with _state.lock:
+                _drain()
+        except Exception:  # never let the thread die; one bad record must not stop the rest
+            _logger.debug("recorder drain failed", exc_info=True)
+
+
+def _drain() -> None:
+    queue = _state.queue
+    if not queue:
+        return
+    tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=_state.tracer_provider)
+    popleft = queue.popleft
+    while queue:
+        try:
+            rec = popleft()
+        except IndexError:
+            break
+        try:
+            _build(tracer, rec)
+        except Exception:
+            _logger.debug("could not build span %r", rec[0], exc_info=True)
+
+
+def _build(tracer: Any, rec: tuple) -> None:
+    name, start_ns, end_ns, attributes, events, parent, links, exception, tid = rec
+    context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
+    attrs = dict(attributes)
+    attrs[contract.THREAD_ID] = tid
+    span = tracer.start_span(
+        name,
+        context=context,
+        attributes=attrs,
+        links=[Link(ctx) for ctx in links] if links else None,
+        start_time=start_ns,
+    )
+    if events:
+        for event_name, ts, event_attrs in events:
+            span.add_event(event_name, event_attrs, ts)
+    if exception is not None:
+        span.record_exception(exception, timestamp=end_ns)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
+    span.end(end_time=end_ns)
+
+
+def _after_fork_in_child() -> None:
+    # The parent's drain thread does not exist here and its queued records are the parent's.
+    _state.queue = collections.deque()
+    _state.dropped = 0
+    _state.thread = None
+    _state.wake = threading.Event()
+    _state.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
