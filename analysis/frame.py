@@ -1,0 +1,316 @@
+"""The records frame: every capture record of every process in one pandas DataFrame.
+
+Readers (:mod:`otel_vllm_ascend.analysis.readers`) turn ``ms_service_*.db`` files and OTLP JSON
+files into this frame; every builder (requests, batches, KV cache, summaries, trace) reads it and
+never changes it. One row per record (span, event, link, metric sample); Meta rows are not
+records, they become the per-process columns ``host``, ``role`` and ``dp_rank``.
+
+Columns (``RECORD_COLUMNS``, in this order):
+
+============  ===========  ======================================================================
+column        dtype        meaning
+============  ===========  ======================================================================
+source        str          file stem the record came from (``ms_service_host-123``)
+host          str          host name (Meta ``hostname``, else taken from the file name)
+pid           int64        process id (``Mstx.pid``)
+tid           int64        OS thread id (``Mstx.tid``)
+role          str          ``api_server`` / ``engine_core`` / ``worker`` / ``""`` (Meta ``role``;
+                           when absent, guessed from the record names the process wrote)
+dp_rank       Int64        data-parallel rank (Meta ``dpRankId``), NA without data parallelism
+mark_id       int64        ``Mstx.markId``: per-process emission order
+name          str          record name (``httpReq``, ``modelExec``, ...); ``""`` if none
+domain        str          record domain (``Engine``, ``Schedule``, ``Schedule.KVCache``, ...)
+type          Int64        message ``type``: 0 event, 2 span, 3 link; NA if absent (metrics)
+start_us      float64      start, microseconds since the Unix epoch
+end_us        float64      end, microseconds since the Unix epoch (= start for events)
+dur_us        float64      ``end_us - start_us``
+rids          object       list[str]: the request ids the record is about, EngineCore (internal)
+                           ids already replaced by the API server's (external) ids through the
+                           link records of *all* processes; ``[]`` if none
+rid_detail    object       list[dict] or None: the per-request dicts of batch records
+                           (``rid``, ``iter``, ``type``, ``num_scheduled_tokens``, ...), ``rid``
+                           mapped like ``rids``
+batch_type    str          ``Prefill`` / ``Decode`` / ``Prefill,Decode`` / ``""``
+metrics       object       dict name -> float of the ``<N>=`` keys (suffix removed)
+metric_incs   object       dict name -> float of the ``<N>+`` keys (suffix removed)
+scopes        object       dict name -> value of the ``scope#<N>`` keys (prefix removed)
+attrs         object       dict of every other message key (``batch_size``, ``hitCache``, ``from``,
+                           ``to``, ...). A key named like a column never collides with it.
+============  ===========  ======================================================================
+
+Rows are sorted by ``start_us`` (ties keep file and ``mark_id`` order). Link records stay in the
+frame (name ``link``, type 3, ``attrs`` holding ``from``/``to``, ``rids`` empty).
+
+Message text is decoded once per row: JSON objects directly; the C++ caret form
+(``^key^:^value^,`` with a trailing comma) by turning ``^`` into ``"`` and wrapping in braces.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import pandas as pd
+
+RECORD_COLUMNS: tuple[str, ...] = (
+    "source", "host", "pid", "tid", "role", "dp_rank", "mark_id", "name", "domain", "type",
+    "start_us", "end_us", "dur_us", "rids", "rid_detail", "batch_type", "metrics",
+    "metric_incs", "scopes", "attrs",
+)
+
+ROLE_API_SERVER = "api_server"
+ROLE_ENGINE_CORE = "engine_core"
+ROLE_WORKER = "worker"
+
+# Record names that tell which vLLM process wrote a capture without a Meta ``role`` row.
+_API_SERVER_NAMES = frozenset({"httpReq", "httpRes", "tokenize", "detokenize", "link"})
+_ENGINE_CORE_NAMES = frozenset({"batchFrameworkProcessing", "modelExec", "KVCacheStatus",
+                                "Enqueue", "Dequeue", "Free", "CacheHitRate"})
+_WORKER_NAMES = frozenset({"computing_logits", "sample", "modelRunnerExec", "forward"})
+
+_LINK_TYPE = 3
+_json_loads = json.loads
+
+
+@dataclass
+class ProcessInfo:
+    """One process seen in the input (possibly spread over several per-thread files)."""
+
+    host: str
+    pid: int
+    role: str = ""
+    dp_rank: Optional[int] = None
+    sources: list[str] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+    records: int = 0
+
+
+def parse_message(text: Any) -> Optional[dict]:
+    """Decode one ``Mstx.message``; ``None`` when it is not a JSON object in either form."""
+    if not isinstance(text, str):
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        else:
+            return None
+    if text.startswith("{"):
+        try:
+            value = _json_loads(text)
+            return value if isinstance(value, dict) else None
+        except ValueError:
+            pass  # maybe caret form that happens to start with a brace
+    body = text.replace("^", '"').strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        if body.endswith(","):
+            body = body[:-1]
+        body = "{" + body + "}"
+    try:
+        value = _json_loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def canonical_rid(value: Any) -> str:
+    """Request ids as text; integral numbers print without a fraction (``5.0`` -> ``"5"``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+class RecordBuilder:
+    """Collects records column by column (cheap appends), then builds the frame once."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list] = {name: [] for name in RECORD_COLUMNS}
+        self.links: dict[str, str] = {}  # internal (to) -> external (from)
+
+    def __len__(self) -> int:
+        return len(self.columns["name"])
+
+    def add(self, source: str, pid: int, tid: int, mark_id: int, start_us: float,
+            end_us: float, message: dict, type_default: Optional[int] = None) -> None:
+        """Add one record whose message keys are already decoded into ``message``."""
+        cols = self.columns
+        name = message.pop("name", "")
+        domain = message.pop("domain", "")
+        rtype = message.pop("type", type_default)
+        rid = message.pop("rid", None)
+        batch_type = message.pop("batch_type", "")
+        rids: list[str] = []
+        detail = None
+        if rid is not None:
+            if isinstance(rid, list):
+                if rid and isinstance(rid[0], dict):
+                    detail = rid
+                    for item in rid:
+                        if isinstance(item, dict) and "rid" in item:
+                            value = item["rid"]
+                            if not isinstance(value, str):
+                                value = item["rid"] = canonical_rid(value)
+                            rids.append(value)
+                else:
+                    rids = [item if isinstance(item, str) else canonical_rid(item)
+                            for item in rid if item is not None and not isinstance(item, dict)]
+            elif isinstance(rid, str):
+                if rid:
+                    rids = [rid]
+            elif not isinstance(rid, dict):
+                rids = [canonical_rid(rid)]
+        metrics: dict[str, float] = {}
+        incs: dict[str, float] = {}
+        scopes: dict[str, Any] = {}
+        attrs: dict[str, Any] = {}
+        for key, value in message.items():
+            last = key[-1:] if key else ""
+            if last == "=":
+                metrics[key[:-1]] = _number(value)
+            elif last == "+":
+                incs[key[:-1]] = _number(value)
+            elif key.startswith("scope#"):
+                scopes[key[6:]] = value
+            else:
+                attrs[key] = value
+        try:
+            rtype_int = None if rtype is None else int(rtype)
+        except (TypeError, ValueError):
+            rtype_int = None
+        if (rtype_int == _LINK_TYPE or name == "link") and "to" in attrs and "from" in attrs:
+            self.links[canonical_rid(attrs["to"])] = canonical_rid(attrs["from"])
+        cols["source"].append(source)
+        cols["pid"].append(pid)
+        cols["tid"].append(tid)
+        cols["mark_id"].append(mark_id)
+        cols["name"].append(name if isinstance(name, str) else str(name))
+        cols["domain"].append(domain if isinstance(domain, str) else str(domain))
+        cols["type"].append(rtype_int)
+        cols["start_us"].append(start_us)
+        cols["end_us"].append(end_us)
+        cols["rids"].append(rids)
+        cols["rid_detail"].append(detail)
+        cols["batch_type"].append(batch_type if isinstance(batch_type, str) else str(batch_type))
+        cols["metrics"].append(metrics)
+        cols["metric_incs"].append(incs)
+        cols["scopes"].append(scopes)
+        cols["attrs"].append(attrs)
+
+    def build(self, processes: Iterable[ProcessInfo]) -> pd.DataFrame:
+        """Map request ids, attach per-process columns, sort by time."""
+        cols = self.columns
+        n = len(cols["name"])
+        if not n:
+            return empty_frame()
+        map_request_ids(cols["rids"], cols["rid_detail"], self.links)
+        by_key = {(p.pid, s): p for p in processes for s in p.sources}
+        hosts, roles, ranks = [], [], []
+        cache: dict[tuple, tuple] = {}
+        for source, pid in zip(cols["source"], cols["pid"]):
+            key = (pid, source)
+            got = cache.get(key)
+            if got is None:
+                proc = by_key.get(key)
+                got = ((proc.host, proc.role, proc.dp_rank) if proc is not None
+                       else ("", "", None))
+                cache[key] = got
+            hosts.append(got[0])
+            roles.append(got[1])
+            ranks.append(got[2])
+        cols["host"] = hosts
+        cols["role"] = roles
+        cols["dp_rank"] = ranks
+        start = np.asarray(cols["start_us"], dtype="float64")
+        end = np.asarray(cols["end_us"], dtype="float64")
+        data = {
+            "source": pd.array(cols["source"], dtype=object),
+            "host": pd.array(hosts, dtype=object),
+            "pid": np.asarray(cols["pid"], dtype="int64"),
+            "tid": np.asarray(cols["tid"], dtype="int64"),
+            "role": pd.array(roles, dtype=object),
+            "dp_rank": pd.array(ranks, dtype="Int64"),
+            "mark_id": np.asarray(cols["mark_id"], dtype="int64"),
+            "name": pd.array(cols["name"], dtype=object),
+            "domain": pd.array(cols["domain"], dtype=object),
+            "type": pd.array(cols["type"], dtype="Int64"),
+            "start_us": start,
+            "end_us": end,
+            "dur_us": end - start,
+        }
+        for name in ("rids", "rid_detail", "batch_type", "metrics", "metric_incs", "scopes",
+                     "attrs"):
+            arr = np.empty(n, dtype=object)
+            arr[:] = cols[name]
+            data[name] = arr
+        frame = pd.DataFrame(data, columns=list(RECORD_COLUMNS))
+        order = np.argsort(start, kind="stable")
+        frame = frame.take(order).reset_index(drop=True)
+        return frame
+
+
+def map_request_ids(rids_column: list, detail_column: list, links: dict[str, str]) -> None:
+    """Replace internal ids by external ids in place (lists freshly decoded by the reader)."""
+    if not links:
+        return
+    get = links.get
+    for rids in rids_column:
+        for i, rid in enumerate(rids):
+            ext = get(rid)
+            if ext is not None:
+                rids[i] = ext
+    for detail in detail_column:
+        if detail:
+            for item in detail:
+                if isinstance(item, dict):
+                    rid = item.get("rid")
+                    ext = get(rid) if rid is not None else None
+                    if ext is not None:
+                        item["rid"] = ext
+
+
+def guess_role(names: Iterable[str]) -> str:
+    """The vLLM process kind from the record names it wrote (captures without a role row)."""
+    seen = set(names)
+    if seen & _ENGINE_CORE_NAMES:
+        return ROLE_ENGINE_CORE
+    if seen & _API_SERVER_NAMES:
+        return ROLE_API_SERVER
+    if seen & _WORKER_NAMES:
+        return ROLE_WORKER
+    return ""
+
+
+def empty_frame() -> pd.DataFrame:
+    """A frame with every column and no rows."""
+    dtypes = {"pid": "int64", "tid": "int64", "mark_id": "int64", "dp_rank": "Int64",
+              "type": "Int64", "start_us": "float64", "end_us": "float64", "dur_us": "float64"}
+    return pd.DataFrame({c: pd.Series([], dtype=dtypes.get(c, object)) for c in RECORD_COLUMNS})
+
+
+def format_datetime_us(values: Any) -> pd.Series:
+    """µs since the epoch -> ``YYYY-MM-DD HH:MM:SS.ffffff+00:00`` text (UTC); NaN -> ``""``."""
+    series = pd.Series(values, dtype="float64")
+    stamps = pd.to_datetime(series.round(), unit="us", utc=True)
+    text = stamps.dt.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+    return text.astype(object).where(series.notna(), "")
+
+
+def metric_column(frame: pd.DataFrame, name: str, column: str = "metrics") -> pd.Series:
+    """One key of the ``metrics`` (or ``metric_incs``/``scopes``/``attrs``) dicts as a Series."""
+    values = [d.get(name) if d else None for d in frame[column].tolist()]
+    if column in ("metrics", "metric_incs"):
+        return pd.Series(np.asarray([np.nan if v is None else v for v in values],
+                                    dtype="float64"), index=frame.index)
+    return pd.Series(values, index=frame.index, dtype=object)
