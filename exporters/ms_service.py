@@ -1,0 +1,284 @@
+"""``ms_service``: an OpenTelemetry span exporter writing msserviceprofiler's SQLite capture files.
+
+Each process writes ``<prof_dir>/<MMDD-HHMM>/ms_service_<hostname>-<pid>.db`` with the two tables
+msserviceprofiler's C library writes::
+
+    Mstx(message TEXT, flag INTEGER, markId INTEGER, timestamp INTEGER, endTimestamp INTEGER,
+         pid INTEGER, tid INTEGER)
+    Meta(name TEXT, value TEXT)
+
+so captures open in the Ascend tooling (``msserviceprofiler analyze``, MindStudio Insight) as
+well as in ``otel-vllm-analyze``. How spans become rows is described in
+``otel_vllm_ascend.exporters.message`` and ``docs/span-contract.md``; the folder in
+``otel_vllm_ascend.exporters.session``.
+
+Use it by name::
+
+    OTEL_TRACES_EXPORTER=ms_service            # file only (the distro's default)
+    OTEL_TRACES_EXPORTER=ms_service,otlp       # file and OTLP
+
+Behaviour worth knowing:
+
+* The database is opened lazily by the process that exports (never reused after a fork), in WAL
+  mode, one transaction per exported batch: whatever was exported survives ``kill -9``.
+  ``force_flush``/``shutdown`` of the span processor write everything queued.
+* Spans that could not be written (read-only or full disk, a deleted folder, a symlink where the
+  file should be, which is refused) are dropped and counted in :attr:`dropped_spans`; one error
+  is logged per failure episode, never one per span, and serving goes on.
+* Only spans recorded under the span contract are written (scope ``otel_vllm_ascend*`` or an
+  ``ms.domain``/``ms.record`` attribute); other instrumentations' spans go to OTLP only.
+* Files are created with mode 0640, folders with 0750.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import stat
+import threading
+import weakref
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from otel_vllm_ascend.exporters import message as _message
+from otel_vllm_ascend.exporters import session as _session
+
+_logger = logging.getLogger(__name__)
+
+FILE_MODE = 0o640
+CREATE_MSTX = (
+    "CREATE TABLE IF NOT EXISTS Mstx(message TEXT, flag INTEGER, markId INTEGER, "
+    "timestamp INTEGER, endTimestamp INTEGER, pid INTEGER, tid INTEGER)"
+)
+CREATE_META = "CREATE TABLE IF NOT EXISTS Meta(name TEXT, value TEXT)"
+_INSERT_MSTX = "INSERT INTO Mstx VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_META = "INSERT INTO Meta VALUES (?, ?)"
+
+
+class CaptureWriteError(Exception):
+    """The capture file cannot be opened or written; the message says which file and why."""
+
+
+def db_file_name(hostname: str, pid: int) -> str:
+    return f"ms_service_{hostname}-{pid}.db"
+
+
+class _ProcessDb:
+    """The database of one process: its connection and its markId counter."""
+
+    def __init__(self, path: Path, hostname: str) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.conn = _open_db(path)
+        identity = os.stat(path)
+        self.identity = (identity.st_dev, identity.st_ino)
+        row = self.conn.execute("SELECT MAX(markId) FROM Mstx").fetchone()
+        self.next_mark = 0 if row[0] is None else row[0] + 1
+        self.write([], [("hostname", hostname), ("ppid", str(os.getppid()))])
+
+    def still_there(self) -> bool:
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == self.identity
+
+    def write(self, mstx: Sequence[tuple], meta: Sequence[Tuple[str, str]]) -> None:
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            if mstx:
+                conn.executemany(_INSERT_MSTX, mstx)
+            if meta:
+                conn.executemany(_INSERT_META, meta)
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+
+    def close(self, checkpoint: bool) -> None:
+        try:
+            if checkpoint:
+                # Leave one self-contained file behind: readers on read-only copies need no -wal.
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.conn.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error:
+            pass  # another connection may hold the file; the WAL stays valid for readers
+        finally:
+            self.conn.close()
+
+
+def _open_db(path: Path) -> sqlite3.Connection:
+    _session.make_folder(path.parent)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise CaptureWriteError(
+                f"{path}: is a symbolic link; refusing to write through it") from None
+        raise CaptureWriteError(f"{path}: cannot create the capture file: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CaptureWriteError(f"{path}: is not a regular file; refusing to write to it")
+        if info.st_size == 0:
+            os.fchmod(fd, FILE_MODE)  # the create mode is filtered by the umask
+    finally:
+        os.close(fd)
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise CaptureWriteError(f"{path}: cannot open the capture file: {exc}") from exc
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses nothing
+        conn.execute(CREATE_MSTX)
+        conn.execute(CREATE_META)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise CaptureWriteError(f"{path}: cannot initialise the capture file: {exc}") from exc
+    return conn
+
+
+class MsServiceSpanExporter(SpanExporter):
+    """Writes spans to ``<folder>/ms_service_<hostname>-<pid>.db`` (msserviceprofiler format).
+
+    ``folder`` defaults to the service's collection folder
+    (:func:`otel_vllm_ascend.exporters.session.session_dir`, chosen at construction).
+    """
+
+    def __init__(self, folder: Union[str, Path, None] = None,
+                 hostname: Optional[str] = None) -> None:
+        self.folder = Path(folder) if folder is not None else _session.session_dir()
+        self.hostname = hostname or socket.gethostname()
+        self.dropped_spans = 0
+        self.written_rows = 0
+        self._db: Optional[_ProcessDb] = None
+        self._lock = threading.Lock()
+        self._failing = False
+        self._shutdown = False
+        self._warned_keys: set = set()
+        self._abandoned: List[sqlite3.Connection] = []
+        _reset_in_fork_children(self)
+
+    @property
+    def path(self) -> Path:
+        """This process's capture file."""
+        return self.folder / db_file_name(self.hostname, os.getpid())
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        try:
+            with self._lock:
+                return self._export_locked(spans)
+        except Exception:  # never raise into the SDK's worker thread
+            self.dropped_spans += len(spans)
+            _logger.exception("ms_service exporter: dropped %d spans", len(spans))
+            return SpanExportResult.FAILURE
+
+    def _export_locked(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        mstx: List[tuple] = []
+        meta: List[Tuple[str, str]] = []
+        pid = os.getpid()
+        rejected: List[str] = []
+        for records in _message.iter_records(spans):
+            for row in records.mstx:
+                mstx.append(row)
+            if records.meta:
+                meta.extend(records.meta)
+            if records.rejected_keys:
+                rejected.extend(records.rejected_keys)
+        if rejected:
+            self._warn_rejected(rejected)
+        if not mstx and not meta:
+            return SpanExportResult.SUCCESS
+        try:
+            db = self._current_db()
+            first = db.next_mark
+            numbered = [(r[0], r[1], first + i, r[2], r[3], pid, r[4]) for i, r in enumerate(mstx)]
+            db.write(numbered, meta)
+            db.next_mark = first + len(numbered)
+        except (CaptureWriteError, sqlite3.Error, OSError) as exc:
+            self._record_failure(len(spans), exc)
+            return SpanExportResult.FAILURE
+        self.written_rows += len(mstx)
+        if self._failing:
+            self._failing = False
+            _logger.warning("ms_service exporter: writing to %s again", self.path)
+        return SpanExportResult.SUCCESS
+
+    def _current_db(self) -> _ProcessDb:
+        db = self._db
+        if db is not None and db.pid == os.getpid():
+            if db.still_there():
+                return db
+            self._db = None
+            db.conn.close()
+            raise CaptureWriteError(f"{db.path}: the capture file or its folder was removed")
+        if db is not None:  # inherited across fork: never touch the parent's connection
+            self._abandoned.append(db.conn)
+            self._db = None
+        self._db = _ProcessDb(self.path, self.hostname)
+        return self._db
+
+    def _record_failure(self, count: int, exc: BaseException) -> None:
+        self.dropped_spans += count
+        if not self._failing:
+            self._failing = True
+            _logger.error(
+                "ms_service exporter: cannot write %s (%s); dropping spans until it works again "
+                "(dropped so far: %d). Serving is not affected.",
+                self.path, exc, self.dropped_spans,
+            )
+
+    def _warn_rejected(self, keys: List[str]) -> None:
+        new = sorted(set(keys) - self._warned_keys)
+        if new:
+            self._warned_keys.update(new)
+            _logger.warning(
+                "ms_service exporter: attribute(s) %s left out of the message: the Ascend analyzer "
+                "uses these names for its own columns and would reject the file; rename them",
+                ", ".join(new),
+            )
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # every export() commits before it returns
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._shutdown = True
+            db = self._db
+            self._db = None
+            if db is not None and db.pid == os.getpid():
+                db.close(checkpoint=True)
+        if self.dropped_spans:
+            _logger.error(
+                "ms_service exporter: %d spans could not be written to %s", self.dropped_spans,
+                self.folder,
+            )
+
+
+def _reset_in_fork_children(exporter: MsServiceSpanExporter) -> None:
+    # The parent's export thread may hold the lock at fork time; the child needs a fresh one.
+    if not hasattr(os, "register_at_fork"):
+        return
+    ref = weakref.ref(exporter)
+
+    def after_in_child() -> None:
+        live = ref()
+        if live is not None:
+            live._lock = threading.Lock()
+            live._failing = False
+            live.dropped_spans = 0
+            live.written_rows = 0
+
+    os.register_at_fork(after_in_child=after_in_child)

@@ -1,0 +1,67 @@
+"""Span processors the distro installs next to the exporters.
+
+* :class:`ThreadIdSpanProcessor` stamps ``thread.id`` (the OS thread id) on spans that start
+  without one, so the ``Mstx.tid`` column names the recording thread, not the exporter's.
+* :class:`CountingBatchSpanProcessor` is the SDK's ``BatchSpanProcessor`` that also counts the
+  spans it drops because its queue (``OTEL_BSP_MAX_QUEUE_SIZE``) is full, and says once how to
+  size the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Optional
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from otel_vllm_ascend import contract
+
+_logger = logging.getLogger(__name__)
+
+
+class ThreadIdSpanProcessor(SpanProcessor):
+    """Adds ``thread.id`` at span start when the span does not carry one already."""
+
+    def on_start(self, span: Span, parent_context: Optional[Context] = None) -> None:
+        attrs = span.attributes
+        if attrs is None or contract.THREAD_ID not in attrs:
+            span.set_attribute(contract.THREAD_ID, threading.get_native_id())
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """``BatchSpanProcessor`` with a count of queue-overflow drops in :attr:`dropped_spans`."""
+
+    def __init__(self, span_exporter: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(span_exporter, *args, **kwargs)
+        self.dropped_spans = 0
+        self._queue_limit: Optional[int] = getattr(self._pending(), "maxlen", None)
+
+    def _pending(self) -> Any:
+        # The SDK keeps its bounded deque private; without it we cannot count, only forward.
+        return getattr(getattr(self, "_batch_processor", None), "_queue", None)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        limit = self._queue_limit
+        if limit is not None and span.context is not None and span.context.trace_flags.sampled:
+            queue = self._pending()
+            if queue is not None and len(queue) >= limit:
+                self.dropped_spans += 1
+                if self.dropped_spans == 1:
+                    _logger.error(
+                        "span queue full (%d spans): the oldest spans are being dropped before "
+                        "export by %s. Raise OTEL_BSP_MAX_QUEUE_SIZE (see docs/exporters.md); "
+                        "the count is kept in dropped_spans and reported at exit.",
+                        limit, type(self.span_exporter).__name__,
+                    )
+        super().on_end(span)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        if self.dropped_spans:
+            _logger.error(
+                "%d spans were dropped because the span queue (OTEL_BSP_MAX_QUEUE_SIZE=%s) was "
+                "full", self.dropped_spans, self._queue_limit,
+            )
