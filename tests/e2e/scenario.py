@@ -1,0 +1,177 @@
+"""One profiled serving session, driven the way a user of the seed's quick start would.
+
+The server starts with ``"enable": 0``; the driver then sends requests in phases and flips the
+config file with ``sed`` between them:
+
+========== ================================================= ==========================
+phase      config while it runs                              expected in the capture
+========== ================================================= ==========================
+off_before ``enable 0``                                      nothing
+on         ``enable 1`` (main mix, concurrent, traceparent)  every request, once
+identity   ``enable 1`` (sequential, compared with baseline) every request, once
+off_after  back to ``enable 0``                              nothing
+timed      ``enable 1`` with ``timelimit`` (early requests)  every request, once
+expired    same file, after the time limit has passed        nothing
+========== ================================================= ==========================
+
+Everything the tests check is gathered here once per activation path, so the server starts
+only once per path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import otlp_receiver
+import profiling_workdir
+import workload
+from serve import VllmServer
+
+TOGGLE_PICKUP_S = 3.0  # the tool polls the config about every 0.5 s; the machine is busy
+TIMELIMIT_S = 5
+OTLP_SETTLE_S = 20.0
+
+RECORDED_PHASES = ("on", "identity", "timed")
+SILENT_PHASES = ("off_before", "off_after", "expired")
+
+
+def identity_specs(prefix: str) -> list:
+    """Sequential requests whose outputs are compared between servers (same seed, same text)."""
+    return workload.make_requests(6, seed=7, prompt_words=(3, 9, 21), output_tokens=(8, 24),
+                                  id_prefix=prefix)
+
+
+@dataclasses.dataclass
+class ServingRun:
+    path: str
+    work: Path
+    server_log: Path
+    phases: dict
+    pid_names: dict
+    api_pid: int
+    num_gpu_blocks: Optional[int]
+    prof_dir: Optional[Path] = None
+    output_dir: Optional[Path] = None
+    analyzer_rc: Optional[int] = None
+    analyzer_output: str = ""
+    otlp_before_stop: list = dataclasses.field(default_factory=list)
+    otlp_after_stop: list = dataclasses.field(default_factory=list)
+    stop_rc: Optional[int] = None
+
+    def results(self, *phases: str) -> list:
+        return [r for phase in phases for r in self.phases.get(phase, [])]
+
+
+def gpu_blocks(url: str) -> Optional[int]:
+    """``num_gpu_blocks`` as vLLM itself reports it on /metrics (cache_config_info)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(r'vllm:cache_config_info\{[^}]*num_gpu_blocks="(\d+)"', text)
+    return int(match.group(1)) if match else None
+
+
+def process_names(server: VllmServer) -> dict:
+    import psutil
+
+    names = {}
+    for pid in server.pids():
+        try:
+            process = psutil.Process(pid)
+            names[pid] = " ".join([process.name(), *process.cmdline()[:3]])
+        except psutil.Error:
+            continue
+    return names
+
+
+def _run_phase(server: VllmServer, specs: list, concurrency: int) -> list:
+    return workload.run(server.url, server.model_name, specs, concurrency, timeout_s=300)
+
+
+def run_baseline(model: Path, work: Path) -> ServingRun:
+    """vLLM without the tool (its plugins switched off): reference outputs and KV size."""
+    env = {"VLLM_PLUGINS": "none-of-the-installed"}
+    with VllmServer(model, work, env=env) as server:
+        phases = {"identity": _run_phase(server, identity_specs("base"), 1)}
+        blocks = gpu_blocks(server.url)
+        names = process_names(server)
+        api_pid = server.process.pid
+    return ServingRun("baseline", work, server.log_path, phases, names, api_pid, blocks)
+
+
+def run_profiled(path: str, model: Path, work: Path) -> ServingRun:
+    """Serve with the tool by activation ``path`` (``instrument`` or ``plugin``), OTLP on."""
+    files = profiling_workdir.prepare(work, enable=0)
+    receiver = otlp_receiver.OtlpReceiver().start()
+    env = files.env()
+    env.update({
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+        "OTEL_SERVICE_NAME": f"vllm-e2e-{path}",
+    })
+    launcher: tuple = ()
+    if path == "instrument":
+        launcher = ("opentelemetry-instrument",)
+        env.update({"OTEL_TRACES_EXPORTER": "ms_service,otlp", "OTEL_METRICS_EXPORTER": "none",
+                    "OTEL_LOGS_EXPORTER": "none"})
+    server = VllmServer(model, work, env=env, launcher=launcher)
+    phases: dict = {}
+    try:
+        server.start()
+        names = process_names(server)
+        blocks = gpu_blocks(server.url)
+        conc = dict(concurrency=3)
+        phases["off_before"] = _run_phase(
+            server, workload.make_requests(6, seed=1, id_prefix=f"{path}off1"), **conc)
+
+        profiling_workdir.set_enable(files.config, True)
+        time.sleep(TOGGLE_PICKUP_S)
+        phases["on"] = _run_phase(server, workload.make_requests(
+            24, seed=2, prompt_words=(4, 12, 24, 40), output_tokens=(4, 16, 32, 64),
+            id_prefix=f"{path}on", traceparent=True), concurrency=8)
+        phases["identity"] = _run_phase(server, identity_specs(f"{path}id"), 1)
+
+        profiling_workdir.set_enable(files.config, False)
+        time.sleep(TOGGLE_PICKUP_S)
+        phases["off_after"] = _run_phase(
+            server, workload.make_requests(6, seed=3, id_prefix=f"{path}off2"), **conc)
+
+        profiling_workdir.set_timelimit(files.config, TIMELIMIT_S)
+        time.sleep(1.0)
+        switched_on = time.monotonic()
+        profiling_workdir.set_enable(files.config, True)
+        time.sleep(1.5)
+        phases["timed"] = _run_phase(server, workload.make_requests(
+            4, seed=4, output_tokens=(4,), id_prefix=f"{path}tl"), concurrency=4)
+        time.sleep(max(0.0, switched_on + TIMELIMIT_S + 3.0 - time.monotonic()))
+        phases["expired"] = _run_phase(
+            server, workload.make_requests(4, seed=5, id_prefix=f"{path}exp"), **conc)
+
+        # Spans must reach the receiver while the server still runs (batch delay 0.5 s).
+        deadline = time.monotonic() + OTLP_SETTLE_S
+        seen = -1
+        while time.monotonic() < deadline:
+            time.sleep(2.0)
+            count = len(receiver.spans())
+            if count and count == seen:
+                break
+            seen = count
+        otlp_before = receiver.spans()
+        api_pid = server.process.pid
+    finally:
+        stop_rc = server.stop()
+    time.sleep(1.0)
+    run = ServingRun(path, work, server.log_path, phases, names, api_pid, blocks,
+                     prof_dir=files.prof_dir, output_dir=work / "analysis",
+                     otlp_before_stop=otlp_before, otlp_after_stop=receiver.spans(),
+                     stop_rc=stop_rc)
+    receiver.stop()
+    run.analyzer_rc, run.analyzer_output = profiling_workdir.run_analyzer(
+        files.prof_dir, run.output_dir)
+    return run

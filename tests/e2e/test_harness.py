@@ -1,0 +1,35 @@
+"""The end-to-end harness itself, on vLLM without the tool: model, server, client."""
+
+from __future__ import annotations
+
+import hashlib
+
+from build_tiny_model import build
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_tiny_model_build_is_deterministic(tiny_model, tmp_path):
+    rebuilt = build(tmp_path / "model")
+    assert _digests(rebuilt) == _digests(tiny_model)
+    assert {"config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json"} <= set(_digests(rebuilt))
+
+
+def test_baseline_serves_every_request(baseline):
+    results = baseline.results("identity")
+    assert results and all(r.ok for r in results), [r.error for r in results if not r.ok]
+    for result in results:
+        assert result.prompt_tokens > 0
+        assert result.completion_tokens > 0
+        assert 0 < result.ttft_s <= result.latency_s
+
+
+def test_baseline_reports_kv_blocks_and_three_processes(baseline):
+    assert baseline.num_gpu_blocks and baseline.num_gpu_blocks > 0
+    names = " | ".join(baseline.pid_names.values())
+    assert "EngineCore" in names, names
+    assert "Worker" in names, names
