@@ -47,7 +47,7 @@ import time
 import weakref
 from typing import Any, Dict, List, Optional, Union
 
-from otel_vllm_ascend import contract, recorder
+from otel_vllm_ascend import config, contract, recorder
 from otel_vllm_ascend.compat import gate
 
 __all__ = ["Level", "MarkType", "Profiler", "message_to_attributes", "parse_level"]
@@ -85,22 +85,14 @@ LevelLike = Union[Level, int, str]
 def parse_level(level: LevelLike) -> int:
     """A level as an int; accepts ``Level``, ints, digit strings and names (any case).
 
-    The reference's packaged default timer passes the string ``"INFO"``, which its C binding
-    rejects; we accept it. Unknown names raise ``ValueError`` naming the accepted ones.
+    The names are the config file's (``otel_vllm_ascend.config.LEVELS``). The reference's
+    packaged default timer passes the string ``"INFO"``, which its C binding rejects; we accept
+    it. A bad value raises ``ValueError`` naming it.
     """
-    if isinstance(level, bool):
-        raise ValueError(f"profiler level must be a Level, int or name, not {level!r}")
-    if isinstance(level, int):
-        return int(level)
-    text = str(level).strip()
-    if text.isdigit():
-        return int(text)
     try:
-        return int(Level[text.upper()])
-    except KeyError:
-        names = ", ".join(Level.__members__)
-        raise ValueError(
-            f"unknown profiler level {level!r}; use one of {names} or an int") from None
+        return config.parse_level(level)
+    except config.ConfigError as exc:
+        raise ValueError(f"profiler level {level!r}: {exc}") from None
 
 
 # Message keys the record kind decides; user values for them are not copied as attributes.

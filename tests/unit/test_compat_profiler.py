@@ -2,38 +2,31 @@
 
 Spans go through the real SDK (TracerProvider + in-memory exporter) and are translated with the
 exporter's own message translation, so the assertions are on the message keys a
-msserviceprofiler analyzer reads.
+msserviceprofiler analyzer reads; one test writes a real ms_service_*.db with our exporter.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import sqlite3
 import threading
-from dataclasses import dataclass, field
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from otel_vllm_ascend.exporters import message
+from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
 from otel_vllm_ascend import contract, control, recorder
 from otel_vllm_ascend.compat import Level, Profiler
 from otel_vllm_ascend.compat.profiler import message_to_attributes, parse_level
+from otel_vllm_ascend.config import ProfilerConfig
 
-message = pytest.importorskip("otel_vllm_ascend.exporters.message")
 
-
-@dataclass
-class _Config:
-    """Stand-in for the project config: the three fields the gate reads."""
-
-    enable: int = 1
-    profiler_level: int = 20
-    domain: list = field(default_factory=list)
-
-    def allows(self, domain: str, level: int = 20) -> bool:
-        return level <= self.profiler_level and (not self.domain or domain in self.domain)
+def _config(**overrides) -> ProfilerConfig:
+    return ProfilerConfig(**{"enable": True, **overrides})
 
 
 @pytest.fixture()
@@ -42,7 +35,7 @@ def spans():
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     recorder.set_tracer_provider(provider)
-    control.start(config=_Config())
+    control.start(config=_config())
 
     def finished():
         recorder.flush()
@@ -176,14 +169,14 @@ def test_level_above_the_configured_one_records_nothing(spans):
 
 
 def test_domain_outside_the_allow_list_records_nothing(spans):
-    control.start(config=_Config(domain=["Engine"]))
+    control.start(config=_config(domain=frozenset({"Engine"})))
     Profiler(Level.INFO).domain("Schedule").res("r").event("Enqueue")
     Profiler(Level.INFO).domain("Engine").res("r").event("httpReq")
     assert [s.name for s in spans()] == ["httpReq"]
 
 
 def test_nothing_is_recorded_while_collection_is_off(spans):
-    control.start(config=_Config(enable=0))
+    control.start(config=_config(enable=False))
     prof = Profiler(Level.INFO).domain("Engine")
     assert prof.enable is False
     prof.res("r").event("httpReq")
@@ -217,5 +210,41 @@ def test_reference_level_values():
 
 
 def test_unknown_level_name_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown profiler level 'LOUD'"):
+    with pytest.raises(ValueError, match="profiler level 'LOUD': unknown level name"):
         Profiler("LOUD")
+
+
+def test_a_real_capture_file_holds_the_reference_rows(tmp_path):
+    exporter = MsServiceSpanExporter(folder=tmp_path, hostname="node1")
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    recorder.set_tracer_provider(provider)
+    control.start(config=_config())
+    try:
+        with Profiler(Level.INFO).domain("Schedule").res([{"rid": "r1", "iter": 0, "type": 0}]) \
+                .span_start("batchFrameworkProcessing") as prof:
+            Profiler(Level.INFO).domain("Schedule").res(["r1"]).metric("QueueSize", 0) \
+                .metric_scope("QueueName", "WAITING").event("Dequeue")
+            prof.attr("batch_type", "Prefill")
+        Profiler(Level.INFO).domain("Engine").link("cmpl-1", "cmpl-1-0-ab")
+        Profiler(Level.INFO).add_meta_info("dpRankId", 0)
+        recorder.flush()
+        provider.shutdown()
+    finally:
+        control.stop()
+        recorder.set_tracer_provider(None)
+    with sqlite3.connect(exporter.path) as db:
+        rows = db.execute("SELECT flag, message, timestamp, endTimestamp FROM Mstx "
+                          "ORDER BY markId").fetchall()
+        meta = dict(db.execute("SELECT name, value FROM Meta").fetchall())
+    decoded = [(flag, json.loads(text)) for flag, text, _, _ in rows]
+    assert decoded == [
+        (1, {"domain": "Schedule", "name": "Dequeue", "type": 0, "rid": ["r1"], "QueueSize=": 0,
+             "scope#QueueName": "WAITING"}),
+        (2, {"domain": "Schedule", "name": "batchFrameworkProcessing", "type": 2,
+             "rid": [{"rid": "r1", "iter": 0, "type": 0}], "batch_type": "Prefill"}),
+        (1, {"domain": "Engine", "type": 3, "from": "cmpl-1", "to": "cmpl-1-0-ab"}),
+    ]
+    span_start, span_end = rows[1][2], rows[1][3]
+    assert span_start <= rows[0][2] <= span_end  # the event lies inside its span
+    assert meta["dpRankId"] == "0"
