@@ -1,0 +1,179 @@
+"""``batch.csv``: one row per engine step (scheduling + model execution joined).
+
+Columns, in the reference's order (units: datetimes as text in UTC, durations in ms):
+
+``name`` (the schedule record, ``batchFrameworkProcessing``; ``modelExec`` for an execution whose
+schedule span was not captured), ``res_list`` (the step's request dicts as JSON), ``start_time`` /
+``end_time`` / ``during_time(ms)`` (the schedule span), ``batch_type`` (``Prefill``, ``Decode``,
+``Prefill,Decode``), ``prof_id`` (source file stem), ``total_batch_size`` (requests in the step),
+the KV columns of the step's ``KVCacheStatus`` record (``total_blocks``, ``used_blocks``,
+``free_blocks``, ``blocks_allocated``; ``blocks_freed`` = blocks returned by requests finishing
+after this step and before the next; ``kvcache_usage_rate`` fraction 0..1),
+``Prefill_batch_size`` / ``Decode_batch_size`` (requests by type), ``Prefill_scheduled_tokens`` /
+``Decode_scheduled_tokens`` / ``total_scheduled_tokens`` (tokens scheduled in the step),
+``dp_rank``.
+
+Then, beyond the reference: ``step_id``, ``host``, ``pid``, ``model_exec_start_time``,
+``model_exec_end_time``, ``model_exec_time(ms)``. The reference writes two rows per step (schedule
+and execution) and never fills the KV columns for vLLM; here one row holds both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from otel_vllm_ascend.analysis.frame import format_datetime_us
+from otel_vllm_ascend.analysis.kvcache import build_kvcache
+from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
+
+BATCH_COLUMNS = (
+    "name", "res_list", "start_time", "end_time", "during_time(ms)", "batch_type", "prof_id",
+    "total_batch_size", "total_blocks", "used_blocks", "free_blocks", "blocks_allocated",
+    "blocks_freed", "kvcache_usage_rate", "Prefill_batch_size", "Decode_batch_size",
+    "Prefill_scheduled_tokens", "Decode_scheduled_tokens", "total_scheduled_tokens", "dp_rank",
+)
+BATCH_EXTRA_COLUMNS = ("step_id", "host", "pid", "model_exec_start_time", "model_exec_end_time",
+                       "model_exec_time(ms)")
+CSV_COLUMNS = BATCH_COLUMNS + BATCH_EXTRA_COLUMNS
+# Numeric columns kept for the other builders, the trace and the report (not written to CSV).
+INTERNAL_COLUMNS = ("sched_start_us", "sched_end_us", "exec_start_us", "exec_end_us")
+
+
+def _per_step(values: np.ndarray, step_index: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(step_index, weights=values, minlength=n)
+
+
+def _res_list(detail: object, rids: object) -> str:
+    if detail:
+        return json.dumps(detail, separators=(",", ":"))
+    return json.dumps(list(rids or []))
+
+
+def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
+                  per_request: Optional[pd.DataFrame] = None,
+                  kvcache: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """One row per engine step; ``steps``/``per_request``/``kvcache`` may be passed precomputed."""
+    if steps is None:
+        steps = engine_steps(frame)
+    if per_request is None:
+        per_request = step_requests(steps)
+    if kvcache is None:
+        kvcache = build_kvcache(frame)
+    n = len(steps)
+    if n == 0:
+        return pd.DataFrame({c: pd.Series([], dtype=object)
+                             for c in CSV_COLUMNS + INTERNAL_COLUMNS})
+    idx = per_request["step_id"].to_numpy()
+    rtype = per_request["type"].to_numpy()
+    tokens = per_request["num_scheduled_tokens"].to_numpy()
+    has_tokens = ~np.isnan(tokens)
+    tok = np.nan_to_num(tokens, nan=0.0)
+    is_prefill = (rtype == 0).astype("float64")
+    is_decode = (rtype == 1).astype("float64")
+    size = np.bincount(idx, minlength=n).astype("float64")
+    prefill_n = _per_step(is_prefill, idx, n)
+    decode_n = _per_step(is_decode, idx, n)
+    prefill_tok = _per_step(tok * is_prefill, idx, n)
+    decode_tok = _per_step(tok * is_decode, idx, n)
+    counted = np.bincount(idx, weights=has_tokens.astype("float64"), minlength=n) > 0
+    total_tok = np.where(counted, _per_step(tok, idx, n), np.nan)
+    # Without per-request counts: modelExec's batch_size (tokens), else the schedule metric.
+    fallback = steps["exec_batch_size"].to_numpy(dtype="float64")
+    fallback = np.where(np.isnan(fallback),
+                        pd.to_numeric(steps["sched_scheduled_tokens"], errors="coerce")
+                        .to_numpy(dtype="float64"), fallback)
+    total_tok = np.where(np.isnan(total_tok), fallback, total_tok)
+    prefill_tok = np.where(counted, prefill_tok, np.nan)
+    decode_tok = np.where(counted, decode_tok, np.nan)
+
+    batch_type = steps["batch_type"].to_numpy(dtype=object).copy()
+    derived = np.where((prefill_n > 0) & (decode_n > 0), "Prefill,Decode",
+                       np.where(prefill_n > 0, "Prefill", np.where(decode_n > 0, "Decode", "")))
+    empty = np.asarray([not b for b in batch_type])
+    batch_type[empty] = derived[empty]
+
+    sched_start = steps["sched_start_us"].to_numpy(dtype="float64")
+    sched_end = steps["sched_end_us"].to_numpy(dtype="float64")
+    exec_start = steps["exec_start_us"].to_numpy(dtype="float64")
+    exec_end = steps["exec_end_us"].to_numpy(dtype="float64")
+    has_sched = ~np.isnan(sched_start)
+    start = np.where(has_sched, sched_start, exec_start)
+    end = np.where(has_sched, sched_end, exec_end)
+
+    kv = _step_kv(steps, kvcache, start, end)
+    out = pd.DataFrame({
+        "name": steps["name"].to_numpy(dtype=object),
+        "res_list": [_res_list(d, r) for d, r in zip(steps["rid_detail"], steps["rids"])],
+        "start_time": format_datetime_us(start).to_numpy(),
+        "end_time": format_datetime_us(end).to_numpy(),
+        "during_time(ms)": (end - start) / 1000.0,
+        "batch_type": batch_type,
+        "prof_id": steps["source"].to_numpy(dtype=object),
+        "total_batch_size": size,
+        **kv,
+        "Prefill_batch_size": prefill_n,
+        "Decode_batch_size": decode_n,
+        "Prefill_scheduled_tokens": prefill_tok,
+        "Decode_scheduled_tokens": decode_tok,
+        "total_scheduled_tokens": total_tok,
+        "dp_rank": steps["dp_rank"].array,
+        "step_id": steps["step_id"].to_numpy(),
+        "host": steps["host"].to_numpy(dtype=object),
+        "pid": steps["pid"].to_numpy(),
+        "model_exec_start_time": format_datetime_us(exec_start).to_numpy(),
+        "model_exec_end_time": format_datetime_us(exec_end).to_numpy(),
+        "model_exec_time(ms)": (exec_end - exec_start) / 1000.0,
+        "sched_start_us": sched_start,
+        "sched_end_us": sched_end,
+        "exec_start_us": exec_start,
+        "exec_end_us": exec_end,
+    })
+    return out
+
+
+def _step_kv(steps: pd.DataFrame, kvcache: pd.DataFrame, start: np.ndarray,
+             end: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(steps)
+    names = ("total_blocks", "used_blocks", "free_blocks", "blocks_allocated",
+             "kvcache_usage_rate")
+    out = {name: np.full(n, np.nan) for name in names}
+    out["blocks_freed"] = np.full(n, np.nan)
+    if kvcache.empty:
+        return {k: out[k] for k in names[:4] + ("blocks_freed", "kvcache_usage_rate")}
+    hosts = steps["host"].to_numpy(dtype=object)
+    pids = steps["pid"].to_numpy()
+    kv_hosts = kvcache["host"].to_numpy(dtype=object)
+    kv_pids = kvcache["pid"].to_numpy()
+    kv_start = kvcache["start_us"].to_numpy()
+    kv_status = (kvcache["name"] != "Free").to_numpy()
+    freed = kvcache["blocks_freed"].to_numpy(dtype="float64")
+    for host, pid in set(zip(hosts.tolist(), pids.tolist())):
+        mine = np.flatnonzero((hosts == host) & (pids == pid))
+        kv_mine = (kv_hosts == host) & (kv_pids == pid)
+        if not kv_mine.any():
+            continue
+        # The step's KVCacheStatus: the last one written inside its schedule span.
+        status = np.flatnonzero(kv_mine & kv_status)
+        if len(status):
+            times = kv_start[status]
+            pos = np.searchsorted(times, end[mine], side="right") - 1
+            ok = (pos >= 0)
+            pick = status[np.clip(pos, 0, None)]
+            ok &= kv_start[pick] >= start[mine]
+            for name in names:
+                values = kvcache[name].to_numpy(dtype="float64")[pick]
+                out[name][mine] = np.where(ok, values, np.nan)
+        # Blocks returned between the end of this step and the start of the next.
+        frees = np.flatnonzero(kv_mine & ~kv_status)
+        cum = np.concatenate([[0.0], np.cumsum(freed[frees])])
+        times = kv_start[frees]
+        step_end = end[mine]
+        following = np.append(start[mine][1:], np.inf)
+        hi = np.searchsorted(times, following, side="left")
+        lo = np.searchsorted(times, step_end, side="left")
+        out["blocks_freed"][mine] = cum[hi] - cum[lo]
+    return {k: out[k] for k in names[:4] + ("blocks_freed", "kvcache_usage_rate")}

@@ -1,0 +1,425 @@
+"""Read every capture below a folder into one records frame.
+
+Two kinds of input are found by walking the folder recursively:
+
+* ``ms_service_*.db`` SQLite files in msserviceprofiler's format, written by this project's
+  exporter or by the Ascend C library in any of its layouts (one file per thread
+  ``ms_service_<host>-<pid>-<tid>.db``, one per process, a ``Trace_Service/`` subfolder). Table
+  ``Mstx`` holds the records (JSON or caret-form messages), table ``Meta`` the process metadata
+  (``hostname``, ``role``, ``dpRankId``, ...).
+* OTLP JSON files (``*.json``, ``*.jsonl``, ``*.ndjson``) whose lines are
+  ``ExportTraceServiceRequest`` objects (``resourceSpans`` / ``scopeSpans`` / ``spans``), as
+  written by ``otlp_json_file``-style exporters. Spans map to records through the span contract
+  (``docs/span-contract.md``).
+
+Nothing here raises on bad input: unreadable files, missing tables and undecodable messages are
+counted and described in :class:`ReadReport.problems`, and every readable row is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pandas as pd
+
+from otel_vllm_ascend import contract
+from otel_vllm_ascend.analysis.frame import (
+    ProcessInfo,
+    RecordBuilder,
+    guess_role,
+    parse_message,
+)
+
+_logger = logging.getLogger(__name__)
+
+DB_NAME = re.compile(r"^ms_service_[\w.-]+\.db$")
+OTLP_SUFFIXES = (".json", ".jsonl", ".ndjson")
+_FETCH = 8192
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class ReadReport:
+    """What reading found: files, rows, and one user message per problem."""
+
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    unparsable: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Capture:
+    kind: str  # "db" or "otlp"
+    path: Path
+
+
+def find_captures(root: Path) -> list[_Capture]:
+    """Every capture file below ``root``, in a stable order."""
+    found: list[_Capture] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if DB_NAME.match(name):
+                found.append(_Capture("db", path))
+            elif name.endswith(OTLP_SUFFIXES) and _looks_like_otlp(path):
+                found.append(_Capture("otlp", path))
+    return found
+
+
+def _looks_like_otlp(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(65536)
+    except OSError:
+        return False
+    return head.lstrip()[:1] == b"{" and b'"resourceSpans"' in head
+
+
+def read_captures(root: Path, progress: Optional[Progress] = None
+                  ) -> tuple[pd.DataFrame, list[ProcessInfo], ReadReport]:
+    """Read every capture below ``root`` -> (records frame, processes, report)."""
+    report = ReadReport()
+    root = Path(root)
+    if not root.exists():
+        report.problems.append(f"{root}: input folder does not exist")
+        return RecordBuilder().build([]), [], report
+    if not root.is_dir():
+        report.problems.append(f"{root}: input path is not a folder")
+        return RecordBuilder().build([]), [], report
+    captures = find_captures(root)
+    if not captures:
+        report.problems.append(
+            f"{root}: no capture found (expected ms_service_*.db files or OTLP JSON files)")
+        return RecordBuilder().build([]), [], report
+    builder = RecordBuilder()
+    processes: dict[tuple[str, int], ProcessInfo] = {}
+    for index, capture in enumerate(captures):
+        if progress is not None:
+            progress(index, len(captures), capture.path.name)
+        before = len(builder)
+        if capture.kind == "db":
+            ok = _read_db(capture.path, builder, processes, report)
+        else:
+            ok = _read_otlp(capture.path, builder, processes, report)
+        if ok:
+            report.files.append(str(capture.path))
+        report.rows += len(builder) - before
+    if progress is not None:
+        progress(len(captures), len(captures), "")
+    _fill_roles(builder, processes)
+    frame = builder.build(processes.values())
+    return frame, sorted(processes.values(), key=lambda p: (p.host, p.pid)), report
+
+
+def _fill_roles(builder: RecordBuilder, processes: dict[tuple[str, int], ProcessInfo]) -> None:
+    missing = [p for p in processes.values() if not p.role]
+    if not missing:
+        return
+    names: dict[tuple[int, str], set] = {}
+    cols = builder.columns
+    for source, pid, name in zip(cols["source"], cols["pid"], cols["name"]):
+        names.setdefault((pid, source), set()).add(name)
+    for proc in missing:
+        seen: set = set()
+        for source in proc.sources:
+            seen |= names.get((proc.pid, source), set())
+        proc.role = guess_role(seen)
+
+
+def _host_from_stem(stem: str, pid: int) -> str:
+    body = stem[len("ms_service_"):] if stem.startswith("ms_service_") else stem
+    match = re.match(rf"^(.*)-{pid}(?:-\d+)?$", body)
+    if match:
+        return match.group(1)
+    match = re.match(r"^(.*?)-\d+(?:-\d+)?$", body)
+    return match.group(1) if match else body
+
+
+def _process(processes: dict, host: str, pid: int, source: str) -> ProcessInfo:
+    key = (host, pid)
+    proc = processes.get(key)
+    if proc is None:
+        proc = processes[key] = ProcessInfo(host=host, pid=pid)
+    if source not in proc.sources:
+        proc.sources.append(source)
+    return proc
+
+
+def _apply_meta(proc: ProcessInfo, meta: dict[str, str]) -> None:
+    proc.meta.update(meta)
+    role = meta.get("role")
+    if role:
+        proc.role = str(role)
+    rank = meta.get("dpRankId")
+    if rank not in (None, ""):
+        try:
+            proc.dp_rank = int(float(rank))
+        except ValueError:
+            pass
+
+
+def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadReport) -> bool:
+    source = path.stem
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        report.problems.append(f"{path}: cannot open as SQLite ({exc}); file skipped")
+        return False
+    try:
+        meta = _read_meta(conn, path, report)
+        if meta is None:
+            return False
+        rows, error = _read_mstx(conn)
+    finally:
+        conn.close()
+    if error is not None and not rows:
+        report.problems.append(f"{path}: {error}; file skipped")
+        return False
+    if error is not None:
+        report.problems.append(
+            f"{path}: {error}; kept the {len(rows)} rows read before the damage")
+    seen_pids: dict[int, ProcessInfo] = {}
+    bad = 0
+    first_bad = None
+    add = builder.add
+    for mark_id, message, pid, tid, start_ns, end_ns in rows:
+        decoded = parse_message(message)
+        if decoded is None or start_ns is None:
+            bad += 1
+            if first_bad is None:
+                first_bad = mark_id
+            continue
+        pid = int(pid or 0)
+        proc = seen_pids.get(pid)
+        if proc is None:
+            host = meta.get("hostname") or _host_from_stem(source, pid)
+            proc = seen_pids[pid] = _process(processes, host, pid, source)
+            _apply_meta(proc, meta)
+        proc.records += 1
+        start = start_ns / 1000.0
+        end = end_ns / 1000.0 if end_ns is not None else start
+        add(source, pid, int(tid or 0), int(mark_id or 0), start, end, decoded)
+    if not seen_pids and meta:
+        # A file with Meta rows but no usable record still names its process.
+        pid = _pid_from_stem(source)
+        if pid is not None:
+            host = meta.get("hostname") or _host_from_stem(source, pid)
+            _apply_meta(_process(processes, host, pid, source), meta)
+    if bad:
+        report.unparsable += bad
+        report.problems.append(
+            f"{path}: {bad} message(s) could not be decoded (first at markId {first_bad});"
+            " those rows were skipped")
+    return True
+
+
+def _pid_from_stem(stem: str) -> Optional[int]:
+    match = re.search(r"-(\d+)(?:-\d+)?$", stem)
+    return int(match.group(1)) if match else None
+
+
+def _read_meta(conn: sqlite3.Connection, path: Path, report: ReadReport
+               ) -> Optional[dict[str, str]]:
+    try:
+        rows = conn.execute("SELECT name, value FROM Meta").fetchall()
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "no such table" in text:
+            return {}  # Meta is optional
+        report.problems.append(f"{path}: not a readable capture ({text}); file skipped")
+        return None
+    return {str(name): "" if value is None else str(value) for name, value in rows}
+
+
+def _read_mstx(conn: sqlite3.Connection) -> tuple[list, Optional[str]]:
+    rows: list = []
+    try:
+        cursor = conn.execute(
+            "SELECT markId, message, pid, tid, timestamp, endTimestamp FROM Mstx")
+        while True:
+            chunk = cursor.fetchmany(_FETCH)
+            if not chunk:
+                break
+            rows.extend(chunk)
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "no such table" in text:
+            return rows, "table Mstx is missing (not a service capture)"
+        if "no such column" in text:
+            return rows, f"table Mstx lacks a column ({text})"
+        return rows, f"truncated or corrupt database ({text})"
+    return rows, None
+
+
+# --- OTLP JSON ---------------------------------------------------------------------------------
+
+def _otlp_value(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if "stringValue" in value:
+        return value["stringValue"]
+    if "intValue" in value:
+        return int(value["intValue"])
+    if "doubleValue" in value:
+        return float(value["doubleValue"])
+    if "boolValue" in value:
+        return bool(value["boolValue"])
+    if "arrayValue" in value:
+        return [_otlp_value(v) for v in (value["arrayValue"] or {}).get("values", [])]
+    if "kvlistValue" in value:
+        return {kv.get("key"): _otlp_value(kv.get("value"))
+                for kv in (value["kvlistValue"] or {}).get("values", [])}
+    if "bytesValue" in value:
+        return value["bytesValue"]
+    return None
+
+
+def _otlp_attributes(items: Any) -> dict[str, Any]:
+    if not isinstance(items, list):
+        return {}
+    return {kv["key"]: _otlp_value(kv.get("value")) for kv in items
+            if isinstance(kv, dict) and "key" in kv}
+
+
+def span_message(name: str, attributes: dict[str, Any], default_type: Optional[int],
+                 inherited_domain: str = "") -> tuple[dict, Optional[int]]:
+    """Span-contract attributes -> the message dict the exporter would write, plus tid."""
+    message: dict[str, Any] = {"name": name}
+    domain = attributes.get(contract.DOMAIN, inherited_domain)
+    if domain:
+        message["domain"] = domain
+    record = attributes.get(contract.RECORD)
+    rtype = attributes.get(contract.TYPE)
+    if rtype is None:
+        rtype = {contract.RECORD_LINK: 3, contract.RECORD_METRIC: None,
+                 contract.RECORD_EVENT: 0}.get(record, default_type) if record else default_type
+    if rtype is not None:
+        message["type"] = rtype
+    detail = attributes.get(contract.RID_DETAIL)
+    if isinstance(detail, str):
+        try:
+            detail = json.loads(detail)
+        except ValueError:
+            detail = None
+    if isinstance(detail, list) and detail:
+        message["rid"] = detail
+    elif contract.RID in attributes:
+        message["rid"] = attributes[contract.RID]
+    tid = None
+    for key, value in attributes.items():
+        if key.startswith("ms."):
+            if key.startswith(contract.METRIC_PREFIX):
+                message[key[len(contract.METRIC_PREFIX):] + "="] = value
+            elif key.startswith(contract.METRIC_INC_PREFIX):
+                message[key[len(contract.METRIC_INC_PREFIX):] + "+"] = value
+            elif key.startswith(contract.SCOPE_PREFIX):
+                message["scope#" + key[len(contract.SCOPE_PREFIX):]] = value
+            elif key == contract.LINK_FROM:
+                message["from"] = value
+            elif key == contract.LINK_TO:
+                message["to"] = value
+        elif key == contract.THREAD_ID:
+            try:
+                tid = int(value)
+            except (TypeError, ValueError):
+                tid = None
+        elif "." not in key:
+            message[key] = value
+    return message, tid
+
+
+def _iter_otlp_requests(path: Path, report: ReadReport) -> Iterator[dict]:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    lines = [line for line in text.splitlines() if line.strip()]
+    bad = 0
+    parsed: list = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            bad += 1
+    if bad and len(lines) > 1:
+        try:  # one pretty-printed object rather than JSON lines
+            parsed = [json.loads(text)]
+            bad = 0
+        except ValueError:
+            pass
+    if bad:
+        report.unparsable += bad
+        report.problems.append(f"{path}: {bad} line(s) are not JSON; those lines were skipped")
+    for item in parsed:
+        if isinstance(item, dict):
+            yield item
+
+
+def _read_otlp(path: Path, builder: RecordBuilder, processes: dict, report: ReadReport) -> bool:
+    source = path.stem
+    try:
+        requests = list(_iter_otlp_requests(path, report))
+    except OSError as exc:
+        report.problems.append(f"{path}: cannot read ({exc}); file skipped")
+        return False
+    mark_ids: dict[int, int] = {}
+    bad = 0
+    for request in requests:
+        for resource_spans in request.get("resourceSpans") or []:
+            if not isinstance(resource_spans, dict):
+                bad += 1
+                continue
+            resource = _otlp_attributes((resource_spans.get("resource") or {}).get("attributes"))
+            try:
+                pid = int(resource.get("process.pid") or 0)
+            except (TypeError, ValueError):
+                pid = 0
+            host = str(resource.get("host.name") or "")
+            proc = _process(processes, host, pid, source)
+            role = resource.get(contract.PROCESS_ROLE)
+            if role and role != "other" and not proc.role:
+                proc.role = str(role)
+            for scope_spans in resource_spans.get("scopeSpans") or []:
+                for span in (scope_spans or {}).get("spans") or []:
+                    try:
+                        _add_otlp_span(span, source, pid, proc, builder, mark_ids)
+                    except (KeyError, TypeError, ValueError, AttributeError):
+                        bad += 1
+    if bad:
+        report.unparsable += bad
+        report.problems.append(f"{path}: {bad} span(s) lacked required fields; skipped")
+    return True
+
+
+def _add_otlp_span(span: dict, source: str, pid: int, proc: ProcessInfo,
+                   builder: RecordBuilder, mark_ids: dict[int, int]) -> None:
+    attributes = _otlp_attributes(span.get("attributes"))
+    name = span["name"]
+    start = int(span["startTimeUnixNano"]) / 1000.0
+    end = int(span.get("endTimeUnixNano") or span["startTimeUnixNano"]) / 1000.0
+    if attributes.get(contract.RECORD) == contract.RECORD_META:
+        _apply_meta(proc, {key[len(contract.META_PREFIX):]: str(value)
+                           for key, value in attributes.items()
+                           if key.startswith(contract.META_PREFIX)})
+        return
+    message, tid = span_message(name, attributes, 2)
+    domain = message.get("domain", "")
+    tid = tid or 0
+    for event in span.get("events") or []:
+        event_attrs = _otlp_attributes(event.get("attributes"))
+        event_message, event_tid = span_message(event["name"], event_attrs, 0, domain)
+        ts = int(event["timeUnixNano"]) / 1000.0
+        mark = mark_ids[pid] = mark_ids.get(pid, -1) + 1
+        builder.add(source, pid, event_tid or tid, mark, ts, ts, event_message)
+        proc.records += 1
+    mark = mark_ids[pid] = mark_ids.get(pid, -1) + 1
+    builder.add(source, pid, tid, mark, start, end, message)
+    proc.records += 1

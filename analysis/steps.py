@@ -1,0 +1,170 @@
+"""Engine steps: each scheduler span joined with the model execution it fed.
+
+vLLM V1 runs, per engine step and on one EngineCore thread, ``Scheduler.schedule``
+(``batchFrameworkProcessing`` span) and then ``execute_model`` (``modelExec`` span). Within one
+process (host, pid) a ``modelExec`` belongs to the latest schedule span that started before it;
+this is how the two are joined (the reference joins on the printed request list instead, which
+breaks as soon as two steps schedule the same requests). A schedule span without execution, or an
+execution whose schedule span was not captured, is still one step.
+
+:func:`engine_steps` gives one row per step; :func:`step_requests` one row per (step, request).
+Both are pure functions of the records frame; the builders accept them precomputed so the CLI
+computes them once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SCHEDULE_NAMES = ("batchFrameworkProcessing", "BatchSchedule")
+EXEC_NAMES = ("modelExec",)
+
+STEP_COLUMNS = (
+    "step_id", "host", "pid", "source", "dp_rank", "name", "sched_start_us", "sched_end_us",
+    "exec_start_us", "exec_end_us", "batch_type", "rid_detail", "rids", "exec_batch_size",
+    "sched_scheduled_tokens",
+)
+
+REQUEST_STEP_COLUMNS = (
+    "step_id", "rid", "iter", "type", "num_scheduled_tokens", "num_prompt_tokens",
+    "num_computed_tokens",
+)
+
+
+def _number_or_nan(value: object) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per engine step, ordered by time, ``step_id`` 0..n-1."""
+    names = frame["name"]
+    sched = frame.loc[names.isin(SCHEDULE_NAMES)]
+    exe = frame.loc[names.isin(EXEC_NAMES)]
+    if sched.empty and exe.empty:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in STEP_COLUMNS})
+    keep = ["host", "pid", "source", "dp_rank", "name", "start_us", "end_us", "batch_type",
+            "rid_detail", "rids", "attrs", "metrics"]
+    sched = sched[keep].reset_index(drop=True)
+    sched["sched_idx"] = np.arange(len(sched))
+    exe = exe[keep].reset_index(drop=True)
+    exe["exec_idx"] = np.arange(len(exe))
+    if not sched.empty and not exe.empty:
+        left = exe[["host", "pid", "start_us", "exec_idx"]].sort_values("start_us")
+        right = sched[["host", "pid", "start_us", "sched_idx"]].sort_values("start_us")
+        joined = pd.merge_asof(left, right, on="start_us", by=["host", "pid"],
+                               direction="backward")
+        joined = joined.dropna(subset=["sched_idx"])
+        joined["sched_idx"] = joined["sched_idx"].astype("int64")
+        # One execution per schedule span: the first one after it.
+        joined = joined.sort_values("start_us").drop_duplicates("sched_idx", keep="first")
+        pair = dict(zip(joined["sched_idx"].tolist(), joined["exec_idx"].tolist()))
+    else:
+        pair = {}
+    exec_of = np.full(len(sched), -1, dtype="int64")
+    if pair:
+        exec_of[np.fromiter(pair.keys(), dtype="int64")] = np.fromiter(pair.values(),
+                                                                       dtype="int64")
+    matched = exec_of >= 0
+    exec_rows = exe.iloc[exec_of[matched]] if len(exe) else exe
+    nan = np.full(len(sched), np.nan)
+    exec_start = nan.copy()
+    exec_end = nan.copy()
+    exec_size = nan.copy()
+    if matched.any():
+        exec_start[matched] = exec_rows["start_us"].to_numpy()
+        exec_end[matched] = exec_rows["end_us"].to_numpy()
+        exec_size[matched] = [_number_or_nan(a.get("batch_size")) for a in exec_rows["attrs"]]
+    steps = pd.DataFrame({
+        "host": sched["host"].to_numpy(dtype=object),
+        "pid": sched["pid"].to_numpy(),
+        "source": sched["source"].to_numpy(dtype=object),
+        "dp_rank": sched["dp_rank"].array,
+        "name": sched["name"].to_numpy(dtype=object),
+        "sched_start_us": sched["start_us"].to_numpy(),
+        "sched_end_us": sched["end_us"].to_numpy(),
+        "exec_start_us": exec_start,
+        "exec_end_us": exec_end,
+        "batch_type": sched["batch_type"].to_numpy(dtype=object),
+        "rid_detail": sched["rid_detail"].to_numpy(dtype=object),
+        "rids": sched["rids"].to_numpy(dtype=object),
+        "exec_batch_size": exec_size,
+        "sched_scheduled_tokens": [m.get("num_scheduled_tokens", np.nan)
+                                   for m in sched["metrics"]],
+    })
+    used = set(pair.values())
+    lone = exe.loc[~exe["exec_idx"].isin(used)]
+    if not lone.empty:
+        extra = pd.DataFrame({
+            "host": lone["host"].to_numpy(dtype=object),
+            "pid": lone["pid"].to_numpy(),
+            "source": lone["source"].to_numpy(dtype=object),
+            "dp_rank": lone["dp_rank"].array,
+            "name": lone["name"].to_numpy(dtype=object),
+            "sched_start_us": np.nan,
+            "sched_end_us": np.nan,
+            "exec_start_us": lone["start_us"].to_numpy(),
+            "exec_end_us": lone["end_us"].to_numpy(),
+            "batch_type": lone["batch_type"].to_numpy(dtype=object),
+            "rid_detail": lone["rid_detail"].to_numpy(dtype=object),
+            "rids": lone["rids"].to_numpy(dtype=object),
+            "exec_batch_size": [_number_or_nan(a.get("batch_size")) for a in lone["attrs"]],
+            "sched_scheduled_tokens": np.nan,
+        })
+        steps = pd.concat([steps, extra], ignore_index=True)
+    order_key = steps["sched_start_us"].fillna(steps["exec_start_us"])
+    steps = steps.iloc[np.argsort(order_key.to_numpy(), kind="stable")].reset_index(drop=True)
+    steps.insert(0, "step_id", np.arange(len(steps), dtype="int64"))
+    return steps[list(STEP_COLUMNS)]
+
+
+def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
+    """One row per (step, request) from the steps' request dicts (or bare request ids)."""
+    step_ids: list = []
+    rids: list = []
+    iters: list = []
+    types: list = []
+    nst: list = []
+    npt: list = []
+    nct: list = []
+    nan = np.nan
+    for step_id, detail, plain in zip(steps["step_id"].tolist(), steps["rid_detail"].tolist(),
+                                      steps["rids"].tolist()):
+        if detail:
+            for item in detail:
+                if not isinstance(item, dict):
+                    continue
+                step_ids.append(step_id)
+                rids.append(item.get("rid", ""))
+                iters.append(item.get("iter", nan))
+                types.append(item.get("type", nan))
+                nst.append(item.get("num_scheduled_tokens", nan))
+                npt.append(item.get("num_prompt_tokens", nan))
+                nct.append(item.get("num_computed_tokens", nan))
+        elif plain:
+            for rid in plain:
+                step_ids.append(step_id)
+                rids.append(rid)
+                iters.append(nan)
+                types.append(nan)
+                nst.append(nan)
+                npt.append(nan)
+                nct.append(nan)
+    out = pd.DataFrame({
+        "step_id": np.asarray(step_ids, dtype="int64"),
+        "rid": pd.array(rids, dtype=object),
+        "iter": pd.to_numeric(pd.Series(iters, dtype=object), errors="coerce"),
+        "type": pd.to_numeric(pd.Series(types, dtype=object), errors="coerce"),
+        "num_scheduled_tokens": pd.to_numeric(pd.Series(nst, dtype=object), errors="coerce"),
+        "num_prompt_tokens": pd.to_numeric(pd.Series(npt, dtype=object), errors="coerce"),
+        "num_computed_tokens": pd.to_numeric(pd.Series(nct, dtype=object), errors="coerce"),
+    })
+    # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
+    missing = out["type"].isna() & out["iter"].notna()
+    out.loc[missing, "type"] = (out.loc[missing, "iter"] > 0).astype("float64")
+    return out
