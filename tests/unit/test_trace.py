@@ -1,0 +1,365 @@
+"""Chrome trace builder and writer, checked with the Perfetto-rules checker.
+
+Frames are built through the analyzer's own RecordBuilder from messages shaped exactly as the
+vLLM V1 handlers write them (docs/span-contract.md), so the trace sees real frame rows.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis_trace_checker import check_trace, check_trace_file, events_of  # noqa: E402
+from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder  # noqa: E402
+from otel_vllm_ascend.analysis.trace import (  # noqa: E402
+    OVERLAP_TID_STRIDE,
+    build_chrome_trace,
+    write_chrome_trace,
+)
+
+T0 = 1_767_225_600_000_000.0  # 2026-01-01T00:00:00Z in µs
+API, ENGINE = 100, 200
+API_TID, ENGINE_TID = 101, 201
+
+
+class Capture:
+    """Records of an API server and an EngineCore, added in time order."""
+
+    def __init__(self):
+        self.builder = RecordBuilder()
+        self.mark = 0
+        self.processes = [
+            ProcessInfo("hostA", API, "api_server", None, ["ms_service_hostA-100"]),
+            ProcessInfo("hostA", ENGINE, "engine_core", None, ["ms_service_hostA-200"]),
+        ]
+
+    def add(self, pid, start_ms, end_ms, message, tid=None):
+        self.mark += 1
+        tid = tid if tid is not None else (API_TID if pid == API else ENGINE_TID)
+        self.builder.add(f"ms_service_hostA-{pid}", pid, tid, self.mark, T0 + start_ms * 1000,
+                         T0 + end_ms * 1000, dict(message))
+
+    def event(self, pid, at_ms, name, domain, **keys):
+        self.add(pid, at_ms, at_ms, {"domain": domain, "name": name, "type": 0, **keys})
+
+    def step(self, start_ms, exec_start_ms, end_ms, detail, kv_usage):
+        batch_type = ",".join(sorted({"Prefill" if d["type"] == 0 else "Decode" for d in detail},
+                                     key=["Prefill", "Decode"].index))
+        tokens = sum(d["num_scheduled_tokens"] for d in detail)
+        self.add(ENGINE, start_ms, exec_start_ms - 0.1,
+                 {"domain": "Schedule", "name": "batchFrameworkProcessing", "type": 2,
+                  "rid": detail, "batch_type": batch_type, "batch_size": len(detail),
+                  "num_scheduled_tokens=": tokens})
+        self.event(ENGINE, exec_start_ms - 0.2, "KVCacheStatus", "Schedule.KVCache",
+                   rid=[d["rid"] for d in detail], **{"TotalBlocks=": 100,
+                                                      "UsedBlocks=": kv_usage * 100,
+                                                      "FreeBlocks=": 100 - kv_usage * 100,
+                                                      "UsagePercent=": kv_usage})
+        self.add(ENGINE, exec_start_ms, end_ms,
+                 {"domain": "Execute", "rid": detail, "batch_type": batch_type,
+                  "name": "modelExec", "type": 2, "batch_size": tokens})
+
+    def frame(self):
+        return self.builder.build(self.processes)
+
+
+def two_request_capture():
+    """r1 and r2 (internal ids i1, i2): r1 prefill at step 1, r2 at step 2, both decode at 3."""
+    cap = Capture()
+    for rid, internal, at in (("r1", "i1", 0.0), ("r2", "i2", 1.0)):
+        cap.event(API, at, "httpReq", "Engine", rid=rid)
+        cap.add(API, at + 0.1, at + 0.1, {"domain": "Engine", "type": 3, "from": rid,
+                                          "to": internal, "name": "link"})
+        cap.event(ENGINE, at + 0.5, "Enqueue", "Schedule", rid=internal,
+                  **{"QueueSize=": 1, "scope#QueueName": "WAITING"})
+
+    def item(rid, it, kind, tokens, prompt=8):
+        return {"rid": rid, "iter": it, "type": kind, "num_scheduled_tokens": tokens,
+                "num_prompt_tokens": prompt, "num_computed_tokens": 0 if kind == 0 else prompt}
+
+    cap.event(ENGINE, 2.0, "Dequeue", "Schedule", rid=["i1"],
+              **{"QueueSize=": 1, "scope#QueueName": "WAITING"})
+    cap.step(2.0, 3.0, 10.0, [item("i1", 0, 0, 8)], 0.04)
+    cap.event(ENGINE, 11.0, "Dequeue", "Schedule", rid=["i2"],
+              **{"QueueSize=": 0, "scope#QueueName": "WAITING"})
+    cap.event(ENGINE, 11.0, "Enqueue", "Schedule", rid=["i2"],
+              **{"QueueSize=": 2, "scope#QueueName": "RUNNING"})
+    cap.step(11.0, 12.0, 20.0, [item("i1", 1, 1, 1), item("i2", 0, 0, 8)], 0.08)
+    cap.step(21.0, 22.0, 30.0, [item("i1", 2, 1, 1), item("i2", 1, 1, 1)], 0.1)
+    cap.event(ENGINE, 31.0, "Free", "Schedule.KVCache", rid="i1",
+              **{"deviceBlock=": 95, "UsagePercent=": 0.05})
+    for rid in ("r1", "r2"):
+        cap.event(API, 32.0, "httpRes", "Engine", rid=rid,
+                  **{"recvTokenSize=": 8, "replyTokenSize=": 3})
+    return cap
+
+
+def requests_table():
+    # What build_requests reports for the capture above (times in µs since the epoch).
+    return pd.DataFrame({
+        "http_rid": ["r1", "r2"],
+        "arrival_us": [T0, T0 + 1000],
+        "first_scheduled_us": [T0 + 2000, T0 + 11000],
+        "first_token_us": [T0 + 10000, T0 + 20000],
+        "end_us": [T0 + 32000, T0 + 32000],
+        "ttft_ms": [10.0, 19.0],
+        "partial": [False, False],
+    })
+
+
+def by_ph(events, ph, name=None):
+    return [e for e in events if e["ph"] == ph and (name is None or e["name"] == name)]
+
+
+def test_trace_of_a_two_request_capture_obeys_perfetto_rules(tmp_path):
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    path = write_chrome_trace(tmp_path / "chrome_tracing.json", events)
+    assert check_trace_file(path) == []
+    data = json.loads(path.read_text())
+    assert data["otherData"]["time_origin_unix_us"] == T0
+    assert data["otherData"]["time_origin_utc"].startswith("2026-01-01T00:00:00")
+    assert len(events_of(data)) == len(events)
+
+
+def test_processes_and_threads_are_named():
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    names = {e["pid"]: e["args"]["name"] for e in by_ph(events, "M", "process_name")}
+    assert names[API] == "API server hostA 100"
+    assert names[ENGINE] == "EngineCore hostA 200"
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in by_ph(events, "M", "thread_name")}
+    assert threads[(ENGINE, ENGINE_TID)] == "Execute/Schedule/Schedule.KVCache thread 201"
+    assert threads[(API, API_TID)] == "Engine thread 101"
+
+
+def test_one_flow_per_request_through_each_of_its_steps():
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    flows = {}
+    for e in events:
+        if e["ph"] in "stf":
+            flows.setdefault(e["id"], []).append(e)
+    assert len(flows) == 2
+    lanes_pid = next(e["pid"] for e in by_ph(events, "M", "process_name")
+                     if e["args"]["name"] == "Requests")
+    execs = sorted(e["ts"] for e in by_ph(events, "X", "modelExec"))
+    steps_of = {"request r1": execs, "request r2": execs[1:]}
+    for members in flows.values():
+        phases = [e["ph"] for e in members]
+        assert phases.count("s") == 1 and phases.count("f") == 1
+        start = next(e for e in members if e["ph"] == "s")
+        request = next(e for e in by_ph(events, "X") if e["pid"] == lanes_pid
+                       and e["tid"] == start["tid"] and e["ts"] == start["ts"]
+                       and e["name"].startswith("request "))
+        steps = sorted(e["ts"] for e in members if e["ph"] == "t")
+        # each step point lies 1 ns inside its modelExec slice, on the EngineCore thread
+        assert steps == pytest.approx([t + 0.001 for t in steps_of[request["name"]]])
+        assert {(e["pid"], e["tid"]) for e in members if e["ph"] == "t"} == {(ENGINE, ENGINE_TID)}
+
+
+def test_request_lanes_split_queued_prefill_decode_from_the_request_table():
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    lanes_pid = next(e["pid"] for e in by_ph(events, "M", "process_name")
+                     if e["args"]["name"] == "Requests")
+    lane_slices = [e for e in by_ph(events, "X") if e["pid"] == lanes_pid]
+    r2 = next(e for e in lane_slices if e["name"] == "request r2")
+    assert (r2["ts"], r2["dur"]) == (1000.0, 31000.0)  # arrival 1 ms .. end 32 ms
+    assert r2["args"]["ttft_ms"] == 19.0 and r2["args"]["partial"] is False
+    phases = sorted((e["ts"], e["dur"], e["name"]) for e in lane_slices
+                    if e["tid"] == r2["tid"] and not e["name"].startswith("request"))
+    assert phases == [(1000.0, 10000.0, "queued"), (11000.0, 9000.0, "prefill"),
+                      (20000.0, 12000.0, "decode")]
+    # both requests are in flight together, so they need two lanes
+    assert len({e["tid"] for e in lane_slices}) == 2
+
+
+def test_counters_carry_kv_queue_batch_and_token_values():
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    kv = by_ph(events, "C", "KV cache")
+    assert [e["ts"] for e in kv] == pytest.approx([2800.0, 11800.0, 21800.0, 31000.0])
+    assert [e["args"]["usage %"] for e in kv] == pytest.approx([4.0, 8.0, 10.0, 5.0])
+    blocks = [e["args"] for e in by_ph(events, "C", "KV blocks")]
+    assert blocks[0] == {"used": 4.0, "free": 96.0}
+    assert blocks[-1] == {"used": 5.0, "free": 95.0}  # Free: used = last TotalBlocks - free
+    assert [e["args"]["requests"] for e in by_ph(events, "C", "batch size")] == [1, 2, 2]
+    assert [e["args"]["tokens"] for e in by_ph(events, "C", "scheduled tokens")] == [8, 9, 2]
+    waiting = [e["args"]["requests"] for e in by_ph(events, "C", "waiting queue")]
+    assert waiting == [1, 1, 1, 0]
+    assert [e["args"]["requests"] for e in by_ph(events, "C", "running queue")] == [2]
+    assert all(e["pid"] == ENGINE for e in by_ph(events, "C"))
+
+
+def test_slices_keep_record_args_and_batch_counts():
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    bfp = by_ph(events, "X", "batchFrameworkProcessing")[1]
+    assert bfp["args"]["rid"] == ["r1", "r2"]  # internal ids mapped through the links
+    assert bfp["args"]["prefill_requests"] == 1 and bfp["args"]["decode_requests"] == 1
+    assert bfp["args"]["prefill_tokens"] == 8 and bfp["args"]["decode_tokens"] == 1
+    assert bfp["args"]["batch_type"] == "Prefill,Decode"
+    http_res = by_ph(events, "i", "httpRes")[0]
+    assert http_res["args"]["recvTokenSize"] == 8 and http_res["s"] == "t"
+    assert not [e for e in events if e["name"] in ("link", "KVCacheStatus", "Free")]
+
+
+def test_large_batches_give_a_count_instead_of_the_id_list():
+    cap = Capture()
+    detail = [{"rid": f"q{i}", "iter": 0, "type": 0, "num_scheduled_tokens": 4}
+              for i in range(40)]
+    cap.step(0.0, 1.0, 2.0, detail, 0.5)
+    events = build_chrome_trace(cap.frame())
+    exec_slice = by_ph(events, "X", "modelExec")[0]
+    assert exec_slice["args"]["requests"] == 40 and "rid" not in exec_slice["args"]
+    assert len([e for e in events if e["ph"] == "s"]) == 40
+    assert check_trace(events) == []
+
+
+def test_overlapping_spans_on_one_thread_move_to_an_overlap_track():
+    cap = Capture()
+    # interleaved coroutines on one thread: a [0, 10], b [5, 15] (not nested), c [6, 7] in b
+    cap.add(API, 0.0, 10.0, {"domain": "Engine", "name": "a", "type": 2})
+    cap.add(API, 5.0, 15.0, {"domain": "Engine", "name": "b", "type": 2})
+    cap.add(API, 6.0, 7.0, {"domain": "Engine", "name": "c", "type": 2})
+    events = build_chrome_trace(cap.frame())
+    tids = {e["name"]: e["tid"] for e in by_ph(events, "X")}
+    assert tids["a"] == API_TID
+    assert tids["b"] == API_TID + OVERLAP_TID_STRIDE
+    assert tids["c"] == API_TID  # nests inside a
+    threads = {e["tid"]: e["args"]["name"] for e in by_ph(events, "M", "thread_name")}
+    assert threads[API_TID + OVERLAP_TID_STRIDE] == "Engine thread 101 (overlap 1)"
+    assert check_trace(events) == []
+    # the checker would have caught the same spans left on one track
+    naive = [dict(e, tid=API_TID) if e["ph"] == "X" else e for e in events]
+    assert any("overlaps" in p for p in check_trace(naive))
+
+
+def test_nested_child_ending_with_its_parent_stays_nested_at_epoch_scale():
+    cap = Capture()
+    # µs since 1970 as doubles: 0.1 µs steps are not exact, the ns rounding must keep nesting
+    cap.add(ENGINE, 0.0001, 5.0003, {"domain": "Execute", "name": "modelExec", "type": 2})
+    cap.add(ENGINE, 1.0002, 5.0003, {"domain": "Execute", "name": "sample", "type": 2})
+    events = build_chrome_trace(cap.frame())
+    assert check_trace(events) == []
+    parent, child = sorted(by_ph(events, "X"), key=lambda e: e["ts"])
+    assert parent["ts"] + parent["dur"] == pytest.approx(child["ts"] + child["dur"], abs=1e-9)
+    assert parent["tid"] == child["tid"] == ENGINE_TID
+
+
+def test_request_missing_its_first_records_still_gets_a_lane_and_a_flow():
+    cap = two_request_capture()
+    frame = cap.frame()
+    frame = frame[~((frame["name"] == "httpReq") & frame["rids"].map(lambda r: r == ["r2"]))]
+    table = requests_table()
+    table.loc[1, ["arrival_us", "first_scheduled_us", "first_token_us"]] = float("nan")
+    table["partial"] = [False, True]
+    events = build_chrome_trace(frame, table)
+    assert check_trace(events) == []
+    r2 = next(e for e in by_ph(events, "X") if e["name"] == "request r2")
+    assert r2["args"]["partial"] is True
+    assert r2["ts"] == pytest.approx(12000.0)  # from its first engine step (modelExec, 12 ms)
+    flows = [e for e in events if e["ph"] in "sf"]
+    assert len(flows) == 4
+
+
+def test_without_a_request_table_requests_are_timed_from_their_records():
+    events = build_chrome_trace(two_request_capture().frame())
+    assert check_trace(events) == []
+    r1 = next(e for e in by_ph(events, "X") if e["name"] == "request r1")
+    assert (r1["ts"], r1["dur"]) == (0.0, 32000.0)
+    phases = {e["name"]: (e["ts"], e["dur"]) for e in by_ph(events, "X")
+              if e["tid"] == r1["tid"] and e["pid"] == r1["pid"] and e["ts"] < 32000.0
+              and e["name"] in ("queued", "prefill", "decode")}
+    assert phases["queued"] == (0.0, 2000.0)  # up to the first schedule span
+    assert phases["prefill"] == (2000.0, 8000.0)  # to the end of the first modelExec
+
+
+def test_same_pid_on_two_hosts_gets_two_processes():
+    cap = Capture()
+    cap.processes.append(ProcessInfo("hostB", API, "api_server", None, ["ms_service_hostB-100"]))
+    cap.add(API, 0.0, 1.0, {"domain": "Engine", "name": "a", "type": 2})
+    cap.mark += 1
+    cap.builder.add("ms_service_hostB-100", API, API_TID, cap.mark, T0, T0 + 1000,
+                    {"domain": "Engine", "name": "a", "type": 2})
+    events = build_chrome_trace(cap.frame())
+    names = sorted(e["args"]["name"] for e in by_ph(events, "M", "process_name"))
+    assert names == ["API server hostA 100", "API server hostB 100"]
+    assert len({e["pid"] for e in by_ph(events, "X")}) == 2
+    assert check_trace(events) == []
+
+
+def test_empty_frame_gives_an_empty_valid_trace(tmp_path):
+    events = build_chrome_trace(Capture().frame())
+    assert list(events) == []
+    path = write_chrome_trace(tmp_path / "t.json", events)
+    assert check_trace_file(path) == []
+
+
+# The checker itself: each rule must be able to fail.
+
+def _named(pid=1, tid=1):
+    return [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": "p"}},
+            {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": "t"}}]
+
+
+def _x(ts, dur, name="x", tid=1):
+    return {"ph": "X", "name": name, "pid": 1, "tid": tid, "ts": ts, "dur": dur}
+
+
+def test_checker_accepts_both_top_level_forms():
+    events = _named() + [_x(0, 5)]
+    assert check_trace(events) == [] and check_trace({"traceEvents": events}) == []
+    assert check_trace({"events": events}) != []
+
+
+@pytest.mark.parametrize("event, fragment", [
+    ({"ph": "X", "name": "x", "pid": 1, "tid": 1, "ts": "5", "dur": 1}, "ts must be"),
+    ({"ph": "X", "name": "x", "pid": 1, "tid": 1, "ts": 5}, "dur must be"),
+    ({"ph": "X", "name": "x", "pid": 1, "tid": 1, "ts": 5, "dur": -1}, "dur must be"),
+    ({"ph": "X", "pid": 1, "tid": 1, "ts": 5, "dur": 1}, "name must be"),
+    ({"ph": "C", "name": "c", "pid": 1, "ts": 5, "args": {"v": "3"}}, "non-numeric"),
+    ({"ph": "C", "name": "c", "pid": 1, "ts": 5, "args": {"v": float("nan")}}, "non-numeric"),
+    ({"ph": "Q", "pid": 1, "ts": 5}, "unknown or missing ph"),
+    ({"ph": "s", "name": "f", "pid": 1, "tid": 1, "ts": 5}, "id is required"),
+    ({"ph": "M", "name": "thread_name", "pid": 1, "tid": 1, "args": {}}, "non-empty args.name"),
+])
+def test_checker_rejects_bad_fields(event, fragment):
+    problems = check_trace(_named() + [event])
+    assert any(fragment in p for p in problems), problems
+
+
+def test_checker_requires_process_and_thread_names():
+    problems = check_trace([_x(0, 5)])
+    assert any("no process_name" in p for p in problems)
+    assert any("no thread_name" in p for p in problems)
+
+
+def test_checker_accepts_nesting_and_rejects_partial_overlap():
+    assert check_trace(_named() + [_x(0, 10), _x(2, 3), _x(10, 5)]) == []
+    assert any("overlaps" in p for p in check_trace(_named() + [_x(0, 10), _x(5, 10)]))
+    # the same two slices on different tracks are fine
+    assert check_trace(_named() + _named(1, 2) + [_x(0, 10), _x(5, 10, tid=2)]) == []
+
+
+def _flow(ph, ts, fid=7):
+    return {"ph": ph, "name": "f", "cat": "c", "id": fid, "pid": 1, "tid": 1, "ts": ts,
+            "bp": "e"}
+
+
+def test_checker_flow_rules():
+    base = _named() + [_x(0, 100)]
+    assert check_trace(base + [_flow("s", 1), _flow("t", 5), _flow("f", 9)]) == []
+    two_finishes = check_trace(base + [_flow("s", 1), _flow("f", 5), _flow("f", 9)])
+    assert any("2 finish" in p for p in two_finishes)
+    unordered = check_trace(base + [_flow("s", 6), _flow("t", 5), _flow("f", 9)])
+    assert any("start must come first" in p for p in unordered)
+    unbound = check_trace(base + [_flow("s", 1), _flow("t", 500), _flow("f", 501)])
+    assert any("lies in no X slice" in p for p in unbound)
+
+
+def test_checker_async_pairs_must_match():
+    def ev(ph, ts):
+        return {"ph": ph, "name": "r", "cat": "c", "id": 1, "pid": 1, "tid": 1, "ts": ts}
+    assert check_trace(_named() + [ev("b", 0), ev("e", 5)]) == []
+    assert any("never end" in p for p in check_trace(_named() + [ev("b", 0)]))
+    assert any("no open b" in p for p in check_trace(_named() + [ev("e", 0)]))
