@@ -78,12 +78,16 @@ def record_span(
 
 
 def record_event(name: str, attributes: Mapping[str, Any], timestamp_ns: Optional[int] = None,
-                 record: str = contract.RECORD_EVENT) -> None:
-    """Queue one event record that has no span around it (a zero-duration span)."""
+                 record: str = contract.RECORD_EVENT, parent: Optional[SpanContext] = None,
+                 links: Optional[Sequence[SpanContext]] = None) -> None:
+    """Queue one event record that has no span around it (a zero-duration span).
+
+    ``parent`` places it in a request's trace (OTLP viewers); ``links`` points at other traces.
+    """
     ts = timestamp_ns or time.time_ns()
     attrs = dict(attributes)
     attrs[contract.RECORD] = record
-    record_span(name, ts, ts, attrs)
+    record_span(name, ts, ts, attrs, parent=parent, links=links)
 
 
 def record_link(from_rid: str, to_rid: str, domain: str = "Engine") -> None:

@@ -1,8 +1,15 @@
 """Built-in handlers for vLLM V1 (and vllm-ascend), named in the default symbol YAML.
 
 Every handler has the custom-handler signature ``handler(original, this, *args, **kwargs)``:
-it calls ``original(*args, **kwargs)`` exactly once and returns its result. Short names and the
-reference tool's handler paths resolve to these through :data:`BUILTIN_HANDLERS`.
+it calls ``original(*args, **kwargs)`` exactly once and returns its result. Short names resolve
+to these through :data:`BUILTIN_HANDLERS`.
+
+msserviceprofiler's handler paths (``msserviceprofiler.vllm_profiler.vllm_v1.<file>:<function>``,
+as its packaged YAML and the file vllm-ascend writes name them) resolve through
+:data:`REFERENCE_HANDLER_ALIASES` to the built-in that writes the same records, whether or not
+msserviceprofiler is installed: its own handlers write through CANN's library, not
+OpenTelemetry. Paths with no equivalent are listed in :data:`REFERENCE_HANDLERS_WITHOUT_EQUIVALENT`
+(and every ``vllm_v0`` path); :func:`reference_handler_gap` gives the reason to report.
 """
 
 _MODULE = "otel_vllm_ascend.handlers"
@@ -11,6 +18,7 @@ _MODULE = "otel_vllm_ascend.handlers"
 BUILTIN_HANDLERS = {
     "add_request_async": f"{_MODULE}.request:add_request_async",
     "process_outputs": f"{_MODULE}.request:process_outputs",
+    "assign_request_id": f"{_MODULE}.request:assign_request_id",
     "schedule": f"{_MODULE}.scheduler:schedule",
     "add_request": f"{_MODULE}.scheduler:add_request",
     "free": f"{_MODULE}.kvcache:free",
@@ -23,10 +31,60 @@ BUILTIN_HANDLERS = {
 }
 
 
+_REF_V1 = "msserviceprofiler.vllm_profiler.vllm_v1"
+_REF_V0 = "msserviceprofiler.vllm_profiler.vllm_v0."
+_COMPAT = f"{_MODULE}.compat_extra"
+
+# msserviceprofiler handler path -> our "module:function" with the same records.
+REFERENCE_HANDLER_ALIASES = {
+    f"{_REF_V1}.batch_hookers:schedule": BUILTIN_HANDLERS["schedule"],
+    f"{_REF_V1}.batch_hookers:add_request": f"{_COMPAT}:add_request",  # ReqState + Enqueue
+    f"{_REF_V1}.batch_hookers:free_request": f"{_COMPAT}:free_request",
+    f"{_REF_V1}.batch_hookers:process_inputs": f"{_COMPAT}:process_inputs",
+    f"{_REF_V1}.kvcache_hookers:free": BUILTIN_HANDLERS["free"],
+    f"{_REF_V1}.kvcache_hookers:get_computed_blocks": BUILTIN_HANDLERS["get_computed_blocks"],
+    f"{_REF_V1}.model_hookers:execute_model": BUILTIN_HANDLERS["execute_model"],
+    f"{_REF_V1}.model_hookers:compute_logits": BUILTIN_HANDLERS["compute_logits"],
+    f"{_REF_V1}.model_hookers:sampler_forward": BUILTIN_HANDLERS["sampler_forward"],
+    f"{_REF_V1}.model_hookers:capture_async": BUILTIN_HANDLERS["capture_async"],
+    f"{_REF_V1}.request_hookers:add_request_async": BUILTIN_HANDLERS["add_request_async"],
+    f"{_REF_V1}.request_hookers:process_outputs": BUILTIN_HANDLERS["process_outputs"],
+    f"{_REF_V1}.meta_hookers:init_data_parallel": BUILTIN_HANDLERS["init_data_parallel"],
+}
+
+# msserviceprofiler handler paths we deliberately do not map, and why (entries are skipped).
+REFERENCE_HANDLERS_WITHOUT_EQUIVALENT = {
+    f"{_REF_V1}.kvcache_hookers:allocate_slots": (
+        "msserviceprofiler has no handler function 'allocate_slots' (its YAML names one that "
+        "does not exist, so it records nothing there either); no equivalent"),
+    f"{_REF_V1}.model_hookers:set_forward_context": (
+        "msserviceprofiler ships this hook commented out; its span only repeats the "
+        "modelRunnerExec / forward timing; no equivalent"),
+}
+_V0_REASON = ("handler for vLLM's V0 engine, which the vLLM versions this project supports no "
+              "longer have; no equivalent")
+
+
+def reference_handler_gap(handler: str) -> "str | None":
+    """Why a msserviceprofiler handler path has no built-in equivalent, or None if it has one
+    (or is not one of msserviceprofiler's paths). The entry naming it is to be skipped."""
+    reason = REFERENCE_HANDLERS_WITHOUT_EQUIVALENT.get(handler)
+    if reason is None and handler.startswith(_REF_V0):
+        reason = _V0_REASON
+    return reason
+
+
 def resolve_builtin(handler: str) -> "str | None":
-    """The canonical ``module:function`` of a built-in handler named by short name or path."""
+    """The canonical ``module:function`` of a built-in handler named by short name or path
+    (ours, or one of msserviceprofiler's with an equivalent)."""
     if handler in BUILTIN_HANDLERS:
         return BUILTIN_HANDLERS[handler]
-    if handler in BUILTIN_HANDLERS.values():
+    alias = REFERENCE_HANDLER_ALIASES.get(handler)
+    if alias is not None:
+        return alias
+    if handler in _CANONICAL:
         return handler
     return None
+
+
+_CANONICAL = frozenset(BUILTIN_HANDLERS.values()) | frozenset(REFERENCE_HANDLER_ALIASES.values())

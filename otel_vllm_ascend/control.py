@@ -1,0 +1,223 @@
+"""Live collection control for one process.
+
+The profiler config file (``SERVICE_PROF_CONFIG_PATH``) is re-read while vLLM runs:
+
+* ``enable`` 0 -> 1 starts recording without a restart, 1 -> 0 stops it;
+* ``timelimit`` (seconds, 0 = none) stops recording that long after it was enabled; recording
+  resumes only after the file changes again with ``enable: 1``;
+* ``domain`` (allow-list) and ``profiler_level`` decide which hooks record.
+
+A daemon thread (``otel-vllm-control``) polls the file about every 0.5 s (a cheap ``mtime``
+check). Whenever the effective state changes, every registered listener is called with the new
+:class:`LiveState`; the instrumentor uses that to set one ``active`` flag per hook, so a
+disabled hook costs a single attribute check on vLLM's thread. Samplers listen too.
+
+In a forked child the thread does not exist; it is restarted there automatically
+(``os.register_at_fork``). Spawned children start their own when they install hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional
+
+_logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What this process records right now."""
+
+    recording: bool = False
+    config: Any = None  # the ProfilerConfig in force (None before the first load)
+    enabled_at: Optional[float] = None  # time.monotonic() when recording started
+    reason: str = "not started"
+
+    def allows(self, domain: str, level: int = 20) -> bool:
+        """True when a record of ``domain`` at ``level`` is kept now."""
+        if not self.recording or self.config is None:
+            return False
+        try:
+            return bool(self.config.allows(domain, level))
+        except Exception:  # a config object without allows(): keep everything
+            return True
+
+
+Listener = Callable[[LiveState], None]
+
+
+@dataclass
+class _Controller:
+    state: LiveState = field(default_factory=LiveState)
+    listeners: List[Listener] = field(default_factory=list)
+    config_file: Any = None  # ConfigFile, when a file is watched
+    thread: Optional[threading.Thread] = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    expired: bool = False  # timelimit reached for the current file version
+    poll_interval: float = POLL_INTERVAL_S
+
+
+_ctl = _Controller()
+
+
+def current() -> LiveState:
+    """The state in force now."""
+    return _ctl.state
+
+
+def is_recording() -> bool:
+    return _ctl.state.recording
+
+
+def allows(domain: str, level: int = 20) -> bool:
+    """For handlers whose records span several domains: is this one kept now?"""
+    return _ctl.state.allows(domain, level)
+
+
+def add_listener(listener: Listener) -> None:
+    """Call ``listener(state)`` now and on every change of the live state."""
+    with _ctl.lock:
+        if listener not in _ctl.listeners:
+            _ctl.listeners.append(listener)
+        state = _ctl.state
+    _notify_one(listener, state)
+
+
+def remove_listener(listener: Listener) -> None:
+    with _ctl.lock:
+        if listener in _ctl.listeners:
+            _ctl.listeners.remove(listener)
+
+
+def start(config_file: Any = None, config: Any = None,
+          poll_interval: float = POLL_INTERVAL_S) -> LiveState:
+    """Start live control.
+
+    ``config_file`` is a ``config.ConfigFile`` to watch (its ``enable`` rules); without one,
+    ``config`` is applied as is and never changes (used under ``opentelemetry-instrument``
+    without ``SERVICE_PROF_CONFIG_PATH``, where collection is on with the default config).
+    Calling it again replaces the previous source.
+    """
+    with _ctl.lock:
+        _stop_thread()
+        _ctl.config_file = config_file
+        _ctl.expired = False
+        _ctl.poll_interval = poll_interval
+        first = config_file.current if config_file is not None else config
+        _apply(first, "config loaded")
+        if config_file is not None or _timelimit(first) > 0:
+            _start_thread()
+        return _ctl.state
+
+
+def stop() -> None:
+    """Stop the watcher and recording (uninstrument, tests)."""
+    with _ctl.lock:
+        _stop_thread()
+        _ctl.config_file = None
+        _set(LiveState(recording=False, config=_ctl.state.config, reason="stopped"))
+
+
+def poll_now() -> LiveState:
+    """One watcher iteration on the calling thread (tests, and the thread's own loop)."""
+    with _ctl.lock:
+        config_file = _ctl.config_file
+        if config_file is not None:
+            try:
+                new_config = config_file.poll()
+            except Exception:  # ConfigFile.poll never raises by contract; stay safe anyway
+                _logger.debug("config poll failed", exc_info=True)
+                new_config = None
+            if new_config is not None:
+                _ctl.expired = False
+                _apply(new_config, "config changed")
+                return _ctl.state
+        state = _ctl.state
+        limit = _timelimit(state.config)
+        if (state.recording and limit > 0 and state.enabled_at is not None
+                and time.monotonic() - state.enabled_at >= limit):
+            _ctl.expired = True
+            _logger.info("otel-vllm-ascend: timelimit of %ss reached, recording stopped", limit)
+            _set(LiveState(recording=False, config=state.config, reason="timelimit reached"))
+        return _ctl.state
+
+
+def _timelimit(config: Any) -> float:
+    try:
+        return float(getattr(config, "timelimit", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _apply(config: Any, reason: str) -> None:
+    enable = bool(getattr(config, "enable", False)) and not _ctl.expired
+    old = _ctl.state
+    if enable:
+        enabled_at = old.enabled_at if old.recording else time.monotonic()
+        new = LiveState(recording=True, config=config, enabled_at=enabled_at, reason=reason)
+    else:
+        new = LiveState(recording=False, config=config, reason=reason)
+    if old.recording != new.recording:
+        _logger.info("otel-vllm-ascend: recording %s (pid %d)",
+                     "started" if new.recording else "stopped", os.getpid())
+    _set(new)
+
+
+def _set(state: LiveState) -> None:
+    _ctl.state = state
+    for listener in list(_ctl.listeners):
+        _notify_one(listener, state)
+
+
+def _notify_one(listener: Listener, state: LiveState) -> None:
+    try:
+        listener(state)
+    except Exception:
+        _logger.warning("otel-vllm-ascend: live-control listener %r failed", listener,
+                        exc_info=True)
+
+
+def _start_thread() -> None:
+    stop_event = threading.Event()
+    _ctl.stop = stop_event
+    thread = threading.Thread(target=_run, args=(stop_event,), name="otel-vllm-control",
+                              daemon=True)
+    _ctl.thread = thread
+    thread.start()
+
+
+def _stop_thread() -> None:
+    thread = _ctl.thread
+    _ctl.stop.set()
+    _ctl.thread = None
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout=2)
+
+
+def _run(stop_event: threading.Event) -> None:
+    while not stop_event.wait(_ctl.poll_interval):
+        try:
+            poll_now()
+        except Exception:  # the watcher must outlive any single bad poll
+            _logger.debug("live-control poll failed", exc_info=True)
+
+
+def _after_fork_in_child() -> None:
+    # Locks may be held by threads that do not exist here; the watcher thread is gone.
+    had_thread = _ctl.thread is not None
+    _ctl.lock = threading.RLock()
+    _ctl.thread = None
+    _ctl.stop = threading.Event()
+    if had_thread:
+        _start_thread()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

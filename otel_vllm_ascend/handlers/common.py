@@ -1,0 +1,235 @@
+"""What the built-in handlers share: process role, request trace contexts, batch details.
+
+* Process role: the first record a process emits from a built-in handler is preceded by a Meta
+  record ``role`` (``api_server``, ``engine_core``, ``worker``) so the analyzer can name tracks.
+* Request trace contexts: the API server gives every request a trace context (the incoming
+  ``traceparent`` or a new trace) and carries it to EngineCore in the request's
+  ``trace_headers``; EngineCore keeps a small map request id -> context so engine spans can link
+  to the requests of their batch.
+* Batch details (:class:`BatchClassifier`): per request of a ``SchedulerOutput`` the step
+  counter ``iter``, ``type`` (0 prefill, 1 decode) and token counts, as the span contract says.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import sys
+import threading
+from collections import OrderedDict
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from opentelemetry.trace import SpanContext, TraceFlags
+
+from otel_vllm_ascend import contract, recorder
+
+MAX_TRACKED_REQUESTS = 65536
+MAX_LINKS = 128
+
+# -- process role -----------------------------------------------------------------------------
+
+_role_recorded: Optional[str] = None
+
+
+def process_role(hint: str) -> str:
+    """This process's vLLM role: from the process name when vLLM named it, else ``hint``."""
+    name = multiprocessing.current_process().name
+    if name.startswith("EngineCore") or name.startswith("DPEngineCore"):
+        return "engine_core"
+    if name.startswith("VllmWorker") or name.startswith("Worker"):
+        return "worker"
+    if hint == "worker" and "vllm.v1.engine.core" in sys.modules and \
+            "vllm.v1.core.sched.scheduler" in sys.modules:
+        return "engine_core"  # UniProcExecutor: the model runs inside EngineCore
+    return hint
+
+
+def ensure_role(hint: str) -> None:
+    """Record the Meta row ``role`` once per process, before its first handler record."""
+    global _role_recorded
+    if _role_recorded is None:
+        _role_recorded = process_role(hint)
+        recorder.record_meta("role", _role_recorded)
+
+
+# -- trace contexts ---------------------------------------------------------------------------
+
+_TRACEPARENT = "traceparent"
+
+
+def parse_traceparent(headers: Optional[Mapping[str, str]]) -> Optional[SpanContext]:
+    """The remote SpanContext of a W3C ``traceparent`` header, or None."""
+    if not headers:
+        return None
+    try:
+        value = headers.get(_TRACEPARENT) or headers.get("Traceparent")
+    except Exception:
+        return None
+    if not isinstance(value, str):
+        return None
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
+    except ValueError:
+        return None
+    if trace_id == 0 or span_id == 0:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 0x01))
+
+
+def new_request_context() -> SpanContext:
+    """A fresh trace for a request that arrived without ``traceparent``."""
+    rand = random.getrandbits
+    return SpanContext(rand(128) or 1, rand(64) or 1, is_remote=True,
+                       trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+
+def format_traceparent(context: SpanContext) -> str:
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+class ContextMap:
+    """Bounded request id -> SpanContext map (oldest entries go first)."""
+
+    def __init__(self, limit: int = MAX_TRACKED_REQUESTS) -> None:
+        self._items: OrderedDict[str, SpanContext] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def put(self, request_id: str, context: SpanContext) -> None:
+        with self._lock:
+            self._items[request_id] = context
+            if len(self._items) > self._limit:
+                self._items.popitem(last=False)
+
+    def get(self, request_id: str) -> Optional[SpanContext]:
+        return self._items.get(request_id)
+
+    def pop(self, request_id: str) -> Optional[SpanContext]:
+        with self._lock:
+            return self._items.pop(request_id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# API server: external id -> request context. EngineCore: internal id -> request context.
+request_contexts = ContextMap()
+
+
+def engine_context(request: Any) -> Optional[SpanContext]:
+    """The trace context a request carried into EngineCore (cached by request id)."""
+    request_id = getattr(request, "request_id", None)
+    if request_id is None:
+        return None
+    context = request_contexts.get(request_id)
+    if context is None:
+        context = parse_traceparent(getattr(request, "trace_headers", None))
+        if context is not None:
+            request_contexts.put(request_id, context)
+    return context
+
+
+def links_for(request_ids: Iterable[str], requests: Optional[Mapping[str, Any]] = None
+              ) -> Optional[List[SpanContext]]:
+    """Span links to the traces of these requests (at most MAX_LINKS)."""
+    links: List[SpanContext] = []
+    for request_id in request_ids:
+        context = request_contexts.get(request_id)
+        if context is None and requests is not None:
+            request = requests.get(request_id)
+            if request is not None:
+                context = engine_context(request)
+        if context is not None:
+            links.append(context)
+            if len(links) >= MAX_LINKS:
+                break
+    return links or None
+
+
+def forget(request_ids: Iterable[str]) -> None:
+    for request_id in request_ids:
+        request_contexts.pop(request_id)
+
+
+# -- batch details ----------------------------------------------------------------------------
+
+PREFILL, DECODE = 0, 1
+
+
+class BatchClassifier:
+    """Per-request step counters and prompt lengths across engine steps.
+
+    Each hook that describes batches (``batchFrameworkProcessing``, ``modelExec``) owns one, as
+    the reference does, so their ``iter`` values count their own calls.
+    """
+
+    def __init__(self) -> None:
+        self._iterations: Dict[str, int] = {}
+        self._prompt_lengths: Dict[str, int] = {}
+
+    def classify(self, scheduler_output: Any) -> Tuple[List[dict], str]:
+        """(request dicts, batch_type) for one SchedulerOutput."""
+        for request_id in getattr(scheduler_output, "finished_req_ids", None) or ():
+            self._iterations.pop(request_id, None)
+            self._prompt_lengths.pop(request_id, None)
+        computed: Dict[str, int] = {}
+        for new in getattr(scheduler_output, "scheduled_new_reqs", None) or ():
+            prompt = getattr(new, "prompt_token_ids", None)
+            if prompt is not None:
+                self._prompt_lengths[new.req_id] = len(prompt)
+            computed[new.req_id] = int(getattr(new, "num_computed_tokens", 0) or 0)
+        cached = getattr(scheduler_output, "scheduled_cached_reqs", None)
+        if cached is not None:
+            for request_id, num_computed in zip(getattr(cached, "req_ids", ()) or (),
+                                                getattr(cached, "num_computed_tokens", ()) or ()):
+                computed[request_id] = int(num_computed)
+        details: List[dict] = []
+        kinds = set()
+        for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
+            iteration = self._iterations.get(request_id, -1) + 1
+            self._iterations[request_id] = iteration
+            prompt_length = self._prompt_lengths.get(request_id)
+            num_computed = computed.get(request_id, 0)
+            kind = PREFILL if prompt_length is not None and num_computed < prompt_length \
+                else DECODE
+            kinds.add(kind)
+            details.append({
+                "rid": request_id,
+                "iter": iteration,
+                "type": kind,
+                "num_scheduled_tokens": int(num_tokens),
+                "num_prompt_tokens": prompt_length,
+                "num_computed_tokens": num_computed,
+            })
+        return details, batch_type(kinds)
+
+
+def batch_type(kinds: set) -> str:
+    if kinds == {PREFILL}:
+        return "Prefill"
+    if kinds == {DECODE}:
+        return "Decode"
+    return "Prefill,Decode" if kinds else ""
+
+
+def batch_attributes(domain: str, details: List[dict], kind: str) -> dict:
+    return {
+        contract.DOMAIN: domain,
+        contract.RID_DETAIL: json.dumps(details, separators=(",", ":")),
+        contract.RID: [d["rid"] for d in details],
+        "batch_type": kind,
+    }
+
+
+def _after_fork_in_child() -> None:
+    global _role_recorded
+    _role_recorded = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

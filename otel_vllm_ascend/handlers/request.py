@@ -1,0 +1,148 @@
+"""API-server handlers: a request's arrival, its id mapping, its response.
+
+* ``AsyncLLM.add_request`` -> events ``httpReq`` and ``tokenize`` (domain ``Engine``) before the
+  request is processed, then the ``link`` record external id -> internal id. The request gets a
+  trace context: the caller's ``traceparent`` (vLLM's ``trace_headers`` argument) or a new trace.
+* ``InputProcessor.assign_request_id`` (where vLLM creates the internal id) -> puts that context
+  into the request's ``trace_headers`` when it has none, so EngineCore spans can link to the
+  request's trace. ``trace_headers`` only feeds tracing: vLLM computes the same outputs; with
+  vLLM's own tracing on, its ``llm_request`` span then joins our request trace.
+* ``OutputProcessor.process_outputs`` -> one ``httpRes`` per finished request with
+  ``recvTokenSize`` (prompt tokens) and ``replyTokenSize`` (generated tokens), then one
+  ``detokenize`` naming every request of the call.
+
+Records name requests by their external id (what the client sees); the link record lets the
+analyzer join them with EngineCore's internal ids. No prompt or completion text is read.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from typing import Any, List, Optional, Tuple
+
+from otel_vllm_ascend import contract, control, recorder
+from otel_vllm_ascend.handlers import common
+
+DOMAIN = "Engine"
+
+# The request being added on this task: (external id, trace context).
+_adding: contextvars.ContextVar = contextvars.ContextVar("otel_vllm_adding", default=None)
+
+
+def _trace_headers(args: tuple, kwargs: dict) -> Any:
+    if "trace_headers" in kwargs:
+        return kwargs["trace_headers"]
+    # add_request(request_id, prompt, params, arrival_time, lora_request,
+    #             tokenization_kwargs, trace_headers, ...)
+    return args[6] if len(args) > 6 else None
+
+
+async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
+    """``AsyncLLM.add_request`` (vLLM V1) / ``AsyncLLMEngine.add_request`` (V0)."""
+    request_id = kwargs.get("request_id", args[0] if args else None)
+    if not isinstance(request_id, str):
+        return await original(*args, **kwargs)
+    common.ensure_role("api_server")
+    context = common.parse_traceparent(_trace_headers(args, kwargs)) \
+        or common.new_request_context()
+    common.request_contexts.put(request_id, context)
+    now = time.time_ns()
+    tid = threading.get_native_id()
+    attributes = {contract.DOMAIN: DOMAIN, contract.RID: request_id,
+                  "gen_ai.request.id": request_id}
+    recorder.record_span("httpReq", now, now, {**attributes, contract.RECORD: "event"},
+                         parent=context, thread_id=tid)
+    recorder.record_span("tokenize", now, now,
+                         {contract.DOMAIN: DOMAIN, contract.RID: request_id,
+                          contract.RECORD: "event"}, parent=context, thread_id=tid)
+    token = _adding.set((request_id, context))
+    try:
+        collector = await original(*args, **kwargs)
+    finally:
+        _adding.reset(token)
+    internal_id = getattr(collector, "request_id", None)
+    if isinstance(internal_id, str) and internal_id != request_id:
+        _link(request_id, internal_id, context)
+    return collector
+
+
+def _link(external_id: str, internal_id: str, context: Any) -> None:
+    recorder.record_event(contract.LINK_NAME, {contract.DOMAIN: DOMAIN,
+                                               contract.LINK_FROM: external_id,
+                                               contract.LINK_TO: internal_id},
+                          record=contract.RECORD_LINK, parent=context)
+
+
+def assign_request_id(original: Any, this: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+    """``InputProcessor.assign_request_id``: carry the request's trace context to EngineCore."""
+    result = original(request, *args, **kwargs)
+    adding = _adding.get()
+    if adding is None:
+        return result
+    _, context = adding
+    if getattr(request, "trace_headers", None) is None:
+        request.trace_headers = {"traceparent": common.format_traceparent(context)}
+    return result
+
+
+def _finished_states(this: Any, outputs: Any) -> List[Tuple[str, Any]]:
+    states = getattr(this, "request_states", None) or {}
+    finished = []
+    for output in outputs:
+        if getattr(output, "finish_reason", None) is None:
+            continue
+        state = states.get(output.request_id)
+        if state is not None:
+            finished.append((output.request_id, state))
+    return finished
+
+
+def _generated_tokens(state: Any) -> Optional[int]:
+    stats = getattr(state, "stats", None)
+    if stats is not None:
+        return int(stats.num_generation_tokens)
+    detokenizer = getattr(state, "detokenizer", None)
+    if detokenizer is not None and hasattr(detokenizer, "num_output_tokens"):
+        return int(detokenizer.num_output_tokens())
+    return None
+
+
+def process_outputs(original: Any, this: Any, engine_core_outputs: Any, *args: Any,
+                    **kwargs: Any) -> Any:
+    """``OutputProcessor.process_outputs``: ``httpRes`` per finished request, one ``detokenize``."""
+    if not engine_core_outputs:
+        return original(engine_core_outputs, *args, **kwargs)
+    common.ensure_role("api_server")
+    # Taken before the call: the original drops finished requests from request_states. The
+    # state objects stay readable, so token counts are read after it (final counts).
+    finished = _finished_states(this, engine_core_outputs)
+    states = getattr(this, "request_states", None) or {}
+    rids = []
+    for output in engine_core_outputs:
+        state = states.get(output.request_id)
+        rids.append(getattr(state, "external_req_id", None) or output.request_id)
+    start = time.time_ns()
+    tid = threading.get_native_id()
+    result = original(engine_core_outputs, *args, **kwargs)
+    end = time.time_ns()
+    for request_id, state in finished:
+        external_id = getattr(state, "external_req_id", None) or request_id
+        prompt = getattr(state, "prompt_token_ids", None)
+        attributes = {contract.DOMAIN: DOMAIN, contract.RID: external_id,
+                      contract.RECORD: "event"}
+        attributes[contract.METRIC_PREFIX + "recvTokenSize"] = \
+            len(prompt) if prompt is not None else int(getattr(state, "prompt_len", 0) or 0)
+        reply = _generated_tokens(state)
+        if reply is not None:
+            attributes[contract.METRIC_PREFIX + "replyTokenSize"] = reply
+        context = common.request_contexts.get(external_id)
+        if request_id not in states:  # really finished: forget its context
+            common.request_contexts.pop(external_id)
+        recorder.record_span("httpRes", start, start, attributes, parent=context, thread_id=tid)
+    if control.allows(DOMAIN):
+        recorder.record_span("detokenize", end, end,
+                             {contract.DOMAIN: DOMAIN, contract.RID: rids,
+                              contract.RECORD: "event"}, thread_id=tid)
+    return result

@@ -1,0 +1,127 @@
+"""EngineCore scheduler handlers.
+
+* ``Scheduler.schedule`` -> span ``batchFrameworkProcessing`` (domain ``Schedule``) around the
+  call, for non-empty batches only, with the per-request details (``ms.rid_detail``),
+  ``batch_type``, ``batch_size`` (requests) and ``ms.metric.num_scheduled_tokens``; span events
+  ``Dequeue`` / ``Enqueue`` for requests that left / joined the RUNNING then the WAITING queue
+  during the call (with ``QueueSize`` after it), and ``KVCacheStatus`` (domain
+  ``Schedule.KVCache``): total, used, free blocks, usage fraction and blocks allocated by this
+  step. The span links to the trace of every scheduled request.
+* ``Scheduler.add_request`` -> event ``Enqueue`` (WAITING) after the call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any, List, Optional
+
+from otel_vllm_ascend import contract, control, recorder
+from otel_vllm_ascend.handlers import common
+
+DOMAIN = "Schedule"
+KV_DOMAIN = "Schedule.KVCache"
+RUNNING, WAITING = "RUNNING", "WAITING"
+
+_classifier = common.BatchClassifier()
+
+
+def _queue_event(name: str, timestamp: int, request_ids: List[str], queue_name: str,
+                 size: int) -> tuple:
+    return (name, timestamp, {
+        contract.DOMAIN: DOMAIN,
+        contract.RID: request_ids,
+        contract.METRIC_PREFIX + "QueueSize": size,
+        contract.SCOPE_PREFIX + "QueueName": queue_name,
+    })
+
+
+def _diff(before: List[Any], after: List[Any]) -> tuple:
+    """(left, joined) request ids between two queue snapshots (multisets of Request objects)."""
+    old, new = Counter(map(id, before)), Counter(map(id, after))
+    by_id = {id(r): r for r in before}
+    by_id.update((id(r), r) for r in after)
+    left = [by_id[k].request_id for k in (old - new).elements()]
+    joined = [by_id[k].request_id for k in (new - old).elements()]
+    return left, joined
+
+
+def _used_blocks(this: Any) -> Optional[tuple]:
+    """(total, free) blocks of the scheduler's KV cache, or None when not readable."""
+    try:
+        manager = this.kv_cache_manager
+        total = int(this.kv_cache_config.num_blocks)
+        free = int(manager.block_pool.get_num_free_blocks())
+    except Exception:
+        return None
+    return total, free
+
+
+def schedule(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
+    """``Scheduler.schedule`` (and vllm-ascend's ``AscendScheduler.schedule``)."""
+    common.ensure_role("engine_core")
+    running_before = list(this.running)
+    waiting_before = list(this.waiting)
+    kv_before = _used_blocks(this)
+    start = time.time_ns()
+    tid = threading.get_native_id()
+    output = original(*args, **kwargs)
+    end = time.time_ns()
+
+    details, kind = _classifier.classify(output)
+    finished = getattr(output, "finished_req_ids", None) or ()
+    if not details:
+        common.forget(finished)
+        return output
+    request_ids = [d["rid"] for d in details]
+    events = []
+    for queue_name, before, after in ((RUNNING, running_before, list(this.running)),
+                                      (WAITING, waiting_before, list(this.waiting))):
+        left, joined = _diff(before, after)
+        if left:
+            events.append(_queue_event("Dequeue", end, left, queue_name, len(after)))
+        if joined:
+            events.append(_queue_event("Enqueue", end, joined, queue_name, len(after)))
+    kv_after = _used_blocks(this)
+    if kv_after is not None and control.allows(KV_DOMAIN):
+        total, free = kv_after
+        used = total - free
+        used_before = kv_before[0] - kv_before[1] if kv_before is not None else used
+        try:
+            usage = float(this.kv_cache_manager.usage)
+        except Exception:
+            usage = used / total if total else 0.0
+        events.append(("KVCacheStatus", end, {
+            contract.DOMAIN: KV_DOMAIN,
+            contract.RID: request_ids,
+            contract.METRIC_PREFIX + "TotalBlocks": total,
+            contract.METRIC_PREFIX + "UsedBlocks": used,
+            contract.METRIC_PREFIX + "FreeBlocks": free,
+            contract.METRIC_PREFIX + "UsagePercent": usage,
+            contract.METRIC_PREFIX + "AllocatedBlocks": used - used_before,
+        }))
+    attributes = common.batch_attributes(DOMAIN, details, kind)
+    attributes["batch_size"] = len(details)
+    attributes[contract.METRIC_PREFIX + "num_scheduled_tokens"] = \
+        int(output.total_num_scheduled_tokens)
+    links = common.links_for(request_ids, getattr(this, "requests", None))
+    recorder.record_span("batchFrameworkProcessing", start, end, attributes, events=events,
+                         links=links, thread_id=tid)
+    common.forget(finished)
+    return output
+
+
+def add_request(original: Any, this: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+    """``Scheduler.add_request``: ``Enqueue`` into WAITING."""
+    result = original(request, *args, **kwargs)
+    common.ensure_role("engine_core")
+    request_id = getattr(request, "request_id", None)
+    if request_id is not None:
+        recorder.record_event("Enqueue", {
+            contract.DOMAIN: DOMAIN,
+            contract.RID: request_id,
+            contract.METRIC_PREFIX + "QueueSize": len(this.waiting),
+            contract.SCOPE_PREFIX + "QueueName": WAITING,
+        }, parent=common.engine_context(request))
+    return result

@@ -1,0 +1,180 @@
+"""Installing and removing hooks for compiled symbol specs.
+
+For every spec the target module is hooked *now* when it is already imported, otherwise through a
+``wrapt`` post-import hook the moment it is imported. Hooks go onto the class (or module) before
+vLLM builds its objects, so methods vLLM binds at construction (``EngineCore.step`` into
+``step_fn``) are the wrapped ones. An attribute that already holds one of our wrappers is never
+wrapped again, so instrumenting twice (``opentelemetry-instrument`` and the vLLM plugin in one
+process) installs each hook once.
+
+A spec that cannot be installed (module attribute missing, handler not importable, a property
+instead of a method) gets one warning naming the symbol file, the entry and the reason; the others
+are installed regardless.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import wrapt
+
+from otel_vllm_ascend import wrapping
+
+_logger = logging.getLogger(__name__)
+
+
+class HookInstaller:
+    """Owns the hooks of one instrumentation session (``instrument()`` .. ``uninstrument()``)."""
+
+    def __init__(self, specs: Sequence[Any]) -> None:
+        self._specs_by_module: Dict[str, List[Any]] = {}
+        for spec in specs:
+            self._specs_by_module.setdefault(spec.module, []).append(spec)
+        self.hooks: List[wrapping.Hook] = []
+        self.problems: List[str] = []
+        self._lock = threading.RLock()
+        self._live: Any = None
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Hook loaded modules now; register post-import hooks for the rest."""
+        for module_name in self._specs_by_module:
+            # Calls back at once when the module is already imported.
+            wrapt.register_post_import_hook(self._on_import, module_name)
+
+    def close(self) -> None:
+        """Restore every original; later imports install nothing."""
+        with self._lock:
+            self._closed = True
+            for hook in reversed(self.hooks):
+                if not hook.removed:
+                    hook.remove()
+            self.hooks.clear()
+
+    def set_live_state(self, live: Any) -> None:
+        with self._lock:
+            self._live = live
+            for hook in self.hooks:
+                hook.set_state(live)
+
+    @property
+    def pending_modules(self) -> List[str]:
+        import sys
+        return [name for name in self._specs_by_module if name not in sys.modules]
+
+    # -- installation ---------------------------------------------------------------------
+    def _on_import(self, module: Any) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            for spec in self._specs_by_module.get(module.__name__, ()):
+                try:
+                    hook = install(spec, module)
+                except HookInstallError as err:
+                    self._problem(spec, str(err))
+                    continue
+                except Exception as err:  # never let an import fail because of us
+                    self._problem(spec, f"{type(err).__name__}: {err}")
+                    continue
+                if hook is None:
+                    continue
+                self.hooks.append(hook)
+                if self._live is not None:
+                    hook.set_state(self._live)
+            _logger.debug("otel-vllm-ascend: hooked %s", module.__name__)
+
+    def _problem(self, spec: Any, reason: str) -> None:
+        source = getattr(spec, "source", "") or "symbol file"
+        message = f"{source}: entry {spec.symbol!r} not installed: {reason}"
+        self.problems.append(message)
+        _logger.warning("otel-vllm-ascend: %s", message)
+
+
+class HookInstallError(Exception):
+    """A spec that cannot be applied to the imported module."""
+
+
+def resolve_handler(path: Optional[str]) -> Optional[Callable]:
+    """Import a ``pkg.mod:func`` handler (None = default timer)."""
+    if not path:
+        return None
+    from otel_vllm_ascend.handlers import resolve_builtin
+
+    canonical = resolve_builtin(path) or path
+    module_name, sep, attr = canonical.partition(":")
+    if not sep or not module_name or not attr:
+        raise HookInstallError(f"handler {path!r} is not of the form 'package.module:function'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as err:
+        raise HookInstallError(f"handler module {module_name!r} cannot be imported: {err}") from err
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise HookInstallError(f"handler {path!r}: {module_name!r} has no {attr!r}")
+    if not callable(target):
+        raise HookInstallError(f"handler {path!r} is not callable")
+    return target
+
+
+def install(spec: Any, module: Any) -> Optional[wrapping.Hook]:
+    """Wrap the spec's target in ``module``; None when it already carries our wrapper."""
+    parts = spec.qualname.split(".")
+    owner: Any = module
+    for part in parts[:-1]:
+        owner = getattr(owner, part, None)
+        if owner is None:
+            raise HookInstallError(f"{module.__name__} has no {'.'.join(parts[:-1])!r}")
+    attr = parts[-1]
+    if inspect.isclass(owner):
+        raw = owner.__dict__.get(attr, _ABSENT)
+        had_own = raw is not _ABSENT
+        if not had_own:
+            try:
+                raw = inspect.getattr_static(owner, attr)
+            except AttributeError:
+                raise HookInstallError(f"{owner.__qualname__} has no attribute {attr!r}") from None
+    else:
+        raw = getattr(owner, attr, _ABSENT)
+        had_own = True
+        if raw is _ABSENT:
+            raise HookInstallError(f"{module.__name__} has no attribute {attr!r}")
+
+    if wrapping.hook_of(raw) is not None:
+        return None  # already ours: never double-wrap
+
+    if isinstance(raw, staticmethod):
+        binding, func = "staticmethod", raw.__func__
+    elif isinstance(raw, classmethod):
+        binding, func = "classmethod", raw.__func__
+    elif inspect.isclass(owner):
+        if not inspect.isfunction(raw):
+            raise HookInstallError(
+                f"{spec.qualname} is a {type(raw).__name__}, not a function or method")
+        binding, func = "method", raw
+    else:
+        if not callable(raw):
+            raise HookInstallError(f"{spec.qualname} is not callable")
+        binding, func = "function", raw
+    if wrapping.hook_of(func) is not None:
+        return None
+
+    handler = resolve_handler(getattr(spec, "handler", None))
+    hook = wrapping.Hook(spec, owner, attr, raw, had_own, func, binding, handler)
+    wrapper = wrapping.build_wrapper(hook)
+    if binding == "staticmethod":
+        replacement: Any = staticmethod(wrapper)
+    elif binding == "classmethod":
+        replacement = classmethod(wrapper)
+    else:
+        replacement = wrapper
+    setattr(owner, attr, replacement)
+    return hook
+
+
+_ABSENT = object()

@@ -1,0 +1,138 @@
+"""OpenTelemetry instrumentor for vLLM's service profiling hooks.
+
+Installs one hook per entry of the symbol YAML (the packaged default, or the file named by
+``PROFILING_SYMBOLS_PATH``) into whichever vLLM process runs it: API server, EngineCore, Worker.
+Each hook records spans through :mod:`otel_vllm_ascend.recorder`; what is recorded is decided live
+by the profiler config (``SERVICE_PROF_CONFIG_PATH``, see :mod:`otel_vllm_ascend.control`).
+
+Usage::
+
+    opentelemetry-instrument vllm serve MODEL        # entry point vllm_service_profiler
+    SERVICE_PROF_CONFIG_PATH=prof.json vllm serve MODEL   # vLLM plugin, same instrumentor
+
+    from otel_vllm_ascend.instrumentor import VllmServiceInstrumentor
+    VllmServiceInstrumentor().instrument(tracer_provider=provider)
+
+Options of ``instrument()``: ``tracer_provider``; ``symbols_path`` (a YAML instead of the default
+lookup); ``specs`` (already compiled ``HookSpec`` objects, tests); ``config_path`` (profiler
+config to watch); ``config`` (a ``ProfilerConfig`` applied without watching).
+Without a config file, collection is on with the default config: running under
+``opentelemetry-instrument`` is the request to record.
+
+``instrumentation_dependencies()`` is empty: vLLM builds often carry versions OpenTelemetry's
+check rejects (``0.1.devN+g…``), so versions are gated per symbol (``min_version`` /
+``max_version``) instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Collection, Optional
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from otel_vllm_ascend import control, recorder
+from otel_vllm_ascend.installer import HookInstaller
+
+_logger = logging.getLogger(__name__)
+
+
+class VllmServiceInstrumentor(BaseInstrumentor):
+    """Hooks vLLM / vllm-ascend internals named by the symbol YAML."""
+
+    _installer: Optional[HookInstaller] = None
+    _samplers: Any = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        ensure_visible_logging()
+        provider = kwargs.get("tracer_provider")
+        if provider is not None:
+            recorder.set_tracer_provider(provider)
+
+        specs = kwargs.get("specs")
+        source = "specs given"
+        if specs is None:
+            specs, source = _load_specs(kwargs.get("symbols_path"))
+        installer = HookInstaller(specs)
+        self._installer = installer
+        installer.start()
+
+        config_file, config = _config_source(kwargs)
+        control.add_listener(installer.set_live_state)
+        state = control.start(config_file=config_file, config=config)
+
+        from otel_vllm_ascend import samplers
+
+        self._samplers = samplers.SamplerSet()
+        control.add_listener(self._samplers.on_state)
+
+        _logger.info(
+            "otel-vllm-ascend: pid %d: %d hooks installed now, %d more modules hooked when "
+            "imported (%d entries from %s); recording %s",
+            os.getpid(), len(installer.hooks), len(installer.pending_modules), len(specs),
+            source, "on" if state.recording else "off")
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        installer = self._installer
+        if installer is not None:
+            control.remove_listener(installer.set_live_state)
+            installer.close()
+            self._installer = None
+        if self._samplers is not None:
+            control.remove_listener(self._samplers.on_state)
+            self._samplers.stop()
+            self._samplers = None
+        control.stop()
+        recorder.flush()
+
+    @property
+    def hooks(self) -> list:
+        """Hooks installed so far in this process (tests, diagnostics)."""
+        return list(self._installer.hooks) if self._installer is not None else []
+
+    @property
+    def problems(self) -> list:
+        return list(self._installer.problems) if self._installer is not None else []
+
+
+def _load_specs(symbols_path: Optional[str]) -> tuple:
+    from otel_vllm_ascend.symbols import SymbolsError, load_symbols
+
+    try:
+        symbol_set = load_symbols(symbols_path)
+    except SymbolsError as err:
+        _logger.error("otel-vllm-ascend: no hooks installed: %s", err)
+        return (), str(symbols_path or "default symbols")
+    for problem in getattr(symbol_set, "problems", ()) or ():
+        _logger.warning("otel-vllm-ascend: %s", problem)
+    return tuple(symbol_set.specs), str(getattr(symbol_set, "path", symbols_path))
+
+
+def _config_source(kwargs: dict) -> tuple:
+    """(ConfigFile to watch or None, fixed config or None)."""
+    from otel_vllm_ascend import config as config_module
+
+    if kwargs.get("config") is not None:
+        return None, kwargs["config"]
+    path = kwargs.get("config_path") or config_module.config_path_from_env()
+    if path:
+        return config_module.ConfigFile(path), None
+    default = config_module.ProfilerConfig()
+    return None, dataclasses.replace(default, enable=type(default.enable)(1))
+
+
+def ensure_visible_logging() -> None:
+    """vLLM configures only its own logger: give ours a stderr handler when nobody else does."""
+    package_logger = logging.getLogger("otel_vllm_ascend")
+    if package_logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
+    package_logger.addHandler(handler)
+    if package_logger.level == logging.NOTSET:
+        package_logger.setLevel(logging.INFO)

@@ -1,0 +1,230 @@
+"""Background samplers driven by the profiler config, started and stopped with ``enable``.
+
+* ``host_system_usage_freq`` (1-50 Hz, -1 off): host CPU % and memory, sampled with psutil on a
+  daemon thread, recorded as metric records ``hostUsage`` (domain ``host``):
+  ``ms.metric.cpuPercent``, ``ms.metric.memPercent``, ``ms.metric.memUsedMB``.
+* ``npu_memory_usage_freq`` (1-50 Hz, -1 off): device memory, metric records ``deviceMemory``
+  (domain ``npu``): ``ms.metric.usage`` (MB allocated), ``ms.metric.reserved`` (MB),
+  ``ms.scope.device``. Read through torch_npu when importable, torch.cuda when a GPU exists;
+  otherwise one warning and nothing.
+* ``acl_task_time``: 3 drives the torch_npu profiler once per engine step (``modelExec``) when
+  torch_npu is importable; 1 (aclprof) and 2 (MSPTI) need the CANN toolkit's C library, which
+  this package does not drive: one warning says so.
+
+Sampler threads are daemons and stop when recording stops (``enable: 0``, ``timelimit``), so
+they never keep a process alive. Only the process that owns a device samples it: the API server
+has none, so device sampling runs where torch_npu / torch.cuda reports a device.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Optional
+
+from otel_vllm_ascend import contract, recorder
+
+_logger = logging.getLogger(__name__)
+
+HOST_RECORD = "hostUsage"
+DEVICE_RECORD = "deviceMemory"
+_warned: set = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        _logger.warning("otel-vllm-ascend: %s", message)
+
+
+def _valid_freq(value: Any) -> Optional[float]:
+    try:
+        freq = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(freq, 50.0) if freq >= 1 else None
+
+
+class PeriodicSampler:
+    """Calls ``sample()`` ``freq`` times a second on a daemon thread until stopped."""
+
+    def __init__(self, name: str, freq: float, sample: Callable[[], None]) -> None:
+        self.name, self.freq, self._sample = name, freq, sample
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        period = 1.0 / self.freq
+        failures = 0
+        while not self._stop.wait(period):
+            try:
+                self._sample()
+                failures = 0
+            except Exception:
+                failures += 1
+                _logger.debug("sampler %s failed", self.name, exc_info=True)
+                if failures >= 5:
+                    _warn_once(self.name, f"sampler {self.name} stopped after 5 failures")
+                    return
+
+
+def sample_host() -> None:
+    import psutil
+
+    memory = psutil.virtual_memory()
+    recorder.record_event(HOST_RECORD, {
+        contract.DOMAIN: "host",
+        contract.METRIC_PREFIX + "cpuPercent": float(psutil.cpu_percent(interval=None)),
+        contract.METRIC_PREFIX + "memPercent": float(memory.percent),
+        contract.METRIC_PREFIX + "memUsedMB": round(memory.used / 2**20, 1),
+    }, record=contract.RECORD_METRIC)
+
+
+def device_memory_reader() -> Optional[Callable[[], None]]:
+    """A sampling function for the local device, or None (with one warning) without one."""
+    try:
+        import torch
+        import torch_npu  # noqa: F401
+
+        backend = torch.npu  # type: ignore[attr-defined]
+    except Exception:
+        backend = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                backend = torch.cuda
+        except Exception:
+            backend = None
+    if backend is None:
+        _warn_once("device", "npu_memory_usage_freq is set but neither torch_npu nor a CUDA "
+                   "device is available: no device memory samples")
+        return None
+
+    def sample() -> None:
+        device = backend.current_device()
+        recorder.record_event(DEVICE_RECORD, {
+            contract.DOMAIN: "npu",
+            contract.METRIC_PREFIX + "usage": round(backend.memory_allocated(device) / 2**20, 1),
+            contract.METRIC_PREFIX + "reserved": round(backend.memory_reserved(device) / 2**20, 1),
+            contract.SCOPE_PREFIX + "device": int(device),
+        }, record=contract.RECORD_METRIC)
+    return sample
+
+
+class TorchNpuStepProfiler:
+    """``acl_task_time: 3``: a torch_npu profiler advanced once per engine step."""
+
+    def __init__(self, config: Any) -> None:
+        import torch_npu
+
+        kwargs: dict = {
+            "activities": [torch_npu.profiler.ProfilerActivity.CPU,
+                           torch_npu.profiler.ProfilerActivity.NPU],
+            "with_stack": bool(getattr(config, "torch_prof_stack", False)),
+            "with_modules": bool(getattr(config, "torch_prof_modules", False)),
+            "on_trace_ready": torch_npu.profiler.tensorboard_trace_handler(
+                str(getattr(config, "prof_dir", ".") or ".")),
+        }
+        self._profiler = torch_npu.profiler.profile(**kwargs)
+        self._steps_left = int(getattr(config, "torch_prof_step_num", 0) or 0) or None
+        self._profiler.start()
+
+    def step(self) -> None:
+        if self._steps_left is not None:
+            if self._steps_left <= 0:
+                return self.stop()
+            self._steps_left -= 1
+        self._profiler.step()
+
+    def stop(self) -> None:
+        profiler, self._profiler = self._profiler, None
+        if profiler is not None:
+            profiler.stop()
+
+
+_step_profiler: Optional[TorchNpuStepProfiler] = None
+
+
+def profiler_step() -> None:
+    """Called by the ``modelExec`` handler once per engine step."""
+    if _step_profiler is not None:
+        _step_profiler.step()
+
+
+class SamplerSet:
+    """Starts / stops this process's samplers as the live state changes."""
+
+    def __init__(self) -> None:
+        self._running: dict = {}
+        self._lock = threading.Lock()
+
+    def on_state(self, live: Any) -> None:
+        global _step_profiler
+        with self._lock:
+            config = live.config
+            wanted: dict = {}
+            if live.recording and config is not None:
+                host_freq = _valid_freq(getattr(config, "host_system_usage_freq", -1))
+                if host_freq:
+                    wanted["host"] = (host_freq, sample_host)
+                device_freq = _valid_freq(getattr(config, "npu_memory_usage_freq", -1))
+                if device_freq:
+                    reader = device_memory_reader()
+                    if reader is not None:
+                        wanted["device"] = (device_freq, reader)
+                self._acl_task_time(config)
+            elif _step_profiler is not None:
+                _step_profiler.stop()
+                _step_profiler = None
+            for key in list(self._running):
+                sampler = self._running[key]
+                if key not in wanted or wanted[key][0] != sampler.freq or not sampler.alive:
+                    sampler.stop()
+                    del self._running[key]
+            for key, (freq, sample) in wanted.items():
+                if key not in self._running:
+                    sampler = PeriodicSampler(f"otel-vllm-{key}-sampler", freq, sample)
+                    sampler.start()
+                    self._running[key] = sampler
+
+    def _acl_task_time(self, config: Any) -> None:
+        global _step_profiler
+        mode = getattr(config, "acl_task_time", 0) or 0
+        if mode in (1, 2):
+            _warn_once("acl", f"acl_task_time {mode} ({'aclprof' if mode == 1 else 'MSPTI'}) "
+                       "needs the CANN toolkit's profiling library, which otel-vllm-ascend does "
+                       "not drive; use acl_task_time 3 (torch_npu) or msserviceprofiler")
+        elif mode == 3 and _step_profiler is None:
+            try:
+                _step_profiler = TorchNpuStepProfiler(config)
+            except ImportError:
+                _warn_once("acl3", "acl_task_time 3 needs torch_npu, which is not importable")
+            except Exception as err:
+                _warn_once("acl3", f"acl_task_time 3: torch_npu profiler did not start: {err}")
+
+    @property
+    def running(self) -> list:
+        return sorted(self._running)
+
+    def stop(self) -> None:
+        global _step_profiler
+        with self._lock:
+            for sampler in self._running.values():
+                sampler.stop()
+            self._running.clear()
+            if _step_profiler is not None:
+                _step_profiler.stop()
+                _step_profiler = None

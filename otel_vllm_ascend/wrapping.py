@@ -1,0 +1,503 @@
+"""Wrapper factories: one per kind of callable, all with the same failure policy.
+
+A hook replaces ``owner.<attr>`` (a module function, a method, a ``classmethod`` /
+``staticmethod``) with a plain Python closure built here. Plain closures, not
+``wrapt.FunctionWrapper`` objects, because a disabled hook must stay within a few hundred
+nanoseconds of a bare call (see ``docs/benchmarks.md``); ``wrapt`` still provides the
+post-import hooks that install them.
+
+Kinds: sync functions, ``async def`` coroutines, generators, async generators, and functions
+returning (async) context managers (``@contextmanager`` / ``@asynccontextmanager``, e.g.
+vllm-ascend's ``ProfileExecuteDuration.capture_async``). The default *timer* records one span
+per call (for generators: from the call to exhaustion; for context managers: from the call to
+``__exit__``), evaluates the entry's ``attributes`` after the call, and records an exception
+without changing it. A *handler* ``func(original, this, *args, **kwargs)`` (sync or async)
+replaces the timer.
+
+Failure policy (the original always runs exactly once, its result or exception passes through):
+
+* ``original`` given to a handler is guarded: a second call returns the first result; if the
+  handler never calls it, the wrapper does; the handler's own return value is ignored.
+* An exception from our code (timer bookkeeping, attribute evaluation, a handler) is logged as
+  a warning once per hook (every occurrence at DEBUG with the traceback).
+* After :data:`MAX_CONSECUTIVE_FAILURES` failures in a row the hook removes itself (the original
+  attribute is restored) and a warning says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from otel_vllm_ascend import contract, recorder
+
+_logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 5
+HOOK_MARKER = "__otel_vllm_hook__"
+
+_time_ns = time.time_ns
+_native_id = threading.get_native_id
+
+
+class Hook:
+    """One installed hook: where it lives, its live flag and its failure count."""
+
+    __slots__ = ("spec", "owner", "attr", "original_raw", "had_own_attr", "func", "kind",
+                 "binding", "handler", "active", "removed", "failures", "warned", "name",
+                 "domain", "level", "attributes", "caller_filter", "symbol")
+
+    def __init__(self, spec: Any, owner: Any, attr: str, original_raw: Any,
+                 had_own_attr: bool, func: Callable, binding: str,
+                 handler: Optional[Callable]) -> None:
+        self.spec = spec
+        self.owner = owner
+        self.attr = attr
+        self.original_raw = original_raw  # what was in owner.__dict__ (or inherited)
+        self.had_own_attr = had_own_attr
+        self.func = func  # the plain function that really runs
+        self.binding = binding  # "function" | "method" | "classmethod" | "staticmethod"
+        self.handler = handler
+        self.kind = callable_kind(func)
+        self.active = False  # THE hot-path flag: recording and this hook's domain/level allowed
+        self.removed = False
+        self.failures = 0
+        self.warned = False
+        self.symbol = getattr(spec, "symbol", f"{attr}")
+        self.name = getattr(spec, "name", None) or attr
+        self.domain = getattr(spec, "domain", None) or "Default"
+        self.level = int(getattr(spec, "level", 20) or 20)
+        self.attributes = tuple(getattr(spec, "attributes", ()) or ())
+        self.caller_filter = getattr(spec, "caller_filter", None) or None
+
+    # -- failure policy -------------------------------------------------------------------
+    def failed(self, exc: BaseException) -> None:
+        """Count one failure of our code in this hook; remove the hook after too many."""
+        try:
+            self.failures += 1
+            _logger.debug("otel-vllm-ascend hook %s failed", self.symbol, exc_info=exc)
+            if not self.warned:
+                self.warned = True
+                _logger.warning("otel-vllm-ascend: hook %s (%s) failed: %s: %s; vLLM continues "
+                                "unchanged (details at DEBUG)", self.symbol, self.source(),
+                                type(exc).__name__, exc)
+            if self.failures >= MAX_CONSECUTIVE_FAILURES and not self.removed:
+                self.remove()
+                _logger.warning("otel-vllm-ascend: hook %s removed after %d consecutive "
+                                "failures", self.symbol, self.failures)
+        except Exception:  # the policy itself must never raise into vLLM
+            pass
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def source(self) -> str:
+        return str(getattr(self.spec, "source", "") or "symbol file")
+
+    def remove(self) -> None:
+        """Restore the original attribute; wrappers bound elsewhere then call straight through."""
+        self.active = False
+        self.removed = True
+        try:
+            if self.had_own_attr:
+                setattr(self.owner, self.attr, self.original_raw)
+            else:
+                delattr(self.owner, self.attr)
+        except Exception:
+            _logger.debug("could not restore %s", self.symbol, exc_info=True)
+
+    def set_state(self, live: Any) -> None:
+        self.active = (not self.removed) and live.allows(self.domain, self.level)
+
+    def split_this(self, args: tuple) -> tuple:
+        """(this, args without this) for the way this callable is bound."""
+        if self.binding in ("method", "classmethod") and args:
+            return args[0], args[1:]
+        return None, args
+
+
+def callable_kind(func: Callable) -> str:
+    """``sync``, ``async``, ``generator``, ``asyncgen``, ``contextmanager`` or
+    ``asynccontextmanager``."""
+    if inspect.isasyncgenfunction(func):
+        return "asyncgen"
+    if inspect.iscoroutinefunction(func):
+        return "async"
+    if inspect.isgeneratorfunction(func):
+        return "generator"
+    inner = getattr(func, "__wrapped__", None)
+    if inner is not None:
+        if inspect.isasyncgenfunction(inner):
+            return "asynccontextmanager"
+        if inspect.isgeneratorfunction(inner):
+            return "contextmanager"
+    return "sync"
+
+
+# --------------------------------------------------------------------------------------------
+# The timer's record: attributes evaluated after the call.
+
+def _timer_attributes(hook: Hook, args: tuple, kwargs: dict, result: Any) -> dict:
+    attrs = {contract.DOMAIN: hook.domain}
+    if hook.attributes:
+        from otel_vllm_ascend.expr import MISSING, bind_names
+
+        this, rest = hook.split_this(args)
+        names = bind_names(hook.func, this, rest, kwargs, result)
+        for attribute in hook.attributes:
+            value = attribute.compiled.evaluate(names)  # bounded, never raises
+            if value is not MISSING:
+                attrs[attribute.name] = value
+    return attrs
+
+
+def _finish_timer(hook: Hook, start: int, tid: int, args: tuple, kwargs: dict, result: Any,
+                  exc: Optional[BaseException]) -> None:
+    try:
+        end = _time_ns()
+        attrs = _timer_attributes(hook, args, kwargs, result)
+        recorder.record_span(hook.name, start, end, attrs, exception=exc, thread_id=tid)
+    except Exception as failure:
+        hook.failed(failure)
+    else:
+        hook.succeeded()
+
+
+def _skip(hook: Hook) -> bool:
+    """True when this call must go straight through (inactive, or caller_filter mismatch)."""
+    if not hook.active:
+        return True
+    if hook.caller_filter is not None:
+        try:
+            return sys._getframe(2).f_code.co_name != hook.caller_filter
+        except Exception:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Timer wrappers, one per kind.
+
+def sync_timer(hook: Hook, func: Callable) -> Callable:
+    def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            return func(*args, **kwargs)
+        start = _time_ns()
+        tid = _native_id()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            _finish_timer(hook, start, tid, args, kwargs, None, exc)
+            raise
+        _finish_timer(hook, start, tid, args, kwargs, result, None)
+        return result
+    return wrapper
+
+
+def async_timer(hook: Hook, func: Callable) -> Callable:
+    async def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            return await func(*args, **kwargs)
+        start = _time_ns()
+        tid = _native_id()
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            _finish_timer(hook, start, tid, args, kwargs, None, exc)
+            raise
+        _finish_timer(hook, start, tid, args, kwargs, result, None)
+        return result
+    return wrapper
+
+
+def generator_timer(hook: Hook, func: Callable) -> Callable:
+    def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            return (yield from func(*args, **kwargs))
+        start = _time_ns()
+        tid = _native_id()
+        try:
+            result = yield from func(*args, **kwargs)
+        except BaseException as exc:
+            _finish_timer(hook, start, tid, args, kwargs, None, exc)
+            raise
+        _finish_timer(hook, start, tid, args, kwargs, result, None)
+        return result
+    return wrapper
+
+
+async def _forward_asyncgen(agen: Any):  # noqa: ANN202 - an async generator
+    """Re-yield ``agen`` forwarding asend/athrow/aclose (``async for`` alone drops them)."""
+    try:
+        value = await agen.__anext__()
+    except StopAsyncIteration:
+        return
+    while True:
+        try:
+            sent = yield value
+        except GeneratorExit:
+            await agen.aclose()
+            raise
+        except BaseException as thrown:  # forwarded into the original, as a plain one would
+            try:
+                value = await agen.athrow(thrown)
+            except StopAsyncIteration:
+                return
+        else:
+            try:
+                value = await (agen.__anext__() if sent is None else agen.asend(sent))
+            except StopAsyncIteration:
+                return
+
+
+def asyncgen_timer(hook: Hook, func: Callable) -> Callable:
+    async def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            async for item in _forward_asyncgen(func(*args, **kwargs)):
+                yield item
+            return
+        start = _time_ns()
+        tid = _native_id()
+        forward = _forward_asyncgen(func(*args, **kwargs))
+        try:
+            value = await forward.__anext__()
+            while True:
+                sent = yield value
+                value = await forward.asend(sent)
+        except StopAsyncIteration:
+            _finish_timer(hook, start, tid, args, kwargs, None, None)
+        except GeneratorExit:
+            await forward.aclose()
+            _finish_timer(hook, start, tid, args, kwargs, None, None)
+            raise
+        except BaseException as exc:
+            _finish_timer(hook, start, tid, args, kwargs, None, exc)
+            raise
+    return wrapper
+
+
+class DelegatingContext:
+    """Delegates to an (async) context manager and calls ``on_exit(exc)`` after its exit.
+
+    Timers and handlers of context-manager targets return this around the original's object;
+    every other attribute reads through to it.
+    """
+
+    __slots__ = ("target", "_on_exit")
+
+    def __init__(self, target: Any, on_exit: Callable[[Optional[BaseException]], None]) -> None:
+        self.target = target
+        self._on_exit = on_exit
+
+    def __enter__(self):  # noqa: ANN204
+        return self.target.__enter__()
+
+    def __exit__(self, exc_type, exc, tb):  # noqa: ANN001, ANN204
+        try:
+            return self.target.__exit__(exc_type, exc, tb)
+        finally:
+            self._exited(exc)
+
+    async def __aenter__(self):  # noqa: ANN204
+        return await self.target.__aenter__()
+
+    async def __aexit__(self, exc_type, exc, tb):  # noqa: ANN001, ANN204
+        try:
+            return await self.target.__aexit__(exc_type, exc, tb)
+        finally:
+            self._exited(exc)
+
+    def _exited(self, exc: Optional[BaseException]) -> None:
+        try:
+            self._on_exit(exc)
+        except Exception:  # our bookkeeping must not replace the block's outcome
+            _logger.debug("otel-vllm-ascend: context exit record failed", exc_info=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+
+def contextmanager_timer(hook: Hook, func: Callable) -> Callable:
+    def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            return func(*args, **kwargs)
+        start = _time_ns()
+        tid = _native_id()
+        cm = func(*args, **kwargs)
+
+        def on_exit(exc: Optional[BaseException]) -> None:
+            _finish_timer(hook, start, tid, args, kwargs, None, exc)
+        return DelegatingContext(cm, on_exit)
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------------
+# Handler wrappers: func(original, this, *args, **kwargs).
+
+class GuardedOriginal:
+    """The original as handed to a handler: runs at most once, remembers its outcome."""
+
+    __slots__ = ("_func", "_this", "_bound", "called", "result", "error")
+
+    def __init__(self, func: Callable, this: Any, bound: bool) -> None:
+        self._func, self._this, self._bound = func, this, bound
+        self.called = False
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+
+    def __call__(self, *args, **kwargs):  # noqa: ANN204
+        if self.called:
+            if self.error is not None:
+                raise self.error
+            return self.result
+        self.called = True
+        try:
+            if self._bound:
+                self.result = self._func(self._this, *args, **kwargs)
+            else:
+                self.result = self._func(*args, **kwargs)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return self.result
+
+
+class GuardedAsyncOriginal(GuardedOriginal):
+    __slots__ = ()
+
+    async def __call__(self, *args, **kwargs):  # noqa: ANN204
+        if self.called:
+            if self.error is not None:
+                raise self.error
+            return self.result
+        self.called = True
+        try:
+            if self._bound:
+                self.result = await self._func(self._this, *args, **kwargs)
+            else:
+                self.result = await self._func(*args, **kwargs)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return self.result
+
+
+def _outcome(hook: Hook, original: GuardedOriginal, raised: Optional[BaseException]) -> None:
+    """Failure bookkeeping after a handler returned or raised (not for the original's error)."""
+    if raised is not None:
+        hook.failed(raised)
+    elif not original.called:
+        hook.failed(RuntimeError(f"handler of {hook.symbol} did not call the original"))
+    else:
+        hook.succeeded()
+
+
+def sync_handler(hook: Hook, func: Callable) -> Callable:
+    handler = hook.handler
+    bound = hook.binding in ("method", "classmethod")
+    context_target = hook.kind in ("contextmanager", "asynccontextmanager")
+
+    def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            return func(*args, **kwargs)
+        if bound and args:
+            this, rest = args[0], args[1:]
+        else:
+            this, rest = None, args
+        original = GuardedOriginal(func, this, bound and bool(args))
+        raised = None
+        returned = None
+        try:
+            returned = handler(original, this, *rest, **kwargs)
+        except Exception as exc:
+            if exc is not original.error:
+                raised = exc
+        _outcome(hook, original, raised)
+        if not original.called:
+            return original(*rest, **kwargs)
+        if original.error is not None:
+            raise original.error
+        if (context_target and type(returned) is DelegatingContext
+                and returned.target is original.result):
+            return returned  # a transparent delegate around the original's context manager
+        return original.result
+    return wrapper
+
+
+def async_handler(hook: Hook, func: Callable) -> Callable:
+    handler = hook.handler
+    bound = hook.binding in ("method", "classmethod")
+    handler_is_async = inspect.iscoroutinefunction(handler)
+
+    async def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            return await func(*args, **kwargs)
+        if bound and args:
+            this, rest = args[0], args[1:]
+        else:
+            this, rest = None, args
+        original = GuardedAsyncOriginal(func, this, bound and bool(args))
+        raised = None
+        try:
+            returned = handler(original, this, *rest, **kwargs)
+            if handler_is_async or inspect.isawaitable(returned):
+                await returned
+        except Exception as exc:
+            if exc is not original.error:
+                raised = exc
+        _outcome(hook, original, raised)
+        if not original.called:
+            return await original(*rest, **kwargs)
+        if original.error is not None:
+            raise original.error
+        return original.result
+    return wrapper
+
+
+def build_wrapper(hook: Hook) -> Callable:
+    """The replacement function for ``hook.func`` (timer or handler, by kind)."""
+    func = hook.func
+    if hook.handler is not None:
+        if hook.kind == "async":
+            wrapper = async_handler(hook, func)
+        else:
+            # Generators and context managers: the handler gets the original that returns the
+            # generator / context manager object. What the wrapper returns is that object, or,
+            # for context managers, a DelegatingContext the handler put around it.
+            wrapper = sync_handler(hook, func)
+    else:
+        factory = {
+            "sync": sync_timer,
+            "async": async_timer,
+            "generator": generator_timer,
+            "asyncgen": asyncgen_timer,
+            "contextmanager": contextmanager_timer,
+            "asynccontextmanager": contextmanager_timer,
+        }[hook.kind]
+        wrapper = factory(hook, func)
+    _copy_identity(wrapper, func)
+    setattr(wrapper, HOOK_MARKER, hook)
+    return wrapper
+
+
+def _copy_identity(wrapper: Callable, func: Callable) -> None:
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+        try:
+            setattr(wrapper, name, getattr(func, name))
+        except (AttributeError, TypeError):
+            pass
+    try:
+        wrapper.__dict__.update(getattr(func, "__dict__", {}))
+    except (AttributeError, TypeError):
+        pass
+    wrapper.__wrapped__ = func  # inspect.signature() and bind_names see the original
+
+
+def hook_of(obj: Any) -> Optional[Hook]:
+    """The Hook behind an installed wrapper (also through classmethod/staticmethod)."""
+    target = getattr(obj, "__func__", obj)
+    return getattr(target, HOOK_MARKER, None)
