@@ -1,0 +1,160 @@
+"""``request_summary.csv``, ``batch_summary.csv``, ``service_summary.csv``.
+
+The first two have columns ``Metric, Average, Max, Min, P50, P90, P99`` (mean, max, min and
+linearly interpolated percentiles, rounded to 4 decimals); a metric with no value at all leaves
+its statistics empty (the reference writes 0, which reads as a measurement).
+``service_summary.csv`` has ``Metric, Value``.
+
+``request_summary.csv`` (complete requests, i.e. with both ``httpReq`` and ``httpRes``; ms):
+``first_token_latency (ms)`` (TTFT), ``subsequent_token_latency (ms)`` (gaps between consecutive
+outputs of a request, pooled over requests; from the API server's ``detokenize`` records, else
+from the ends of the engine steps that ran the request), ``total_time (ms)`` (end-to-end),
+``exec_time (ms)`` (sum of the request's ``modelExec`` durations), ``waiting_time (ms)`` (queue
+wait), ``input_token_num``, ``generated_token_num``, and beyond the reference
+``time_per_output_token (ms)``.
+
+``batch_summary.csv`` (engine steps; every step counts, mixed prefill+decode ones too):
+``prefill_batch_num`` (prefill requests per step, over steps holding any),
+``decode_batch_num`` (decode requests per step, over steps holding any),
+``prefill_exec_time (ms)`` (model execution of steps holding a prefill, mixed ones included),
+``decode_exec_time (ms)`` (model execution of decode-only steps), and beyond the reference
+``batch_size`` (requests per step), ``scheduled_tokens`` (tokens per step), ``exec_time (ms)`` and
+``schedule_time (ms)`` over all steps.
+
+``service_summary.csv``: ``total_input_token_num``, ``total_generated_token_num`` (complete
+requests), ``generate_token_speed (token/s)`` = generated / T and
+``generate_all_token_speed (token/s)`` = (input + generated) / T with T = last ``httpRes`` −
+first ``httpReq`` in s; beyond the reference ``request_num``, ``complete_request_num``,
+``partial_request_num``, ``engine_step_num``, ``duration (s)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from otel_vllm_ascend.analysis.requests import token_times
+
+STAT_COLUMNS = ("Metric", "Average", "Max", "Min", "P50", "P90", "P99")
+
+
+def statistics_row(metric: str, values: object) -> dict:
+    """One summary row over the finite ``values``."""
+    data = np.asarray(values, dtype="float64")
+    data = data[np.isfinite(data)]
+    if data.size == 0:
+        return {"Metric": metric, **{c: np.nan for c in STAT_COLUMNS[1:]}}
+    p50, p90, p99 = np.percentile(data, [50, 90, 99])
+    return {"Metric": metric, "Average": round(float(data.mean()), 4),
+            "Max": round(float(data.max()), 4), "Min": round(float(data.min()), 4),
+            "P50": round(float(p50), 4), "P90": round(float(p90), 4),
+            "P99": round(float(p99), 4)}
+
+
+def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
+                        per_request: Optional[pd.DataFrame] = None,
+                        batches: Optional[pd.DataFrame] = None) -> np.ndarray:
+    """Gaps between consecutive outputs of each complete request, pooled (ms)."""
+    complete = set(requests.loc[~requests["partial"].astype(bool), "http_rid"].tolist())
+    times = token_times(frame)
+    if times.empty and per_request is not None and batches is not None and len(per_request):
+        ends = batches["exec_end_us"].to_numpy(dtype="float64")
+        times = pd.DataFrame({"rid": per_request["rid"].to_numpy(dtype=object),
+                              "start_us": ends[per_request["step_id"].to_numpy()]})
+        times = times.sort_values(["rid", "start_us"], kind="stable")
+    if times.empty:
+        return np.zeros(0)
+    times = times.loc[times["rid"].isin(complete)]
+    rid = times["rid"].to_numpy(dtype=object)
+    ts = times["start_us"].to_numpy(dtype="float64")
+    same = rid[1:] == rid[:-1]
+    return (np.diff(ts)[same]) / 1000.0
+
+
+def request_summary(frame: pd.DataFrame, requests: pd.DataFrame,
+                    per_request: Optional[pd.DataFrame] = None,
+                    batches: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """``request_summary.csv`` rows."""
+    if requests.empty:
+        done = requests
+    else:
+        done = requests.loc[~requests["partial"].astype(bool)]
+    col = (lambda name: done[name].to_numpy(dtype="float64")) if len(done) else (
+        lambda name: np.zeros(0))
+    exec_ms = col("exec_ms")
+    steps = done["steps"].to_numpy() if len(done) else np.zeros(0)
+    rows = [
+        statistics_row("first_token_latency (ms)", col("ttft_ms")),
+        statistics_row("subsequent_token_latency (ms)",
+                       inter_token_gaps_ms(frame, requests, per_request, batches)
+                       if len(requests) else []),
+        statistics_row("total_time (ms)", col("e2e_ms")),
+        statistics_row("exec_time (ms)", exec_ms[steps > 0] if len(exec_ms) else exec_ms),
+        statistics_row("waiting_time (ms)", col("queue_wait_ms")),
+        statistics_row("input_token_num", col("prompt_tokens")),
+        statistics_row("generated_token_num", col("reply_tokens")),
+        statistics_row("time_per_output_token (ms)", col("tpot_ms")),
+    ]
+    return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
+
+
+def batch_summary(batches: pd.DataFrame) -> pd.DataFrame:
+    """``batch_summary.csv`` rows."""
+    if batches.empty:
+        return pd.DataFrame([statistics_row(m, []) for m in (
+            "prefill_batch_num", "decode_batch_num", "prefill_exec_time (ms)",
+            "decode_exec_time (ms)", "batch_size", "scheduled_tokens", "exec_time (ms)",
+            "schedule_time (ms)")], columns=list(STAT_COLUMNS))
+    prefill = batches["Prefill_batch_size"].to_numpy(dtype="float64")
+    decode = batches["Decode_batch_size"].to_numpy(dtype="float64")
+    exec_ms = batches["model_exec_time(ms)"].to_numpy(dtype="float64")
+    has_prefill = prefill > 0
+    decode_only = (decode > 0) & ~has_prefill
+    sched_ms = ((batches["sched_end_us"] - batches["sched_start_us"]) / 1000.0).to_numpy()
+    rows = [
+        statistics_row("prefill_batch_num", prefill[has_prefill]),
+        statistics_row("decode_batch_num", decode[decode > 0]),
+        statistics_row("prefill_exec_time (ms)", exec_ms[has_prefill]),
+        statistics_row("decode_exec_time (ms)", exec_ms[decode_only]),
+        statistics_row("batch_size", batches["total_batch_size"].to_numpy(dtype="float64")),
+        statistics_row("scheduled_tokens",
+                       batches["total_scheduled_tokens"].to_numpy(dtype="float64")),
+        statistics_row("exec_time (ms)", exec_ms),
+        statistics_row("schedule_time (ms)", sched_ms),
+    ]
+    return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
+
+
+def service_summary(requests: pd.DataFrame, batches: Optional[pd.DataFrame] = None
+                    ) -> pd.DataFrame:
+    """``service_summary.csv`` rows (``Metric``, ``Value``)."""
+    total = len(requests)
+    if total:
+        done = requests.loc[~requests["partial"].astype(bool)]
+    else:
+        done = requests
+    n_done = len(done)
+    if n_done:
+        inputs = float(np.nansum(done["prompt_tokens"].to_numpy(dtype="float64")))
+        generated = float(np.nansum(done["reply_tokens"].to_numpy(dtype="float64")))
+        first = np.nanmin(requests["arrival_us"].to_numpy(dtype="float64"))
+        last = np.nanmax(requests["end_us"].to_numpy(dtype="float64"))
+        duration = round((last - first) / 1e6, 4)
+    else:
+        inputs = generated = 0.0
+        duration = np.nan
+    speed = round(generated / duration, 4) if duration and duration > 0 else np.nan
+    all_speed = round((inputs + generated) / duration, 4) if duration and duration > 0 else np.nan
+    rows = [
+        ("total_input_token_num", inputs),
+        ("total_generated_token_num", generated),
+        ("generate_token_speed (token/s)", speed),
+        ("generate_all_token_speed (token/s)", all_speed),
+        ("request_num", total),
+        ("complete_request_num", n_done),
+        ("partial_request_num", total - n_done),
+        ("engine_step_num", 0 if batches is None else len(batches)),
+        ("duration (s)", duration),
+    ]
+    return pd.DataFrame(rows, columns=["Metric", "Value"])

@@ -1,0 +1,189 @@
+"""Writers: the CSV files and ``profiler.db``.
+
+CSV files are written with ``,`` separators, a header row, no index, empty cells for unknown
+values, and floats with up to 6 decimals. Each file is written to a temporary name first and
+then renamed, so an interrupted run never leaves a half-written file under the final name.
+
+``profiler.db`` (SQLite) is rebuilt from scratch on every run (the reference keeps tables of
+earlier runs it did not rewrite). Tables:
+
+* ``request``, ``batch``, ``kvcache``: the CSV tables with the reference's column names
+  (``execution_time``, ``queue_wait_time``, ``first_token_latency`` in ms; ``batch``'s
+  ``start_datetime``/``end_datetime``/``during_time``/``batch_size``; ``kvcache``'s
+  ``start_datetime``) and views ``request_data``, ``batch_info``, ``kvcache_usage`` with the CSV
+  names;
+* ``request_summary``, ``batch_summary``, ``service_summary``;
+* ``process(pid, process_name, label, process_sort_index)``, ``thread(track_id, tid, pid,
+  thread_name, thread_sort_index)``, ``slice(id, timestamp, duration, name, depth, track_id, cat,
+  args, cname, end_time, flag_id)``, ``counter(id, name, pid, timestamp, cat, args)`` and
+  ``flow(id, flow_id, name, cat, track_id, timestamp, type)`` from the Chrome trace, times in ns
+  since the Unix epoch;
+* ``data_link(source_name, target_table, target_name)`` with the row ``rid, request, http_rid``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import pandas as pd
+
+# Floats are rounded to this many decimals (ms values: nanosecond resolution).
+DECIMALS = 6
+
+
+def _replace_atomically(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> Path:
+    """Write ``columns`` of ``table`` to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    subset = table.reindex(columns=list(columns)).round(DECIMALS)
+    subset.to_csv(tmp, index=False)
+    _replace_atomically(tmp, path)
+    return path
+
+
+_REQUEST_DB_NAMES = {"execution_time(ms)": "execution_time",
+                     "queue_wait_time(ms)": "queue_wait_time",
+                     "first_token_latency(ms)": "first_token_latency",
+                     "time_per_output_token(ms)": "time_per_output_token"}
+_BATCH_DB_NAMES = {"start_time": "start_datetime", "end_time": "end_datetime",
+                   "during_time(ms)": "during_time", "total_batch_size": "batch_size",
+                   "model_exec_time(ms)": "model_exec_time"}
+_KV_DB_NAMES = {"start_time": "start_datetime"}
+
+
+def _view(conn: sqlite3.Connection, view: str, table: str, columns: Sequence[str],
+          renames: dict[str, str]) -> None:
+    parts = []
+    for column in columns:
+        stored = renames.get(column, column)
+        parts.append(f'"{stored}" AS "{column}"' if stored != column else f'"{column}"')
+    conn.execute(f'CREATE VIEW "{view}" AS SELECT {", ".join(parts)} FROM "{table}"')
+
+
+def _store(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype == object:
+            table[column] = table[column].map(
+                lambda v: v if v is None or isinstance(v, (str, int, float)) else str(v))
+    table.to_sql(name, conn, index=False, if_exists="replace")
+
+
+def write_profiler_db(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]],
+                      batch_csv: tuple[pd.DataFrame, Sequence[str]],
+                      kvcache_csv: tuple[pd.DataFrame, Sequence[str]],
+                      summaries: dict[str, pd.DataFrame],
+                      trace_events: Optional[Iterable[dict]] = None,
+                      trace_origin_us: float = 0.0) -> Path:
+    """Write ``profiler.db`` afresh; each ``*_csv`` is (table, CSV column names)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    conn = sqlite3.connect(tmp)
+    try:
+        for name, (table, columns), renames, view in (
+                ("request", request_csv, _REQUEST_DB_NAMES, "request_data"),
+                ("batch", batch_csv, _BATCH_DB_NAMES, "batch_info"),
+                ("kvcache", kvcache_csv, _KV_DB_NAMES, "kvcache_usage")):
+            stored = table.reindex(columns=list(columns)).rename(columns=renames)
+            _store(conn, name, stored)
+            _view(conn, view, name, columns, renames)
+        for name, table in summaries.items():
+            _store(conn, name, table)
+        conn.execute("CREATE TABLE data_link (source_name TEXT, target_table TEXT,"
+                     " target_name TEXT)")
+        conn.execute("INSERT INTO data_link VALUES ('rid', 'request', 'http_rid')")
+        if trace_events is not None:
+            _write_trace_tables(conn, trace_events, trace_origin_us)
+        conn.commit()
+    finally:
+        conn.close()
+    _replace_atomically(tmp, path)
+    return path
+
+
+def _ns(origin_us: float, ts: Any) -> Optional[int]:
+    if ts is None:
+        return None
+    return int(round((origin_us + float(ts)) * 1000))
+
+
+def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
+                        origin_us: float) -> None:
+    conn.executescript("""
+        CREATE TABLE process (pid TEXT PRIMARY KEY, process_name TEXT, label TEXT,
+                              process_sort_index INTEGER);
+        CREATE TABLE thread (track_id INTEGER PRIMARY KEY, tid TEXT, pid TEXT,
+                             thread_name TEXT, thread_sort_index INTEGER);
+        CREATE TABLE slice (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp INTEGER,
+                            duration INTEGER, name TEXT, depth INTEGER, track_id INTEGER,
+                            cat TEXT, args TEXT, cname TEXT, end_time INTEGER, flag_id TEXT);
+        CREATE TABLE counter (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, pid TEXT,
+                              timestamp INTEGER, cat TEXT, args TEXT);
+        CREATE TABLE flow (id INTEGER PRIMARY KEY AUTOINCREMENT, flow_id TEXT, name TEXT,
+                           cat TEXT, track_id INTEGER, timestamp INTEGER, type TEXT);
+    """)
+    processes: dict[str, dict] = {}
+    tracks: dict[tuple[str, str], dict] = {}
+
+    def track(pid: Any, tid: Any) -> int:
+        key = (str(pid), str(tid))
+        entry = tracks.get(key)
+        if entry is None:
+            entry = tracks[key] = {"track_id": len(tracks) + 1, "name": None, "sort": None}
+        return entry["track_id"]
+
+    slices, counters, flows = [], [], []
+    for event in events:
+        ph = event.get("ph")
+        pid = event.get("pid")
+        if ph == "M":
+            args = event.get("args") or {}
+            if event.get("name") in ("process_name", "process_labels", "process_sort_index"):
+                proc = processes.setdefault(str(pid), {})
+                if event["name"] == "process_name":
+                    proc["name"] = args.get("name")
+                elif event["name"] == "process_labels":
+                    proc["label"] = args.get("labels")
+                else:
+                    proc["sort"] = args.get("sort_index")
+            elif event.get("name") in ("thread_name", "thread_sort_index"):
+                track(pid, event.get("tid"))
+                entry = tracks[(str(pid), str(event.get("tid")))]
+                if event["name"] == "thread_name":
+                    entry["name"] = args.get("name")
+                else:
+                    entry["sort"] = args.get("sort_index")
+        elif ph in ("X", "i", "I"):
+            start = _ns(origin_us, event.get("ts"))
+            duration = int(round(float(event.get("dur") or 0) * 1000))
+            slices.append((start, duration, event.get("name"), track(pid, event.get("tid")),
+                           event.get("cat"), json.dumps(event.get("args") or {}),
+                           start + duration if start is not None else None))
+        elif ph == "C":
+            counters.append((event.get("name"), str(pid), _ns(origin_us, event.get("ts")),
+                             event.get("cat"), json.dumps(event.get("args") or {})))
+        elif ph in ("s", "t", "f"):
+            flows.append((str(event.get("id")), event.get("name"), event.get("cat"),
+                          track(pid, event.get("tid")), _ns(origin_us, event.get("ts")), ph))
+    conn.executemany("INSERT INTO process VALUES (?, ?, ?, ?)",
+                     [(pid, p.get("name", pid), p.get("label"), p.get("sort"))
+                      for pid, p in processes.items()])
+    conn.executemany("INSERT INTO thread VALUES (?, ?, ?, ?, ?)",
+                     [(e["track_id"], tid, pid, e["name"], e["sort"])
+                      for (pid, tid), e in tracks.items()])
+    conn.executemany("INSERT INTO slice (timestamp, duration, name, track_id, cat, args,"
+                     " end_time) VALUES (?, ?, ?, ?, ?, ?, ?)", slices)
+    conn.executemany("INSERT INTO counter (name, pid, timestamp, cat, args)"
+                     " VALUES (?, ?, ?, ?, ?)", counters)
+    conn.executemany("INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)"
+                     " VALUES (?, ?, ?, ?, ?, ?)", flows)
