@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from opentelemetry.sdk.trace import ReadableSpan
 
@@ -40,7 +40,22 @@ RESERVED_KEYS = frozenset({
     "start_datetime", "end_datetime", "prof_id", "hostuid", "hostname", "ppid", "dpRankId",
 })
 
-_encode = json.JSONEncoder().encode  # same output as json.dumps(obj) with defaults, less overhead
+
+
+def _make_encode() -> Any:
+    # json.dumps(obj) with default settings, minus its per-call set-up: build the C encoder once
+    # (no circular-reference check: messages hold attribute values and decoded JSON only).
+    plain = json.JSONEncoder()
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return plain.encode
+    chunks = make(None, plain.default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+                  False, False, True)
+    join = "".join
+    return lambda obj: join(chunks(obj, 0))
+
+
+_encode = _make_encode()
 
 _METRIC = contract.METRIC_PREFIX
 _METRIC_INC = contract.METRIC_INC_PREFIX
@@ -79,24 +94,55 @@ class Records(NamedTuple):
 def span_to_records(span: ReadableSpan, fallback_tid: Optional[int] = None) -> Records:
     """Translate one finished span. ``fallback_tid`` is used when the span carries no
     ``thread.id`` (default: the calling thread's native id)."""
-    attrs = span.attributes or {}
+    mstx: List[tuple] = []
+    meta: List[Tuple[str, str]] = []
+    rejected: List[str] = []
+    _translate(span, fallback_tid, mstx, meta, rejected)
+    return Records([MstxRow(*row) for row in mstx], meta, tuple(rejected))
+
+
+def translate_batch(spans: Iterable[ReadableSpan], fallback_tid: Optional[int] = None,
+                    ) -> Tuple[List[tuple], List[Tuple[str, str]], List[str]]:
+    """Every contract span of ``spans`` at once: Mstx rows as plain
+    ``(message, flag, timestamp, endTimestamp, tid)`` tuples in emission order, Meta pairs, and
+    the rejected attribute names (the exporter's fast path, same rows as
+    :func:`span_to_records`)."""
+    if fallback_tid is None:
+        fallback_tid = threading.get_native_id()
+    mstx: List[tuple] = []
+    meta: List[Tuple[str, str]] = []
+    rejected: List[str] = []
+    for span in spans:
+        if is_contract_span(span):
+            _translate(span, fallback_tid, mstx, meta, rejected)
+    return mstx, meta, rejected
+
+
+def _translate(span: ReadableSpan, fallback_tid: Optional[int], mstx: List[tuple],
+               meta: List[Tuple[str, str]], rejected: List[str]) -> None:
+    attrs = _plain(span)
     record = attrs.get(contract.RECORD)
     if record == contract.RECORD_META:
-        return Records([], _meta_pairs(attrs), ())
+        meta.extend(_meta_pairs(attrs))
+        return
 
     tid = attrs.get(contract.THREAD_ID)
-    if not isinstance(tid, int) or isinstance(tid, bool):
+    if tid.__class__ is not int:
         tid = fallback_tid if fallback_tid is not None else threading.get_native_id()
-    domain = attrs.get(contract.DOMAIN)
     start = span.start_time or 0
-    rejected: List[str] = []
 
     if record is None:
-        rows = [_event_row(event, domain, tid, rejected) for event in span.events]
-        end = span.end_time if span.end_time is not None else start
-        message = _message(span.name, TYPE_SPAN, attrs, rejected)
-        rows.append(MstxRow(message, FLAG_SPAN, start, end, tid))
-        return Records(rows, [], tuple(rejected))
+        events = span.events
+        if events:
+            domain = attrs.get(contract.DOMAIN)
+            for event in events:
+                ts = event.timestamp
+                mstx.append((_message(event.name, TYPE_EVENT, _plain(event), rejected, domain),
+                             FLAG_EVENT, ts, ts, tid))
+        end = span.end_time
+        mstx.append((_message(span.name, TYPE_SPAN, attrs, rejected), FLAG_SPAN, start,
+                     end if end is not None else start, tid))
+        return
 
     if record == contract.RECORD_LINK:
         message = _message(None, TYPE_LINK, attrs, rejected)
@@ -104,12 +150,28 @@ def span_to_records(span: ReadableSpan, fallback_tid: Optional[int] = None) -> R
         message = _message(None, None, attrs, rejected)
     else:  # "event" and any unknown record kind: a plain event mark
         message = _message(span.name, TYPE_EVENT, attrs, rejected)
-    return Records([MstxRow(message, FLAG_EVENT, start, start, tid)], [], tuple(rejected))
+    mstx.append((message, FLAG_EVENT, start, start, tid))
 
 
-def message_dict(name: Optional[str], default_type: Optional[int], attrs: Any,
-                 inherited_domain: Any = None, rejected: Optional[List[str]] = None) -> dict:
-    """The message as a dict, keys in the order they are written."""
+def _plain(holder: Any) -> Mapping[str, Any]:
+    # The SDK wraps attributes in BoundedAttributes behind a mappingproxy, whose generic Mapping
+    # methods cost several times a dict's; read the dict underneath when it is there.
+    bounded = getattr(holder, "_attributes", None)
+    raw = getattr(bounded, "_dict", None)
+    if raw.__class__ is dict:
+        return raw
+    attrs = holder.attributes
+    return attrs if attrs is not None else {}
+
+
+def message_dict(name: Optional[str], default_type: Optional[int], attrs: Mapping[str, Any],
+                 inherited_domain: Any = None) -> dict:
+    """The message of a record as a dict, keys in the order they are written."""
+    return json.loads(_message(name, default_type, attrs, [], inherited_domain))
+
+
+def _message(name: Optional[str], default_type: Optional[int], attrs: Mapping[str, Any],
+             rejected: List[str], inherited_domain: Any = None) -> str:
     out: dict = {}
     domain = attrs.get(contract.DOMAIN, inherited_domain)
     if domain is not None:
@@ -119,60 +181,87 @@ def message_dict(name: Optional[str], default_type: Optional[int], attrs: Any,
     msg_type = attrs.get(contract.TYPE, default_type)
     if msg_type is not None:
         out["type"] = msg_type
-    rid = _rid(attrs)
+    detail = attrs.get(contract.RID_DETAIL)
+    splice = False
+    rid = None
+    if detail is not None:
+        if detail.__class__ is str and _looks_like_json_list(detail):
+            # The detail is JSON text already: splice it in rather than decoding and
+            # re-encoding a list of dicts per batch record.
+            rid = _RID_PLACEHOLDER
+            splice = True
+        else:
+            rid = _parse_detail(detail)
+    if rid is None:
+        rid = attrs.get(contract.RID)
     if rid is not None:
-        out["rid"] = rid
+        out["rid"] = list(rid) if rid.__class__ is tuple else rid
+    _add_other_keys(out, attrs, rejected)
+    if splice:
+        return _encode(out).replace(_RID_PLACEHOLDER_JSON, detail, 1)
+    return _encode(out)
+
+
+_RID_PLACEHOLDER = "\x00rid_detail\x00"
+_RID_PLACEHOLDER_JSON = _encode(_RID_PLACEHOLDER)
+
+
+def _looks_like_json_list(text: str) -> bool:
+    # Cheap shape check; the collection side writes the detail with json.dumps.
+    return text[:1] == "[" and text[-1:] == "]" and "\x00" not in text
+
+
+def _parse_detail(detail: Any) -> Any:
+    try:
+        return json.loads(detail)
+    except (TypeError, ValueError):
+        return None  # unreadable detail: the plain ids are used instead
+
+
+def _add_other_keys(out: dict, attrs: Mapping[str, Any], rejected: Optional[List[str]]) -> None:
+    cache = _KEY_CACHE
     for key, value in attrs.items():
-        if "." in key:
-            if key.startswith("ms."):
-                if key in _HEADER_ATTRS:
-                    continue
-                if key.startswith(_METRIC):
-                    key = key[_LEN_METRIC:] + "="
-                elif key.startswith(_METRIC_INC):
-                    key = key[_LEN_METRIC_INC:] + "+"
-                elif key.startswith(_SCOPE):
-                    key = "scope#" + key[_LEN_SCOPE:]
-                elif key == contract.LINK_FROM:
-                    key = "from"
-                elif key == contract.LINK_TO:
-                    key = "to"
-                else:
-                    continue  # ms.meta.* outside a meta record, unknown ms.* names
-            else:
-                continue  # OTel namespaces: OTLP viewers only
-        elif key in RESERVED_KEYS:
+        out_key = cache.get(key, _MISS)
+        if out_key is _MISS:
+            out_key = _message_key(key)
+            if len(cache) < _KEY_CACHE_LIMIT:
+                cache[key] = out_key
+        if out_key is None:
+            continue
+        if out_key is _REJECTED:
             if rejected is not None:
                 rejected.append(key)
             continue
-        elif key in _HEADER_KEYS:
-            continue  # the contract's own domain/name/type/rid win over a same-named attribute
-        out[key] = list(value) if isinstance(value, tuple) else value
-    return out
+        out[out_key] = list(value) if value.__class__ is tuple else value
 
 
-def _message(name: Optional[str], default_type: Optional[int], attrs: Any,
-             rejected: List[str], inherited_domain: Any = None) -> str:
-    return _encode(message_dict(name, default_type, attrs, inherited_domain, rejected))
+_MISS = object()
+_REJECTED = object()
+_KEY_CACHE: dict = {}  # attribute name -> message key, None (not written) or _REJECTED
+_KEY_CACHE_LIMIT = 4096  # attribute names are few; a misbehaving handler must not grow it
 
 
-def _event_row(event: Any, span_domain: Any, tid: int, rejected: List[str]) -> MstxRow:
-    attrs = event.attributes or {}
-    message = _message(event.name, TYPE_EVENT, attrs, rejected, inherited_domain=span_domain)
-    return MstxRow(message, FLAG_EVENT, event.timestamp, event.timestamp, tid)
-
-
-def _rid(attrs: Any) -> Any:
-    detail = attrs.get(contract.RID_DETAIL)
-    if detail is not None:
-        try:
-            return json.loads(detail)
-        except (TypeError, ValueError):
-            pass  # unreadable detail: fall back to the plain ids below
-    rid = attrs.get(contract.RID)
-    if isinstance(rid, tuple):
-        return list(rid)
-    return rid
+def _message_key(key: str) -> Any:
+    """The message key an attribute is written under, None if it is not, or ``_REJECTED``."""
+    if "." in key:
+        if not key.startswith("ms.") or key in _HEADER_ATTRS:
+            return None  # OTel namespaces are for OTLP viewers; header attrs are written first
+        if key.startswith(_METRIC):
+            return key[_LEN_METRIC:] + "="
+        if key.startswith(_METRIC_INC):
+            return key[_LEN_METRIC_INC:] + "+"
+        if key.startswith(_SCOPE):
+            return "scope#" + key[_LEN_SCOPE:]
+        if key == contract.LINK_FROM:
+            return "from"
+        if key == contract.LINK_TO:
+            return "to"
+        return None  # ms.meta.* outside a meta record, unknown ms.* names
+    if key in RESERVED_KEYS:
+        return _REJECTED
+    if key in _HEADER_KEYS:
+        return None  # the contract's own domain/name/type/rid win over a same-named attribute
+    return key
 
 
 def _meta_pairs(attrs: Any) -> List[Tuple[str, str]]:
@@ -189,11 +278,3 @@ def is_contract_span(span: ReadableSpan, scope_prefix: str = "otel_vllm_ascend")
         return True
     attrs = span.attributes or {}
     return contract.DOMAIN in attrs or contract.RECORD in attrs
-
-
-def iter_records(spans: Iterable[ReadableSpan],
-                 fallback_tid: Optional[int] = None) -> Iterable[Records]:
-    """:func:`span_to_records` for every contract span of ``spans``."""
-    for span in spans:
-        if is_contract_span(span):
-            yield span_to_records(span, fallback_tid)

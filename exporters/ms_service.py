@@ -186,17 +186,8 @@ class MsServiceSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
 
     def _export_locked(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        mstx: List[tuple] = []
-        meta: List[Tuple[str, str]] = []
+        mstx, meta, rejected = _message.translate_batch(spans)
         pid = os.getpid()
-        rejected: List[str] = []
-        for records in _message.iter_records(spans):
-            for row in records.mstx:
-                mstx.append(row)
-            if records.meta:
-                meta.extend(records.meta)
-            if records.rejected_keys:
-                rejected.extend(records.rejected_keys)
         if rejected:
             self._warn_rejected(rejected)
         if not mstx and not meta:
@@ -204,7 +195,9 @@ class MsServiceSpanExporter(SpanExporter):
         try:
             db = self._current_db()
             first = db.next_mark
-            numbered = [(r[0], r[1], first + i, r[2], r[3], pid, r[4]) for i, r in enumerate(mstx)]
+            numbered = [(message, flag, mark, start, end, pid, tid)
+                        for (message, flag, start, end, tid), mark
+                        in zip(mstx, range(first, first + len(mstx)))]
             db.write(numbered, meta)
             db.next_mark = first + len(numbered)
         except (CaptureWriteError, sqlite3.Error, OSError) as exc:
