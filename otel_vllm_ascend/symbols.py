@@ -37,7 +37,7 @@ import yaml
 
 from otel_vllm_ascend.config import ConfigError, parse_level
 from otel_vllm_ascend.expr import CompiledExpr, ExprError, compile_expr
-from otel_vllm_ascend.handlers import BUILTIN_HANDLERS, resolve_builtin
+from otel_vllm_ascend.handlers import BUILTIN_HANDLERS, reference_handler_gap, resolve_builtin
 from otel_vllm_ascend.versions import installed_vllm_version, parse_release, version_in_range
 
 _logger = logging.getLogger(__name__)
@@ -314,6 +314,9 @@ class _Entry:
         builtin = resolve_builtin(text)
         if builtin is not None:
             return builtin
+        gap = reference_handler_gap(text)
+        if gap is not None:
+            raise self.fail(f"handler {text!r}: {gap}")
         reference = _REFERENCE_HANDLER_RE.match(text)
         if reference:
             builtin = resolve_builtin(reference.group(1))
