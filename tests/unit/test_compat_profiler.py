@@ -50,7 +50,8 @@ def spans():
 def _rows(span_list):
     """(flag, message dict) of every Mstx row the exporter would write, in emission order."""
     rows = []
-    for records in message.iter_records(span_list):
+    for span in span_list:
+        records = message.span_to_records(span)
         rows.extend((row.flag, json.loads(row.message)) for row in records.mstx)
     return rows
 
@@ -156,9 +157,9 @@ def test_launch_writes_a_metric_sample_without_name_or_type(spans):
 def test_add_meta_info_writes_a_meta_pair_only(spans):
     Profiler(Level.INFO).add_meta_info("dpRankId", 1)
     finished = spans()
-    records = list(message.iter_records(finished))
-    assert records[0].mstx == []
-    assert records[0].meta == [("dpRankId", "1")]
+    records = message.span_to_records(finished[0])
+    assert records.mstx == []
+    assert records.meta == [("dpRankId", "1")]
 
 
 def test_level_above_the_configured_one_records_nothing(spans):
