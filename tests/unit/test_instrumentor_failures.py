@@ -1,0 +1,187 @@
+"""Fault injection: whatever our code does, the original runs exactly once per call and its
+result or exception passes through; our errors are logged once per hook; 5 consecutive failures
+remove the hook."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+
+import pytest
+from runtime_helpers import Capture, instrument, spec, write_module
+
+from otel_vllm_ascend import recorder, wrapping
+
+TARGET = """
+CALLS = []
+
+class Engine:
+    def __init__(self):
+        self.step_fn = self.step
+
+    def step(self, x):
+        CALLS.append(x)
+        return {"result": x}
+
+    def boom(self, x):
+        CALLS.append(x)
+        raise KeyError("original failed")
+
+    async def astep(self, x):
+        CALLS.append(x)
+        return x + 100
+
+
+def raise_before(original, this, *args, **kwargs):
+    raise RuntimeError("handler broke before the call")
+
+def raise_after(original, this, *args, **kwargs):
+    original(*args, **kwargs)
+    raise RuntimeError("handler broke after the call")
+
+def call_twice(original, this, *args, **kwargs):
+    original(*args, **kwargs)
+    return original(*args, **kwargs)
+
+def never_call(original, this, *args, **kwargs):
+    return "not the original's result"
+
+def replace_result(original, this, *args, **kwargs):
+    original(*args, **kwargs)
+    return "something else"
+
+def swallow(original, this, *args, **kwargs):
+    try:
+        original(*args, **kwargs)
+    except KeyError:
+        return None
+
+def reraise(original, this, *args, **kwargs):
+    return original(*args, **kwargs)
+
+async def async_raise_after(original, this, *args, **kwargs):
+    await original(*args, **kwargs)
+    raise RuntimeError("async handler broke")
+
+async def async_never_call(original, this, *args, **kwargs):
+    return 0
+"""
+
+
+@pytest.fixture
+def capture():
+    cap = Capture()
+    yield cap
+    from otel_vllm_ascend.instrumentor import VllmServiceInstrumentor
+
+    VllmServiceInstrumentor().uninstrument()
+
+
+def _setup(tmp_path, capture, qualname, handler):
+    name = write_module(tmp_path, TARGET)
+    module = importlib.import_module(name)
+    instrumentor = instrument(capture, [spec(name, qualname, handler=f"{name}:{handler}")])
+    return module, instrumentor.hooks[0]
+
+
+@pytest.mark.parametrize("handler", ["raise_before", "raise_after", "call_twice", "never_call",
+                                     "replace_result"])
+def test_original_runs_once_and_result_passes_through(tmp_path, capture, handler):
+    module, hook = _setup(tmp_path, capture, "Engine.step", handler)
+    engine = module.Engine()
+    result = engine.step(7)
+    assert result == {"result": 7}
+    assert module.CALLS == [7]
+    expect_failure = handler in ("raise_before", "raise_after", "never_call")
+    assert hook.failures == (1 if expect_failure else 0)
+
+
+@pytest.mark.parametrize("handler", ["swallow", "reraise", "raise_after"])
+def test_original_exception_passes_through(tmp_path, capture, handler):
+    module, hook = _setup(tmp_path, capture, "Engine.boom", handler)
+    with pytest.raises(KeyError, match="original failed"):
+        module.Engine().boom(1)
+    assert module.CALLS == [1]
+
+
+def test_async_handler_failures(tmp_path, capture):
+    module, hook = _setup(tmp_path, capture, "Engine.astep", "async_raise_after")
+    assert asyncio.run(module.Engine().astep(1)) == 101
+    assert module.CALLS == [1]
+    assert hook.failures == 1
+
+
+def test_async_handler_that_never_awaits_the_original(tmp_path, capture):
+    module, hook = _setup(tmp_path, capture, "Engine.astep", "async_never_call")
+    assert asyncio.run(module.Engine().astep(2)) == 102
+    assert module.CALLS == [2]
+
+
+def test_logged_once_then_removed_after_five_consecutive_failures(tmp_path, capture, caplog):
+    module, hook = _setup(tmp_path, capture, "Engine.step", "raise_before")
+    engine = module.Engine()
+    bound_early = engine.step_fn  # a wrapper bound before the removal
+    caplog.set_level(logging.DEBUG, logger="otel_vllm_ascend")
+    for i in range(4):
+        assert engine.step(i) == {"result": i}
+    assert not hook.removed
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "Engine.step" in warnings[0].getMessage()
+    assert "handler broke before the call" in warnings[0].getMessage()
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    assert len(debug) == 4
+    assert engine.step(4) == {"result": 4}
+    assert hook.removed
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "removed after 5 consecutive" in warnings[1].getMessage()
+    # The class holds the original again; the early-bound wrapper calls straight through.
+    assert wrapping.hook_of(module.Engine.__dict__["step"]) is None
+    assert bound_early(5) == {"result": 5}
+    assert module.CALLS == [0, 1, 2, 3, 4, 5]
+    assert hook.failures == 5
+
+
+def test_success_resets_the_consecutive_count(tmp_path, capture, monkeypatch):
+    name = write_module(tmp_path, TARGET)
+    module = importlib.import_module(name)
+    instrumentor = instrument(capture, [spec(name, "Engine.step")])
+    hook = instrumentor.hooks[0]
+    real_record = recorder.record_span
+    fail = {"on": True}
+
+    def flaky(*args, **kwargs):
+        if fail["on"]:
+            raise OSError("recorder broke")
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(recorder, "record_span", flaky)
+    engine = module.Engine()
+    for i in range(4):
+        assert engine.step(i) == {"result": i}
+    fail["on"] = False
+    engine.step(4)
+    assert hook.failures == 0
+    fail["on"] = True
+    for i in range(4):
+        engine.step(i)
+    assert not hook.removed
+    engine.step(9)
+    assert hook.removed
+    assert module.CALLS == [0, 1, 2, 3, 4, 0, 1, 2, 3, 9]
+
+
+def test_timer_failure_keeps_original_exception(tmp_path, capture, monkeypatch):
+    name = write_module(tmp_path, TARGET)
+    module = importlib.import_module(name)
+    instrumentor = instrument(capture, [spec(name, "Engine.boom")])
+
+    def broken(*args, **kwargs):
+        raise OSError("recorder broke")
+
+    monkeypatch.setattr(recorder, "record_span", broken)
+    with pytest.raises(KeyError, match="original failed"):
+        module.Engine().boom(3)
+    assert module.CALLS == [3]
+    assert instrumentor.hooks[0].failures == 1
