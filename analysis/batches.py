@@ -39,7 +39,8 @@ BATCH_EXTRA_COLUMNS = ("step_id", "host", "pid", "model_exec_start_time", "model
                        "model_exec_time(ms)")
 CSV_COLUMNS = BATCH_COLUMNS + BATCH_EXTRA_COLUMNS
 # Numeric columns kept for the other builders, the trace and the report (not written to CSV).
-INTERNAL_COLUMNS = ("sched_start_us", "sched_end_us", "exec_start_us", "exec_end_us")
+INTERNAL_COLUMNS = ("sched_start_us", "sched_end_us", "exec_start_us", "exec_end_us",
+                    "sched_dur_us")
 
 
 def _per_step(values: np.ndarray, step_index: np.ndarray, n: int) -> np.ndarray:
@@ -99,6 +100,8 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     sched_end = steps["sched_end_us"].to_numpy(dtype="float64")
     exec_start = steps["exec_start_us"].to_numpy(dtype="float64")
     exec_end = steps["exec_end_us"].to_numpy(dtype="float64")
+    sched_dur = steps["sched_dur_us"].to_numpy(dtype="float64")
+    exec_dur = steps["exec_dur_us"].to_numpy(dtype="float64")
     has_sched = ~np.isnan(sched_start)
     start = np.where(has_sched, sched_start, exec_start)
     end = np.where(has_sched, sched_end, exec_end)
@@ -109,7 +112,7 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "res_list": [_res_list(d, r) for d, r in zip(steps["rid_detail"], steps["rids"])],
         "start_time": format_datetime_us(start).to_numpy(),
         "end_time": format_datetime_us(end).to_numpy(),
-        "during_time(ms)": (end - start) / 1000.0,
+        "during_time(ms)": np.where(has_sched, sched_dur, exec_dur) / 1000.0,
         "batch_type": batch_type,
         "prof_id": steps["source"].to_numpy(dtype=object),
         "total_batch_size": size,
@@ -125,11 +128,12 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "pid": steps["pid"].to_numpy(),
         "model_exec_start_time": format_datetime_us(exec_start).to_numpy(),
         "model_exec_end_time": format_datetime_us(exec_end).to_numpy(),
-        "model_exec_time(ms)": (exec_end - exec_start) / 1000.0,
+        "model_exec_time(ms)": exec_dur / 1000.0,
         "sched_start_us": sched_start,
         "sched_end_us": sched_end,
         "exec_start_us": exec_start,
         "exec_end_us": exec_end,
+        "sched_dur_us": sched_dur,
     })
     return out
 

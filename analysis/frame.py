@@ -23,7 +23,7 @@ domain        str          record domain (``Engine``, ``Schedule``, ``Schedule.K
 type          Int64        message ``type``: 0 event, 2 span, 3 link; NA if absent (metrics)
 start_us      float64      start, microseconds since the Unix epoch
 end_us        float64      end, microseconds since the Unix epoch (= start for events)
-dur_us        float64      ``end_us - start_us``
+dur_us        float64      duration in µs, exact (computed from integer ns where known)
 rids          object       list[str]: the request ids the record is about, EngineCore (internal)
                            ids already replaced by the API server's (external) ids through the
                            link records of *all* processes; ``[]`` if none
@@ -143,8 +143,13 @@ class RecordBuilder:
         return len(self.columns["name"])
 
     def add(self, source: str, pid: int, tid: int, mark_id: int, start_us: float,
-            end_us: float, message: dict, type_default: Optional[int] = None) -> None:
-        """Add one record whose message keys are already decoded into ``message``."""
+            end_us: float, message: dict, type_default: Optional[int] = None,
+            dur_us: Optional[float] = None) -> None:
+        """Add one record whose message keys are already decoded into ``message``.
+
+        ``dur_us`` should be computed from integer ns when the source has them: float µs since
+        the epoch resolve only 0.25 µs, so ``end_us - start_us`` is not exact.
+        """
         cols = self.columns
         name = message.pop("name", "")
         domain = message.pop("domain", "")
@@ -200,6 +205,7 @@ class RecordBuilder:
         cols["type"].append(rtype_int)
         cols["start_us"].append(start_us)
         cols["end_us"].append(end_us)
+        cols["dur_us"].append(end_us - start_us if dur_us is None else dur_us)
         cols["rids"].append(rids)
         cols["rid_detail"].append(detail)
         cols["batch_type"].append(batch_type if isinstance(batch_type, str) else str(batch_type))
@@ -247,7 +253,7 @@ class RecordBuilder:
             "type": pd.array(cols["type"], dtype="Int64"),
             "start_us": start,
             "end_us": end,
-            "dur_us": end - start,
+            "dur_us": np.asarray(cols["dur_us"], dtype="float64"),
         }
         for name in ("rids", "rid_detail", "batch_type", "metrics", "metric_incs", "scopes",
                      "attrs"):

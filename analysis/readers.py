@@ -207,8 +207,10 @@ def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadRe
             _apply_meta(proc, meta)
         proc.records += 1
         start = start_ns / 1000.0
-        end = end_ns / 1000.0 if end_ns is not None else start
-        add(source, pid, int(tid or 0), int(mark_id or 0), start, end, decoded)
+        if end_ns is None:
+            end_ns = start_ns
+        add(source, pid, int(tid or 0), int(mark_id or 0), start, end_ns / 1000.0, decoded,
+            None, (end_ns - start_ns) / 1000.0)
     if not seen_pids and meta:
         # A file with Meta rows but no usable record still names its process.
         pid = _pid_from_stem(source)
@@ -403,8 +405,8 @@ def _add_otlp_span(span: dict, source: str, pid: int, proc: ProcessInfo,
                    builder: RecordBuilder, mark_ids: dict[int, int]) -> None:
     attributes = _otlp_attributes(span.get("attributes"))
     name = span["name"]
-    start = int(span["startTimeUnixNano"]) / 1000.0
-    end = int(span.get("endTimeUnixNano") or span["startTimeUnixNano"]) / 1000.0
+    start_ns = int(span["startTimeUnixNano"])
+    end_ns = int(span.get("endTimeUnixNano") or start_ns)
     if attributes.get(contract.RECORD) == contract.RECORD_META:
         _apply_meta(proc, {key[len(contract.META_PREFIX):]: str(value)
                            for key, value in attributes.items()
@@ -421,5 +423,6 @@ def _add_otlp_span(span: dict, source: str, pid: int, proc: ProcessInfo,
         builder.add(source, pid, event_tid or tid, mark, ts, ts, event_message)
         proc.records += 1
     mark = mark_ids[pid] = mark_ids.get(pid, -1) + 1
-    builder.add(source, pid, tid, mark, start, end, message)
+    builder.add(source, pid, tid, mark, start_ns / 1000.0, end_ns / 1000.0, message, None,
+                (end_ns - start_ns) / 1000.0)
     proc.records += 1

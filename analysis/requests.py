@@ -115,10 +115,11 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         sched_end = steps["sched_end_us"].to_numpy(dtype="float64")[step_idx]
         exec_start = steps["exec_start_us"].to_numpy(dtype="float64")[step_idx]
         exec_end = steps["exec_end_us"].to_numpy(dtype="float64")[step_idx]
+        exec_dur = steps["exec_dur_us"].to_numpy(dtype="float64")[step_idx]
         engine = pd.DataFrame({
             "rid": per_request["rid"].to_numpy(dtype=object),
             "scheduled": np.where(np.isnan(sched_end), exec_start, sched_end),
-            "exec_ms": np.nan_to_num((exec_end - exec_start) / 1000.0, nan=0.0),
+            "exec_ms": np.nan_to_num(exec_dur / 1000.0, nan=0.0),
             "exec_end": exec_end,
             "prompt": per_request["num_prompt_tokens"].to_numpy(),
         })

@@ -22,8 +22,8 @@ EXEC_NAMES = ("modelExec",)
 
 STEP_COLUMNS = (
     "step_id", "host", "pid", "source", "dp_rank", "name", "sched_start_us", "sched_end_us",
-    "exec_start_us", "exec_end_us", "batch_type", "rid_detail", "rids", "exec_batch_size",
-    "sched_scheduled_tokens",
+    "exec_start_us", "exec_end_us", "sched_dur_us", "exec_dur_us", "batch_type", "rid_detail",
+    "rids", "exec_batch_size", "sched_scheduled_tokens",
 )
 
 REQUEST_STEP_COLUMNS = (
@@ -48,7 +48,8 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
     exe = frame.loc[names.isin(EXEC_NAMES)]
     if sched.empty and exe.empty:
         return pd.DataFrame({c: pd.Series([], dtype=object) for c in STEP_COLUMNS})
-    keep = ["host", "pid", "source", "dp_rank", "name", "start_us", "end_us", "batch_type",
+    keep = ["host", "pid", "source", "dp_rank", "name", "start_us", "end_us", "dur_us",
+            "batch_type",
             "rid_detail", "rids", "attrs", "metrics"]
     sched = sched[keep].reset_index(drop=True)
     sched["sched_idx"] = np.arange(len(sched))
@@ -76,7 +77,9 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
     exec_start = nan.copy()
     exec_end = nan.copy()
     exec_size = nan.copy()
+    exec_dur = nan.copy()
     if matched.any():
+        exec_dur[matched] = exec_rows["dur_us"].to_numpy()
         exec_start[matched] = exec_rows["start_us"].to_numpy()
         exec_end[matched] = exec_rows["end_us"].to_numpy()
         exec_size[matched] = [_number_or_nan(a.get("batch_size")) for a in exec_rows["attrs"]]
@@ -90,6 +93,8 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
         "sched_end_us": sched["end_us"].to_numpy(),
         "exec_start_us": exec_start,
         "exec_end_us": exec_end,
+        "sched_dur_us": sched["dur_us"].to_numpy(),
+        "exec_dur_us": exec_dur,
         "batch_type": sched["batch_type"].to_numpy(dtype=object),
         "rid_detail": sched["rid_detail"].to_numpy(dtype=object),
         "rids": sched["rids"].to_numpy(dtype=object),
@@ -110,6 +115,8 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
             "sched_end_us": np.nan,
             "exec_start_us": lone["start_us"].to_numpy(),
             "exec_end_us": lone["end_us"].to_numpy(),
+            "sched_dur_us": np.nan,
+            "exec_dur_us": lone["dur_us"].to_numpy(),
             "batch_type": lone["batch_type"].to_numpy(dtype=object),
             "rid_detail": lone["rid_detail"].to_numpy(dtype=object),
             "rids": lone["rids"].to_numpy(dtype=object),

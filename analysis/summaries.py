@@ -111,7 +111,7 @@ def batch_summary(batches: pd.DataFrame) -> pd.DataFrame:
     exec_ms = batches["model_exec_time(ms)"].to_numpy(dtype="float64")
     has_prefill = prefill > 0
     decode_only = (decode > 0) & ~has_prefill
-    sched_ms = ((batches["sched_end_us"] - batches["sched_start_us"]) / 1000.0).to_numpy()
+    sched_ms = batches["sched_dur_us"].to_numpy(dtype="float64") / 1000.0
     rows = [
         statistics_row("prefill_batch_num", prefill[has_prefill]),
         statistics_row("decode_batch_num", decode[decode > 0]),

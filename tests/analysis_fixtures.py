@@ -9,6 +9,7 @@ per-request timings are returned alongside, so tests can compare the analyzer wi
 from __future__ import annotations
 
 import json
+import math
 import random
 import sqlite3
 from dataclasses import dataclass, field
@@ -35,6 +36,12 @@ def caret_message(message: dict) -> str:
             text = str(value)
         parts.append(f"^{key}^:{text},")
     return "".join(parts)
+
+
+def _ns(us: float) -> int:
+    """µs -> integer ns without going through a float above 2**53."""
+    whole = math.floor(us)
+    return int(whole) * 1000 + int(round((us - whole) * 1000))
 
 
 @dataclass
@@ -66,7 +73,7 @@ class Process:
         message.update(keys)
         message["type"] = 0
         message["name"] = name
-        ns = int(round(ts_us * 1000))
+        ns = _ns(ts_us)
         self.records.append(Record(message, 1, ns, ns, tid or self.main_tid))
 
     def span(self, name: str, start_us: float, end_us: float, domain: str, rid: Any = None,
@@ -75,18 +82,18 @@ class Process:
         if rid is not None:
             message["rid"] = rid
         message.update(keys)
-        self.records.append(Record(message, 2, int(round(start_us * 1000)),
-                                   int(round(end_us * 1000)), tid or self.main_tid))
+        self.records.append(Record(message, 2, _ns(start_us),
+                                   _ns(end_us), tid or self.main_tid))
 
     def link(self, ts_us: float, external: str, internal: str) -> None:
-        ns = int(round(ts_us * 1000))
+        ns = _ns(ts_us)
         self.records.append(Record({"domain": "Engine", "name": "link", "type": 3,
                                     "from": external, "to": internal}, 1, ns, ns,
                                    self.main_tid))
 
     def raw(self, message: str, ts_us: float) -> None:
         """A row whose message text is written verbatim (for undecodable-message tests)."""
-        ns = int(round(ts_us * 1000))
+        ns = _ns(ts_us)
         self.records.append(Record({"__raw__": message}, 1, ns, ns, self.main_tid))
 
 
