@@ -1,0 +1,192 @@
+"""A real ``vllm serve`` profiled through each activation path, checked against the client.
+
+``served`` is one whole scenario (see ``scenario.py``) per path: ``instrument`` runs
+``opentelemetry-instrument vllm serve`` with ``OTEL_TRACES_EXPORTER=ms_service,otlp``;
+``plugin`` runs plain ``vllm serve`` with ``SERVICE_PROF_CONFIG_PATH`` (and
+``OTEL_EXPORTER_OTLP_ENDPOINT``), as the seed's quick start does. Both forward to a real OTLP
+receiver on loopback.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import math
+
+import pytest
+import scenario
+from profiling_workdir import capture_files, read_records
+
+# Server-side times are taken inside the server, the client's around the whole HTTP exchange;
+# the tolerance covers millisecond flooring in request.csv and scheduling noise on 2 cores.
+LATENCY_TOLERANCE_MS = 25.0
+ENGINE_SPAN_NAMES = {"batchFrameworkProcessing", "modelExec"}
+
+
+def _csv(run, name):
+    found = sorted(run.output_dir.rglob(name)) if run.output_dir.exists() else []
+    assert found, (f"{name} not written under {run.output_dir}; analyzer exit "
+                   f"{run.analyzer_rc}:\n{run.analyzer_output[-3000:]}")
+    with open(found[0], newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _rows_of(rows, result):
+    """request.csv rows of one client request (external id, or an internal id derived from it)."""
+    return [row for row in rows if row["http_rid"] == result.external_rid
+            or row["http_rid"].startswith(result.external_rid + "-")]
+
+
+@pytest.fixture(scope="session")
+def records_by_path():
+    cache = {}
+
+    def records(run):
+        if run.path not in cache:
+            cache[run.path] = read_records(run.prof_dir)
+        return cache[run.path]
+
+    return records
+
+
+def test_every_client_request_succeeded(served):
+    for phase, results in served.phases.items():
+        failed = [(r.request_id, r.status, r.error) for r in results if not r.ok]
+        assert not failed, f"{phase}: {failed}\n{served.server_log}"
+
+
+def test_capture_written_and_analyzed(served):
+    assert capture_files(served.prof_dir), (
+        f"no ms_service_*.db under {served.prof_dir}; server log {served.server_log}")
+    assert served.analyzer_rc == 0, served.analyzer_output[-3000:]
+    for name in ("request.csv", "batch.csv", "kvcache.csv"):
+        assert _csv(served, name) is not None
+
+
+def test_each_recorded_request_once_with_client_usage(served):
+    rows = _csv(served, "request.csv")
+    for result in served.results(*scenario.RECORDED_PHASES):
+        matching = _rows_of(rows, result)
+        assert len(matching) == 1, (result.external_rid, [r["http_rid"] for r in matching])
+        row = matching[0]
+        assert _number(row["recv_token_size"]) == result.prompt_tokens, row
+        assert _number(row["reply_token_size"]) == result.completion_tokens, row
+
+
+def test_latencies_agree_with_the_client(served):
+    rows = _csv(served, "request.csv")
+    for result in served.results(*scenario.RECORDED_PHASES):
+        row = _rows_of(rows, result)[0]
+        ttft = _number(row["first_token_latency(ms)"])
+        e2e = _number(row["execution_time(ms)"])
+        client_ms = result.latency_s * 1000
+        assert 0 < ttft <= e2e, row
+        assert e2e <= client_ms + LATENCY_TOLERANCE_MS, (row, client_ms)
+
+
+def test_batches_have_prefill_and_decode_steps(served):
+    rows = _csv(served, "batch.csv")
+    names = {row["name"] for row in rows}
+    assert ENGINE_SPAN_NAMES <= names, names
+    types = {row["batch_type"] for row in rows}
+    assert any("Prefill" in t for t in types) and any("Decode" in t for t in types), types
+    steps = [row for row in rows if row["name"] == "batchFrameworkProcessing"]
+    assert all(_number(row["total_batch_size"]) >= 1 for row in steps)
+    assert sum(_number(row["Prefill_batch_size"]) for row in steps) > 0
+    assert sum(_number(row["Decode_batch_size"]) for row in steps) > 0
+    assert sum(_number(row["during_time(ms)"]) for row in steps) > 0
+
+
+def test_kv_cache_rows_match_what_vllm_reports(served):
+    rows = [r for r in _csv(served, "kvcache.csv") if r["name"] == "KVCacheStatus"]
+    assert rows, "no KVCacheStatus rows in kvcache.csv"
+    assert served.num_gpu_blocks, "vLLM did not report num_gpu_blocks on /metrics"
+    for row in rows:
+        total, used, free = (_number(row[k]) for k in ("total_blocks", "used_blocks",
+                                                       "free_blocks"))
+        assert total == served.num_gpu_blocks, row
+        assert used + free == total, row
+        assert 0 <= _number(row["kvcache_usage_rate"]) <= 1, row
+    assert max(_number(r["used_blocks"]) for r in rows) > 0
+    assert max(_number(r["kvcache_usage_rate"]) for r in rows) > 0
+
+
+def test_records_from_api_server_engine_core_and_worker(served, records_by_path):
+    records = records_by_path(served)
+    names_by_pid = collections.defaultdict(set)
+    for record in records:
+        names_by_pid[record.pid].add(record.name)
+    role = {pid: text for pid, text in served.pid_names.items()}
+    engine = [pid for pid, text in role.items() if "EngineCore" in text]
+    worker = [pid for pid, text in role.items() if "Worker" in text]
+    assert served.api_pid in names_by_pid, (dict(names_by_pid), role)
+    assert any(pid in names_by_pid for pid in engine), (dict(names_by_pid), role)
+    assert any(pid in names_by_pid for pid in worker), (dict(names_by_pid), role)
+    assert "httpReq" in names_by_pid[served.api_pid]
+    assert any("batchFrameworkProcessing" in names_by_pid[pid] for pid in engine)
+
+
+def test_nothing_recorded_while_disabled_or_after_timelimit(served, records_by_path):
+    records = records_by_path(served)
+    assert records, "empty capture"
+    for phase in scenario.SILENT_PHASES:
+        for result in served.phases[phase]:
+            leaked = [r.raw[:200] for r in records if result.request_id in r.raw]
+            assert not leaked, (phase, result.request_id, leaked[:3])
+
+
+def test_recorded_after_sed_enable_and_before_timelimit(served, records_by_path):
+    raw = "\n".join(r.raw for r in records_by_path(served))
+    for phase in scenario.RECORDED_PHASES:
+        missing = [r.request_id for r in served.phases[phase] if r.request_id not in raw]
+        assert not missing, (phase, missing)
+
+
+def _ours(spans):
+    return [s for s in spans if any(k.startswith("ms.") for k in s.attributes)]
+
+
+def test_otlp_receives_the_same_spans_during_serving(served, records_by_path):
+    before = _ours(served.otlp_before_stop)
+    assert before, "no spans reached the OTLP receiver while the server ran"
+    db_spans = collections.Counter(r.name for r in records_by_path(served) if r.flag == 2)
+    otlp_spans = collections.Counter(
+        s.name for s in _ours(served.otlp_after_stop) if "ms.record" not in s.attributes)
+    assert db_spans, "no span rows (flag 2) in the capture"
+    assert {n: otlp_spans[n] for n in db_spans} == dict(db_spans)
+
+
+def test_api_server_spans_continue_the_request_traceparent(served):
+    http_traces = {s.trace_id for s in served.otlp_after_stop if s.name == "httpReq"}
+    assert http_traces, "no httpReq spans received over OTLP"
+    for result in served.phases["on"]:
+        assert result.traceparent.split("-")[1] in http_traces, result.request_id
+
+
+def test_engine_spans_carry_the_request_traceparent(served):
+    engine_spans = [s for s in served.otlp_after_stop if s.name in ENGINE_SPAN_NAMES]
+    assert engine_spans, "no engine-side spans received over OTLP"
+    traced = set()
+    for span in engine_spans:
+        traced.add(span.trace_id)
+        traced.update(span.link_trace_ids)
+    for result in served.phases["on"]:
+        trace_id = result.traceparent.split("-")[1]
+        assert trace_id in traced, (result.request_id, trace_id)
+
+
+def test_outputs_identical_with_and_without_the_tool(served, baseline):
+    with_tool = [(r.text, r.completion_tokens) for r in served.phases["identity"]]
+    without = [(r.text, r.completion_tokens) for r in baseline.phases["identity"]]
+    assert with_tool == without
+
+
+def test_server_stopped_cleanly(served):
+    assert served.stop_rc == 0, served.server_log
