@@ -212,7 +212,7 @@ def test_large_batches_give_a_count_instead_of_the_id_list():
     exec_slice = by_ph(events, "X", "modelExec")[0]
     assert exec_slice["args"]["requests"] == 40 and "rid" not in exec_slice["args"]
     assert len([e for e in events if e["ph"] == "s"]) == 40
-    assert check_trace(events) == []
+    assert check_trace(list(events)) == []
 
 
 def test_overlapping_spans_on_one_thread_move_to_an_overlap_track():
@@ -228,7 +228,7 @@ def test_overlapping_spans_on_one_thread_move_to_an_overlap_track():
     assert tids["c"] == API_TID  # nests inside a
     threads = {e["tid"]: e["args"]["name"] for e in by_ph(events, "M", "thread_name")}
     assert threads[API_TID + OVERLAP_TID_STRIDE] == "Engine thread 101 (overlap 1)"
-    assert check_trace(events) == []
+    assert check_trace(list(events)) == []
     # the checker would have caught the same spans left on one track
     naive = [dict(e, tid=API_TID) if e["ph"] == "X" else e for e in events]
     assert any("overlaps" in p for p in check_trace(naive))
@@ -240,7 +240,7 @@ def test_nested_child_ending_with_its_parent_stays_nested_at_epoch_scale():
     cap.add(ENGINE, 0.0001, 5.0003, {"domain": "Execute", "name": "modelExec", "type": 2})
     cap.add(ENGINE, 1.0002, 5.0003, {"domain": "Execute", "name": "sample", "type": 2})
     events = build_chrome_trace(cap.frame())
-    assert check_trace(events) == []
+    assert check_trace(list(events)) == []
     parent, child = sorted(by_ph(events, "X"), key=lambda e: e["ts"])
     assert parent["ts"] + parent["dur"] == pytest.approx(child["ts"] + child["dur"], abs=1e-9)
     assert parent["tid"] == child["tid"] == ENGINE_TID
@@ -254,7 +254,7 @@ def test_request_missing_its_first_records_still_gets_a_lane_and_a_flow():
     table.loc[1, ["arrival_us", "first_scheduled_us", "first_token_us"]] = float("nan")
     table["partial"] = [False, True]
     events = build_chrome_trace(frame, table)
-    assert check_trace(events) == []
+    assert check_trace(list(events)) == []
     r2 = next(e for e in by_ph(events, "X") if e["name"] == "request r2")
     assert r2["args"]["partial"] is True
     assert r2["ts"] == pytest.approx(12000.0)  # from its first engine step (modelExec, 12 ms)
@@ -264,7 +264,7 @@ def test_request_missing_its_first_records_still_gets_a_lane_and_a_flow():
 
 def test_without_a_request_table_requests_are_timed_from_their_records():
     events = build_chrome_trace(two_request_capture().frame())
-    assert check_trace(events) == []
+    assert check_trace(list(events)) == []
     r1 = next(e for e in by_ph(events, "X") if e["name"] == "request r1")
     assert (r1["ts"], r1["dur"]) == (0.0, 32000.0)
     phases = {e["name"]: (e["ts"], e["dur"]) for e in by_ph(events, "X")
@@ -285,7 +285,7 @@ def test_same_pid_on_two_hosts_gets_two_processes():
     names = sorted(e["args"]["name"] for e in by_ph(events, "M", "process_name"))
     assert names == ["API server hostA 100", "API server hostB 100"]
     assert len({e["pid"] for e in by_ph(events, "X")}) == 2
-    assert check_trace(events) == []
+    assert check_trace(list(events)) == []
 
 
 def test_empty_frame_gives_an_empty_valid_trace(tmp_path):
@@ -308,7 +308,7 @@ def _x(ts, dur, name="x", tid=1):
 
 def test_checker_accepts_both_top_level_forms():
     events = _named() + [_x(0, 5)]
-    assert check_trace(events) == [] and check_trace({"traceEvents": events}) == []
+    assert check_trace(list(events)) == [] and check_trace({"traceEvents": events}) == []
     assert check_trace({"events": events}) != []
 
 
