@@ -339,7 +339,11 @@ def contextmanager_timer(hook: Hook, func: Callable) -> Callable:
 # Handler wrappers: func(original, this, *args, **kwargs).
 
 class GuardedOriginal:
-    """The original as handed to a handler: runs at most once, remembers its outcome."""
+    """The original as handed to a handler: runs at most once, remembers its outcome.
+
+    A method's original takes ``original(*args)`` (our handlers) or ``original(this, *args)``
+    (handlers written for msserviceprofiler, whose original is unbound).
+    """
 
     __slots__ = ("_func", "_this", "_bound", "called", "result", "error")
 
@@ -357,6 +361,8 @@ class GuardedOriginal:
         self.called = True
         try:
             if self._bound:
+                if args and args[0] is self._this:
+                    args = args[1:]  # msserviceprofiler handlers pass ``this`` on themselves
                 self.result = self._func(self._this, *args, **kwargs)
             else:
                 self.result = self._func(*args, **kwargs)
@@ -377,6 +383,8 @@ class GuardedAsyncOriginal(GuardedOriginal):
         self.called = True
         try:
             if self._bound:
+                if args and args[0] is self._this:
+                    args = args[1:]  # msserviceprofiler handlers pass ``this`` on themselves
                 self.result = await self._func(self._this, *args, **kwargs)
             else:
                 self.result = await self._func(*args, **kwargs)
