@@ -34,6 +34,7 @@ from typing import Any, Collection, Optional
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from otel_vllm_ascend import control, recorder
+from otel_vllm_ascend.compat import shim as compat_shim
 from otel_vllm_ascend.installer import HookInstaller
 
 _logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class VllmServiceInstrumentor(BaseInstrumentor):
 
     def _instrument(self, **kwargs: Any) -> None:
         ensure_visible_logging()
+        # Opt-in (OTEL_VLLM_MS_SERVICE_PROFILER_SHIM=1): user handler files importing
+        # ms_service_profiler work without CANN's module; before any handler is imported.
+        compat_shim.install_if_requested()
         provider = kwargs.get("tracer_provider")
         if provider is not None:
             recorder.set_tracer_provider(provider)

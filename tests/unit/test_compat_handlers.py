@@ -75,3 +75,18 @@ def test_reference_style_handlers_run_the_original_once_and_record(tmp_path, ref
          "scope#QueueName": "WAITING"},
         {"domain": "Custom", "name": "customStep", "type": 2, "outputs": 2},
     ]
+
+
+def test_instrumenting_with_the_env_opt_in_makes_the_module_importable(monkeypatch):
+    monkeypatch.setenv(shim.ENV_VAR, "1")
+    capture = Capture()
+    instrumentor = instrument(capture, [])
+    try:
+        import ms_service_profiler
+
+        assert Path(ms_service_profiler.__file__).parent.parent == Path(shim.path())
+        assert shim.is_installed()
+    finally:
+        instrumentor.uninstrument()
+        shim.uninstall()
+        sys.modules.pop("ms_service_profiler", None)
