@@ -100,12 +100,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def prepare_output(path: Path, formats: Sequence[str]) -> list[str]:
     """Create ``path`` if needed, check it is writable; returns the outputs already there."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output path {path} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
-    if not path.is_dir():
-        raise OutputError(f"output path {path} exists and is not a folder")
     probe = path / f".otel-vllm-analyze-{os.getpid()}.probe"
     try:
         probe.write_bytes(b"")

@@ -1,0 +1,214 @@
+"""``otel-vllm-analyze`` run as a real subprocess on real capture files, good and bad.
+
+Every bad-input case checks: its one clear message, what output is still written, the exit
+status, and that no Python traceback reaches the user.
+"""
+
+import csv
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis_fixtures import Capture, simulate_service  # noqa: E402
+
+pytestmark = pytest.mark.subprocess
+
+CSVS = ["request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv", "kvcache.csv",
+        "service_summary.csv"]
+
+
+def run_cli(*args, module=False):
+    if module:
+        cmd = [sys.executable, "-m", "otel_vllm_ascend.analysis", *map(str, args)]
+    else:
+        cmd = [str(Path(sys.executable).with_name("otel-vllm-analyze")), *map(str, args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr
+    return done
+
+
+def rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def capture(tmp_path):
+    sim = simulate_service(12, seed=7, max_batch=4)
+    folder = tmp_path / "in"
+    sim.capture.write(folder)
+    return sim, folder
+
+
+def test_all_outputs_and_summary(capture, tmp_path):
+    sim, folder = capture
+    out = tmp_path / "out"
+    done = run_cli("--input-path", folder, "--output-path", out)
+    for name in CSVS + ["chrome_tracing.json", "profiler.db"]:
+        assert (out / name).stat().st_size > 0, name
+    assert "requests: 12 (12 complete, 0 partial)" in done.stdout
+    assert "TTFT ms: p50" in done.stdout and "end-to-end ms: p50" in done.stdout
+    assert f"written to {out}" in done.stdout
+    assert len(rows(out / "request.csv")) == 12
+    assert len(rows(out / "batch.csv")) == sim.steps
+    with sqlite3.connect(out / "profiler.db") as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"request", "batch", "kvcache", "request_data", "batch_info", "kvcache_usage",
+                "request_summary", "batch_summary", "service_summary", "slice", "flow",
+                "counter", "process", "thread"} <= tables
+        assert conn.execute("SELECT COUNT(*) FROM request_data").fetchone()[0] == 12
+        names = [r[1] for r in conn.execute("PRAGMA table_info(request_data)")]
+        assert names[:8] == ["http_rid", "start_datetime", "recv_token_size",
+                             "reply_token_size", "execution_time(ms)", "queue_wait_time(ms)",
+                             "first_token_latency(ms)", "cache_hit_rate"]
+    if (out / "report.html").exists():
+        assert done.returncode == 0, done.stderr
+
+
+def test_module_entry_and_format_selection(capture, tmp_path):
+    _, folder = capture
+    out = tmp_path / "out"
+    done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv",
+                   module=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(CSVS)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "in").mkdir()
+    done = run_cli("--input-path", tmp_path / "in", "--output-path", tmp_path / "out")
+    assert done.returncode == 1
+    assert "no capture found" in done.stderr
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_missing_input_folder(tmp_path):
+    done = run_cli("--input-path", tmp_path / "nope", "--output-path", tmp_path / "out")
+    assert done.returncode == 1
+    assert "input folder does not exist" in done.stderr
+
+
+def test_folder_without_db(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    (folder / "service.db").write_bytes(b"")  # not named ms_service_*
+    done = run_cli("--input-path", folder, "--output-path", tmp_path / "out")
+    assert done.returncode == 1
+    assert "no capture found (expected ms_service_*.db files" in done.stderr
+
+
+def test_truncated_db_keeps_other_files(capture, tmp_path):
+    sim, folder = capture
+    engine = next(folder.rglob("ms_service_node-a-200.db"))
+    data = engine.read_bytes()
+    engine.write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv")
+    assert "ms_service_node-a-200.db" in done.stderr
+    assert ("truncated or corrupt" in done.stderr or "file skipped" in done.stderr
+            or "kept the" in done.stderr)
+    # The API server's file is intact: every request still gets its row.
+    assert len(rows(out / "request.csv")) == 12
+
+
+def test_corrupt_db(capture, tmp_path):
+    _, folder = capture
+    bad = folder / "ms_service_node-b-300.db"
+    bad.write_bytes(b"this is not sqlite at all" * 100)
+    out = tmp_path / "out"
+    done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert f"{bad}: not a readable capture" in done.stderr
+    assert "file skipped" in done.stderr
+    assert len(rows(out / "request.csv")) == 12
+
+
+def test_missing_tables(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "ms_service_h-1.db")
+    conn.execute("CREATE TABLE Other (x INTEGER)")
+    conn.commit()
+    conn.close()
+    done = run_cli("--input-path", folder, "--output-path", tmp_path / "out")
+    assert done.returncode == 1
+    assert "ms_service_h-1.db: table Mstx is missing (not a service capture); file skipped" \
+        in done.stderr
+    assert "nothing to analyse" in done.stderr
+
+
+def test_unparsable_messages_are_counted(capture, tmp_path):
+    sim, folder = capture
+    cap = Capture()
+    proc = cap.process("node-c", 400, "engine_core")
+    proc.raw("{not json", sim.requests[0].arrival_us)
+    proc.raw("^domain^:^x^,^broken", sim.requests[0].arrival_us + 1)
+    proc.event("Enqueue", sim.requests[0].arrival_us + 2, "Schedule", ["zz"])
+    cap.write(folder, session="other")
+    out = tmp_path / "out"
+    done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert "2 message(s) could not be decoded (first at markId 0)" in done.stderr
+    assert "2 record(s) could not be decoded in total" in done.stderr
+    assert {r["http_rid"] for r in rows(out / "request.csv")} >= {"zz"}
+
+
+def test_requests_missing_first_or_last_record(tmp_path):
+    sim = simulate_service(6, seed=11, max_batch=3)
+    api = sim.capture.processes[0]
+    first, last = sim.requests[0].external, sim.requests[-1].external
+    api.records = [r for r in api.records
+                   if not (r.message.get("name") == "httpReq" and r.message["rid"] == first)
+                   and not (r.message.get("name") == "httpRes" and r.message["rid"] == last)]
+    folder = tmp_path / "in"
+    sim.capture.write(folder)
+    out = tmp_path / "out"
+    done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert "1 request(s) have no httpReq record" in done.stderr
+    assert "1 request(s) have no httpRes record" in done.stderr
+    table = {r["http_rid"]: r for r in rows(out / "request.csv")}
+    assert len(table) == 6
+    assert table[first]["partial"] == "True" and table[first]["first_token_latency(ms)"] == ""
+    assert table[last]["partial"] == "True" and table[last]["execution_time(ms)"] == ""
+    assert table[last]["first_token_latency(ms)"] != ""
+    assert sum(r["partial"] == "True" for r in table.values()) == 2
+
+
+def test_unwritable_output_folder(capture, tmp_path):
+    _, folder = capture
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    done = run_cli("--input-path", folder, "--output-path", blocker / "out")
+    assert done.returncode == 2
+    assert f"cannot create output folder {blocker / 'out'}" in done.stderr
+    done = run_cli("--input-path", folder, "--output-path", blocker)
+    assert done.returncode == 2
+    assert f"output path {blocker} exists and is not a folder" in done.stderr
+
+
+def test_existing_outputs_are_replaced(capture, tmp_path):
+    _, folder = capture
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "request.csv").write_text("old\n")
+    conn = sqlite3.connect(out / "profiler.db")
+    conn.execute("CREATE TABLE stale_from_last_run (x INTEGER)")
+    conn.commit()
+    conn.close()
+    done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv", "db")
+    assert "replacing 2 existing output file(s)" in done.stderr
+    assert "request.csv" in done.stderr and "profiler.db" in done.stderr
+    assert len(rows(out / "request.csv")) == 12
+    with sqlite3.connect(out / "profiler.db") as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "stale_from_last_run" not in tables and "request" in tables
+    assert not list(out.glob("*.tmp"))
