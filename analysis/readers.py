@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import sqlite3
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -176,15 +177,24 @@ def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadRe
         report.problems.append(f"{path}: cannot open as SQLite ({exc}); file skipped")
         return False
     try:
-        meta = _read_meta(conn, path, report)
-        if meta is None:
-            return False
+        meta, meta_error = _read_meta(conn)
         rows, error = _read_mstx(conn)
     finally:
         conn.close()
+    if error is not None and not rows and "malformed" in (meta_error or error):
+        salvaged = _salvage(path)
+        if salvaged is not None:
+            meta, rows = salvaged
+            meta_error = None
+            error = "truncated or damaged database"
     if error is not None and not rows:
+        if meta_error is not None and "no such table" not in error:
+            error = f"not a readable capture ({meta_error})"
         report.problems.append(f"{path}: {error}; file skipped")
         return False
+    if meta_error is not None:
+        report.problems.append(f"{path}: table Meta unreadable ({meta_error}); process"
+                               " details (host name, role) guessed")
     if error is not None:
         report.problems.append(
             f"{path}: {error}; kept the {len(rows)} rows read before the damage")
@@ -230,17 +240,52 @@ def _pid_from_stem(stem: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def _read_meta(conn: sqlite3.Connection, path: Path, report: ReadReport
-               ) -> Optional[dict[str, str]]:
+def _read_meta(conn: sqlite3.Connection) -> tuple[dict[str, str], Optional[str]]:
+    """Meta rows as a dict, and the error text when the table exists but cannot be read."""
     try:
         rows = conn.execute("SELECT name, value FROM Meta").fetchall()
     except sqlite3.DatabaseError as exc:
         text = str(exc)
-        if "no such table" in text:
-            return {}  # Meta is optional
-        report.problems.append(f"{path}: not a readable capture ({text}); file skipped")
+        return {}, None if "no such table" in text else text  # Meta itself is optional
+    return {str(name): "" if value is None else str(value) for name, value in rows}, None
+
+
+def _salvage(path: Path) -> Optional[tuple[dict[str, str], list]]:
+    """Rows of a truncated file: cut to whole pages, fix the page count, read until the damage."""
+    try:
+        data = bytearray(path.read_bytes())
+    except OSError:
         return None
-    return {str(name): "" if value is None else str(value) for name, value in rows}
+    if len(data) < 100 or not data.startswith(b"SQLite format 3\x00"):
+        return None
+    page_size = int.from_bytes(data[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = len(data) // page_size if page_size else 0
+    if pages < 2:
+        return None
+    del data[pages * page_size:]
+    data[28:32] = pages.to_bytes(4, "big")
+    with tempfile.TemporaryDirectory(prefix="otel-vllm-salvage-") as folder:
+        copy = Path(folder) / path.name
+        copy.write_bytes(bytes(data))
+        conn = sqlite3.connect(copy)
+        try:
+            meta: dict[str, str] = {}
+            rows: list = []
+            for query, sink in (("SELECT name, value FROM Meta", None),
+                                ("SELECT markId, message, pid, tid, timestamp, endTimestamp"
+                                 " FROM Mstx", rows)):
+                try:
+                    for row in conn.execute(query):  # row by row: keep all before the damage
+                        if sink is None:
+                            meta[str(row[0])] = "" if row[1] is None else str(row[1])
+                        else:
+                            sink.append(row)
+                except sqlite3.DatabaseError:
+                    pass
+        finally:
+            conn.close()
+    return (meta, rows) if rows else None
 
 
 def _read_mstx(conn: sqlite3.Connection) -> tuple[list, Optional[str]]:

@@ -105,18 +105,21 @@ def test_folder_without_db(tmp_path):
     assert "no capture found (expected ms_service_*.db files" in done.stderr
 
 
-def test_truncated_db_keeps_other_files(capture, tmp_path):
-    sim, folder = capture
+def test_truncated_db_keeps_rows_before_the_damage(tmp_path):
+    sim = simulate_service(50, seed=3, max_batch=4)
+    folder = tmp_path / "in"
+    sim.capture.write(folder)
     engine = next(folder.rglob("ms_service_node-a-200.db"))
     data = engine.read_bytes()
-    engine.write_bytes(data[: len(data) // 3])
+    engine.write_bytes(data[: int(len(data) * 0.6)])
     out = tmp_path / "out"
     done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv")
-    assert "ms_service_node-a-200.db" in done.stderr
-    assert ("truncated or corrupt" in done.stderr or "file skipped" in done.stderr
-            or "kept the" in done.stderr)
-    # The API server's file is intact: every request still gets its row.
-    assert len(rows(out / "request.csv")) == 12
+    assert done.returncode == 0, done.stderr
+    assert f"{engine}: truncated or damaged database; kept the " in done.stderr
+    assert "rows read before the damage" in done.stderr
+    # The API server's file is intact: every request still gets its row; some steps survive.
+    assert len(rows(out / "request.csv")) == 50
+    assert 0 < len(rows(out / "batch.csv")) < sim.steps
 
 
 def test_corrupt_db(capture, tmp_path):
