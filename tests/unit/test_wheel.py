@@ -1,0 +1,102 @@
+"""A built wheel installs ``otel_vllm_ascend`` with its two mapped sub-packages and nothing at the
+top level besides it; every source module and the default symbol file are inside."""
+
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Source folder -> where its files land in the wheel (pyproject's [tool.setuptools.package-dir]).
+MAPPED = {"otel_vllm_ascend": "otel_vllm_ascend", "exporters": "otel_vllm_ascend/exporters",
+          "analysis": "otel_vllm_ascend/analysis"}
+
+pytestmark = pytest.mark.subprocess
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """Build from a copy of the sources, so the shared work tree gets no build/ or egg-info."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for folder in MAPPED:
+        shutil.copytree(ROOT / folder, source / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    out = work / "dist"
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
+         "--outdir", str(out),
+         str(source)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (built,) = out.glob("otel_vllm_ascend-*.whl")
+    return built
+
+
+def source_modules():
+    expected = set()
+    for folder, target in MAPPED.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" in path.parts:
+                continue
+            expected.add(f"{target}/{path.relative_to(ROOT / folder).as_posix()}")
+    return expected
+
+
+def test_wheel_holds_every_module_and_the_default_symbols(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = sorted(source_modules() - names)
+    assert not missing, f"modules missing from the wheel (add their packages to pyproject): " \
+                        f"{missing}"
+    assert "otel_vllm_ascend/service_profiling_symbols.yaml" in names
+    assert "otel_vllm_ascend/py.typed" in names
+    top_level = {name.split("/", 1)[0] for name in names}
+    assert {t for t in top_level if not t.endswith(".dist-info")} == {"otel_vllm_ascend"}
+
+
+def test_wheel_declares_the_commands(wheel):
+    archive = zipfile.ZipFile(wheel)
+    (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    text = archive.read(entry_points).decode()
+    assert "otel-vllm-ascend = otel_vllm_ascend.cli:main" in text
+    assert "otel-vllm-analyze = otel_vllm_ascend.analysis.cli:main" in text
+
+
+CHECK = """
+import importlib.util, sys
+target, dependencies = sys.argv[1], sys.argv[2]
+sys.path[:0] = [target]
+sys.path.append(dependencies)  # plain entry: its .pth files (the editable install) stay inactive
+import otel_vllm_ascend, otel_vllm_ascend.exporters, otel_vllm_ascend.analysis
+import otel_vllm_ascend.symbols
+for module in (otel_vllm_ascend, otel_vllm_ascend.exporters, otel_vllm_ascend.analysis):
+    assert module.__file__.startswith(target), module.__file__
+print(len(otel_vllm_ascend.symbols.load_symbols(vllm_version="0.32.0").specs))
+print(importlib.util.find_spec("exporters"), importlib.util.find_spec("analysis"))
+"""
+
+
+def test_installed_wheel_imports_all_three_packages(wheel, tmp_path):
+    target = tmp_path / "target"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+         "--disable-pip-version-check", "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    installed = {p.name for p in target.iterdir()}
+    assert "exporters" not in installed and "analysis" not in installed
+    assert {n for n in installed if not n.endswith(".dist-info")} <= {"otel_vllm_ascend", "bin"}
+    # -I -S: no site-packages, no .pth files, no PYTHONPATH, no current folder.
+    run = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", CHECK, str(target), sysconfig.get_paths()["purelib"]],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    hooks, absent = run.stdout.strip().splitlines()
+    assert int(hooks) > 10  # the packaged YAML was found next to the installed package
+    assert absent == "None None"
