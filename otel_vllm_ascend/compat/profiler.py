@@ -25,8 +25,9 @@ call                                recorded as
 ``.metric_inc(n, v)``               ``ms.metric_inc.<n>`` (``<n>+``)
 ``.metric_scope(n, v=0)``           ``ms.scope.<n>`` (``scope#<n>``)
 ``.metric_scope_as_req_id()``       ``ms.scope.`` = ``"req"`` (``scope#``)
-``.event(name)``                    a span event on this thread's open fluent span, else a
-                                    zero-duration span (``ms.record = "event"``)
+``.event(name)``                    a span event on the innermost open fluent span of this
+                                    thread or asyncio task, else a zero-duration span
+                                    (``ms.record = "event"``)
 ``.span_start(name)``/``span_end``  one span from start to end; also as a context manager
 ``.link(from_rid, to_rid)``         a ``link`` record (``ms.link.from`` / ``ms.link.to``)
 ``.launch()``                       a metric sample (``ms.record = "metric"``, no ``type``)
@@ -40,12 +41,13 @@ that are ``None`` are left out (OpenTelemetry attributes cannot hold them).
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import json
 import threading
 import time
 import weakref
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from otel_vllm_ascend import config, contract, recorder
 from otel_vllm_ascend.compat import gate
@@ -154,27 +156,33 @@ def message_to_attributes(message: Dict[str, Any]) -> Dict[str, Any]:
     return attributes
 
 
-class _OpenSpans(threading.local):
-    """Fluent spans open on this thread, innermost last, held weakly.
+class _OpenSpans:
+    """Fluent spans open in the current context (thread or asyncio task), innermost last.
 
-    Weak so that a span whose ``span_end()`` never comes is garbage collected (and hands its
-    events back) instead of collecting every later event of the thread.
+    A context variable, so concurrent requests on one event loop do not see each other's spans;
+    weak references, so a span whose ``span_end()`` never comes is garbage collected (and hands
+    its events back) instead of collecting every later event.
     """
 
     def __init__(self) -> None:
-        self.stack: List[weakref.ReferenceType] = []
+        self._var: contextvars.ContextVar = contextvars.ContextVar(
+            "otel_vllm_compat_open_spans", default=())
+
+    def push(self, prof: Profiler) -> None:
+        self._var.set((*self._var.get(), weakref.ref(prof)))
 
     def innermost(self) -> Optional[Profiler]:
-        stack = self.stack
-        while stack:
-            prof = stack[-1]()
+        stack = self._var.get()
+        for ref in reversed(stack):
+            prof = ref()
             if prof is not None and prof._start_ns is not None:
                 return prof
-            stack.pop()
         return None
 
     def remove(self, prof: Profiler) -> None:
-        self.stack = [ref for ref in self.stack if ref() not in (None, prof)]
+        stack = self._var.get()
+        if stack:
+            self._var.set(tuple(ref for ref in stack if ref() not in (None, prof)))
 
 
 _open_spans = _OpenSpans()
@@ -231,7 +239,7 @@ class Profiler:
     # --- writing records ----------------------------------------------------------------------
 
     def event(self, event_name: str) -> None:
-        """Record an event now: on this thread's open fluent span, else on its own."""
+        """Record an event now: on the open fluent span of this context, else on its own."""
         if not self._enabled:
             return
         now = time.time_ns()
@@ -250,7 +258,7 @@ class Profiler:
         self._name = span_name
         self._tid = threading.get_native_id()
         self._start_ns = time.time_ns()
-        _open_spans.stack.append(weakref.ref(self))
+        _open_spans.push(self)
         return self
 
     def span_end(self) -> None:

@@ -249,3 +249,23 @@ def test_a_real_capture_file_holds_the_reference_rows(tmp_path):
     span_start, span_end = rows[1][2], rows[1][3]
     assert span_start <= rows[0][2] <= span_end  # the event lies inside its span
     assert meta["dpRankId"] == "0"
+
+
+def test_concurrent_tasks_attach_events_to_their_own_spans(spans):
+    import asyncio
+
+    async def request(rid, pause):
+        with Profiler(Level.INFO).domain("Engine").res(rid).span_start(f"handle-{rid}"):
+            await asyncio.sleep(pause)
+            Profiler(Level.INFO).domain("Engine").res(rid).event("step")
+            await asyncio.sleep(pause)
+
+    async def both():
+        await asyncio.gather(request("a", 0.005), request("b", 0.02))
+
+    asyncio.run(both())
+    by_name = {s.name: s for s in spans()}
+    assert set(by_name) == {"handle-a", "handle-b"}
+    for rid in ("a", "b"):
+        (event,) = by_name[f"handle-{rid}"].events
+        assert event.attributes[contract.RID] == rid
