@@ -197,7 +197,12 @@ def _in_fork_child(provider: Any) -> None:
 def _refresh_pid(provider: Any) -> None:
     # The resource was built in the parent; a forked child must not report the parent's pid.
     resource = getattr(provider, "_resource", None)
-    if isinstance(resource, Resource) and resource.attributes.get("process.pid") != os.getpid():
+    if not isinstance(resource, Resource) or resource.attributes.get("process.pid") == os.getpid():
+        return
+    update = getattr(provider, "_update_resource", None)  # also re-stamps cached tracers
+    if update is not None:
+        update(Resource({"process.pid": os.getpid()}))
+    else:
         provider._resource = resource.merge(Resource({"process.pid": os.getpid()}))
 
 
