@@ -219,3 +219,26 @@ def test_short_names_and_our_own_paths_still_resolve():
     assert reference_handler_gap("my_pkg.hooks:step") is None
     assert handlers.reference_handler_gap(
         "msserviceprofiler.vllm_profiler.vllm_v0.kvcache_hookers:free") is not None
+
+
+# --- against the installed vLLM (0.32): which targets still exist -------------------------------
+
+GONE_IN_VLLM_032 = {"vllm.v1.engine.processor:Processor.process_inputs"}
+
+
+@pytest.mark.parametrize("path", [WHEEL_YAML, VLLM_ASCEND_YAML])
+def test_targets_are_checked_against_the_installed_vllm(path):
+    from otel_vllm_ascend import symbol_check
+
+    statuses = symbol_check.check_symbol_set(_load(path))
+    for status in statuses:
+        symbol = status.spec.symbol
+        assert status.handler_note is None, symbol  # every handler imports
+        if symbol.startswith("vllm_ascend."):
+            assert status.status == symbol_check.MODULE_NOT_INSTALLED and status.package_absent
+            assert status.ok  # no vllm-ascend on this machine: nothing to fix
+        elif symbol in GONE_IN_VLLM_032:
+            assert status.status == symbol_check.MODULE_NOT_INSTALLED
+            assert not status.package_absent and not status.ok  # vLLM moved it: reported
+        else:
+            assert status.status == symbol_check.RESOLVES, (symbol, status.reason)
