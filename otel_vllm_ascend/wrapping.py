@@ -49,7 +49,7 @@ class Hook:
 
     __slots__ = ("spec", "owner", "attr", "original_raw", "had_own_attr", "func", "kind",
                  "binding", "handler", "active", "removed", "failures", "warned", "name",
-                 "domain", "level", "attributes", "caller_filter", "symbol")
+                 "domain", "level", "attributes", "caller_filter", "symbol", "binder")
 
     def __init__(self, spec: Any, owner: Any, attr: str, original_raw: Any,
                  had_own_attr: bool, func: Callable, binding: str,
@@ -73,6 +73,7 @@ class Hook:
         self.level = int(getattr(spec, "level", 20) or 20)
         self.attributes = tuple(getattr(spec, "attributes", ()) or ())
         self.caller_filter = getattr(spec, "caller_filter", None) or None
+        self.binder: Any = None  # built at the first call that evaluates attributes
 
     # -- failure policy -------------------------------------------------------------------
     def failed(self, exc: BaseException) -> None:
@@ -141,13 +142,67 @@ def callable_kind(func: Callable) -> str:
 # --------------------------------------------------------------------------------------------
 # The timer's record: attributes evaluated after the call.
 
+_BASIC_NAMES = frozenset(("this", "self", "args", "kwargs", "return"))
+
+
+class _Binder:
+    """Names for attribute expressions, cheaper than ``inspect.Signature.bind`` per call.
+
+    Plain signatures (no ``*args``/``**kwargs``, no positional-only) are bound by position here;
+    anything else goes through ``expr.bind_names``. Parameters are bound only when an expression
+    reads one.
+    """
+
+    __slots__ = ("func", "params", "simple", "needs_params")
+
+    def __init__(self, func: Callable, attributes: tuple) -> None:
+        self.func = func
+        used = set()
+        for attribute in attributes:
+            used.update(getattr(attribute.compiled, "names", ()) or ())
+        self.needs_params = not used <= _BASIC_NAMES
+        self.params: tuple = ()
+        self.simple = False
+        try:
+            parameters = inspect.signature(func).parameters.values()
+        except (TypeError, ValueError):
+            return
+        allowed = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        if all(p.kind in allowed for p in parameters):
+            self.simple = True
+            self.params = tuple((p.name, p.default) for p in parameters)
+
+    def names(self, this: Any, args: tuple, kwargs: dict, result: Any) -> dict:
+        if self.needs_params and not self.simple:
+            from otel_vllm_ascend.expr import bind_names
+
+            return bind_names(self.func, this, args, kwargs, result)
+        full_args = (this,) + args if this is not None else args
+        names = {"this": this, "self": this, "args": full_args, "kwargs": kwargs,
+                 "return": result}
+        if self.needs_params:
+            empty = inspect.Parameter.empty
+            count = len(full_args)
+            for index, (name, default) in enumerate(self.params):
+                if index < count:
+                    names[name] = full_args[index]
+                elif name in kwargs:
+                    names[name] = kwargs[name]
+                elif default is not empty:
+                    names[name] = default
+        return names
+
+
 def _timer_attributes(hook: Hook, args: tuple, kwargs: dict, result: Any) -> dict:
     attrs = {contract.DOMAIN: hook.domain}
     if hook.attributes:
-        from otel_vllm_ascend.expr import MISSING, bind_names
+        from otel_vllm_ascend.expr import MISSING
 
+        binder = hook.binder
+        if binder is None:
+            binder = hook.binder = _Binder(hook.func, hook.attributes)
         this, rest = hook.split_this(args)
-        names = bind_names(hook.func, this, rest, kwargs, result)
+        names = binder.names(this, rest, kwargs, result)
         for attribute in hook.attributes:
             value = attribute.compiled.evaluate(names)  # bounded, never raises
             if value is not MISSING:
