@@ -340,3 +340,56 @@ def test_valid_grammar_compiles_and_never_calls_objects(name, trailers, pipes):
     assert ("call",) not in Trap.touched
     assert all(not str(entry[-1]).startswith("__") for entry in Trap.touched if len(entry) > 1)
     assert value is MISSING or isinstance(value, (str, bool, int, float, tuple))
+
+
+# --- the fast binding path agrees with inspect's binding --------------------------------------
+
+
+def f_plain(a, b=2, c=None):
+    return None
+
+
+def f_kwonly(a, *, flag=False, size):
+    return None
+
+
+def f_varargs(a, *rest, key=1, **extra):
+    return None
+
+
+class Holder:
+    def method(self, x, y=5):
+        return None
+
+
+def reference_names(func, this, args, kwargs):
+    import inspect
+
+    full = (this,) + args if this is not None else args
+    try:
+        bound = inspect.signature(func).bind_partial(*full, **kwargs)
+    except TypeError:
+        return {}
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+VALUES = st.one_of(st.integers(-3, 3), st.none(), st.text(max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(func=st.sampled_from([f_plain, f_kwonly, f_varargs, Holder.method]),
+       args=st.lists(VALUES, max_size=4).map(tuple),
+       kwargs=st.dictionaries(st.sampled_from(["a", "b", "c", "flag", "size", "key", "x", "y",
+                                               "zz"]), VALUES, max_size=3))
+def test_bind_names_matches_signature_binding(func, args, kwargs):
+    this = Holder() if func is Holder.method else None
+    names = bind_names(func, this, args, kwargs, "result")
+    expected = reference_names(func, this, args, kwargs)
+    for name, value in expected.items():
+        assert names[name] == value or (name == "self" and names[name] is this), name
+    parameter_names = {"a", "b", "c", "flag", "size", "rest", "key", "extra", "x", "y"}
+    if not expected:  # an invalid call binds no parameters at all
+        assert not (set(names) & parameter_names)
+    assert names["return"] == "result"
+    assert names["args"] == ((this,) + args if this is not None else args)
