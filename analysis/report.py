@@ -34,6 +34,8 @@ import pandas as pd
 _logger = logging.getLogger(__name__)
 
 MAX_POINTS = 2000
+_ID_ATTR = re.compile(r'(\sid=)"([^"]+)"')
+_ID_REF = re.compile(r'(url\(|href=")#')
 SUMMARY_ORDER = ("service_summary", "request_summary", "batch_summary")
 SUMMARY_TITLES = {"service_summary": "Service", "request_summary": "Requests",
                   "batch_summary": "Engine steps (batches)"}
@@ -267,6 +269,10 @@ def _svg(figure: Any, salt: str) -> str:
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
     text = text[text.index("<svg"):]
+    # Element ids (figure_1, axes_1, ...) repeat between figures: prefix them and every
+    # reference to them, so the page has unique ids and each figure's clip paths stay its own.
+    text = _ID_ATTR.sub(lambda m: f'{m.group(1)}"{salt}-{m.group(2)}"', text)
+    text = _ID_REF.sub(lambda m: f"{m.group(1)}#{salt}-", text)
     return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1', text, count=1)
 
 

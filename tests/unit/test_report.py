@@ -1,0 +1,204 @@
+"""report.html: built from real capture files through the analyzer's readers and builders."""
+
+import re
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis_fixtures import simulate_service  # noqa: E402
+from otel_vllm_ascend.analysis import report as report_mod  # noqa: E402
+from otel_vllm_ascend.analysis.batches import build_batches  # noqa: E402
+from otel_vllm_ascend.analysis.kvcache import build_kvcache  # noqa: E402
+from otel_vllm_ascend.analysis.readers import read_captures  # noqa: E402
+from otel_vllm_ascend.analysis.requests import build_requests  # noqa: E402
+from otel_vllm_ascend.analysis.steps import engine_steps, step_requests  # noqa: E402
+from otel_vllm_ascend.analysis.summaries import (  # noqa: E402
+    batch_summary,
+    request_summary,
+    service_summary,
+)
+
+
+class _Page(HTMLParser):
+    """Collects tags, attributes and text; checks that every opened element is closed."""
+
+    VOID = {"meta", "br", "img", "input", "link", "hr", "col", "path", "use", "rect", "line",
+            "circle", "stop", "polyline", "polygon", "ellipse"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack = []
+        self.tags = []
+        self.attrs = []
+        self.text = []
+        self.errors = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unexpected </{tag}> (open: {self.stack[-3:]})")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(text):
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("capture")
+    sim = simulate_service(40, seed=3, max_batch=6, max_output=8)
+    sim.capture.write(root)
+    frame, _, _ = read_captures(root)
+    steps = engine_steps(frame)
+    per_request = step_requests(steps)
+    kvcache = build_kvcache(frame)
+    requests = build_requests(frame, steps, per_request)
+    batches = build_batches(frame, steps, per_request, kvcache)
+    summaries = {"request_summary": request_summary(frame, requests, per_request, batches),
+                 "service_summary": service_summary(requests, batches),
+                 "batch_summary": batch_summary(batches)}
+    return sim, frame, requests, batches, kvcache, summaries
+
+
+def test_report_is_one_self_contained_well_formed_page(analysed, tmp_path):
+    _, frame, requests, batches, kvcache, summaries = analysed
+    path = report_mod.write_report(tmp_path / "report.html", requests, batches, kvcache,
+                                   summaries, frame=frame)
+    assert path == tmp_path / "report.html"
+    text = path.read_text(encoding="utf-8")
+    page = parse(text)
+    assert page.errors == [] and page.stack == []
+    # nothing fetched: no scripts, no linked resources, no external URLs in attributes
+    assert "script" not in page.tags and "link" not in page.tags and "img" not in page.tags
+    external = [(k, v) for k, v in page.attrs
+                if k in ("src", "href", "xlink:href") and v and not v.startswith("#")]
+    assert external == []
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", text)
+    # the four plot sections are inline SVG with their own ids (no clashes between figures)
+    assert text.count("<svg") == 4
+    ids = re.findall(r'\sid="([^"]+)"', text)
+    assert len(ids) == len(set(ids))
+    references = set(re.findall(r'(?:url\(|href=")#([^)"]+)', text))
+    assert references and references <= set(ids)  # every clip path / glyph link resolves
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_headline_tiles_show_the_request_table_figures(analysed):
+    _, frame, requests, batches, kvcache, summaries = analysed
+    text = report_mod.render_report(requests, batches, kvcache, summaries, frame)
+    done = requests.loc[~requests["partial"].astype(bool)]
+    p50, p99 = np.percentile(done["ttft_ms"].to_numpy(dtype=float), [50, 99])
+    tile = re.search(r'Time to first token</div><div class="value">([^<]*)</div>'
+                     r'<div class="note">([^<]*)</div>', text)
+    assert tile.group(1) == f"{report_mod._fmt(p50)} ms"
+    assert tile.group(2) == f"p50 · p99 {report_mod._fmt(p99)} ms"
+    requests_tile = re.search(r'Requests</div><div class="value">([^<]*)</div>', text)
+    assert requests_tile.group(1) == "40"
+    steps_tile = re.search(r'Engine steps</div><div class="value">([^<]*)</div>', text)
+    assert steps_tile.group(1) == f"{len(batches):,}"
+    peak = kvcache["kvcache_usage_rate"].max() * 100
+    assert f"{report_mod._fmt(peak)} %" in text
+
+
+def test_summary_tables_are_rendered_with_every_metric(analysed):
+    _, frame, requests, batches, kvcache, summaries = analysed
+    page = parse(report_mod.render_report(requests, batches, kvcache, summaries, frame))
+    text = " ".join(page.text)
+    for table in summaries.values():
+        for metric in table["Metric"]:
+            assert metric in text
+    assert page.tags.count("table") == 3
+    total_in = summaries["service_summary"].set_index("Metric").loc[
+        "total_input_token_num", "Value"]
+    assert f"{int(total_in):,}" in text
+
+
+def test_queue_lengths_come_from_the_enqueue_dequeue_records(analysed):
+    _, frame, *_ = analysed
+    queues = report_mod._queue_series(frame)
+    assert set(queues) == {"waiting", "running"}
+    rows = frame.loc[frame["name"].isin(["Enqueue", "Dequeue"])]
+    waiting = [m["QueueSize"] for m, s in zip(rows["metrics"], rows["scopes"])
+               if s.get("QueueName") == "WAITING"]
+    assert queues["waiting"][1].tolist() == waiting
+
+
+def test_empty_inputs_give_a_page_with_notes_not_an_error(tmp_path):
+    empty = pd.DataFrame()
+    path = report_mod.write_report(tmp_path / "report.html", empty, empty, empty, {})
+    text = path.read_text(encoding="utf-8")
+    assert parse(text).errors == []
+    assert text.count("No data for this section") == 4
+    assert "No summary tables." in text
+    assert "<svg" not in text
+
+
+def test_bad_column_values_do_not_break_the_page(analysed):
+    _, frame, requests, batches, kvcache, summaries = analysed
+    broken = requests.copy()
+    broken["ttft_ms"] = "n/a"  # text where numbers belong
+    broken_batches = batches.drop(columns=["Prefill_batch_size", "Decode_batch_size"])
+    text = report_mod.render_report(broken, broken_batches, kvcache, summaries, frame)
+    assert parse(text).errors == []
+    assert text.count("<svg") == 4  # TTFT panels drop out, the rest is drawn
+    assert "Time per output token" in text
+
+
+def test_a_failing_plot_leaves_a_note_and_the_rest_of_the_page(analysed, monkeypatch):
+    _, frame, requests, batches, kvcache, summaries = analysed
+
+    def boom(*_):
+        raise ValueError("synthetic failure")
+
+    monkeypatch.setattr(report_mod, "_steps_over_time", boom)
+    text = report_mod.render_report(requests, batches, kvcache, summaries, frame)
+    assert "Could not draw this section (ValueError: synthetic failure)." in text
+    assert text.count("<svg") == 3
+
+
+def test_long_series_are_drawn_as_interval_means():
+    n = report_mod.MAX_POINTS * 3
+    x = np.arange(n, dtype=float)
+    y = np.where(np.arange(n) % 3 == 0, 9.0, 0.0)  # every interval: one 9 and two 0
+    centres, (mean,), (low,), (high,) = report_mod._binned(x, [y])
+    assert len(centres) == report_mod.MAX_POINTS
+    assert mean == pytest.approx(np.full(report_mod.MAX_POINTS, 3.0))
+    assert (low == 0).all() and (high == 9).all()
+    short_x, (short,), _, _ = report_mod._binned(x[:10], [y[:10]])
+    assert short.tolist() == y[:10].tolist()
+
+
+def test_many_engine_steps_say_how_they_are_shown():
+    n = report_mod.MAX_POINTS + 500
+    start = 1_764_400_000_000_000.0 + np.arange(n) * 5000.0
+    batches = pd.DataFrame({"sched_start_us": start, "total_batch_size": 4.0,
+                            "Prefill_batch_size": 1.0, "Decode_batch_size": 3.0,
+                            "Prefill_scheduled_tokens": 30.0, "Decode_scheduled_tokens": 3.0,
+                            "total_scheduled_tokens": 33.0})
+    text = report_mod.render_report(pd.DataFrame(), batches, pd.DataFrame(), {})
+    assert f"{n:,} steps shown as {report_mod.MAX_POINTS:,} interval means" in text
