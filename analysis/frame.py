@@ -72,6 +72,14 @@ _WORKER_NAMES = frozenset({"computing_logits", "sample", "modelRunnerExec", "for
 
 _LINK_TYPE = 3
 _json_loads = json.loads
+try:  # msgspec (installed with vLLM) decodes JSON faster; the standard module is the fallback
+    from msgspec import DecodeError as _FastDecodeError
+    from msgspec.json import Decoder as _FastDecoder
+
+    _fast_loads = _FastDecoder().decode
+except ImportError:  # pragma: no cover - depends on the environment
+    _fast_loads = None
+    _FastDecodeError = ValueError
 
 
 @dataclass
@@ -95,6 +103,12 @@ def parse_message(text: Any) -> Optional[dict]:
         else:
             return None
     if text.startswith("{"):
+        if _fast_loads is not None:
+            try:
+                value = _fast_loads(text)
+                return value if isinstance(value, dict) else None
+            except (_FastDecodeError, ValueError):
+                pass  # NaN literals, or caret form that starts with a brace
         try:
             value = _json_loads(text)
             return value if isinstance(value, dict) else None
@@ -138,6 +152,10 @@ class RecordBuilder:
     def __init__(self) -> None:
         self.columns: dict[str, list] = {name: [] for name in RECORD_COLUMNS}
         self.links: dict[str, str] = {}  # internal (to) -> external (from)
+        # The schedule span and the modelExec of one step carry the same request dicts:
+        # keep one copy (halves the memory of a large capture).
+        self._last_detail: dict[str, list] = {}
+        self._ids: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.columns["name"])
@@ -151,6 +169,7 @@ class RecordBuilder:
         the epoch resolve only 0.25 µs, so ``end_us - start_us`` is not exact.
         """
         cols = self.columns
+        share = self._ids.setdefault  # one string object per request id, not one per record
         name = message.pop("name", "")
         domain = message.pop("domain", "")
         rtype = message.pop("type", type_default)
@@ -161,19 +180,26 @@ class RecordBuilder:
         if rid is not None:
             if isinstance(rid, list):
                 if rid and isinstance(rid[0], dict):
+                    last = self._last_detail.get(source)
+                    if last is not None and len(last) == len(rid) and last == rid:
+                        rid = last
+                    else:
+                        self._last_detail[source] = rid
                     detail = rid
                     for item in rid:
                         if isinstance(item, dict) and "rid" in item:
                             value = item["rid"]
                             if not isinstance(value, str):
-                                value = item["rid"] = canonical_rid(value)
+                                value = canonical_rid(value)
+                            value = item["rid"] = share(value, value)
                             rids.append(value)
                 else:
-                    rids = [item if isinstance(item, str) else canonical_rid(item)
-                            for item in rid if item is not None and not isinstance(item, dict)]
+                    rids = [share(r, r) for r in
+                            (item if isinstance(item, str) else canonical_rid(item)
+                             for item in rid if item is not None and not isinstance(item, dict))]
             elif isinstance(rid, str):
                 if rid:
-                    rids = [rid]
+                    rids = [share(rid, rid)]
             elif not isinstance(rid, dict):
                 rids = [canonical_rid(rid)]
         metrics: dict[str, float] = {}

@@ -42,7 +42,7 @@ _logger = logging.getLogger(__name__)
 
 DB_NAME = re.compile(r"^ms_service_[\w.-]+\.db$")
 OTLP_SUFFIXES = (".json", ".jsonl", ".ndjson")
-_FETCH = 8192
+_FETCH = 1024
 
 Progress = Callable[[int, int, str], None]
 
@@ -169,8 +169,54 @@ def _apply_meta(proc: ProcessInfo, meta: dict[str, str]) -> None:
             pass
 
 
+class _DbRows:
+    """Decodes the ``Mstx`` rows of one file chunk by chunk into the builder."""
+
+    def __init__(self, path: Path, meta: dict[str, str], builder: RecordBuilder,
+                 processes: dict) -> None:
+        self.source = path.stem
+        self.meta = meta
+        self.builder = builder
+        self.processes = processes
+        self.seen_pids: dict[int, ProcessInfo] = {}
+        self.rows = 0
+        self.bad = 0
+        self.first_bad: Any = None
+
+    def feed(self, chunk: list) -> None:
+        add = self.builder.add
+        source = self.source
+        seen = self.seen_pids
+        self.rows += len(chunk)
+        for mark_id, message, pid, tid, start_ns, end_ns in chunk:
+            decoded = parse_message(message)
+            if decoded is None or start_ns is None:
+                self.bad += 1
+                if self.first_bad is None:
+                    self.first_bad = mark_id
+                continue
+            pid = int(pid or 0)
+            proc = seen.get(pid)
+            if proc is None:
+                host = self.meta.get("hostname") or _host_from_stem(source, pid)
+                proc = seen[pid] = _process(self.processes, host, pid, source)
+                _apply_meta(proc, self.meta)
+            proc.records += 1
+            if end_ns is None:
+                end_ns = start_ns
+            add(source, pid, int(tid or 0), int(mark_id or 0), start_ns / 1000.0,
+                end_ns / 1000.0, decoded, None, (end_ns - start_ns) / 1000.0)
+
+    def finish(self) -> None:
+        if not self.seen_pids and self.meta:
+            # A file with Meta rows but no usable record still names its process.
+            pid = _pid_from_stem(self.source)
+            if pid is not None:
+                host = self.meta.get("hostname") or _host_from_stem(self.source, pid)
+                _apply_meta(_process(self.processes, host, pid, self.source), self.meta)
+
+
 def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadReport) -> bool:
-    source = path.stem
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -178,16 +224,19 @@ def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadRe
         return False
     try:
         meta, meta_error = _read_meta(conn)
-        rows, error = _read_mstx(conn)
+        sink = _DbRows(path, meta, builder, processes)
+        error = _read_mstx(conn, sink.feed)
     finally:
         conn.close()
-    if error is not None and not rows and "malformed" in (meta_error or error):
+    if error is not None and not sink.rows and "malformed" in (meta_error or error):
         salvaged = _salvage(path)
         if salvaged is not None:
             meta, rows = salvaged
             meta_error = None
             error = "truncated or damaged database"
-    if error is not None and not rows:
+            sink = _DbRows(path, meta, builder, processes)
+            sink.feed(rows)
+    if error is not None and not sink.rows:
         if meta_error is not None and "no such table" not in error:
             error = f"not a readable capture ({meta_error})"
         report.problems.append(f"{path}: {error}; file skipped")
@@ -197,41 +246,13 @@ def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadRe
                                " details (host name, role) guessed")
     if error is not None:
         report.problems.append(
-            f"{path}: {error}; kept the {len(rows)} rows read before the damage")
-    seen_pids: dict[int, ProcessInfo] = {}
-    bad = 0
-    first_bad = None
-    add = builder.add
-    for mark_id, message, pid, tid, start_ns, end_ns in rows:
-        decoded = parse_message(message)
-        if decoded is None or start_ns is None:
-            bad += 1
-            if first_bad is None:
-                first_bad = mark_id
-            continue
-        pid = int(pid or 0)
-        proc = seen_pids.get(pid)
-        if proc is None:
-            host = meta.get("hostname") or _host_from_stem(source, pid)
-            proc = seen_pids[pid] = _process(processes, host, pid, source)
-            _apply_meta(proc, meta)
-        proc.records += 1
-        start = start_ns / 1000.0
-        if end_ns is None:
-            end_ns = start_ns
-        add(source, pid, int(tid or 0), int(mark_id or 0), start, end_ns / 1000.0, decoded,
-            None, (end_ns - start_ns) / 1000.0)
-    if not seen_pids and meta:
-        # A file with Meta rows but no usable record still names its process.
-        pid = _pid_from_stem(source)
-        if pid is not None:
-            host = meta.get("hostname") or _host_from_stem(source, pid)
-            _apply_meta(_process(processes, host, pid, source), meta)
-    if bad:
-        report.unparsable += bad
+            f"{path}: {error}; kept the {sink.rows} rows read before the damage")
+    sink.finish()
+    if sink.bad:
+        report.unparsable += sink.bad
         report.problems.append(
-            f"{path}: {bad} message(s) could not be decoded (first at markId {first_bad});"
-            " those rows were skipped")
+            f"{path}: {sink.bad} message(s) could not be decoded (first at markId"
+            f" {sink.first_bad}); those rows were skipped")
     return True
 
 
@@ -288,8 +309,8 @@ def _salvage(path: Path) -> Optional[tuple[dict[str, str], list]]:
     return (meta, rows) if rows else None
 
 
-def _read_mstx(conn: sqlite3.Connection) -> tuple[list, Optional[str]]:
-    rows: list = []
+def _read_mstx(conn: sqlite3.Connection, feed: Callable[[list], None]) -> Optional[str]:
+    """Stream ``Mstx`` rows to ``feed`` in chunks; returns the error text if reading stopped."""
     try:
         cursor = conn.execute(
             "SELECT markId, message, pid, tid, timestamp, endTimestamp FROM Mstx")
@@ -297,15 +318,15 @@ def _read_mstx(conn: sqlite3.Connection) -> tuple[list, Optional[str]]:
             chunk = cursor.fetchmany(_FETCH)
             if not chunk:
                 break
-            rows.extend(chunk)
+            feed(chunk)
     except sqlite3.DatabaseError as exc:
         text = str(exc)
         if "no such table" in text:
-            return rows, "table Mstx is missing (not a service capture)"
+            return "table Mstx is missing (not a service capture)"
         if "no such column" in text:
-            return rows, f"table Mstx lacks a column ({text})"
-        return rows, f"truncated or corrupt database ({text})"
-    return rows, None
+            return f"table Mstx lacks a column ({text})"
+        return f"truncated or corrupt database ({text})"
+    return None
 
 
 # --- OTLP JSON ---------------------------------------------------------------------------------
