@@ -1,4 +1,4 @@
-"""Attribute names of the span contract (docs/span-contract.md), shared by collect, export and analyse."""
+"""Attribute names of the span contract (docs/span-contract.md): collect, export, analyse."""
 
 DOMAIN = "ms.domain"
 RID = "ms.rid"
