@@ -319,5 +319,8 @@ class Profiler:
         # inside it still happened: write them on their own.
         events = getattr(self, "_events", None)
         if events and getattr(self, "_start_ns", None) is not None:
-            for name, timestamp_ns, attributes in events:
-                recorder.record_event(name, attributes, timestamp_ns=timestamp_ns)
+            try:
+                for name, timestamp_ns, attributes in events:
+                    recorder.record_event(name, attributes, timestamp_ns=timestamp_ns)
+            except Exception:  # e.g. at interpreter exit; a finaliser must not raise
+                pass
