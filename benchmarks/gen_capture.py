@@ -12,7 +12,8 @@ Usage::
 
     python benchmarks/gen_capture.py OUT_DIR [--scale 10] [--seed 7]
 
-``--scale N`` multiplies the number of requests (same arrival rate, so N times longer). The
+``--scale N`` multiplies the number of requests (same arrival rate, so N times longer);
+``--requests N`` sets the count at scale 1 (tests use small captures). The
 simulation is deterministic for a given seed; both children replay it and each emits its own
 role's records. Prints the files written and their row counts.
 """
@@ -159,9 +160,9 @@ def _setup(folder: Path, role: str):
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
     from otel_vllm_ascend import recorder
-    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
     provider = TracerProvider(resource=Resource.create(
         {"service.name": "vllm", "host.name": HOST, "vllm.process.role": role}))
@@ -288,9 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--scale", type=int, default=1, help="multiply the request count")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=REQUESTS,
+                        help=f"requests at scale 1 (default {REQUESTS})")
     parser.add_argument("--role", choices=("api_server", "engine_core"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    requests = REQUESTS * args.scale
+    requests = args.requests * args.scale
     if args.role:
         reqs, steps = simulate(requests, args.seed)
         emit = emit_api_server if args.role == "api_server" else emit_engine_core
@@ -302,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     started = time.perf_counter()
-    children = [subprocess.Popen([sys.executable, __file__, str(args.out_dir), "--scale",
-                                  str(args.scale), "--seed", str(args.seed), "--role", role])
+    children = [subprocess.Popen([sys.executable, __file__, str(args.out_dir), "--requests",
+                                  str(requests), "--seed", str(args.seed), "--role", role])
                 for role in ("api_server", "engine_core")]
     codes = [child.wait() for child in children]
     if any(codes):
