@@ -1,0 +1,170 @@
+"""What the tool costs a real ``vllm serve``: interleaved server starts per configuration.
+
+Configurations (each a fresh server start, in turn A B C D E A B C D E ...):
+
+=========== ===============================================================================
+plain       vLLM without the tool (``VLLM_PLUGINS`` set so our plugin is not even loaded)
+enable0     the tool loaded by the seed's workflow (``SERVICE_PROF_CONFIG_PATH``), ``enable: 0``
+enable1     ``enable: 1``, file exporter (``ms_service_*.db``)
+enable1otlp ``enable: 1`` plus OTLP/HTTP forwarding to a receiver on loopback
+vllmotlp    vLLM's own tracing (``--otlp-traces-endpoint``) to the same receiver, tool not loaded
+=========== ===============================================================================
+
+Each start gets one warm-up run, then ``--runs`` measured runs of the same fixed workload
+(default 256 streaming completions x 64 output tokens, prompts of about 16-64 tokens,
+concurrency 32). Printed per configuration: output tokens/s, TTFT and end-to-end p50/p99
+(medians over runs) and the throughput ratio to ``plain`` as a ratio of medians with a
+bootstrap 95 % confidence interval. A single pair of runs says nothing below ~10 % on this
+machine kind: use many repeats before reading a small difference.
+
+    .venv/bin/python benchmarks/bench_serving_overhead.py --repeats 5 [--runs 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+import profiling_workdir  # noqa: E402
+import workload  # noqa: E402
+from build_tiny_model import ensure_model  # noqa: E402
+from otlp_receiver import OtlpReceiver  # noqa: E402
+from serve import VllmServer  # noqa: E402
+
+CONFIGS = ("plain", "enable0", "enable1", "enable1otlp", "vllmotlp")
+NO_PLUGINS = {"VLLM_PLUGINS": "none-of-the-installed"}
+
+
+def server_for(config: str, model: Path, work: Path, receiver: OtlpReceiver,
+               launcher: str) -> VllmServer:
+    env: dict = {}
+    extra: list = []
+    launch: tuple = ()
+    if config in ("plain", "vllmotlp"):
+        env.update(NO_PLUGINS)
+        if config == "vllmotlp":
+            extra = ["--otlp-traces-endpoint", receiver.endpoint + "/v1/traces"]
+            env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
+    else:
+        files = profiling_workdir.prepare(work, enable=0 if config == "enable0" else 1)
+        env.update(files.env())
+        if config == "enable1otlp":
+            env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+            if launcher == "instrument":
+                env["OTEL_TRACES_EXPORTER"] = "ms_service,otlp"
+        if launcher == "instrument":
+            launch = ("opentelemetry-instrument",)
+    return VllmServer(model, work, env=env, launcher=launch, extra_args=extra)
+
+
+def fixed_workload(requests: int, max_tokens: int, seed: int) -> list:
+    return workload.make_requests(requests, seed=seed, prompt_words=(8, 16, 24, 32),
+                                  output_tokens=(max_tokens,), id_prefix="bench")
+
+
+def measure(server: VllmServer, specs: list, concurrency: int) -> dict:
+    started = time.perf_counter()
+    results = workload.run(server.url, server.model_name, specs, concurrency)
+    return workload.summarize(results, time.perf_counter() - started)
+
+
+def bootstrap_ratio(values: list, base: list, rounds: int = 2000, seed: int = 0) -> tuple:
+    """Ratio of medians and its 95 % bootstrap interval (resampling runs of each side)."""
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(rounds):
+        a = [rng.choice(values) for _ in values]
+        b = [rng.choice(base) for _ in base]
+        ratios.append(statistics.median(a) / statistics.median(b))
+    ratios.sort()
+    return (statistics.median(values) / statistics.median(base),
+            ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1])
+
+
+def report(runs: dict) -> str:
+    lines = ["| configuration | runs | output tok/s (median) | ratio to plain (95% CI) | "
+             "TTFT p50 / p99 ms | E2E p50 / p99 ms |", "|---|---|---|---|---|---|"]
+    base = [r["output_tok_per_s"] for r in runs.get("plain", [])]
+    for config, results in runs.items():
+        if not results:
+            continue
+        throughput = [r["output_tok_per_s"] for r in results]
+        ratio = "-"
+        if base and config != "plain":
+            value, low, high = bootstrap_ratio(throughput, base)
+            ratio = f"{value:.3f} ({low:.3f}-{high:.3f})"
+        elif config == "plain":
+            ratio = "1"
+
+        def med(key: str, rows: list = results) -> float:
+            return statistics.median(r[key] for r in rows)
+
+        lines.append(
+            f"| {config} | {len(results)} | {statistics.median(throughput):.0f} | {ratio} | "
+            f"{med('ttft_p50_ms'):.1f} / {med('ttft_p99_ms'):.1f} | "
+            f"{med('e2e_p50_ms'):.1f} / {med('e2e_p99_ms'):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="server starts per config")
+    parser.add_argument("--runs", type=int, default=1, help="measured runs per server start")
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--launcher", choices=("plugin", "instrument"), default="plugin",
+                        help="activation path of the tool configurations")
+    parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="write every run's figures here")
+    args = parser.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configurations {sorted(unknown)}; choose from {CONFIGS}")
+
+    model = ensure_model()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    runs: dict = {config: [] for config in configs}
+    with OtlpReceiver() as receiver:
+        for repeat in range(args.repeats):
+            for config in configs:
+                server = server_for(config, model, work / f"{config}-{repeat}", receiver,
+                                    args.launcher)
+                with server:
+                    measure(server, fixed_workload(32, args.max_tokens, seed=99),
+                            args.concurrency)
+                    for run in range(args.runs):
+                        figures = measure(server, fixed_workload(
+                            args.requests, args.max_tokens, seed=run), args.concurrency)
+                        figures.update(config=config, repeat=repeat, run=run)
+                        runs[config].append(figures)
+                        print(f"[{repeat}] {config:12s} {figures['output_tok_per_s']:8.0f} tok/s"
+                              f"  TTFT p50 {figures['ttft_p50_ms']:6.1f} ms  E2E p50 "
+                              f"{figures['e2e_p50_ms']:6.1f} p99 {figures['e2e_p99_ms']:6.1f} ms"
+                              f"  failed {figures['failed']}", flush=True)
+        spans_received = len(receiver.spans())
+    print()
+    print(f"workload: {args.requests} requests x {args.max_tokens} output tokens, concurrency "
+          f"{args.concurrency}; {args.repeats} interleaved server starts x {args.runs} runs per "
+          f"configuration; tool activated by {args.launcher}; OTLP spans received: "
+          f"{spans_received}")
+    print(report(runs))
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=1))
+    failed = sum(r["failed"] for rows in runs.values() for r in rows)
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
