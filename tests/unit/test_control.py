@@ -141,3 +141,42 @@ def test_fixed_config_without_file_records():
         assert state.recording and control.allows("Anything")
     finally:
         control.stop()
+
+
+def test_samplers_follow_recording(tmp_path, caplog):
+    import logging
+
+    from otel_vllm_ascend import contract, recorder, samplers
+    from otel_vllm_ascend.config import ProfilerConfig
+
+    capture = Capture()
+    recorder.set_tracer_provider(capture.provider)
+    samplers._warned.clear()
+    sampler_set = samplers.SamplerSet()
+    caplog.set_level(logging.WARNING, logger="otel_vllm_ascend")
+    config = ProfilerConfig(enable=True, host_system_usage_freq=20, npu_memory_usage_freq=5,
+                            acl_task_time=1)
+    try:
+        sampler_set.on_state(control.LiveState(recording=True, config=config))
+        assert sampler_set.running == ["host"]  # no NPU / GPU here: device sampling is off
+        thread = sampler_set._running["host"]._thread
+        assert thread.daemon
+        time.sleep(0.5)
+        sampler_set.on_state(control.LiveState(recording=False, config=config))
+        assert sampler_set.running == [] and not thread.is_alive()
+        records = capture.named(samplers.HOST_RECORD)
+        assert 3 <= len(records) <= 12
+        attrs = records[0].attributes
+        assert attrs[contract.RECORD] == contract.RECORD_METRIC
+        assert attrs[contract.DOMAIN] == "host"
+        assert 0 <= attrs[contract.METRIC_PREFIX + "cpuPercent"] <= 100 * os.cpu_count()
+        assert attrs[contract.METRIC_PREFIX + "memUsedMB"] > 0
+        # Once more: the warnings are not repeated.
+        sampler_set.on_state(control.LiveState(recording=True, config=config))
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("CANN" in m for m in messages) == 1
+        assert sum("npu_memory_usage_freq" in m for m in messages) == 1
+    finally:
+        sampler_set.stop()
+        recorder.set_tracer_provider(None)
+    assert sampler_set.running == []

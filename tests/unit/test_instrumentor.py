@@ -265,3 +265,13 @@ def test_disabled_hook_calls_straight_through(tmp_path, capture):
     assert instrumentor.hooks[0].active is False
     assert module.Engine().step(4) == 8
     assert capture.spans() == []
+
+
+def test_plugin_does_nothing_without_config_path(monkeypatch):
+    from otel_vllm_ascend.instrumentor import VllmServiceInstrumentor
+    from otel_vllm_ascend.plugin import register
+
+    monkeypatch.delenv("SERVICE_PROF_CONFIG_PATH", raising=False)
+    VllmServiceInstrumentor().uninstrument()
+    register()
+    assert not VllmServiceInstrumentor().is_instrumented_by_opentelemetry
