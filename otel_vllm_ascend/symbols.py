@@ -432,3 +432,18 @@ def load_symbols(path: Union[str, pathlib.Path, None] = None,
     _logger.info("symbol file %s (%s): %d hooks, %d skipped, %d problems", resolved, why,
                  len(result.specs), len(result.skipped), len(result.problems))
     return result
+
+
+def load_symbols_or_default(path: Union[str, pathlib.Path, None] = None,
+                            vllm_version: Optional[str] = None) -> SymbolSet:
+    """:func:`load_symbols`, falling back to the packaged default (with a warning, recorded in
+    ``problems``) when the chosen file is unusable as a whole. Never raises for a bad user file.
+    """
+    try:
+        return load_symbols(path, vllm_version)
+    except SymbolsError as exc:
+        message = f"{exc}; using the packaged default {PACKAGED_SYMBOLS} instead"
+        _logger.warning("%s", message)
+        fallback = load_symbols(PACKAGED_SYMBOLS, vllm_version)
+        fallback.problems.insert(0, message)
+        return fallback

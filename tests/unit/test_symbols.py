@@ -340,3 +340,18 @@ def test_default_file_handlers_are_builtins():
     assert handlers <= set(BUILTIN_HANDLERS.values())
     assert {spec.domain for spec in result.specs} <= {
         "Engine", "Schedule", "Schedule.KVCache", "Execute", "ModelExecute", "Default"}
+
+
+def test_unusable_user_file_falls_back_to_the_packaged_default(tmp_path, caplog):
+    from otel_vllm_ascend.symbols import load_symbols_or_default
+
+    path = yaml_file(tmp_path, "symbol: not-a-list\n")
+    result = load_symbols_or_default(path, vllm_version="0.32.0")
+    assert result.path == str(PACKAGED_SYMBOLS)
+    assert len(result.specs) > 10
+    expected = (f"{path}: the symbol file must be a YAML list of entries, found a dict; using "
+                f"the packaged default {PACKAGED_SYMBOLS} instead")
+    assert result.problems == [expected]
+    assert warnings_of(caplog) == [expected]
+    good = yaml_file(tmp_path, "- symbol: pkg.mod:f\n", "good.yaml")
+    assert load_symbols_or_default(good, vllm_version="0.32.0").path == str(good)
