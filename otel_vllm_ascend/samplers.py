@@ -13,12 +13,14 @@
 
 Sampler threads are daemons and stop when recording stops (``enable: 0``, ``timelimit``), so
 they never keep a process alive. Only the process that owns a device samples it: the API server
-has none, so device sampling runs where torch_npu / torch.cuda reports a device.
+has none, so device samples are taken only where the device is initialised; the host is
+sampled by the top process of the service (the API server) only.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 from typing import Any, Callable, Optional
 
@@ -114,6 +116,9 @@ def device_memory_reader() -> Optional[Callable[[], None]]:
         return None
 
     def sample() -> None:
+        is_initialized = getattr(backend, "is_initialized", None)
+        if is_initialized is not None and not is_initialized():
+            return  # this process never touched the device (API server, EngineCore)
         device = backend.current_device()
         recorder.record_event(DEVICE_RECORD, {
             contract.DOMAIN: "npu",
@@ -178,7 +183,8 @@ class SamplerSet:
             wanted: dict = {}
             if live.recording and config is not None:
                 host_freq = _valid_freq(getattr(config, "host_system_usage_freq", -1))
-                if host_freq:
+                # The host is sampled once, by the service's top process (the API server).
+                if host_freq and multiprocessing.parent_process() is None:
                     wanted["host"] = (host_freq, sample_host)
                 device_freq = _valid_freq(getattr(config, "npu_memory_usage_freq", -1))
                 if device_freq:
