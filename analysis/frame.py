@@ -115,6 +115,8 @@ def parse_message(text: Any) -> Optional[dict]:
         except ValueError:
             pass  # maybe caret form that happens to start with a brace
     body = text.replace("^", '"').strip()
+    if not body:
+        return None
     if not (body.startswith("{") and body.endswith("}")):
         if body.endswith(","):
             body = body[:-1]
@@ -153,12 +155,32 @@ class RecordBuilder:
         self.columns: dict[str, list] = {name: [] for name in RECORD_COLUMNS}
         self.links: dict[str, str] = {}  # internal (to) -> external (from)
         # The schedule span and the modelExec of one step carry the same request dicts:
-        # keep one copy (halves the memory of a large capture).
-        self._last_detail: dict[str, list] = {}
+        # keep one copy (halves the memory of a large capture) and its id list.
+        self._last_detail: dict[str, tuple[list, list, list]] = {}
+        # Request id as written -> the one shared string object that stands for it: the
+        # external id as soon as a link for it is known (so most ids need no later mapping).
         self._ids: dict[str, str] = {}
+        self._stale: set[str] = set()  # ids first seen before their link record
 
     def __len__(self) -> int:
         return len(self.columns["name"])
+
+    def _new_id(self, value: str) -> str:
+        canonical = self.links.get(value, value)
+        self._ids[value] = canonical
+        return canonical
+
+    def _ids_of(self, items: list) -> list[str]:
+        ids_get = self._ids.get
+        new_id = self._new_id
+        out = []
+        for item in items:
+            if item is None or isinstance(item, dict):
+                continue
+            if not isinstance(item, str):
+                item = canonical_rid(item)
+            out.append(ids_get(item) or new_id(item))
+        return out
 
     def add(self, source: str, pid: int, tid: int, mark_id: int, start_us: float,
             end_us: float, message: dict, type_default: Optional[int] = None,
@@ -169,7 +191,6 @@ class RecordBuilder:
         the epoch resolve only 0.25 µs, so ``end_us - start_us`` is not exact.
         """
         cols = self.columns
-        share = self._ids.setdefault  # one string object per request id, not one per record
         name = message.pop("name", "")
         domain = message.pop("domain", "")
         rtype = message.pop("type", type_default)
@@ -181,27 +202,27 @@ class RecordBuilder:
             if isinstance(rid, list):
                 if rid and isinstance(rid[0], dict):
                     last = self._last_detail.get(source)
-                    if last is not None and len(last) == len(rid) and last == rid:
-                        rid = last
+                    if last is not None and len(last[0]) == len(rid) and last[0] == rid:
+                        detail, rids = last[1], last[2]
                     else:
-                        self._last_detail[source] = rid
-                    detail = rid
-                    for item in rid:
-                        if isinstance(item, dict) and "rid" in item:
-                            value = item["rid"]
-                            if not isinstance(value, str):
-                                value = canonical_rid(value)
-                            value = item["rid"] = share(value, value)
-                            rids.append(value)
+                        # Compared as written, before ids are mapped: keep a raw copy.
+                        raw = [dict(item) if isinstance(item, dict) else item for item in rid]
+                        detail = rid
+                        rids = self._ids_of([item.get("rid") if isinstance(item, dict)
+                                             else None for item in rid])
+                        position = 0
+                        for item in rid:
+                            if isinstance(item, dict) and item.get("rid") is not None:
+                                item["rid"] = rids[position]
+                                position += 1
+                        self._last_detail[source] = (raw, detail, rids)
                 else:
-                    rids = [share(r, r) for r in
-                            (item if isinstance(item, str) else canonical_rid(item)
-                             for item in rid if item is not None and not isinstance(item, dict))]
+                    rids = self._ids_of(rid)
             elif isinstance(rid, str):
                 if rid:
-                    rids = [share(rid, rid)]
+                    rids = self._ids_of([rid])
             elif not isinstance(rid, dict):
-                rids = [canonical_rid(rid)]
+                rids = self._ids_of([rid])
         metrics: dict[str, float] = {}
         incs: dict[str, float] = {}
         scopes: dict[str, Any] = {}
@@ -221,7 +242,13 @@ class RecordBuilder:
         except (TypeError, ValueError):
             rtype_int = None
         if (rtype_int == _LINK_TYPE or name == "link") and "to" in attrs and "from" in attrs:
-            self.links[canonical_rid(attrs["to"])] = canonical_rid(attrs["from"])
+            internal = canonical_rid(attrs["to"])
+            external = canonical_rid(attrs["from"])
+            self.links[internal] = external
+            known = self._ids.get(internal)
+            if known is not None and known != external:
+                self._stale.add(internal)  # records read earlier still hold the internal id
+            self._ids[internal] = self._ids.get(external) or self._new_id(external)
         cols["source"].append(source)
         cols["pid"].append(pid)
         cols["tid"].append(tid)
@@ -246,7 +273,9 @@ class RecordBuilder:
         n = len(cols["name"])
         if not n:
             return empty_frame()
-        map_request_ids(cols["rids"], cols["rid_detail"], self.links)
+        if self._stale:
+            map_request_ids(cols["rids"], cols["rid_detail"],
+                            {rid: self.links[rid] for rid in self._stale})
         by_key = {(p.pid, s): p for p in processes for s in p.sources}
         hosts, roles, ranks = [], [], []
         cache: dict[tuple, tuple] = {}

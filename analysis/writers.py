@@ -89,6 +89,8 @@ def write_profiler_db(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]
     if tmp.exists():
         tmp.unlink()
     conn = sqlite3.connect(tmp)
+    conn.execute("PRAGMA journal_mode=OFF")  # a temp file renamed at the end: no journal needed
+    conn.execute("PRAGMA synchronous=OFF")
     try:
         for name, (table, columns), renames, view in (
                 ("request", request_csv, _REQUEST_DB_NAMES, "request_data"),
@@ -111,12 +113,6 @@ def write_profiler_db(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]
     return path
 
 
-def _ns(origin_us: float, ts: Any) -> Optional[int]:
-    if ts is None:
-        return None
-    return int(round((origin_us + float(ts)) * 1000))
-
-
 def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
                         origin_us: float) -> None:
     conn.executescript("""
@@ -133,53 +129,62 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
                            cat TEXT, track_id INTEGER, timestamp INTEGER, type TEXT);
     """)
     processes: dict[str, dict] = {}
-    tracks: dict[tuple[str, str], dict] = {}
+    tracks: dict[tuple, list] = {}  # (pid, tid) -> [track_id, thread_name, sort_index]
 
     def track(pid: Any, tid: Any) -> int:
-        key = (str(pid), str(tid))
-        entry = tracks.get(key)
+        entry = tracks.get((pid, tid))
         if entry is None:
-            entry = tracks[key] = {"track_id": len(tracks) + 1, "name": None, "sort": None}
-        return entry["track_id"]
+            entry = tracks[(pid, tid)] = [len(tracks) + 1, None, None]
+        return entry[0]
 
     slices, counters, flows = [], [], []
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    origin_ns = origin_us * 1000.0
+    columns = getattr(events, "flows", None)
+    if columns is not None and hasattr(columns, "ts_ns") and hasattr(events, "events"):
+        # The trace keeps its flow events as typed columns: write them without making dicts.
+        flows = _flow_rows(columns, track, tracks, int(round(origin_ns)))
+        events = events.events
     for event in events:
         ph = event.get("ph")
-        pid = event.get("pid")
-        if ph == "M":
+        if ph in ("s", "t", "f"):
+            key = (event.get("pid"), event.get("tid"))
+            entry = tracks.get(key)
+            track_id = entry[0] if entry is not None else track(*key)
+            flows.append((str(event.get("id")), event.get("name"), event.get("cat"), track_id,
+                          int(origin_ns + event["ts"] * 1000.0), ph))
+        elif ph in ("X", "i", "I"):
+            start = int(origin_ns + event["ts"] * 1000.0)
+            duration = int(round(float(event.get("dur") or 0) * 1000))
+            slices.append((start, duration, event.get("name"),
+                           track(event.get("pid"), event.get("tid")), event.get("cat"),
+                           dumps(event.get("args") or {}), start + duration))
+        elif ph == "C":
+            counters.append((event.get("name"), str(event.get("pid")),
+                             int(origin_ns + event["ts"] * 1000.0), event.get("cat"),
+                             dumps(event.get("args") or {})))
+        elif ph == "M":
+            pid = event.get("pid")
             args = event.get("args") or {}
-            if event.get("name") in ("process_name", "process_labels", "process_sort_index"):
+            name = event.get("name")
+            if name in ("process_name", "process_labels", "process_sort_index"):
                 proc = processes.setdefault(str(pid), {})
-                if event["name"] == "process_name":
+                if name == "process_name":
                     proc["name"] = args.get("name")
-                elif event["name"] == "process_labels":
+                elif name == "process_labels":
                     proc["label"] = args.get("labels")
                 else:
                     proc["sort"] = args.get("sort_index")
-            elif event.get("name") in ("thread_name", "thread_sort_index"):
-                track(pid, event.get("tid"))
-                entry = tracks[(str(pid), str(event.get("tid")))]
-                if event["name"] == "thread_name":
-                    entry["name"] = args.get("name")
-                else:
-                    entry["sort"] = args.get("sort_index")
-        elif ph in ("X", "i", "I"):
-            start = _ns(origin_us, event.get("ts"))
-            duration = int(round(float(event.get("dur") or 0) * 1000))
-            slices.append((start, duration, event.get("name"), track(pid, event.get("tid")),
-                           event.get("cat"), json.dumps(event.get("args") or {}),
-                           start + duration if start is not None else None))
-        elif ph == "C":
-            counters.append((event.get("name"), str(pid), _ns(origin_us, event.get("ts")),
-                             event.get("cat"), json.dumps(event.get("args") or {})))
-        elif ph in ("s", "t", "f"):
-            flows.append((str(event.get("id")), event.get("name"), event.get("cat"),
-                          track(pid, event.get("tid")), _ns(origin_us, event.get("ts")), ph))
+            elif name in ("thread_name", "thread_sort_index"):
+                tid = event.get("tid")
+                track(pid, tid)
+                tracks[(pid, tid)][1 if name == "thread_name" else 2] = (
+                    args.get("name") if name == "thread_name" else args.get("sort_index"))
     conn.executemany("INSERT INTO process VALUES (?, ?, ?, ?)",
                      [(pid, p.get("name", pid), p.get("label"), p.get("sort"))
                       for pid, p in processes.items()])
     conn.executemany("INSERT INTO thread VALUES (?, ?, ?, ?, ?)",
-                     [(e["track_id"], tid, pid, e["name"], e["sort"])
+                     [(e[0], str(tid), str(pid), e[1], e[2])
                       for (pid, tid), e in tracks.items()])
     conn.executemany("INSERT INTO slice (timestamp, duration, name, track_id, cat, args,"
                      " end_time) VALUES (?, ?, ?, ?, ?, ?, ?)", slices)
@@ -187,3 +192,20 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
                      " VALUES (?, ?, ?, ?, ?)", counters)
     conn.executemany("INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)"
                      " VALUES (?, ?, ?, ?, ?, ?)", flows)
+
+
+def _flow_rows(columns: Any, track: Any, tracks: dict, origin_ns: int) -> Iterable[tuple]:
+    """``flow`` rows from the trace's flow columns (phase index into "stf")."""
+    from otel_vllm_ascend.analysis.trace import FLOW_CATEGORY, FLOW_NAME
+
+    pids = columns.pid.tolist()
+    tids = columns.tid.tolist()
+    track_ids = []
+    for key in zip(pids, tids):
+        entry = tracks.get(key)
+        track_ids.append(entry[0] if entry is not None else track(*key))
+    phases = [("s", "t", "f")[p] for p in columns.phase.tolist()]
+    stamps = [origin_ns + ts for ts in columns.ts_ns.tolist()]
+    ids = [str(i) for i in columns.flow_id.tolist()]
+    count = len(ids)
+    return zip(ids, [FLOW_NAME] * count, [FLOW_CATEGORY] * count, track_ids, stamps, phases)

@@ -1,0 +1,113 @@
+"""Records frame: message decoding and request-id mapping."""
+
+import math
+
+import pytest
+from otel_vllm_ascend.analysis.frame import (
+    RECORD_COLUMNS,
+    ProcessInfo,
+    RecordBuilder,
+    empty_frame,
+    format_datetime_us,
+    guess_role,
+    parse_message,
+)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"domain": "Engine", "rid": "a", "QueueSize=": 3}',
+     {"domain": "Engine", "rid": "a", "QueueSize=": 3}),
+    ("^domain^:^npu^,^usage=^:28004,^scope#device^:0,",
+     {"domain": "npu", "usage=": 28004, "scope#device": 0}),
+    ("^name^:^x^,^UsagePercent=^:0.500000,^rid^:[{^rid^:^r1^,^iter^:0}],",
+     {"name": "x", "UsagePercent=": 0.5, "rid": [{"rid": "r1", "iter": 0}]}),
+    ("{^name^:^braced^}", {"name": "braced"}),
+    ('{"v": NaN}', None),  # Python's json.dumps writes NaN: accepted, checked below
+])
+def test_parse_message(text, expected):
+    got = parse_message(text)
+    if expected is None:
+        assert math.isnan(got["v"])
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "^a^:", "[1, 2]", "{\"a\": 1", None, 5])
+def test_parse_message_rejects(text):
+    assert parse_message(text) is None
+
+
+def test_message_keys_are_split_by_kind():
+    b = RecordBuilder()
+    b.add("s", 1, 1, 0, 1.0, 3.0, {"name": "n", "domain": "d", "type": 2, "rid": 7,
+                                   "a=": 1, "b+": "2", "scope#Q": "W", "pid": 9,
+                                   "start_us": "x", "batch_type": "Decode"}, dur_us=2.0)
+    f = b.build([ProcessInfo("h", 1, "", None, ["s"])])
+    row = f.iloc[0]
+    assert list(f.columns) == list(RECORD_COLUMNS)
+    assert row["rids"] == ["7"] and row["rid_detail"] is None
+    assert row["metrics"] == {"a": 1.0} and row["metric_incs"] == {"b": 2.0}
+    assert row["scopes"] == {"Q": "W"}
+    assert row["attrs"] == {"pid": 9, "start_us": "x"}
+    assert row["pid"] == 1 and row["start_us"] == 1.0 and row["dur_us"] == 2.0
+    assert row["batch_type"] == "Decode" and row["type"] == 2
+
+
+def detail(rid, it):
+    return [{"rid": rid, "iter": it, "type": 1}]
+
+
+@pytest.mark.parametrize("link_first", [True, False])
+def test_internal_ids_mapped_whichever_file_comes_first(link_first):
+    b = RecordBuilder()
+
+    def api():
+        b.add("api", 1, 1, 0, 5.0, 5.0, {"name": "link", "type": 3, "from": "ext",
+                                         "to": "int"})
+        b.add("api", 1, 1, 1, 1.0, 1.0, {"name": "httpReq", "rid": "ext"})
+
+    def engine():
+        b.add("ec", 2, 2, 0, 6.0, 7.0, {"name": "batchFrameworkProcessing",
+                                        "rid": detail("int", 0)})
+        b.add("ec", 2, 2, 1, 7.5, 9.0, {"name": "modelExec", "rid": detail("int", 0)})
+        b.add("ec", 2, 2, 2, 9.5, 9.5, {"name": "Free", "rid": "int"})
+        b.add("ec", 2, 2, 3, 9.6, 9.6, {"name": "Enqueue", "rid": ["int", "other"]})
+
+    if link_first:
+        api()
+        engine()
+    else:
+        engine()
+        api()
+    f = b.build([ProcessInfo("h", 1, "api_server", None, ["api"]),
+                 ProcessInfo("h", 2, "engine_core", None, ["ec"])]).set_index("name")
+    assert f.loc["batchFrameworkProcessing", "rid_detail"][0]["rid"] == "ext"
+    assert f.loc["modelExec", "rid_detail"][0]["rid"] == "ext"
+    assert f.loc["modelExec", "rids"] == ["ext"]
+    assert f.loc["Free", "rids"] == ["ext"]
+    assert f.loc["Enqueue", "rids"] == ["ext", "other"]
+    assert f.loc["httpReq", "rids"] == ["ext"]
+    assert f.loc["link", "rids"] == [] and f.loc["link", "attrs"] == {"from": "ext",
+                                                                      "to": "int"}
+    assert f.loc["httpReq", "role"] == "api_server" and f.loc["Free", "host"] == "h"
+
+
+def test_consecutive_steps_with_same_requests_stay_distinct():
+    b = RecordBuilder()
+    b.add("ec", 2, 2, 0, 1.0, 2.0, {"name": "batchFrameworkProcessing", "rid": detail("r", 0)})
+    b.add("ec", 2, 2, 1, 2.0, 3.0, {"name": "modelExec", "rid": detail("r", 0)})
+    b.add("ec", 2, 2, 2, 4.0, 5.0, {"name": "batchFrameworkProcessing", "rid": detail("r", 1)})
+    b.add("ec", 2, 2, 3, 5.0, 6.0, {"name": "modelExec", "rid": detail("r", 1)})
+    f = b.build([])
+    assert [d[0]["iter"] for d in f["rid_detail"]] == [0, 0, 1, 1]
+    assert f["rid_detail"][0] is f["rid_detail"][1]  # one copy per step
+
+
+def test_helpers():
+    assert list(empty_frame().columns) == list(RECORD_COLUMNS)
+    assert format_datetime_us([1_767_225_600_000_001.0, float("nan")]).tolist() == [
+        "2026-01-01 00:00:00.000001+00:00", ""]
+    assert guess_role(["httpReq", "detokenize"]) == "api_server"
+    assert guess_role(["modelExec", "Enqueue"]) == "engine_core"
+    assert guess_role(["sample"]) == "worker"
+    assert guess_role([]) == ""
