@@ -70,6 +70,8 @@ def test_file_name_schema_modes_and_meta(tmp_path, spans_of):
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert stat.S_IMODE(folder.stat().st_mode) == 0o750
     assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o750
+    wal = folder / (path.name + "-wal")
+    assert stat.S_IMODE(wal.stat().st_mode) == 0o640  # WAL mode, side files as private
     exporter.shutdown()
     conn = sqlite3.connect(path)
     schema = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type='table'"))
@@ -307,7 +309,8 @@ from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 from otel_vllm_ascend.exporters.processors import CountingBatchSpanProcessor
 exporter = MsServiceSpanExporter(folder=sys.argv[1])
 provider = TracerProvider()
-provider.add_span_processor(CountingBatchSpanProcessor(exporter, schedule_delay_millis=50))
+provider.add_span_processor(CountingBatchSpanProcessor(exporter, schedule_delay_millis=50,
+                                                      max_queue_size=10000))
 tracer = provider.get_tracer("otel_vllm_ascend")
 served = 0
 for i in range(int(sys.argv[2])):
@@ -342,6 +345,19 @@ def _counts(stdout):
 @pytest.mark.subprocess
 def test_read_only_filesystem(tmp_path):
     (tmp_path / "mnt").mkdir()
+    if os.geteuid() != 0:  # permissions bind a non-root user: a read-only folder will do
+        script = tmp_path / "child.py"
+        script.write_text(FAILING_DISK_CHILD)
+        os.chmod(tmp_path / "mnt", 0o555)
+        try:
+            done = subprocess.run([sys.executable, str(script), str(tmp_path / "mnt" / "s"),
+                                   "500"], capture_output=True, text=True, timeout=120)
+        finally:
+            os.chmod(tmp_path / "mnt", 0o755)
+        assert done.returncode == 0, done.stderr
+        assert _counts(done.stdout) == {"served": 500, "written": 0, "dropped": 500}
+        assert done.stderr.count("ms_service exporter: cannot write") == 1
+        return
     done = _run_in_mount_namespace(
         "mount --bind {dir} {dir} && mount -o remount,bind,ro {dir} && {py} {script} {dir}/s 500",
         tmp_path)
