@@ -309,3 +309,78 @@ def simulate_service(n_requests: int, seed: int = 0, max_batch: int = 4,
         running = [r for r in batch if r not in finished]
         clock = exec_end + 50
     return Simulation(capture, reqs, steps, step_tokens, step_sizes, kv_total)
+
+
+# --- the same capture as OTLP JSON lines -------------------------------------------------------
+
+def _otlp_value(value: Any) -> dict:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [_otlp_value(v) for v in value]}}
+    return {"stringValue": str(value)}
+
+
+def _otlp_attributes(attributes: dict) -> list:
+    return [{"key": k, "value": _otlp_value(v)} for k, v in attributes.items()]
+
+
+def span_attributes(message: dict, tid: int) -> dict:
+    """A record's message keys as span-contract attributes (docs/span-contract.md)."""
+    attrs: dict = {"thread.id": tid}
+    for key, value in message.items():
+        if key in ("name", "type"):
+            continue
+        if key == "domain":
+            attrs["ms.domain"] = value
+        elif key == "rid":
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                attrs["ms.rid_detail"] = json.dumps(value)
+                attrs["ms.rid"] = [d["rid"] for d in value]
+            else:
+                attrs["ms.rid"] = value
+        elif key in ("from", "to"):
+            attrs[f"ms.link.{key}"] = value
+        elif key.endswith("="):
+            attrs["ms.metric." + key[:-1]] = value
+        elif key.endswith("+"):
+            attrs["ms.metric_inc." + key[:-1]] = value
+        elif key.startswith("scope#"):
+            attrs["ms.scope." + key[6:]] = value
+        else:
+            attrs[key] = value
+    if message.get("type") == 3:
+        attrs["ms.record"] = "link"
+    elif message.get("type") == 0:
+        attrs["ms.record"] = "event"
+    return attrs
+
+
+def write_otlp_json(capture: Capture, path: Path, spans_per_line: int = 50) -> Path:
+    """Every process's records as ``ExportTraceServiceRequest`` JSON lines."""
+    lines = []
+    for proc in capture.processes:
+        resource = {"attributes": _otlp_attributes(
+            {"service.name": "vllm", "host.name": proc.host, "process.pid": proc.pid,
+             "vllm.process.role": proc.role or "other"})}
+        spans = []
+        for i, rec in enumerate(proc.records):
+            spans.append({
+                "traceId": f"{proc.pid:016x}{i:016x}", "spanId": f"{i + 1:016x}",
+                "name": rec.message.get("name", ""), "kind": 1,
+                "startTimeUnixNano": str(rec.start_ns), "endTimeUnixNano": str(rec.end_ns),
+                "attributes": _otlp_attributes(span_attributes(rec.message, rec.tid)),
+                "status": {}})
+        for start in range(0, max(len(spans), 1), spans_per_line):
+            lines.append(json.dumps({"resourceSpans": [{
+                "resource": resource,
+                "scopeSpans": [{"scope": {"name": "otel_vllm_ascend"},
+                                "spans": spans[start:start + spans_per_line]}]}]}))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
