@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import sys
 import threading
 from typing import Any, Callable, Optional
 
@@ -37,6 +38,15 @@ def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         _logger.warning("otel-vllm-ascend: %s", message)
+
+
+def _is_service_top_process() -> bool:
+    """The process that started the others, and not multiprocessing's resource tracker (also
+    parentless, and instrumented under ``opentelemetry-instrument``)."""
+    if multiprocessing.parent_process() is not None:
+        return False
+    command = " ".join(getattr(sys, "orig_argv", ()) or ())
+    return "resource_tracker" not in command
 
 
 def _valid_freq(value: Any) -> Optional[float]:
@@ -184,7 +194,7 @@ class SamplerSet:
             if live.recording and config is not None:
                 host_freq = _valid_freq(getattr(config, "host_system_usage_freq", -1))
                 # The host is sampled once, by the service's top process (the API server).
-                if host_freq and multiprocessing.parent_process() is None:
+                if host_freq and _is_service_top_process():
                     wanted["host"] = (host_freq, sample_host)
                 device_freq = _valid_freq(getattr(config, "npu_memory_usage_freq", -1))
                 if device_freq:
