@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -25,6 +26,8 @@ import wrapt
 from otel_vllm_ascend import wrapping
 
 _logger = logging.getLogger(__name__)
+
+SUMMARY_DELAY_S = 3.0
 
 
 class HookInstaller:
@@ -39,6 +42,7 @@ class HookInstaller:
         self._lock = threading.RLock()
         self._live: Any = None
         self._closed = False
+        self._summary_timer: Optional[threading.Timer] = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -51,6 +55,8 @@ class HookInstaller:
         """Restore every original; later imports install nothing."""
         with self._lock:
             self._closed = True
+            if self._summary_timer is not None:
+                self._summary_timer.cancel()
             for hook in reversed(self.hooks):
                 if not hook.removed:
                     hook.remove()
@@ -87,6 +93,25 @@ class HookInstaller:
                 if self._live is not None:
                     hook.set_state(self._live)
             _logger.debug("otel-vllm-ascend: hooked %s", module.__name__)
+            self._schedule_summary()
+
+    def _schedule_summary(self) -> None:
+        """One INFO line per process once imports have settled (no new hook for a while)."""
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+        timer = threading.Timer(SUMMARY_DELAY_S, self._log_summary)
+        timer.daemon = True
+        self._summary_timer = timer
+        timer.start()
+
+    def _log_summary(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            names = ", ".join(f"{h.owner.__name__}.{h.attr}" if hasattr(h.owner, "__name__")
+                              else h.attr for h in self.hooks)
+            _logger.info("otel-vllm-ascend: pid %d: %d hooks installed: %s", os.getpid(),
+                         len(self.hooks), names)
 
     def _problem(self, spec: Any, reason: str) -> None:
         source = getattr(spec, "source", "") or "symbol file"

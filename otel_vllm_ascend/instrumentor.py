@@ -76,10 +76,10 @@ class VllmServiceInstrumentor(BaseInstrumentor):
         control.add_listener(self._samplers.on_state)
 
         _logger.info(
-            "otel-vllm-ascend: pid %d: %d hooks installed now, %d more modules hooked when "
-            "imported (%d entries from %s); recording %s",
-            os.getpid(), len(installer.hooks), len(installer.pending_modules), len(specs),
-            source, "on" if state.recording else "off")
+            "otel-vllm-ascend: pid %d: %d entries from %s; %d hooks installed now, the rest "
+            "when their module is imported; recording %s",
+            os.getpid(), len(specs), source, len(installer.hooks),
+            "on" if state.recording else "off")
 
     def _uninstrument(self, **kwargs: Any) -> None:
         installer = self._installer
