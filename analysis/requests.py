@@ -60,12 +60,73 @@ def _explode(rows: pd.DataFrame, *value_columns: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _first_metric(rows: pd.DataFrame, name: str) -> pd.Series:
-    values = [m.get(name) for m in rows["metrics"].tolist()]
-    series = pd.Series(np.asarray([np.nan if v is None else v for v in values], dtype="float64"))
-    exploded = _explode(rows.assign(_v=series.to_numpy()), "_v", "start_us")
-    exploded = exploded.dropna(subset=["_v"])
-    return exploded.sort_values("start_us", kind="stable").groupby("rid", sort=False)["_v"].first()
+class _PerRequest:
+    """Per-request reductions over (record, request) pairs, keyed by integer request codes."""
+
+    def __init__(self, rows: pd.DataFrame, engine_rids: list) -> None:
+        rid_lists = rows["rids"].tolist()
+        lengths = np.fromiter((len(r) for r in rid_lists), dtype="int64",
+                              count=len(rid_lists))
+        flat = list(chain.from_iterable(rid_lists))
+        everything = np.empty(len(flat) + len(engine_rids), dtype=object)
+        everything[:len(flat)] = flat
+        everything[len(flat):] = engine_rids
+        codes, uniques = pd.factorize(everything)
+        self.uniques = uniques
+        self.n = len(uniques)
+        self.codes = codes[:len(flat)]
+        self.engine_codes = codes[len(flat):]
+        self.row_of = np.repeat(np.arange(len(rows)), lengths)
+        self.names = rows["name"].to_numpy(dtype=object)
+        self.start = rows["start_us"].to_numpy(dtype="float64")
+        self.end = rows["end_us"].to_numpy(dtype="float64")
+
+    def rows_named(self, *names: str) -> np.ndarray:
+        return np.isin(self.names, names)
+
+    def reduce(self, row_mask: np.ndarray, row_values: np.ndarray, func: np.ufunc,
+               codes: Optional[np.ndarray] = None, pair_values: Optional[np.ndarray] = None
+               ) -> np.ndarray:
+        """``func`` (np.fmin / np.fmax / np.add) of the values of each request; NaN if none."""
+        if codes is None:
+            pairs = row_mask[self.row_of]
+            codes = self.codes[pairs]
+            values = row_values[self.row_of][pairs]
+        else:
+            values = pair_values
+        out = np.full(self.n, np.nan)
+        if func is np.add:
+            counted = np.bincount(codes, minlength=self.n) > 0
+            out = np.bincount(codes, weights=values, minlength=self.n)
+            return np.where(counted, out, np.nan)
+        func.at(out, codes, values)
+        return out
+
+    def first(self, row_mask: np.ndarray, row_values: np.ndarray) -> np.ndarray:
+        """Each request's value from its earliest record in ``row_mask`` with a value."""
+        pairs = row_mask[self.row_of]
+        rows = self.row_of[pairs]
+        codes = self.codes[pairs]
+        values = row_values[rows]
+        known = np.asarray([v is not None and v == v for v in values], dtype=bool)
+        rows, codes, values = rows[known], codes[known], values[known]
+        order = np.argsort(self.start[rows], kind="stable")
+        codes, values = codes[order], values[order]
+        out = np.full(self.n, None, dtype=object)
+        unique_codes, first = np.unique(codes, return_index=True)
+        out[unique_codes] = values[first]
+        return out
+
+
+def _metric_values(rows: pd.DataFrame, name: str, column: str = "metrics") -> np.ndarray:
+    out = np.empty(len(rows), dtype=object)
+    out[:] = [d.get(name) for d in rows[column].tolist()]
+    return out
+
+
+def _floats(values: np.ndarray) -> np.ndarray:
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
+        dtype="float64")
 
 
 def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
@@ -75,80 +136,66 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         steps = engine_steps(frame)
     if per_request is None:
         per_request = step_requests(steps)
-    names = frame["name"]
-    has_rid = frame["rids"].map(len).to_numpy() > 0 if len(frame) else np.zeros(0, bool)
-    with_rids = frame.loc[has_rid & (names != "link").to_numpy()]
-    everything = _explode(with_rids, "start_us", "name")
-    engine_rids = per_request["rid"]
-    all_rids = pd.unique(pd.concat([everything["rid"], engine_rids], ignore_index=True))
-    if len(all_rids) == 0:
+    if len(frame):
+        has_rid = np.fromiter((len(r) > 0 for r in frame["rids"].tolist()), dtype=bool,
+                              count=len(frame))
+        rows = frame.loc[has_rid & (frame["name"] != "link").to_numpy()]
+    else:
+        rows = frame
+    per = _PerRequest(rows, per_request["rid"].tolist())
+    if per.n == 0:
         return pd.DataFrame({c: pd.Series([], dtype=object)
                              for c in CSV_COLUMNS + INTERNAL_COLUMNS})
-    index = pd.Index(all_rids, name="rid")
-    table = pd.DataFrame(index=index)
-
-    def rows_named(*wanted: str) -> pd.DataFrame:
-        return with_rids.loc[with_rids["name"].isin(wanted)]
-
-    http_req = _explode(rows_named("httpReq"), "start_us")
-    table["arrival_us"] = http_req.groupby("rid")["start_us"].min()
-    http_res = rows_named("httpRes")
-    ends = _explode(http_res, "end_us")
-    table["end_us"] = ends.groupby("rid")["end_us"].max()
-    table["recv"] = _first_metric(http_res, "recvTokenSize")
-    table["reply_tokens"] = _first_metric(http_res, "replyTokenSize")
-    outputs = _explode(rows_named(*OUTPUT_NAMES), "start_us")
-    table["first_output_us"] = outputs.groupby("rid")["start_us"].min()
-    table["first_seen_us"] = everything.groupby("rid")["start_us"].min()
-    enqueue = _explode(rows_named("Enqueue"), "start_us")
-    table["enqueue_us"] = enqueue.groupby("rid")["start_us"].min()
-    dequeue_rows = rows_named("Dequeue")
-    if len(dequeue_rows):
-        queue = [str(s.get("QueueName", "")).upper() for s in dequeue_rows["scopes"].tolist()]
-        dequeue_rows = dequeue_rows.loc[np.asarray(queue, dtype=object) != "RUNNING"]
-    dequeue = _explode(dequeue_rows, "end_us")
-    table["dequeue_us"] = dequeue.groupby("rid")["end_us"].min()
+    fmin, fmax = np.fmin, np.fmax
+    start, end = per.start, per.end
+    table = pd.DataFrame(index=pd.Index(per.uniques, name="rid"))
+    table["arrival_us"] = per.reduce(per.rows_named("httpReq"), start, fmin)
+    is_res = per.rows_named("httpRes")
+    table["end_us"] = per.reduce(is_res, end, fmax)
+    table["recv"] = _floats(per.first(is_res, _metric_values(rows, "recvTokenSize")))
+    table["reply_tokens"] = _floats(per.first(is_res, _metric_values(rows, "replyTokenSize")))
+    table["first_output_us"] = per.reduce(per.rows_named(*OUTPUT_NAMES), start, fmin)
+    table["first_seen_us"] = per.reduce(np.ones(len(rows), dtype=bool), start, fmin)
+    table["enqueue_us"] = per.reduce(per.rows_named("Enqueue"), start, fmin)
+    is_dequeue = per.rows_named("Dequeue")
+    if is_dequeue.any():
+        queue = np.asarray([str(d.get("QueueName", "")).upper() if d else ""
+                            for d in rows["scopes"].tolist()], dtype=object)
+        is_dequeue &= queue != "RUNNING"
+    table["dequeue_us"] = per.reduce(is_dequeue, end, fmin)
 
     # Engine side, per (step, request).
+    codes = per.engine_codes
     if len(per_request):
         step_idx = per_request["step_id"].to_numpy()
         sched_end = steps["sched_end_us"].to_numpy(dtype="float64")[step_idx]
         exec_start = steps["exec_start_us"].to_numpy(dtype="float64")[step_idx]
         exec_end = steps["exec_end_us"].to_numpy(dtype="float64")[step_idx]
         exec_dur = steps["exec_dur_us"].to_numpy(dtype="float64")[step_idx]
-        engine = pd.DataFrame({
-            "rid": per_request["rid"].to_numpy(dtype=object),
-            "scheduled": np.where(np.isnan(sched_end), exec_start, sched_end),
-            "exec_ms": np.nan_to_num(exec_dur / 1000.0, nan=0.0),
-            "exec_end": exec_end,
-            "prompt": per_request["num_prompt_tokens"].to_numpy(),
-        })
-        nst = per_request["num_scheduled_tokens"].to_numpy()
-        nct = per_request["num_computed_tokens"].to_numpy()
-        npt = per_request["num_prompt_tokens"].to_numpy()
-        rtype = per_request["type"].to_numpy()
+        nst = per_request["num_scheduled_tokens"].to_numpy(dtype="float64")
+        nct = per_request["num_computed_tokens"].to_numpy(dtype="float64")
+        npt = per_request["num_prompt_tokens"].to_numpy(dtype="float64")
+        rtype = per_request["type"].to_numpy(dtype="float64")
         counts_known = ~(np.isnan(nst) | np.isnan(nct) | np.isnan(npt))
         prefill_done = np.where(counts_known, (rtype == 0) & (nct + nst >= npt),
-                                per_request["iter"].to_numpy() == 0)
-        engine["prefill_done_end"] = np.where(prefill_done, exec_end, np.nan)
-        grouped = engine.groupby("rid", sort=False)
-        table["first_step_us"] = grouped["scheduled"].min()
-        table["exec_ms"] = grouped["exec_ms"].sum()
-        table["steps"] = grouped.size()
-        table["engine_prompt"] = grouped["prompt"].max()
-        table["engine_first_token_us"] = grouped["prefill_done_end"].min()
+                                per_request["iter"].to_numpy(dtype="float64") == 0)
+        scheduled = np.where(np.isnan(sched_end), exec_start, sched_end)
+        table["first_step_us"] = per.reduce(None, None, fmin, codes, scheduled)
+        table["exec_ms"] = per.reduce(None, None, np.add, codes,
+                                      np.nan_to_num(exec_dur / 1000.0, nan=0.0))
+        table["steps"] = np.bincount(codes, minlength=per.n)
+        table["engine_prompt"] = per.reduce(None, None, fmax, codes, npt)
+        table["engine_first_token_us"] = per.reduce(
+            None, None, fmin, codes, np.where(prefill_done, exec_end, np.nan))
     else:
         for column in ("first_step_us", "exec_ms", "steps", "engine_prompt",
                        "engine_first_token_us"):
             table[column] = np.nan
-    hit_rows = rows_named("CacheHitRate")
-    hits = pd.Series(dtype=object)
-    if len(hit_rows):
-        hit = [a.get("hitCache", 0) for a in hit_rows["attrs"].tolist()]
-        hit = [0 if h is None else h for h in hit]
-        exploded = _explode(hit_rows.assign(_hit=pd.array(hit, dtype=object)), "_hit",
-                            "start_us")
-        hits = exploded.sort_values("start_us", kind="stable").groupby("rid")["_hit"].first()
+    is_hit = per.rows_named("CacheHitRate")
+    hit_values = _metric_values(rows, "hitCache", "attrs")
+    hit_values[is_hit & np.asarray([v is None for v in hit_values], dtype=bool)] = 0
+    hits = pd.Series(per.first(is_hit, hit_values), index=table.index)
+    index = table.index
 
     has_arrival = table["arrival_us"].notna()
     has_end = table["end_us"].notna()
@@ -162,7 +209,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     reply = table["reply_tokens"]
     tpot = ((e2e - ttft) / (reply - 1)).where(reply > 1)
     prompt = table["recv"].fillna(table["engine_prompt"])
-    cache = hits.reindex(index).astype(object).where(hits.reindex(index).notna(), "N/A")
+    cache = hits.astype(object).where(hits.notna(), "N/A")
     start = arrival.fillna(table["first_seen_us"]).fillna(table["first_step_us"])
     out = pd.DataFrame({
         "http_rid": index.to_numpy(dtype=object),
