@@ -51,12 +51,11 @@ async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any)
     now = time.time_ns()
     tid = threading.get_native_id()
     attributes = {contract.DOMAIN: DOMAIN, contract.RID: request_id,
-                  "gen_ai.request.id": request_id}
-    recorder.record_span("httpReq", now, now, {**attributes, contract.RECORD: "event"},
-                         parent=context, thread_id=tid)
+                  "gen_ai.request.id": request_id, contract.RECORD: contract.RECORD_EVENT}
+    recorder.record_span("httpReq", now, now, attributes, parent=context, thread_id=tid)
     recorder.record_span("tokenize", now, now,
                          {contract.DOMAIN: DOMAIN, contract.RID: request_id,
-                          contract.RECORD: "event"}, parent=context, thread_id=tid)
+                          contract.RECORD: contract.RECORD_EVENT}, parent=context, thread_id=tid)
     token = _adding.set((request_id, context))
     try:
         collector = await original(*args, **kwargs)
@@ -131,7 +130,7 @@ def process_outputs(original: Any, this: Any, engine_core_outputs: Any, *args: A
         external_id = getattr(state, "external_req_id", None) or request_id
         prompt = getattr(state, "prompt_token_ids", None)
         attributes = {contract.DOMAIN: DOMAIN, contract.RID: external_id,
-                      contract.RECORD: "event"}
+                      contract.RECORD: contract.RECORD_EVENT}
         attributes[contract.METRIC_PREFIX + "recvTokenSize"] = \
             len(prompt) if prompt is not None else int(getattr(state, "prompt_len", 0) or 0)
         reply = _generated_tokens(state)
@@ -144,5 +143,5 @@ def process_outputs(original: Any, this: Any, engine_core_outputs: Any, *args: A
     if control.allows(DOMAIN):
         recorder.record_span("detokenize", end, end,
                              {contract.DOMAIN: DOMAIN, contract.RID: rids,
-                              contract.RECORD: "event"}, thread_id=tid)
+                              contract.RECORD: contract.RECORD_EVENT}, thread_id=tid)
     return result

@@ -388,3 +388,15 @@ def test_default_yaml_hooks_resolve_on_installed_vllm():
         request.add_request_async
     assert handlers["vllm.v1.executor.multiproc_executor:MultiprocExecutor.execute_model"] is \
         model.execute_model
+
+
+def test_kv_status_follows_the_domain_allow_list(capture):
+    from otel_vllm_ascend import control
+    from otel_vllm_ascend.config import ProfilerConfig
+
+    control.start(config=ProfilerConfig(enable=True, domain=frozenset({"Schedule"})))
+    sched = SchedulerShape()
+    sched.add(_request("r-d-0", range(4)))
+    scheduler.schedule(lambda: sched.admit_all(), sched)
+    (batch,) = capture.named("batchFrameworkProcessing")
+    assert [e.name for e in batch.events] == ["Enqueue", "Dequeue"]
