@@ -2,14 +2,15 @@
 
 Columns, in the reference's order (units: datetimes as text in UTC, durations in ms):
 
-``name`` (the schedule record, ``batchFrameworkProcessing``; ``modelExec`` for an execution whose
-schedule span was not captured), ``res_list`` (the step's request dicts as JSON), ``start_time`` /
-``end_time`` / ``during_time(ms)`` (the schedule span), ``batch_type`` (``Prefill``, ``Decode``,
-``Prefill,Decode``), ``prof_id`` (source file stem), ``total_batch_size`` (requests in the step),
-the KV columns of the step's ``KVCacheStatus`` record (``total_blocks``, ``used_blocks``,
-``free_blocks``, ``blocks_allocated``; ``blocks_freed`` = blocks returned by requests finishing
-after this step and before the next; ``kvcache_usage_rate`` fraction 0..1),
-``Prefill_batch_size`` / ``Decode_batch_size`` (requests by type), ``Prefill_scheduled_tokens`` /
+``name`` (the schedule record, ``batchFrameworkProcessing``; ``modelExec`` for an execution
+whose schedule span was not captured), ``res_list`` (the step's request dicts, as a Python
+literal like the reference), ``start_time`` / ``end_time`` / ``during_time(ms)`` (the schedule
+span), ``batch_type`` (``Prefill``, ``Decode``, ``Prefill,Decode``), ``prof_id`` (source file
+stem), ``total_batch_size`` (requests in the step), the KV columns of the step's
+``KVCacheStatus`` record (``total_blocks``, ``used_blocks``, ``free_blocks``,
+``blocks_allocated``; ``blocks_freed`` = blocks returned by requests finishing after this step
+and before the next; ``kvcache_usage_rate`` fraction 0..1), ``Prefill_batch_size`` /
+``Decode_batch_size`` (requests by type), ``Prefill_scheduled_tokens`` /
 ``Decode_scheduled_tokens`` / ``total_scheduled_tokens`` (tokens scheduled in the step),
 ``dp_rank``.
 
@@ -20,7 +21,6 @@ and execution) and never fills the KV columns for vLLM; here one row holds both.
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import numpy as np
@@ -48,9 +48,8 @@ def _per_step(values: np.ndarray, step_index: np.ndarray, n: int) -> np.ndarray:
 
 
 def _res_list(detail: object, rids: object) -> str:
-    if detail:
-        return json.dumps(detail, separators=(",", ":"))
-    return json.dumps(list(rids or []))
+    # The reference's form: the Python literal of the request dicts (ast.literal_eval reads it).
+    return repr(detail) if detail else repr(list(rids or []))
 
 
 def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,

@@ -26,6 +26,7 @@ records found, 2 bad arguments or an unusable output folder.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -209,21 +210,20 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     _warn_partial(requests)
 
     out = output_path
-    if "csv" in formats:
-        progress.stage("writing CSV files")
-        for name, table, columns in (
-                ("request.csv", requests, requests_mod.CSV_COLUMNS),
-                ("batch.csv", batches, batches_mod.CSV_COLUMNS),
-                ("kvcache.csv", kvcache, kvcache_mod.KVCACHE_COLUMNS)):
-            if table is not None:
-                run.wrote(run.stage(name, writers.write_csv, out / name, table, columns))
-        for key, table in tables.items():
-            run.wrote(run.stage(f"{key}.csv", writers.write_csv, out / f"{key}.csv", table,
-                                list(table.columns)))
+
+    def csv_and_report(job_run: _Run) -> None:
+        if "csv" in formats:
+            _write_csvs(job_run, out, requests, batches, kvcache, tables)
+        if "html" in formats:
+            _write_html(job_run, out, frame, requests, batches, kvcache, tables)
+
+    # The CSV files and the report go to a second core while this one builds the trace and
+    # writes chrome_tracing.json and profiler.db.
+    progress.stage("writing outputs")
+    join = _in_background(csv_and_report, run)
     trace_events = None
     trace = _load_trace_module() if ("json" in formats or "db" in formats) else None
     if trace is not None:
-        progress.stage("building chrome_tracing.json")
         trace_events = run.stage("chrome_tracing.json", trace.build_chrome_trace, frame,
                                  requests, batches, kvcache)
     elif "json" in formats:
@@ -231,11 +231,9 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
                       " installation")
         run.failed.append("chrome_tracing.json")
     if "json" in formats and trace_events is not None:
-        progress.stage("writing chrome_tracing.json")
         run.wrote(run.stage("chrome_tracing.json", trace.write_chrome_trace,
                             out / "chrome_tracing.json", trace_events))
     if "db" in formats:
-        progress.stage("writing profiler.db")
         empty = pd.DataFrame()
         run.wrote(run.stage(
             "profiler.db", writers.write_profiler_db, out / "profiler.db",
@@ -243,19 +241,91 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
             (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
             (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
             tables, trace_events, getattr(trace_events, "origin_us", 0.0)))
-    if "html" in formats:
-        report_mod = _load_report_module()
-        if report_mod is None:
-            _logger.error("report.html: the report writer is not available in this"
-                          " installation")
-            run.failed.append("report.html")
-        else:
-            progress.stage("writing report.html")
-            run.wrote(run.stage("report.html", _write_report, report_mod, out, frame,
-                                requests, batches, kvcache, tables))
+    join()
     progress.done()
     _print_summary(requests, batches, tables, run, out)
     return 1 if run.failed else 0
+
+
+def _write_csvs(run: _Run, out: Path, requests: Any, batches: Any, kvcache: Any,
+                tables: dict) -> None:
+    for name, table, columns in (
+            ("request.csv", requests, requests_mod.CSV_COLUMNS),
+            ("batch.csv", batches, batches_mod.CSV_COLUMNS),
+            ("kvcache.csv", kvcache, kvcache_mod.KVCACHE_COLUMNS)):
+        if table is not None:
+            run.wrote(run.stage(name, writers.write_csv, out / name, table, columns))
+    for key, table in tables.items():
+        run.wrote(run.stage(f"{key}.csv", writers.write_csv, out / f"{key}.csv", table,
+                            list(table.columns)))
+
+
+def _write_html(run: _Run, out: Path, frame: pd.DataFrame, requests: Any, batches: Any,
+                kvcache: Any, tables: dict) -> None:
+    report_mod = _load_report_module()
+    if report_mod is None:
+        _logger.error("report.html: the report writer is not available in this installation")
+        run.failed.append("report.html")
+        return
+    run.wrote(run.stage("report.html", _write_report, report_mod, out, frame, requests,
+                        batches, kvcache, tables))
+
+
+def _in_background(jobs: Callable[[_Run], None], run: _Run) -> Callable[[], None]:
+    """Run ``jobs`` in a forked child when a second core exists; returns the function to join.
+
+    The child reports what it wrote and what failed through a pipe; without ``fork`` (or with
+    ``OTEL_VLLM_ANALYZE_SERIAL=1``, or one core) the jobs simply run here, now.
+    """
+    serial = (not hasattr(os, "fork") or (os.cpu_count() or 1) < 2
+              or os.environ.get("OTEL_VLLM_ANALYZE_SERIAL") == "1")
+    if not serial:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            serial = True
+    if serial:
+        jobs(run)
+        return lambda: None
+    if pid == 0:  # the child: do the jobs, send the outcome, leave without cleanup
+        code = 0
+        try:
+            os.close(read_fd)
+            child = _Run(run.out)
+            try:
+                jobs(child)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                child.failed.append(f"background writer ({type(exc).__name__}: {exc})")
+            payload = json.dumps({"written": [str(p) for p in child.written],
+                                  "failed": child.failed})
+            with os.fdopen(write_fd, "w") as pipe:
+                pipe.write(payload)
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+
+    def join() -> None:
+        with os.fdopen(read_fd) as pipe:
+            text = pipe.read()
+        os.waitpid(pid, 0)
+        try:
+            outcome = json.loads(text)
+        except ValueError:
+            _logger.error("the background writer (CSV files, report) ended without a result")
+            run.failed.append("CSV files / report.html")
+            return
+        run.written.extend(Path(p) for p in outcome["written"])
+        run.failed.extend(outcome["failed"])
+
+    return join
 
 
 def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any,

@@ -120,12 +120,12 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
                               process_sort_index INTEGER);
         CREATE TABLE thread (track_id INTEGER PRIMARY KEY, tid TEXT, pid TEXT,
                              thread_name TEXT, thread_sort_index INTEGER);
-        CREATE TABLE slice (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp INTEGER,
+        CREATE TABLE slice (id INTEGER PRIMARY KEY, timestamp INTEGER,
                             duration INTEGER, name TEXT, depth INTEGER, track_id INTEGER,
                             cat TEXT, args TEXT, cname TEXT, end_time INTEGER, flag_id TEXT);
-        CREATE TABLE counter (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, pid TEXT,
+        CREATE TABLE counter (id INTEGER PRIMARY KEY, name TEXT, pid TEXT,
                               timestamp INTEGER, cat TEXT, args TEXT);
-        CREATE TABLE flow (id INTEGER PRIMARY KEY AUTOINCREMENT, flow_id TEXT, name TEXT,
+        CREATE TABLE flow (id INTEGER PRIMARY KEY, flow_id TEXT, name TEXT,
                            cat TEXT, track_id INTEGER, timestamp INTEGER, type TEXT);
     """)
     processes: dict[str, dict] = {}

@@ -23,13 +23,13 @@ CSVS = ["request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv", 
         "service_summary.csv"]
 
 
-def run_cli(*args, module=False):
+def run_cli(*args, module=False, env=None):
     if module:
         cmd = [sys.executable, "-m", "otel_vllm_ascend.analysis", *map(str, args)]
     else:
         cmd = [str(Path(sys.executable).with_name("otel-vllm-analyze")), *map(str, args)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr
     return done
 
@@ -70,6 +70,18 @@ def test_all_outputs_and_summary(capture, tmp_path):
                              "first_token_latency(ms)", "cache_hit_rate"]
     if (out / "report.html").exists():
         assert done.returncode == 0, done.stderr
+
+
+def test_serial_run_writes_the_same_files(capture, tmp_path):
+    _, folder = capture
+    run_cli("--input-path", folder, "--output-path", tmp_path / "a", "--format", "csv", "html")
+    done = run_cli("--input-path", folder, "--output-path", tmp_path / "b", "--format", "csv",
+                   "html", env={"OTEL_VLLM_ANALYZE_SERIAL": "1"})
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in CSVS:
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    assert "written to" in done.stdout
 
 
 def test_module_entry_and_format_selection(capture, tmp_path):
