@@ -316,7 +316,8 @@ class RecordBuilder:
             arr[:] = cols[name]
             data[name] = arr
         frame = pd.DataFrame(data, columns=list(RECORD_COLUMNS))
-        order = np.argsort(start, kind="stable")
+        source_codes = pd.factorize(frame["source"])[0]
+        order = np.lexsort((frame["mark_id"].to_numpy(), source_codes, start))
         frame = frame.take(order).reset_index(drop=True)
         return frame
 
