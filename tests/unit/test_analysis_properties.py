@@ -120,3 +120,24 @@ def test_capture_window_keeps_partial_requests(run, cut, tmp_path):
     step_rows = frame.loc[frame["name"].isin(["batchFrameworkProcessing", "modelExec"])]
     identities = {json.dumps(d, sort_keys=True) for d in step_rows["rid_detail"]}
     assert len(batches) == len(identities)
+
+
+def test_two_services_on_two_hosts_with_equal_pids(tmp_path):
+    a = simulate_service(8, seed=1, host="node-a", max_batch=3)
+    b = simulate_service(9, seed=2, host="node-b", max_batch=2, engine_tid=777)
+    a.capture.write(tmp_path, session="1129-1200", layout="per_thread")
+    b.capture.write(tmp_path, session="1129-1300", encoding="caret")
+    frame, processes, report = read_captures(tmp_path)
+    assert report.problems == []
+    assert sorted((p.host, p.pid, p.role) for p in processes) == [
+        ("node-a", 100, "api_server"), ("node-a", 200, "engine_core"),
+        ("node-b", 100, "api_server"), ("node-b", 200, "engine_core")]
+    req = build_requests(frame)
+    assert len(req) == 17 and not req["partial"].any()
+    batches = build_batches(frame)
+    for sim, host in ((a, "node-a"), (b, "node-b")):
+        mine = batches.loc[batches["host"] == host]
+        assert mine["total_scheduled_tokens"].tolist() == sim.step_tokens
+        truth = {r.external: (r.end_us - r.arrival_us) / 1000 for r in sim.requests}
+        got = req.set_index("http_rid").loc[list(truth), "execution_time(ms)"]
+        assert np.allclose(got.to_numpy(), list(truth.values()), atol=TOL)
