@@ -172,6 +172,12 @@ class RecordBuilder:
 
     def _ids_of(self, items: list) -> list[str]:
         ids_get = self._ids.get
+        try:  # fast path: every id already seen (the usual case)
+            known = [ids_get(item) for item in items]
+            if None not in known:
+                return known
+        except TypeError:  # an unhashable item (a dict in a plain id list)
+            pass
         new_id = self._new_id
         out = []
         for item in items:
@@ -208,13 +214,18 @@ class RecordBuilder:
                         # Compared as written, before ids are mapped: keep a raw copy.
                         raw = [dict(item) if isinstance(item, dict) else item for item in rid]
                         detail = rid
-                        rids = self._ids_of([item.get("rid") if isinstance(item, dict)
-                                             else None for item in rid])
-                        position = 0
-                        for item in rid:
-                            if isinstance(item, dict) and item.get("rid") is not None:
-                                item["rid"] = rids[position]
-                                position += 1
+                        try:  # fast path: every item is a dict with a rid
+                            rids = self._ids_of([item["rid"] for item in rid])
+                            for item, value in zip(rid, rids):
+                                item["rid"] = value
+                        except (KeyError, TypeError):
+                            rids = self._ids_of([item.get("rid") if isinstance(item, dict)
+                                                 else None for item in rid])
+                            position = 0
+                            for item in rid:
+                                if isinstance(item, dict) and item.get("rid") is not None:
+                                    item["rid"] = rids[position]
+                                    position += 1
                         self._last_detail[source] = (raw, detail, rids)
                 else:
                     rids = self._ids_of(rid)

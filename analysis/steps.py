@@ -130,46 +130,35 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
     return steps[list(STEP_COLUMNS)]
 
 
+def _column(values: list) -> np.ndarray:
+    """Numbers (None/absent = NaN) as float64; anything else is coerced or NaN."""
+    try:
+        return np.asarray(values, dtype="float64")
+    except (TypeError, ValueError):
+        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
+            dtype="float64")
+
+
 def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     """One row per (step, request) from the steps' request dicts (or bare request ids)."""
-    step_ids: list = []
-    rids: list = []
-    iters: list = []
-    types: list = []
-    nst: list = []
-    npt: list = []
-    nct: list = []
     nan = np.nan
-    for step_id, detail, plain in zip(steps["step_id"].tolist(), steps["rid_detail"].tolist(),
-                                      steps["rids"].tolist()):
+    items: list = []
+    lengths: list = []
+    for detail, plain in zip(steps["rid_detail"].tolist(), steps["rids"].tolist()):
         if detail:
-            for item in detail:
-                if not isinstance(item, dict):
-                    continue
-                step_ids.append(step_id)
-                rids.append(item.get("rid", ""))
-                iters.append(item.get("iter", nan))
-                types.append(item.get("type", nan))
-                nst.append(item.get("num_scheduled_tokens", nan))
-                npt.append(item.get("num_prompt_tokens", nan))
-                nct.append(item.get("num_computed_tokens", nan))
-        elif plain:
-            for rid in plain:
-                step_ids.append(step_id)
-                rids.append(rid)
-                iters.append(nan)
-                types.append(nan)
-                nst.append(nan)
-                npt.append(nan)
-                nct.append(nan)
+            dicts = [item for item in detail if isinstance(item, dict)]
+        else:
+            dicts = [{"rid": rid} for rid in plain or ()]
+        items.extend(dicts)
+        lengths.append(len(dicts))
     out = pd.DataFrame({
-        "step_id": np.asarray(step_ids, dtype="int64"),
-        "rid": pd.array(rids, dtype=object),
-        "iter": pd.to_numeric(pd.Series(iters, dtype=object), errors="coerce"),
-        "type": pd.to_numeric(pd.Series(types, dtype=object), errors="coerce"),
-        "num_scheduled_tokens": pd.to_numeric(pd.Series(nst, dtype=object), errors="coerce"),
-        "num_prompt_tokens": pd.to_numeric(pd.Series(npt, dtype=object), errors="coerce"),
-        "num_computed_tokens": pd.to_numeric(pd.Series(nct, dtype=object), errors="coerce"),
+        "step_id": np.repeat(steps["step_id"].to_numpy(dtype="int64"), lengths),
+        "rid": pd.array([d.get("rid", "") for d in items], dtype=object),
+        "iter": _column([d.get("iter", nan) for d in items]),
+        "type": _column([d.get("type", nan) for d in items]),
+        "num_scheduled_tokens": _column([d.get("num_scheduled_tokens", nan) for d in items]),
+        "num_prompt_tokens": _column([d.get("num_prompt_tokens", nan) for d in items]),
+        "num_computed_tokens": _column([d.get("num_computed_tokens", nan) for d in items]),
     })
     # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
     missing = out["type"].isna() & out["iter"].notna()
