@@ -286,7 +286,10 @@ def _latency_histograms(requests: pd.DataFrame) -> Optional[str]:
         return None
     figure, axes = _figure(10.5, 3.1, 1, len(series))
     for ax, (label, key, values) in zip(axes[0], series):
-        ax.hist(values, bins=_bins(values), color=COLORS[key], alpha=0.85, linewidth=0)
+        counts, edges = np.histogram(values, bins=_bins(values))
+        # One filled outline instead of a patch per bar: same picture, a fraction of the work.
+        ax.stairs(counts, edges, fill=True, color=COLORS[key], alpha=0.85, linewidth=0)
+        ax.set_ylim(bottom=0)
         p50, p99 = np.percentile(values, [50, 99])
         for value, style in ((p50, "-"), (p99, "--")):
             ax.axvline(value, color=COLORS["ink"], linestyle=style, linewidth=1.1)
