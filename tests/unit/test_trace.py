@@ -363,3 +363,18 @@ def test_checker_async_pairs_must_match():
     assert check_trace(_named() + [ev("b", 0), ev("e", 5)]) == []
     assert any("never end" in p for p in check_trace(_named() + [ev("b", 0)]))
     assert any("no open b" in p for p in check_trace(_named() + [ev("e", 0)]))
+
+
+def test_written_file_holds_exactly_the_built_events(tmp_path):
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    path = write_chrome_trace(tmp_path / "t.json", events)
+    loaded = events_of(json.loads(path.read_text()))
+    built = list(events)
+    assert len(loaded) == len(built) == len(events)
+    # flows are written from columns as text, the rest by the JSON encoder: both must match
+    # the dicts the sequence yields (ts exactly: whole ns printed with 3 decimals)
+    assert loaded == built
+    assert events[-1] == built[-1] and events[-len(events)] == built[0]
+    assert events[2:5] == built[2:5]
+    with pytest.raises(IndexError):
+        events[len(events)]
