@@ -34,6 +34,20 @@ _TRACER_NAME = "otel_vllm_ascend"
 EventTuple = tuple  # (name, timestamp_ns, attributes)
 
 
+class Deferred:
+    """An attribute value computed on the recorder's thread, not on vLLM's: ``func(arg)``.
+
+    For work that only formats data already captured (e.g. JSON text of a batch's request
+    details); ``arg`` must not change after the record is queued.
+    """
+
+    __slots__ = ("func", "arg")
+
+    def __init__(self, func: Any, arg: Any) -> None:
+        self.func = func
+        self.arg = arg
+
+
 class _State:
     def __init__(self) -> None:
         self.queue: collections.deque = collections.deque()
@@ -159,6 +173,9 @@ def _build(tracer: Any, rec: tuple) -> None:
     name, start_ns, end_ns, attributes, events, parent, links, exception, tid = rec
     context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
     attrs = dict(attributes)
+    for key, value in attrs.items():
+        if type(value) is Deferred:
+            attrs[key] = value.func(value.arg)
     attrs[contract.THREAD_ID] = tid
     span = tracer.start_span(
         name,

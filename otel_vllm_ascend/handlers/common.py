@@ -138,8 +138,9 @@ def links_for(request_ids: Iterable[str], requests: Optional[Mapping[str, Any]] 
               ) -> Optional[List[SpanContext]]:
     """Span links to the traces of these requests (at most MAX_LINKS)."""
     links: List[SpanContext] = []
+    known = request_contexts.get
     for request_id in request_ids:
-        context = request_contexts.get(request_id)
+        context = known(request_id)
         if context is None and requests is not None:
             request = requests.get(request_id)
             if request is not None:
@@ -161,52 +162,58 @@ def forget(request_ids: Iterable[str]) -> None:
 PREFILL, DECODE = 0, 1
 
 
+DETAIL_KEYS = ("rid", "iter", "type", "num_scheduled_tokens", "num_prompt_tokens",
+               "num_computed_tokens")
+
+
 class BatchClassifier:
     """Per-request step counters and prompt lengths across engine steps.
 
-    Each hook that describes batches (``batchFrameworkProcessing``, ``modelExec``) owns one, as
-    the reference does, so their ``iter`` values count their own calls.
+    ``iter`` counts the steps a request was scheduled in, from 0; ``type`` is 0 (prefill) while
+    its computed tokens are fewer than its prompt, else 1 (decode).
     """
 
     def __init__(self) -> None:
         self._iterations: Dict[str, int] = {}
         self._prompt_lengths: Dict[str, int] = {}
 
-    def classify(self, scheduler_output: Any) -> Tuple[List[dict], str]:
-        """(request dicts, batch_type) for one SchedulerOutput."""
+    def classify(self, scheduler_output: Any) -> Tuple[List[tuple], str]:
+        """(one row per request in DETAIL_KEYS order, batch_type) for one SchedulerOutput."""
+        iterations = self._iterations
+        prompt_lengths = self._prompt_lengths
         for request_id in getattr(scheduler_output, "finished_req_ids", None) or ():
-            self._iterations.pop(request_id, None)
-            self._prompt_lengths.pop(request_id, None)
+            iterations.pop(request_id, None)
+            prompt_lengths.pop(request_id, None)
         computed: Dict[str, int] = {}
         for new in getattr(scheduler_output, "scheduled_new_reqs", None) or ():
             prompt = getattr(new, "prompt_token_ids", None)
             if prompt is not None:
-                self._prompt_lengths[new.req_id] = len(prompt)
+                prompt_lengths[new.req_id] = len(prompt)
             computed[new.req_id] = int(getattr(new, "num_computed_tokens", 0) or 0)
         cached = getattr(scheduler_output, "scheduled_cached_reqs", None)
         if cached is not None:
-            for request_id, num_computed in zip(getattr(cached, "req_ids", ()) or (),
-                                                getattr(cached, "num_computed_tokens", ()) or ()):
-                computed[request_id] = int(num_computed)
-        details: List[dict] = []
-        kinds = set()
+            computed.update(zip(getattr(cached, "req_ids", ()) or (),
+                                getattr(cached, "num_computed_tokens", ()) or ()))
+        rows: List[tuple] = []
+        has_prefill = has_decode = False
+        get_iteration = iterations.get
+        get_prompt = prompt_lengths.get
+        get_computed = computed.get
         for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
-            iteration = self._iterations.get(request_id, -1) + 1
-            self._iterations[request_id] = iteration
-            prompt_length = self._prompt_lengths.get(request_id)
-            num_computed = computed.get(request_id, 0)
-            kind = PREFILL if prompt_length is not None and num_computed < prompt_length \
-                else DECODE
-            kinds.add(kind)
-            details.append({
-                "rid": request_id,
-                "iter": iteration,
-                "type": kind,
-                "num_scheduled_tokens": int(num_tokens),
-                "num_prompt_tokens": prompt_length,
-                "num_computed_tokens": num_computed,
-            })
-        return details, batch_type(kinds)
+            iteration = get_iteration(request_id, -1) + 1
+            iterations[request_id] = iteration
+            prompt_length = get_prompt(request_id)
+            num_computed = get_computed(request_id, 0)
+            if prompt_length is not None and num_computed < prompt_length:
+                kind = PREFILL
+                has_prefill = True
+            else:
+                kind = DECODE
+                has_decode = True
+            rows.append((request_id, iteration, kind, num_tokens, prompt_length, num_computed))
+        if has_prefill and has_decode:
+            return rows, "Prefill,Decode"
+        return rows, "Prefill" if has_prefill else ("Decode" if has_decode else "")
 
 
 def batch_type(kinds: set) -> str:
@@ -217,18 +224,74 @@ def batch_type(kinds: set) -> str:
     return "Prefill,Decode" if kinds else ""
 
 
-def batch_attributes(domain: str, details: List[dict], kind: str) -> dict:
+def details_json(rows: List[tuple]) -> str:
+    """``ms.rid_detail`` text of request rows."""
+    return json.dumps([dict(zip(DETAIL_KEYS, row)) for row in rows], separators=(",", ":"))
+
+
+class BatchDescription:
+    """What the batch hooks say about one SchedulerOutput, computed once per engine step."""
+
+    __slots__ = ("output", "rows", "kind", "request_ids", "links", "_json")
+
+    def __init__(self, output: Any, rows: List[tuple], kind: str) -> None:
+        self.output = output
+        self.rows = rows
+        self.kind = kind
+        self.request_ids = [row[0] for row in rows]
+        self.links: Any = _UNSET
+        self._json: Optional[str] = None
+
+    def details_json(self) -> str:
+        """Built once, on the recorder's thread (``recorder.Deferred``), for both batch spans."""
+        if self._json is None:
+            self._json = details_json(self.rows)
+        return self._json
+
+
+_UNSET = object()
+_classifier = BatchClassifier()
+_last_batch: Optional[BatchDescription] = None
+
+
+def describe_batch(scheduler_output: Any) -> BatchDescription:
+    """The batch of this SchedulerOutput; ``schedule`` and ``modelExec`` share one result."""
+    global _last_batch
+    last = _last_batch
+    if last is not None and last.output is scheduler_output:
+        return last
+    rows, kind = _classifier.classify(scheduler_output)
+    description = BatchDescription(scheduler_output, rows, kind)
+    _last_batch = description
+    return description
+
+
+def batch_links(batch: BatchDescription, requests: Optional[Mapping[str, Any]] = None
+                ) -> Optional[List[SpanContext]]:
+    """Links to the traces of the requests in their first scheduled step (``iter`` 0).
+
+    One link per request, not per step: a span link costs the SDK about as much as a small
+    span, and a request's later steps are found through its first one (and through the
+    ``ms.rid`` attributes).
+    """
+    if batch.links is _UNSET or (batch.links is None and requests is not None):
+        batch.links = links_for([row[0] for row in batch.rows if row[1] == 0], requests)
+    return batch.links
+
+
+def batch_attributes(domain: str, batch: BatchDescription) -> dict:
     return {
         contract.DOMAIN: domain,
-        contract.RID_DETAIL: json.dumps(details, separators=(",", ":")),
-        contract.RID: [d["rid"] for d in details],
-        "batch_type": kind,
+        contract.RID_DETAIL: recorder.Deferred(BatchDescription.details_json, batch),
+        contract.RID: batch.request_ids,
+        "batch_type": batch.kind,
     }
 
 
 def _after_fork_in_child() -> None:
-    global _role_recorded
+    global _role_recorded, _last_batch
     _role_recorded = None
+    _last_batch = None
 
 
 if hasattr(os, "register_at_fork"):

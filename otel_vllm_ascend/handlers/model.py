@@ -25,7 +25,6 @@ from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Execute"
 
-_classifier = common.BatchClassifier()
 _npu_synchronize: Optional[Callable[[], None]] = None
 _npu_checked = False
 
@@ -53,13 +52,13 @@ def execute_model(original: Any, this: Any, scheduler_output: Any, *args: Any,
         return original(scheduler_output, *args, **kwargs)
     common.ensure_role("engine_core")
     samplers.profiler_step()
-    details, kind = _classifier.classify(scheduler_output)
+    batch = common.describe_batch(scheduler_output)
     start = time.time_ns()
     tid = threading.get_native_id()
     result = original(scheduler_output, *args, **kwargs)
-    attributes = common.batch_attributes(DOMAIN, details, kind)
+    attributes = common.batch_attributes(DOMAIN, batch)
     attributes["batch_size"] = total_tokens
-    links = common.links_for(attributes[contract.RID])
+    links = common.batch_links(batch)
 
     def finish(_: Any = None) -> None:
         recorder.record_span("modelExec", start, time.time_ns(), attributes, links=links,

@@ -24,9 +24,6 @@ DOMAIN = "Schedule"
 KV_DOMAIN = "Schedule.KVCache"
 RUNNING, WAITING = "RUNNING", "WAITING"
 
-_classifier = common.BatchClassifier()
-
-
 def _queue_event(name: str, timestamp: int, request_ids: List[str], queue_name: str,
                  size: int) -> tuple:
     return (name, timestamp, {
@@ -39,6 +36,8 @@ def _queue_event(name: str, timestamp: int, request_ids: List[str], queue_name: 
 
 def _diff(before: List[Any], after: List[Any]) -> tuple:
     """(left, joined) request ids between two queue snapshots (multisets of Request objects)."""
+    if len(before) == len(after) and all(a is b for a, b in zip(before, after)):
+        return (), ()  # the common case of a steady decode step
     old, new = Counter(map(id, before)), Counter(map(id, after))
     by_id = {id(r): r for r in before}
     by_id.update((id(r), r) for r in after)
@@ -69,12 +68,12 @@ def schedule(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
     output = original(*args, **kwargs)
     end = time.time_ns()
 
-    details, kind = _classifier.classify(output)
+    batch = common.describe_batch(output)
     finished = getattr(output, "finished_req_ids", None) or ()
-    if not details:
+    if not batch.rows:
         common.forget(finished)
         return output
-    request_ids = [d["rid"] for d in details]
+    request_ids = batch.request_ids
     events = []
     for queue_name, before, after in ((RUNNING, running_before, list(this.running)),
                                       (WAITING, waiting_before, list(this.waiting))):
@@ -101,11 +100,11 @@ def schedule(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
             contract.METRIC_PREFIX + "UsagePercent": usage,
             contract.METRIC_PREFIX + "AllocatedBlocks": used - used_before,
         }))
-    attributes = common.batch_attributes(DOMAIN, details, kind)
-    attributes["batch_size"] = len(details)
+    attributes = common.batch_attributes(DOMAIN, batch)
+    attributes["batch_size"] = len(request_ids)
     attributes[contract.METRIC_PREFIX + "num_scheduled_tokens"] = \
         int(output.total_num_scheduled_tokens)
-    links = common.links_for(request_ids, getattr(this, "requests", None))
+    links = common.batch_links(batch, getattr(this, "requests", None))
     recorder.record_span("batchFrameworkProcessing", start, end, attributes, events=events,
                          links=links, thread_id=tid)
     common.forget(finished)

@@ -184,7 +184,8 @@ def test_schedule_records_batch_queues_and_kv(capture):
 
 def test_schedule_decode_iterations_and_empty_batch(capture):
     sched = SchedulerShape()
-    req = _request("r-0-33333333", range(5))
+    req = _request("r-0-33333333", range(5), trace_headers={
+        "traceparent": "00-0000000000000000000000000000abcd-000000000000abcd-01"})
     sched.add(req)
     scheduler.schedule(lambda: sched.admit_all(), sched)
     req.num_computed_tokens = 5
@@ -196,6 +197,8 @@ def test_schedule_decode_iterations_and_empty_batch(capture):
     assert second == [{"rid": "r-0-33333333", "iter": 1, "type": 1, "num_scheduled_tokens": 1,
                        "num_prompt_tokens": 5, "num_computed_tokens": 5}]
     assert batches[1].attributes["batch_type"] == "Decode"
+    assert [link.context.trace_id for link in batches[0].links] == [0xabcd]
+    assert len(batches[1].links) == 0  # requests are linked in their first step only
     # No queue changed: only the KV status, with nothing newly allocated.
     assert [e.name for e in batches[1].events] == ["KVCacheStatus"]
     assert batches[1].events[0].attributes[contract.METRIC_PREFIX + "AllocatedBlocks"] == 0
