@@ -27,7 +27,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import pandas as pd
 
@@ -180,6 +180,9 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
                 track(pid, tid)
                 tracks[(pid, tid)][1 if name == "thread_name" else 2] = (
                     args.get("name") if name == "thread_name" else args.get("sort_index"))
+    # Flows first: reading them may add tracks that no slice uses.
+    conn.executemany("INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)"
+                     " VALUES (?, ?, ?, ?, ?, ?)", flows)
     conn.executemany("INSERT INTO process VALUES (?, ?, ?, ?)",
                      [(pid, p.get("name", pid), p.get("label"), p.get("sort"))
                       for pid, p in processes.items()])
@@ -190,22 +193,15 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
                      " end_time) VALUES (?, ?, ?, ?, ?, ?, ?)", slices)
     conn.executemany("INSERT INTO counter (name, pid, timestamp, cat, args)"
                      " VALUES (?, ?, ?, ?, ?)", counters)
-    conn.executemany("INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)"
-                     " VALUES (?, ?, ?, ?, ?, ?)", flows)
 
 
-def _flow_rows(columns: Any, track: Any, tracks: dict, origin_ns: int) -> Iterable[tuple]:
-    """``flow`` rows from the trace's flow columns (phase index into "stf")."""
+def _flow_rows(columns: Any, track: Any, tracks: dict, origin_ns: int) -> Iterator[tuple]:
+    """``flow`` rows from the trace's flow columns (phase index into "stf"), one at a time."""
     from otel_vllm_ascend.analysis.trace import FLOW_CATEGORY, FLOW_NAME
 
-    pids = columns.pid.tolist()
-    tids = columns.tid.tolist()
-    track_ids = []
-    for key in zip(pids, tids):
-        entry = tracks.get(key)
-        track_ids.append(entry[0] if entry is not None else track(*key))
-    phases = [("s", "t", "f")[p] for p in columns.phase.tolist()]
-    stamps = [origin_ns + ts for ts in columns.ts_ns.tolist()]
-    ids = [str(i) for i in columns.flow_id.tolist()]
-    count = len(ids)
-    return zip(ids, [FLOW_NAME] * count, [FLOW_CATEGORY] * count, track_ids, stamps, phases)
+    phases = ("s", "t", "f")
+    for phase, flow_id, pid, tid, ts in zip(columns.phase, columns.flow_id, columns.pid,
+                                            columns.tid, columns.ts_ns):
+        entry = tracks.get((pid, tid))
+        track_id = entry[0] if entry is not None else track(pid, tid)
+        yield (str(flow_id), FLOW_NAME, FLOW_CATEGORY, track_id, origin_ns + ts, phases[phase])

@@ -64,6 +64,14 @@ def test_all_outputs_and_summary(capture, tmp_path):
                 "request_summary", "batch_summary", "service_summary", "slice", "flow",
                 "counter", "process", "thread"} <= tables
         assert conn.execute("SELECT COUNT(*) FROM request_data").fetchone()[0] == 12
+        phases = dict(conn.execute("SELECT type, COUNT(*) FROM flow GROUP BY type"))
+        assert phases["s"] == 12 and phases["f"] == 12
+        assert conn.execute("SELECT COUNT(*) FROM flow WHERE track_id NOT IN"
+                            " (SELECT track_id FROM thread)").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM batch_info").fetchone()[0] == sim.steps
+        first_ts = conn.execute("SELECT MIN(timestamp) FROM slice").fetchone()[0]
+        arrival_ns = min(r.arrival_us for r in sim.requests) * 1000
+        assert abs(first_ts - arrival_ns) < 1e6  # ns since the epoch, same instant within 1 ms
         names = [r[1] for r in conn.execute("PRAGMA table_info(request_data)")]
         assert names[:8] == ["http_rid", "start_datetime", "recv_token_size",
                              "reply_token_size", "execution_time(ms)", "queue_wait_time(ms)",
