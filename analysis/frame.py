@@ -38,7 +38,9 @@ attrs         object       dict of every other message key (``batch_size``, ``hi
                            ``to``, ...). A key named like a column never collides with it.
 ============  ===========  ======================================================================
 
-Rows are sorted by ``start_us`` (ties keep file and ``mark_id`` order). Link records stay in the
+Rows are sorted by ``start_us`` (ties in file, then ``mark_id`` order). The object columns
+hold shared objects (a step's schedule and ``modelExec`` rows share one ``rid_detail`` list, ids
+are shared strings): read them, never modify them. Link records stay in the
 frame (name ``link``, type 3, ``attrs`` holding ``from``/``to``, ``rids`` empty).
 
 Message text is decoded once per row: JSON objects directly; the C++ caret form
