@@ -210,37 +210,38 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     _warn_partial(requests)
 
     out = output_path
-
-    def csv_and_report(job_run: _Run) -> None:
-        if "csv" in formats:
-            _write_csvs(job_run, out, requests, batches, kvcache, tables)
-        if "html" in formats:
-            _write_html(job_run, out, frame, requests, batches, kvcache, tables)
-
-    # The CSV files and the report go to a second core while this one builds the trace and
-    # writes chrome_tracing.json and profiler.db.
-    progress.stage("writing outputs")
-    join = _in_background(csv_and_report, run)
     trace_events = None
     trace = _load_trace_module() if ("json" in formats or "db" in formats) else None
     if trace is not None:
+        progress.stage("building the trace")
         trace_events = run.stage("chrome_tracing.json", trace.build_chrome_trace, frame,
                                  requests, batches, kvcache)
     elif "json" in formats:
         _logger.error("chrome_tracing.json: the trace builder is not available in this"
                       " installation")
         run.failed.append("chrome_tracing.json")
+
+    def csv_and_db(job_run: _Run) -> None:
+        if "csv" in formats:
+            _write_csvs(job_run, out, requests, batches, kvcache, tables)
+        if "db" in formats:
+            empty = pd.DataFrame()
+            job_run.wrote(job_run.stage(
+                "profiler.db", writers.write_profiler_db, out / "profiler.db",
+                (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
+                (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
+                (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
+                tables, trace_events, getattr(trace_events, "origin_us", 0.0)))
+
+    # The CSV files and profiler.db go to a second core while this one writes
+    # chrome_tracing.json and the report (about the same amount of work).
+    progress.stage("writing outputs")
+    join = _in_background(csv_and_db, run)
     if "json" in formats and trace_events is not None:
         run.wrote(run.stage("chrome_tracing.json", trace.write_chrome_trace,
                             out / "chrome_tracing.json", trace_events))
-    if "db" in formats:
-        empty = pd.DataFrame()
-        run.wrote(run.stage(
-            "profiler.db", writers.write_profiler_db, out / "profiler.db",
-            (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
-            (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
-            (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
-            tables, trace_events, getattr(trace_events, "origin_us", 0.0)))
+    if "html" in formats:
+        _write_html(run, out, frame, requests, batches, kvcache, tables)
     join()
     progress.done()
     _print_summary(requests, batches, tables, run, out)
@@ -319,8 +320,8 @@ def _in_background(jobs: Callable[[_Run], None], run: _Run) -> Callable[[], None
         try:
             outcome = json.loads(text)
         except ValueError:
-            _logger.error("the background writer (CSV files, report) ended without a result")
-            run.failed.append("CSV files / report.html")
+            _logger.error("the background writer (CSV files, profiler.db) ended without a result")
+            run.failed.append("CSV files / profiler.db")
             return
         run.written.extend(Path(p) for p in outcome["written"])
         run.failed.extend(outcome["failed"])
