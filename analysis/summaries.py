@@ -147,8 +147,9 @@ def service_summary(requests: pd.DataFrame, batches: Optional[pd.DataFrame] = No
     speed = round(generated / duration, 4) if duration and duration > 0 else np.nan
     all_speed = round((inputs + generated) / duration, 4) if duration and duration > 0 else np.nan
     rows = [
-        ("total_input_token_num", inputs),
-        ("total_generated_token_num", generated),
+        ("total_input_token_num", int(inputs) if float(inputs).is_integer() else inputs),
+        ("total_generated_token_num",
+         int(generated) if float(generated).is_integer() else generated),
         ("generate_token_speed (token/s)", speed),
         ("generate_all_token_speed (token/s)", all_speed),
         ("request_num", total),
@@ -157,4 +158,6 @@ def service_summary(requests: pd.DataFrame, batches: Optional[pd.DataFrame] = No
         ("engine_step_num", 0 if batches is None else len(batches)),
         ("duration (s)", duration),
     ]
-    return pd.DataFrame(rows, columns=["Metric", "Value"])
+    # Object column: counts stay integers, speeds stay floats.
+    return pd.DataFrame({"Metric": [r[0] for r in rows],
+                         "Value": pd.array([r[1] for r in rows], dtype=object)})
