@@ -190,22 +190,32 @@ class _DbRows:
         self.rows += len(chunk)
         for mark_id, message, pid, tid, start_ns, end_ns in chunk:
             decoded = parse_message(message)
-            if decoded is None or start_ns is None:
-                self.bad += 1
-                if self.first_bad is None:
-                    self.first_bad = mark_id
+            if decoded is None or not isinstance(start_ns, (int, float)):
+                self._bad(mark_id)
                 continue
-            pid = int(pid or 0)
+            if end_ns is None:
+                end_ns = start_ns
+            try:
+                pid = int(pid or 0)
+                tid = int(tid or 0)
+                mark = int(mark_id or 0)
+                dur_us = (end_ns - start_ns) / 1000.0
+            except (TypeError, ValueError):  # a column holding text where a number belongs
+                self._bad(mark_id)
+                continue
             proc = seen.get(pid)
             if proc is None:
                 host = self.meta.get("hostname") or _host_from_stem(source, pid)
                 proc = seen[pid] = _process(self.processes, host, pid, source)
                 _apply_meta(proc, self.meta)
             proc.records += 1
-            if end_ns is None:
-                end_ns = start_ns
-            add(source, pid, int(tid or 0), int(mark_id or 0), start_ns / 1000.0,
-                end_ns / 1000.0, decoded, None, (end_ns - start_ns) / 1000.0)
+            add(source, pid, tid, mark, start_ns / 1000.0, end_ns / 1000.0, decoded, None,
+                dur_us)
+
+    def _bad(self, mark_id: Any) -> None:
+        self.bad += 1
+        if self.first_bad is None:
+            self.first_bad = mark_id
 
     def finish(self) -> None:
         if not self.seen_pids and self.meta:
@@ -251,7 +261,7 @@ def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadRe
     if sink.bad:
         report.unparsable += sink.bad
         report.problems.append(
-            f"{path}: {sink.bad} message(s) could not be decoded (first at markId"
+            f"{path}: {sink.bad} row(s) could not be decoded (first at markId"
             f" {sink.first_bad}); those rows were skipped")
     return True
 

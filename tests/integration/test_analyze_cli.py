@@ -175,12 +175,15 @@ def test_unparsable_messages_are_counted(capture, tmp_path):
     proc.raw("{not json", sim.requests[0].arrival_us)
     proc.raw("^domain^:^x^,^broken", sim.requests[0].arrival_us + 1)
     proc.event("Enqueue", sim.requests[0].arrival_us + 2, "Schedule", ["zz"])
-    cap.write(folder, session="other")
+    (path,) = cap.write(folder, session="other")
+    with sqlite3.connect(path) as conn:  # a time column holding text
+        conn.execute("INSERT INTO Mstx VALUES ('{\"name\": \"x\"}', 1, 9, 'soon', 'later',"
+                     " 400, 400)")
     out = tmp_path / "out"
     done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv")
     assert done.returncode == 0, done.stderr
-    assert "2 message(s) could not be decoded (first at markId 0)" in done.stderr
-    assert "2 record(s) could not be decoded in total" in done.stderr
+    assert f"{path}: 3 row(s) could not be decoded (first at markId 0)" in done.stderr
+    assert "3 record(s) could not be decoded in total" in done.stderr
     assert {r["http_rid"] for r in rows(out / "request.csv")} >= {"zz"}
 
 
