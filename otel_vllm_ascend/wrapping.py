@@ -170,7 +170,8 @@ class _Binder:
         allowed = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         if all(p.kind in allowed for p in parameters):
             self.simple = True
-            self.params = tuple((p.name, p.default) for p in parameters)
+            self.params = tuple((p.name, p.default, p.kind is inspect.Parameter.KEYWORD_ONLY)
+                                for p in parameters)
 
     def names(self, this: Any, args: tuple, kwargs: dict, result: Any) -> dict:
         if self.needs_params and not self.simple:
@@ -183,8 +184,8 @@ class _Binder:
         if self.needs_params:
             empty = inspect.Parameter.empty
             count = len(full_args)
-            for index, (name, default) in enumerate(self.params):
-                if index < count:
+            for index, (name, default, keyword_only) in enumerate(self.params):
+                if index < count and not keyword_only:
                     names[name] = full_args[index]
                 elif name in kwargs:
                     names[name] = kwargs[name]

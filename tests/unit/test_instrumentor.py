@@ -275,3 +275,30 @@ def test_plugin_does_nothing_without_config_path(monkeypatch):
     VllmServiceInstrumentor().uninstrument()
     register()
     assert not VllmServiceInstrumentor().is_instrumented_by_opentelemetry
+
+
+def test_attribute_names_bound_like_the_call(tmp_path, capture):
+    name = write_module(tmp_path, """
+class Runner:
+    def execute(self, batch, *, mode="eager", extra=None):
+        return len(batch)
+
+    def varargs(self, *items, **options):
+        return len(items)
+""")
+    module = importlib.import_module(name)
+    instrument(capture, [
+        spec(name, "Runner.execute", attributes=[("n", "len(batch)"), ("mode", "mode"),
+                                                 ("first", "args[1][0]"), ("ret", "return"),
+                                                 ("extra", "extra")]),
+        spec(name, "Runner.varargs", attributes=[("items", "items | len"),
+                                                 ("opt", "options['k']")]),
+    ])
+    runner = module.Runner()
+    assert runner.execute([4, 5, 6], mode="graph") == 3
+    assert runner.varargs(1, 2, k="v") == 2
+    execute, varargs = capture.spans()
+    assert execute.attributes["n"] == 3 and execute.attributes["mode"] == "graph"
+    assert execute.attributes["first"] == 4 and execute.attributes["ret"] == 3
+    assert "extra" not in execute.attributes  # None is omitted
+    assert varargs.attributes["items"] == 2 and varargs.attributes["opt"] == "v"
