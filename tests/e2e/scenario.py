@@ -33,7 +33,7 @@ import workload
 from serve import VllmServer
 
 TOGGLE_PICKUP_S = 3.0  # the tool polls the config about every 0.5 s; the machine is busy
-TIMELIMIT_S = 5
+TIMELIMIT_S = 6
 OTLP_SETTLE_S = 20.0
 
 RECORDED_PHASES = ("on", "identity", "timed")
@@ -146,7 +146,7 @@ def run_profiled(path: str, model: Path, work: Path) -> ServingRun:
         time.sleep(1.0)
         switched_on = time.monotonic()
         profiling_workdir.set_enable(files.config, True)
-        time.sleep(1.5)
+        time.sleep(2.0)
         phases["timed"] = _run_phase(server, workload.make_requests(
             4, seed=4, output_tokens=(4,), id_prefix=f"{path}tl"), concurrency=4)
         time.sleep(max(0.0, switched_on + TIMELIMIT_S + 3.0 - time.monotonic()))
