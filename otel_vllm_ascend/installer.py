@@ -27,7 +27,7 @@ from otel_vllm_ascend import wrapping
 
 _logger = logging.getLogger(__name__)
 
-SUMMARY_DELAY_S = 3.0
+SUMMARY_DELAY_S = 10.0
 
 
 class HookInstaller:
