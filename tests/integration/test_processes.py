@@ -150,3 +150,39 @@ def test_opentelemetry_instrument_and_plugin_do_not_double_instrument(tmp_path):
             names += [json.loads(m).get("name") for (m,) in
                       conn.execute("SELECT message FROM Mstx WHERE pid = ?", (pid,))]
     assert names.count("stepSpan") == CALLS
+
+
+WATCHER = """
+import json, multiprocessing, os, sys, time
+from otel_vllm_ascend import control
+from otel_vllm_ascend.instrumentor import VllmServiceInstrumentor
+VllmServiceInstrumentor().instrument(specs=(), config_path={config!r})
+assert not control.is_recording()
+
+def child(path):
+    # The parent's watcher thread does not exist in a fork child: ours must have restarted.
+    with open(path, "w") as f:
+        json.dump({{"enable": 1}}, f)
+    stamp = time.time_ns() + 50_000_000
+    os.utime(path, ns=(stamp, stamp))
+    deadline = time.monotonic() + 5
+    while not control.is_recording() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(0 if control.is_recording() else 3)
+
+process = multiprocessing.get_context("fork").Process(target=child, args=({config!r},))
+process.start()
+process.join(30)
+print(process.exitcode)
+"""
+
+
+def test_fork_child_keeps_watching_the_config(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"enable": 0, "prof_dir": str(tmp_path / "prof")}))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "OTEL_VLLM_SESSION_DIR": str(tmp_path / "session")}
+    done = subprocess.run([sys.executable, "-c", WATCHER.format(config=str(config))], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "0", done.stderr[-2000:]

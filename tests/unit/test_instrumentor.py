@@ -302,3 +302,25 @@ class Runner:
     assert execute.attributes["first"] == 4 and execute.attributes["ret"] == 3
     assert "extra" not in execute.attributes  # None is omitted
     assert varargs.attributes["items"] == 2 and varargs.attributes["opt"] == "v"
+
+
+def test_async_context_manager_timer(tmp_path, capture):
+    name = write_module(tmp_path, """
+import contextlib
+
+class Runner:
+    @contextlib.asynccontextmanager
+    async def session(self, tag):
+        yield tag * 2
+""")
+    module = importlib.import_module(name)
+    instrument(capture, [spec(name, "Runner.session", attributes=[("tag", "tag")])])
+
+    async def use():
+        async with module.Runner().session("ab") as value:
+            assert capture.named("session") == []
+            return value
+
+    assert asyncio.run(use()) == "abab"
+    (span,) = capture.named("session")
+    assert span.attributes["tag"] == "ab"
