@@ -16,8 +16,9 @@ What you see when you open it:
   at the request's end: exactly one start and one finish per request;
 * counters on each EngineCore: ``KV cache`` (usage %), ``KV blocks`` (used / free),
   ``running queue`` / ``waiting queue`` sizes, ``batch size`` (requests per step) and
-  ``scheduled tokens`` (tokens per step). Metric samples without a record name become counters
-  named after their metric.
+  ``scheduled tokens`` (tokens per step). Metric samples (records without a message ``type``,
+  e.g. the ``hostUsage`` / ``deviceMemory`` samplers) become counters named after the record
+  (and its scope), one series per metric, on the process that sampled them.
 
 Deviations from msserviceprofiler's trace, on purpose:
 
@@ -203,8 +204,10 @@ def _build(frame: pd.DataFrame, requests: Optional[pd.DataFrame]) -> TraceEvents
     domains = frame["domain"].tolist()
 
     slice_tids = _slice_tids(trace_pids, tids, start_ns, end_ns, names, domains)
-    events += _record_events(frame, trace_pids, slice_tids, start_ns, end_ns, names, domains)
-    events += _counter_events(frame, trace_pids, start_ns, names, domains)
+    samples = _metric_samples(frame, start_ns, end_ns)
+    events += _record_events(frame, trace_pids, slice_tids, start_ns, end_ns, names, domains,
+                             samples)
+    events += _counter_events(frame, trace_pids, start_ns, names, domains, samples)
     lanes_pid = processes.requests_pid
     request_events, lane_count = _request_events(
         frame, requests, trace_pids, slice_tids, start_ns, end_ns, names, origin, lanes_pid,
@@ -393,17 +396,18 @@ def _slice_tids(trace_pids: np.ndarray, tids: np.ndarray, start_ns: np.ndarray,
 
 def _record_events(frame: pd.DataFrame, trace_pids: np.ndarray, slice_tids: np.ndarray,
                    start_ns: np.ndarray, end_ns: np.ndarray, names: list,
-                   domains: list) -> list[dict]:
+                   domains: list, samples: list) -> list[dict]:
     """One ``X`` per span record and one ``i`` per event record (links, Meta, KV counters aside)."""
     events = []
     columns = zip(trace_pids.tolist(), slice_tids.tolist(), start_ns.tolist(), end_ns.tolist(),
                   names, domains, frame["rids"].tolist(), frame["batch_type"].tolist(),
                   frame["metrics"].tolist(), frame["metric_incs"].tolist(),
                   frame["scopes"].tolist(), frame["attrs"].tolist(),
-                  frame["rid_detail"].tolist())
+                  frame["rid_detail"].tolist(), samples)
     for pid, tid, start, end, name, domain, rids, batch_type, metrics, incs, scopes, attrs, \
-            detail in columns:
-        if not name or name in _SKIPPED_RECORDS or _is_counter_record(name, domain):
+            detail, is_sample in columns:
+        if (not name or is_sample or name in _SKIPPED_RECORDS
+                or _is_counter_record(name, domain)):
             continue
         args: dict = {"domain": domain} if domain else {}
         if rids:
@@ -470,7 +474,7 @@ def _json_safe(args: dict) -> dict:
 
 
 def _counter_events(frame: pd.DataFrame, trace_pids: np.ndarray, start_ns: np.ndarray,
-                    names: list, domains: list) -> list[dict]:
+                    names: list, domains: list, samples: list) -> list[dict]:
     """KV cache, queue, batch and free-form metric counters, on the process that recorded them."""
     events = []
     total_blocks: dict = {}
@@ -478,8 +482,8 @@ def _counter_events(frame: pd.DataFrame, trace_pids: np.ndarray, start_ns: np.nd
     columns = zip(trace_pids.tolist(), start_ns.tolist(), names, domains,
                   frame["metrics"].tolist(), frame["scopes"].tolist(),
                   frame["attrs"].tolist(), frame["rids"].tolist(),
-                  frame["rid_detail"].tolist())
-    for pid, start, name, domain, metrics, scopes, attrs, rids, detail in columns:
+                  frame["rid_detail"].tolist(), samples)
+    for pid, start, name, domain, metrics, scopes, attrs, rids, detail, is_sample in columns:
         ts = _ts(start)
         if _is_counter_record(name, domain):
             events += _kv_counters(pid, ts, name, metrics, total_blocks)
@@ -490,13 +494,28 @@ def _counter_events(frame: pd.DataFrame, trace_pids: np.ndarray, start_ns: np.nd
                 events.append(_counter(f"{queue} queue", pid, ts, requests=size))
         elif name == step_name:
             events += _batch_counters(pid, ts, name, metrics, attrs, rids, detail)
-        elif not name and metrics:
+        elif is_sample and metrics:
+            values = {k: v for k, v in metrics.items() if _finite(v)}
+            if not values:
+                continue
             scope = " ".join(f"{k}={v}" for k, v in (scopes or {}).items())
-            for key, value in metrics.items():
-                if _finite(value):
+            if name:  # e.g. hostUsage: one counter, one series per metric
+                events.append(_counter(f"{name} ({scope})" if scope else name, pid, ts,
+                                       **values))
+            else:
+                for key, value in values.items():
                     label = f"{key} ({scope})" if scope else key
                     events.append(_counter(label, pid, ts, value=value))
     return events
+
+
+def _metric_samples(frame: pd.DataFrame, start_ns: np.ndarray, end_ns: np.ndarray) -> list:
+    """Per row: is it a metric sample (no message ``type``, zero duration, has metrics)?"""
+    no_type = frame["type"].isna().to_numpy()
+    instant = end_ns == start_ns
+    has_metrics = np.fromiter((bool(m) for m in frame["metrics"].tolist()), dtype=bool,
+                              count=len(frame))
+    return (no_type & instant & has_metrics).tolist()
 
 
 def _kv_counters(pid: int, ts: float, name: str, metrics: dict, total_blocks: dict) -> list:

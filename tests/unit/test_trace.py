@@ -378,3 +378,25 @@ def test_written_file_holds_exactly_the_built_events(tmp_path):
     assert events[2:5] == built[2:5]
     with pytest.raises(IndexError):
         events[len(events)]
+
+
+def test_sampler_metrics_become_counters_and_roles_name_processes():
+    cap = Capture()
+    cap.processes = [
+        ProcessInfo("hostA", ENGINE, "engine_core", 1, ["ms_service_hostA-200"]),
+        ProcessInfo("hostA", 300, "worker", None, ["ms_service_hostA-300"]),
+    ]
+    # metric records carry no message type (the exporter writes none for ms.record=metric)
+    cap.add(ENGINE, 1.0, 1.0, {"domain": "host", "name": "hostUsage", "cpuPercent=": 42.5,
+                               "memPercent=": 10.0})
+    cap.add(300, 2.0, 2.0, {"domain": "npu", "name": "deviceMemory", "usage=": 512,
+                            "scope#device": 0}, tid=301)
+    cap.add(300, 3.0, 4.0, {"domain": "Execute", "name": "sample", "type": 2}, tid=301)
+    events = build_chrome_trace(cap.frame())
+    assert check_trace(list(events)) == []
+    counters = {e["name"]: (e["pid"], e["args"]) for e in by_ph(events, "C")}
+    assert counters["hostUsage"] == (ENGINE, {"cpuPercent": 42.5, "memPercent": 10.0})
+    assert counters["deviceMemory (device=0)"] == (300, {"usage": 512.0})
+    assert not [e for e in events if e["ph"] == "i"]  # samples are not instants
+    names = {e["pid"]: e["args"]["name"] for e in by_ph(events, "M", "process_name")}
+    assert names == {ENGINE: "EngineCore DP1 hostA 200", 300: "Worker hostA 300"}
