@@ -142,11 +142,11 @@ def canonical_rid(value: Any) -> str:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if isinstance(value, float):
+        return value
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return float("nan")
 
 
@@ -216,18 +216,21 @@ class RecordBuilder:
                         # Compared as written, before ids are mapped: keep a raw copy.
                         raw = [dict(item) if isinstance(item, dict) else item for item in rid]
                         detail = rid
-                        try:  # fast path: every item is a dict with a rid
+                        try:  # fast path: every item is a dict with a usable rid
                             rids = self._ids_of([item["rid"] for item in rid])
+                            if len(rids) != len(rid):
+                                raise TypeError("an item's rid is not an id")
                             for item, value in zip(rid, rids):
                                 item["rid"] = value
-                        except (KeyError, TypeError):
-                            rids = self._ids_of([item.get("rid") if isinstance(item, dict)
-                                                 else None for item in rid])
-                            position = 0
+                        except (KeyError, TypeError):  # some items lack a usable rid
+                            rids = []
                             for item in rid:
                                 if isinstance(item, dict) and item.get("rid") is not None:
-                                    item["rid"] = rids[position]
-                                    position += 1
+                                    value = item["rid"]
+                                    key = value if isinstance(value, str) else canonical_rid(
+                                        value)
+                                    item["rid"] = self._ids.get(key) or self._new_id(key)
+                                    rids.append(item["rid"])
                         self._last_detail[source] = (raw, detail, rids)
                 else:
                     rids = self._ids_of(rid)

@@ -342,23 +342,27 @@ def _read_mstx(conn: sqlite3.Connection, feed: Callable[[list], None]) -> Option
 # --- OTLP JSON ---------------------------------------------------------------------------------
 
 def _otlp_value(value: Any) -> Any:
+    """An OTLP ``AnyValue`` in its JSON form -> a Python value (None when malformed)."""
     if not isinstance(value, dict):
         return value
-    if "stringValue" in value:
-        return value["stringValue"]
-    if "intValue" in value:
-        return int(value["intValue"])
-    if "doubleValue" in value:
-        return float(value["doubleValue"])
-    if "boolValue" in value:
-        return bool(value["boolValue"])
-    if "arrayValue" in value:
-        return [_otlp_value(v) for v in (value["arrayValue"] or {}).get("values", [])]
-    if "kvlistValue" in value:
-        return {kv.get("key"): _otlp_value(kv.get("value"))
-                for kv in (value["kvlistValue"] or {}).get("values", [])}
-    if "bytesValue" in value:
-        return value["bytesValue"]
+    try:
+        if "stringValue" in value:
+            return value["stringValue"]
+        if "intValue" in value:
+            return int(value["intValue"])
+        if "doubleValue" in value:
+            return float(value["doubleValue"])
+        if "boolValue" in value:
+            return bool(value["boolValue"])
+        if "arrayValue" in value:
+            return [_otlp_value(v) for v in (value["arrayValue"] or {}).get("values", [])]
+        if "kvlistValue" in value:
+            return {kv.get("key"): _otlp_value(kv.get("value"))
+                    for kv in (value["kvlistValue"] or {}).get("values", [])}
+        if "bytesValue" in value:
+            return value["bytesValue"]
+    except (TypeError, ValueError, AttributeError):
+        return None
     return None
 
 
@@ -437,7 +441,7 @@ def _iter_otlp_requests(path: Path, report: ReadReport) -> Iterator[dict]:
         report.unparsable += bad
         report.problems.append(f"{path}: {bad} line(s) are not JSON; those lines were skipped")
     for item in parsed:
-        if isinstance(item, dict):
+        if isinstance(item, dict) and isinstance(item.get("resourceSpans", []), list):
             yield item
 
 
@@ -450,31 +454,43 @@ def _read_otlp(path: Path, builder: RecordBuilder, processes: dict, report: Read
         return False
     mark_ids: dict[int, int] = {}
     bad = 0
+    malformed = (KeyError, TypeError, ValueError, AttributeError)
     for request in requests:
-        for resource_spans in request.get("resourceSpans") or []:
-            if not isinstance(resource_spans, dict):
+        for resource_spans in _list(request.get("resourceSpans")):
+            try:
+                resource = _otlp_attributes(resource_spans["resource"].get("attributes")
+                                            if isinstance(resource_spans.get("resource"), dict)
+                                            else None)
+                try:
+                    pid = int(resource.get("process.pid") or 0)
+                except (TypeError, ValueError):
+                    pid = 0
+                proc = _process(processes, str(resource.get("host.name") or ""), pid, source)
+                role = resource.get(contract.PROCESS_ROLE)
+                if role and role != "other" and not proc.role:
+                    proc.role = str(role)
+                scopes = _list(resource_spans.get("scopeSpans"))
+            except malformed:
                 bad += 1
                 continue
-            resource = _otlp_attributes((resource_spans.get("resource") or {}).get("attributes"))
-            try:
-                pid = int(resource.get("process.pid") or 0)
-            except (TypeError, ValueError):
-                pid = 0
-            host = str(resource.get("host.name") or "")
-            proc = _process(processes, host, pid, source)
-            role = resource.get(contract.PROCESS_ROLE)
-            if role and role != "other" and not proc.role:
-                proc.role = str(role)
-            for scope_spans in resource_spans.get("scopeSpans") or []:
-                for span in (scope_spans or {}).get("spans") or []:
+            for scope_spans in scopes:
+                spans = _list(scope_spans.get("spans")) if isinstance(scope_spans, dict) else None
+                if spans is None:
+                    bad += 1
+                    continue
+                for span in spans:
                     try:
                         _add_otlp_span(span, source, pid, proc, builder, mark_ids)
-                    except (KeyError, TypeError, ValueError, AttributeError):
+                    except malformed:
                         bad += 1
     if bad:
         report.unparsable += bad
-        report.problems.append(f"{path}: {bad} span(s) lacked required fields; skipped")
+        report.problems.append(f"{path}: {bad} malformed span(s) or resource(s) skipped")
     return True
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _add_otlp_span(span: dict, source: str, pid: int, proc: ProcessInfo,

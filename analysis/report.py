@@ -370,10 +370,20 @@ def _steps_over_time(batches: pd.DataFrame, origin: float) -> Optional[str]:
          _column(batches, "Decode_scheduled_tokens")[keep],
          _column(batches, "total_scheduled_tokens")[keep]),
     ]
+    engines = _engine_keys(batches.loc[keep] if len(batches) else batches,
+                           np.ones(int(keep.sum()), dtype=bool))
     figure, axes = _figure(10.5, 4.6, 2, 1, sharex=True)
     for ax, (title, unit, prefill, decode, total) in zip(axes[:, 0], panels):
         split = np.isfinite(prefill).any() or np.isfinite(decode).any()
-        if split:
+        if len(engines) > 1:
+            # Several engines (data parallel): steps interleave, so one line per engine.
+            if not np.isfinite(total).any():
+                total = np.nan_to_num(prefill) + np.nan_to_num(decode)
+            for label, mask in engines:
+                centres, (mean,), _, _ = _binned(x[mask], [np.nan_to_num(total[mask])])
+                ax.plot(centres, mean, linewidth=1, drawstyle="steps-mid", label=label)
+            ax.legend(loc="upper right", ncols=min(4, len(engines)))
+        elif split:
             prefill = np.nan_to_num(prefill)
             decode = np.nan_to_num(decode)
             centres, (p_mean, d_mean), _, _ = _binned(x, [prefill, decode])
@@ -398,11 +408,16 @@ def _queue_series(frame: Optional[pd.DataFrame]) -> dict[str, tuple[np.ndarray, 
     if frame is None or frame.empty or "name" not in frame.columns:
         return {}
     rows = frame.loc[frame["name"].isin(("Enqueue", "Dequeue")).to_numpy()]
+    engines = rows[["host", "pid"]].astype(str).agg(" ".join, axis=1).tolist() if {
+        "host", "pid"} <= set(rows.columns) else [""] * len(rows)
+    several = len(set(engines)) > 1  # data parallel: one series per queue and engine
     series: dict[str, tuple[list, list]] = {}
-    for start, metrics, scopes in zip(rows["start_us"].tolist(), rows["metrics"].tolist(),
-                                      rows["scopes"].tolist()):
+    for start, metrics, scopes, engine in zip(rows["start_us"].tolist(), rows["metrics"].tolist(),
+                                              rows["scopes"].tolist(), engines):
         size = (metrics or {}).get("QueueSize")
         queue = str((scopes or {}).get("QueueName", "")).lower()
+        if several and queue:
+            queue = f"{queue} {engine}"
         if queue and size is not None and math.isfinite(size):
             times, sizes = series.setdefault(queue, ([], []))
             times.append(start)
@@ -440,12 +455,12 @@ def _kv_and_queues(kvcache: pd.DataFrame, frame: Optional[pd.DataFrame],
         ax.set_ylim(0, max(5.0, min(100.0, float(np.nanmax(usage[have_kv])) * 1.15)))
     if queues:
         ax = ax_list.pop(0)
-        for name in sorted(queues, key=lambda n: (n != "running", n)):
+        for name in sorted(queues, key=lambda n: (not n.startswith("running"), n)):
             times, sizes = queues[name]
             centres, (mean,), _, _ = _binned((times - origin) / 1e6, [sizes])
             ax.plot(centres, mean, drawstyle="steps-post", linewidth=1.1,
                     color=COLORS.get(name), label=name)
-        ax.legend(loc="upper right", ncols=len(queues))
+        ax.legend(loc="upper right", ncols=min(4, len(queues)))
         ax.set_title("Queue lengths", loc="left")
         ax.set_ylabel("requests")
         ax.set_ylim(bottom=0)

@@ -136,6 +136,10 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         steps = engine_steps(frame)
     if per_request is None:
         per_request = step_requests(steps)
+    known = np.fromiter((isinstance(r, str) and r != "" for r in per_request["rid"].tolist()),
+                        dtype=bool, count=len(per_request))
+    if not known.all():  # batch entries without a request id count in batches, not here
+        per_request = per_request.loc[known].reset_index(drop=True)
     if len(frame):
         has_rid = np.fromiter((len(r) > 0 for r in frame["rids"].tolist()), dtype=bool,
                               count=len(frame))

@@ -33,11 +33,11 @@ REQUEST_STEP_COLUMNS = (
 
 
 def _number_or_nan(value: object) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if isinstance(value, bool) or value is None:
+        return np.nan
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return np.nan
 
 
@@ -133,10 +133,12 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
 def _column(values: list) -> np.ndarray:
     """Numbers (None/absent = NaN) as float64; anything else is coerced or NaN."""
     try:
-        return np.asarray(values, dtype="float64")
-    except (TypeError, ValueError):
-        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
-            dtype="float64")
+        array = np.asarray(values, dtype="float64")
+        if array.ndim == 1:
+            return array
+    except (TypeError, ValueError, OverflowError):
+        pass
+    return np.asarray([_number_or_nan(v) for v in values], dtype="float64")
 
 
 def step_requests(steps: pd.DataFrame) -> pd.DataFrame:

@@ -72,9 +72,17 @@ def _store(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
     table = table.copy()
     for column in table.columns:
         if table[column].dtype == object:
-            table[column] = table[column].map(
-                lambda v: v if v is None or isinstance(v, (str, int, float)) else str(v))
+            table[column] = table[column].map(_sqlite_value)
     table.to_sql(name, conn, index=False, if_exists="replace")
+
+
+def _sqlite_value(value: Any) -> Any:
+    """Values SQLite stores as they are; anything else (lists, huge ints) as text."""
+    if value is None or isinstance(value, (str, float)):
+        return value
+    if isinstance(value, int) and -2**63 <= value < 2**63:
+        return value
+    return str(value)
 
 
 def write_profiler_db(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]],
