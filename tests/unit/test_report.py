@@ -202,3 +202,20 @@ def test_many_engine_steps_say_how_they_are_shown():
                             "total_scheduled_tokens": 33.0})
     text = report_mod.render_report(pd.DataFrame(), batches, pd.DataFrame(), {})
     assert f"{n:,} steps shown as {report_mod.MAX_POINTS:,} interval means" in text
+
+
+def test_two_engines_get_one_series_each(tmp_path):
+    for seed, api, engine in ((5, 100, 200), (6, 101, 201)):
+        sim = simulate_service(10, seed=seed, api_pid=api, engine_pid=engine, max_batch=3)
+        sim.capture.write(tmp_path / f"svc{seed}")
+    frame, _, _ = read_captures(tmp_path)
+    steps = engine_steps(frame)
+    per_request = step_requests(steps)
+    kvcache = build_kvcache(frame)
+    batches = build_batches(frame, steps, per_request, kvcache)
+    queues = report_mod._queue_series(frame)
+    assert set(queues) == {"waiting node-a 200", "running node-a 200", "waiting node-a 201",
+                           "running node-a 201"}
+    svg = report_mod._steps_over_time(batches, float(frame["start_us"].min()))
+    # legend entries are real <text> (svg.fonttype none) naming each engine
+    assert "node-a 200" in svg and "node-a 201" in svg
