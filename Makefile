@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 .PHONY: env test lint demo bench clean
 
 env:
+	bash tools/system_deps.sh
 	bash tools/test_env.sh
 
 lint: env
