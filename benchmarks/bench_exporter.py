@@ -23,9 +23,9 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
 FLOOR_ROWS_PER_S = 150_000
 

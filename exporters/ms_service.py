@@ -44,6 +44,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
 from otel_vllm_ascend.exporters import message as _message
 from otel_vllm_ascend.exporters import session as _session
 

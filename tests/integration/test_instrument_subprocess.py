@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from otel_vllm_ascend.exporters.ms_service import db_file_name
 from otlp_receivers import HttpReceiver, wait_for
+
+from otel_vllm_ascend.exporters.ms_service import db_file_name
 
 pytestmark = pytest.mark.subprocess
 

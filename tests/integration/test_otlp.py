@@ -13,8 +13,9 @@ import subprocess
 import sys
 
 import pytest
-from otel_vllm_ascend.exporters.ms_service import db_file_name
 from otlp_receivers import GrpcReceiver, HttpReceiver, wait_for
+
+from otel_vllm_ascend.exporters.ms_service import db_file_name
 
 pytestmark = pytest.mark.subprocess
 

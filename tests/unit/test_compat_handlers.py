@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from otel_vllm_ascend.exporters import message
 from runtime_helpers import Capture, instrument, spec, write_module
 
 from otel_vllm_ascend.compat import shim
+from otel_vllm_ascend.exporters import message
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ms_custom_handlers"
 

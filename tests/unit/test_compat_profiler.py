@@ -16,13 +16,13 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from otel_vllm_ascend.exporters import message
-from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
 from otel_vllm_ascend import contract, control, recorder
 from otel_vllm_ascend.compat import Level, Profiler
 from otel_vllm_ascend.compat.profiler import message_to_attributes, parse_level
 from otel_vllm_ascend.config import ProfilerConfig
+from otel_vllm_ascend.exporters import message
+from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
 
 def _config(**overrides) -> ProfilerConfig:

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import pytest
-from otel_vllm_ascend.exporters import message
 from runtime_helpers import Capture, instrument, write_module
 
 from otel_vllm_ascend import symbols
+from otel_vllm_ascend.exporters import message
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ms_symbols"
 VLLM_ASCEND_YAML = FIXTURES / "vllm_ascend" / "service_profiling_symbols.0.32.0.yaml"

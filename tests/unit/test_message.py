@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from otel_vllm_ascend.exporters import message
-from otel_vllm_ascend.exporters.message import FLAG_EVENT, FLAG_SPAN
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.exporters import message
+from otel_vllm_ascend.exporters.message import FLAG_EVENT, FLAG_SPAN
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_vllm_ascend import contract
 from otel_vllm_ascend.exporters import session
 from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter, db_file_name
 from otel_vllm_ascend.exporters.processors import CountingBatchSpanProcessor
-
-from otel_vllm_ascend import contract
 
 # The tables exactly as msserviceprofiler's C library creates them.
 MSTX_SQL = ("CREATE TABLE Mstx(message TEXT, flag INTEGER, markId INTEGER, timestamp INTEGER, "
