@@ -34,6 +34,7 @@ import pandas as pd
 _logger = logging.getLogger(__name__)
 
 MAX_POINTS = 2000
+SCATTER_VECTOR_LIMIT = 5000
 _ID_ATTR = re.compile(r'(\sid=)"([^"]+)"')
 _ID_REF = re.compile(r'(url\(|href=")#')
 SUMMARY_ORDER = ("service_summary", "request_summary", "batch_summary")
@@ -266,7 +267,7 @@ def _svg(figure: Any, salt: str) -> str:
 
     buffer = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": salt}):  # stable, figure-unique element ids
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
+        figure.savefig(buffer, format="svg", metadata={"Date": None}, dpi=144)
     text = buffer.getvalue()
     text = text[text.index("<svg"):]
     # Element ids (figure_1, axes_1, ...) repeat between figures: prefix them and every
@@ -318,12 +319,14 @@ def _latency_over_time(requests: pd.DataFrame, origin: float) -> Optional[str]:
     if not have_ttft.any() and not have_e2e.any():
         return None
     figure, axes = _figure(10.5, 2.9, 1, 2, sharex=True)
-    size = 6 if len(requests) < 5000 else 2
+    many = len(requests) > SCATTER_VECTOR_LIMIT
     for ax, (label, key, values, mask) in zip(axes[0], (
             ("Time to first token", "ttft", ttft, have_ttft),
             ("End-to-end latency", "e2e", e2e, have_e2e))):
-        ax.scatter(arrival[mask], values[mask], s=size, color=COLORS[key], alpha=0.55,
-                   linewidths=0, rasterized=False)
+        # Beyond a few thousand dots, one embedded bitmap is far smaller than an SVG element
+        # per dot; axes and labels stay vector.
+        ax.scatter(arrival[mask], values[mask], s=2 if many else 6, color=COLORS[key],
+                   alpha=0.55, linewidths=0, rasterized=many)
         ax.set_title(label, loc="left")
         ax.set_xlabel("arrival (s since capture start)")
         ax.set_ylabel("ms")

@@ -5,6 +5,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis_fixtures import simulate_service  # noqa: E402
+
 from otel_vllm_ascend.analysis import report as report_mod  # noqa: E402
 from otel_vllm_ascend.analysis.batches import build_batches  # noqa: E402
 from otel_vllm_ascend.analysis.kvcache import build_kvcache  # noqa: E402
@@ -95,8 +97,8 @@ def test_report_is_one_self_contained_well_formed_page(analysed, tmp_path):
     assert page.errors == [] and page.stack == []
     # nothing fetched: no scripts, no linked resources, no external URLs in attributes
     assert "script" not in page.tags and "link" not in page.tags and "img" not in page.tags
-    external = [(k, v) for k, v in page.attrs
-                if k in ("src", "href", "xlink:href") and v and not v.startswith("#")]
+    external = [(k, v) for k, v in page.attrs if k in ("src", "href", "xlink:href") and v
+                and not v.startswith(("#", "data:"))]
     assert external == []
     assert not re.search(r"url\(\s*['\"]?(https?:)?//", text)
     # the four plot sections are inline SVG with their own ids (no clashes between figures)
@@ -219,3 +221,18 @@ def test_two_engines_get_one_series_each(tmp_path):
     svg = report_mod._steps_over_time(batches, float(frame["start_us"].min()))
     # legend entries are real <text> (svg.fonttype none) naming each engine
     assert "node-a 200" in svg and "node-a 201" in svg
+
+
+def test_many_requests_are_drawn_as_an_embedded_bitmap_not_an_element_per_dot():
+    n = report_mod.SCATTER_VECTOR_LIMIT + 1000
+    rng = np.random.default_rng(1)
+    requests = pd.DataFrame({"arrival_us": 1.7e15 + np.arange(n) * 1e4,
+                             "ttft_ms": rng.random(n) * 100, "e2e_ms": rng.random(n) * 1000,
+                             "partial": False})
+    with matplotlib.rc_context(report_mod._STYLE):  # the page's style: text as <text>
+        svg = report_mod._latency_over_time(requests, 1.7e15)
+        small = report_mod._latency_over_time(requests.head(50), 1.7e15)
+    assert svg.count("data:image/png;base64,") == 2  # one bitmap per panel
+    # tick marks are <use> elements too (about 30); dots would add one per request
+    assert svg.count("<use") < 60
+    assert "data:image/png" not in small and small.count("<use") >= 100  # 50 dots x 2
