@@ -77,15 +77,20 @@ def record_span(
     links: Optional[Sequence[SpanContext]] = None,
     exception: Optional[BaseException] = None,
     thread_id: Optional[int] = None,
+    span_context: Optional[SpanContext] = None,
 ) -> None:
-    """Queue one span record. ``attributes`` must not be mutated afterwards."""
+    """Queue one span record. ``attributes`` must not be mutated afterwards.
+
+    ``span_context`` gives the span its own trace and span id (a request's root record, whose
+    ids were handed out before the span exists); used only when ``parent`` is None.
+    """
     queue = _state.queue
     if len(queue) >= MAX_QUEUE:
         _state.dropped += 1
         return
     queue.append(
         (name, start_ns, end_ns, attributes, events, parent, links, exception,
-         thread_id or threading.get_native_id())
+         thread_id or threading.get_native_id(), span_context)
     )
     if _state.thread is None:
         _start_thread()
@@ -169,9 +174,55 @@ def _drain() -> None:
             _logger.debug("could not build span %r", rec[0], exc_info=True)
 
 
+class _PresetIds:
+    """The tracer's id generator, except for the one span the recorder is building with ids
+    chosen in advance (only on the thread that set them)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.pending: Optional[SpanContext] = None
+        self.owner: Optional[int] = None
+
+    def _preset(self) -> Optional[SpanContext]:
+        pending = self.pending
+        if pending is not None and self.owner == threading.get_ident():
+            return pending
+        return None
+
+    def generate_trace_id(self) -> int:
+        preset = self._preset()
+        return preset.trace_id if preset is not None else self.inner.generate_trace_id()
+
+    def generate_span_id(self) -> int:
+        preset = self._preset()
+        if preset is not None:
+            self.pending = None  # one span only
+            return preset.span_id
+        return self.inner.generate_span_id()
+
+    def __getattr__(self, name: str) -> Any:  # is_trace_id_random() and whatever comes next
+        return getattr(self.inner, name)
+
+
+def _with_preset_ids(tracer: Any) -> Optional[_PresetIds]:
+    generator = getattr(tracer, "id_generator", None)
+    if generator is None:
+        return None  # not an SDK tracer: ids cannot be chosen
+    if not isinstance(generator, _PresetIds):
+        generator = _PresetIds(generator)
+        tracer.id_generator = generator
+    return generator
+
+
 def _build(tracer: Any, rec: tuple) -> None:
-    name, start_ns, end_ns, attributes, events, parent, links, exception, tid = rec
+    name, start_ns, end_ns, attributes, events, parent, links, exception, tid, own = rec
     context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
+    if own is not None and parent is None:
+        ids = _with_preset_ids(tracer)
+        if ids is not None:
+            ids.pending, ids.owner = own, threading.get_ident()
+            # An explicit empty context: the span must be a root, whatever is current here.
+            context = trace.set_span_in_context(trace.INVALID_SPAN)
     attrs = dict(attributes)
     for key, value in attrs.items():
         if type(value) is Deferred:
@@ -184,6 +235,10 @@ def _build(tracer: Any, rec: tuple) -> None:
         links=[Link(ctx) for ctx in links] if links else None,
         start_time=start_ns,
     )
+    if own is not None and parent is None:
+        ids = getattr(tracer, "id_generator", None)
+        if isinstance(ids, _PresetIds):
+            ids.pending = None
     if events:
         for event_name, ts, event_attrs in events:
             span.add_event(event_name, event_attrs, ts)

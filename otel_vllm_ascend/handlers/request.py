@@ -2,7 +2,8 @@
 
 * ``AsyncLLM.add_request`` -> events ``httpReq`` and ``tokenize`` (domain ``Engine``) before the
   request is processed, then the ``link`` record external id -> internal id. The request gets a
-  trace context: the caller's ``traceparent`` (vLLM's ``trace_headers`` argument) or a new trace.
+  trace context: the caller's ``traceparent`` (vLLM's ``trace_headers`` argument) as parent of
+  its records, or a new trace whose root is the ``httpReq`` record.
 * ``InputProcessor.assign_request_id`` (where vLLM creates the internal id) -> puts that context
   into the request's ``trace_headers`` when it has none, so EngineCore spans can link to the
   request's trace. ``trace_headers`` only feeds tracing: vLLM computes the same outputs; with
@@ -45,14 +46,21 @@ async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any)
     if not isinstance(request_id, str):
         return await original(*args, **kwargs)
     common.ensure_role("api_server")
-    context = common.parse_traceparent(_trace_headers(args, kwargs)) \
-        or common.new_request_context()
-    common.request_contexts.put(request_id, context)
+    incoming = common.parse_traceparent(_trace_headers(args, kwargs))
     now = time.time_ns()
     tid = threading.get_native_id()
     attributes = {contract.DOMAIN: DOMAIN, contract.RID: request_id,
                   "gen_ai.request.id": request_id, contract.RECORD: contract.RECORD_EVENT}
-    recorder.record_span("httpReq", now, now, attributes, parent=context, thread_id=tid)
+    if incoming is not None:
+        context = incoming  # the caller's span is the parent of the request's records
+        recorder.record_span("httpReq", now, now, attributes, parent=context, thread_id=tid)
+    else:
+        # A new trace whose root is the httpReq record itself, with ids chosen now so later
+        # records (and EngineCore, through trace_headers) can name it as their parent.
+        context = common.new_request_context()
+        recorder.record_span("httpReq", now, now, attributes, thread_id=tid,
+                             span_context=context)
+    common.request_contexts.put(request_id, context)
     recorder.record_span("tokenize", now, now,
                          {contract.DOMAIN: DOMAIN, contract.RID: request_id,
                           contract.RECORD: contract.RECORD_EVENT}, parent=context, thread_id=tid)

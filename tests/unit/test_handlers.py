@@ -307,9 +307,16 @@ def test_request_without_traceparent_gets_its_own_trace(capture):
     original = _fake_add_request(processor)
     asyncio.run(request.add_request_async(original, None, "req-1", {}, None))
     asyncio.run(request.add_request_async(original, None, "req-2", {}, None))
-    traces = {s.attributes[contract.RID]: s.context.trace_id for s in capture.named("httpReq")}
-    assert traces["req-1"] != traces["req-2"]
-    assert original.sent.trace_headers["traceparent"].split("-")[1] == f"{traces['req-2']:032x}"
+    requests = {s.attributes[contract.RID]: s for s in capture.named("httpReq")}
+    assert requests["req-1"].context.trace_id != requests["req-2"].context.trace_id
+    root = requests["req-2"]
+    assert root.parent is None  # the request's own root span, with the ids handed out earlier
+    assert original.sent.trace_headers["traceparent"] == \
+        f"00-{root.context.trace_id:032x}-{root.context.span_id:016x}-01"
+    (tokenize,) = [s for s in capture.named("tokenize")
+                   if s.attributes[contract.RID] == "req-2"]
+    assert tokenize.parent.span_id == root.context.span_id
+    assert tokenize.context.trace_id == root.context.trace_id
 
 
 def test_assign_request_id_keeps_existing_headers_and_ignores_other_callers(capture):
