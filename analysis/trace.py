@@ -48,6 +48,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import pandas as pd
+
 from otel_vllm_ascend.analysis.frame import ROLE_API_SERVER, ROLE_ENGINE_CORE, ROLE_WORKER
 
 # Records about at most this many requests list their ids in the slice args; larger batches
@@ -615,7 +616,7 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
         if not known:
             continue
         start = min(known)
-        finish = max(max(known), start + 2)  # room for a flow finish strictly inside
+        finish = max(max(known), start + 3)  # room for flow start and finish strictly inside
         spans.append((start, finish, rid, arrival, scheduled, first_token, info, group))
     spans.sort(key=lambda s: (s[0], s[1]))
     events: list[dict] = []
@@ -639,7 +640,9 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
         events += _phase_slices(lanes_pid, lane, start, finish, arrival, scheduled, first_token)
         if group is not None:
             group_flow[group[2]] = flow_id
-            ends.append((0, flow_id, lane, start))
+            # 1 ns inside the slice: a flow event on a slice's exact start could be read before
+            # the slice opens and bind to nothing.
+            ends.append((0, flow_id, lane, start + 1))
             ends.append((2, flow_id, lane, finish - 1))
     if ends:
         phase, flow_ids, lanes, ts = (np.asarray(c, dtype="int64") for c in zip(*ends))

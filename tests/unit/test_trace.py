@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis_trace_checker import check_trace, check_trace_file, events_of  # noqa: E402
+
 from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder  # noqa: E402
 from otel_vllm_ascend.analysis.trace import (  # noqa: E402
     OVERLAP_TID_STRIDE,
@@ -150,8 +151,10 @@ def test_one_flow_per_request_through_each_of_its_steps():
         phases = [e["ph"] for e in members]
         assert phases.count("s") == 1 and phases.count("f") == 1
         start = next(e for e in members if e["ph"] == "s")
+        # the start lies 1 ns inside its request's slice on the lane
         request = next(e for e in by_ph(events, "X") if e["pid"] == lanes_pid
-                       and e["tid"] == start["tid"] and e["ts"] == start["ts"]
+                       and e["tid"] == start["tid"]
+                       and e["ts"] == pytest.approx(start["ts"] - 0.001, abs=1e-9)
                        and e["name"].startswith("request "))
         steps = sorted(e["ts"] for e in members if e["ph"] == "t")
         # each step point lies 1 ns inside its modelExec slice, on the EngineCore thread
