@@ -223,8 +223,12 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
                       " installation")
         run.failed.append("chrome_tracing.json")
 
+    # Two cores: profiler.db (the largest single job) goes to a child; the CSV files join it
+    # when this process also draws the report, else they stay here with the trace JSON.
+    csv_in_child = "html" in formats
+
     def csv_and_db(job_run: _Run) -> None:
-        if "csv" in formats:
+        if "csv" in formats and csv_in_child:
             _write_csvs(job_run, out, requests, batches, kvcache, tables)
         if "db" in formats:
             empty = pd.DataFrame()
@@ -235,13 +239,13 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
                 (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
                 tables, trace_events, getattr(trace_events, "origin_us", 0.0)))
 
-    # The CSV files and profiler.db go to a second core while this one writes
-    # chrome_tracing.json and the report (about the same amount of work).
     progress.stage("writing outputs")
     join = _in_background(csv_and_db, run)
     if "json" in formats and trace_events is not None:
         run.wrote(run.stage("chrome_tracing.json", trace.write_chrome_trace,
                             out / "chrome_tracing.json", trace_events))
+    if "csv" in formats and not csv_in_child:
+        _write_csvs(run, out, requests, batches, kvcache, tables)
     if "html" in formats:
         _write_html(run, out, frame, requests, batches, kvcache, tables)
     join()
