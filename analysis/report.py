@@ -33,8 +33,8 @@ import pandas as pd
 
 _logger = logging.getLogger(__name__)
 
-MAX_POINTS = 2000
-SCATTER_VECTOR_LIMIT = 5000
+MAX_POINTS = 1000  # about one per pixel column of a plot on a laptop screen
+SCATTER_VECTOR_LIMIT = 1500
 _ID_ATTR = re.compile(r'(\sid=)"([^"]+)"')
 _ID_REF = re.compile(r'(url\(|href=")#')
 SUMMARY_ORDER = ("service_summary", "request_summary", "batch_summary")
@@ -323,9 +323,10 @@ def _latency_over_time(requests: pd.DataFrame, origin: float) -> Optional[str]:
     for ax, (label, key, values, mask) in zip(axes[0], (
             ("Time to first token", "ttft", ttft, have_ttft),
             ("End-to-end latency", "e2e", e2e, have_e2e))):
-        # Beyond a few thousand dots, one embedded bitmap is far smaller than an SVG element
+        # Beyond SCATTER_VECTOR_LIMIT dots, one embedded bitmap is far smaller than an SVG element
         # per dot; axes and labels stay vector.
-        ax.scatter(arrival[mask], values[mask], s=2 if many else 6, color=COLORS[key],
+        size = 6 if not many else 4 if len(requests) <= 10_000 else 2
+        ax.scatter(arrival[mask], values[mask], s=size, color=COLORS[key],
                    alpha=0.55, linewidths=0, rasterized=many)
         ax.set_title(label, loc="left")
         ax.set_xlabel("arrival (s since capture start)")
