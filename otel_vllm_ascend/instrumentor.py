@@ -105,16 +105,12 @@ class VllmServiceInstrumentor(BaseInstrumentor):
 
 
 def _load_specs(symbols_path: Optional[str]) -> tuple:
-    from otel_vllm_ascend.symbols import SymbolsError, load_symbols
+    # The loader logs every problem itself and falls back to the packaged default when the
+    # chosen file is unusable as a whole.
+    from otel_vllm_ascend.symbols import load_symbols_or_default
 
-    try:
-        symbol_set = load_symbols(symbols_path)
-    except SymbolsError as err:
-        _logger.error("otel-vllm-ascend: no hooks installed: %s", err)
-        return (), str(symbols_path or "default symbols")
-    for problem in getattr(symbol_set, "problems", ()) or ():
-        _logger.warning("otel-vllm-ascend: %s", problem)
-    return tuple(symbol_set.specs), str(getattr(symbol_set, "path", symbols_path))
+    symbol_set = load_symbols_or_default(symbols_path)
+    return tuple(symbol_set.specs), str(symbol_set.path)
 
 
 def _config_source(kwargs: dict) -> tuple:

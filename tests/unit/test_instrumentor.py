@@ -324,3 +324,18 @@ class Runner:
     assert asyncio.run(use()) == "abab"
     (span,) = capture.named("session")
     assert span.attributes["tag"] == "ab"
+
+
+def test_unusable_symbol_file_falls_back_to_packaged_default(tmp_path, caplog):
+    from otel_vllm_ascend.instrumentor import _load_specs
+    from otel_vllm_ascend.symbols import PACKAGED_SYMBOLS, load_symbols
+
+    bad = tmp_path / "symbols.yaml"
+    bad.write_text("just: a mapping, not a list\n")
+    with caplog.at_level("WARNING"):
+        specs, source = _load_specs(str(bad))
+    assert source == str(load_symbols(PACKAGED_SYMBOLS).path)
+    assert specs, "the packaged default should provide hooks"
+    messages = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
+    assert len(messages) == 1, messages
+    assert "packaged default" in messages[0]
