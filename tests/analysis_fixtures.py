@@ -26,6 +26,8 @@ def caret_message(message: dict) -> str:
     for key, value in message.items():
         if isinstance(value, str):
             text = f"^{value}^"
+        elif value is None:
+            text = "null"
         elif isinstance(value, bool):
             text = "1" if value else "0"
         elif isinstance(value, float):
