@@ -189,7 +189,13 @@ def install(spec: Any, module: Any) -> Optional[wrapping.Hook]:
     if wrapping.hook_of(func) is not None:
         return None
 
-    handler = resolve_handler(getattr(spec, "handler", None))
+    try:
+        handler = resolve_handler(getattr(spec, "handler", None))
+    except HookInstallError as err:
+        # The target is fine; only the handler is not: time the call rather than lose it.
+        _logger.warning("otel-vllm-ascend: %s (%s): %s; using the default timer instead",
+                        spec.source, spec.symbol, err)
+        handler = None
     hook = wrapping.Hook(spec, owner, attr, raw, had_own, func, binding, handler)
     wrapper = wrapping.build_wrapper(hook)
     if binding == "staticmethod":

@@ -185,3 +185,17 @@ def test_timer_failure_keeps_original_exception(tmp_path, capture, monkeypatch):
         module.Engine().boom(3)
     assert module.CALLS == [3]
     assert instrumentor.hooks[0].failures == 1
+
+
+def test_unimportable_handler_falls_back_to_the_timer(tmp_path, capture, caplog):
+    name = write_module(tmp_path, TARGET)
+    module = importlib.import_module(name)
+    with caplog.at_level(logging.WARNING):
+        instrumentor = instrument(capture, [spec(name, "Engine.step",
+                                                 handler="no_such_pkg.handlers:step")])
+    assert len(instrumentor.hooks) == 1 and instrumentor.hooks[0].handler is None
+    warnings = [r.getMessage() for r in caplog.records if "no_such_pkg" in r.getMessage()]
+    assert len(warnings) == 1 and "default timer" in warnings[0]
+    assert module.Engine().step(7) == {"result": 7}
+    recorder.flush()
+    assert [s.name for s in capture.spans()] == ["step"]
