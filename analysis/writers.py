@@ -8,7 +8,8 @@ then renamed, so an interrupted run never leaves a half-written file under the f
 earlier runs it did not rewrite). Tables:
 
 * ``request``, ``batch``, ``kvcache``: the CSV tables with the reference's column names
-  (``execution_time``, ``queue_wait_time``, ``first_token_latency`` in ms; ``batch``'s
+  (``execution_time``, ``queue_wait_time``, ``first_token_latency`` in ms, ``cache_hit_rate``
+  NULL where the CSV says ``N/A``; ``batch``'s
   ``start_datetime``/``end_datetime``/``during_time``/``batch_size``; ``kvcache``'s
   ``start_datetime``) and views ``request_data``, ``batch_info``, ``kvcache_usage`` with the CSV
   names;
@@ -105,6 +106,9 @@ def write_profiler_db(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]
                 ("batch", batch_csv, _BATCH_DB_NAMES, "batch_info"),
                 ("kvcache", kvcache_csv, _KV_DB_NAMES, "kvcache_usage")):
             stored = table.reindex(columns=list(columns)).rename(columns=renames)
+            if "cache_hit_rate" in stored.columns:  # no CacheHitRate record: NULL, not 'N/A'
+                stored["cache_hit_rate"] = stored["cache_hit_rate"].map(
+                    lambda v: None if v == "N/A" else v)
             _store(conn, name, stored)
             _view(conn, view, name, columns, renames)
         for name, table in summaries.items():

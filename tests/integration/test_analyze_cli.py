@@ -64,6 +64,8 @@ def test_all_outputs_and_summary(capture, tmp_path):
                 "request_summary", "batch_summary", "service_summary", "slice", "flow",
                 "counter", "process", "thread"} <= tables
         assert conn.execute("SELECT COUNT(*) FROM request_data").fetchone()[0] == 12
+        assert conn.execute("SELECT COUNT(*) FROM request WHERE cache_hit_rate IS NULL"
+                            ).fetchone()[0] == 12  # the simulation writes no CacheHitRate
         phases = dict(conn.execute("SELECT type, COUNT(*) FROM flow GROUP BY type"))
         assert phases["s"] == 12 and phases["f"] == 12
         assert conn.execute("SELECT COUNT(*) FROM flow WHERE track_id NOT IN"
