@@ -3,8 +3,8 @@
 Starts one server with the tool on (``"enable": 1``, file exporter, plugin activation; add
 ``--otlp`` to forward to a loopback receiver too), attaches ``py-spy record`` to the API server,
 EngineCore and Worker while the serving benchmark's workload runs, then prints per process the
-share of samples whose stack contains the tool's code (``otel_vllm_ascend``), the OpenTelemetry
-SDK / OTLP exporter (``opentelemetry``), and the hottest of those frames.
+share of busy samples spent in the tool's own work (its code and the OpenTelemetry SDK, SQLite
+and JSON work it calls, but not vLLM's original under a wrapper), and the hottest tool frames.
 
 Needs ``py-spy`` (``pip install py-spy``) and permission to ptrace the server (root or
 ``CAP_SYS_PTRACE``).
@@ -33,7 +33,10 @@ from build_tiny_model import ensure_model  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
 from serve import VllmServer, venv_bin  # noqa: E402
 
-OURS = ("otel_vllm_ascend", "/exporters/", "/analysis/")
+# py-spy shortens file names to their last folders, so SDK frames are known by their names:
+# the span processors' export thread and the two exporters.
+OURS = ("otel_vllm_ascend", "(exporters/", "BatchProcessor.worker (", "OTLPSpanExporter",
+        "MsServiceSpanExporter")
 
 
 def roles(server: VllmServer) -> dict:
@@ -49,9 +52,36 @@ def roles(server: VllmServer) -> dict:
     return found
 
 
+WAITING_LEAVES = ("Condition.wait (", "Event.wait (", "sleep (", "select (", "poll (",
+                  "_recv (", "recv_multipart (", "Queue.get (")
+VLLM_OR_TORCH = ("/vllm/", "torch/", "(vllm/")
+
+
+def is_ours(frame: str) -> bool:
+    return any(marker in frame for marker in OURS)
+
+
+def classify(frames: list) -> str:
+    """``waiting``, ``ours`` (the tool's own work, SDK and SQLite calls it makes) or ``other``.
+
+    A wrapper frame alone does not make a sample ours: below it vLLM's original runs, which
+    vLLM would run anyway. Only samples whose frames under the deepest tool frame contain no
+    vLLM or torch code count.
+    """
+    if frames and any(marker in frames[-1] for marker in WAITING_LEAVES):
+        return "waiting"
+    deepest = max((i for i, frame in enumerate(frames) if is_ours(frame)), default=-1)
+    if deepest < 0:
+        return "other"
+    below = frames[deepest + 1:]
+    if any(marker in frame for frame in below for marker in VLLM_OR_TORCH):
+        return "other"
+    return "ours"
+
+
 def summarize(raw_file: Path, top: int) -> str:
-    """Shares of samples in our code and in OpenTelemetry, from py-spy's collapsed output."""
-    total = ours = otel = 0
+    """Share of busy samples spent in the tool's own work, from py-spy's collapsed output."""
+    busy = ours = 0
     hot: collections.Counter = collections.Counter()
     for line in raw_file.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -59,23 +89,20 @@ def summarize(raw_file: Path, top: int) -> str:
             count = int(count_text)
         except ValueError:
             continue
-        total += count
         frames = stack.split(";")
-        if any(any(marker in frame for marker in OURS) for frame in frames):
+        kind = classify(frames)
+        if kind == "waiting":
+            continue
+        busy += count
+        if kind == "ours":
             ours += count
-            first = next(f for f in frames if any(m in f for m in OURS))
-            hot[first] += count
-        elif any("opentelemetry" in frame for frame in frames):
-            otel += count
-            first = next(f for f in frames if "opentelemetry" in f)
-            hot[first] += count
-    if not total:
-        return "  no samples"
-    # py-spy leaves idle threads out by default: shares are of the process's busy samples.
-    lines = [f"  busy samples {total}: in otel_vllm_ascend {100 * ours / total:.2f} %, "
-             f"in other OpenTelemetry code {100 * otel / total:.2f} %"]
+            deepest = max(i for i, frame in enumerate(frames) if is_ours(frame))
+            hot[frames[deepest]] += count
+    if not busy:
+        return "  no busy samples"
+    lines = [f"  busy samples {busy}: the tool's own work {100 * ours / busy:.2f} %"]
     for frame, count in hot.most_common(top):
-        lines.append(f"    {100 * count / total:6.2f} %  {frame}")
+        lines.append(f"    {100 * count / busy:6.2f} %  {frame}")
     return "\n".join(lines)
 
 
