@@ -240,3 +240,29 @@ def test_existing_outputs_are_replaced(capture, tmp_path):
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert "stale_from_last_run" not in tables and "request" in tables
     assert not list(out.glob("*.tmp"))
+
+
+def test_progress_bar_only_on_a_terminal(capture, tmp_path):
+    _, folder = capture
+    piped = run_cli("--input-path", folder, "--output-path", tmp_path / "a", "--format", "csv")
+    assert "\r" not in piped.stderr and "reading captures" not in piped.stderr
+    import pty
+
+    controller, terminal = pty.openpty()
+    cmd = [str(Path(sys.executable).with_name("otel-vllm-analyze")), "--input-path",
+           str(folder), "--output-path", str(tmp_path / "b"), "--format", "csv"]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=terminal, timeout=300)
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal side is closed and drained
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    assert done.returncode == 0
+    assert b"\rreading captures [" in seen and b"2/2" in seen
+    assert b"Traceback" not in seen
