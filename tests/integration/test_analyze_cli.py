@@ -6,6 +6,7 @@ status, and that no Python traceback reaches the user.
 
 import csv
 import os
+import pty
 import sqlite3
 import subprocess
 import sys
@@ -246,8 +247,6 @@ def test_progress_bar_only_on_a_terminal(capture, tmp_path):
     _, folder = capture
     piped = run_cli("--input-path", folder, "--output-path", tmp_path / "a", "--format", "csv")
     assert "\r" not in piped.stderr and "reading captures" not in piped.stderr
-    import pty
-
     controller, terminal = pty.openpty()
     cmd = [str(Path(sys.executable).with_name("otel-vllm-analyze")), "--input-path",
            str(folder), "--output-path", str(tmp_path / "b"), "--format", "csv"]
