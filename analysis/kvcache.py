@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 
 KV_DOMAINS = ("Schedule.KVCache", "KVCache")

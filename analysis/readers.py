@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import pandas as pd
+
+from otel_vllm_ascend import contract
 from otel_vllm_ascend.analysis.frame import (
     ProcessInfo,
     RecordBuilder,
     guess_role,
     parse_message,
 )
-
-from otel_vllm_ascend import contract
 
 _logger = logging.getLogger(__name__)
 

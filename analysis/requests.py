@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 

@@ -34,6 +34,7 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+
 from otel_vllm_ascend.analysis.requests import token_times
 
 STAT_COLUMNS = ("Metric", "Average", "Max", "Min", "P50", "P90", "P99")

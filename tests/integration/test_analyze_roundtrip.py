@@ -12,12 +12,12 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from otel_vllm_ascend import contract, recorder
 from otel_vllm_ascend.analysis.batches import build_batches
 from otel_vllm_ascend.analysis.readers import read_captures
 from otel_vllm_ascend.analysis.requests import build_requests
 from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
-
-from otel_vllm_ascend import contract, recorder
 
 T0 = 1_767_225_600_000_000_000  # ns, 2026-01-01T00:00:00Z
 

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from otel_vllm_ascend.analysis.frame import (
     RECORD_COLUMNS,
     ProcessInfo,

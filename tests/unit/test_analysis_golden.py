@@ -26,6 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis_fixtures import Capture  # noqa: E402
+
 from otel_vllm_ascend.analysis.batches import build_batches  # noqa: E402
 from otel_vllm_ascend.analysis.kvcache import build_kvcache  # noqa: E402
 from otel_vllm_ascend.analysis.readers import read_captures  # noqa: E402

@@ -9,6 +9,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis_fixtures import simulate_service, write_otlp_json  # noqa: E402
+
 from otel_vllm_ascend.analysis.batches import CSV_COLUMNS as BATCH_CSV  # noqa: E402
 from otel_vllm_ascend.analysis.batches import build_batches  # noqa: E402
 from otel_vllm_ascend.analysis.readers import read_captures  # noqa: E402

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis_fixtures import simulate_service  # noqa: E402
+
 from otel_vllm_ascend.analysis.batches import build_batches  # noqa: E402
 from otel_vllm_ascend.analysis.readers import read_captures  # noqa: E402
 from otel_vllm_ascend.analysis.requests import build_requests  # noqa: E402
