@@ -210,6 +210,7 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
                                             batches)
     tables = {k: v for k, v in tables.items() if v is not None}
     _warn_partial(requests)
+    del steps, per_request  # one row per (step, request): the largest table, no longer needed
 
     out = output_path
     trace_events = None
