@@ -265,3 +265,19 @@ def test_progress_bar_only_on_a_terminal(capture, tmp_path):
     assert done.returncode == 0
     assert b"\rreading captures [" in seen and b"2/2" in seen
     assert b"Traceback" not in seen
+
+
+def test_analyzer_never_imports_vllm(capture, tmp_path):
+    _, folder = capture
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['otel-vllm-analyze', '--input-path', {str(folder)!r},"
+            f" '--output-path', {str(tmp_path / 'out')!r}, '--format', 'csv', 'json', 'db']\n"
+            "from otel_vllm_ascend.analysis import cli\n"
+            "status = cli.main()\n"
+            "assert status == 0, status\n"
+            "leaked = sorted(m for m in sys.modules if m == 'vllm' or m.startswith('vllm.'))\n"
+            "print('LEAKED', leaked)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "LEAKED []" in done.stdout
