@@ -10,6 +10,9 @@ the prepared SchedulerOutput / a model output at once, so only our handlers are 
              drained every 30 steps as the recorder's thread does every 0.2 s
 in process-CPU microseconds per step, median of interleaved repeats. Budget context: an engine
 step of the tiny model takes about 7 ms here (docs/performance reference), so 1 % is 70 us.
+The self meter (otel_vllm_ascend.selfmeter) runs during the "total" case and its own figures
+are printed too: records per step, span building per step (recorder CPU) and the span
+processor's export thread CPU per step.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
 from vllm.v1.request import Request
 
-from otel_vllm_ascend import control, recorder
+from otel_vllm_ascend import control, recorder, selfmeter
 from otel_vllm_ascend.config import ProfilerConfig
 from otel_vllm_ascend.handlers import model, scheduler
 
@@ -108,11 +111,14 @@ def main():
 
     def hooked_draining(steps):
         # As in a server: the recorder drains every 0.2 s, i.e. every ~30 steps of ~7 ms.
+        selfmeter.meter.on = True
         for step in range(steps):
             out = scheduler.schedule(schedule_original, sched)
             model.execute_model(execute_original, None, out, non_block=True)
             if step % 30 == 29:
                 recorder.flush()
+        recorder.flush()
+        selfmeter.meter.on = False
 
     def settle():
         recorder.flush()
@@ -121,6 +127,8 @@ def main():
     cases = [("bare originals", bare, None), ("handlers, hot path", hooked, None),
              ("handlers, total", hooked_draining, settle)]
     samples = {name: [] for name, _, _ in cases}
+    selfmeter.meter.reset()
+    export_cpu_start = selfmeter.export_thread_cpu_ns()
     for _ in range(options.repeats):
         for name, fn, after in cases:
             settle()
@@ -130,11 +138,17 @@ def main():
                 after()
             samples[name].append((time.process_time_ns() - start) / options.steps / 1000)
     control.stop()
+    export_cpu = selfmeter.export_thread_cpu_ns() - export_cpu_start
     provider.shutdown()
     print(f"per engine step, {options.requests} decoding requests, median of {options.repeats} "
           f"interleaved x {options.steps} steps (process CPU):")
     for name, values in samples.items():
         print(f"  {name:<20} {statistics.median(values):8.1f} us")
+    meter, metered_steps = selfmeter.meter, options.steps * options.repeats
+    print(f"self meter over the 'total' runs: {meter.drained / metered_steps:.1f} records per "
+          f"step; span building {meter.drain_ns / metered_steps / 1000:.1f} us per step "
+          f"({meter.drain_ns / max(meter.drained, 1) / 1000:.2f} us per record); export thread "
+          f"{export_cpu / metered_steps / 1000:.1f} us per step (all cases, 10 ms ticks)")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,15 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.selfmeter import meter as _meter
 
 _logger = logging.getLogger(__name__)
 
 MAX_QUEUE = int(os.environ.get("OTEL_VLLM_RECORD_QUEUE_SIZE", "65536"))
 DRAIN_INTERVAL_S = 0.2
 _TRACER_NAME = "otel_vllm_ascend"
+_STEP_RECORD = "batchFrameworkProcessing"
+_REQUEST_RECORD = "httpReq"
 
 EventTuple = tuple  # (name, timestamp_ns, attributes)
 
@@ -142,7 +145,7 @@ def _start_thread() -> None:
         thread.start()
         if not _state.atexit_registered:
             # Registered after the SDK provider's own atexit hook, so it runs before it.
-            atexit.register(flush)
+            atexit.register(flush_at_exit)
             _state.atexit_registered = True
 
 
@@ -151,6 +154,8 @@ def _run() -> None:
         _state.wake.wait(DRAIN_INTERVAL_S)
         _state.wake.clear()
         try:
+            if _meter.on and _selfmeter_due():
+                _record_self_meter(False)
             with _state.lock:
                 _drain()
         except Exception:  # never let the thread die; one bad record must not stop the rest
@@ -161,17 +166,53 @@ def _drain() -> None:
     queue = _state.queue
     if not queue:
         return
+    metering = _meter.on
+    if metering:
+        cpu_start = time.thread_time_ns()
     tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=_state.tracer_provider)
     popleft = queue.popleft
+    built = 0
     while queue:
         try:
             rec = popleft()
         except IndexError:
             break
+        built += 1
+        if metering:
+            if rec[0] == _STEP_RECORD:
+                _meter.steps += 1
+            elif rec[0] == _REQUEST_RECORD:
+                _meter.requests += 1
         try:
             _build(tracer, rec)
         except Exception:
             _logger.debug("could not build span %r", rec[0], exc_info=True)
+    if metering:
+        _meter.drain_ns += time.thread_time_ns() - cpu_start
+        _meter.drained += built
+
+
+def _selfmeter_due() -> bool:
+    from otel_vllm_ascend import selfmeter
+
+    return selfmeter.due()
+
+
+def _record_self_meter(log: bool) -> None:
+    from otel_vllm_ascend import selfmeter
+
+    selfmeter.record_report(log=log)
+
+
+def flush_at_exit() -> None:
+    """Exit: the self meter's last report (when on), then every queued record."""
+    if _meter.on:
+        try:
+            flush()  # so the report counts the records still queued
+            _record_self_meter(True)
+        except Exception:  # exit paths must not raise
+            _logger.debug("self meter report failed", exc_info=True)
+    flush()
 
 
 class _PresetIds:

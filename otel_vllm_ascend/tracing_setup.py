@@ -183,7 +183,7 @@ def flush_before_exit(provider: Any) -> None:
     from otel_vllm_ascend import recorder
 
     try:
-        recorder.flush()
+        recorder.flush_at_exit()
         provider.force_flush()
     except Exception:  # exit paths must not raise
         _logger.debug("flush at exit failed", exc_info=True)

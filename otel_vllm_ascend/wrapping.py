@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Optional
 
 from otel_vllm_ascend import contract, recorder
+from otel_vllm_ascend.selfmeter import meter as _meter
 
 _logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ HOOK_MARKER = "__otel_vllm_hook__"
 
 _time_ns = time.time_ns
 _native_id = threading.get_native_id
+_perf_ns = time.perf_counter_ns
 
 
 class Hook:
@@ -242,6 +244,8 @@ def sync_timer(hook: Hook, func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return func(*args, **kwargs)
+        if _meter.on:
+            return _metered_sync_timer(hook, func, args, kwargs)
         start = _time_ns()
         tid = _native_id()
         try:
@@ -254,18 +258,46 @@ def sync_timer(hook: Hook, func: Callable) -> Callable:
     return wrapper
 
 
+def _metered_sync_timer(hook: Hook, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """:func:`sync_timer`'s body with the self meter's clock around our part."""
+    entered = _perf_ns()
+    start = _time_ns()
+    tid = _native_id()
+    called = _perf_ns()
+    try:
+        result = func(*args, **kwargs)
+    except BaseException as exc:
+        returned = _perf_ns()
+        _finish_timer(hook, start, tid, args, kwargs, None, exc)
+        _meter.add_hot(called - entered + _perf_ns() - returned)
+        raise
+    returned = _perf_ns()
+    _finish_timer(hook, start, tid, args, kwargs, result, None)
+    _meter.add_hot(called - entered + _perf_ns() - returned)
+    return result
+
+
 def async_timer(hook: Hook, func: Callable) -> Callable:
     async def wrapper(*args, **kwargs):
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return await func(*args, **kwargs)
+        metering = _meter.on
+        entered = _perf_ns() if metering else 0
         start = _time_ns()
         tid = _native_id()
+        called = _perf_ns() if metering else 0
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
+            returned = _perf_ns() if metering else 0
             _finish_timer(hook, start, tid, args, kwargs, None, exc)
+            if metering:
+                _meter.add_hot(called - entered + _perf_ns() - returned)
             raise
+        returned = _perf_ns() if metering else 0
         _finish_timer(hook, start, tid, args, kwargs, result, None)
+        if metering:
+            _meter.add_hot(called - entered + _perf_ns() - returned)
         return result
     return wrapper
 
@@ -401,13 +433,14 @@ class GuardedOriginal:
     (handlers written for msserviceprofiler, whose original is unbound).
     """
 
-    __slots__ = ("_func", "_this", "_bound", "called", "result", "error")
+    __slots__ = ("_func", "_this", "_bound", "called", "result", "error", "elapsed_ns")
 
     def __init__(self, func: Callable, this: Any, bound: bool) -> None:
         self._func, self._this, self._bound = func, this, bound
         self.called = False
         self.result: Any = None
         self.error: Optional[BaseException] = None
+        self.elapsed_ns = 0  # time inside the original, kept only while the self meter is on
 
     def __call__(self, *args, **kwargs):  # noqa: ANN204
         if self.called:
@@ -415,6 +448,7 @@ class GuardedOriginal:
                 raise self.error
             return self.result
         self.called = True
+        began = _perf_ns() if _meter.on else 0
         try:
             if self._bound:
                 if args and args[0] is self._this:
@@ -425,6 +459,9 @@ class GuardedOriginal:
         except BaseException as exc:
             self.error = exc
             raise
+        finally:
+            if began:
+                self.elapsed_ns = _perf_ns() - began
         return self.result
 
 
@@ -437,6 +474,7 @@ class GuardedAsyncOriginal(GuardedOriginal):
                 raise self.error
             return self.result
         self.called = True
+        began = _perf_ns() if _meter.on else 0
         try:
             if self._bound:
                 if args and args[0] is self._this:
@@ -447,6 +485,9 @@ class GuardedAsyncOriginal(GuardedOriginal):
         except BaseException as exc:
             self.error = exc
             raise
+        finally:
+            if began:
+                self.elapsed_ns = _perf_ns() - began
         return self.result
 
 
@@ -472,6 +513,7 @@ def sync_handler(hook: Hook, func: Callable) -> Callable:
             this, rest = args[0], args[1:]
         else:
             this, rest = None, args
+        entered = _perf_ns() if _meter.on else 0
         original = GuardedOriginal(func, this, bound and bool(args))
         raised = None
         returned = None
@@ -481,6 +523,8 @@ def sync_handler(hook: Hook, func: Callable) -> Callable:
             if exc is not original.error:
                 raised = exc
         _outcome(hook, original, raised)
+        if entered:
+            _meter.add_hot(_perf_ns() - entered - original.elapsed_ns)
         if not original.called:
             return original(*rest, **kwargs)
         if original.error is not None:
@@ -504,6 +548,7 @@ def async_handler(hook: Hook, func: Callable) -> Callable:
             this, rest = args[0], args[1:]
         else:
             this, rest = None, args
+        entered = _perf_ns() if _meter.on else 0
         original = GuardedAsyncOriginal(func, this, bound and bool(args))
         raised = None
         try:
@@ -514,6 +559,9 @@ def async_handler(hook: Hook, func: Callable) -> Callable:
             if exc is not original.error:
                 raised = exc
         _outcome(hook, original, raised)
+        if entered:
+            # Only the original is awaited in our handlers, so its time holds every suspension.
+            _meter.add_hot(_perf_ns() - entered - original.elapsed_ns)
         if not original.called:
             return await original(*rest, **kwargs)
         if original.error is not None:

@@ -1,0 +1,135 @@
+"""The tool's own cost, measured in the process that pays it.
+
+Set ``OTEL_VLLM_SELF_METER=1`` to switch it on (off by default; when off a hooked call pays one
+attribute check). It adds up, in a few integers per process:
+
+* ``hot_ns`` / ``hot_calls``: wall time spent in our code on vLLM's threads: hook wrappers and
+  handlers of sync and ``async def`` targets, *minus* the time inside the original call (a
+  nested hook inside the original counts for itself). Generator and context-manager targets
+  are not metered.
+* ``drain_ns`` / ``drained``: CPU time of the recorder turning queued records into spans, and
+  how many records it turned.
+* ``export_cpu_ns``: CPU time of the SDK's span-processor worker threads (encoding, SQLite
+  writes, OTLP), read from ``/proc`` when the report is made (Linux, 10 ms ticks).
+* ``steps`` and ``requests``: ``batchFrameworkProcessing`` and ``httpReq`` records seen, so a
+  reader can divide by engine steps (EngineCore) and by requests (API server).
+
+Report: a Meta row ``selfMeter`` (JSON of the figures above plus ``pid`` and ``role``) is
+recorded every :data:`REPORT_INTERVAL_S` seconds while records flow and once more at exit, and
+the exit report is logged. ``benchmarks/bench_serving_overhead.py`` reads the last row of each
+capture file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Dict
+
+_logger = logging.getLogger(__name__)
+
+ENV = "OTEL_VLLM_SELF_METER"
+META_KEY = "selfMeter"
+REPORT_INTERVAL_S = 10.0
+STEP_RECORD = "batchFrameworkProcessing"
+REQUEST_RECORD = "httpReq"
+# Threads of the SDK's batch processors (span export), by the names the SDK gives them.
+_EXPORT_THREAD_PREFIXES = ("OtelBatch", "OtelPeriodic")
+
+
+class Meter:
+    """Counters of one process; plain integer adds, no lock (a lost add under a thread race
+    costs a few nanoseconds of accuracy, never correctness of vLLM)."""
+
+    __slots__ = ("on", "hot_ns", "hot_calls", "drain_ns", "drained", "steps", "requests",
+                 "last_report")
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.reset()
+
+    def reset(self) -> None:
+        self.hot_ns = 0
+        self.hot_calls = 0
+        self.drain_ns = 0
+        self.drained = 0
+        self.steps = 0
+        self.requests = 0
+        self.last_report = time.monotonic()
+
+    def add_hot(self, elapsed_ns: int) -> None:
+        self.hot_ns += elapsed_ns
+        self.hot_calls += 1
+
+
+meter = Meter(os.environ.get(ENV, "") not in ("", "0"))
+
+
+def export_thread_cpu_ns() -> int:
+    """CPU time so far of the SDK's span-export worker threads in this process (0 if unknown)."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for thread in threading.enumerate():
+        if not thread.name.startswith(_EXPORT_THREAD_PREFIXES) or thread.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) * 1_000_000_000 // tick  # utime + stime
+    return total
+
+
+def snapshot() -> Dict[str, Any]:
+    """The figures of this process now."""
+    from otel_vllm_ascend.tracing_setup import detect_process_role
+
+    return {
+        "pid": os.getpid(), "role": detect_process_role() or "other",
+        "hot_ns": meter.hot_ns, "hot_calls": meter.hot_calls,
+        "drain_ns": meter.drain_ns, "drained": meter.drained,
+        "export_cpu_ns": export_thread_cpu_ns(),
+        "steps": meter.steps, "requests": meter.requests,
+    }
+
+
+def report_text(figures: Dict[str, Any]) -> str:
+    """One line for the log: totals and per-step / per-request figures."""
+    tool_ns = figures["hot_ns"] + figures["drain_ns"] + figures["export_cpu_ns"]
+    parts = [f"self meter pid {figures['pid']} ({figures['role']}): hot "
+             f"{figures['hot_ns'] / 1e6:.1f} ms in {figures['hot_calls']} calls, span building "
+             f"{figures['drain_ns'] / 1e6:.1f} ms for {figures['drained']} records, export "
+             f"threads {figures['export_cpu_ns'] / 1e6:.1f} ms"]
+    if figures["steps"]:
+        parts.append(f"{tool_ns / figures['steps'] / 1000:.1f} us per engine step")
+    if figures["requests"]:
+        parts.append(f"{tool_ns / figures['requests'] / 1000:.1f} us per request")
+    return "; ".join(parts)
+
+
+def due() -> bool:
+    """True when a periodic report should be recorded now (called by the recorder's thread)."""
+    return meter.on and time.monotonic() - meter.last_report >= REPORT_INTERVAL_S
+
+
+def record_report(log: bool = False) -> None:
+    """Queue the Meta row ``selfMeter`` with this process's figures (and log them)."""
+    from otel_vllm_ascend import recorder
+
+    meter.last_report = time.monotonic()
+    figures = snapshot()
+    recorder.record_meta(META_KEY, json.dumps(figures, separators=(",", ":")))
+    if log:
+        _logger.info("%s", report_text(figures))
+
+
+def _after_fork_in_child() -> None:
+    meter.reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
