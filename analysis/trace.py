@@ -74,6 +74,7 @@ _REQUEST_ID_COLUMNS = ("http_rid", "rid", "request_id")
 # Request-table columns shown in each request slice's args.
 _REQUEST_INFO_COLUMNS = ("ttft_ms", "queue_wait_ms", "e2e_ms", "tpot_ms", "prompt_tokens",
                          "reply_tokens", "partial")
+_NUMBER_TYPES = frozenset({int, float})
 _LIFECYCLE_RECORDS = frozenset({"httpReq", _SCHEDULE_RECORD, "httpRes"})
 
 
@@ -441,6 +442,22 @@ def _record_events(frame: pd.DataFrame, trace_pids: np.ndarray, slice_tids: np.n
 
 def _detail_counts(detail: list) -> dict:
     """Prefill / decode request and token counts of a batch's per-request dicts."""
+    try:  # fast path: every dict has a numeric type and token count (the vLLM handlers' shape)
+        kinds = [item["type"] for item in detail]
+        tokens = [item["num_scheduled_tokens"] for item in detail]
+        if not kinds or None in kinds or not {t.__class__ for t in tokens} <= _NUMBER_TYPES:
+            raise TypeError
+        total = sum(tokens)
+        prefill = kinds.count(0)
+        prefill_tokens = sum([t for t, k in zip(tokens, kinds) if k == 0]) if prefill else 0
+        return {"prefill_requests": prefill, "decode_requests": len(kinds) - prefill,
+                "prefill_tokens": prefill_tokens, "decode_tokens": total - prefill_tokens}
+    except (KeyError, TypeError):
+        return _detail_counts_checked(detail)
+
+
+def _detail_counts_checked(detail: list) -> dict:
+    """:func:`_detail_counts` for dicts with missing or odd values (item by item)."""
     prefill = decode = prefill_tokens = decode_tokens = 0
     have_tokens = False
     for item in detail:

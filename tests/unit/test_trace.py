@@ -403,3 +403,20 @@ def test_sampler_metrics_become_counters_and_roles_name_processes():
     assert not [e for e in events if e["ph"] == "i"]  # samples are not instants
     names = {e["pid"]: e["args"]["name"] for e in by_ph(events, "M", "process_name")}
     assert names == {ENGINE: "EngineCore DP1 hostA 200", 300: "Worker hostA 300"}
+
+
+@pytest.mark.parametrize("detail", [
+    [{"type": 0, "num_scheduled_tokens": 8}, {"type": 1, "num_scheduled_tokens": 1}],
+    [{"type": 1, "num_scheduled_tokens": 1}],
+    [{"iter": 0}, {"iter": 3}],
+    [{"type": 0, "num_scheduled_tokens": "x"}],
+    [{"type": None, "iter": 0, "num_scheduled_tokens": 5}],
+    ["not a dict", {"type": 1, "num_scheduled_tokens": 2}],
+    [{"type": 0, "num_scheduled_tokens": True}],
+    [],
+    [{"type": 0, "num_scheduled_tokens": 2.5}, {"type": 1, "num_scheduled_tokens": 1}],
+])
+def test_batch_counts_fast_path_agrees_with_the_item_by_item_count(detail):
+    from otel_vllm_ascend.analysis.trace import _detail_counts, _detail_counts_checked
+
+    assert _detail_counts(detail) == _detail_counts_checked(detail)
