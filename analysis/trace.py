@@ -1,6 +1,7 @@
 """``chrome_tracing.json``: the capture as a timeline for Perfetto (ui.perfetto.dev) or chrome://tracing.
 
-What you see when you open it:
+Open the file in https://ui.perfetto.dev ("Open trace file"; it is read locally, nothing is
+uploaded) or in chrome://tracing. What you see:
 
 * one process per vLLM process, named ``API server <host> <pid>``, ``EngineCore <host> <pid>``
   (``DP<n>`` added under data parallelism) or ``Worker <host> <pid>``, with one thread track per
@@ -13,7 +14,8 @@ What you see when you open it:
   end). Requests are packed into as few lanes as possible without overlap;
 * one flow arrow chain per request: it starts at the request's arrival, steps through every engine
   step (``modelExec``, else ``batchFrameworkProcessing``) that scheduled the request, and finishes
-  at the request's end: exactly one start and one finish per request;
+  at the request's end: exactly one start and one finish per request (each flow event lies 1 ns
+  inside the slice it belongs to, never on a boundary, so importers bind it unambiguously);
 * counters on each EngineCore: ``KV cache`` (usage %), ``KV blocks`` (used / free),
   ``running queue`` / ``waiting queue`` sizes, ``batch size`` (requests per step) and
   ``scheduled tokens`` (tokens per step). Metric samples (records without a message ``type``,
@@ -31,7 +33,9 @@ Deviations from msserviceprofiler's trace, on purpose:
   coroutines) move to an extra ``(overlap <n>)`` track of that thread instead of breaking
   the track;
 * KV counters carry the real values (the reference writes 0 for vLLM captures), and process /
-  thread names are written (the reference writes neither).
+  thread names are written (the reference writes neither);
+* link records (request-id mappings) and KV records are not drawn as instants: the mappings are
+  already applied to every request id, the KV records are the counters.
 """
 
 from __future__ import annotations
