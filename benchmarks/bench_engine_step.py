@@ -8,6 +8,8 @@ the prepared SchedulerOutput / a model output at once, so only our handlers are 
   hot path   what EngineCore's thread pays (snapshots, batch details, JSON, queueing records)
   total      the same plus building the SDK spans (BatchSpanProcessor, dropping exporter),
              drained every 30 steps as the recorder's thread does every 0.2 s
+  total, slow spans   the same with spans built through tracer.start_span / Span.end
+             (recorder.set_fast_path(False)), the way before issue 8
 in process-CPU microseconds per step, median of interleaved repeats. Budget context: an engine
 step of the tiny model takes about 7 ms here (docs/performance reference), so 1 % is 70 us.
 The self meter (otel_vllm_ascend.selfmeter) runs during the "total" case and its own figures
@@ -120,12 +122,26 @@ def main():
         recorder.flush()
         selfmeter.meter.on = False
 
+    def hooked_draining_slow(steps):
+        # The same with spans built through tracer.start_span / Span.end (before issue 8).
+        recorder.set_fast_path(False)
+        try:
+            for step in range(steps):
+                out = scheduler.schedule(schedule_original, sched)
+                model.execute_model(execute_original, None, out, non_block=True)
+                if step % 30 == 29:
+                    recorder.flush()
+            recorder.flush()
+        finally:
+            recorder.set_fast_path(True)
+
     def settle():
         recorder.flush()
         provider.force_flush()
 
     cases = [("bare originals", bare, None), ("handlers, hot path", hooked, None),
-             ("handlers, total", hooked_draining, settle)]
+             ("handlers, total", hooked_draining, settle),
+             ("total, slow spans", hooked_draining_slow, settle)]
     samples = {name: [] for name, _, _ in cases}
     selfmeter.meter.reset()
     export_cpu_start = selfmeter.export_thread_cpu_ns()
@@ -144,6 +160,9 @@ def main():
           f"interleaved x {options.steps} steps (process CPU):")
     for name, values in samples.items():
         print(f"  {name:<20} {statistics.median(values):8.1f} us")
+    fast_over_slow = statistics.median(
+        f / s for f, s in zip(samples["handlers, total"], samples["total, slow spans"]))
+    print(f"total / total with slow spans = {fast_over_slow:.2f} (median of per-round ratios)")
     meter, metered_steps = selfmeter.meter, options.steps * options.repeats
     print(f"self meter over the 'total' runs: {meter.drained / metered_steps:.1f} records per "
           f"step; span building {meter.drain_ns / metered_steps / 1000:.1f} us per step "

@@ -25,6 +25,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, Sta
 
 from otel_vllm_ascend import contract
 from otel_vllm_ascend.selfmeter import meter as _meter
+from otel_vllm_ascend.span_builder import FastSpanBuilder
 
 _logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class _State:
         self.lock = threading.Lock()
         self.tracer_provider: Any = None
         self.atexit_registered = False
+        # Off only to compare with the slow way (tests, benchmarks): OTEL_VLLM_FAST_SPANS=0.
+        self.fast_path = os.environ.get("OTEL_VLLM_FAST_SPANS", "1") != "0"
 
 
 _state = _State()
@@ -68,6 +71,11 @@ _state = _State()
 def set_tracer_provider(provider: Any) -> None:
     """Use this provider instead of the global one (tests, explicit set-up)."""
     _state.tracer_provider = provider
+
+
+def set_fast_path(on: bool) -> None:
+    """Build spans directly (default) or through ``tracer.start_span`` (to compare)."""
+    _state.fast_path = on
 
 
 def record_span(
@@ -170,6 +178,7 @@ def _drain() -> None:
     if metering:
         cpu_start = time.thread_time_ns()
     tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=_state.tracer_provider)
+    fast = FastSpanBuilder.for_tracer(tracer, Deferred) if _state.fast_path else None
     popleft = queue.popleft
     built = 0
     while queue:
@@ -184,7 +193,8 @@ def _drain() -> None:
             elif rec[0] == _REQUEST_RECORD:
                 _meter.requests += 1
         try:
-            _build(tracer, rec)
+            if fast is None or not fast.build(rec):
+                _build(tracer, rec)
         except Exception:
             _logger.debug("could not build span %r", rec[0], exc_info=True)
     if metering:

@@ -33,7 +33,7 @@ _logger = logging.getLogger(__name__)
 
 ENV = "OTEL_VLLM_SELF_METER"
 META_KEY = "selfMeter"
-REPORT_INTERVAL_S = 10.0
+REPORT_INTERVAL_S = 2.0  # short: a process killed at shutdown still leaves a recent report
 STEP_RECORD = "batchFrameworkProcessing"
 REQUEST_RECORD = "httpReq"
 # Threads of the SDK's batch processors (span export), by the names the SDK gives them.

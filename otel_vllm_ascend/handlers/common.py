@@ -224,9 +224,29 @@ def batch_type(kinds: set) -> str:
     return "Prefill,Decode" if kinds else ""
 
 
+_ROW_TEXT = "{" + ",".join(f'"{key}":%s' for key in DETAIL_KEYS) + "}"
+_encode_text = json.encoder.encode_basestring_ascii  # what json.dumps uses for str
+
+
 def details_json(rows: List[tuple]) -> str:
-    """``ms.rid_detail`` text of request rows."""
-    return json.dumps([dict(zip(DETAIL_KEYS, row)) for row in rows], separators=(",", ":"))
+    """``ms.rid_detail`` text of request rows, the same text as ``json.dumps`` of the dicts.
+
+    Formatted row by row (a third of the cost of building dicts for ``json.dumps``, the
+    largest part of building a batch span); a row with anything but a string id and plain
+    ints / ``None`` goes through ``json.dumps``.
+    """
+    parts = []
+    append = parts.append
+    for row in rows:
+        rid, iteration, kind, scheduled, prompt, computed = row
+        if (type(rid) is str and type(iteration) is int and type(kind) is int
+                and type(scheduled) is int and type(computed) is int
+                and (prompt is None or type(prompt) is int)):
+            append(_ROW_TEXT % (_encode_text(rid), iteration, kind, scheduled,
+                                "null" if prompt is None else prompt, computed))
+        else:
+            append(json.dumps(dict(zip(DETAIL_KEYS, row)), separators=(",", ":")))
+    return "[" + ",".join(parts) + "]"
 
 
 class BatchDescription:

@@ -1,0 +1,162 @@
+"""Spans built directly equal the spans tracer.start_span / Span.end builds from the same record."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    ParentBasedTraceIdRatio,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+from otel_vllm_ascend import contract, recorder
+from otel_vllm_ascend.exporters.processors import ThreadIdSpanProcessor
+from otel_vllm_ascend.span_builder import FastSpanBuilder
+
+REMOTE_SAMPLED = SpanContext(0xA1, 0xB1, True, TraceFlags(1), TraceState([("k", "v")]))
+REMOTE_UNSAMPLED = SpanContext(0xA2, 0xB2, True, TraceFlags(0))
+LOCAL_SAMPLED = SpanContext(0xA3, 0xB3, False, TraceFlags(1))
+OWN_IDS = SpanContext(0xC1, 0xD1, False, TraceFlags(1))
+NOW = time.time_ns()
+
+
+def _records():
+    """One of every record shape the handlers queue: (kwargs of record_span)."""
+    now = NOW
+    return [
+        dict(name="batchFrameworkProcessing", start_ns=now, end_ns=now + 5000,
+             attributes={contract.DOMAIN: "Schedule", contract.RID: ["a", "b"],
+                         contract.RID_DETAIL: recorder.Deferred(str, [1, 2]),
+                         "batch_type": "Decode", "batch_size": 2, "ratio": 0.5,
+                         "skipped": None},
+             events=[("Enqueue", now + 10, {contract.RID: "a", contract.METRIC_PREFIX + "q": 1}),
+                     ("KVCacheStatus", now + 20, {contract.DOMAIN: "Schedule.KVCache"})],
+             links=[REMOTE_SAMPLED, LOCAL_SAMPLED], thread_id=1234),
+        dict(name="httpReq", start_ns=now, end_ns=now, attributes={contract.RID: "r1"},
+             span_context=OWN_IDS),
+        dict(name="tokenize", start_ns=now, end_ns=now + 7, attributes={contract.RID: "r1"},
+             parent=REMOTE_SAMPLED),
+        dict(name="httpRes", start_ns=now, end_ns=now + 9, attributes={}, parent=REMOTE_UNSAMPLED),
+        dict(name="modelExec", start_ns=now, end_ns=now + 11, attributes={"x": (1, 2)},
+             parent=LOCAL_SAMPLED),
+    ]
+
+
+def _capture(sampler, fast: bool):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(ThreadIdSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    recorder.set_tracer_provider(provider)
+    recorder.set_fast_path(fast)
+    try:
+        for record in _records():
+            recorder.record_span(**record)
+        recorder.flush()
+    finally:
+        recorder.set_fast_path(True)
+        recorder.set_tracer_provider(None)
+    return exporter.get_finished_spans()
+
+
+def _view(span):
+    """Everything an exporter reads, except the randomly generated ids."""
+    own = span.name == "httpReq"
+    return (
+        span.name, dict(span.attributes), span.start_time, span.end_time, span.kind,
+        span.status.status_code, span.parent, span.resource, span.instrumentation_scope,
+        [(e.name, dict(e.attributes), e.timestamp) for e in span.events],
+        [(link.context, dict(link.attributes or {})) for link in span.links],
+        span.context.trace_flags, span.context.trace_state, span.context.is_remote,
+        span.context.trace_id if (span.parent is not None or own) else None,
+        span.context.span_id if own else None,
+        span.dropped_attributes, span.dropped_events, span.dropped_links,
+    )
+
+
+@pytest.mark.parametrize("sampler", [DEFAULT_ON, DEFAULT_OFF, ALWAYS_ON, ALWAYS_OFF],
+                         ids=["parentbased_on", "parentbased_off", "always_on", "always_off"])
+def test_fast_spans_equal_slow_spans(sampler):
+    slow = _capture(sampler, fast=False)
+    fast = _capture(sampler, fast=True)
+    assert [s.name for s in fast] == [s.name for s in slow]
+    for fast_span, slow_span in zip(fast, slow):
+        assert _view(fast_span) == _view(slow_span), fast_span.name
+
+
+def test_sampler_respected():
+    names = {s.name for s in _capture(DEFAULT_ON, fast=True)}
+    assert "httpRes" not in names  # its remote parent is not sampled
+    assert {"batchFrameworkProcessing", "httpReq", "tokenize", "modelExec"} <= names
+    assert _capture(ALWAYS_OFF, fast=True) == ()
+    # parentbased_off: only records under a sampled parent survive
+    assert {s.name for s in _capture(DEFAULT_OFF, fast=True)} == {"tokenize", "modelExec"}
+
+
+def test_ratio_sampler_is_asked_per_record():
+    asked = []
+
+    class Recording(TraceIdRatioBased):
+        def should_sample(self, parent_context, trace_id, name, *args, **kwargs):
+            asked.append(name)
+            return super().should_sample(parent_context, trace_id, name, *args, **kwargs)
+
+    spans = _capture(ParentBasedTraceIdRatio(1.0), fast=True)
+    assert len(spans) == 4
+    sampler = ParentBasedTraceIdRatio(1.0)
+    sampler._root = Recording(0.0)  # drop every root, keep parented records
+    spans = _capture(sampler, fast=True)
+    assert sorted(asked) == ["batchFrameworkProcessing", "httpReq"]
+    assert {s.name for s in spans} == {"tokenize", "modelExec"}
+
+
+def test_fast_path_only_where_provably_same():
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    tracer = provider.get_tracer("t")
+    assert FastSpanBuilder.for_tracer(tracer, recorder.Deferred) is not None
+
+    class Stamping(SpanProcessor):
+        def on_start(self, span, parent_context=None):
+            span.set_attribute("stamped", True)
+
+    provider.add_span_processor(Stamping())
+    assert FastSpanBuilder.for_tracer(provider.get_tracer("t"), recorder.Deferred) is None
+    provider.shutdown()
+
+    # A processor that writes at span start still sees every record (the slow way).
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(Stamping())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    recorder.set_tracer_provider(provider)
+    try:
+        recorder.record_span("x", 1, 2, {"a": 1})
+        recorder.flush()
+    finally:
+        recorder.set_tracer_provider(None)
+    assert [dict(s.attributes)["stamped"] for s in exporter.get_finished_spans()] == [True]
+
+
+def test_exception_record_keeps_the_exception_event():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    recorder.set_tracer_provider(provider)
+    try:
+        recorder.record_span("boom", 1, 2, {"a": 1}, exception=ValueError("bad"))
+        recorder.flush()
+    finally:
+        recorder.set_tracer_provider(None)
+    (span,) = exporter.get_finished_spans()
+    assert [e.name for e in span.events] == ["exception"]
+    assert span.status.status_code.name == "ERROR"
