@@ -17,6 +17,10 @@ concurrency 32). Printed per configuration: output tokens/s, TTFT and end-to-end
 bootstrap 95 % confidence interval. A single pair of runs says nothing below ~10 % on this
 machine kind: use many repeats before reading a small difference.
 
+The tool's configurations run with its self meter on (``OTEL_VLLM_SELF_METER=1``); after each
+server stops, the last ``selfMeter`` Meta row of every capture file is read and the tool's own
+time is printed per process role, per engine step and per request (µs, medians over starts).
+
     .venv/bin/python benchmarks/bench_serving_overhead.py --repeats 5 [--runs 2] [--json out.json]
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -56,6 +61,7 @@ def server_for(config: str, model: Path, work: Path, receiver: OtlpReceiver,
     else:
         files = profiling_workdir.prepare(work, enable=0 if config == "enable0" else 1)
         env.update(files.env())
+        env["OTEL_VLLM_SELF_METER"] = "1"
         if config == "enable1otlp":
             env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
                         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
@@ -64,6 +70,57 @@ def server_for(config: str, model: Path, work: Path, receiver: OtlpReceiver,
         if launcher == "instrument":
             launch = ("opentelemetry-instrument",)
     return VllmServer(model, work, env=env, launcher=launch, extra_args=extra)
+
+
+def self_meter(work: Path) -> dict | None:
+    """Sum of the last ``selfMeter`` row of each capture file under ``work``, per role, and
+    the tool's time per engine step (all processes) and per request."""
+    per_role: dict = {}
+    steps = requests = 0
+    total_ns = 0
+    for path in sorted(work.rglob("ms_service_*.db")):
+        try:
+            with sqlite3.connect(path) as conn:
+                rows = conn.execute("SELECT value FROM Meta WHERE name = 'selfMeter'").fetchall()
+        except sqlite3.Error:
+            continue
+        if not rows:
+            continue
+        figures = json.loads(rows[-1][0])
+        tool_ns = figures["hot_ns"] + figures["drain_ns"] + figures["export_cpu_ns"]
+        role = per_role.setdefault(figures["role"], {"hot_ns": 0, "drain_ns": 0,
+                                                     "export_cpu_ns": 0, "drained": 0})
+        for key in role:
+            role[key] += figures[key]
+        total_ns += tool_ns
+        steps += figures["steps"]
+        requests += figures["requests"]
+    if not per_role:
+        return None
+    return {"roles": per_role, "steps": steps, "requests": requests, "tool_ns": total_ns,
+            "us_per_step": total_ns / steps / 1000 if steps else None,
+            "us_per_request": total_ns / requests / 1000 if requests else None}
+
+
+def meter_report(meters: dict) -> str:
+    lines = ["| configuration | starts | tool µs per engine step | per request | "
+             "per step by role: hot / span building / export threads |", "|---|---|---|---|---|"]
+    for config, rows in meters.items():
+        rows = [m for m in rows if m and m["us_per_step"]]
+        if not rows:
+            continue
+        roles = []
+        for role in sorted({r for m in rows for r in m["roles"]}):
+            parts = []
+            for key in ("hot_ns", "drain_ns", "export_cpu_ns"):
+                parts.append(statistics.median(
+                    m["roles"][role][key] / m["steps"] / 1000 for m in rows if role in m["roles"]))
+            roles.append(f"{role} {parts[0]:.1f} / {parts[1]:.1f} / {parts[2]:.1f}")
+        lines.append(
+            f"| {config} | {len(rows)} | {statistics.median(m['us_per_step'] for m in rows):.1f} | "
+            f"{statistics.median(m['us_per_request'] or 0 for m in rows):.1f} | "
+            f"{'; '.join(roles)} |")
+    return "\n".join(lines)
 
 
 def fixed_workload(requests: int, max_tokens: int, seed: int) -> list:
@@ -136,11 +193,12 @@ def main(argv: list | None = None) -> int:
     model = ensure_model()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serving-"))
     runs: dict = {config: [] for config in configs}
+    meters: dict = {config: [] for config in configs}
     with OtlpReceiver() as receiver:
         for repeat in range(args.repeats):
             for config in configs:
-                server = server_for(config, model, work / f"{config}-{repeat}", receiver,
-                                    args.launcher)
+                start_dir = work / f"{config}-{repeat}"
+                server = server_for(config, model, start_dir, receiver, args.launcher)
                 with server:
                     measure(server, fixed_workload(32, args.max_tokens, seed=99),
                             args.concurrency)
@@ -153,6 +211,12 @@ def main(argv: list | None = None) -> int:
                               f"  TTFT p50 {figures['ttft_p50_ms']:6.1f} ms  E2E p50 "
                               f"{figures['e2e_p50_ms']:6.1f} p99 {figures['e2e_p99_ms']:6.1f} ms"
                               f"  failed {figures['failed']}", flush=True)
+                if config not in ("plain", "vllmotlp"):
+                    meter = self_meter(start_dir)
+                    meters[config].append(meter)
+                    if meter and meter["us_per_step"]:
+                        print(f"    self meter: {meter['us_per_step']:.1f} us per engine step, "
+                              f"{meter['us_per_request'] or 0:.1f} us per request", flush=True)
         spans_received = len(receiver.spans())
     print()
     print(f"workload: {args.requests} requests x {args.max_tokens} output tokens, concurrency "
@@ -160,8 +224,12 @@ def main(argv: list | None = None) -> int:
           f"configuration; tool activated by {args.launcher}; OTLP spans received: "
           f"{spans_received}")
     print(report(runs))
+    print()
+    print("the tool's own time (self meter, summed over the processes of a start, all runs "
+          "of the start including the warm-up):")
+    print(meter_report(meters))
     if args.json:
-        args.json.write_text(json.dumps(runs, indent=1))
+        args.json.write_text(json.dumps({"runs": runs, "self_meter": meters}, indent=1))
     failed = sum(r["failed"] for rows in runs.values() for r in rows)
     return 0 if failed == 0 else 1
 
