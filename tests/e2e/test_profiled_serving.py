@@ -154,6 +154,19 @@ def test_recorded_after_sed_enable_and_before_timelimit(served, records_by_path)
         assert not missing, (phase, missing)
 
 
+def test_capture_complete_per_step_and_per_request(served, records_by_path):
+    # Nothing lost between the hooks and the files: each engine step has all its records,
+    # each recorded request its KV-cache release and prefix-cache lookup.
+    names = collections.Counter(r.name for r in records_by_path(served))
+    steps = names["batchFrameworkProcessing"]
+    assert steps > 0
+    per_step = {n: names[n] for n in ("modelExec", "KVCacheStatus", "computing_logits", "sample")}
+    assert per_step == dict.fromkeys(per_step, steps), (steps, per_step)
+    recorded = len(served.results(*scenario.RECORDED_PHASES))
+    per_request = {n: names[n] for n in ("httpReq", "httpRes", "Free", "CacheHitRate")}
+    assert per_request == dict.fromkeys(per_request, recorded), (recorded, per_request)
+
+
 def _ours(spans):
     return [s for s in spans if any(k.startswith("ms.") for k in s.attributes)]
 
