@@ -28,8 +28,9 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 # Floats are rounded to this many decimals (ms values: nanosecond resolution).
@@ -154,9 +155,9 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
     origin_ns = origin_us * 1000.0
     columns = getattr(events, "flows", None)
     if columns is not None and hasattr(columns, "ts_ns") and hasattr(events, "events"):
-        # The trace keeps its flow events as typed columns: write them without making dicts.
-        flows = _flow_rows(columns, track, tracks, int(round(origin_ns)))
-        events = events.events
+        events = events.events  # the flow columns are written after the loop, without dicts
+    else:
+        columns = None
     for event in events:
         ph = event.get("ph")
         if ph in ("s", "t", "f"):
@@ -192,9 +193,11 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
                 track(pid, tid)
                 tracks[(pid, tid)][1 if name == "thread_name" else 2] = (
                     args.get("name") if name == "thread_name" else args.get("sort_index"))
-    # Flows first: reading them may add tracks that no slice uses.
+    # Flows before the thread table: they may add tracks that no slice uses.
     conn.executemany("INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)"
                      " VALUES (?, ?, ?, ?, ?, ?)", flows)
+    if columns is not None:
+        _insert_flow_columns(conn, columns, track, int(round(origin_ns)))
     conn.executemany("INSERT INTO process VALUES (?, ?, ?, ?)",
                      [(pid, p.get("name", pid), p.get("label"), p.get("sort"))
                       for pid, p in processes.items()])
@@ -207,13 +210,31 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
                      " VALUES (?, ?, ?, ?, ?)", counters)
 
 
-def _flow_rows(columns: Any, track: Any, tracks: dict, origin_ns: int) -> Iterator[tuple]:
-    """``flow`` rows from the trace's flow columns (phase index into "stf"), one at a time."""
+def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
+                         origin_ns: int) -> None:
+    """``flow`` rows straight from the trace's flow columns (phase index into "stf").
+
+    Name and category are the same for every row, so they are SQL literals; ``flow_id`` is
+    bound as an integer and stored as text by the column's TEXT affinity (the same text
+    ``str()`` gives). Tracks new to the table are numbered in order of first appearance.
+    """
     from otel_vllm_ascend.analysis.trace import FLOW_CATEGORY, FLOW_NAME
 
+    if not len(columns.phase):
+        return
+    pairs = np.stack((columns.pid, columns.tid), axis=1)
+    unique, first, inverse = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+    track_of_pair = np.zeros(len(unique), dtype="int64")
+    for index in np.argsort(first, kind="stable").tolist():
+        pid, tid = unique[index].tolist()
+        track_of_pair[index] = track(pid, tid)
     phases = ("s", "t", "f")
-    for phase, flow_id, pid, tid, ts in zip(columns.phase, columns.flow_id, columns.pid,
-                                            columns.tid, columns.ts_ns):
-        entry = tracks.get((pid, tid))
-        track_id = entry[0] if entry is not None else track(pid, tid)
-        yield (str(flow_id), FLOW_NAME, FLOW_CATEGORY, track_id, origin_ns + ts, phases[phase])
+    conn.executemany(
+        "INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)"
+        f" VALUES (?, {_sql_text(FLOW_NAME)}, {_sql_text(FLOW_CATEGORY)}, ?, ?, ?)",
+        zip(columns.flow_id.tolist(), track_of_pair[inverse.reshape(-1)].tolist(),
+            (columns.ts_ns + origin_ns).tolist(), [phases[p] for p in columns.phase.tolist()]))
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

@@ -71,6 +71,11 @@ def test_all_outputs_and_summary(capture, tmp_path):
         assert phases["s"] == 12 and phases["f"] == 12
         assert conn.execute("SELECT COUNT(*) FROM flow WHERE track_id NOT IN"
                             " (SELECT track_id FROM thread)").fetchone()[0] == 0
+        # Flow times are integers (ns since the epoch) like the slices', never raw bytes.
+        assert {r[0] for r in conn.execute("SELECT DISTINCT typeof(timestamp) FROM flow")
+                } == {"integer"}
+        first_flow_ns = conn.execute("SELECT MIN(timestamp) FROM flow").fetchone()[0]
+        assert abs(first_flow_ns - min(r.arrival_us for r in sim.requests) * 1000) < 10e9
         assert conn.execute("SELECT COUNT(*) FROM batch_info").fetchone()[0] == sim.steps
         first_ts = conn.execute("SELECT MIN(timestamp) FROM slice").fetchone()[0]
         arrival_ns = min(r.arrival_us for r in sim.requests) * 1000
