@@ -28,6 +28,7 @@ BUILTIN_HANDLERS = {
     "sampler_forward": f"{_MODULE}.model:sampler_forward",
     "capture_async": f"{_MODULE}.model:capture_async",
     "init_data_parallel": f"{_MODULE}.meta:init_data_parallel",
+    "shutdown_grace": f"{_MODULE}.lifecycle:shutdown_grace",
 }
 
 

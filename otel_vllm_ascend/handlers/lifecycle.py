@@ -1,0 +1,35 @@
+"""Service shutdown: give EngineCore and Workers time to write their last records.
+
+vLLM's default shutdown (``--shutdown-timeout 0``, "abort") sends SIGTERM to EngineCore and
+kills it at once when it is still alive. EngineCore would exit cleanly within a fraction of a
+second — and on the way out flush its queued records — but it never gets that fraction, so the
+last engine steps of a capture are lost.
+
+Hooked on the API server's process-manager ``shutdown(procs, timeout)``: while recording, the
+timeout is raised to at least ``OTEL_VLLM_SHUTDOWN_GRACE_S`` seconds (default 5; 0 turns this
+off). Only the wait before the forced kill changes: EngineCore still aborts or drains requests
+exactly as ``--shutdown-timeout`` says, and a process that exits sooner is not waited for.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+DEFAULT_GRACE_S = 5.0
+
+
+def grace_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get("OTEL_VLLM_SHUTDOWN_GRACE_S", DEFAULT_GRACE_S)))
+    except ValueError:
+        return DEFAULT_GRACE_S
+
+
+def shutdown_grace(original: Any, this: Any, procs: Any, timeout: Any = None, *args: Any,
+                   **kwargs: Any) -> Any:
+    """``vllm.v1.engine.utils.shutdown``: wait at least the grace period before killing."""
+    grace = grace_seconds()
+    if timeout is not None and timeout < grace:
+        timeout = grace
+    return original(procs, timeout, *args, **kwargs)
