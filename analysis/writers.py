@@ -41,14 +41,87 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# A text column whose cells average this many characters is quoted here rather than by pandas:
+# pandas' CSV writer inspects long cells a character at a time (batch.csv's ``res_list``: 28 MB,
+# 0.23 s), ``str.replace`` does the same quoting ~10x faster.
+LONG_TEXT_CHARS = 64
+# Rows per chunk when a long text column is spliced in: bounds the extra memory at any scale.
+CSV_CHUNK_ROWS = 2_000
+
+
 def write_csv(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> Path:
     """Write ``columns`` of ``table`` to ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     subset = table.reindex(columns=list(columns)).round(DECIMALS)
-    subset.to_csv(tmp, index=False)
+    long_text = _long_text_column(subset)
+    if long_text is None:
+        subset.to_csv(tmp, index=False)
+    else:
+        with open(tmp, "w", encoding="utf-8", newline="") as out:
+            for first in range(0, max(len(subset), 1), CSV_CHUNK_ROWS):
+                chunk = subset.iloc[first:first + CSV_CHUNK_ROWS]
+                out.write(_csv_with_text_column(chunk, long_text, header=first == 0))
     _replace_atomically(tmp, path)
     return path
+
+
+def _long_text_column(table: pd.DataFrame) -> Optional[int]:
+    """Position of the first column of long text cells (all ``str``, none with a line break)."""
+    for position, column in enumerate(table.columns):
+        values = table.iloc[:, position]
+        text_dtype = values.dtype == object or isinstance(values.dtype, pd.StringDtype)
+        if not text_dtype or not len(values) or table.columns.duplicated()[position]:
+            continue
+        cells = values.tolist()
+        if not all(type(cell) is str for cell in cells):
+            continue
+        if sum(map(len, cells)) < LONG_TEXT_CHARS * len(cells):
+            continue
+        if any("\n" in cell or "\r" in cell for cell in cells) or not isinstance(column, str):
+            continue
+        return position
+    return None
+
+
+def _csv_quote(cell: str) -> str:
+    """A cell as the csv module writes it (minimal quoting); cells with line breaks excluded."""
+    if "," in cell or '"' in cell:
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
+def _csv_with_text_column(chunk: pd.DataFrame, position: int, header: bool) -> str:
+    """``chunk.to_csv(index=False)``, the column at ``position`` quoted by :func:`_csv_quote`.
+
+    pandas writes the columns left and right of it; their lines are joined with the quoted
+    cells. Falls back to pandas alone if a cell on either side spans lines.
+    """
+    n_lines = len(chunk) + (1 if header else 0)
+    sides = []
+    for side in (chunk.iloc[:, :position], chunk.iloc[:, position + 1:]):
+        if side.shape[1] == 0:
+            sides.append(None)
+            continue
+        lines = side.to_csv(index=False, header=header, lineterminator="\n").split("\n")
+        if len(lines) != n_lines + 1:  # the text ends with a line break: one empty piece
+            return chunk.to_csv(index=False, header=header, lineterminator="\n")
+        lines.pop()
+        if side.shape[1] == 1:
+            # The csv module writes a row of one empty cell as "" (a row, not a blank line);
+            # inside a wider row that cell is plain empty.
+            lines = ["" if line == '""' else line for line in lines]
+        sides.append(lines)
+    cells = [_csv_quote(cell) for cell in chunk.iloc[:, position].tolist()]
+    if header:
+        cells.insert(0, _csv_quote(chunk.columns[position]))
+    left, right = sides
+    if left is not None:
+        cells = [f"{before},{cell}" for before, cell in zip(left, cells)]
+    if right is not None:
+        cells = [f"{cell},{after}" for cell, after in zip(cells, right)]
+    cells.append("")
+    return "\n".join(cells)
 
 
 _REQUEST_DB_NAMES = {"execution_time(ms)": "execution_time",

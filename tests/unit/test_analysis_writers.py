@@ -1,0 +1,80 @@
+"""``write_csv``'s own quoting of long text columns gives exactly pandas' bytes."""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otel_vllm_ascend.analysis import writers
+
+# Characters that matter to CSV quoting, plus ordinary ones.
+CELL_TEXT = st.text(alphabet=string.ascii_letters + string.digits + ',"\' []{}:', max_size=120)
+SHORT_OR_MISSING = st.one_of(st.none(), st.just(""), st.text(alphabet='ab,"\n', max_size=6),
+                             st.floats(allow_nan=True, allow_infinity=False, width=32))
+
+
+def _pandas_bytes(tmp_path, table: pd.DataFrame) -> bytes:
+    path = tmp_path / "pandas.csv"
+    table.round(writers.DECIMALS).to_csv(path, index=False)
+    return path.read_bytes()
+
+
+def _ours(tmp_path, table: pd.DataFrame) -> bytes:
+    return writers.write_csv(tmp_path / "ours.csv", table, list(table.columns)).read_bytes()
+
+
+def _res_list(n_requests: int) -> str:
+    return repr([{"rid": f"cmpl-{i}", "iter": i, "type": i % 2} for i in range(n_requests)])
+
+
+def test_long_text_column_is_taken_by_the_fast_path(tmp_path, monkeypatch):
+    table = pd.DataFrame({"name": ["step"] * 3, "res_list": [_res_list(4)] * 3,
+                          "ms": [1.25, np.nan, 3.0]})
+    assert writers._long_text_column(table) == 1
+    calls = []
+    real = writers._csv_with_text_column
+    monkeypatch.setattr(writers, "_csv_with_text_column",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert _ours(tmp_path, table) == _pandas_bytes(tmp_path, table)
+    assert calls, "the long text column should have been quoted by write_csv itself"
+
+
+@settings(max_examples=60, deadline=None)
+@given(cells=st.lists(CELL_TEXT, min_size=1, max_size=12), data=st.data(),
+       position=st.integers(0, 3), n_others=st.integers(0, 3))
+def test_same_bytes_as_pandas(tmp_path_factory, cells, data, position, n_others):
+    tmp_path = tmp_path_factory.mktemp("csv")
+    # Long enough on average to take the fast path; the other columns hold tricky short cells.
+    cells = [cell + "x" * writers.LONG_TEXT_CHARS for cell in cells]
+    columns = {}
+    for k in range(n_others):
+        columns[f"c{k}"] = data.draw(st.lists(SHORT_OR_MISSING, min_size=len(cells),
+                                              max_size=len(cells)))
+    names = list(columns)
+    names.insert(min(position, len(names)), "res,list")
+    columns["res,list"] = cells
+    table = pd.DataFrame({name: columns[name] for name in names})
+    assert _ours(tmp_path, table) == _pandas_bytes(tmp_path, table)
+
+
+def test_chunks_and_a_line_break_on_the_side_fall_back_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(writers, "CSV_CHUNK_ROWS", 2)
+    table = pd.DataFrame({"name": ["a", "two\nlines", None, ""],
+                          "res_list": [_res_list(3)] * 4, "n": [1, 2, 3, 4]})
+    assert _ours(tmp_path, table) == _pandas_bytes(tmp_path, table)
+
+
+def test_text_with_line_breaks_is_left_to_pandas(tmp_path):
+    table = pd.DataFrame({"res_list": [_res_list(3) + "\n"] * 2, "n": [1, 2]})
+    assert writers._long_text_column(table) is None
+    assert _ours(tmp_path, table) == _pandas_bytes(tmp_path, table)
+
+
+def test_empty_table_keeps_its_header(tmp_path):
+    table = pd.DataFrame({"name": pd.Series([], dtype=object),
+                          "res_list": pd.Series([], dtype=object)})
+    assert _ours(tmp_path, table) == _pandas_bytes(tmp_path, table)
