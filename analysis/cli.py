@@ -213,42 +213,65 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     del steps, per_request  # one row per (step, request): the largest table, no longer needed
 
     out = output_path
-    trace_events = None
-    trace = _load_trace_module() if ("json" in formats or "db" in formats) else None
-    if trace is not None:
-        progress.stage("building the trace")
-        trace_events = run.stage("chrome_tracing.json", trace.build_chrome_trace, frame,
-                                 requests, batches, kvcache)
-    elif "json" in formats:
+    want_trace = "json" in formats or "db" in formats
+    trace = _load_trace_module() if want_trace else None
+    if trace is None and "json" in formats:
         _logger.error("chrome_tracing.json: the trace builder is not available in this"
                       " installation")
         run.failed.append("chrome_tracing.json")
 
-    # Two cores: profiler.db (the largest single job) goes to a child; the CSV files join it
-    # when this process also draws the report, else they stay here with the trace JSON.
-    csv_in_child = "html" in formats
+    # Two cores: the work after the tables is split in two halves of about equal CPU time, one
+    # of them in a forked child. With the report, the child draws it and writes the CSV files
+    # while this process builds the trace and writes it and profiler.db; without the report,
+    # profiler.db (the largest single job) and the CSV files go to the child once the trace
+    # is built.
+    def build_trace() -> Any:
+        if trace is None:
+            return None
+        progress.stage("building the trace")
+        return run.stage("chrome_tracing.json", trace.build_chrome_trace, frame, requests,
+                         batches, kvcache)
 
-    def csv_and_db(job_run: _Run) -> None:
-        if "csv" in formats and csv_in_child:
+    def write_db(job_run: _Run, trace_events: Any) -> None:
+        if "db" not in formats:
+            return
+        empty = pd.DataFrame()
+        job_run.wrote(job_run.stage(
+            "profiler.db", writers.write_profiler_db, out / "profiler.db",
+            (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
+            (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
+            (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
+            tables, trace_events, getattr(trace_events, "origin_us", 0.0)))
+
+    def write_json(trace_events: Any) -> None:
+        if "json" in formats and trace_events is not None:
+            run.wrote(run.stage("chrome_tracing.json", trace.write_chrome_trace,
+                                out / "chrome_tracing.json", trace_events))
+
+    def write_csvs(job_run: _Run) -> None:
+        if "csv" in formats:
             _write_csvs(job_run, out, requests, batches, kvcache, tables)
-        if "db" in formats:
-            empty = pd.DataFrame()
-            job_run.wrote(job_run.stage(
-                "profiler.db", writers.write_profiler_db, out / "profiler.db",
-                (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
-                (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
-                (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
-                tables, trace_events, getattr(trace_events, "origin_us", 0.0)))
 
-    progress.stage("writing outputs")
-    join = _in_background(csv_and_db, run)
-    if "json" in formats and trace_events is not None:
-        run.wrote(run.stage("chrome_tracing.json", trace.write_chrome_trace,
-                            out / "chrome_tracing.json", trace_events))
-    if "csv" in formats and not csv_in_child:
-        _write_csvs(run, out, requests, batches, kvcache, tables)
     if "html" in formats:
-        _write_html(run, out, frame, requests, batches, kvcache, tables)
+        def csv_and_report(job_run: _Run) -> None:
+            write_csvs(job_run)
+            _write_html(job_run, out, frame, requests, batches, kvcache, tables)
+
+        progress.stage("writing outputs")
+        join = _in_background(csv_and_report, run, "CSV files / report.html")
+        trace_events = build_trace()
+        write_json(trace_events)
+        write_db(run, trace_events)
+    else:
+        trace_events = build_trace()
+        progress.stage("writing outputs")
+
+        def csv_and_db(job_run: _Run) -> None:
+            write_csvs(job_run)
+            write_db(job_run, trace_events)
+
+        join = _in_background(csv_and_db, run, "CSV files / profiler.db")
+        write_json(trace_events)
     join()
     progress.done()
     _print_summary(requests, batches, tables, run, out)
@@ -279,7 +302,8 @@ def _write_html(run: _Run, out: Path, frame: pd.DataFrame, requests: Any, batche
                         batches, kvcache, tables))
 
 
-def _in_background(jobs: Callable[[_Run], None], run: _Run) -> Callable[[], None]:
+def _in_background(jobs: Callable[[_Run], None], run: _Run,
+                   what: str) -> Callable[[], None]:
     """Run ``jobs`` in a forked child when a second core exists; returns the function to join.
 
     The child reports what it wrote and what failed through a pipe; without ``fork`` (or with
@@ -327,8 +351,8 @@ def _in_background(jobs: Callable[[_Run], None], run: _Run) -> Callable[[], None
         try:
             outcome = json.loads(text)
         except ValueError:
-            _logger.error("the background writer (CSV files, profiler.db) ended without a result")
-            run.failed.append("CSV files / profiler.db")
+            _logger.error("the background writer (%s) ended without a result", what)
+            run.failed.append(what)
             return
         run.written.extend(Path(p) for p in outcome["written"])
         run.failed.extend(outcome["failed"])
