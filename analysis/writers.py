@@ -27,8 +27,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,7 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
 # 0.23 s), ``str.replace`` does the same quoting ~10x faster.
 LONG_TEXT_CHARS = 64
 # Rows per chunk when a long text column is spliced in: bounds the extra memory at any scale.
-CSV_CHUNK_ROWS = 2_000
+CSV_CHUNK_ROWS = 500
 
 
 def write_csv(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> Path:
@@ -224,7 +225,7 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
         return entry[0]
 
     slices, counters, flows = [], [], []
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    dumps = _compact_json()
     origin_ns = origin_us * 1000.0
     columns = getattr(events, "flows", None)
     if columns is not None and hasattr(columns, "ts_ns") and hasattr(events, "events"):
@@ -277,10 +278,10 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
     conn.executemany("INSERT INTO thread VALUES (?, ?, ?, ?, ?)",
                      [(e[0], str(tid), str(pid), e[1], e[2])
                       for (pid, tid), e in tracks.items()])
-    conn.executemany("INSERT INTO slice (timestamp, duration, name, track_id, cat, args,"
-                     " end_time) VALUES (?, ?, ?, ?, ?, ?, ?)", slices)
-    conn.executemany("INSERT INTO counter (name, pid, timestamp, cat, args)"
-                     " VALUES (?, ?, ?, ?, ?)", counters)
+    _insert_rows(conn, "INSERT INTO slice (timestamp, duration, name, track_id, cat, args,"
+                 " end_time)", "(?, ?, ?, ?, ?, ?, ?)", 7, slices)
+    _insert_rows(conn, "INSERT INTO counter (name, pid, timestamp, cat, args)",
+                 "(?, ?, ?, ?, ?)", 5, counters)
 
 
 def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
@@ -302,11 +303,53 @@ def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
         pid, tid = unique[index].tolist()
         track_of_pair[index] = track(pid, tid)
     phases = ("s", "t", "f")
-    conn.executemany(
-        "INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)"
-        f" VALUES (?, {_sql_text(FLOW_NAME)}, {_sql_text(FLOW_CATEGORY)}, ?, ?, ?)",
+    _insert_rows(
+        conn, "INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)",
+        f"(?, {_sql_text(FLOW_NAME)}, {_sql_text(FLOW_CATEGORY)}, ?, ?, ?)", 4,
         zip(columns.flow_id.tolist(), track_of_pair[inverse.reshape(-1)].tolist(),
             (columns.ts_ns + origin_ns).tolist(), [phases[p] for p in columns.phase.tolist()]))
+
+
+def _compact_json() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"))`` for the slices' and counters' args.
+
+    The standard encoder makes a new C encoder on every call (a third of the time for 46,000
+    small dicts); this makes one, with the same settings, and falls back where it is missing.
+    """
+    plain = json.JSONEncoder(separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return plain.encode
+    encode = make(None, plain.default, json.encoder.encode_basestring_ascii, None, ":", ",",
+                  False, False, True)
+    join = "".join
+    return lambda value: join(encode(value, 0))
+
+
+# Rows per INSERT statement for the trace tables: one statement step per 100 rows instead of
+# per row halves the time of the 206,000-row flow table.
+ROWS_PER_INSERT = 100
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, row: str, width: int,
+                 rows: Iterable[Sequence]) -> None:
+    """``insert VALUES row, row, ...`` for ``rows`` (``width`` values each), in order."""
+    many = f"{insert} VALUES {', '.join([row] * ROWS_PER_INSERT)}"
+    rows = iter(rows)
+    while True:
+        chunk = list(islice(rows, ROWS_PER_INSERT * 500))  # bounded memory at any scale
+        if not chunk:
+            return
+        whole = len(chunk) // ROWS_PER_INSERT * ROWS_PER_INSERT
+        if whole:
+            flat = list(chain.from_iterable(chunk[:whole]))
+            if len(flat) != whole * width:  # a row of another width: one statement per row
+                whole = 0
+            else:
+                values = iter(flat)
+                conn.executemany(many, zip(*[values] * (width * ROWS_PER_INSERT)))
+        if whole < len(chunk):
+            conn.executemany(f"{insert} VALUES {row}", chunk[whole:])
 
 
 def _sql_text(value: str) -> str:

@@ -78,3 +78,41 @@ def test_empty_table_keeps_its_header(tmp_path):
     table = pd.DataFrame({"name": pd.Series([], dtype=object),
                           "res_list": pd.Series([], dtype=object)})
     assert _ours(tmp_path, table) == _pandas_bytes(tmp_path, table)
+
+
+def _insert_into_fresh_table(rows, **kwargs) -> list:
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT)")
+    writers._insert_rows(conn, "INSERT INTO t (a, b, c)", "(?, ?, 'k')", 2, rows, **kwargs)
+    return conn.execute("SELECT id, a, b, c, typeof(a) FROM t ORDER BY id").fetchall()
+
+
+def test_multi_row_inserts_keep_order_ids_and_types():
+    # 100-row statements plus a remainder; integer flow ids land as text (TEXT affinity).
+    n = writers.ROWS_PER_INSERT * 3 + 7
+    got = _insert_into_fresh_table((i * 3, -i) for i in range(n))
+    assert got == [(i + 1, str(i * 3), -i, "k", "text") for i in range(n)]
+
+
+def test_rows_of_another_width_fall_back_to_one_statement_per_row():
+    import sqlite3
+
+    rows = [(str(i), i) for i in range(writers.ROWS_PER_INSERT)]
+    rows[5] = ("short",)
+    try:
+        _insert_into_fresh_table(rows)
+    except sqlite3.ProgrammingError as exc:  # the bad row is reported, not shifted silently
+        assert "bindings" in str(exc)
+    else:
+        raise AssertionError("a row of the wrong width was accepted")
+
+
+def test_compact_json_is_the_standard_encoding():
+    import json
+
+    dumps = writers._compact_json()
+    for value in ({"a": [1, 2.5, None, True], "é": "ü\n", "n": float("nan")}, {},
+                  {"x": {"y": [float("inf"), -0.0, 1e-07, 10**20]}}, {1: "int key"}):
+        assert dumps(value) == json.dumps(value, separators=(",", ":"))
