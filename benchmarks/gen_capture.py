@@ -160,9 +160,9 @@ def _setup(folder: Path, role: str):
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
     from otel_vllm_ascend import recorder
+    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
     provider = TracerProvider(resource=Resource.create(
         {"service.name": "vllm", "host.name": HOST, "vllm.process.role": role}))
