@@ -412,8 +412,11 @@ def _queue_series(frame: Optional[pd.DataFrame]) -> dict[str, tuple[np.ndarray, 
     if frame is None or frame.empty or "name" not in frame.columns:
         return {}
     rows = frame.loc[frame["name"].isin(("Enqueue", "Dequeue")).to_numpy()]
-    engines = rows[["host", "pid"]].astype(str).agg(" ".join, axis=1).tolist() if {
-        "host", "pid"} <= set(rows.columns) else [""] * len(rows)
+    if {"host", "pid"} <= set(rows.columns):  # "host pid", column-wise (row-wise agg is slow)
+        engines = [f"{host} {pid}" for host, pid in zip(rows["host"].astype(str).tolist(),
+                                                         rows["pid"].astype(str).tolist())]
+    else:
+        engines = [""] * len(rows)
     several = len(set(engines)) > 1  # data parallel: one series per queue and engine
     series: dict[str, tuple[list, list]] = {}
     for start, metrics, scopes, engine in zip(rows["start_us"].tolist(), rows["metrics"].tolist(),
