@@ -43,7 +43,9 @@ HOOK_MARKER = "__otel_vllm_hook__"
 
 _time_ns = time.time_ns
 _native_id = threading.get_native_id
-_perf_ns = time.perf_counter_ns
+# The self meter's clock: this thread's CPU time, so waits for the GIL, for the OS (two
+# shared cores) and for other coroutines do not count as ours.
+_meter_ns = time.thread_time_ns
 
 
 class Hook:
@@ -260,20 +262,20 @@ def sync_timer(hook: Hook, func: Callable) -> Callable:
 
 def _metered_sync_timer(hook: Hook, func: Callable, args: tuple, kwargs: dict) -> Any:
     """:func:`sync_timer`'s body with the self meter's clock around our part."""
-    entered = _perf_ns()
+    entered = _meter_ns()
     start = _time_ns()
     tid = _native_id()
-    called = _perf_ns()
+    called = _meter_ns()
     try:
         result = func(*args, **kwargs)
     except BaseException as exc:
-        returned = _perf_ns()
+        returned = _meter_ns()
         _finish_timer(hook, start, tid, args, kwargs, None, exc)
-        _meter.add_hot(called - entered + _perf_ns() - returned)
+        _meter.add_hot(called - entered + _meter_ns() - returned)
         raise
-    returned = _perf_ns()
+    returned = _meter_ns()
     _finish_timer(hook, start, tid, args, kwargs, result, None)
-    _meter.add_hot(called - entered + _perf_ns() - returned)
+    _meter.add_hot(called - entered + _meter_ns() - returned)
     return result
 
 
@@ -282,22 +284,22 @@ def async_timer(hook: Hook, func: Callable) -> Callable:
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return await func(*args, **kwargs)
         metering = _meter.on
-        entered = _perf_ns() if metering else 0
+        entered = _meter_ns() if metering else 0
         start = _time_ns()
         tid = _native_id()
-        called = _perf_ns() if metering else 0
+        called = _meter_ns() if metering else 0
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            returned = _perf_ns() if metering else 0
+            returned = _meter_ns() if metering else 0
             _finish_timer(hook, start, tid, args, kwargs, None, exc)
             if metering:
-                _meter.add_hot(called - entered + _perf_ns() - returned)
+                _meter.add_hot(called - entered + _meter_ns() - returned)
             raise
-        returned = _perf_ns() if metering else 0
+        returned = _meter_ns() if metering else 0
         _finish_timer(hook, start, tid, args, kwargs, result, None)
         if metering:
-            _meter.add_hot(called - entered + _perf_ns() - returned)
+            _meter.add_hot(called - entered + _meter_ns() - returned)
         return result
     return wrapper
 
@@ -440,7 +442,7 @@ class GuardedOriginal:
         self.called = False
         self.result: Any = None
         self.error: Optional[BaseException] = None
-        self.elapsed_ns = 0  # time inside the original, kept only while the self meter is on
+        self.elapsed_ns = 0  # CPU inside the original, kept only while the self meter is on
 
     def __call__(self, *args, **kwargs):  # noqa: ANN204
         if self.called:
@@ -448,7 +450,7 @@ class GuardedOriginal:
                 raise self.error
             return self.result
         self.called = True
-        began = _perf_ns() if _meter.on else 0
+        began = _meter_ns() if _meter.on else 0
         try:
             if self._bound:
                 if args and args[0] is self._this:
@@ -461,7 +463,7 @@ class GuardedOriginal:
             raise
         finally:
             if began:
-                self.elapsed_ns = _perf_ns() - began
+                self.elapsed_ns = _meter_ns() - began
         return self.result
 
 
@@ -474,7 +476,7 @@ class GuardedAsyncOriginal(GuardedOriginal):
                 raise self.error
             return self.result
         self.called = True
-        began = _perf_ns() if _meter.on else 0
+        began = _meter_ns() if _meter.on else 0
         try:
             if self._bound:
                 if args and args[0] is self._this:
@@ -487,7 +489,7 @@ class GuardedAsyncOriginal(GuardedOriginal):
             raise
         finally:
             if began:
-                self.elapsed_ns = _perf_ns() - began
+                self.elapsed_ns = _meter_ns() - began
         return self.result
 
 
@@ -513,7 +515,7 @@ def sync_handler(hook: Hook, func: Callable) -> Callable:
             this, rest = args[0], args[1:]
         else:
             this, rest = None, args
-        entered = _perf_ns() if _meter.on else 0
+        entered = _meter_ns() if _meter.on else 0
         original = GuardedOriginal(func, this, bound and bool(args))
         raised = None
         returned = None
@@ -524,7 +526,7 @@ def sync_handler(hook: Hook, func: Callable) -> Callable:
                 raised = exc
         _outcome(hook, original, raised)
         if entered:
-            _meter.add_hot(_perf_ns() - entered - original.elapsed_ns)
+            _meter.add_hot(_meter_ns() - entered - original.elapsed_ns)
         if not original.called:
             return original(*rest, **kwargs)
         if original.error is not None:
@@ -548,7 +550,7 @@ def async_handler(hook: Hook, func: Callable) -> Callable:
             this, rest = args[0], args[1:]
         else:
             this, rest = None, args
-        entered = _perf_ns() if _meter.on else 0
+        entered = _meter_ns() if _meter.on else 0
         original = GuardedAsyncOriginal(func, this, bound and bool(args))
         raised = None
         try:
@@ -560,8 +562,8 @@ def async_handler(hook: Hook, func: Callable) -> Callable:
                 raised = exc
         _outcome(hook, original, raised)
         if entered:
-            # Only the original is awaited in our handlers, so its time holds every suspension.
-            _meter.add_hot(_perf_ns() - entered - original.elapsed_ns)
+            # Other tasks that ran while the original was awaited ran inside its interval.
+            _meter.add_hot(_meter_ns() - entered - original.elapsed_ns)
         if not original.called:
             return await original(*rest, **kwargs)
         if original.error is not None:
