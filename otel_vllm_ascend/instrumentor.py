@@ -104,13 +104,23 @@ class VllmServiceInstrumentor(BaseInstrumentor):
         return list(self._installer.problems) if self._installer is not None else []
 
 
+# Runtime infrastructure rather than records: kept from the packaged default whatever symbol
+# file is in use, so captures made with msserviceprofiler's or vllm-ascend's files keep their
+# last engine steps too (see handlers/lifecycle.py).
+ALWAYS_ON_SYMBOLS = frozenset({"vllm.v1.engine.utils:shutdown"})
+
+
 def _load_specs(symbols_path: Optional[str]) -> tuple:
     # The loader logs every problem itself and falls back to the packaged default when the
     # chosen file is unusable as a whole.
-    from otel_vllm_ascend.symbols import load_symbols_or_default
+    from otel_vllm_ascend.symbols import PACKAGED_SYMBOLS, load_symbols, load_symbols_or_default
 
     symbol_set = load_symbols_or_default(symbols_path)
-    return tuple(symbol_set.specs), str(symbol_set.path)
+    specs = list(symbol_set.specs)
+    missing = ALWAYS_ON_SYMBOLS - {spec.symbol for spec in specs}
+    if missing and str(symbol_set.path) != str(PACKAGED_SYMBOLS):
+        specs += [spec for spec in load_symbols(PACKAGED_SYMBOLS).specs if spec.symbol in missing]
+    return tuple(specs), str(symbol_set.path)
 
 
 def _config_source(kwargs: dict) -> tuple:

@@ -35,7 +35,6 @@ from build_tiny_model import ensure_model  # noqa: E402
 from serve import ServerStartError, VllmServer  # noqa: E402
 
 TOGGLE_PICKUP_S = 3.0
-SHUTDOWN_TIMEOUT_S = 10
 
 
 def _say(text: str) -> None:
@@ -95,12 +94,8 @@ def main(argv: list | None = None) -> int:
     for key, value in env.items():
         _say(f"export {key}={value}")
 
-    # vLLM's default shutdown (abort, timeout 0) SIGKILLs EngineCore and Worker right after
-    # SIGTERM, before their span processors can write what is still queued; a drain timeout
-    # lets them exit normally.
     server = VllmServer(model, output, port=args.port, env=env,
-                        launcher=("opentelemetry-instrument",),
-                        extra_args=("--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S)))
+                        launcher=("opentelemetry-instrument",))
     _say(f"starting: {' '.join(server.command())}")
     _say(f"(server log: {server.log_path}; the first start takes up to a few minutes)")
     try:

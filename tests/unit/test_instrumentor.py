@@ -342,3 +342,15 @@ def test_unusable_symbol_file_falls_back_to_packaged_default(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
     assert len(messages) == 1, messages
     assert "packaged default" in messages[0]
+
+
+def test_shutdown_grace_kept_with_a_user_symbol_file(tmp_path):
+    from otel_vllm_ascend.instrumentor import _load_specs
+
+    user = tmp_path / "symbols.yaml"
+    user.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"
+                    "  handler: schedule\n")
+    specs, source = _load_specs(str(user))
+    assert source == str(user)
+    assert [s.symbol for s in specs] == ["vllm.v1.core.sched.scheduler:Scheduler.schedule",
+                                         "vllm.v1.engine.utils:shutdown"]
