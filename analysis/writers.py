@@ -24,15 +24,16 @@ earlier runs it did not rewrite). Tables:
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from otel_vllm_ascend.json_encoding import make_encoder
 
 # Floats are rounded to this many decimals (ms values: nanosecond resolution).
 DECIMALS = 6
@@ -225,7 +226,7 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
         return entry[0]
 
     slices, counters, flows = [], [], []
-    dumps = _compact_json()
+    dumps = make_encoder(",", ":")
     origin_ns = origin_us * 1000.0
     columns = getattr(events, "flows", None)
     if columns is not None and hasattr(columns, "ts_ns") and hasattr(events, "events"):
@@ -308,22 +309,6 @@ def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
         f"(?, {_sql_text(FLOW_NAME)}, {_sql_text(FLOW_CATEGORY)}, ?, ?, ?)", 4,
         zip(columns.flow_id.tolist(), track_of_pair[inverse.reshape(-1)].tolist(),
             (columns.ts_ns + origin_ns).tolist(), [phases[p] for p in columns.phase.tolist()]))
-
-
-def _compact_json() -> Callable[[Any], str]:
-    """``json.dumps(value, separators=(",", ":"))`` for the slices' and counters' args.
-
-    The standard encoder makes a new C encoder on every call (a third of the time for 46,000
-    small dicts); this makes one, with the same settings, and falls back where it is missing.
-    """
-    plain = json.JSONEncoder(separators=(",", ":"))
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return plain.encode
-    encode = make(None, plain.default, json.encoder.encode_basestring_ascii, None, ":", ",",
-                  False, False, True)
-    join = "".join
-    return lambda value: join(encode(value, 0))
 
 
 # Rows per INSERT statement for the trace tables: one statement step per 100 rows instead of

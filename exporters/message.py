@@ -25,6 +25,7 @@ from typing import Any, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.json_encoding import make_encoder
 
 FLAG_EVENT = 1
 FLAG_SPAN = 2
@@ -42,20 +43,7 @@ RESERVED_KEYS = frozenset({
 
 
 
-def _make_encode() -> Any:
-    # json.dumps(obj) with default settings, minus its per-call set-up: build the C encoder once
-    # (no circular-reference check: messages hold attribute values and decoded JSON only).
-    plain = json.JSONEncoder()
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return plain.encode
-    chunks = make(None, plain.default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
-                  False, False, True)
-    join = "".join
-    return lambda obj: join(chunks(obj, 0))
-
-
-_encode = _make_encode()
+_encode = make_encoder()  # json.dumps' default separators, as the reference writes
 
 _METRIC = contract.METRIC_PREFIX
 _METRIC_INC = contract.METRIC_INC_PREFIX
