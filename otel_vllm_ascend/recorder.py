@@ -98,6 +98,11 @@ def record_span(
     queue = _state.queue
     if len(queue) >= MAX_QUEUE:
         _state.dropped += 1
+        if _state.dropped == 1:
+            _logger.warning("otel-vllm-ascend: record queue full (%d records, pid %d): dropping "
+                            "records until the recorder catches up; raise "
+                            "OTEL_VLLM_RECORD_QUEUE_SIZE if this recurs (the total is logged at "
+                            "exit)", MAX_QUEUE, os.getpid())
         return
     queue.append(
         (name, start_ns, end_ns, attributes, events, parent, links, exception,
@@ -223,6 +228,10 @@ def flush_at_exit() -> None:
         except Exception:  # exit paths must not raise
             _logger.debug("self meter report failed", exc_info=True)
     flush()
+    if _state.dropped:
+        _logger.warning("otel-vllm-ascend: pid %d dropped %d records in all because the record "
+                        "queue (OTEL_VLLM_RECORD_QUEUE_SIZE=%d) was full", os.getpid(),
+                        _state.dropped, MAX_QUEUE)
 
 
 class _PresetIds:

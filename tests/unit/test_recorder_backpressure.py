@@ -1,0 +1,26 @@
+"""Back-pressure: a full record queue drops and counts, never blocks, and says so once."""
+
+from __future__ import annotations
+
+import logging
+
+from runtime_helpers import Capture
+
+from otel_vllm_ascend import recorder
+
+
+def test_full_queue_drops_counts_and_warns_once(monkeypatch, caplog):
+    capture = Capture()
+    recorder.set_tracer_provider(capture.provider)
+    recorder.flush()
+    monkeypatch.setattr(recorder, "MAX_QUEUE", 0)  # every record finds the queue full
+    monkeypatch.setattr(recorder._state, "dropped", 0)
+    with caplog.at_level(logging.WARNING, logger="otel_vllm_ascend.recorder"):
+        for i in range(5):
+            recorder.record_event("Enqueue", {"ms.domain": "Schedule", "ms.rid": str(i)})
+        recorder.flush_at_exit()
+    assert recorder.dropped_count() == 5
+    assert capture.spans() == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("record queue full" in m for m in messages) == 1
+    assert any("dropped 5 records" in m for m in messages)
