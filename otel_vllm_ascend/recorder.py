@@ -2,12 +2,15 @@
 
 Handlers call :func:`record_span` / :func:`record_event` with plain values (timestamps, ids, a
 few numbers). The call appends one tuple to a bounded queue and returns: no OpenTelemetry work
-happens on the serving thread. A daemon thread per process turns queued records into real SDK
-spans (``start_span(start_time=...)`` / ``end(end_time=...)``), so every configured span
-processor and exporter receives them and the configured sampler still applies.
+happens on the serving thread. A daemon thread per process (every 0.2 s) turns queued records
+into real SDK spans: finished spans handed straight to the provider's span processor
+(``span_builder.py``; same resource, scope, ids and sampler decision), or through
+``tracer.start_span`` / ``end`` wherever that could differ. Every configured span processor and
+exporter receives them and the configured sampler still applies.
 
-When the queue is full the record is dropped and counted (:func:`dropped_count`); vLLM is never
-blocked. :func:`flush` drains the queue synchronously (used at exit and in tests).
+When the queue is full the record is dropped and counted (:func:`dropped_count`), the first drop
+and the total at exit are logged; vLLM is never blocked. :func:`flush` drains the queue
+synchronously (used at exit and in tests).
 """
 
 from __future__ import annotations
