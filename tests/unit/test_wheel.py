@@ -65,7 +65,7 @@ def test_wheel_declares_the_commands(wheel):
     (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = archive.read(entry_points).decode()
     assert "otel-vllm-ascend = otel_vllm_ascend.cli:main" in text
-    assert "otel-vllm-analyze = otel_vllm_ascend.analysis.cli:main" in text
+    assert "otel-vllm-analyze = otel_vllm_ascend.analysis.cli:run" in text
 
 
 CHECK = """
