@@ -6,6 +6,7 @@ import string
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -109,10 +110,13 @@ def test_rows_of_another_width_fall_back_to_one_statement_per_row():
         raise AssertionError("a row of the wrong width was accepted")
 
 
-def test_compact_json_is_the_standard_encoding():
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+def test_reusable_encoder_is_the_standard_encoding(separators):
     import json
 
-    dumps = writers._compact_json()
+    from otel_vllm_ascend.json_encoding import make_encoder
+
+    dumps = make_encoder(*separators)
     for value in ({"a": [1, 2.5, None, True], "é": "ü\n", "n": float("nan")}, {},
                   {"x": {"y": [float("inf"), -0.0, 1e-07, 10**20]}}, {1: "int key"}):
-        assert dumps(value) == json.dumps(value, separators=(",", ":"))
+        assert dumps(value) == json.dumps(value, separators=separators)
