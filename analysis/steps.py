@@ -86,20 +86,13 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
         exec_end[matched] = exec_rows["end_us"].to_numpy()
         exec_size[matched] = [_number_or_nan(a.get("batch_size")) for a in exec_rows["attrs"]]
     steps = pd.DataFrame({
-        "host": sched["host"].to_numpy(dtype=object),
-        "pid": sched["pid"].to_numpy(),
-        "source": sched["source"].to_numpy(dtype=object),
-        "dp_rank": sched["dp_rank"].array,
-        "name": sched["name"].to_numpy(dtype=object),
+        **_record_columns(sched),
         "sched_start_us": sched["start_us"].to_numpy(),
         "sched_end_us": sched["end_us"].to_numpy(),
         "exec_start_us": exec_start,
         "exec_end_us": exec_end,
         "sched_dur_us": sched["dur_us"].to_numpy(),
         "exec_dur_us": exec_dur,
-        "batch_type": sched["batch_type"].to_numpy(dtype=object),
-        "rid_detail": sched["rid_detail"].to_numpy(dtype=object),
-        "rids": sched["rids"].to_numpy(dtype=object),
         "exec_batch_size": exec_size,
         "sched_scheduled_tokens": [m.get("num_scheduled_tokens", np.nan)
                                    for m in sched["metrics"]],
@@ -108,20 +101,13 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
     lone = exe.loc[~exe["exec_idx"].isin(used)]
     if not lone.empty:
         extra = pd.DataFrame({
-            "host": lone["host"].to_numpy(dtype=object),
-            "pid": lone["pid"].to_numpy(),
-            "source": lone["source"].to_numpy(dtype=object),
-            "dp_rank": lone["dp_rank"].array,
-            "name": lone["name"].to_numpy(dtype=object),
+            **_record_columns(lone),
             "sched_start_us": np.nan,
             "sched_end_us": np.nan,
             "exec_start_us": lone["start_us"].to_numpy(),
             "exec_end_us": lone["end_us"].to_numpy(),
             "sched_dur_us": np.nan,
             "exec_dur_us": lone["dur_us"].to_numpy(),
-            "batch_type": lone["batch_type"].to_numpy(dtype=object),
-            "rid_detail": lone["rid_detail"].to_numpy(dtype=object),
-            "rids": lone["rids"].to_numpy(dtype=object),
             "exec_batch_size": [_number_or_nan(a.get("batch_size")) for a in lone["attrs"]],
             "sched_scheduled_tokens": np.nan,
         })
@@ -130,6 +116,20 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
     steps = steps.iloc[np.argsort(order_key.to_numpy(), kind="stable")].reset_index(drop=True)
     steps.insert(0, "step_id", np.arange(len(steps), dtype="int64"))
     return steps[list(STEP_COLUMNS)]
+
+
+def _record_columns(records: pd.DataFrame) -> dict:
+    """The columns a step takes from the record it is built from (schedule span or lone exec)."""
+    return {
+        "host": records["host"].to_numpy(dtype=object),
+        "pid": records["pid"].to_numpy(),
+        "source": records["source"].to_numpy(dtype=object),
+        "dp_rank": records["dp_rank"].array,
+        "name": records["name"].to_numpy(dtype=object),
+        "batch_type": records["batch_type"].to_numpy(dtype=object),
+        "rid_detail": records["rid_detail"].to_numpy(dtype=object),
+        "rids": records["rids"].to_numpy(dtype=object),
+    }
 
 
 def _column(values: list) -> np.ndarray:
