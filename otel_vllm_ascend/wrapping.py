@@ -444,20 +444,27 @@ class GuardedOriginal:
         self.error: Optional[BaseException] = None
         self.elapsed_ns = 0  # CPU inside the original, kept only while the self meter is on
 
+    def _replay(self) -> Any:
+        """A second call returns (or raises) what the first one did."""
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def _positional(self, args: tuple) -> tuple:
+        """The original's positional arguments, whichever convention the handler used."""
+        if not self._bound:
+            return args
+        if args and args[0] is self._this:
+            args = args[1:]  # msserviceprofiler handlers pass ``this`` on themselves
+        return (self._this, *args)
+
     def __call__(self, *args, **kwargs):  # noqa: ANN204
         if self.called:
-            if self.error is not None:
-                raise self.error
-            return self.result
+            return self._replay()
         self.called = True
         began = _meter_ns() if _meter.on else 0
         try:
-            if self._bound:
-                if args and args[0] is self._this:
-                    args = args[1:]  # msserviceprofiler handlers pass ``this`` on themselves
-                self.result = self._func(self._this, *args, **kwargs)
-            else:
-                self.result = self._func(*args, **kwargs)
+            self.result = self._func(*self._positional(args), **kwargs)
         except BaseException as exc:
             self.error = exc
             raise
@@ -472,18 +479,11 @@ class GuardedAsyncOriginal(GuardedOriginal):
 
     async def __call__(self, *args, **kwargs):  # noqa: ANN204
         if self.called:
-            if self.error is not None:
-                raise self.error
-            return self.result
+            return self._replay()
         self.called = True
         began = _meter_ns() if _meter.on else 0
         try:
-            if self._bound:
-                if args and args[0] is self._this:
-                    args = args[1:]  # msserviceprofiler handlers pass ``this`` on themselves
-                self.result = await self._func(self._this, *args, **kwargs)
-            else:
-                self.result = await self._func(*args, **kwargs)
+            self.result = await self._func(*self._positional(args), **kwargs)
         except BaseException as exc:
             self.error = exc
             raise
