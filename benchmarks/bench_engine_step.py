@@ -6,10 +6,14 @@ A steady decode step of N running requests, built from vLLM 0.32's real classes 
 SchedulerOutput / CachedRequestData, KVCacheManager, FCFSRequestQueue); the "originals" return
 the prepared SchedulerOutput / a model output at once, so only our handlers are measured:
   hot path   what EngineCore's thread pays (snapshots, batch details, JSON, queueing records)
-  total      the same plus building the SDK spans (BatchSpanProcessor, dropping exporter),
-             drained every 30 steps as the recorder's thread does every 0.2 s
+  total      the same plus what the recorder's thread does with the records, drained every 30
+             steps as it does every 0.2 s in a server: with ``--exporter file`` (default) the
+             ms_service file exporter behind the SDK's BatchSpanProcessor writes a real capture
+             file (its rows handed over directly, no SDK span); with ``--exporter drop`` the
+             SDK spans are built for an exporter that drops them
   total, slow spans   the same with spans built through tracer.start_span / Span.end
-             (recorder.set_fast_path(False)), the way before issue 8
+             (recorder.set_fast_path(False)) and exported by the processor's thread, the way
+             before issue 8
 in process-CPU microseconds per step, median of interleaved repeats. Budget context: an engine
 step of the tiny model takes about 7 ms here (docs/performance reference), so 1 % is 70 us.
 The self meter (otel_vllm_ascend.selfmeter) runs during the "total" case and its own figures
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import statistics
+import tempfile
 import time
 
 import torch
@@ -37,6 +43,7 @@ from vllm.v1.request import Request
 
 from otel_vllm_ascend import control, recorder, selfmeter
 from otel_vllm_ascend.config import ProfilerConfig
+from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 from otel_vllm_ascend.handlers import model, scheduler
 
 
@@ -86,11 +93,14 @@ def main():
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--exporter", choices=("file", "drop"), default="file")
     options = parser.parse_args()
 
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(DropExporter(), max_queue_size=1 << 20,
-                                                   max_export_batch_size=4096))
+    folder = tempfile.mkdtemp(prefix="bench-engine-step-")
+    exporter = MsServiceSpanExporter(folder) if options.exporter == "file" else DropExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 20,
+                                                   max_export_batch_size=512))
     recorder.set_tracer_provider(provider)
     control.start(config=ProfilerConfig(enable=True))
     sched = SchedulerShape(options.requests)
@@ -156,8 +166,9 @@ def main():
     control.stop()
     export_cpu = selfmeter.export_thread_cpu_ns() - export_cpu_start
     provider.shutdown()
-    print(f"per engine step, {options.requests} decoding requests, median of {options.repeats} "
-          f"interleaved x {options.steps} steps (process CPU):")
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"{options.exporter} exporter; per engine step, {options.requests} decoding requests, "
+          f"median of {options.repeats} interleaved x {options.steps} steps (process CPU):")
     for name, values in samples.items():
         print(f"  {name:<20} {statistics.median(values):8.1f} us")
     fast_over_slow = statistics.median(

@@ -106,29 +106,48 @@ def translate_batch(spans: Iterable[ReadableSpan], fallback_tid: Optional[int] =
     return mstx, meta, rejected
 
 
+def translate_records(records: Iterable[tuple]
+                      ) -> Tuple[List[tuple], List[Tuple[str, str]], List[str]]:
+    """What :func:`translate_batch` gives for spans, from span-shaped records
+    ``(name, start_ns, end_ns, attributes, events, tid)`` with events as
+    ``(name, timestamp_ns, attributes)``: the recorder's direct path, which writes the file
+    without building SDK spans (attributes as the SDK would store them)."""
+    mstx: List[tuple] = []
+    meta: List[Tuple[str, str]] = []
+    rejected: List[str] = []
+    for name, start, end, attrs, events, tid in records:
+        _translate_parts(name, start, end, attrs, events, tid, mstx, meta, rejected)
+    return mstx, meta, rejected
+
+
 def _translate(span: ReadableSpan, fallback_tid: Optional[int], mstx: List[tuple],
                meta: List[Tuple[str, str]], rejected: List[str]) -> None:
     attrs = _plain(span)
+    tid = attrs.get(contract.THREAD_ID)
+    if tid.__class__ is not int:
+        tid = fallback_tid if fallback_tid is not None else threading.get_native_id()
+    events = span.events
+    if events:
+        events = [(event.name, event.timestamp, _plain(event)) for event in events]
+    _translate_parts(span.name, span.start_time or 0, span.end_time, attrs, events, tid, mstx,
+                     meta, rejected)
+
+
+def _translate_parts(name: str, start: int, end: Optional[int], attrs: Mapping[str, Any],
+                     events: Any, tid: int, mstx: List[tuple], meta: List[Tuple[str, str]],
+                     rejected: List[str]) -> None:
     record = attrs.get(contract.RECORD)
     if record == contract.RECORD_META:
         meta.extend(_meta_pairs(attrs))
         return
 
-    tid = attrs.get(contract.THREAD_ID)
-    if tid.__class__ is not int:
-        tid = fallback_tid if fallback_tid is not None else threading.get_native_id()
-    start = span.start_time or 0
-
     if record is None:
-        events = span.events
         if events:
             domain = attrs.get(contract.DOMAIN)
-            for event in events:
-                ts = event.timestamp
-                mstx.append((_message(event.name, TYPE_EVENT, _plain(event), rejected, domain),
+            for event_name, ts, event_attrs in events:
+                mstx.append((_message(event_name, TYPE_EVENT, event_attrs, rejected, domain),
                              FLAG_EVENT, ts, ts, tid))
-        end = span.end_time
-        mstx.append((_message(span.name, TYPE_SPAN, attrs, rejected), FLAG_SPAN, start,
+        mstx.append((_message(name, TYPE_SPAN, attrs, rejected), FLAG_SPAN, start,
                      end if end is not None else start, tid))
         return
 
@@ -137,7 +156,7 @@ def _translate(span: ReadableSpan, fallback_tid: Optional[int], mstx: List[tuple
     elif record == contract.RECORD_METRIC:
         message = _message(None, None, attrs, rejected)
     else:  # "event" and any unknown record kind: a plain event mark
-        message = _message(span.name, TYPE_EVENT, attrs, rejected)
+        message = _message(name, TYPE_EVENT, attrs, rejected)
     mstx.append((message, FLAG_EVENT, start, start, tid))
 
 

@@ -40,7 +40,7 @@ import stat
 import threading
 import weakref
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -176,18 +176,31 @@ class MsServiceSpanExporter(SpanExporter):
         return self.folder / db_file_name(self.hostname, os.getpid())
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._write(_message.translate_batch, spans)
+
+    def export_records(self, records: Sequence[tuple]) -> SpanExportResult:
+        """Write span-shaped records, the rows :meth:`export` would write for their spans.
+
+        The recorder's direct path (``otel_vllm_ascend/span_builder.py``): when this exporter
+        is on, the recorder hands it its records as
+        ``(name, start_ns, end_ns, attributes, events, tid)`` instead of building an SDK span
+        per record (see ``message.translate_records``).
+        """
+        return self._write(_message.translate_records, records)
+
+    def _write(self, translate: Callable[[Sequence], tuple], items: Sequence) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
         try:
             with self._lock:
-                return self._export_locked(spans)
-        except Exception:  # never raise into the SDK's worker thread
-            self.dropped_spans += len(spans)
-            _logger.exception("ms_service exporter: dropped %d spans", len(spans))
+                return self._write_locked(*translate(items), len(items))
+        except Exception:  # never raise into the SDK's worker thread or the recorder's
+            self.dropped_spans += len(items)
+            _logger.exception("ms_service exporter: dropped %d spans", len(items))
             return SpanExportResult.FAILURE
 
-    def _export_locked(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        mstx, meta, rejected = _message.translate_batch(spans)
+    def _write_locked(self, mstx: List[tuple], meta: List[Tuple[str, str]],
+                      rejected: List[str], count: int) -> SpanExportResult:
         pid = os.getpid()
         if rejected:
             self._warn_rejected(rejected)
@@ -202,7 +215,7 @@ class MsServiceSpanExporter(SpanExporter):
             db.write(numbered, meta)
             db.next_mark = first + len(numbered)
         except (CaptureWriteError, sqlite3.Error, OSError) as exc:
-            self._record_failure(len(spans), exc)
+            self._record_failure(count, exc)
             return SpanExportResult.FAILURE
         self.written_rows += len(mstx)
         if self._failing:

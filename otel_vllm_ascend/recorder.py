@@ -3,10 +3,12 @@
 Handlers call :func:`record_span` / :func:`record_event` with plain values (timestamps, ids, a
 few numbers). The call appends one tuple to a bounded queue and returns: no OpenTelemetry work
 happens on the serving thread. A daemon thread per process (every 0.2 s) turns queued records
-into real SDK spans: finished spans handed straight to the provider's span processor
+into real SDK spans: finished spans handed straight to the provider's span processors
 (``span_builder.py``; same resource, scope, ids and sampler decision), or through
 ``tracer.start_span`` / ``end`` wherever that could differ. Every configured span processor and
-exporter receives them and the configured sampler still applies.
+exporter receives them and the configured sampler still applies; our file exporter gets the
+sampled records as they are (the rows their spans would give) when the record takes the fast
+way.
 
 When the queue is full the record is dropped and counted (:func:`dropped_count`), the first drop
 and the total at exit are logged; vLLM is never blocked. :func:`flush` drains the queue
@@ -205,6 +207,8 @@ def _drain() -> None:
                 _build(tracer, rec)
         except Exception:
             _logger.debug("could not build span %r", rec[0], exc_info=True)
+    if fast is not None:
+        fast.finish()  # the file exporter's rows of this drain, one transaction
     if metering:
         _meter.drain_ns += time.thread_time_ns() - cpu_start
         _meter.drained += built

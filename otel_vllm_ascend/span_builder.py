@@ -19,11 +19,18 @@ and the recorder falls back to ``start_span`` otherwise:
 * no attribute length limit is configured and the record fits the attribute count limit;
 * the SDK's own span metrics are off (their default);
 * the record carries no exception (a rare record; the slow way adds the exception event).
+
+The file exporter is fed without spans. A batch or simple span processor whose exporter is our
+``ms_service`` exporter does nothing with a span but turn it into rows, so the builder gives
+that exporter the record itself (``MsServiceSpanExporter.export_records``: the same rows, one
+SQLite transaction per drain) and builds a ``ReadableSpan`` only when some other processor
+(OTLP, console, a user's) is there to receive it. Which records are written is the sampler's
+decision as before: the sampled ones, exactly what the processor would have exported.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
@@ -70,7 +77,15 @@ class FastSpanBuilder:
         self.resource = tracer.resource
         self.scope = tracer._instrumentation_scope
         self.info = tracer.instrumentation_info
-        self.on_end = tracer.span_processor.on_end
+        self.row_exporters: List[Any] = []
+        self.span_consumers: List[Callable[[ReadableSpan], None]] = []
+        for processor in tracer.span_processor._span_processors:
+            exporter = _file_exporter(processor)
+            if exporter is not None:
+                self.row_exporters.append(exporter)
+            elif type(processor).on_end is not SpanProcessor.on_end:
+                self.span_consumers.append(processor.on_end)
+        self.rows: List[tuple] = []
         limits = tracer._span_limits
         # One slot of the span's limit is thread.id's.
         self.max_attributes = _limit(limits.max_span_attributes) - 1
@@ -88,6 +103,13 @@ class FastSpanBuilder:
         else:
             self.root_decision = _static_decision(sampler)
             self.parent_decisions = (self.root_decision,) * 4
+
+    def finish(self) -> None:
+        """Write the records gathered for the file exporters (once per drain)."""
+        rows, self.rows = self.rows, []
+        if rows:
+            for exporter in self.row_exporters:
+                exporter.export_records(rows)
 
     @classmethod
     def for_tracer(cls, tracer: Any, deferred_type: type) -> Optional[FastSpanBuilder]:
@@ -123,19 +145,24 @@ class FastSpanBuilder:
             trace_id = None
         if decision is None:
             return False  # a sampler that must be asked: the slow way asks it
+        if not decision.is_recording():
+            return True  # dropped by the sampler, as start_span would
         deferred = self.deferred_type
         attrs = _clean(attributes, self.max_attributes, deferred)
         if attrs is None:
             return False
-        span_events: tuple = ()
+        cleaned_events: list = []
         if events:
-            built = []
             for event_name, timestamp, event_attributes in events:
                 cleaned = _clean(event_attributes, self.max_event_attributes, deferred)
                 if cleaned is None:
                     return False
-                built.append(Event(event_name, cleaned, timestamp))
-            span_events = tuple(built)
+                cleaned_events.append((event_name, timestamp, cleaned))
+        sampled = decision.is_sampled()
+        if sampled and self.row_exporters:
+            self.rows.append((name, start_ns, end_ns, attrs, cleaned_events, tid))
+        if not self.span_consumers:
+            return True
         ids = self.tracer.id_generator
         if parent is None:
             if own is not None:
@@ -147,26 +174,38 @@ class FastSpanBuilder:
             span_id = None
         if span_id is None:
             span_id = ids.generate_span_id()
-        if not decision.is_recording():
-            return True  # dropped by the sampler, as start_span would
-        flags = _SAMPLED if decision.is_sampled() else _NOT_SAMPLED
+        flags = _SAMPLED if sampled else _NOT_SAMPLED
         if random_id:
             flags = TraceFlags(flags | random_id)
-        attrs[contract.THREAD_ID] = tid
-        self.on_end(ReadableSpan(
+        span_attrs = dict(attrs) if self.row_exporters else attrs  # the rows keep theirs
+        span_attrs[contract.THREAD_ID] = tid
+        span = ReadableSpan(
             name=name,
             context=SpanContext(trace_id, span_id, False, flags, trace_state),
             parent=parent,
             resource=self.resource,
-            attributes=attrs,
-            events=span_events,
+            attributes=span_attrs,
+            events=tuple(Event(event_name, event_attrs, timestamp)
+                         for event_name, timestamp, event_attrs in cleaned_events),
             links=tuple(Link(ctx) for ctx in links) if links else (),
             instrumentation_info=self.info,
             start_time=start_ns,
             end_time=end_ns,
             instrumentation_scope=self.scope,
-        ))
+        )
+        for on_end in self.span_consumers:
+            on_end(span)
         return True
+
+
+def _file_exporter(processor: Any) -> Any:
+    """Our ``ms_service`` exporter when ``processor`` only hands spans to it, else None."""
+    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
+
+    if not isinstance(processor, (BatchSpanProcessor, SimpleSpanProcessor)):
+        return None
+    exporter = getattr(processor, "span_exporter", None)
+    return exporter if isinstance(exporter, MsServiceSpanExporter) else None
 
 
 def _limit(value: Optional[int]) -> int:

@@ -160,3 +160,78 @@ def test_exception_record_keeps_the_exception_event():
     (span,) = exporter.get_finished_spans()
     assert [e.name for e in span.events] == ["exception"]
     assert span.status.status_code.name == "ERROR"
+
+
+def _file_rows(tmp_path, sampler, fast: bool, with_spans: bool):
+    """Mstx and Meta rows the file exporter writes for every record shape (plus a meta and a
+    link record), and the spans a second exporter receives next to it."""
+    import sqlite3
+
+    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
+
+    folder = tmp_path / f"{fast}-{with_spans}-{id(sampler)}"
+    file_exporter = MsServiceSpanExporter(folder, hostname="h")
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(ThreadIdSpanProcessor())
+    provider.add_span_processor(BatchSpanProcessor(file_exporter))
+    if with_spans:
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+    recorder.set_tracer_provider(provider)
+    recorder.set_fast_path(fast)
+    try:
+        for record in _records():
+            recorder.record_span(**record)
+        recorder.record_meta("role", "engine_core")
+        recorder.record_event(contract.LINK_NAME, {contract.DOMAIN: "Engine",
+                                                   contract.LINK_FROM: "ext",
+                                                   contract.LINK_TO: "int"},
+                              timestamp_ns=NOW + 1, record=contract.RECORD_LINK)
+        recorder.record_span("failing", NOW, NOW + 3, {contract.DOMAIN: "Execute"},
+                             exception=ValueError("bad"), thread_id=7)  # always the slow way
+        recorder.flush()
+        provider.force_flush()
+    finally:
+        recorder.set_fast_path(True)
+        recorder.set_tracer_provider(None)
+    provider.shutdown()
+    if not file_exporter.path.exists():
+        return [], [], memory.get_finished_spans()
+    with sqlite3.connect(file_exporter.path) as conn:
+        mstx = conn.execute("SELECT message, flag, timestamp, endTimestamp, pid, tid FROM Mstx "
+                            "ORDER BY timestamp, message").fetchall()
+        meta = conn.execute("SELECT name, value FROM Meta ORDER BY name").fetchall()
+    return mstx, meta, memory.get_finished_spans()
+
+
+@pytest.mark.parametrize("sampler", [DEFAULT_ON, DEFAULT_OFF, ALWAYS_OFF],
+                         ids=["parentbased_on", "parentbased_off", "always_off"])
+@pytest.mark.parametrize("with_spans", [False, True], ids=["file_only", "file_and_other"])
+def test_file_exporter_fed_directly_writes_the_rows_its_spans_would(tmp_path, sampler,
+                                                                     with_spans):
+    slow_mstx, slow_meta, slow_spans = _file_rows(tmp_path, sampler, False, with_spans)
+    fast_mstx, fast_meta, fast_spans = _file_rows(tmp_path, sampler, True, with_spans)
+    assert fast_mstx == slow_mstx
+    assert fast_meta == slow_meta
+    if sampler is DEFAULT_ON:
+        assert len(fast_mstx) == 9 and ("role", "engine_core") in fast_meta
+    elif sampler is DEFAULT_OFF:  # only records under a sampled parent
+        assert len(fast_mstx) == 2 and fast_meta[0][0] == "hostname"
+    # the other exporter still receives every sampled record as a span
+    assert sorted(s.name for s in fast_spans) == sorted(s.name for s in slow_spans)
+    assert bool(fast_spans) == (with_spans and sampler is not ALWAYS_OFF)
+
+
+def test_file_only_builds_no_span():
+    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
+
+    provider = TracerProvider()
+    provider.add_span_processor(ThreadIdSpanProcessor())
+    provider.add_span_processor(BatchSpanProcessor(MsServiceSpanExporter("/nonexistent")))
+    builder = FastSpanBuilder.for_tracer(provider.get_tracer("t"), recorder.Deferred)
+    assert builder is not None and len(builder.row_exporters) == 1
+    assert builder.span_consumers == []  # the thread-id stamper does nothing at span end
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    builder = FastSpanBuilder.for_tracer(provider.get_tracer("t"), recorder.Deferred)
+    assert len(builder.row_exporters) == 1 and len(builder.span_consumers) == 1
+    provider.shutdown()
