@@ -87,6 +87,7 @@ def self_meter(work: Path) -> dict | None:
         if not rows:
             continue
         figures = json.loads(rows[-1][0])
+        figures["hot_ns"] -= figures.get("meter_ns", 0)  # the meter's own clock reads
         tool_ns = figures["hot_ns"] + figures["drain_ns"] + figures["export_cpu_ns"]
         role = per_role.setdefault(figures["role"], {"hot_ns": 0, "drain_ns": 0,
                                                      "export_cpu_ns": 0, "drained": 0})

@@ -79,6 +79,7 @@ def test_file_name_schema_modes_and_meta(tmp_path, spans_of):
     meta = dict(conn.execute("SELECT name, value FROM Meta"))
     assert meta == {"hostname": socket.gethostname(), "ppid": str(os.getppid())}
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert conn.execute("PRAGMA page_size").fetchone() == (65536,)  # fewer, larger WAL frames
     conn.close()
     # after shutdown the file stands alone: checkpointed, no WAL left beside it
     assert not (folder / (path.name + "-wal")).exists()

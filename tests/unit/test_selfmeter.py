@@ -96,8 +96,14 @@ def test_drain_counts_steps_requests_and_report_reaches_exporter(metered):
     assert len(meta) == 1
     figures = json.loads(meta[0].attributes[contract.META_PREFIX + selfmeter.META_KEY])
     assert figures["steps"] == 3 and figures["requests"] == 1 and figures["drained"] == 4
+    assert 0 <= figures["meter_ns"] < 100_000 * figures["hot_calls"] + 1
     text = selfmeter.report_text(figures)
-    assert "per engine step" in text and "per request" in text
+    assert "per engine step" in text and "per request" in text and "clock" in text
+
+
+def test_clock_read_cost_is_measured():
+    cost = selfmeter.clock_read_ns()
+    assert 0 < cost < 1_000_000  # a system call: well under a millisecond, never free
 
 
 def test_export_thread_cpu_is_read_from_proc():
