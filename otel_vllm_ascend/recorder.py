@@ -41,6 +41,7 @@ _STEP_RECORD = "batchFrameworkProcessing"
 _REQUEST_RECORD = "httpReq"
 
 EventTuple = tuple  # (name, timestamp_ns, attributes)
+_TASK = object()  # first item of a queued record_task
 
 
 class Deferred:
@@ -95,7 +96,8 @@ def record_span(
     thread_id: Optional[int] = None,
     span_context: Optional[SpanContext] = None,
 ) -> None:
-    """Queue one span record. ``attributes`` must not be mutated afterwards.
+    """Queue one span record. ``attributes`` must not be mutated afterwards; attribute values
+    and ``links`` may be :class:`Deferred`.
 
     ``span_context`` gives the span its own trace and span id (a request's root record, whose
     ids were handed out before the span exists); used only when ``parent`` is None.
@@ -115,6 +117,16 @@ def record_span(
     )
     if _state.thread is None:
         _start_thread()
+
+
+def record_task(func: Any, arg: Any) -> None:
+    """Queue ``func(arg)`` to run on the recorder's thread, in order with the records (work a
+    handler can leave there, e.g. classifying an engine step before its spans are built)."""
+    queue = _state.queue
+    if len(queue) < MAX_QUEUE:  # else dropped: whatever needs the result computes it itself
+        queue.append((_TASK, func, arg))
+        if _state.thread is None:
+            _start_thread()
 
 
 def record_event(name: str, attributes: Mapping[str, Any], timestamp_ns: Optional[int] = None,
@@ -196,6 +208,12 @@ def _drain() -> None:
             rec = popleft()
         except IndexError:
             break
+        if rec[0] is _TASK:
+            try:
+                rec[1](rec[2])
+            except Exception:
+                _logger.debug("recorder task failed", exc_info=True)
+            continue
         built += 1
         if metering:
             if rec[0] == _STEP_RECORD:
@@ -283,6 +301,8 @@ def _with_preset_ids(tracer: Any) -> Optional[_PresetIds]:
 
 def _build(tracer: Any, rec: tuple) -> None:
     name, start_ns, end_ns, attributes, events, parent, links, exception, tid, own = rec
+    if type(links) is Deferred:
+        links = links.func(links.arg)
     context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
     if own is not None and parent is None:
         ids = _with_preset_ids(tracer)

@@ -148,6 +148,8 @@ class FastSpanBuilder:
         if not decision.is_recording():
             return True  # dropped by the sampler, as start_span would
         deferred = self.deferred_type
+        if links.__class__ is deferred:
+            links = links.func(links.arg)
         attrs = _clean(attributes, self.max_attributes, deferred)
         if attrs is None:
             return False

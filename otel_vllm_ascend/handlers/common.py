@@ -19,7 +19,7 @@ import random
 import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from opentelemetry.trace import SpanContext, TraceFlags
 
@@ -166,40 +166,61 @@ DETAIL_KEYS = ("rid", "iter", "type", "num_scheduled_tokens", "num_prompt_tokens
                "num_computed_tokens")
 
 
+class BatchInputs(NamedTuple):
+    """Copies of what the classifier reads from one SchedulerOutput, taken on EngineCore's
+    thread (a few C-level copies); the classification itself runs on the recorder's."""
+
+    finished: tuple  # request ids vLLM finished before this step
+    new: list  # (request id, prompt length or None, computed tokens) of newly scheduled ones
+    cached_ids: list
+    cached_computed: list
+    scheduled: dict  # request id -> tokens scheduled this step, in vLLM's order
+
+    @classmethod
+    def of(cls, scheduler_output: Any) -> BatchInputs:
+        new = []
+        for request in getattr(scheduler_output, "scheduled_new_reqs", None) or ():
+            prompt = getattr(request, "prompt_token_ids", None)
+            new.append((request.req_id, len(prompt) if prompt is not None else None,
+                        int(getattr(request, "num_computed_tokens", 0) or 0)))
+        cached = getattr(scheduler_output, "scheduled_cached_reqs", None)
+        return cls(tuple(getattr(scheduler_output, "finished_req_ids", None) or ()), new,
+                   list(getattr(cached, "req_ids", ()) or ()),
+                   list(getattr(cached, "num_computed_tokens", ()) or ()),
+                   dict(scheduler_output.num_scheduled_tokens))
+
+
 class BatchClassifier:
     """Per-request step counters and prompt lengths across engine steps.
 
     ``iter`` counts the steps a request was scheduled in, from 0; ``type`` is 0 (prefill) while
-    its computed tokens are fewer than its prompt, else 1 (decode).
+    its computed tokens are fewer than its prompt, else 1 (decode). Steps must be classified in
+    the order vLLM scheduled them.
     """
 
     def __init__(self) -> None:
         self._iterations: Dict[str, int] = {}
         self._prompt_lengths: Dict[str, int] = {}
 
-    def classify(self, scheduler_output: Any) -> Tuple[List[tuple], str]:
-        """(one row per request in DETAIL_KEYS order, batch_type) for one SchedulerOutput."""
+    def classify(self, inputs: BatchInputs) -> Tuple[List[tuple], str]:
+        """(one row per request in DETAIL_KEYS order, batch_type) for one step."""
         iterations = self._iterations
         prompt_lengths = self._prompt_lengths
-        for request_id in getattr(scheduler_output, "finished_req_ids", None) or ():
+        for request_id in inputs.finished:
             iterations.pop(request_id, None)
             prompt_lengths.pop(request_id, None)
         computed: Dict[str, int] = {}
-        for new in getattr(scheduler_output, "scheduled_new_reqs", None) or ():
-            prompt = getattr(new, "prompt_token_ids", None)
-            if prompt is not None:
-                prompt_lengths[new.req_id] = len(prompt)
-            computed[new.req_id] = int(getattr(new, "num_computed_tokens", 0) or 0)
-        cached = getattr(scheduler_output, "scheduled_cached_reqs", None)
-        if cached is not None:
-            computed.update(zip(getattr(cached, "req_ids", ()) or (),
-                                getattr(cached, "num_computed_tokens", ()) or ()))
+        for request_id, prompt_length, num_computed in inputs.new:
+            if prompt_length is not None:
+                prompt_lengths[request_id] = prompt_length
+            computed[request_id] = num_computed
+        computed.update(zip(inputs.cached_ids, inputs.cached_computed))
         rows: List[tuple] = []
         has_prefill = has_decode = False
         get_iteration = iterations.get
         get_prompt = prompt_lengths.get
         get_computed = computed.get
-        for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
+        for request_id, num_tokens in inputs.scheduled.items():
             iteration = get_iteration(request_id, -1) + 1
             iterations[request_id] = iteration
             prompt_length = get_prompt(request_id)
@@ -250,53 +271,77 @@ def details_json(rows: List[tuple]) -> str:
 
 
 class BatchDescription:
-    """What the batch hooks say about one SchedulerOutput, computed once per engine step."""
+    """What the batch hooks say about one SchedulerOutput (one engine step).
 
-    __slots__ = ("output", "rows", "kind", "request_ids", "links", "_json")
+    Made on EngineCore's thread with copies of the step's inputs; the rows (``iter``, ``type``,
+    token counts), ``batch_type``, the ``ms.rid_detail`` text and the links are worked out on
+    the recorder's thread (:meth:`resolve`, queued as a task right after the step, so steps
+    are classified in order), where the span's deferred attributes read them.
+    """
 
-    def __init__(self, output: Any, rows: List[tuple], kind: str) -> None:
+    __slots__ = ("output", "inputs", "request_ids", "requests", "rows", "kind", "links",
+                 "_json")
+
+    def __init__(self, output: Any, inputs: BatchInputs) -> None:
         self.output = output
-        self.rows = rows
-        self.kind = kind
-        self.request_ids = [row[0] for row in rows]
-        self.links: Any = _UNSET
+        self.inputs = inputs
+        self.request_ids = list(inputs.scheduled)
+        self.requests: Optional[Mapping[str, Any]] = None  # the scheduler's, for link lookups
+        self.rows: Optional[List[tuple]] = None
+        self.kind = ""
+        self.links: Optional[List[SpanContext]] = None
         self._json: Optional[str] = None
 
+    def resolve(self) -> BatchDescription:
+        """Classify this step (once): rows, kind and links, then forget finished requests."""
+        if self.rows is None:
+            self.rows, self.kind = _classifier.classify(self.inputs)
+            # One link per request, in its first step (``iter`` 0), not per step: a span link
+            # costs the SDK about as much as a small span, and a request's later steps are
+            # found through its first one (and through the ``ms.rid`` attributes).
+            self.links = links_for([row[0] for row in self.rows if row[1] == 0], self.requests)
+            forget(self.inputs.finished)
+        return self
+
+    def batch_type(self) -> str:
+        return self.resolve().kind
+
     def details_json(self) -> str:
-        """Built once, on the recorder's thread (``recorder.Deferred``), for both batch spans."""
+        """Built once, for both batch spans."""
         if self._json is None:
-            self._json = details_json(self.rows)
+            self._json = details_json(self.resolve().rows)
         return self._json
 
+    def span_links(self) -> Optional[List[SpanContext]]:
+        return self.resolve().links
 
-_UNSET = object()
+
 _classifier = BatchClassifier()
 _last_batch: Optional[BatchDescription] = None
 
 
-def describe_batch(scheduler_output: Any) -> BatchDescription:
-    """The batch of this SchedulerOutput; ``schedule`` and ``modelExec`` share one result."""
+def describe_batch(scheduler_output: Any, requests: Optional[Mapping[str, Any]] = None
+                   ) -> BatchDescription:
+    """The batch of this SchedulerOutput; ``schedule`` and ``modelExec`` share one result.
+
+    Queues its classification on the recorder's thread, in step order. ``requests``: the
+    scheduler's request map, for links to requests whose context was not seen at
+    ``add_request``.
+    """
     global _last_batch
     last = _last_batch
     if last is not None and last.output is scheduler_output:
         return last
-    rows, kind = _classifier.classify(scheduler_output)
-    description = BatchDescription(scheduler_output, rows, kind)
+    description = BatchDescription(scheduler_output, BatchInputs.of(scheduler_output))
+    description.requests = requests
     _last_batch = description
+    recorder.record_task(BatchDescription.resolve, description)
     return description
 
 
-def batch_links(batch: BatchDescription, requests: Optional[Mapping[str, Any]] = None
-                ) -> Optional[List[SpanContext]]:
-    """Links to the traces of the requests in their first scheduled step (``iter`` 0).
-
-    One link per request, not per step: a span link costs the SDK about as much as a small
-    span, and a request's later steps are found through its first one (and through the
-    ``ms.rid`` attributes).
-    """
-    if batch.links is _UNSET or (batch.links is None and requests is not None):
-        batch.links = links_for([row[0] for row in batch.rows if row[1] == 0], requests)
-    return batch.links
+def batch_links(batch: BatchDescription) -> recorder.Deferred:
+    """The batch span's links to the traces of the requests in their first step."""
+    return recorder.Deferred(BatchDescription.span_links, batch)
 
 
 def batch_attributes(domain: str, batch: BatchDescription) -> dict:
@@ -304,7 +349,7 @@ def batch_attributes(domain: str, batch: BatchDescription) -> dict:
         contract.DOMAIN: domain,
         contract.RID_DETAIL: recorder.Deferred(BatchDescription.details_json, batch),
         contract.RID: batch.request_ids,
-        "batch_type": batch.kind,
+        "batch_type": recorder.Deferred(BatchDescription.batch_type, batch),
     }
 
 
