@@ -32,6 +32,7 @@ Behaviour worth knowing:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -40,7 +41,7 @@ import stat
 import threading
 import weakref
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -53,6 +54,7 @@ _logger = logging.getLogger(__name__)
 FILE_MODE = 0o640
 PAGE_SIZE = 65536
 WAL_CHECKPOINT_PAGES = 256
+WRITE_BATCH = 64  # spans or records translated between two inserts (see _ProcessDb.write)
 CREATE_MSTX = (
     "CREATE TABLE IF NOT EXISTS Mstx(message TEXT, flag INTEGER, markId INTEGER, "
     "timestamp INTEGER, endTimestamp INTEGER, pid INTEGER, tid INTEGER)"
@@ -81,7 +83,7 @@ class _ProcessDb:
         self.identity = (identity.st_dev, identity.st_ino)
         row = self.conn.execute("SELECT MAX(markId) FROM Mstx").fetchone()
         self.next_mark = 0 if row[0] is None else row[0] + 1
-        self.write([], [("hostname", hostname), ("ppid", str(os.getppid()))])
+        self.write([([], [("hostname", hostname), ("ppid", str(os.getppid()))])])
 
     def still_there(self) -> bool:
         try:
@@ -90,14 +92,26 @@ class _ProcessDb:
             return False
         return stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == self.identity
 
-    def write(self, mstx: Sequence[tuple], meta: Sequence[Tuple[str, str]]) -> None:
+    def write(self, batches: Iterable[Tuple[Sequence[tuple], Sequence[Tuple[str, str]]]]
+              ) -> int:
+        """Insert every batch of ``(mstx, meta)`` in one transaction, numbering the Mstx rows
+        ``(message, flag, timestamp, endTimestamp, tid)`` (markId) and adding the pid; returns
+        how many Mstx rows were written. Batches may be produced lazily: each insert lets other
+        threads have the GIL while SQLite works, so translating in small batches keeps the
+        exporter from holding it for long stretches."""
         conn = self.conn
+        pid = self.pid
+        first = mark = self.next_mark
         conn.execute("BEGIN")
         try:
-            if mstx:
-                conn.executemany(_INSERT_MSTX, mstx)
-            if meta:
-                conn.executemany(_INSERT_META, meta)
+            for mstx, meta in batches:
+                if mstx:
+                    conn.executemany(_INSERT_MSTX, [
+                        (message, flag, mark + index, start, end, pid, tid)
+                        for index, (message, flag, start, end, tid) in enumerate(mstx)])
+                    mark += len(mstx)
+                if meta:
+                    conn.executemany(_INSERT_META, meta)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -105,6 +119,8 @@ class _ProcessDb:
             except sqlite3.Error:
                 pass
             raise
+        self.next_mark = mark
+        return mark - first
 
     def close(self, checkpoint: bool) -> None:
         try:
@@ -199,35 +215,38 @@ class MsServiceSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         try:
             with self._lock:
-                return self._write_locked(*translate(items), len(items))
+                return self._write_locked(translate, items)
         except Exception:  # never raise into the SDK's worker thread or the recorder's
             self.dropped_spans += len(items)
             _logger.exception("ms_service exporter: dropped %d spans", len(items))
             return SpanExportResult.FAILURE
 
-    def _write_locked(self, mstx: List[tuple], meta: List[Tuple[str, str]],
-                      rejected: List[str], count: int) -> SpanExportResult:
-        pid = os.getpid()
-        if rejected:
-            self._warn_rejected(rejected)
-        if not mstx and not meta:
-            return SpanExportResult.SUCCESS
+    def _write_locked(self, translate: Callable[[Sequence], tuple],
+                      items: Sequence) -> SpanExportResult:
+        batches = self._translated(translate, items)
+        first = next(batches, None)
+        if first is None:
+            return SpanExportResult.SUCCESS  # nothing under the span contract: no file
         try:
-            db = self._current_db()
-            first = db.next_mark
-            numbered = [(message, flag, mark, start, end, pid, tid)
-                        for (message, flag, start, end, tid), mark
-                        in zip(mstx, range(first, first + len(mstx)))]
-            db.write(numbered, meta)
-            db.next_mark = first + len(numbered)
+            written = self._current_db().write(itertools.chain((first,), batches))
         except (CaptureWriteError, sqlite3.Error, OSError) as exc:
-            self._record_failure(count, exc)
+            self._record_failure(len(items), exc)
             return SpanExportResult.FAILURE
-        self.written_rows += len(mstx)
+        self.written_rows += written
         if self._failing:
             self._failing = False
             _logger.warning("ms_service exporter: writing to %s again", self.path)
         return SpanExportResult.SUCCESS
+
+    def _translated(self, translate: Callable[[Sequence], tuple], items: Sequence
+                    ) -> Iterator[Tuple[List[tuple], List[Tuple[str, str]]]]:
+        """``(mstx, meta)`` of every non-empty batch of :data:`WRITE_BATCH` items, lazily."""
+        for first in range(0, len(items), WRITE_BATCH):
+            mstx, meta, rejected = translate(items[first:first + WRITE_BATCH])
+            if rejected:
+                self._warn_rejected(rejected)
+            if mstx or meta:
+                yield mstx, meta
 
     def _current_db(self) -> _ProcessDb:
         db = self._db

@@ -94,18 +94,6 @@ def assign_request_id(original: Any, this: Any, request: Any, *args: Any, **kwar
     return result
 
 
-def _finished_states(this: Any, outputs: Any) -> List[Tuple[str, Any]]:
-    states = getattr(this, "request_states", None) or {}
-    finished = []
-    for output in outputs:
-        if getattr(output, "finish_reason", None) is None:
-            continue
-        state = states.get(output.request_id)
-        if state is not None:
-            finished.append((output.request_id, state))
-    return finished
-
-
 def _generated_tokens(state: Any) -> Optional[int]:
     stats = getattr(state, "stats", None)
     if stats is not None:
@@ -124,12 +112,19 @@ def process_outputs(original: Any, this: Any, engine_core_outputs: Any, *args: A
     common.ensure_role("api_server")
     # Taken before the call: the original drops finished requests from request_states. The
     # state objects stay readable, so token counts are read after it (final counts).
-    finished = _finished_states(this, engine_core_outputs)
     states = getattr(this, "request_states", None) or {}
+    get_state = states.get
     rids = []
+    finished: List[Tuple[str, Any]] = []
     for output in engine_core_outputs:
-        state = states.get(output.request_id)
-        rids.append(getattr(state, "external_req_id", None) or output.request_id)
+        request_id = output.request_id
+        state = get_state(request_id)
+        if state is None:
+            rids.append(request_id)
+            continue
+        rids.append(getattr(state, "external_req_id", None) or request_id)
+        if output.finish_reason is not None:
+            finished.append((request_id, state))
     start = time.time_ns()
     tid = threading.get_native_id()
     result = original(engine_core_outputs, *args, **kwargs)
