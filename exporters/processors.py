@@ -4,7 +4,8 @@
   without one, so the ``Mstx.tid`` column names the recording thread, not the exporter's.
 * :class:`CountingBatchSpanProcessor` is the SDK's ``BatchSpanProcessor`` that also counts the
   spans it drops because its queue (``OTEL_BSP_MAX_QUEUE_SIZE``) is full, and says once how to
-  size the queue.
+  size the queue. Around the SDK's OTLP exporters it switches them to the direct OTLP encoder
+  (``otlp_encoding.py``: the same bytes at a fraction of the CPU).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.exporters import otlp_encoding
 
 _logger = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 
     def __init__(self, span_exporter: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(span_exporter, *args, **kwargs)
+        otlp_encoding.install(span_exporter)  # the SDK's OTLP exporters: same bytes, faster
         self.dropped_spans = 0
         self._queue_limit: Optional[int] = getattr(self._pending(), "maxlen", None)
 

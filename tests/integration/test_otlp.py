@@ -37,6 +37,18 @@ from otel_vllm_ascend.tracing_setup import ensure_tracer_provider
 ensure_tracer_provider()
 """ + RECORDS
 
+# Which encoder the OTLP exporter of the process used (the direct one unless switched off).
+ENCODER = """
+from opentelemetry import trace
+from otel_vllm_ascend.exporters import otlp_encoding
+exporters = [p.span_exporter for p in trace.get_tracer_provider()._active_span_processor
+             ._span_processors if hasattr(p, "span_exporter")]
+direct = [getattr(e, "_translate_data", None) is otlp_encoding._grpc_translate
+          or getattr(__import__(type(e).__module__, fromlist=["x"]), "encode_spans", None)
+          is otlp_encoding._http_encode_spans for e in exporters if "otlp" in type(e).__module__]
+print("direct-encoder" if direct == [True] else f"sdk-encoder {direct}", flush=True)
+"""
+
 
 def _clean_env(tmp_path, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -78,7 +90,11 @@ def test_spans_reach_the_receiver_and_the_file(tmp_path, receiver, exporters):
                      OTEL_EXPORTER_OTLP_PROTOCOL=receiver.protocol)
     if exporters:
         env["OTEL_TRACES_EXPORTER"] = exporters
-    pid = int(_run(PLAIN_PATH, env).stdout.split()[0])
+    else:
+        env["OTEL_VLLM_FAST_OTLP"] = "0"  # the SDK's own encoder must reach the same result
+    out = _run(PLAIN_PATH + ENCODER, env).stdout.split()
+    pid = int(out[0])
+    assert out[1] == ("direct-encoder" if exporters else "sdk-encoder"), out
 
     spans = wait_for(receiver, lambda s: len(s) >= 3)
     by_name = {s.name: s for s in spans}
