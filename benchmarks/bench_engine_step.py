@@ -94,6 +94,9 @@ def main():
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--exporter", choices=("file", "drop"), default="file")
+    parser.add_argument("--churn", action="store_true",
+                        help="one request leaves the running queue and another joins it every "
+                             "step, as in a server under load (default: a steady batch)")
     options = parser.parse_args()
 
     provider = TracerProvider()
@@ -106,7 +109,13 @@ def main():
     sched = SchedulerShape(options.requests)
     output = sched.output
 
+    spare = []
+
     def schedule_original():
+        if options.churn:  # membership changes, the output stays the same shape
+            spare.append(sched.running.pop(0))
+            if len(spare) > 1:
+                sched.running.append(spare.pop(0))
         return copy.copy(output)  # vLLM builds a new SchedulerOutput every step
 
     def execute_original(scheduler_output, non_block=False):
@@ -167,8 +176,10 @@ def main():
     export_cpu = selfmeter.export_thread_cpu_ns() - export_cpu_start
     provider.shutdown()
     shutil.rmtree(folder, ignore_errors=True)
-    print(f"{options.exporter} exporter; per engine step, {options.requests} decoding requests, "
-          f"median of {options.repeats} interleaved x {options.steps} steps (process CPU):")
+    churn = ", churn" if options.churn else ""
+    print(f"{options.exporter} exporter{churn}; per engine step, {options.requests} decoding "
+          f"requests, median of {options.repeats} interleaved x {options.steps} steps "
+          f"(process CPU):")
     for name, values in samples.items():
         print(f"  {name:<20} {statistics.median(values):8.1f} us")
     fast_over_slow = statistics.median(

@@ -3,11 +3,13 @@
 Configurations (each a fresh server start, in turn A B C D E A B C D E ...):
 
 =========== ===============================================================================
-plain       vLLM without the tool (``VLLM_PLUGINS`` set so our plugin is not even loaded)
+plain       vLLM as a user runs it without profiling: the package installed, no
+            ``SERVICE_PROF_CONFIG_PATH`` (the plugin loads and does nothing)
 enable0     the tool loaded by the seed's workflow (``SERVICE_PROF_CONFIG_PATH``), ``enable: 0``
 enable1     ``enable: 1``, file exporter (``ms_service_*.db``)
 enable1otlp ``enable: 1`` plus OTLP/HTTP forwarding to a receiver on loopback
-vllmotlp    vLLM's own tracing (``--otlp-traces-endpoint``) to the same receiver, tool not loaded
+vllmotlp    vLLM's own tracing (``--otlp-traces-endpoint``) to the same receiver, tool inert
+noplugin    (not in the default set) vLLM with ``VLLM_PLUGINS`` keeping our plugin unloaded
 =========== ===============================================================================
 
 Each start gets one warm-up run, then ``--runs`` measured runs of the same fixed workload
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sqlite3
 import statistics
@@ -45,6 +48,8 @@ from otlp_receiver import OtlpReceiver  # noqa: E402
 from serve import VllmServer  # noqa: E402
 
 CONFIGS = ("plain", "enable0", "enable1", "enable1otlp", "vllmotlp")
+OPTIONAL_CONFIGS = ("noplugin",)
+TOOL_CONFIGS = ("enable0", "enable1", "enable1otlp")
 NO_PLUGINS = {"VLLM_PLUGINS": "none-of-the-installed"}
 
 
@@ -53,8 +58,9 @@ def server_for(config: str, model: Path, work: Path, receiver: OtlpReceiver,
     env: dict = {}
     extra: list = []
     launch: tuple = ()
-    if config in ("plain", "vllmotlp"):
-        env.update(NO_PLUGINS)
+    if config not in TOOL_CONFIGS:
+        if config == "noplugin":
+            env.update(NO_PLUGINS)
         if config == "vllmotlp":
             extra = ["--otlp-traces-endpoint", receiver.endpoint + "/v1/traces"]
             env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
@@ -187,10 +193,15 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS)
+    unknown = set(configs) - set(CONFIGS) - set(OPTIONAL_CONFIGS)
     if unknown:
-        parser.error(f"unknown configurations {sorted(unknown)}; choose from {CONFIGS}")
+        parser.error(f"unknown configurations {sorted(unknown)}; choose from "
+                     f"{CONFIGS + OPTIONAL_CONFIGS}")
 
+    # The configurations say whether the tool is on; nothing in this shell may switch it on.
+    for name in ("SERVICE_PROF_CONFIG_PATH", "PROFILING_SYMBOLS_PATH", "OTEL_TRACES_EXPORTER",
+                 "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        os.environ.pop(name, None)
     model = ensure_model()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serving-"))
     runs: dict = {config: [] for config in configs}
@@ -215,7 +226,7 @@ def main(argv: list | None = None) -> int:
                               f"  TTFT p50 {figures['ttft_p50_ms']:6.1f} ms  E2E p50 "
                               f"{figures['e2e_p50_ms']:6.1f} p99 {figures['e2e_p99_ms']:6.1f} ms"
                               f"  failed {figures['failed']}", flush=True)
-                if config not in ("plain", "vllmotlp"):
+                if config in TOOL_CONFIGS:
                     meter = self_meter(start_dir)
                     meters[config].append(meter)
                     if meter and meter["us_per_step"]:

@@ -1,8 +1,8 @@
 """A minimal OTLP/HTTP (protobuf) trace receiver on loopback, for tests and benchmarks.
 
-Accepts ``POST /v1/traces`` bodies (optionally gzip/deflate encoded), decodes them with
-``opentelemetry-proto`` and keeps every span with its resource attributes and the time it
-arrived. Run it in-process::
+Accepts ``POST /v1/traces`` bodies (optionally gzip/deflate encoded) and keeps them; on
+:meth:`OtlpReceiver.spans` they are decoded with ``opentelemetry-proto`` into every span with its
+resource attributes and the time it arrived. Run it in-process::
 
     with OtlpReceiver() as receiver:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
@@ -58,6 +58,7 @@ class OtlpReceiver:
 
     def __init__(self, port: int = 0) -> None:
         self._spans: list = []
+        self._bodies: list = []
         self._lock = threading.Lock()
         self.requests = 0
         receiver = self
@@ -98,9 +99,15 @@ class OtlpReceiver:
         return f"http://127.0.0.1:{self.port}"
 
     def _add(self, body: bytes) -> None:
+        # Kept as bytes and decoded when asked for: decoding every span as it arrives would
+        # put a collector's work into the process that times the workload (benchmarks).
+        with self._lock:
+            self._bodies.append((body, time.time()))
+            self.requests += 1
+
+    def _decode(self, body: bytes, received_at: float) -> list:
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
-        now = time.time()
         batch = []
         for resource_spans in request.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)
@@ -116,14 +123,15 @@ class OtlpReceiver:
                         attributes=_attributes(span.attributes),
                         resource=resource,
                         link_trace_ids=[link.trace_id.hex() for link in span.links],
-                        received_at=now,
+                        received_at=received_at,
                     ))
-        with self._lock:
-            self._spans.extend(batch)
-            self.requests += 1
+        return batch
 
     def spans(self) -> list:
         with self._lock:
+            pending, self._bodies = self._bodies, []
+            for body, received_at in pending:
+                self._spans.extend(self._decode(body, received_at))
             return list(self._spans)
 
     def start(self) -> OtlpReceiver:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from typing import Any, List, Optional
 
 from otel_vllm_ascend import contract, control, recorder
@@ -35,14 +34,14 @@ def _queue_event(name: str, timestamp: int, request_ids: List[str], queue_name: 
 
 
 def _diff(before: List[Any], after: List[Any]) -> tuple:
-    """(left, joined) request ids between two queue snapshots (multisets of Request objects)."""
+    """(left, joined) request ids between two snapshots of a queue (a request is in a queue at
+    most once; Request objects compare by identity)."""
     if before == after:  # the common case of a steady decode step (identity, compared in C)
         return (), ()
-    old, new = Counter(map(id, before)), Counter(map(id, after))
-    by_id = {id(r): r for r in before}
-    by_id.update((id(r), r) for r in after)
-    left = [by_id[k].request_id for k in (old - new).elements()]
-    joined = [by_id[k].request_id for k in (new - old).elements()]
+    stayed = set(after)
+    left = [request.request_id for request in before if request not in stayed]
+    stayed = set(before)
+    joined = [request.request_id for request in after if request not in stayed]
     return left, joined
 
 
