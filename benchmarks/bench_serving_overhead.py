@@ -82,6 +82,7 @@ def self_meter(work: Path) -> dict | None:
     """Sum of the last ``selfMeter`` row of each capture file under ``work``, per role, and
     the tool's time per engine step (all processes) and per request."""
     per_role: dict = {}
+    by_symbol: dict = {}  # (role, symbol) -> [calls, hot_ns]
     steps = requests = 0
     total_ns = 0
     for path in sorted(work.rglob("ms_service_*.db")):
@@ -99,12 +100,18 @@ def self_meter(work: Path) -> dict | None:
                                                      "export_cpu_ns": 0, "drained": 0})
         for key in role:
             role[key] += figures[key]
+        for symbol, (calls, symbol_ns) in figures.get("by_symbol", {}).items():
+            totals = by_symbol.setdefault((figures["role"], symbol), [0, 0])
+            totals[0] += calls
+            totals[1] += symbol_ns
         total_ns += tool_ns
         steps += figures["steps"]
         requests += figures["requests"]
     if not per_role:
         return None
     return {"roles": per_role, "steps": steps, "requests": requests, "tool_ns": total_ns,
+            "by_symbol": [[role, symbol, calls, ns] for (role, symbol), (calls, ns)
+                          in sorted(by_symbol.items())],
             "us_per_step": total_ns / steps / 1000 if steps else None,
             "us_per_request": total_ns / requests / 1000 if requests else None}
 
@@ -127,6 +134,26 @@ def meter_report(meters: dict) -> str:
             f"| {config} | {len(rows)} | {statistics.median(m['us_per_step'] for m in rows):.1f} | "
             f"{statistics.median(m['us_per_request'] or 0 for m in rows):.1f} | "
             f"{'; '.join(roles)} |")
+    return "\n".join(lines)
+
+
+def hook_report(meters: dict) -> str:
+    """Hot path per hooked symbol (with the meter's clock reads in), medians over starts."""
+    lines = ["| configuration | process | hooked symbol | calls per step | µs per step | "
+             "µs per call |", "|---|---|---|---|---|---|"]
+    for config, rows in meters.items():
+        rows = [m for m in rows if m and m["steps"]]
+        per_key: dict = {}
+        for meter in rows:
+            for role, symbol, calls, ns in meter.get("by_symbol", ()):
+                per_key.setdefault((role, symbol), []).append(
+                    (calls / meter["steps"], ns / meter["steps"] / 1000, ns / max(calls, 1) / 1000))
+        ranked = sorted(per_key.items(), key=lambda item: -statistics.median(
+            v[1] for v in item[1]))
+        for (role, symbol), values in ranked:
+            calls, per_step, per_call = (statistics.median(v[i] for v in values) for i in range(3))
+            lines.append(f"| {config} | {role} | `{symbol}` | {calls:.2f} | {per_step:.1f} | "
+                         f"{per_call:.1f} |")
     return "\n".join(lines)
 
 
@@ -243,6 +270,9 @@ def main(argv: list | None = None) -> int:
     print("the tool's own time (self meter, summed over the processes of a start, all runs "
           "of the start including the warm-up):")
     print(meter_report(meters))
+    print()
+    print("hot path by hooked symbol (the meter's own clock reads included, ~2 reads per call):")
+    print(hook_report(meters))
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "self_meter": meters}, indent=1))
     failed = sum(r["failed"] for rows in runs.values() for r in rows)

@@ -12,6 +12,7 @@ attribute check). It adds up, in a few integers per process:
   interval: the report gives that estimate as ``meter_ns`` (calls x 2 x one read, timed in the
   process when the report is made), so ``hot_ns - meter_ns`` is what the hooks cost with the
   meter off. Generator and context-manager targets are not metered.
+* ``by_symbol``: the same per hooked symbol, ``{symbol: [calls, hot_ns]}``.
 * ``drain_ns`` / ``drained``: CPU time of the recorder turning queued records into spans, and
   how many records it turned.
 * ``export_cpu_ns``: CPU time of the SDK's span-processor worker threads (encoding, SQLite
@@ -49,8 +50,8 @@ class Meter:
     """Counters of one process; plain integer adds, no lock (a lost add under a thread race
     costs a few nanoseconds of accuracy, never correctness of vLLM)."""
 
-    __slots__ = ("on", "hot_ns", "hot_calls", "drain_ns", "drained", "steps", "requests",
-                 "last_report")
+    __slots__ = ("on", "hot_ns", "hot_calls", "by_symbol", "drain_ns", "drained", "steps",
+                 "requests", "last_report")
 
     def __init__(self, on: bool) -> None:
         self.on = on
@@ -59,15 +60,21 @@ class Meter:
     def reset(self) -> None:
         self.hot_ns = 0
         self.hot_calls = 0
+        self.by_symbol: Dict[str, list] = {}  # hooked symbol -> [calls, hot_ns]
         self.drain_ns = 0
         self.drained = 0
         self.steps = 0
         self.requests = 0
         self.last_report = time.monotonic()
 
-    def add_hot(self, elapsed_ns: int) -> None:
+    def add_hot(self, elapsed_ns: int, symbol: str = "") -> None:
         self.hot_ns += elapsed_ns
         self.hot_calls += 1
+        figures = self.by_symbol.get(symbol)
+        if figures is None:
+            figures = self.by_symbol[symbol] = [0, 0]
+        figures[0] += 1
+        figures[1] += elapsed_ns
 
 
 meter = Meter(os.environ.get(ENV, "") not in ("", "0"))
@@ -108,6 +115,7 @@ def snapshot() -> Dict[str, Any]:
         "pid": os.getpid(), "role": detect_process_role() or "other",
         "hot_ns": meter.hot_ns, "hot_calls": meter.hot_calls,
         "meter_ns": 2 * clock_read_ns() * meter.hot_calls,
+        "by_symbol": {symbol: list(figures) for symbol, figures in meter.by_symbol.items()},
         "drain_ns": meter.drain_ns, "drained": meter.drained,
         "export_cpu_ns": export_thread_cpu_ns(),
         "steps": meter.steps, "requests": meter.requests,

@@ -271,11 +271,11 @@ def _metered_sync_timer(hook: Hook, func: Callable, args: tuple, kwargs: dict) -
     except BaseException as exc:
         returned = _meter_ns()
         _finish_timer(hook, start, tid, args, kwargs, None, exc)
-        _meter.add_hot(called - entered + _meter_ns() - returned)
+        _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
         raise
     returned = _meter_ns()
     _finish_timer(hook, start, tid, args, kwargs, result, None)
-    _meter.add_hot(called - entered + _meter_ns() - returned)
+    _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
     return result
 
 
@@ -294,12 +294,12 @@ def async_timer(hook: Hook, func: Callable) -> Callable:
             returned = _meter_ns() if metering else 0
             _finish_timer(hook, start, tid, args, kwargs, None, exc)
             if metering:
-                _meter.add_hot(called - entered + _meter_ns() - returned)
+                _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
             raise
         returned = _meter_ns() if metering else 0
         _finish_timer(hook, start, tid, args, kwargs, result, None)
         if metering:
-            _meter.add_hot(called - entered + _meter_ns() - returned)
+            _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
         return result
     return wrapper
 
@@ -526,7 +526,7 @@ def sync_handler(hook: Hook, func: Callable) -> Callable:
                 raised = exc
         _outcome(hook, original, raised)
         if entered:
-            _meter.add_hot(_meter_ns() - entered - original.elapsed_ns)
+            _meter.add_hot(_meter_ns() - entered - original.elapsed_ns, hook.symbol)
         if not original.called:
             return original(*rest, **kwargs)
         if original.error is not None:
@@ -563,7 +563,7 @@ def async_handler(hook: Hook, func: Callable) -> Callable:
         _outcome(hook, original, raised)
         if entered:
             # Other tasks that ran while the original was awaited ran inside its interval.
-            _meter.add_hot(_meter_ns() - entered - original.elapsed_ns)
+            _meter.add_hot(_meter_ns() - entered - original.elapsed_ns, hook.symbol)
         if not original.called:
             return await original(*rest, **kwargs)
         if original.error is not None:

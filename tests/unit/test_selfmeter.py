@@ -58,6 +58,8 @@ def test_original_time_is_not_ours(tmp_path, metered, handler):
     finally:
         instrumentor.uninstrument()
     assert metered.hot_calls == 1
+    ((symbol, (calls, symbol_ns)),) = metered.by_symbol.items()
+    assert symbol.endswith(":Engine.step") and calls == 1 and symbol_ns == metered.hot_ns
     assert metered.hot_ns < 0.04e9, "the original's 50 ms CPU (or a sleep) was counted as ours"
     if handler:
         assert metered.hot_ns >= 0.002e9, "the handler's own 2 ms were not counted"
