@@ -114,22 +114,19 @@ def process_outputs(original: Any, this: Any, engine_core_outputs: Any, *args: A
     # state objects stay readable, so token counts are read after it (final counts).
     states = getattr(this, "request_states", None) or {}
     get_state = states.get
-    rids = []
-    finished: List[Tuple[str, Any]] = []
-    for output in engine_core_outputs:
-        request_id = output.request_id
-        state = get_state(request_id)
-        if state is None:
-            rids.append(request_id)
-            continue
-        rids.append(getattr(state, "external_req_id", None) or request_id)
-        if output.finish_reason is not None:
-            finished.append((request_id, state))
+    request_ids = [output.request_id for output in engine_core_outputs]
+    # The request states (their external ids) are read on the recorder's thread: a state
+    # object stays readable after vLLM drops it, and its external id never changes.
+    known = [get_state(request_id) for request_id in request_ids]
+    finished = [(output.request_id, get_state(output.request_id))
+                for output in engine_core_outputs if output.finish_reason is not None]
     start = time.time_ns()
     tid = threading.get_native_id()
     result = original(engine_core_outputs, *args, **kwargs)
     end = time.time_ns()
     for request_id, state in finished:
+        if state is None:
+            continue
         external_id = getattr(state, "external_req_id", None) or request_id
         prompt = getattr(state, "prompt_token_ids", None)
         attributes = {contract.DOMAIN: DOMAIN, contract.RID: external_id,
@@ -145,6 +142,14 @@ def process_outputs(original: Any, this: Any, engine_core_outputs: Any, *args: A
         recorder.record_span("httpRes", start, start, attributes, parent=context, thread_id=tid)
     if control.allows(DOMAIN):
         recorder.record_span("detokenize", end, end,
-                             {contract.DOMAIN: DOMAIN, contract.RID: rids,
+                             {contract.DOMAIN: DOMAIN,
+                              contract.RID: recorder.Deferred(_external_ids, (request_ids, known)),
                               contract.RECORD: contract.RECORD_EVENT}, thread_id=tid)
     return result
+
+
+def _external_ids(ids_and_states: Tuple[List[str], List[Any]]) -> List[str]:
+    """The ids the client knows of these requests (the internal id where vLLM has no other)."""
+    request_ids, states = ids_and_states
+    return [getattr(state, "external_req_id", None) or request_id
+            for request_id, state in zip(request_ids, states)]
