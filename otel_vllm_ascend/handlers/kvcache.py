@@ -10,32 +10,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
-from otel_vllm_ascend import contract, recorder
+from otel_vllm_ascend import contract, recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Schedule.KVCache"
 
 
-def free(original: Any, this: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-    """``KVCacheManager.free``."""
-    result = original(request, *args, **kwargs)
+def _free_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
+                error: Optional[BaseException]) -> None:
+    if error is not None:
+        return
     common.ensure_role("engine_core")
+    request = args[0] if args else kwargs.get("request")
     recorder.record_event("Free", {
         contract.DOMAIN: DOMAIN,
         contract.RID: request.request_id,
         contract.METRIC_PREFIX + "deviceBlock": int(this.block_pool.get_num_free_blocks()),
         contract.METRIC_PREFIX + "UsagePercent": float(this.usage),
     }, parent=common.engine_context(request))
-    return result
 
 
-def get_computed_blocks(original: Any, this: Any, request: Any, *args: Any,
-                        **kwargs: Any) -> Any:
-    """``KVCacheManager.get_computed_blocks``."""
-    result = original(request, *args, **kwargs)
+free = wrapping.AroundHandler(wrapping.always, _free_after, "free", "``KVCacheManager.free``.")
+
+
+def _computed_blocks_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
+                           error: Optional[BaseException]) -> None:
+    if error is not None:
+        return
     common.ensure_role("engine_core")
+    request = args[0] if args else kwargs.get("request")
     num_tokens = int(getattr(request, "num_tokens", 0) or 0)
     if isinstance(result, tuple) and len(result) > 1 and num_tokens > 0:
         recorder.record_event("CacheHitRate", {
@@ -43,4 +48,8 @@ def get_computed_blocks(original: Any, this: Any, request: Any, *args: Any,
             contract.RID: request.request_id,
             "hitCache": int(result[1]) / num_tokens,
         }, parent=common.engine_context(request))
-    return result
+
+
+get_computed_blocks = wrapping.AroundHandler(
+    wrapping.always, _computed_blocks_after, "get_computed_blocks",
+    "``KVCacheManager.get_computed_blocks``.")

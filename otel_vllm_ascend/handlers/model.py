@@ -44,18 +44,22 @@ def npu_synchronize() -> Optional[Callable[[], None]]:
     return _npu_synchronize
 
 
-def execute_model(original: Any, this: Any, scheduler_output: Any, *args: Any,
-                  **kwargs: Any) -> Any:
-    """Executor ``execute_model(scheduler_output, non_block=False)``: span ``modelExec``."""
+def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
+    scheduler_output = args[0] if args else kwargs.get("scheduler_output")
     total_tokens = int(getattr(scheduler_output, "total_num_scheduled_tokens", 0) or 0)
     if total_tokens <= 0:
-        return original(scheduler_output, *args, **kwargs)
+        return None
     common.ensure_role("engine_core")
     samplers.profiler_step()
     batch = common.describe_batch(scheduler_output)
-    start = time.time_ns()
-    tid = threading.get_native_id()
-    result = original(scheduler_output, *args, **kwargs)
+    return batch, total_tokens, time.time_ns(), threading.get_native_id()
+
+
+def _execute_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
+                   error: Optional[BaseException]) -> None:
+    if error is not None:
+        return
+    batch, total_tokens, start, tid = state
     attributes = common.batch_attributes(DOMAIN, batch)
     attributes["batch_size"] = total_tokens
     links = common.batch_links(batch)
@@ -69,38 +73,43 @@ def execute_model(original: Any, this: Any, scheduler_output: Any, *args: Any,
         add_done_callback(finish)  # runs once the worker's output arrives (or the call fails)
     else:
         finish()
-    return result
 
 
-def _synchronised_span(name: str, original: Any, args: tuple, kwargs: dict) -> Any:
+execute_model = wrapping.AroundHandler(
+    _execute_before, _execute_after, "execute_model",
+    "Executor ``execute_model(scheduler_output, non_block=False)``: span ``modelExec``.")
+
+
+def _synchronised_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     common.ensure_role("worker")
     synchronize = npu_synchronize()
     if synchronize is not None:
         synchronize()
-    start = time.time_ns()
-    tid = threading.get_native_id()
-    error: Optional[BaseException] = None
-    try:
-        result = original(*args, **kwargs)
-        if synchronize is not None:
-            synchronize()
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
+    return time.time_ns(), threading.get_native_id(), synchronize
+
+
+def _synchronised_after(name: str) -> Callable:
+    def after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
+              error: Optional[BaseException]) -> None:
+        start, tid, synchronize = state
+        if synchronize is not None and error is None:
+            try:
+                synchronize()
+            except BaseException as exc:
+                recorder.record_span(name, start, time.time_ns(), {contract.DOMAIN: DOMAIN},
+                                     exception=exc, thread_id=tid)
+                raise
         recorder.record_span(name, start, time.time_ns(), {contract.DOMAIN: DOMAIN},
                              exception=error, thread_id=tid)
-    return result
+    return after
 
 
-def compute_logits(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
-    """``LogitsProcessor.forward``: span ``computing_logits``."""
-    return _synchronised_span("computing_logits", original, args, kwargs)
-
-
-def sampler_forward(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
-    """``Sampler.forward``: span ``sample``."""
-    return _synchronised_span("sample", original, args, kwargs)
+compute_logits = wrapping.AroundHandler(
+    _synchronised_before, _synchronised_after("computing_logits"), "compute_logits",
+    "``LogitsProcessor.forward``: span ``computing_logits``.")
+sampler_forward = wrapping.AroundHandler(
+    _synchronised_before, _synchronised_after("sample"), "sampler_forward",
+    "``Sampler.forward``: span ``sample``.")
 
 
 def capture_async(original: Any, this: Any, duration_tag: Any = None, *args: Any,

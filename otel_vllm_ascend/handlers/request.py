@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, List, Optional, Tuple
 
-from otel_vllm_ascend import contract, control, recorder
+from otel_vllm_ascend import contract, control, recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Engine"
@@ -82,16 +82,22 @@ def _link(external_id: str, internal_id: str, context: Any) -> None:
                           record=contract.RECORD_LINK, parent=context)
 
 
-def assign_request_id(original: Any, this: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-    """``InputProcessor.assign_request_id``: carry the request's trace context to EngineCore."""
-    result = original(request, *args, **kwargs)
+def _assign_request_id_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
+                             error: Optional[BaseException]) -> None:
+    if error is not None:
+        return
     adding = _adding.get()
     if adding is None:
-        return result
+        return
     _, context = adding
+    request = args[0] if args else kwargs.get("request")
     if getattr(request, "trace_headers", None) is None:
         request.trace_headers = {"traceparent": common.format_traceparent(context)}
-    return result
+
+
+assign_request_id = wrapping.AroundHandler(
+    wrapping.always, _assign_request_id_after, "assign_request_id",
+    "``InputProcessor.assign_request_id``: carry the request's trace context to EngineCore.")
 
 
 def _generated_tokens(state: Any) -> Optional[int]:
@@ -104,11 +110,10 @@ def _generated_tokens(state: Any) -> Optional[int]:
     return None
 
 
-def process_outputs(original: Any, this: Any, engine_core_outputs: Any, *args: Any,
-                    **kwargs: Any) -> Any:
-    """``OutputProcessor.process_outputs``: ``httpRes`` per finished request, one ``detokenize``."""
+def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
+    engine_core_outputs = args[0] if args else kwargs.get("engine_core_outputs")
     if not engine_core_outputs:
-        return original(engine_core_outputs, *args, **kwargs)
+        return None
     common.ensure_role("api_server")
     # Taken before the call: the original drops finished requests from request_states. The
     # state objects stay readable, so token counts are read after it (final counts).
@@ -120,20 +125,25 @@ def process_outputs(original: Any, this: Any, engine_core_outputs: Any, *args: A
     known = [get_state(request_id) for request_id in request_ids]
     finished = [(output.request_id, get_state(output.request_id))
                 for output in engine_core_outputs if output.finish_reason is not None]
-    start = time.time_ns()
-    tid = threading.get_native_id()
-    result = original(engine_core_outputs, *args, **kwargs)
+    return states, request_ids, known, finished, time.time_ns(), threading.get_native_id()
+
+
+def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
+                   error: Optional[BaseException]) -> None:
+    if error is not None:
+        return
     end = time.time_ns()
-    for request_id, state in finished:
-        if state is None:
+    states, request_ids, known, finished, start, tid = state
+    for request_id, request_state in finished:
+        if request_state is None:
             continue
-        external_id = getattr(state, "external_req_id", None) or request_id
-        prompt = getattr(state, "prompt_token_ids", None)
+        external_id = getattr(request_state, "external_req_id", None) or request_id
+        prompt = getattr(request_state, "prompt_token_ids", None)
         attributes = {contract.DOMAIN: DOMAIN, contract.RID: external_id,
                       contract.RECORD: contract.RECORD_EVENT}
-        attributes[contract.METRIC_PREFIX + "recvTokenSize"] = \
-            len(prompt) if prompt is not None else int(getattr(state, "prompt_len", 0) or 0)
-        reply = _generated_tokens(state)
+        attributes[contract.METRIC_PREFIX + "recvTokenSize"] = len(prompt) \
+            if prompt is not None else int(getattr(request_state, "prompt_len", 0) or 0)
+        reply = _generated_tokens(request_state)
         if reply is not None:
             attributes[contract.METRIC_PREFIX + "replyTokenSize"] = reply
         context = common.request_contexts.get(external_id)
@@ -145,7 +155,11 @@ def process_outputs(original: Any, this: Any, engine_core_outputs: Any, *args: A
                              {contract.DOMAIN: DOMAIN,
                               contract.RID: recorder.Deferred(_external_ids, (request_ids, known)),
                               contract.RECORD: contract.RECORD_EVENT}, thread_id=tid)
-    return result
+
+
+process_outputs = wrapping.AroundHandler(
+    _outputs_before, _outputs_after, "process_outputs",
+    "``OutputProcessor.process_outputs``: ``httpRes`` per finished request, one ``detokenize``.")
 
 
 def _external_ids(ids_and_states: Tuple[List[str], List[Any]]) -> List[str]:

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, List, Optional
 
-from otel_vllm_ascend import contract, control, recorder
+from otel_vllm_ascend import contract, control, recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Schedule"
@@ -56,21 +56,22 @@ def _used_blocks(this: Any) -> Optional[tuple]:
     return total, free
 
 
-def schedule(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
-    """``Scheduler.schedule`` (and vllm-ascend's ``AscendScheduler.schedule``)."""
+def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     common.ensure_role("engine_core")
-    running_before = list(this.running)
-    waiting_before = list(this.waiting)
-    kv_before = _used_blocks(this)
-    start = time.time_ns()
-    tid = threading.get_native_id()
-    output = original(*args, **kwargs)
-    end = time.time_ns()
+    return (list(this.running), list(this.waiting), _used_blocks(this), time.time_ns(),
+            threading.get_native_id())
 
+
+def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: Any,
+                    error: Optional[BaseException]) -> None:
+    if error is not None:
+        return
+    end = time.time_ns()
+    running_before, waiting_before, kv_before, start, tid = state
     batch = common.describe_batch(output, getattr(this, "requests", None))
     request_ids = batch.request_ids
     if not request_ids:
-        return output
+        return
     events = []
     for queue_name, before, after in ((RUNNING, running_before, list(this.running)),
                                       (WAITING, waiting_before, list(this.waiting))):
@@ -103,13 +104,19 @@ def schedule(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
         int(output.total_num_scheduled_tokens)
     recorder.record_span("batchFrameworkProcessing", start, end, attributes, events=events,
                          links=common.batch_links(batch), thread_id=tid)
-    return output
 
 
-def add_request(original: Any, this: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-    """``Scheduler.add_request``: ``Enqueue`` into WAITING."""
-    result = original(request, *args, **kwargs)
+schedule = wrapping.AroundHandler(
+    _schedule_before, _schedule_after, "schedule",
+    "``Scheduler.schedule`` (and vllm-ascend's ``AscendScheduler.schedule``).")
+
+
+def _add_request_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
+                       error: Optional[BaseException]) -> None:
+    if error is not None:
+        return
     common.ensure_role("engine_core")
+    request = args[0] if args else kwargs.get("request")
     request_id = getattr(request, "request_id", None)
     if request_id is not None:
         recorder.record_event("Enqueue", {
@@ -118,4 +125,7 @@ def add_request(original: Any, this: Any, request: Any, *args: Any, **kwargs: An
             contract.METRIC_PREFIX + "QueueSize": len(this.waiting),
             contract.SCOPE_PREFIX + "QueueName": WAITING,
         }, parent=common.engine_context(request))
-    return result
+
+
+add_request = wrapping.AroundHandler(wrapping.always, _add_request_after, "add_request",
+                                     "``Scheduler.add_request``: ``Enqueue`` into WAITING.")

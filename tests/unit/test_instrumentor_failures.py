@@ -66,6 +66,26 @@ async def async_raise_after(original, this, *args, **kwargs):
 
 async def async_never_call(original, this, *args, **kwargs):
     return 0
+
+
+# Built-in style handlers: two halves around the original.
+from otel_vllm_ascend.wrapping import AroundHandler, always
+
+SEEN = []
+
+def _note(state, this, args, kwargs, result, error):
+    SEEN.append((state, args, result, type(error).__name__ if error else None))
+
+def _broken_before(this, args, kwargs):
+    raise RuntimeError("around broke before the call")
+
+def _broken_after(state, this, args, kwargs, result, error):
+    raise RuntimeError("around broke after the call")
+
+around_ok = AroundHandler(lambda this, args, kwargs: "state", _note, "around_ok")
+around_skip = AroundHandler(lambda this, args, kwargs: None, _note, "around_skip")
+around_raise_before = AroundHandler(_broken_before, _note, "around_raise_before")
+around_raise_after = AroundHandler(always, _broken_after, "around_raise_after")
 """
 
 
@@ -85,24 +105,68 @@ def _setup(tmp_path, capture, qualname, handler):
     return module, instrumentor.hooks[0]
 
 
+AROUND = ["around_ok", "around_skip", "around_raise_before", "around_raise_after"]
+FAILING = ("raise_before", "raise_after", "never_call", "around_raise_before",
+           "around_raise_after")
+
+
+@pytest.fixture(params=[False, True], ids=["meter-off", "meter-on"])
+def metering(request):
+    from otel_vllm_ascend import selfmeter
+
+    saved = selfmeter.meter.on
+    selfmeter.meter.on = request.param
+    yield request.param
+    selfmeter.meter.on = saved
+    selfmeter.meter.reset()
+
+
 @pytest.mark.parametrize("handler", ["raise_before", "raise_after", "call_twice", "never_call",
-                                     "replace_result"])
-def test_original_runs_once_and_result_passes_through(tmp_path, capture, handler):
+                                     "replace_result"] + AROUND)
+def test_original_runs_once_and_result_passes_through(tmp_path, capture, handler, metering):
     module, hook = _setup(tmp_path, capture, "Engine.step", handler)
     engine = module.Engine()
     result = engine.step(7)
     assert result == {"result": 7}
     assert module.CALLS == [7]
-    expect_failure = handler in ("raise_before", "raise_after", "never_call")
-    assert hook.failures == (1 if expect_failure else 0)
+    assert hook.failures == (1 if handler in FAILING else 0)
+    if handler == "around_ok":
+        assert module.SEEN == [("state", (7,), {"result": 7}, None)]
+    elif handler in ("around_skip", "around_raise_before"):
+        assert module.SEEN == []  # nothing to record, or before failed: after is not called
 
 
-@pytest.mark.parametrize("handler", ["swallow", "reraise", "raise_after"])
-def test_original_exception_passes_through(tmp_path, capture, handler):
+@pytest.mark.parametrize("handler", ["swallow", "reraise", "raise_after"] + AROUND)
+def test_original_exception_passes_through(tmp_path, capture, handler, metering):
     module, hook = _setup(tmp_path, capture, "Engine.boom", handler)
     with pytest.raises(KeyError, match="original failed"):
         module.Engine().boom(1)
     assert module.CALLS == [1]
+    if handler == "around_ok":
+        assert module.SEEN == [("state", (1,), None, "KeyError")]
+
+
+def test_around_handler_removed_after_five_consecutive_failures(tmp_path, capture):
+    module, hook = _setup(tmp_path, capture, "Engine.step", "around_raise_after")
+    assert wrapping.hook_of(module.Engine.__dict__["step"]) is hook
+    engine = module.Engine()
+    for i in range(5):
+        assert engine.step(i) == {"result": i}
+    assert hook.removed and module.CALLS == [0, 1, 2, 3, 4]
+
+
+def test_around_handler_called_as_a_plain_handler():
+    calls = []
+
+    def original(x):
+        calls.append(x)
+        return x * 2
+
+    seen = []
+    handler = wrapping.AroundHandler(lambda this, args, kwargs: "s",
+                                     lambda *state: seen.append(state), "h")
+    assert handler(original, "this", 4) == 8 and calls == [4]
+    assert seen == [("s", "this", (4,), {}, 8, None)]
 
 
 def test_async_handler_failures(tmp_path, capture):
