@@ -1,8 +1,10 @@
 """Built-in handlers for vLLM V1 (and vllm-ascend), named in the default symbol YAML.
 
 Every handler has the custom-handler signature ``handler(original, this, *args, **kwargs)``:
-it calls ``original(*args, **kwargs)`` exactly once and returns its result. Short names resolve
-to these through :data:`BUILTIN_HANDLERS`.
+it calls ``original(*args, **kwargs)`` exactly once and returns its result. Those of sync hot
+paths are :class:`~otel_vllm_ascend.wrapping.AroundHandler` halves (``before`` / ``after`` the
+call), which the hook wrapper calls around the original itself, at half the cost. Short names
+resolve to these through :data:`BUILTIN_HANDLERS`.
 
 msserviceprofiler's handler paths (``msserviceprofiler.vllm_profiler.vllm_v1.<file>:<function>``,
 as its packaged YAML and the file vllm-ascend writes name them) resolve through
