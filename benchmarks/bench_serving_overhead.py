@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import profiling_workdir  # noqa: E402
 import workload  # noqa: E402
 from build_tiny_model import ensure_model  # noqa: E402
-from otlp_receiver import OtlpReceiver  # noqa: E402
+from otlp_receiver import ReceiverProcess  # noqa: E402
 from serve import VllmServer  # noqa: E402
 
 CONFIGS = ("plain", "enable0", "enable1", "enable1otlp", "vllmotlp")
@@ -53,7 +53,7 @@ TOOL_CONFIGS = ("enable0", "enable1", "enable1otlp")
 NO_PLUGINS = {"VLLM_PLUGINS": "none-of-the-installed"}
 
 
-def server_for(config: str, model: Path, work: Path, receiver: OtlpReceiver,
+def server_for(config: str, model: Path, work: Path, receiver: ReceiverProcess,
                launcher: str) -> VllmServer:
     env: dict = {}
     extra: list = []
@@ -233,7 +233,9 @@ def main(argv: list | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serving-"))
     runs: dict = {config: [] for config in configs}
     meters: dict = {config: [] for config in configs}
-    with OtlpReceiver() as receiver:
+    # The receiver runs in its own process, as a collector would: receiving spans must not
+    # slow down the client that times the workload.
+    with ReceiverProcess() as receiver:
         for repeat in range(args.repeats):
             # Rotate the order every round so no configuration always runs first (the first
             # server of a round was seen to be slower, whatever it was).
@@ -259,12 +261,11 @@ def main(argv: list | None = None) -> int:
                     if meter and meter["us_per_step"]:
                         print(f"    self meter: {meter['us_per_step']:.1f} us per engine step, "
                               f"{meter['us_per_request'] or 0:.1f} us per request", flush=True)
-        spans_received = len(receiver.spans())
     print()
     print(f"workload: {args.requests} requests x {args.max_tokens} output tokens, concurrency "
           f"{args.concurrency}; {args.repeats} interleaved server starts x {args.runs} runs per "
           f"configuration; tool activated by {args.launcher}; OTLP spans received: "
-          f"{spans_received}")
+          f"{receiver.span_count}")
     print(report(runs))
     print()
     print("the tool's own time (self meter, summed over the processes of a start, all runs "

@@ -2,18 +2,28 @@
 
 Accepts ``POST /v1/traces`` bodies (optionally gzip/deflate encoded) and keeps them; on
 :meth:`OtlpReceiver.spans` they are decoded with ``opentelemetry-proto`` into every span with its
-resource attributes and the time it arrived. Run it in-process::
+resource attributes and the time it arrived. Run it in-process (tests)::
 
     with OtlpReceiver() as receiver:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
         ...
         spans = receiver.spans()
+
+or as its own process, like a real collector, so that receiving costs nothing in the process
+that times a workload (benchmarks)::
+
+    with ReceiverProcess() as receiver:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+        ...
+    receiver.span_count  # after the with block
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -149,3 +159,42 @@ class OtlpReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ReceiverProcess:
+    """:class:`OtlpReceiver` in a child process; :attr:`span_count` once stopped."""
+
+    def __init__(self) -> None:
+        self.span_count: Optional[int] = None
+        self._process: Optional[subprocess.Popen] = None
+        self.endpoint = ""
+
+    def __enter__(self) -> ReceiverProcess:
+        self._process = subprocess.Popen(
+            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self._process.stdout.readline().split()  # "listening <endpoint>"
+        if len(line) != 2 or line[0] != "listening":
+            self._process.kill()
+            raise RuntimeError(f"OTLP receiver process did not start: {line}")
+        self.endpoint = line[1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process = self._process
+        if process is None:
+            return
+        out, _ = process.communicate(input="", timeout=600)  # EOF on stdin: stop and count
+        counts = [line.split()[1] for line in out.splitlines() if line.startswith("spans ")]
+        self.span_count = int(counts[-1]) if counts else None
+
+
+def main() -> None:
+    """Serve until stdin closes, then print ``spans <count>``."""
+    with OtlpReceiver() as receiver:
+        print(f"listening {receiver.endpoint}", flush=True)
+        sys.stdin.read()
+    print(f"spans {len(receiver.spans())}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
