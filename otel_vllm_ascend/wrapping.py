@@ -635,12 +635,7 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
         except BaseException as error:
             _after(hook, after, state, this, rest, kwargs, None, error)
             raise
-        try:
-            after(state, this, rest, kwargs, result, None)
-        except Exception as exc:
-            hook.failed(exc)
-        else:
-            hook.failures = 0
+        _after(hook, after, state, this, rest, kwargs, result, None)
         return result
     return wrapper
 
