@@ -16,7 +16,9 @@ Each start gets one warm-up run, then ``--runs`` measured runs of the same fixed
 (default 256 streaming completions x 64 output tokens, prompts of about 16-64 tokens,
 concurrency 32). Printed per configuration: output tokens/s, TTFT and end-to-end p50/p99
 (medians over runs) and the throughput ratio to ``plain`` as a ratio of medians with a
-bootstrap 95 % confidence interval. A single pair of runs says nothing below ~10 % on this
+bootstrap 95 % confidence interval, and the CPU time of the server's processes per output token
+with its ratio to ``plain`` (CPU per token hardly moves when the shared machine stalls a run,
+throughput does). A single pair of runs says nothing below ~10 % on this
 machine kind: use many repeats before reading a small difference.
 
 The tool's configurations run with its self meter on (``OTEL_VLLM_SELF_METER=1``); after each
@@ -38,6 +40,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
@@ -162,10 +166,33 @@ def fixed_workload(requests: int, max_tokens: int, seed: int) -> list:
                                   output_tokens=(max_tokens,), id_prefix="bench")
 
 
+def server_cpu_s(server: VllmServer) -> float:
+    """CPU seconds (user + system) used so far by the server's process tree."""
+    try:
+        root = psutil.Process(server.process.pid)
+        processes = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return float("nan")
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def measure(server: VllmServer, specs: list, concurrency: int) -> dict:
+    cpu_before = server_cpu_s(server)
     started = time.perf_counter()
     results = workload.run(server.url, server.model_name, specs, concurrency)
-    return workload.summarize(results, time.perf_counter() - started)
+    figures = workload.summarize(results, time.perf_counter() - started)
+    # CPU per output token: far less sensitive to the machine's stalls than tokens per second
+    # (a stalled server mostly waits), so it shows what the tool adds with tighter intervals.
+    tokens = figures["output_tokens"] or 1
+    figures["cpu_ms_per_token"] = (server_cpu_s(server) - cpu_before) * 1000 / tokens
+    return figures
 
 
 def bootstrap_ratio(values: list, base: list, rounds: int = 2000, seed: int = 0) -> tuple:
@@ -183,8 +210,10 @@ def bootstrap_ratio(values: list, base: list, rounds: int = 2000, seed: int = 0)
 
 def report(runs: dict) -> str:
     lines = ["| configuration | runs | output tok/s (median) | ratio to plain (95% CI) | "
-             "TTFT p50 / p99 ms | E2E p50 / p99 ms |", "|---|---|---|---|---|---|"]
+             "TTFT p50 / p99 ms | E2E p50 / p99 ms | server CPU ms per token (ratio to plain, "
+             "95% CI) |", "|---|---|---|---|---|---|---|"]
     base = [r["output_tok_per_s"] for r in runs.get("plain", [])]
+    base_cpu = [r["cpu_ms_per_token"] for r in runs.get("plain", []) if "cpu_ms_per_token" in r]
     for config, results in runs.items():
         if not results:
             continue
@@ -199,10 +228,15 @@ def report(runs: dict) -> str:
         def med(key: str, rows: list = results) -> float:
             return statistics.median(r[key] for r in rows)
 
+        cpu = [r["cpu_ms_per_token"] for r in results if "cpu_ms_per_token" in r]
+        cpu_text = f"{statistics.median(cpu):.3f}" if cpu else "-"
+        if cpu and base_cpu and config != "plain":
+            value, low, high = bootstrap_ratio(cpu, base_cpu)
+            cpu_text += f" ({value:.3f}, {low:.3f}-{high:.3f})"
         lines.append(
             f"| {config} | {len(results)} | {statistics.median(throughput):.0f} | {ratio} | "
             f"{med('ttft_p50_ms'):.1f} / {med('ttft_p99_ms'):.1f} | "
-            f"{med('e2e_p50_ms'):.1f} / {med('e2e_p99_ms'):.1f} |")
+            f"{med('e2e_p50_ms'):.1f} / {med('e2e_p99_ms'):.1f} | {cpu_text} |")
     return "\n".join(lines)
 
 
@@ -254,6 +288,7 @@ def main(argv: list | None = None) -> int:
                         print(f"[{repeat}] {config:12s} {figures['output_tok_per_s']:8.0f} tok/s"
                               f"  TTFT p50 {figures['ttft_p50_ms']:6.1f} ms  E2E p50 "
                               f"{figures['e2e_p50_ms']:6.1f} p99 {figures['e2e_p99_ms']:6.1f} ms"
+                              f"  CPU {figures['cpu_ms_per_token']:.3f} ms/token"
                               f"  failed {figures['failed']}", flush=True)
                 if config in TOOL_CONFIGS:
                     meter = self_meter(start_dir)
