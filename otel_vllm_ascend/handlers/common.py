@@ -237,14 +237,6 @@ class BatchClassifier:
         return rows, "Prefill" if has_prefill else ("Decode" if has_decode else "")
 
 
-def batch_type(kinds: set) -> str:
-    if kinds == {PREFILL}:
-        return "Prefill"
-    if kinds == {DECODE}:
-        return "Decode"
-    return "Prefill,Decode" if kinds else ""
-
-
 _ROW_TEXT = "{" + ",".join(f'"{key}":%s' for key in DETAIL_KEYS) + "}"
 _encode_text = json.encoder.encode_basestring_ascii  # what json.dumps uses for str
 
