@@ -36,6 +36,7 @@ _logger = logging.getLogger(__name__)
 
 MAX_QUEUE = int(os.environ.get("OTEL_VLLM_RECORD_QUEUE_SIZE", "65536"))
 DRAIN_INTERVAL_S = 0.2
+ROWS_PER_WRITE = 4096  # the most records a drain holds for the file exporter before writing
 _TRACER_NAME = "otel_vllm_ascend"
 _STEP_RECORD = "batchFrameworkProcessing"
 _REQUEST_RECORD = "httpReq"
@@ -223,6 +224,8 @@ def _drain() -> None:
         try:
             if fast is None or not fast.build(rec):
                 _build(tracer, rec)
+            elif len(fast.rows) >= ROWS_PER_WRITE:
+                fast.finish()  # a producer that keeps the queue busy still gets written
         except Exception:
             _logger.debug("could not build span %r", rec[0], exc_info=True)
     if fast is not None:
