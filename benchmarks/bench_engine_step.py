@@ -31,8 +31,9 @@ import tempfile
 import time
 
 import torch
+from bench_hook_overhead import DropExporter  # a sibling script in this folder
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from vllm.sampling_params import SamplingParams
 from vllm.v1.core.kv_cache_manager import KVCacheManager
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
@@ -45,14 +46,6 @@ from otel_vllm_ascend import control, recorder, selfmeter
 from otel_vllm_ascend.config import ProfilerConfig
 from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 from otel_vllm_ascend.handlers import model, scheduler
-
-
-class DropExporter(SpanExporter):
-    def export(self, spans):
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self):
-        return None
 
 
 class SchedulerShape:
@@ -130,27 +123,25 @@ def main():
             out = scheduler.schedule(schedule_original, sched)
             model.execute_model(execute_original, None, out, non_block=True)
 
-    def hooked_draining(steps):
+    def draining(steps):
         # As in a server: the recorder drains every 0.2 s, i.e. every ~30 steps of ~7 ms.
-        selfmeter.meter.on = True
         for step in range(steps):
             out = scheduler.schedule(schedule_original, sched)
             model.execute_model(execute_original, None, out, non_block=True)
             if step % 30 == 29:
                 recorder.flush()
         recorder.flush()
+
+    def hooked_draining(steps):
+        selfmeter.meter.on = True
+        draining(steps)
         selfmeter.meter.on = False
 
     def hooked_draining_slow(steps):
         # The same with spans built through tracer.start_span / Span.end (before issue 8).
         recorder.set_fast_path(False)
         try:
-            for step in range(steps):
-                out = scheduler.schedule(schedule_original, sched)
-                model.execute_model(execute_original, None, out, non_block=True)
-                if step % 30 == 29:
-                    recorder.flush()
-            recorder.flush()
+            draining(steps)
         finally:
             recorder.set_fast_path(True)
 
