@@ -580,14 +580,17 @@ class AroundHandler:
 
     ``before(this, args, kwargs)`` runs first and returns a state, or None when this call has
     nothing to record; ``after(state, this, args, kwargs, result, error)`` runs once the
-    original returned (``error`` None) or raised (``result`` None; the exception is re-raised
-    after it). ``args`` exclude ``this``. Called with the custom-handler signature
-    ``(original, this, *args, **kwargs)`` it behaves as a handler written that way.
+    original returned (``error`` None), and, with ``after_errors``, also when it raised
+    (``result`` None; the exception is re-raised after it). ``args`` exclude ``this``. Called
+    with the custom-handler signature ``(original, this, *args, **kwargs)`` it behaves as a
+    handler written that way.
     """
 
-    def __init__(self, before: Callable, after: Callable, name: str, doc: str = "") -> None:
+    def __init__(self, before: Callable, after: Callable, name: str, doc: str = "",
+                 after_errors: bool = False) -> None:
         self.before = before
         self.after = after
+        self.after_errors = after_errors
         self.__name__ = self.__qualname__ = name
         self.__module__ = after.__module__
         self.__doc__ = doc
@@ -599,7 +602,8 @@ class AroundHandler:
         try:
             result = original(*args, **kwargs)
         except BaseException as error:
-            self.after(state, this, args, kwargs, None, error)
+            if self.after_errors:
+                self.after(state, this, args, kwargs, None, error)
             raise
         self.after(state, this, args, kwargs, result, None)
         return result
@@ -612,6 +616,7 @@ def always(this: Any, args: tuple, kwargs: dict) -> bool:
 
 def around_handler(hook: Hook, func: Callable) -> Callable:
     before, after = hook.handler.before, hook.handler.after
+    after_errors = hook.handler.after_errors
     bound = hook.binding in ("method", "classmethod")
 
     def wrapper(*args, **kwargs):
@@ -633,7 +638,8 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
         try:
             result = func(*args, **kwargs)
         except BaseException as error:
-            _after(hook, after, state, this, rest, kwargs, None, error)
+            if after_errors:
+                _after(hook, after, state, this, rest, kwargs, None, error)
             raise
         _after(hook, after, state, this, rest, kwargs, result, None)
         return result
@@ -664,7 +670,7 @@ def _metered_around(hook: Hook, func: Callable, bound: bool, args: tuple, kwargs
         result = func(*args, **kwargs)
     except BaseException as error:
         returned = _meter_ns()
-        if state is not None:
+        if state is not None and hook.handler.after_errors:
             _after(hook, hook.handler.after, state, this, rest, kwargs, None, error)
         _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
         raise

@@ -20,8 +20,6 @@ DOMAIN = "Schedule.KVCache"
 
 def _free_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
                 error: Optional[BaseException]) -> None:
-    if error is not None:
-        return
     common.ensure_role("engine_core")
     request = args[0] if args else kwargs.get("request")
     recorder.record_event("Free", {
@@ -37,8 +35,6 @@ free = wrapping.AroundHandler(wrapping.always, _free_after, "free", "``KVCacheMa
 
 def _computed_blocks_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
                            error: Optional[BaseException]) -> None:
-    if error is not None:
-        return
     common.ensure_role("engine_core")
     request = args[0] if args else kwargs.get("request")
     num_tokens = int(getattr(request, "num_tokens", 0) or 0)

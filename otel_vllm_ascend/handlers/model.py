@@ -57,8 +57,6 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
 
 def _execute_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
-    if error is not None:
-        return
     batch, total_tokens, start, tid = state
     attributes = common.batch_attributes(DOMAIN, batch)
     attributes["batch_size"] = total_tokens
@@ -106,10 +104,10 @@ def _synchronised_after(name: str) -> Callable:
 
 compute_logits = wrapping.AroundHandler(
     _synchronised_before, _synchronised_after("computing_logits"), "compute_logits",
-    "``LogitsProcessor.forward``: span ``computing_logits``.")
+    "``LogitsProcessor.forward``: span ``computing_logits``.", after_errors=True)
 sampler_forward = wrapping.AroundHandler(
     _synchronised_before, _synchronised_after("sample"), "sampler_forward",
-    "``Sampler.forward``: span ``sample``.")
+    "``Sampler.forward``: span ``sample``.", after_errors=True)
 
 
 def capture_async(original: Any, this: Any, duration_tag: Any = None, *args: Any,

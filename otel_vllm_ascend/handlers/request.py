@@ -84,8 +84,6 @@ def _link(external_id: str, internal_id: str, context: Any) -> None:
 
 def _assign_request_id_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
                              error: Optional[BaseException]) -> None:
-    if error is not None:
-        return
     adding = _adding.get()
     if adding is None:
         return
@@ -130,8 +128,6 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
 
 def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
-    if error is not None:
-        return
     end = time.time_ns()
     states, request_ids, known, finished, start, tid = state
     for request_id, request_state in finished:

@@ -64,8 +64,6 @@ def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
 
 def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: Any,
                     error: Optional[BaseException]) -> None:
-    if error is not None:
-        return
     end = time.time_ns()
     running_before, waiting_before, kv_before, start, tid = state
     batch = common.describe_batch(output, getattr(this, "requests", None))
@@ -113,8 +111,6 @@ schedule = wrapping.AroundHandler(
 
 def _add_request_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
                        error: Optional[BaseException]) -> None:
-    if error is not None:
-        return
     common.ensure_role("engine_core")
     request = args[0] if args else kwargs.get("request")
     request_id = getattr(request, "request_id", None)

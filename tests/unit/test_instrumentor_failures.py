@@ -82,7 +82,10 @@ def _broken_before(this, args, kwargs):
 def _broken_after(state, this, args, kwargs, result, error):
     raise RuntimeError("around broke after the call")
 
-around_ok = AroundHandler(lambda this, args, kwargs: "state", _note, "around_ok")
+around_ok = AroundHandler(lambda this, args, kwargs: "state", _note, "around_ok",
+                          after_errors=True)
+around_returns_only = AroundHandler(lambda this, args, kwargs: "state", _note,
+                                    "around_returns_only")
 around_skip = AroundHandler(lambda this, args, kwargs: None, _note, "around_skip")
 around_raise_before = AroundHandler(_broken_before, _note, "around_raise_before")
 around_raise_after = AroundHandler(always, _broken_after, "around_raise_after")
@@ -105,7 +108,8 @@ def _setup(tmp_path, capture, qualname, handler):
     return module, instrumentor.hooks[0]
 
 
-AROUND = ["around_ok", "around_skip", "around_raise_before", "around_raise_after"]
+AROUND = ["around_ok", "around_returns_only", "around_skip", "around_raise_before",
+          "around_raise_after"]
 FAILING = ("raise_before", "raise_after", "never_call", "around_raise_before",
            "around_raise_after")
 
@@ -130,7 +134,7 @@ def test_original_runs_once_and_result_passes_through(tmp_path, capture, handler
     assert result == {"result": 7}
     assert module.CALLS == [7]
     assert hook.failures == (1 if handler in FAILING else 0)
-    if handler == "around_ok":
+    if handler in ("around_ok", "around_returns_only"):
         assert module.SEEN == [("state", (7,), {"result": 7}, None)]
     elif handler in ("around_skip", "around_raise_before"):
         assert module.SEEN == []  # nothing to record, or before failed: after is not called
@@ -144,6 +148,10 @@ def test_original_exception_passes_through(tmp_path, capture, handler, metering)
     assert module.CALLS == [1]
     if handler == "around_ok":
         assert module.SEEN == [("state", (1,), None, "KeyError")]
+    elif handler == "around_returns_only":
+        assert module.SEEN == []  # without after_errors, after runs only on a return
+    # the original's exception is never counted as ours; a broken before still is
+    assert hook.failures == (1 if handler == "around_raise_before" else 0)
 
 
 def test_around_handler_removed_after_five_consecutive_failures(tmp_path, capture):
@@ -167,6 +175,9 @@ def test_around_handler_called_as_a_plain_handler():
                                      lambda *state: seen.append(state), "h")
     assert handler(original, "this", 4) == 8 and calls == [4]
     assert seen == [("s", "this", (4,), {}, 8, None)]
+    with pytest.raises(TypeError):
+        handler(original, "this", None)  # None * 2: the original's error passes through
+    assert len(seen) == 1 and calls == [4, None]  # after ran on the return only
 
 
 def test_async_handler_failures(tmp_path, capture):
