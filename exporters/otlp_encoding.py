@@ -36,8 +36,7 @@ _pack_fixed32 = struct.Struct("<I").pack
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLAGS_HAS_IS_REMOTE = 0x100
 _FLAGS_IS_REMOTE = 0x200
-_EMPTY_STATUS = b"\x7a\x00"
-_KINDS: Dict[Any, bytes] = {}  # field 15, length 0: the SDK always sets an (often empty) status
+_KINDS: Dict[Any, bytes] = {}  # SpanKind -> the span's kind field
 
 
 def _varint(value: int) -> bytes:
@@ -210,24 +209,24 @@ def _span(span: Any) -> bytes:
                 _attributes(4, link.attributes)]
         if link.dropped_attributes:
             body.append(b"\x28" + _varint(link.dropped_attributes))
-        body.append(b"\x35" + _pack_fixed32(
-            _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if linked.is_remote else 0)))
+        body.append(b"\x35" + _remote_flags(linked))
         out.append(_field(13, b"".join(body)))
     if span.dropped_links:
         out.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
-    if status is None:
-        pass
-    elif status.description is None and status.status_code.value == 0:
-        out.append(_EMPTY_STATUS)
-    else:
+    if status is not None:  # the SDK sets it even when empty (UNSET, no description)
         body = _string(2, status.description or "")
         if status.status_code.value:
             body += b"\x18" + _varint(status.status_code.value)
         out.append(_field(15, body))
-    flags = _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if parent and parent.is_remote else 0)
-    out.append(b"\x85\x01" + _pack_fixed32(flags))
+    out.append(b"\x85\x01" + _remote_flags(parent))
     return b"".join(out)
+
+
+def _remote_flags(context: Any) -> bytes:
+    """The fixed32 flags of a span (its parent's context) or a link: whether it is remote."""
+    remote = context is not None and context.is_remote
+    return _pack_fixed32(_FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if remote else 0))
 
 
 def _scope(scope: Any) -> bytes:
