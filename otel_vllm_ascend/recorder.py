@@ -29,6 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.selfmeter import REQUEST_RECORD, STEP_RECORD
 from otel_vllm_ascend.selfmeter import meter as _meter
 from otel_vllm_ascend.span_builder import FastSpanBuilder
 
@@ -38,8 +39,6 @@ MAX_QUEUE = int(os.environ.get("OTEL_VLLM_RECORD_QUEUE_SIZE", "65536"))
 DRAIN_INTERVAL_S = 0.2
 ROWS_PER_WRITE = 4096  # the most records a drain holds for the file exporter before writing
 _TRACER_NAME = "otel_vllm_ascend"
-_STEP_RECORD = "batchFrameworkProcessing"
-_REQUEST_RECORD = "httpReq"
 
 EventTuple = tuple  # (name, timestamp_ns, attributes)
 _TASK = object()  # first item of a queued record_task
@@ -217,9 +216,9 @@ def _drain() -> None:
             continue
         built += 1
         if metering:
-            if rec[0] == _STEP_RECORD:
+            if rec[0] == STEP_RECORD:
                 _meter.steps += 1
-            elif rec[0] == _REQUEST_RECORD:
+            elif rec[0] == REQUEST_RECORD:
                 _meter.requests += 1
         try:
             if fast is None or not fast.build(rec):

@@ -4,8 +4,8 @@ A record already knows its start, end, attributes, events, parent and links, so 
 machinery of ``tracer.start_span`` / ``Span.end`` (a context, locks, bounded containers, the
 span-start callbacks) is pure cost for it. :class:`FastSpanBuilder` makes the SDK's
 ``ReadableSpan`` at once, with what the tracer would have used: the provider's resource,
-instrumentation scope, id generator and sampler decision, and hands it to the provider's span
-processor's ``on_end``, so every configured processor and exporter receives the same span.
+instrumentation scope, id generator and sampler decision, and hands it to the ``on_end`` of
+each of the provider's span processors, so every configured exporter receives the same span.
 
 It applies only where the result is provably the same as the slow way (tests compare both),
 and the recorder falls back to ``start_span`` otherwise:
@@ -23,8 +23,9 @@ and the recorder falls back to ``start_span`` otherwise:
 The file exporter is fed without spans. A batch or simple span processor whose exporter is our
 ``ms_service`` exporter does nothing with a span but turn it into rows, so the builder gives
 that exporter the record itself (``MsServiceSpanExporter.export_records``: the same rows, one
-SQLite transaction per drain) and builds a ``ReadableSpan`` only when some other processor
-(OTLP, console, a user's) is there to receive it. Which records are written is the sampler's
+SQLite transaction per drain or per ``recorder.ROWS_PER_WRITE`` records) and builds a
+``ReadableSpan`` only when some other processor (OTLP, console, a user's) is there to receive
+it. Which records are written is the sampler's
 decision as before: the sampled ones, exactly what the processor would have exported.
 """
 
@@ -105,7 +106,7 @@ class FastSpanBuilder:
             self.parent_decisions = (self.root_decision,) * 4
 
     def finish(self) -> None:
-        """Write the records gathered for the file exporters (once per drain)."""
+        """Write the records gathered so far for the file exporters."""
         rows, self.rows = self.rows, []
         if rows:
             for exporter in self.row_exporters:
