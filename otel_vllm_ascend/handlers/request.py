@@ -121,8 +121,9 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     # The request states (their external ids) are read on the recorder's thread: a state
     # object stays readable after vLLM drops it, and its external id never changes.
     known = [get_state(request_id) for request_id in request_ids]
-    finished = [(output.request_id, get_state(output.request_id))
-                for output in engine_core_outputs if output.finish_reason is not None]
+    finished = [(request_id, state) for output, request_id, state
+                in zip(engine_core_outputs, request_ids, known)
+                if output.finish_reason is not None]
     return states, request_ids, known, finished, time.time_ns(), threading.get_native_id()
 
 
