@@ -2,7 +2,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env test lint demo bench clean
+.PHONY: env test lint demo bench clean compat compat-all
+# The older vLLM line `make test` also runs end to end (see docs/compatibility.md).
+CI_VLLM := 0.11.0
 
 env:
 	bash tools/system_deps.sh
@@ -13,6 +15,14 @@ lint: env
 
 test: lint
 	$(PY) -m pytest tests -q
+	$(PY) tools/compat.py $(CI_VLLM) --no-record
+
+# One vLLM line end to end in its own cached venv: make compat VLLM=0.9.1
+compat: env
+	$(PY) tools/compat.py $(VLLM)
+
+compat-all: env
+	$(PY) tools/compat.py --all
 
 demo: env
 	$(PY) tools/demo.py $(DEMO_ARGS)

@@ -25,6 +25,7 @@ import logging
 import sys
 from typing import List, Optional, TextIO
 
+from otel_vllm_ascend.engine import detect, handler_short_name, missing_records
 from otel_vllm_ascend.symbol_check import RESOLVES, SKIPPED, check_symbol_set
 from otel_vllm_ascend.symbols import SymbolsError, load_symbols, resolve_symbols_path
 from otel_vllm_ascend.versions import installed_vllm_version
@@ -65,7 +66,9 @@ def _check_symbols(args: argparse.Namespace, out: TextIO) -> int:
         resolved, why = resolve_symbols_path(version)
         path = str(resolved)
     print(f"symbol file: {path} ({why})", file=out)
-    print(f"vLLM version: {version or 'not installed'}", file=out)
+    engine = detect(version)
+    print(f"vLLM version: {version or 'not installed'}; engine: {engine.engine} "
+          f"({engine.reason})", file=out)
     try:
         symbols = load_symbols(path, vllm_version=version)
     except SymbolsError as exc:
@@ -88,6 +91,13 @@ def _check_symbols(args: argparse.Namespace, out: TextIO) -> int:
           f"{len(symbols.problems)} file problems", file=out)
     for problem in symbols.problems:
         print(f"problem: {problem}", file=out)
+    missing = missing_records(engine, [
+        (handler_short_name(s.spec.handler), s.status == RESOLVES, s.reason or s.status)
+        for s in statuses])
+    for record in missing:
+        print(f"missing record: {record.record}: {record.reason}", file=out)
+    if not missing:
+        print("every default record is available", file=out)
     if args.strict and (attention or symbols.problems):
         return EXIT_PROBLEMS
     return EXIT_OK

@@ -196,6 +196,7 @@ def install(spec: Any, module: Any) -> Optional[wrapping.Hook]:
         _logger.warning("otel-vllm-ascend: %s (%s): %s; using the default timer instead",
                         spec.source, spec.symbol, err)
         handler = None
+    _check_signature(spec, func, binding, handler)
     hook = wrapping.Hook(spec, owner, attr, raw, had_own, func, binding, handler)
     wrapper = wrapping.build_wrapper(hook)
     if binding == "staticmethod":
@@ -206,6 +207,28 @@ def install(spec: Any, module: Any) -> Optional[wrapping.Hook]:
         replacement = wrapper
     setattr(owner, attr, replacement)
     return hook
+
+
+def _check_signature(spec: Any, func: Callable, binding: str, handler: Any) -> None:
+    """A built-in handler names the parameters it passes or reads (``expects``); when this
+    vLLM's function lacks one, the hook steps aside: vLLM runs unchanged, one warning says why.
+    """
+    expected = getattr(handler, "expects", ())
+    if not expected:
+        return
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: nothing to compare
+    params = signature.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [name for name in expected if name not in params]
+    if missing:
+        raise HookInstallError(
+            f"{spec.qualname}{signature} has no parameter {', '.join(map(repr, missing))}, "
+            f"which handler {getattr(handler, '__name__', handler)!r} needs; the hook steps "
+            "aside and vLLM runs unchanged")
 
 
 _ABSENT = object()

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import os
 from typing import Any, Collection, Optional
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from otel_vllm_ascend import control, recorder
+from otel_vllm_ascend import engine as engine_module
 from otel_vllm_ascend.compat import shim as compat_shim
 from otel_vllm_ascend.installer import HookInstaller
 
@@ -59,9 +61,11 @@ class VllmServiceInstrumentor(BaseInstrumentor):
             recorder.set_tracer_provider(provider)
 
         specs = kwargs.get("specs")
-        source = "specs given"
+        source, skipped = "specs given", ()
+        engine = engine_module.detect()
         if specs is None:
-            specs, source = _load_specs(kwargs.get("symbols_path"))
+            specs, source, skipped = _load_specs(kwargs.get("symbols_path"))
+            _announce_missing_records(engine, specs, skipped)
         installer = HookInstaller(specs)
         self._installer = installer
         installer.start()
@@ -76,9 +80,9 @@ class VllmServiceInstrumentor(BaseInstrumentor):
         control.add_listener(self._samplers.on_state)
 
         _logger.info(
-            "otel-vllm-ascend: pid %d: %d entries from %s; %d hooks installed now, the rest "
-            "when their module is imported; recording %s",
-            os.getpid(), len(specs), source, len(installer.hooks),
+            "otel-vllm-ascend: pid %d: %s; %d entries from %s; %d hooks installed now, the "
+            "rest when their module is imported; recording %s",
+            os.getpid(), engine.describe(), len(specs), source, len(installer.hooks),
             "on" if state.recording else "off")
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -106,21 +110,41 @@ class VllmServiceInstrumentor(BaseInstrumentor):
 
 # Runtime infrastructure rather than records: kept from the packaged default whatever symbol
 # file is in use, so captures made with msserviceprofiler's or vllm-ascend's files keep their
-# last engine steps too (see handlers/lifecycle.py).
+# last engine steps too (see handlers/lifecycle.py). OTEL_VLLM_SHUTDOWN_GRACE_S=0 leaves it out,
+# from every symbol file.
 ALWAYS_ON_SYMBOLS = frozenset({"vllm.v1.engine.utils:shutdown"})
 
 
 def _load_specs(symbols_path: Optional[str]) -> tuple:
     # The loader logs every problem itself and falls back to the packaged default when the
     # chosen file is unusable as a whole.
+    from otel_vllm_ascend.handlers.lifecycle import grace_seconds
     from otel_vllm_ascend.symbols import PACKAGED_SYMBOLS, load_symbols, load_symbols_or_default
 
     symbol_set = load_symbols_or_default(symbols_path)
     specs = list(symbol_set.specs)
-    missing = ALWAYS_ON_SYMBOLS - {spec.symbol for spec in specs}
-    if missing and str(symbol_set.path) != str(PACKAGED_SYMBOLS):
-        specs += [spec for spec in load_symbols(PACKAGED_SYMBOLS).specs if spec.symbol in missing]
-    return tuple(specs), str(symbol_set.path)
+    if grace_seconds() == 0:
+        specs = [spec for spec in specs if spec.symbol not in ALWAYS_ON_SYMBOLS]
+    elif str(symbol_set.path) != str(PACKAGED_SYMBOLS):
+        missing = ALWAYS_ON_SYMBOLS - {spec.symbol for spec in specs}
+        if missing:
+            specs += [s for s in load_symbols(PACKAGED_SYMBOLS).specs if s.symbol in missing]
+    return tuple(specs), str(symbol_set.path), tuple(symbol_set.skipped)
+
+
+def _announce_missing_records(engine: Any, specs: Any, skipped: Any) -> None:
+    """One line, in the process vLLM was started as, naming the default records this
+    installation cannot give and why (version gates, the engine in use)."""
+    if multiprocessing.parent_process() is not None:
+        return
+    available = [(engine_module.handler_short_name(s.handler), True, "") for s in specs]
+    available += [(engine_module.handler_short_name(s.handler), False, why)
+                  for s, why in skipped]
+    missing = engine_module.missing_records(engine, available)
+    if missing:
+        _logger.warning("otel-vllm-ascend: on %s these records will be missing: %s",
+                        engine.describe(),
+                        "; ".join(f"{m.record}: {m.reason}" for m in missing))
 
 
 def _config_source(kwargs: dict) -> tuple:
@@ -137,12 +161,24 @@ def _config_source(kwargs: dict) -> tuple:
 
 
 def ensure_visible_logging() -> None:
-    """vLLM configures only its own logger: give ours a stderr handler when nobody else does."""
+    """Our log lines show exactly once, whatever root handlers vLLM, IPEX or the user set up.
+
+    The package logger gets its own stderr handler and level and does not propagate: a root
+    handler at WARNING (IPEX adds one) would otherwise hide our INFO lines, and one at INFO
+    would print them twice. A package logger that already has handlers was configured by the
+    user (or a test harness) and is left as it is. ``OTEL_VLLM_LOG_LEVEL`` sets the level.
+    """
     package_logger = logging.getLogger("otel_vllm_ascend")
-    if package_logger.handlers or logging.getLogger().handlers:
+    if package_logger.handlers:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
     package_logger.addHandler(handler)
-    if package_logger.level == logging.NOTSET:
+    package_logger.propagate = False
+    level = os.environ.get("OTEL_VLLM_LOG_LEVEL", "").strip().upper() or "INFO"
+    try:
+        package_logger.setLevel(int(level) if level.isdigit() else level)
+    except ValueError:
         package_logger.setLevel(logging.INFO)
+        package_logger.warning("otel-vllm-ascend: OTEL_VLLM_LOG_LEVEL=%r is not a log level "
+                               "(DEBUG, INFO, WARNING, ERROR or a number); using INFO", level)

@@ -16,7 +16,8 @@ Usage::
     python tools/build_tiny_model.py --out DIR  # build into DIR
 
 The cache folder is ``$OTEL_VLLM_CACHE/models/tiny-qwen2-<hash>`` (default cache
-``~/.cache/otel-vllm-ascend``); the hash covers this file, so editing the builder rebuilds.
+``~/.cache/otel-vllm-ascend``); the hash covers this file and the transformers version, so
+editing the builder rebuilds.
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ _SYLLABLES = (
 
 
 def builder_hash() -> str:
-    """Content hash of this builder: the cache key of the model it makes."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    """Cache key of the model: this builder's content and the transformers release that saves
+    the files (their bytes differ between releases; each vLLM venv builds its own copy)."""
+    from importlib.metadata import version
+
+    key = Path(__file__).read_bytes() + version("transformers").encode()
+    return hashlib.sha256(key).hexdigest()[:12]
 
 
 def default_cache_dir() -> Path:
@@ -100,7 +105,19 @@ def build_tokenizer(out: Path) -> int:
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out))
+    _portable_tokenizer_config(out)
     return tokenizer.token_to_id("<|endoftext|>")
+
+
+def _portable_tokenizer_config(out: Path) -> None:
+    """The same files must serve vLLM lines whose transformers is 4.x (0.9-0.11) and 5.x:
+    transformers 5 names the class ``TokenizersBackend``, which 4.x cannot load, and may keep
+    the chat template in a separate file that 4.x does not read."""
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def build_weights(out: Path, vocab_size: int, eos_id: int) -> None:
@@ -128,6 +145,8 @@ def build_weights(out: Path, vocab_size: int, eos_id: int) -> None:
     saved = json.loads(config_path.read_text())
     saved["torch_dtype"] = saved.get("torch_dtype") or "bfloat16"
     saved["dtype"] = "bfloat16"
+    # transformers 5 moved rope_theta into rope_parameters; 4.x reads only the top-level key.
+    saved.setdefault("rope_theta", (saved.get("rope_parameters") or {}).get("rope_theta", 1e6))
     config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 

@@ -94,6 +94,7 @@ class VllmServer:
         self.process: Optional[subprocess.Popen] = None
         self.started_at = 0.0
         self.ready_after_s = 0.0
+        self.stop_seconds: Optional[float] = None
 
     @property
     def url(self) -> str:
@@ -170,15 +171,19 @@ class VllmServer:
         except psutil.NoSuchProcess:
             return []
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> Optional[int]:
-        """SIGTERM the server, wait for a clean exit, then kill whatever of the tree is left."""
+    def stop(self, grace_s: float = STOP_GRACE_S, sig: int = signal.SIGTERM) -> Optional[int]:
+        """Send ``sig`` (SIGTERM, or SIGINT as Ctrl-C does) to the server, wait for a clean
+        exit, then kill whatever of the tree is left. ``stop_seconds`` is how long the server
+        itself took to exit (None when it had to be killed)."""
         process = self.process
         if process is None:
             return None
         if process.poll() is None:
+            started = time.monotonic()
             try:
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(sig)
                 process.wait(grace_s)
+                self.stop_seconds = time.monotonic() - started
             except subprocess.TimeoutExpired:
                 pass
         # Children still alive after the server's own exit (or timeout) are ours to end.

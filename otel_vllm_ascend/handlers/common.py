@@ -183,11 +183,23 @@ class BatchInputs(NamedTuple):
             prompt = getattr(request, "prompt_token_ids", None)
             new.append((request.req_id, len(prompt) if prompt is not None else None,
                         int(getattr(request, "num_computed_tokens", 0) or 0)))
-        cached = getattr(scheduler_output, "scheduled_cached_reqs", None)
+        cached_ids, cached_computed = _cached_requests(
+            getattr(scheduler_output, "scheduled_cached_reqs", None))
         return cls(tuple(getattr(scheduler_output, "finished_req_ids", None) or ()), new,
-                   list(getattr(cached, "req_ids", ()) or ()),
-                   list(getattr(cached, "num_computed_tokens", ()) or ()),
-                   dict(scheduler_output.num_scheduled_tokens))
+                   cached_ids, cached_computed, dict(scheduler_output.num_scheduled_tokens))
+
+
+def _cached_requests(cached: Any) -> Tuple[list, list]:
+    """(request ids, computed tokens) of a step's already-seen requests, in either shape vLLM
+    has used: one object of parallel lists (0.10 and later) or a list of per-request objects
+    (0.9.x)."""
+    if cached is None:
+        return [], []
+    if isinstance(cached, (list, tuple)):
+        return ([request.req_id for request in cached],
+                [int(request.num_computed_tokens) for request in cached])
+    return (list(getattr(cached, "req_ids", ()) or ()),
+            list(getattr(cached, "num_computed_tokens", ()) or ()))
 
 
 class BatchClassifier:

@@ -5,10 +5,12 @@ kills it at once when it is still alive. EngineCore would exit cleanly within a 
 second — and on the way out flush its queued records — but it never gets that fraction, so the
 last engine steps of a capture are lost.
 
-Hooked on the API server's process-manager ``shutdown(procs, timeout)``: while recording, the
-timeout is raised to at least ``OTEL_VLLM_SHUTDOWN_GRACE_S`` seconds (default 5; 0 turns this
-off). Only the wait before the forced kill changes: EngineCore still aborts or drains requests
-exactly as ``--shutdown-timeout`` says, and a process that exits sooner is not waited for.
+Hooked on the API server's process-manager ``shutdown(procs, timeout)`` (vLLM 0.18 and later;
+before, ``shutdown(procs)`` always waits 5 s and the hook steps aside): while recording, the
+timeout is raised to at least ``OTEL_VLLM_SHUTDOWN_GRACE_S`` seconds (default 5; 0 leaves the
+hook out altogether). Only the wait before the forced kill changes: EngineCore still aborts or
+drains requests exactly as ``--shutdown-timeout`` says, and a process that exits sooner is not
+waited for.
 """
 
 from __future__ import annotations
@@ -33,3 +35,7 @@ def shutdown_grace(original: Any, this: Any, procs: Any, timeout: Any = None, *a
     if timeout is not None and timeout < grace:
         timeout = grace
     return original(procs, timeout, *args, **kwargs)
+
+
+# vLLM 0.9-0.11's shutdown(procs) has no timeout (it always waits 5 s): the hook steps aside.
+shutdown_grace.expects = ("procs", "timeout")  # type: ignore[attr-defined]

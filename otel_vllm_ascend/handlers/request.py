@@ -8,6 +8,10 @@
   into the request's ``trace_headers`` when it has none, so EngineCore spans can link to the
   request's trace. ``trace_headers`` only feeds tracing: vLLM computes the same outputs; with
   vLLM's own tracing on, its ``llm_request`` span then joins our request trace.
+* ``Processor.process_inputs`` (0.9-0.13, before ``assign_request_id`` existed): the same.
+* The OpenAI server's ``_get_trace_headers`` (before 0.32 it drops ``traceparent`` unless
+  vLLM's own tracing is on): the caller's context is kept for ``AsyncLLM.add_request``, through
+  ``AsyncLLM.generate`` where the response is streamed from another task.
 * ``OutputProcessor.process_outputs`` -> one ``httpRes`` per finished request with
   ``recvTokenSize`` (prompt tokens) and ``replyTokenSize`` (generated tokens), then one
   ``detokenize`` naming every request of the call.
@@ -30,6 +34,12 @@ DOMAIN = "Engine"
 
 # The request being added on this task: (external id, trace context).
 _adding: contextvars.ContextVar = contextvars.ContextVar("otel_vllm_adding", default=None)
+# The caller's trace context of the HTTP request this task serves, when vLLM (its own tracing
+# off, before 0.32) dropped the traceparent header instead of passing it on as trace_headers.
+_incoming: contextvars.ContextVar = contextvars.ContextVar("otel_vllm_incoming", default=None)
+# Request id -> that context, from AsyncLLM.generate() to its add_request(): a streamed response
+# runs the generator in another task, which does not see the handler task's context variables.
+_waiting_contexts = common.ContextMap(limit=4096)
 
 
 def _trace_headers(args: tuple, kwargs: dict) -> Any:
@@ -46,7 +56,8 @@ async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any)
     if not isinstance(request_id, str):
         return await original(*args, **kwargs)
     common.ensure_role("api_server")
-    incoming = common.parse_traceparent(_trace_headers(args, kwargs))
+    incoming = (common.parse_traceparent(_trace_headers(args, kwargs))
+                or _waiting_contexts.pop(request_id) or _incoming.get())
     now = time.time_ns()
     tid = threading.get_native_id()
     attributes = {contract.DOMAIN: DOMAIN, contract.RID: request_id,
@@ -82,20 +93,59 @@ def _link(external_id: str, internal_id: str, context: Any) -> None:
                           record=contract.RECORD_LINK, parent=context)
 
 
+def _carry_context(request: Any) -> None:
+    """Put the request's trace context into the EngineCoreRequest's ``trace_headers`` when it
+    has none (they only feed tracing; vLLM computes the same outputs)."""
+    adding = _adding.get()
+    if adding is None or request is None:
+        return
+    if getattr(request, "trace_headers", False) is None:
+        request.trace_headers = {"traceparent": common.format_traceparent(adding[1])}
+
+
 def _assign_request_id_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
                              error: Optional[BaseException]) -> None:
-    adding = _adding.get()
-    if adding is None:
-        return
-    _, context = adding
-    request = args[0] if args else kwargs.get("request")
-    if getattr(request, "trace_headers", None) is None:
-        request.trace_headers = {"traceparent": common.format_traceparent(context)}
+    _carry_context(args[0] if args else kwargs.get("request"))
 
 
 assign_request_id = wrapping.AroundHandler(
     wrapping.always, _assign_request_id_after, "assign_request_id",
     "``InputProcessor.assign_request_id``: carry the request's trace context to EngineCore.")
+
+
+def _process_inputs_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
+                          error: Optional[BaseException]) -> None:
+    # 0.9-0.11 return (prompt text, EngineCoreRequest), 0.12-0.13 the request alone.
+    _carry_context(result[-1] if isinstance(result, tuple) and result else result)
+
+
+carry_trace_context = wrapping.AroundHandler(
+    wrapping.always, _process_inputs_after, "carry_trace_context",
+    "``Processor.process_inputs`` (before vLLM 0.14, which has no ``assign_request_id``): "
+    "carry the request's trace context to EngineCore.")
+
+
+def bind_trace_context(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
+    """``AsyncLLM.generate(prompt, sampling_params, request_id, ...)``: called (not yet
+    iterated) in the HTTP handler's task, where the caller's context is known."""
+    context = _incoming.get()
+    if context is not None:
+        request_id = args[2] if len(args) > 2 else kwargs.get("request_id")
+        if isinstance(request_id, str):
+            _waiting_contexts.put(request_id, context)
+    return original(*args, **kwargs)
+
+
+bind_trace_context.expects = ("request_id",)  # type: ignore[attr-defined]
+
+
+async def incoming_trace_headers(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
+    """The OpenAI server's ``_get_trace_headers(headers)``: vLLM returns None unless its own
+    tracing is on; remember the caller's ``traceparent`` for ``add_request`` all the same."""
+    result = await original(*args, **kwargs)
+    if result is None:
+        _incoming.set(common.parse_traceparent(args[0] if args else kwargs.get("headers")))
+    return result
 
 
 def _generated_tokens(state: Any) -> Optional[int]:

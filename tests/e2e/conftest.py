@@ -7,6 +7,7 @@ whole scenario of ``scenario.py`` before the first test that needs it.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,4 +46,8 @@ def baseline(tiny_model, e2e_root):
 @pytest.fixture(scope="session", params=["instrument", "plugin"])
 def served(request, tiny_model, e2e_root):
     """The whole profiled scenario for one activation path (run once per path)."""
-    return scenario.run_profiled(request.param, tiny_model, e2e_root / request.param)
+    run = scenario.run_profiled(request.param, tiny_model, e2e_root / request.param)
+    report = os.environ.get("OTEL_VLLM_MATRIX_REPORT")
+    if report:  # set by tools/compat.py
+        scenario.write_matrix_report(run, Path(report))
+    return run

@@ -14,6 +14,9 @@ timed      ``enable 1`` with ``timelimit`` (early requests)  every request, once
 expired    same file, after the time limit has passed        nothing
 ========== ================================================= ==========================
 
+The server is then stopped while recording again (``timelimit`` 0): with SIGINT (Ctrl-C) on the
+``instrument`` path and SIGTERM on the ``plugin`` path, and must exit by itself.
+
 Everything the tests check is gathered here once per activation path, so the server starts
 only once per path.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -30,13 +34,14 @@ from typing import Optional
 import otlp_receiver
 import profiling_workdir
 import workload
-from serve import VllmServer
+from serve import STOP_GRACE_S, VllmServer  # noqa: F401 (STOP_GRACE_S: for messages)
 
 TOGGLE_PICKUP_S = 3.0  # the tool polls the config about every 0.5 s; the machine is busy
 TIMELIMIT_S = 6
 OTLP_SETTLE_S = 20.0
 
 RECORDED_PHASES = ("on", "identity", "timed")
+STOP_SIGNALS = {"instrument": signal.SIGINT, "plugin": signal.SIGTERM}
 SILENT_PHASES = ("off_before", "off_after", "expired")
 
 
@@ -62,6 +67,8 @@ class ServingRun:
     otlp_before_stop: list = dataclasses.field(default_factory=list)
     otlp_after_stop: list = dataclasses.field(default_factory=list)
     stop_rc: Optional[int] = None
+    stop_signal: str = "SIGTERM"
+    stop_seconds: Optional[float] = None
 
     def results(self, *phases: str) -> list:
         return [r for phase in phases for r in self.phases.get(phase, [])]
@@ -164,14 +171,46 @@ def run_profiled(path: str, model: Path, work: Path) -> ServingRun:
             seen = count
         otlp_before = receiver.spans()
         api_pid = server.process.pid
+        # Stop while recording: the shutdown hooks are active only then.
+        profiling_workdir.set_enable(files.config, False)
+        profiling_workdir.set_timelimit(files.config, 0)
+        time.sleep(TOGGLE_PICKUP_S)
+        profiling_workdir.set_enable(files.config, True)
+        time.sleep(TOGGLE_PICKUP_S)
     finally:
-        stop_rc = server.stop()
+        # Ctrl-C on one path, the service manager's SIGTERM on the other, while recording.
+        stop_signal = STOP_SIGNALS[path]
+        stop_rc = server.stop(sig=stop_signal)
     time.sleep(1.0)
     run = ServingRun(path, work, server.log_path, phases, names, api_pid, blocks,
                      prof_dir=files.prof_dir, output_dir=work / "analysis",
                      otlp_before_stop=otlp_before, otlp_after_stop=receiver.spans(),
-                     stop_rc=stop_rc)
+                     stop_rc=stop_rc, stop_signal=stop_signal.name,
+                     stop_seconds=server.stop_seconds)
     receiver.stop()
     run.analyzer_rc, run.analyzer_output = profiling_workdir.run_analyzer(
         files.prof_dir, run.output_dir)
     return run
+
+
+def write_matrix_report(run: ServingRun, folder: Path) -> None:
+    """What the version-matrix runner (tools/compat.py) tabulates for one profiled run."""
+    import collections
+    import json
+
+    log = run.server_log.read_text(errors="replace")
+    report = {
+        "path": run.path,
+        "stop_signal": run.stop_signal,
+        "stop_seconds": run.stop_seconds,
+        "stop_rc": run.stop_rc,
+        "processes": sorted(run.pid_names.values()),
+        "records": collections.Counter(
+            r.name for r in profiling_workdir.read_records(run.prof_dir)),
+        "announced_missing": [line for line in log.splitlines()
+                              if "these records will be missing" in line],
+        "engine": next((line.split("otel-vllm-ascend: ", 1)[1] for line in log.splitlines()
+                        if "entries from" in line and "otel-vllm-ascend: " in line), ""),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{run.path}.json").write_text(json.dumps(report, indent=1, sort_keys=True))

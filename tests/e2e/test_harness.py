@@ -28,8 +28,9 @@ def test_baseline_serves_every_request(baseline):
         assert 0 < result.ttft_s <= result.latency_s
 
 
-def test_baseline_reports_kv_blocks_and_three_processes(baseline):
+def test_baseline_reports_kv_blocks_and_engine_core(baseline):
+    # A Worker process too with the multiprocess executor; up to vLLM 0.11 one CPU worker runs
+    # inside EngineCore (UniProcExecutor) by default.
     assert baseline.num_gpu_blocks and baseline.num_gpu_blocks > 0
     names = " | ".join(baseline.pid_names.values())
     assert "EngineCore" in names, names
-    assert "Worker" in names, names

@@ -336,7 +336,7 @@ def test_unusable_symbol_file_falls_back_to_packaged_default(tmp_path, caplog):
     bad = tmp_path / "symbols.yaml"
     bad.write_text("just: a mapping, not a list\n")
     with caplog.at_level("WARNING"):
-        specs, source = _load_specs(str(bad))
+        specs, source, _ = _load_specs(str(bad))
     assert source == str(load_symbols(PACKAGED_SYMBOLS).path)
     assert specs, "the packaged default should provide hooks"
     messages = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
@@ -350,7 +350,7 @@ def test_shutdown_grace_kept_with_a_user_symbol_file(tmp_path):
     user = tmp_path / "symbols.yaml"
     user.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"
                     "  handler: schedule\n")
-    specs, source = _load_specs(str(user))
+    specs, source, _ = _load_specs(str(user))
     assert source == str(user)
     assert [s.symbol for s in specs] == ["vllm.v1.core.sched.scheduler:Scheduler.schedule",
                                          "vllm.v1.engine.utils:shutdown"]

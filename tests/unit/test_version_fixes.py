@@ -1,0 +1,267 @@
+"""Bugs found by running the tool on older vLLM lines, each with the shape that exposed it.
+
+The fakes below copy the field names of the vLLM release named in each test (checked against
+that release's source); the version-matrix run (``make compat``) repeats these on real servers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from runtime_helpers import Capture, instrument, spec, write_module
+
+from otel_vllm_ascend import engine
+from otel_vllm_ascend.handlers import common
+from otel_vllm_ascend.instrumentor import VllmServiceInstrumentor
+
+
+@dataclasses.dataclass
+class CachedRequestData091:
+    """vLLM 0.9.x: one object per already-seen request (0.10 made it one object of lists)."""
+
+    req_id: str
+    resumed_from_preemption: bool
+    new_token_ids: list
+    new_block_ids: tuple
+    num_computed_tokens: int
+
+
+@dataclasses.dataclass
+class NewRequestData091:
+    req_id: str
+    prompt_token_ids: list
+    num_computed_tokens: int
+
+
+@dataclasses.dataclass
+class SchedulerOutput091:
+    scheduled_new_reqs: list
+    scheduled_cached_reqs: list
+    num_scheduled_tokens: dict
+    total_num_scheduled_tokens: int
+    finished_req_ids: set
+
+
+def test_vllm_0_9_cached_requests_are_decode_steps():
+    classifier = common.BatchClassifier()
+    prefill = SchedulerOutput091([NewRequestData091("a", [1] * 5, 0)], [], {"a": 5}, 5, set())
+    rows, kind = classifier.classify(common.BatchInputs.of(prefill))
+    assert kind == "Prefill"
+    decode = SchedulerOutput091([], [CachedRequestData091("a", False, [7], ([],), 5)],
+                                {"a": 1}, 1, set())
+    inputs = common.BatchInputs.of(decode)
+    assert inputs.cached_ids == ["a"] and inputs.cached_computed == [5]
+    rows, kind = classifier.classify(inputs)
+    assert kind == "Decode"
+    assert rows[0][1:] == (1, common.DECODE, 1, 5, 5)
+
+
+SHUTDOWN_0_11 = """
+calls = []
+
+def shutdown(procs):
+    calls.append(list(procs))
+    return "done"
+"""
+
+
+@pytest.fixture
+def capture():
+    cap = Capture()
+    yield cap
+    VllmServiceInstrumentor().uninstrument()
+
+
+def test_shutdown_hook_steps_aside_on_a_signature_without_timeout(tmp_path, capture, caplog):
+    name = write_module(tmp_path, SHUTDOWN_0_11)
+    module = importlib.import_module(name)
+    original = module.shutdown
+    instrumentor = instrument(capture, [spec(name, "shutdown", handler="shutdown_grace")])
+    assert instrumentor.hooks == []
+    assert module.shutdown is original, "vLLM's function stays exactly as it was"
+    assert module.shutdown(["p"]) == "done" and module.calls == [["p"]]
+    warned = [r.getMessage() for r in caplog.records if "steps aside" in r.getMessage()]
+    assert len(warned) == 1 and "'timeout'" in warned[0] and "(procs)" in warned[0]
+
+
+def test_shutdown_hook_installs_where_the_timeout_exists(tmp_path, capture):
+    name = write_module(tmp_path, "def shutdown(procs, timeout=None):\n    return timeout\n")
+    module = importlib.import_module(name)
+    instrumentor = instrument(capture, [spec(name, "shutdown", handler="shutdown_grace")])
+    assert len(instrumentor.hooks) == 1
+    assert module.shutdown([], 0) >= 1, "the grace period raises a shorter timeout"
+
+
+def test_grace_zero_leaves_the_always_on_hook_out(tmp_path, monkeypatch):
+    from otel_vllm_ascend.instrumentor import ALWAYS_ON_SYMBOLS, _load_specs
+
+    user = tmp_path / "symbols.yaml"
+    user.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"
+                    "  handler: schedule\n")
+    monkeypatch.setenv("OTEL_VLLM_SHUTDOWN_GRACE_S", "0")
+    for path in (str(user), None):
+        specs, _, _ = _load_specs(path)
+        assert not ALWAYS_ON_SYMBOLS & {s.symbol for s in specs}
+
+
+# -- our log lines, whatever root handlers others installed ---------------------------------
+
+LOGGING_CHILD = """
+import logging, sys
+{root_setup}
+from otel_vllm_ascend.instrumentor import ensure_visible_logging
+ensure_visible_logging()
+logging.getLogger("otel_vllm_ascend.installer").info("our-info-line")
+"""
+
+
+@pytest.mark.parametrize("root_setup", [
+    "",  # plain vllm serve without IPEX: nobody configured logging
+    # IPEX: a root handler at WARNING (INFO lines used to vanish)
+    "logging.basicConfig(level=logging.WARNING, stream=sys.stderr)",
+    # opentelemetry-instrument with IPEX: a root handler at INFO (lines used to appear twice)
+    "logging.basicConfig(level=logging.INFO, stream=sys.stderr)",
+])
+def test_our_info_lines_show_exactly_once(root_setup):
+    child = textwrap.dedent(LOGGING_CHILD).format(root_setup=root_setup)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("our-info-line") == 1, result.stderr
+
+
+def test_a_logger_the_user_configured_is_left_alone():
+    child = textwrap.dedent("""
+        import logging
+        mine = logging.getLogger("otel_vllm_ascend")
+        handler = logging.StreamHandler()
+        mine.addHandler(handler)
+        mine.setLevel(logging.ERROR)
+        from otel_vllm_ascend.instrumentor import ensure_visible_logging
+        ensure_visible_logging()
+        assert mine.handlers == [handler] and mine.level == logging.ERROR and mine.propagate
+    """)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_log_level_from_the_environment(monkeypatch):
+    logger = logging.getLogger("otel_vllm_ascend")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger.handlers.clear()
+    try:
+        monkeypatch.setenv("OTEL_VLLM_LOG_LEVEL", "warning")
+        from otel_vllm_ascend.instrumentor import ensure_visible_logging
+
+        ensure_visible_logging()
+        assert logger.level == logging.WARNING and not logger.propagate
+        logger.handlers.clear()
+        monkeypatch.setenv("OTEL_VLLM_LOG_LEVEL", "loud")
+        ensure_visible_logging()
+        assert logger.level == logging.INFO
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+# -- engine and missing records -------------------------------------------------------------
+
+@pytest.mark.parametrize("version,use_v1,expected", [
+    ("0.32.0+cpu", None, engine.V1),
+    ("0.9.1", "0", engine.V0),
+    ("0.10.2", "0", engine.V0),
+    ("0.11.0", "0", engine.V1),  # no V0 worker any more: the variable has no effect
+    ("0.8.5", None, engine.V1),
+    ("0.7.3", None, engine.V0),
+    ("0.7.3", "1", engine.V1),
+])
+def test_engine_detection(version, use_v1, expected):
+    assert engine.detect(version, use_v1).engine == expected
+
+
+def test_engine_unknown_without_vllm():
+    assert engine.detect(None, None).engine in (engine.V1, engine.UNKNOWN)
+    found = engine.Engine(None, engine.UNKNOWN, "vLLM is not installed here")
+    assert "not installed" in found.describe()
+
+
+def test_missing_records_name_the_gate_and_the_engine():
+    available = [("schedule", True, ""), ("add_request_async", True, ""),
+                 ("process_outputs", True, ""), ("compute_logits", True, ""),
+                 ("sampler_forward", True, ""),
+                 ("execute_model", False, "vLLM 0.11.0 is above max_version 0.10")]
+    missing = engine.missing_records(engine.detect("0.11.0", None), available)
+    assert [m.record for m in missing] == ["model execution (modelExec)"]
+    assert "max_version 0.10" in missing[0].reason
+    on_v0 = engine.missing_records(engine.detect("0.9.1", "0"), available)
+    assert len(on_v0) == len(engine.RECORDS) and "V0 engine" in on_v0[0].reason
+
+
+def test_default_symbol_file_misses_no_record_on_any_matrix_line():
+    from otel_vllm_ascend.symbols import load_symbols
+
+    for version in ("0.9.1", "0.9.2", "0.10.0", "0.10.2", "0.11.0", "0.11.2", "0.12.0",
+                    "0.23.0", "0.25.1", "0.32.0"):
+        symbols = load_symbols(vllm_version=version)
+        available = [(engine.handler_short_name(s.handler), True, "") for s in symbols.specs]
+        available += [(engine.handler_short_name(s.handler), False, why)
+                      for s, why in symbols.skipped]
+        assert engine.missing_records(engine.detect(version, None), available) == [], version
+
+
+# -- the caller's traceparent on vLLM before 0.32 (dropped unless vLLM's tracing is on) -----
+
+TRACEPARENT = "00-94c9c9500925e4749b575bd13653f8dd-b7ad6b7169203331-01"
+
+
+def test_traceparent_reaches_add_request_from_a_streamed_generator():
+    import asyncio
+    import contextvars
+
+    from otel_vllm_ascend.handlers import request
+
+    async def vllm_get_trace_headers(headers):  # vLLM 0.9-0.31 with its own tracing off
+        return None
+
+    async def vllm_generate(prompt, sampling_params, request_id, trace_headers=None):
+        yield request_id
+
+    async def handler_task():
+        # The OpenAI handler (run in its own task by vLLM's with_cancellation) reads the
+        # headers, then creates the generator that a StreamingResponse iterates elsewhere.
+        result = await request.incoming_trace_headers(vllm_get_trace_headers, None,
+                                                      {"traceparent": TRACEPARENT})
+        assert result is None, "vLLM's result passes through"
+        return request.bind_trace_context(vllm_generate, None, "prompt", None, "cmpl-abc-0")
+
+    generator = asyncio.run(handler_task())
+    # Iterated in a context that never saw the handler's context variables:
+    assert contextvars.Context().run(request._incoming.get) is None
+    context = request._waiting_contexts.pop("cmpl-abc-0")
+    assert context is not None and f"{context.trace_id:032x}" == TRACEPARENT.split("-")[1]
+    assert asyncio.run(generator.__anext__()) == "cmpl-abc-0"
+
+
+def test_start_up_names_the_records_a_symbol_file_cannot_give(tmp_path, capture, caplog):
+    symbols = tmp_path / "symbols.yaml"
+    symbols.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"
+                       "  handler: schedule\n"
+                       "- symbol: vllm.v1.sample.sampler:Sampler.forward\n"
+                       "  handler: sampler_forward\n"
+                       "  max_version: '0.1'\n")
+    from otel_vllm_ascend.config import ProfilerConfig
+
+    VllmServiceInstrumentor().instrument(tracer_provider=capture.provider,
+                                         symbols_path=str(symbols),
+                                         config=ProfilerConfig(enable=True))
+    lines = [r.getMessage() for r in caplog.records if "will be missing" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "V1 engine" in lines[0] and "model execution (modelExec)" in lines[0]
+    assert "sampling (sample): " in lines[0] and "max_version 0.1" in lines[0]
+    assert "batch span" not in lines[0]

