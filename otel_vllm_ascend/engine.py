@@ -6,7 +6,8 @@ installed version (:mod:`otel_vllm_ascend.versions`) and ``VLLM_USE_V1``.
 * V1 is vLLM's default from 0.8; ``VLLM_USE_V1=0`` selects the old V0 engine up to 0.10.x (its
   worker is gone from 0.11 on, where the variable has no effect). Before 0.8 V0 is the default.
 * The records of the span contract come from a few built-in handlers (:data:`RECORDS`); a
-  record is missing when no entry with one of its handlers applies to this installation.
+  record is missing when no entry with one of its handlers applies to this installation, or
+  when this vLLM line cannot give it at all (:data:`LIMITATIONS`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ RECORDS: Tuple[Tuple[str, frozenset], ...] = (
     ("model execution (modelExec)", frozenset({"execute_model"})),
     ("logits (computing_logits)", frozenset({"compute_logits"})),
     ("sampling (sample)", frozenset({"sampler_forward"})),
+)
+
+
+# What no symbol file can give on older vLLM lines: (what, why, first release that has it).
+LIMITATIONS: Tuple[Tuple[str, str, Tuple[int, ...]], ...] = (
+    ("links of engine spans (batch, modelExec) to each request's trace",
+     "vLLM before 0.10.2 carries no trace headers from the API server to EngineCore; the "
+     "records still name their requests", (0, 10, 2)),
 )
 
 
@@ -81,7 +90,9 @@ def missing_records(engine: Engine, available: Iterable[Tuple[Optional[str], boo
                "fire")
         return [MissingRecord(record, why) for record, _ in RECORDS]
     entries = list(available)
-    missing = []
+    missing = [MissingRecord(what, why) for what, why, below in LIMITATIONS
+               if engine.version and not is_untagged(engine.version)
+               and parse_release(engine.version) < below]
     for record, handlers in RECORDS:
         relevant = [(ok, why) for name, ok, why in entries if name in handlers]
         if any(ok for ok, _ in relevant):

@@ -29,9 +29,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
 import vllm_env  # noqa: E402
+
+from otel_vllm_ascend.engine import RECORDS  # noqa: E402
 
 # The vLLM lines of vllm-ascend's support table (V1 engine), its current stable line, the newest.
 MATRIX = {
@@ -43,16 +45,18 @@ MATRIX = {
 }
 TESTS = ["tests/e2e/test_harness.py", "tests/e2e/test_profiled_serving.py",
          "tests/unit/test_version_fixes.py"]
-# Default records by the names they are written under (see engine.RECORDS).
+# Each default record (as engine.RECORDS names it) by the record names it is written under.
 RECORD_NAMES = {
-    "request lifecycle": ("httpReq", "httpRes"),
-    "batch span": ("batchFrameworkProcessing",),
-    "queues": ("Enqueue", "Dequeue"),
-    "KV events": ("KVCacheStatus", "Free", "CacheHitRate"),
-    "modelExec": ("modelExec",),
-    "logits": ("computing_logits",),
-    "sample": ("sample",),
+    "request lifecycle (httpReq, httpRes, detokenize)": ("httpReq", "httpRes", "detokenize"),
+    "batch span and queues (batchFrameworkProcessing, Enqueue, Dequeue)":
+        ("batchFrameworkProcessing", "Enqueue", "Dequeue"),
+    "KV cache events (KVCacheStatus, Free, CacheHitRate)": ("KVCacheStatus", "Free",
+                                                            "CacheHitRate"),
+    "model execution (modelExec)": ("modelExec",),
+    "logits (computing_logits)": ("computing_logits",),
+    "sampling (sample)": ("sample",),
 }
+assert set(RECORD_NAMES) == {record for record, _ in RECORDS}, "engine.RECORDS changed"
 DATA = ROOT / "docs" / "compatibility.json"
 DOC = ROOT / "docs" / "compatibility.md"
 TABLE_START, TABLE_END = "<!-- matrix:start -->", "<!-- matrix:end -->"
@@ -114,8 +118,8 @@ def _record_status(paths: dict) -> dict:
         if not paths:
             status[record] = "not run"
             continue
-        written = all(any(p["records"].get(n) for n in names) for p in paths.values())
-        announced = all(any(record.split()[0] in line for line in p["announced_missing"])
+        written = all(all(p["records"].get(n) for n in names) for p in paths.values())
+        announced = all(any(f"{record}: " in line for line in p["announced_missing"])
                         for p in paths.values())
         status[record] = "yes" if written else ("announced" if announced else "MISSING")
     return status
@@ -132,14 +136,19 @@ def _shutdown_text(row: dict) -> str:
 
 def table(rows: list) -> str:
     records = list(RECORD_NAMES)
-    head = ["vLLM", "tests", *records, "stop while recording", "run", "build"]
+    head = ["vLLM", "tests", *(r.split(" (")[0] for r in records), "stop while recording",
+            "announced at start-up", "run", "build"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in sorted(rows, key=lambda r: vllm_env.release(r["version"])):
         tests = f"{row['passed']} passed, {row['failed']} failed"
         if row["skipped"]:
             tests += f", {row['skipped']} skipped"
+        announced = sorted({line.split("will be missing: ", 1)[-1]
+                            for report in row["paths"].values()
+                            for line in report["announced_missing"]})
         cells = [row["version"], tests, *(row["records"].get(r, "") for r in records),
-                 _shutdown_text(row), row["date"], row["build"]]
+                 _shutdown_text(row), "; ".join(announced) or "nothing", row["date"],
+                 row["build"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

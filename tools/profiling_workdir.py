@@ -133,6 +133,23 @@ def read_records(root: Path) -> list:
     return records
 
 
+def read_roles(root: Path) -> dict:
+    """pid -> the vLLM role (api_server, engine_core, worker) each capture file's Meta names."""
+    roles = {}
+    for path in capture_files(root):
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            role = connection.execute("SELECT value FROM Meta WHERE name = 'role'").fetchone()
+            pid = connection.execute("SELECT pid FROM Mstx LIMIT 1").fetchone()
+        except sqlite3.Error:
+            role = pid = None
+        finally:
+            connection.close()
+        if role and pid:
+            roles[int(pid[0])] = role[0]
+    return roles
+
+
 def run_analyzer(input_dir: Path, output_dir: Path, timeout_s: float = 600) -> tuple:
     """Run ``otel-vllm-analyze``; return (exit code, combined output)."""
     script = Path(sys.executable).parent / "otel-vllm-analyze"

@@ -15,7 +15,7 @@ import math
 
 import pytest
 import scenario
-from profiling_workdir import capture_files, read_records
+from profiling_workdir import capture_files, read_records, read_roles
 
 # Server-side times are taken inside the server, the client's around the whole HTTP exchange;
 # the tolerance covers millisecond flooring in request.csv and scheduling noise on 2 cores.
@@ -129,9 +129,16 @@ def test_records_from_api_server_engine_core_and_worker(served, records_by_path)
     names_by_pid = collections.defaultdict(set)
     for record in records:
         names_by_pid[record.pid].add(record.name)
-    role = {pid: text for pid, text in served.pid_names.items()}
-    engine = [pid for pid, text in role.items() if "EngineCore" in text]
-    worker = [pid for pid, text in role.items() if "Worker" in text]
+    # Roles as the capture's Meta rows name them, checked against the process titles vLLM sets
+    # (from 0.10.1; before, its children are untitled "python -c" processes).
+    role = read_roles(served.prof_dir)
+    for pid, title in served.pid_names.items():
+        for marker, expected in (("EngineCore", "engine_core"), ("Worker", "worker")):
+            if marker in title and pid in role:
+                assert role[pid] == expected, (pid, title, role)
+    assert role.get(served.api_pid) == "api_server", (served.api_pid, role)
+    engine = [pid for pid, name in role.items() if name == "engine_core"]
+    worker = [pid for pid, name in role.items() if name == "worker"]
     assert served.api_pid in names_by_pid, (dict(names_by_pid), role)
     assert any(pid in names_by_pid for pid in engine), (dict(names_by_pid), role)
     if worker:
@@ -193,9 +200,19 @@ def test_api_server_spans_continue_the_request_traceparent(served):
         assert result.traceparent.split("-")[1] in http_traces, result.request_id
 
 
+def _engine_requests_carry_trace_headers():
+    from vllm.v1.engine import EngineCoreRequest
+
+    return "trace_headers" in EngineCoreRequest.__struct_fields__
+
+
 def test_engine_spans_carry_the_request_traceparent(served):
     engine_spans = [s for s in served.otlp_after_stop if s.name in ENGINE_SPAN_NAMES]
     assert engine_spans, "no engine-side spans received over OTLP"
+    if not _engine_requests_carry_trace_headers():  # vLLM before 0.10.2: said at start-up
+        log = served.server_log.read_text(errors="replace")
+        assert "links of engine spans (batch, modelExec) to each request's trace" in log
+        return
     traced = set()
     for span in engine_spans:
         traced.add(span.trace_id)

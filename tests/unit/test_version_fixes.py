@@ -198,6 +198,9 @@ def test_missing_records_name_the_gate_and_the_engine():
                  ("execute_model", False, "vLLM 0.11.0 is above max_version 0.10")]
     missing = engine.missing_records(engine.detect("0.11.0", None), available)
     assert [m.record for m in missing] == ["model execution (modelExec)"]
+    older = engine.missing_records(engine.detect("0.9.2", None), available)
+    assert [m.record for m in older] == [engine.LIMITATIONS[0][0], "model execution (modelExec)"]
+    assert "before 0.10.2" in older[0].reason
     assert "max_version 0.10" in missing[0].reason
     on_v0 = engine.missing_records(engine.detect("0.9.1", "0"), available)
     assert len(on_v0) == len(engine.RECORDS) and "V0 engine" in on_v0[0].reason
@@ -212,7 +215,10 @@ def test_default_symbol_file_misses_no_record_on_any_matrix_line():
         available = [(engine.handler_short_name(s.handler), True, "") for s in symbols.specs]
         available += [(engine.handler_short_name(s.handler), False, why)
                       for s, why in symbols.skipped]
-        assert engine.missing_records(engine.detect(version, None), available) == [], version
+        missing = engine.missing_records(engine.detect(version, None), available)
+        limits = [m for m in missing if m.record == engine.LIMITATIONS[0][0]]
+        assert missing == limits, version
+        assert bool(limits) == (version in ("0.9.1", "0.9.2", "0.10.0")), version
 
 
 # -- the caller's traceparent on vLLM before 0.32 (dropped unless vLLM's tracing is on) -----
