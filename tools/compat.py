@@ -79,7 +79,6 @@ def run_version(version: str, keep: bool) -> dict:
            "pytest_rc": proc.returncode, "log": str(work / "pytest.log")}
     row.update(_junit(junit))
     row["paths"] = {p.stem: json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))}
-    row["records"] = _record_status(row["paths"])
     if not keep and proc.returncode == 0:
         subprocess.run(["rm", "-rf", str(work / "tmp")], check=False)
     return row
@@ -146,7 +145,8 @@ def table(rows: list) -> str:
         announced = sorted({line.split("will be missing: ", 1)[-1]
                             for report in row["paths"].values()
                             for line in report["announced_missing"]})
-        cells = [row["version"], tests, *(row["records"].get(r, "") for r in records),
+        status = _record_status(row["paths"])
+        cells = [row["version"], tests, *(status[r] for r in records),
                  _shutdown_text(row), "; ".join(announced) or "nothing", row["date"],
                  row["build"]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -156,7 +156,7 @@ def table(rows: list) -> str:
 def record(row: dict) -> None:
     rows = json.loads(DATA.read_text()) if DATA.exists() else []
     rows = [r for r in rows if r["version"] != row["version"]] + [row]
-    kept = [{k: v for k, v in r.items() if k != "log"} for r in rows]
+    kept = [{k: v for k, v in r.items() if k not in ("log", "records")} for r in rows]
     DATA.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
     if DOC.exists():
         text = DOC.read_text()
@@ -179,7 +179,7 @@ def main(argv: list | None = None) -> int:
     failed = 0
     for version in versions:
         row = run_version(version, args.keep)
-        ok = row["pytest_rc"] == 0 and "MISSING" not in row["records"].values()
+        ok = row["pytest_rc"] == 0 and "MISSING" not in _record_status(row["paths"]).values()
         failed += not ok
         print(table([row]).splitlines()[-1], flush=True)
         for failure in row["failures"]:
