@@ -89,23 +89,31 @@ def _system_libstdcxx() -> Path:
     raise RuntimeError("no system libstdc++.so.6 found by ldconfig")
 
 
+def weaken_missing(data: bytearray, have: set) -> list:
+    """Mark every GLIBCXX version ``data`` (an ELF file) needs but ``have`` lacks as weak, in
+    place; returns those version names."""
+    weakened = []
+    for name, flags_at in _needed(bytes(data)):
+        if name.startswith("GLIBCXX_") and name not in have:
+            flags = struct.unpack_from("<H", data, flags_at)[0]
+            struct.pack_into("<H", data, flags_at, flags | VER_FLG_WEAK)
+            weakened.append(name)
+    return weakened
+
+
 def install_shim_if_needed(venv: Path, purelib: Path) -> list[str]:
     """Patch the venv's vLLM extensions if needed; returns the GLIBCXX versions shimmed."""
     have = _defined(_system_libstdcxx().read_bytes())
     shimmed: set[str] = set()
     for so in sorted((purelib / "vllm").glob("*.so")):
         data = bytearray(so.read_bytes())
-        changed = False
-        for name, flags_at in _needed(bytes(data)):
-            if name.startswith("GLIBCXX_") and name not in have:
-                if name not in MISSING_SYMBOLS:
-                    raise RuntimeError(f"{so.name} needs {name}, which no shim here provides")
-                flags = struct.unpack_from("<H", data, flags_at)[0]
-                struct.pack_into("<H", data, flags_at, flags | VER_FLG_WEAK)
-                shimmed.add(name)
-                changed = True
-        if changed:
+        weakened = weaken_missing(data, have)
+        unknown = [name for name in weakened if name not in MISSING_SYMBOLS]
+        if unknown:
+            raise RuntimeError(f"{so.name} needs {unknown}, which no shim here provides")
+        if weakened:
             so.write_bytes(bytes(data))
+            shimmed.update(weakened)
     if shimmed:
         lib = venv / "lib" / "glibcxx_shim.so"
         src = venv / "lib" / "glibcxx_shim.c"
@@ -115,4 +123,3 @@ def install_shim_if_needed(venv: Path, purelib: Path) -> list[str]:
         (purelib / "zz_glibcxx_shim.pth").write_text(
             f"import ctypes; ctypes.CDLL({str(lib)!r}, mode=ctypes.RTLD_GLOBAL)\n")
     return sorted(shimmed)
-
