@@ -25,7 +25,12 @@ import logging
 import sys
 from typing import List, Optional, TextIO
 
-from otel_vllm_ascend.engine import detect, handler_short_name, missing_records
+from otel_vllm_ascend.engine import (
+    detect,
+    handler_short_name,
+    missing_records,
+    outside_checked_lines,
+)
 from otel_vllm_ascend.symbol_check import RESOLVES, SKIPPED, check_symbol_set
 from otel_vllm_ascend.symbols import SymbolsError, load_symbols, resolve_symbols_path
 from otel_vllm_ascend.versions import installed_vllm_version
@@ -69,6 +74,9 @@ def _check_symbols(args: argparse.Namespace, out: TextIO) -> int:
     engine = detect(version)
     print(f"vLLM version: {version or 'not installed'}; engine: {engine.engine} "
           f"({engine.reason})", file=out)
+    outside = outside_checked_lines(engine)
+    if outside:
+        print(f"note: {outside}", file=out)
     try:
         symbols = load_symbols(path, vllm_version=version)
     except SymbolsError as exc:

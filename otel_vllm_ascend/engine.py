@@ -63,6 +63,8 @@ def detect(version: Optional[str] = None, use_v1: Optional[str] = None) -> Engin
                       f"untagged build; assumed from VLLM_USE_V1={use_v1 or 'unset'}")
     release = parse_release(version)[:2]
     flag = (use_v1 or "").strip()
+    if flag not in ("", "0", "1"):
+        return Engine(version, UNKNOWN, f"VLLM_USE_V1={use_v1!r} is neither 0 nor 1")
     if flag == "0":
         if release >= (0, 11):
             return Engine(version, V1, "VLLM_USE_V1=0 has no effect: this vLLM has no V0 engine")
@@ -70,6 +72,23 @@ def detect(version: Optional[str] = None, use_v1: Optional[str] = None) -> Engin
     if release < (0, 8) and flag != "1":
         return Engine(version, V0, "the default before vLLM 0.8")
     return Engine(version, V1, "VLLM_USE_V1=1" if flag == "1" else "the default")
+
+
+# The vLLM lines the default symbol file was checked on (docs/compatibility.md).
+CHECKED_LINES = ((0, 9, 1), (0, 32))
+
+
+def outside_checked_lines(engine: Engine) -> Optional[str]:
+    """A sentence when this vLLM is older or newer than every line the tool was run on."""
+    if engine.version is None or is_untagged(engine.version):
+        return None
+    release = parse_release(engine.version)
+    low, high = CHECKED_LINES
+    if release < low or release[:len(high)] > high:
+        return (f"vLLM {engine.version} is outside the lines this tool is checked on "
+                f"({'.'.join(map(str, low))} to {'.'.join(map(str, high))}.x): entries whose "
+                "target is missing or has another signature step aside, each said once")
+    return None
 
 
 class MissingRecord(NamedTuple):
@@ -85,6 +104,9 @@ def missing_records(engine: Engine, available: Iterable[Tuple[Optional[str], boo
     the entry will be hooked here, why not). A record is missing when none of its handlers is
     available.
     """
+    if engine.engine == UNKNOWN:
+        return [MissingRecord("every record", f"the engine is unknown ({engine.reason}); "
+                              "hooks that find nothing to hook stay silent")]
     if engine.engine == V0:
         why = (f"the V0 engine runs ({engine.reason}); the V1 hooks of the symbol file never "
                "fire")

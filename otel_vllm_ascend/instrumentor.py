@@ -137,6 +137,9 @@ def _announce_missing_records(engine: Any, specs: Any, skipped: Any) -> None:
     installation cannot give and why (version gates, the engine in use)."""
     if multiprocessing.parent_process() is not None:
         return
+    outside = engine_module.outside_checked_lines(engine)
+    if outside:
+        _logger.warning("otel-vllm-ascend: %s", outside)
     available = [(engine_module.handler_short_name(s.handler), True, "") for s in specs]
     available += [(engine_module.handler_short_name(s.handler), False, why)
                   for s, why in skipped]

@@ -185,6 +185,31 @@ def test_engine_detection(version, use_v1, expected):
     assert engine.detect(version, use_v1).engine == expected
 
 
+def test_unknown_engine_and_lines_outside_the_matrix_get_one_sentence_each():
+    unknown = engine.detect("0.11.0", "yes")
+    assert unknown.engine == engine.UNKNOWN and "neither 0 nor 1" in unknown.reason
+    [missing] = engine.missing_records(unknown, [("schedule", True, "")])
+    assert "engine is unknown" in missing.reason
+    assert engine.outside_checked_lines(engine.detect("0.11.0", None)) is None
+    assert engine.outside_checked_lines(engine.detect("0.32.7", None)) is None
+    for version in ("0.8.5", "0.33.0", "1.0.0"):
+        assert "outside the lines" in engine.outside_checked_lines(engine.detect(version, "1"))
+
+
+def test_check_symbols_names_engine_version_and_missing_records(tmp_path, capsys):
+    from otel_vllm_ascend import cli
+
+    symbols = tmp_path / "symbols.yaml"
+    symbols.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"
+                       "  handler: schedule\n")
+    cli.main(["check-symbols", "--symbols", str(symbols), "--vllm-version", "0.8.5"])
+    out = capsys.readouterr().out
+    assert "vLLM version: 0.8.5; engine: V1 (the default)" in out
+    assert "note: vLLM 0.8.5 is outside the lines" in out
+    assert "missing record: model execution (modelExec): no entry of the symbol file" in out
+    assert "missing record: batch span" not in out
+
+
 def test_engine_unknown_without_vllm():
     assert engine.detect(None, None).engine in (engine.V1, engine.UNKNOWN)
     found = engine.Engine(None, engine.UNKNOWN, "vLLM is not installed here")
