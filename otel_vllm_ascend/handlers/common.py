@@ -15,13 +15,21 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import random
 import sys
 import threading
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    get_current_span,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_vllm_ascend import contract, recorder
 
@@ -56,40 +64,53 @@ def ensure_role(hint: str) -> None:
 
 # -- trace contexts ---------------------------------------------------------------------------
 
-_TRACEPARENT = "traceparent"
+_PROPAGATOR = TraceContextTextMapPropagator()  # W3C traceparent + tracestate
+_IDS = RandomIdGenerator()
+
+
+class _HeaderGetter(Getter):
+    """Header names are case-insensitive; plain dicts of headers are not."""
+
+    def get(self, carrier: Any, key: str) -> Optional[List[str]]:
+        try:
+            value = carrier.get(key)
+            if value is None:
+                value = next((v for k, v in carrier.items() if k.lower() == key), None)
+        except Exception:
+            return None
+        if value is None:
+            return None
+        return [value] if isinstance(value, str) else list(value)
+
+    def keys(self, carrier: Any) -> List[str]:
+        try:
+            return list(carrier.keys())
+        except Exception:
+            return []
+
+
+_GETTER = _HeaderGetter()
 
 
 def parse_traceparent(headers: Optional[Mapping[str, str]]) -> Optional[SpanContext]:
-    """The remote SpanContext of a W3C ``traceparent`` header, or None."""
+    """The remote SpanContext (with its ``tracestate``) of W3C trace headers, or None."""
     if not headers:
         return None
-    try:
-        value = headers.get(_TRACEPARENT) or headers.get("Traceparent")
-    except Exception:
-        return None
-    if not isinstance(value, str):
-        return None
-    parts = value.strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
-        return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
-    except ValueError:
-        return None
-    if trace_id == 0 or span_id == 0:
-        return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 0x01))
+    context = get_current_span(_PROPAGATOR.extract(headers, getter=_GETTER)).get_span_context()
+    return context if context.is_valid else None
 
 
 def new_request_context() -> SpanContext:
     """A fresh trace for a request that arrived without ``traceparent``."""
-    rand = random.getrandbits
-    return SpanContext(rand(128) or 1, rand(64) or 1, is_remote=True,
+    return SpanContext(_IDS.generate_trace_id(), _IDS.generate_span_id(), is_remote=True,
                        trace_flags=TraceFlags(TraceFlags.SAMPLED))
 
 
-def format_traceparent(context: SpanContext) -> str:
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+def trace_headers_of(context: SpanContext) -> Dict[str, str]:
+    """``traceparent`` (and ``tracestate`` when there is one) that carry ``context``."""
+    headers: Dict[str, str] = {}
+    _PROPAGATOR.inject(headers, context=set_span_in_context(NonRecordingSpan(context)))
+    return headers
 
 
 class ContextMap:

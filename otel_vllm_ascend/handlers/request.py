@@ -100,7 +100,7 @@ def _carry_context(request: Any) -> None:
     if adding is None or request is None:
         return
     if getattr(request, "trace_headers", False) is None:
-        request.trace_headers = {"traceparent": common.format_traceparent(adding[1])}
+        request.trace_headers = common.trace_headers_of(adding[1])
 
 
 def _assign_request_id_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
