@@ -65,7 +65,21 @@ def test_wheel_declares_the_commands(wheel):
     (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = archive.read(entry_points).decode()
     assert "otel-vllm-ascend = otel_vllm_ascend.cli:main" in text
-    assert "otel-vllm-analyze = otel_vllm_ascend.analysis.cli:run" in text
+    assert "otel-vllm-analyze = otel_vllm_ascend.analysis.command:run" in text
+
+
+def test_serving_install_needs_no_analysis_packages(wheel):
+    archive = zipfile.ZipFile(wheel)
+    (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    requires = [line.split(":", 1)[1].strip() for line in archive.read(metadata).decode()
+                .splitlines() if line.startswith("Requires-Dist:")]
+    from packaging.requirements import Requirement
+
+    always = {Requirement(r).name.lower() for r in requires if "extra ==" not in r}
+    assert not always & {"pandas", "numpy", "matplotlib"}, always
+    assert {"opentelemetry-sdk", "wrapt", "pyyaml"} <= always
+    analysis = " ".join(r for r in requires if "extra == \"analysis\"" in r)
+    assert all(name in analysis for name in ("pandas", "numpy", "matplotlib")), requires
 
 
 CHECK = """
@@ -100,3 +114,29 @@ def test_installed_wheel_imports_all_three_packages(wheel, tmp_path):
     hooks, absent = run.stdout.strip().splitlines()
     assert int(hooks) > 10  # the packaged YAML was found next to the installed package
     assert absent == "None None"
+
+
+WITHOUT_PANDAS = """
+import sys
+
+
+class NoPandas:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pandas":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, NoPandas())
+sys.argv = ["otel-vllm-analyze", "--input-path", "."]
+from otel_vllm_ascend.analysis.command import run
+run()
+"""
+
+
+def test_analyzer_without_its_extra_says_what_to_install(tmp_path):
+    done = subprocess.run([sys.executable, "-c", WITHOUT_PANDAS], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "otel-vllm-analyze: pandas is not installed; the analyzer needs the 'analysis' extra: "
+        "pip install 'otel-vllm-ascend[analysis]'"]
