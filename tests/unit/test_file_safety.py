@@ -1,0 +1,62 @@
+"""The input-file rules (regular file, no symlink, not group/other-writable, owner, size)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from otel_vllm_ascend import file_safety
+
+
+@pytest.fixture
+def good(tmp_path):
+    path = tmp_path / "symbols.yaml"
+    path.write_text("[]\n")
+    path.chmod(0o644)
+    return path
+
+
+def test_a_private_regular_file_passes(good):
+    assert file_safety.problem(good) is None
+    file_safety.check(good, "symbol file")
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
+def test_group_or_other_writable_is_refused(good, mode):
+    good.chmod(mode)
+    assert "writable by group or others" in file_safety.problem(good)
+    with pytest.raises(file_safety.UnsafeFileError) as err:
+        file_safety.check(good, "profiler config")
+    assert str(good) in str(err.value) and "profiler config" in str(err.value)
+
+
+def test_symlink_directory_missing_and_oversized(good, tmp_path, monkeypatch):
+    link = tmp_path / "link.yaml"
+    link.symlink_to(good)
+    assert "symbolic link" in file_safety.problem(link)
+    assert "not a regular file" in file_safety.problem(tmp_path)
+    assert "cannot be read" in file_safety.problem(tmp_path / "absent.yaml")
+    monkeypatch.setattr(file_safety, "MAX_BYTES", 2)
+    assert "larger than" in file_safety.problem(good)
+
+
+def test_owned_by_another_user(good, monkeypatch):
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(good).st_uid + 12345)
+    real_uid = os.stat(good).st_uid
+    if real_uid == 0:  # root's files are accepted for every user
+        assert file_safety.problem(good) is None
+    else:
+        assert "owned by another user" in file_safety.problem(good)
+
+
+def test_an_administrator_accepts_a_shared_file_on_purpose(good, tmp_path, monkeypatch):
+    good.chmod(0o666)
+    monkeypatch.setenv(file_safety.TRUSTED_ENV, os.pathsep.join(["/elsewhere", str(good)]))
+    assert file_safety.problem(good) is None
+    other = tmp_path / "other.yaml"
+    other.write_text("[]\n")
+    other.chmod(0o666)
+    assert file_safety.problem(other) is not None
+    monkeypatch.setenv(file_safety.TRUSTED_ENV, "*")
+    assert file_safety.problem(other) is None
