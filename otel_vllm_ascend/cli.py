@@ -5,14 +5,13 @@
 and prints one line per entry: whether it resolves here and, after ``->``, what it becomes (a
 built-in handler, the default timer, your handler; its place in a chain)::
 
-    #2   vllm.v1.core.sched.scheduler:Scheduler.schedule  resolves -> built-in schedule
-    #5   vllm.v1.core...:KVCacheManager.allocate_slots    skipped, no equivalent: handler ...
-    #11  vllm_ascend...:NPUModelRunner.execute_model      module not installed: ... -> built-in
-         execute_model_runner, chained 1 of 2: #11 -> #21
-    #14  vllm.model_executor.models.*:*.embed_multimodal  wildcard: 42 matches in 228 modules
+    #1   vllm.v1.core.sched.scheduler:Scheduler.schedule  resolves -> built-in schedule
+    #10  vllm_ascend...:NPUModelRunner.execute_model      module not installed: ... -> built-in
+         execute_model_runner, chained 1 of 2 (#10, #22)
+    #13  vllm.model_executor.models.*:*.embed_multimodal  wildcard: 42 matches in 228 modules
          -> timer
          match: vllm.model_executor.models.aria:AriaForConditionalGeneration.embed_multimodal
-    #15  vllm_ascend.utils:ProfileExecuteDuration.capture_async  skipped by version gate: ...
+    #14  vllm_ascend.utils:ProfileExecuteDuration.capture_async  skipped by version gate: ...
 
 followed by the file's problems (entries that were dropped or repaired). Run it before
 restarting a server with a new symbol file.

@@ -199,8 +199,8 @@ def _with_outcomes(statuses: List[EntryStatus]) -> List[EntryStatus]:
         chain = chains[status.spec.symbol]
         if len(chain) > 1:
             number = status.spec.source.rsplit("#", 1)[-1]
-            becomes += (f", chained {chain.index(number) + 1} of {len(chain)}: "
-                        + " -> ".join(f"#{n}" for n in chain))
+            becomes += (f", chained {chain.index(number) + 1} of {len(chain)} "
+                        f"({', '.join(f'#{n}' for n in chain)})")
         result.append(dataclasses.replace(status, becomes=becomes))
     return result
 

@@ -191,10 +191,10 @@ def test_chained_entries_and_reference_paths(tmp_path, sample_package, capsys):
                          "0.32.0")
     assert code == 0
     assert line_of(out, 1).endswith(
-        "resolves -> built-in execute_model, chained 1 of 3: #1 -> #3 -> #5")
+        "resolves -> built-in execute_model, chained 1 of 3 (#1, #3, #5)")
     assert line_of(out, 3).endswith(
-        "resolves -> handler samplepkg.hooks:around, chained 2 of 3: #1 -> #3 -> #5")
-    assert line_of(out, 5).endswith("resolves -> timer, chained 3 of 3: #1 -> #3 -> #5")
+        "resolves -> handler samplepkg.hooks:around, chained 2 of 3 (#1, #3, #5)")
+    assert line_of(out, 5).endswith("resolves -> timer, chained 3 of 3 (#1, #3, #5)")
     assert "skipped, no equivalent: handler 'msserviceprofiler.vllm_profiler.vllm_v0." \
            "batch_hookers:schedule': handler for vLLM's V0 engine" in line_of(out, 2)
     assert "-> " not in line_of(out, 2) and "-> " not in line_of(out, 4)

@@ -435,8 +435,33 @@ def test_newest_file_checked_against_the_installed_vllm():
     assert statuses["2"].becomes == "built-in schedule"
     assert statuses["4"].becomes == "built-in add_request"
     runner, worker = statuses["11"], statuses["23"]
-    assert runner.becomes.endswith("chained 1 of 2: #11 -> #23")
-    assert worker.becomes.endswith("chained 2 of 2: #11 -> #23")
+    assert runner.becomes.endswith("chained 1 of 2 (#11, #23)")
+    assert worker.becomes.endswith("chained 2 of 2 (#11, #23)")
     assert "execute_model_runner" in runner.becomes
     assert "init_data_parallel_worker" in worker.becomes
     assert statuses["20"].status == symbol_check.SKIPPED  # AsyncLLMEngine, up to 0.11.0
+
+
+@pytest.mark.parametrize("path, version", ALL_FILES[1:5],
+                         ids=["0.12", "0.18", "0.23", "newest"])
+def test_check_symbols_shows_what_each_entry_of_each_release_becomes(path, version, capsys):
+    from otel_vllm_ascend.cli import main
+
+    assert main(["check-symbols", "--symbols", str(path), "--vllm-version", version]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0][1:]: line for line in out.splitlines() if line.startswith("#")}
+    raw = yaml.safe_load(path.read_text())
+    assert len(lines) == len(raw)
+    for number, entry in enumerate(raw, start=1):
+        line = lines[str(number)]
+        if "skipped by version gate: " in line or "skipped, no equivalent: " in line:
+            assert " -> " not in line
+            continue
+        becomes = line.rsplit(" -> ", 1)[1]
+        if "handler" not in entry:
+            assert becomes.startswith("timer"), line
+        else:  # a built-in, or (this build lacking it) the timer standing in for one
+            assert becomes.startswith(("built-in ", "timer (instead of built-in ")), line
+        if "*" in entry["symbol"]:
+            assert " wildcard: " in line and " wildcard: 0 matches" not in line
+    assert sum("chained" in line for line in lines.values()) == (2 if "0.2" in version else 0)
