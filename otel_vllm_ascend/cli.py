@@ -2,11 +2,16 @@
 
 ``otel-vllm-ascend check-symbols [--symbols FILE] [--strict]`` loads the effective symbol file
 (or FILE) exactly as a vLLM process would, imports every target against the installed packages
-and prints one line per entry::
+and prints one line per entry: whether it resolves here and, after ``->``, what it becomes (a
+built-in handler, the default timer, your handler; its place in a chain)::
 
-    #1   vllm.v1.engine.async_llm:AsyncLLM.add_request        resolves
-    #7   vllm_ascend.core.scheduler:AscendScheduler.schedule  skipped by version gate: vLLM ...
-    #16  vllm_ascend.utils:ProfileExecuteDuration.capture_async  module not installed: ...
+    #1   vllm.v1.core.sched.scheduler:Scheduler.schedule  resolves -> built-in schedule
+    #10  vllm_ascend...:NPUModelRunner.execute_model      module not installed: ... -> built-in
+         execute_model_runner, chained 1 of 2 (#10, #22)
+    #13  vllm.model_executor.models.*:*.embed_multimodal  wildcard: 42 matches in 228 modules
+         -> timer
+         match: vllm.model_executor.models.aria:AriaForConditionalGeneration.embed_multimodal
+    #14  vllm_ascend.utils:ProfileExecuteDuration.capture_async  skipped by version gate: ...
 
 followed by the file's problems (entries that were dropped or repaired). Run it before
 restarting a server with a new symbol file.
@@ -31,7 +36,7 @@ from otel_vllm_ascend.engine import (
     missing_records,
     outside_checked_lines,
 )
-from otel_vllm_ascend.symbol_check import RESOLVES, SKIPPED, check_symbol_set
+from otel_vllm_ascend.symbol_check import RESOLVES, SKIPPED, WILDCARD, check_symbol_set
 from otel_vllm_ascend.symbols import SymbolsError, load_symbols, resolve_symbols_path
 from otel_vllm_ascend.versions import installed_vllm_version
 
@@ -88,20 +93,25 @@ def _check_symbols(args: argparse.Namespace, out: TextIO) -> int:
     for status in statuses:
         number = status.spec.source.rsplit("#", 1)[-1]
         text = status.status if not status.reason else f"{status.status}: {status.reason}"
+        if status.becomes:
+            text += f" -> {status.becomes}"
         print(f"#{number:<3} {status.spec.symbol:<{width}}  {text}", file=out)
+        for match in status.matches:
+            print(f"     match: {match}", file=out)
         if status.handler_note:
             print(f"     -> handler fallback: {status.handler_note}", file=out)
         if not status.ok:
             attention += 1
-    resolved = sum(1 for status in statuses if status.status == RESOLVES)
+    resolved = sum(1 for status in statuses
+                   if status.status == RESOLVES or (status.status == WILDCARD and status.matches))
     skipped = sum(1 for status in statuses if status.status == SKIPPED)
     print(f"{resolved} resolve, {skipped} skipped by version gate, {attention} need attention, "
           f"{len(symbols.problems)} file problems", file=out)
     for problem in symbols.problems:
         print(f"problem: {problem}", file=out)
     missing = missing_records(engine, [
-        (handler_short_name(s.spec.handler), s.status == RESOLVES, s.reason or s.status)
-        for s in statuses])
+        (handler_short_name(s.spec.handler), s.status in (RESOLVES, WILDCARD),
+         s.reason or s.status) for s in statuses])
     for record in missing:
         print(f"missing record: {record.record}: {record.reason}", file=out)
     if not missing:

@@ -7,6 +7,11 @@ vLLM builds its objects, so methods vLLM binds at construction (``EngineCore.ste
 wrapped again, so instrumenting twice (``opentelemetry-instrument`` and the vLLM plugin in one
 process) installs each hook once.
 
+Entries of one symbol with different handlers are chained: each hook wraps the next, the
+file's first entry outermost, so its handler runs first and the original runs once, inside the
+last. Wildcard entries are expanded as matching modules are imported
+(:class:`otel_vllm_ascend.wildcards.ImportWatcher`), never by importing them here.
+
 A spec that cannot be installed (module attribute missing, handler not importable, a property
 instead of a method) gets one warning naming the symbol file, the entry and the reason; the others
 are installed regardless.
@@ -23,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import wrapt
 
-from otel_vllm_ascend import wrapping
+from otel_vllm_ascend import wildcards, wrapping
 
 _logger = logging.getLogger(__name__)
 
@@ -35,8 +40,14 @@ class HookInstaller:
 
     def __init__(self, specs: Sequence[Any]) -> None:
         self._specs_by_module: Dict[str, List[Any]] = {}
-        for spec in specs:
-            self._specs_by_module.setdefault(spec.module, []).append(spec)
+        self._wildcards: List[Any] = []  # (spec, Wildcard)
+        for spec in install_order(specs):
+            wildcard = _wildcard_of(spec)
+            if wildcard is not None:
+                self._wildcards.append((spec, wildcard))
+            else:
+                self._specs_by_module.setdefault(spec.module, []).append(spec)
+        self._watcher: Optional[wildcards.ImportWatcher] = None
         self.hooks: List[wrapping.Hook] = []
         self.problems: List[str] = []
         self._lock = threading.RLock()
@@ -50,16 +61,23 @@ class HookInstaller:
         for module_name in self._specs_by_module:
             # Calls back at once when the module is already imported.
             wrapt.register_post_import_hook(self._on_import, module_name)
+        if self._wildcards:
+            self._watcher = wildcards.ImportWatcher(
+                [wildcard.prefix for _, wildcard in self._wildcards], self._on_wildcard_import)
+            self._watcher.start()
 
     def close(self) -> None:
         """Restore every original; later imports install nothing."""
         with self._lock:
             self._closed = True
+            if self._watcher is not None:
+                self._watcher.stop()
             if self._summary_timer is not None:
                 self._summary_timer.cancel()
+            # Newest first, so each hook of a chain is outermost when its turn comes (one that
+            # removed itself earlier, inside a chain, is restored now as well).
             for hook in reversed(self.hooks):
-                if not hook.removed:
-                    hook.remove()
+                hook.remove()
             self.hooks.clear()
 
     def set_live_state(self, live: Any) -> None:
@@ -79,21 +97,42 @@ class HookInstaller:
             if self._closed:
                 return
             for spec in self._specs_by_module.get(module.__name__, ()):
-                try:
-                    hook = install(spec, module)
-                except HookInstallError as err:
-                    self._problem(spec, str(err))
-                    continue
-                except Exception as err:  # never let an import fail because of us
-                    self._problem(spec, f"{type(err).__name__}: {err}")
-                    continue
-                if hook is None:
-                    continue
-                self.hooks.append(hook)
-                if self._live is not None:
-                    hook.set_state(self._live)
+                self._install(spec, module)
             _logger.debug("otel-vllm-ascend: hooked %s", module.__name__)
             self._schedule_summary()
+
+    def _on_wildcard_import(self, module: Any) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            installed = 0
+            for spec, wildcard in self._wildcards:
+                if not wildcard.matches_module(module.__name__):
+                    continue
+                for class_name in wildcards.classes_defining(module, wildcard):
+                    installed += self._install(wildcards.expand(spec, module.__name__,
+                                                                class_name), module)
+            if installed:
+                _logger.debug("otel-vllm-ascend: hooked %d wildcard matches in %s", installed,
+                              module.__name__)
+                self._schedule_summary()
+
+    def _install(self, spec: Any, module: Any) -> int:
+        """Install one spec; 1 if a hook was added, 0 if not (problems are reported)."""
+        try:
+            hook = install(spec, module)
+        except HookInstallError as err:
+            self._problem(spec, str(err))
+            return 0
+        except Exception as err:  # never let an import fail because of us
+            self._problem(spec, f"{type(err).__name__}: {err}")
+            return 0
+        if hook is None:
+            return 0
+        self.hooks.append(hook)
+        if self._live is not None:
+            hook.set_state(self._live)
+        return 1
 
     def _schedule_summary(self) -> None:
         """One INFO line per process once imports have settled (no new hook for a while)."""
@@ -122,6 +161,20 @@ class HookInstaller:
 
 class HookInstallError(Exception):
     """A spec that cannot be applied to the imported module."""
+
+
+def install_order(specs: Sequence[Any]) -> List[Any]:
+    """Specs in the order to install them: the entries of one symbol last-listed first, so the
+    file's first entry ends up outermost (its handler runs first)."""
+    by_symbol: Dict[str, List[Any]] = {}
+    for spec in specs:
+        by_symbol.setdefault(spec.symbol, []).append(spec)
+    return [spec for group in by_symbol.values() for spec in reversed(group)]
+
+
+def _wildcard_of(spec: Any) -> Optional[wildcards.Wildcard]:
+    symbol = getattr(spec, "symbol", "")
+    return wildcards.parse(symbol) if "*" in symbol else None
 
 
 def resolve_handler(path: Optional[str]) -> Optional[Callable]:
@@ -170,8 +223,14 @@ def install(spec: Any, module: Any) -> Optional[wrapping.Hook]:
         if raw is _ABSENT:
             raise HookInstallError(f"{module.__name__} has no attribute {attr!r}")
 
-    if wrapping.hook_of(raw) is not None:
-        return None  # already ours: never double-wrap
+    existing = wrapping.hook_of(raw)
+    if existing is not None:
+        if not had_own or existing.symbol != spec.symbol:
+            return None  # ours for another entry (a base class's, an alias's): one hook per call
+        handler_path = getattr(spec, "handler", None)
+        if any(getattr(hook.spec, "handler", None) == handler_path for hook in existing.chain()):
+            return None  # this entry is installed already: never double-wrap
+        # Another entry of the same symbol: chain over it (it becomes this hook's original).
 
     if isinstance(raw, staticmethod):
         binding, func = "staticmethod", raw.__func__
@@ -186,11 +245,13 @@ def install(spec: Any, module: Any) -> Optional[wrapping.Hook]:
         if not callable(raw):
             raise HookInstallError(f"{spec.qualname} is not callable")
         binding, func = "function", raw
-    if wrapping.hook_of(func) is not None:
-        return None
-
     try:
         handler = resolve_handler(getattr(spec, "handler", None))
+        if inspect.isasyncgenfunction(handler):
+            raise HookInstallError(
+                f"handler {spec.handler!r} is an async generator; generator-style handlers "
+                "are plain generator functions (their code runs before and after the call, "
+                "also around an async one)")
     except HookInstallError as err:
         # The target is fine; only the handler is not: time the call rather than lose it.
         _logger.warning("otel-vllm-ascend: %s (%s): %s; using the default timer instead",

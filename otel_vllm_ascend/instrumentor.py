@@ -108,27 +108,38 @@ class VllmServiceInstrumentor(BaseInstrumentor):
         return list(self._installer.problems) if self._installer is not None else []
 
 
-# Runtime infrastructure rather than records: kept from the packaged default whatever symbol
-# file is in use, so captures made with msserviceprofiler's or vllm-ascend's files keep their
-# last engine steps too (see handlers/lifecycle.py). OTEL_VLLM_SHUTDOWN_GRACE_S=0 leaves it out,
-# from every symbol file.
+# Kept from the packaged default whatever symbol file is in use, so captures made with
+# msserviceprofiler's or vllm-ascend's files are as complete as with the default: runtime
+# infrastructure rather than records (the last engine steps at shutdown, see
+# handlers/lifecycle.py; one trace per request across processes, see handlers/request.py) and
+# the process's Meta dpRankId, which vllm-ascend's files before 0.20 do not ask for.
+# OTEL_VLLM_SHUTDOWN_GRACE_S=0 leaves the shutdown hook out, from every symbol file.
 ALWAYS_ON_SYMBOLS = frozenset({"vllm.v1.engine.utils:shutdown"})
+ALWAYS_ON_HANDLERS = frozenset({"shutdown_grace", "assign_request_id", "carry_trace_context",
+                                "incoming_trace_headers", "bind_trace_context",
+                                "init_data_parallel"})
 
 
 def _load_specs(symbols_path: Optional[str]) -> tuple:
     # The loader logs every problem itself and falls back to the packaged default when the
     # chosen file is unusable as a whole.
+    from otel_vllm_ascend.handlers import BUILTIN_HANDLERS
     from otel_vllm_ascend.handlers.lifecycle import grace_seconds
     from otel_vllm_ascend.symbols import PACKAGED_SYMBOLS, load_symbols, load_symbols_or_default
 
     symbol_set = load_symbols_or_default(symbols_path)
     specs = list(symbol_set.specs)
+    if str(symbol_set.path) != str(PACKAGED_SYMBOLS):
+        always = {BUILTIN_HANDLERS[name] for name in ALWAYS_ON_HANDLERS}
+        present = {(spec.symbol, spec.handler) for spec in specs}
+        added = [s for s in load_symbols(PACKAGED_SYMBOLS, symbol_set.vllm_version).specs
+                 if s.handler in always and (s.symbol, s.handler) not in present]
+        if added:
+            _logger.info("otel-vllm-ascend: added from the packaged default: %s",
+                         ", ".join(f"{s.symbol} ({s.handler.rsplit(':', 1)[1]})" for s in added))
+        specs += added
     if grace_seconds() == 0:
         specs = [spec for spec in specs if spec.symbol not in ALWAYS_ON_SYMBOLS]
-    elif str(symbol_set.path) != str(PACKAGED_SYMBOLS):
-        missing = ALWAYS_ON_SYMBOLS - {spec.symbol for spec in specs}
-        if missing:
-            specs += [s for s in load_symbols(PACKAGED_SYMBOLS).specs if s.symbol in missing]
     return tuple(specs), str(symbol_set.path), tuple(symbol_set.skipped)
 
 

@@ -1,15 +1,22 @@
-"""Does each entry of a symbol file resolve against the installed vLLM? (``check-symbols``)
+"""Does each entry of a symbol file resolve against the installed vLLM, and what does it become?
+(``check-symbols``)
 
 Unlike the runtime, which hooks modules lazily as vLLM imports them, this imports every target
-module now, so it is meant for the command line, not for a serving process.
+module now (for a wildcard entry, every module under its prefix, to count the matches), so it is
+meant for the command line, not for a serving process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import pkgutil
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from otel_vllm_ascend import symbols as symbols_module
+from otel_vllm_ascend import wildcards
+from otel_vllm_ascend.handlers import BUILTIN_HANDLERS, resolve_builtin
 from otel_vllm_ascend.symbols import HookSpec, SymbolSet
 
 RESOLVES = "resolves"
@@ -18,6 +25,8 @@ IMPORT_FAILED = "module import failed"
 ATTRIBUTE_MISSING = "attribute missing"
 SKIPPED = "skipped by version gate"
 DUPLICATE = "duplicate"
+NO_EQUIVALENT = "skipped, no equivalent"
+WILDCARD = "wildcard"
 HANDLER_FALLBACK = "handler fallback"
 
 
@@ -30,6 +39,8 @@ class EntryStatus:
     reason: str = ""
     handler_note: Optional[str] = None  # set when the handler will fall back to the timer
     package_absent: bool = False  # the whole top-level package (e.g. vllm_ascend) is absent
+    becomes: str = ""  # what a kept entry turns into: "built-in schedule", "timer", ...
+    matches: Tuple[str, ...] = ()  # a wildcard's concrete symbols
 
     @property
     def ok(self) -> bool:
@@ -42,7 +53,10 @@ class EntryStatus:
             return False
         if self.status == MODULE_NOT_INSTALLED:
             return self.package_absent
-        return self.status in (RESOLVES, SKIPPED)
+        if self.status == WILDCARD:
+            return bool(self.matches)
+        # An entry with no equivalent handler is reported among the file's problems.
+        return self.status in (RESOLVES, SKIPPED, NO_EQUIVALENT)
 
 
 def import_target(module: str, qualname: str) -> Tuple[Any, str, Any]:
@@ -108,15 +122,87 @@ def check_spec(spec: HookSpec) -> EntryStatus:
     return EntryStatus(spec, RESOLVES, "", handler_note)
 
 
+def check_wildcard(spec: HookSpec) -> EntryStatus:
+    """Import every module under a wildcard's prefix and list the classes it would hook."""
+    wildcard = spec.wildcard
+    handler_note = check_handler(spec.handler)
+    try:
+        package = importlib.import_module(wildcard.prefix)
+    except ModuleNotFoundError as exc:
+        if _module_missing(exc, wildcard.prefix):
+            top = wildcard.prefix.split(".", 1)[0]
+            return EntryStatus(spec, MODULE_NOT_INSTALLED, f"no module named {exc.name!r}",
+                               handler_note, package_absent=exc.name == top)
+        return EntryStatus(spec, IMPORT_FAILED, f"{type(exc).__name__}: {exc}", handler_note)
+    except Exception as exc:
+        return EntryStatus(spec, IMPORT_FAILED, f"{type(exc).__name__}: {exc}", handler_note)
+    if not hasattr(package, "__path__"):
+        return EntryStatus(spec, WILDCARD, f"0 matches: {wildcard.prefix} is a module, not a "
+                           "package, so nothing is under it", handler_note)
+    failed: List[str] = []
+    matches: List[str] = []
+    imported = 0
+    for info in pkgutil.walk_packages(package.__path__, wildcard.prefix + ".",
+                                      onerror=failed.append):
+        try:
+            module = importlib.import_module(info.name)
+        except Exception:  # a model file whose optional dependency is absent, ...
+            failed.append(info.name)
+            continue
+        imported += 1
+        matches += [f"{info.name}:{name}.{wildcard.method}"
+                    for name in wildcards.classes_defining(module, wildcard)]
+    reason = f"{len(matches)} match{'' if len(matches) == 1 else 'es'} in {imported} modules"
+    if failed:
+        shown = ", ".join(sorted(set(failed))[:3])
+        more = ", ..." if len(set(failed)) > 3 else ""
+        reason += f"; {len(set(failed))} could not be imported here ({shown}{more})"
+    return EntryStatus(spec, WILDCARD, reason, handler_note, matches=tuple(matches))
+
+
 def check_symbol_set(symbols: SymbolSet) -> List[EntryStatus]:
-    """One status per entry (applicable and skipped), in file order."""
-    statuses = [check_spec(spec) for spec in symbols.specs]
+    """One status per entry (applicable and skipped), in file order, each kept entry with what
+    it becomes (handler, chain position)."""
+    statuses = [check_wildcard(spec) if spec.wildcard else check_spec(spec)
+                for spec in symbols.specs]
+    statuses = _with_outcomes(statuses)
     for spec, reason in symbols.skipped:
-        if reason.startswith("duplicate"):
+        if reason.startswith(symbols_module.SKIP_DUPLICATE):
             statuses.append(EntryStatus(spec, DUPLICATE, reason))
+        elif reason.startswith(symbols_module.SKIP_NO_EQUIVALENT):
+            statuses.append(EntryStatus(spec, NO_EQUIVALENT, reason.partition(": ")[2]))
         else:
             statuses.append(EntryStatus(spec, SKIPPED, reason.replace(f"{SKIPPED}: ", "")))
     return sorted(statuses, key=lambda status: _entry_number(status.spec.source))
+
+
+def describe_handler(handler: Optional[str]) -> str:
+    """``timer``, ``built-in <name>`` or ``handler <module:function>``."""
+    if handler is None:
+        return "timer"
+    canonical = resolve_builtin(handler)
+    if canonical is None:
+        return f"handler {handler}"
+    short = [name for name, path in BUILTIN_HANDLERS.items() if path == canonical]
+    return f"built-in {short[0] if short else canonical.rsplit('.', 1)[-1]}"
+
+
+def _with_outcomes(statuses: List[EntryStatus]) -> List[EntryStatus]:
+    chains: Dict[str, List[str]] = {}
+    for status in statuses:
+        chains.setdefault(status.spec.symbol, []).append(status.spec.source.rsplit("#", 1)[-1])
+    result = []
+    for status in statuses:
+        becomes = describe_handler(status.spec.handler)
+        if status.handler_note is not None:
+            becomes = f"timer (instead of {becomes})"
+        chain = chains[status.spec.symbol]
+        if len(chain) > 1:
+            number = status.spec.source.rsplit("#", 1)[-1]
+            becomes += (f", chained {chain.index(number) + 1} of {len(chain)} "
+                        f"({', '.join(f'#{n}' for n in chain)})")
+        result.append(dataclasses.replace(status, becomes=becomes))
+    return result
 
 
 def _entry_number(source: str) -> int:

@@ -12,14 +12,21 @@ The file is a YAML list of entries with the fields ``symbol``, ``handler``, ``do
 ``min_version``, ``max_version``, ``caller_filter``, ``attributes`` and ``level`` (described in
 the packaged file's header and in ``docs/configuration.md``). Each entry becomes a
 :class:`HookSpec`. Problems in one entry (unknown fields, wrong types, a bad expression, a
-duplicate symbol) are logged as one warning naming the file, the entry's number, line and symbol
-and the reason; the other entries still load. Entries whose version gate excludes the installed
-vLLM are kept in :attr:`SymbolSet.skipped` with the reason. Only a file that cannot be used at all
-(unreadable, not YAML, not a list) raises :class:`SymbolsError`.
+duplicate) are logged as one warning naming the file, the entry's number, line and symbol and the
+reason; the other entries still load. Entries left out (version gate, duplicate, a reference
+handler with no equivalent) are kept in :attr:`SymbolSet.skipped` with the reason. Only a file
+that cannot be used at all (unreadable, not YAML, not a list) raises :class:`SymbolsError`.
 
-Handler strings are only canonicalised here (built-in short names and msserviceprofiler's own
-handler paths map to :data:`otel_vllm_ascend.handlers.BUILTIN_HANDLERS`); importing them is the
-runtime's job.
+What real files use, beyond one entry per function:
+
+* wildcard symbols ``package.prefix.*:*.method`` (:mod:`otel_vllm_ascend.wildcards`);
+* the same symbol more than once with different handlers: all are kept and the runtime chains
+  them in file order (the first entry's handler runs first, around the next); the same handler
+  twice is a duplicate and skipped.
+
+Handler strings are only canonicalised here (built-in short names and msserviceprofiler's
+handler paths, both layouts, map to :data:`otel_vllm_ascend.handlers.BUILTIN_HANDLERS`; a path in
+the reference's packages is never handed on to be imported); importing them is the runtime's job.
 """
 
 from __future__ import annotations
@@ -35,9 +42,15 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from otel_vllm_ascend import wildcards
 from otel_vllm_ascend.config import ConfigError, parse_level
 from otel_vllm_ascend.expr import CompiledExpr, ExprError, compile_expr
-from otel_vllm_ascend.handlers import BUILTIN_HANDLERS, reference_handler_gap, resolve_builtin
+from otel_vllm_ascend.handlers import (
+    BUILTIN_HANDLERS,
+    is_reference_handler,
+    reference_handler_gap,
+    resolve_builtin,
+)
 from otel_vllm_ascend.versions import installed_vllm_version, parse_release, version_in_range
 
 _logger = logging.getLogger(__name__)
@@ -55,9 +68,11 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _SYMBOL_RE = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT}(?:\.{_IDENT})*)$")
 _HANDLER_RE = _SYMBOL_RE
 _IDENT_RE = re.compile(rf"^{_IDENT}$")
-# msserviceprofiler handler paths, e.g. "msserviceprofiler.vllm_profiler.vllm_v1.<file>:schedule"
-_REFERENCE_HANDLER_RE = re.compile(rf"^(?:ms_?service_?profiler)\.vllm_profiler\.{_IDENT}\."
-                                   rf"{_IDENT}:({_IDENT})$")
+
+# Why an entry is in SymbolSet.skipped: each reason starts with one of these.
+SKIP_VERSION = "skipped by version gate"
+SKIP_DUPLICATE = "duplicate"
+SKIP_NO_EQUIVALENT = "no equivalent"
 
 
 class SymbolsError(ValueError):
@@ -93,6 +108,11 @@ class HookSpec:
     @property
     def is_builtin_handler(self) -> bool:
         return self.handler is not None and self.handler in BUILTIN_HANDLERS.values()
+
+    @property
+    def wildcard(self) -> Optional[wildcards.Wildcard]:
+        """The parts of a wildcard symbol; None for a concrete one."""
+        return wildcards.parse(self.symbol) if "*" in self.symbol else None
 
 
 @dataclass
@@ -210,6 +230,7 @@ class _Entry:
         self.raw = raw
         self.symbol = raw.get("symbol") if isinstance(raw, dict) else None
         self.warnings: List[str] = []
+        self.skip_reason: Optional[str] = None  # set for a reference handler with no equivalent
 
     def where(self) -> str:
         line = f", line {self.line}" if self.line else ""
@@ -261,11 +282,19 @@ class _Entry:
         if not isinstance(symbol, str):
             raise self.fail(f"field 'symbol' must be a string, got {_show(symbol)}")
         symbol = symbol.strip()
-        match = _SYMBOL_RE.match(symbol)
-        if not match:
-            raise self.fail(f"symbol {symbol!r} must look like 'package.module:Class.method' "
-                            "(dotted module, one ':', dotted attribute path)")
-        module, qualname = match.group(1), match.group(2)
+        if "*" in symbol:
+            wildcard = wildcards.parse(symbol)
+            if wildcard is None:
+                raise self.fail(f"wildcard symbol {symbol!r} must look like {wildcards.FORM} "
+                                "(every module under the prefix, every class matching the "
+                                "pattern that defines the method)")
+            module, qualname = wildcard.prefix, f"{wildcard.class_pattern}.{wildcard.method}"
+        else:
+            match = _SYMBOL_RE.match(symbol)
+            if not match:
+                raise self.fail(f"symbol {symbol!r} must look like 'package.module:Class.method' "
+                                "(dotted module, one ':', dotted attribute path)")
+            module, qualname = match.group(1), match.group(2)
         min_version = self.version_field("min_version")
         max_version = self.version_field("max_version")
         if min_version and max_version and parse_release(min_version) > parse_release(
@@ -316,12 +345,11 @@ class _Entry:
             return builtin
         gap = reference_handler_gap(text)
         if gap is not None:
-            raise self.fail(f"handler {text!r}: {gap}")
-        reference = _REFERENCE_HANDLER_RE.match(text)
-        if reference:
-            builtin = resolve_builtin(reference.group(1))
-            if builtin is not None:
-                return builtin
+            self.skip_reason = f"{SKIP_NO_EQUIVALENT}: handler {text!r}: {gap}"
+            return None
+        if is_reference_handler(text):
+            # Never imported: with CANN installed it would load the reference's own handler,
+            # which writes through CANN instead of OpenTelemetry.
             self.warn(f"handler {text!r} is msserviceprofiler's and has no built-in equivalent "
                       f"(built-ins: {', '.join(BUILTIN_HANDLERS)}); using the default timer")
             return None
@@ -401,7 +429,7 @@ def load_symbols(path: Union[str, pathlib.Path, None] = None,
         resolved, why = pathlib.Path(path), "given explicitly"
     entries, lines = read_symbol_document(resolved)
     result = SymbolSet(path=str(resolved), vllm_version=vllm_version)
-    claimed: Dict[str, int] = {}
+    claimed: Dict[str, List[Tuple[int, Optional[str]]]] = {}  # symbol -> (entry, handler)
     for index, raw in enumerate(entries, start=1):
         entry = _Entry(str(resolved), index, lines[index - 1] if index <= len(lines) else None,
                        raw)
@@ -412,18 +440,27 @@ def load_symbols(path: Union[str, pathlib.Path, None] = None,
             result.problems.append(str(exc))
             continue
         result.problems.extend(entry.warnings)
+        if entry.skip_reason is not None:
+            result.problems.append(f"{entry.where()}: {entry.skip_reason.partition(': ')[2]}; "
+                                   "entry skipped")
+            result.skipped.append((spec, entry.skip_reason))
+            continue
         applies, reason = version_in_range(vllm_version, spec.min_version, spec.max_version)
         if not applies:
-            result.skipped.append((spec, f"skipped by version gate: {reason}"))
+            result.skipped.append((spec, f"{SKIP_VERSION}: {reason}"))
             continue
-        if spec.symbol in claimed:
-            message = (f"{entry.where()}: duplicate symbol, already hooked by entry "
-                       f"#{claimed[spec.symbol]}; entry skipped (give overlapping entries "
-                       "disjoint version ranges)")
+        same = [number for number, handler in claimed.get(spec.symbol, ())
+                if handler == spec.handler]
+        if same:
+            what = f"handler {spec.handler}" if spec.handler else "default timer"
+            message = (f"{entry.where()}: duplicate symbol, already hooked by entry #{same[0]}; "
+                       f"entry skipped (the same {what} twice; entries of one symbol with "
+                       "different handlers run chained, and overlapping entries with the same "
+                       "handler need disjoint version ranges)")
             result.problems.append(message)
-            result.skipped.append((spec, f"duplicate of entry #{claimed[spec.symbol]}"))
+            result.skipped.append((spec, f"{SKIP_DUPLICATE} of entry #{same[0]}"))
             continue
-        claimed[spec.symbol] = index
+        claimed.setdefault(spec.symbol, []).append((index, spec.handler))
         result.specs.append(spec)
     for problem in result.problems:
         _logger.warning("%s", problem)

@@ -12,7 +12,9 @@ vllm-ascend's ``ProfileExecuteDuration.capture_async``). The default *timer* rec
 per call (for generators: from the call to exhaustion; for context managers: from the call to
 ``__exit__``), evaluates the entry's ``attributes`` after the call, and records an exception
 without changing it. A *handler* ``func(original, this, *args, **kwargs)`` (sync or async)
-replaces the timer.
+replaces the timer; so does a *generator-style* handler ``func(ctx)`` (:class:`CallContext`):
+code before its one ``yield`` runs before the call, code after it afterwards, and the wrapper
+calls the original itself.
 
 Failure policy (the original always runs exactly once, its result or exception passes through):
 
@@ -107,16 +109,33 @@ class Hook:
         return str(getattr(self.spec, "source", "") or "symbol file")
 
     def remove(self) -> None:
-        """Restore the original attribute; wrappers bound elsewhere then call straight through."""
+        """Stop recording and restore the original attribute; wrappers bound elsewhere then call
+        straight through.
+
+        In a chain (entries of one symbol with different handlers, each wrapping the next) only
+        the outermost hook can restore: an inner one stays in place, calling straight through,
+        until the hooks over it are removed (``remove`` again then restores it).
+        """
         self.active = False
         self.removed = True
         try:
+            if hook_of(vars(self.owner).get(self.attr)) is not self:
+                return  # another hook wraps this one (or the attribute was replaced since)
             if self.had_own_attr:
                 setattr(self.owner, self.attr, self.original_raw)
             else:
                 delattr(self.owner, self.attr)
         except Exception:
             _logger.debug("could not restore %s", self.symbol, exc_info=True)
+
+    def chain(self) -> list:
+        """This hook and those it wraps, outermost first (entries of one symbol)."""
+        hooks = [self]
+        inner = hook_of(self.original_raw) if self.had_own_attr else None
+        while inner is not None and inner not in hooks:
+            hooks.append(inner)
+            inner = hook_of(inner.original_raw) if inner.had_own_attr else None
+        return hooks
 
     def set_state(self, live: Any) -> None:
         self.active = (not self.removed) and live.allows(self.domain, self.level)
@@ -131,6 +150,9 @@ class Hook:
 def callable_kind(func: Callable) -> str:
     """``sync``, ``async``, ``generator``, ``asyncgen``, ``contextmanager`` or
     ``asynccontextmanager``."""
+    inner_hook = getattr(func, HOOK_MARKER, None)
+    if inner_hook is not None:
+        return inner_hook.kind  # a chained hook wraps another's wrapper: the target's kind
     if inspect.isasyncgenfunction(func):
         return "asyncgen"
     if inspect.iscoroutinefunction(func):
@@ -236,7 +258,10 @@ def _skip(hook: Hook) -> bool:
         return True
     if hook.caller_filter is not None:
         try:
-            return sys._getframe(2).f_code.co_name != hook.caller_filter
+            frame = sys._getframe(2)
+            while frame is not None and frame.f_globals.get("__name__") == __name__:
+                frame = frame.f_back  # a hook of an earlier entry of the symbol (a chain)
+            return frame is None or frame.f_code.co_name != hook.caller_filter
         except Exception:
             return True
     return False
@@ -575,6 +600,154 @@ def async_handler(hook: Hook, func: Callable) -> Callable:
     return wrapper
 
 
+# --------------------------------------------------------------------------------------------
+# Generator-style handlers: handler(ctx) with one ``yield``; the wrapper calls the original.
+
+class CallContext:
+    """What a generator-style handler ``handler(ctx)`` is given.
+
+    Code before the handler's ``yield`` runs before the call, code after it once the call
+    returned; the value of the ``yield`` expression is the call's result (also
+    ``return_value``). When the original raises, its exception is raised at the ``yield`` (use
+    ``try``/``finally`` for code that must run either way); it reaches vLLM unchanged whatever
+    the handler does.
+
+    ``this`` (None for functions and static methods), ``args`` (without ``this``), ``kwargs``;
+    ``local_values``: the arguments by parameter name, defaults applied (msserviceprofiler's
+    name for the callee's locals, which at entry are its arguments).
+    """
+
+    __slots__ = ("this", "args", "kwargs", "return_value", "error", "_func", "_bound",
+                 "_local_values")
+
+    def __init__(self, func: Callable, this: Any, args: tuple, kwargs: dict,
+                 bound: bool) -> None:
+        self._func = func
+        self._bound = bound
+        self.this = this
+        self.args = args
+        self.kwargs = kwargs
+        self.return_value: Any = None
+        self.error: Optional[BaseException] = None
+        self._local_values: Optional[dict] = None
+
+    @property
+    def local_values(self) -> dict:
+        if self._local_values is None:
+            full = (self.this, *self.args) if self._bound else self.args
+            try:
+                bound = inspect.signature(self._func).bind_partial(*full, **self.kwargs)
+                bound.apply_defaults()
+                self._local_values = dict(bound.arguments)
+            except (TypeError, ValueError):
+                self._local_values = {}
+        return self._local_values
+
+
+def _enter_steps(hook: Hook, ctx: CallContext) -> Any:
+    """Run the handler up to its ``yield``; the generator, or None when it failed."""
+    try:
+        steps = hook.handler(ctx)
+        next(steps)
+    except StopIteration:
+        hook.failed(RuntimeError(f"generator handler of {hook.symbol} did not yield"))
+        return None
+    except Exception as exc:
+        hook.failed(exc)
+        return None
+    return steps
+
+
+def _exit_steps(hook: Hook, steps: Any, ctx: CallContext, result: Any,
+                error: Optional[BaseException]) -> None:
+    """Run the handler after its ``yield``: the result sent in, or the original's error
+    thrown in (its traceback kept as it was)."""
+    try:
+        if error is None:
+            ctx.return_value = result
+            steps.send(result)
+        else:
+            ctx.error = error
+            traceback = error.__traceback__
+            try:
+                steps.throw(error)
+            finally:
+                error.__traceback__ = traceback
+    except StopIteration:
+        hook.succeeded()
+        return
+    except Exception as exc:
+        if exc is error:
+            hook.succeeded()  # the handler let the original's error pass: nothing wrong
+        else:
+            hook.failed(exc)
+        return
+    steps.close()
+    hook.failed(RuntimeError(f"generator handler of {hook.symbol} yielded more than once"))
+
+
+def generator_style_handler(hook: Hook, func: Callable) -> Callable:
+    bound = hook.binding in ("method", "classmethod")
+    signature_func = hook.func
+
+    def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            return func(*args, **kwargs)
+        metering = _meter.on
+        entered = _meter_ns() if metering else 0
+        this, rest = (args[0], args[1:]) if bound and args else (None, args)
+        ctx = CallContext(signature_func, this, rest, kwargs, bound and bool(args))
+        steps = _enter_steps(hook, ctx)
+        called = _meter_ns() if metering else 0
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as error:
+            returned = _meter_ns() if metering else 0
+            if steps is not None:
+                _exit_steps(hook, steps, ctx, None, error)
+            if metering:
+                _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
+            raise
+        returned = _meter_ns() if metering else 0
+        if steps is not None:
+            _exit_steps(hook, steps, ctx, result, None)
+        if metering:
+            _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
+        return result
+    return wrapper
+
+
+def async_generator_style_handler(hook: Hook, func: Callable) -> Callable:
+    bound = hook.binding in ("method", "classmethod")
+    signature_func = hook.func
+
+    async def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            return await func(*args, **kwargs)
+        metering = _meter.on
+        entered = _meter_ns() if metering else 0
+        this, rest = (args[0], args[1:]) if bound and args else (None, args)
+        ctx = CallContext(signature_func, this, rest, kwargs, bound and bool(args))
+        steps = _enter_steps(hook, ctx)
+        called = _meter_ns() if metering else 0
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as error:
+            returned = _meter_ns() if metering else 0
+            if steps is not None:
+                _exit_steps(hook, steps, ctx, None, error)
+            if metering:
+                _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
+            raise
+        returned = _meter_ns() if metering else 0
+        if steps is not None:
+            _exit_steps(hook, steps, ctx, result, None)
+        if metering:
+            _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
+        return result
+    return wrapper
+
+
 class AroundHandler:
     """A handler in two halves around the original, for the built-in handlers of hot paths.
 
@@ -685,7 +858,12 @@ def build_wrapper(hook: Hook) -> Callable:
     """The replacement function for ``hook.func`` (timer or handler, by kind)."""
     func = hook.func
     if hook.handler is not None:
-        if type(hook.handler) is AroundHandler and hook.kind == "sync":
+        if inspect.isgeneratorfunction(hook.handler):
+            # Generators and context managers: the result is the object the original returns.
+            factory = (async_generator_style_handler if hook.kind == "async"
+                       else generator_style_handler)
+            wrapper = factory(hook, func)
+        elif type(hook.handler) is AroundHandler and hook.kind == "sync":
             wrapper = around_handler(hook, func)
         elif hook.kind == "async":
             wrapper = async_handler(hook, func)

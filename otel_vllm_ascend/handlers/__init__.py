@@ -6,13 +6,23 @@ paths are :class:`~otel_vllm_ascend.wrapping.AroundHandler` halves (``before`` /
 call), which the hook wrapper calls around the original itself, at half the cost. Short names
 resolve to these through :data:`BUILTIN_HANDLERS`.
 
-msserviceprofiler's handler paths (``msserviceprofiler.vllm_profiler.vllm_v1.<file>:<function>``,
-as its packaged YAML and the file vllm-ascend writes name them) resolve through
-:data:`REFERENCE_HANDLER_ALIASES` to the built-in that writes the same records, whether or not
-msserviceprofiler is installed: its own handlers write through CANN's library, not
-OpenTelemetry. Paths with no equivalent are listed in :data:`REFERENCE_HANDLERS_WITHOUT_EQUIVALENT`
-(and every ``vllm_v0`` path); :func:`reference_handler_gap` gives the reason to report.
+msserviceprofiler's handler paths, in both of its layouts (as its packaged YAMLs and the files
+vllm-ascend writes name them), resolve through :data:`REFERENCE_HANDLER_ALIASES` to the
+built-in that writes the same records, whether or not msserviceprofiler is installed: its own
+handlers write through CANN's library, not OpenTelemetry, so a path in its namespaces is never
+imported. The layouts:
+
+* ``msserviceprofiler.vllm_profiler.vllm_v1.<module>:<function>`` (msserviceprofiler 1.x;
+  vllm-ascend 0.12 - 0.18), modules ``*_hookers``;
+* ``ms_service_profiler.patcher.vllm.handlers.v1.<module>:<function>`` (msserviceprofiler
+  26.x; vllm-ascend 0.20 and later), modules ``*_handlers``.
+
+Paths with no equivalent are listed in :data:`REFERENCE_HANDLERS_WITHOUT_EQUIVALENT` (with
+whole modules in :data:`REFERENCE_MODULES_WITHOUT_EQUIVALENT`, among them both layouts' V0
+modules); :func:`reference_handler_gap` gives the reason to report.
 """
+
+import re
 
 _MODULE = "otel_vllm_ascend.handlers"
 
@@ -29,16 +39,25 @@ BUILTIN_HANDLERS = {
     "free": f"{_MODULE}.kvcache:free",
     "get_computed_blocks": f"{_MODULE}.kvcache:get_computed_blocks",
     "execute_model": f"{_MODULE}.model:execute_model",
+    "execute_model_runner": f"{_MODULE}.model:execute_model_runner",
     "compute_logits": f"{_MODULE}.model:compute_logits",
     "sampler_forward": f"{_MODULE}.model:sampler_forward",
     "capture_async": f"{_MODULE}.model:capture_async",
+    "record_function_or_nullcontext": f"{_MODULE}.model:record_function_or_nullcontext",
+    "propose_draft_token_ids": f"{_MODULE}.spec_decode:propose_draft_token_ids",
+    "capture_rejection_output": f"{_MODULE}.spec_decode:capture_rejection_output",
     "init_data_parallel": f"{_MODULE}.meta:init_data_parallel",
+    "init_data_parallel_worker": f"{_MODULE}.meta:init_data_parallel_worker",
     "shutdown_grace": f"{_MODULE}.lifecycle:shutdown_grace",
 }
 
+# Top-level packages of the reference tool: handler paths under them are its own.
+REFERENCE_PACKAGES = ("msserviceprofiler", "ms_service_profiler", "ms_service_metric")
 
-_REF_V1 = "msserviceprofiler.vllm_profiler.vllm_v1"
-_REF_V0 = "msserviceprofiler.vllm_profiler.vllm_v0."
+_REF_V1 = "msserviceprofiler.vllm_profiler.vllm_v1"  # 1.x layout
+_REF_V0 = "msserviceprofiler.vllm_profiler.vllm_v0"
+_NEW_V1 = "ms_service_profiler.patcher.vllm.handlers.v1"  # 26.x layout
+_NEW_V0 = "ms_service_profiler.patcher.vllm.handlers.v0"
 _COMPAT = f"{_MODULE}.compat_extra"
 
 # msserviceprofiler handler path -> our "module:function" with the same records.
@@ -56,27 +75,79 @@ REFERENCE_HANDLER_ALIASES = {
     f"{_REF_V1}.request_hookers:add_request_async": BUILTIN_HANDLERS["add_request_async"],
     f"{_REF_V1}.request_hookers:process_outputs": BUILTIN_HANDLERS["process_outputs"],
     f"{_REF_V1}.meta_hookers:init_data_parallel": BUILTIN_HANDLERS["init_data_parallel"],
+    # 26.x: add_request writes Enqueue only (the ReqState increments are gone).
+    f"{_NEW_V1}.batch_handlers:schedule": BUILTIN_HANDLERS["schedule"],
+    f"{_NEW_V1}.batch_handlers:add_request": BUILTIN_HANDLERS["add_request"],
+    f"{_NEW_V1}.kvcache_handlers:free": BUILTIN_HANDLERS["free"],
+    f"{_NEW_V1}.kvcache_handlers:get_computed_blocks": BUILTIN_HANDLERS["get_computed_blocks"],
+    f"{_NEW_V1}.model_handlers:compute_logits": BUILTIN_HANDLERS["compute_logits"],
+    f"{_NEW_V1}.model_handlers:sampler_forward": BUILTIN_HANDLERS["sampler_forward"],
+    f"{_NEW_V1}.model_handlers:execute_model": BUILTIN_HANDLERS["execute_model"],
+    f"{_NEW_V1}.model_handlers:execute_model_runner": BUILTIN_HANDLERS["execute_model_runner"],
+    f"{_NEW_V1}.model_handlers:capture_async": BUILTIN_HANDLERS["capture_async"],
+    f"{_NEW_V1}.model_handlers:record_function_or_nullcontext":
+        BUILTIN_HANDLERS["record_function_or_nullcontext"],
+    f"{_NEW_V1}.mtp_handlers:propose_draft_token_ids_npu":
+        BUILTIN_HANDLERS["propose_draft_token_ids"],
+    f"{_NEW_V1}.mtp_handlers:capture_rejection_output":
+        BUILTIN_HANDLERS["capture_rejection_output"],
+    f"{_NEW_V1}.request_handlers:add_request_async": BUILTIN_HANDLERS["add_request_async"],
+    f"{_NEW_V1}.request_handlers:process_outputs": BUILTIN_HANDLERS["process_outputs"],
+    f"{_NEW_V1}.meta_handlers:init_data_parallel": BUILTIN_HANDLERS["init_data_parallel"],
+    f"{_NEW_V1}.meta_handlers:init_data_parallel_worker":
+        BUILTIN_HANDLERS["init_data_parallel_worker"],
 }
+
+_NO_FORWARD_CONTEXT = ("msserviceprofiler ships this hook commented out; its span only repeats "
+                       "the modelRunnerExec / forward timing; no equivalent")
+_METRICS = ("writes Prometheus metrics through msserviceprofiler's metrics package (and "
+            "changes vLLM's stats objects to carry them); this project records traces, not "
+            "metrics; no equivalent")
 
 # msserviceprofiler handler paths we deliberately do not map, and why (entries are skipped).
 REFERENCE_HANDLERS_WITHOUT_EQUIVALENT = {
     f"{_REF_V1}.kvcache_hookers:allocate_slots": (
         "msserviceprofiler has no handler function 'allocate_slots' (its YAML names one that "
         "does not exist, so it records nothing there either); no equivalent"),
-    f"{_REF_V1}.model_hookers:set_forward_context": (
-        "msserviceprofiler ships this hook commented out; its span only repeats the "
-        "modelRunnerExec / forward timing; no equivalent"),
+    f"{_REF_V1}.model_hookers:set_forward_context": _NO_FORWARD_CONTEXT,
+    f"{_NEW_V1}.model_handlers:set_forward_context": _NO_FORWARD_CONTEXT,
+    f"{_NEW_V1}.meta_handlers:make_stats": _METRICS,
+    f"{_NEW_V1}.meta_handlers:record": _METRICS,
 }
 _V0_REASON = ("handler for vLLM's V0 engine, which the vLLM versions this project supports no "
               "longer have; no equivalent")
+# Module prefixes whose every handler has no equivalent.
+REFERENCE_MODULES_WITHOUT_EQUIVALENT = {
+    _REF_V0: _V0_REASON,
+    _NEW_V0: _V0_REASON,
+    f"{_NEW_V1}.metric_handlers": _METRICS,
+}
+
+
+# The 1.x layout's package was spelt more than one way across releases.
+_OLD_PACKAGE_RE = re.compile(r"^ms_?service_?profiler\.vllm_profiler\.")
+
+
+def _normalise(handler: str) -> str:
+    return _OLD_PACKAGE_RE.sub("msserviceprofiler.vllm_profiler.", handler, count=1)
+
+
+def is_reference_handler(handler: str) -> bool:
+    """True for a handler path in one of the reference tool's packages (never to be imported)."""
+    top = _normalise(handler).partition(":")[0].split(".", 1)[0]
+    return top in REFERENCE_PACKAGES
 
 
 def reference_handler_gap(handler: str) -> "str | None":
     """Why a msserviceprofiler handler path has no built-in equivalent, or None if it has one
     (or is not one of msserviceprofiler's paths). The entry naming it is to be skipped."""
+    handler = _normalise(handler)
     reason = REFERENCE_HANDLERS_WITHOUT_EQUIVALENT.get(handler)
-    if reason is None and handler.startswith(_REF_V0):
-        reason = _V0_REASON
+    if reason is None:
+        module = handler.partition(":")[0]
+        for prefix, why in REFERENCE_MODULES_WITHOUT_EQUIVALENT.items():
+            if module == prefix or module.startswith(prefix + "."):
+                return why
     return reason
 
 
@@ -85,7 +156,7 @@ def resolve_builtin(handler: str) -> "str | None":
     (ours, or one of msserviceprofiler's with an equivalent)."""
     if handler in BUILTIN_HANDLERS:
         return BUILTIN_HANDLERS[handler]
-    alias = REFERENCE_HANDLER_ALIASES.get(handler)
+    alias = REFERENCE_HANDLER_ALIASES.get(_normalise(handler))
     if alias is not None:
         return alias
     if handler in _CANONICAL:

@@ -83,18 +83,23 @@ def test_each_status_with_reason(tmp_path, sample_package, capsys):
     assert code == 0
     assert f"symbol file: {path} (--symbols)" in out
     assert "vLLM version: 0.32.0" in out
-    assert line_of(out, 1).endswith("resolves")
-    assert line_of(out, 2).endswith("resolves")
+    assert line_of(out, 1).endswith("resolves -> handler samplepkg.hooks:around")
+    assert line_of(out, 2).endswith("resolves -> timer")
     assert line_of(out, 3).endswith("attribute missing: samplepkg.engine.Engine has no "
-                                    "attribute 'walk'")
+                                    "attribute 'walk' -> timer")
     assert line_of(out, 4).endswith("attribute missing: samplepkg.engine has no attribute "
-                                    "'Nothing'")
-    assert line_of(out, 5).endswith("module not installed: no module named 'samplepkg.absent'")
-    assert line_of(out, 6).endswith("module not installed: no module named 'notinstalledpkg'")
-    assert line_of(out, 7).endswith("module import failed: RuntimeError: import-time failure")
+                                    "'Nothing' -> timer")
+    assert line_of(out, 5).endswith("module not installed: no module named 'samplepkg.absent'"
+                                    " -> timer")
+    assert line_of(out, 6).endswith("module not installed: no module named 'notinstalledpkg' "
+                                    "-> timer")
+    assert line_of(out, 7).endswith("module import failed: RuntimeError: import-time failure "
+                                    "-> timer")
     assert line_of(out, 8).endswith("skipped by version gate: vLLM 0.32.0 is above "
                                     "max_version 0.1")
-    assert line_of(out, 9).endswith("duplicate: duplicate of entry #2")
+    assert line_of(out, 9).endswith("duplicate: duplicate of entry #2")  # no "->": left out
+    assert line_of(out, 10).endswith("-> timer (instead of handler "
+                                     "samplepkg.hooks:missing_function)")
     lines = out.splitlines()
     after_10 = lines[lines.index(line_of(out, 10)) + 1]
     assert "handler fallback: handler samplepkg.hooks:missing_function cannot be imported " \
@@ -107,6 +112,96 @@ def test_each_status_with_reason(tmp_path, sample_package, capsys):
     # 6 (package absent altogether) does not.
     assert "5 resolve, 1 skipped by version gate, 8 need attention, 1 file problems" in out
     assert "problem: " in out and "duplicate symbol, already hooked by entry #2" in out
+
+
+@pytest.fixture
+def wildcard_package(sample_package):
+    """samplepkg.models: modules under a prefix, as vLLM's model folder, one that cannot load."""
+    models = sample_package / "samplepkg" / "models"
+    (models / "vision").mkdir(parents=True)
+    (models / "__init__.py").write_text("class AtPackageLevel:\n    def embed(self):\n"
+                                        "        return 0\n")
+    (models / "llama.py").write_text(textwrap.dedent("""
+        class LlamaModel:
+            def forward(self):
+                return 1
+        class LlamaForCausalLM:
+            def embed(self):
+                return 2
+        class Derived(LlamaForCausalLM):
+            pass                      # inherits embed: covered by the base's hook
+    """))
+    (models / "vision" / "__init__.py").write_text("")
+    (models / "vision" / "clip.py").write_text(textwrap.dedent("""
+        from samplepkg.models.llama import LlamaForCausalLM   # imported, not defined here
+        class ClipVision:
+            def embed(self):
+                return 3
+        Alias = ClipVision
+    """))
+    (models / "needs_extra.py").write_text("import not_installed_extra\n")
+    return sample_package
+
+
+def test_wildcard_lists_each_match(tmp_path, wildcard_package, capsys):
+    path = write_symbols(tmp_path, """
+        - symbol: "samplepkg.models.*:*.embed"
+          name: embedding
+        - symbol: "samplepkg.models.*:Clip*.embed"
+          handler: samplepkg.hooks:around
+        - symbol: "samplepkg.models.*:*.nothing_defines_this"
+        - symbol: "notinstalledpkg.models.*:*.embed"
+    """)
+    code, out = run_main(capsys, "check-symbols", "--symbols", str(path), "--vllm-version",
+                         "0.32.0")
+    assert code == 0
+    lines = out.splitlines()
+    first = lines.index(line_of(out, 1))
+    assert line_of(out, 1).endswith(
+        "wildcard: 2 matches in 3 modules; 1 could not be imported here "
+        "(samplepkg.models.needs_extra) -> timer")
+    assert lines[first + 1:first + 3] == [
+        "     match: samplepkg.models.llama:LlamaForCausalLM.embed",
+        "     match: samplepkg.models.vision.clip:ClipVision.embed"]
+    second = lines.index(line_of(out, 2))
+    assert "wildcard: 1 match in 3 modules" in lines[second]
+    assert lines[second].endswith("-> handler samplepkg.hooks:around")
+    assert lines[second + 1] == "     match: samplepkg.models.vision.clip:ClipVision.embed"
+    assert "wildcard: 0 matches in 3 modules" in line_of(out, 3)
+    assert line_of(out, 4).endswith(
+        "module not installed: no module named 'notinstalledpkg' -> timer")
+    # 1 and 2 resolve; 3 matches nothing (attention); 4's package is absent altogether.
+    assert "2 resolve, 0 skipped by version gate, 1 need attention, 0 file problems" in out
+
+
+def test_chained_entries_and_reference_paths(tmp_path, sample_package, capsys):
+    new = "ms_service_profiler.patcher.vllm.handlers.v1"
+    path = write_symbols(tmp_path, f"""
+        - symbol: samplepkg.engine:Engine.run
+          handler: {new}.model_handlers:execute_model
+        - symbol: samplepkg.engine:Engine.stop
+          handler: msserviceprofiler.vllm_profiler.vllm_v0.batch_hookers:schedule
+        - symbol: samplepkg.engine:Engine.run
+          handler: samplepkg.hooks:around
+        - symbol: samplepkg.engine:Engine.pause
+          handler: {new}.meta_handlers:make_stats
+        - symbol: samplepkg.engine:Engine.run
+    """)
+    code, out = run_main(capsys, "check-symbols", "--symbols", str(path), "--vllm-version",
+                         "0.32.0")
+    assert code == 0
+    assert line_of(out, 1).endswith(
+        "resolves -> built-in execute_model, chained 1 of 3 (#1, #3, #5)")
+    assert line_of(out, 3).endswith(
+        "resolves -> handler samplepkg.hooks:around, chained 2 of 3 (#1, #3, #5)")
+    assert line_of(out, 5).endswith("resolves -> timer, chained 3 of 3 (#1, #3, #5)")
+    assert "skipped, no equivalent: handler 'msserviceprofiler.vllm_profiler.vllm_v0." \
+           "batch_hookers:schedule': handler for vLLM's V0 engine" in line_of(out, 2)
+    assert "-> " not in line_of(out, 2) and "-> " not in line_of(out, 4)
+    assert "meta_handlers:make_stats': writes Prometheus metrics" in line_of(out, 4)
+    problems = [line for line in out.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 2
+    assert problems[0].startswith(f"problem: {path}: entry #2, line ")
 
 
 def test_strict_fails_on_problems(tmp_path, sample_package, capsys):
@@ -160,7 +255,7 @@ def test_installed_command_on_the_default_file_against_real_vllm(tmp_path):
     for line in out.splitlines():
         if line.startswith("#"):
             _, symbol, status = line.split(None, 2)
-            statuses[symbol] = status
+            statuses[symbol] = status.split(" -> ")[0]
     vllm_entries = {s: st for s, st in statuses.items() if s.startswith("vllm.")}
     assert len(vllm_entries) >= 12
     for symbol, status in vllm_entries.items():

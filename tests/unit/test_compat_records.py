@@ -134,3 +134,22 @@ def test_process_inputs_writes_req_state_and_passes_errors_through(hooked):
                                  supported_tasks=("generate",))
     assert processor.calls == ["cmpl-9", "cmpl-10"]
     assert _messages(capture) == []  # a failed call is no request state
+
+
+def test_new_layout_add_request_writes_enqueue_only(tmp_path, requests_of_vllm):
+    """msserviceprofiler 26.x's batch_handlers:add_request (vllm-ascend 0.20 and later) dropped
+    the ReqState increment: the entry of vllm-ascend 0.23's file writes Enqueue alone."""
+    loaded = symbols.load_symbols(FIXTURES / "vllm_ascend" / "vllm-ascend-0.23.yaml",
+                                  vllm_version="0.23.0")
+    module_name = write_module(tmp_path, SHAPED_LIKE_VLLM)
+    capture = Capture()
+    instrumentor = instrument(capture, [_spec(loaded, "Scheduler.add_request", module_name)])
+    try:
+        scheduler = __import__(module_name).Scheduler()
+        assert scheduler.add_request(requests_of_vllm("req-3")) is None
+        assert scheduler.calls == [("add_request", "req-3")]
+        rows = _messages(capture)
+        assert [(m["name"], m["domain"]) for m in rows] == [("Enqueue", "Schedule")]
+        assert rows[0]["QueueSize="] == 1 and rows[0]["scope#QueueName"] == "WAITING"
+    finally:
+        instrumentor.uninstrument()

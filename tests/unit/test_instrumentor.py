@@ -344,13 +344,45 @@ def test_unusable_symbol_file_falls_back_to_packaged_default(tmp_path, caplog):
     assert "packaged default" in messages[0]
 
 
-def test_shutdown_grace_kept_with_a_user_symbol_file(tmp_path):
+def test_runtime_hooks_of_the_default_kept_with_a_user_symbol_file(tmp_path, monkeypatch):
     from otel_vllm_ascend.instrumentor import _load_specs
 
+    monkeypatch.delenv("OTEL_VLLM_SHUTDOWN_GRACE_S", raising=False)
     user = tmp_path / "symbols.yaml"
     user.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"
-                    "  handler: schedule\n")
+                    "  handler: schedule\n"
+                    "- symbol: vllm.v1.engine.core:DPEngineCoreProc.add_request\n"
+                    "  handler: init_data_parallel\n"
+                    "- symbol: vllm.v1.engine.async_llm:AsyncLLM.generate\n")
     specs, source, _ = _load_specs(str(user))
     assert source == str(user)
-    assert [s.symbol for s in specs] == ["vllm.v1.core.sched.scheduler:Scheduler.schedule",
-                                         "vllm.v1.engine.utils:shutdown"]
+    # vLLM 0.32: the request id hook and the shutdown grace are added; the Meta hook is the
+    # user's own already (not added twice); a timer on AsyncLLM.generate is no trace binding,
+    # but bind_trace_context applies up to vLLM 0.31 only.
+    assert [(s.symbol, s.handler and s.handler.rsplit(":", 1)[1]) for s in specs] == [
+        ("vllm.v1.core.sched.scheduler:Scheduler.schedule", "schedule"),
+        ("vllm.v1.engine.core:DPEngineCoreProc.add_request", "init_data_parallel"),
+        ("vllm.v1.engine.async_llm:AsyncLLM.generate", None),
+        ("vllm.v1.engine.input_processor:InputProcessor.assign_request_id",
+         "assign_request_id"),
+        ("vllm.v1.engine.utils:shutdown", "shutdown_grace")]
+    monkeypatch.setenv("OTEL_VLLM_SHUTDOWN_GRACE_S", "0")
+    specs, _, _ = _load_specs(str(user))
+    assert "vllm.v1.engine.utils:shutdown" not in [s.symbol for s in specs]
+
+
+def test_runtime_hooks_chain_with_the_user_file_on_older_vllm(tmp_path, monkeypatch):
+    from otel_vllm_ascend import symbols
+    from otel_vllm_ascend.instrumentor import _load_specs
+
+    monkeypatch.setattr(symbols, "installed_vllm_version", lambda: "0.18.0")
+    user = tmp_path / "symbols.yaml"
+    user.write_text("- symbol: vllm.v1.engine.async_llm:AsyncLLM.generate\n")
+    specs, _, _ = _load_specs(str(user))
+    generate = [s for s in specs if s.symbol == "vllm.v1.engine.async_llm:AsyncLLM.generate"]
+    # the user's timer first, the trace binding chained inside it
+    assert [s.handler and s.handler.rsplit(":", 1)[1] for s in generate] == [
+        None, "bind_trace_context"]
+    assert {s.handler.rsplit(":", 1)[1] for s in specs if s.handler} == {
+        "bind_trace_context", "assign_request_id", "incoming_trace_headers",
+        "init_data_parallel", "shutdown_grace"}

@@ -142,6 +142,14 @@ def test_defaults_of_an_entry(tmp_path):
      BUILTIN_HANDLERS["schedule"]),
     ("msserviceprofiler.vllm_profiler.vllm_v1.model_hookers:execute_model",
      BUILTIN_HANDLERS["execute_model"]),
+    ("ms_service_profiler.vllm_profiler.vllm_v1.model_hookers:execute_model",
+     BUILTIN_HANDLERS["execute_model"]),
+    ("ms_service_profiler.patcher.vllm.handlers.v1.model_handlers:execute_model",
+     BUILTIN_HANDLERS["execute_model"]),
+    ("ms_service_profiler.patcher.vllm.handlers.v1.batch_handlers:add_request",
+     BUILTIN_HANDLERS["add_request"]),
+    ("ms_service_profiler.patcher.vllm.handlers.v1.meta_handlers:init_data_parallel_worker",
+     BUILTIN_HANDLERS["init_data_parallel_worker"]),
     ("", None),
     ("timer", None),
 ])
@@ -257,6 +265,19 @@ BAD_ENTRIES = [
      "handler 'pkg.mod' must be 'timer', a built-in name or 'package.module:function'", True),
     ("- {symbol: 'pkg.mod:f', handler: 'msserviceprofiler.vllm_profiler.vllm_v1.b:process_inputs'}",
      "is msserviceprofiler's and has no built-in equivalent", True),
+    ("- {symbol: 'pkg.mod:f', handler: 'ms_service_profiler.patcher.vllm.handlers.v1.x:y'}",
+     "handler 'ms_service_profiler.patcher.vllm.handlers.v1.x:y' is msserviceprofiler's and has "
+     "no built-in equivalent", True),
+    ("- {symbol: 'pkg.mod:f', handler: 'ms_service_profiler.patcher.vllm.handlers.v0."
+     "model_handlers:execute_model'}", "handler for vLLM's V0 engine", False),
+    ("- {symbol: 'pkg.mod:f', handler: 'ms_service_profiler.patcher.vllm.handlers.v1."
+     "meta_handlers:make_stats'}", "writes Prometheus metrics", False),
+    ("- {symbol: 'pkg.*.mod:*.f'}", "wildcard symbol 'pkg.*.mod:*.f' must look like "
+                                    "'package.prefix.*:*.method'", False),
+    ("- {symbol: 'pkg.mod:*.f'}", "wildcard symbol 'pkg.mod:*.f' must look like", False),
+    ("- {symbol: 'pkg.*:Cls.*'}", "wildcard symbol 'pkg.*:Cls.*' must look like", False),
+    ("- {symbol: 'pkg.*:*'}", "wildcard symbol 'pkg.*:*' must look like", False),
+    ("- {symbol: 'pkg.*:*.Inner.f'}", "wildcard symbol 'pkg.*:*.Inner.f' must look like", False),
     ("- {symbol: 'pkg.mod:f', caller_filter: 'not a name'}",
      "field 'caller_filter' must be a function name, got 'not a name'; ignored", True),
     ("- {symbol: 'pkg.mod:f', level: LOUD}",
@@ -281,7 +302,7 @@ BAD_ENTRIES = [
      "attribute 'a' is defined twice (attribute #1 and #2); the second is ignored", True),
     ("- {symbol: 'pkg.first:f'}",
      "entry #2, line 2 (pkg.first:f): duplicate symbol, already hooked by entry #1; entry "
-     "skipped", False),
+     "skipped (the same default timer twice", False),
 ]
 
 
@@ -297,6 +318,61 @@ def test_bad_entry_message(tmp_path, caplog, entry, expected, loads):
     loaded = [spec.symbol for spec in result.specs]
     assert loaded[0] == "pkg.first:f" and loaded[-1] == "pkg.last:g"  # others still load
     assert (len(loaded) == 3) is loads
+
+
+def test_one_symbol_with_different_handlers_is_kept_in_file_order(tmp_path):
+    path = yaml_file(tmp_path, """
+        - {symbol: pkg.mod:Runner.execute, handler: my.hooks:first}
+        - {symbol: pkg.mod:other}
+        - {symbol: pkg.mod:Runner.execute, handler: execute_model}
+        - {symbol: pkg.mod:Runner.execute, name: runnerSpan}
+        - symbol: pkg.mod:Runner.execute
+          handler: ms_service_profiler.patcher.vllm.handlers.v1.model_handlers:execute_model
+        - {symbol: pkg.mod:Runner.execute, handler: my.hooks:first, min_version: "0.33"}
+    """)
+    result = load_symbols(path, vllm_version="0.32.0")
+    chain = [s for s in result.specs if s.qualname == "Runner.execute"]
+    assert [(s.source.rsplit("#")[1], s.handler) for s in chain] == [
+        ("1", "my.hooks:first"), ("3", BUILTIN_HANDLERS["execute_model"]), ("4", None)]
+    # entry 5 is the built-in of entry 3 again; entry 6 does not apply to 0.32
+    assert [(s.source.rsplit("#")[1], why.split(" ")[0]) for s, why in result.skipped] == [
+        ("5", "duplicate"), ("6", "skipped")]
+    (problem,) = result.problems
+    assert "entry #5" in problem and "already hooked by entry #3" in problem
+    assert f"the same handler {BUILTIN_HANDLERS['execute_model']} twice" in problem
+
+
+def test_wildcard_entry(tmp_path):
+    path = yaml_file(tmp_path, """
+        - symbol: "vllm.model_executor.models.*:*.embed_multimodal"
+          name: multimodalEmbedding
+        - symbol: "pkg.models.*:Clip*Model.forward"
+    """)
+    result = load_symbols(path, vllm_version="0.32.0")
+    assert result.problems == []
+    first, second = result.specs
+    assert (first.module, first.qualname, first.name) == (
+        "vllm.model_executor.models", "*.embed_multimodal", "multimodalEmbedding")
+    assert first.wildcard == ("vllm.model_executor.models", "*", "embed_multimodal")
+    assert second.wildcard.class_pattern == "Clip*Model" and second.name == "forward"
+    assert load_symbols(yaml_file(tmp_path, "- symbol: pkg.mod:f\n", "c.yaml"),
+                        vllm_version="0.32.0").specs[0].wildcard is None
+
+
+def test_reference_handler_paths_are_never_handed_on_for_import(tmp_path):
+    """With CANN's ms_service_profiler importable these would load the reference's own
+    handlers, which write through CANN instead of OpenTelemetry."""
+    handlers = ["ms_service_profiler.patcher.vllm.handlers.v1.model_handlers:not_a_handler",
+                "msserviceprofiler.vllm_profiler.vllm_v1.model_hookers:not_a_handler",
+                "ms_service_metric.adapters.vllm.handlers.metric_handlers:anything"]
+    path = yaml_file(tmp_path, "".join(f"- {{symbol: 'pkg.m{i}:f', handler: '{h}'}}\n"
+                                       for i, h in enumerate(handlers)))
+    result = load_symbols(path, vllm_version="0.32.0")
+    assert [s.handler for s in result.specs] == [None, None, None]
+    assert len(result.problems) == 3
+    for problem, handler in zip(result.problems, handlers):
+        assert f"handler {handler!r} is msserviceprofiler's and has no built-in equivalent" in \
+            problem and problem.endswith("using the default timer")
 
 
 def test_valid_attributes_survive_a_bad_sibling(tmp_path):
