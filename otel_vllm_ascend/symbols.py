@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
-from otel_vllm_ascend import wildcards
+from otel_vllm_ascend import file_safety, wildcards
 from otel_vllm_ascend.config import ConfigError, parse_level
 from otel_vllm_ascend.expr import CompiledExpr, ExprError, compile_expr
 from otel_vllm_ascend.handlers import (
@@ -196,7 +196,16 @@ def _entry_lines(text: str) -> List[Optional[int]]:
 
 
 def read_symbol_document(path: Union[str, pathlib.Path]) -> Tuple[List[Any], List[Optional[int]]]:
-    """The raw entries of a symbol file and their line numbers; raises :class:`SymbolsError`."""
+    """The raw entries of a symbol file and their line numbers; raises :class:`SymbolsError`.
+
+    A file other than the packaged default must pass :mod:`otel_vllm_ascend.file_safety` first:
+    it decides which code runs inside vLLM.
+    """
+    if os.path.lexists(path) and pathlib.Path(path).resolve() != PACKAGED_SYMBOLS.resolve():
+        try:
+            file_safety.check(path, "symbol file")
+        except file_safety.UnsafeFileError as exc:
+            raise SymbolsError(str(exc)) from None
     try:
         text = pathlib.Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -60,3 +60,17 @@ def test_an_administrator_accepts_a_shared_file_on_purpose(good, tmp_path, monke
     assert file_safety.problem(other) is not None
     monkeypatch.setenv(file_safety.TRUSTED_ENV, "*")
     assert file_safety.problem(other) is None
+
+
+def test_an_unsafe_symbol_file_is_refused_and_the_default_used(tmp_path, caplog):
+    from otel_vllm_ascend.symbols import PACKAGED_SYMBOLS, load_symbols_or_default
+
+    shared = tmp_path / "service_profiling_symbols.yaml"
+    shared.write_text("- symbol: some.module:function\n  handler: evil.module:run\n")
+    shared.chmod(0o666)
+    symbols = load_symbols_or_default(shared)
+    assert str(symbols.path) == str(PACKAGED_SYMBOLS)
+    assert not any(spec.handler == "evil.module:run" for spec in symbols.specs)
+    messages = [r.getMessage() for r in caplog.records if str(shared) in r.getMessage()]
+    assert len(messages) == 1, messages
+    assert "writable by group or others" in messages[0] and "packaged default" in messages[0]
