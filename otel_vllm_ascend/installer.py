@@ -20,15 +20,17 @@ are installed regardless.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import inspect
 import logging
 import os
+import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import wrapt
 
-from otel_vllm_ascend import wildcards, wrapping
+from otel_vllm_ascend import file_safety, wildcards, wrapping
 
 _logger = logging.getLogger(__name__)
 
@@ -187,6 +189,12 @@ def resolve_handler(path: Optional[str]) -> Optional[Callable]:
     module_name, sep, attr = canonical.partition(":")
     if not sep or not module_name or not attr:
         raise HookInstallError(f"handler {path!r} is not of the form 'package.module:function'")
+    if not module_name.startswith("otel_vllm_ascend.") and module_name not in sys.modules:
+        try:
+            for source in module_files(module_name):
+                file_safety.check(source, "handler file")
+        except file_safety.UnsafeFileError as err:
+            raise HookInstallError(str(err)) from None
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as err:
@@ -198,6 +206,25 @@ def resolve_handler(path: Optional[str]) -> Optional[Callable]:
     if not callable(target):
         raise HookInstallError(f"handler {path!r} is not callable")
     return target
+
+
+def module_files(module_name: str) -> List[str]:
+    """The source files importing ``module_name`` would run (each package's ``__init__`` and
+    the module), found the way the import system finds them but without running any."""
+    files: List[str] = []
+    search: Any = None
+    parts = module_name.split(".")
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        loaded = sys.modules.get(name)
+        spec = getattr(loaded, "__spec__", None) if loaded is not None else \
+            importlib.machinery.PathFinder.find_spec(name, search)
+        if spec is None:
+            break  # not on the path: the import itself will say so
+        if loaded is None and spec.origin and os.path.isfile(spec.origin):
+            files.append(spec.origin)
+        search = spec.submodule_search_locations
+    return files
 
 
 def install(spec: Any, module: Any) -> Optional[wrapping.Hook]:

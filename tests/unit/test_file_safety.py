@@ -74,3 +74,29 @@ def test_an_unsafe_symbol_file_is_refused_and_the_default_used(tmp_path, caplog)
     messages = [r.getMessage() for r in caplog.records if str(shared) in r.getMessage()]
     assert len(messages) == 1, messages
     assert "writable by group or others" in messages[0] and "packaged default" in messages[0]
+
+
+def test_handler_files_are_checked_before_any_of_them_runs(tmp_path, monkeypatch, caplog):
+    from otel_vllm_ascend import installer
+
+    package = tmp_path / "site_handlers_pkg"
+    package.mkdir()
+    marker = tmp_path / "ran"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (package / "mine.py").write_text("def handler(original, this, *args, **kwargs):\n"
+                                     "    return original(*args, **kwargs)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    files = installer.module_files("site_handlers_pkg.mine")
+    assert files == [str(package / "__init__.py"), str(package / "mine.py")]
+    assert not marker.exists(), "finding the files ran none of them"
+
+    (package / "mine.py").chmod(0o666)
+    with pytest.raises(installer.HookInstallError) as err:
+        installer.resolve_handler("site_handlers_pkg.mine:handler")
+    assert "handler file" in str(err.value) and "mine.py" in str(err.value)
+    assert "writable by group or others" in str(err.value)
+    assert not marker.exists(), "a refused handler package is never imported"
+
+    (package / "mine.py").chmod(0o644)
+    assert callable(installer.resolve_handler("site_handlers_pkg.mine:handler"))
+    assert marker.exists()
