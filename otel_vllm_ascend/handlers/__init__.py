@@ -32,7 +32,12 @@ BUILTIN_HANDLERS = {
     "compute_logits": f"{_MODULE}.model:compute_logits",
     "sampler_forward": f"{_MODULE}.model:sampler_forward",
     "capture_async": f"{_MODULE}.model:capture_async",
+    "execute_model_runner": f"{_MODULE}.model:execute_model_runner",
+    "record_function_or_nullcontext": f"{_MODULE}.model:record_function_or_nullcontext",
     "init_data_parallel": f"{_MODULE}.meta:init_data_parallel",
+    "init_data_parallel_worker": f"{_MODULE}.meta:init_data_parallel_worker",
+    "propose_draft_token_ids_npu": f"{_MODULE}.spec_decode:propose_draft_token_ids",
+    "capture_rejection_output": f"{_MODULE}.spec_decode:capture_rejection_output",
     "shutdown_grace": f"{_MODULE}.lifecycle:shutdown_grace",
 }
 
