@@ -443,20 +443,27 @@ def test_unknown_rejection_output_shapes_are_ignored(capture):
     assert spec_decode._step.verification is None
 
 
-def test_spec_decoding_through_the_exporter_and_the_analyzer(tmp_path):
-    """Handlers -> recorder -> ms_service SQLite file -> analyzer: the worker's acceptance lands
-    on the EngineCore step that scheduled the drafts."""
+@pytest.mark.parametrize("kind", ["db", "otlp"])
+def test_spec_decoding_through_the_exporter_and_the_analyzer(tmp_path, kind):
+    """Handlers -> recorder -> ms_service SQLite file (or OTLP JSON) -> analyzer: the worker's
+    acceptance lands on the EngineCore step that scheduled the drafts."""
+    from google.protobuf.json_format import MessageToJson
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from otel_vllm_ascend.analysis.batches import build_batches
     from otel_vllm_ascend.analysis.readers import read_captures
     from otel_vllm_ascend.analysis.spec_decode import build_spec_decode
     from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
+    memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"host.name": "h1"}))
-    provider.add_span_processor(SimpleSpanProcessor(MsServiceSpanExporter(tmp_path, "h1")))
+    provider.add_span_processor(SimpleSpanProcessor(MsServiceSpanExporter(tmp_path / "db",
+                                                                          "h1")))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
     recorder.set_tracer_provider(provider)
     control.start(config=ProfilerConfig(enable=True))
     common._role_recorded = None
@@ -478,8 +485,11 @@ def test_spec_decoding_through_the_exporter_and_the_analyzer(tmp_path):
         control.stop()
         recorder.set_tracer_provider(None)
         provider.shutdown()
-    frame, _, report = read_captures(tmp_path)
-    assert report.problems == []
+    otlp = tmp_path / "otlp" / "spans.jsonl"
+    otlp.parent.mkdir()
+    otlp.write_text(MessageToJson(encode_spans(memory.get_finished_spans()), indent=None))
+    frame, _, report = read_captures(tmp_path / kind)
+    assert report.problems == [] and len(report.files) == 1
     spec = build_spec_decode(frame)
     assert spec[["rid", "step_id", "spec_tokens", "accepted_tokens"]].values.tolist() == [
         ["r-b", 1, 3, 2], ["r-a", 1, 2, 1]]
