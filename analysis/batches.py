@@ -17,6 +17,12 @@ and before the next; ``kvcache_usage_rate`` fraction 0..1), ``Prefill_batch_size
 Then, beyond the reference: ``step_id``, ``host``, ``pid``, ``model_exec_start_time``,
 ``model_exec_end_time``, ``model_exec_time(ms)``. The reference writes two rows per step (schedule
 and execution) and never fills the KV columns for vLLM; here one row holds both.
+
+Last, speculative decoding (empty for steps that verified no drafts; see
+:mod:`otel_vllm_ascend.analysis.spec_decode`): ``num_spec_output_tokens`` (drafts verified),
+``num_spec_accepted_tokens``, ``accepted_ratio`` (accepted / drafted) and
+``accepted_ratio_per_pos`` (JSON list, entry p: of the requests with more than p drafts, the
+fraction that accepted more than p).
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 from otel_vllm_ascend.analysis.kvcache import build_kvcache
+from otel_vllm_ascend.analysis.spec_decode import (
+    ACCEPTANCE_COLUMNS,
+    build_spec_decode,
+    step_acceptance,
+)
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
 BATCH_COLUMNS = (
@@ -37,7 +48,7 @@ BATCH_COLUMNS = (
     "Prefill_scheduled_tokens", "Decode_scheduled_tokens", "total_scheduled_tokens", "dp_rank",
 )
 BATCH_EXTRA_COLUMNS = ("step_id", "host", "pid", "model_exec_start_time", "model_exec_end_time",
-                       "model_exec_time(ms)")
+                       "model_exec_time(ms)") + ACCEPTANCE_COLUMNS
 CSV_COLUMNS = BATCH_COLUMNS + BATCH_EXTRA_COLUMNS
 # Numeric columns kept for the other builders, the trace and the report (not written to CSV).
 INTERNAL_COLUMNS = ("sched_start_us", "sched_end_us", "exec_start_us", "exec_end_us",
@@ -55,14 +66,18 @@ def _res_list(detail: object, rids: object) -> str:
 
 def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
                   per_request: Optional[pd.DataFrame] = None,
-                  kvcache: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-    """One row per engine step; ``steps``/``per_request``/``kvcache`` may be passed precomputed."""
+                  kvcache: Optional[pd.DataFrame] = None,
+                  spec_decode: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """One row per engine step; ``steps``/``per_request``/``kvcache``/``spec_decode`` may be
+    passed precomputed."""
     if steps is None:
         steps = engine_steps(frame)
     if per_request is None:
         per_request = step_requests(steps)
     if kvcache is None:
         kvcache = build_kvcache(frame)
+    if spec_decode is None:
+        spec_decode = build_spec_decode(frame, steps, per_request)
     n = len(steps)
     if n == 0:
         return pd.DataFrame({c: pd.Series([], dtype=object)
@@ -129,6 +144,7 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "model_exec_start_time": format_datetime_us(exec_start).to_numpy(),
         "model_exec_end_time": format_datetime_us(exec_end).to_numpy(),
         "model_exec_time(ms)": exec_dur / 1000.0,
+        **step_acceptance(spec_decode, steps["step_id"].to_numpy()),
         "sched_start_us": sched_start,
         "sched_end_us": sched_end,
         "exec_start_us": exec_start,

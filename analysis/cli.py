@@ -11,7 +11,8 @@ msserviceprofiler's C library, any layout) and OTLP JSON files. ``OUT`` (default
 receives, by format:
 
 * ``csv``: ``request.csv``, ``request_summary.csv``, ``batch.csv``, ``batch_summary.csv``,
-  ``kvcache.csv``, ``service_summary.csv``;
+  ``kvcache.csv``, ``service_summary.csv``, ``spec_decode.csv`` (header only without
+  speculative decoding);
 * ``json``: ``chrome_tracing.json`` (open in https://ui.perfetto.dev or chrome://tracing);
 * ``db``: ``profiler.db`` (every table in SQLite);
 * ``html``: ``report.html`` (one self-contained page of plots and tables).
@@ -41,6 +42,7 @@ import pandas as pd
 from otel_vllm_ascend.analysis import batches as batches_mod
 from otel_vllm_ascend.analysis import kvcache as kvcache_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
+from otel_vllm_ascend.analysis import spec_decode as spec_mod
 from otel_vllm_ascend.analysis import summaries, writers
 from otel_vllm_ascend.analysis.readers import read_captures
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
@@ -49,7 +51,7 @@ _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
 FORMATS = ("csv", "json", "db", "html")
 CSV_FILES = ("request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv",
-             "kvcache.csv", "service_summary.csv")
+             "kvcache.csv", "service_summary.csv", "spec_decode.csv")
 OUTPUT_FILES = {"csv": CSV_FILES, "json": ("chrome_tracing.json",), "db": ("profiler.db",),
                 "html": ("report.html",)}
 
@@ -198,11 +200,15 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     kvcache = run.stage("kvcache.csv", kvcache_mod.build_kvcache, frame)
     progress.stage("building request.csv")
     requests = run.stage("request.csv", requests_mod.build_requests, frame, steps, per_request)
+    progress.stage("building spec_decode.csv")
+    spec_decode = run.stage("spec_decode.csv", spec_mod.build_spec_decode, frame, steps,
+                            per_request)
     progress.stage("building batch.csv")
     batches = None
     if steps is not None:
         batches = run.stage("batch.csv", batches_mod.build_batches, frame, steps, per_request,
-                            kvcache)
+                            kvcache, spec_decode if spec_decode is not None
+                            else spec_mod.empty_spec_decode())
     tables: dict[str, pd.DataFrame] = {}
     if requests is not None:
         tables["request_summary"] = run.stage(
@@ -241,12 +247,15 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
         if "db" not in formats:
             return
         empty = pd.DataFrame()
+        db_tables = dict(tables)
+        if spec_decode is not None:
+            db_tables["spec_decode"] = spec_decode.reindex(columns=list(spec_mod.CSV_COLUMNS))
         job_run.wrote(job_run.stage(
             "profiler.db", writers.write_profiler_db, out / "profiler.db",
             (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
             (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
             (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
-            tables, trace_events, getattr(trace_events, "origin_us", 0.0)))
+            db_tables, trace_events, getattr(trace_events, "origin_us", 0.0)))
 
     def write_json(trace_events: Any) -> None:
         if "json" in formats and trace_events is not None:
@@ -255,7 +264,7 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
 
     def write_csvs(job_run: _Run) -> None:
         if "csv" in formats:
-            _write_csvs(job_run, out, requests, batches, kvcache, tables)
+            _write_csvs(job_run, out, requests, batches, kvcache, spec_decode, tables)
 
     if "html" in formats:
         def csv_and_report(job_run: _Run) -> None:
@@ -286,11 +295,12 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
 
 
 def _write_csvs(run: _Run, out: Path, requests: Any, batches: Any, kvcache: Any,
-                tables: dict) -> None:
+                spec_decode: Any, tables: dict) -> None:
     for name, table, columns in (
             ("request.csv", requests, requests_mod.CSV_COLUMNS),
             ("batch.csv", batches, batches_mod.CSV_COLUMNS),
-            ("kvcache.csv", kvcache, kvcache_mod.KVCACHE_COLUMNS)):
+            ("kvcache.csv", kvcache, kvcache_mod.KVCACHE_COLUMNS),
+            ("spec_decode.csv", spec_decode, spec_mod.CSV_COLUMNS)):
         if table is not None:
             run.wrote(run.stage(name, writers.write_csv, out / name, table, columns))
     for key, table in tables.items():

@@ -70,7 +70,8 @@ ROLE_WORKER = "worker"
 _API_SERVER_NAMES = frozenset({"httpReq", "httpRes", "tokenize", "detokenize", "link"})
 _ENGINE_CORE_NAMES = frozenset({"batchFrameworkProcessing", "modelExec", "KVCacheStatus",
                                 "Enqueue", "Dequeue", "Free", "CacheHitRate"})
-_WORKER_NAMES = frozenset({"computing_logits", "sample", "modelRunnerExec", "forward"})
+_WORKER_NAMES = frozenset({"computing_logits", "sample", "modelRunnerExec", "forward",
+                           "specDecoding"})
 
 _LINK_TYPE = 3
 _json_loads = json.loads

@@ -13,7 +13,7 @@ earlier runs it did not rewrite). Tables:
   ``start_datetime``/``end_datetime``/``during_time``/``batch_size``; ``kvcache``'s
   ``start_datetime``) and views ``request_data``, ``batch_info``, ``kvcache_usage`` with the CSV
   names;
-* ``request_summary``, ``batch_summary``, ``service_summary``;
+* ``request_summary``, ``batch_summary``, ``service_summary``, ``spec_decode`` (CSV names);
 * ``process(pid, process_name, label, process_sort_index)``, ``thread(track_id, tid, pid,
   thread_name, thread_sort_index)``, ``slice(id, timestamp, duration, name, depth, track_id, cat,
   args, cname, end_time, flag_id)``, ``counter(id, name, pid, timestamp, cat, args)`` and

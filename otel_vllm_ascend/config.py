@@ -80,6 +80,7 @@ class ProfilerConfig:
     torch_prof_stack: bool = False
     torch_prof_modules: bool = False
     torch_prof_step_num: int = 0
+    profiler_step_num: int = 0  # engine steps to record, then stop; < 1: no limit
     aclprofAicoreMetrics: str = DEFAULT_AICORE_METRICS  # spelled as in the file
     aclDataTypeConfig: str = ""
 
@@ -212,6 +213,11 @@ def _parse_step_num(value: Any) -> int:
     return _parse_int(value, low=0)
 
 
+def _parse_profiler_step_num(value: Any) -> int:
+    # Any integer: values below 1 mean "no limit" (msserviceprofiler 26.x's key).
+    return max(0, _parse_int(value))
+
+
 def _parse_timelimit(value: Any) -> int:
     return _parse_int(value, *TIMELIMIT_RANGE)
 
@@ -231,6 +237,7 @@ _PARSERS: Dict[str, Callable[[Any], Any]] = {
     "torch_prof_stack": _parse_switch,
     "torch_prof_modules": _parse_switch,
     "torch_prof_step_num": _parse_step_num,
+    "profiler_step_num": _parse_profiler_step_num,
     "aclprofAicoreMetrics": _parse_text,
     "aclDataTypeConfig": _parse_text,
 }
@@ -349,6 +356,43 @@ def write_default_config(path: str) -> bool:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def switch_off(path: str) -> bool:
+    """Rewrite ``path`` with ``"enable": 0``, every other key kept; True if it was rewritten.
+
+    What msserviceprofiler's library does when ``profiler_step_num`` is reached: every process
+    of the service watches the file, so all of them stop. The new text goes to a temporary file
+    in the same folder that then replaces the file (same permissions), so a reader never sees a
+    half-written one. A file that is not a JSON object is left alone.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        mode = os.stat(path).st_mode & 0o777
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        _logger.warning("%s: could not read the profiler config to set enable 0 (%s)", path, exc)
+        return False
+    if not isinstance(data, dict):
+        return False
+    data["enable"] = 0
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=".ms_service_profiler_config.",
+                                                 suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=4)
+                handle.write("\n")
+            os.chmod(temporary, mode)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    except OSError as exc:
+        _logger.warning("%s: could not set enable 0 in the profiler config (%s)", path, exc)
+        return False
+    return True
 
 
 def load_config(path: str) -> ProfilerConfig:

@@ -5,6 +5,9 @@ The profiler config file (``SERVICE_PROF_CONFIG_PATH``) is re-read while vLLM ru
 * ``enable`` 0 -> 1 starts recording without a restart, 1 -> 0 stops it;
 * ``timelimit`` (seconds, 0 = none) stops recording that long after it was enabled; recording
   resumes only after the file changes again with ``enable: 1``;
+* ``profiler_step_num`` (engine steps, < 1 = none) stops recording once that many engine steps
+  were recorded (:func:`engine_step`, called by the EngineCore step handlers) and sets
+  ``enable: 0`` in the file, so the service's other processes stop at their next poll too;
 * ``domain`` (allow-list) and ``profiler_level`` decide which hooks record.
 
 A daemon thread (``otel-vllm-control``) polls the file about every 0.5 s (a cheap ``mtime``
@@ -60,8 +63,13 @@ class _Controller:
     thread: Optional[threading.Thread] = None
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.RLock = field(default_factory=threading.RLock)
-    expired: bool = False  # timelimit reached for the current file version
+    expired: bool = False  # timelimit or step limit reached for the current file version
     poll_interval: float = POLL_INTERVAL_S
+    # profiler_step_num: read on EngineCore's thread by engine_step(), without the lock.
+    step_limit: int = 0  # of the recording in force; 0 = none (or not recording)
+    steps: int = 0  # engine steps seen since recording started
+    step_marker: Any = None  # the last step's SchedulerOutput: schedule and modelExec count once
+    step_allowed: bool = True
 
 
 _ctl = _Controller()
@@ -149,6 +157,45 @@ def poll_now() -> LiveState:
         return _ctl.state
 
 
+def engine_step(marker: Any) -> bool:
+    """Count one engine step (``marker``: its SchedulerOutput; the same one counts once).
+
+    False for a step beyond ``profiler_step_num``: the caller records nothing for it, and
+    recording stops (on a short thread: listeners may join threads, not on vLLM's).
+    """
+    ctl = _ctl
+    if marker is ctl.step_marker:
+        return ctl.step_allowed
+    ctl.step_marker = marker
+    limit = ctl.step_limit
+    if limit < 1:
+        ctl.step_allowed = True
+        return True
+    ctl.steps += 1
+    allowed = ctl.steps <= limit
+    ctl.step_allowed = allowed
+    if ctl.steps == limit + 1:
+        threading.Thread(target=_stop_at_step_limit, args=(limit,), name="otel-vllm-step-limit",
+                         daemon=True).start()
+    return allowed
+
+
+def _stop_at_step_limit(limit: int) -> None:
+    with _ctl.lock:
+        state = _ctl.state
+        if not state.recording:
+            return
+        _ctl.expired = True
+        _logger.info("otel-vllm-ascend: profiler_step_num of %d engine steps reached, recording "
+                     "stopped (pid %d)", limit, os.getpid())
+        _set(LiveState(recording=False, config=state.config, reason="profiler_step_num reached"))
+        config_file = _ctl.config_file
+    if config_file is not None:
+        from otel_vllm_ascend.config import switch_off
+
+        switch_off(config_file.path)
+
+
 def _timelimit(config: Any) -> float:
     try:
         return float(getattr(config, "timelimit", 0) or 0)
@@ -161,6 +208,9 @@ def _apply(config: Any, reason: str) -> None:
     old = _ctl.state
     if enable:
         enabled_at = old.enabled_at if old.recording else time.monotonic()
+        if not old.recording:  # a new recording counts its own steps
+            _ctl.steps = 0
+            _ctl.step_marker = None
         new = LiveState(recording=True, config=config, enabled_at=enabled_at, reason=reason)
     else:
         new = LiveState(recording=False, config=config, reason=reason)
@@ -172,6 +222,11 @@ def _apply(config: Any, reason: str) -> None:
 
 def _set(state: LiveState) -> None:
     _ctl.state = state
+    try:
+        limit = int(getattr(state.config, "profiler_step_num", 0) or 0)
+    except (TypeError, ValueError):
+        limit = 0
+    _ctl.step_limit = limit if state.recording else 0
     for listener in list(_ctl.listeners):
         _notify_one(listener, state)
 

@@ -118,6 +118,12 @@ ALWAYS_ON_SYMBOLS = frozenset({"vllm.v1.engine.utils:shutdown"})
 ALWAYS_ON_HANDLERS = frozenset({"shutdown_grace", "assign_request_id", "carry_trace_context",
                                 "incoming_trace_headers", "bind_trace_context",
                                 "init_data_parallel"})
+# Records the reference added in its 26.x handlers. A file in the reference's layout (written by
+# vllm-ascend or msserviceprofiler) gets them from the default where it hooks none of their
+# targets itself, so older files give what the newest do.
+NEWER_RECORD_HANDLERS = frozenset({"execute_model_runner", "record_function_or_nullcontext",
+                                   "propose_draft_token_ids", "capture_rejection_output",
+                                   "init_data_parallel_worker"})
 
 
 def _load_specs(symbols_path: Optional[str]) -> tuple:
@@ -131,9 +137,13 @@ def _load_specs(symbols_path: Optional[str]) -> tuple:
     specs = list(symbol_set.specs)
     if str(symbol_set.path) != str(PACKAGED_SYMBOLS):
         always = {BUILTIN_HANDLERS[name] for name in ALWAYS_ON_HANDLERS}
+        newer = {BUILTIN_HANDLERS[name] for name in NEWER_RECORD_HANDLERS} \
+            if symbol_set.reference_layout else set()
         present = {(spec.symbol, spec.handler) for spec in specs}
+        hooked = {spec.symbol for spec in specs}
         added = [s for s in load_symbols(PACKAGED_SYMBOLS, symbol_set.vllm_version).specs
-                 if s.handler in always and (s.symbol, s.handler) not in present]
+                 if (s.handler in always and (s.symbol, s.handler) not in present)
+                 or (s.handler in newer and s.symbol not in hooked)]
         if added:
             _logger.info("otel-vllm-ascend: added from the packaged default: %s",
                          ", ".join(f"{s.symbol} ({s.handler.rsplit(':', 1)[1]})" for s in added))

@@ -124,6 +124,9 @@ class SymbolSet:
     skipped: List[Tuple[HookSpec, str]] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
     vllm_version: Optional[str] = None
+    # The file names handlers in the reference tool's layout (vllm-ascend or msserviceprofiler
+    # wrote it), whatever they resolved to here.
+    reference_layout: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,6 +441,9 @@ def load_symbols(path: Union[str, pathlib.Path, None] = None,
         resolved, why = pathlib.Path(path), "given explicitly"
     entries, lines = read_symbol_document(resolved)
     result = SymbolSet(path=str(resolved), vllm_version=vllm_version)
+    result.reference_layout = any(
+        isinstance(raw, dict) and isinstance(raw.get("handler"), str)
+        and is_reference_handler(raw["handler"]) for raw in entries)
     claimed: Dict[str, List[Tuple[int, Optional[str]]]] = {}  # symbol -> (entry, handler)
     for index, raw in enumerate(entries, start=1):
         entry = _Entry(str(resolved), index, lines[index - 1] if index <= len(lines) else None,

@@ -204,13 +204,13 @@ class BatchInputs(NamedTuple):
             prompt = getattr(request, "prompt_token_ids", None)
             new.append((request.req_id, len(prompt) if prompt is not None else None,
                         int(getattr(request, "num_computed_tokens", 0) or 0)))
-        cached_ids, cached_computed = _cached_requests(
+        cached_ids, cached_computed = cached_requests(
             getattr(scheduler_output, "scheduled_cached_reqs", None))
         return cls(tuple(getattr(scheduler_output, "finished_req_ids", None) or ()), new,
                    cached_ids, cached_computed, dict(scheduler_output.num_scheduled_tokens))
 
 
-def _cached_requests(cached: Any) -> Tuple[list, list]:
+def cached_requests(cached: Any) -> Tuple[list, list]:
     """(request ids, computed tokens) of a step's already-seen requests, in either shape vLLM
     has used: one object of parallel lists (0.10 and later) or a list of per-request objects
     (0.9.x)."""

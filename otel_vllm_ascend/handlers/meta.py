@@ -1,15 +1,23 @@
-"""Process metadata: ``dpRankId`` of an EngineCore under data parallelism.
+"""Process metadata: the Meta row ``dpRankId`` under data parallelism, once per process.
 
-Hooked on ``DPEngineCoreProc.add_request``; the first call in the process records the Meta row
-``dpRankId`` = the engine's data-parallel rank.
+* EngineCore: hooked on ``DPEngineCoreProc.add_request``; the first call records the engine's
+  data-parallel rank.
+* Worker (model runner): ``init_data_parallel_worker`` on the runner's ``execute_model``, and the
+  built-in ``execute_model_runner`` itself, record the runner's rank at its first step: its
+  ``dp_rank`` (vllm-ascend), else ``data_parallel_rank``, else the parallel config's. Workers of
+  a service without data parallelism (``data_parallel_size`` 1) record nothing, like their
+  EngineCore, so ``dp_rank`` stays empty for the whole service.
+
+One row per process whichever hook comes first (an EngineCore that runs its model itself has
+both).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
-from otel_vllm_ascend import recorder
+from otel_vllm_ascend import recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 _recorded = False
@@ -27,6 +35,48 @@ def init_data_parallel(original: Any, this: Any, *args: Any, **kwargs: Any) -> A
         common.ensure_role("engine_core")
         recorder.record_meta("dpRankId", int(rank))
     return result
+
+
+def worker_dp_rank(runner: Any) -> Optional[int]:
+    """The model runner's data-parallel rank, or None without data parallelism."""
+    parallel = getattr(runner, "parallel_config", None)
+    if parallel is None:
+        parallel = getattr(getattr(runner, "vllm_config", None), "parallel_config", None)
+    size = getattr(parallel, "data_parallel_size", None)
+    if isinstance(size, int) and size <= 1:
+        return None
+    for holder, name in ((runner, "dp_rank"), (runner, "data_parallel_rank"),
+                         (parallel, "data_parallel_rank")):
+        rank = getattr(holder, name, None)
+        if isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0:
+            return rank
+    return None
+
+
+def record_worker_dp_rank(runner: Any) -> None:
+    """Meta ``dpRankId`` of a model runner, at its first step in the process."""
+    global _recorded
+    if _recorded:
+        return
+    _recorded = True
+    rank = worker_dp_rank(runner)
+    if rank is not None:
+        common.ensure_role("worker")
+        recorder.record_meta("dpRankId", rank)
+
+
+def _worker_before(this: Any, args: tuple, kwargs: dict) -> None:
+    record_worker_dp_rank(this)
+    return None  # nothing around the call: the runner runs as if unhooked
+
+
+def _never_after(*unused: Any) -> None:  # before returns None: after never runs
+    return None
+
+
+init_data_parallel_worker = wrapping.AroundHandler(
+    _worker_before, _never_after, "init_data_parallel_worker",
+    "Model runner ``execute_model``: Meta ``dpRankId`` of the worker, once per process.")
 
 
 def _after_fork_in_child() -> None:

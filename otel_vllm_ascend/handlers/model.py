@@ -12,21 +12,39 @@
   else.
 * vllm-ascend's ``ProfileExecuteDuration.capture_async(tag)`` (a context manager) -> a span named
   by the tag around the ``with`` block (synchronised for tag ``forward`` on NPU).
+* The model runner's ``execute_model`` (Worker; ``GPUModelRunner`` and ``CPUModelRunner`` of
+  vLLM, ``NPUModelRunner`` of vllm-ascend) -> span ``modelRunnerExec`` per non-empty step, with
+  ``ms.rid`` = the step's request ids and, when the step verified speculative drafts before the
+  runner returned (vLLM before 0.11.1, where sampling ran inside ``execute_model``),
+  ``spec_decode_accepted_by_req`` (JSON text ``{"<request id>": accepted drafts}``). Also records
+  the worker's ``dpRankId`` once (``handlers.meta``) and, in a Worker process, advances the
+  torch_npu profiler once per step (EngineCore's ``modelExec`` does it where the model runs
+  inside EngineCore).
+* ``record_function_or_nullcontext(tag)``, which model runners wrap their phases in (vLLM's
+  since 0.10.2, vllm-ascend's since 0.15): a span per phase around the ``with`` block, named as
+  msserviceprofiler names them (:data:`RUNNER_PHASES`: ``prepare input``, ``forward``, ``post
+  process``, ``sample_token``, ``draft_token``, and vllm-ascend's EPLB and async-state phases;
+  vLLM's own tags map to the same names). ``forward`` carries the step's ``ms.rid`` and is
+  synchronised on NPU. Other tags pass through unrecorded. Hooked in the runner's module (the
+  name the runner looks up), not where it is defined.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
-from otel_vllm_ascend import contract, recorder, samplers, wrapping
-from otel_vllm_ascend.handlers import common
+from otel_vllm_ascend import contract, control, recorder, samplers, wrapping
+from otel_vllm_ascend.handlers import common, meta, spec_decode
 
 DOMAIN = "Execute"
 
 _npu_synchronize: Optional[Callable[[], None]] = None
 _npu_checked = False
+_engine_steps_here = False  # modelExec ran in this process (the model runs inside EngineCore)
+_step_request_ids: List[str] = []  # the model runner's current step, for its forward phase
 
 
 def npu_synchronize() -> Optional[Callable[[], None]]:
@@ -45,10 +63,12 @@ def npu_synchronize() -> Optional[Callable[[], None]]:
 
 
 def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
+    global _engine_steps_here
     scheduler_output = args[0] if args else kwargs.get("scheduler_output")
     total_tokens = int(getattr(scheduler_output, "total_num_scheduled_tokens", 0) or 0)
-    if total_tokens <= 0:
+    if total_tokens <= 0 or not control.engine_step(scheduler_output):
         return None
+    _engine_steps_here = True
     common.ensure_role("engine_core")
     samplers.profiler_step()
     batch = common.describe_batch(scheduler_output)
@@ -127,3 +147,95 @@ def capture_async(original: Any, this: Any, duration_tag: Any = None, *args: Any
                              exception=error, thread_id=tid)
 
     return wrapping.DelegatingContext(manager, on_exit)
+
+
+# -- the model runner (Worker) -----------------------------------------------------------------
+
+def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
+    global _step_request_ids
+    spec_decode.begin_step()
+    scheduler_output = args[0] if args else kwargs.get("scheduler_output")
+    request_ids = list(getattr(scheduler_output, "num_scheduled_tokens", None) or ())
+    _step_request_ids = request_ids
+    if not request_ids:
+        return None
+    common.ensure_role("worker")
+    meta.record_worker_dp_rank(this)
+    if not _engine_steps_here:
+        samplers.profiler_step()
+    return request_ids, time.time_ns(), threading.get_native_id()
+
+
+def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
+                  error: Optional[BaseException]) -> None:
+    request_ids, start, tid = state
+    attributes = {contract.DOMAIN: DOMAIN, contract.RID: request_ids}
+    accepted = spec_decode.step_acceptance()
+    if accepted:
+        attributes["spec_decode_accepted_by_req"] = recorder.Deferred(json.dumps, accepted)
+    recorder.record_span("modelRunnerExec", start, time.time_ns(), attributes, exception=error,
+                         thread_id=tid)
+
+
+execute_model_runner = wrapping.AroundHandler(
+    _runner_before, _runner_after, "execute_model_runner",
+    "Model runner ``execute_model(scheduler_output)``: span ``modelRunnerExec``.",
+    after_errors=True)
+
+
+# msserviceprofiler's phase names, by the tag the runner passes: vllm-ascend's own tags, then
+# vLLM's for the same phases (0.10.2-0.11.0 capitalised, then prefixed "gpu_model_runner: ").
+RUNNER_PHASES = {
+    **{name: name for name in ("prepare input", "forward", "post process", "sample_token",
+                               "draft_token", "EPLB weight D2D", "EPLB update",
+                               "async_state_update")},
+    "Preprocess": "prepare input", "Forward": "forward", "Postprocess": "post process",
+    "Sample": "sample_token", "Draft": "draft_token",
+    "gpu_model_runner: preprocess": "prepare input",
+    "gpu_model_runner: forward": "forward",
+    "gpu_model_runner: postprocess": "post process",
+    "gpu_model_runner: sample": "sample_token",
+    "gpu_model_runner: draft": "draft_token",
+}
+
+
+def record_function_or_nullcontext(original: Any, this: Any, name: Any = None, *args: Any,
+                                   **kwargs: Any) -> Any:
+    """``record_function_or_nullcontext(name)`` of a model runner: a span per known phase."""
+    manager = original(name, *args, **kwargs)
+    phase = RUNNER_PHASES.get(name) if type(name) is str else None
+    if phase is None:
+        return manager
+    common.ensure_role("worker")
+    attributes: dict = {contract.DOMAIN: DOMAIN}
+    synchronize = None
+    if phase == "forward":
+        if _step_request_ids:
+            attributes[contract.RID] = _step_request_ids
+        synchronize = npu_synchronize()
+        if synchronize is not None:
+            synchronize()
+    start = time.time_ns()
+    tid = threading.get_native_id()
+
+    def on_exit(error: Optional[BaseException]) -> None:
+        if synchronize is not None:
+            synchronize()
+        recorder.record_span(phase, start, time.time_ns(), attributes, exception=error,
+                             thread_id=tid)
+
+    return _hand_back(original, wrapping.DelegatingContext(manager, on_exit))
+
+
+def _hand_back(original: Any, delegate: wrapping.DelegatingContext) -> Any:
+    """Make the hook return ``delegate`` (transparent around the original's context manager).
+
+    The hook wrapper of a plain function returns what the guarded original returned, not the
+    handler's value (it takes a returned DelegatingContext only from ``@contextmanager``
+    targets); ``record_function_or_nullcontext`` is a plain function returning a context
+    manager, so the delegate replaces the result the guarded original hands back. Called
+    directly (tests, other frameworks), the returned delegate is what counts.
+    """
+    if isinstance(original, wrapping.GuardedOriginal) and original.result is delegate.target:
+        original.result = delegate
+    return delegate

@@ -68,7 +68,7 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
     running_before, waiting_before, kv_before, start, tid = state
     batch = common.describe_batch(output, getattr(this, "requests", None))
     request_ids = batch.request_ids
-    if not request_ids:
+    if not request_ids or not control.engine_step(output):  # profiler_step_num reached
         return
     events = []
     for queue_name, before, after in ((RUNNING, running_before, list(this.running)),

@@ -415,7 +415,8 @@ def test_default_file_handlers_are_builtins():
     handlers = {spec.handler for spec in result.specs if spec.handler}
     assert handlers <= set(BUILTIN_HANDLERS.values())
     assert {spec.domain for spec in result.specs} <= {
-        "Engine", "Schedule", "Schedule.KVCache", "Execute", "ModelExecute", "Default"}
+        "Engine", "Schedule", "Schedule.KVCache", "Execute", "ModelExecute", "KVTransfer",
+        "Default"}
 
 
 def test_unusable_user_file_falls_back_to_the_packaged_default(tmp_path, caplog):
