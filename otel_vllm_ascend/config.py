@@ -27,6 +27,8 @@ import threading
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
+from otel_vllm_ascend import file_safety
+
 _logger = logging.getLogger(__name__)
 
 CONFIG_PATH_ENV = "SERVICE_PROF_CONFIG_PATH"
@@ -298,6 +300,11 @@ def parse_config(data: Any, path: str = "<config>") -> Tuple[ProfilerConfig, Lis
 
 
 def _read(path: str) -> Tuple[ProfilerConfig, List[str]]:
+    if os.path.lexists(path):
+        try:
+            file_safety.check(path, "profiler config")
+        except file_safety.UnsafeFileError as exc:
+            return ProfilerConfig(), [f"{exc}; collection stays off"]
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()

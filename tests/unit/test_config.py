@@ -202,7 +202,8 @@ def test_unusable_document_keeps_collection_off(tmp_path, caplog, text, reason):
 def test_unreadable_path_keeps_collection_off(tmp_path, caplog):
     config = load_config(str(tmp_path))  # a directory
     messages = warnings_of(caplog)
-    assert len(messages) == 1 and "cannot read the profiler config" in messages[0]
+    assert len(messages) == 1 and "is not a regular file" in messages[0]
+    assert "collection stays off" in messages[0]
     assert config.enable is False
 
 

@@ -100,3 +100,19 @@ def test_handler_files_are_checked_before_any_of_them_runs(tmp_path, monkeypatch
     (package / "mine.py").chmod(0o644)
     assert callable(installer.resolve_handler("site_handlers_pkg.mine:handler"))
     assert marker.exists()
+
+
+def test_an_unsafe_profiler_config_keeps_collection_off(tmp_path, caplog):
+    from otel_vllm_ascend.config import ConfigFile
+
+    path = tmp_path / "ms_service_profiler_config.json"
+    path.write_text('{"enable": 1, "prof_dir": "/tmp/somewhere"}\n')
+    path.chmod(0o646)
+    watched = ConfigFile(str(path))
+    assert not watched.current.enable
+    messages = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert len(messages) == 1 and "writable by group or others" in messages[0]
+    assert "collection stays off" in messages[0]
+    path.chmod(0o644)
+    path.write_text('{"enable": 1, "prof_dir": "/tmp/somewhere"}\n ')
+    assert watched.poll() is not None and watched.current.enable
