@@ -32,7 +32,7 @@ PHASES = {"prepare input", "forward", "post process"}
 SETTLE_S = 3.0
 
 
-def _serve(tiny_model, work: Path, symbols_file: "Path | None") -> dict:
+def _serve(tiny_model, work: Path, symbols_file: Path | None) -> dict:
     home = work / "home"
     home.mkdir(parents=True)
     env = {"HOME": str(home), "PROFILING_SYMBOLS_PATH": ""}
