@@ -1,4 +1,4 @@
-"""Built-in handlers for vLLM V1 (and vllm-ascend), named in the default symbol YAML.
+"""Built-in handlers for vLLM V1, V0 (``v0_*``) and vllm-ascend, named in the default symbol YAML.
 
 Every handler has the custom-handler signature ``handler(original, this, *args, **kwargs)``:
 it calls ``original(*args, **kwargs)`` exactly once and returns its result. Those of sync hot
@@ -10,8 +10,11 @@ msserviceprofiler's handler paths (``msserviceprofiler.vllm_profiler.vllm_v1.<fi
 as its packaged YAML and the file vllm-ascend writes name them) resolve through
 :data:`REFERENCE_HANDLER_ALIASES` to the built-in that writes the same records, whether or not
 msserviceprofiler is installed: its own handlers write through CANN's library, not
-OpenTelemetry. Paths with no equivalent are listed in :data:`REFERENCE_HANDLERS_WITHOUT_EQUIVALENT`
-(and every ``vllm_v0`` path); :func:`reference_handler_gap` gives the reason to report.
+OpenTelemetry. Its V0-engine handlers (``...vllm_v0.<file>:<function>`` and
+``ms_service_profiler.patcher.vllm.handlers.v0.<file>:<function>``) map to the ``v0_*``
+built-ins (``handlers/v0_*.py``). Paths with no equivalent are listed in
+:data:`REFERENCE_HANDLERS_WITHOUT_EQUIVALENT`; :func:`reference_handler_gap` gives the reason to
+report.
 """
 
 _MODULE = "otel_vllm_ascend.handlers"
@@ -34,11 +37,36 @@ BUILTIN_HANDLERS = {
     "capture_async": f"{_MODULE}.model:capture_async",
     "init_data_parallel": f"{_MODULE}.meta:init_data_parallel",
     "shutdown_grace": f"{_MODULE}.lifecycle:shutdown_grace",
+    # vLLM's V0 engine (handlers/v0_*.py)
+    "v0_generate": f"{_MODULE}.v0_request:generate",
+    "v0_request_output": f"{_MODULE}.v0_request:request_output",
+    "v0_add_request": f"{_MODULE}.v0_request:add_request",
+    "v0_add_processed_request": f"{_MODULE}.v0_request:add_processed_request",
+    "v0_process_model_outputs": f"{_MODULE}.v0_request:process_model_outputs",
+    "v0_schedule": f"{_MODULE}.v0_scheduler:schedule",
+    "v0_queue_changes": f"{_MODULE}.v0_scheduler:queue_changes_handler",
+    "v0_add_seq_group": f"{_MODULE}.v0_scheduler:add_seq_group",
+    "v0_add_seq_group_to_running": f"{_MODULE}.v0_scheduler:add_seq_group_to_running",
+    "v0_add_seq_group_to_swapped": f"{_MODULE}.v0_scheduler:add_seq_group_to_swapped",
+    "v0_allocate_and_set_running": f"{_MODULE}.v0_scheduler:allocate_and_set_running",
+    "v0_preempt_by_recompute": f"{_MODULE}.v0_scheduler:preempt_by_recompute",
+    "v0_swap_out": f"{_MODULE}.v0_scheduler:swap_out",
+    "v0_swap_in": f"{_MODULE}.v0_scheduler:swap_in",
+    "v0_free_finished_seq_groups": f"{_MODULE}.v0_scheduler:free_finished_seq_groups",
+    "v0_abort_seq_group": f"{_MODULE}.v0_scheduler:abort_seq_group",
+    "v0_allocate": f"{_MODULE}.v0_kvcache:allocate",
+    "v0_append_slots": f"{_MODULE}.v0_kvcache:append_slots",
+    "v0_kv_swap_out": f"{_MODULE}.v0_kvcache:swap_out",
+    "v0_kv_swap_in": f"{_MODULE}.v0_kvcache:swap_in",
+    "v0_free": f"{_MODULE}.v0_kvcache:free",
+    "v0_execute_model": f"{_MODULE}.v0_model:execute_model",
+    "v0_model_runner_execute": f"{_MODULE}.v0_model:model_runner_execute",
 }
 
 
 _REF_V1 = "msserviceprofiler.vllm_profiler.vllm_v1"
 _REF_V0 = "msserviceprofiler.vllm_profiler.vllm_v0."
+_REF_V0_PATCHER = "ms_service_profiler.patcher.vllm.handlers.v0."
 _COMPAT = f"{_MODULE}.compat_extra"
 
 # msserviceprofiler handler path -> our "module:function" with the same records.
@@ -58,6 +86,43 @@ REFERENCE_HANDLER_ALIASES = {
     f"{_REF_V1}.meta_hookers:init_data_parallel": BUILTIN_HANDLERS["init_data_parallel"],
 }
 
+# msserviceprofiler's V0 handlers, by (module in the 1.x layout, module in the 26.x layout,
+# function) -> our built-in short name. Both layouts name the same functions.
+_V0_HANDLERS = {
+    ("batch_hookers", "batch_handlers", "schedule"): "v0_schedule",
+    ("batch_hookers", "batch_handlers", "schedule_default"): "v0_queue_changes",
+    ("batch_hookers", "batch_handlers", "schedule_chunked_prefill"): "v0_queue_changes",
+    ("batch_hookers", "batch_handlers", "schedule_priority_preemption"): "v0_queue_changes",
+    ("batch_hookers", "batch_handlers", "add_seq_group"): "v0_add_seq_group",
+    ("batch_hookers", "batch_handlers", "add_seq_group_to_running"):
+        "v0_add_seq_group_to_running",
+    ("batch_hookers", "batch_handlers", "add_seq_group_to_swapped"):
+        "v0_add_seq_group_to_swapped",
+    ("batch_hookers", "batch_handlers", "allocate_and_set_running"):
+        "v0_allocate_and_set_running",
+    ("batch_hookers", "batch_handlers", "preempt_by_recompute"): "v0_preempt_by_recompute",
+    ("batch_hookers", "batch_handlers", "swap_in"): "v0_swap_in",
+    ("batch_hookers", "batch_handlers", "swap_out"): "v0_swap_out",
+    ("batch_hookers", "batch_handlers", "free_finished_seq_groups"):
+        "v0_free_finished_seq_groups",
+    ("batch_hookers", "batch_handlers", "abort_seq_group"): "v0_abort_seq_group",
+    ("batch_hookers", "batch_handlers", "add_processed_request"): "v0_add_processed_request",
+    ("kvcache_hookers", "kvcache_handlers", "allocate"): "v0_allocate",
+    ("kvcache_hookers", "kvcache_handlers", "append_slots"): "v0_append_slots",
+    ("kvcache_hookers", "kvcache_handlers", "swap_in"): "v0_kv_swap_in",
+    ("kvcache_hookers", "kvcache_handlers", "swap_out"): "v0_kv_swap_out",
+    ("kvcache_hookers", "kvcache_handlers", "free"): "v0_free",
+    ("model_hookers", "model_handlers", "handle_execute_model"): "v0_execute_model",
+    ("model_hookers", "model_handlers", "execute_model"): "v0_model_runner_execute",
+    ("request_hookers", "request_handlers", "add_request_063"): "v0_add_request",
+    ("request_hookers", "request_handlers", "add_request_084"): "v0_add_request",
+    ("request_hookers", "request_handlers", "add_request_async"): "add_request_async",
+    ("request_hookers", "request_handlers", "process_model_outputs"): "v0_process_model_outputs",
+}
+for (_old, _new, _function), _short in _V0_HANDLERS.items():
+    REFERENCE_HANDLER_ALIASES[f"{_REF_V0}{_old}:{_function}"] = BUILTIN_HANDLERS[_short]
+    REFERENCE_HANDLER_ALIASES[f"{_REF_V0_PATCHER}{_new}:{_function}"] = BUILTIN_HANDLERS[_short]
+
 # msserviceprofiler handler paths we deliberately do not map, and why (entries are skipped).
 REFERENCE_HANDLERS_WITHOUT_EQUIVALENT = {
     f"{_REF_V1}.kvcache_hookers:allocate_slots": (
@@ -67,15 +132,33 @@ REFERENCE_HANDLERS_WITHOUT_EQUIVALENT = {
         "msserviceprofiler ships this hook commented out; its span only repeats the "
         "modelRunnerExec / forward timing; no equivalent"),
 }
-_V0_REASON = ("handler for vLLM's V0 engine, which the vLLM versions this project supports no "
-              "longer have; no equivalent")
+_V0_WITHOUT_EQUIVALENT = {
+    ("kvcache_hookers", "kvcache_handlers", "get_stats"): (
+        "its GetCacheHitRate record carries the GPU cache usage, not a hit rate; every "
+        "scheduling step's KVCacheStatus carries the usage and Allocate the prefix-cache hit "
+        "rate; no equivalent"),
+    ("model_hookers", "model_handlers", "begin_forward"): (
+        "it only prepares msserviceprofiler's forward span, which repeats the "
+        "modelRunnerExec timing; no equivalent"),
+    ("model_hookers", "model_handlers", "set_forward_context"): (
+        "its forward span repeats the modelRunnerExec timing; no equivalent"),
+    ("request_hookers", "request_handlers", "validate_output"): (
+        "it hooks vLLM 0.6.3 only, which this project does not run; the API server's httpRes "
+        "(v0_request_output) records the same; no equivalent"),
+}
+for (_old, _new, _function), _why in _V0_WITHOUT_EQUIVALENT.items():
+    REFERENCE_HANDLERS_WITHOUT_EQUIVALENT[f"{_REF_V0}{_old}:{_function}"] = _why
+    REFERENCE_HANDLERS_WITHOUT_EQUIVALENT[f"{_REF_V0_PATCHER}{_new}:{_function}"] = _why
+_V0_REASON = ("msserviceprofiler V0 handler this project does not know (its V0 handlers are "
+              "mapped in otel_vllm_ascend.handlers._V0_HANDLERS); no equivalent")
 
 
 def reference_handler_gap(handler: str) -> "str | None":
     """Why a msserviceprofiler handler path has no built-in equivalent, or None if it has one
     (or is not one of msserviceprofiler's paths). The entry naming it is to be skipped."""
     reason = REFERENCE_HANDLERS_WITHOUT_EQUIVALENT.get(handler)
-    if reason is None and handler.startswith(_REF_V0):
+    if reason is None and handler.startswith((_REF_V0, _REF_V0_PATCHER)) \
+            and handler not in REFERENCE_HANDLER_ALIASES:
         reason = _V0_REASON
     return reason
 
