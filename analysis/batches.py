@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
-from otel_vllm_ascend.analysis.kvcache import REQUEST_KV_NAMES, RELEASE_NAMES, build_kvcache
+from otel_vllm_ascend.analysis.kvcache import RELEASE_NAMES, REQUEST_KV_NAMES, build_kvcache
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
 BATCH_COLUMNS = (

@@ -20,10 +20,9 @@ installed version (:mod:`otel_vllm_ascend.versions`), ``VLLM_USE_V1`` and the pl
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from typing import Iterable, List, NamedTuple, Optional, Tuple
-
-import importlib.metadata
 
 from otel_vllm_ascend.versions import installed_vllm_version, is_untagged, parse_release
 
@@ -87,8 +86,8 @@ def symbol_engine(module: str) -> Optional[str]:
     return None
 
 
-def idle_entries(engine: "Engine", symbols: Iterable[str],
-                 missing: Iterable["MissingRecord"] = ()) -> Optional[str]:
+def idle_entries(engine: Engine, symbols: Iterable[str],
+                 missing: Iterable[MissingRecord] = ()) -> Optional[str]:
     """One sentence naming the entries that cannot fire on the engine in use, when the symbol
     file is meant for the other engine: it has entries of the other engine only, or the
     engine in use misses records (``missing``, from :func:`missing_records`). None for a file

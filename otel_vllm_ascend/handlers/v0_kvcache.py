@@ -31,7 +31,7 @@ from otel_vllm_ascend.handlers.v0_common import KV_CACHE, request_id_of
 from otel_vllm_ascend.handlers.v0_scheduler import kv_pool
 
 # sequence id -> request id (bounded; dropped when the sequence is freed)
-_requests_of_seqs: "OrderedDict[int, str]" = OrderedDict()
+_requests_of_seqs: OrderedDict[int, str] = OrderedDict()
 
 
 def _remember(seq_group: Any) -> Optional[str]:

@@ -49,7 +49,7 @@ from otel_vllm_ascend.handlers.v0_common import (
 _QUEUES = ((RUNNING, "running"), (WAITING, "waiting"), (SWAPPED, "swapped"))
 
 # request id -> steps it was scheduled in so far (bounded; finished requests are dropped).
-_iterations: "OrderedDict[str, int]" = OrderedDict()
+_iterations: OrderedDict[str, int] = OrderedDict()
 _in_schedule = threading.local()
 
 
@@ -298,10 +298,13 @@ free_finished_seq_groups = wrapping.AroundHandler(
 def _abort_before(this: Any, args: tuple, kwargs: dict) -> Optional[list]:
     wanted = args[0] if args else kwargs.get("request_id")
     ids = {wanted} if isinstance(wanted, str) else set(wanted or ())
+    # n > 1: each sample is its own group ("<id>_parallel_sample_<k>"), mapped to its request
+    groups = (args[1] if len(args) > 1 else kwargs.get("seq_id_to_seq_group")) or {}
     found = []
     for name, attr in _QUEUES:
         for group in getattr(this, attr):
-            if group.request_id in ids:
+            parent = groups.get(group.request_id)
+            if group.request_id in ids or getattr(parent, "group_id", None) in ids:
                 found.append((group.request_id, name))
     return found or None
 

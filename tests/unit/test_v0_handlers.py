@@ -221,8 +221,9 @@ def test_allocate_and_prefix_cache_hit_rate(capture):
 
 
 def test_model_exec_shares_the_steps_details(capture):
-    from otel_vllm_ascend.handlers import v0_model
     from vllm.sequence import ExecuteModelRequest
+
+    from otel_vllm_ascend.handlers import v0_model
 
     scheduler = _scheduler()
     scheduler.add_seq_group(_group("r1", 5, 1))
