@@ -57,8 +57,10 @@ def _pool_attributes(this: Any, request_id: Any, pool: Optional[tuple]) -> dict:
 
 
 def _free_blocks(this: Any) -> Optional[int]:
-    pool = kv_pool(this)
-    return None if pool is None else pool[1]
+    try:
+        return int(this.get_num_free_gpu_blocks())
+    except Exception:
+        return None
 
 
 def _pool_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
@@ -100,13 +102,12 @@ def _append_before(this: Any, args: tuple, kwargs: dict) -> Optional[int]:
 
 def _append_after(free_before: int, this: Any, args: tuple, kwargs: dict, result: Any,
                   error: Optional[BaseException]) -> None:
-    pool = kv_pool(this)
-    if pool is None:
-        return
-    allocated = free_before - pool[1]
+    free_after = _free_blocks(this)
+    allocated = free_before - free_after if free_after is not None else 0
     copies = len(result) if result else 0
     if allocated <= 0 and not copies:
         return
+    pool = kv_pool(this)
     seq = args[0] if args else kwargs.get("seq")
     seq_id = getattr(seq, "seq_id", None)
     attributes = _pool_attributes(this, _requests_of_seqs.get(seq_id, seq_id), pool)
