@@ -12,7 +12,8 @@ id mapping is needed):
   (``--disable-frontend-multiprocessing``), ``RequestTracker.process_request_output`` -> one
   ``detokenize`` per batch of outputs the API server hands to its requests (every request id of
   the batch), and ``httpRes`` per finished request with ``recvTokenSize=`` (prompt tokens) and
-  ``replyTokenSize=`` (generated tokens, all completions of the request).
+  ``replyTokenSize=`` (generated tokens, all completions of the request; added up over the
+  outputs when they are streamed as deltas).
 
 Engine side, for msserviceprofiler's V0 hook points (not in the default symbol file, where the
 API server records the same facts closer to the client):
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, List, Optional
 
 from otel_vllm_ascend import contract, control, recorder, wrapping
@@ -38,10 +40,35 @@ from otel_vllm_ascend.handlers import request as v1_request
 from otel_vllm_ascend.handlers.v0_common import REQUEST, WAITING
 
 
-def _arrival(request_id: Any, trace_headers: Any) -> None:
+class _Tally:
+    """Token counts of a request as its outputs reach the API server: with streaming
+    (``RequestOutputKind.DELTA``) each output holds only its new tokens and only the first one
+    the prompt's ids, so they are added up."""
+
+    __slots__ = ("prompt", "generated", "delta")
+
+    def __init__(self, delta: bool) -> None:
+        self.prompt = 0
+        self.generated = 0
+        self.delta = delta
+
+
+# request id -> its tally, from its arrival to its finish (bounded: aborted ones age out)
+_tallies: "OrderedDict[str, _Tally]" = OrderedDict()
+
+
+def _track(request_id: str, params: Any) -> None:
+    kind = getattr(getattr(params, "output_kind", None), "name", "")
+    _tallies[request_id] = _Tally(kind == "DELTA")
+    while len(_tallies) > common.MAX_TRACKED_REQUESTS:
+        _tallies.popitem(last=False)
+
+
+def _arrival(request_id: Any, trace_headers: Any, params: Any = None) -> None:
     """``httpReq`` and ``tokenize`` for a request handed to the engine now."""
     if not isinstance(request_id, str):
         return
+    _track(request_id, params)
     v0_common.engine_seen("api_server")
     # The caller's context: vLLM's trace_headers, else what the OpenAI server's
     # _get_trace_headers hook kept for this task (handlers/request.py).
@@ -68,8 +95,9 @@ def generate(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
     trace_headers, ...)``: returns vLLM's async generator unchanged."""
     request_id = args[2] if len(args) > 2 else kwargs.get("request_id")
     trace_headers = args[4] if len(args) > 4 else kwargs.get("trace_headers")
+    params = args[1] if len(args) > 1 else kwargs.get("sampling_params")
     if control.allows(REQUEST):
-        _arrival(request_id, trace_headers)
+        _arrival(request_id, trace_headers, params)
     return original(*args, **kwargs)
 
 
@@ -81,8 +109,9 @@ def add_request(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
     ``tokenize``."""
     request_id = args[0] if args else kwargs.get("request_id")
     trace_headers = kwargs.get("trace_headers")  # its position moved between releases
+    params = kwargs.get("params", args[2] if len(args) > 2 else None)
     if control.allows(REQUEST):
-        _arrival(request_id, trace_headers)
+        _arrival(request_id, trace_headers, params)
     return original(*args, **kwargs)
 
 
@@ -124,11 +153,23 @@ def generated_tokens(request_output: Any) -> int:
     return sum(len(completion.token_ids) for completion in request_output.outputs or ())
 
 
-def _finished(request_output: Any, request_id: str) -> None:
+def _count(request_output: Any, request_id: str) -> _Tally:
+    tally = _tallies.get(request_id)
+    if tally is None:  # arrived before recording started, or no arrival hook
+        tally = _tallies[request_id] = _Tally(False)
     prompt = getattr(request_output, "prompt_token_ids", None)
+    if prompt:
+        tally.prompt = len(prompt)
+    tokens = generated_tokens(request_output)
+    tally.generated = tally.generated + tokens if tally.delta else tokens
+    return tally
+
+
+def _finished(tally: _Tally, request_id: str) -> None:
+    _tallies.pop(request_id, None)
     attributes = {contract.DOMAIN: REQUEST, contract.RID: request_id,
-                  contract.METRIC_PREFIX + "recvTokenSize": len(prompt) if prompt else 0,
-                  contract.METRIC_PREFIX + "replyTokenSize": generated_tokens(request_output)}
+                  contract.METRIC_PREFIX + "recvTokenSize": tally.prompt,
+                  contract.METRIC_PREFIX + "replyTokenSize": tally.generated}
     recorder.record_event("httpRes", attributes, parent=common.request_contexts.pop(request_id))
 
 
@@ -142,8 +183,9 @@ def _output_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
         return
     v0_common.engine_seen("api_server")
     _batch.add(request_id)
+    tally = _count(request_output, request_id)
     if request_output.finished:
-        _finished(request_output, request_id)
+        _finished(tally, request_id)
 
 
 request_output = wrapping.AroundHandler(

@@ -287,3 +287,29 @@ def test_hooks_never_change_what_vllm_computes(capture):
     from otel_vllm_ascend import control
     control.stop()  # hooks off: one flag check per call
     assert run() == hooked
+
+
+def test_streamed_outputs_are_added_up(capture):
+    """With streaming (DELTA) each output carries its new tokens only, the prompt's ids only in
+    the first one: the finish record still has the whole counts."""
+    from vllm.sampling_params import RequestOutputKind
+
+    def delta(tokens, finished, first):
+        output = _output("cmpl-s", tokens, finished)
+        if not first:
+            output.prompt_token_ids = None
+        return output
+
+    async def serve():
+        tracker = RequestTracker()
+        params = SamplingParams(max_tokens=3, output_kind=RequestOutputKind.DELTA)
+        tracker.add_request("cmpl-s", verbose=False, prompt="x", params=params)
+        for index, finished in enumerate((False, False, True)):
+            tracker.process_request_output(delta(1, finished, index == 0))
+            await asyncio.sleep(0)
+
+    asyncio.run(serve())
+    [res] = capture.named("httpRes")
+    attrs = _attrs(res)
+    assert (attrs["ms.metric.recvTokenSize"], attrs["ms.metric.replyTokenSize"]) == (3, 3)
+    assert len(capture.named("detokenize")) == 3
