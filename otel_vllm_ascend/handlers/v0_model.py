@@ -32,8 +32,7 @@ def _step_of(request: Any) -> Optional[v0_scheduler.ScheduledStep]:
     total = 0
     for item in metadata:
         request_id = item.request_id
-        iteration = v0_scheduler._iterations.get(request_id, -1) + 1
-        v0_scheduler._iterations[request_id] = iteration
+        iteration = v0_scheduler.next_iteration(request_id)
         prefill = bool(item.is_prompt)
         has_prefill |= prefill
         has_decode |= not prefill

@@ -90,13 +90,11 @@ def describe_step(metadata: Any, scheduled: Any, num_tokens: int) -> ScheduledSt
     rows = []
     request_ids = []
     has_prefill = has_decode = False
-    iterations = _iterations
     for scheduled_group in scheduled:
         group = scheduled_group.seq_group
         request_id = group.request_id
         data = group.first_seq.data
-        iteration = iterations.get(request_id, -1) + 1
-        iterations[request_id] = iteration
+        iteration = next_iteration(request_id)
         if group.is_prefill():
             kind = common.PREFILL
             has_prefill = True
@@ -106,11 +104,18 @@ def describe_step(metadata: Any, scheduled: Any, num_tokens: int) -> ScheduledSt
         rows.append((request_id, iteration, kind, int(scheduled_group.token_chunk_size),
                      data.get_prompt_len(), data.get_num_computed_tokens()))
         request_ids.append(request_id)
-    while len(iterations) > common.MAX_TRACKED_REQUESTS:
-        iterations.popitem(last=False)
+    while len(_iterations) > common.MAX_TRACKED_REQUESTS:
+        _iterations.popitem(last=False)
     kind = "Prefill,Decode" if has_prefill and has_decode else (
         "Prefill" if has_prefill else ("Decode" if has_decode else ""))
     return ScheduledStep(metadata, request_ids, rows, kind, num_tokens)
+
+
+def next_iteration(request_id: str) -> int:
+    """Count one more step of the request; its ``iter`` in that step (from 0)."""
+    iteration = _iterations.get(request_id, -1) + 1
+    _iterations[request_id] = iteration
+    return iteration
 
 
 def forget(request_ids: Any) -> None:
