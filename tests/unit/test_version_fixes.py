@@ -251,10 +251,10 @@ def test_the_default_file_holds_both_engines_and_names_nothing_idle():
         assert engine.idle_entries(found, [s.symbol for s in symbols.specs], missing) is None
 
 
-def test_engine_unknown_without_vllm():
-    assert engine.detect(None, None).engine in (engine.V1, engine.UNKNOWN)
-    found = engine.Engine(None, engine.UNKNOWN, "vLLM is not installed here")
-    assert "not installed" in found.describe()
+def test_engine_unknown_without_vllm(monkeypatch):
+    monkeypatch.setattr(engine, "installed_vllm_version", lambda: None)
+    found = engine.detect(None, None)
+    assert found.engine == engine.UNKNOWN and "not installed" in found.describe()
 
 
 def test_missing_records_name_the_gate_and_the_engine():
@@ -336,7 +336,15 @@ def test_start_up_names_the_records_a_symbol_file_cannot_give(tmp_path, capture,
                                          symbols_path=str(symbols),
                                          config=ProfilerConfig(enable=True))
     lines = [r.getMessage() for r in caplog.records if "will be missing" in r.getMessage()]
+    idle = [r.getMessage() for r in caplog.records if "cannot fire here" in r.getMessage()]
     assert len(lines) == 1, lines
-    assert "V1 engine" in lines[0] and "model execution (modelExec)" in lines[0]
     assert "sampling (sample): " in lines[0] and "max_version 0.1" in lines[0]
-    assert "batch span" not in lines[0]
+    if engine.detect().engine == engine.V0:  # the installed vLLM runs V0 (0.8.x on CPU)
+        assert "V0 engine" in lines[0] and "batch span, queues and request states" in lines[0]
+        # The sampler entry is gated out; the scheduler entry is installed and idle.
+        assert len(idle) == 1 and idle[0].endswith(
+            "1 entry for vLLM's V1 engine, which cannot fire here: "
+            "vllm.v1.core.sched.scheduler:Scheduler.schedule")
+    else:
+        assert "V1 engine" in lines[0] and "model execution (modelExec)" in lines[0]
+        assert "batch span" not in lines[0] and not idle
