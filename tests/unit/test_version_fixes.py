@@ -21,6 +21,13 @@ from otel_vllm_ascend.handlers import common
 from otel_vllm_ascend.instrumentor import VllmServiceInstrumentor
 
 
+@pytest.fixture(autouse=True)
+def _engine_from_the_installation(monkeypatch):
+    """The version matrix runs these with the environment of its entry (VLLM_USE_V1=0 for
+    0.9.1-v0); the tests say which engine they mean themselves."""
+    monkeypatch.delenv("VLLM_USE_V1", raising=False)
+
+
 @dataclasses.dataclass
 class CachedRequestData091:
     """vLLM 0.9.x: one object per already-seen request (0.10 made it one object of lists)."""
