@@ -54,7 +54,7 @@ class _Tally:
 
 
 # request id -> its tally, from its arrival to its finish (bounded: aborted ones age out)
-_tallies: "OrderedDict[str, _Tally]" = OrderedDict()
+_tallies: OrderedDict[str, _Tally] = OrderedDict()
 
 
 def _track(request_id: str, params: Any) -> None:
