@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
-from otel_vllm_ascend.analysis.kvcache import build_kvcache
+from otel_vllm_ascend.analysis.kvcache import RELEASE_NAMES, REQUEST_KV_NAMES, build_kvcache
 from otel_vllm_ascend.analysis.spec_decode import (
     ACCEPTANCE_COLUMNS,
     build_spec_decode,
@@ -168,7 +168,9 @@ def _step_kv(steps: pd.DataFrame, kvcache: pd.DataFrame, start: np.ndarray,
     kv_hosts = kvcache["host"].to_numpy(dtype=object)
     kv_pids = kvcache["pid"].to_numpy()
     kv_start = kvcache["start_us"].to_numpy()
-    kv_status = (kvcache["name"] != "Free").to_numpy()
+    names_kv = kvcache["name"]
+    kv_status = (~names_kv.isin(REQUEST_KV_NAMES)).to_numpy()
+    kv_release = names_kv.isin(RELEASE_NAMES).to_numpy()
     freed = kvcache["blocks_freed"].to_numpy(dtype="float64")
     for host, pid in set(zip(hosts.tolist(), pids.tolist())):
         mine = np.flatnonzero((hosts == host) & (pids == pid))
@@ -187,7 +189,7 @@ def _step_kv(steps: pd.DataFrame, kvcache: pd.DataFrame, start: np.ndarray,
                 values = kvcache[name].to_numpy(dtype="float64")[pick]
                 out[name][mine] = np.where(ok, values, np.nan)
         # Blocks returned between the end of this step and the start of the next.
-        frees = np.flatnonzero(kv_mine & ~kv_status)
+        frees = np.flatnonzero(kv_mine & kv_release)
         cum = np.concatenate([[0.0], np.cumsum(freed[frees])])
         times = kv_start[frees]
         step_end = end[mine]

@@ -69,7 +69,8 @@ ROLE_WORKER = "worker"
 # Record names that tell which vLLM process wrote a capture without a Meta ``role`` row.
 _API_SERVER_NAMES = frozenset({"httpReq", "httpRes", "tokenize", "detokenize", "link"})
 _ENGINE_CORE_NAMES = frozenset({"batchFrameworkProcessing", "modelExec", "KVCacheStatus",
-                                "Enqueue", "Dequeue", "Free", "CacheHitRate"})
+                                "Enqueue", "Dequeue", "Free", "CacheHitRate", "Allocate",
+                                "AppendSlot", "SwapIn", "SwapOut", "ReqState"})
 _WORKER_NAMES = frozenset({"computing_logits", "sample", "modelRunnerExec", "forward",
                            "specDecoding"})
 

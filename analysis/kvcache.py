@@ -2,14 +2,17 @@
 
 Rows are the records of domain ``Schedule.KVCache`` / ``KVCache`` except ``CacheHitRate``: for
 vLLM, ``KVCacheStatus`` (after every scheduling step) and ``Free`` (a finished request's blocks
-returned). Per row:
+returned); on the V0 engine also ``Allocate`` (a prompt's blocks), ``AppendSlot`` (a block taken
+while decoding), ``SwapOut`` / ``SwapIn`` (a preempted request's blocks moved to CPU memory and
+back). Per row:
 
 * ``total_blocks``: ``TotalBlocks=``; ``Free`` rows carry none and take the process's last known
   total;
 * ``free_blocks``: ``FreeBlocks=`` (``FreeBlocksAfter=`` for MindIE), else ``deviceBlock=``;
 * ``used_blocks``: ``UsedBlocks=`` when given, else total − free;
 * ``blocks_allocated``: ``AllocatedBlocks=`` (MindIE: free before − free after, if positive);
-* ``blocks_freed``: rise of the free count since the process's previous KV row (``Free`` rows);
+* ``blocks_freed``: rise of the free count since the process's previous KV row (``Free`` and
+  ``SwapOut`` rows);
 * ``kvcache_usage_rate``: ``UsagePercent=`` as a fraction 0..1 (values above 1 are taken as
   percentages), else used / total.
 
@@ -25,6 +28,11 @@ import pandas as pd
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 
 KV_DOMAINS = ("Schedule.KVCache", "KVCache")
+# Records of blocks going back to the free pool: a finished request's (``Free``), a preempted
+# one's swapped out to CPU memory (V0 ``SwapOut``).
+RELEASE_NAMES = ("Free", "SwapOut")
+# Per-request records of the V0 engine; a step's pool state is its ``KVCacheStatus``.
+REQUEST_KV_NAMES = RELEASE_NAMES + ("Allocate", "AppendSlot", "SwapIn")
 KVCACHE_COLUMNS = ("domain", "name", "start_time", "total_blocks", "used_blocks", "free_blocks",
                    "blocks_allocated", "blocks_freed", "kvcache_usage_rate")
 EXTRA_COLUMNS = ("start_us", "host", "pid", "dp_rank")
@@ -61,7 +69,7 @@ def build_kvcache(frame: pd.DataFrame) -> pd.DataFrame:
     known_free = free_series.groupby(keys, sort=False).ffill()
     previous = known_free.groupby(keys, sort=False).shift(1).to_numpy()
     freed = np.clip(free - previous, 0, None)
-    is_free_row = (rows["name"] == "Free").to_numpy()
+    is_free_row = rows["name"].isin(RELEASE_NAMES).to_numpy()
     freed = np.where(is_free_row, np.nan_to_num(freed, nan=0.0), 0.0)
     allocated = np.where(is_free_row, 0.0, np.nan_to_num(allocated, nan=0.0))
     usage = np.where(usage > 1, usage / 100.0, usage)

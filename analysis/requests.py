@@ -22,6 +22,8 @@ the frame has already mapped through the link records. Columns (times in ms, dat
 ``partial``                 ``True`` when the capture lacks the request's ``httpReq`` or
                             ``httpRes`` (collection started or stopped while it ran); latencies
                             that need the missing record are left empty
+``preemptions``, ``swaps``  times the request was preempted / had its blocks swapped out (V0
+                            ``ReqState`` records, :mod:`.request_states`; 0 without them)
 ==========================  ======================================================================
 
 Rows are sorted by arrival. The frame returned also holds the internal columns listed in
@@ -37,12 +39,13 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
+from otel_vllm_ascend.analysis.request_states import request_state_counts
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
 REQUEST_COLUMNS = ("http_rid", "start_datetime", "recv_token_size", "reply_token_size",
                    "execution_time(ms)", "queue_wait_time(ms)", "first_token_latency(ms)",
                    "cache_hit_rate")
-REQUEST_EXTRA_COLUMNS = ("time_per_output_token(ms)", "partial")
+REQUEST_EXTRA_COLUMNS = ("time_per_output_token(ms)", "partial", "preemptions", "swaps")
 CSV_COLUMNS = REQUEST_COLUMNS + REQUEST_EXTRA_COLUMNS
 INTERNAL_COLUMNS = ("arrival_us", "enqueue_us", "first_scheduled_us", "first_token_us", "end_us",
                     "ttft_ms", "queue_wait_ms", "e2e_ms", "tpot_ms", "exec_ms", "prompt_tokens",
@@ -245,7 +248,10 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "_order": start.to_numpy(),
     })
     out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
-    return out
+    states = request_state_counts(rows)
+    for column in ("preemptions", "swaps"):
+        out[column] = out["http_rid"].map(states[column]).fillna(0).astype("int64")
+    return out[list(CSV_COLUMNS + INTERNAL_COLUMNS)]
 
 
 def token_times(frame: pd.DataFrame) -> pd.DataFrame:

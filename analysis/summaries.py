@@ -25,7 +25,8 @@ wait), ``input_token_num``, ``generated_token_num``, and beyond the reference
 requests), ``generate_token_speed (token/s)`` = generated / T and
 ``generate_all_token_speed (token/s)`` = (input + generated) / T with T = last ``httpRes`` −
 first ``httpReq`` in s; beyond the reference ``request_num``, ``complete_request_num``,
-``partial_request_num``, ``engine_step_num``, ``duration (s)``.
+``partial_request_num``, ``engine_step_num``, ``preemption_num``, ``swap_out_num`` (V0 engine
+request states, :mod:`.request_states`), ``duration (s)``.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ def batch_summary(batches: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
 
 
+def _total(requests: pd.DataFrame, column: str) -> int:
+    return int(requests[column].sum()) if column in requests and len(requests) else 0
+
+
 def service_summary(requests: pd.DataFrame, batches: Optional[pd.DataFrame] = None
                     ) -> pd.DataFrame:
     """``service_summary.csv`` rows (``Metric``, ``Value``)."""
@@ -157,6 +162,8 @@ def service_summary(requests: pd.DataFrame, batches: Optional[pd.DataFrame] = No
         ("complete_request_num", n_done),
         ("partial_request_num", total - n_done),
         ("engine_step_num", 0 if batches is None else len(batches)),
+        ("preemption_num", _total(requests, "preemptions")),
+        ("swap_out_num", _total(requests, "swaps")),
         ("duration (s)", duration),
     ]
     # Object column: counts stay integers, speeds stay floats.

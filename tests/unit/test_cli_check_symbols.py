@@ -180,7 +180,7 @@ def test_chained_entries_and_reference_paths(tmp_path, sample_package, capsys):
         - symbol: samplepkg.engine:Engine.run
           handler: {new}.model_handlers:execute_model
         - symbol: samplepkg.engine:Engine.stop
-          handler: msserviceprofiler.vllm_profiler.vllm_v0.batch_hookers:schedule
+          handler: msserviceprofiler.vllm_profiler.vllm_v0.model_hookers:begin_forward
         - symbol: samplepkg.engine:Engine.run
           handler: samplepkg.hooks:around
         - symbol: samplepkg.engine:Engine.pause
@@ -196,7 +196,7 @@ def test_chained_entries_and_reference_paths(tmp_path, sample_package, capsys):
         "resolves -> handler samplepkg.hooks:around, chained 2 of 3 (#1, #3, #5)")
     assert line_of(out, 5).endswith("resolves -> timer, chained 3 of 3 (#1, #3, #5)")
     assert "skipped, no equivalent: handler 'msserviceprofiler.vllm_profiler.vllm_v0." \
-           "batch_hookers:schedule': handler for vLLM's V0 engine" in line_of(out, 2)
+           "model_hookers:begin_forward': it only prepares" in line_of(out, 2)
     assert "-> " not in line_of(out, 2) and "-> " not in line_of(out, 4)
     assert "meta_handlers:make_stats': writes Prometheus metrics" in line_of(out, 4)
     problems = [line for line in out.splitlines() if line.startswith("problem: ")]

@@ -294,16 +294,42 @@ def test_files_of_the_reference_layout_also_get_its_newer_records(path, version,
                 and s.handler is None]) <= 1
 
 
-def test_vllm_v0_handlers_are_reported_and_skipped():
+def test_vllm_v0_handlers_map_to_the_v0_built_ins():
     loaded = _load(V0_YAML)
-    assert [spec.symbol for spec in loaded.specs] == ["vllm.v1.sample.sampler:Sampler.forward"]
-    assert loaded.specs[0].handler is None and loaded.specs[0].name == "sample"
-    assert len(loaded.problems) == 3
-    for problem, handler in zip(loaded.problems, [
-            "vllm_v0.batch_hookers:schedule", "vllm_v0.model_hookers:execute_model",
-            "vllm_v0.request_hookers:add_request_async"]):
-        assert handler in problem
-        assert "V0 engine" in problem and problem.endswith("entry skipped")
+    assert loaded.problems == []
+    assert [(spec.symbol, spec.handler) for spec in loaded.specs] == [
+        ("vllm.core.scheduler:Scheduler.schedule", BUILTIN_HANDLERS["v0_schedule"]),
+        ("vllm.worker.model_runner:ModelRunner.execute_model",
+         BUILTIN_HANDLERS["v0_model_runner_execute"]),
+        ("vllm.engine.async_llm_engine:AsyncLLMEngine.add_request",
+         BUILTIN_HANDLERS["add_request_async"]),
+        ("vllm.v1.sample.sampler:Sampler.forward", None)]
+
+
+V0_FUNCTIONS = {
+    "batch": ["schedule", "abort_seq_group", "allocate_and_set_running", "preempt_by_recompute",
+              "swap_in", "swap_out", "free_finished_seq_groups", "add_seq_group_to_running",
+              "schedule_priority_preemption", "schedule_default", "schedule_chunked_prefill",
+              "add_seq_group", "add_seq_group_to_swapped", "add_processed_request"],
+    "kvcache": ["allocate", "append_slots", "swap_in", "swap_out", "free", "get_stats"],
+    "model": ["handle_execute_model", "execute_model", "begin_forward", "set_forward_context"],
+    "request": ["add_request_063", "add_request_084", "add_request_async",
+                "process_model_outputs", "validate_output"],
+}
+
+
+@pytest.mark.parametrize("layout", ["msserviceprofiler.vllm_profiler.vllm_v0.{}_hookers",
+                                    "ms_service_profiler.patcher.vllm.handlers.v0.{}_handlers"])
+def test_every_reference_v0_handler_is_mapped_or_has_a_reason(layout):
+    for module, functions in V0_FUNCTIONS.items():
+        for function in functions:
+            path = f"{layout.format(module)}:{function}"
+            resolved, gap = resolve_builtin(path), reference_handler_gap(path)
+            assert (resolved is None) != (gap is None), path
+            if resolved is not None:
+                assert resolved in BUILTIN_HANDLERS.values(), path
+    unknown = layout.format("batch") + ":no_such_function"
+    assert resolve_builtin(unknown) is None and "no equivalent" in reference_handler_gap(unknown)
 
 
 def test_the_file_vllm_ascend_writes_is_picked_up_from_home(tmp_path, monkeypatch):
@@ -375,9 +401,13 @@ def test_short_names_and_our_own_paths_still_resolve():
     assert resolve_builtin("my_pkg.hooks:step") is None
     assert reference_handler_gap("my_pkg.hooks:step") is None
     assert handlers.reference_handler_gap(
-        "msserviceprofiler.vllm_profiler.vllm_v0.kvcache_hookers:free") is not None
-    assert "V0 engine" in handlers.reference_handler_gap(
-        "ms_service_profiler.patcher.vllm.handlers.v0.model_handlers:execute_model")
+        "msserviceprofiler.vllm_profiler.vllm_v0.kvcache_hookers:get_stats") is not None
+    assert handlers.reference_handler_gap(
+        "msserviceprofiler.vllm_profiler.vllm_v0.kvcache_hookers:free") is None
+    assert handlers.reference_handler_gap(
+        "ms_service_profiler.patcher.vllm.handlers.v0.model_handlers:execute_model") is None
+    assert handlers.reference_handler_gap(
+        "ms_service_profiler.patcher.vllm.handlers.v0.model_handlers:no_such_handler") is not None
     # 26.x's add_request writes Enqueue only; 1.x's also the ReqState increment
     assert resolve_builtin("ms_service_profiler.patcher.vllm.handlers.v1.batch_handlers:"
                            "add_request") == ADD_REQUEST

@@ -269,7 +269,8 @@ BAD_ENTRIES = [
      "handler 'ms_service_profiler.patcher.vllm.handlers.v1.x:y' is msserviceprofiler's and has "
      "no built-in equivalent", True),
     ("- {symbol: 'pkg.mod:f', handler: 'ms_service_profiler.patcher.vllm.handlers.v0."
-     "model_handlers:execute_model'}", "handler for vLLM's V0 engine", False),
+     "model_handlers:begin_forward'}", "repeats the modelRunnerExec timing; no equivalent",
+     False),
     ("- {symbol: 'pkg.mod:f', handler: 'ms_service_profiler.patcher.vllm.handlers.v1."
      "meta_handlers:make_stats'}", "writes Prometheus metrics", False),
     ("- {symbol: 'pkg.*.mod:*.f'}", "wildcard symbol 'pkg.*.mod:*.f' must look like "

@@ -21,6 +21,13 @@ from otel_vllm_ascend.handlers import common
 from otel_vllm_ascend.instrumentor import VllmServiceInstrumentor
 
 
+@pytest.fixture(autouse=True)
+def _engine_from_the_installation(monkeypatch):
+    """The version matrix runs these with the environment of its entry (VLLM_USE_V1=0 for
+    0.9.1-v0); the tests say which engine they mean themselves."""
+    monkeypatch.delenv("VLLM_USE_V1", raising=False)
+
+
 @dataclasses.dataclass
 class CachedRequestData091:
     """vLLM 0.9.x: one object per already-seen request (0.10 made it one object of lists)."""
@@ -172,17 +179,22 @@ def test_log_level_from_the_environment(monkeypatch):
 
 # -- engine and missing records -------------------------------------------------------------
 
-@pytest.mark.parametrize("version,use_v1,expected", [
-    ("0.32.0+cpu", None, engine.V1),
-    ("0.9.1", "0", engine.V0),
-    ("0.10.2", "0", engine.V0),
-    ("0.11.0", "0", engine.V1),  # no V0 worker any more: the variable has no effect
-    ("0.8.5", None, engine.V1),
-    ("0.7.3", None, engine.V0),
-    ("0.7.3", "1", engine.V1),
+@pytest.mark.parametrize("version,use_v1,platform,expected", [
+    ("0.32.0+cpu", None, None, engine.V1),
+    ("0.9.1", "0", "cuda", engine.V0),
+    ("0.9.1+cpu", None, None, engine.V1),
+    ("0.10.2", "0", "cuda", engine.V0),
+    ("0.11.0", "0", "cuda", engine.V1),  # no V0 worker any more: the variable has no effect
+    ("0.8.5", None, "cuda", engine.V1),
+    ("0.8.5", None, "cpu", engine.V0),  # V1 needs CUDA/TPU in 0.8.x: vLLM falls back to V0
+    ("0.8.5+cpu", None, None, engine.V0),
+    ("0.8.4", None, "npu", engine.V0),
+    ("0.8.5", "1", "cpu", engine.V1),
+    ("0.7.3", None, "cuda", engine.V0),
+    ("0.7.3", "1", "cuda", engine.V1),
 ])
-def test_engine_detection(version, use_v1, expected):
-    assert engine.detect(version, use_v1).engine == expected
+def test_engine_detection(version, use_v1, platform, expected):
+    assert engine.detect(version, use_v1, platform).engine == expected
 
 
 def test_unknown_engine_and_lines_outside_the_matrix_get_one_sentence_each():
@@ -192,28 +204,64 @@ def test_unknown_engine_and_lines_outside_the_matrix_get_one_sentence_each():
     assert "engine is unknown" in missing.reason
     assert engine.outside_checked_lines(engine.detect("0.11.0", None)) is None
     assert engine.outside_checked_lines(engine.detect("0.32.7", None)) is None
-    for version in ("0.8.5", "0.33.0", "1.0.0"):
+    assert engine.outside_checked_lines(engine.detect("0.8.5", "0")) is None
+    for version in ("0.8.4", "0.33.0", "1.0.0"):
         assert "outside the lines" in engine.outside_checked_lines(engine.detect(version, "1"))
 
 
-def test_check_symbols_names_engine_version_and_missing_records(tmp_path, capsys):
+def test_check_symbols_names_engine_version_and_missing_records(tmp_path, capsys,
+                                                               monkeypatch):
     from otel_vllm_ascend import cli
 
     symbols = tmp_path / "symbols.yaml"
     symbols.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"
                        "  handler: schedule\n")
-    cli.main(["check-symbols", "--symbols", str(symbols), "--vllm-version", "0.8.5"])
+    monkeypatch.setattr(engine, "installed_platform", lambda version=None: engine.CUDA)
+    cli.main(["check-symbols", "--symbols", str(symbols), "--vllm-version", "0.8.4"])
     out = capsys.readouterr().out
-    assert "vLLM version: 0.8.5; engine: V1 (the default)" in out
-    assert "note: vLLM 0.8.5 is outside the lines" in out
+    assert "vLLM version: 0.8.4; engine: V1 (the default)" in out
+    assert "note: vLLM 0.8.4 is outside the lines" in out
     assert "missing record: model execution (modelExec): no entry of the symbol file" in out
     assert "missing record: batch span" not in out
+    assert "cannot fire" not in out
 
 
-def test_engine_unknown_without_vllm():
-    assert engine.detect(None, None).engine in (engine.V1, engine.UNKNOWN)
-    found = engine.Engine(None, engine.UNKNOWN, "vLLM is not installed here")
-    assert "not installed" in found.describe()
+def test_check_symbols_names_the_v1_entries_that_cannot_fire_on_v0(tmp_path, capsys,
+                                                                    monkeypatch):
+    from otel_vllm_ascend import cli
+
+    symbols = tmp_path / "symbols.yaml"
+    symbols.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"
+                       "  handler: schedule\n"
+                       "- symbol: vllm.model_executor.layers.logits_processor:"
+                       "LogitsProcessor.forward\n  handler: compute_logits\n")
+    monkeypatch.setattr(engine, "installed_platform", lambda version=None: engine.CPU)
+    cli.main(["check-symbols", "--symbols", str(symbols), "--vllm-version", "0.8.5"])
+    out = capsys.readouterr().out
+    assert "engine: V0 (vLLM 0.8 runs V1 only on CUDA and TPU: on CPU it falls back" in out
+    [line] = [line for line in out.splitlines() if line.startswith("cannot fire:")]
+    assert line.endswith("1 entry for vLLM's V1 engine, which cannot fire here: "
+                         "vllm.v1.core.sched.scheduler:Scheduler.schedule")
+    assert "missing record: batch span, queues and request states" in out
+    assert "missing record: logits" not in out  # the logits processor serves both engines
+
+
+def test_the_default_file_holds_both_engines_and_names_nothing_idle():
+    from otel_vllm_ascend.symbols import load_symbols
+
+    for version, use_v1 in (("0.9.1", "0"), ("0.9.1", "1"), ("0.8.5", "0"), ("0.10.2", "0")):
+        found = engine.detect(version, use_v1, engine.CPU)
+        symbols = load_symbols(vllm_version=version)
+        available = [(engine.handler_short_name(s.handler), True, "") for s in symbols.specs]
+        missing = engine.missing_records(found, available)
+        assert [m.record for m in missing] == [engine.LIMITATIONS[0][0]], (version, use_v1)
+        assert engine.idle_entries(found, [s.symbol for s in symbols.specs], missing) is None
+
+
+def test_engine_unknown_without_vllm(monkeypatch):
+    monkeypatch.setattr(engine, "installed_vllm_version", lambda: None)
+    found = engine.detect(None, None)
+    assert found.engine == engine.UNKNOWN and "not installed" in found.describe()
 
 
 def test_missing_records_name_the_gate_and_the_engine():
@@ -228,7 +276,10 @@ def test_missing_records_name_the_gate_and_the_engine():
     assert "before 0.10.2" in older[0].reason
     assert "max_version 0.10" in missing[0].reason
     on_v0 = engine.missing_records(engine.detect("0.9.1", "0"), available)
-    assert len(on_v0) == len(engine.RECORDS) and "V0 engine" in on_v0[0].reason
+    # Only the logits processor and the sampler handlers serve both engines.
+    v0_lacking = [record for record, _ in engine.V0_RECORDS[:4]]
+    assert [m.record for m in on_v0] == [engine.LIMITATIONS[0][0]] + v0_lacking
+    assert all(m.reason == "no entry of the symbol file records it" for m in on_v0[1:])
 
 
 def test_default_symbol_file_misses_no_record_on_any_matrix_line():
@@ -292,7 +343,15 @@ def test_start_up_names_the_records_a_symbol_file_cannot_give(tmp_path, capture,
                                          symbols_path=str(symbols),
                                          config=ProfilerConfig(enable=True))
     lines = [r.getMessage() for r in caplog.records if "will be missing" in r.getMessage()]
+    idle = [r.getMessage() for r in caplog.records if "cannot fire here" in r.getMessage()]
     assert len(lines) == 1, lines
-    assert "V1 engine" in lines[0] and "model execution (modelExec)" in lines[0]
     assert "sampling (sample): " in lines[0] and "max_version 0.1" in lines[0]
-    assert "batch span" not in lines[0]
+    if engine.detect().engine == engine.V0:  # the installed vLLM runs V0 (0.8.x on CPU)
+        assert "V0 engine" in lines[0] and "batch span, queues and request states" in lines[0]
+        # The sampler entry is gated out; the scheduler entry is installed and idle.
+        assert len(idle) == 1 and idle[0].endswith(
+            "1 entry for vLLM's V1 engine, which cannot fire here: "
+            "vllm.v1.core.sched.scheduler:Scheduler.schedule")
+    else:
+        assert "V1 engine" in lines[0] and "model execution (modelExec)" in lines[0]
+        assert "batch span" not in lines[0] and not idle
