@@ -165,7 +165,11 @@ def _announce_missing_records(engine: Any, specs: Any, skipped: Any) -> None:
     available += [(engine_module.handler_short_name(s.handler), False, why)
                   for s, why in skipped]
     missing = engine_module.missing_records(engine, available)
-    idle = engine_module.idle_entries(engine, [s.symbol for s in specs], missing)
+    # Entries of the user's file only: those added from the packaged default hold both engines'.
+    from otel_vllm_ascend.symbols import PACKAGED_SYMBOLS
+
+    own = [s.symbol for s in specs if not s.source.startswith(f"{PACKAGED_SYMBOLS}#")]
+    idle = engine_module.idle_entries(engine, own or [s.symbol for s in specs], missing)
     if idle:
         _logger.warning("otel-vllm-ascend: %s", idle)
     if missing:
