@@ -37,6 +37,7 @@ from otel_vllm_ascend.analysis.frame import (
     guess_role,
     parse_message,
 )
+from otel_vllm_ascend.contract_message import message_dict, record_header
 
 _logger = logging.getLogger(__name__)
 
@@ -374,49 +375,22 @@ def _otlp_attributes(items: Any) -> dict[str, Any]:
 
 
 def span_message(name: str, attributes: dict[str, Any], default_type: Optional[int],
-                 inherited_domain: str = "") -> tuple[dict, Optional[int]]:
-    """Span-contract attributes -> the message dict the exporter would write, plus tid."""
-    message: dict[str, Any] = {"name": name}
-    domain = attributes.get(contract.DOMAIN, inherited_domain)
-    if domain:
-        message["domain"] = domain
+                 inherited_domain: Optional[str] = None) -> tuple[dict, Optional[int]]:
+    """Span-contract attributes -> the message dict the exporter would write, plus tid.
+
+    ``default_type`` is 2 for a span, 0 for a span event; a span's ``ms.record`` kind overrides
+    name and type as the exporter does. The mapping itself is ``contract_message``'s, shared
+    with the exporter's rules (tests/unit/test_contract_message.py).
+    """
     record = attributes.get(contract.RECORD)
-    rtype = attributes.get(contract.TYPE)
-    if rtype is None:
-        rtype = {contract.RECORD_LINK: 3, contract.RECORD_METRIC: None,
-                 contract.RECORD_EVENT: 0}.get(record, default_type) if record else default_type
-    if rtype is not None:
-        message["type"] = rtype
-    detail = attributes.get(contract.RID_DETAIL)
-    if isinstance(detail, str):
-        try:
-            detail = json.loads(detail)
-        except ValueError:
-            detail = None
-    if isinstance(detail, list) and detail:
-        message["rid"] = detail
-    elif contract.RID in attributes:
-        message["rid"] = attributes[contract.RID]
-    tid = None
-    for key, value in attributes.items():
-        if key.startswith("ms."):
-            if key.startswith(contract.METRIC_PREFIX):
-                message[key[len(contract.METRIC_PREFIX):] + "="] = value
-            elif key.startswith(contract.METRIC_INC_PREFIX):
-                message[key[len(contract.METRIC_INC_PREFIX):] + "+"] = value
-            elif key.startswith(contract.SCOPE_PREFIX):
-                message["scope#" + key[len(contract.SCOPE_PREFIX):]] = value
-            elif key == contract.LINK_FROM:
-                message["from"] = value
-            elif key == contract.LINK_TO:
-                message["to"] = value
-        elif key == contract.THREAD_ID:
-            try:
-                tid = int(value)
-            except (TypeError, ValueError):
-                tid = None
-        elif "." not in key:
-            message[key] = value
+    if record is not None:
+        name, default_type = record_header(record, name)
+    message = message_dict(name, default_type, attributes, inherited_domain)
+    tid = attributes.get(contract.THREAD_ID)
+    try:
+        tid = int(tid) if tid is not None else None
+    except (TypeError, ValueError):
+        tid = None
     return message, tid
 
 
@@ -505,7 +479,7 @@ def _add_otlp_span(span: dict, source: str, pid: int, proc: ProcessInfo,
                            if key.startswith(contract.META_PREFIX)})
         return
     message, tid = span_message(name, attributes, 2)
-    domain = message.get("domain", "")
+    domain = message.get("domain")
     tid = tid or 0
     for event in span.get("events") or []:
         event_attrs = _otlp_attributes(event.get("attributes"))

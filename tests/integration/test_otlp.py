@@ -140,6 +140,7 @@ with tracer.start_as_current_span("llm_request") as span:
 """ + RECORDS
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("order", ["ours-first", "vllm-first"])
 def test_coexists_with_vllm_own_tracing(tmp_path, order):
     """vLLM's --otlp-traces-endpoint set-up in the same process: no crash, no duplicates,

@@ -7,8 +7,10 @@ import sys
 import textwrap
 
 import pytest
+from vllm_tiers import needs_vllm
 
 from otel_vllm_ascend.cli import main
+from otel_vllm_ascend.versions import installed_vllm_version
 
 COMMAND = os.path.join(os.path.dirname(sys.executable), "otel-vllm-ascend")
 
@@ -242,6 +244,7 @@ def test_no_subcommand_prints_usage(capsys):
     assert "check-symbols" in capsys.readouterr().err
 
 
+@needs_vllm("0.12", what="the default file's gates: EngineCore.execute_model hooks end at 0.11")
 @pytest.mark.subprocess
 def test_installed_command_on_the_default_file_against_real_vllm(tmp_path):
     env = dict(os.environ, HOME=str(tmp_path), PYTHONWARNINGS="ignore")
@@ -250,7 +253,7 @@ def test_installed_command_on_the_default_file_against_real_vllm(tmp_path):
                           timeout=300)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
-    assert "(packaged default)" in out and "vLLM version: 0.32.0+cpu" in out
+    assert "(packaged default)" in out and f"vLLM version: {installed_vllm_version()}" in out
     statuses = {}
     for line in out.splitlines():
         if line.startswith("#"):

@@ -96,6 +96,7 @@ def hooked(tmp_path):
     instrumentor.uninstrument()
 
 
+@pytest.mark.vllm  # requests_of_vllm builds vLLM's real Request
 def test_add_request_writes_req_state_waiting_then_enqueue(hooked, requests_of_vllm):
     module, capture = hooked
     scheduler = module.Scheduler()
@@ -108,6 +109,7 @@ def test_add_request_writes_req_state_waiting_then_enqueue(hooked, requests_of_v
     assert rows[1]["QueueSize="] == 1 and rows[1]["scope#QueueName"] == "WAITING"
 
 
+@pytest.mark.vllm  # requests_of_vllm builds vLLM's real Request
 def test_free_request_writes_req_state_finished(hooked, requests_of_vllm):
     module, capture = hooked
     scheduler = module.Scheduler()
@@ -136,6 +138,7 @@ def test_process_inputs_writes_req_state_and_passes_errors_through(hooked):
     assert _messages(capture) == []  # a failed call is no request state
 
 
+@pytest.mark.vllm  # requests_of_vllm builds vLLM's real Request
 def test_new_layout_add_request_writes_enqueue_only(tmp_path, requests_of_vllm):
     """msserviceprofiler 26.x's batch_handlers:add_request (vllm-ascend 0.20 and later) dropped
     the ReqState increment: the entry of vllm-ascend 0.23's file writes Enqueue alone."""

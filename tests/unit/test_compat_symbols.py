@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from vllm_tiers import needs_vllm
 
 from otel_vllm_ascend import handlers, symbols
 from otel_vllm_ascend.handlers import (
@@ -443,6 +444,7 @@ def test_loading_a_file_never_imports_the_reference_handlers(tmp_path, monkeypat
 GONE_IN_VLLM_032 = {"vllm.v1.engine.processor:Processor.process_inputs"}
 
 
+@needs_vllm("0.32", "0.32", "which targets of each file exist in the 0.32 line")
 @pytest.mark.parametrize("path", [WHEEL_YAML, VLLM_ASCEND_YAML])
 def test_targets_are_checked_against_the_installed_vllm(path):
     from otel_vllm_ascend import symbol_check
@@ -464,6 +466,7 @@ def test_targets_are_checked_against_the_installed_vllm(path):
             assert status.status == symbol_check.RESOLVES, (symbol, status.reason)
 
 
+@needs_vllm("0.32", "0.32", "the multimodal models and gates of the 0.32 line")
 def test_newest_file_checked_against_the_installed_vllm():
     """vllm-ascend's newest file on vLLM 0.32: the wildcard finds vLLM's multimodal models
     (importing them all, as only check-symbols does), the chained entries are shown as such."""
@@ -488,6 +491,7 @@ def test_newest_file_checked_against_the_installed_vllm():
     assert statuses["20"].status == symbol_check.SKIPPED  # AsyncLLMEngine, up to 0.11.0
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("path, version", ALL_FILES[1:5],
                          ids=["0.12", "0.18", "0.23", "newest"])
 def test_check_symbols_shows_what_each_entry_of_each_release_becomes(path, version, capsys):

@@ -15,13 +15,17 @@ import time
 from concurrent.futures import Future
 
 import pytest
-import torch
 from runtime_helpers import Capture
+from vllm_tiers import skip_module_unless_vllm
 
 from otel_vllm_ascend import contract, recorder
 from otel_vllm_ascend.handlers import common, kvcache, meta, model, request, scheduler
 
-pytest.importorskip("vllm")
+# vLLM (and torch, which it brings) before anything of theirs: without them this module is
+# skipped at collection, not an error.
+pytest.importorskip("vllm", reason="needs vLLM's real classes (make test)")
+torch = pytest.importorskip("torch", reason="needs torch (comes with vLLM)")
+skip_module_unless_vllm("0.32", "vllm.v1.engine.input_processor and 0.32's class signatures")
 
 from vllm.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
 from vllm.v1.core.kv_cache_manager import KVCacheManager  # noqa: E402

@@ -345,8 +345,11 @@ def test_unusable_symbol_file_falls_back_to_packaged_default(tmp_path, caplog):
 
 
 def test_runtime_hooks_of_the_default_kept_with_a_user_symbol_file(tmp_path, monkeypatch):
+    from otel_vllm_ascend import symbols
     from otel_vllm_ascend.instrumentor import _load_specs
 
+    # The default's runtime hooks of the 0.32 line, whichever vLLM is installed.
+    monkeypatch.setattr(symbols, "installed_vllm_version", lambda: "0.32.0")
     monkeypatch.delenv("OTEL_VLLM_SHUTDOWN_GRACE_S", raising=False)
     user = tmp_path / "symbols.yaml"
     user.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"

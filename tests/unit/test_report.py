@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis_fixtures import simulate_service  # noqa: E402
 
 from otel_vllm_ascend.analysis import report as report_mod  # noqa: E402
+from otel_vllm_ascend.analysis import report_figures as figures_mod  # noqa: E402
 from otel_vllm_ascend.analysis.batches import build_batches  # noqa: E402
 from otel_vllm_ascend.analysis.kvcache import build_kvcache  # noqa: E402
 from otel_vllm_ascend.analysis.readers import read_captures  # noqa: E402
@@ -117,14 +118,14 @@ def test_headline_tiles_show_the_request_table_figures(analysed):
     p50, p99 = np.percentile(done["ttft_ms"].to_numpy(dtype=float), [50, 99])
     tile = re.search(r'Time to first token</div><div class="value">([^<]*)</div>'
                      r'<div class="note">([^<]*)</div>', text)
-    assert tile.group(1) == f"{report_mod._fmt(p50)} ms"
-    assert tile.group(2) == f"p50 · p99 {report_mod._fmt(p99)} ms"
+    assert tile.group(1) == f"{figures_mod.fmt_number(p50)} ms"
+    assert tile.group(2) == f"p50 · p99 {figures_mod.fmt_number(p99)} ms"
     requests_tile = re.search(r'Requests</div><div class="value">([^<]*)</div>', text)
     assert requests_tile.group(1) == "40"
     steps_tile = re.search(r'Engine steps</div><div class="value">([^<]*)</div>', text)
     assert steps_tile.group(1) == f"{len(batches):,}"
     peak = kvcache["kvcache_usage_rate"].max() * 100
-    assert f"{report_mod._fmt(peak)} %" in text
+    assert f"{figures_mod.fmt_number(peak)} %" in text
 
 
 def test_summary_tables_are_rendered_with_every_metric(analysed):
@@ -142,7 +143,7 @@ def test_summary_tables_are_rendered_with_every_metric(analysed):
 
 def test_queue_lengths_come_from_the_enqueue_dequeue_records(analysed):
     _, frame, *_ = analysed
-    queues = report_mod._queue_series(frame)
+    queues = figures_mod._queue_series(frame)
     assert set(queues) == {"waiting", "running"}
     rows = frame.loc[frame["name"].isin(["Enqueue", "Dequeue"])]
     waiting = [m["QueueSize"] for m, s in zip(rows["metrics"], rows["scopes"])
@@ -177,33 +178,33 @@ def test_a_failing_plot_leaves_a_note_and_the_rest_of_the_page(analysed, monkeyp
     def boom(*_):
         raise ValueError("synthetic failure")
 
-    monkeypatch.setattr(report_mod, "_steps_over_time", boom)
+    monkeypatch.setattr(report_mod, "steps_over_time", boom)
     text = report_mod.render_report(requests, batches, kvcache, summaries, frame)
     assert "Could not draw this section (ValueError: synthetic failure)." in text
     assert text.count("<svg") == 3
 
 
 def test_long_series_are_drawn_as_interval_means():
-    n = report_mod.MAX_POINTS * 3
+    n = figures_mod.MAX_POINTS * 3
     x = np.arange(n, dtype=float)
     y = np.where(np.arange(n) % 3 == 0, 9.0, 0.0)  # every interval: one 9 and two 0
-    centres, (mean,), (low,), (high,) = report_mod._binned(x, [y])
-    assert len(centres) == report_mod.MAX_POINTS
-    assert mean == pytest.approx(np.full(report_mod.MAX_POINTS, 3.0))
+    centres, (mean,), (low,), (high,) = figures_mod._binned(x, [y])
+    assert len(centres) == figures_mod.MAX_POINTS
+    assert mean == pytest.approx(np.full(figures_mod.MAX_POINTS, 3.0))
     assert (low == 0).all() and (high == 9).all()
-    short_x, (short,), _, _ = report_mod._binned(x[:10], [y[:10]])
+    short_x, (short,), _, _ = figures_mod._binned(x[:10], [y[:10]])
     assert short.tolist() == y[:10].tolist()
 
 
 def test_many_engine_steps_say_how_they_are_shown():
-    n = report_mod.MAX_POINTS + 500
+    n = figures_mod.MAX_POINTS + 500
     start = 1_764_400_000_000_000.0 + np.arange(n) * 5000.0
     batches = pd.DataFrame({"sched_start_us": start, "total_batch_size": 4.0,
                             "Prefill_batch_size": 1.0, "Decode_batch_size": 3.0,
                             "Prefill_scheduled_tokens": 30.0, "Decode_scheduled_tokens": 3.0,
                             "total_scheduled_tokens": 33.0})
     text = report_mod.render_report(pd.DataFrame(), batches, pd.DataFrame(), {})
-    assert f"{n:,} steps shown as {report_mod.MAX_POINTS:,} interval means" in text
+    assert f"{n:,} steps shown as {figures_mod.MAX_POINTS:,} interval means" in text
 
 
 def test_two_engines_get_one_series_each(tmp_path):
@@ -215,24 +216,57 @@ def test_two_engines_get_one_series_each(tmp_path):
     per_request = step_requests(steps)
     kvcache = build_kvcache(frame)
     batches = build_batches(frame, steps, per_request, kvcache)
-    queues = report_mod._queue_series(frame)
+    queues = figures_mod._queue_series(frame)
     assert set(queues) == {"waiting node-a 200", "running node-a 200", "waiting node-a 201",
                            "running node-a 201"}
-    svg = report_mod._steps_over_time(batches, float(frame["start_us"].min()))
+    svg = figures_mod.steps_over_time(batches, float(frame["start_us"].min()))
     # legend entries are real <text> (svg.fonttype none) naming each engine
     assert "node-a 200" in svg and "node-a 201" in svg
 
 
 def test_many_requests_are_drawn_as_an_embedded_bitmap_not_an_element_per_dot():
-    n = report_mod.SCATTER_VECTOR_LIMIT + 1000
+    n = figures_mod.SCATTER_VECTOR_LIMIT + 1000
     rng = np.random.default_rng(1)
     requests = pd.DataFrame({"arrival_us": 1.7e15 + np.arange(n) * 1e4,
                              "ttft_ms": rng.random(n) * 100, "e2e_ms": rng.random(n) * 1000,
                              "partial": False})
-    with matplotlib.rc_context(report_mod._STYLE):  # the page's style: text as <text>
-        svg = report_mod._latency_over_time(requests, 1.7e15)
-        small = report_mod._latency_over_time(requests.head(50), 1.7e15)
+    with matplotlib.rc_context(figures_mod.STYLE):  # the page's style: text as <text>
+        svg = figures_mod.latency_over_time(requests, 1.7e15)
+        small = figures_mod.latency_over_time(requests.head(50), 1.7e15)
     assert svg.count("data:image/png;base64,") == 2  # one bitmap per panel
     # tick marks are <use> elements too (about 30); dots would add one per request
     assert svg.count("<use") < 60
     assert "data:image/png" not in small and small.count("<use") >= 100  # 50 dots x 2
+
+
+# --- markup lives in analysis/templates/, figures apart from page assembly --------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "analysis" / "templates"
+
+
+def test_page_is_assembled_from_the_template_files(analysed):
+    _, frame, requests, batches, kvcache, summaries = analysed
+    text = report_mod.render_report(requests, batches, kvcache, summaries, frame)
+    assert (TEMPLATES / "report.css").read_text(encoding="utf-8") in text
+    page = (TEMPLATES / "report.html").read_text(encoding="utf-8")
+    assert text.startswith(page.split("${title}")[0])
+    markup = re.sub(r"<svg.*?</svg>", "", text, flags=re.S)
+    assert not re.search(r"\$\{?[A-Za-z_]", markup)  # every placeholder filled
+    parts = set(re.findall(r"<!-- part: (\w+) -->", (TEMPLATES / "report_parts.html").read_text()))
+    assert parts == set(report_mod._parts())
+
+
+def test_values_are_escaped_and_never_read_as_placeholders():
+    title = "a <b> & $body ${css}"
+    text = report_mod.render_report(None, None, None, {}, title=title)
+    assert "<title>a &lt;b&gt; &amp; $body ${css}</title>" in text
+    assert text.count("<style>") == 1  # ${css} in a value stays text
+
+
+def test_no_markup_in_python_and_no_page_assembly_in_the_figures():
+    for name in ("report.py", "report_figures.py"):
+        source = (ROOT / "analysis" / name).read_text(encoding="utf-8")
+        assert not re.search(r"<(div|section|table|tr|td|th|header|style|html|p)[ >]", source), name
+    figures = (ROOT / "analysis" / "report_figures.py").read_text(encoding="utf-8")
+    assert "html.escape" not in figures and "templates" not in figures.split('"""', 2)[2]

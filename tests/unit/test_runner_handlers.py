@@ -17,15 +17,19 @@ from itertools import chain
 
 import numpy as np
 import pytest
-import torch
 from runtime_helpers import Capture, instrument, spec
+from vllm_tiers import skip_module_unless_vllm
 
 from otel_vllm_ascend import contract, control, recorder
 from otel_vllm_ascend.config import ProfilerConfig
 from otel_vllm_ascend.exporters.message import span_to_records
 from otel_vllm_ascend.handlers import common, meta, model, spec_decode
 
-pytest.importorskip("vllm")
+# vLLM (and torch, which it brings) before anything of theirs: without them this module is
+# skipped at collection, not an error.
+pytest.importorskip("vllm", reason="needs vLLM's real classes (make test)")
+torch = pytest.importorskip("torch", reason="needs torch (comes with vLLM)")
+skip_module_unless_vllm("0.32", "0.32's model runner, sampler and spec-decode classes")
 
 import vllm.v1.worker.gpu_model_runner as gpu_model_runner  # noqa: E402
 from vllm.config import ParallelConfig  # noqa: E402

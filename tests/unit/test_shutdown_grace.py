@@ -16,7 +16,8 @@ from otel_vllm_ascend.config import ProfilerConfig
 from otel_vllm_ascend.instrumentor import VllmServiceInstrumentor
 from otel_vllm_ascend.symbols import load_symbols
 
-engine_utils = pytest.importorskip("vllm.v1.engine.utils")
+engine_utils = pytest.importorskip("vllm.v1.engine.utils",
+                                   reason="needs vLLM's real shutdown (make test)")
 
 
 def _run_shutdown(tmp_path, timeout):

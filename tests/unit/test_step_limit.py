@@ -20,7 +20,7 @@ from otel_vllm_ascend.config import parse_config, switch_off
 from otel_vllm_ascend.handlers import common
 from otel_vllm_ascend.instrumentor import VllmServiceInstrumentor
 
-pytest.importorskip("vllm")
+pytest.importorskip("vllm", reason="needs vLLM's real SchedulerOutput (make test)")
 
 from test_handlers import _request, _scheduler_output  # noqa: E402
 

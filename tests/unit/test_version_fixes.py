@@ -209,6 +209,7 @@ def test_unknown_engine_and_lines_outside_the_matrix_get_one_sentence_each():
         assert "outside the lines" in engine.outside_checked_lines(engine.detect(version, "1"))
 
 
+@pytest.mark.vllm
 def test_check_symbols_names_engine_version_and_missing_records(tmp_path, capsys,
                                                                monkeypatch):
     from otel_vllm_ascend import cli
@@ -330,6 +331,7 @@ def test_traceparent_reaches_add_request_from_a_streamed_generator():
     assert asyncio.run(generator.__anext__()) == "cmpl-abc-0"
 
 
+@pytest.mark.vllm
 def test_start_up_names_the_records_a_symbol_file_cannot_give(tmp_path, capture, caplog):
     symbols = tmp_path / "symbols.yaml"
     symbols.write_text("- symbol: vllm.v1.core.sched.scheduler:Scheduler.schedule\n"

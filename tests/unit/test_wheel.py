@@ -56,6 +56,9 @@ def test_wheel_holds_every_module_and_the_default_symbols(wheel):
                         f"{missing}"
     assert "otel_vllm_ascend/service_profiling_symbols.yaml" in names
     assert "otel_vllm_ascend/py.typed" in names
+    # report.html's markup (package data of the analysis package)
+    assert {f"otel_vllm_ascend/analysis/templates/{t.name}"
+            for t in (ROOT / "analysis" / "templates").iterdir()} <= names
     top_level = {name.split("/", 1)[0] for name in names}
     assert {t for t in top_level if not t.endswith(".dist-info")} == {"otel_vllm_ascend"}
 
