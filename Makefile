@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env test lint demo bench clean compat compat-all
+.PHONY: env test lint demo bench clean compat compat-all test-sdk-oldest
 # The older vLLM line `make test` also runs end to end (see docs/compatibility.md).
 CI_VLLM := 0.11.0
 
@@ -16,6 +16,10 @@ lint: env
 test: lint
 	$(PY) -m pytest tests -q
 	$(PY) tools/compat.py $(CI_VLLM) --no-record
+
+# The suites against the oldest OpenTelemetry SDK pyproject.toml accepts (`make test`: newest).
+test-sdk-oldest: env
+	bash tools/test_sdk_oldest.sh $(PY)
 
 # One vLLM line end to end in its own cached venv: make compat VLLM=0.9.1
 compat: env

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
@@ -53,7 +54,16 @@ from otel_vllm_ascend.thread_id import ThreadIdSpanProcessor
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
-_PLAIN_TYPES = (str, int, float, bool, type(None))  # None: the SDK keeps it too
+
+
+def _sdk_keeps_none() -> bool:
+    # SDK >= 1.45 keeps an attribute whose value is None; older ones drop it.
+    return "k" in BoundedAttributes(attributes={"k": None}, immutable=False)
+
+
+_NONE_TYPE = type(None)
+_KEEPS_NONE = _sdk_keeps_none()
+_PLAIN_TYPES = (str, int, float, bool) + ((_NONE_TYPE,) if _KEEPS_NONE else ())
 _new_row = tuple.__new__  # SpanRow without the generated constructor's keyword handling
 
 
@@ -238,6 +248,8 @@ def _clean(attributes: Any, limit: int, deferred: type) -> Optional[dict]:
             out[key] = value
         elif kind is list or kind is tuple:
             out[key] = tuple(value)
+        elif kind is _NONE_TYPE:
+            continue  # dropped, as this SDK's attribute cleaning drops it
         else:
             return None
     return out
