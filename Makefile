@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env test test-fast lint demo bench clean compat compat-all
+.PHONY: env test test-fast lint demo bench clean compat compat-all test-sdk-oldest
 # The older vLLM line `make test` also runs end to end (see docs/compatibility.md).
 CI_VLLM := 0.11.0
 
@@ -28,6 +28,10 @@ FAST_DEPS := $(if $(filter $(VENV)/bin/python,$(PY)),env,)
 test-fast: $(FAST_DEPS)
 	$(PY) -m ruff check otel_vllm_ascend exporters analysis tests benchmarks tools
 	$(PY) -m pytest tests/unit tests/integration -q -m "not vllm and not e2e"
+
+# The suites against the oldest OpenTelemetry SDK pyproject.toml accepts (`make test`: newest).
+test-sdk-oldest: env
+	bash tools/test_sdk_oldest.sh $(PY)
 
 # One vLLM line end to end in its own cached venv: make compat VLLM=0.9.1
 compat: env

@@ -10,7 +10,10 @@ msserviceprofiler's C library writes::
 so captures open in the Ascend tooling (``msserviceprofiler analyze``, MindStudio Insight) as
 well as in ``otel-vllm-analyze``. How spans become rows is described in
 ``otel_vllm_ascend.exporters.message`` and ``docs/span-contract.md``; the folder in
-``otel_vllm_ascend.exporters.session``.
+``otel_vllm_ascend.session``.
+
+It is an SDK ``SpanExporter`` (spans of any processor) and a collection
+:class:`~otel_vllm_ascend.record_sink.RecordSink` (the recorder's rows, no spans built).
 
 Use it by name::
 
@@ -23,7 +26,8 @@ Behaviour worth knowing:
   mode, one transaction per exported batch: whatever was exported survives ``kill -9``.
   ``force_flush``/``shutdown`` of the span processor write everything queued.
 * Spans that could not be written (read-only or full disk, a deleted folder, a symlink where the
-  file should be, which is refused) are dropped and counted in :attr:`dropped_spans`; one error
+  file should be, which is refused) are dropped and counted (:attr:`dropped_spans` for this
+  exporter, :mod:`otel_vllm_ascend.drops` for the process, reported once at exit); one error
   is logged per failure episode, never one per span, and serving goes on.
 * Only spans recorded under the span contract are written (scope ``otel_vllm_ascend*`` or an
   ``ms.domain``/``ms.record`` attribute); other instrumentations' spans go to OTLP only.
@@ -46,8 +50,10 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from otel_vllm_ascend import drops, session
 from otel_vllm_ascend.exporters import message as _message
-from otel_vllm_ascend.exporters import session as _session
+from otel_vllm_ascend.record_sink import RecordSink
+from otel_vllm_ascend.records import SpanRow
 
 _logger = logging.getLogger(__name__)
 
@@ -135,7 +141,7 @@ class _ProcessDb:
 
 
 def _open_db(path: Path) -> sqlite3.Connection:
-    _session.make_folder(path.parent)
+    session.make_folder(path.parent)
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, FILE_MODE)
@@ -171,16 +177,16 @@ def _open_db(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class MsServiceSpanExporter(SpanExporter):
+class MsServiceSpanExporter(SpanExporter, RecordSink):
     """Writes spans to ``<folder>/ms_service_<hostname>-<pid>.db`` (msserviceprofiler format).
 
     ``folder`` defaults to the service's collection folder
-    (:func:`otel_vllm_ascend.exporters.session.session_dir`, chosen at construction).
+    (:func:`otel_vllm_ascend.session.session_dir`, chosen at construction).
     """
 
     def __init__(self, folder: Union[str, Path, None] = None,
                  hostname: Optional[str] = None) -> None:
-        self.folder = Path(folder) if folder is not None else _session.session_dir()
+        self.folder = Path(folder) if folder is not None else session.session_dir()
         self.hostname = hostname or socket.gethostname()
         self.dropped_spans = 0
         self.written_rows = 0
@@ -200,15 +206,14 @@ class MsServiceSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return self._write(_message.translate_batch, spans)
 
-    def export_records(self, records: Sequence[tuple]) -> SpanExportResult:
-        """Write span-shaped records, the rows :meth:`export` would write for their spans.
+    def write_rows(self, rows: Sequence[SpanRow]) -> None:
+        """:class:`RecordSink`: the rows :meth:`export` would write for these records' spans.
 
         The recorder's direct path (``otel_vllm_ascend/span_builder.py``): when this exporter
-        is on, the recorder hands it its records as
-        ``(name, start_ns, end_ns, attributes, events, tid)`` instead of building an SDK span
-        per record (see ``message.translate_records``).
+        is on, the recorder hands it :class:`~otel_vllm_ascend.records.SpanRow` values instead
+        of building an SDK span per record (see ``message.translate_records``).
         """
-        return self._write(_message.translate_records, records)
+        self._write(_message.translate_records, rows)
 
     def _write(self, translate: Callable[[Sequence], tuple], items: Sequence) -> SpanExportResult:
         if self._shutdown:
@@ -218,6 +223,7 @@ class MsServiceSpanExporter(SpanExporter):
                 return self._write_locked(translate, items)
         except Exception:  # never raise into the SDK's worker thread or the recorder's
             self.dropped_spans += len(items)
+            drops.add(drops.FILE_WRITE, len(items))
             _logger.exception("ms_service exporter: dropped %d spans", len(items))
             return SpanExportResult.FAILURE
 
@@ -264,6 +270,7 @@ class MsServiceSpanExporter(SpanExporter):
 
     def _record_failure(self, count: int, exc: BaseException) -> None:
         self.dropped_spans += count
+        drops.add(drops.FILE_WRITE, count)
         if not self._failing:
             self._failing = True
             _logger.error(
@@ -292,11 +299,7 @@ class MsServiceSpanExporter(SpanExporter):
             self._db = None
             if db is not None and db.pid == os.getpid():
                 db.close(checkpoint=True)
-        if self.dropped_spans:
-            _logger.error(
-                "ms_service exporter: %d spans could not be written to %s", self.dropped_spans,
-                self.folder,
-            )
+        drops.report()  # the process's drops, this exporter's among them, said once
 
 
 def _reset_in_fork_children(exporter: MsServiceSpanExporter) -> None:

@@ -1,36 +1,29 @@
 """Span processors the distro installs next to the exporters.
 
-* :class:`ThreadIdSpanProcessor` stamps ``thread.id`` (the OS thread id) on spans that start
-  without one, so the ``Mstx.tid`` column names the recording thread, not the exporter's.
+* :class:`ThreadIdSpanProcessor` (defined on the collection side, ``otel_vllm_ascend.thread_id``)
+  stamps ``thread.id`` (the OS thread id) on spans that start without one.
 * :class:`CountingBatchSpanProcessor` is the SDK's ``BatchSpanProcessor`` that also counts the
-  spans it drops because its queue (``OTEL_BSP_MAX_QUEUE_SIZE``) is full, and says once how to
-  size the queue. Around the SDK's OTLP exporters it switches them to the direct OTLP encoder
-  (``otlp_encoding.py``: the same bytes at a fraction of the CPU).
+  spans it drops because its queue (``OTEL_BSP_MAX_QUEUE_SIZE``) is full (in
+  :mod:`otel_vllm_ascend.drops`, the process's one drop count, and in :attr:`dropped_spans`),
+  and says once how to size the queue. Around the SDK's OTLP exporters it switches them to the
+  direct OTLP encoder (``otlp_encoding.py``: the same bytes at a fraction of the CPU).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any, Optional
 
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_vllm_ascend import contract
+from otel_vllm_ascend import drops
 from otel_vllm_ascend.exporters import otlp_encoding
+from otel_vllm_ascend.thread_id import ThreadIdSpanProcessor
+
+__all__ = ["CountingBatchSpanProcessor", "ThreadIdSpanProcessor"]
 
 _logger = logging.getLogger(__name__)
-
-
-class ThreadIdSpanProcessor(SpanProcessor):
-    """Adds ``thread.id`` at span start when the span does not carry one already."""
-
-    def on_start(self, span: Span, parent_context: Optional[Context] = None) -> None:
-        attrs = span.attributes
-        if attrs is None or contract.THREAD_ID not in attrs:
-            span.set_attribute(contract.THREAD_ID, threading.get_native_id())
 
 
 class CountingBatchSpanProcessor(BatchSpanProcessor):
@@ -52,19 +45,16 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             queue = self._pending()
             if queue is not None and len(queue) >= limit:
                 self.dropped_spans += 1
+                drops.add(drops.SPAN_QUEUE)
                 if self.dropped_spans == 1:
                     _logger.error(
                         "span queue full (%d spans): the oldest spans are being dropped before "
                         "export by %s. Raise OTEL_BSP_MAX_QUEUE_SIZE (see docs/exporters.md); "
-                        "the count is kept in dropped_spans and reported at exit.",
+                        "the count is reported at exit.",
                         limit, type(self.span_exporter).__name__,
                     )
         super().on_end(span)
 
     def shutdown(self) -> None:
         super().shutdown()
-        if self.dropped_spans:
-            _logger.error(
-                "%d spans were dropped because the span queue (OTEL_BSP_MAX_QUEUE_SIZE=%s) was "
-                "full", self.dropped_spans, self._queue_limit,
-            )
+        drops.report()  # the process's drops, this queue's among them, said once

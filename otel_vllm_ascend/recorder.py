@@ -1,24 +1,29 @@
 """Cheap capture on vLLM's threads; span building off them.
 
 Handlers call :func:`record_span` / :func:`record_event` with plain values (timestamps, ids, a
-few numbers). The call appends one tuple to a bounded queue and returns: no OpenTelemetry work
-happens on the serving thread. A daemon thread per process (every 0.2 s) turns queued records
-into real SDK spans: finished spans handed straight to the provider's span processors
-(``span_builder.py``; same resource, scope, ids and sampler decision), or through
+few numbers). The call appends one :class:`records.SpanRecord` to a bounded queue and returns:
+no OpenTelemetry work happens on the serving thread. A daemon thread per process (every 0.2 s)
+turns queued records into real SDK spans: finished spans handed straight to the provider's span
+processors (``span_builder.py``; same resource, scope, ids and sampler decision), or through
 ``tracer.start_span`` / ``end`` wherever that could differ. Every configured span processor and
 exporter receives them and the configured sampler still applies; our file exporter gets the
-sampled records as they are (the rows their spans would give) when the record takes the fast
-way.
+sampled records as they are (the rows their spans would give, through the
+:class:`record_sink.RecordSink` interface) when the record takes the fast way.
 
-When the queue is full the record is dropped and counted (:func:`dropped_count`), the first drop
-and the total at exit are logged; vLLM is never blocked. :func:`flush` drains the queue
-synchronously (used at exit and in tests).
+The fast way reads private parts of the SDK (``span_builder.py``). When it cannot be set up, or
+a drain fails, the recorder says so once as a WARNING naming the cause and goes on with plain
+SDK spans (``tracer.start_span``), which every exporter receives as well.
+
+When the queue is full the record is dropped and counted (:mod:`drops`, :func:`dropped_count`),
+the first drop is logged and the total at exit; vLLM is never blocked. :func:`flush` drains the
+queue synchronously (used at exit and in tests).
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
+import json
 import logging
 import os
 import threading
@@ -28,10 +33,18 @@ from typing import Any, Mapping, Optional, Sequence
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode
 
-from otel_vllm_ascend import contract
+from otel_vllm_ascend import contract, drops, selfmeter
+from otel_vllm_ascend.process_role import detect_process_role
+from otel_vllm_ascend.records import EventTuple, SpanRecord, TaskRecord, new_span_record
 from otel_vllm_ascend.selfmeter import REQUEST_RECORD, STEP_RECORD
 from otel_vllm_ascend.selfmeter import meter as _meter
-from otel_vllm_ascend.span_builder import FastSpanBuilder
+
+_builder_import_error: Optional[BaseException] = None
+try:  # the SDK-private code: an SDK that moved what it imports must not stop collection
+    from otel_vllm_ascend.span_builder import FastSpanBuilder
+except Exception as exc:  # reported, once, at the first drain
+    FastSpanBuilder = None  # type: ignore[assignment,misc]
+    _builder_import_error = exc
 
 _logger = logging.getLogger(__name__)
 
@@ -39,9 +52,6 @@ MAX_QUEUE = int(os.environ.get("OTEL_VLLM_RECORD_QUEUE_SIZE", "65536"))
 DRAIN_INTERVAL_S = 0.2
 ROWS_PER_WRITE = 4096  # the most records a drain holds for the file exporter before writing
 _TRACER_NAME = "otel_vllm_ascend"
-
-EventTuple = tuple  # (name, timestamp_ns, attributes)
-_TASK = object()  # first item of a queued record_task
 
 
 class Deferred:
@@ -61,7 +71,6 @@ class Deferred:
 class _State:
     def __init__(self) -> None:
         self.queue: collections.deque = collections.deque()
-        self.dropped = 0
         self.thread: Optional[threading.Thread] = None
         self.wake = threading.Event()
         self.lock = threading.Lock()
@@ -69,6 +78,7 @@ class _State:
         self.atexit_registered = False
         # Off only to compare with the slow way (tests, benchmarks): OTEL_VLLM_FAST_SPANS=0.
         self.fast_path = os.environ.get("OTEL_VLLM_FAST_SPANS", "1") != "0"
+        self.fast_path_failure: Optional[str] = None  # why the fast way was given up, if it was
 
 
 _state = _State()
@@ -104,17 +114,15 @@ def record_span(
     """
     queue = _state.queue
     if len(queue) >= MAX_QUEUE:
-        _state.dropped += 1
-        if _state.dropped == 1:
+        if drops.add(drops.RECORD_QUEUE) == 1:
             _logger.warning("otel-vllm-ascend: record queue full (%d records, pid %d): dropping "
                             "records until the recorder catches up; raise "
                             "OTEL_VLLM_RECORD_QUEUE_SIZE if this recurs (the total is logged at "
-                            "exit)", MAX_QUEUE, os.getpid())
+                            "exit)%s", MAX_QUEUE, os.getpid(), _failure_note())
         return
-    queue.append(
-        (name, start_ns, end_ns, attributes, events, parent, links, exception,
-         thread_id or threading.get_native_id(), span_context)
-    )
+    queue.append(new_span_record(SpanRecord, (
+        name, start_ns, end_ns, attributes, events, parent, links, exception,
+        thread_id or threading.get_native_id(), span_context)))
     if _state.thread is None:
         _start_thread()
 
@@ -124,7 +132,7 @@ def record_task(func: Any, arg: Any) -> None:
     handler can leave there, e.g. classifying an engine step before its spans are built)."""
     queue = _state.queue
     if len(queue) < MAX_QUEUE:  # else dropped: whatever needs the result computes it itself
-        queue.append((_TASK, func, arg))
+        queue.append(tuple.__new__(TaskRecord, (func, arg)))
         if _state.thread is None:
             _start_thread()
 
@@ -153,7 +161,13 @@ def record_meta(key: str, value: Any) -> None:
 
 
 def dropped_count() -> int:
-    return _state.dropped
+    """Records this process dropped because the queue was full."""
+    return drops.count(drops.RECORD_QUEUE)
+
+
+def fast_path_failure() -> Optional[str]:
+    """Why the recorder gave up building spans directly (None while it has not)."""
+    return _state.fast_path_failure
 
 
 def pending_count() -> int:
@@ -184,12 +198,31 @@ def _run() -> None:
         _state.wake.wait(DRAIN_INTERVAL_S)
         _state.wake.clear()
         try:
-            if _meter.on and _selfmeter_due():
-                _record_self_meter(False)
+            if _meter.on and selfmeter.due():
+                record_self_meter_report(False)
             with _state.lock:
                 _drain()
-        except Exception:  # never let the thread die; one bad record must not stop the rest
-            _logger.debug("recorder drain failed", exc_info=True)
+        except Exception as exc:  # never let the thread die; one bad record must not stop the rest
+            _give_up_fast_path("a recorder drain failed", exc)
+
+
+def _failure_note() -> str:
+    failure = _state.fast_path_failure
+    return f"; note: {failure}" if failure else ""
+
+
+def _give_up_fast_path(what: str, exc: BaseException) -> None:
+    """Plain SDK spans from now on, said once as a WARNING naming the cause."""
+    _state.fast_path = False
+    if _state.fast_path_failure is None:
+        _state.fast_path_failure = f"{what} ({type(exc).__name__}: {exc})"
+        _logger.warning("otel-vllm-ascend: %s (%s: %s); building spans the plain SDK way "
+                        "from now on (slower, same spans for every exporter). Usually an "
+                        "opentelemetry-sdk version this release was not tested with: see the "
+                        "supported range in pyproject.toml.", what, type(exc).__name__, exc,
+                        exc_info=_logger.isEnabledFor(logging.DEBUG))
+    else:
+        _logger.debug("recorder: %s", what, exc_info=True)
 
 
 def _drain() -> None:
@@ -200,7 +233,15 @@ def _drain() -> None:
     if metering:
         cpu_start = time.thread_time_ns()
     tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=_state.tracer_provider)
-    fast = FastSpanBuilder.for_tracer(tracer, Deferred) if _state.fast_path else None
+    fast = None
+    if _state.fast_path and FastSpanBuilder is None:
+        _give_up_fast_path("the direct span builder could not be imported",
+                           _builder_import_error or ImportError("span_builder"))
+    elif _state.fast_path:
+        try:
+            fast = FastSpanBuilder.for_tracer(tracer, Deferred)
+        except Exception as exc:
+            _give_up_fast_path("the direct span builder could not be set up", exc)
     popleft = queue.popleft
     built = 0
     while queue:
@@ -208,42 +249,53 @@ def _drain() -> None:
             rec = popleft()
         except IndexError:
             break
-        if rec[0] is _TASK:
+        if rec.__class__ is TaskRecord:
             try:
-                rec[1](rec[2])
+                rec.func(rec.arg)
             except Exception:
                 _logger.debug("recorder task failed", exc_info=True)
             continue
         built += 1
         if metering:
-            if rec[0] == STEP_RECORD:
+            if rec.name == STEP_RECORD:
                 _meter.steps += 1
-            elif rec[0] == REQUEST_RECORD:
+            elif rec.name == REQUEST_RECORD:
                 _meter.requests += 1
+        if fast is not None:
+            try:
+                if fast.build(rec):
+                    if len(fast.rows) >= ROWS_PER_WRITE:
+                        fast.finish()  # a producer that keeps the queue busy still gets written
+                    continue
+            except Exception as exc:
+                # The record goes the plain way below; rows gathered so far are written first.
+                fast = _finish_and_drop(fast)
+                _give_up_fast_path(f"the direct span builder failed on a {rec.name!r} record", exc)
         try:
-            if fast is None or not fast.build(rec):
-                _build(tracer, rec)
-            elif len(fast.rows) >= ROWS_PER_WRITE:
-                fast.finish()  # a producer that keeps the queue busy still gets written
+            _build(tracer, rec)
         except Exception:
-            _logger.debug("could not build span %r", rec[0], exc_info=True)
+            _logger.debug("could not build span %r", rec.name, exc_info=True)
     if fast is not None:
-        fast.finish()  # the file exporter's rows of this drain, one transaction
+        _finish_and_drop(fast)  # the file exporter's rows of this drain, one transaction
     if metering:
         _meter.drain_ns += time.thread_time_ns() - cpu_start
         _meter.drained += built
 
 
-def _selfmeter_due() -> bool:
-    from otel_vllm_ascend import selfmeter
+def _finish_and_drop(fast: FastSpanBuilder) -> None:
+    try:
+        fast.finish()
+    except Exception as exc:  # a sink must not raise; if one does, plain spans from now on
+        _give_up_fast_path("a record sink failed to write a drain's rows", exc)
+    return None
 
-    return selfmeter.due()
 
-
-def _record_self_meter(log: bool) -> None:
-    from otel_vllm_ascend import selfmeter
-
-    selfmeter.record_report(log=log)
+def record_self_meter_report(log: bool = False) -> None:
+    """Queue the Meta row ``selfMeter`` with this process's figures (and log them)."""
+    figures = selfmeter.take_report(detect_process_role() or "other")
+    record_meta(selfmeter.META_KEY, json.dumps(figures, separators=(",", ":")))
+    if log:
+        _logger.info("%s", selfmeter.report_text(figures))
 
 
 def flush_at_exit() -> None:
@@ -251,14 +303,11 @@ def flush_at_exit() -> None:
     if _meter.on:
         try:
             flush()  # so the report counts the records still queued
-            _record_self_meter(True)
+            record_self_meter_report(True)
         except Exception:  # exit paths must not raise
             _logger.debug("self meter report failed", exc_info=True)
     flush()
-    if _state.dropped:
-        _logger.warning("otel-vllm-ascend: pid %d dropped %d records in all because the record "
-                        "queue (OTEL_VLLM_RECORD_QUEUE_SIZE=%d) was full", os.getpid(),
-                        _state.dropped, MAX_QUEUE)
+    drops.report()
 
 
 class _PresetIds:
@@ -301,7 +350,7 @@ def _with_preset_ids(tracer: Any) -> Optional[_PresetIds]:
     return generator
 
 
-def _build(tracer: Any, rec: tuple) -> None:
+def _build(tracer: Any, rec: SpanRecord) -> None:
     name, start_ns, end_ns, attributes, events, parent, links, exception, tid, own = rec
     if type(links) is Deferred:
         links = links.func(links.arg)
@@ -340,7 +389,6 @@ def _build(tracer: Any, rec: tuple) -> None:
 def _after_fork_in_child() -> None:
     # The parent's drain thread does not exist here and its queued records are the parent's.
     _state.queue = collections.deque()
-    _state.dropped = 0
     _state.thread = None
     _state.wake = threading.Event()
     _state.lock = threading.Lock()

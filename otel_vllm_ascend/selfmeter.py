@@ -20,15 +20,15 @@ attribute check). It adds up, in a few integers per process:
 * ``steps`` and ``requests``: ``batchFrameworkProcessing`` and ``httpReq`` records seen, so a
   reader can divide by engine steps (EngineCore) and by requests (API server).
 
-Report: a Meta row ``selfMeter`` (JSON of the figures above plus ``pid`` and ``role``) is
-recorded every :data:`REPORT_INTERVAL_S` seconds while records flow and once more at exit, and
-the exit report is logged. ``benchmarks/bench_serving_overhead.py`` reads the last row of each
-capture file.
+This module only counts and formats; the recorder records the report
+(:func:`recorder.record_self_meter_report`). Report: a Meta row ``selfMeter`` (JSON of the
+figures above plus ``pid`` and ``role``) is recorded every :data:`REPORT_INTERVAL_S` seconds
+while records flow and once more at exit, and the exit report is logged.
+``benchmarks/bench_serving_overhead.py`` reads the last row of each capture file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -107,12 +107,10 @@ def clock_read_ns(samples: int = 63) -> int:
     return gaps[samples // 2]
 
 
-def snapshot() -> Dict[str, Any]:
-    """The figures of this process now."""
-    from otel_vllm_ascend.tracing_setup import detect_process_role
-
+def snapshot(role: str = "other") -> Dict[str, Any]:
+    """The figures of this process now (``role``: the process's vLLM role, for the reader)."""
     return {
-        "pid": os.getpid(), "role": detect_process_role() or "other",
+        "pid": os.getpid(), "role": role,
         "hot_ns": meter.hot_ns, "hot_calls": meter.hot_calls,
         "meter_ns": 2 * clock_read_ns() * meter.hot_calls,
         "by_symbol": {symbol: list(figures) for symbol, figures in meter.by_symbol.items()},
@@ -120,6 +118,12 @@ def snapshot() -> Dict[str, Any]:
         "export_cpu_ns": export_thread_cpu_ns(),
         "steps": meter.steps, "requests": meter.requests,
     }
+
+
+def take_report(role: str) -> Dict[str, Any]:
+    """:func:`snapshot`, and the next periodic report is due in :data:`REPORT_INTERVAL_S`."""
+    meter.last_report = time.monotonic()
+    return snapshot(role)
 
 
 def report_text(figures: Dict[str, Any]) -> str:
@@ -141,17 +145,6 @@ def report_text(figures: Dict[str, Any]) -> str:
 def due() -> bool:
     """True when a periodic report should be recorded now (called by the recorder's thread)."""
     return meter.on and time.monotonic() - meter.last_report >= REPORT_INTERVAL_S
-
-
-def record_report(log: bool = False) -> None:
-    """Queue the Meta row ``selfMeter`` with this process's figures (and log them)."""
-    from otel_vllm_ascend import recorder
-
-    meter.last_report = time.monotonic()
-    figures = snapshot()
-    recorder.record_meta(META_KEY, json.dumps(figures, separators=(",", ":")))
-    if log:
-        _logger.info("%s", report_text(figures))
 
 
 def _after_fork_in_child() -> None:

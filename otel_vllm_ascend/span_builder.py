@@ -20,19 +20,25 @@ and the recorder falls back to ``start_span`` otherwise:
 * the SDK's own span metrics are off (their default);
 * the record carries no exception (a rare record; the slow way adds the exception event).
 
-The file exporter is fed without spans. A batch or simple span processor whose exporter is our
-``ms_service`` exporter does nothing with a span but turn it into rows, so the builder gives
-that exporter the record itself (``MsServiceSpanExporter.export_records``: the same rows, one
-SQLite transaction per drain or per ``recorder.ROWS_PER_WRITE`` records) and builds a
-``ReadableSpan`` only when some other processor (OTLP, console, a user's) is there to receive
-it. Which records are written is the sampler's
-decision as before: the sampled ones, exactly what the processor would have exported.
+Record sinks are fed without spans. A batch or simple span processor whose exporter is a
+:class:`record_sink.RecordSink` (our ``ms_service`` exporter) does nothing with a span but turn
+it into rows, so the builder gives that exporter the record itself as a
+:class:`records.SpanRow` (``RecordSink.write_rows``: the same rows, one SQLite transaction per
+drain or per ``recorder.ROWS_PER_WRITE`` records) and builds a ``ReadableSpan`` only when some
+other processor (OTLP, console, a user's) is there to receive it. Which records are written is
+the sampler's decision as before: the sampled ones, exactly what the processor would have exported.
+
+This is the one module that reads the SDK's private attributes (``_span_processors``,
+``_span_limits``, ``_instrumentation_scope``, the samplers' ``_decision`` / ``_root`` ...). They
+may change in any SDK release: if setting a builder up or building raises, the recorder gives
+the fast way up with one WARNING and builds plain SDK spans (``recorder._give_up_fast_path``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, List, Optional
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
@@ -41,17 +47,28 @@ from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSample
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.record_sink import RecordSink
+from otel_vllm_ascend.records import SpanRecord, SpanRow
+from otel_vllm_ascend.thread_id import ThreadIdSpanProcessor
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
-_PLAIN_TYPES = (str, int, float, bool, type(None))  # None: the SDK keeps it too
+
+
+def _sdk_keeps_none() -> bool:
+    # SDK >= 1.45 keeps an attribute whose value is None; older ones drop it.
+    return "k" in BoundedAttributes(attributes={"k": None}, immutable=False)
+
+
+_NONE_TYPE = type(None)
+_KEEPS_NONE = _sdk_keeps_none()
+_PLAIN_TYPES = (str, int, float, bool) + ((_NONE_TYPE,) if _KEEPS_NONE else ())
+_new_row = tuple.__new__  # SpanRow without the generated constructor's keyword handling
 
 
 def _quiet_start_hooks(processor: Any) -> bool:
     """True when ``processor`` does nothing at span start and before span end."""
-    from otel_vllm_ascend.exporters.processors import ThreadIdSpanProcessor
-
     kind = type(processor)
     if isinstance(processor, ThreadIdSpanProcessor):
         quiet_start = True  # stamps thread.id, which every record carries already
@@ -78,15 +95,15 @@ class FastSpanBuilder:
         self.resource = tracer.resource
         self.scope = tracer._instrumentation_scope
         self.info = tracer.instrumentation_info
-        self.row_exporters: List[Any] = []
+        self.row_exporters: List[RecordSink] = []
         self.span_consumers: List[Callable[[ReadableSpan], None]] = []
         for processor in tracer.span_processor._span_processors:
-            exporter = _file_exporter(processor)
+            exporter = _record_sink(processor)
             if exporter is not None:
                 self.row_exporters.append(exporter)
             elif type(processor).on_end is not SpanProcessor.on_end:
                 self.span_consumers.append(processor.on_end)
-        self.rows: List[tuple] = []
+        self.rows: List[SpanRow] = []
         limits = tracer._span_limits
         # One slot of the span's limit is thread.id's.
         self.max_attributes = _limit(limits.max_span_attributes) - 1
@@ -106,11 +123,11 @@ class FastSpanBuilder:
             self.parent_decisions = (self.root_decision,) * 4
 
     def finish(self) -> None:
-        """Write the records gathered so far for the file exporters."""
+        """Write the records gathered so far to the record sinks."""
         rows, self.rows = self.rows, []
         if rows:
-            for exporter in self.row_exporters:
-                exporter.export_records(rows)
+            for sink in self.row_exporters:
+                sink.write_rows(rows)
 
     @classmethod
     def for_tracer(cls, tracer: Any, deferred_type: type) -> Optional[FastSpanBuilder]:
@@ -127,7 +144,7 @@ class FastSpanBuilder:
             return None
         return cls(tracer, deferred_type)
 
-    def build(self, rec: tuple) -> bool:
+    def build(self, rec: SpanRecord) -> bool:
         name, start_ns, end_ns, attributes, events, parent, links, exception, tid, own = rec
         if exception is not None:
             return False
@@ -163,7 +180,8 @@ class FastSpanBuilder:
                 cleaned_events.append((event_name, timestamp, cleaned))
         sampled = decision.is_sampled()
         if sampled and self.row_exporters:
-            self.rows.append((name, start_ns, end_ns, attrs, cleaned_events, tid))
+            self.rows.append(_new_row(SpanRow, (name, start_ns, end_ns, attrs, cleaned_events,
+                                                tid)))
         if not self.span_consumers:
             return True
         ids = self.tracer.id_generator
@@ -201,14 +219,12 @@ class FastSpanBuilder:
         return True
 
 
-def _file_exporter(processor: Any) -> Any:
-    """Our ``ms_service`` exporter when ``processor`` only hands spans to it, else None."""
-    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
-
+def _record_sink(processor: Any) -> Optional[RecordSink]:
+    """The exporter when ``processor`` only hands spans to a record sink, else None."""
     if not isinstance(processor, (BatchSpanProcessor, SimpleSpanProcessor)):
         return None
     exporter = getattr(processor, "span_exporter", None)
-    return exporter if isinstance(exporter, MsServiceSpanExporter) else None
+    return exporter if isinstance(exporter, RecordSink) else None
 
 
 def _limit(value: Optional[int]) -> int:
@@ -232,6 +248,8 @@ def _clean(attributes: Any, limit: int, deferred: type) -> Optional[dict]:
             out[key] = value
         elif kind is list or kind is tuple:
             out[key] = tuple(value)
+        elif kind is _NONE_TYPE:
+            continue  # dropped, as this SDK's attribute cleaning drops it
         else:
             return None
     return out

@@ -25,16 +25,21 @@ The resource carries ``service.name``, ``process.pid``, ``host.name`` and
 from the process. Multiprocessing children started with *fork* end with ``os._exit()``, which
 skips ``atexit``; :func:`register_fork_flush` makes them write their queued records and spans
 before they exit.
+
+This module wires collection to export without importing the export side: the file exporter
+and the export span processor are looked up by name in the entry-point group
+``otel_vllm_ascend.export`` (declared in ``pyproject.toml``, provided by
+``otel_vllm_ascend.exporters``), as the SDK looks up ``OTEL_TRACES_EXPORTER`` names.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import logging
-import multiprocessing
 import multiprocessing.util
 import os
 import socket
-import sys
 import threading
 from typing import Any, MutableMapping, Optional
 
@@ -42,11 +47,17 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel_vllm_ascend import contract
+from otel_vllm_ascend import contract, session
+from otel_vllm_ascend.process_role import ROLE_ENV, detect_process_role  # noqa: F401 (API)
+from otel_vllm_ascend.thread_id import ThreadIdSpanProcessor
 
 _logger = logging.getLogger(__name__)
 
-ROLE_ENV = "OTEL_VLLM_PROCESS_ROLE"
+EXPORT_GROUP = "otel_vllm_ascend.export"
+EXPORT_DEFAULTS = {  # the group's entries in pyproject.toml
+    "file_exporter": "otel_vllm_ascend.exporters.ms_service:MsServiceSpanExporter",
+    "span_processor": "otel_vllm_ascend.exporters.processors:CountingBatchSpanProcessor",
+}
 ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 FILE_EXPORTER = "ms_service"
 FIXED_DEFAULTS = {
@@ -85,27 +96,25 @@ def apply_env_defaults(environ: Optional[MutableMapping[str, str]] = None) -> No
             "OTEL_RESOURCE_ATTRIBUTES", ""):
         env["OTEL_SERVICE_NAME"] = "vllm"
     if env is os.environ:
-        from otel_vllm_ascend.exporters import session
-
         session.session_dir()  # chosen now, once, so every child inherits the same folder
 
 
-def detect_process_role() -> Optional[str]:
-    """``api_server`` / ``engine_core`` / ``worker`` when this process says which it is."""
-    role = os.environ.get(ROLE_ENV)
-    if role:
-        return role
-    name = multiprocessing.current_process().name
-    if name.startswith("EngineCore"):
-        return "engine_core"
-    if "Worker" in name:
-        return "worker"
-    if "--multiprocessing-fork" in sys.argv:
-        return None  # a spawn child before multiprocessing has told it its name
-    if multiprocessing.parent_process() is None and sys.argv and (
-            os.path.basename(sys.argv[0]) == "vllm" or "vllm.entrypoints" in " ".join(sys.argv)):
-        return "api_server"
-    return None
+def export_part(name: str) -> Any:
+    """``file_exporter`` or ``span_processor`` of the export side, by entry point.
+
+    A source tree whose installed metadata predates the group (a stale ``*.egg-info`` first on
+    ``sys.path``) still gets the package's own defaults, by the same names.
+    """
+    found = importlib.metadata.entry_points()
+    select = getattr(found, "select", None)  # Python >= 3.10; a dict of groups before
+    group = select(group=EXPORT_GROUP) if select else found.get(EXPORT_GROUP, ())
+    for entry in group:
+        if entry.name == name:
+            return entry.load()
+    _logger.debug("no %r in the entry-point group %s; using %s", name, EXPORT_GROUP,
+                  EXPORT_DEFAULTS[name])
+    module, _, attr = EXPORT_DEFAULTS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def resource_attributes() -> dict:
@@ -121,16 +130,11 @@ def configure_sdk(**kwargs: Any) -> TracerProvider:
     """Build and install the global SDK providers from ``OTEL_*`` (what the configurator does)."""
     from opentelemetry.sdk._configuration import _initialize_components
 
-    from otel_vllm_ascend.exporters.processors import (
-        CountingBatchSpanProcessor,
-        ThreadIdSpanProcessor,
-    )
-
     attrs = dict(kwargs.pop("resource_attributes", None) or {})
     for key, value in resource_attributes().items():
         attrs.setdefault(key, value)
     kwargs.setdefault("span_processors", [ThreadIdSpanProcessor()])
-    kwargs.setdefault("export_span_processor", CountingBatchSpanProcessor)
+    kwargs.setdefault("export_span_processor", export_part("span_processor"))
     _initialize_components(resource_attributes=attrs, **kwargs)
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
@@ -158,33 +162,28 @@ def ensure_tracer_provider() -> Any:
 
 
 def _has_file_exporter(provider: TracerProvider) -> bool:
-    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
-
+    file_exporter = export_part("file_exporter")
     multi = getattr(provider, "_active_span_processor", None)
     for processor in getattr(multi, "_span_processors", ()):
-        if isinstance(getattr(processor, "span_exporter", None), MsServiceSpanExporter):
+        if isinstance(getattr(processor, "span_exporter", None), file_exporter):
             return True
     return False
 
 
 def _add_file_exporter(provider: TracerProvider) -> None:
-    from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
-    from otel_vllm_ascend.exporters.processors import (
-        CountingBatchSpanProcessor,
-        ThreadIdSpanProcessor,
-    )
-
+    processor = export_part("span_processor")
     provider.add_span_processor(ThreadIdSpanProcessor())
-    provider.add_span_processor(CountingBatchSpanProcessor(MsServiceSpanExporter()))
+    provider.add_span_processor(processor(export_part("file_exporter")()))
 
 
 def flush_before_exit(provider: Any) -> None:
     """Queued records -> spans -> exporters, now (used at the exit of forked children)."""
-    from otel_vllm_ascend import recorder
+    from otel_vllm_ascend import drops, recorder
 
     try:
         recorder.flush_at_exit()
         provider.force_flush()
+        drops.report()
     except Exception:  # exit paths must not raise
         _logger.debug("flush at exit failed", exc_info=True)
 

@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import sys
 import threading
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
@@ -32,6 +30,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_vllm_ascend import contract, recorder
+from otel_vllm_ascend.process_role import detect_process_role
 
 MAX_TRACKED_REQUESTS = 65536
 MAX_LINKS = 128
@@ -41,27 +40,11 @@ MAX_LINKS = 128
 _role_recorded: Optional[str] = None
 
 
-def process_role(hint: str) -> str:
-    """This process's vLLM role: from the process name when vLLM named it, else ``hint``."""
-    name = multiprocessing.current_process().name
-    if name.startswith("EngineCore") or name.startswith("DPEngineCore"):
-        return "engine_core"
-    if name.startswith("VllmWorker") or name.startswith("Worker"):
-        return "worker"
-    if hint == "worker" and "vllm.v1.engine.core" in sys.modules and \
-            "vllm.v1.core.sched.scheduler" in sys.modules:
-        return "engine_core"  # UniProcExecutor: the model runs inside EngineCore
-    if hint == "worker" and "vllm.engine.multiprocessing.engine" in sys.modules and \
-            "vllm.core.scheduler" in sys.modules:
-        return "engine_core"  # V0 engine process (MQLLMEngine) running its model itself
-    return hint
-
-
 def ensure_role(hint: str) -> None:
     """Record the Meta row ``role`` once per process, before its first handler record."""
     global _role_recorded
     if _role_recorded is None:
-        _role_recorded = process_role(hint)
+        _role_recorded = detect_process_role(hint) or hint
         recorder.record_meta("role", _role_recorded)
 
 

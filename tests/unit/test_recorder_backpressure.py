@@ -6,7 +6,7 @@ import logging
 
 from runtime_helpers import Capture
 
-from otel_vllm_ascend import recorder
+from otel_vllm_ascend import drops, recorder
 
 
 def test_full_queue_drops_counts_and_warns_once(monkeypatch, caplog):
@@ -14,8 +14,8 @@ def test_full_queue_drops_counts_and_warns_once(monkeypatch, caplog):
     recorder.set_tracer_provider(capture.provider)
     recorder.flush()
     monkeypatch.setattr(recorder, "MAX_QUEUE", 0)  # every record finds the queue full
-    monkeypatch.setattr(recorder._state, "dropped", 0)
-    with caplog.at_level(logging.WARNING, logger="otel_vllm_ascend.recorder"):
+    monkeypatch.setattr(drops, "_drops", drops._Drops())  # this test's drops only
+    with caplog.at_level(logging.WARNING, logger="otel_vllm_ascend"):
         for i in range(5):
             recorder.record_event("Enqueue", {"ms.domain": "Schedule", "ms.rid": str(i)})
         recorder.flush_at_exit()
@@ -23,4 +23,6 @@ def test_full_queue_drops_counts_and_warns_once(monkeypatch, caplog):
     assert capture.spans() == []
     messages = [r.getMessage() for r in caplog.records]
     assert sum("record queue full" in m for m in messages) == 1
-    assert any("dropped 5 records" in m for m in messages)
+    assert sum("dropped 5 records" in m for m in messages) == 1  # one count, reported once
+    drops.report()
+    assert sum("dropped" in m for m in [r.getMessage() for r in caplog.records]) == 1

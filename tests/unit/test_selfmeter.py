@@ -91,7 +91,7 @@ def test_drain_counts_steps_requests_and_report_reaches_exporter(metered):
         recorder.flush()
         assert (metered.steps, metered.requests, metered.drained) == (3, 1, 4)
         assert metered.drain_ns > 0
-        selfmeter.record_report()
+        recorder.record_self_meter_report()
         meta = capture.named(contract.META_NAME)
     finally:
         recorder.set_tracer_provider(None)

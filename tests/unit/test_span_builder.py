@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
 from otel_vllm_ascend import contract, recorder
-from otel_vllm_ascend.exporters.processors import ThreadIdSpanProcessor
 from otel_vllm_ascend.span_builder import FastSpanBuilder
+from otel_vllm_ascend.thread_id import ThreadIdSpanProcessor
 
 REMOTE_SAMPLED = SpanContext(0xA1, 0xB1, True, TraceFlags(1), TraceState([("k", "v")]))
 REMOTE_UNSAMPLED = SpanContext(0xA2, 0xB2, True, TraceFlags(0))
@@ -244,8 +244,8 @@ def test_a_long_drain_writes_as_it_goes(tmp_path, monkeypatch):
 
     exporter = MsServiceSpanExporter(tmp_path, hostname="h")
     batches = []
-    real_export = exporter.export_records
-    monkeypatch.setattr(exporter, "export_records",
+    real_export = exporter.write_rows
+    monkeypatch.setattr(exporter, "write_rows",
                         lambda records: batches.append(len(records)) or real_export(records))
     monkeypatch.setattr(recorder, "ROWS_PER_WRITE", 3)
     provider = TracerProvider()

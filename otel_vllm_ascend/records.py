@@ -1,0 +1,55 @@
+"""What crosses from vLLM's threads to the recorder's thread, and from there to a record sink.
+
+Named tuples, not positional ones: a reader (or a tool) can follow a field from the handler
+that fills it to the exporter that writes it, and building one costs about what a plain tuple
+does (``tuple.__new__`` below skips the keyword handling of the generated constructor).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from opentelemetry.trace import SpanContext
+
+EventTuple = Tuple[str, int, Mapping[str, Any]]  # (name, timestamp_ns, attributes)
+
+
+class SpanRecord(NamedTuple):
+    """One span as a handler captured it (queued by :func:`recorder.record_span`).
+
+    ``attributes`` values and ``links`` may be :class:`recorder.Deferred` (computed on the
+    recorder's thread).
+    """
+
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: Mapping[str, Any]
+    events: Optional[Sequence[EventTuple]]
+    parent: Optional[SpanContext]
+    links: Any  # Optional[Sequence[SpanContext]] or a Deferred giving one
+    exception: Optional[BaseException]
+    thread_id: int
+    span_context: Optional[SpanContext]  # the span's own ids, chosen in advance (roots only)
+
+
+class TaskRecord(NamedTuple):
+    """``func(arg)`` to run on the recorder's thread, in order with the span records."""
+
+    func: Callable[[Any], Any]
+    arg: Any
+
+
+class SpanRow(NamedTuple):
+    """A sampled span as a :class:`record_sink.RecordSink` receives it: what its SDK span would
+    carry for a file writer, without building the span (no ids, resource or scope)."""
+
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: Mapping[str, Any]  # plain values, lists as tuples (as the SDK stores them)
+    events: Sequence[EventTuple]
+    thread_id: int
+
+
+new_span_record = tuple.__new__  # new_span_record(SpanRecord, (fields...)): the fast way
