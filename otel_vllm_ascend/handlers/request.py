@@ -58,9 +58,24 @@ async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any)
     common.ensure_role("api_server")
     incoming = (common.parse_traceparent(_trace_headers(args, kwargs))
                 or _waiting_contexts.pop(request_id) or _incoming.get())
+    context = record_arrival(request_id, incoming, DOMAIN)
+    token = _adding.set((request_id, context))
+    try:
+        collector = await original(*args, **kwargs)
+    finally:
+        _adding.reset(token)
+    internal_id = getattr(collector, "request_id", None)
+    if isinstance(internal_id, str) and internal_id != request_id:
+        _link(request_id, internal_id, context)
+    return collector
+
+
+def record_arrival(request_id: str, incoming: Any, domain: str) -> Any:
+    """``httpReq`` and ``tokenize`` of a request arriving now; returns its trace context (kept
+    in :data:`common.request_contexts`): the caller's, or a new trace rooted at ``httpReq``."""
     now = time.time_ns()
     tid = threading.get_native_id()
-    attributes = {contract.DOMAIN: DOMAIN, contract.RID: request_id,
+    attributes = {contract.DOMAIN: domain, contract.RID: request_id,
                   "gen_ai.request.id": request_id, contract.RECORD: contract.RECORD_EVENT}
     if incoming is not None:
         context = incoming  # the caller's span is the parent of the request's records
@@ -73,17 +88,9 @@ async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any)
                              span_context=context)
     common.request_contexts.put(request_id, context)
     recorder.record_span("tokenize", now, now,
-                         {contract.DOMAIN: DOMAIN, contract.RID: request_id,
+                         {contract.DOMAIN: domain, contract.RID: request_id,
                           contract.RECORD: contract.RECORD_EVENT}, parent=context, thread_id=tid)
-    token = _adding.set((request_id, context))
-    try:
-        collector = await original(*args, **kwargs)
-    finally:
-        _adding.reset(token)
-    internal_id = getattr(collector, "request_id", None)
-    if isinstance(internal_id, str) and internal_id != request_id:
-        _link(request_id, internal_id, context)
-    return collector
+    return context
 
 
 def _link(external_id: str, internal_id: str, context: Any) -> None:

@@ -73,21 +73,7 @@ def _arrival(request_id: Any, trace_headers: Any, params: Any = None) -> None:
     # The caller's context: vLLM's trace_headers, else what the OpenAI server's
     # _get_trace_headers hook kept for this task (handlers/request.py).
     incoming = common.parse_traceparent(trace_headers) or v1_request._incoming.get()
-    now = time.time_ns()
-    tid = threading.get_native_id()
-    attributes = {contract.DOMAIN: REQUEST, contract.RID: request_id,
-                  "gen_ai.request.id": request_id, contract.RECORD: contract.RECORD_EVENT}
-    if incoming is not None:
-        context = incoming
-        recorder.record_span("httpReq", now, now, attributes, parent=context, thread_id=tid)
-    else:
-        context = common.new_request_context()
-        recorder.record_span("httpReq", now, now, attributes, thread_id=tid,
-                             span_context=context)
-    common.request_contexts.put(request_id, context)
-    recorder.record_span("tokenize", now, now,
-                         {contract.DOMAIN: REQUEST, contract.RID: request_id,
-                          contract.RECORD: contract.RECORD_EVENT}, parent=context, thread_id=tid)
+    v1_request.record_arrival(request_id, incoming, REQUEST)
 
 
 def generate(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
