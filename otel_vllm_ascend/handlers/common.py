@@ -164,6 +164,22 @@ def forget(request_ids: Iterable[str]) -> None:
         request_contexts.pop(request_id)
 
 
+# -- queues -----------------------------------------------------------------------------------
+
+def queue_changes(before: Iterable[Any], after: Iterable[Any]) -> Tuple[list, list]:
+    """(left, joined) request ids between two snapshots of a scheduler queue. Its members (V1
+    Requests, V0 SequenceGroups) compare by identity and are in a queue at most once."""
+    before = list(before)
+    after = list(after)
+    if before == after:  # the common case of a steady decode step (identity, compared in C)
+        return [], []
+    stayed = set(after)
+    left = [member.request_id for member in before if member not in stayed]
+    stayed = set(before)
+    joined = [member.request_id for member in after if member not in stayed]
+    return left, joined
+
+
 # -- batch details ----------------------------------------------------------------------------
 
 PREFILL, DECODE = 0, 1

@@ -33,18 +33,6 @@ def _queue_event(name: str, timestamp: int, request_ids: List[str], queue_name: 
     })
 
 
-def _diff(before: List[Any], after: List[Any]) -> tuple:
-    """(left, joined) request ids between two snapshots of a queue (a request is in a queue at
-    most once; Request objects compare by identity)."""
-    if before == after:  # the common case of a steady decode step (identity, compared in C)
-        return (), ()
-    stayed = set(after)
-    left = [request.request_id for request in before if request not in stayed]
-    stayed = set(before)
-    joined = [request.request_id for request in after if request not in stayed]
-    return left, joined
-
-
 def _used_blocks(this: Any) -> Optional[tuple]:
     """(total, free) blocks of the scheduler's KV cache, or None when not readable."""
     try:
@@ -73,7 +61,7 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
     events = []
     for queue_name, before, after in ((RUNNING, running_before, list(this.running)),
                                       (WAITING, waiting_before, list(this.waiting))):
-        left, joined = _diff(before, after)
+        left, joined = common.queue_changes(before, after)
         if left:
             events.append(_queue_event("Dequeue", end, left, queue_name, len(after)))
         if joined:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from otel_vllm_ascend import contract, control, recorder
 from otel_vllm_ascend.handlers import common
+from otel_vllm_ascend.handlers.common import queue_changes  # noqa: F401 (used by v0_*)
 
 _logger = logging.getLogger(__name__)
 
@@ -82,20 +83,6 @@ def queue_event(name: str, timestamp_ns: int, request_ids: list, queue_name: str
         contract.METRIC_PREFIX + "QueueSize": size,
         contract.SCOPE_PREFIX + "QueueName": queue_name,
     })
-
-
-def queue_changes(before: Iterable[Any], after: Any) -> tuple:
-    """(left, joined) request ids between two snapshots of a queue of SequenceGroups (which
-    compare by identity; a group is in a queue at most once)."""
-    before = list(before)
-    after = list(after)
-    if before == after:  # a steady step: nothing moved (identity comparison, in C)
-        return [], []
-    stayed = set(after)
-    left = [group.request_id for group in before if group not in stayed]
-    stayed = set(before)
-    joined = [group.request_id for group in after if group not in stayed]
-    return left, joined
 
 
 def request_id_of(seq_group: Any) -> Optional[str]:
