@@ -81,15 +81,16 @@ def db_file_name(hostname: str, pid: int) -> str:
 class _ProcessDb:
     """The database of one process: its connection and its markId counter."""
 
-    def __init__(self, path: Path, hostname: str) -> None:
+    def __init__(self, path: Path, hostname: str, pid: int, ppid: int) -> None:
         self.path = path
-        self.pid = os.getpid()
+        self.owner = os.getpid()  # the process holding the connection (never used after fork)
+        self.pid = pid  # the process whose records these are (the writer writes for others)
         self.conn = _open_db(path)
         identity = os.stat(path)
         self.identity = (identity.st_dev, identity.st_ino)
         row = self.conn.execute("SELECT MAX(markId) FROM Mstx").fetchone()
         self.next_mark = 0 if row[0] is None else row[0] + 1
-        self.write([([], [("hostname", hostname), ("ppid", str(os.getppid()))])])
+        self.write([([], [("hostname", hostname), ("ppid", str(ppid))])])
 
     def still_there(self) -> bool:
         try:
@@ -181,13 +182,18 @@ class MsServiceSpanExporter(SpanExporter, RecordSink):
     """Writes spans to ``<folder>/ms_service_<hostname>-<pid>.db`` (msserviceprofiler format).
 
     ``folder`` defaults to the service's collection folder
-    (:func:`otel_vllm_ascend.session.session_dir`, chosen at construction).
+    (:func:`otel_vllm_ascend.session.session_dir`, chosen at construction). ``pid`` and
+    ``ppid`` name the process whose records these are when it is not this one (the node's
+    writer process writes one file per vLLM process: ``otel_vllm_ascend.exporters.writer``).
     """
 
     def __init__(self, folder: Union[str, Path, None] = None,
-                 hostname: Optional[str] = None) -> None:
+                 hostname: Optional[str] = None, pid: Optional[int] = None,
+                 ppid: Optional[int] = None) -> None:
         self.folder = Path(folder) if folder is not None else session.session_dir()
         self.hostname = hostname or socket.gethostname()
+        self.for_pid = pid
+        self.for_ppid = ppid
         self.dropped_spans = 0
         self.written_rows = 0
         self._db: Optional[_ProcessDb] = None
@@ -201,7 +207,10 @@ class MsServiceSpanExporter(SpanExporter, RecordSink):
     @property
     def path(self) -> Path:
         """This process's capture file."""
-        return self.folder / db_file_name(self.hostname, os.getpid())
+        return self.folder / db_file_name(self.hostname, self._pid())
+
+    def _pid(self) -> int:
+        return self.for_pid if self.for_pid is not None else os.getpid()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return self._write(_message.translate_batch, spans)
@@ -256,7 +265,7 @@ class MsServiceSpanExporter(SpanExporter, RecordSink):
 
     def _current_db(self) -> _ProcessDb:
         db = self._db
-        if db is not None and db.pid == os.getpid():
+        if db is not None and db.owner == os.getpid():
             if db.still_there():
                 return db
             self._db = None
@@ -265,7 +274,8 @@ class MsServiceSpanExporter(SpanExporter, RecordSink):
         if db is not None:  # inherited across fork: never touch the parent's connection
             self._abandoned.append(db.conn)
             self._db = None
-        self._db = _ProcessDb(self.path, self.hostname)
+        self._db = _ProcessDb(self.path, self.hostname, self._pid(),
+                              self.for_ppid if self.for_pid is not None else os.getppid())
         return self._db
 
     def _record_failure(self, count: int, exc: BaseException) -> None:
@@ -297,7 +307,7 @@ class MsServiceSpanExporter(SpanExporter, RecordSink):
             self._shutdown = True
             db = self._db
             self._db = None
-            if db is not None and db.pid == os.getpid():
+            if db is not None and db.owner == os.getpid():
                 db.close(checkpoint=True)
         drops.report()  # the process's drops, this exporter's among them, said once
 

@@ -28,14 +28,20 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode
 
 from otel_vllm_ascend import contract, drops, selfmeter
 from otel_vllm_ascend.process_role import detect_process_role
-from otel_vllm_ascend.records import EventTuple, SpanRecord, TaskRecord, new_span_record
+from otel_vllm_ascend.records import (
+    CapturedException,
+    EventTuple,
+    SpanRecord,
+    TaskRecord,
+    new_span_record,
+)
 from otel_vllm_ascend.selfmeter import REQUEST_RECORD, STEP_RECORD
 from otel_vllm_ascend.selfmeter import meter as _meter
 
@@ -68,17 +74,95 @@ class Deferred:
         self.arg = arg
 
 
-class _State:
+class SpanBuilding:
+    """Turns records into SDK spans for one tracer provider: directly where it can
+    (``span_builder.py``), the plain SDK way otherwise. The serving process has one (the
+    in-process path); the writer process has one per producer process."""
+
+    def __init__(self, tracer_provider: Any = None) -> None:
+        self.tracer_provider = tracer_provider
+        # Off only to compare with the slow way (tests, benchmarks): OTEL_VLLM_FAST_SPANS=0.
+        self.fast_path = os.environ.get("OTEL_VLLM_FAST_SPANS", "1") != "0"
+        self.fast_path_failure: Optional[str] = None  # why the fast way was given up, if it was
+
+    def give_up_fast_path(self, what: str, exc: BaseException) -> None:
+        """Plain SDK spans from now on, said once as a WARNING naming the cause."""
+        self.fast_path = False
+        if self.fast_path_failure is None:
+            self.fast_path_failure = f"{what} ({type(exc).__name__}: {exc})"
+            _logger.warning("otel-vllm-ascend: %s (%s: %s); building spans the plain SDK way "
+                            "from now on (slower, same spans for every exporter). Usually an "
+                            "opentelemetry-sdk version this release was not tested with: see "
+                            "the supported range in pyproject.toml.", what, type(exc).__name__,
+                            exc, exc_info=_logger.isEnabledFor(logging.DEBUG))
+        else:
+            _logger.debug("recorder: %s", what, exc_info=True)
+
+    def build(self, records: Iterable[Any]) -> int:
+        """Build every record (run every task) of ``records``, in order; returns how many
+        records were built (sampled out or not)."""
+        tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=self.tracer_provider)
+        fast = None
+        if self.fast_path and FastSpanBuilder is None:
+            self.give_up_fast_path("the direct span builder could not be imported",
+                                   _builder_import_error or ImportError("span_builder"))
+        elif self.fast_path:
+            try:
+                fast = FastSpanBuilder.for_tracer(tracer, Deferred)
+            except Exception as exc:
+                self.give_up_fast_path("the direct span builder could not be set up", exc)
+        metering = _meter.on
+        built = 0
+        for rec in records:
+            if rec.__class__ is TaskRecord:
+                try:
+                    rec.func(rec.arg)
+                except Exception:
+                    _logger.debug("recorder task failed", exc_info=True)
+                continue
+            built += 1
+            if metering:
+                if rec.name == STEP_RECORD:
+                    _meter.steps += 1
+                elif rec.name == REQUEST_RECORD:
+                    _meter.requests += 1
+            if fast is not None:
+                try:
+                    if fast.build(rec):
+                        if len(fast.rows) >= ROWS_PER_WRITE:
+                            fast.finish()  # a producer that keeps the queue busy still gets written
+                        continue
+                except Exception as exc:
+                    # The record goes the plain way below; rows gathered so far are written first.
+                    fast = self._finish_and_drop(fast)
+                    self.give_up_fast_path(
+                        f"the direct span builder failed on a {rec.name!r} record", exc)
+            try:
+                _build(tracer, rec)
+            except Exception:
+                _logger.debug("could not build span %r", rec.name, exc_info=True)
+        if fast is not None:
+            self._finish_and_drop(fast)  # the file exporter's rows of this drain, one transaction
+        return built
+
+    def _finish_and_drop(self, fast: Any) -> None:
+        try:
+            fast.finish()
+        except Exception as exc:  # a sink must not raise; if one does, plain spans from now on
+            self.give_up_fast_path("a record sink failed to write a drain's rows", exc)
+        return None
+
+
+class _State(SpanBuilding):
     def __init__(self) -> None:
+        super().__init__()
         self.queue: collections.deque = collections.deque()
         self.thread: Optional[threading.Thread] = None
         self.wake = threading.Event()
         self.lock = threading.Lock()
-        self.tracer_provider: Any = None
         self.atexit_registered = False
-        # Off only to compare with the slow way (tests, benchmarks): OTEL_VLLM_FAST_SPANS=0.
-        self.fast_path = os.environ.get("OTEL_VLLM_FAST_SPANS", "1") != "0"
-        self.fast_path_failure: Optional[str] = None  # why the fast way was given up, if it was
+        # The writer process's client (writer_client.WriterClient) when records go there.
+        self.handoff: Any = None
 
 
 _state = _State()
@@ -212,17 +296,7 @@ def _failure_note() -> str:
 
 
 def _give_up_fast_path(what: str, exc: BaseException) -> None:
-    """Plain SDK spans from now on, said once as a WARNING naming the cause."""
-    _state.fast_path = False
-    if _state.fast_path_failure is None:
-        _state.fast_path_failure = f"{what} ({type(exc).__name__}: {exc})"
-        _logger.warning("otel-vllm-ascend: %s (%s: %s); building spans the plain SDK way "
-                        "from now on (slower, same spans for every exporter). Usually an "
-                        "opentelemetry-sdk version this release was not tested with: see the "
-                        "supported range in pyproject.toml.", what, type(exc).__name__, exc,
-                        exc_info=_logger.isEnabledFor(logging.DEBUG))
-    else:
-        _logger.debug("recorder: %s", what, exc_info=True)
+    _state.give_up_fast_path(what, exc)
 
 
 def _drain() -> None:
@@ -232,62 +306,29 @@ def _drain() -> None:
     metering = _meter.on
     if metering:
         cpu_start = time.thread_time_ns()
-    tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=_state.tracer_provider)
-    fast = None
-    if _state.fast_path and FastSpanBuilder is None:
-        _give_up_fast_path("the direct span builder could not be imported",
-                           _builder_import_error or ImportError("span_builder"))
-    elif _state.fast_path:
-        try:
-            fast = FastSpanBuilder.for_tracer(tracer, Deferred)
-        except Exception as exc:
-            _give_up_fast_path("the direct span builder could not be set up", exc)
-    popleft = queue.popleft
-    built = 0
-    while queue:
-        try:
-            rec = popleft()
-        except IndexError:
-            break
-        if rec.__class__ is TaskRecord:
-            try:
-                rec.func(rec.arg)
-            except Exception:
-                _logger.debug("recorder task failed", exc_info=True)
-            continue
-        built += 1
-        if metering:
-            if rec.name == STEP_RECORD:
-                _meter.steps += 1
-            elif rec.name == REQUEST_RECORD:
-                _meter.requests += 1
-        if fast is not None:
-            try:
-                if fast.build(rec):
-                    if len(fast.rows) >= ROWS_PER_WRITE:
-                        fast.finish()  # a producer that keeps the queue busy still gets written
-                    continue
-            except Exception as exc:
-                # The record goes the plain way below; rows gathered so far are written first.
-                fast = _finish_and_drop(fast)
-                _give_up_fast_path(f"the direct span builder failed on a {rec.name!r} record", exc)
-        try:
-            _build(tracer, rec)
-        except Exception:
-            _logger.debug("could not build span %r", rec.name, exc_info=True)
-    if fast is not None:
-        _finish_and_drop(fast)  # the file exporter's rows of this drain, one transaction
+    handoff = _state.handoff
+    if handoff is not None and handoff.send(queue):
+        built = 0  # handed to the writer process (the sender counts steps and records)
+    else:
+        built = _state.build(_popped(queue))
     if metering:
         _meter.drain_ns += time.thread_time_ns() - cpu_start
         _meter.drained += built
 
 
-def _finish_and_drop(fast: FastSpanBuilder) -> None:
-    try:
-        fast.finish()
-    except Exception as exc:  # a sink must not raise; if one does, plain spans from now on
-        _give_up_fast_path("a record sink failed to write a drain's rows", exc)
-    return None
+def _popped(queue: collections.deque) -> Iterator[Any]:
+    """The queue's records, oldest first, until it is empty (producers may keep adding)."""
+    popleft = queue.popleft
+    while queue:
+        try:
+            yield popleft()
+        except IndexError:
+            return
+
+
+def use_handoff(client: Any) -> None:
+    """Send records to the writer process through ``client`` (None: build them here again)."""
+    _state.handoff = client
 
 
 def record_self_meter_report(log: bool = False) -> None:
@@ -307,6 +348,9 @@ def flush_at_exit() -> None:
         except Exception:  # exit paths must not raise
             _logger.debug("self meter report failed", exc_info=True)
     flush()
+    handoff = _state.handoff
+    if handoff is not None:
+        handoff.close()
     drops.report()
 
 
@@ -380,7 +424,13 @@ def _build(tracer: Any, rec: SpanRecord) -> None:
     if events:
         for event_name, ts, event_attrs in events:
             span.add_event(event_name, event_attrs, ts)
-    if exception is not None:
+    if exception.__class__ is CapturedException:  # recorded in another process
+        span.add_event("exception", {"exception.type": exception.type,
+                                     "exception.message": exception.message,
+                                     "exception.stacktrace": exception.stacktrace,
+                                     "exception.escaped": "False"}, end_ns)
+        span.set_status(Status(StatusCode.ERROR, f"{exception.name}: {exception.message}"))
+    elif exception is not None:
         span.record_exception(exception, timestamp=end_ns)
         span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
     span.end(end_time=end_ns)
@@ -392,6 +442,8 @@ def _after_fork_in_child() -> None:
     _state.thread = None
     _state.wake = threading.Event()
     _state.lock = threading.Lock()
+    if _state.handoff is not None:
+        _state.handoff = _state.handoff.for_fork_child()
 
 
 if hasattr(os, "register_at_fork"):

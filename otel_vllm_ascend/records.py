@@ -28,7 +28,7 @@ class SpanRecord(NamedTuple):
     events: Optional[Sequence[EventTuple]]
     parent: Optional[SpanContext]
     links: Any  # Optional[Sequence[SpanContext]] or a Deferred giving one
-    exception: Optional[BaseException]
+    exception: Any  # Optional[BaseException], or a CapturedException from another process
     thread_id: int
     span_context: Optional[SpanContext]  # the span's own ids, chosen in advance (roots only)
 
@@ -50,6 +50,16 @@ class SpanRow(NamedTuple):
     attributes: Mapping[str, Any]  # plain values, lists as tuples (as the SDK stores them)
     events: Sequence[EventTuple]
     thread_id: int
+
+
+class CapturedException(NamedTuple):
+    """An exception as text, for a record built in another process (``handoff.py``): what the
+    SDK's ``record_exception`` and the span status would take from the exception itself."""
+
+    type: str  # module-qualified, as the ``exception.type`` event attribute
+    name: str  # the class name, as the span status says it
+    message: str
+    stacktrace: str
 
 
 new_span_record = tuple.__new__  # new_span_record(SpanRecord, (fields...)): the fast way

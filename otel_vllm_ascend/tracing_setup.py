@@ -47,7 +47,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel_vllm_ascend import contract, session
+from otel_vllm_ascend import contract, session, writer_client
 from otel_vllm_ascend.process_role import ROLE_ENV, detect_process_role  # noqa: F401 (API)
 from otel_vllm_ascend.thread_id import ThreadIdSpanProcessor
 
@@ -57,6 +57,7 @@ EXPORT_GROUP = "otel_vllm_ascend.export"
 EXPORT_DEFAULTS = {  # the group's entries in pyproject.toml
     "file_exporter": "otel_vllm_ascend.exporters.ms_service:MsServiceSpanExporter",
     "span_processor": "otel_vllm_ascend.exporters.processors:CountingBatchSpanProcessor",
+    "writer": "otel_vllm_ascend.exporters.writer:main",
 }
 ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 FILE_EXPORTER = "ms_service"
@@ -99,22 +100,36 @@ def apply_env_defaults(environ: Optional[MutableMapping[str, str]] = None) -> No
         session.session_dir()  # chosen now, once, so every child inherits the same folder
 
 
+def _export_entry(name: str) -> Any:
+    found = importlib.metadata.entry_points()
+    select = getattr(found, "select", None)  # Python >= 3.10; a dict of groups before
+    group = select(group=EXPORT_GROUP) if select else found.get(EXPORT_GROUP, ())
+    for entry in group:
+        if entry.name == name:
+            return entry
+    _logger.debug("no %r in the entry-point group %s; using %s", name, EXPORT_GROUP,
+                  EXPORT_DEFAULTS[name])
+    return None
+
+
 def export_part(name: str) -> Any:
     """``file_exporter`` or ``span_processor`` of the export side, by entry point.
 
     A source tree whose installed metadata predates the group (a stale ``*.egg-info`` first on
     ``sys.path``) still gets the package's own defaults, by the same names.
     """
-    found = importlib.metadata.entry_points()
-    select = getattr(found, "select", None)  # Python >= 3.10; a dict of groups before
-    group = select(group=EXPORT_GROUP) if select else found.get(EXPORT_GROUP, ())
-    for entry in group:
-        if entry.name == name:
-            return entry.load()
-    _logger.debug("no %r in the entry-point group %s; using %s", name, EXPORT_GROUP,
-                  EXPORT_DEFAULTS[name])
+    entry = _export_entry(name)
+    if entry is not None:
+        return entry.load()
     module, _, attr = EXPORT_DEFAULTS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def export_target(name: str) -> str:
+    """The ``module:attr`` an export entry point names, without importing it (the writer is
+    started as a process of its own by that name)."""
+    entry = _export_entry(name)
+    return entry.value if entry is not None else EXPORT_DEFAULTS[name]
 
 
 def resource_attributes() -> dict:
@@ -140,7 +155,21 @@ def configure_sdk(**kwargs: Any) -> TracerProvider:
     if isinstance(provider, TracerProvider):
         _state.configured_provider = provider
         register_fork_flush(provider)
+        start_writer(provider)
     return provider
+
+
+def start_writer(provider: TracerProvider) -> None:
+    """Hand this process's records to the node's writer process (started here when no vLLM
+    process of this server has started it yet); see ``writer_client.py``. Only for a provider
+    this package built from ``OTEL_*``, which the writer can build again for each process."""
+    from otel_vllm_ascend import recorder
+
+    if recorder._state.handoff is not None:
+        return
+    client = writer_client.start(provider, export_target("writer"))
+    if client is not None:
+        recorder.use_handoff(client)
 
 
 def ensure_tracer_provider() -> Any:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -29,7 +30,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_vllm_ascend import contract, recorder
+from otel_vllm_ascend import contract, handoff, recorder
 from otel_vllm_ascend.process_role import detect_process_role
 
 MAX_TRACKED_REQUESTS = 65536
@@ -183,6 +184,7 @@ def queue_changes(before: Iterable[Any], after: Iterable[Any]) -> Tuple[list, li
 # -- batch details ----------------------------------------------------------------------------
 
 PREFILL, DECODE = 0, 1
+_batch_numbers = itertools.count()
 
 
 DETAIL_KEYS = ("rid", "iter", "type", "num_scheduled_tokens", "num_prompt_tokens",
@@ -307,9 +309,10 @@ class BatchDescription:
     """
 
     __slots__ = ("output", "inputs", "request_ids", "requests", "rows", "kind", "links",
-                 "_json")
+                 "_json", "seq")
 
     def __init__(self, output: Any, inputs: BatchInputs) -> None:
+        self.seq = next(_batch_numbers)  # names the step to the writer process (handoff.py)
         self.output = output
         self.inputs = inputs
         self.request_ids = list(inputs.scheduled)
@@ -345,6 +348,76 @@ class BatchDescription:
 
 _classifier = BatchClassifier()
 _last_batch: Optional[BatchDescription] = None
+
+
+# -- the same work in the writer process (handoff.py) ------------------------------------------
+#
+# With a writer process, EngineCore hands over the step's copied inputs and the trace contexts
+# of its new requests (plain values); the classification, ``ms.rid_detail`` text, ``batch_type``
+# and links are worked out there, per EngineCore process, in step order.
+
+_RETAINED_STEPS = 64  # a step's results outlive it this many steps (modelExec comes later)
+
+
+def _batch_to_wire(description: BatchDescription) -> tuple:
+    inputs = description.inputs
+    contexts = []
+    for request_id, _, _ in inputs.new:
+        context = request_contexts.get(request_id)
+        if context is None and description.requests is not None:
+            request = description.requests.get(request_id)
+            if request is not None:
+                context = engine_context(request)
+        if context is not None:
+            contexts.append((request_id, handoff.context_to_wire(context)))
+    forget(inputs.finished)
+    return description.seq, tuple(inputs), contexts
+
+
+class RemoteBatches:
+    """The writer's side of :class:`BatchDescription` for one EngineCore process."""
+
+    def __init__(self) -> None:
+        self.classifier = BatchClassifier()
+        self.steps: OrderedDict = OrderedDict()  # seq -> [rows, kind, links, json or None]
+
+    def resolve(self, wire: tuple) -> None:
+        seq, inputs, contexts = wire
+        rows, kind = self.classifier.classify(BatchInputs(*inputs))
+        known = dict(contexts)
+        links = [handoff.context_from_wire(known[row[0]]) for row in rows
+                 if row[1] == 0 and row[0] in known][:MAX_LINKS]
+        steps = self.steps
+        steps[seq] = [rows, kind, links or None, None]
+        if len(steps) > _RETAINED_STEPS:
+            steps.popitem(last=False)
+
+    def details_json(self, seq: int) -> str:
+        step = self.steps[seq]
+        if step[3] is None:
+            step[3] = details_json(step[0])
+        return step[3]
+
+
+def _remote(state: dict) -> RemoteBatches:
+    batches = state.get("batches")
+    if batches is None:
+        batches = state["batches"] = RemoteBatches()
+    return batches
+
+
+def _batch_seq(description: BatchDescription) -> int:
+    return description.seq
+
+
+handoff.register_task(BatchDescription.resolve, "batch.resolve", _batch_to_wire,
+                      lambda state, wire: _remote(state).resolve(wire))
+handoff.register_value(BatchDescription.details_json, "batch.details_json", _batch_seq,
+                       lambda state, seq: _remote(state).details_json(seq))
+handoff.register_value(BatchDescription.batch_type, "batch.batch_type", _batch_seq,
+                       lambda state, seq: _remote(state).steps[seq][1])
+handoff.register_value(BatchDescription.span_links, "batch.span_links", _batch_seq,
+                       lambda state, seq: _remote(state).steps[seq][2])
 
 
 def describe_batch(scheduler_output: Any, requests: Optional[Mapping[str, Any]] = None

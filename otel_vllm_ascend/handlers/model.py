@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Any, Callable, List, Optional
 
-from otel_vllm_ascend import contract, control, recorder, samplers, wrapping
+from otel_vllm_ascend import contract, control, handoff, recorder, samplers, wrapping
 from otel_vllm_ascend.handlers import common, meta, spec_decode
 
 DOMAIN = "Execute"
@@ -175,6 +175,9 @@ def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: An
         attributes["spec_decode_accepted_by_req"] = recorder.Deferred(json.dumps, accepted)
     recorder.record_span("modelRunnerExec", start, time.time_ns(), attributes, exception=error,
                          thread_id=tid)
+
+
+handoff.register_value(json.dumps, "json.dumps")  # the acceptance JSON, in the writer process
 
 
 execute_model_runner = wrapping.AroundHandler(

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any, List, NamedTuple, Optional
 
-from otel_vllm_ascend import contract, recorder, wrapping
+from otel_vllm_ascend import contract, handoff, recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Execute"
@@ -192,6 +192,10 @@ def accepted_ratio_per_pos(rows: List[tuple]) -> tuple:
         accepted = sum(1 for row in drafted if row[3] > position)
         ratios.append(round(accepted / len(drafted), 4))
     return tuple(ratios)
+
+
+handoff.register_value(details_json, "spec_decode.details_json")
+handoff.register_value(accepted_ratio_per_pos, "spec_decode.accepted_ratio_per_pos")
 
 
 def _propose_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,

@@ -1,0 +1,191 @@
+"""The hand-off to the writer process: records as plain values in marshal frames.
+
+Every record shape survives the trip (to_wire -> frame -> FrameReader -> from_wire) and becomes
+the same span the serving process would have built; work registered for the writer (the engine
+step's classification, its ``ms.rid_detail`` text, ``batch_type`` and links) gives there what
+it gives in the serving process.
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+from types import SimpleNamespace
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+from test_span_builder import _records, _view
+
+from otel_vllm_ascend import contract, handoff, recorder
+from otel_vllm_ascend.handlers import common
+from otel_vllm_ascend.handlers import spec_decode as _spec_decode  # noqa: F401 (registers)
+from otel_vllm_ascend.records import CapturedException, SpanRecord, TaskRecord
+
+
+def _failing():
+    try:
+        raise ValueError("bad input")
+    except ValueError as exc:
+        return exc
+
+
+def _all_records():
+    records = _records()
+    records.append(dict(name="modelRunnerExec", start_ns=1, end_ns=2,
+                        attributes={contract.DOMAIN: "Model", contract.RID: ["a"]},
+                        exception=_failing(), thread_id=7))
+    records.append(dict(name="specDecoding", start_ns=3, end_ns=4, attributes={
+        contract.RID_DETAIL: recorder.Deferred(_spec_decode.details_json, [("a", 0, 2, 1)]),
+        "accepted_ratio_per_pos": recorder.Deferred(_spec_decode.accepted_ratio_per_pos,
+                                                    [("a", 0, 2, 1)])}, thread_id=7))
+    return records
+
+
+def _queued(records):
+    return [tuple.__new__(SpanRecord, (r["name"], r["start_ns"], r["end_ns"], r["attributes"],
+                                       r.get("events"), r.get("parent"), r.get("links"),
+                                       r.get("exception"), r.get("thread_id") or 1,
+                                       r.get("span_context")))
+            for r in records]
+
+
+def _spans(records, through_writer: bool):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=DEFAULT_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    building = recorder.SpanBuilding(provider)
+    queued = _queued(records)
+    if through_writer:
+        data = handoff.records_frame([handoff.to_wire(rec, recorder.Deferred) for rec in queued])
+        reader = handoff.FrameReader()
+        frames = reader.feed(data[:7]) + reader.feed(data[7:])  # split anywhere
+        assert [kind for kind, _ in frames] == [handoff.RECORDS]
+        state: dict = {}
+        queued = [handoff.from_wire(wire, state) for wire in frames[0][1]]
+    building.build(queued)
+    return exporter.get_finished_spans()
+
+
+def test_every_record_shape_becomes_the_same_span():
+    here = _spans(_all_records(), through_writer=False)
+    there = _spans(_all_records(), through_writer=True)
+    assert [s.name for s in there] == [s.name for s in here]
+    for there_span, here_span in zip(there, here):
+        assert _view(there_span) == _view(here_span), there_span.name
+    failed = next(s for s in there if s.name == "modelRunnerExec")
+    assert failed.status.description == "ValueError: bad input"
+    event = failed.events[0]
+    assert event.attributes["exception.type"] == "ValueError"
+    assert "raise ValueError" in event.attributes["exception.stacktrace"]
+
+
+def test_wire_records_are_plain_values():
+    queued = _queued(_all_records())
+    wires = [handoff.to_wire(rec, recorder.Deferred) for rec in queued]
+    assert marshal.loads(marshal.dumps(wires)) == wires  # nothing but plain values
+    spec = wires[-1]
+    assert spec[3] == {}  # both attributes are left to the writer
+    assert [name for _, name, _ in spec[4]] == ["spec_decode.details_json",
+                                                "spec_decode.accepted_ratio_per_pos"]
+    # an unregistered Deferred (str) was computed here
+    assert wires[0][3][contract.RID_DETAIL] == "[1, 2]"
+
+
+def test_contexts_keep_flags_and_tracestate():
+    context = SpanContext(2**127 + 5, 2**63 + 1, True, TraceFlags(1),
+                          TraceState([("vendor", "x=1")]))
+    wire = handoff.context_to_wire(context)
+    assert marshal.loads(marshal.dumps(wire)) == wire
+    back = handoff.context_from_wire(wire)
+    assert back == context and back.trace_state == context.trace_state
+    assert back.is_remote and back.trace_flags.sampled
+
+
+def test_foreign_values_are_dropped_or_made_plain():
+    class Odd:
+        pass
+
+    rec = _queued([dict(name="n", start_ns=1, end_ns=2, attributes={
+        "odd": Odd(), "flag": True, "items": (1, "a"), "mixed": [1, Odd()]})])[0]
+    wire = handoff.to_wire(rec, recorder.Deferred)
+    assert wire[3]["flag"] is True and wire[3]["items"] == [1, "a"]
+    assert "odd" not in wire[3]  # the SDK would reject it too
+    assert wire[3]["mixed"][0] == 1 and isinstance(wire[3]["mixed"][1], str)
+
+
+def test_frame_reader_refuses_garbage():
+    reader = handoff.FrameReader()
+    with pytest.raises(handoff.HandoffError):
+        reader.feed(b"\xff\xff\xff\x7f\x02abc")
+    reader = handoff.FrameReader()
+    assert reader.feed(handoff.frame(handoff.HELLO, {"pid": 1})[:-1]) == []
+    with pytest.raises(handoff.HandoffError):
+        handoff.remote_function("no.such.function")
+
+
+def _step(new=(), cached=(), finished=(), scheduled=None):
+    """A SchedulerOutput as the classifier reads it."""
+    return SimpleNamespace(
+        scheduled_new_reqs=[SimpleNamespace(req_id=rid, prompt_token_ids=[0] * prompt,
+                                            num_computed_tokens=0) for rid, prompt in new],
+        scheduled_cached_reqs=SimpleNamespace(req_ids=[rid for rid, _ in cached],
+                                              num_computed_tokens=[n for _, n in cached]),
+        finished_req_ids=set(finished), num_scheduled_tokens=dict(scheduled or {}))
+
+
+STEPS = [
+    _step(new=[("a", 8), ("b", 4)], scheduled={"a": 8, "b": 4}),
+    _step(new=[("c", 16)], cached=[("a", 8), ("b", 4)], scheduled={"a": 1, "b": 1, "c": 8}),
+    _step(cached=[("a", 9), ("c", 8)], finished=["b"], scheduled={"a": 1, "c": 8}),
+    _step(new=[("b2", 3)], cached=[("c", 16)], finished=["a"], scheduled={"c": 1, "b2": 3}),
+]
+
+
+def _contexts():
+    return {rid: SpanContext(0x100 + i, 0x200 + i, True, TraceFlags(1))
+            for i, rid in enumerate(("a", "b", "c", "b2"))}
+
+
+def test_engine_steps_classified_in_the_writer_as_here(monkeypatch):
+    monkeypatch.setattr(common, "_classifier", common.BatchClassifier())
+    monkeypatch.setattr(common, "_last_batch", None)
+    here, wires = [], []
+    for output in STEPS:
+        for rid, context in _contexts().items():
+            common.request_contexts.put(rid, context)
+        batch = common.BatchDescription(output, common.BatchInputs.of(output))
+        wires.append(common._batch_to_wire(batch))  # what the hand-off sends for the task
+        batch.resolve()
+        here.append((batch.details_json(), batch.batch_type(), batch.span_links()))
+    state: dict = {}
+    remote = handoff.remote_function("batch.resolve")
+    there = []
+    for batch_wire in marshal.loads(marshal.dumps(wires)):
+        remote(state, batch_wire)
+        seq = batch_wire[0]
+        there.append((handoff.remote_function("batch.details_json")(state, seq),
+                      handoff.remote_function("batch.batch_type")(state, seq),
+                      handoff.remote_function("batch.span_links")(state, seq)))
+    assert there == here
+    assert json.loads(there[1][0])[2] == {"rid": "c", "iter": 0, "type": 0,
+                                          "num_scheduled_tokens": 8, "num_prompt_tokens": 16,
+                                          "num_computed_tokens": 0}
+    assert there[1][1] == "Prefill,Decode"
+    assert [link.trace_id for link in there[1][2]] == [0x102]  # c only: a, b were linked before
+
+
+def test_unregistered_task_runs_here():
+    ran = []
+    task = tuple.__new__(TaskRecord, (ran.append, 5))
+    assert handoff.to_wire(task, recorder.Deferred) is None and ran == [5]
+
+
+def test_captured_exception_text():
+    captured = handoff.capture_exception(_failing())
+    assert isinstance(captured, CapturedException)
+    assert (captured.type, captured.name, captured.message) == ("ValueError", "ValueError",
+                                                                "bad input")
