@@ -10,6 +10,12 @@ enable1     ``enable: 1``, file exporter (``ms_service_*.db``)
 enable1otlp ``enable: 1`` plus OTLP/HTTP forwarding to a receiver on loopback
 vllmotlp    vLLM's own tracing (``--otlp-traces-endpoint``) to the same receiver, tool inert
 noplugin    (not in the default set) vLLM with ``VLLM_PLUGINS`` keeping our plugin unloaded
+enable1inproc (not in the default set) ``enable1`` with ``OTEL_VLLM_WRITER=0``: every vLLM
+            process builds and exports its own spans (the way before the writer process)
+enable1base (not in the default set; needs ``--baseline-tree``) ``enable1`` with another
+            checkout of the project first on ``PYTHONPATH`` (e.g. ``git worktree add`` of
+            main, with ``otel_vllm_ascend/exporters`` and ``otel_vllm_ascend/analysis``
+            symlinked to its ``exporters`` and ``analysis``): the baseline side by side
 =========== ===============================================================================
 
 Each start gets one warm-up run, then ``--runs`` measured runs of the same fixed workload
@@ -23,7 +29,9 @@ machine kind: use many repeats before reading a small difference.
 
 The tool's configurations run with its self meter on (``OTEL_VLLM_SELF_METER=1``); after each
 server stops, the last ``selfMeter`` Meta row of every capture file is read and the tool's own
-time is printed per process role, per engine step and per request (µs, medians over starts).
+time is printed per process role, per engine step and per request (µs, medians over starts):
+the serving processes' own figure ("in vLLM's processes") and the writer process's (role
+``writer``) separately.
 
     .venv/bin/python benchmarks/bench_serving_overhead.py --repeats 5 [--runs 2] [--json out.json]
 """
@@ -52,13 +60,14 @@ from otlp_receiver import ReceiverProcess  # noqa: E402
 from serve import VllmServer  # noqa: E402
 
 CONFIGS = ("plain", "enable0", "enable1", "enable1otlp", "vllmotlp")
-OPTIONAL_CONFIGS = ("noplugin",)
-TOOL_CONFIGS = ("enable0", "enable1", "enable1otlp")
+OPTIONAL_CONFIGS = ("noplugin", "enable1inproc", "enable1base")
+TOOL_CONFIGS = ("enable0", "enable1", "enable1otlp", "enable1inproc", "enable1base")
+WRITER_ROLE = "writer"
 NO_PLUGINS = {"VLLM_PLUGINS": "none-of-the-installed"}
 
 
 def server_for(config: str, model: Path, work: Path, receiver: ReceiverProcess,
-               launcher: str) -> VllmServer:
+               launcher: str, baseline_tree: Path | None = None) -> VllmServer:
     env: dict = {}
     extra: list = []
     launch: tuple = ()
@@ -72,6 +81,11 @@ def server_for(config: str, model: Path, work: Path, receiver: ReceiverProcess,
         files = profiling_workdir.prepare(work, enable=0 if config == "enable0" else 1)
         env.update(files.env())
         env["OTEL_VLLM_SELF_METER"] = "1"
+        if config == "enable1inproc":
+            env["OTEL_VLLM_WRITER"] = "0"
+        if config == "enable1base":
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(baseline_tree), os.environ.get("PYTHONPATH", "")) if p)
         if config == "enable1otlp":
             env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
                         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
@@ -88,7 +102,7 @@ def self_meter(work: Path) -> dict | None:
     per_role: dict = {}
     by_symbol: dict = {}  # (role, symbol) -> [calls, hot_ns]
     steps = requests = 0
-    total_ns = 0
+    total_ns = writer_ns = 0
     for path in sorted(work.rglob("ms_service_*.db")):
         try:
             with sqlite3.connect(path) as conn:
@@ -108,12 +122,17 @@ def self_meter(work: Path) -> dict | None:
             totals = by_symbol.setdefault((figures["role"], symbol), [0, 0])
             totals[0] += calls
             totals[1] += symbol_ns
+        if figures["role"] == WRITER_ROLE:  # its steps are EngineCore's, counted there
+            writer_ns += tool_ns
+            continue
         total_ns += tool_ns
         steps += figures["steps"]
         requests += figures["requests"]
     if not per_role:
         return None
     return {"roles": per_role, "steps": steps, "requests": requests, "tool_ns": total_ns,
+            "writer_ns": writer_ns,
+            "writer_us_per_step": writer_ns / steps / 1000 if steps else None,
             "by_symbol": [[role, symbol, calls, ns] for (role, symbol), (calls, ns)
                           in sorted(by_symbol.items())],
             "us_per_step": total_ns / steps / 1000 if steps else None,
@@ -121,8 +140,10 @@ def self_meter(work: Path) -> dict | None:
 
 
 def meter_report(meters: dict) -> str:
-    lines = ["| configuration | starts | tool µs per engine step | per request | "
-             "per step by role: hot / span building / export threads |", "|---|---|---|---|---|"]
+    lines = ["| configuration | starts | tool µs per engine step in vLLM's processes | "
+             "in the writer process | per request (vLLM's processes) | "
+             "per step by role: hot / span building or hand-off / export threads |",
+             "|---|---|---|---|---|---|"]
     for config, rows in meters.items():
         rows = [m for m in rows if m and m["us_per_step"]]
         if not rows:
@@ -134,9 +155,10 @@ def meter_report(meters: dict) -> str:
                 parts.append(statistics.median(
                     m["roles"][role][key] / m["steps"] / 1000 for m in rows if role in m["roles"]))
             roles.append(f"{role} {parts[0]:.1f} / {parts[1]:.1f} / {parts[2]:.1f}")
+        writer = statistics.median(m.get("writer_us_per_step") or 0 for m in rows)
         lines.append(
             f"| {config} | {len(rows)} | {statistics.median(m['us_per_step'] for m in rows):.1f} | "
-            f"{statistics.median(m['us_per_request'] or 0 for m in rows):.1f} | "
+            f"{writer:.1f} | {statistics.median(m['us_per_request'] or 0 for m in rows):.1f} | "
             f"{'; '.join(roles)} |")
     return "\n".join(lines)
 
@@ -252,12 +274,17 @@ def main(argv: list | None = None) -> int:
                         help="activation path of the tool configurations")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write every run's figures here")
+    parser.add_argument("--baseline-tree", type=Path,
+                        help="a checkout of the baseline (e.g. main) for configuration "
+                             "enable1base, put first on PYTHONPATH")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     unknown = set(configs) - set(CONFIGS) - set(OPTIONAL_CONFIGS)
     if unknown:
         parser.error(f"unknown configurations {sorted(unknown)}; choose from "
                      f"{CONFIGS + OPTIONAL_CONFIGS}")
+    if "enable1base" in configs and args.baseline_tree is None:
+        parser.error("enable1base needs --baseline-tree")
 
     # The configurations say whether the tool is on; nothing in this shell may switch it on.
     for name in ("SERVICE_PROF_CONFIG_PATH", "PROFILING_SYMBOLS_PATH", "OTEL_TRACES_EXPORTER",
@@ -276,7 +303,8 @@ def main(argv: list | None = None) -> int:
             shift = repeat % len(configs)
             for config in list(configs[shift:]) + list(configs[:shift]):
                 start_dir = work / f"{config}-{repeat}"
-                server = server_for(config, model, start_dir, receiver, args.launcher)
+                server = server_for(config, model, start_dir, receiver, args.launcher,
+                                    args.baseline_tree)
                 with server:
                     measure(server, fixed_workload(32, args.max_tokens, seed=99),
                             args.concurrency)
@@ -294,7 +322,9 @@ def main(argv: list | None = None) -> int:
                     meter = self_meter(start_dir)
                     meters[config].append(meter)
                     if meter and meter["us_per_step"]:
-                        print(f"    self meter: {meter['us_per_step']:.1f} us per engine step, "
+                        print(f"    self meter: {meter['us_per_step']:.1f} us per engine step "
+                              f"in vLLM's processes (writer process "
+                              f"{meter['writer_us_per_step'] or 0:.1f}), "
                               f"{meter['us_per_request'] or 0:.1f} us per request", flush=True)
     print()
     print(f"workload: {args.requests} requests x {args.max_tokens} output tokens, concurrency "

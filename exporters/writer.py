@@ -15,10 +15,11 @@ it inherits; never started by hand. Per connected vLLM process (a *producer*) it
 Frames come in as ``handoff.py`` describes; each RECORDS frame is built into spans at once, in
 order, and written (the file: one transaction per frame). A producer that closes its connection,
 says BYE or dies has everything it sent built, flushed and its provider shut down; the others go
-on. The writer exits when the process that started it is gone and no producer is connected
-(or :data:`LINGER_S` after that process went, whatever is still connected), and on SIGTERM
-after writing what it has received. SIGINT is ignored: Ctrl-C stops the server, whose
-processes then close their connections.
+on. The writer exits when the process that started it is done (its connection closed) or gone
+and no producer is connected (or :data:`LINGER_S` after that, whatever is still connected), and
+on SIGTERM after writing what it has received. The starting process waits for that at its exit
+(``writer_client.EXIT_WAIT_S``), so a capture read after the server stopped is complete.
+SIGINT is ignored: Ctrl-C stops the server, whose processes then close their connections.
 
 With ``OTEL_VLLM_SELF_METER=1`` the writer meters itself too: its building and export CPU,
 ``steps`` (engine steps built) and ``records``, in a ``selfMeter`` Meta row with role
@@ -245,6 +246,8 @@ class Writer:
                     break
 
     def _close(self, producer: Producer) -> None:
+        if producer.pid == self.parent and self.parent_gone_at is None:
+            self.parent_gone_at = time.monotonic()  # the server's first process is done
         fd = producer.sock.fileno()
         if fd in self.producers:
             del self.producers[fd]

@@ -34,6 +34,7 @@ and the export span processor are looked up by name in the entry-point group
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.metadata
 import logging
@@ -170,6 +171,10 @@ def start_writer(provider: TracerProvider) -> None:
     client = writer_client.start(provider, export_target("writer"))
     if client is not None:
         recorder.use_handoff(client)
+        if client.process is not None:
+            # After the recorder's own exit flush (registered later, so run first): the BYE
+            # and the wait for the writer even when this process recorded nothing.
+            atexit.register(client.close)
 
 
 def ensure_tracer_provider() -> Any:

@@ -46,6 +46,9 @@ ADDRESS_ENV = "OTEL_VLLM_WRITER_ADDRESS"
 SWITCH_ENV = "OTEL_VLLM_WRITER"  # "0": build spans in every serving process, as before
 ANSWER_TIMEOUT_S = float(os.environ.get("OTEL_VLLM_WRITER_START_TIMEOUT_S", "20"))
 SEND_TIMEOUT_S = 10.0
+# The process that started the writer waits this long at exit for it to finish writing, so
+# whoever reads the capture after the server stopped reads it whole.
+EXIT_WAIT_S = float(os.environ.get("OTEL_VLLM_WRITER_EXIT_WAIT_S", "30"))
 WRITER_GONE = "the writer process (gone)"
 WRITER_ROLE = "writer"
 _AUTO_INSTRUMENTATION = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")
@@ -125,9 +128,13 @@ class WriterClient:
             return True
 
     def close(self) -> None:
-        """The producer is done: BYE, then the connection closes (the writer finishes what it
-        received; it does not make this process wait)."""
+        """The producer is done: BYE, then the connection closes; the writer finishes what it
+        received. The process that started the writer then waits (up to
+        :data:`EXIT_WAIT_S`) for the writer to exit: it exits once that process and every other
+        producer are done, so the capture is complete when the server has stopped."""
         with self.lock:
+            if self.state == "new" and self.process is not None:
+                self._open()  # nothing sent yet: the writer must still hear that we are done
             if self.state == "connected" and self.sock is not None:
                 try:
                     self.sock.sendall(handoff.frame(handoff.BYE, None))
@@ -138,6 +145,13 @@ class WriterClient:
                 self.sock = None
             if self.state in ("new", "connected"):
                 self.state = "closed"
+            process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            try:
+                process.wait(EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                _logger.warning("otel-vllm-ascend: the writer process %d is still writing after "
+                                "%.0f s; not waiting longer", process.pid, EXIT_WAIT_S)
 
     def for_fork_child(self) -> WriterClient:
         """A forked child's own client: same writer, its own connection and HELLO."""
