@@ -5,6 +5,7 @@ Starts one server with the tool on (``"enable": 1``, file exporter, plugin activ
 EngineCore and Worker while the serving benchmark's workload runs, then prints per process the
 share of busy samples spent in the tool's own work (its code and the OpenTelemetry SDK, SQLite
 and JSON work it calls, but not vLLM's original under a wrapper), and the hottest tool frames.
+The writer process, which does nothing but the tool's work, is sampled too.
 
 Needs ``py-spy`` (``pip install py-spy``) and permission to ptrace the server (root or
 ``CAP_SYS_PTRACE``).
@@ -45,7 +46,9 @@ def roles(server: VllmServer) -> dict:
     found = {"api_server": server.process.pid}
     for pid in server.pids():
         text = " ".join(psutil.Process(pid).cmdline())
-        if "EngineCore" in text or "EngineCore" in psutil.Process(pid).name():
+        if "otel_vllm_ascend.exporters.writer" in text:
+            found["writer"] = pid  # the tool's writer process: all of it is the tool's work
+        elif "EngineCore" in text or "EngineCore" in psutil.Process(pid).name():
             found["engine_core"] = pid
         elif "Worker" in text or "Worker" in psutil.Process(pid).name():
             found["worker"] = pid

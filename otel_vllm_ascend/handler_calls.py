@@ -322,13 +322,19 @@ class AroundHandler:
     (``result`` None; the exception is re-raised after it). ``args`` exclude ``this``. Called
     with the custom-handler signature ``(original, this, *args, **kwargs)`` it behaves as a
     handler written that way.
+
+    With ``wraps_result``, what ``after`` returns is what the caller gets: for a function that
+    returns a context manager, a transparent one around it (``after`` must return the result
+    itself, or an object that behaves exactly like it; if ``after`` fails, the caller gets the
+    original's result).
     """
 
     def __init__(self, before: Callable, after: Callable, name: str, doc: str = "",
-                 after_errors: bool = False) -> None:
+                 after_errors: bool = False, wraps_result: bool = False) -> None:
         self.before = before
         self.after = after
         self.after_errors = after_errors
+        self.wraps_result = wraps_result
         self.__name__ = self.__qualname__ = name
         self.__module__ = after.__module__
         self.__doc__ = doc
@@ -343,8 +349,8 @@ class AroundHandler:
             if self.after_errors:
                 self.after(state, this, args, kwargs, None, error)
             raise
-        self.after(state, this, args, kwargs, result, None)
-        return result
+        returned = self.after(state, this, args, kwargs, result, None)
+        return returned if self.wraps_result else result
 
 
 def always(this: Any, args: tuple, kwargs: dict) -> bool:
@@ -356,6 +362,8 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
     before, after = hook.handler.before, hook.handler.after
     after_errors = hook.handler.after_errors
     bound = hook.binding in ("method", "classmethod")
+    if hook.handler.wraps_result:
+        return _result_wrapping(hook, func, bound)
 
     def wrapper(*args, **kwargs):
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
@@ -381,6 +389,47 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
             raise
         _after(hook, after, state, this, rest, kwargs, result, None)
         return result
+    return wrapper
+
+
+def _result_wrapping(hook: Hook, func: Callable, bound: bool) -> Callable:
+    """:func:`around_handler` for ``wraps_result`` halves: the caller gets ``after``'s value."""
+    before, after = hook.handler.before, hook.handler.after
+    after_errors = hook.handler.after_errors
+
+    def wrapper(*args, **kwargs):
+        if not hook.active or (hook.caller_filter is not None and _skip(hook)):
+            return func(*args, **kwargs)
+        metered = _meter.on
+        entered = _meter_ns() if metered else 0
+        this, rest = (args[0], args[1:]) if bound and args else (None, args)
+        try:
+            state = before(this, rest, kwargs)
+        except Exception as exc:
+            hook.failed(exc)
+            state = None
+        if state is None:
+            if metered:
+                _meter.add_hot(_meter_ns() - entered, hook.symbol)
+            return func(*args, **kwargs)
+        called = _meter_ns() if metered else 0
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as error:
+            if after_errors:
+                _after(hook, after, state, this, rest, kwargs, None, error)
+            raise
+        returned_at = _meter_ns() if metered else 0
+        try:
+            returned = after(state, this, rest, kwargs, result, None)
+        except Exception as exc:
+            hook.failed(exc)
+            returned = result
+        else:
+            hook.failures = 0
+        if metered:
+            _meter.add_hot(called - entered + _meter_ns() - returned_at, hook.symbol)
+        return returned
     return wrapper
 
 

@@ -167,10 +167,24 @@ def _deferred_to_wire(value: Any) -> Optional[tuple]:
     return entry.name, arg
 
 
+_AS_IS = (str, int, float, bool, type(None), list, tuple)  # marshal checks list items
+
+
+def _sanitized_attributes(attributes: Any) -> dict:
+    out = {}
+    for key, value in attributes.items():
+        value = _plain(value)
+        if value is not _UNSET:
+            out[key] = value
+    return out
+
+
 def to_wire(rec: Any, deferred_type: type) -> Optional[tuple]:
     """A queued record or task as plain values (work left to the writer where registered).
 
     Returns None for a task that ran here instead (its function was not registered).
+    Attribute and event dicts whose values are all of plain types go as they are (no copy);
+    :func:`records_frame` cleans a record that marshal still refuses (a foreign list item).
     """
     if rec.__class__ is TaskRecord:
         entry = _by_function.get(rec.func)
@@ -179,31 +193,34 @@ def to_wire(rec: Any, deferred_type: type) -> Optional[tuple]:
             return None
         return ("", entry.name, entry.to_wire(rec.arg) if entry.to_wire else rec.arg)
     name, start, end, attributes, events, parent, links, exception, tid, own = rec
-    attrs = {}
+    attrs = attributes
     computed = None
-    for key, value in attributes.items():
-        kind = type(value)
-        if kind in _PLAIN:
-            attrs[key] = value
-        elif kind is deferred_type:
-            wire = _deferred_to_wire(value)
-            if wire is not None:
-                if computed is None:
-                    computed = []
-                computed.append((key, wire[0], wire[1]))
-                continue
-            value = _plain(value.func(value.arg))
-            if value is not _UNSET:
-                attrs[key] = value
-        else:
-            value = _plain(value)
-            if value is not _UNSET:
-                attrs[key] = value
+    for value in attributes.values():
+        if type(value) not in _AS_IS:
+            attrs = {}
+            for key, value in attributes.items():
+                kind = type(value)
+                if kind in _AS_IS:
+                    attrs[key] = value
+                    continue
+                if kind is deferred_type:
+                    wire = _deferred_to_wire(value)
+                    if wire is not None:
+                        if computed is None:
+                            computed = []
+                        computed.append((key, wire[0], wire[1]))
+                        continue
+                    value = value.func(value.arg)
+                value = _plain(value)
+                if value is not _UNSET:
+                    attrs[key] = value
+            break
     if events:
-        events = [(event_name, ts, {key: value for key, value in
-                                    ((k, _plain(v)) for k, v in event_attrs.items())
-                                    if value is not _UNSET})
-                  for event_name, ts, event_attrs in events]
+        for _, _, event_attrs in events:
+            if any(type(value) not in _AS_IS for value in event_attrs.values()):
+                events = [(event_name, ts, _sanitized_attributes(event_attrs))
+                          for event_name, ts, event_attrs in events]
+                break
     links_computed = None
     if links is not None:
         if type(links) is deferred_type:
@@ -216,6 +233,17 @@ def to_wire(rec: Any, deferred_type: type) -> Optional[tuple]:
     return (name, start, end, attrs, computed, events or None,
             context_to_wire(parent) if parent is not None else None, links or None,
             links_computed, exception, tid, context_to_wire(own) if own is not None else None)
+
+
+def _cleaned(wire: tuple) -> tuple:
+    """A wire record whose attribute and event values are made plain item by item."""
+    if len(wire) == 3:
+        return wire
+    events = wire[5]
+    if events:
+        events = [(event_name, ts, _sanitized_attributes(event_attrs))
+                  for event_name, ts, event_attrs in events]
+    return wire[:3] + (_sanitized_attributes(wire[3]), wire[4], events) + wire[6:]
 
 
 def from_wire(wire: tuple, state: Dict[str, Any]) -> Optional[SpanRecord]:
@@ -247,18 +275,21 @@ def frame(kind: int, payload: Any) -> bytes:
 
 
 def records_frame(wires: List[tuple]) -> bytes:
-    """One RECORDS frame; a record marshal cannot take (a foreign value type the checks above
-    let through) is left out rather than losing the whole drain."""
+    """One RECORDS frame. A record marshal refuses (a foreign item inside a list or tuple, or
+    in a computed value's argument) is cleaned item by item; one that still fails is left out
+    rather than losing the whole drain."""
     try:
         return frame(RECORDS, wires)
     except ValueError:
         kept = []
         for wire in wires:
-            try:
-                marshal.dumps(wire, MARSHAL_VERSION)
-            except ValueError:
-                continue
-            kept.append(wire)
+            for candidate in (wire, _cleaned(wire)):
+                try:
+                    marshal.dumps(candidate, MARSHAL_VERSION)
+                except ValueError:
+                    continue
+                kept.append(candidate)
+                break
         return frame(RECORDS, kept)
 
 

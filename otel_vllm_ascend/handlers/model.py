@@ -202,13 +202,41 @@ RUNNER_PHASES = {
 }
 
 
-def record_function_or_nullcontext(original: Any, this: Any, name: Any = None, *args: Any,
-                                   **kwargs: Any) -> Any:
-    """``record_function_or_nullcontext(name)`` of a model runner: a span per known phase."""
-    manager = original(name, *args, **kwargs)
+class _PhaseContext:
+    """The runner's context manager for one phase, recording the phase's span at its exit;
+    every other attribute reads through to it (what ``record_function_or_nullcontext`` hands
+    the runner when recording)."""
+
+    __slots__ = ("target", "phase", "attributes", "start", "tid", "synchronize")
+
+    def __init__(self, target: Any, state: tuple) -> None:
+        self.target = target
+        self.phase, self.attributes, self.start, self.tid, self.synchronize = state
+
+    def __enter__(self):  # noqa: ANN204
+        return self.target.__enter__()
+
+    def __exit__(self, exc_type, exc, tb):  # noqa: ANN001, ANN204
+        try:
+            return self.target.__exit__(exc_type, exc, tb)
+        finally:
+            try:
+                if self.synchronize is not None:
+                    self.synchronize()
+                recorder.record_span(self.phase, self.start, time.time_ns(), self.attributes,
+                                     exception=exc, thread_id=self.tid)
+            except Exception:  # our bookkeeping must not replace the block's outcome
+                pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+
+def _phase_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
+    name = args[0] if args else kwargs.get("name")
     phase = RUNNER_PHASES.get(name) if type(name) is str else None
     if phase is None:
-        return manager
+        return None  # a phase the span contract has no record for: the original alone
     common.ensure_role("worker")
     attributes: dict = {contract.DOMAIN: DOMAIN}
     synchronize = None
@@ -218,27 +246,18 @@ def record_function_or_nullcontext(original: Any, this: Any, name: Any = None, *
         synchronize = npu_synchronize()
         if synchronize is not None:
             synchronize()
-    start = time.time_ns()
-    tid = threading.get_native_id()
-
-    def on_exit(error: Optional[BaseException]) -> None:
-        if synchronize is not None:
-            synchronize()
-        recorder.record_span(phase, start, time.time_ns(), attributes, exception=error,
-                             thread_id=tid)
-
-    return _hand_back(original, wrapping.DelegatingContext(manager, on_exit))
+    return phase, attributes, time.time_ns(), threading.get_native_id(), synchronize
 
 
-def _hand_back(original: Any, delegate: wrapping.DelegatingContext) -> Any:
-    """Make the hook return ``delegate`` (transparent around the original's context manager).
+def _phase_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
+                 error: Optional[BaseException]) -> Any:
+    return _PhaseContext(result, state)
 
-    The hook wrapper of a plain function returns what the guarded original returned, not the
-    handler's value (it takes a returned DelegatingContext only from ``@contextmanager``
-    targets); ``record_function_or_nullcontext`` is a plain function returning a context
-    manager, so the delegate replaces the result the guarded original hands back. Called
-    directly (tests, other frameworks), the returned delegate is what counts.
-    """
-    if isinstance(original, wrapping.GuardedOriginal) and original.result is delegate.target:
-        original.result = delegate
-    return delegate
+
+record_function_or_nullcontext = wrapping.AroundHandler(
+    _phase_before, _phase_after, "record_function_or_nullcontext",
+    "``record_function_or_nullcontext(name)`` of a model runner: a span per known phase, from "
+    "the phase's entry to its exit (the runner gets a transparent context manager around "
+    "its own).", wraps_result=True)
+
+

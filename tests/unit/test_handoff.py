@@ -109,12 +109,20 @@ def test_foreign_values_are_dropped_or_made_plain():
     class Odd:
         pass
 
-    rec = _queued([dict(name="n", start_ns=1, end_ns=2, attributes={
-        "odd": Odd(), "flag": True, "items": (1, "a"), "mixed": [1, Odd()]})])[0]
-    wire = handoff.to_wire(rec, recorder.Deferred)
-    assert wire[3]["flag"] is True and wire[3]["items"] == [1, "a"]
+    plain, odd = _queued([
+        dict(name="plain", start_ns=1, end_ns=2, attributes={"flag": True, "n": 1}),
+        dict(name="n", start_ns=1, end_ns=2, attributes={
+            "odd": Odd(), "flag": True, "items": (1, "a"), "mixed": [1, Odd()]},
+            events=[("e", 1, {"inner": [Odd()], "ok": 2})])])
+    plain_wire = handoff.to_wire(plain, recorder.Deferred)
+    assert plain_wire[3] is plain.attributes  # nothing to clean: not even copied
+    wire = handoff.to_wire(odd, recorder.Deferred)
     assert "odd" not in wire[3]  # the SDK would reject it too
-    assert wire[3]["mixed"][0] == 1 and isinstance(wire[3]["mixed"][1], str)
+    frames = handoff.FrameReader().feed(handoff.records_frame([plain_wire, wire]))
+    sent = frames[0][1][1]  # cleaned item by item, the record kept
+    assert sent[3]["flag"] is True and sent[3]["items"] == [1, "a"]
+    assert sent[3]["mixed"][0] == 1 and isinstance(sent[3]["mixed"][1], str)
+    assert sent[5][0][2]["ok"] == 2 and isinstance(sent[5][0][2]["inner"][0], str)
 
 
 def test_frame_reader_refuses_garbage():
