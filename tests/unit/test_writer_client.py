@@ -1,0 +1,69 @@
+"""The serving side of the writer process, without starting one: its environment, the switch,
+the HELLO, and the entry point named without importing the export side."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from otel_vllm_ascend import handoff, tracing_setup, writer_client
+
+
+def test_writer_environment_drops_the_instrumenting_sitecustomize():
+    auto = os.path.join("site-packages", "opentelemetry", "instrumentation",
+                        "auto_instrumentation")
+    env = writer_client.writer_environment({
+        "PYTHONPATH": os.pathsep.join([auto, "/somewhere/else"]),
+        writer_client.ADDRESS_ENV: "otel-vllm-ascend-1-00",
+        "OTEL_TRACES_EXPORTER": "ms_service,otlp"})
+    assert env["PYTHONPATH"] == "/somewhere/else"
+    assert env["OTEL_VLLM_PROCESS_ROLE"] == writer_client.WRITER_ROLE
+    assert writer_client.ADDRESS_ENV not in env  # the writer is nobody's client
+    assert env["OTEL_TRACES_EXPORTER"] == "ms_service,otlp"  # the same exporters
+    assert "PYTHONPATH" not in writer_client.writer_environment({"PYTHONPATH": auto})
+
+
+def test_switch(monkeypatch):
+    monkeypatch.setenv(writer_client.SWITCH_ENV, "0")
+    assert not writer_client.enabled()
+    assert writer_client.start(TracerProvider(), "x:main") is None
+    monkeypatch.setenv(writer_client.SWITCH_ENV, "1")
+    assert writer_client.enabled()
+
+
+def test_inherited_address_connects_without_starting_a_writer(monkeypatch):
+    monkeypatch.setenv(writer_client.ADDRESS_ENV, "otel-vllm-ascend-test-none")
+    client = writer_client.start(TracerProvider(), "x:main")
+    assert client is not None and client.process is None and client.state == "new"
+
+
+def test_nobody_listening_means_building_here(monkeypatch, caplog):
+    monkeypatch.setenv(writer_client.ADDRESS_ENV, f"otel-vllm-ascend-test-{os.getpid()}-none")
+    client = writer_client.start(TracerProvider(), "x:main")
+    from collections import deque
+    queue = deque([1, 2])
+    assert client.send(queue) is False  # the recorder builds them itself
+    assert list(queue) == [1, 2] and client.state == "local"
+    assert "did not answer" in caplog.text
+    child = client.for_fork_child()
+    assert child.state == "local" and child is not client
+
+
+def test_hello_carries_the_resource_and_folder():
+    provider = TracerProvider(resource=Resource({"process.pid": 7, "vllm.process.role": "worker",
+                                                 "list": ("a", "b")}, "https://schema"))
+    hello = writer_client.hello(provider)
+    assert hello["format"] == handoff.FORMAT and hello["pid"] == os.getpid()
+    assert hello["resource"]["vllm.process.role"] == "worker"
+    assert hello["resource"]["list"] == ["a", "b"] and hello["schema_url"] == "https://schema"
+    assert hello["folder"]
+    handoff.frame(handoff.HELLO, hello)  # marshal takes it
+
+
+def test_writer_named_by_entry_point_without_importing_it():
+    sys.modules.pop("otel_vllm_ascend.exporters.writer", None)
+    assert tracing_setup.export_target("writer") == "otel_vllm_ascend.exporters.writer:main"
+    assert "otel_vllm_ascend.exporters.writer" not in sys.modules
