@@ -9,6 +9,7 @@ read back.
   dropped, and counts them; a process started later builds its own spans;
 * two servers on one host do not mix;
 * SIGTERM to a producer with records still queued: they are written;
+* SIGTERM to the writer: it writes what it received and exits cleanly;
 * a writer that cannot start: the processes build their spans themselves (one WARNING).
 """
 
@@ -261,3 +262,33 @@ def test_writer_off_switch(tmp_path):
     assert server.returncode == 0, server.stderr[-3000:]
     assert _lines(server.stdout, "writer") == [["0"]]
     assert os.listdir(session)
+
+
+def test_sigterm_to_the_writer_writes_what_it_received(tmp_path):
+    _setup(tmp_path)
+    session = tmp_path / "session"
+    script = textwrap.dedent(f'''
+        import os, signal, sys, time
+        sys.path.insert(0, {str(tmp_path)!r})
+        import producer_mod
+        from otel_vllm_ascend import recorder, tracing_setup
+        tracing_setup.ensure_tracer_provider()
+        writer = recorder._state.handoff.process
+        producer_mod.produce("before", {COUNT})
+        recorder.flush()
+        time.sleep(1.0)             # received by the writer, maybe not yet written
+        writer.send_signal(signal.SIGTERM)
+        writer.wait(30)
+        print("writer", writer.pid, writer.returncode, flush=True)
+        producer_mod.produce("after", 10)
+        recorder.flush()
+        print("server", os.getpid(), flush=True)
+    ''')
+    done = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path, session),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _lines(done.stdout, "writer")[0][1] == "0"  # a clean exit
+    server = int(_lines(done.stdout, "server")[0][0])
+    found = _records(session)
+    assert _count(found[server][1], "before") == COUNT
+    assert "the writer process is gone" in done.stderr
