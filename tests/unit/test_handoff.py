@@ -197,3 +197,16 @@ def test_captured_exception_text():
     assert isinstance(captured, CapturedException)
     assert (captured.type, captured.name, captured.message) == ("ValueError", "ValueError",
                                                                 "bad input")
+
+
+def test_a_list_shared_by_records_crosses_once():
+    rids = [f"cmpl-{i:032x}-0" for i in range(32)]
+    queued = _queued([dict(name=name, start_ns=1, end_ns=2, attributes={contract.RID: rids})
+                      for name in ("batchFrameworkProcessing", "modelExec")])
+    wires = [handoff.to_wire(rec, recorder.Deferred) for rec in queued]
+    shared = handoff.records_frame(wires)
+    copied = handoff.records_frame([wires[0], wires[1][:3] + ({contract.RID: list(rids)},)
+                                    + wires[1][4:]])
+    assert len(shared) < len(copied) - 32 * 4  # the second record names the first's list
+    (kind, payload), = handoff.FrameReader().feed(shared)
+    assert payload[0][3][contract.RID] is payload[1][3][contract.RID]
