@@ -293,7 +293,7 @@ def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
     bound as an integer and stored as text by the column's TEXT affinity (the same text
     ``str()`` gives). Tracks new to the table are numbered in order of first appearance.
     """
-    from otel_vllm_ascend.analysis.trace import FLOW_CATEGORY, FLOW_NAME
+    from otel_vllm_ascend.analysis.trace_file import FLOW_CATEGORY, FLOW_NAME
 
     if not len(columns.phase):
         return
