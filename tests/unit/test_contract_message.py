@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_vllm_ascend import contract, contract_message
-from otel_vllm_ascend.analysis.readers import span_message
+from otel_vllm_ascend.analysis.read_otlp import span_message
 from otel_vllm_ascend.exporters import message as exporter_message
 
 _names = st.sampled_from([
