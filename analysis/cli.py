@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis import batches as batches_mod
@@ -44,6 +41,9 @@ from otel_vllm_ascend.analysis import kvcache as kvcache_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
 from otel_vllm_ascend.analysis import summaries, writers
+from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
+from otel_vllm_ascend.analysis.output_jobs import _in_background, _Run
+from otel_vllm_ascend.analysis.progress import _Progress
 from otel_vllm_ascend.analysis.readers import read_captures
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
@@ -58,34 +58,6 @@ OUTPUT_FILES = {"csv": CSV_FILES, "json": ("chrome_tracing.json",), "db": ("prof
 
 class OutputError(Exception):
     """The output folder cannot be used."""
-
-
-class _Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.started = time.monotonic()
-
-    def files(self, done: int, total: int, name: str) -> None:
-        if not self.enabled or total < 2:
-            return
-        width = 30
-        filled = int(width * done / total) if total else width
-        sys.stderr.write(f"\rreading captures [{'#' * filled}{'.' * (width - filled)}]"
-                         f" {done}/{total} {name[:40]:<40}")
-        sys.stderr.flush()
-
-    def stage(self, text: str) -> None:
-        if not self.enabled:
-            return
-        sys.stderr.write(f"\r{text:<90}")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 90 + "\r")
-            sys.stderr.flush()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,28 +91,6 @@ def prepare_output(path: Path, formats: Sequence[str]) -> list[str]:
         raise OutputError(f"cannot write into output folder {path}: {exc.strerror or exc}"
                           ) from None
     return [name for fmt in formats for name in OUTPUT_FILES[fmt] if (path / name).exists()]
-
-
-class _Run:
-    """One analysis: each stage reports its own failure and the others go on."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.written: list[Path] = []
-        self.failed: list[str] = []
-
-    def stage(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except Exception as exc:  # one message per failed output, never a traceback
-            _logger.error("could not produce %s: %s: %s", what, type(exc).__name__, exc)
-            _logger.debug("details", exc_info=True)
-            self.failed.append(what)
-            return None
-
-    def wrote(self, path: Optional[Path]) -> None:
-        if path is not None:
-            self.written.append(Path(path))
 
 
 def _load_trace_module() -> Any:
@@ -319,64 +269,6 @@ def _write_html(run: _Run, out: Path, frame: pd.DataFrame, requests: Any, batche
                         batches, kvcache, tables))
 
 
-def _in_background(jobs: Callable[[_Run], None], run: _Run,
-                   what: str) -> Callable[[], None]:
-    """Run ``jobs`` in a forked child when a second core exists; returns the function to join.
-
-    The child reports what it wrote and what failed through a pipe; without ``fork`` (or with
-    ``OTEL_VLLM_ANALYZE_SERIAL=1``, or one core) the jobs simply run here, now.
-    """
-    serial = (not hasattr(os, "fork") or (os.cpu_count() or 1) < 2
-              or os.environ.get("OTEL_VLLM_ANALYZE_SERIAL") == "1")
-    if not serial:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        read_fd, write_fd = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(read_fd)
-            os.close(write_fd)
-            serial = True
-    if serial:
-        jobs(run)
-        return lambda: None
-    if pid == 0:  # the child: do the jobs, send the outcome, leave without cleanup
-        code = 0
-        try:
-            os.close(read_fd)
-            child = _Run(run.out)
-            try:
-                jobs(child)
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                child.failed.append(f"background writer ({type(exc).__name__}: {exc})")
-            payload = json.dumps({"written": [str(p) for p in child.written],
-                                  "failed": child.failed})
-            with os.fdopen(write_fd, "w") as pipe:
-                pipe.write(payload)
-            sys.stderr.flush()
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-
-    def join() -> None:
-        with os.fdopen(read_fd) as pipe:
-            text = pipe.read()
-        os.waitpid(pid, 0)
-        try:
-            outcome = json.loads(text)
-        except ValueError:
-            _logger.error("the background writer (%s) ended without a result", what)
-            run.failed.append(what)
-            return
-        run.written.extend(Path(p) for p in outcome["written"])
-        run.failed.extend(outcome["failed"])
-
-    return join
-
-
 def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any,
                   batches: Any, kvcache: Any, tables: dict) -> Path:
     empty = pd.DataFrame()
@@ -386,55 +278,6 @@ def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any
         batches=batches if batches is not None else empty,
         kvcache=kvcache if kvcache is not None else empty,
         summaries=tables, frame=frame)
-
-
-def _warn_partial(requests: Optional[pd.DataFrame]) -> None:
-    if requests is None or requests.empty:
-        return
-    no_start = int((~requests["has_arrival"].astype(bool)).sum())
-    no_end = int((~requests["has_end"].astype(bool)).sum())
-    if no_start:
-        _logger.warning("%d request(s) have no httpReq record (capture started while they"
-                        " ran): kept and marked partial, arrival-based latencies left empty",
-                        no_start)
-    if no_end:
-        _logger.warning("%d request(s) have no httpRes record (capture ended before they"
-                        " finished): kept and marked partial, end-to-end latency left empty",
-                        no_end)
-
-
-def _pct(values: Any, q: float) -> str:
-    data = np.asarray(values, dtype="float64")
-    data = data[np.isfinite(data)]
-    return f"{np.percentile(data, q):.2f}" if data.size else "n/a"
-
-
-def _print_summary(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
-                   tables: dict, run: _Run, out: Path) -> None:
-    lines = []
-    if requests is not None and not requests.empty:
-        partial = int(requests["partial"].astype(bool).sum())
-        lines.append(f"requests: {len(requests)} ({len(requests) - partial} complete,"
-                     f" {partial} partial)")
-        lines.append(f"TTFT ms: p50 {_pct(requests['ttft_ms'], 50)}"
-                     f"  p99 {_pct(requests['ttft_ms'], 99)}")
-        lines.append(f"end-to-end ms: p50 {_pct(requests['e2e_ms'], 50)}"
-                     f"  p99 {_pct(requests['e2e_ms'], 99)}")
-    else:
-        lines.append("requests: 0")
-    service = tables.get("service_summary")
-    if service is not None:
-        value = dict(zip(service["Metric"], service["Value"])).get(
-            "generate_token_speed (token/s)")
-        if value is not None and value == value:
-            lines.append(f"output tokens/s: {value:.1f}")
-    if batches is not None:
-        lines.append(f"engine steps: {len(batches)}")
-    names = ", ".join(p.name for p in run.written) or "nothing"
-    lines.append(f"written to {out}: {names}")
-    if run.failed:
-        lines.append(f"not written: {', '.join(dict.fromkeys(run.failed))}")
-    print("\n".join(lines))
 
 
 def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] = None) -> int:
@@ -480,4 +323,3 @@ def run() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-
