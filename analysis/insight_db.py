@@ -1,0 +1,231 @@
+"""What MindStudio Insight reads in ``profiler.db``: registry tables, ``*_curve`` views, and the
+latency-over-time tables behind two of them.
+
+Insight finds its way through a service-profiling database by two registry tables:
+
+* ``data_table(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, view_name TEXT)``: one row per
+  view shown as a plain table, ``name`` = ``view_name`` = the view: ``request_data``,
+  ``batch_info``, ``kvcache_usage`` (views the writer already creates over ``request``,
+  ``batch``, ``kvcache``);
+* ``translate(key TEXT NOT NULL PRIMARY KEY, value_en TEXT, value_zh TEXT)``: a caption, in
+  English and Chinese, for each of those views and each curve view.
+
+Curve views (Insight draws each as a line chart; created when their source table exists):
+
+========================================  =====================================================
+view                                      columns (source)
+========================================  =====================================================
+``Batch_Size_curve``                      ``batch_id`` (``batch.step_id``: engine step number
+                                          from 0, by time), ``total_batch_size``,
+                                          ``prefill_batch_size``, ``decode_batch_size``
+``Batch_Token_curve``                     ``batch_id``, ``total_scheduled_tokens``,
+                                          ``prefill_scheduled_tokens``,
+                                          ``decode_scheduled_tokens``
+``Kvcache_Usage_Percent_curve``           ``datetime``, ``kvcache_usage_percent``
+                                          (0-100) of every ``kvcache`` row that has a usage
+``First_Token_Latency_curve``             ``time``, ``p99(ms)``, ``p90(ms)``, ``p50(ms)``,
+                                          ``min(ms)`` (``first_token_latency``)
+``Request_Latency_curve``                 ``time``, ``avg(ms)``, ``p99(ms)``, ``p90(ms)``,
+                                          ``p50(ms)`` (``req_latency``)
+========================================  =====================================================
+
+``time`` and ``datetime`` are ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC (the source's UTC text
+without its offset); all latencies are in ms, in the tables too (the reference stores µs in
+``req_latency`` and writes local-zone times with ``:`` before the microseconds).
+
+Latency-over-time tables (``timestamp`` in the project's UTC text form; linear-interpolation
+percentiles; a request without the value is left out, never counted as 0):
+
+* ``first_token_latency(timestamp, p50, p90, p99, min_value, p50_alltime)``: requests with a
+  TTFT grouped by arrival into windows of ``WINDOW_MS`` ms, the first starting at the earliest
+  such arrival; one row per window holding a request (``timestamp`` = the window's start);
+  ``p50_alltime`` = median TTFT over all of them.
+* ``req_latency(timestamp, avg, p50, p90, p99, p50_alltime)``: requests with an end-to-end
+  latency, ordered by their end (``httpRes``); statistics of all latencies ended so far
+  (cumulative), after every ``k``-th request with ``k = max(n // CUMULATIVE_POINTS, 1)`` and
+  after the last; ``timestamp`` = that request's end.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from otel_vllm_ascend.analysis.frame import format_datetime_us
+
+WINDOW_MS = 100
+CUMULATIVE_POINTS = 100
+DECIMALS = 6  # as the other tables: ms values to the nanosecond
+
+FIRST_TOKEN_COLUMNS = ("timestamp", "p50", "p90", "p99", "min_value", "p50_alltime")
+REQ_LATENCY_COLUMNS = ("timestamp", "avg", "p50", "p90", "p99", "p50_alltime")
+
+
+class Caption(NamedTuple):
+    en: str
+    zh: str
+
+
+# Plain-table views (created by writers.write_profiler_db) and their captions.
+TABLE_VIEWS: dict[str, Caption] = {
+    "request_data": Caption("One row per request: arrival, tokens in and out, TTFT, queue wait,"
+                            " end-to-end latency (ms)",
+                            "每个请求一行：到达时间、输入输出token数、首token时延、排队时间、端到端时延（毫秒）"),
+    "batch_info": Caption("One row per engine step: requests and tokens scheduled, scheduling"
+                          " and model execution time (ms), KV-cache blocks",
+                          "每个引擎步一行：调度的请求数与token数、调度与模型执行耗时（毫秒）、KV缓存块"),
+    "kvcache_usage": Caption("KV-cache block usage after each scheduling step and each release",
+                             "每次调度与释放后的KV缓存块使用情况"),
+}
+
+
+class CurveView(NamedTuple):
+    name: str
+    source: str  # the table it reads
+    needs: tuple[str, ...]  # columns of the source it reads
+    select: str  # the SELECT statement
+    caption: Caption
+
+
+CURVE_VIEWS: tuple[CurveView, ...] = (
+    CurveView(
+        "Batch_Size_curve", "batch",
+        ("step_id", "batch_size", "prefill_batch_size", "decode_batch_size"),
+        'SELECT step_id AS batch_id, batch_size AS total_batch_size,'
+        ' "Prefill_batch_size" AS prefill_batch_size,'
+        ' "Decode_batch_size" AS decode_batch_size FROM batch ORDER BY step_id',
+        Caption("Requests per engine step, prefill and decode apart, in step order",
+                "按引擎步顺序统计每步的请求数，区分prefill与decode")),
+    CurveView(
+        "Batch_Token_curve", "batch",
+        ("step_id", "total_scheduled_tokens", "prefill_scheduled_tokens",
+         "decode_scheduled_tokens"),
+        'SELECT step_id AS batch_id, total_scheduled_tokens,'
+        ' "Prefill_scheduled_tokens" AS prefill_scheduled_tokens,'
+        ' "Decode_scheduled_tokens" AS decode_scheduled_tokens FROM batch ORDER BY step_id',
+        Caption("Tokens scheduled per engine step: total, prefill, decode",
+                "每个引擎步调度的token数：总数、prefill、decode")),
+    CurveView(
+        "Kvcache_Usage_Percent_curve", "kvcache",
+        ("start_datetime", "kvcache_usage_rate"),
+        "SELECT substr(start_datetime, 1, 26) AS datetime,"
+        " kvcache_usage_rate * 100 AS kvcache_usage_percent"
+        " FROM kvcache WHERE kvcache_usage_rate IS NOT NULL ORDER BY start_datetime",
+        Caption("KV-cache usage (%) over time", "KV缓存使用率（%）随时间的变化")),
+    CurveView(
+        "First_Token_Latency_curve", "first_token_latency",
+        ("timestamp", "p99", "p90", "p50", "min_value"),
+        'SELECT substr(timestamp, 1, 26) AS time, p99 AS "p99(ms)", p90 AS "p90(ms)",'
+        ' p50 AS "p50(ms)", min_value AS "min(ms)" FROM first_token_latency ORDER BY timestamp',
+        Caption(f"Time to first token per {WINDOW_MS} ms of arrivals: p99, p90, p50, minimum",
+                f"按到达时间每{WINDOW_MS}毫秒统计的首token时延：p99、p90、p50、最小值")),
+    CurveView(
+        "Request_Latency_curve", "req_latency",
+        ("timestamp", "avg", "p99", "p90", "p50"),
+        'SELECT substr(timestamp, 1, 26) AS time, avg AS "avg(ms)", p99 AS "p99(ms)",'
+        ' p90 AS "p90(ms)", p50 AS "p50(ms)" FROM req_latency ORDER BY timestamp',
+        Caption("End-to-end latency of the requests finished so far: mean, p99, p90, p50",
+                "截至各时刻已完成请求的端到端时延：均值、p99、p90、p50")),
+)
+
+
+# ----------------------------------------------------------------------------- tables
+
+def _request_values(requests: pd.DataFrame, time_column: str, value_column: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    if requests is None or requests.empty or not {time_column, value_column} <= set(
+            requests.columns):
+        return np.zeros(0), np.zeros(0)
+    times = pd.to_numeric(requests[time_column], errors="coerce").to_numpy(
+        dtype="float64", na_value=np.nan)
+    values = pd.to_numeric(requests[value_column], errors="coerce").to_numpy(
+        dtype="float64", na_value=np.nan)
+    keep = np.isfinite(times) & np.isfinite(values)
+    return times[keep], values[keep]
+
+
+def first_token_latency_table(requests: pd.DataFrame, window_ms: float = WINDOW_MS
+                              ) -> pd.DataFrame:
+    """``first_token_latency``: TTFT statistics per arrival window (see the module docs)."""
+    arrival, ttft = _request_values(requests, "arrival_us", "ttft_ms")
+    if not arrival.size:
+        return pd.DataFrame(columns=list(FIRST_TOKEN_COLUMNS))
+    origin = float(arrival.min())
+    window_us = window_ms * 1000.0
+    window = np.floor((arrival - origin) / window_us).astype("int64")
+    rows = []
+    for index in np.unique(window).tolist():
+        values = ttft[window == index]
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        rows.append((origin + index * window_us, p50, p90, p99, values.min()))
+    table = pd.DataFrame(rows, columns=["start_us", "p50", "p90", "p99", "min_value"])
+    table.insert(0, "timestamp", format_datetime_us(table.pop("start_us")).to_numpy())
+    table["p50_alltime"] = float(np.percentile(ttft, 50))
+    return table.reindex(columns=list(FIRST_TOKEN_COLUMNS)).round(DECIMALS)
+
+
+def request_latency_table(requests: pd.DataFrame, points: int = CUMULATIVE_POINTS
+                          ) -> pd.DataFrame:
+    """``req_latency``: cumulative end-to-end statistics by request end (see the module docs)."""
+    end, e2e = _request_values(requests, "end_us", "e2e_ms")
+    if not end.size:
+        return pd.DataFrame(columns=list(REQ_LATENCY_COLUMNS))
+    order = np.argsort(end, kind="stable")
+    end, e2e = end[order], e2e[order]
+    every = max(end.size // points, 1)
+    marks = [i for i in range(end.size) if (i + 1) % every == 0 or i == end.size - 1]
+    rows = []
+    for i in marks:
+        ended = e2e[:i + 1]
+        p50, p90, p99 = np.percentile(ended, [50, 90, 99])
+        rows.append((end[i], ended.mean(), p50, p90, p99))
+    table = pd.DataFrame(rows, columns=["end_us", "avg", "p50", "p90", "p99"])
+    table.insert(0, "timestamp", format_datetime_us(table.pop("end_us")).to_numpy())
+    table["p50_alltime"] = float(np.percentile(e2e, 50))
+    return table.reindex(columns=list(REQ_LATENCY_COLUMNS)).round(DECIMALS)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1].lower() for row in conn.execute(f'PRAGMA table_info("{table}")')}
+
+
+def _views(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
+
+
+def write_insight_tables(conn: sqlite3.Connection, requests: pd.DataFrame) -> list[str]:
+    """Add the latency tables, the curve views and the registry; returns the curve views made.
+
+    Call after ``request``, ``batch``, ``kvcache`` and their views are written. ``requests`` is
+    the request builder's table (with its ``arrival_us``, ``end_us``, ``ttft_ms``, ``e2e_ms``).
+    """
+    first_token_latency_table(requests).to_sql("first_token_latency", conn, index=False,
+                                               if_exists="replace")
+    request_latency_table(requests).to_sql("req_latency", conn, index=False,
+                                           if_exists="replace")
+    conn.executescript("""
+        DROP TABLE IF EXISTS data_table;
+        DROP TABLE IF EXISTS translate;
+        CREATE TABLE data_table (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,
+                                 view_name TEXT);
+        CREATE TABLE translate (key TEXT NOT NULL PRIMARY KEY, value_en TEXT, value_zh TEXT);
+    """)
+    views = _views(conn)
+    for view, caption in TABLE_VIEWS.items():
+        if view in views:
+            conn.execute("INSERT INTO data_table (name, view_name) VALUES (?, ?)", (view, view))
+            conn.execute("INSERT INTO translate VALUES (?, ?, ?)", (view, *caption))
+    made = []
+    for curve in CURVE_VIEWS:
+        if not {c.lower() for c in curve.needs} <= _columns(conn, curve.source):
+            continue
+        conn.execute(f'DROP VIEW IF EXISTS "{curve.name}"')
+        conn.execute(f'CREATE VIEW "{curve.name}" AS {curve.select}')
+        conn.execute("INSERT INTO translate VALUES (?, ?, ?)", (curve.name, *curve.caption))
+        made.append(curve.name)
+    return made
