@@ -27,6 +27,10 @@ view                                      columns (source)
                                           ``min(ms)`` (``first_token_latency``)
 ``Request_Latency_curve``                 ``time``, ``avg(ms)``, ``p99(ms)``, ``p90(ms)``,
                                           ``p50(ms)`` (``req_latency``)
+``Prefill_Generate_Speed_Latency_curve``  ``time``, ``avg(tokens/s)``, ``p99(tokens/s)``,
+                                          ``p90(tokens/s)``, ``p50(tokens/s)``
+                                          (``prefill_gen_speed``)
+``Decode_Generate_Speed_Latency_curve``   the same from ``decode_gen_speed``
 ========================================  =====================================================
 
 ``time`` and ``datetime`` are ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC (the source's UTC text
@@ -44,12 +48,16 @@ percentiles; a request without the value is left out, never counted as 0):
   latency, ordered by their end (``httpRes``); statistics of all latencies ended so far
   (cumulative), after every ``k``-th request with ``k = max(n // CUMULATIVE_POINTS, 1)`` and
   after the last; ``timestamp`` = that request's end.
+* ``prefill_gen_speed`` / ``decode_gen_speed(timestamp, avg, p50, p90, p99, p50_alltime)``: for
+  every engine step that schedules prefill (decode) tokens, those tokens divided by the step's
+  time from the start of scheduling to the end of model execution (tokens/s; a mixed step
+  counts for both), grouped by the step's start into windows of ``WINDOW_MS`` ms as above.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -62,6 +70,7 @@ DECIMALS = 6  # as the other tables: ms values to the nanosecond
 
 FIRST_TOKEN_COLUMNS = ("timestamp", "p50", "p90", "p99", "min_value", "p50_alltime")
 REQ_LATENCY_COLUMNS = ("timestamp", "avg", "p50", "p90", "p99", "p50_alltime")
+GEN_SPEED_COLUMNS = ("timestamp", "avg", "p50", "p90", "p99", "p50_alltime")
 
 
 class Caption(NamedTuple):
@@ -129,48 +138,85 @@ CURVE_VIEWS: tuple[CurveView, ...] = (
         ' p90 AS "p90(ms)", p50 AS "p50(ms)" FROM req_latency ORDER BY timestamp',
         Caption("End-to-end latency of the requests finished so far: mean, p99, p90, p50",
                 "截至各时刻已完成请求的端到端时延：均值、p99、p90、p50")),
+    *(CurveView(
+        f"{kind}_Generate_Speed_Latency_curve", f"{kind.lower()}_gen_speed",
+        ("timestamp", "avg", "p99", "p90", "p50"),
+        f'SELECT substr(timestamp, 1, 26) AS time, avg AS "avg(tokens/s)",'
+        f' p99 AS "p99(tokens/s)", p90 AS "p90(tokens/s)", p50 AS "p50(tokens/s)"'
+        f" FROM {kind.lower()}_gen_speed ORDER BY timestamp",
+        Caption(f"{kind} tokens per second of the engine steps, per {WINDOW_MS} ms:"
+                " mean, p99, p90, p50",
+                f"按每{WINDOW_MS}毫秒统计的引擎步{kind.lower()} token处理速度（token/s）："
+                "均值、p99、p90、p50"))
+      for kind in ("Prefill", "Decode")),
 )
 
 
 # ----------------------------------------------------------------------------- tables
 
-def _request_values(requests: pd.DataFrame, time_column: str, value_column: str
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    if requests is None or requests.empty or not {time_column, value_column} <= set(
-            requests.columns):
+def _values(table: Optional[pd.DataFrame], time_column: str, value_column: str
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``table`` with both a time (µs) and a value: (times, values)."""
+    if table is None or table.empty or not {time_column, value_column} <= set(table.columns):
         return np.zeros(0), np.zeros(0)
-    times = pd.to_numeric(requests[time_column], errors="coerce").to_numpy(
+    times = pd.to_numeric(table[time_column], errors="coerce").to_numpy(
         dtype="float64", na_value=np.nan)
-    values = pd.to_numeric(requests[value_column], errors="coerce").to_numpy(
+    values = pd.to_numeric(table[value_column], errors="coerce").to_numpy(
         dtype="float64", na_value=np.nan)
     keep = np.isfinite(times) & np.isfinite(values)
     return times[keep], values[keep]
 
 
-def first_token_latency_table(requests: pd.DataFrame, window_ms: float = WINDOW_MS
-                              ) -> pd.DataFrame:
-    """``first_token_latency``: TTFT statistics per arrival window (see the module docs)."""
-    arrival, ttft = _request_values(requests, "arrival_us", "ttft_ms")
-    if not arrival.size:
-        return pd.DataFrame(columns=list(FIRST_TOKEN_COLUMNS))
-    origin = float(arrival.min())
+def _windowed(times_us: np.ndarray, values: np.ndarray, columns: Sequence[str],
+              window_ms: float) -> pd.DataFrame:
+    """Statistics of ``values`` per window of ``window_ms`` from the first time; ``columns``
+    from ``timestamp``, ``avg``, ``p50``, ``p90``, ``p99``, ``min_value``, ``p50_alltime``."""
+    if not times_us.size:
+        return pd.DataFrame(columns=list(columns))
+    origin = float(times_us.min())
     window_us = window_ms * 1000.0
-    window = np.floor((arrival - origin) / window_us).astype("int64")
-    groups = pd.Series(ttft).groupby(window, sort=True)  # one group per window with a request
+    window = np.floor((times_us - origin) / window_us).astype("int64")
+    groups = pd.Series(values).groupby(window, sort=True)  # one group per window with a value
     quantiles = groups.quantile([0.5, 0.9, 0.99]).unstack()  # linear, as numpy's percentile
     table = pd.DataFrame({
         "timestamp": format_datetime_us(origin + quantiles.index.to_numpy() * window_us
                                         ).to_numpy(),
+        "avg": groups.mean().to_numpy(),
         "p50": quantiles[0.5].to_numpy(), "p90": quantiles[0.9].to_numpy(),
         "p99": quantiles[0.99].to_numpy(), "min_value": groups.min().to_numpy()})
-    table["p50_alltime"] = float(np.percentile(ttft, 50))
-    return table.reindex(columns=list(FIRST_TOKEN_COLUMNS)).round(DECIMALS)
+    table["p50_alltime"] = float(np.percentile(values, 50))
+    return table.reindex(columns=list(columns)).round(DECIMALS)
+
+
+def first_token_latency_table(requests: pd.DataFrame, window_ms: float = WINDOW_MS
+                              ) -> pd.DataFrame:
+    """``first_token_latency``: TTFT statistics per arrival window (see the module docs)."""
+    arrival, ttft = _values(requests, "arrival_us", "ttft_ms")
+    return _windowed(arrival, ttft, FIRST_TOKEN_COLUMNS, window_ms)
+
+
+def generation_speed_table(batches: pd.DataFrame, kind: str, window_ms: float = WINDOW_MS
+                           ) -> pd.DataFrame:
+    """``prefill_gen_speed`` (``kind`` = ``Prefill``) or ``decode_gen_speed`` (``Decode``).
+
+    Per engine step scheduling tokens of that kind: those tokens / the step's time from the
+    start of scheduling to the end of model execution (tokens/s), placed at the step's start.
+    """
+    if batches is None or batches.empty or not {
+            "sched_start_us", "exec_end_us", f"{kind}_scheduled_tokens"} <= set(batches.columns):
+        return pd.DataFrame(columns=list(GEN_SPEED_COLUMNS))
+    both = batches[["sched_start_us", "exec_end_us", f"{kind}_scheduled_tokens"]].apply(
+        pd.to_numeric, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    start, end, tokens = both[:, 0], both[:, 1], both[:, 2]
+    keep = np.isfinite(start) & np.isfinite(end) & (end > start) & (tokens > 0)
+    speed = tokens[keep] / ((end[keep] - start[keep]) / 1e6)
+    return _windowed(start[keep], speed, GEN_SPEED_COLUMNS, window_ms)
 
 
 def request_latency_table(requests: pd.DataFrame, points: int = CUMULATIVE_POINTS
                           ) -> pd.DataFrame:
     """``req_latency``: cumulative end-to-end statistics by request end (see the module docs)."""
-    end, e2e = _request_values(requests, "end_us", "e2e_ms")
+    end, e2e = _values(requests, "end_us", "e2e_ms")
     if not end.size:
         return pd.DataFrame(columns=list(REQ_LATENCY_COLUMNS))
     order = np.argsort(end, kind="stable")
@@ -198,16 +244,19 @@ def _views(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
 
 
-def write_insight_tables(conn: sqlite3.Connection, requests: pd.DataFrame) -> list[str]:
+def write_insight_tables(conn: sqlite3.Connection, requests: pd.DataFrame,
+                         batches: Optional[pd.DataFrame] = None) -> list[str]:
     """Add the latency tables, the curve views and the registry; returns the curve views made.
 
-    Call after ``request``, ``batch``, ``kvcache`` and their views are written. ``requests`` is
-    the request builder's table (with its ``arrival_us``, ``end_us``, ``ttft_ms``, ``e2e_ms``).
+    Call after ``request``, ``batch``, ``kvcache`` and their views are written. ``requests`` and
+    ``batches`` are the builders' tables (with their internal µs and ms columns).
     """
-    first_token_latency_table(requests).to_sql("first_token_latency", conn, index=False,
-                                               if_exists="replace")
-    request_latency_table(requests).to_sql("req_latency", conn, index=False,
-                                           if_exists="replace")
+    for name, table in (
+            ("first_token_latency", first_token_latency_table(requests)),
+            ("req_latency", request_latency_table(requests)),
+            ("prefill_gen_speed", generation_speed_table(batches, "Prefill")),
+            ("decode_gen_speed", generation_speed_table(batches, "Decode"))):
+        table.to_sql(name, conn, index=False, if_exists="replace")
     conn.executescript("""
         DROP TABLE IF EXISTS data_table;
         DROP TABLE IF EXISTS translate;

@@ -197,7 +197,7 @@ def write_profiler_db(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]
         # --- MindStudio Insight: registry tables, *_curve views, latency tables (insight_db) ---
         from otel_vllm_ascend.analysis.insight_db import write_insight_tables
 
-        write_insight_tables(conn, request_csv[0])
+        write_insight_tables(conn, request_csv[0], batch_csv[0])
         # --- end of the Insight tables ---
         if trace_events is not None:
             _write_trace_tables(conn, trace_events, trace_origin_us)

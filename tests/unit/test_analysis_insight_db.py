@@ -69,6 +69,28 @@ def test_request_latency_cumulative_by_hand():
     np.testing.assert_allclose(table["p50_alltime"], [25.0, 25.0])
 
 
+def test_generation_speed_by_hand():
+    batches = pd.DataFrame({
+        "sched_start_us": [ms(0), ms(50), ms(120), ms(130), ms(200)],
+        "exec_end_us": [ms(10), ms(60), ms(124), np.nan, ms(200)],
+        "Prefill_scheduled_tokens": [100, 0, 20, 5, 1],
+        "Decode_scheduled_tokens": [0, 4, 2, 0, 0],
+    })
+    # Prefill: 100 tokens / 10 ms = 10,000/s at 0 ms; 20 / 4 ms = 5,000/s at 120 ms. The step
+    # without an execution end and the one of zero length are left out.
+    prefill = insight_db.generation_speed_table(batches, "Prefill")
+    assert list(prefill.columns) == list(insight_db.GEN_SPEED_COLUMNS)
+    assert list(prefill["timestamp"]) == [stamp(0), stamp(100)]
+    np.testing.assert_allclose(prefill["avg"], [10_000.0, 5_000.0])
+    np.testing.assert_allclose(prefill["p50_alltime"], [7_500.0] * 2)
+    # Decode: 4 / 10 ms = 400/s at 50 ms, 2 / 4 ms = 500/s at 120 ms: one window from 50 ms.
+    decode = insight_db.generation_speed_table(batches, "Decode")
+    assert list(decode["timestamp"]) == [stamp(50)]
+    np.testing.assert_allclose(decode[["avg", "p50", "p90", "p99"]].to_numpy()[0],
+                               [450.0, 450.0, 490.0, 499.0])
+    assert insight_db.generation_speed_table(pd.DataFrame(), "Decode").empty
+
+
 def test_latency_tables_without_values_are_empty():
     for requests in (pd.DataFrame(), pd.DataFrame({"arrival_us": [ms(1)],
                                                    "ttft_ms": [np.nan],
@@ -81,7 +103,9 @@ def test_registry_and_curves_only_where_the_source_exists():
     conn = sqlite3.connect(":memory:")
     made = insight_db.write_insight_tables(conn, pd.DataFrame())
     # No request/batch/kvcache tables: the latency tables exist (empty), with their curves.
-    assert made == ["First_Token_Latency_curve", "Request_Latency_curve"]
+    assert made == ["First_Token_Latency_curve", "Request_Latency_curve",
+                    "Prefill_Generate_Speed_Latency_curve",
+                    "Decode_Generate_Speed_Latency_curve"]
     assert conn.execute("SELECT COUNT(*) FROM data_table").fetchone() == (0,)
     assert conn.execute('SELECT COUNT(*) FROM "Request_Latency_curve"').fetchone() == (0,)
     assert {r[0] for r in conn.execute("SELECT key FROM translate")} == set(made)
@@ -117,7 +141,9 @@ def test_registry_tables(golden_db):
     keys = {r[0]: (r[1], r[2]) for r in golden_db.execute("SELECT * FROM translate")}
     assert set(keys) == {"request_data", "batch_info", "kvcache_usage", "Batch_Size_curve",
                          "Batch_Token_curve", "Kvcache_Usage_Percent_curve",
-                         "First_Token_Latency_curve", "Request_Latency_curve"}
+                         "First_Token_Latency_curve", "Request_Latency_curve",
+                         "Prefill_Generate_Speed_Latency_curve",
+                         "Decode_Generate_Speed_Latency_curve"}
     assert all(en and zh for en, zh in keys.values())
     # Every registered name is a view of the database.
     views = {r[0] for r in golden_db.execute("SELECT name FROM sqlite_master WHERE type='view'")}
@@ -164,6 +190,23 @@ def test_request_latency_table_and_curve(golden_db):
     assert columns == ["time", "avg(ms)", "p99(ms)", "p90(ms)", "p50(ms)"]
     assert [r[0] for r in rows] == ["2026-01-01 00:00:00.016000", "2026-01-01 00:00:00.021000"]
     assert math.isclose(rows[1][2], 16.99, abs_tol=1e-3)
+
+
+def test_generation_speed_tables_and_curves(golden_db):
+    # Steps (schedule start -> execution end): 2.0-8.0 ms prefill 10 tokens (1666.667/s);
+    # 10.0-15.0 prefill 6 (1200/s) and decode 1 (200/s); 17.0-20.0 decode 1 (333.333/s).
+    columns, rows = query(golden_db, "SELECT * FROM prefill_gen_speed")
+    assert columns == list(insight_db.GEN_SPEED_COLUMNS)
+    assert len(rows) == 1 and rows[0][0] == stamp(2.0)
+    # avg, p50, p90 (1200 + 0.9 * 466.667), p99, p50_alltime
+    # (instants resolve 0.25 µs: a 3-6 ms step time is exact to about 1e-4, hence rtol)
+    np.testing.assert_allclose(rows[0][1:], [1433.333, 1433.333, 1620.0, 1662.0, 1433.333],
+                               rtol=5e-4)
+    columns, rows = query(golden_db, 'SELECT * FROM "Decode_Generate_Speed_Latency_curve"')
+    assert columns == ["time", "avg(tokens/s)", "p99(tokens/s)", "p90(tokens/s)",
+                       "p50(tokens/s)"]
+    assert rows[0][0] == stamp(10.0)[:26]
+    np.testing.assert_allclose(rows[0][1:], [266.667, 332.0, 320.0, 266.667], rtol=5e-4)
 
 
 def test_existing_tables_still_there(golden_db):
