@@ -31,6 +31,10 @@ view                                      columns (source)
                                           ``p90(tokens/s)``, ``p50(tokens/s)``
                                           (``prefill_gen_speed``)
 ``Decode_Generate_Speed_Latency_curve``   the same from ``decode_gen_speed``
+``Request_Status_curve``                  ``time``, ``waiting``, ``swapped``, ``running``, from
+                                          a ``request_status`` table with ``start_datetime``,
+                                          ``waiting``, ``running``, ``swapped`` columns (queue
+                                          sizes over time) when one is in the database
 ========================================  =====================================================
 
 ``time`` and ``datetime`` are ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC (the source's UTC text
@@ -138,6 +142,13 @@ CURVE_VIEWS: tuple[CurveView, ...] = (
         ' p90 AS "p90(ms)", p50 AS "p50(ms)" FROM req_latency ORDER BY timestamp',
         Caption("End-to-end latency of the requests finished so far: mean, p99, p90, p50",
                 "截至各时刻已完成请求的端到端时延：均值、p99、p90、p50")),
+    CurveView(
+        "Request_Status_curve", "request_status",
+        ("start_datetime", "waiting", "running", "swapped"),
+        "SELECT substr(start_datetime, 1, 26) AS time, waiting, swapped, running"
+        " FROM request_status ORDER BY start_datetime",
+        Caption("Waiting, swapped and running queue sizes over time",
+                "等待、换出与运行队列长度随时间的变化")),
     *(CurveView(
         f"{kind}_Generate_Speed_Latency_curve", f"{kind.lower()}_gen_speed",
         ("timestamp", "avg", "p99", "p90", "p50"),

@@ -111,6 +111,18 @@ def test_registry_and_curves_only_where_the_source_exists():
     assert {r[0] for r in conn.execute("SELECT key FROM translate")} == set(made)
 
 
+def test_request_status_curve_when_a_queue_table_exists():
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE request_status (start_datetime TEXT, waiting REAL,"
+                 " running REAL, swapped REAL)")
+    conn.executemany("INSERT INTO request_status VALUES (?, ?, ?, ?)", [
+        (stamp(2.0), None, 3.0, None), (stamp(1.0), 5.0, None, None)])
+    assert "Request_Status_curve" in insight_db.write_insight_tables(conn, pd.DataFrame())
+    assert query(conn, 'SELECT * FROM "Request_Status_curve"') == (
+        ["time", "waiting", "swapped", "running"],
+        [(stamp(1.0)[:26], 5.0, None, None), (stamp(2.0)[:26], None, None, 3.0)])
+
+
 # ----------------------------------------------------------------------------- profiler.db
 
 @pytest.fixture(scope="module")
