@@ -222,7 +222,7 @@ def _load_capture(path: Path, label: str) -> RunValues:
     from otel_vllm_ascend.analysis import requests as requests_mod
     from otel_vllm_ascend.analysis import spec_decode as spec_mod
     from otel_vllm_ascend.analysis import summaries
-    from otel_vllm_ascend.analysis.readers import find_captures, read_captures
+    from otel_vllm_ascend.analysis.readers import read_captures
     from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
     run = RunValues(label, path, "capture")
@@ -232,10 +232,13 @@ def _load_capture(path: Path, label: str) -> RunValues:
         run.problems.append(f"{report.unparsable} record(s) could not be decoded and were"
                             " skipped")
     if frame.empty:
+        # The reader's messages start with the file they are about; those about the folder
+        # itself (no capture in it) with the folder.
+        file_problems = [p for p in run.problems if not p.startswith(f"{path}: ")]
         if report.files:
             reason = f"no records in the {len(report.files)} capture file(s) read"
-        elif find_captures(path):
-            reason = "no readable capture (" + "; ".join(run.problems) + ")"
+        elif file_problems:
+            reason = "no readable capture (" + "; ".join(file_problems) + ")"
         else:
             reason = ("no capture and no analysis output found (expected ms_service_*.db or"
                       " OTLP JSON files, or request.csv / batch.csv)")

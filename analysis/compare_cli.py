@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -48,7 +49,6 @@ def _parser() -> argparse.ArgumentParser:
 def run_compare(path_a: Path, path_b: Path, out: Path, formats: Sequence[str],
                 alpha: float = compare.ALPHA, min_effect: float = compare.MIN_EFFECT) -> int:
     """The whole command; returns the exit status."""
-    from otel_vllm_ascend.analysis.cli import OutputError, prepare_output
     from otel_vllm_ascend.analysis.writers import write_csv
 
     runs = []
@@ -63,10 +63,9 @@ def run_compare(path_a: Path, path_b: Path, out: Path, formats: Sequence[str],
         message = compare.partial_message(run)
         if message:
             _logger.warning("%s", message)
-    try:
-        prepare_output(out, [])
-    except OutputError as exc:
-        _logger.error("%s", exc)
+    problem = _output_problem(out)
+    if problem:
+        _logger.error("%s", problem)
         return 2
     table = compare.compare_runs(a, b, alpha, min_effect)
     written, failed = [], []
@@ -87,6 +86,19 @@ def run_compare(path_a: Path, path_b: Path, out: Path, formats: Sequence[str],
             failed.append("compare.html")
     _print_summary(table, a, b, out, written, failed)
     return 1 if failed else 0
+
+
+def _output_problem(out: Path) -> Optional[str]:
+    """Why ``out`` cannot receive the outputs (created if missing), or None."""
+    if out.exists() and not out.is_dir():
+        return f"output path {out} exists and is not a folder"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create output folder {out}: {exc.strerror or exc}"
+    if not os.access(out, os.W_OK):
+        return f"cannot write into output folder {out}"
+    return None
 
 
 def _print_summary(table: pd.DataFrame, a: compare.RunValues, b: compare.RunValues, out: Path,

@@ -105,8 +105,10 @@ def _change_tile(table: pd.DataFrame, label: str, metric: str) -> tuple[str, str
     verdict_text = str(verdict.iloc[0]) if len(verdict) else "not compared"
     if math.isnan(rel):
         return label, "–", verdict_text
+    section = table.loc[table["metric"] == metric, "section"].iloc[0]
+    what = "B" if section == "service" else "B p50"
     return (label, f"{rel * 100:+.1f} %",
-            f"B p50 {fmt_number(value_b)} vs A {fmt_number(_row_value(table, metric, 'value_a'))}"
+            f"{what} {fmt_number(value_b)} vs A {fmt_number(_row_value(table, metric, 'value_a'))}"
             f" · {verdict_text}")
 
 

@@ -248,6 +248,14 @@ def test_truncated_second_capture_named_in_one_line(runs, caplog, tmp_path):
     assert line.startswith(f"B ({cut})") and "truncated or damaged" in line
 
 
+def test_output_path_that_is_a_file(runs, caplog, tmp_path):
+    _, base, _ = runs
+    (tmp_path / "taken").write_text("x")
+    with caplog.at_level(logging.WARNING):
+        assert compare_main([str(base), str(base), "-o", str(tmp_path / "taken")]) == 2
+    assert "exists and is not a folder" in _one_line(caplog, logging.WARNING)
+
+
 def test_bad_arguments(tmp_path):
     assert compare_main([str(tmp_path), str(tmp_path), "--alpha", "2"]) == 2
     with pytest.raises(SystemExit):
