@@ -24,14 +24,17 @@ One row per compared quantity:
 Beyond noise (the ``significant`` column): both sides hold at least ``MIN_VALUES`` values, the
 two-sided Mann–Whitney U test (normal approximation with tie and continuity correction) gives
 p < ``alpha``, *and* the effect is at least ``min_effect``: the larger of the relative
-differences of the medians and of the means. The test asks whether a value of B tends to be
-larger or smaller than a value of A, with no assumption about the shape of the distributions;
-the effect floor keeps a statistically clear but practically irrelevant shift (thousands of
-engine steps make any 0.1 % change "significant") from being flagged. Values within one run
-are not independent (consecutive steps and overlapping requests share load), which makes
-p-values optimistic; the effect floor is the guard against that too. ``ci95_low`` /
-``ci95_high``: an approximate 95 % confidence interval of the difference of medians, from the
-distribution-free order-statistic interval of each median (standard errors combined).
+differences of the medians and of the means that goes the test's way (``prob_b_higher``, the
+share of (A, B) pairs where B's value is larger, above or below 0.5). The test asks whether a
+value of B tends to be larger or smaller than a value of A, with no assumption about the shape
+of the distributions; the effect floor keeps a statistically clear but practically irrelevant
+shift (thousands of engine steps make any 0.1 % change "significant") from being flagged.
+Values within one run are not independent (consecutive steps and overlapping requests share
+load), which makes p-values optimistic; the effect floor is the guard against that too. Two
+runs of one configuration may differ by more than the noise within either (docs/analysis.md).
+``ci95_low`` / ``ci95_high``: an approximate 95 % confidence interval of the difference of
+medians, from the distribution-free order-statistic interval of each median (standard errors
+combined).
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ MIN_EFFECT = 0.05
 MIN_VALUES = 8  # below this, the normal approximation of the U statistic is not trusted
 
 COMPARE_COLUMNS = ("section", "metric", "unit", "n_a", "n_b", "value_a", "value_b", "diff",
-                   "rel_diff", "ci95_low", "ci95_high", "mean_a", "mean_b", "p90_a", "p90_b",
-                   "p99_a", "p99_b", "p_value", "significant", "verdict")
+                   "rel_diff", "ci95_low", "ci95_high", "mean_a", "mean_b", "rel_diff_mean",
+                   "p90_a", "p90_b",
+                   "p99_a", "p99_b", "p_value", "prob_b_higher", "significant", "verdict")
 
 # Verdicts.
 B_HIGHER = "B higher"
@@ -315,23 +319,34 @@ def _spans_from_outputs(run: RunValues) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- statistics
 
-def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided p-value of the Mann–Whitney U test (normal approximation, tie-corrected)."""
+def mann_whitney(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """The Mann–Whitney U test of two samples -> (two-sided p-value, P(B > A)).
+
+    P(B > A) is the share of (A value, B value) pairs where B's is larger, ties counted half
+    (U of B / (n_A n_B)): 0.5 when neither tends to be larger. The p-value uses the normal
+    approximation with tie and continuity correction.
+    """
     n1, n2 = len(a), len(b)
     if n1 == 0 or n2 == 0:
-        return math.nan
+        return math.nan, math.nan
     both = np.concatenate((a, b))
     ranks = pd.Series(both).rank(method="average").to_numpy()
     u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
+    prob_b_higher = 1.0 - u1 / (n1 * n2)
     n = n1 + n2
     _, counts = np.unique(both, return_counts=True)
     ties = float(((counts.astype("float64") ** 3) - counts).sum())
     variance = n1 * n2 / 12.0 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
     if variance <= 0:  # every value the same: nothing distinguishes the samples
-        return 1.0
+        return 1.0, prob_b_higher
     delta = u1 - n1 * n2 / 2.0
     z = max(abs(delta) - 0.5, 0.0) / math.sqrt(variance)
-    return float(math.erfc(z / math.sqrt(2.0)))
+    return float(math.erfc(z / math.sqrt(2.0))), float(prob_b_higher)
+
+
+def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p-value of the Mann–Whitney U test (see :func:`mann_whitney`)."""
+    return mann_whitney(a, b)[0]
 
 
 def median_standard_error(values: np.ndarray) -> float:
@@ -379,13 +394,15 @@ def compare_samples(a: np.ndarray, b: np.ndarray, alpha: float = ALPHA,
     if len(a) < MIN_VALUES or len(b) < MIN_VALUES:
         row.update(p_value=math.nan, significant=None, verdict=FEW)
         return row
-    p_value = mann_whitney_p(a, b)
-    mean_rel = _relative(row["mean_b"] - row["mean_a"], row["mean_a"])
-    effect = max((abs(r) for r in (row["rel_diff"], mean_rel) if not math.isnan(r)),
-                 default=0.0)
+    row["rel_diff_mean"] = _relative(row["mean_b"] - row["mean_a"], row["mean_a"])
+    p_value, prob_b_higher = mann_whitney(a, b)
+    # The direction is the test's (which side's values tend to be larger); the effect is the
+    # larger relative change, of median or mean, that goes the same way.
+    direction = np.sign(prob_b_higher - 0.5)
+    effect = max((abs(r) for r in (row["rel_diff"], row["rel_diff_mean"])
+                  if not math.isnan(r) and np.sign(r) == direction != 0), default=0.0)
     significant = bool(p_value < alpha and effect >= min_effect)
-    direction = diff if diff != 0 else row["mean_b"] - row["mean_a"]
-    row.update(p_value=p_value, significant=significant,
+    row.update(p_value=p_value, prob_b_higher=prob_b_higher, significant=significant,
                verdict=(B_HIGHER if direction > 0 else B_LOWER) if significant else SAME)
     return row
 

@@ -108,9 +108,9 @@ def _print_summary(table: pd.DataFrame, a: compare.RunValues, b: compare.RunValu
     tested = int(table["p_value"].notna().sum())
     lines.append(f"differences beyond noise: {len(rows)} of {tested} tested rows")
     for row in rows.itertuples():
-        rel = row.rel_diff * 100 if row.rel_diff == row.rel_diff else float("nan")
-        lines.append(f"  {row.section} {row.metric}: p50 {row.value_a:.4g} -> {row.value_b:.4g}"
-                     f" {row.unit} ({rel:+.1f} %), {row.verdict}")
+        lines.append(f"  {row.section} {row.metric}: {row.verdict}; p50 {row.value_a:.4g} ->"
+                     f" {row.value_b:.4g} {row.unit} ({row.rel_diff * 100:+.1f} %), mean"
+                     f" {row.mean_a:.4g} -> {row.mean_b:.4g} ({row.rel_diff_mean * 100:+.1f} %)")
     lines.append(f"written to {out}: {', '.join(Path(p).name for p in written) or 'nothing'}")
     if failed:
         lines.append(f"not written: {', '.join(failed)}")

@@ -32,6 +32,7 @@ _PART = re.compile(r"^<!-- part: (\w+) -->\n", re.M)
 TABLE_COLUMNS = (("section", "section"), ("metric", "metric"), ("unit", "unit"),
                  ("n_a", "n A"), ("n_b", "n B"), ("value_a", "A (p50)"),
                  ("value_b", "B (p50)"), ("diff", "B − A"), ("rel_diff", "relative"),
+                 ("rel_diff_mean", "mean, relative"), ("prob_b_higher", "P(B > A)"),
                  ("p_value", "p"), ("verdict", "verdict"))
 
 
@@ -168,8 +169,10 @@ def _cell(key: str, value: Any) -> str:
         return "" if value is None else str(value)
     if math.isnan(number):
         return "–"
-    if key == "rel_diff":
+    if key in ("rel_diff", "rel_diff_mean"):
         return f"{number * 100:+.1f} %" if math.isfinite(number) else "new"
+    if key == "prob_b_higher":
+        return f"{number:.2f}"
     if key == "p_value":
         return f"{number:.2g}"
     if key in ("n_a", "n_b"):

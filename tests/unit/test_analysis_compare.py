@@ -33,6 +33,14 @@ def test_mann_whitney_by_hand():
         pytest.approx(0.080856, abs=2e-6)
 
 
+def test_probability_of_b_higher_by_hand():
+    # A = [1, 2, 2], B = [2, 3, 3]: of the 9 pairs B is larger in 7 (1 < 2, 3, 3 and
+    # 2 < 3, 3 twice) and tied in 2 (2 = 2 twice): (7 + 2 / 2) / 9
+    assert compare.mann_whitney(np.array([1.0, 2, 2]), np.array([2.0, 3, 3]))[1] == \
+        pytest.approx(8 / 9)
+    assert compare.mann_whitney(np.array([5.0, 6]), np.array([1.0, 2]))[1] == 0.0
+
+
 def test_mann_whitney_with_ties_by_hand():
     # A = [1, 2, 2], B = [2, 3, 3]; ranks of 1,2,2,2,3,3: 1, 3, 3, 3, 5.5, 5.5
     # R_A = 1 + 3 + 3 = 7, U1 = 7 - 6 = 1, mean 4.5; ties: 3 twos (24), 2 threes (6)
@@ -82,6 +90,18 @@ def test_compare_samples_tiny_shift_is_below_the_effect_floor():
     assert row["p_value"] < 1e-10
     assert row["significant"] is False and row["verdict"] == compare.SAME
     assert compare.compare_samples(a, a * 1.01, min_effect=0.005)["significant"] is True
+
+
+def test_effect_must_go_the_way_of_the_test():
+    # B's values are mostly a little lower (90 % of pairs: median -1 %), a few much higher
+    # (mean +9 %): the test says "B lower", the 9 % goes the other way and does not count.
+    a = np.full(100, 100.0)
+    b = np.concatenate((np.full(90, 99.0), np.full(10, 200.0)))
+    row = compare.compare_samples(a, b)
+    assert row["p_value"] < 1e-6 and row["prob_b_higher"] == pytest.approx(0.1)
+    assert row["rel_diff"] == pytest.approx(-0.01)
+    assert row["significant"] is False and row["verdict"] == compare.SAME
+    assert compare.compare_samples(a, b, min_effect=0.005)["verdict"] == compare.B_LOWER
 
 
 def test_compare_samples_few_or_missing_values():
