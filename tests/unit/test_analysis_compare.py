@@ -254,6 +254,24 @@ def test_partial_second_capture_keeps_what_it_can(runs, caplog, tmp_path):
     assert "B (" in (tmp_path / "o" / "compare.html").read_text()
 
 
+def test_output_folder_without_batch_csv(runs, caplog, tmp_path):
+    root, base, _ = runs
+    outputs = tmp_path / "requests_only"
+    assert analyze_main(["--input-path", str(base), "--output-path", str(outputs),
+                         "--format", "csv"]) == 0
+    for name in ("batch.csv", "batch_summary.csv"):
+        (outputs / name).unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert compare_main([str(base), str(outputs), "-o", str(tmp_path / "o")]) == 0
+    line = _one_line(caplog, logging.WARNING)
+    assert line.startswith(f"B ({outputs}): partial input") and "no batch table" in line
+    assert "no profiler.db or chrome_tracing.json" in line
+    table = _rows(tmp_path / "o" / "compare.csv")
+    assert table[("request", "TTFT")]["diff"] == "0.0"
+    assert table[("batch", "model execution per step")]["verdict"] == compare.ONLY_A
+
+
 def test_truncated_second_capture_named_in_one_line(runs, caplog, tmp_path):
     _, base, _ = runs
     cut = tmp_path / "cut"
