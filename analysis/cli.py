@@ -5,6 +5,7 @@ Usage::
     otel-vllm-analyze --input-path DIR [--output-path OUT] [--format csv json db html]
                       [--log-level LEVEL]
     python -m otel_vllm_ascend.analysis --input-path DIR
+    otel-vllm-analyze compare A B [-o OUT]     # two runs side by side (analysis/compare.py)
 
 ``DIR`` is searched recursively for ``ms_service_*.db`` captures (from this project's exporter or
 msserviceprofiler's C library, any layout) and OTLP JSON files. ``OUT`` (default ``./output``)
@@ -63,7 +64,8 @@ class OutputError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-vllm-analyze",
-        description="Analyse vLLM service captures (ms_service_*.db or OTLP JSON).")
+        description="Analyse vLLM service captures (ms_service_*.db or OTLP JSON).",
+        epilog="Compare two runs: otel-vllm-analyze compare A B [-o OUT] (see compare --help).")
     parser.add_argument("--input-path", required=True, help="folder searched for captures")
     parser.add_argument("--output-path", default="./output",
                         help="folder for the results (default ./output)")
@@ -282,6 +284,13 @@ def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any
 
 def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] = None) -> int:
     """Console entry point (``keep_until_exit``: see :func:`analyse`)."""
+    # --- subcommand: ``otel-vllm-analyze compare A B`` (analysis/compare_cli.py) ---
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["compare"]:
+        from otel_vllm_ascend.analysis.compare_cli import main as compare_main
+
+        return compare_main(words[1:])
+    # --- end of the compare subcommand ---
     args = _parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
