@@ -21,7 +21,8 @@ from analysis_fixtures import Capture, simulate_service  # noqa: E402
 pytestmark = pytest.mark.subprocess
 
 CSVS = ["request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv", "kvcache.csv",
-        "service_summary.csv", "spec_decode.csv"]
+        "service_summary.csv", "spec_decode.csv", "forward.csv", "request_status.csv",
+        "prefill.csv", "decode.csv"]
 
 
 def run_cli(*args, module=False, env=None):
