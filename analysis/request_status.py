@@ -83,7 +83,8 @@ def build_request_status(frame: pd.DataFrame) -> pd.DataFrame:
                             aggfunc="last", sort=True)
     wide = wide.reindex(columns=list(QUEUES))
     index = wide.index.to_frame(index=False)
-    dp = rows.drop_duplicates(["host", "pid"]).set_index(["host", "pid"])["dp_rank"]
+    dp_of = dict(zip(zip(rows["host"].tolist(), rows["pid"].tolist()),
+                     rows["dp_rank"].tolist()))
     start = index["start_us"].to_numpy(dtype="float64")
     first = index.groupby(["host", "pid"])["start_us"].transform("min").to_numpy()
     out = pd.DataFrame({
@@ -93,7 +94,8 @@ def build_request_status(frame: pd.DataFrame) -> pd.DataFrame:
         "relative_timestamp(ms)": (start - first) / 1000.0,
         **{queue.lower(): _whole(wide[queue].to_numpy(dtype="float64")) for queue in QUEUES},
         "timestamp(ms)": start / 1000.0,
-        "dp_rank": pd.array([dp.get((h, p)) for h, p in zip(index["host"], index["pid"])],
+        "dp_rank": pd.array([dp_of[key] for key in zip(index["host"].tolist(),
+                                                       index["pid"].tolist())],
                             dtype="Int64"),
     })
     order = np.argsort(start, kind="stable")

@@ -34,6 +34,7 @@ standard deviation, empty below two values). Written as ``prefill.csv`` and ``de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Optional, Sequence
 
 import numpy as np
@@ -92,8 +93,7 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     lengths = [len(r) for r in outputs["rids"].tolist()]
     times = np.repeat(outputs["start_us"].to_numpy(dtype="float64"), lengths)
     emitted = pd.DataFrame({
-        "rid": pd.array([rid for rids in outputs["rids"].tolist() for rid in rids],
-                        dtype=object),
+        "rid": pd.array(list(chain.from_iterable(outputs["rids"].tolist())), dtype=object),
         "time": times, "out_time": times}).sort_values("time", kind="stable")
     exec_end = batches["exec_end_us"].to_numpy(dtype="float64")
     row = _rows_of_steps(batches, per_request["step_id"].to_numpy(dtype="int64"))
