@@ -56,11 +56,12 @@ CSV_COLUMNS = FORWARD_COLUMNS + FORWARD_EXTRA_COLUMNS
 
 def forward_records(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of the forward record the capture holds (see the module docstring)."""
+    rows = frame.loc[frame["name"].isin(FORWARD_NAMES)]
+    present = set(rows["name"].unique())
     for name in FORWARD_NAMES:
-        rows = frame.loc[frame["name"] == name]
-        if len(rows):
-            return rows
-    return frame.iloc[0:0]
+        if name in present:
+            return rows.loc[rows["name"] == name] if len(present) > 1 else rows
+    return rows
 
 
 def empty_forwards() -> pd.DataFrame:

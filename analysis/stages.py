@@ -10,8 +10,10 @@ Each engine step (a ``batch.csv`` row) is cut into stages, in ms:
 ``logits_sampling``    the Workers' ``computing_logits`` and ``sample`` spans of the step (summed
                        per process, the slowest process counts)
 ``output_processing``  from the end of ``modelExec`` to the first output record of the API server
-                       (``detokenize`` or ``httpRes``) for any request of the step: EngineCore's
-                       output update, the hand-over to the API server and its output handling
+                       (``detokenize`` or ``httpRes``) for the step's first request that gets a
+                       token from it (a decode, or a prefill that completes its prompt):
+                       EngineCore's output update, the hand-over to the API server and its
+                       output handling; empty for a step that yields no token (a prompt chunk)
 ``step_total``         from the start of this step to the start of the next step of the same
                        process (the reference's ``AllTime``); empty for a process's last step
 =====================  ==========================================================================
@@ -85,16 +87,26 @@ def _worker_stage(frame: pd.DataFrame, batches: pd.DataFrame, names: Sequence[st
 
 def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
                        per_request: pd.DataFrame) -> np.ndarray:
-    """Per step (ms): first API-server output of any of its requests after ``modelExec``."""
+    """Per step (ms): the first API-server output after ``modelExec`` for the step's first
+    request that gets a token from it."""
     out = np.full(len(batches), np.nan)
     outputs = frame.loc[frame["name"].isin(OUTPUT_NAMES), ["rids", "start_us"]]
     if outputs.empty or per_request.empty:
         return out
+    kind = per_request["type"].to_numpy(dtype="float64")
+    done = (per_request["num_computed_tokens"].to_numpy(dtype="float64")
+            + per_request["num_scheduled_tokens"].to_numpy(dtype="float64")
+            >= per_request["num_prompt_tokens"].to_numpy(dtype="float64"))
+    unknown = np.isnan(per_request["num_prompt_tokens"].to_numpy(dtype="float64"))
+    yields = (kind == 1) | ((kind == 0) & (done | unknown))
+    per_request = per_request.loc[yields].drop_duplicates("step_id", keep="first")
     lengths = [len(r) for r in outputs["rids"].tolist()]
     times = np.repeat(outputs["start_us"].to_numpy(dtype="float64"), lengths)
     emitted = pd.DataFrame({
         "rid": pd.array(list(chain.from_iterable(outputs["rids"].tolist())), dtype=object),
-        "time": times, "out_time": times}).sort_values("time", kind="stable")
+        "time": times, "out_time": times})
+    emitted = emitted.loc[emitted["rid"].isin(set(per_request["rid"].tolist()))]
+    emitted = emitted.sort_values("time", kind="stable")
     exec_end = batches["exec_end_us"].to_numpy(dtype="float64")
     row = _rows_of_steps(batches, per_request["step_id"].to_numpy(dtype="int64"))
     asked = pd.DataFrame({"row": row, "rid": per_request["rid"].to_numpy(dtype=object),
