@@ -247,3 +247,25 @@ def test_span_file_names():
     assert span_info.file_name("../etc/passwd") == "_etc_passwd.csv"
     assert span_info.file_name("MooncakeScheduler.matchRemoteKV") == \
         "MooncakeScheduler.matchRemoteKV.csv"
+
+
+def test_a_prompt_chunk_has_no_output_processing(tmp_path):
+    # C's 8-token prompt runs in two chunks of 4 (steps 0 and 1); only the second yields a token.
+    cap = Capture()
+    api = cap.process("h1", 100, "api_server")
+    ec = cap.process("h1", 200, "engine_core")
+    for s0, e0, computed in ((0.0, 1.0, 0), (3.0, 4.0, 4)):
+        items = [{"rid": "C", "iter": int(computed > 0), "type": 0, "num_scheduled_tokens": 4,
+                  "num_prompt_tokens": 8, "num_computed_tokens": computed}]
+        ec.span("batchFrameworkProcessing", ms(s0), ms(s0 + 0.5), "Schedule", items,
+                batch_type="Prefill", batch_size=1)
+        ec.span("modelExec", ms(e0), ms(e0 + 1.0), "Execute", items, batch_type="Prefill")
+    api.event("detokenize", ms(5.5), rid=["C"])
+    cap.write(tmp_path / "in")
+    frame, _, _ = read_captures(tmp_path / "in")
+    steps_table = engine_steps(frame)
+    per_request = step_requests(steps_table)
+    table = stages.step_stages(frame, build_batches(frame, steps_table, per_request),
+                               per_request)
+    got = table["output_processing"].to_numpy(dtype="float64")
+    assert np.isnan(got[0]) and got[1] == pytest.approx(0.5, abs=1e-3)
