@@ -8,8 +8,8 @@ looked for in this order:
 
 1. the steps of the record's own process (one process runs both when the executor is
    in-process, and EngineCore's own ``modelExec`` belongs to its own step);
-2. the steps of the same host and data-parallel rank, when the record's process has a rank;
-3. the steps of the same host.
+2. the steps of the same host and data-parallel rank, when the record's process has a rank
+   and the host has steps of that rank; otherwise the steps of the same host.
 
 Among the windows that hold the start, the latest one to open wins. Records that no window
 holds (a Worker record of a step whose ``modelExec`` was not captured) get no step.
@@ -76,9 +76,11 @@ def step_of_records(records: pd.DataFrame, batches: pd.DataFrame) -> np.ndarray:
         mine = np.flatnonzero((host == key_host) & (pid == key_pid) & (dp == key_dp))
         same_host = step_host == key_host
         groups = [same_host & (step_pid == key_pid)]
-        if key_dp >= 0:
-            groups.append(same_host & (step_dp == key_dp))
-        groups.append(same_host)
+        same_rank = same_host & (step_dp == key_dp) if key_dp >= 0 else None
+        if same_rank is not None and same_rank.any():
+            groups.append(same_rank)  # the rank's own engine: never another rank's steps
+        else:
+            groups.append(same_host)
         for group in groups:
             open_ = mine[found[mine] == NO_STEP]
             if not len(open_):

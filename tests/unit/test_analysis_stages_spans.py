@@ -32,13 +32,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis_fixtures import Capture  # noqa: E402
+from analysis_fixtures import Capture, write_otlp_json  # noqa: E402
 
-from otel_vllm_ascend.analysis import detail_outputs, span_info, stages  # noqa: E402
+from otel_vllm_ascend.analysis import detail_outputs, forwards, span_info, stages  # noqa: E402
 from otel_vllm_ascend.analysis.batches import build_batches  # noqa: E402
 from otel_vllm_ascend.analysis.readers import read_captures  # noqa: E402
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests  # noqa: E402
@@ -57,7 +58,7 @@ def item(rid, it, rtype, tokens):
             "num_prompt_tokens": 8, "num_computed_tokens": 0 if rtype == 0 else 8 + it - 1}
 
 
-def stage_capture(tmp_path):
+def stage_capture(tmp_path, otlp=False):
     cap = Capture()
     api = cap.process("h1", 100, "api_server")
     ec = cap.process("h1", 200, "engine_core")
@@ -88,7 +89,10 @@ def stage_capture(tmp_path):
     api.event("detokenize", ms(9.5), rid=["A"])
     api.event("httpRes", ms(14.3), rid="A")
     api.event("detokenize", ms(14.6), rid=["B"])
-    cap.write(tmp_path / "in")
+    if otlp:
+        write_otlp_json(cap, tmp_path / "in" / "spans.jsonl")
+    else:
+        cap.write(tmp_path / "in")
     frame, _, _ = read_captures(tmp_path / "in")
     steps_table = engine_steps(frame)
     per_request = step_requests(steps_table)
@@ -269,3 +273,18 @@ def test_a_prompt_chunk_has_no_output_processing(tmp_path):
                                per_request)
     got = table["output_processing"].to_numpy(dtype="float64")
     assert np.isnan(got[0]) and got[1] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_otlp_capture_gives_the_same_tables(tmp_path):
+    db = stage_capture(tmp_path / "db")
+    otlp = stage_capture(tmp_path / "otlp", otlp=True)
+    db_stages = stages.build_stage_breakdown(*db)
+    otlp_stages = stages.build_stage_breakdown(*otlp)
+    for phase in stages.PHASES:
+        pd.testing.assert_frame_equal(db_stages[phase], otlp_stages[phase])
+    _, db_summary, _ = span_info.build_span_info(db[0], ["sample"])
+    _, otlp_summary, _ = span_info.build_span_info(otlp[0], ["sample"])
+    pd.testing.assert_frame_equal(db_summary, otlp_summary)
+    columns = [c for c in forwards.CSV_COLUMNS if c != "prof_id"]
+    pd.testing.assert_frame_equal(forwards.build_forwards(db[0], db[1])[columns],
+                                  forwards.build_forwards(otlp[0], otlp[1])[columns])
