@@ -3,7 +3,8 @@
 Usage::
 
     otel-vllm-analyze --input-path DIR [--output-path OUT] [--format csv json db html]
-                      [--log-level LEVEL]
+                      [--log-level LEVEL] [--span NAME ...]
+                      [--split-batch-size N ...] [--split-rid RID ...] [--split-number N]
     python -m otel_vllm_ascend.analysis --input-path DIR
     otel-vllm-analyze compare A B [-o OUT]     # two runs side by side (analysis/compare.py)
 
@@ -13,7 +14,9 @@ receives, by format:
 
 * ``csv``: ``request.csv``, ``request_summary.csv``, ``batch.csv``, ``batch_summary.csv``,
   ``kvcache.csv``, ``service_summary.csv``, ``spec_decode.csv`` (header only without
-  speculative decoding);
+  speculative decoding), ``forward.csv``, ``request_status.csv``, ``prefill.csv`` and
+  ``decode.csv`` (stage breakdown; ``--split-*`` add selections), and with ``--span`` the
+  folder ``span_info/`` (:mod:`.detail_outputs`);
 * ``json``: ``chrome_tracing.json`` (open in https://ui.perfetto.dev or chrome://tracing);
 * ``db``: ``profiler.db`` (every table in SQLite);
 * ``html``: ``report.html`` (one self-contained page of plots and tables).
@@ -38,10 +41,10 @@ from typing import Any, Optional, Sequence
 import pandas as pd
 
 from otel_vllm_ascend.analysis import batches as batches_mod
+from otel_vllm_ascend.analysis import detail_outputs, summaries, writers
 from otel_vllm_ascend.analysis import kvcache as kvcache_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
-from otel_vllm_ascend.analysis import summaries, writers
 from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
 from otel_vllm_ascend.analysis.output_jobs import _in_background, _Run
 from otel_vllm_ascend.analysis.progress import _Progress
@@ -53,7 +56,8 @@ _logger = logging.getLogger("otel_vllm_ascend.analysis")
 FORMATS = ("csv", "json", "db", "html")
 CSV_FILES = ("request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv",
              "kvcache.csv", "service_summary.csv", "spec_decode.csv")
-OUTPUT_FILES = {"csv": CSV_FILES, "json": ("chrome_tracing.json",), "db": ("profiler.db",),
+OUTPUT_FILES = {"csv": CSV_FILES + detail_outputs.CSV_FILES,
+                "json": ("chrome_tracing.json",), "db": ("profiler.db",),
                 "html": ("report.html",)}
 
 
@@ -74,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", type=str.lower,
                         choices=["debug", "info", "warning", "error", "critical"],
                         help="log level (default info)")
+    detail_outputs.add_arguments(parser)  # --span, --split-*
     return parser
 
 
@@ -113,11 +118,13 @@ def _load_report_module() -> Any:
 
 def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
             progress: Optional[_Progress] = None,
-            keep_until_exit: Optional[list] = None) -> int:
+            keep_until_exit: Optional[list] = None,
+            details: Optional[detail_outputs.DetailOptions] = None) -> int:
     """Run the whole analysis; returns the exit status.
 
     ``keep_until_exit``: a list that receives the large tables instead of letting them be
     freed on return, for a caller that ends the process right after without a teardown.
+    ``details``: the ``--span`` / ``--split-*`` choices (:mod:`.detail_outputs`).
     """
     progress = progress or _Progress(False)
     try:
@@ -173,6 +180,13 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
                                             batches)
     tables = {k: v for k, v in tables.items() if v is not None}
     _warn_partial(requests)
+    # --- detail outputs (forward.csv, request_status.csv, stage breakdown, span_info/)
+    detail = None
+    if "csv" in formats or "html" in formats:
+        progress.stage("building the detail tables")
+        detail = detail_outputs.build(run, frame, batches, per_request,
+                                      details or detail_outputs.DetailOptions())
+    # --- end of detail outputs
     del steps, per_request  # one row per (step, request): the largest table, no longer needed
 
     out = output_path
@@ -217,11 +231,14 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     def write_csvs(job_run: _Run) -> None:
         if "csv" in formats:
             _write_csvs(job_run, out, requests, batches, kvcache, spec_decode, tables)
+            if detail is not None:
+                detail_outputs.write_csvs(job_run, out, detail)
 
     if "html" in formats:
         def csv_and_report(job_run: _Run) -> None:
             write_csvs(job_run)
-            _write_html(job_run, out, frame, requests, batches, kvcache, tables)
+            _write_html(job_run, out, frame, requests, batches, kvcache, tables,
+                        detail_outputs.report_tables(detail))
 
         progress.stage("writing outputs")
         join = _in_background(csv_and_report, run, "CSV files / report.html")
@@ -261,25 +278,26 @@ def _write_csvs(run: _Run, out: Path, requests: Any, batches: Any, kvcache: Any,
 
 
 def _write_html(run: _Run, out: Path, frame: pd.DataFrame, requests: Any, batches: Any,
-                kvcache: Any, tables: dict) -> None:
+                kvcache: Any, tables: dict, stage_tables: Optional[dict] = None) -> None:
     report_mod = _load_report_module()
     if report_mod is None:
         _logger.error("report.html: the report writer is not available in this installation")
         run.failed.append("report.html")
         return
     run.wrote(run.stage("report.html", _write_report, report_mod, out, frame, requests,
-                        batches, kvcache, tables))
+                        batches, kvcache, tables, stage_tables))
 
 
 def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any,
-                  batches: Any, kvcache: Any, tables: dict) -> Path:
+                  batches: Any, kvcache: Any, tables: dict,
+                  stage_tables: Optional[dict] = None) -> Path:
     empty = pd.DataFrame()
     return report_mod.write_report(
         out / "report.html",
         requests=requests if requests is not None else empty,
         batches=batches if batches is not None else empty,
         kvcache=kvcache if kvcache is not None else empty,
-        summaries=tables, frame=frame)
+        summaries=tables, frame=frame, stage_tables=stage_tables)
 
 
 def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] = None) -> int:
@@ -301,7 +319,7 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     gc.disable()
     try:
         return analyse(Path(args.input_path), Path(args.output_path), formats, progress,
-                       keep_until_exit)
+                       keep_until_exit, detail_outputs.DetailOptions.from_args(args))
     except KeyboardInterrupt:
         progress.done()
         _logger.error("interrupted")

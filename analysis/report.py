@@ -10,7 +10,8 @@ script and no network access. The page has
 * latency over the run: TTFT and end-to-end latency of each request by arrival time;
 * engine steps over time: requests per step and tokens per step, prefill and decode stacked;
 * KV cache and queues over time: KV-cache usage (%) and the running / waiting queue lengths;
-* the summary tables (``service_summary``, ``request_summary``, ``batch_summary``).
+* the summary tables (``service_summary``, ``request_summary``, ``batch_summary``);
+* the stage breakdown of prefill and decode steps (``prefill.csv``, ``decode.csv``), when given.
 
 Time axes count seconds from the first record of the capture (its UTC time is printed in the
 page header). Series longer than ``MAX_POINTS`` are drawn as per-interval means with a min-max
@@ -85,16 +86,18 @@ def _page() -> Template:
 def write_report(path: Union[str, Path], requests: pd.DataFrame, batches: pd.DataFrame,
                  kvcache: pd.DataFrame, summaries: Mapping[str, pd.DataFrame],
                  frame: Optional[pd.DataFrame] = None,
-                 title: str = "vLLM service profile") -> Path:
+                 title: str = "vLLM service profile",
+                 stage_tables: Optional[Mapping[str, pd.DataFrame]] = None) -> Path:
     """Write ``report.html`` at ``path`` (see the module docstring); returns the path.
 
     ``requests``, ``batches``, ``kvcache`` are the builders' tables (with their internal µs
     columns), ``summaries`` maps ``service_summary`` / ``request_summary`` / ``batch_summary``
     to their tables, ``frame`` (optional) supplies the queue-length records and the capture
-    start. Missing or empty inputs leave their section with a note, never an exception.
+    start, ``stage_tables`` (optional) the stage breakdown by phase (``prefill`` / ``decode``).
+    Missing or empty inputs leave their section with a note, never an exception.
     """
     path = Path(path)
-    text = render_report(requests, batches, kvcache, summaries, frame, title)
+    text = render_report(requests, batches, kvcache, summaries, frame, title, stage_tables)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -104,7 +107,8 @@ def write_report(path: Union[str, Path], requests: pd.DataFrame, batches: pd.Dat
 def render_report(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
                   kvcache: Optional[pd.DataFrame], summaries: Mapping[str, pd.DataFrame],
                   frame: Optional[pd.DataFrame] = None,
-                  title: str = "vLLM service profile") -> str:
+                  title: str = "vLLM service profile",
+                  stage_tables: Optional[Mapping[str, pd.DataFrame]] = None) -> str:
     """The report page as HTML text."""
     requests = _table(requests)
     batches = _table(batches)
@@ -132,6 +136,8 @@ def render_report(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFra
         for heading, caption, draw in sections:
             body.append(_section(heading, caption, draw))
     body.append(_summary_tables(summaries))
+    if stage_tables:
+        body.append(_stage_tables(stage_tables))
     return _page().substitute(title=html.escape(title), css=_template_text("report.css"),
                               body="\n".join(body))
 
@@ -236,6 +242,24 @@ def _summary_tables(summaries: Mapping[str, pd.DataFrame]) -> str:
                            file=html.escape(f"{name}.csv"), table=_html_table(table)))
     cards = "\n".join(parts) if parts else _fill("empty", text="No summary tables.")
     return _fill("summaries", cards=cards)
+
+
+STAGE_CAPTION = ("Where the time of engine steps goes, per stage (ms): prefill steps hold at"
+                 " least one prefill, decode steps decodes only. 'all' covers every such step;"
+                 " the other selections come from --split-batch-size / --split-rid. Empty:"
+                 " the capture lacks that stage's records.")
+
+
+def _stage_tables(stage_tables: Mapping[str, pd.DataFrame]) -> str:
+    """The stage breakdown section: one table per phase."""
+    cards = []
+    for phase, table in stage_tables.items():
+        if not isinstance(table, pd.DataFrame) or table.empty:
+            continue
+        cards.append(_fill("table_card", title=html.escape(phase.capitalize() + " steps"),
+                           file=html.escape(f"{phase}.csv"), table=_html_table(table)))
+    content = "\n".join(cards) if cards else _fill("empty", text="No engine steps.")
+    return _fill("stages", caption=html.escape(STAGE_CAPTION), cards=content)
 
 
 def _html_table(table: pd.DataFrame) -> str:
