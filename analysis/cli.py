@@ -182,7 +182,7 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     _warn_partial(requests)
     # --- detail outputs (forward.csv, request_status.csv, stage breakdown, span_info/)
     detail = None
-    if "csv" in formats or "html" in formats:
+    if {"csv", "html", "db"} & set(formats):
         progress.stage("building the detail tables")
         detail = detail_outputs.build(run, frame, batches, per_request,
                                       details or detail_outputs.DetailOptions())
@@ -216,6 +216,7 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
         db_tables = dict(tables)
         if spec_decode is not None:
             db_tables["spec_decode"] = spec_decode.reindex(columns=list(spec_mod.CSV_COLUMNS))
+        db_tables.update(detail_outputs.db_tables(detail))
         job_run.wrote(job_run.stage(
             "profiler.db", writers.write_profiler_db, out / "profiler.db",
             (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),

@@ -100,6 +100,16 @@ def build(run: Any, frame: pd.DataFrame, batches: Optional[pd.DataFrame],
     return built
 
 
+def db_tables(built: Optional[DetailTables]) -> dict:
+    """The tables ``profiler.db`` stores (``request_status`` also feeds Insight's queue curve)."""
+    if built is None:
+        return {}
+    tables = {"forward": (built.forwards, forwards.CSV_COLUMNS),
+              "request_status": (built.request_status, request_status.CSV_COLUMNS)}
+    return {name: table.reindex(columns=list(columns))
+            for name, (table, columns) in tables.items() if table is not None}
+
+
 def write_csvs(run: Any, out: Path, built: DetailTables) -> None:
     """The CSV files (and the ``span_info`` folder) of the tables built."""
     for name, table, columns in (

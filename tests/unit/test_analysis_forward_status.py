@@ -231,3 +231,26 @@ def test_request_status_without_queue_records(tmp_path):
     assert table.empty and list(table.columns) == list(request_status.CSV_COLUMNS)
     path = write_csv(tmp_path / "request_status.csv", table, request_status.CSV_COLUMNS)
     assert path.read_text().strip() == ",".join(request_status.CSV_COLUMNS)
+
+
+def test_profiler_db_stores_both_tables_and_the_queue_curve(tmp_path):
+    """``--format db`` alone: forward and request_status tables, and Insight's queue curve."""
+    import sqlite3
+
+    from otel_vllm_ascend.analysis.cli import main
+
+    status_frame(tmp_path)  # writes the queue capture into tmp_path / "in"
+    out = tmp_path / "out"
+    assert main(["--input-path", str(tmp_path / "in"), "--output-path", str(out),
+                 "--format", "db"]) == 0
+    conn = sqlite3.connect(out / "profiler.db")
+    try:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"forward", "request_status", "Request_Status_curve"} <= names
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(request_status)")]
+        assert columns == list(request_status.CSV_COLUMNS)
+        rows = conn.execute('SELECT waiting, running, swapped FROM "Request_Status_curve"'
+                            ).fetchall()
+        assert len(rows) == 7 and rows[0] == (7, None, None) and rows[3] == (0, 2, None)
+    finally:
+        conn.close()

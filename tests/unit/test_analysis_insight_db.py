@@ -155,7 +155,10 @@ def test_registry_tables(golden_db):
                          "Batch_Token_curve", "Kvcache_Usage_Percent_curve",
                          "First_Token_Latency_curve", "Request_Latency_curve",
                          "Prefill_Generate_Speed_Latency_curve",
-                         "Decode_Generate_Speed_Latency_curve"}
+                         "Decode_Generate_Speed_Latency_curve",
+                         # the capture's Enqueue/Dequeue records give request_status its rows
+                         "Request_Status_curve"}
+    assert golden_db.execute('SELECT COUNT(*) FROM "Request_Status_curve"').fetchone()[0] > 0
     assert all(en and zh for en, zh in keys.values())
     # Every registered name is a view of the database.
     views = {r[0] for r in golden_db.execute("SELECT name FROM sqlite_master WHERE type='view'")}
