@@ -13,9 +13,6 @@ from __future__ import annotations
 import html
 import logging
 import math
-import re
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any, Callable, Optional
@@ -23,11 +20,10 @@ from typing import Any, Callable, Optional
 import pandas as pd
 
 from otel_vllm_ascend.analysis.compare import RunValues, flagged, partial_message
+from otel_vllm_ascend.analysis.page_parts import parts, template_text
 from otel_vllm_ascend.analysis.report_figures import STYLE, fmt_number
 
 _logger = logging.getLogger(__name__)
-
-_PART = re.compile(r"^<!-- part: (\w+) -->\n", re.M)
 
 TABLE_COLUMNS = (("section", "section"), ("metric", "metric"), ("unit", "unit"),
                  ("n_a", "n A"), ("n_b", "n B"), ("value_a", "A (p50)"),
@@ -36,18 +32,8 @@ TABLE_COLUMNS = (("section", "section"), ("metric", "metric"), ("unit", "unit"),
                  ("p_value", "p"), ("verdict", "verdict"))
 
 
-def _template_text(name: str) -> str:
-    return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
-
-
-@cache
-def _parts() -> dict[str, Template]:
-    pieces = _PART.split(_template_text("compare_parts.html"))
-    return {name: Template(text.rstrip("\n")) for name, text in zip(pieces[1::2], pieces[2::2])}
-
-
 def _fill(part: str, **values: str) -> str:
-    return _parts()[part].substitute(values)
+    return parts("report_parts.html", "compare_parts.html")[part].substitute(values)
 
 
 def write_compare_report(path: Path, table: pd.DataFrame, a: RunValues, b: RunValues) -> Path:
@@ -85,8 +71,8 @@ def render_compare_report(table: pd.DataFrame, a: RunValues, b: RunValues) -> st
         "Every row of compare.csv. Flagged rows: the Mann–Whitney test gives p below alpha and "
         "the median or mean moved by at least the minimum effect (see docs/analysis.md)."),
         content=_html_table(table)))
-    page = Template(_template_text("report.html"))
-    css = _template_text("report.css") + _template_text("compare.css")
+    page = Template(template_text("report.html"))
+    css = template_text("report.css") + template_text("compare.css")
     return page.substitute(title=html.escape(title), css=css, body="\n".join(body))
 
 

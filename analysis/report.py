@@ -23,10 +23,8 @@ from __future__ import annotations
 import html
 import logging
 import math
-import re
 from datetime import datetime, timezone
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any, Callable, Mapping, Optional, Union
@@ -34,6 +32,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.page_parts import parts, template_text
 from otel_vllm_ascend.analysis.report_figures import (
     STYLE,
     column,
@@ -56,31 +55,15 @@ SUMMARY_TITLES = {"service_summary": "Service", "request_summary": "Requests",
                   "batch_summary": "Engine steps (batches)"}
 
 
-_PART = re.compile(r"^<!-- part: (\w+) -->\n", re.M)
-
-
-def _template_text(name: str) -> str:
-    """A file of the package's ``templates/`` folder (installed as package data)."""
-    return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
-
-
-@cache
-def _parts() -> dict[str, Template]:
-    """``report_parts.html`` split at its ``<!-- part: NAME -->`` lines."""
-    pieces = _PART.split(_template_text("report_parts.html"))
-    # pieces: [preamble comment, name, text, name, text, ...]
-    return {name: Template(text.rstrip("\n")) for name, text in zip(pieces[1::2], pieces[2::2])}
-
-
 def _fill(part: str, **values: str) -> str:
     """One part with its placeholders filled. string.Template does not escape: callers pass
     text through ``html.escape`` (or markup built from filled parts)."""
-    return _parts()[part].substitute(values)
+    return parts("report_parts.html")[part].substitute(values)
 
 
 @cache
 def _page() -> Template:
-    return Template(_template_text("report.html"))
+    return Template(template_text("report.html"))
 
 
 def write_report(path: Union[str, Path], requests: pd.DataFrame, batches: pd.DataFrame,
@@ -138,7 +121,7 @@ def render_report(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFra
     body.append(_summary_tables(summaries))
     if stage_tables:
         body.append(_stage_tables(stage_tables))
-    return _page().substitute(title=html.escape(title), css=_template_text("report.css"),
+    return _page().substitute(title=html.escape(title), css=template_text("report.css"),
                               body="\n".join(body))
 
 
