@@ -76,6 +76,11 @@ NPU_LEVELS = {"L0": "Level0", "L1": "Level1", "L2": "Level2"}
 HOST_CATEGORIES = frozenset({"cpu_op", "python_function", "cuda_runtime", "cuda_driver",
                              "user_annotation"})
 _warned: set = set()
+# The profiler library is one per process and not safe to use from two threads at once (an
+# export running while another window starts or stops can crash the process): every start,
+# stop and export holds this lock. A step never waits for it: a window that cannot start
+# because the previous one is still being written starts at a later step.
+_PROFILER_LOCK = threading.Lock()
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -360,6 +365,8 @@ class OperatorCollector:
         self._plan: Optional[ProfilerPlan] = None
         self._failed = False
         self._counted: tuple = (None, 0)  # (token, steps profiled under it)
+        # armed or a window open: the one flag the hook reads per step while this is False
+        self.busy = False
 
     # -- control thread ---------------------------------------------------------------
     def on_state(self, live: Any) -> None:
@@ -371,10 +378,12 @@ class OperatorCollector:
             if settings is None:
                 self._armed = None
                 self._finish_from_any_thread("collection stopped")
+                self.busy = self._window is not None
                 return
             if self._armed is not None and self._armed[0] == token:
                 return
             self._armed = (token, settings)
+            self.busy = True
             self._finish_from_any_thread("config changed")
         if not self._warmed and (self._model_here
                                  or process_role.detect_process_role() == "worker"):
@@ -394,10 +403,12 @@ class OperatorCollector:
 
         def warm() -> None:
             try:
-                window = self._factory(plan, Path("."))
-                if getattr(window, "any_thread", False):
-                    window.start()
-                    window.stop()
+                with _PROFILER_LOCK:
+                    window = self._factory(plan, Path("."))
+                    if getattr(window, "any_thread", False):
+                        window.start()
+                        window.stop()
+                    del window
             except Exception:
                 _logger.debug("operator profiler warm-up failed", exc_info=True)
 
@@ -460,6 +471,8 @@ class OperatorCollector:
                 _warn_once(note, note)
             self._plan = plan
         folder = self._folder_of()
+        if not _PROFILER_LOCK.acquire(blocking=False):
+            return None  # the previous window is still being written: try at the next step
         try:
             session.make_folder(folder)
             profiler = self._factory(plan, folder)
@@ -475,23 +488,29 @@ class OperatorCollector:
             _warn_once("start", f"operator profiler did not start ({type(exc).__name__}: "
                        f"{exc}); no operator data from this process")
             return None
+        finally:
+            _PROFILER_LOCK.release()
+        self._warmed = True  # the library is initialised now: no warm-up needed any more
         self._next_index += 1
         record = WindowRecord(self._next_index, time.time_ns(), self._step_no + 1)
         self._windows.append(record)
         self._window = _Window(profiler, record, settings, token)
+        self.busy = True
         return self._window
 
     def _finish(self, reason: str) -> None:
         """Stop the running window (caller holds the lock); its trace is written in the
         background."""
         window, self._window = self._window, None
+        self.busy = self._armed is not None
         if window is None:
             return
         if self._marker is not None:  # stopped by the control thread in mid-step
             _exit_marker(self._marker)
             self._marker = None
         try:
-            window.profiler.stop()
+            with _PROFILER_LOCK:
+                window.profiler.stop()
         except Exception as exc:
             _warn_once("stop", f"operator profiler did not stop cleanly ({type(exc).__name__}:"
                        f" {exc}); its window is lost")
@@ -506,7 +525,9 @@ class OperatorCollector:
     def _write(self, window: _Window) -> None:
         folder = self._folder_of()
         try:
-            name = window.profiler.export(folder, window.record.index)
+            with _PROFILER_LOCK:
+                name = window.profiler.export(folder, window.record.index)
+                window.profiler = None  # its buffers are freed here, not on another thread
             if name is not None:
                 temporary = folder / f".{name}.tmp"
                 settings = window.settings
@@ -542,6 +563,12 @@ class OperatorCollector:
         with self._lock:
             self._armed = None
             self._finish("process exit")
+            self.busy = False
+        self.flush(timeout_s)
+
+    def flush(self, timeout_s: float = EXIT_WRITE_TIMEOUT_S) -> None:
+        """Wait (bounded) until the windows stopped so far are written."""
+        with self._lock:
             writers = list(self._writers)
         deadline = time.monotonic() + timeout_s
         for writer in writers:
@@ -550,6 +577,7 @@ class OperatorCollector:
     def reset_after_fork(self) -> None:
         self._lock = threading.RLock()
         self._window = None
+        self.busy = self._armed is not None
         self._marker = None
         self._writers = []
         self._windows = []
@@ -609,11 +637,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def step_begin() -> None:
-    """Hook call before a model step: cheap when operator collection is off."""
-    if _collector is not None:
+    """Hook call before a model step: two attribute checks when operator collection is off."""
+    if _collector is not None and _collector.busy:
         _collector.step_begin()
 
 
 def step_end() -> None:
-    if _collector is not None:
+    if _collector is not None and _collector._marker is not None:
         _collector.step_end()

@@ -128,6 +128,7 @@ def test_disable_stops_collection_and_enable_starts_a_new_window(collector, fold
     # With recording off the runner hook is inactive: no step calls; even if one came, the
     # collector starts nothing.
     run_steps(collector, 2)
+    collector.flush()  # (a window starts only once the previous one is written)
     collector.on_state(live(config, enabled_at=2.0))  # enable 1 again
     run_steps(collector, 1)
     collector.close()
@@ -139,12 +140,26 @@ def test_disable_stops_collection_and_enable_starts_a_new_window(collector, fold
 def test_long_collections_are_written_in_windows(collector, folder, monkeypatch):
     monkeypatch.setattr(operator_profiler, "WINDOW_STEPS", 2)
     collector.on_state(live(ProfilerConfig(enable=True, acl_task_time=3)))
-    run_steps(collector, 5)
+    for _ in range(5):
+        run_steps(collector, 1)
+        collector.flush()  # the next window starts once the full one is written
     collector.close()
     assert [(w.steps, w.reason) for w in collector.windows] == [
         (2, "window of 2 steps full"), (2, "window of 2 steps full"), (1, "process exit")]
     assert sorted(p.name for p in folder.glob("*.pt.trace.json")) == [
         "window-1.pt.trace.json", "window-2.pt.trace.json", "window-3.pt.trace.json"]
+
+
+def test_a_step_never_waits_for_a_window_being_written(collector, folder):
+    collector.on_state(live(ProfilerConfig(enable=True, acl_task_time=3)))
+    with operator_profiler._PROFILER_LOCK:  # as while the previous window is exported
+        started = time.monotonic()
+        run_steps(collector, 2)
+        assert time.monotonic() - started < 1.0
+        assert collector.windows == []  # not started: the library is busy
+    run_steps(collector, 2)  # free again: the window starts at the next step
+    collector.close()
+    assert [(w.steps, w.first_step) for w in collector.windows] == [(2, 1)]
 
 
 def test_duration_limit(collector):
@@ -280,3 +295,18 @@ def test_model_runner_hook_brackets_the_step(monkeypatch):
     empty = types.SimpleNamespace(num_scheduled_tokens={})
     assert model._runner_before(types.SimpleNamespace(), (empty,), {}) is None
     assert calls == ["begin", "model", "end"]  # an empty step is no model step
+
+
+def test_windows_in_quick_succession(collector, folder, monkeypatch):
+    """Rotation at every step while earlier windows are still being written: no window ever
+    overlaps an export (that used to crash the process), and every profiled step is in a
+    file."""
+    monkeypatch.setattr(operator_profiler, "WINDOW_STEPS", 1)
+    collector.on_state(live(ProfilerConfig(enable=True, acl_task_time=3)))
+    run_steps(collector, 40, size=64)
+    collector.close()
+    windows = collector.windows
+    assert windows and all(w.steps == 1 for w in windows)
+    files = sorted(folder.glob("*.pt.trace.json"))
+    assert len(files) == len(windows)
+    assert sum(len(marks_of(path)[0]) for path in files) == len(windows)
