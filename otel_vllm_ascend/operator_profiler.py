@@ -505,9 +505,8 @@ class OperatorCollector:
         self.busy = self._armed is not None
         if window is None:
             return
-        if self._marker is not None:  # stopped by the control thread in mid-step
-            _exit_marker(self._marker)
-            self._marker = None
+        # A step in flight keeps its mark: step_end closes it on the model's thread (the
+        # profiler has stopped by then, so that step is not in the window).
         try:
             with _PROFILER_LOCK:
                 window.profiler.stop()
@@ -628,6 +627,8 @@ def _close_at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     """A forked child starts with the parent's arming but none of its windows or threads."""
+    global _PROFILER_LOCK
+    _PROFILER_LOCK = threading.Lock()  # a parent's writer may have held it at the fork
     if _collector is not None:
         _collector.reset_after_fork()
 

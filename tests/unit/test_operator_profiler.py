@@ -310,3 +310,22 @@ def test_windows_in_quick_succession(collector, folder, monkeypatch):
     files = sorted(folder.glob("*.pt.trace.json"))
     assert len(files) == len(windows)
     assert sum(len(marks_of(path)[0]) for path in files) == len(windows)
+
+
+def test_enable_off_in_mid_step(collector, folder):
+    """The control thread stops the window while a step runs: that step is not counted and
+    its mark is closed by the model's thread afterwards."""
+    config = ProfilerConfig(enable=True, acl_task_time=3)
+    collector.on_state(live(config))
+    run_steps(collector, 1)
+    collector.step_begin()
+    stopper = __import__("threading").Thread(
+        target=collector.on_state, args=(live(config, recording=False),))
+    stopper.start()
+    stopper.join()
+    torch.relu(torch.randn(8, 8))
+    collector.step_end()
+    assert collector._marker is None
+    run_steps(collector, 1)
+    collector.close()
+    assert [(w.steps, w.reason) for w in collector.windows] == [(1, "collection stopped")]
