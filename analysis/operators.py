@@ -51,6 +51,7 @@ MARKER_PREFIX = "otel_vllm_ascend.step#"
 _MARKER = re.compile(r"^otel_vllm_ascend\.step#(\d+)@(\d+)$")
 _FOLDER = re.compile(r"^operators_(.+)-(\d+)$")
 TRACE_SUFFIX = ".pt.trace.json"
+SIDECAR_NAME = "operator_profile.json"
 ASCEND_SUFFIX = "_ascend_pt"
 ASCEND_TRACE = ("ASCEND_PROFILER_OUTPUT", "trace_view.json")
 HOST_CATEGORIES = frozenset({"cpu_op", "user_annotation", "python_function", "cuda_runtime",
@@ -126,7 +127,8 @@ def read_operators(root: Path) -> OperatorCapture:
         trace = folder.joinpath(*ASCEND_TRACE)
         if trace.is_file():
             try:
-                parts.append(read_torch_trace(trace, process_of=_ascend_process(folder)))
+                events, steps = read_torch_trace(trace, process_of=_ascend_process(folder))
+                parts.append((apply_collection_filters(events, folder.parent), steps))
                 sources.append(trace)
             except OperatorDataError as exc:
                 problems.append(str(exc))
@@ -139,6 +141,27 @@ def read_operators(root: Path) -> OperatorCapture:
     for problem in _marker_only_problems(parts, sources):
         problems.append(problem)
     return OperatorCapture(events, steps, problems, sources)
+
+
+def apply_collection_filters(events: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """``api_filter`` / ``kernel_filter`` of the collection (``operator_profile.json`` in
+    ``folder``) on events torch_npu wrote unfiltered: host operators / device kernels are kept
+    when their name contains one of the substrings."""
+    try:
+        settings = json.loads((folder / SIDECAR_NAME).read_text(encoding="utf-8"))["settings"]
+        api = tuple(settings.get("api_filter") or ())
+        kernel = tuple(settings.get("kernel_filter") or ())
+    except (OSError, ValueError, KeyError, TypeError):
+        return events
+    if not api and not kernel or events.empty:
+        return events
+
+    def keep(name: str, kind: str) -> bool:
+        wanted = api if kind == "host" else kernel
+        return not wanted or any(part in name for part in wanted)
+
+    mask = [keep(name, kind) for name, kind in zip(events["name"], events["kind"])]
+    return events[mask].reset_index(drop=True)
 
 
 def _marker_only_problems(parts: list, sources: list[Path]) -> list[str]:

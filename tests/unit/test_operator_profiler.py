@@ -329,3 +329,20 @@ def test_enable_off_in_mid_step(collector, folder):
     run_steps(collector, 1)
     collector.close()
     assert [(w.steps, w.reason) for w in collector.windows] == [(1, "collection stopped")]
+
+
+def test_timelimit_stops_collection(collector):
+    """``timelimit`` ends recording through live control; the listener stops the window."""
+    control.add_listener(collector.on_state)
+    try:
+        control.start(config=ProfilerConfig(enable=True, acl_task_time=3, timelimit=1),
+                      poll_interval=0.1)
+        run_steps(collector, 2)
+        deadline = time.monotonic() + 5
+        while control.is_recording() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run_steps(collector, 2)  # after the limit: the hook would not even call these
+    finally:
+        control.remove_listener(collector.on_state)
+        control.stop()
+    assert [(w.steps, w.reason) for w in collector.windows] == [(2, "collection stopped")]

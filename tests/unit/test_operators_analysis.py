@@ -173,6 +173,28 @@ def test_ascend_pt_trace_view_is_read(tmp_path):
     assert by_name.loc["MatMul", "kind"] == "device" and by_name.loc["MatMul", "step"] == 1
 
 
+def test_ascend_pt_filtered_by_the_collection_settings(tmp_path):
+    folder = tmp_path / "operators_nodeB-77"
+    pt = folder / "nodeB-77_1700000000_ascend_pt"
+    (pt / "ASCEND_PROFILER_OUTPUT").mkdir(parents=True)
+    (folder / "operator_profile.json").write_text(json.dumps(
+        {"settings": {"api_filter": ["mm"], "kernel_filter": ["Add"]}}))
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "Ascend Hardware"}},
+        {"ph": "X", "cat": "cpu_op", "name": f"otel_vllm_ascend.step#1@{W1 * 1000}",
+         "pid": 1, "tid": 9, "ts": str(W1), "dur": 100},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 9,
+         "ts": str(W1 + 1), "dur": 5},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::relu", "pid": 1, "tid": 9,
+         "ts": str(W1 + 7), "dur": 5},
+        {"ph": "X", "name": "MatMul", "pid": 2, "tid": 3, "ts": str(W1 + 20), "dur": 5},
+        {"ph": "X", "name": "Add", "pid": 2, "tid": 3, "ts": str(W1 + 30), "dur": 5},
+    ]
+    (pt / "ASCEND_PROFILER_OUTPUT" / "trace_view.json").write_text(json.dumps(events))
+    capture = operators.read_operators(tmp_path)
+    assert sorted(capture.events["name"]) == ["Add", "aten::mm"]
+
+
 def _capture_with_worker(root: Path) -> None:
     """A Worker whose modelRunnerExec spans hold the golden marks (known on both sides)."""
     capture = Capture()
