@@ -24,7 +24,8 @@ Config fields (``ms_service_profiler_config.json``, read live like every other f
 ``torch_prof_step_num``         profile that many model steps, then stop (0: until disabled);
                                 ``profiler_step_num`` limits it too (the smaller wins)
 ``api_filter``                  keep only host operators whose name contains one of these
-                                ``;``-separated substrings (case-sensitive; empty: all)
+                                ``;``-separated substrings (case-sensitive; empty: all); on
+                                NPU applied by the analyzer (torch_npu writes unfiltered)
 ``kernel_filter``               the same for device kernels
 ``aclprofAicoreMetrics``        NPU only: torch_npu's ``aic_metrics``
 =============================== ==============================================================
