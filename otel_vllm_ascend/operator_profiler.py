@@ -58,7 +58,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -340,7 +340,6 @@ class _Window:
     record: WindowRecord
     settings: OperatorSettings
     token: Any
-    started: float = field(default_factory=time.monotonic)
 
 
 class OperatorCollector:
@@ -366,6 +365,7 @@ class OperatorCollector:
         self._plan: Optional[ProfilerPlan] = None
         self._failed = False
         self._counted: tuple = (None, 0)  # (token, steps profiled under it)
+        self._token_started: tuple = (None, 0.0)  # (token, monotonic start of its 1st window)
         # armed or a window open: the one flag the hook reads per step while this is False
         self.busy = False
 
@@ -429,8 +429,8 @@ class OperatorCollector:
             if armed is None:
                 return
             token, settings = armed
-            if window is not None and settings.duration_s and \
-                    time.monotonic() - window.started >= settings.duration_s:
+            if settings.duration_s and self._token_started[0] == token and \
+                    time.monotonic() - self._token_started[1] >= settings.duration_s:
                 self._finish(f"duration of {settings.duration_s} s reached")
                 self._exhausted = token
                 return
@@ -492,6 +492,8 @@ class OperatorCollector:
         finally:
             _PROFILER_LOCK.release()
         self._warmed = True  # the library is initialised now: no warm-up needed any more
+        if self._token_started[0] != token:
+            self._token_started = (token, time.monotonic())
         self._next_index += 1
         record = WindowRecord(self._next_index, time.time_ns(), self._step_no + 1)
         self._windows.append(record)

@@ -346,3 +346,21 @@ def test_timelimit_stops_collection(collector):
         control.remove_listener(collector.on_state)
         control.stop()
     assert [(w.steps, w.reason) for w in collector.windows] == [(2, "collection stopped")]
+
+
+def test_duration_counts_from_the_first_window(collector, monkeypatch):
+    """A long collection is written in windows; its duration limit spans all of them."""
+    monkeypatch.setattr(operator_profiler, "WINDOW_STEPS", 3)
+    config = ProfilerConfig(enable=True, acl_task_time=3, acl_prof_level="L0",
+                            acl_prof_duration_s=1)
+    collector.on_state(live(config))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        run_steps(collector, 1)
+        collector.flush()
+    windows = collector.windows
+    # No window starts after the duration (the loop went on for 3 s), whichever window was
+    # open when it ran out, and the windows before the last were full ones.
+    assert windows[-1].started_unix_ns - windows[0].started_unix_ns < 1.0e9
+    assert windows[-1].reason in ("duration of 1 s reached", "window of 3 steps full")
+    assert len(windows) > 1 and all(w.reason == "window of 3 steps full" for w in windows[:-1])
