@@ -364,3 +364,15 @@ def test_duration_counts_from_the_first_window(collector, monkeypatch):
     assert windows[-1].started_unix_ns - windows[0].started_unix_ns < 1.0e9
     assert windows[-1].reason in ("duration of 1 s reached", "window of 3 steps full")
     assert len(windows) > 1 and all(w.reason == "window of 3 steps full" for w in windows[:-1])
+
+
+def test_v0_model_runner_hook_brackets_the_step(monkeypatch):
+    from otel_vllm_ascend.handlers import v0_model
+
+    calls = []
+    monkeypatch.setattr(v0_model.operator_profiler, "step_begin", lambda: calls.append("begin"))
+    monkeypatch.setattr(v0_model.operator_profiler, "step_end", lambda: calls.append("end"))
+    state = v0_model._runner_before(types.SimpleNamespace(), (), {})
+    calls.append("model")
+    v0_model._runner_after(state, None, (), {}, None, None)
+    assert calls == ["begin", "model", "end"]
