@@ -470,6 +470,11 @@ class OperatorCollector:
         if plan != self._plan:
             for note in plan.notes:
                 _warn_once(note, note)
+            _logger.info("otel-vllm-ascend: operator collection with %s on %s (activities %s%s)"
+                         "; traces in %s", "torch_npu.profiler" if plan.backend == "torch_npu"
+                         else "torch.profiler", plan.device, "+".join(plan.activities),
+                         "" if plan.device == "npu" else "; no Ascend NPU through torch_npu "
+                         "here", self._folder_of())
             self._plan = plan
         folder = self._folder_of()
         if not _PROFILER_LOCK.acquire(blocking=False):
