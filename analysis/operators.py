@@ -377,9 +377,10 @@ def _step_table(capture: OperatorCapture) -> pd.DataFrame:
 
 
 def _operators(events: pd.DataFrame) -> pd.DataFrame:
-    """Operator calls that belong to a profiled step (stack frames and runtime calls left
-    out)."""
-    is_operator = events["category"].isin(OPERATOR_CATEGORIES) | (events["kind"] == "device")
+    """Operator calls that belong to a profiled step (stack frames, runtime calls and the
+    annotations copied onto the GPU timeline left out)."""
+    device = (events["kind"] == "device") & (events["category"] != "gpu_user_annotation")
+    is_operator = events["category"].isin(OPERATOR_CATEGORIES) | device
     return events[is_operator & events["step"].notna()]
 
 
