@@ -16,7 +16,8 @@ receives, by format:
   ``kvcache.csv``, ``service_summary.csv``, ``spec_decode.csv`` (header only without
   speculative decoding), ``forward.csv``, ``request_status.csv``, ``prefill.csv`` and
   ``decode.csv`` (stage breakdown; ``--split-*`` add selections), and with ``--span`` the
-  folder ``span_info/`` (:mod:`.detail_outputs`);
+  folder ``span_info/`` (:mod:`.detail_outputs`); with operator data (``acl_task_time``) also
+  ``op_summary.csv`` and ``op_statistic.csv`` (analysis/operators.py);
 * ``json``: ``chrome_tracing.json`` (open in https://ui.perfetto.dev or chrome://tracing);
 * ``db``: ``profiler.db`` (every table in SQLite);
 * ``html``: ``report.html`` (one self-contained page of plots and tables).
@@ -43,6 +44,7 @@ import pandas as pd
 from otel_vllm_ascend.analysis import batches as batches_mod
 from otel_vllm_ascend.analysis import detail_outputs, summaries, writers
 from otel_vllm_ascend.analysis import kvcache as kvcache_mod
+from otel_vllm_ascend.analysis import operators as operators_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
 from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
@@ -55,7 +57,8 @@ _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
 FORMATS = ("csv", "json", "db", "html")
 CSV_FILES = ("request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv",
-             "kvcache.csv", "service_summary.csv", "spec_decode.csv")
+             "kvcache.csv", "service_summary.csv", "spec_decode.csv", "op_summary.csv",
+             "op_statistic.csv")
 OUTPUT_FILES = {"csv": CSV_FILES + detail_outputs.CSV_FILES,
                 "json": ("chrome_tracing.json",), "db": ("profiler.db",),
                 "html": ("report.html",)}
@@ -178,6 +181,8 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     if batches is not None:
         tables["batch_summary"] = run.stage("batch_summary.csv", summaries.batch_summary,
                                             batches)
+    # Operator data (torch profiler traces next to the capture): analysis/operators.py.
+    operator_capture = _read_operator_data(run, input_path, tables)
     tables = {k: v for k, v in tables.items() if v is not None}
     _warn_partial(requests)
     # --- detail outputs (forward.csv, request_status.csv, stage breakdown, span_info/)
@@ -206,8 +211,12 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
         if trace is None:
             return None
         progress.stage("building the trace")
-        return run.stage("chrome_tracing.json", trace.build_chrome_trace, frame, requests,
-                         batches, kvcache)
+        built = run.stage("chrome_tracing.json", trace.build_chrome_trace, frame, requests,
+                          batches, kvcache)
+        if built is not None and operator_capture is not None:
+            run.stage("operators in chrome_tracing.json", operators_mod.merge_into_trace,
+                      built, operator_capture, frame, trace)
+        return built
 
     def write_db(job_run: _Run, trace_events: Any) -> None:
         if "db" not in formats:
@@ -262,6 +271,23 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     if keep_until_exit is not None:  # the process ends next: freeing ~1M objects is wasted work
         keep_until_exit.extend((frame, requests, batches, kvcache, tables, trace_events))
     return 1 if run.failed else 0
+
+
+def _read_operator_data(run: _Run, input_path: Path, tables: dict) -> Any:
+    """Operator traces under the input: op_summary / op_statistic into ``tables``."""
+    capture = run.stage("operator data", operators_mod.read_operators, input_path)
+    if capture is None:
+        return None
+    for problem in capture.problems:
+        _logger.warning("%s", problem)
+    if capture.empty:
+        return None
+    _logger.info("read %d operator events of %d profiled steps from %d file(s)",
+                 len(capture.events), len(capture.steps), len(capture.sources))
+    tables["op_summary"] = run.stage("op_summary.csv", operators_mod.build_op_summary, capture)
+    tables["op_statistic"] = run.stage("op_statistic.csv", operators_mod.build_op_statistic,
+                                       capture)
+    return capture
 
 
 def _write_csvs(run: _Run, out: Path, requests: Any, batches: Any, kvcache: Any,

@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
+from otel_vllm_ascend.analysis import page_parts
 from otel_vllm_ascend.analysis.compare import RunValues, flagged, partial_message
-from otel_vllm_ascend.analysis.page_parts import parts, template_text
 from otel_vllm_ascend.analysis.report_figures import STYLE, fmt_number
 
 _logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ TABLE_COLUMNS = (("section", "section"), ("metric", "metric"), ("unit", "unit"),
 
 
 def _fill(part: str, **values: str) -> str:
-    return parts("report_parts.html", "compare_parts.html")[part].substitute(values)
+    return page_parts.parts("report_parts.html", "compare_parts.html")[part].substitute(values)
 
 
 def write_compare_report(path: Path, table: pd.DataFrame, a: RunValues, b: RunValues) -> Path:
@@ -71,8 +71,8 @@ def render_compare_report(table: pd.DataFrame, a: RunValues, b: RunValues) -> st
         "Every row of compare.csv. Flagged rows: the Mann–Whitney test gives p below alpha and "
         "the median or mean moved by at least the minimum effect (see docs/analysis.md)."),
         content=_html_table(table)))
-    page = Template(template_text("report.html"))
-    css = template_text("report.css") + template_text("compare.css")
+    page = Template(page_parts.template_text("report.html"))
+    css = page_parts.template_text("report.css") + page_parts.template_text("compare.css")
     return page.substitute(title=html.escape(title), css=css, body="\n".join(body))
 
 

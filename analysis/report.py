@@ -10,6 +10,8 @@ script and no network access. The page has
 * latency over the run: TTFT and end-to-end latency of each request by arrival time;
 * engine steps over time: requests per step and tokens per step, prefill and decode stacked;
 * KV cache and queues over time: KV-cache usage (%) and the running / waiting queue lengths;
+* operators, when the capture has operator data (``acl_task_time``): host overhead per step,
+  the top operators and the host-overhead share per process (``operator_report.py``);
 * the summary tables (``service_summary``, ``request_summary``, ``batch_summary``);
 * the stage breakdown of prefill and decode steps (``prefill.csv``, ``decode.csv``), when given.
 
@@ -32,7 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.page_parts import parts, template_text
+from otel_vllm_ascend.analysis import page_parts
 from otel_vllm_ascend.analysis.report_figures import (
     STYLE,
     column,
@@ -51,6 +53,9 @@ _logger = logging.getLogger(__name__)
 
 SUMMARY_ORDER = ("service_summary", "request_summary", "batch_summary")
 
+# Operator tables get their own section (operator_report.py), not a summary card.
+OPERATOR_TABLES = ("op_summary", "op_statistic")
+
 SUMMARY_TITLES = {"service_summary": "Service", "request_summary": "Requests",
                   "batch_summary": "Engine steps (batches)"}
 
@@ -58,12 +63,12 @@ SUMMARY_TITLES = {"service_summary": "Service", "request_summary": "Requests",
 def _fill(part: str, **values: str) -> str:
     """One part with its placeholders filled. string.Template does not escape: callers pass
     text through ``html.escape`` (or markup built from filled parts)."""
-    return parts("report_parts.html")[part].substitute(values)
+    return page_parts.parts("report_parts.html")[part].substitute(values)
 
 
 @cache
 def _page() -> Template:
-    return Template(template_text("report.html"))
+    return Template(page_parts.template_text("report.html"))
 
 
 def write_report(path: Union[str, Path], requests: pd.DataFrame, batches: pd.DataFrame,
@@ -118,10 +123,11 @@ def render_report(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFra
     with matplotlib.rc_context(STYLE):
         for heading, caption, draw in sections:
             body.append(_section(heading, caption, draw))
+        body.append(_operator_section(summaries, origin))
     body.append(_summary_tables(summaries))
     if stage_tables:
         body.append(_stage_tables(stage_tables))
-    return _page().substitute(title=html.escape(title), css=template_text("report.css"),
+    return _page().substitute(title=html.escape(title), css=page_parts.template_text("report.css"),
                               body="\n".join(body))
 
 
@@ -209,12 +215,31 @@ def _section(heading: str, caption: str, draw: Callable[[], Optional[str]]) -> s
                  content=content)
 
 
+def _operator_section(summaries: Mapping[str, pd.DataFrame], origin: float) -> str:
+    """Operators (only with operator data): overhead figure, top operators, per process."""
+    from otel_vllm_ascend.analysis import operator_report
+
+    summary = (summaries or {}).get("op_summary")
+    statistic = (summaries or {}).get("op_statistic")
+    if not isinstance(statistic, pd.DataFrame) or statistic.empty:
+        return ""
+    section = _section(operator_report.HEADING, operator_report.CAPTION,
+                       lambda: operator_report.host_overhead_figure(statistic, origin))
+    top, per_process = operator_report.tables(summary, statistic)
+    cards = [_fill("table_card", title=html.escape(title), file=html.escape(file),
+                   table=_html_table(table))
+             for title, file, table in (("Top operators", "op_summary.csv", top),
+                                        ("Host overhead per process", "op_statistic.csv",
+                                         per_process)) if not table.empty]
+    return section + "\n" + "\n".join(cards)
+
+
 # ----------------------------------------------------------------------------- tables
 
 def _summary_tables(summaries: Mapping[str, pd.DataFrame]) -> str:
     summaries = summaries or {}
     names = [n for n in SUMMARY_ORDER if n in summaries] + sorted(
-        n for n in summaries if n not in SUMMARY_ORDER)
+        n for n in summaries if n not in SUMMARY_ORDER and n not in OPERATOR_TABLES)
     parts = []
     for name in names:
         table = summaries[name]
