@@ -254,7 +254,7 @@ def test_page_is_assembled_from_the_template_files(analysed):
     markup = re.sub(r"<svg.*?</svg>", "", text, flags=re.S)
     assert not re.search(r"\$\{?[A-Za-z_]", markup)  # every placeholder filled
     parts = set(re.findall(r"<!-- part: (\w+) -->", (TEMPLATES / "report_parts.html").read_text()))
-    assert parts == set(report_mod.parts("report_parts.html"))
+    assert parts == set(report_mod.page_parts.parts("report_parts.html"))
 
 
 def test_values_are_escaped_and_never_read_as_placeholders():
