@@ -56,9 +56,9 @@ from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
 FORMATS = ("csv", "json", "db", "html")
+OPERATOR_CSV_FILES = ("op_summary.csv", "op_statistic.csv")  # only with operator data
 CSV_FILES = ("request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv",
-             "kvcache.csv", "service_summary.csv", "spec_decode.csv", "op_summary.csv",
-             "op_statistic.csv")
+             "kvcache.csv", "service_summary.csv", "spec_decode.csv") + OPERATOR_CSV_FILES
 OUTPUT_FILES = {"csv": CSV_FILES + detail_outputs.CSV_FILES,
                 "json": ("chrome_tracing.json",), "db": ("profiler.db",),
                 "html": ("report.html",)}
@@ -138,6 +138,9 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     if existing:
         _logger.warning("replacing %d existing output file(s) in %s: %s", len(existing),
                         output_path, ", ".join(existing))
+    if "csv" in formats:  # an earlier run's operator tables must not outlive this capture's
+        for name in OPERATOR_CSV_FILES:
+            (output_path / name).unlink(missing_ok=True)
     frame, processes, report = read_captures(input_path, progress.files)
     progress.done()
     for problem in report.problems:

@@ -319,3 +319,17 @@ def test_bad_split_number_is_one_usage_error(capture, tmp_path):
                    "--split-number", "0")
     assert done.returncode == 2
     assert "must be 1 or more" in done.stderr
+
+
+def test_operator_tables_of_an_earlier_run_do_not_outlive_it(capture, tmp_path):
+    """The capture has no operator data: op_*.csv left by an earlier analysis are removed."""
+    _, folder = capture
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("op_summary.csv", "op_statistic.csv"):
+        (out / name).write_text("old\n")
+    done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert "op_summary.csv" in done.stderr  # named among the replaced files
+    assert not (out / "op_summary.csv").exists() and not (out / "op_statistic.csv").exists()
+    assert (out / "request.csv").exists()
