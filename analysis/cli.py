@@ -3,8 +3,10 @@
 Usage::
 
     otel-vllm-analyze --input-path DIR [--output-path OUT] [--format csv json db html]
-                      [--log-level LEVEL]
+                      [--log-level LEVEL] [--span NAME ...]
+                      [--split-batch-size N ...] [--split-rid RID ...] [--split-number N]
     python -m otel_vllm_ascend.analysis --input-path DIR
+    otel-vllm-analyze compare A B [-o OUT]     # two runs side by side (analysis/compare.py)
 
 ``DIR`` is searched recursively for ``ms_service_*.db`` captures (from this project's exporter or
 msserviceprofiler's C library, any layout) and OTLP JSON files. ``OUT`` (default ``./output``)
@@ -12,7 +14,10 @@ receives, by format:
 
 * ``csv``: ``request.csv``, ``request_summary.csv``, ``batch.csv``, ``batch_summary.csv``,
   ``kvcache.csv``, ``service_summary.csv``, ``spec_decode.csv`` (header only without
-  speculative decoding);
+  speculative decoding), ``forward.csv``, ``request_status.csv``, ``prefill.csv`` and
+  ``decode.csv`` (stage breakdown; ``--split-*`` add selections), and with ``--span`` the
+  folder ``span_info/`` (:mod:`.detail_outputs`); with operator data (``acl_task_time``) also
+  ``op_summary.csv`` and ``op_statistic.csv`` (analysis/operators.py);
 * ``json``: ``chrome_tracing.json`` (open in https://ui.perfetto.dev or chrome://tracing);
 * ``db``: ``profiler.db`` (every table in SQLite);
 * ``html``: ``report.html`` (one self-contained page of plots and tables).
@@ -28,31 +33,34 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis import batches as batches_mod
+from otel_vllm_ascend.analysis import detail_outputs, summaries, writers
 from otel_vllm_ascend.analysis import kvcache as kvcache_mod
+from otel_vllm_ascend.analysis import operators as operators_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
-from otel_vllm_ascend.analysis import summaries, writers
+from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
+from otel_vllm_ascend.analysis.output_jobs import _in_background, _Run
+from otel_vllm_ascend.analysis.progress import _Progress
 from otel_vllm_ascend.analysis.readers import read_captures
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
 FORMATS = ("csv", "json", "db", "html")
+OPERATOR_CSV_FILES = ("op_summary.csv", "op_statistic.csv")  # only with operator data
 CSV_FILES = ("request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv",
-             "kvcache.csv", "service_summary.csv", "spec_decode.csv")
-OUTPUT_FILES = {"csv": CSV_FILES, "json": ("chrome_tracing.json",), "db": ("profiler.db",),
+             "kvcache.csv", "service_summary.csv", "spec_decode.csv") + OPERATOR_CSV_FILES
+OUTPUT_FILES = {"csv": CSV_FILES + detail_outputs.CSV_FILES,
+                "json": ("chrome_tracing.json",), "db": ("profiler.db",),
                 "html": ("report.html",)}
 
 
@@ -60,38 +68,11 @@ class OutputError(Exception):
     """The output folder cannot be used."""
 
 
-class _Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.started = time.monotonic()
-
-    def files(self, done: int, total: int, name: str) -> None:
-        if not self.enabled or total < 2:
-            return
-        width = 30
-        filled = int(width * done / total) if total else width
-        sys.stderr.write(f"\rreading captures [{'#' * filled}{'.' * (width - filled)}]"
-                         f" {done}/{total} {name[:40]:<40}")
-        sys.stderr.flush()
-
-    def stage(self, text: str) -> None:
-        if not self.enabled:
-            return
-        sys.stderr.write(f"\r{text:<90}")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 90 + "\r")
-            sys.stderr.flush()
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-vllm-analyze",
-        description="Analyse vLLM service captures (ms_service_*.db or OTLP JSON).")
+        description="Analyse vLLM service captures (ms_service_*.db or OTLP JSON).",
+        epilog="Compare two runs: otel-vllm-analyze compare A B [-o OUT] (see compare --help).")
     parser.add_argument("--input-path", required=True, help="folder searched for captures")
     parser.add_argument("--output-path", default="./output",
                         help="folder for the results (default ./output)")
@@ -100,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", type=str.lower,
                         choices=["debug", "info", "warning", "error", "critical"],
                         help="log level (default info)")
+    detail_outputs.add_arguments(parser)  # --span, --split-*
     return parser
 
 
@@ -121,28 +103,6 @@ def prepare_output(path: Path, formats: Sequence[str]) -> list[str]:
     return [name for fmt in formats for name in OUTPUT_FILES[fmt] if (path / name).exists()]
 
 
-class _Run:
-    """One analysis: each stage reports its own failure and the others go on."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.written: list[Path] = []
-        self.failed: list[str] = []
-
-    def stage(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except Exception as exc:  # one message per failed output, never a traceback
-            _logger.error("could not produce %s: %s: %s", what, type(exc).__name__, exc)
-            _logger.debug("details", exc_info=True)
-            self.failed.append(what)
-            return None
-
-    def wrote(self, path: Optional[Path]) -> None:
-        if path is not None:
-            self.written.append(Path(path))
-
-
 def _load_trace_module() -> Any:
     try:
         from otel_vllm_ascend.analysis import trace
@@ -161,11 +121,13 @@ def _load_report_module() -> Any:
 
 def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
             progress: Optional[_Progress] = None,
-            keep_until_exit: Optional[list] = None) -> int:
+            keep_until_exit: Optional[list] = None,
+            details: Optional[detail_outputs.DetailOptions] = None) -> int:
     """Run the whole analysis; returns the exit status.
 
     ``keep_until_exit``: a list that receives the large tables instead of letting them be
     freed on return, for a caller that ends the process right after without a teardown.
+    ``details``: the ``--span`` / ``--split-*`` choices (:mod:`.detail_outputs`).
     """
     progress = progress or _Progress(False)
     try:
@@ -176,6 +138,9 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     if existing:
         _logger.warning("replacing %d existing output file(s) in %s: %s", len(existing),
                         output_path, ", ".join(existing))
+    if "csv" in formats:  # an earlier run's operator tables must not outlive this capture's
+        for name in OPERATOR_CSV_FILES:
+            (output_path / name).unlink(missing_ok=True)
     frame, processes, report = read_captures(input_path, progress.files)
     progress.done()
     for problem in report.problems:
@@ -219,8 +184,17 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     if batches is not None:
         tables["batch_summary"] = run.stage("batch_summary.csv", summaries.batch_summary,
                                             batches)
+    # Operator data (torch profiler traces next to the capture): analysis/operators.py.
+    operator_capture = _read_operator_data(run, input_path, tables)
     tables = {k: v for k, v in tables.items() if v is not None}
     _warn_partial(requests)
+    # --- detail outputs (forward.csv, request_status.csv, stage breakdown, span_info/)
+    detail = None
+    if {"csv", "html", "db"} & set(formats):
+        progress.stage("building the detail tables")
+        detail = detail_outputs.build(run, frame, batches, per_request,
+                                      details or detail_outputs.DetailOptions())
+    # --- end of detail outputs
     del steps, per_request  # one row per (step, request): the largest table, no longer needed
 
     out = output_path
@@ -240,8 +214,12 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
         if trace is None:
             return None
         progress.stage("building the trace")
-        return run.stage("chrome_tracing.json", trace.build_chrome_trace, frame, requests,
-                         batches, kvcache)
+        built = run.stage("chrome_tracing.json", trace.build_chrome_trace, frame, requests,
+                          batches, kvcache)
+        if built is not None and operator_capture is not None:
+            run.stage("operators in chrome_tracing.json", operators_mod.merge_into_trace,
+                      built, operator_capture, frame, trace)
+        return built
 
     def write_db(job_run: _Run, trace_events: Any) -> None:
         if "db" not in formats:
@@ -250,6 +228,7 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
         db_tables = dict(tables)
         if spec_decode is not None:
             db_tables["spec_decode"] = spec_decode.reindex(columns=list(spec_mod.CSV_COLUMNS))
+        db_tables.update(detail_outputs.db_tables(detail))
         job_run.wrote(job_run.stage(
             "profiler.db", writers.write_profiler_db, out / "profiler.db",
             (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
@@ -265,11 +244,14 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     def write_csvs(job_run: _Run) -> None:
         if "csv" in formats:
             _write_csvs(job_run, out, requests, batches, kvcache, spec_decode, tables)
+            if detail is not None:
+                detail_outputs.write_csvs(job_run, out, detail)
 
     if "html" in formats:
         def csv_and_report(job_run: _Run) -> None:
             write_csvs(job_run)
-            _write_html(job_run, out, frame, requests, batches, kvcache, tables)
+            _write_html(job_run, out, frame, requests, batches, kvcache, tables,
+                        detail_outputs.report_tables(detail))
 
         progress.stage("writing outputs")
         join = _in_background(csv_and_report, run, "CSV files / report.html")
@@ -294,6 +276,23 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     return 1 if run.failed else 0
 
 
+def _read_operator_data(run: _Run, input_path: Path, tables: dict) -> Any:
+    """Operator traces under the input: op_summary / op_statistic into ``tables``."""
+    capture = run.stage("operator data", operators_mod.read_operators, input_path)
+    if capture is None:
+        return None
+    for problem in capture.problems:
+        _logger.warning("%s", problem)
+    if capture.empty:
+        return None
+    _logger.info("read %d operator events of %d profiled steps from %d file(s)",
+                 len(capture.events), len(capture.steps), len(capture.sources))
+    tables["op_summary"] = run.stage("op_summary.csv", operators_mod.build_op_summary, capture)
+    tables["op_statistic"] = run.stage("op_statistic.csv", operators_mod.build_op_statistic,
+                                       capture)
+    return capture
+
+
 def _write_csvs(run: _Run, out: Path, requests: Any, batches: Any, kvcache: Any,
                 spec_decode: Any, tables: dict) -> None:
     for name, table, columns in (
@@ -309,136 +308,37 @@ def _write_csvs(run: _Run, out: Path, requests: Any, batches: Any, kvcache: Any,
 
 
 def _write_html(run: _Run, out: Path, frame: pd.DataFrame, requests: Any, batches: Any,
-                kvcache: Any, tables: dict) -> None:
+                kvcache: Any, tables: dict, stage_tables: Optional[dict] = None) -> None:
     report_mod = _load_report_module()
     if report_mod is None:
         _logger.error("report.html: the report writer is not available in this installation")
         run.failed.append("report.html")
         return
     run.wrote(run.stage("report.html", _write_report, report_mod, out, frame, requests,
-                        batches, kvcache, tables))
-
-
-def _in_background(jobs: Callable[[_Run], None], run: _Run,
-                   what: str) -> Callable[[], None]:
-    """Run ``jobs`` in a forked child when a second core exists; returns the function to join.
-
-    The child reports what it wrote and what failed through a pipe; without ``fork`` (or with
-    ``OTEL_VLLM_ANALYZE_SERIAL=1``, or one core) the jobs simply run here, now.
-    """
-    serial = (not hasattr(os, "fork") or (os.cpu_count() or 1) < 2
-              or os.environ.get("OTEL_VLLM_ANALYZE_SERIAL") == "1")
-    if not serial:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        read_fd, write_fd = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(read_fd)
-            os.close(write_fd)
-            serial = True
-    if serial:
-        jobs(run)
-        return lambda: None
-    if pid == 0:  # the child: do the jobs, send the outcome, leave without cleanup
-        code = 0
-        try:
-            os.close(read_fd)
-            child = _Run(run.out)
-            try:
-                jobs(child)
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                child.failed.append(f"background writer ({type(exc).__name__}: {exc})")
-            payload = json.dumps({"written": [str(p) for p in child.written],
-                                  "failed": child.failed})
-            with os.fdopen(write_fd, "w") as pipe:
-                pipe.write(payload)
-            sys.stderr.flush()
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-
-    def join() -> None:
-        with os.fdopen(read_fd) as pipe:
-            text = pipe.read()
-        os.waitpid(pid, 0)
-        try:
-            outcome = json.loads(text)
-        except ValueError:
-            _logger.error("the background writer (%s) ended without a result", what)
-            run.failed.append(what)
-            return
-        run.written.extend(Path(p) for p in outcome["written"])
-        run.failed.extend(outcome["failed"])
-
-    return join
+                        batches, kvcache, tables, stage_tables))
 
 
 def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any,
-                  batches: Any, kvcache: Any, tables: dict) -> Path:
+                  batches: Any, kvcache: Any, tables: dict,
+                  stage_tables: Optional[dict] = None) -> Path:
     empty = pd.DataFrame()
     return report_mod.write_report(
         out / "report.html",
         requests=requests if requests is not None else empty,
         batches=batches if batches is not None else empty,
         kvcache=kvcache if kvcache is not None else empty,
-        summaries=tables, frame=frame)
-
-
-def _warn_partial(requests: Optional[pd.DataFrame]) -> None:
-    if requests is None or requests.empty:
-        return
-    no_start = int((~requests["has_arrival"].astype(bool)).sum())
-    no_end = int((~requests["has_end"].astype(bool)).sum())
-    if no_start:
-        _logger.warning("%d request(s) have no httpReq record (capture started while they"
-                        " ran): kept and marked partial, arrival-based latencies left empty",
-                        no_start)
-    if no_end:
-        _logger.warning("%d request(s) have no httpRes record (capture ended before they"
-                        " finished): kept and marked partial, end-to-end latency left empty",
-                        no_end)
-
-
-def _pct(values: Any, q: float) -> str:
-    data = np.asarray(values, dtype="float64")
-    data = data[np.isfinite(data)]
-    return f"{np.percentile(data, q):.2f}" if data.size else "n/a"
-
-
-def _print_summary(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
-                   tables: dict, run: _Run, out: Path) -> None:
-    lines = []
-    if requests is not None and not requests.empty:
-        partial = int(requests["partial"].astype(bool).sum())
-        lines.append(f"requests: {len(requests)} ({len(requests) - partial} complete,"
-                     f" {partial} partial)")
-        lines.append(f"TTFT ms: p50 {_pct(requests['ttft_ms'], 50)}"
-                     f"  p99 {_pct(requests['ttft_ms'], 99)}")
-        lines.append(f"end-to-end ms: p50 {_pct(requests['e2e_ms'], 50)}"
-                     f"  p99 {_pct(requests['e2e_ms'], 99)}")
-    else:
-        lines.append("requests: 0")
-    service = tables.get("service_summary")
-    if service is not None:
-        value = dict(zip(service["Metric"], service["Value"])).get(
-            "generate_token_speed (token/s)")
-        if value is not None and value == value:
-            lines.append(f"output tokens/s: {value:.1f}")
-    if batches is not None:
-        lines.append(f"engine steps: {len(batches)}")
-    names = ", ".join(p.name for p in run.written) or "nothing"
-    lines.append(f"written to {out}: {names}")
-    if run.failed:
-        lines.append(f"not written: {', '.join(dict.fromkeys(run.failed))}")
-    print("\n".join(lines))
+        summaries=tables, frame=frame, stage_tables=stage_tables)
 
 
 def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] = None) -> int:
     """Console entry point (``keep_until_exit``: see :func:`analyse`)."""
+    # --- subcommand: ``otel-vllm-analyze compare A B`` (analysis/compare_cli.py) ---
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["compare"]:
+        from otel_vllm_ascend.analysis.compare_cli import main as compare_main
+
+        return compare_main(words[1:])
+    # --- end of the compare subcommand ---
     args = _parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
@@ -449,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     gc.disable()
     try:
         return analyse(Path(args.input_path), Path(args.output_path), formats, progress,
-                       keep_until_exit)
+                       keep_until_exit, detail_outputs.DetailOptions.from_args(args))
     except KeyboardInterrupt:
         progress.done()
         _logger.error("interrupted")
@@ -480,4 +380,3 @@ def run() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-

@@ -10,7 +10,10 @@ script and no network access. The page has
 * latency over the run: TTFT and end-to-end latency of each request by arrival time;
 * engine steps over time: requests per step and tokens per step, prefill and decode stacked;
 * KV cache and queues over time: KV-cache usage (%) and the running / waiting queue lengths;
-* the summary tables (``service_summary``, ``request_summary``, ``batch_summary``).
+* operators, when the capture has operator data (``acl_task_time``): host overhead per step,
+  the top operators and the host-overhead share per process (``operator_report.py``);
+* the summary tables (``service_summary``, ``request_summary``, ``batch_summary``);
+* the stage breakdown of prefill and decode steps (``prefill.csv``, ``decode.csv``), when given.
 
 Time axes count seconds from the first record of the capture (its UTC time is printed in the
 page header). Series longer than ``MAX_POINTS`` are drawn as per-interval means with a min-max
@@ -22,10 +25,8 @@ from __future__ import annotations
 import html
 import logging
 import math
-import re
 from datetime import datetime, timezone
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any, Callable, Mapping, Optional, Union
@@ -33,6 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis import page_parts
 from otel_vllm_ascend.analysis.report_figures import (
     STYLE,
     column,
@@ -51,50 +53,39 @@ _logger = logging.getLogger(__name__)
 
 SUMMARY_ORDER = ("service_summary", "request_summary", "batch_summary")
 
+# Operator tables get their own section (operator_report.py), not a summary card.
+OPERATOR_TABLES = ("op_summary", "op_statistic")
+
 SUMMARY_TITLES = {"service_summary": "Service", "request_summary": "Requests",
                   "batch_summary": "Engine steps (batches)"}
-
-
-_PART = re.compile(r"^<!-- part: (\w+) -->\n", re.M)
-
-
-def _template_text(name: str) -> str:
-    """A file of the package's ``templates/`` folder (installed as package data)."""
-    return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
-
-
-@cache
-def _parts() -> dict[str, Template]:
-    """``report_parts.html`` split at its ``<!-- part: NAME -->`` lines."""
-    pieces = _PART.split(_template_text("report_parts.html"))
-    # pieces: [preamble comment, name, text, name, text, ...]
-    return {name: Template(text.rstrip("\n")) for name, text in zip(pieces[1::2], pieces[2::2])}
 
 
 def _fill(part: str, **values: str) -> str:
     """One part with its placeholders filled. string.Template does not escape: callers pass
     text through ``html.escape`` (or markup built from filled parts)."""
-    return _parts()[part].substitute(values)
+    return page_parts.parts("report_parts.html")[part].substitute(values)
 
 
 @cache
 def _page() -> Template:
-    return Template(_template_text("report.html"))
+    return Template(page_parts.template_text("report.html"))
 
 
 def write_report(path: Union[str, Path], requests: pd.DataFrame, batches: pd.DataFrame,
                  kvcache: pd.DataFrame, summaries: Mapping[str, pd.DataFrame],
                  frame: Optional[pd.DataFrame] = None,
-                 title: str = "vLLM service profile") -> Path:
+                 title: str = "vLLM service profile",
+                 stage_tables: Optional[Mapping[str, pd.DataFrame]] = None) -> Path:
     """Write ``report.html`` at ``path`` (see the module docstring); returns the path.
 
     ``requests``, ``batches``, ``kvcache`` are the builders' tables (with their internal µs
     columns), ``summaries`` maps ``service_summary`` / ``request_summary`` / ``batch_summary``
     to their tables, ``frame`` (optional) supplies the queue-length records and the capture
-    start. Missing or empty inputs leave their section with a note, never an exception.
+    start, ``stage_tables`` (optional) the stage breakdown by phase (``prefill`` / ``decode``).
+    Missing or empty inputs leave their section with a note, never an exception.
     """
     path = Path(path)
-    text = render_report(requests, batches, kvcache, summaries, frame, title)
+    text = render_report(requests, batches, kvcache, summaries, frame, title, stage_tables)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -104,7 +95,8 @@ def write_report(path: Union[str, Path], requests: pd.DataFrame, batches: pd.Dat
 def render_report(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
                   kvcache: Optional[pd.DataFrame], summaries: Mapping[str, pd.DataFrame],
                   frame: Optional[pd.DataFrame] = None,
-                  title: str = "vLLM service profile") -> str:
+                  title: str = "vLLM service profile",
+                  stage_tables: Optional[Mapping[str, pd.DataFrame]] = None) -> str:
     """The report page as HTML text."""
     requests = _table(requests)
     batches = _table(batches)
@@ -131,8 +123,11 @@ def render_report(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFra
     with matplotlib.rc_context(STYLE):
         for heading, caption, draw in sections:
             body.append(_section(heading, caption, draw))
+        body.append(_operator_section(summaries, origin))
     body.append(_summary_tables(summaries))
-    return _page().substitute(title=html.escape(title), css=_template_text("report.css"),
+    if stage_tables:
+        body.append(_stage_tables(stage_tables))
+    return _page().substitute(title=html.escape(title), css=page_parts.template_text("report.css"),
                               body="\n".join(body))
 
 
@@ -220,12 +215,31 @@ def _section(heading: str, caption: str, draw: Callable[[], Optional[str]]) -> s
                  content=content)
 
 
+def _operator_section(summaries: Mapping[str, pd.DataFrame], origin: float) -> str:
+    """Operators (only with operator data): overhead figure, top operators, per process."""
+    from otel_vllm_ascend.analysis import operator_report
+
+    summary = (summaries or {}).get("op_summary")
+    statistic = (summaries or {}).get("op_statistic")
+    if not isinstance(statistic, pd.DataFrame) or statistic.empty:
+        return ""
+    section = _section(operator_report.HEADING, operator_report.CAPTION,
+                       lambda: operator_report.host_overhead_figure(statistic, origin))
+    top, per_process = operator_report.tables(summary, statistic)
+    cards = [_fill("table_card", title=html.escape(title), file=html.escape(file),
+                   table=_html_table(table))
+             for title, file, table in (("Top operators", "op_summary.csv", top),
+                                        ("Host overhead per process", "op_statistic.csv",
+                                         per_process)) if not table.empty]
+    return section + "\n" + "\n".join(cards)
+
+
 # ----------------------------------------------------------------------------- tables
 
 def _summary_tables(summaries: Mapping[str, pd.DataFrame]) -> str:
     summaries = summaries or {}
     names = [n for n in SUMMARY_ORDER if n in summaries] + sorted(
-        n for n in summaries if n not in SUMMARY_ORDER)
+        n for n in summaries if n not in SUMMARY_ORDER and n not in OPERATOR_TABLES)
     parts = []
     for name in names:
         table = summaries[name]
@@ -236,6 +250,24 @@ def _summary_tables(summaries: Mapping[str, pd.DataFrame]) -> str:
                            file=html.escape(f"{name}.csv"), table=_html_table(table)))
     cards = "\n".join(parts) if parts else _fill("empty", text="No summary tables.")
     return _fill("summaries", cards=cards)
+
+
+STAGE_CAPTION = ("Where the time of engine steps goes, per stage (ms): prefill steps hold at"
+                 " least one prefill, decode steps decodes only. 'all' covers every such step;"
+                 " the other selections come from --split-batch-size / --split-rid. Empty:"
+                 " the capture lacks that stage's records.")
+
+
+def _stage_tables(stage_tables: Mapping[str, pd.DataFrame]) -> str:
+    """The stage breakdown section: one table per phase."""
+    cards = []
+    for phase, table in stage_tables.items():
+        if not isinstance(table, pd.DataFrame) or table.empty:
+            continue
+        cards.append(_fill("table_card", title=html.escape(phase.capitalize() + " steps"),
+                           file=html.escape(f"{phase}.csv"), table=_html_table(table)))
+    content = "\n".join(cards) if cards else _fill("empty", text="No engine steps.")
+    return _fill("stages", caption=html.escape(STAGE_CAPTION), cards=content)
 
 
 def _html_table(table: pd.DataFrame) -> str:

@@ -19,7 +19,9 @@ earlier runs it did not rewrite). Tables:
   args, cname, end_time, flag_id)``, ``counter(id, name, pid, timestamp, cat, args)`` and
   ``flow(id, flow_id, name, cat, track_id, timestamp, type)`` from the Chrome trace, times in ns
   since the Unix epoch;
-* ``data_link(source_name, target_table, target_name)`` with the row ``rid, request, http_rid``.
+* ``data_link(source_name, target_table, target_name)`` with the row ``rid, request, http_rid``;
+* for MindStudio Insight: ``data_table`` and ``translate`` (registry), the ``*_curve`` views and
+  the latency tables ``first_token_latency`` and ``req_latency`` (:mod:`.insight_db`).
 """
 
 from __future__ import annotations
@@ -192,6 +194,11 @@ def write_profiler_db(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]
         conn.execute("CREATE TABLE data_link (source_name TEXT, target_table TEXT,"
                      " target_name TEXT)")
         conn.execute("INSERT INTO data_link VALUES ('rid', 'request', 'http_rid')")
+        # --- MindStudio Insight: registry tables, *_curve views, latency tables (insight_db) ---
+        from otel_vllm_ascend.analysis.insight_db import write_insight_tables
+
+        write_insight_tables(conn, request_csv[0], batch_csv[0])
+        # --- end of the Insight tables ---
         if trace_events is not None:
             _write_trace_tables(conn, trace_events, trace_origin_us)
         conn.commit()
@@ -293,7 +300,7 @@ def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
     bound as an integer and stored as text by the column's TEXT affinity (the same text
     ``str()`` gives). Tracks new to the table are numbered in order of first appearance.
     """
-    from otel_vllm_ascend.analysis.trace import FLOW_CATEGORY, FLOW_NAME
+    from otel_vllm_ascend.analysis.trace_file import FLOW_CATEGORY, FLOW_NAME
 
     if not len(columns.phase):
         return

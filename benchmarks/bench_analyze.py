@@ -17,6 +17,11 @@ average is printed before and after: on a shared machine it explains most of the
 
 Captures are kept in ``--work-dir`` (default: a folder under the system temp dir) and reused
 by later runs with the same scale and seed.
+
+``--baseline SRC`` compares with another version of the project in the same run: ``SRC`` is a
+source tree of it (``git archive COMMIT | tar -x -C SRC``); each repetition runs that version,
+then this one, one after the other, so a busy moment of a shared machine hits both alike, and
+the ratios of the medians (this version / the baseline) are printed.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 FLOOR_WALL_S = 2.5
 FLOOR_RSS_MB = 350.0
@@ -58,13 +64,37 @@ def capture_rows(folder: Path) -> int:
     return total
 
 
-def run_once(capture: Path, out: Path, formats: list[str]) -> tuple[float, float, float, int]:
-    """(wall s, CPU s, peak RSS MB, exit status) of one analyzer run in a child process."""
+def baseline_tree(source: Path, work: Path) -> Path:
+    """A folder that imports as the ``otel_vllm_ascend`` of ``source`` (its package-dir mapping:
+    ``exporters/`` and ``analysis/`` are subpackages) when put first on ``PYTHONPATH``."""
+    root = work / "baseline-tree"
+    shutil.rmtree(root, ignore_errors=True)
+    package = root / "otel_vllm_ascend"
+    package.mkdir(parents=True)
+    for entry in (source / "otel_vllm_ascend").iterdir():
+        (package / entry.name).symlink_to(entry.resolve())
+    for sub in ("exporters", "analysis"):
+        (package / sub).symlink_to((source / sub).resolve())
+    return root
+
+
+def run_once(capture: Path, out: Path, formats: list[str], pythonpath: Optional[Path] = None
+             ) -> tuple[float, float, float, int]:
+    """(wall s, CPU s, peak RSS MB, exit status) of one analyzer run in a child process
+    (``pythonpath``: import the analyzer from there instead)."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "otel_vllm_ascend.analysis", "--input-path", str(capture),
-               "--output-path", str(out), "--log-level", "warning", "--format", *formats]
+    command = [sys.executable, "-m", "otel_vllm_ascend.analysis", "--input-path",
+               str(capture.resolve()), "--output-path", str(out.resolve()), "--log-level",
+               "warning", "--format", *formats]
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(pythonpath),
+                                                           env.get("PYTHONPATH"))))
+    # Started outside any source tree: a project folder as the current directory would be
+    # imported before the ``PYTHONPATH`` one.
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=env, cwd=out.resolve().parent)
     # wait4 reports the resource usage of this child alone (RUSAGE_CHILDREN would mix runs).
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
@@ -82,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "otel-vllm-bench-analyze")
+    parser.add_argument("--baseline", type=Path, metavar="SRC",
+                        help="also run the project version in this source tree, alternating")
     args = parser.parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.baseline is not None:
+        return compare_with_baseline(args)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.repeat} run(s) per"
           f" configuration, load average before: {_load()}")
     results = []
@@ -115,6 +149,38 @@ def main(argv: list[str] | None = None) -> int:
         if scale == 1:
             ok = median <= FLOOR_WALL_S and peak <= FLOOR_RSS_MB
             print(f"scale 1, {label}: within the floors: {'yes' if ok else 'NO'}")
+    return 0
+
+
+def compare_with_baseline(args: argparse.Namespace) -> int:
+    """Baseline and this version, alternating; medians and their ratios."""
+    tree = baseline_tree(args.baseline, args.work_dir)
+    print(f"baseline: {args.baseline}; load average before: {_load()}")
+    lines = []
+    for scale in args.scales:
+        capture = ensure_capture(args.work_dir, scale, args.seed)
+        for label, formats in CONFIGURATIONS:
+            runs: dict[str, list] = {"baseline": [], "this": []}
+            for _ in range(args.repeat):
+                for version, path in (("baseline", tree), ("this", None)):
+                    wall, cpu, peak, status = run_once(
+                        capture, args.work_dir / f"out-x{scale}-{version}", formats, path)
+                    if status:
+                        return status
+                    runs[version].append((wall, cpu, peak))
+            medians = {v: [statistics.median(r[i] for r in runs[v]) for i in range(2)]
+                       + [max(r[2] for r in runs[v])] for v in runs}
+            for version in ("baseline", "this"):
+                wall, cpu, peak = medians[version]
+                lines.append(f"x{scale:<4} {label:<24} {version:<9} {wall:>12.2f}"
+                             f" {cpu:>12.2f} {peak:>12.0f}")
+            ratio = [medians["this"][i] / medians["baseline"][i] for i in range(3)]
+            lines.append(f"x{scale:<4} {label:<24} {'ratio':<9} {ratio[0]:>11.3f}x"
+                         f" {ratio[1]:>11.3f}x {ratio[2]:>11.3f}x")
+    print(f"load average after: {_load()}")
+    print(f"{'scale':<5} {'outputs':<24} {'version':<9} {'wall median':>12} {'CPU median':>12}"
+          f" {'peak RSS MB':>12}")
+    print("\n".join(lines))
     return 0
 
 

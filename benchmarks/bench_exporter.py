@@ -1,6 +1,7 @@
 """Rows per second written by the ms_service exporter on one core, and bytes per row.
 
 Run: .venv/bin/python benchmarks/bench_exporter.py [--spans 200000] [--batch 512] [--repeat 5]
+     [--baseline-message OLD_MESSAGE_PY]
 
 Spans are built up front with the SDK (as the recorder's drain thread builds them), shaped like
 the records of one vLLM engine step: a batch span with request details, span events, zero-
@@ -13,6 +14,7 @@ counts time other processes took from that CPU).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -25,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.exporters import ms_service
 from otel_vllm_ascend.exporters.ms_service import MsServiceSpanExporter
 
 FLOOR_ROWS_PER_S = 150_000
@@ -103,10 +106,16 @@ def main() -> int:
     parser.add_argument("--spans", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=512, help="spans per export() call")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--baseline-message", type=Path, metavar="FILE",
+                        help="another revision's exporters/message.py (e.g. from `git show "
+                             "REV:exporters/message.py`): each run is repeated with it, in "
+                             "alternating order, and the ratio of the medians printed")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     spans = build_spans(args.spans)
+    if args.baseline_message is not None:
+        return compare_message_modules(spans, args.batch, args.repeat, args.baseline_message)
     cpu_rates, wall_rates = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
@@ -121,6 +130,30 @@ def main() -> int:
           f"{statistics.median(wall_rates):,.0f} rows/s; batch {args.batch}); floor "
           f"{FLOOR_ROWS_PER_S:,} rows/s; ratio to floor {median / FLOOR_ROWS_PER_S:.2f}")
     return 0 if median >= FLOOR_ROWS_PER_S else 1
+
+
+def compare_message_modules(spans: list, batch: int, repeat: int, baseline: Path) -> int:
+    """The same runs with the exporter's message module swapped between this tree's and
+    ``baseline``, interleaved so a noisy moment hits both; prints the ratio of the medians."""
+    spec = importlib.util.spec_from_file_location("baseline_message", baseline)
+    baseline_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline_module)
+    modules = {"this tree": ms_service._message, "baseline": baseline_module}
+    rates: dict = {label: [] for label in modules}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat):
+            order = list(modules) if i % 2 else list(reversed(modules))
+            for label in order:
+                ms_service._message = modules[label]
+                rows, _, cpu, size, total = run_once(spans, batch, Path(tmp) / f"{label}{i}")
+                rates[label].append(rows / cpu)
+                print(f"run {i} {label}: {rows / cpu:,.0f} rows/s per core, "
+                      f"{size / total:.1f} bytes/row")
+    ms_service._message = modules["this tree"]
+    ours, theirs = (statistics.median(rates[label]) for label in modules)
+    print(f"median this tree {ours:,.0f} rows/s, baseline {theirs:,.0f} rows/s; "
+          f"this tree / baseline {ours / theirs:.3f}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import time
 import timeit
 
 from otel_vllm_ascend.config import ConfigFile
-from otel_vllm_ascend.expr import bind_names, compile_expr
+from otel_vllm_ascend.expr import compile_expr
+from otel_vllm_ascend.expr_names import bind_names
 from otel_vllm_ascend.symbols import PACKAGED_SYMBOLS, load_symbols
 
 REPEATS = 7

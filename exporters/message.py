@@ -13,7 +13,9 @@ The message is the JSON text msserviceprofiler's Python API writes (``json.dumps
 separators): keys ``domain``, ``name``, ``type``, ``rid`` first, then the other attributes in
 their order, ``ms.metric.<N>`` as ``<N>=``, ``ms.metric_inc.<N>`` as ``<N>+``, ``ms.scope.<N>``
 as ``scope#<N>``. Attributes with a ``.`` in their name that the contract does not map (OTel
-namespaces such as ``gen_ai.*``) are for OTLP viewers and are not written.
+namespaces such as ``gen_ai.*``) are for OTLP viewers and are not written. The mapping itself is
+``otel_vllm_ascend.contract_message``'s, the one the analyzer reads OTLP captures with; this
+module adds the rows, the Meta pairs and the JSON text.
 """
 
 from __future__ import annotations
@@ -25,39 +27,14 @@ from typing import Any, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.contract_message import TYPE_EVENT, TYPE_SPAN, record_header
+from otel_vllm_ascend.contract_message import message_dict as _message_dict
 from otel_vllm_ascend.json_encoding import make_encoder
 
 FLAG_EVENT = 1
 FLAG_SPAN = 2
 
-TYPE_EVENT = 0
-TYPE_SPAN = 2
-TYPE_LINK = 3
-
-# Message keys the reference analyzer turns into columns next to its own and its Meta columns;
-# a message key with one of these names makes it reject the whole file ("columns overlap").
-RESERVED_KEYS = frozenset({
-    "markId", "message", "pid", "tid", "start_time", "end_time", "during_time",
-    "start_datetime", "end_datetime", "prof_id", "hostuid", "hostname", "ppid", "dpRankId",
-})
-
-
-
 _encode = make_encoder()  # json.dumps' default separators, as the reference writes
-
-_METRIC = contract.METRIC_PREFIX
-_METRIC_INC = contract.METRIC_INC_PREFIX
-_SCOPE = contract.SCOPE_PREFIX
-_LEN_METRIC = len(_METRIC)
-_LEN_METRIC_INC = len(_METRIC_INC)
-_LEN_SCOPE = len(_SCOPE)
-# ms.* attributes consumed by the header keys (domain, name, type, rid) or by the row itself.
-_HEADER_ATTRS = frozenset({
-    contract.DOMAIN, contract.RID, contract.RID_DETAIL, contract.RECORD, contract.TYPE,
-})
-
-
-_HEADER_KEYS = frozenset({"domain", "name", "type", "rid"})
 
 
 class MstxRow(NamedTuple):
@@ -151,13 +128,10 @@ def _translate_parts(name: str, start: int, end: Optional[int], attrs: Mapping[s
                      end if end is not None else start, tid))
         return
 
-    if record == contract.RECORD_LINK:
-        message = _message(None, TYPE_LINK, attrs, rejected)
-    elif record == contract.RECORD_METRIC:
-        message = _message(None, None, attrs, rejected)
-    else:  # "event" and any unknown record kind: a plain event mark
-        message = _message(name, TYPE_EVENT, attrs, rejected)
-    mstx.append((message, FLAG_EVENT, start, start, tid))
+    # event, link, metric and unknown kinds: one mark, named and typed by its kind
+    record_name, record_type = record_header(record, name)
+    mstx.append((_message(record_name, record_type, attrs, rejected), FLAG_EVENT, start, start,
+                 tid))
 
 
 def _plain(holder: Any) -> Mapping[str, Any]:
@@ -173,40 +147,20 @@ def _plain(holder: Any) -> Mapping[str, Any]:
 
 def message_dict(name: Optional[str], default_type: Optional[int], attrs: Mapping[str, Any],
                  inherited_domain: Any = None) -> dict:
-    """The message of a record as a dict, keys in the order they are written."""
+    """The message of a record as written, read back into a dict (keys in written order)."""
     return json.loads(_message(name, default_type, attrs, [], inherited_domain))
 
 
 def _message(name: Optional[str], default_type: Optional[int], attrs: Mapping[str, Any],
              rejected: List[str], inherited_domain: Any = None) -> str:
-    out: dict = {}
-    domain = attrs.get(contract.DOMAIN, inherited_domain)
-    if domain is not None:
-        out["domain"] = domain
-    if name is not None:
-        out["name"] = name
-    msg_type = attrs.get(contract.TYPE, default_type)
-    if msg_type is not None:
-        out["type"] = msg_type
     detail = attrs.get(contract.RID_DETAIL)
-    splice = False
-    rid = None
-    if detail is not None:
-        if detail.__class__ is str and _looks_like_json_list(detail):
-            # The detail is JSON text already: splice it in rather than decoding and
-            # re-encoding a list of dicts per batch record.
-            rid = _RID_PLACEHOLDER
-            splice = True
-        else:
-            rid = _parse_detail(detail)
-    if rid is None:
-        rid = attrs.get(contract.RID)
-    if rid is not None:
-        out["rid"] = list(rid) if rid.__class__ is tuple else rid
-    _add_other_keys(out, attrs, rejected)
-    if splice:
+    if detail.__class__ is str and _looks_like_json_list(detail):
+        # The detail is JSON text already: splice it in rather than decoding and re-encoding a
+        # list of dicts per batch record.
+        out = _message_dict(name, default_type, attrs, inherited_domain, rejected,
+                            _RID_PLACEHOLDER)
         return _encode(out).replace(_RID_PLACEHOLDER_JSON, detail, 1)
-    return _encode(out)
+    return _encode(_message_dict(name, default_type, attrs, inherited_domain, rejected))
 
 
 _RID_PLACEHOLDER = "\x00rid_detail\x00"
@@ -217,59 +171,6 @@ def _looks_like_json_list(text: str) -> bool:
     # A shape check only: the handlers write the detail with json.dumps, and decoding it to
     # validate would double the cost of a batch record (docs/exporters.md).
     return text[:1] == "[" and text[-1:] == "]" and "\x00" not in text
-
-
-def _parse_detail(detail: Any) -> Any:
-    try:
-        return json.loads(detail)
-    except (TypeError, ValueError):
-        return None  # unreadable detail: the plain ids are used instead
-
-
-def _add_other_keys(out: dict, attrs: Mapping[str, Any], rejected: Optional[List[str]]) -> None:
-    cache = _KEY_CACHE
-    for key, value in attrs.items():
-        out_key = cache.get(key, _MISS)
-        if out_key is _MISS:
-            out_key = _message_key(key)
-            if len(cache) < _KEY_CACHE_LIMIT:
-                cache[key] = out_key
-        if out_key is None:
-            continue
-        if out_key is _REJECTED:
-            if rejected is not None:
-                rejected.append(key)
-            continue
-        out[out_key] = list(value) if value.__class__ is tuple else value
-
-
-_MISS = object()
-_REJECTED = object()
-_KEY_CACHE: dict = {}  # attribute name -> message key, None (not written) or _REJECTED
-_KEY_CACHE_LIMIT = 4096  # attribute names are few; a misbehaving handler must not grow it
-
-
-def _message_key(key: str) -> Any:
-    """The message key an attribute is written under, None if it is not, or ``_REJECTED``."""
-    if "." in key:
-        if not key.startswith("ms.") or key in _HEADER_ATTRS:
-            return None  # OTel namespaces are for OTLP viewers; header attrs are written first
-        if key.startswith(_METRIC):
-            return key[_LEN_METRIC:] + "="
-        if key.startswith(_METRIC_INC):
-            return key[_LEN_METRIC_INC:] + "+"
-        if key.startswith(_SCOPE):
-            return "scope#" + key[_LEN_SCOPE:]
-        if key == contract.LINK_FROM:
-            return "from"
-        if key == contract.LINK_TO:
-            return "to"
-        return None  # ms.meta.* outside a meta record, unknown ms.* names
-    if key in RESERVED_KEYS:
-        return _REJECTED
-    if key in _HEADER_KEYS:
-        return None  # the contract's own domain/name/type/rid win over a same-named attribute
-    return key
 
 
 def _meta_pairs(attrs: Any) -> List[Tuple[str, str]]:

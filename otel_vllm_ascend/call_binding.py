@@ -17,8 +17,8 @@ class ArgumentBinder:
     """Names for attribute expressions, cheaper than ``inspect.Signature.bind`` per call.
 
     Plain signatures (no ``*args``/``**kwargs``, no positional-only) are bound by position here;
-    anything else goes through ``expr.bind_names``. Parameters are bound only when an expression
-    reads one.
+    anything else goes through ``expr_names.bind_names``. Parameters are bound only when an
+    expression reads one.
     """
 
     __slots__ = ("func", "params", "simple", "needs_params")
@@ -43,7 +43,7 @@ class ArgumentBinder:
 
     def names(self, this: Any, args: tuple, kwargs: dict, result: Any) -> dict:
         if self.needs_params and not self.simple:
-            from otel_vllm_ascend.expr import bind_names
+            from otel_vllm_ascend.expr_names import bind_names
 
             return bind_names(self.func, this, args, kwargs, result)
         full_args = (this,) + args if this is not None else args

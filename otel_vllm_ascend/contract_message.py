@@ -2,9 +2,12 @@
 
 Pure and dependency-free (no OpenTelemetry SDK, no pandas), so both sides of the contract can use
 it: the analyzer's OTLP reader builds the message the ``ms_service`` exporter would have written
-from the same rules. ``exporters/message.py`` keeps a tuned copy for its hot path (JSON splicing,
-a key cache); ``tests/unit/test_contract_message.py`` holds the two to the same output, key
-order included, until the exporter imports :func:`message_key` from here.
+from the same rules, and the exporter (``exporters/message.py``) writes :func:`message_dict`'s
+result as JSON. The exporter's hot path needs two things from here, both kept cheap: a cache
+from attribute name to message key (attribute names are few), and a ``rid`` passed in, so it
+can splice ``ms.rid_detail``'s JSON text into the message rather than decode and re-encode it.
+``tests/unit/test_contract_message.py`` holds the written JSON to this mapping, key order
+included.
 
 Rules (docs/span-contract.md):
 
@@ -90,46 +93,62 @@ def record_header(record: Optional[str], span_name: str) -> Tuple[Optional[str],
     return span_name, TYPE_EVENT
 
 
-def _rid(attrs: Mapping[str, Any]) -> Any:
-    detail = attrs.get(contract.RID_DETAIL)
-    if detail is not None:
-        try:
-            rid = json.loads(detail) if isinstance(detail, (str, bytes)) else None
-        except ValueError:
-            rid = None  # unreadable detail: the plain ids are used instead
-        if rid is not None:
-            return rid
-    return attrs.get(contract.RID)
+def _decode_detail(detail: Any) -> Any:
+    try:
+        return json.loads(detail) if isinstance(detail, (str, bytes)) else None
+    except ValueError:
+        return None  # unreadable detail: the plain ids are used instead
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+_RID_FROM_ATTRS = object()
+# The header attributes as module globals: message_dict runs once per written record.
+_DOMAIN, _TYPE = contract.DOMAIN, contract.TYPE
+_RID, _RID_DETAIL = contract.RID, contract.RID_DETAIL
 
 
 def message_dict(name: Optional[str], default_type: Optional[int], attrs: Mapping[str, Any],
-                 inherited_domain: Any = None,
-                 rejected: Optional[List[str]] = None) -> dict:
+                 inherited_domain: Any = None, rejected: Optional[List[str]] = None,
+                 rid: Any = _RID_FROM_ATTRS) -> dict:
     """The message of one record as a dict, keys in the order they are written.
 
-    ``rejected`` (optional) collects the attribute names left out as reserved.
+    ``rejected`` (optional) collects the attribute names left out as reserved. ``rid``, when
+    given, is written as the ``rid`` value instead of the one read from ``ms.rid_detail`` /
+    ``ms.rid`` (the exporter passes a placeholder it replaces with the detail's JSON text).
     """
     out: dict = {}
-    domain = attrs.get(contract.DOMAIN, inherited_domain)
+    domain = attrs.get(_DOMAIN, inherited_domain)
     if domain is not None:
         out["domain"] = domain
     if name is not None:
         out["name"] = name
-    msg_type = attrs.get(contract.TYPE, default_type)
+    msg_type = attrs.get(_TYPE, default_type)
     if msg_type is not None:
         out["type"] = msg_type
-    rid = _rid(attrs)
+    if rid is _RID_FROM_ATTRS:  # ms.rid_detail decoded, else ms.rid
+        detail = attrs.get(_RID_DETAIL)
+        rid = _decode_detail(detail) if detail is not None else None
+        if rid is None:
+            rid = attrs.get(_RID)
     if rid is not None:
-        out["rid"] = _plain(rid)
+        out["rid"] = list(rid) if rid.__class__ is tuple else rid
+    cache = _KEY_CACHE
     for attribute, value in attrs.items():
-        key = message_key(attribute)
+        key = cache.get(attribute, _MISS)
+        if key is _MISS:
+            key = message_key(attribute)
+            if len(cache) < _KEY_CACHE_LIMIT:
+                cache[attribute] = key
+        if key is None:
+            continue
         if key is REJECTED:
             if rejected is not None:
                 rejected.append(attribute)
-        elif key is not None:
-            out[key] = _plain(value)
+            continue
+        # Tuples (the SDK's sequence attributes) are written as JSON lists.
+        out[key] = list(value) if value.__class__ is tuple else value
     return out
+
+
+_MISS = object()
+_KEY_CACHE: dict = {}  # attribute name -> message_key's answer
+_KEY_CACHE_LIMIT = 4096  # attribute names are few; a misbehaving handler must not grow it

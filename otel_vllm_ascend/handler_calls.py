@@ -251,6 +251,18 @@ def _exit_steps(hook: Hook, steps: Any, ctx: CallContext, result: Any,
     hook.failed(RuntimeError(f"generator handler of {hook.symbol} yielded more than once"))
 
 
+def _close_steps(hook: Hook, steps: Any, ctx: CallContext, result: Any,
+                 error: Optional[BaseException], metering: bool, entered: int,
+                 called: int) -> None:
+    """After the original: the handler's part after its ``yield``, then the self meter's count
+    of our time (before the call and after it, the original's time left out)."""
+    returned = _meter_ns() if metering else 0
+    if steps is not None:
+        _exit_steps(hook, steps, ctx, result, error)
+    if metering:
+        _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
+
+
 def generator_style_handler(hook: Hook, func: Callable) -> Callable:
     bound = hook.binding in ("method", "classmethod")
     signature_func = hook.func
@@ -267,22 +279,15 @@ def generator_style_handler(hook: Hook, func: Callable) -> Callable:
         try:
             result = func(*args, **kwargs)
         except BaseException as error:
-            returned = _meter_ns() if metering else 0
-            if steps is not None:
-                _exit_steps(hook, steps, ctx, None, error)
-            if metering:
-                _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
+            _close_steps(hook, steps, ctx, None, error, metering, entered, called)
             raise
-        returned = _meter_ns() if metering else 0
-        if steps is not None:
-            _exit_steps(hook, steps, ctx, result, None)
-        if metering:
-            _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
+        _close_steps(hook, steps, ctx, result, None, metering, entered, called)
         return result
     return wrapper
 
 
 def async_generator_style_handler(hook: Hook, func: Callable) -> Callable:
+    """:func:`generator_style_handler` for coroutine functions (the original awaited)."""
     bound = hook.binding in ("method", "classmethod")
     signature_func = hook.func
 
@@ -298,17 +303,9 @@ def async_generator_style_handler(hook: Hook, func: Callable) -> Callable:
         try:
             result = await func(*args, **kwargs)
         except BaseException as error:
-            returned = _meter_ns() if metering else 0
-            if steps is not None:
-                _exit_steps(hook, steps, ctx, None, error)
-            if metering:
-                _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
+            _close_steps(hook, steps, ctx, None, error, metering, entered, called)
             raise
-        returned = _meter_ns() if metering else 0
-        if steps is not None:
-            _exit_steps(hook, steps, ctx, result, None)
-        if metering:
-            _meter.add_hot(called - entered + _meter_ns() - returned, hook.symbol)
+        _close_steps(hook, steps, ctx, result, None, metering, entered, called)
         return result
     return wrapper
 

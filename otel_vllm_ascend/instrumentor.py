@@ -78,6 +78,10 @@ class VllmServiceInstrumentor(BaseInstrumentor):
 
         self._samplers = samplers.SamplerSet()
         control.add_listener(self._samplers.on_state)
+        # Operator data (acl_task_time): armed here, stepped by the model runner's hook.
+        from otel_vllm_ascend import operator_profiler
+
+        control.add_listener(operator_profiler.collector().on_state)
 
         _logger.info(
             "otel-vllm-ascend: pid %d: %s; %d entries from %s; %d hooks installed now, the "
@@ -95,6 +99,10 @@ class VllmServiceInstrumentor(BaseInstrumentor):
             control.remove_listener(self._samplers.on_state)
             self._samplers.stop()
             self._samplers = None
+        from otel_vllm_ascend import operator_profiler
+
+        control.remove_listener(operator_profiler.collector().on_state)
+        operator_profiler.collector().close()
         control.stop()
         recorder.flush()
 

@@ -7,9 +7,8 @@
   (domain ``npu``): ``ms.metric.usage`` (MB allocated), ``ms.metric.reserved`` (MB),
   ``ms.scope.device``. Read through torch_npu when importable, torch.cuda when a GPU exists;
   otherwise one warning and nothing.
-* ``acl_task_time``: 3 drives the torch_npu profiler once per engine step (``modelExec``) when
-  torch_npu is importable; 1 (aclprof) and 2 (MSPTI) need the CANN toolkit's C library, which
-  this package does not drive: one warning says so.
+
+``acl_task_time`` (operator data) is not a sampler: see :mod:`otel_vllm_ascend.operator_profiler`.
 
 Sampler threads are daemons and stop when recording stops (``enable: 0``, ``timelimit``), so
 they never keep a process alive. Only the process that owns a device samples it: the API server
@@ -139,46 +138,6 @@ def device_memory_reader() -> Optional[Callable[[], None]]:
     return sample
 
 
-class TorchNpuStepProfiler:
-    """``acl_task_time: 3``: a torch_npu profiler advanced once per engine step."""
-
-    def __init__(self, config: Any) -> None:
-        import torch_npu
-
-        kwargs: dict = {
-            "activities": [torch_npu.profiler.ProfilerActivity.CPU,
-                           torch_npu.profiler.ProfilerActivity.NPU],
-            "with_stack": bool(getattr(config, "torch_prof_stack", False)),
-            "with_modules": bool(getattr(config, "torch_prof_modules", False)),
-            "on_trace_ready": torch_npu.profiler.tensorboard_trace_handler(
-                str(getattr(config, "prof_dir", ".") or ".")),
-        }
-        self._profiler = torch_npu.profiler.profile(**kwargs)
-        self._steps_left = int(getattr(config, "torch_prof_step_num", 0) or 0) or None
-        self._profiler.start()
-
-    def step(self) -> None:
-        if self._steps_left is not None:
-            if self._steps_left <= 0:
-                return self.stop()
-            self._steps_left -= 1
-        self._profiler.step()
-
-    def stop(self) -> None:
-        profiler, self._profiler = self._profiler, None
-        if profiler is not None:
-            profiler.stop()
-
-
-_step_profiler: Optional[TorchNpuStepProfiler] = None
-
-
-def profiler_step() -> None:
-    """Called by the ``modelExec`` handler once per engine step."""
-    if _step_profiler is not None:
-        _step_profiler.step()
-
-
 class SamplerSet:
     """Starts / stops this process's samplers as the live state changes."""
 
@@ -187,7 +146,6 @@ class SamplerSet:
         self._lock = threading.Lock()
 
     def on_state(self, live: Any) -> None:
-        global _step_profiler
         with self._lock:
             config = live.config
             wanted: dict = {}
@@ -201,10 +159,6 @@ class SamplerSet:
                     reader = device_memory_reader()
                     if reader is not None:
                         wanted["device"] = (device_freq, reader)
-                self._acl_task_time(config)
-            elif _step_profiler is not None:
-                _step_profiler.stop()
-                _step_profiler = None
             for key in list(self._running):
                 sampler = self._running[key]
                 if key not in wanted or wanted[key][0] != sampler.freq or not sampler.alive:
@@ -216,31 +170,12 @@ class SamplerSet:
                     sampler.start()
                     self._running[key] = sampler
 
-    def _acl_task_time(self, config: Any) -> None:
-        global _step_profiler
-        mode = getattr(config, "acl_task_time", 0) or 0
-        if mode in (1, 2):
-            _warn_once("acl", f"acl_task_time {mode} ({'aclprof' if mode == 1 else 'MSPTI'}) "
-                       "needs the CANN toolkit's profiling library, which otel-vllm-ascend does "
-                       "not drive; use acl_task_time 3 (torch_npu) or msserviceprofiler")
-        elif mode == 3 and _step_profiler is None:
-            try:
-                _step_profiler = TorchNpuStepProfiler(config)
-            except ImportError:
-                _warn_once("acl3", "acl_task_time 3 needs torch_npu, which is not importable")
-            except Exception as err:
-                _warn_once("acl3", f"acl_task_time 3: torch_npu profiler did not start: {err}")
-
     @property
     def running(self) -> list:
         return sorted(self._running)
 
     def stop(self) -> None:
-        global _step_profiler
         with self._lock:
             for sampler in self._running.values():
                 sampler.stop()
             self._running.clear()
-            if _step_profiler is not None:
-                _step_profiler.stop()
-                _step_profiler = None

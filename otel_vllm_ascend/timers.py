@@ -30,7 +30,7 @@ _meter_ns = time.thread_time_ns
 def _timer_attributes(hook: Hook, args: tuple, kwargs: dict, result: Any) -> dict:
     attrs = {contract.DOMAIN: hook.domain}
     if hook.attributes:
-        from otel_vllm_ascend.expr import MISSING
+        from otel_vllm_ascend.expr_values import MISSING
 
         binder = hook.binder
         if binder is None:

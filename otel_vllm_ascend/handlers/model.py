@@ -5,7 +5,7 @@
   ``batch_size`` = scheduled **tokens**. vLLM 0.32's ``EngineCore.step`` calls it with
   ``non_block=True`` and gets a Future: the span then ends when that Future completes, so it
   covers the model's real execution, not only its dispatch. The span links to the traces of the
-  batch's requests. With ``acl_task_time: 3`` it also advances the torch_npu profiler.
+  batch's requests.
 * ``LogitsProcessor.forward`` -> span ``computing_logits``; ``Sampler.forward`` -> span
   ``sample`` (Worker). On Ascend (``torch_npu`` importable) the NPU stream is synchronised
   before and after the call, as the reference does, so the span measures device work; nowhere
@@ -36,14 +36,13 @@ import threading
 import time
 from typing import Any, Callable, List, Optional
 
-from otel_vllm_ascend import contract, control, handoff, recorder, samplers, wrapping
+from otel_vllm_ascend import contract, control, handoff, operator_profiler, recorder, wrapping
 from otel_vllm_ascend.handlers import common, meta, spec_decode
 
 DOMAIN = "Execute"
 
 _npu_synchronize: Optional[Callable[[], None]] = None
 _npu_checked = False
-_engine_steps_here = False  # modelExec ran in this process (the model runs inside EngineCore)
 _step_request_ids: List[str] = []  # the model runner's current step, for its forward phase
 
 
@@ -63,14 +62,11 @@ def npu_synchronize() -> Optional[Callable[[], None]]:
 
 
 def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
-    global _engine_steps_here
     scheduler_output = args[0] if args else kwargs.get("scheduler_output")
     total_tokens = int(getattr(scheduler_output, "total_num_scheduled_tokens", 0) or 0)
     if total_tokens <= 0 or not control.engine_step(scheduler_output):
         return None
-    _engine_steps_here = True
     common.ensure_role("engine_core")
-    samplers.profiler_step()
     batch = common.describe_batch(scheduler_output)
     return batch, total_tokens, time.time_ns(), threading.get_native_id()
 
@@ -161,13 +157,13 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         return None
     common.ensure_role("worker")
     meta.record_worker_dp_rank(this)
-    if not _engine_steps_here:
-        samplers.profiler_step()
+    operator_profiler.step_begin()
     return request_ids, time.time_ns(), threading.get_native_id()
 
 
 def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                   error: Optional[BaseException]) -> None:
+    operator_profiler.step_end()
     request_ids, start, tid = state
     attributes = {contract.DOMAIN: DOMAIN, contract.RID: request_ids}
     accepted = spec_decode.step_acceptance()

@@ -69,15 +69,24 @@ def _pool_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     return (kv_pool(this),)
 
 
-def _allocate_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
-                    error: Optional[BaseException]) -> None:
+def _group_call(state: tuple, this: Any, args: tuple,
+                kwargs: dict) -> tuple[Any, Optional[str], dict, Optional[int]]:
+    """What ``allocate`` and ``swap_*`` (calls on a whole sequence group) record alike: the
+    group, its request (remembered for its sequences), the record's request and pool
+    attributes, and the device blocks the call took from the free pool (None if unknown)."""
     v0_common.engine_seen("engine_core")
     seq_group = args[0] if args else kwargs.get("seq_group")
     request_id = _remember(seq_group)
     pool = kv_pool(this)
-    attributes = _pool_attributes(this, request_id, pool)
-    if state[0] is not None and pool is not None:
-        attributes[contract.METRIC_PREFIX + "AllocatedBlocks"] = state[0][1] - pool[1]
+    taken = state[0][1] - pool[1] if state[0] is not None and pool is not None else None
+    return seq_group, request_id, _pool_attributes(this, request_id, pool), taken
+
+
+def _allocate_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
+                    error: Optional[BaseException]) -> None:
+    seq_group, request_id, attributes, taken = _group_call(state, this, args, kwargs)
+    if taken is not None:
+        attributes[contract.METRIC_PREFIX + "AllocatedBlocks"] = taken
     now = time.time_ns()
     recorder.record_event("Allocate", attributes, timestamp_ns=now)
     if getattr(this, "enable_caching", False):
@@ -124,15 +133,11 @@ append_slots = wrapping.AroundHandler(
 def _swap_after(name: str, direction: str):
     def after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
               error: Optional[BaseException]) -> None:
-        v0_common.engine_seen("engine_core")
-        seq_group = args[0] if args else kwargs.get("seq_group")
-        request_id = _remember(seq_group)
-        pool = kv_pool(this)
-        attributes = _pool_attributes(this, request_id, pool)
+        _, _, attributes, taken = _group_call(state, this, args, kwargs)
         attributes["swap"] = direction
         attributes[contract.METRIC_PREFIX + "SwappedBlocks"] = len(result or ())
-        if state[0] is not None and pool is not None:
-            attributes[contract.METRIC_PREFIX + "AllocatedBlocks"] = max(0, state[0][1] - pool[1])
+        if taken is not None:
+            attributes[contract.METRIC_PREFIX + "AllocatedBlocks"] = max(0, taken)
         try:
             attributes[contract.METRIC_PREFIX + "FreeCpuBlocks"] = \
                 int(this.get_num_free_cpu_blocks())

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from otel_vllm_ascend import contract, recorder, samplers, wrapping
+from otel_vllm_ascend import contract, operator_profiler, recorder, wrapping
 from otel_vllm_ascend.handlers import common, v0_common, v0_scheduler
 from otel_vllm_ascend.handlers.v0_common import MODEL_EXECUTE
 
@@ -52,7 +52,6 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     if step is None:
         return None
     v0_common.engine_seen("engine_core")
-    samplers.profiler_step()
     return step, time.time_ns(), threading.get_native_id()
 
 
@@ -74,11 +73,13 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     # UniProcExecutor runs the model inside the engine process; vLLM names extra worker
     # processes "VllmWorkerProcess", which process_role recognises.
     v0_common.engine_seen("engine_core")
+    operator_profiler.step_begin()
     return time.time_ns(), threading.get_native_id()
 
 
 def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                   error: Optional[BaseException]) -> None:
+    operator_profiler.step_end()
     start, tid = state
     recorder.record_span("modelRunnerExec", start, time.time_ns(),
                          {contract.DOMAIN: MODEL_EXECUTE}, exception=error, thread_id=tid)

@@ -21,7 +21,8 @@ from analysis_fixtures import Capture, simulate_service  # noqa: E402
 pytestmark = pytest.mark.subprocess
 
 CSVS = ["request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv", "kvcache.csv",
-        "service_summary.csv", "spec_decode.csv"]
+        "service_summary.csv", "spec_decode.csv", "forward.csv", "request_status.csv",
+        "prefill.csv", "decode.csv"]
 
 
 def run_cli(*args, module=False, env=None):
@@ -286,3 +287,49 @@ def test_analyzer_never_imports_vllm(capture, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "LEAKED []" in done.stdout
+
+
+def test_span_info_and_stage_selections(capture, tmp_path):
+    sim, folder = capture
+    out = tmp_path / "out"
+    rid = sim.requests[0].external
+    done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv", "html",
+                   "--span", "modelExec", "nope", "--split-batch-size", "1", "99",
+                   "--split-rid", rid, "--split-number", "3")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (out / "span_info").iterdir()) == [
+        "batchFrameworkProcessing.csv", "modelExec.csv", "span_summary.csv"]
+    summary = {r["span_name"]: r for r in rows(out / "span_info" / "span_summary.csv")}
+    assert summary["modelExec"]["count"] == str(sim.steps)
+    assert summary["nope"]["count"] == "0" and summary["nope"]["mean(ms)"] == ""
+    assert "--span: no span named 'nope' in the capture" in done.stderr
+    assert "stage breakdown: no engine step matches batch_size=99" in done.stderr
+    selections = {r["selection"] for r in rows(out / "prefill.csv")}
+    assert selections == {"all", "batch_size=1", "batch_size=99", f"rid={rid}"}
+    assert all(int(r["steps"]) <= 3 for r in rows(out / "prefill.csv"))
+    page = (out / "report.html").read_text()
+    assert "Stage breakdown" in page and f"rid={rid}" in page
+    forward = rows(out / "forward.csv")
+    assert len(forward) == sim.steps and {r["name"] for r in forward} == {"modelExec"}
+
+
+def test_bad_split_number_is_one_usage_error(capture, tmp_path):
+    _, folder = capture
+    done = run_cli("--input-path", folder, "--output-path", tmp_path / "out",
+                   "--split-number", "0")
+    assert done.returncode == 2
+    assert "must be 1 or more" in done.stderr
+
+
+def test_operator_tables_of_an_earlier_run_do_not_outlive_it(capture, tmp_path):
+    """The capture has no operator data: op_*.csv left by an earlier analysis are removed."""
+    _, folder = capture
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("op_summary.csv", "op_statistic.csv"):
+        (out / name).write_text("old\n")
+    done = run_cli("--input-path", folder, "--output-path", out, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert "op_summary.csv" in done.stderr  # named among the replaced files
+    assert not (out / "op_summary.csv").exists() and not (out / "op_statistic.csv").exists()
+    assert (out / "request.csv").exists()

@@ -154,8 +154,7 @@ def test_samplers_follow_recording(tmp_path, caplog):
     samplers._warned.clear()
     sampler_set = samplers.SamplerSet()
     caplog.set_level(logging.WARNING, logger="otel_vllm_ascend")
-    config = ProfilerConfig(enable=True, host_system_usage_freq=20, npu_memory_usage_freq=5,
-                            acl_task_time=1)
+    config = ProfilerConfig(enable=True, host_system_usage_freq=20, npu_memory_usage_freq=5)
     try:
         sampler_set.on_state(control.LiveState(recording=True, config=config))
         assert sampler_set.running == ["host"]  # no NPU / GPU here: device sampling is off
@@ -174,7 +173,6 @@ def test_samplers_follow_recording(tmp_path, caplog):
         # Once more: the warnings are not repeated.
         sampler_set.on_state(control.LiveState(recording=True, config=config))
         messages = [r.getMessage() for r in caplog.records]
-        assert sum("CANN" in m for m in messages) == 1
         assert sum("npu_memory_usage_freq" in m for m in messages) == 1
     finally:
         sampler_set.stop()

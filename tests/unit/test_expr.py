@@ -6,15 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_vllm_ascend.expr import (
-    MAX_SEQUENCE,
-    MAX_STRING,
-    MISSING,
-    ExprError,
-    bind_names,
-    bound_value,
-    compile_expr,
-)
+from otel_vllm_ascend.expr import MISSING, ExprError, compile_expr
+from otel_vllm_ascend.expr_names import bind_names
+from otel_vllm_ascend.expr_values import MAX_SEQUENCE, MAX_STRING, bound_value
 
 # --- shapes of the objects vLLM 0.32 passes (unit-test fakes, attribute names as in vLLM) -----
 

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_vllm_ascend import contract
+from otel_vllm_ascend.contract_message import RESERVED_KEYS
 from otel_vllm_ascend.exporters import message
 from otel_vllm_ascend.exporters.message import FLAG_EVENT, FLAG_SPAN
 
@@ -185,7 +186,7 @@ def test_messages_are_json_objects_with_mapped_keys(make_span, plain, metrics, d
     assert msg["rid"] == (detail if detail is not None else "r")
     metric_keys = {k + "=" for k in metrics}
     for key, value in plain.items():
-        if key in message.RESERVED_KEYS or key in ("domain", "name", "type", "rid"):
+        if key in RESERVED_KEYS or key in ("domain", "name", "type", "rid"):
             assert key in ("domain", "name", "type", "rid") or key not in msg
             continue
         if key in metric_keys:

@@ -254,7 +254,7 @@ def test_page_is_assembled_from_the_template_files(analysed):
     markup = re.sub(r"<svg.*?</svg>", "", text, flags=re.S)
     assert not re.search(r"\$\{?[A-Za-z_]", markup)  # every placeholder filled
     parts = set(re.findall(r"<!-- part: (\w+) -->", (TEMPLATES / "report_parts.html").read_text()))
-    assert parts == set(report_mod._parts())
+    assert parts == set(report_mod.page_parts.parts("report_parts.html"))
 
 
 def test_values_are_escaped_and_never_read_as_placeholders():
@@ -270,3 +270,25 @@ def test_no_markup_in_python_and_no_page_assembly_in_the_figures():
         assert not re.search(r"<(div|section|table|tr|td|th|header|style|html|p)[ >]", source), name
     figures = (ROOT / "analysis" / "report_figures.py").read_text(encoding="utf-8")
     assert "html.escape" not in figures and "templates" not in figures.split('"""', 2)[2]
+
+
+def test_stage_breakdown_section(analysed):
+    _, frame, requests, batches, kvcache, summaries = analysed
+    from otel_vllm_ascend.analysis.stages import StageSelection, build_stage_breakdown
+
+    per_request = step_requests(engine_steps(frame))
+    tables = build_stage_breakdown(frame, batches, per_request,
+                                   StageSelection(rids=("<b>$x</b>",)))
+    text = report_mod.render_report(requests, batches, kvcache, summaries, frame,
+                                    stage_tables=tables)
+    page = parse(text)
+    assert not page.errors and not page.stack
+    shown = "".join(page.text)
+    assert "Stage breakdown" in shown and "Prefill steps" in shown
+    assert "rid=&lt;b&gt;$x&lt;/b&gt;" in text and "<b>$x" not in text
+    mean = tables["decode"].set_index(["selection", "name"]).loc[("all", "scheduling"),
+                                                                  "mean(ms)"]
+    assert report_mod._cell(mean) in shown
+    # without the tables there is no such section
+    assert "Stage breakdown" not in report_mod.render_report(requests, batches, kvcache,
+                                                             summaries, frame)

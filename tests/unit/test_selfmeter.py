@@ -28,6 +28,11 @@ def slow_handler(original, this, seconds):
     burn(0.002)                      # the handler's own work: must count
     time.sleep(0.05)                 # waiting is not CPU: must not count
     return original(seconds)
+
+def slow_steps(ctx):                 # the same, as a generator-style handler
+    burn(0.001)
+    yield
+    burn(0.001)
 """
 
 
@@ -43,13 +48,13 @@ def metered():
 
 def _engine(tmp_path, capture, handler):
     name = write_module(tmp_path, TARGET)
-    hooks = [spec(name, "Engine.step", handler=f"{name}:slow_handler" if handler else None)]
+    hooks = [spec(name, "Engine.step", handler=f"{name}:{handler}" if handler else None)]
     instrumentor = instrument(capture, hooks)
     module = importlib.import_module(name)
     return instrumentor, module.Engine()
 
 
-@pytest.mark.parametrize("handler", [False, True])
+@pytest.mark.parametrize("handler", [None, "slow_handler", "slow_steps"])
 def test_original_time_is_not_ours(tmp_path, metered, handler):
     capture = Capture()
     instrumentor, engine = _engine(tmp_path, capture, handler)
@@ -70,7 +75,7 @@ def test_original_time_is_not_ours(tmp_path, metered, handler):
 def test_off_counts_nothing(tmp_path):
     assert not selfmeter.meter.on  # off by default (the test run does not set the variable)
     capture = Capture()
-    instrumentor, engine = _engine(tmp_path, capture, True)
+    instrumentor, engine = _engine(tmp_path, capture, "slow_handler")
     try:
         engine.step(0.0)
     finally:

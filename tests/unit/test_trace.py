@@ -16,11 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis_trace_checker import check_trace, check_trace_file, events_of  # noqa: E402
 
 from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder  # noqa: E402
-from otel_vllm_ascend.analysis.trace import (  # noqa: E402
-    OVERLAP_TID_STRIDE,
-    build_chrome_trace,
-    write_chrome_trace,
-)
+from otel_vllm_ascend.analysis.trace import build_chrome_trace, write_chrome_trace  # noqa: E402
+from otel_vllm_ascend.analysis.trace_tracks import OVERLAP_TID_STRIDE  # noqa: E402
 
 T0 = 1_767_225_600_000_000.0  # 2026-01-01T00:00:00Z in µs
 API, ENGINE = 100, 200
@@ -417,6 +414,6 @@ def test_sampler_metrics_become_counters_and_roles_name_processes():
     [{"type": 0, "num_scheduled_tokens": 2.5}, {"type": 1, "num_scheduled_tokens": 1}],
 ])
 def test_batch_counts_fast_path_agrees_with_the_item_by_item_count(detail):
-    from otel_vllm_ascend.analysis.trace import _detail_counts, _detail_counts_checked
+    from otel_vllm_ascend.analysis.trace_records import _detail_counts, _detail_counts_checked
 
     assert _detail_counts(detail) == _detail_counts_checked(detail)

@@ -1,0 +1,57 @@
+"""What reading gathers besides the records: the :class:`ReadReport` of problems, and one
+:class:`ProcessInfo` per (host, pid) with its Meta rows and role.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder, guess_role
+
+
+@dataclass
+class ReadReport:
+    """What reading found: files, rows, and one user message per problem."""
+
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    unparsable: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _process(processes: dict, host: str, pid: int, source: str) -> ProcessInfo:
+    key = (host, pid)
+    proc = processes.get(key)
+    if proc is None:
+        proc = processes[key] = ProcessInfo(host=host, pid=pid)
+    if source not in proc.sources:
+        proc.sources.append(source)
+    return proc
+
+
+def _apply_meta(proc: ProcessInfo, meta: dict[str, str]) -> None:
+    proc.meta.update(meta)
+    role = meta.get("role")
+    if role:
+        proc.role = str(role)
+    rank = meta.get("dpRankId")
+    if rank not in (None, ""):
+        try:
+            proc.dp_rank = int(float(rank))
+        except ValueError:
+            pass
+
+
+def _fill_roles(builder: RecordBuilder, processes: dict[tuple[str, int], ProcessInfo]) -> None:
+    missing = [p for p in processes.values() if not p.role]
+    if not missing:
+        return
+    names: dict[tuple[int, str], set] = {}
+    cols = builder.columns
+    for source, pid, name in zip(cols["source"], cols["pid"], cols["name"]):
+        names.setdefault((pid, source), set()).add(name)
+    for proc in missing:
+        seen: set = set()
+        for source in proc.sources:
+            seen |= names.get((proc.pid, source), set())
+        proc.role = guess_role(seen)

@@ -1,0 +1,225 @@
+"""Stage breakdown (``split``): where the time of prefill and decode engine steps goes.
+
+Each engine step (a ``batch.csv`` row) is cut into stages, in ms:
+
+=====================  ==========================================================================
+``scheduling``         the schedule span (``batchFrameworkProcessing``)
+``model_execution``    EngineCore's ``modelExec`` span: the whole ``execute_model`` call
+``model_forward``      the Workers' ``forward`` spans of the step (summed per process; the
+                       slowest process counts, as the step waits for all of them)
+``logits_sampling``    the Workers' ``computing_logits`` and ``sample`` spans of the step (summed
+                       per process, the slowest process counts)
+``output_processing``  from the end of ``modelExec`` to the first output record of the API server
+                       (``detokenize`` or ``httpRes``) for the step's first request that gets a
+                       token from it (a decode, or a prefill that completes its prompt):
+                       EngineCore's output update, the hand-over to the API server and its
+                       output handling; empty for a step that yields no token (a prompt chunk)
+``step_total``         from the start of this step to the start of the next step of the same
+                       process (the reference's ``AllTime``); empty for a process's last step
+=====================  ==========================================================================
+
+A Worker record belongs to the step whose ``modelExec`` window holds its start
+(:mod:`.step_match`). A stage whose records the capture lacks is empty for that step, never 0.
+
+Phases, as in ``batch_summary.csv``: a **prefill** step holds at least one prefill (mixed
+prefill + decode steps included); a **decode** step holds decodes only.
+
+Selections: ``all`` (every step of the phase) always; then one per chosen batch size
+(``batch_size=B``: steps of B requests) and per chosen request id (``rid=R``: for prefill the
+steps that ran R's prompt, for decode those that ran its decodes); ``number`` keeps the first N
+steps of each selection by time. Per (selection, stage): ``steps`` (steps selected), ``count``
+(steps with a value for the stage), ``max(ms)``, ``min(ms)``, ``mean(ms)``, ``std(ms)`` (sample
+standard deviation, empty below two values). Written as ``prefill.csv`` and ``decode.csv``
+(the reference's names) and shown in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
+
+STAGES = ("scheduling", "model_execution", "model_forward", "logits_sampling",
+          "output_processing", "step_total")
+FORWARD_NAMES = ("forward",)
+LOGITS_NAMES = ("computing_logits", "sample")
+OUTPUT_NAMES = ("detokenize", "httpRes")
+PHASES = ("prefill", "decode")
+CSV_COLUMNS = ("selection", "name", "steps", "count", "max(ms)", "min(ms)", "mean(ms)",
+               "std(ms)")
+CSV_FILES = {"prefill": "prefill.csv", "decode": "decode.csv"}
+
+
+@dataclass(frozen=True)
+class StageSelection:
+    """Which steps the breakdown covers beyond ``all`` (the command line's ``--split-*``)."""
+
+    batch_sizes: Sequence[int] = field(default_factory=tuple)
+    rids: Sequence[str] = field(default_factory=tuple)
+    number: Optional[int] = None
+
+
+def _worker_stage(frame: pd.DataFrame, batches: pd.DataFrame, names: Sequence[str]
+                  ) -> np.ndarray:
+    """Per step (ms): the named Worker spans summed per process, the largest process sum."""
+    out = np.full(len(batches), np.nan)
+    rows = frame.loc[frame["name"].isin(list(names))]
+    if rows.empty:
+        return out
+    position = step_of_records(rows, batches)
+    hit = position != NO_STEP
+    if not hit.any():
+        return out
+    per_process = pd.DataFrame({"step": position[hit],
+                                "host": rows["host"].to_numpy(dtype=object)[hit],
+                                "pid": rows["pid"].to_numpy(dtype="int64")[hit],
+                                "dur": rows["dur_us"].to_numpy(dtype="float64")[hit]})
+    sums = per_process.groupby(["step", "host", "pid"], sort=False)["dur"].sum()
+    slowest = sums.groupby(level="step").max()
+    out[slowest.index.to_numpy(dtype="int64")] = slowest.to_numpy() / 1000.0
+    return out
+
+
+def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
+                       per_request: pd.DataFrame) -> np.ndarray:
+    """Per step (ms): the first API-server output after ``modelExec`` for the step's first
+    request that gets a token from it."""
+    out = np.full(len(batches), np.nan)
+    outputs = frame.loc[frame["name"].isin(OUTPUT_NAMES), ["rids", "start_us"]]
+    if outputs.empty or per_request.empty:
+        return out
+    kind = per_request["type"].to_numpy(dtype="float64")
+    done = (per_request["num_computed_tokens"].to_numpy(dtype="float64")
+            + per_request["num_scheduled_tokens"].to_numpy(dtype="float64")
+            >= per_request["num_prompt_tokens"].to_numpy(dtype="float64"))
+    unknown = np.isnan(per_request["num_prompt_tokens"].to_numpy(dtype="float64"))
+    yields = (kind == 1) | ((kind == 0) & (done | unknown))
+    per_request = per_request.loc[yields].drop_duplicates("step_id", keep="first")
+    lengths = [len(r) for r in outputs["rids"].tolist()]
+    times = np.repeat(outputs["start_us"].to_numpy(dtype="float64"), lengths)
+    emitted = pd.DataFrame({
+        "rid": pd.array(list(chain.from_iterable(outputs["rids"].tolist())), dtype=object),
+        "time": times, "out_time": times})
+    emitted = emitted.loc[emitted["rid"].isin(set(per_request["rid"].tolist()))]
+    emitted = emitted.sort_values("time", kind="stable")
+    exec_end = batches["exec_end_us"].to_numpy(dtype="float64")
+    row = _rows_of_steps(batches, per_request["step_id"].to_numpy(dtype="int64"))
+    asked = pd.DataFrame({"row": row, "rid": per_request["rid"].to_numpy(dtype=object),
+                          "time": np.where(row >= 0, exec_end[row], np.nan)})
+    asked = asked.loc[np.isfinite(asked["time"].to_numpy())]
+    if asked.empty or emitted.empty:
+        return out
+    joined = pd.merge_asof(asked.sort_values("time", kind="stable"), emitted, on="time",
+                           by="rid", direction="forward")
+    first = joined.dropna(subset=["out_time"])
+    if first.empty:
+        return out
+    earliest = first.groupby("row")["out_time"].min()
+    rows = earliest.index.to_numpy(dtype="int64")
+    out[rows] = (earliest.to_numpy() - exec_end[rows]) / 1000.0
+    return out
+
+
+def _rows_of_steps(batches: pd.DataFrame, step_ids: np.ndarray) -> np.ndarray:
+    """Positions in ``batches`` of ``step_ids`` (-1 where absent)."""
+    ids = batches["step_id"].to_numpy(dtype="int64")
+    if np.array_equal(ids, np.arange(len(ids))):  # batch.csv as built: step_id = position
+        return np.where((step_ids >= 0) & (step_ids < len(ids)), step_ids, -1)
+    row_of_step = dict(zip(ids.tolist(), range(len(ids))))
+    return np.asarray([row_of_step.get(s, -1) for s in step_ids.tolist()], dtype="int64")
+
+
+def _step_total(batches: pd.DataFrame) -> np.ndarray:
+    start = batches["sched_start_us"].to_numpy(dtype="float64")
+    start = np.where(np.isnan(start), batches["exec_start_us"].to_numpy(dtype="float64"), start)
+    keys = pd.DataFrame({"host": batches["host"].to_numpy(dtype=object),
+                         "pid": batches["pid"].to_numpy(dtype="int64"), "start": start})
+    following = keys.sort_values("start", kind="stable").groupby(
+        ["host", "pid"], sort=False)["start"].shift(-1)
+    return (following.reindex(keys.index).to_numpy(dtype="float64") - start) / 1000.0
+
+
+def step_stages(frame: pd.DataFrame, batches: pd.DataFrame,
+                per_request: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``batches`` row: ``step_id``, ``phase``, ``batch_size``, then ``STAGES``."""
+    prefill = batches["Prefill_batch_size"].to_numpy(dtype="float64")
+    decode = batches["Decode_batch_size"].to_numpy(dtype="float64")
+    phase = np.where(prefill > 0, "prefill", np.where(decode > 0, "decode", ""))
+    sched = batches["sched_dur_us"].to_numpy(dtype="float64") / 1000.0
+    return pd.DataFrame({
+        "step_id": batches["step_id"].to_numpy(dtype="int64"),
+        "phase": phase.astype(object),
+        "batch_size": batches["total_batch_size"].to_numpy(dtype="float64"),
+        "start_us": np.where(np.isnan(batches["sched_start_us"].to_numpy(dtype="float64")),
+                             batches["exec_start_us"].to_numpy(dtype="float64"),
+                             batches["sched_start_us"].to_numpy(dtype="float64")),
+        "scheduling": sched,
+        "model_execution": batches["model_exec_time(ms)"].to_numpy(dtype="float64"),
+        "model_forward": _worker_stage(frame, batches, FORWARD_NAMES),
+        "logits_sampling": _worker_stage(frame, batches, LOGITS_NAMES),
+        "output_processing": _output_processing(frame, batches, per_request),
+        "step_total": _step_total(batches),
+    })
+
+
+def _statistics(selection: str, stages: pd.DataFrame) -> list[dict]:
+    rows = []
+    for stage in STAGES:
+        values = stages[stage].to_numpy(dtype="float64")
+        values = values[np.isfinite(values)]
+        row = {"selection": selection, "name": stage, "steps": len(stages),
+               "count": int(values.size)}
+        if values.size:
+            row.update({"max(ms)": round(float(values.max()), 4),
+                        "min(ms)": round(float(values.min()), 4),
+                        "mean(ms)": round(float(values.mean()), 4),
+                        "std(ms)": round(float(values.std(ddof=1)), 4) if values.size > 1
+                        else np.nan})
+        rows.append(row)
+    return rows
+
+
+def stage_breakdown(stages: pd.DataFrame, per_request: pd.DataFrame,
+                    selection: Optional[StageSelection] = None) -> dict[str, pd.DataFrame]:
+    """``{"prefill": table, "decode": table}`` of ``CSV_COLUMNS`` from :func:`step_stages`."""
+    selection = selection or StageSelection()
+    stages = stages.sort_values("start_us", kind="stable")
+    tables = {}
+    for phase in PHASES:
+        mine = stages.loc[stages["phase"] == phase]
+        chosen = [("all", mine)]
+        for size in dict.fromkeys(selection.batch_sizes):
+            chosen.append((f"batch_size={size}", mine.loc[mine["batch_size"] == size]))
+        kind = 0 if phase == "prefill" else 1
+        for rid in dict.fromkeys(selection.rids):
+            held = per_request.loc[(per_request["rid"] == rid) & (per_request["type"] == kind),
+                                   "step_id"]
+            chosen.append((f"rid={rid}", mine.loc[mine["step_id"].isin(held)]))
+        rows = []
+        for name, steps in chosen:
+            if selection.number is not None:
+                steps = steps.iloc[:selection.number]
+            rows.extend(_statistics(name, steps))
+        tables[phase] = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    return tables
+
+
+def build_stage_breakdown(frame: pd.DataFrame, batches: pd.DataFrame, per_request: pd.DataFrame,
+                          selection: Optional[StageSelection] = None
+                          ) -> dict[str, pd.DataFrame]:
+    """``prefill.csv`` and ``decode.csv`` tables (see the module docstring)."""
+    return stage_breakdown(step_stages(frame, batches, per_request), per_request, selection)
+
+
+def unknown_selections(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Chosen selections (not ``all``) that matched no step in either phase."""
+    counts: dict[str, int] = {}
+    for table in tables.values():
+        for name, steps in zip(table["selection"], table["steps"]):
+            counts[name] = max(counts.get(name, 0), int(steps))
+    return [name for name, steps in counts.items() if name != "all" and steps == 0]

@@ -1,0 +1,149 @@
+"""The trace's events in memory and the ``chrome_tracing.json`` file they are written to.
+
+Flow events are most of a trace, so they are kept as numpy columns (:class:`_FlowColumns`)
+and printed straight to JSON text; every other event is a plain dict.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Union
+
+import numpy as np
+
+FLOW_CATEGORY = "request"
+FLOW_NAME = "request"
+WRITE_CHUNK_EVENTS = 50_000
+
+
+class TraceEvents(Sequence):
+    """The trace events, read like a list of dicts, plus the time origin their ``ts`` count from.
+
+    Flow events are most of a trace (one per request per engine step), so they are kept as
+    compact columns and turned into dicts (or straight into JSON text by
+    :func:`write_chrome_trace`) only when read.
+    """
+
+    def __init__(self, origin_us: float = 0.0) -> None:
+        self.origin_us = origin_us
+        self.events: list[dict] = []
+        self.flows = _FlowColumns()
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.flows)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("trace event index out of range")
+        if index < len(self.events):
+            return self.events[index]
+        return self.flows.event(index - len(self.events))
+
+    def __iter__(self) -> Iterator[dict]:
+        yield from self.events
+        yield from self.flows
+
+
+class _FlowColumns:
+    """Flow events (``s``/``t``/``f``) as numpy columns: about 33 bytes each instead of ~450."""
+
+    _PHASES = "stf"
+
+    def __init__(self) -> None:
+        self.phase = np.zeros(0, dtype="int8")
+        self.flow_id = self.pid = self.tid = self.ts_ns = np.zeros(0, dtype="int64")
+
+    def __len__(self) -> int:
+        return len(self.phase)
+
+    def extend(self, phase: np.ndarray, flow_id: np.ndarray, pid: np.ndarray, tid: np.ndarray,
+               ts_ns: np.ndarray) -> None:
+        self.phase = np.concatenate((self.phase, np.asarray(phase, dtype="int8")))
+        self.flow_id = np.concatenate((self.flow_id, np.asarray(flow_id, dtype="int64")))
+        self.pid = np.concatenate((self.pid, np.asarray(pid, dtype="int64")))
+        self.tid = np.concatenate((self.tid, np.asarray(tid, dtype="int64")))
+        self.ts_ns = np.concatenate((self.ts_ns, np.asarray(ts_ns, dtype="int64")))
+
+    def _rows(self, first: int, stop: int) -> Iterator[tuple]:
+        return zip(self.phase[first:stop].tolist(), self.flow_id[first:stop].tolist(),
+                   self.pid[first:stop].tolist(), self.tid[first:stop].tolist(),
+                   self.ts_ns[first:stop].tolist())
+
+    def event(self, i: int) -> dict:
+        ph, fid, pid, tid, ts = next(self._rows(i, i + 1))
+        return _flow(self._PHASES[ph], fid, pid, tid, ts)
+
+    def __iter__(self) -> Iterator[dict]:
+        phases = self._PHASES
+        for first in range(0, len(self), WRITE_CHUNK_EVENTS):
+            for ph, fid, pid, tid, ts in self._rows(first, first + WRITE_CHUNK_EVENTS):
+                yield _flow(phases[ph], fid, pid, tid, ts)
+
+    def json_lines(self, first: int, stop: int) -> str:
+        """Events ``first``..``stop`` as JSON text, one per line; ``ts`` printed from whole ns
+        as ``<µs>.<3 digits>`` (exact, and faster than printing floats)."""
+        head = '{"ph":"%s","name":"' + FLOW_NAME + '","cat":"' + FLOW_CATEGORY + '",'
+        tail = '"id":%d,"pid":%d,"tid":%d,"ts":%d.%03d'
+        templates = [head.replace("%s", phase) + tail + (',"bp":"e"}' if phase == "f" else "}")
+                     for phase in self._PHASES]
+        micros, nanos = np.divmod(self.ts_ns[first:stop], 1000)
+        return ",\n".join([
+            templates[ph] % row for ph, row in zip(
+                self.phase[first:stop].tolist(),
+                zip(self.flow_id[first:stop].tolist(), self.pid[first:stop].tolist(),
+                    self.tid[first:stop].tolist(), micros.tolist(), nanos.tolist()))])
+
+
+def write_chrome_trace(path: Union[str, Path], events: Iterable[dict],
+                       origin_us: Optional[float] = None) -> Path:
+    """Write ``events`` as a Chrome trace object; returns the path written.
+
+    Written in chunks so the whole JSON text never sits in memory at once.
+    """
+    path = Path(path)
+    if origin_us is None:
+        origin_us = getattr(events, "origin_us", 0.0)
+    other = {"time_origin_unix_us": origin_us,
+             "time_origin_utc": datetime.fromtimestamp(origin_us / 1e6, tz=timezone.utc)
+             .isoformat(),
+             "generator": "otel-vllm-analyze"}
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    if isinstance(events, TraceEvents):
+        plain, flows = events.events, events.flows
+    else:
+        plain, flows = list(events), _FlowColumns()
+    with open(path, "w", encoding="utf-8") as out:
+        out.write('{"displayTimeUnit":"ms","otherData":')
+        out.write(encode(other))
+        out.write(',"traceEvents":[\n')
+        separator = ""
+        for first in range(0, len(plain), WRITE_CHUNK_EVENTS):
+            text = encode(plain[first:first + WRITE_CHUNK_EVENTS])  # "[...]": one C-level call
+            out.write(separator)
+            out.write(text[1:-1])
+            separator = ",\n"
+        for first in range(0, len(flows), WRITE_CHUNK_EVENTS):
+            out.write(separator)
+            out.write(flows.json_lines(first, first + WRITE_CHUNK_EVENTS))
+            separator = ",\n"
+        out.write("\n]}\n")
+    return path
+
+
+def _ts(ns: int) -> float:
+    return ns / 1000.0
+
+
+def _flow(phase: str, flow_id: int, pid: int, tid: int, ts_ns: int) -> dict:
+    event = {"ph": phase, "name": FLOW_NAME, "cat": FLOW_CATEGORY, "id": flow_id, "pid": pid,
+             "tid": tid, "ts": _ts(ts_ns)}
+    if phase == "f":
+        event["bp"] = "e"  # bind to the enclosing slice (the request), not the next one
+    return event

@@ -1,0 +1,205 @@
+"""The trace's ``Requests`` process and flows: one slice per request on packed lanes, split
+into ``queued`` / ``prefill`` / ``decode``, and one flow arrow chain through its engine steps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from itertools import chain
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from otel_vllm_ascend.analysis.trace_file import _FlowColumns, _ts
+from otel_vllm_ascend.analysis.trace_records import (
+    _SCHEDULE_RECORD,
+    _json_safe,
+    _step_record_name,
+)
+
+_REQUEST_ID_COLUMNS = ("http_rid", "rid", "request_id")
+# Request-table columns shown in each request slice's args.
+_REQUEST_INFO_COLUMNS = ("ttft_ms", "queue_wait_ms", "e2e_ms", "tpot_ms", "prompt_tokens",
+                         "reply_tokens", "partial")
+_LIFECYCLE_RECORDS = frozenset({"httpReq", _SCHEDULE_RECORD, "httpRes"})
+
+
+def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
+                    trace_pids: np.ndarray, slice_tids: np.ndarray, start_ns: np.ndarray,
+                    end_ns: np.ndarray, names: list, origin_us: float,
+                    lanes_pid: int, flows: _FlowColumns) -> tuple[list[dict], int]:
+    """Request lifecycle slices on packed lanes plus one flow per request through its steps."""
+    steps = _RequestSteps(frame, trace_pids, slice_tids, start_ns, end_ns, names)
+    lifecycle = _request_lifecycle(frame, requests, start_ns, end_ns, names, origin_us)
+    rids = list(lifecycle)
+    rids += [rid for rid in steps.groups if rid not in lifecycle]
+    step_start, step_end, step_point = steps.start, steps.end, steps.point
+    spans = []
+    for rid in rids:
+        arrival, scheduled, first_token, end, info = lifecycle.get(
+            rid, (None, None, None, None, None))
+        group = steps.groups.get(rid)
+        known = [t for t in (arrival, scheduled, first_token, end) if t is not None]
+        if group is not None:
+            first, last = group[0], group[1] - 1
+            if info is None:
+                # Not in the request table: time the phases from the first step it was in.
+                scheduled = int(step_start[first]) if scheduled is None else scheduled
+                first_token = int(step_end[first]) if first_token is None else first_token
+            known += [int(step_start[first]), int(step_end[last]),
+                      int(step_point[last]) + 2]  # the finish lies after the last step
+        if not known:
+            continue
+        start = min(known)
+        finish = max(max(known), start + 3)  # room for flow start and finish strictly inside
+        spans.append((start, finish, rid, arrival, scheduled, first_token, info, group))
+    spans.sort(key=lambda s: (s[0], s[1]))
+    events: list[dict] = []
+    free_lanes: list = []  # heap of (end_ns, lane)
+    lane_count = 0
+    ends: list = []  # s and f events: (phase, flow id, lane, ts)
+    group_flow = np.zeros(len(steps.groups), dtype="int64")
+    for flow_id, (start, finish, rid, arrival, scheduled, first_token, info, group) in \
+            enumerate(spans, start=1):
+        # Strictly earlier: a flow start on a shared boundary would be ambiguous.
+        if free_lanes and free_lanes[0][0] < start:
+            _, lane = heapq.heapreplace(free_lanes, (finish, free_lanes[0][1]))
+        else:
+            lane_count += 1
+            lane = lane_count
+            heapq.heappush(free_lanes, (finish, lane))
+        args = {"rid": rid, **(info or {})}
+        events.append({"ph": "X", "name": f"request {rid}", "cat": "request", "pid": lanes_pid,
+                       "tid": lane, "ts": _ts(start), "dur": _ts(finish - start),
+                       "args": _json_safe(args)})
+        events += _phase_slices(lanes_pid, lane, start, finish, arrival, scheduled, first_token)
+        if group is not None:
+            group_flow[group[2]] = flow_id
+            # 1 ns inside the slice: a flow event on a slice's exact start could be read before
+            # the slice opens and bind to nothing.
+            ends.append((0, flow_id, lane, start + 1))
+            ends.append((2, flow_id, lane, finish - 1))
+    if ends:
+        phase, flow_ids, lanes, ts = (np.asarray(c, dtype="int64") for c in zip(*ends))
+        flows.extend(phase, flow_ids, np.full(len(ends), lanes_pid), lanes, ts)
+        flows.extend(np.ones(len(steps.pid), dtype="int8"),
+                     np.repeat(group_flow, steps.group_sizes), steps.pid, steps.tid,
+                     step_point)
+    return events, lane_count
+
+
+def _phase_slices(pid: int, lane: int, start: int, finish: int, arrival: Optional[int],
+                  scheduled: Optional[int], first_token: Optional[int]) -> list[dict]:
+    """``queued`` / ``prefill`` / ``decode`` children, clamped so they nest and never overlap."""
+    marks = [arrival, scheduled, first_token, finish]
+    names = ("queued", "prefill", "decode")
+    events = []
+    floor = start
+    for index, name in enumerate(names):
+        begin, stop = marks[index], marks[index + 1]
+        if begin is None or stop is None:
+            continue
+        begin = min(max(begin, floor), finish)
+        stop = min(max(stop, begin), finish)
+        if stop > begin:
+            events.append({"ph": "X", "name": name, "cat": "request", "pid": pid, "tid": lane,
+                           "ts": _ts(begin), "dur": _ts(stop - begin)})
+            floor = stop
+    return events
+
+
+class _RequestSteps:
+    """Every (request, engine step) pair as numpy columns, grouped by request in time order.
+
+    ``groups`` maps a request id to ``(begin, stop, group index)`` in the columns; a step is
+    ``modelExec`` (else ``batchFrameworkProcessing``) and only spans count, since flows bind to
+    slices. ``point`` is where the request's flow passes the step: 1 ns inside its slice, where
+    the step's own nested children rarely start.
+    """
+
+    def __init__(self, frame: pd.DataFrame, trace_pids: np.ndarray, slice_tids: np.ndarray,
+                 start_ns: np.ndarray, end_ns: np.ndarray, names: list) -> None:
+        step_name = _step_record_name(names)
+        rows = np.zeros(0, dtype="int64")
+        if step_name is not None:
+            rows = np.flatnonzero(frame["name"].to_numpy(dtype=object) == step_name)
+            rows = rows[end_ns[rows] > start_ns[rows]]
+            rows = rows[np.argsort(start_ns[rows], kind="stable")]
+        rid_lists = frame["rids"].to_numpy(dtype=object)[rows]
+        lengths = np.fromiter((len(r) for r in rid_lists), dtype="int64", count=len(rid_lists))
+        flat = np.empty(int(lengths.sum()), dtype=object)
+        flat[:] = list(chain.from_iterable(rid_lists))
+        codes, uniques = pd.factorize(flat)
+        order = np.argsort(codes, kind="stable")  # rows are in time order already
+        codes = codes[order]
+        step_rows = np.repeat(rows, lengths)[order]
+        self.pid = trace_pids[step_rows]
+        self.tid = slice_tids[step_rows]
+        self.start = start_ns[step_rows]
+        self.end = end_ns[step_rows]
+        self.point = np.where(self.end - self.start > 1, self.start + 1, self.start)
+        begins = np.flatnonzero(np.diff(codes, prepend=-1))
+        stops = np.append(begins[1:], len(codes))
+        self.group_sizes = stops - begins
+        self.groups = {rid: (begin, stop, index) for index, (rid, begin, stop) in enumerate(
+            zip(np.asarray(uniques, dtype=object).tolist(), begins.tolist(), stops.tolist()))}
+
+
+def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], start_ns: np.ndarray,
+                       end_ns: np.ndarray, names: list, origin_us: float) -> dict:
+    """rid -> (arrival, first scheduled, first token, end, args) in ns since the origin."""
+    lifecycle: dict = {}
+    if requests is not None and not requests.empty:
+        id_column = next((c for c in _REQUEST_ID_COLUMNS if c in requests.columns), None)
+        if id_column is not None:
+            def column(name: str) -> list:
+                if name not in requests.columns:
+                    return [None] * len(requests)
+                values = requests[name].to_numpy(dtype="float64", na_value=np.nan)
+                return [None if not math.isfinite(v) else int(round((v - origin_us) * 1000))
+                        for v in values.tolist()]
+
+            info_columns = [c for c in _REQUEST_INFO_COLUMNS
+                            if c in requests.columns]
+            infos = requests[info_columns].to_dict("records") if info_columns else None
+            for index, (rid, arrival, scheduled, first_token, end) in enumerate(zip(
+                    requests[id_column].tolist(), column("arrival_us"),
+                    column("first_scheduled_us"), column("first_token_us"),
+                    column("end_us"))):
+                info = {k: _plain(v) for k, v in infos[index].items()} if infos else {}
+                lifecycle[str(rid)] = (arrival, scheduled, first_token, end, info)
+            return lifecycle
+    # No request table: arrival = first httpReq, first scheduling = first schedule span,
+    # end = last httpRes of each request id (first token: see _request_events).
+    for row, (name, rids) in enumerate(zip(names, frame["rids"].tolist())):
+        if name not in _LIFECYCLE_RECORDS or not rids:
+            continue
+        start = int(start_ns[row])
+        for rid in rids:
+            arrival, scheduled, first_token, end, info = lifecycle.get(
+                rid, (None, None, None, None, None))
+            if name == "httpReq":
+                arrival = start if arrival is None else min(arrival, start)
+            elif name == _SCHEDULE_RECORD:
+                scheduled = start if scheduled is None else min(scheduled, start)
+            else:
+                end = int(end_ns[row]) if end is None else max(end, int(end_ns[row]))
+            lifecycle[rid] = (arrival, scheduled, first_token, end, info)
+    return lifecycle
+
+
+def _plain(value: Any) -> Any:
+    """numpy / pandas scalars -> JSON-ready Python values (NA -> None)."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return None  # per-step lists stay out of the slice args
+    return value
