@@ -27,9 +27,9 @@ dur_us        float64      duration in µs, exact (computed from integer ns wher
 rids          object       list[str]: the request ids the record is about, EngineCore (internal)
                            ids already replaced by the API server's (external) ids through the
                            link records of *all* processes; ``[]`` if none
-rid_detail    object       list[dict] or None: the per-request dicts of batch records
-                           (``rid``, ``iter``, ``type``, ``num_scheduled_tokens``, ...), ``rid``
-                           mapped like ``rids``
+rid_detail    object       list[dict], a ``RequestDetail`` reading like one (rid_detail.py),
+                           or None: the per-request dicts of batch records (``rid``, ``iter``,
+                           ``type``, ``num_scheduled_tokens``, ...), ``rid`` mapped like ``rids``
 batch_type    str          ``Prefill`` / ``Decode`` / ``Prefill,Decode`` / ``""``
 metrics       object       dict name -> float of the ``<N>=`` keys (suffix removed)
 metric_incs   object       dict name -> float of the ``<N>+`` keys (suffix removed)
@@ -55,6 +55,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import pandas as pd
+
+from otel_vllm_ascend.analysis.rid_detail import compact
 
 RECORD_COLUMNS: tuple[str, ...] = (
     "source", "host", "pid", "tid", "role", "dp_rank", "mark_id", "name", "domain", "type",
@@ -233,6 +235,8 @@ class RecordBuilder:
                                         value)
                                     item["rid"] = self._ids.get(key) or self._new_id(key)
                                     rids.append(item["rid"])
+                        if rids and len(rids) == len(rid):
+                            detail = compact(rid, rids) or detail
                         self._last_detail[source] = (raw, detail, rids)
                 else:
                     rids = self._ids_of(rid)
@@ -351,7 +355,7 @@ def map_request_ids(rids_column: list, detail_column: list, links: dict[str, str
             if ext is not None:
                 rids[i] = ext
     for detail in detail_column:
-        if detail:
+        if isinstance(detail, list):
             for item in detail:
                 if isinstance(item, dict):
                     rid = item.get("rid")
