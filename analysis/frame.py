@@ -50,6 +50,7 @@ Message text is decoded once per row: JSON objects directly; the C++ caret form
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -77,6 +78,8 @@ _WORKER_NAMES = frozenset({"computing_logits", "sample", "modelRunnerExec", "for
                            "specDecoding"})
 
 _LINK_TYPE = 3
+_EMPTY: dict = {}  # shared by every record without such keys; never modified
+_intern = sys.intern
 _json_loads = json.loads
 try:  # msgspec (installed with vLLM) decodes JSON faster; the standard module is the fallback
     from msgspec import DecodeError as _FastDecodeError
@@ -259,6 +262,16 @@ class RecordBuilder:
                 scopes[key[6:]] = value
             else:
                 attrs[key] = value
+        # Most records have no increments, scopes or attributes: one shared empty dict (the
+        # frame is read-only) instead of one each; names are interned.
+        if not metrics:
+            metrics = _EMPTY
+        if not incs:
+            incs = _EMPTY
+        if not scopes:
+            scopes = _EMPTY
+        if not attrs:
+            attrs = _EMPTY
         try:
             rtype_int = None if rtype is None else int(rtype)
         except (TypeError, ValueError):
@@ -275,15 +288,16 @@ class RecordBuilder:
         cols["pid"].append(pid)
         cols["tid"].append(tid)
         cols["mark_id"].append(mark_id)
-        cols["name"].append(name if isinstance(name, str) else str(name))
-        cols["domain"].append(domain if isinstance(domain, str) else str(domain))
+        cols["name"].append(_intern(name if isinstance(name, str) else str(name)))
+        cols["domain"].append(_intern(domain if isinstance(domain, str) else str(domain)))
         cols["type"].append(rtype_int)
         cols["start_us"].append(start_us)
         cols["end_us"].append(end_us)
         cols["dur_us"].append(end_us - start_us if dur_us is None else dur_us)
         cols["rids"].append(rids)
         cols["rid_detail"].append(detail)
-        cols["batch_type"].append(batch_type if isinstance(batch_type, str) else str(batch_type))
+        cols["batch_type"].append(
+            _intern(batch_type if isinstance(batch_type, str) else str(batch_type)))
         cols["metrics"].append(metrics)
         cols["metric_incs"].append(incs)
         cols["scopes"].append(scopes)

@@ -6,8 +6,8 @@ Held as Python dicts these are about 90 % of a large capture's memory (two milli
 ten times the benchmark capture). When every dict of a record has the same keys in the same
 order and every value but ``rid`` is a plain integer (what vLLM's handlers and the C library
 write), :func:`compact` keeps them as one :class:`RequestDetail`: the key tuple (shared by all
-records with that shape), the request ids and one int64 array, about 50 bytes per request
-instead of 700. Anything else stays a list of dicts.
+records with that shape), the request ids and one integer array (int32 when the values fit),
+about 30 bytes per request instead of 700. Anything else stays a list of dicts.
 
 A :class:`RequestDetail` reads like that list (length, truth, items as fresh dicts, ``repr``
 identical to the list's), so builders that walk dicts need no change; the hot ones read whole
@@ -20,14 +20,15 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+_INT32_MAX = 2**31 - 1
 _schemas: dict[tuple, tuple] = {}  # key tuple -> the one shared tuple (and its formats)
 
 
 class RequestDetail:
     """The request dicts of one record: ``keys`` (``rid`` among them), ``rids``, ``values``.
 
-    ``values`` is an int64 array of shape (requests, keys - 1): the keys other than ``rid`` in
-    order. Treat it as read-only, like every object in the records frame.
+    ``values`` is an int32 (or int64) array of shape (requests, keys - 1): the keys other than
+    ``rid``, in order. Treat it as read-only, like every object in the records frame.
     """
 
     __slots__ = ("keys", "rids", "values")
@@ -74,7 +75,7 @@ class RequestDetail:
         return "[" + ", ".join([item_format % tuple(row) for row in rows]) + "]"
 
     def column(self, key: str) -> Optional[np.ndarray]:
-        """One key's values as an int64 array; ``None`` when the dicts lack the key."""
+        """One key's values as an integer array; ``None`` when the dicts lack the key."""
         value_keys = self._value_keys()
         if key not in value_keys:
             return None
@@ -107,6 +108,8 @@ def compact(items: list, rids: list) -> Optional[RequestDetail]:
         values = np.array(flat, dtype=np.int64).reshape(len(rows), width - 1)
     except OverflowError:
         return None
+    if values.size and -_INT32_MAX <= values.min() and values.max() <= _INT32_MAX:
+        values = values.astype(np.int32)  # token counts and iterations: half the memory
     keys = tuple(key_list)
     schema = _schemas.get(keys)
     if schema is None:
