@@ -51,6 +51,16 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
 LONG_TEXT_CHARS = 64
 # Rows per chunk when a long text column is spliced in: bounds the extra memory at any scale.
 CSV_CHUNK_ROWS = 500
+# Rows per INSERT batch when a table holds lazy text cells (profiler.db's batch table).
+DB_CHUNK_ROWS = 2000
+
+
+class LazyText:
+    """A cell whose text is made only when it is written (``str(cell)``): a table column of
+    these is turned into text a chunk of rows at a time by :func:`write_csv` and
+    :func:`write_profiler_db`, never all at once."""
+
+    __slots__ = ()
 
 
 def write_csv(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> Path:
@@ -78,6 +88,8 @@ def _long_text_column(table: pd.DataFrame) -> Optional[int]:
         if not text_dtype or not len(values) or table.columns.duplicated()[position]:
             continue
         cells = values.tolist()
+        if all(isinstance(cell, LazyText) for cell in cells) and isinstance(column, str):
+            return position  # texts made chunk by chunk (a repr: never a line break)
         if not all(type(cell) is str for cell in cells):
             continue
         if sum(map(len, cells)) < LONG_TEXT_CHARS * len(cells):
@@ -116,7 +128,8 @@ def _csv_with_text_column(chunk: pd.DataFrame, position: int, header: bool) -> s
             # inside a wider row that cell is plain empty.
             lines = ["" if line == '""' else line for line in lines]
         sides.append(lines)
-    cells = [_csv_quote(cell) for cell in chunk.iloc[:, position].tolist()]
+    cells = [_csv_quote(cell if cell.__class__ is str else str(cell))
+             for cell in chunk.iloc[:, position].tolist()]
     if header:
         cells.insert(0, _csv_quote(chunk.columns[position]))
     left, right = sides
@@ -148,11 +161,24 @@ def _view(conn: sqlite3.Connection, view: str, table: str, columns: Sequence[str
 
 
 def _store(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
+    lazy = [column for column in table.columns if table[column].dtype == object
+            and len(table) and isinstance(table[column].iloc[0], LazyText)]
+    if lazy:  # the lazy texts made a chunk at a time; the column types set by the whole table
+        types = {column: "TEXT" for column in lazy}
+        for first in range(0, len(table), DB_CHUNK_ROWS):
+            _store_rows(conn, name, table.iloc[first:first + DB_CHUNK_ROWS],
+                        "replace" if first == 0 else "append", types)
+        return
+    _store_rows(conn, name, table, "replace")
+
+
+def _store_rows(conn: sqlite3.Connection, name: str, table: pd.DataFrame, if_exists: str,
+                types: Optional[dict] = None) -> None:
     table = table.copy()
     for column in table.columns:
         if table[column].dtype == object:
             table[column] = table[column].map(_sqlite_value)
-    table.to_sql(name, conn, index=False, if_exists="replace")
+    table.to_sql(name, conn, index=False, if_exists=if_exists, dtype=types)
 
 
 def _sqlite_value(value: Any) -> Any:
