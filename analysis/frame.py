@@ -130,6 +130,12 @@ def parse_message(text: Any) -> Optional[dict]:
         if body.endswith(","):
             body = body[:-1]
         body = "{" + body + "}"
+    if _fast_loads is not None:  # the C library's rows: most of a C-library capture
+        try:
+            value = _fast_loads(body)
+            return value if isinstance(value, dict) else None
+        except (_FastDecodeError, ValueError):
+            pass
     try:
         value = _json_loads(body)
     except ValueError:
