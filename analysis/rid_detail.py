@@ -60,6 +60,8 @@ class RequestDetail:
         return dict(zip(self.keys, row))
 
     def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, (list, tuple, RequestDetail)):
+            return NotImplemented
         return list(self) == list(other)
 
     __hash__ = None  # type: ignore[assignment]
