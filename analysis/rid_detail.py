@@ -54,7 +54,9 @@ class RequestDetail:
             row.insert(pos, rid)
             yield dict(zip(keys, row))
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(self)[index]
         row = self.values[index].tolist()
         row.insert(self.keys.index("rid"), self.rids[index])
         return dict(zip(self.keys, row))

@@ -16,7 +16,7 @@ def test_reads_like_the_list_of_dicts():
     detail = compact(_copy(ITEMS), ["a", "b'x"])
     assert isinstance(detail, RequestDetail)
     assert len(detail) == 2 and bool(detail)
-    assert list(detail) == ITEMS and detail[1] == ITEMS[1]
+    assert list(detail) == ITEMS and detail[1] == ITEMS[1] and detail[-1:] == ITEMS[-1:]
     assert detail == ITEMS and detail != None  # noqa: E711
     assert repr(detail) == repr(ITEMS)  # batch.csv's res_list
     assert detail.values.dtype == np.int32
