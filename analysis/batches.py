@@ -40,6 +40,7 @@ from otel_vllm_ascend.analysis.spec_decode import (
     step_acceptance,
 )
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
+from otel_vllm_ascend.analysis.writers import LazyText
 
 BATCH_COLUMNS = (
     "name", "res_list", "start_time", "end_time", "during_time(ms)", "batch_type", "prof_id",
@@ -62,6 +63,28 @@ def _per_step(values: np.ndarray, step_index: np.ndarray, n: int) -> np.ndarray:
 def _res_list(detail: object, rids: object) -> str:
     # The reference's form: the Python literal of the request dicts (ast.literal_eval reads it).
     return repr(detail) if detail else repr(list(rids or []))
+
+
+class ResList(LazyText):
+    """A ``res_list`` cell, its text made when written (``str``): at ten times the benchmark
+    capture the texts would hold 280 MB for the whole run; the writers turn a few hundred rows
+    at a time into text."""
+
+    __slots__ = ("detail", "rids")
+
+    def __init__(self, detail: object, rids: object) -> None:
+        self.detail = detail
+        self.rids = rids
+
+    def __str__(self) -> str:
+        return _res_list(self.detail, self.rids)
+
+    __repr__ = __str__
+
+    def __eq__(self, other: object) -> bool:
+        return str(self) == str(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
@@ -124,7 +147,7 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     kv = _step_kv(steps, kvcache, start, end)
     out = pd.DataFrame({
         "name": steps["name"].to_numpy(dtype=object),
-        "res_list": [_res_list(d, r) for d, r in zip(steps["rid_detail"], steps["rids"])],
+        "res_list": [ResList(d, r) for d, r in zip(steps["rid_detail"], steps["rids"])],
         "start_time": format_datetime_us(start).to_numpy(),
         "end_time": format_datetime_us(end).to_numpy(),
         "during_time(ms)": np.where(has_sched, sched_dur, exec_dur) / 1000.0,

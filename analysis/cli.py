@@ -2,15 +2,18 @@
 
 Usage::
 
-    otel-vllm-analyze --input-path DIR [--output-path OUT] [--format csv json db html]
+    otel-vllm-analyze --input-path DIR [DIR ...] [--output-path OUT]
+                      [--format csv json db html]
                       [--log-level LEVEL] [--span NAME ...]
                       [--split-batch-size N ...] [--split-rid RID ...] [--split-number N]
     python -m otel_vllm_ascend.analysis --input-path DIR
     otel-vllm-analyze compare A B [-o OUT]     # two runs side by side (analysis/compare.py)
 
 ``DIR`` is searched recursively for ``ms_service_*.db`` captures (from this project's exporter or
-msserviceprofiler's C library, any layout) and OTLP JSON files. ``OUT`` (default ``./output``)
-receives, by format:
+msserviceprofiler's C library, any layout) and OTLP JSON files; several folders (one per host,
+say) are read as one capture, each process keeping its host, and when requests cross hosts one
+line says how far apart the hosts' clocks can be (:mod:`.host_clocks`). ``OUT`` (default
+``./output``) receives, by format:
 
 * ``csv``: ``request.csv``, ``request_summary.csv``, ``batch.csv``, ``batch_summary.csv``,
   ``kvcache.csv``, ``service_summary.csv``, ``spec_decode.csv`` (header only without
@@ -37,7 +40,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -48,6 +51,7 @@ from otel_vllm_ascend.analysis import operators as operators_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
 from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
+from otel_vllm_ascend.analysis.host_clocks import clock_gaps
 from otel_vllm_ascend.analysis.output_jobs import _in_background, _Run
 from otel_vllm_ascend.analysis.progress import _Progress
 from otel_vllm_ascend.analysis.readers import read_captures
@@ -73,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="otel-vllm-analyze",
         description="Analyse vLLM service captures (ms_service_*.db or OTLP JSON).",
         epilog="Compare two runs: otel-vllm-analyze compare A B [-o OUT] (see compare --help).")
-    parser.add_argument("--input-path", required=True, help="folder searched for captures")
+    parser.add_argument("--input-path", required=True, nargs="+",
+                        help="folder(s) searched for captures; several folders (e.g. one per"
+                        " host) make one analysis")
     parser.add_argument("--output-path", default="./output",
                         help="folder for the results (default ./output)")
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
@@ -119,7 +125,13 @@ def _load_report_module() -> Any:
     return report
 
 
-def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
+def _where(input_path: Union[Path, Sequence[Path]]) -> str:
+    if isinstance(input_path, (str, os.PathLike)):
+        return str(input_path)
+    return ", ".join(str(path) for path in input_path)
+
+
+def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats: Sequence[str],
             progress: Optional[_Progress] = None,
             keep_until_exit: Optional[list] = None,
             details: Optional[detail_outputs.DetailOptions] = None) -> int:
@@ -145,15 +157,17 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     progress.done()
     for problem in report.problems:
         _logger.warning("%s", problem)
+    for gap in clock_gaps(frame):  # several hosts: how far apart their clocks can be
+        (_logger.warning if gap.apart else _logger.info)("%s", gap.message())
     if report.unparsable:
         _logger.warning("%d record(s) could not be decoded in total and were skipped",
                         report.unparsable)
     if frame.empty:
         if report.files:
             _logger.error("no records in the %d capture file(s) read under %s; nothing to"
-                          " analyse", len(report.files), input_path)
+                          " analyse", len(report.files), _where(input_path))
         else:
-            _logger.error("nothing to analyse under %s", input_path)
+            _logger.error("nothing to analyse under %s", _where(input_path))
         return 1
     _logger.info("read %d records from %d file(s), %d process(es)", len(frame),
                  len(report.files), len(processes))
@@ -276,7 +290,7 @@ def analyse(input_path: Path, output_path: Path, formats: Sequence[str],
     return 1 if run.failed else 0
 
 
-def _read_operator_data(run: _Run, input_path: Path, tables: dict) -> Any:
+def _read_operator_data(run: _Run, input_path: Union[Path, Sequence[Path]], tables: dict) -> Any:
     """Operator traces under the input: op_summary / op_statistic into ``tables``."""
     capture = run.stage("operator data", operators_mod.read_operators, input_path)
     if capture is None:
@@ -348,7 +362,9 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return analyse(Path(args.input_path), Path(args.output_path), formats, progress,
+        inputs = [Path(p) for p in args.input_path]
+        return analyse(inputs[0] if len(inputs) == 1 else inputs, Path(args.output_path),
+                       formats, progress,
                        keep_until_exit, detail_outputs.DetailOptions.from_args(args))
     except KeyboardInterrupt:
         progress.done()

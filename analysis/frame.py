@@ -27,9 +27,9 @@ dur_us        float64      duration in µs, exact (computed from integer ns wher
 rids          object       list[str]: the request ids the record is about, EngineCore (internal)
                            ids already replaced by the API server's (external) ids through the
                            link records of *all* processes; ``[]`` if none
-rid_detail    object       list[dict] or None: the per-request dicts of batch records
-                           (``rid``, ``iter``, ``type``, ``num_scheduled_tokens``, ...), ``rid``
-                           mapped like ``rids``
+rid_detail    object       list[dict], a ``RequestDetail`` reading like one (rid_detail.py),
+                           or None: the per-request dicts of batch records (``rid``, ``iter``,
+                           ``type``, ``num_scheduled_tokens``, ...), ``rid`` mapped like ``rids``
 batch_type    str          ``Prefill`` / ``Decode`` / ``Prefill,Decode`` / ``""``
 metrics       object       dict name -> float of the ``<N>=`` keys (suffix removed)
 metric_incs   object       dict name -> float of the ``<N>+`` keys (suffix removed)
@@ -50,11 +50,14 @@ Message text is decoded once per row: JSON objects directly; the C++ caret form
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 import numpy as np
 import pandas as pd
+
+from otel_vllm_ascend.analysis.rid_detail import compact
 
 RECORD_COLUMNS: tuple[str, ...] = (
     "source", "host", "pid", "tid", "role", "dp_rank", "mark_id", "name", "domain", "type",
@@ -75,6 +78,8 @@ _WORKER_NAMES = frozenset({"computing_logits", "sample", "modelRunnerExec", "for
                            "specDecoding"})
 
 _LINK_TYPE = 3
+_EMPTY: dict = {}  # shared by every record without such keys; never modified
+_intern = sys.intern
 _json_loads = json.loads
 try:  # msgspec (installed with vLLM) decodes JSON faster; the standard module is the fallback
     from msgspec import DecodeError as _FastDecodeError
@@ -125,6 +130,12 @@ def parse_message(text: Any) -> Optional[dict]:
         if body.endswith(","):
             body = body[:-1]
         body = "{" + body + "}"
+    if _fast_loads is not None:  # the C library's rows: most of a C-library capture
+        try:
+            value = _fast_loads(body)
+            return value if isinstance(value, dict) else None
+        except (_FastDecodeError, ValueError):
+            pass
     try:
         value = _json_loads(body)
     except ValueError:
@@ -233,6 +244,8 @@ class RecordBuilder:
                                         value)
                                     item["rid"] = self._ids.get(key) or self._new_id(key)
                                     rids.append(item["rid"])
+                        if rids and len(rids) == len(rid):
+                            detail = compact(rid, rids) or detail
                         self._last_detail[source] = (raw, detail, rids)
                 else:
                     rids = self._ids_of(rid)
@@ -255,6 +268,16 @@ class RecordBuilder:
                 scopes[key[6:]] = value
             else:
                 attrs[key] = value
+        # Most records have no increments, scopes or attributes: one shared empty dict (the
+        # frame is read-only) instead of one each; names are interned.
+        if not metrics:
+            metrics = _EMPTY
+        if not incs:
+            incs = _EMPTY
+        if not scopes:
+            scopes = _EMPTY
+        if not attrs:
+            attrs = _EMPTY
         try:
             rtype_int = None if rtype is None else int(rtype)
         except (TypeError, ValueError):
@@ -271,15 +294,16 @@ class RecordBuilder:
         cols["pid"].append(pid)
         cols["tid"].append(tid)
         cols["mark_id"].append(mark_id)
-        cols["name"].append(name if isinstance(name, str) else str(name))
-        cols["domain"].append(domain if isinstance(domain, str) else str(domain))
+        cols["name"].append(_intern(name if isinstance(name, str) else str(name)))
+        cols["domain"].append(_intern(domain if isinstance(domain, str) else str(domain)))
         cols["type"].append(rtype_int)
         cols["start_us"].append(start_us)
         cols["end_us"].append(end_us)
         cols["dur_us"].append(end_us - start_us if dur_us is None else dur_us)
         cols["rids"].append(rids)
         cols["rid_detail"].append(detail)
-        cols["batch_type"].append(batch_type if isinstance(batch_type, str) else str(batch_type))
+        cols["batch_type"].append(
+            _intern(batch_type if isinstance(batch_type, str) else str(batch_type)))
         cols["metrics"].append(metrics)
         cols["metric_incs"].append(incs)
         cols["scopes"].append(scopes)
@@ -351,7 +375,7 @@ def map_request_ids(rids_column: list, detail_column: list, links: dict[str, str
             if ext is not None:
                 rids[i] = ext
     for detail in detail_column:
-        if detail:
+        if isinstance(detail, list):
             for item in detail:
                 if isinstance(item, dict):
                     rid = item.get("rid")

@@ -37,10 +37,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -111,9 +112,14 @@ def find_operator_inputs(root: Path) -> tuple[list[Path], list[Path]]:
     return traces, ascend
 
 
-def read_operators(root: Path) -> OperatorCapture:
-    """Read every operator input under ``root``; problems are collected, never raised."""
-    traces, ascend = find_operator_inputs(root)
+def read_operators(roots: Union[Path, Sequence[Path]]) -> OperatorCapture:
+    """Read every operator input under ``roots`` (one folder or several); problems are
+    collected, never raised."""
+    traces, ascend = [], []
+    for root in [roots] if isinstance(roots, (str, os.PathLike)) else roots:
+        found_traces, found_ascend = find_operator_inputs(Path(root))
+        traces += found_traces
+        ascend += found_ascend
     parts: list[tuple[pd.DataFrame, pd.DataFrame]] = []
     problems: list[str] = []
     sources: list[Path] = []

@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -69,21 +69,31 @@ def _looks_like_otlp(path: Path) -> bool:
     return head.lstrip()[:1] == b"{" and b'"resourceSpans"' in head
 
 
-def read_captures(root: Path, progress: Optional[Progress] = None
+def read_captures(root: Union[Path, Sequence[Path]], progress: Optional[Progress] = None
                   ) -> tuple[pd.DataFrame, list[ProcessInfo], ReadReport]:
-    """Read every capture below ``root`` -> (records frame, processes, report)."""
+    """Read every capture below ``root`` (one folder, or several read as one capture: one per
+    host, say) -> (records frame, processes, report)."""
     report = ReadReport()
-    root = Path(root)
-    if not root.exists():
-        report.problems.append(f"{root}: input folder does not exist")
-        return RecordBuilder().build([]), [], report
-    if not root.is_dir():
-        report.problems.append(f"{root}: input path is not a folder")
-        return RecordBuilder().build([]), [], report
-    captures = find_captures(root)
+    roots = [Path(root)] if isinstance(root, (str, os.PathLike)) else [Path(r) for r in root]
+    captures: list[_Capture] = []
+    seen: set[Path] = set()
+    for folder in roots:
+        if not folder.exists():
+            report.problems.append(f"{folder}: input folder does not exist")
+            continue
+        if not folder.is_dir():
+            report.problems.append(f"{folder}: input path is not a folder")
+            continue
+        found = find_captures(folder)
+        if not found:
+            report.problems.append(f"{folder}: no capture found (expected ms_service_*.db"
+                                   " files or OTLP JSON files)")
+        for capture in found:  # folders given twice or nested: each file once
+            key = capture.path.resolve()
+            if key not in seen:
+                seen.add(key)
+                captures.append(capture)
     if not captures:
-        report.problems.append(
-            f"{root}: no capture found (expected ms_service_*.db files or OTLP JSON files)")
         return RecordBuilder().build([]), [], report
     builder = RecordBuilder()
     processes: dict[tuple[str, int], ProcessInfo] = {}

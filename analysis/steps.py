@@ -19,6 +19,8 @@ from operator import itemgetter
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.rid_detail import RequestDetail
+
 SCHEDULE_NAMES = ("batchFrameworkProcessing", "BatchSchedule")
 EXEC_NAMES = ("modelExec",)
 
@@ -149,14 +151,54 @@ _DETAIL_KEYS = ("rid", "iter", "type", "num_scheduled_tokens", "num_prompt_token
 
 def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     """One row per (step, request) from the steps' request dicts (or bare request ids)."""
+    details = steps["rid_detail"].tolist()
+    plains = steps["rids"].tolist()
+    step_ids = steps["step_id"].to_numpy(dtype="int64")
+    # Runs of steps whose dicts are held compactly are read column by column; the others item
+    # by item. Pieces are joined in step order.
+    pieces: list[dict] = []
+    run: list[int] = []
+    for index, detail in enumerate(details):
+        if isinstance(detail, RequestDetail):
+            if run:
+                pieces.append(_dict_rows(run, details, plains, step_ids))
+                run = []
+            pieces.append(_compact_rows(detail, step_ids[index]))
+        else:
+            run.append(index)
+    if run or not pieces:
+        pieces.append(_dict_rows(run, details, plains, step_ids))
+    out = pd.DataFrame({
+        "step_id": np.concatenate([p["step_id"] for p in pieces]),
+        "rid": pd.array([rid for p in pieces for rid in p["rid"]], dtype=object),
+        **{key: np.concatenate([p[key] for p in pieces]) for key in _DETAIL_KEYS[1:]},
+    })
+    # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
+    missing = out["type"].isna() & out["iter"].notna()
+    out.loc[missing, "type"] = (out.loc[missing, "iter"] > 0).astype("float64")
+    return out
+
+
+def _compact_rows(detail: RequestDetail, step_id: int) -> dict:
+    n = len(detail)
+    piece: dict = {"step_id": np.full(n, step_id, dtype="int64"), "rid": detail.rids}
+    for key in _DETAIL_KEYS[1:]:
+        values = detail.column(key)
+        piece[key] = np.full(n, np.nan) if values is None else values.astype("float64")
+    return piece
+
+
+def _dict_rows(indices: list[int], details: list, plains: list, step_ids: np.ndarray) -> dict:
+    """The rows of the steps at ``indices`` whose request dicts are plain dicts (or ids)."""
     nan = np.nan
     items: list = []
     lengths: list = []
-    for detail, plain in zip(steps["rid_detail"].tolist(), steps["rids"].tolist()):
+    for index in indices:
+        detail = details[index]
         if detail:
             dicts = [item for item in detail if isinstance(item, dict)]
         else:
-            dicts = [{"rid": rid} for rid in plain or ()]
+            dicts = [{"rid": rid} for rid in plains[index] or ()]
         items.extend(dicts)
         lengths.append(len(dicts))
     try:  # fast path: every dict has every key (one C-level pass instead of six)
@@ -165,12 +207,8 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
         values = [[d.get(key, "" if key == "rid" else nan) for d in items]
                   for key in _DETAIL_KEYS]
     rid, *numbers = values
-    out = pd.DataFrame({
-        "step_id": np.repeat(steps["step_id"].to_numpy(dtype="int64"), lengths),
-        "rid": pd.array(list(rid), dtype=object),
+    return {
+        "step_id": np.repeat(step_ids[indices] if indices else step_ids[:0], lengths),
+        "rid": list(rid),
         **{key: _column(list(column)) for key, column in zip(_DETAIL_KEYS[1:], numbers)},
-    })
-    # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
-    missing = out["type"].isna() & out["iter"].notna()
-    out.loc[missing, "type"] = (out.loc[missing, "iter"] > 0).astype("float64")
-    return out
+    }

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.rid_detail import RequestDetail
 from otel_vllm_ascend.analysis.trace_file import _ts
 
 # Records about at most this many requests list their ids in the slice args; larger batches
@@ -77,6 +78,15 @@ def _record_events(frame: pd.DataFrame, trace_pids: np.ndarray, slice_tids: np.n
 
 def _detail_counts(detail: list) -> dict:
     """Prefill / decode request and token counts of a batch's per-request dicts."""
+    if isinstance(detail, RequestDetail):
+        kinds, tokens = detail.column("type"), detail.column("num_scheduled_tokens")
+        if kinds is not None and tokens is not None:
+            prefill_rows = kinds == 0
+            prefill_tokens = int(tokens[prefill_rows].sum())
+            prefill = int(prefill_rows.sum())
+            return {"prefill_requests": prefill, "decode_requests": len(kinds) - prefill,
+                    "prefill_tokens": prefill_tokens,
+                    "decode_tokens": int(tokens.sum()) - prefill_tokens}
     try:  # fast path: every dict has a numeric type and token count (the vLLM handlers' shape)
         kinds = [item["type"] for item in detail]
         tokens = [item["num_scheduled_tokens"] for item in detail]

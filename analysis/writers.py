@@ -51,6 +51,16 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
 LONG_TEXT_CHARS = 64
 # Rows per chunk when a long text column is spliced in: bounds the extra memory at any scale.
 CSV_CHUNK_ROWS = 500
+# Rows per INSERT batch when a table holds lazy text cells (profiler.db's batch table).
+DB_CHUNK_ROWS = 2000
+
+
+class LazyText:
+    """A cell whose text is made only when it is written (``str(cell)``): a table column of
+    these is turned into text a chunk of rows at a time by :func:`write_csv` and
+    :func:`write_profiler_db`, never all at once."""
+
+    __slots__ = ()
 
 
 def write_csv(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> Path:
@@ -78,6 +88,8 @@ def _long_text_column(table: pd.DataFrame) -> Optional[int]:
         if not text_dtype or not len(values) or table.columns.duplicated()[position]:
             continue
         cells = values.tolist()
+        if all(isinstance(cell, LazyText) for cell in cells) and isinstance(column, str):
+            return position  # texts made chunk by chunk (a repr: never a line break)
         if not all(type(cell) is str for cell in cells):
             continue
         if sum(map(len, cells)) < LONG_TEXT_CHARS * len(cells):
@@ -116,7 +128,8 @@ def _csv_with_text_column(chunk: pd.DataFrame, position: int, header: bool) -> s
             # inside a wider row that cell is plain empty.
             lines = ["" if line == '""' else line for line in lines]
         sides.append(lines)
-    cells = [_csv_quote(cell) for cell in chunk.iloc[:, position].tolist()]
+    cells = [_csv_quote(cell if cell.__class__ is str else str(cell))
+             for cell in chunk.iloc[:, position].tolist()]
     if header:
         cells.insert(0, _csv_quote(chunk.columns[position]))
     left, right = sides
@@ -148,11 +161,24 @@ def _view(conn: sqlite3.Connection, view: str, table: str, columns: Sequence[str
 
 
 def _store(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
+    lazy = [column for column in table.columns if table[column].dtype == object
+            and len(table) and isinstance(table[column].iloc[0], LazyText)]
+    if lazy:  # the lazy texts made a chunk at a time; the column types set by the whole table
+        types = {column: "TEXT" for column in lazy}
+        for first in range(0, len(table), DB_CHUNK_ROWS):
+            _store_rows(conn, name, table.iloc[first:first + DB_CHUNK_ROWS],
+                        "replace" if first == 0 else "append", types)
+        return
+    _store_rows(conn, name, table, "replace")
+
+
+def _store_rows(conn: sqlite3.Connection, name: str, table: pd.DataFrame, if_exists: str,
+                types: Optional[dict] = None) -> None:
     table = table.copy()
     for column in table.columns:
         if table[column].dtype == object:
             table[column] = table[column].map(_sqlite_value)
-    table.to_sql(name, conn, index=False, if_exists="replace")
+    table.to_sql(name, conn, index=False, if_exists=if_exists, dtype=types)
 
 
 def _sqlite_value(value: Any) -> Any:
@@ -233,6 +259,9 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
         return entry[0]
 
     slices, counters, flows = [], [], []
+    insert_slice = ("INSERT INTO slice (timestamp, duration, name, track_id, cat, args,"
+                    " end_time)")
+    insert_counter = "INSERT INTO counter (name, pid, timestamp, cat, args)"
     dumps = make_encoder(",", ":")
     origin_ns = origin_us * 1000.0
     columns = getattr(events, "flows", None)
@@ -254,10 +283,16 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
             slices.append((start, duration, event.get("name"),
                            track(event.get("pid"), event.get("tid")), event.get("cat"),
                            dumps(event.get("args") or {}), start + duration))
+            if len(slices) >= TRACE_ROWS_HELD:  # inserted as they come: bounded memory
+                _insert_rows(conn, insert_slice, "(?, ?, ?, ?, ?, ?, ?)", 7, slices)
+                slices = []
         elif ph == "C":
             counters.append((event.get("name"), str(event.get("pid")),
                              int(origin_ns + event["ts"] * 1000.0), event.get("cat"),
                              dumps(event.get("args") or {})))
+            if len(counters) >= TRACE_ROWS_HELD:
+                _insert_rows(conn, insert_counter, "(?, ?, ?, ?, ?)", 5, counters)
+                counters = []
         elif ph == "M":
             pid = event.get("pid")
             args = event.get("args") or {}
@@ -286,10 +321,8 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
     conn.executemany("INSERT INTO thread VALUES (?, ?, ?, ?, ?)",
                      [(e[0], str(tid), str(pid), e[1], e[2])
                       for (pid, tid), e in tracks.items()])
-    _insert_rows(conn, "INSERT INTO slice (timestamp, duration, name, track_id, cat, args,"
-                 " end_time)", "(?, ?, ?, ?, ?, ?, ?)", 7, slices)
-    _insert_rows(conn, "INSERT INTO counter (name, pid, timestamp, cat, args)",
-                 "(?, ?, ?, ?, ?)", 5, counters)
+    _insert_rows(conn, insert_slice, "(?, ?, ?, ?, ?, ?, ?)", 7, slices)
+    _insert_rows(conn, insert_counter, "(?, ?, ?, ?, ?)", 5, counters)
 
 
 def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
@@ -310,14 +343,24 @@ def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
     for index in np.argsort(first, kind="stable").tolist():
         pid, tid = unique[index].tolist()
         track_of_pair[index] = track(pid, tid)
-    phases = ("s", "t", "f")
     _insert_rows(
         conn, "INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)",
         f"(?, {_sql_text(FLOW_NAME)}, {_sql_text(FLOW_CATEGORY)}, ?, ?, ?)", 4,
-        zip(columns.flow_id.tolist(), track_of_pair[inverse.reshape(-1)].tolist(),
-            (columns.ts_ns + origin_ns).tolist(), [phases[p] for p in columns.phase.tolist()]))
+        _flow_rows(columns, track_of_pair[inverse.reshape(-1)], origin_ns))
 
 
+def _flow_rows(columns: Any, track_ids: np.ndarray, origin_ns: int) -> Iterable[tuple]:
+    """The flow rows, made from the columns a chunk at a time (two million at x10)."""
+    phases = ("s", "t", "f")
+    for first in range(0, len(columns.phase), TRACE_ROWS_HELD):
+        part = slice(first, first + TRACE_ROWS_HELD)
+        yield from zip(columns.flow_id[part].tolist(), track_ids[part].tolist(),
+                       (columns.ts_ns[part] + origin_ns).tolist(),
+                       [phases[p] for p in columns.phase[part].tolist()])
+
+
+# Trace rows held before they are inserted (a multiple of ROWS_PER_INSERT).
+TRACE_ROWS_HELD = 50_000
 # Rows per INSERT statement for the trace tables: one statement step per 100 rows instead of
 # per row halves the time of the 206,000-row flow table.
 ROWS_PER_INSERT = 100

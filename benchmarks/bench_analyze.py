@@ -22,6 +22,14 @@ by later runs with the same scale and seed.
 source tree of it (``git archive COMMIT | tar -x -C SRC``); each repetition runs that version,
 then this one, one after the other, so a busy moment of a shared machine hits both alike, and
 the ratios of the medians (this version / the baseline) are printed.
+
+``--shape thread|process`` runs on the capture rewritten in the Ascend C library's shapes
+(``clib_shape.py``: caret messages, one file per thread or ``Trace_Service/`` per process).
+``--reference SRC --reference-python PY`` runs the reference analyzer (msserviceprofiler's
+``ms_service_profiler.parse``, from its source tree ``SRC``, with the interpreter of a venv of
+its own holding pandas 2.x) and this one alternately on the same capture, eight outputs, and
+prints how many times faster this one is (wall and CPU medians); the reference's peak RSS is
+that of its main process and the largest of its per-file children.
 """
 
 from __future__ import annotations
@@ -45,11 +53,21 @@ CONFIGURATIONS = (("8 outputs (csv json db)", ["csv", "json", "db"]),
                   ("8 outputs + report", ["csv", "json", "db", "html"]))
 
 
-def ensure_capture(work: Path, scale: int, seed: int) -> Path:
-    folder = work / f"capture-x{scale}-seed{seed}"
-    if list(folder.glob("ms_service_*.db")):
+def ensure_capture(work: Path, scale: int, seed: int, shape: str = "ours") -> Path:
+    """The capture at ``scale`` in ``shape`` (``ours``, or the C library's ``thread`` /
+    ``process`` layout, rewritten from ours by ``clib_shape.py``)."""
+    folder = work / f"capture-x{scale}-seed{seed}" if shape == "ours" else \
+        work / f"capture-x{scale}-seed{seed}-clib-{shape}"
+    if list(folder.rglob("ms_service_*.db")):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
+    if shape != "ours":
+        ours = ensure_capture(work, scale, seed)
+        print(f"rewriting the x{scale} capture in the C library's {shape} layout ...",
+              flush=True)
+        subprocess.run([sys.executable, str(HERE / "clib_shape.py"), str(ours), str(folder),
+                        "--layout", shape], check=True, stdout=subprocess.DEVNULL)
+        return folder
     print(f"generating the x{scale} capture in {folder} ...", flush=True)
     subprocess.run([sys.executable, str(HERE / "gen_capture.py"), str(folder), "--scale",
                     str(scale), "--seed", str(seed)], check=True)
@@ -58,7 +76,7 @@ def ensure_capture(work: Path, scale: int, seed: int) -> Path:
 
 def capture_rows(folder: Path) -> int:
     total = 0
-    for path in folder.glob("ms_service_*.db"):
+    for path in folder.rglob("ms_service_*.db"):
         with sqlite3.connect(path) as conn:
             total += conn.execute("SELECT COUNT(*) FROM Mstx").fetchone()[0]
     return total
@@ -78,23 +96,32 @@ def baseline_tree(source: Path, work: Path) -> Path:
     return root
 
 
-def run_once(capture: Path, out: Path, formats: list[str], pythonpath: Optional[Path] = None
-             ) -> tuple[float, float, float, int]:
+def run_once(capture: Path, out: Path, formats: list[str], pythonpath: Optional[Path] = None,
+             reference: Optional[tuple[Path, str]] = None) -> tuple[float, float, float, int]:
     """(wall s, CPU s, peak RSS MB, exit status) of one analyzer run in a child process
-    (``pythonpath``: import the analyzer from there instead)."""
+    (``pythonpath``: import the analyzer from there instead; ``reference``: run the reference
+    analyzer from that source tree with that interpreter instead)."""
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "otel_vllm_ascend.analysis", "--input-path",
                str(capture.resolve()), "--output-path", str(out.resolve()), "--log-level",
                "warning", "--format", *formats]
-    started = time.perf_counter()
+    cwd = out.resolve().parent
     env = dict(os.environ)
+    if reference is not None:
+        out.mkdir(parents=True)
+        source, python = reference
+        command = [python, "-m", "ms_service_profiler.parse", "--input-path",
+                   str(capture.resolve()), "--output-path", str(out.resolve()), "--log-level",
+                   "warning", "--format", *formats]
+        cwd = source.resolve()
+    started = time.perf_counter()
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(pythonpath),
                                                            env.get("PYTHONPATH"))))
     # Started outside any source tree: a project folder as the current directory would be
     # imported before the ``PYTHONPATH`` one.
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env=env, cwd=out.resolve().parent)
+                             env=env, cwd=cwd)
     # wait4 reports the resource usage of this child alone (RUSAGE_CHILDREN would mix runs).
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
@@ -114,15 +141,25 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(tempfile.gettempdir()) / "otel-vllm-bench-analyze")
     parser.add_argument("--baseline", type=Path, metavar="SRC",
                         help="also run the project version in this source tree, alternating")
+    parser.add_argument("--shape", choices=("ours", "thread", "process"), default="ours",
+                        help="capture shape: this project's, or the C library's per-thread /"
+                        " per-process layout with caret messages")
+    parser.add_argument("--reference", type=Path, metavar="SRC",
+                        help="also run the reference analyzer from this source tree"
+                        " (msserviceprofiler), alternating, on the eight outputs")
+    parser.add_argument("--reference-python", default="python3", metavar="PY",
+                        help="the interpreter of the reference's own venv (pandas 2.x)")
     args = parser.parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     if args.baseline is not None:
         return compare_with_baseline(args)
+    if args.reference is not None:
+        return compare_with_reference(args)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.repeat} run(s) per"
           f" configuration, load average before: {_load()}")
     results = []
     for scale in args.scales:
-        capture = ensure_capture(args.work_dir, scale, args.seed)
+        capture = ensure_capture(args.work_dir, scale, args.seed, args.shape)
         rows = capture_rows(capture)
         for label, formats in CONFIGURATIONS:
             walls, cpus, peaks = [], [], []
@@ -179,6 +216,41 @@ def compare_with_baseline(args: argparse.Namespace) -> int:
                          f" {ratio[1]:>11.3f}x {ratio[2]:>11.3f}x")
     print(f"load average after: {_load()}")
     print(f"{'scale':<5} {'outputs':<24} {'version':<9} {'wall median':>12} {'CPU median':>12}"
+          f" {'peak RSS MB':>12}")
+    print("\n".join(lines))
+    return 0
+
+
+def compare_with_reference(args: argparse.Namespace) -> int:
+    """The reference analyzer and this one on the same capture, alternating, eight outputs."""
+    print(f"reference: {args.reference} ({args.reference_python}); capture shape"
+          f" {args.shape}; load average before: {_load()}")
+    formats = ["csv", "json", "db"]
+    lines = []
+    for scale in args.scales:
+        capture = ensure_capture(args.work_dir, scale, args.seed, args.shape)
+        runs: dict[str, list] = {"reference": [], "this": []}
+        for _ in range(args.repeat):
+            for version in runs:
+                reference = (args.reference, args.reference_python) \
+                    if version == "reference" else None
+                wall, cpu, peak, status = run_once(
+                    capture, args.work_dir / f"out-x{scale}-{version}", formats,
+                    reference=reference)
+                if status:
+                    return status
+                runs[version].append((wall, cpu, peak))
+                print(f"  x{scale} {version}: {wall:.2f} s wall, {cpu:.2f} s CPU,"
+                      f" {peak:.0f} MB (load {_load()})", flush=True)
+        medians = {v: [statistics.median(r[i] for r in runs[v]) for i in range(2)]
+                   + [max(r[2] for r in runs[v])] for v in runs}
+        for version in runs:
+            wall, cpu, peak = medians[version]
+            lines.append(f"x{scale:<4} {version:<9} {wall:>12.2f} {cpu:>12.2f} {peak:>12.0f}")
+        speed = [medians["reference"][i] / medians["this"][i] for i in range(2)]
+        lines.append(f"x{scale:<4} {'faster':<9} {speed[0]:>11.1f}x {speed[1]:>11.1f}x")
+    print(f"load average after: {_load()}")
+    print(f"{'scale':<5} {'version':<9} {'wall median':>12} {'CPU median':>12}"
           f" {'peak RSS MB':>12}")
     print("\n".join(lines))
     return 0

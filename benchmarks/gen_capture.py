@@ -10,12 +10,14 @@ with one ``ms_service_<host>-<pid>.db`` per process, as a real service writes.
 
 Usage::
 
-    python benchmarks/gen_capture.py OUT_DIR [--scale 10] [--seed 7]
+    python benchmarks/gen_capture.py OUT_DIR [--scale 10] [--seed 7] [--shape thread|process]
 
 ``--scale N`` multiplies the number of requests (same arrival rate, so N times longer);
 ``--requests N`` sets the count at scale 1 (tests use small captures). The
 simulation is deterministic for a given seed; both children replay it and each emits its own
-role's records. Prints the files written and their row counts.
+role's records. Prints the files written and their row counts. ``--shape thread|process``
+rewrites the capture into the Ascend C library's shapes (``clib_shape.py``: caret messages, one
+file per thread or ``Trace_Service/`` per process).
 """
 
 from __future__ import annotations
@@ -291,8 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--requests", type=int, default=REQUESTS,
                         help=f"requests at scale 1 (default {REQUESTS})")
+    parser.add_argument("--shape", choices=("ours", "thread", "process"), default="ours",
+                        help="ours (default), or the Ascend C library's per-thread files /"
+                        " Trace_Service/ per-process files with caret messages (clib_shape.py)")
     parser.add_argument("--role", choices=("api_server", "engine_core"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.shape != "ours" and not args.role:
+        return _generate_clib_shape(args)
     requests = args.requests * args.scale
     if args.role:
         reqs, steps = simulate(requests, args.seed)
@@ -321,6 +328,29 @@ def main(argv: list[str] | None = None) -> int:
     for name, rows in counts.items():
         print(f"  {name}: {rows} rows")
     print(f"  total: {sum(counts.values())} rows")
+    return 0
+
+
+def _generate_clib_shape(args: argparse.Namespace) -> int:
+    """Our capture in a temporary folder, rewritten into ``out_dir`` in the C library's shape."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from clib_shape import convert
+
+    if list(args.out_dir.rglob("ms_service_*.db")):
+        print(f"{args.out_dir}: already holds ms_service_*.db files; use an empty folder",
+              file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="gen-capture-") as ours:
+        code = main([ours, "--scale", str(args.scale), "--seed", str(args.seed), "--requests",
+                     str(args.requests)])
+        if code:
+            return code
+        counts = convert(Path(ours), args.out_dir, args.shape)
+    print(f"rewritten in the C library's {args.shape} layout:")
+    for name, rows in counts.items():
+        print(f"  {name}: {rows} rows")
     return 0
 
 

@@ -333,3 +333,40 @@ def test_operator_tables_of_an_earlier_run_do_not_outlive_it(capture, tmp_path):
     assert "op_summary.csv" in done.stderr  # named among the replaced files
     assert not (out / "op_summary.csv").exists() and not (out / "op_statistic.csv").exists()
     assert (out / "request.csv").exists()
+
+
+def _two_hosts(tmp_path, engine_clock_ahead_ms):
+    """The API server's capture in one folder, the engine's (another host) in a second."""
+    sim = simulate_service(12, seed=7, max_batch=4)
+    api, engine = sim.capture.processes
+    engine.host = "node-b"
+    shift = int(engine_clock_ahead_ms * 1_000_000)
+    for record in engine.records:
+        record.start_ns += shift
+        record.end_ns += shift
+    folders = []
+    for proc in (api, engine):
+        one = Capture()
+        one.processes.append(proc)
+        folder = tmp_path / proc.host
+        one.write(folder)
+        folders.append(folder)
+    return folders
+
+
+def test_two_hosts_folders_make_one_analysis(tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("--input-path", *_two_hosts(tmp_path, 0), "--output-path", out,
+                   "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert "requests: 12 (12 complete, 0 partial)" in done.stdout
+    assert {row["host"] for row in rows(out / "batch.csv")} == {"node-b"}
+    assert "clocks of hosts node-a and node-b agree" in done.stderr
+
+
+def test_two_hosts_clocks_apart_are_reported(tmp_path):
+    done = run_cli("--input-path", *_two_hosts(tmp_path, 500), "--output-path",
+                   tmp_path / "out", "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "clock of host node-b" in line]
+    assert len(lines) == 1 and "ms or more ahead of host node-a's" in lines[0]

@@ -119,7 +119,7 @@ def test_capture_window_keeps_partial_requests(run, cut, tmp_path):
     assert partial["execution_time(ms)"].isna().all()
     # The simulator's steps are told apart by their request dicts (iterations differ).
     step_rows = frame.loc[frame["name"].isin(["batchFrameworkProcessing", "modelExec"])]
-    identities = {json.dumps(d, sort_keys=True) for d in step_rows["rid_detail"]}
+    identities = {json.dumps(list(d), sort_keys=True) for d in step_rows["rid_detail"]}
     assert len(batches) == len(identities)
 
 

@@ -249,3 +249,13 @@ def test_capture_without_operator_data_is_unchanged(tmp_path):
     assert cli.main(["--input-path", str(root), "--output-path", str(out)]) == 0
     assert not (out / "op_summary.csv").exists() and not (out / "op_statistic.csv").exists()
     assert "Top operators" not in (out / "report.html").read_text()
+
+
+def test_several_input_folders_are_read_together(tmp_path):
+    """``--input-path A B``: the operator traces of both folders, as one capture."""
+    write_trace(tmp_path / "a")
+    write_trace(tmp_path / "b", name="window-2.pt.trace.json")
+    one = operators.read_operators(tmp_path / "a")
+    both = operators.read_operators([tmp_path / "a", tmp_path / "b"])
+    assert both.problems == [] and len(both.sources) == 2
+    assert len(both.events) == 2 * len(one.events) and len(both.steps) == 2 * len(one.steps)
