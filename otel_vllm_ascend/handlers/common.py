@@ -192,15 +192,23 @@ def forget(request_ids: Iterable[str]) -> None:
 def queue_changes(before: Iterable[Any], after: Iterable[Any]) -> Tuple[list, list]:
     """(left, joined) request ids between two snapshots of a scheduler queue. Its members (V1
     Requests, V0 SequenceGroups) compare by identity and are in a queue at most once."""
-    before = list(before)
-    after = list(after)
+    before = before if type(before) is list else list(before)
+    after = after if type(after) is list else list(after)
     if before == after:  # the common case of a steady decode step (identity, compared in C)
         return [], []
-    stayed = set(after)
-    left = [member.request_id for member in before if member not in stayed]
-    stayed = set(before)
-    joined = [member.request_id for member in after if member not in stayed]
-    return left, joined
+    # Set operations run in C; under load a step changes a queue by a member or two, whose
+    # order needs no pass over the queue.
+    members = set(before)
+    changed = members.symmetric_difference(after)
+    left = changed & members
+    return _ids_in_order(left, before), _ids_in_order(changed - left, after)
+
+
+def _ids_in_order(members: set, queue: list) -> list:
+    """Request ids of ``members``, in their order in ``queue``."""
+    if len(members) < 2:
+        return [member.request_id for member in members]
+    return [member.request_id for member in filter(members.__contains__, queue)]
 
 
 # -- batch details ----------------------------------------------------------------------------
@@ -331,7 +339,7 @@ class BatchDescription:
     """
 
     __slots__ = ("output", "inputs", "request_ids", "requests", "rows", "kind", "links",
-                 "_json", "seq")
+                 "_json", "seq", "deferred")
 
     def __init__(self, output: Any, inputs: BatchInputs) -> None:
         self.seq = next(_batch_numbers)  # names the step to the writer process (handoff.py)
@@ -343,6 +351,8 @@ class BatchDescription:
         self.kind = ""
         self.links: Optional[List[SpanContext]] = None
         self._json: Optional[str] = None
+        # (ms.rid_detail, batch_type, links) as Deferred values, made once for both batch spans
+        self.deferred: Optional[tuple] = None
 
     def resolve(self) -> BatchDescription:
         """Classify this step (once): rows, kind and links, then forget finished requests."""
@@ -461,17 +471,28 @@ def describe_batch(scheduler_output: Any, requests: Optional[Mapping[str, Any]] 
     return description
 
 
+def _deferred(batch: BatchDescription) -> tuple:
+    deferred = batch.deferred
+    if deferred is None:
+        deferred = batch.deferred = (
+            recorder.Deferred(BatchDescription.details_json, batch),
+            recorder.Deferred(BatchDescription.batch_type, batch),
+            recorder.Deferred(BatchDescription.span_links, batch))
+    return deferred
+
+
 def batch_links(batch: BatchDescription) -> recorder.Deferred:
     """The batch span's links to the traces of the requests in their first step."""
-    return recorder.Deferred(BatchDescription.span_links, batch)
+    return _deferred(batch)[2]
 
 
 def batch_attributes(domain: str, batch: BatchDescription) -> dict:
+    details, kind, _ = _deferred(batch)
     return {
         contract.DOMAIN: domain,
-        contract.RID_DETAIL: recorder.Deferred(BatchDescription.details_json, batch),
+        contract.RID_DETAIL: details,
         contract.RID: batch.request_ids,
-        "batch_type": recorder.Deferred(BatchDescription.batch_type, batch),
+        "batch_type": kind,
     }
 
 
