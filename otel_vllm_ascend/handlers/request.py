@@ -23,7 +23,6 @@ analyzer join them with EngineCore's internal ids. No prompt or completion text 
 from __future__ import annotations
 
 import contextvars
-import operator
 import threading
 import time
 from typing import Any, List, Optional, Tuple
@@ -41,8 +40,6 @@ _incoming: contextvars.ContextVar = contextvars.ContextVar("otel_vllm_incoming",
 # Request id -> that context, from AsyncLLM.generate() to its add_request(): a streamed response
 # runs the generator in another task, which does not see the handler task's context variables.
 _waiting_contexts = common.ContextMap(limit=4096)
-_request_id_of = operator.attrgetter("request_id")
-_finish_reason_of = operator.attrgetter("finish_reason")
 
 
 def _trace_headers(args: tuple, kwargs: dict) -> Any:
@@ -176,15 +173,14 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     # Taken before the call: the original drops finished requests from request_states. The
     # state objects stay readable, so token counts are read after it (final counts).
     states = getattr(this, "request_states", None) or {}
-    # map() with attrgetter / dict.get: the per-output loops run in C.
-    request_ids = list(map(_request_id_of, engine_core_outputs))
+    get_state = states.get
+    request_ids = [output.request_id for output in engine_core_outputs]
     # The request states (their external ids) are read on the recorder's thread: a state
     # object stays readable after vLLM drops it, and its external id never changes.
-    known = list(map(states.get, request_ids))
-    reasons = list(map(_finish_reason_of, engine_core_outputs))
-    finished = () if reasons.count(None) == len(reasons) else [
-        (request_id, state) for request_id, state, reason in zip(request_ids, known, reasons)
-        if reason is not None]
+    known = list(map(get_state, request_ids))  # the loop in C
+    # One pass that keeps only the few finishing outputs, then their ids and states.
+    finished = [(output.request_id, get_state(output.request_id)) for output
+                in [output for output in engine_core_outputs if output.finish_reason is not None]]
     return states, request_ids, known, finished, time.time_ns(), threading.get_native_id()
 
 
