@@ -32,11 +32,18 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any, Callable, List, Optional
 
-from otel_vllm_ascend import contract, control, handoff, operator_profiler, recorder, wrapping
+from otel_vllm_ascend import (
+    contract,
+    control,
+    handoff,
+    native_thread,
+    operator_profiler,
+    recorder,
+    wrapping,
+)
 from otel_vllm_ascend.handlers import common, meta, spec_decode
 
 DOMAIN = "Execute"
@@ -68,7 +75,7 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         return None
     common.ensure_role("engine_core")
     batch = common.describe_batch(scheduler_output)
-    return batch, total_tokens, time.time_ns(), threading.get_native_id()
+    return batch, total_tokens, time.time_ns(), native_thread.current.id
 
 
 def _execute_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -99,7 +106,7 @@ def _synchronised_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     synchronize = npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return time.time_ns(), threading.get_native_id(), synchronize
+    return time.time_ns(), native_thread.current.id, synchronize
 
 
 def _synchronised_after(name: str) -> Callable:
@@ -134,7 +141,7 @@ def capture_async(original: Any, this: Any, duration_tag: Any = None, *args: Any
     synchronize = npu_synchronize() if name == "forward" else None
     manager = original(duration_tag, *args, **kwargs)
     start = time.time_ns()
-    tid = threading.get_native_id()
+    tid = native_thread.current.id
 
     def on_exit(error: Optional[BaseException]) -> None:
         if synchronize is not None:
@@ -158,7 +165,7 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     common.ensure_role("worker")
     meta.record_worker_dp_rank(this)
     operator_profiler.step_begin()
-    return request_ids, time.time_ns(), threading.get_native_id()
+    return request_ids, time.time_ns(), native_thread.current.id
 
 
 def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -238,14 +245,14 @@ def _phase_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         return None  # a phase the span contract has no record for: the original alone
     common.ensure_role("worker")
     if phase != "forward":
-        return phase, {contract.DOMAIN: DOMAIN}, time.time_ns(), threading.get_native_id(), None
+        return phase, {contract.DOMAIN: DOMAIN}, time.time_ns(), native_thread.current.id, None
     attributes: dict = {contract.DOMAIN: DOMAIN}
     if _step_request_ids:
         attributes[contract.RID] = _step_request_ids
     synchronize = npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return phase, attributes, time.time_ns(), threading.get_native_id(), synchronize
+    return phase, attributes, time.time_ns(), native_thread.current.id, synchronize
 
 
 record_function_or_nullcontext = wrapping.AroundHandler(

@@ -23,11 +23,10 @@ analyzer join them with EngineCore's internal ids. No prompt or completion text 
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
 from typing import Any, List, Optional, Tuple
 
-from otel_vllm_ascend import contract, control, recorder, wrapping
+from otel_vllm_ascend import contract, control, native_thread, recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Engine"
@@ -74,7 +73,7 @@ def record_arrival(request_id: str, incoming: Any, domain: str) -> Any:
     """``httpReq`` and ``tokenize`` of a request arriving now; returns its trace context (kept
     in :data:`common.request_contexts`): the caller's, or a new trace rooted at ``httpReq``."""
     now = time.time_ns()
-    tid = threading.get_native_id()
+    tid = native_thread.current.id
     attributes = {contract.DOMAIN: domain, contract.RID: request_id,
                   "gen_ai.request.id": request_id, contract.RECORD: contract.RECORD_EVENT}
     if incoming is not None:
@@ -181,7 +180,7 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     # One pass that keeps only the few finishing outputs, then their ids and states.
     finished = [(output.request_id, get_state(output.request_id)) for output
                 in [output for output in engine_core_outputs if output.finish_reason is not None]]
-    return states, request_ids, known, finished, time.time_ns(), threading.get_native_id()
+    return states, request_ids, known, finished, time.time_ns(), native_thread.current.id
 
 
 def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,

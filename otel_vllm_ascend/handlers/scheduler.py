@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, List, Optional
 
-from otel_vllm_ascend import contract, control, recorder, wrapping
+from otel_vllm_ascend import contract, control, native_thread, recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Schedule"
@@ -60,7 +59,7 @@ def _used_blocks(this: Any) -> Optional[tuple]:
 def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     common.ensure_role("engine_core")
     return (list(this.running), list(this.waiting), _used_blocks(this), time.time_ns(),
-            threading.get_native_id())
+            native_thread.current.id)
 
 
 def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: Any,
