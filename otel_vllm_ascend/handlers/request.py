@@ -218,5 +218,10 @@ process_outputs = wrapping.AroundHandler(
 def _external_ids(ids_and_states: Tuple[List[str], List[Any]]) -> List[str]:
     """The ids the client knows of these requests (the internal id where vLLM has no other)."""
     request_ids, states = ids_and_states
-    return [getattr(state, "external_req_id", None) or request_id
-            for request_id, state in zip(request_ids, states)]
+    try:  # every state known, with its external id: one plain attribute read each
+        external = [state.external_req_id for state in states]
+    except AttributeError:  # a request vLLM no longer knew, or a vLLM without external ids
+        external = [getattr(state, "external_req_id", None) for state in states]
+    if all(external):
+        return external
+    return [external_id or request_id for request_id, external_id in zip(request_ids, external)]
