@@ -138,6 +138,7 @@ def capture_exception(exc: BaseException) -> CapturedException:
 # -- records ----------------------------------------------------------------------------------
 
 _PLAIN = (str, int, float, bool, type(None))
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 def _plain(value: Any) -> Any:
@@ -147,7 +148,7 @@ def _plain(value: Any) -> Any:
     if kind in _PLAIN:
         return value
     if kind is list or kind is tuple:
-        if all(type(item) in _PLAIN for item in value):
+        if _PLAIN_TYPES.issuperset(map(type, value)):  # the check runs in C
             return value if kind is list else list(value)
         return [item if type(item) in _PLAIN else str(item) for item in value]
     for base in (bool, int, float, str):  # a subclass (an IntEnum, a str subclass)
@@ -173,6 +174,7 @@ def _deferred_to_wire(value: Any) -> Optional[tuple]:
 
 
 _AS_IS = (str, int, float, bool, type(None), list, tuple)  # marshal checks list items
+_AS_IS_TYPES = frozenset(_AS_IS)
 
 
 def _sanitized_attributes(attributes: Any) -> dict:
@@ -200,29 +202,27 @@ def to_wire(rec: Any, deferred_type: type) -> Optional[tuple]:
     name, start, end, attributes, events, parent, links, exception, tid, own = rec
     attrs = attributes
     computed = None
-    for value in attributes.values():
-        if type(value) not in _AS_IS:
-            attrs = {}
-            for key, value in attributes.items():
-                kind = type(value)
-                if kind in _AS_IS:
-                    attrs[key] = value
+    if not _AS_IS_TYPES.issuperset(map(type, attributes.values())):  # the check runs in C
+        attrs = {}
+        for key, value in attributes.items():
+            kind = type(value)
+            if kind in _AS_IS:
+                attrs[key] = value
+                continue
+            if kind is deferred_type:
+                wire = _deferred_to_wire(value)
+                if wire is not None:
+                    if computed is None:
+                        computed = []
+                    computed.append((key, wire[0], wire[1]))
                     continue
-                if kind is deferred_type:
-                    wire = _deferred_to_wire(value)
-                    if wire is not None:
-                        if computed is None:
-                            computed = []
-                        computed.append((key, wire[0], wire[1]))
-                        continue
-                    value = value.func(value.arg)
-                value = _plain(value)
-                if value is not _UNSET:
-                    attrs[key] = value
-            break
+                value = value.func(value.arg)
+            value = _plain(value)
+            if value is not _UNSET:
+                attrs[key] = value
     if events:
         for _, _, event_attrs in events:
-            if any(type(value) not in _AS_IS for value in event_attrs.values()):
+            if not _AS_IS_TYPES.issuperset(map(type, event_attrs.values())):
                 events = [(event_name, ts, _sanitized_attributes(event_attrs))
                           for event_name, ts, event_attrs in events]
                 break

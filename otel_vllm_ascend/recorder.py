@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode
 
-from otel_vllm_ascend import contract, drops, selfmeter
+from otel_vllm_ascend import contract, drops, native_thread, selfmeter
 from otel_vllm_ascend.process_role import detect_process_role
 from otel_vllm_ascend.records import (
     CapturedException,
@@ -206,7 +206,7 @@ def record_span(
         return
     queue.append(new_span_record(SpanRecord, (
         name, start_ns, end_ns, attributes, events, parent, links, exception,
-        thread_id or threading.get_native_id(), span_context)))
+        thread_id or native_thread.current.id, span_context)))
     if _state.thread is None:
         _start_thread()
 

@@ -9,11 +9,10 @@ evaluated after the call; an exception is recorded, never changed. Part of the h
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Callable, Optional
 
-from otel_vllm_ascend import contract, recorder
+from otel_vllm_ascend import contract, native_thread, recorder
 from otel_vllm_ascend.call_binding import ArgumentBinder
 from otel_vllm_ascend.hook import Hook
 from otel_vllm_ascend.hook import skip_call as _skip
@@ -22,7 +21,6 @@ from otel_vllm_ascend.selfmeter import meter as _meter
 _logger = logging.getLogger("otel_vllm_ascend.wrapping")  # one logger name for all hook code
 _time_ns = time.time_ns
 
-_native_id = threading.get_native_id
 # The self meter's clock: this thread's CPU time (see wrapping).
 _meter_ns = time.thread_time_ns
 
@@ -63,7 +61,7 @@ def sync_timer(hook: Hook, func: Callable) -> Callable:
         if _meter.on:
             return _metered_sync_timer(hook, func, args, kwargs)
         start = _time_ns()
-        tid = _native_id()
+        tid = native_thread.current.id
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
@@ -78,7 +76,7 @@ def _metered_sync_timer(hook: Hook, func: Callable, args: tuple, kwargs: dict) -
     """:func:`sync_timer`'s body with the self meter's clock around our part."""
     entered = _meter_ns()
     start = _time_ns()
-    tid = _native_id()
+    tid = native_thread.current.id
     called = _meter_ns()
     try:
         result = func(*args, **kwargs)
@@ -100,7 +98,7 @@ def async_timer(hook: Hook, func: Callable) -> Callable:
         metering = _meter.on
         entered = _meter_ns() if metering else 0
         start = _time_ns()
-        tid = _native_id()
+        tid = native_thread.current.id
         called = _meter_ns() if metering else 0
         try:
             result = await func(*args, **kwargs)
@@ -123,7 +121,7 @@ def generator_timer(hook: Hook, func: Callable) -> Callable:
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return (yield from func(*args, **kwargs))
         start = _time_ns()
-        tid = _native_id()
+        tid = native_thread.current.id
         try:
             result = yield from func(*args, **kwargs)
         except BaseException as exc:
@@ -165,7 +163,7 @@ def asyncgen_timer(hook: Hook, func: Callable) -> Callable:
                 yield item
             return
         start = _time_ns()
-        tid = _native_id()
+        tid = native_thread.current.id
         forward = _forward_asyncgen(func(*args, **kwargs))
         try:
             value = await forward.__anext__()
@@ -230,7 +228,7 @@ def contextmanager_timer(hook: Hook, func: Callable) -> Callable:
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return func(*args, **kwargs)
         start = _time_ns()
-        tid = _native_id()
+        tid = native_thread.current.id
         cm = func(*args, **kwargs)
 
         def on_exit(exc: Optional[BaseException]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import threading
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
@@ -79,10 +80,24 @@ class _HeaderGetter(Getter):
 _GETTER = _HeaderGetter()
 
 
+# A traceparent of exactly 55 characters: what the propagator's pattern accepts at that length.
+_TRACEPARENT_55 = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
 def parse_traceparent(headers: Optional[Mapping[str, str]]) -> Optional[SpanContext]:
     """The remote SpanContext (with its ``tracestate``) of W3C trace headers, or None."""
     if not headers:
         return None
+    if type(headers) is dict and len(headers) == 1:
+        # What trace_headers_of() sends to EngineCore: the propagator's result, without
+        # building its Context (a fifth of the cost); anything else goes the propagator's way.
+        value = headers.get("traceparent")
+        if type(value) is str and len(value) == 55 and _TRACEPARENT_55.fullmatch(value):
+            trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
+            if value[:2] == "ff" or not trace_id or not span_id:
+                return None
+            return SpanContext(trace_id, span_id, is_remote=True,
+                               trace_flags=TraceFlags(int(value[53:], 16)))
     context = get_current_span(_PROPAGATOR.extract(headers, getter=_GETTER)).get_span_context()
     return context if context.is_valid else None
 
@@ -94,9 +109,16 @@ def new_request_context() -> SpanContext:
 
 
 def trace_headers_of(context: SpanContext) -> Dict[str, str]:
-    """``traceparent`` (and ``tracestate`` when there is one) that carry ``context``."""
+    """``traceparent`` (and ``tracestate`` when there is one) that carry ``context``: the
+    propagator's text, formatted here for a valid context (a fifth of the cost)."""
     headers: Dict[str, str] = {}
-    _PROPAGATOR.inject(headers, context=set_span_in_context(NonRecordingSpan(context)))
+    if not context.is_valid:
+        _PROPAGATOR.inject(headers, context=set_span_in_context(NonRecordingSpan(context)))
+        return headers
+    headers["traceparent"] = \
+        f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    if context.trace_state:
+        headers["tracestate"] = context.trace_state.to_header()
     return headers
 
 
@@ -170,15 +192,23 @@ def forget(request_ids: Iterable[str]) -> None:
 def queue_changes(before: Iterable[Any], after: Iterable[Any]) -> Tuple[list, list]:
     """(left, joined) request ids between two snapshots of a scheduler queue. Its members (V1
     Requests, V0 SequenceGroups) compare by identity and are in a queue at most once."""
-    before = list(before)
-    after = list(after)
+    before = before if type(before) is list else list(before)
+    after = after if type(after) is list else list(after)
     if before == after:  # the common case of a steady decode step (identity, compared in C)
         return [], []
-    stayed = set(after)
-    left = [member.request_id for member in before if member not in stayed]
-    stayed = set(before)
-    joined = [member.request_id for member in after if member not in stayed]
-    return left, joined
+    # Set operations run in C; under load a step changes a queue by a member or two, whose
+    # order needs no pass over the queue.
+    members = set(before)
+    changed = members.symmetric_difference(after)
+    left = changed & members
+    return _ids_in_order(left, before), _ids_in_order(changed - left, after)
+
+
+def _ids_in_order(members: set, queue: list) -> list:
+    """Request ids of ``members``, in their order in ``queue``."""
+    if len(members) < 2:
+        return [member.request_id for member in members]
+    return [member.request_id for member in filter(members.__contains__, queue)]
 
 
 # -- batch details ----------------------------------------------------------------------------
@@ -309,7 +339,7 @@ class BatchDescription:
     """
 
     __slots__ = ("output", "inputs", "request_ids", "requests", "rows", "kind", "links",
-                 "_json", "seq")
+                 "_json", "seq", "deferred")
 
     def __init__(self, output: Any, inputs: BatchInputs) -> None:
         self.seq = next(_batch_numbers)  # names the step to the writer process (handoff.py)
@@ -321,6 +351,8 @@ class BatchDescription:
         self.kind = ""
         self.links: Optional[List[SpanContext]] = None
         self._json: Optional[str] = None
+        # (ms.rid_detail, batch_type, links) as Deferred values, made once for both batch spans
+        self.deferred: Optional[tuple] = None
 
     def resolve(self) -> BatchDescription:
         """Classify this step (once): rows, kind and links, then forget finished requests."""
@@ -439,17 +471,28 @@ def describe_batch(scheduler_output: Any, requests: Optional[Mapping[str, Any]] 
     return description
 
 
+def _deferred(batch: BatchDescription) -> tuple:
+    deferred = batch.deferred
+    if deferred is None:
+        deferred = batch.deferred = (
+            recorder.Deferred(BatchDescription.details_json, batch),
+            recorder.Deferred(BatchDescription.batch_type, batch),
+            recorder.Deferred(BatchDescription.span_links, batch))
+    return deferred
+
+
 def batch_links(batch: BatchDescription) -> recorder.Deferred:
     """The batch span's links to the traces of the requests in their first step."""
-    return recorder.Deferred(BatchDescription.span_links, batch)
+    return _deferred(batch)[2]
 
 
 def batch_attributes(domain: str, batch: BatchDescription) -> dict:
+    details, kind, _ = _deferred(batch)
     return {
         contract.DOMAIN: domain,
-        contract.RID_DETAIL: recorder.Deferred(BatchDescription.details_json, batch),
+        contract.RID_DETAIL: details,
         contract.RID: batch.request_ids,
-        "batch_type": recorder.Deferred(BatchDescription.batch_type, batch),
+        "batch_type": kind,
     }
 
 

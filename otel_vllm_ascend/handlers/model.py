@@ -32,11 +32,18 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any, Callable, List, Optional
 
-from otel_vllm_ascend import contract, control, handoff, operator_profiler, recorder, wrapping
+from otel_vllm_ascend import (
+    contract,
+    control,
+    handoff,
+    native_thread,
+    operator_profiler,
+    recorder,
+    wrapping,
+)
 from otel_vllm_ascend.handlers import common, meta, spec_decode
 
 DOMAIN = "Execute"
@@ -68,7 +75,7 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         return None
     common.ensure_role("engine_core")
     batch = common.describe_batch(scheduler_output)
-    return batch, total_tokens, time.time_ns(), threading.get_native_id()
+    return batch, total_tokens, time.time_ns(), native_thread.current.id
 
 
 def _execute_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -99,7 +106,7 @@ def _synchronised_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     synchronize = npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return time.time_ns(), threading.get_native_id(), synchronize
+    return time.time_ns(), native_thread.current.id, synchronize
 
 
 def _synchronised_after(name: str) -> Callable:
@@ -134,7 +141,7 @@ def capture_async(original: Any, this: Any, duration_tag: Any = None, *args: Any
     synchronize = npu_synchronize() if name == "forward" else None
     manager = original(duration_tag, *args, **kwargs)
     start = time.time_ns()
-    tid = threading.get_native_id()
+    tid = native_thread.current.id
 
     def on_exit(error: Optional[BaseException]) -> None:
         if synchronize is not None:
@@ -158,7 +165,7 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     common.ensure_role("worker")
     meta.record_worker_dp_rank(this)
     operator_profiler.step_begin()
-    return request_ids, time.time_ns(), threading.get_native_id()
+    return request_ids, time.time_ns(), native_thread.current.id
 
 
 def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -201,13 +208,15 @@ RUNNER_PHASES = {
 class _PhaseContext:
     """The runner's context manager for one phase, recording the phase's span at its exit;
     every other attribute reads through to it (what ``record_function_or_nullcontext`` hands
-    the runner when recording)."""
+    the runner when recording). The class itself is the handler's ``after`` half (one call
+    less per phase)."""
 
-    __slots__ = ("target", "phase", "attributes", "start", "tid", "synchronize")
+    __slots__ = ("target", "state")
 
-    def __init__(self, target: Any, state: tuple) -> None:
-        self.target = target
-        self.phase, self.attributes, self.start, self.tid, self.synchronize = state
+    def __init__(self, state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
+                 error: Optional[BaseException]) -> None:
+        self.target = result
+        self.state = state  # (phase, attributes, start, thread id, synchronize or None)
 
     def __enter__(self):  # noqa: ANN204
         return self.target.__enter__()
@@ -217,10 +226,11 @@ class _PhaseContext:
             return self.target.__exit__(exc_type, exc, tb)
         finally:
             try:
-                if self.synchronize is not None:
-                    self.synchronize()
-                recorder.record_span(self.phase, self.start, time.time_ns(), self.attributes,
-                                     exception=exc, thread_id=self.tid)
+                phase, attributes, start, tid, synchronize = self.state
+                if synchronize is not None:
+                    synchronize()
+                recorder.record_span(phase, start, time.time_ns(), attributes, None, None,
+                                     None, exc, tid)
             except Exception:  # our bookkeeping must not replace the block's outcome
                 pass
 
@@ -234,24 +244,19 @@ def _phase_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     if phase is None:
         return None  # a phase the span contract has no record for: the original alone
     common.ensure_role("worker")
+    if phase != "forward":
+        return phase, {contract.DOMAIN: DOMAIN}, time.time_ns(), native_thread.current.id, None
     attributes: dict = {contract.DOMAIN: DOMAIN}
-    synchronize = None
-    if phase == "forward":
-        if _step_request_ids:
-            attributes[contract.RID] = _step_request_ids
-        synchronize = npu_synchronize()
-        if synchronize is not None:
-            synchronize()
-    return phase, attributes, time.time_ns(), threading.get_native_id(), synchronize
-
-
-def _phase_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
-                 error: Optional[BaseException]) -> Any:
-    return _PhaseContext(result, state)
+    if _step_request_ids:
+        attributes[contract.RID] = _step_request_ids
+    synchronize = npu_synchronize()
+    if synchronize is not None:
+        synchronize()
+    return phase, attributes, time.time_ns(), native_thread.current.id, synchronize
 
 
 record_function_or_nullcontext = wrapping.AroundHandler(
-    _phase_before, _phase_after, "record_function_or_nullcontext",
+    _phase_before, _PhaseContext, "record_function_or_nullcontext",
     "``record_function_or_nullcontext(name)`` of a model runner: a span per known phase, from "
     "the phase's entry to its exit (the runner gets a transparent context manager around "
     "its own).", wraps_result=True)

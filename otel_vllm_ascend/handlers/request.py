@@ -23,11 +23,10 @@ analyzer join them with EngineCore's internal ids. No prompt or completion text 
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
 from typing import Any, List, Optional, Tuple
 
-from otel_vllm_ascend import contract, control, recorder, wrapping
+from otel_vllm_ascend import contract, control, native_thread, recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Engine"
@@ -74,7 +73,7 @@ def record_arrival(request_id: str, incoming: Any, domain: str) -> Any:
     """``httpReq`` and ``tokenize`` of a request arriving now; returns its trace context (kept
     in :data:`common.request_contexts`): the caller's, or a new trace rooted at ``httpReq``."""
     now = time.time_ns()
-    tid = threading.get_native_id()
+    tid = native_thread.current.id
     attributes = {contract.DOMAIN: domain, contract.RID: request_id,
                   "gen_ai.request.id": request_id, contract.RECORD: contract.RECORD_EVENT}
     if incoming is not None:
@@ -177,11 +176,11 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     request_ids = [output.request_id for output in engine_core_outputs]
     # The request states (their external ids) are read on the recorder's thread: a state
     # object stays readable after vLLM drops it, and its external id never changes.
-    known = [get_state(request_id) for request_id in request_ids]
-    finished = [(request_id, state) for output, request_id, state
-                in zip(engine_core_outputs, request_ids, known)
-                if output.finish_reason is not None]
-    return states, request_ids, known, finished, time.time_ns(), threading.get_native_id()
+    known = list(map(get_state, request_ids))  # the loop in C
+    # One pass that keeps only the few finishing outputs, then their ids and states.
+    finished = [(output.request_id, get_state(output.request_id)) for output
+                in [output for output in engine_core_outputs if output.finish_reason is not None]]
+    return states, request_ids, known, finished, time.time_ns(), native_thread.current.id
 
 
 def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -219,5 +218,10 @@ process_outputs = wrapping.AroundHandler(
 def _external_ids(ids_and_states: Tuple[List[str], List[Any]]) -> List[str]:
     """The ids the client knows of these requests (the internal id where vLLM has no other)."""
     request_ids, states = ids_and_states
-    return [getattr(state, "external_req_id", None) or request_id
-            for request_id, state in zip(request_ids, states)]
+    try:  # every state known, with its external id: one plain attribute read each
+        external = [state.external_req_id for state in states]
+    except AttributeError:  # a request vLLM no longer knew, or a vLLM without external ids
+        external = [getattr(state, "external_req_id", None) for state in states]
+    if all(external):
+        return external
+    return [external_id or request_id for request_id, external_id in zip(request_ids, external)]

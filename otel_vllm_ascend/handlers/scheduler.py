@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, List, Optional
 
-from otel_vllm_ascend import contract, control, recorder, wrapping
+from otel_vllm_ascend import contract, control, native_thread, recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Schedule"
@@ -33,6 +32,19 @@ def _queue_event(name: str, timestamp: int, request_ids: List[str], queue_name: 
     })
 
 
+def _queue_events(events: list, timestamp: int, queue_name: str, before: list,
+                  queue: Any) -> None:
+    """``Dequeue`` / ``Enqueue`` events of one queue's changes since ``before``."""
+    after = queue if type(queue) is list else list(queue)  # the live list is only read here
+    if after == before:  # a steady step: compared in C, nothing to record
+        return
+    left, joined = common.queue_changes(before, after)
+    if left:
+        events.append(_queue_event("Dequeue", timestamp, left, queue_name, len(after)))
+    if joined:
+        events.append(_queue_event("Enqueue", timestamp, joined, queue_name, len(after)))
+
+
 def _used_blocks(this: Any) -> Optional[tuple]:
     """(total, free) blocks of the scheduler's KV cache, or None when not readable."""
     try:
@@ -47,7 +59,7 @@ def _used_blocks(this: Any) -> Optional[tuple]:
 def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     common.ensure_role("engine_core")
     return (list(this.running), list(this.waiting), _used_blocks(this), time.time_ns(),
-            threading.get_native_id())
+            native_thread.current.id)
 
 
 def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: Any,
@@ -58,14 +70,9 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
     request_ids = batch.request_ids
     if not request_ids or not control.engine_step(output):  # profiler_step_num reached
         return
-    events = []
-    for queue_name, before, after in ((RUNNING, running_before, list(this.running)),
-                                      (WAITING, waiting_before, list(this.waiting))):
-        left, joined = common.queue_changes(before, after)
-        if left:
-            events.append(_queue_event("Dequeue", end, left, queue_name, len(after)))
-        if joined:
-            events.append(_queue_event("Enqueue", end, joined, queue_name, len(after)))
+    events: list = []
+    _queue_events(events, end, RUNNING, running_before, this.running)
+    _queue_events(events, end, WAITING, waiting_before, this.waiting)
     kv_after = _used_blocks(this)
     if kv_after is not None and control.allows(KV_DOMAIN):
         total, free = kv_after

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from typing import Any, List, NamedTuple, Optional
 
-from otel_vllm_ascend import contract, handoff, recorder, wrapping
+from otel_vllm_ascend import contract, handoff, native_thread, recorder, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Execute"
@@ -169,7 +168,7 @@ def _propose_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     common.ensure_role("worker")
     if rows[0][3] is not None:
         _step.accepted_by_request = {row[0]: row[3] for row in rows}
-    return rows, time.time_ns(), threading.get_native_id()
+    return rows, time.time_ns(), native_thread.current.id
 
 
 def details_json(rows: List[tuple]) -> str:

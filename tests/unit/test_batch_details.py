@@ -1,4 +1,5 @@
-"""``ms.rid_detail`` text: the row-by-row formatter writes exactly what json.dumps writes."""
+"""``ms.rid_detail`` text: the row-by-row formatter writes exactly what json.dumps writes;
+queue changes between two snapshots."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from otel_vllm_ascend.handlers.common import DETAIL_KEYS, details_json
+from otel_vllm_ascend.handlers.common import DETAIL_KEYS, details_json, queue_changes
 
 _numbers = st.one_of(st.integers(-10**12, 10**12), st.booleans(), st.floats(allow_nan=False))
 _rows = st.tuples(st.one_of(st.text(max_size=12), st.integers()), _numbers, _numbers, _numbers,
@@ -26,3 +27,27 @@ def test_typical_batch():
     text = details_json(rows)
     assert json.loads(text)[3]["num_prompt_tokens"] is None
     assert text == json.dumps([dict(zip(DETAIL_KEYS, r)) for r in rows], separators=(",", ":"))
+
+
+def test_queue_changes_match_a_pass_over_each_queue():
+    """Left / joined members by set operations, ordered as in their queue."""
+    import random
+
+    class Member:
+        def __init__(self, index):
+            self.request_id = f"r{index}"
+
+    def by_passes(before, after):
+        return ([m.request_id for m in before if m not in set(after)],
+                [m.request_id for m in after if m not in set(before)])
+
+    pool = [Member(i) for i in range(40)]
+    rng = random.Random(7)
+    for _ in range(500):
+        before = rng.sample(pool, rng.randint(0, 20))
+        after = [m for m in before if rng.random() > 0.2] + rng.sample(pool, rng.randint(0, 4))
+        after = list(dict.fromkeys(after))  # members are in a queue at most once
+        if rng.random() < 0.3:
+            rng.shuffle(after)
+        assert queue_changes(before, after) == by_passes(before, after)
+        assert queue_changes(tuple(before), iter(after)) == by_passes(before, after)
