@@ -1,4 +1,5 @@
-"""W3C trace headers read and written through OpenTelemetry's propagator, not by hand."""
+"""W3C trace headers read and written as OpenTelemetry's propagator does: through it, or, for
+the one header shape vLLM's processes pass each other, parsed directly and checked against it."""
 
 from __future__ import annotations
 
