@@ -65,29 +65,58 @@ def _explode(rows: pd.DataFrame, *value_columns: str) -> pd.DataFrame:
 
 
 class _PerRequest:
-    """Per-request reductions over (record, request) pairs, keyed by integer request codes."""
+    """Per-request reductions over (record, request) pairs, keyed by integer request codes.
+
+    Batch records list up to hundreds of requests each (eight million pairs at ten times the
+    benchmark capture), so the pairs are never held all at once: the codes are assigned a chunk
+    of records at a time, and each reduction explodes only the records it selects. Codes are
+    numbered in order of first appearance (records, then the engine's rows), as one
+    ``pd.factorize`` over every pair would number them.
+    """
+
+    CHUNK_ROWS = 20_000
 
     def __init__(self, rows: pd.DataFrame, engine_rids: list) -> None:
-        rid_lists = rows["rids"].tolist()
-        lengths = np.fromiter((len(r) for r in rid_lists), dtype="int64",
-                              count=len(rid_lists))
-        flat = list(chain.from_iterable(rid_lists))
-        everything = np.empty(len(flat) + len(engine_rids), dtype=object)
-        everything[:len(flat)] = flat
-        everything[len(flat):] = engine_rids
-        codes, uniques = pd.factorize(everything)
-        pairs = len(flat)
-        del everything, flat
-        # int32 codes and row numbers: ten million pairs at ten times the benchmark capture.
-        codes = codes.astype(np.int32)
-        self.uniques = uniques
-        self.n = len(uniques)
-        self.codes = codes[:pairs]
-        self.engine_codes = codes[pairs:]
-        self.row_of = np.repeat(np.arange(len(rows), dtype=np.int32), lengths)
+        self.rid_lists = rows["rids"].tolist()
         self.names = rows["name"].to_numpy(dtype=object)
         self.start = rows["start_us"].to_numpy(dtype="float64")
         self.end = rows["end_us"].to_numpy(dtype="float64")
+        code_of: dict = {}
+        # Earliest record of each request, reduced chunk by chunk while the codes are assigned.
+        first_seen = np.empty(0)
+        for begin in range(0, len(self.rid_lists), self.CHUNK_ROWS):
+            rows_at = np.arange(begin, min(begin + self.CHUNK_ROWS, len(self.rid_lists)))
+            codes, row_of = self._pairs(rows_at, code_of)
+            if len(code_of) > len(first_seen):
+                first_seen = np.concatenate([first_seen,
+                                             np.full(len(code_of) - len(first_seen), np.nan)])
+            np.fmin.at(first_seen, codes, self.start[row_of])
+        engine = np.empty(len(engine_rids), dtype=object)
+        engine[:] = engine_rids
+        self.engine_codes = self._codes(engine, code_of)
+        self.n = len(code_of)
+        self.uniques = np.empty(self.n, dtype=object)
+        self.uniques[:] = list(code_of)
+        self.code_of = code_of
+        self.first_seen = np.full(self.n, np.nan)
+        self.first_seen[:len(first_seen)] = first_seen
+
+    @staticmethod
+    def _codes(rids: np.ndarray, code_of: dict) -> np.ndarray:
+        """int32 codes of ``rids``, new ids numbered on from ``code_of`` in order of appearance."""
+        local, uniques = pd.factorize(rids)
+        known = np.fromiter((code_of.setdefault(rid, len(code_of)) for rid in uniques),
+                            dtype=np.int32, count=len(uniques))
+        return known[local] if len(local) else np.empty(0, dtype=np.int32)
+
+    def _pairs(self, rows_at: np.ndarray, code_of: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(request code, row number) of every pair of the records at ``rows_at``, in order."""
+        lists = [self.rid_lists[i] for i in rows_at.tolist()]
+        lengths = np.fromiter((len(r) for r in lists), dtype="int64", count=len(lists))
+        flat = np.empty(int(lengths.sum()), dtype=object)
+        flat[:] = list(chain.from_iterable(lists))
+        row_of = np.repeat(rows_at.astype(np.int32), lengths)
+        return self._codes(flat, code_of), row_of
 
     def rows_named(self, *names: str) -> np.ndarray:
         return np.isin(self.names, names)
@@ -97,9 +126,8 @@ class _PerRequest:
                ) -> np.ndarray:
         """``func`` (np.fmin / np.fmax / np.add) of the values of each request; NaN if none."""
         if codes is None:
-            pairs = row_mask[self.row_of]
-            codes = self.codes[pairs]
-            values = row_values[self.row_of[pairs]]
+            codes, row_of = self._pairs(np.flatnonzero(row_mask), self.code_of)
+            values = row_values[row_of]
         else:
             values = pair_values
         out = np.full(self.n, np.nan)
@@ -112,9 +140,7 @@ class _PerRequest:
 
     def first(self, row_mask: np.ndarray, row_values: np.ndarray) -> np.ndarray:
         """Each request's value from its earliest record in ``row_mask`` with a value."""
-        pairs = row_mask[self.row_of]
-        rows = self.row_of[pairs]
-        codes = self.codes[pairs]
+        codes, rows = self._pairs(np.flatnonzero(row_mask), self.code_of)
         values = row_values[rows]
         known = np.asarray([v is not None and v == v for v in values], dtype=bool)
         rows, codes, values = rows[known], codes[known], values[known]
@@ -167,7 +193,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     table["recv"] = _floats(per.first(is_res, _metric_values(rows, "recvTokenSize")))
     table["reply_tokens"] = _floats(per.first(is_res, _metric_values(rows, "replyTokenSize")))
     table["first_output_us"] = per.reduce(per.rows_named(*OUTPUT_NAMES), start, fmin)
-    table["first_seen_us"] = per.reduce(np.ones(len(rows), dtype=bool), start, fmin)
+    table["first_seen_us"] = per.first_seen
     table["enqueue_us"] = per.reduce(per.rows_named("Enqueue"), start, fmin)
     is_dequeue = per.rows_named("Dequeue")
     if is_dequeue.any():
