@@ -266,7 +266,7 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
     origin_ns = origin_us * 1000.0
     columns = getattr(events, "flows", None)
     if columns is not None and hasattr(columns, "ts_ns") and hasattr(events, "events"):
-        events = events.events  # the flow columns are written after the loop, without dicts
+        events = events.plain()  # the flow columns are written after the loop, without dicts
     else:
         columns = None
     for event in events:
