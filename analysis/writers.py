@@ -337,24 +337,27 @@ def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
 
     if not len(columns.phase):
         return
-    pairs = np.stack((columns.pid, columns.tid), axis=1)
-    unique, first, inverse = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
-    track_of_pair = np.zeros(len(unique), dtype="int64")
-    for index in np.argsort(first, kind="stable").tolist():
-        pid, tid = unique[index].tolist()
-        track_of_pair[index] = track(pid, tid)
     _insert_rows(
         conn, "INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)",
         f"(?, {_sql_text(FLOW_NAME)}, {_sql_text(FLOW_CATEGORY)}, ?, ?, ?)", 4,
-        _flow_rows(columns, track_of_pair[inverse.reshape(-1)], origin_ns))
+        _flow_rows(columns, track, origin_ns))
 
 
-def _flow_rows(columns: Any, track_ids: np.ndarray, origin_ns: int) -> Iterable[tuple]:
-    """The flow rows, made from the columns a chunk at a time (two million at x10)."""
+def _flow_rows(columns: Any, track: Any, origin_ns: int) -> Iterable[tuple]:
+    """The flow rows, made from the columns a chunk at a time (two million at x10); the
+    chunks' (pid, tid) pairs get their track ids in order of first appearance."""
     phases = ("s", "t", "f")
     for first in range(0, len(columns.phase), TRACE_ROWS_HELD):
         part = slice(first, first + TRACE_ROWS_HELD)
-        yield from zip(columns.flow_id[part].tolist(), track_ids[part].tolist(),
+        pairs = np.stack((columns.pid[part], columns.tid[part]), axis=1)
+        unique, first_at, inverse = np.unique(pairs, axis=0, return_index=True,
+                                              return_inverse=True)
+        track_of_pair = np.zeros(len(unique), dtype="int64")
+        for index in np.argsort(first_at, kind="stable").tolist():
+            pid, tid = unique[index].tolist()
+            track_of_pair[index] = track(pid, tid)
+        yield from zip(columns.flow_id[part].tolist(),
+                       track_of_pair[inverse.reshape(-1)].tolist(),
                        (columns.ts_ns[part] + origin_ns).tolist(),
                        [phases[p] for p in columns.phase[part].tolist()])
 
