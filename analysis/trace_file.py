@@ -20,6 +20,7 @@ FLOW_CATEGORY = "request"
 FLOW_NAME = "request"
 WRITE_CHUNK_EVENTS = 50_000
 DEFERRED_CHUNK_ROWS = 20_000
+Column = Union[np.ndarray, Callable[[], np.ndarray]]
 
 
 class TraceEvents(Sequence):
@@ -103,13 +104,15 @@ class _FlowColumns:
     def __len__(self) -> int:
         return len(self.phase)
 
-    def extend(self, phase: np.ndarray, flow_id: np.ndarray, pid: np.ndarray, tid: np.ndarray,
-               ts_ns: np.ndarray) -> None:
-        self.phase = np.concatenate((self.phase, np.asarray(phase, dtype="int8")))
-        self.flow_id = np.concatenate((self.flow_id, np.asarray(flow_id, dtype="int64")))
-        self.pid = np.concatenate((self.pid, np.asarray(pid, dtype="int64")))
-        self.tid = np.concatenate((self.tid, np.asarray(tid, dtype="int64")))
-        self.ts_ns = np.concatenate((self.ts_ns, np.asarray(ts_ns, dtype="int64")))
+    def extend(self, phase: Column, flow_id: Column, pid: Column, tid: Column,
+               ts_ns: Column) -> None:
+        """Append rows; a column may be given as a function making it, called when that
+        column is appended, so that one large input is held at a time."""
+        for name, values in (("phase", phase), ("flow_id", flow_id), ("pid", pid),
+                             ("tid", tid), ("ts_ns", ts_ns)):
+            held = getattr(self, name)
+            made = values() if callable(values) else values
+            setattr(self, name, np.concatenate((held, np.asarray(made, dtype=held.dtype))))
 
     def _rows(self, first: int, stop: int) -> Iterator[tuple]:
         return zip(self.phase[first:stop].tolist(), self.flow_id[first:stop].tolist(),
