@@ -18,8 +18,8 @@ import numpy as np
 
 FLOW_CATEGORY = "request"
 FLOW_NAME = "request"
-WRITE_CHUNK_EVENTS = 50_000
-DEFERRED_CHUNK_ROWS = 20_000
+WRITE_CHUNK_EVENTS = 10_000
+DEFERRED_CHUNK_ROWS = 5_000
 Column = Union[np.ndarray, Callable[[], np.ndarray]]
 
 

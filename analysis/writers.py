@@ -363,7 +363,7 @@ def _flow_rows(columns: Any, track: Any, origin_ns: int) -> Iterable[tuple]:
 
 
 # Trace rows held before they are inserted (a multiple of ROWS_PER_INSERT).
-TRACE_ROWS_HELD = 50_000
+TRACE_ROWS_HELD = 10_000
 # Rows per INSERT statement for the trace tables: one statement step per 100 rows instead of
 # per row halves the time of the 206,000-row flow table.
 ROWS_PER_INSERT = 100
@@ -375,7 +375,7 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, row: str, width: int,
     many = f"{insert} VALUES {', '.join([row] * ROWS_PER_INSERT)}"
     rows = iter(rows)
     while True:
-        chunk = list(islice(rows, ROWS_PER_INSERT * 500))  # bounded memory at any scale
+        chunk = list(islice(rows, TRACE_ROWS_HELD))  # bounded memory at any scale
         if not chunk:
             return
         whole = len(chunk) // ROWS_PER_INSERT * ROWS_PER_INSERT
