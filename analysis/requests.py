@@ -54,16 +54,6 @@ INTERNAL_COLUMNS = ("arrival_us", "enqueue_us", "first_scheduled_us", "first_tok
 OUTPUT_NAMES = ("detokenize", "httpRes")
 
 
-def _explode(rows: pd.DataFrame, *value_columns: str) -> pd.DataFrame:
-    """One row per (record, request id) with the chosen columns repeated."""
-    rid_lists = rows["rids"].tolist()
-    lengths = np.fromiter((len(r) for r in rid_lists), dtype="int64", count=len(rid_lists))
-    out = {"rid": pd.array(list(chain.from_iterable(rid_lists)), dtype=object)}
-    for column in value_columns:
-        out[column] = np.repeat(rows[column].to_numpy(), lengths)
-    return pd.DataFrame(out)
-
-
 class _PerRequest:
     """Per-request reductions over (record, request) pairs, keyed by integer request codes.
 
@@ -324,9 +314,3 @@ def _engine_side(per: _PerRequest, steps: pd.DataFrame, per_request: pd.DataFram
                    np.where(prefill_done, exec_end_of[step_idx], np.nan))
     columns["exec_ms"] = np.where(step_counts > 0, exec_sum, np.nan)
     return columns
-
-
-def token_times(frame: pd.DataFrame) -> pd.DataFrame:
-    """(rid, time µs) of every API-server output record, for inter-token latencies."""
-    rows = frame.loc[frame["name"] == "detokenize"]
-    return _explode(rows, "start_us").sort_values(["rid", "start_us"], kind="stable")
