@@ -50,6 +50,7 @@ from otel_vllm_ascend.analysis import kvcache as kvcache_mod
 from otel_vllm_ascend.analysis import operators as operators_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
+from otel_vllm_ascend.analysis.allocator import give_back_free_memory
 from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
 from otel_vllm_ascend.analysis.host_clocks import clock_gaps
 from otel_vllm_ascend.analysis.output_jobs import _in_background, _Run
@@ -154,6 +155,7 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
         for name in OPERATOR_CSV_FILES:
             (output_path / name).unlink(missing_ok=True)
     frame, processes, report = read_captures(input_path, progress.files)
+    give_back_free_memory()  # the decoded messages' memory (allocator.py)
     progress.done()
     for problem in report.problems:
         _logger.warning("%s", problem)

@@ -310,7 +310,8 @@ class RecordBuilder:
         cols["attrs"].append(attrs)
 
     def build(self, processes: Iterable[ProcessInfo]) -> pd.DataFrame:
-        """Map request ids, attach per-process columns, sort by time."""
+        """Map request ids, attach per-process columns, sort by time (once: the builder
+        gives its columns up to the frame)."""
         cols = self.columns
         n = len(cols["name"])
         if not n:
@@ -335,33 +336,40 @@ class RecordBuilder:
         cols["host"] = hosts
         cols["role"] = roles
         cols["dp_rank"] = ranks
+        del hosts, roles, ranks
+        # Sorted while the columns are made, each list dropped once made: the frame is never
+        # held twice (a large capture's frame is hundreds of MB).
         start = np.asarray(cols["start_us"], dtype="float64")
-        end = np.asarray(cols["end_us"], dtype="float64")
-        data = {
-            "source": pd.array(cols["source"], dtype=object),
-            "host": pd.array(hosts, dtype=object),
-            "pid": np.asarray(cols["pid"], dtype="int64"),
-            "tid": np.asarray(cols["tid"], dtype="int64"),
-            "role": pd.array(roles, dtype=object),
-            "dp_rank": pd.array(ranks, dtype="Int64"),
-            "mark_id": np.asarray(cols["mark_id"], dtype="int64"),
-            "name": pd.array(cols["name"], dtype=object),
-            "domain": pd.array(cols["domain"], dtype=object),
-            "type": pd.array(cols["type"], dtype="Int64"),
-            "start_us": start,
-            "end_us": end,
-            "dur_us": np.asarray(cols["dur_us"], dtype="float64"),
+        source_codes = pd.factorize(pd.array(cols["source"], dtype=object))[0]
+        order = np.lexsort((np.asarray(cols["mark_id"], dtype="int64"), source_codes, start))
+        del source_codes
+        makers = {
+            "source": lambda v: pd.array(v, dtype=object),
+            "host": lambda v: pd.array(v, dtype=object),
+            "pid": lambda v: np.asarray(v, dtype="int64"),
+            "tid": lambda v: np.asarray(v, dtype="int64"),
+            "role": lambda v: pd.array(v, dtype=object),
+            "dp_rank": lambda v: pd.array(v, dtype="Int64"),
+            "mark_id": lambda v: np.asarray(v, dtype="int64"),
+            "name": lambda v: pd.array(v, dtype=object),
+            "domain": lambda v: pd.array(v, dtype=object),
+            "type": lambda v: pd.array(v, dtype="Int64"),
+            "start_us": lambda v: start,
+            "end_us": lambda v: np.asarray(v, dtype="float64"),
+            "dur_us": lambda v: np.asarray(v, dtype="float64"),
         }
-        for name in ("rids", "rid_detail", "batch_type", "metrics", "metric_incs", "scopes",
-                     "attrs"):
-            arr = np.empty(n, dtype=object)
-            arr[:] = cols[name]
-            data[name] = arr
-        frame = pd.DataFrame(data, columns=list(RECORD_COLUMNS))
-        source_codes = pd.factorize(frame["source"])[0]
-        order = np.lexsort((frame["mark_id"].to_numpy(), source_codes, start))
-        frame = frame.take(order).reset_index(drop=True)
-        return frame
+        data = {}
+        for name in RECORD_COLUMNS:
+            maker = makers.get(name)
+            if maker is None:  # lists and dicts: an object array holding them
+                values = np.empty(n, dtype=object)
+                values[:] = cols[name]
+            else:
+                values = maker(cols[name])
+            cols[name] = []
+            data[name] = values[order]
+            del values
+        return pd.DataFrame(data, columns=list(RECORD_COLUMNS))
 
 
 def map_request_ids(rids_column: list, detail_column: list, links: dict[str, str]) -> None:

@@ -504,7 +504,8 @@ def merge_into_trace(trace: Any, capture: OperatorCapture, frame: pd.DataFrame,
             mapping = dict(processes_class(frame).pid_of)
         except Exception:  # the trace builder changed shape: real pids below
             mapping = {}
-    labels = {int(e["pid"]): e["args"]["name"] for e in trace
+    # The process names are plain events (``events``), never deferred nor flows.
+    labels = {int(e["pid"]): e["args"]["name"] for e in getattr(trace, "events", trace)
               if isinstance(e, dict) and e.get("ph") == "M" and e.get("name") == "process_name"}
 
     def pid_of(host: str, pid: int) -> int:

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from otel_vllm_ascend.analysis.allocator import give_back_free_memory
+
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
 
@@ -30,6 +32,8 @@ class _Run:
             _logger.debug("details", exc_info=True)
             self.failed.append(what)
             return None
+        finally:
+            give_back_free_memory()  # the stage's temporaries: not held into the next one
 
     def wrote(self, path: Optional[Path]) -> None:
         if path is not None:

@@ -33,7 +33,7 @@ Rows are sorted by arrival. The frame returned also holds the internal columns l
 from __future__ import annotations
 
 from itertools import chain
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -54,75 +54,107 @@ INTERNAL_COLUMNS = ("arrival_us", "enqueue_us", "first_scheduled_us", "first_tok
 OUTPUT_NAMES = ("detokenize", "httpRes")
 
 
-def _explode(rows: pd.DataFrame, *value_columns: str) -> pd.DataFrame:
-    """One row per (record, request id) with the chosen columns repeated."""
-    rid_lists = rows["rids"].tolist()
-    lengths = np.fromiter((len(r) for r in rid_lists), dtype="int64", count=len(rid_lists))
-    out = {"rid": pd.array(list(chain.from_iterable(rid_lists)), dtype=object)}
-    for column in value_columns:
-        out[column] = np.repeat(rows[column].to_numpy(), lengths)
-    return pd.DataFrame(out)
-
-
 class _PerRequest:
-    """Per-request reductions over (record, request) pairs, keyed by integer request codes."""
+    """Per-request reductions over (record, request) pairs, keyed by integer request codes.
 
-    def __init__(self, rows: pd.DataFrame, engine_rids: list) -> None:
-        rid_lists = rows["rids"].tolist()
-        lengths = np.fromiter((len(r) for r in rid_lists), dtype="int64",
-                              count=len(rid_lists))
-        flat = list(chain.from_iterable(rid_lists))
-        everything = np.empty(len(flat) + len(engine_rids), dtype=object)
-        everything[:len(flat)] = flat
-        everything[len(flat):] = engine_rids
-        codes, uniques = pd.factorize(everything)
-        pairs = len(flat)
-        del everything, flat
-        # int32 codes and row numbers: ten million pairs at ten times the benchmark capture.
-        codes = codes.astype(np.int32)
-        self.uniques = uniques
-        self.n = len(uniques)
-        self.codes = codes[:pairs]
-        self.engine_codes = codes[pairs:]
-        self.row_of = np.repeat(np.arange(len(rows), dtype=np.int32), lengths)
+    Batch records list up to hundreds of requests each (eight million pairs at ten times the
+    benchmark capture), so the pairs are never held all at once: every pass over them goes a
+    chunk of about ``CHUNK_PAIRS`` pairs at a time, accumulating in pair order, so the results
+    are those of one pass over all pairs. Codes are numbered in order of first appearance
+    (records, then the engine's rows), as one ``pd.factorize`` over every pair would number
+    them.
+    """
+
+    CHUNK_PAIRS = 262_144
+
+    def __init__(self, rows: pd.DataFrame, engine_rids: np.ndarray) -> None:
+        self.rid_lists = rows["rids"].tolist()
+        self.lengths = np.fromiter((len(r) for r in self.rid_lists), dtype="int64",
+                                   count=len(self.rid_lists))
         self.names = rows["name"].to_numpy(dtype=object)
         self.start = rows["start_us"].to_numpy(dtype="float64")
         self.end = rows["end_us"].to_numpy(dtype="float64")
+        code_of: dict = {}
+        # Earliest record of each request, reduced chunk by chunk while the codes are assigned.
+        first_seen = np.empty(0)
+        for codes, row_of in self._chunks(np.arange(len(self.rid_lists)), code_of):
+            if len(code_of) > len(first_seen):
+                first_seen = np.concatenate([first_seen,
+                                             np.full(len(code_of) - len(first_seen), np.nan)])
+            np.fmin.at(first_seen, codes, self.start[row_of])
+        engine = np.asarray(engine_rids, dtype=object)
+        self.engine_codes = np.concatenate(
+            [self._codes(engine[begin:begin + self.CHUNK_PAIRS], code_of)
+             for begin in range(0, len(engine), self.CHUNK_PAIRS)] or [np.empty(0, np.int32)])
+        self.n = len(code_of)
+        self.uniques = np.empty(self.n, dtype=object)
+        self.uniques[:] = list(code_of)
+        self.code_of = code_of
+        self.first_seen = np.full(self.n, np.nan)
+        self.first_seen[:len(first_seen)] = first_seen
+
+    @staticmethod
+    def _codes(rids: np.ndarray, code_of: dict) -> np.ndarray:
+        """int32 codes of ``rids``, new ids numbered on from ``code_of`` in order of appearance."""
+        local, uniques = pd.factorize(rids)
+        known = np.fromiter((code_of.setdefault(rid, len(code_of)) for rid in uniques),
+                            dtype=np.int32, count=len(uniques))
+        return known[local] if len(local) else np.empty(0, dtype=np.int32)
+
+    def _chunks(self, rows_at: np.ndarray, code_of: dict
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(request code, row number) of the pairs of the records at ``rows_at``, in order, a
+        chunk of about ``CHUNK_PAIRS`` pairs (whole records) at a time."""
+        ends = np.cumsum(self.lengths[rows_at])
+        begin = 0
+        while begin < len(rows_at):
+            done = ends[begin - 1] if begin else 0
+            stop = max(int(np.searchsorted(ends, done + self.CHUNK_PAIRS, side="right")),
+                       begin + 1)
+            yield self._pairs(rows_at[begin:stop], code_of)
+            begin = stop
+
+    def _pairs(self, rows_at: np.ndarray, code_of: dict) -> tuple[np.ndarray, np.ndarray]:
+        lists = [self.rid_lists[i] for i in rows_at.tolist()]
+        lengths = self.lengths[rows_at]
+        flat = np.empty(int(lengths.sum()), dtype=object)
+        flat[:] = list(chain.from_iterable(lists))
+        row_of = np.repeat(rows_at.astype(np.int32), lengths)
+        return self._codes(flat, code_of), row_of
 
     def rows_named(self, *names: str) -> np.ndarray:
         return np.isin(self.names, names)
 
-    def reduce(self, row_mask: np.ndarray, row_values: np.ndarray, func: np.ufunc,
-               codes: Optional[np.ndarray] = None, pair_values: Optional[np.ndarray] = None
+    def reduce(self, row_mask: np.ndarray, row_values: np.ndarray, func: np.ufunc
                ) -> np.ndarray:
-        """``func`` (np.fmin / np.fmax / np.add) of the values of each request; NaN if none."""
-        if codes is None:
-            pairs = row_mask[self.row_of]
-            codes = self.codes[pairs]
-            values = row_values[self.row_of[pairs]]
-        else:
-            values = pair_values
+        """``func`` (np.fmin / np.fmax) of the values of each request; NaN if none."""
         out = np.full(self.n, np.nan)
-        if func is np.add:
-            counted = np.bincount(codes, minlength=self.n) > 0
-            out = np.bincount(codes, weights=values, minlength=self.n)
-            return np.where(counted, out, np.nan)
-        func.at(out, codes, values)
+        for codes, row_of in self._chunks(np.flatnonzero(row_mask), self.code_of):
+            func.at(out, codes, row_values[row_of])
         return out
 
     def first(self, row_mask: np.ndarray, row_values: np.ndarray) -> np.ndarray:
         """Each request's value from its earliest record in ``row_mask`` with a value."""
-        pairs = row_mask[self.row_of]
-        rows = self.row_of[pairs]
-        codes = self.codes[pairs]
-        values = row_values[rows]
-        known = np.asarray([v is not None and v == v for v in values], dtype=bool)
-        rows, codes, values = rows[known], codes[known], values[known]
-        order = np.argsort(self.start[rows], kind="stable")
-        codes, values = codes[order], values[order]
         out = np.full(self.n, None, dtype=object)
-        unique_codes, first = np.unique(codes, return_index=True)
-        out[unique_codes] = values[first]
+        best = np.full(self.n, np.nan)  # start of the record ``out`` was taken from
+        found = np.zeros(self.n, dtype=bool)
+        for codes, rows in self._chunks(np.flatnonzero(row_mask), self.code_of):
+            values = row_values[rows]
+            known = np.asarray([v is not None and v == v for v in values], dtype=bool)
+            rows, codes, values = rows[known], codes[known], values[known]
+            starts = self.start[rows]
+            order = np.argsort(starts, kind="stable")
+            unique_codes, first = np.unique(codes[order], return_index=True)
+            picked = order[first]
+            # An earlier chunk keeps ties: its records come first, as in one stable sort.
+            new_start = starts[picked]
+            old_start = best[unique_codes]
+            better = (~found[unique_codes] | (new_start < old_start)
+                      | (np.isnan(old_start) & ~np.isnan(new_start)))
+            unique_codes, picked = unique_codes[better], picked[better]
+            out[unique_codes] = values[picked]
+            best[unique_codes] = starts[picked]
+            found[unique_codes] = True
         return out
 
 
@@ -144,17 +176,19 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         steps = engine_steps(frame)
     if per_request is None:
         per_request = step_requests(steps)
-    known = np.fromiter((isinstance(r, str) and r != "" for r in per_request["rid"].tolist()),
-                        dtype=bool, count=len(per_request))
+    engine_rids = per_request["rid"].to_numpy(dtype=object)
+    known = np.fromiter((isinstance(r, str) and r != "" for r in engine_rids), dtype=bool,
+                        count=len(engine_rids))
     if not known.all():  # batch entries without a request id count in batches, not here
         per_request = per_request.loc[known].reset_index(drop=True)
+        engine_rids = engine_rids[known]
     if len(frame):
         has_rid = np.fromiter((len(r) > 0 for r in frame["rids"].tolist()), dtype=bool,
                               count=len(frame))
         rows = frame.loc[has_rid & (frame["name"] != "link").to_numpy()]
     else:
         rows = frame
-    per = _PerRequest(rows, per_request["rid"].tolist())
+    per = _PerRequest(rows, engine_rids)
     if per.n == 0:
         return pd.DataFrame({c: pd.Series([], dtype=object)
                              for c in CSV_COLUMNS + INTERNAL_COLUMNS})
@@ -167,7 +201,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     table["recv"] = _floats(per.first(is_res, _metric_values(rows, "recvTokenSize")))
     table["reply_tokens"] = _floats(per.first(is_res, _metric_values(rows, "replyTokenSize")))
     table["first_output_us"] = per.reduce(per.rows_named(*OUTPUT_NAMES), start, fmin)
-    table["first_seen_us"] = per.reduce(np.ones(len(rows), dtype=bool), start, fmin)
+    table["first_seen_us"] = per.first_seen
     table["enqueue_us"] = per.reduce(per.rows_named("Enqueue"), start, fmin)
     is_dequeue = per.rows_named("Dequeue")
     if is_dequeue.any():
@@ -176,33 +210,8 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         is_dequeue &= queue != "RUNNING"
     table["dequeue_us"] = per.reduce(is_dequeue, end, fmin)
 
-    # Engine side, per (step, request).
-    codes = per.engine_codes
-    if len(per_request):
-        step_idx = per_request["step_id"].to_numpy()
-        sched_end = steps["sched_end_us"].to_numpy(dtype="float64")[step_idx]
-        exec_start = steps["exec_start_us"].to_numpy(dtype="float64")[step_idx]
-        exec_end = steps["exec_end_us"].to_numpy(dtype="float64")[step_idx]
-        exec_dur = steps["exec_dur_us"].to_numpy(dtype="float64")[step_idx]
-        nst = per_request["num_scheduled_tokens"].to_numpy(dtype="float64")
-        nct = per_request["num_computed_tokens"].to_numpy(dtype="float64")
-        npt = per_request["num_prompt_tokens"].to_numpy(dtype="float64")
-        rtype = per_request["type"].to_numpy(dtype="float64")
-        counts_known = ~(np.isnan(nst) | np.isnan(nct) | np.isnan(npt))
-        prefill_done = np.where(counts_known, (rtype == 0) & (nct + nst >= npt),
-                                per_request["iter"].to_numpy(dtype="float64") == 0)
-        scheduled = np.where(np.isnan(sched_end), exec_start, sched_end)
-        table["first_step_us"] = per.reduce(None, None, fmin, codes, scheduled)
-        table["exec_ms"] = per.reduce(None, None, np.add, codes,
-                                      np.nan_to_num(exec_dur / 1000.0, nan=0.0))
-        table["steps"] = np.bincount(codes, minlength=per.n)
-        table["engine_prompt"] = per.reduce(None, None, fmax, codes, npt)
-        table["engine_first_token_us"] = per.reduce(
-            None, None, fmin, codes, np.where(prefill_done, exec_end, np.nan))
-    else:
-        for column in ("first_step_us", "exec_ms", "steps", "engine_prompt",
-                       "engine_first_token_us"):
-            table[column] = np.nan
+    for column, values in _engine_side(per, steps, per_request).items():
+        table[column] = values
     is_hit = per.rows_named("CacheHitRate")
     hit_values = _metric_values(rows, "hitCache", "attrs")
     hit_values[is_hit & np.asarray([v is None for v in hit_values], dtype=bool)] = 0
@@ -258,7 +267,50 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     return out[list(CSV_COLUMNS + INTERNAL_COLUMNS)]
 
 
-def token_times(frame: pd.DataFrame) -> pd.DataFrame:
-    """(rid, time µs) of every API-server output record, for inter-token latencies."""
-    rows = frame.loc[frame["name"] == "detokenize"]
-    return _explode(rows, "start_us").sort_values(["rid", "start_us"], kind="stable")
+ENGINE_CHUNK_ROWS = 262_144
+
+
+def _engine_side(per: _PerRequest, steps: pd.DataFrame, per_request: pd.DataFrame) -> dict:
+    """Per-request reductions of the (step, request) rows, a chunk of rows at a time.
+
+    Each reduction accumulates in row order (``np.fmin.at`` / ``np.add.at`` into one array),
+    so the result is the same as over all rows at once, with a dozen step-long temporaries
+    (two million rows at ten times the benchmark capture) held for one chunk only.
+    """
+    n = per.n
+    first_step = np.full(n, np.nan)
+    exec_sum = np.zeros(n)
+    engine_prompt = np.full(n, np.nan)
+    engine_first_token = np.full(n, np.nan)
+    step_counts = np.zeros(n, dtype="int64")
+    columns = {"first_step_us": first_step, "exec_ms": exec_sum, "steps": step_counts,
+               "engine_prompt": engine_prompt, "engine_first_token_us": engine_first_token}
+    if not len(per_request):
+        return {column: np.full(n, np.nan) for column in columns}
+    sched_end_of = steps["sched_end_us"].to_numpy(dtype="float64")
+    exec_start_of = steps["exec_start_us"].to_numpy(dtype="float64")
+    exec_end_of = steps["exec_end_us"].to_numpy(dtype="float64")
+    exec_dur_of = steps["exec_dur_us"].to_numpy(dtype="float64")
+    step_ids = per_request["step_id"].to_numpy()
+    numbers = {key: per_request[key].to_numpy(dtype="float64")
+               for key in ("num_scheduled_tokens", "num_computed_tokens", "num_prompt_tokens",
+                           "type", "iter")}
+    for begin in range(0, len(per_request), ENGINE_CHUNK_ROWS):
+        rows = slice(begin, begin + ENGINE_CHUNK_ROWS)
+        codes = per.engine_codes[rows]
+        step_idx = step_ids[rows]
+        nst, nct, npt = (numbers[key][rows] for key in (
+            "num_scheduled_tokens", "num_computed_tokens", "num_prompt_tokens"))
+        counts_known = ~(np.isnan(nst) | np.isnan(nct) | np.isnan(npt))
+        prefill_done = np.where(counts_known, (numbers["type"][rows] == 0) & (nct + nst >= npt),
+                                numbers["iter"][rows] == 0)
+        sched_end = sched_end_of[step_idx]
+        scheduled = np.where(np.isnan(sched_end), exec_start_of[step_idx], sched_end)
+        np.fmin.at(first_step, codes, scheduled)
+        np.add.at(exec_sum, codes, np.nan_to_num(exec_dur_of[step_idx] / 1000.0, nan=0.0))
+        step_counts += np.bincount(codes, minlength=n)
+        np.fmax.at(engine_prompt, codes, npt)
+        np.fmin.at(engine_first_token, codes,
+                   np.where(prefill_done, exec_end_of[step_idx], np.nan))
+    columns["exec_ms"] = np.where(step_counts > 0, exec_sum, np.nan)
+    return columns

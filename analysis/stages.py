@@ -36,12 +36,12 @@ standard deviation, empty below two values). Written as ``prefill.csv`` and ``de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, pair_codes
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
 
 STAGES = ("scheduling", "model_execution", "model_forward", "logits_sampling",
@@ -100,16 +100,22 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     unknown = np.isnan(per_request["num_prompt_tokens"].to_numpy(dtype="float64"))
     yields = (kind == 1) | ((kind == 0) & (done | unknown))
     per_request = per_request.loc[yields].drop_duplicates("step_id", keep="first")
-    lengths = [len(r) for r in outputs["rids"].tolist()]
-    times = np.repeat(outputs["start_us"].to_numpy(dtype="float64"), lengths)
-    emitted = pd.DataFrame({
-        "rid": pd.array(list(chain.from_iterable(outputs["rids"].tolist())), dtype=object),
-        "time": times, "out_time": times})
-    emitted = emitted.loc[emitted["rid"].isin(set(per_request["rid"].tolist()))]
-    emitted = emitted.sort_values("time", kind="stable")
+    # The outputs' (record, request) pairs as int32 codes: millions of pairs at ten times the
+    # benchmark capture; only those of the requests asked about are kept.
+    coder = RequestCodes()
+    asked_codes = coder.codes(per_request["rid"].to_numpy(dtype=object))
+    codes, rows = pair_codes(outputs["rids"].tolist(), coder)
+    wanted = np.zeros(len(coder), dtype=bool)
+    wanted[asked_codes] = True
+    keep = wanted[codes]
+    times = outputs["start_us"].to_numpy(dtype="float64")[rows[keep]]
+    emitted = pd.DataFrame({"rid": codes[keep], "time": times, "out_time": times})
+    del codes, rows, keep
+    if len(times) > 1 and not bool((times[1:] >= times[:-1]).all()):  # records: in time order
+        emitted = emitted.sort_values("time", kind="stable")
     exec_end = batches["exec_end_us"].to_numpy(dtype="float64")
     row = _rows_of_steps(batches, per_request["step_id"].to_numpy(dtype="int64"))
-    asked = pd.DataFrame({"row": row, "rid": per_request["rid"].to_numpy(dtype=object),
+    asked = pd.DataFrame({"row": row, "rid": asked_codes,
                           "time": np.where(row >= 0, exec_end[row], np.nan)})
     asked = asked.loc[np.isfinite(asked["time"].to_numpy())]
     if asked.empty or emitted.empty:

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.requests import token_times
+from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, pair_codes
 
 STAT_COLUMNS = ("Metric", "Average", "Max", "Min", "P50", "P90", "P99")
 
@@ -57,21 +57,36 @@ def statistics_row(metric: str, values: object) -> dict:
 def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
                         per_request: Optional[pd.DataFrame] = None,
                         batches: Optional[pd.DataFrame] = None) -> np.ndarray:
-    """Gaps between consecutive outputs of each complete request, pooled (ms)."""
+    """Gaps between consecutive outputs of each complete request, pooled (ms), in order of
+    request id (as text), then of time."""
     complete = set(requests.loc[~requests["partial"].astype(bool), "http_rid"].tolist())
-    times = token_times(frame)
-    if times.empty and per_request is not None and batches is not None and len(per_request):
+    outputs = frame.loc[(frame["name"] == "detokenize").to_numpy(), ["rids", "start_us"]]
+    coder = RequestCodes()
+    codes, rows = pair_codes(outputs["rids"].tolist(), coder)
+    if len(codes):
+        times = outputs["start_us"].to_numpy(dtype="float64")[rows]
+        del rows
+    elif per_request is not None and batches is not None and len(per_request):
         ends = batches["exec_end_us"].to_numpy(dtype="float64")
-        times = pd.DataFrame({"rid": per_request["rid"].to_numpy(dtype=object),
-                              "start_us": ends[per_request["step_id"].to_numpy()]})
-        times = times.sort_values(["rid", "start_us"], kind="stable")
-    if times.empty:
+        codes = coder.codes(per_request["rid"].to_numpy(dtype=object))
+        times = ends[per_request["step_id"].to_numpy()]
+    else:
         return np.zeros(0)
-    times = times.loc[times["rid"].isin(complete)]
-    rid = times["rid"].to_numpy(dtype=object)
-    ts = times["start_us"].to_numpy(dtype="float64")
-    same = rid[1:] == rid[:-1]
-    return (np.diff(ts)[same]) / 1000.0
+    ranks = coder.ranks()[codes]
+    kept = np.fromiter((rid in complete for rid in coder.ids()), dtype=bool, count=len(coder))
+    # Records come in time order, so a stable sort by request keeps each one's outputs in time
+    # order; otherwise sort by time too.
+    if len(times) < 2 or bool((times[1:] >= times[:-1]).all()):
+        order = np.argsort(ranks, kind="stable")
+    else:
+        order = np.lexsort((times, ranks))
+    del ranks
+    codes, times = codes[order], times[order]
+    del order
+    keep = kept[codes]
+    codes, times = codes[keep], times[keep]
+    same = codes[1:] == codes[:-1]
+    return (np.diff(times)[same]) / 1000.0
 
 
 def request_summary(frame: pd.DataFrame, requests: pd.DataFrame,

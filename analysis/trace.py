@@ -48,8 +48,14 @@ import numpy as np
 import pandas as pd
 
 # The timeline's parts, each in its own module; this one puts them together.
-from otel_vllm_ascend.analysis.trace_file import TraceEvents, write_chrome_trace
-from otel_vllm_ascend.analysis.trace_records import _counter_events, _metric_samples, _record_events
+from otel_vllm_ascend.analysis.trace_file import DeferredEvents, TraceEvents, write_chrome_trace
+from otel_vllm_ascend.analysis.trace_records import (
+    _SCHEDULE_RECORD,
+    _counter_events,
+    _metric_samples,
+    _record_events,
+    _step_record_name,
+)
 from otel_vllm_ascend.analysis.trace_requests import _request_events
 from otel_vllm_ascend.analysis.trace_tracks import _slice_tids, _TraceProcesses
 
@@ -103,9 +109,22 @@ def _build(frame: pd.DataFrame, requests: Optional[pd.DataFrame]) -> TraceEvents
 
     slice_tids = _slice_tids(trace_pids, tids, start_ns, end_ns, names, domains)
     samples = _metric_samples(frame, start_ns, end_ns)
-    events += _record_events(frame, trace_pids, slice_tids, start_ns, end_ns, names, domains,
-                             samples)
-    events += _counter_events(frame, trace_pids, start_ns, names, domains, samples)
+    step_name = _step_record_name(names, prefer=_SCHEDULE_RECORD)
+
+    # The records' slices and counters are made again each time the trace is read (written to
+    # the JSON file, to profiler.db): held, they would be most of the trace's memory.
+    def record_events(rows: slice, state: dict) -> list:
+        return _record_events(frame.iloc[rows], trace_pids[rows], slice_tids[rows],
+                              start_ns[rows], end_ns[rows], names[rows], domains[rows],
+                              samples[rows])
+
+    def counter_events(rows: slice, state: dict) -> list:
+        return _counter_events(frame.iloc[rows], trace_pids[rows], start_ns[rows], names[rows],
+                               domains[rows], samples[rows], step_name,
+                               state.setdefault("total_blocks", {}))
+
+    trace.deferred += [DeferredEvents(len(frame), record_events),
+                       DeferredEvents(len(frame), counter_events)]
     lanes_pid = processes.requests_pid
     request_events, lane_count = _request_events(
         frame, requests, trace_pids, slice_tids, start_ns, end_ns, names, origin, lanes_pid,

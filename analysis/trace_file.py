@@ -1,7 +1,8 @@
 """The trace's events in memory and the ``chrome_tracing.json`` file they are written to.
 
 Flow events are most of a trace, so they are kept as numpy columns (:class:`_FlowColumns`)
-and printed straight to JSON text; every other event is a plain dict.
+and printed straight to JSON text; the records' own events (:class:`DeferredEvents`) are made
+again each time the trace is read; every other event is a plain dict.
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
 FLOW_CATEGORY = "request"
 FLOW_NAME = "request"
-WRITE_CHUNK_EVENTS = 50_000
+WRITE_CHUNK_EVENTS = 10_000
+DEFERRED_CHUNK_ROWS = 5_000
+Column = Union[np.ndarray, Callable[[], np.ndarray]]
 
 
 class TraceEvents(Sequence):
@@ -29,26 +33,63 @@ class TraceEvents(Sequence):
 
     def __init__(self, origin_us: float = 0.0) -> None:
         self.origin_us = origin_us
+        self.deferred: list[DeferredEvents] = []  # read before ``events``
         self.events: list[dict] = []
         self.flows = _FlowColumns()
 
+    def plain(self) -> Iterator[dict]:
+        """Every event but the flows, in order."""
+        for part in self.deferred:
+            yield from part
+        yield from self.events
+
+    def _plain_len(self) -> int:
+        return sum(len(part) for part in self.deferred) + len(self.events)
+
     def __len__(self) -> int:
-        return len(self.events) + len(self.flows)
+        return self._plain_len() + len(self.flows)
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+            return list(islice(self, *index.indices(len(self))))
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError("trace event index out of range")
-        if index < len(self.events):
-            return self.events[index]
-        return self.flows.event(index - len(self.events))
+        plain = self._plain_len()
+        if index < plain:
+            return next(islice(self.plain(), index, None))
+        return self.flows.event(index - plain)
 
     def __iter__(self) -> Iterator[dict]:
-        yield from self.events
+        yield from self.plain()
         yield from self.flows
+
+
+class DeferredEvents:
+    """Events made each time they are read, a chunk of records at a time, instead of held.
+
+    The records' slices and counters are two thirds of a trace's dicts (300,000 at ten times
+    the benchmark capture, about 150 MB): made from the records frame, which lives to the end
+    anyway, they are written to the JSON file and to ``profiler.db`` as they come.
+    ``make(rows, state)`` returns the events of the records in the slice ``rows``; ``state`` is
+    a dict carried from one chunk to the next within one reading.
+    """
+
+    def __init__(self, rows: int, make: Callable[[slice, dict], list]) -> None:
+        self._rows = rows
+        self._make = make
+        self._count: Optional[int] = None
+
+    def __iter__(self) -> Iterator[dict]:
+        state: dict = {}
+        for first in range(0, self._rows, DEFERRED_CHUNK_ROWS):
+            yield from self._make(slice(first, first + DEFERRED_CHUNK_ROWS), state)
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = sum(1 for _ in self)
+        return self._count
 
 
 class _FlowColumns:
@@ -63,13 +104,15 @@ class _FlowColumns:
     def __len__(self) -> int:
         return len(self.phase)
 
-    def extend(self, phase: np.ndarray, flow_id: np.ndarray, pid: np.ndarray, tid: np.ndarray,
-               ts_ns: np.ndarray) -> None:
-        self.phase = np.concatenate((self.phase, np.asarray(phase, dtype="int8")))
-        self.flow_id = np.concatenate((self.flow_id, np.asarray(flow_id, dtype="int64")))
-        self.pid = np.concatenate((self.pid, np.asarray(pid, dtype="int64")))
-        self.tid = np.concatenate((self.tid, np.asarray(tid, dtype="int64")))
-        self.ts_ns = np.concatenate((self.ts_ns, np.asarray(ts_ns, dtype="int64")))
+    def extend(self, phase: Column, flow_id: Column, pid: Column, tid: Column,
+               ts_ns: Column) -> None:
+        """Append rows; a column may be given as a function making it, called when that
+        column is appended, so that one large input is held at a time."""
+        for name, values in (("phase", phase), ("flow_id", flow_id), ("pid", pid),
+                             ("tid", tid), ("ts_ns", ts_ns)):
+            held = getattr(self, name)
+            made = values() if callable(values) else values
+            setattr(self, name, np.concatenate((held, np.asarray(made, dtype=held.dtype))))
 
     def _rows(self, first: int, stop: int) -> Iterator[tuple]:
         return zip(self.phase[first:stop].tolist(), self.flow_id[first:stop].tolist(),
@@ -116,16 +159,16 @@ def write_chrome_trace(path: Union[str, Path], events: Iterable[dict],
              "generator": "otel-vllm-analyze"}
     encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     if isinstance(events, TraceEvents):
-        plain, flows = events.events, events.flows
+        plain, flows = events.plain(), events.flows
     else:
-        plain, flows = list(events), _FlowColumns()
+        plain, flows = iter(events), _FlowColumns()
     with open(path, "w", encoding="utf-8") as out:
         out.write('{"displayTimeUnit":"ms","otherData":')
         out.write(encode(other))
         out.write(',"traceEvents":[\n')
         separator = ""
-        for first in range(0, len(plain), WRITE_CHUNK_EVENTS):
-            text = encode(plain[first:first + WRITE_CHUNK_EVENTS])  # "[...]": one C-level call
+        while chunk := list(islice(plain, WRITE_CHUNK_EVENTS)):
+            text = encode(chunk)  # "[...]": one C-level call
             out.write(separator)
             out.write(text[1:-1])
             separator = ",\n"

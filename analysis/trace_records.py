@@ -137,11 +137,18 @@ def _json_safe(args: dict) -> dict:
 
 
 def _counter_events(frame: pd.DataFrame, trace_pids: np.ndarray, start_ns: np.ndarray,
-                    names: list, domains: list, samples: list) -> list[dict]:
-    """KV cache, queue, batch and free-form metric counters, on the process that recorded them."""
+                    names: list, domains: list, samples: list, step_name: Optional[str] = None,
+                    total_blocks: Optional[dict] = None) -> list[dict]:
+    """KV cache, queue, batch and free-form metric counters, on the process that recorded them.
+
+    ``step_name`` (the record standing for an engine step, :func:`_step_record_name` of all the
+    records') and ``total_blocks`` (each process's last ``TotalBlocks``) carry over when the
+    records are passed a chunk at a time."""
     events = []
-    total_blocks: dict = {}
-    step_name = _step_record_name(names, prefer=_SCHEDULE_RECORD)
+    if total_blocks is None:
+        total_blocks = {}
+    if step_name is None:
+        step_name = _step_record_name(names, prefer=_SCHEDULE_RECORD)
     columns = zip(trace_pids.tolist(), start_ns.tolist(), names, domains,
                   frame["metrics"].tolist(), frame["scopes"].tolist(),
                   frame["attrs"].tolist(), frame["rids"].tolist(),

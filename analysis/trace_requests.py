@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from itertools import chain
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, pair_codes
 from otel_vllm_ascend.analysis.trace_file import _FlowColumns, _ts
 from otel_vllm_ascend.analysis.trace_records import (
     _SCHEDULE_RECORD,
@@ -35,7 +35,6 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
     lifecycle = _request_lifecycle(frame, requests, start_ns, end_ns, names, origin_us)
     rids = list(lifecycle)
     rids += [rid for rid in steps.groups if rid not in lifecycle]
-    step_start, step_end, step_point = steps.start, steps.end, steps.point
     spans = []
     for rid in rids:
         arrival, scheduled, first_token, end, info = lifecycle.get(
@@ -46,10 +45,10 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
             first, last = group[0], group[1] - 1
             if info is None:
                 # Not in the request table: time the phases from the first step it was in.
-                scheduled = int(step_start[first]) if scheduled is None else scheduled
-                first_token = int(step_end[first]) if first_token is None else first_token
-            known += [int(step_start[first]), int(step_end[last]),
-                      int(step_point[last]) + 2]  # the finish lies after the last step
+                scheduled = steps.start(first) if scheduled is None else scheduled
+                first_token = steps.end(first) if first_token is None else first_token
+            known += [steps.start(first), steps.end(last),
+                      steps.point(last) + 2]  # the finish lies after the last step
         if not known:
             continue
         start = min(known)
@@ -84,9 +83,10 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
     if ends:
         phase, flow_ids, lanes, ts = (np.asarray(c, dtype="int64") for c in zip(*ends))
         flows.extend(phase, flow_ids, np.full(len(ends), lanes_pid), lanes, ts)
-        flows.extend(np.ones(len(steps.pid), dtype="int8"),
-                     np.repeat(group_flow, steps.group_sizes), steps.pid, steps.tid,
-                     step_point)
+        # Made one column at a time as they are appended (two million rows each at x10).
+        flows.extend(lambda: np.ones(len(steps), dtype="int8"),
+                     lambda: np.repeat(group_flow, steps.group_sizes), steps.pids, steps.tids,
+                     steps.points)
     return events, lane_count
 
 
@@ -111,11 +111,13 @@ def _phase_slices(pid: int, lane: int, start: int, finish: int, arrival: Optiona
 
 
 class _RequestSteps:
-    """Every (request, engine step) pair as numpy columns, grouped by request in time order.
+    """Every (request, engine step) pair, grouped by request in time order.
 
-    ``groups`` maps a request id to ``(begin, stop, group index)`` in the columns; a step is
+    ``rows`` holds each pair's record row (the step's), so the pairs (two million at ten times
+    the benchmark capture) cost 8 bytes each; times, pids and tracks are looked up when needed.
+    ``groups`` maps a request id to ``(begin, stop, group index)`` in ``rows``; a step is
     ``modelExec`` (else ``batchFrameworkProcessing``) and only spans count, since flows bind to
-    slices. ``point`` is where the request's flow passes the step: 1 ns inside its slice, where
+    slices. A step's *point* is where the request's flow passes it: 1 ns inside its slice, where
     the step's own nested children rarely start.
     """
 
@@ -127,24 +129,46 @@ class _RequestSteps:
             rows = np.flatnonzero(frame["name"].to_numpy(dtype=object) == step_name)
             rows = rows[end_ns[rows] > start_ns[rows]]
             rows = rows[np.argsort(start_ns[rows], kind="stable")]
-        rid_lists = frame["rids"].to_numpy(dtype=object)[rows]
-        lengths = np.fromiter((len(r) for r in rid_lists), dtype="int64", count=len(rid_lists))
-        flat = np.empty(int(lengths.sum()), dtype=object)
-        flat[:] = list(chain.from_iterable(rid_lists))
-        codes, uniques = pd.factorize(flat)
+        coder = RequestCodes()
+        codes, pair_rows = pair_codes(frame["rids"].to_numpy(dtype=object)[rows].tolist(),
+                                      coder)
         order = np.argsort(codes, kind="stable")  # rows are in time order already
         codes = codes[order]
-        step_rows = np.repeat(rows, lengths)[order]
-        self.pid = trace_pids[step_rows]
-        self.tid = slice_tids[step_rows]
-        self.start = start_ns[step_rows]
-        self.end = end_ns[step_rows]
-        self.point = np.where(self.end - self.start > 1, self.start + 1, self.start)
+        self.rows = rows[pair_rows[order]]
+        del order, pair_rows
+        self._start_ns, self._end_ns = start_ns, end_ns
+        self._pids, self._tids = trace_pids, slice_tids
         begins = np.flatnonzero(np.diff(codes, prepend=-1))
         stops = np.append(begins[1:], len(codes))
         self.group_sizes = stops - begins
         self.groups = {rid: (begin, stop, index) for index, (rid, begin, stop) in enumerate(
-            zip(np.asarray(uniques, dtype=object).tolist(), begins.tolist(), stops.tolist()))}
+            zip(coder.ids().tolist(), begins.tolist(), stops.tolist()))}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def start(self, pair: int) -> int:
+        return int(self._start_ns[self.rows[pair]])
+
+    def end(self, pair: int) -> int:
+        return int(self._end_ns[self.rows[pair]])
+
+    def point(self, pair: int) -> int:
+        start, end = self.start(pair), self.end(pair)
+        return start + 1 if end - start > 1 else start
+
+    def points(self) -> np.ndarray:
+        points = self._start_ns[self.rows]
+        inside = self._end_ns[self.rows]
+        inside -= points
+        points += inside > 1
+        return points
+
+    def pids(self) -> np.ndarray:
+        return self._pids[self.rows]
+
+    def tids(self) -> np.ndarray:
+        return self._tids[self.rows]
 
 
 def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], start_ns: np.ndarray,

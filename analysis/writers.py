@@ -266,7 +266,7 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
     origin_ns = origin_us * 1000.0
     columns = getattr(events, "flows", None)
     if columns is not None and hasattr(columns, "ts_ns") and hasattr(events, "events"):
-        events = events.events  # the flow columns are written after the loop, without dicts
+        events = events.plain()  # the flow columns are written after the loop, without dicts
     else:
         columns = None
     for event in events:
@@ -337,30 +337,33 @@ def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
 
     if not len(columns.phase):
         return
-    pairs = np.stack((columns.pid, columns.tid), axis=1)
-    unique, first, inverse = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
-    track_of_pair = np.zeros(len(unique), dtype="int64")
-    for index in np.argsort(first, kind="stable").tolist():
-        pid, tid = unique[index].tolist()
-        track_of_pair[index] = track(pid, tid)
     _insert_rows(
         conn, "INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)",
         f"(?, {_sql_text(FLOW_NAME)}, {_sql_text(FLOW_CATEGORY)}, ?, ?, ?)", 4,
-        _flow_rows(columns, track_of_pair[inverse.reshape(-1)], origin_ns))
+        _flow_rows(columns, track, origin_ns))
 
 
-def _flow_rows(columns: Any, track_ids: np.ndarray, origin_ns: int) -> Iterable[tuple]:
-    """The flow rows, made from the columns a chunk at a time (two million at x10)."""
+def _flow_rows(columns: Any, track: Any, origin_ns: int) -> Iterable[tuple]:
+    """The flow rows, made from the columns a chunk at a time (two million at x10); the
+    chunks' (pid, tid) pairs get their track ids in order of first appearance."""
     phases = ("s", "t", "f")
     for first in range(0, len(columns.phase), TRACE_ROWS_HELD):
         part = slice(first, first + TRACE_ROWS_HELD)
-        yield from zip(columns.flow_id[part].tolist(), track_ids[part].tolist(),
+        pairs = np.stack((columns.pid[part], columns.tid[part]), axis=1)
+        unique, first_at, inverse = np.unique(pairs, axis=0, return_index=True,
+                                              return_inverse=True)
+        track_of_pair = np.zeros(len(unique), dtype="int64")
+        for index in np.argsort(first_at, kind="stable").tolist():
+            pid, tid = unique[index].tolist()
+            track_of_pair[index] = track(pid, tid)
+        yield from zip(columns.flow_id[part].tolist(),
+                       track_of_pair[inverse.reshape(-1)].tolist(),
                        (columns.ts_ns[part] + origin_ns).tolist(),
                        [phases[p] for p in columns.phase[part].tolist()])
 
 
 # Trace rows held before they are inserted (a multiple of ROWS_PER_INSERT).
-TRACE_ROWS_HELD = 50_000
+TRACE_ROWS_HELD = 10_000
 # Rows per INSERT statement for the trace tables: one statement step per 100 rows instead of
 # per row halves the time of the 206,000-row flow table.
 ROWS_PER_INSERT = 100
@@ -372,7 +375,7 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, row: str, width: int,
     many = f"{insert} VALUES {', '.join([row] * ROWS_PER_INSERT)}"
     rows = iter(rows)
     while True:
-        chunk = list(islice(rows, ROWS_PER_INSERT * 500))  # bounded memory at any scale
+        chunk = list(islice(rows, TRACE_ROWS_HELD))  # bounded memory at any scale
         if not chunk:
             return
         whole = len(chunk) // ROWS_PER_INSERT * ROWS_PER_INSERT
