@@ -93,11 +93,12 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     outputs = frame.loc[frame["name"].isin(OUTPUT_NAMES), ["rids", "start_us"]]
     if outputs.empty or per_request.empty:
         return out
-    kind = per_request["type"].to_numpy(dtype="float64")
-    done = (per_request["num_computed_tokens"].to_numpy(dtype="float64")
-            + per_request["num_scheduled_tokens"].to_numpy(dtype="float64")
-            >= per_request["num_prompt_tokens"].to_numpy(dtype="float64"))
-    unknown = np.isnan(per_request["num_prompt_tokens"].to_numpy(dtype="float64"))
+    kind = per_request["type"].to_numpy()
+    # Added in float64 (the columns may be float32: their sum would round).
+    done = (np.add(per_request["num_computed_tokens"].to_numpy(),
+                   per_request["num_scheduled_tokens"].to_numpy(), dtype="float64")
+            >= per_request["num_prompt_tokens"].to_numpy())
+    unknown = np.isnan(per_request["num_prompt_tokens"].to_numpy())
     yields = (kind == 1) | ((kind == 0) & (done | unknown))
     per_request = per_request.loc[yields].drop_duplicates("step_id", keep="first")
     # The outputs' (record, request) pairs as int32 codes: millions of pairs at ten times the
