@@ -101,6 +101,8 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     unknown = np.isnan(per_request["num_prompt_tokens"].to_numpy())
     yields = (kind == 1) | ((kind == 0) & (done | unknown))
     per_request = per_request.loc[yields].drop_duplicates("step_id", keep="first")
+    # A step whose first such entry has no request id (None) has no output to find.
+    per_request = per_request.loc[[isinstance(r, str) for r in per_request["rid"].tolist()]]
     # The outputs' (record, request) pairs as int32 codes: millions of pairs at ten times the
     # benchmark capture; only those of the requests asked about are kept.
     coder = RequestCodes()
