@@ -107,7 +107,7 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
                              for c in CSV_COLUMNS + INTERNAL_COLUMNS})
     idx = per_request["step_id"].to_numpy()
     rtype = per_request["type"].to_numpy()
-    tokens = per_request["num_scheduled_tokens"].to_numpy()
+    tokens = per_request["num_scheduled_tokens"].to_numpy(dtype="float64")  # summed below
     tok = np.nan_to_num(tokens, nan=0.0)
     size = np.bincount(idx, minlength=n).astype("float64")
     # Sums over the rows of one kind only: the other rows would add exact zeros (the same

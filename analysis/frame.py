@@ -39,8 +39,11 @@ attrs         object       dict of every other message key (``batch_size``, ``hi
 ============  ===========  ======================================================================
 
 Rows are sorted by ``start_us`` (ties in file, then ``mark_id`` order). The object columns
-hold shared objects (a step's schedule and ``modelExec`` rows share one ``rid_detail`` list, ids
-are shared strings): read them, never modify them. Link records stay in the
+hold shared objects: read them, never modify them. A step's schedule and ``modelExec`` rows
+share one ``rid_detail``; records about the same requests share one ``rids`` list (every record
+about one request the same one-id list, a step's KV status and detokenize rows the batch's
+list); equal dicts of one or two plain values (a queue size, a batch size, a queue name) are
+one dict; ids, metric keys and short scope values are shared strings. Link records stay in the
 frame (name ``link``, type 3, ``attrs`` holding ``from``/``to``, ``rids`` empty).
 
 Message text is decoded once per row: JSON objects directly; the C++ caret form
@@ -79,6 +82,9 @@ _WORKER_NAMES = frozenset({"computing_logits", "sample", "modelRunnerExec", "for
 
 _LINK_TYPE = 3
 _EMPTY: dict = {}  # shared by every record without such keys; never modified
+_NO_RIDS: list = []  # the ``rids`` of every record about no request; never modified
+_SHAREABLE = frozenset({int, float, str, bool, type(None)})
+_SHARED_LISTS = 65_536  # longer id lists remembered for sharing (then forgotten at once)
 _intern = sys.intern
 _json_loads = json.loads
 try:  # msgspec (installed with vLLM) decodes JSON faster; the standard module is the fallback
@@ -154,13 +160,31 @@ def canonical_rid(value: Any) -> str:
     return str(value)
 
 
+# Metric values are mostly small whole numbers written as JSON integers (queue sizes, block
+# counts, token counts): one shared float object per such value instead of one per record.
+_SHARED_FLOAT_LIMIT = 1 << 20
+_shared_floats: dict[int, float] = {}
+
+
 def _number(value: Any) -> float:
-    if isinstance(value, float):
+    if value.__class__ is float:
         return value
+    if value.__class__ is int and -_SHARED_FLOAT_LIMIT < value < _SHARED_FLOAT_LIMIT:
+        number = _shared_floats.get(value)
+        if number is None:
+            number = float(value)
+            if len(_shared_floats) < _SHARED_LISTS:
+                _shared_floats[value] = number
+        return number
     try:
         return float(value)
     except (TypeError, ValueError, OverflowError):
         return float("nan")
+
+
+def _shared_text(value: Any) -> Any:
+    """Short strings (queue names, flags) interned: one object per distinct value."""
+    return _intern(value) if value.__class__ is str and len(value) <= 32 else value
 
 
 class RecordBuilder:
@@ -176,6 +200,9 @@ class RecordBuilder:
         # external id as soon as a link for it is known (so most ids need no later mapping).
         self._ids: dict[str, str] = {}
         self._stale: set[str] = set()  # ids first seen before their link record
+        self._single: dict[str, list[str]] = {}  # id -> the one-id list records share
+        self._lists: dict[int, list[str]] = {}  # hash of a longer list -> that list
+        self._dicts: dict[tuple, dict] = {}  # (key, type, value, ...) -> the shared dict
 
     def __len__(self) -> int:
         return len(self.columns["name"])
@@ -203,6 +230,48 @@ class RecordBuilder:
             out.append(ids_get(item) or new_id(item))
         return out
 
+    def _shared(self, rids: list[str]) -> list[str]:
+        """Lists of none or one id shared by every record about that id (most records are
+        about one request: a few lists per request instead of one per record), longer lists
+        by the records listing the same requests."""
+        if len(rids) > 1:
+            # A step's request list is written again by other records of the step (the KV
+            # status, the API server's detokenize): equal lists share one.
+            key = hash(tuple(rids))
+            shared = self._lists.get(key)
+            if shared is not None and shared == rids:
+                return shared
+            if len(self._lists) >= _SHARED_LISTS:
+                self._lists.clear()
+            self._lists[key] = rids
+            return rids
+        if not rids:
+            return _NO_RIDS
+        shared = self._single.get(rids[0])
+        if shared is None:
+            shared = self._single[rids[0]] = rids
+        return shared
+
+    def _shared_dict(self, values: dict) -> dict:
+        """One dict for all records whose one or two keys hold the same plain values (the
+        value's type in the key: ``1``, ``1.0`` and ``True`` are equal, and so are ``0.0`` and
+        ``-0.0``, but they are written differently)."""
+        if len(values) > 2:
+            return values
+        key: tuple = ()
+        for name, value in values.items():
+            kind = value.__class__
+            if kind not in _SHAREABLE:
+                return values
+            key += (name, kind, value, kind is float and value == 0.0 and str(value))
+        known = self._dicts.get(key)
+        if known is not None:
+            return known
+        if len(self._dicts) >= _SHARED_LISTS:
+            self._dicts.clear()
+        self._dicts[key] = values
+        return values
+
     def add(self, source: str, pid: int, tid: int, mark_id: int, start_us: float,
             end_us: float, message: dict, type_default: Optional[int] = None,
             dur_us: Optional[float] = None) -> None:
@@ -217,7 +286,7 @@ class RecordBuilder:
         rtype = message.pop("type", type_default)
         rid = message.pop("rid", None)
         batch_type = message.pop("batch_type", "")
-        rids: list[str] = []
+        rids: list[str] = _NO_RIDS
         detail = None
         if rid is not None:
             if isinstance(rid, list):
@@ -245,39 +314,40 @@ class RecordBuilder:
                                     item["rid"] = self._ids.get(key) or self._new_id(key)
                                     rids.append(item["rid"])
                         if rids and len(rids) == len(rid):
+                            rids = self._shared(rids)
                             detail = compact(rid, rids) or detail
                         self._last_detail[source] = (raw, detail, rids)
                 else:
-                    rids = self._ids_of(rid)
+                    rids = self._shared(self._ids_of(rid))
             elif isinstance(rid, str):
                 if rid:
-                    rids = self._ids_of([rid])
+                    rids = self._shared(self._ids_of([rid]))
             elif not isinstance(rid, dict):
-                rids = self._ids_of([rid])
+                rids = self._shared(self._ids_of([rid]))
         metrics: dict[str, float] = {}
         incs: dict[str, float] = {}
         scopes: dict[str, Any] = {}
         attrs: dict[str, Any] = {}
         for key, value in message.items():
             last = key[-1:] if key else ""
+            # Keys cut from the message's (``QueueSize=``) are new strings each time: interned,
+            # a capture's hundreds of thousands of metric dicts share them.
             if last == "=":
-                metrics[key[:-1]] = _number(value)
+                metrics[_intern(key[:-1])] = _number(value)
             elif last == "+":
-                incs[key[:-1]] = _number(value)
+                incs[_intern(key[:-1])] = _number(value)
             elif key.startswith("scope#"):
-                scopes[key[6:]] = value
+                scopes[_intern(key[6:])] = _shared_text(value)
             else:
-                attrs[key] = value
+                attrs[_intern(key)] = value
         # Most records have no increments, scopes or attributes: one shared empty dict (the
         # frame is read-only) instead of one each; names are interned.
-        if not metrics:
-            metrics = _EMPTY
-        if not incs:
-            incs = _EMPTY
-        if not scopes:
-            scopes = _EMPTY
-        if not attrs:
-            attrs = _EMPTY
+        # Small dicts that repeat (a queue size, a batch size, a queue name) are shared too.
+        shared = self._shared_dict
+        metrics = shared(metrics) if metrics else _EMPTY
+        incs = shared(incs) if incs else _EMPTY
+        scopes = shared(scopes) if scopes else _EMPTY
+        attrs = shared(attrs) if attrs else _EMPTY
         try:
             rtype_int = None if rtype is None else int(rtype)
         except (TypeError, ValueError):
@@ -377,7 +447,11 @@ def map_request_ids(rids_column: list, detail_column: list, links: dict[str, str
     if not links:
         return
     get = links.get
+    done: set[int] = set()  # lists shared by several records are mapped once
     for rids in rids_column:
+        if id(rids) in done:
+            continue
+        done.add(id(rids))
         for i, rid in enumerate(rids):
             ext = get(rid)
             if ext is not None:

@@ -292,14 +292,15 @@ def _engine_side(per: _PerRequest, steps: pd.DataFrame, per_request: pd.DataFram
     exec_end_of = steps["exec_end_us"].to_numpy(dtype="float64")
     exec_dur_of = steps["exec_dur_us"].to_numpy(dtype="float64")
     step_ids = per_request["step_id"].to_numpy()
-    numbers = {key: per_request[key].to_numpy(dtype="float64")
+    # As held (float32 where exact); widened to float64 a chunk at a time.
+    numbers = {key: per_request[key].to_numpy()
                for key in ("num_scheduled_tokens", "num_computed_tokens", "num_prompt_tokens",
                            "type", "iter")}
     for begin in range(0, len(per_request), ENGINE_CHUNK_ROWS):
         rows = slice(begin, begin + ENGINE_CHUNK_ROWS)
         codes = per.engine_codes[rows]
         step_idx = step_ids[rows]
-        nst, nct, npt = (numbers[key][rows] for key in (
+        nst, nct, npt = (numbers[key][rows].astype("float64") for key in (
             "num_scheduled_tokens", "num_computed_tokens", "num_prompt_tokens"))
         counts_known = ~(np.isnan(nst) | np.isnan(nct) | np.isnan(npt))
         prefill_done = np.where(counts_known, (numbers["type"][rows] == 0) & (nct + nst >= npt),

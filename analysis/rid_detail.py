@@ -6,8 +6,8 @@ Held as Python dicts these are about 90 % of a large capture's memory (two milli
 ten times the benchmark capture). When every dict of a record has the same keys in the same
 order and every value but ``rid`` is a plain integer (what vLLM's handlers and the C library
 write), :func:`compact` keeps them as one :class:`RequestDetail`: the key tuple (shared by all
-records with that shape), the request ids and one integer array (int32 when the values fit),
-about 30 bytes per request instead of 700. Anything else stays a list of dicts.
+records with that shape), the request ids and one integer array (int16 or int32 when the
+values fit), 10-30 bytes per request instead of 700. Anything else stays a list of dicts.
 
 A :class:`RequestDetail` reads like that list (length, truth, items as fresh dicts, ``repr``
 identical to the list's), so builders that walk dicts need no change; the hot ones read whole
@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+_INT16_MAX = 2**15 - 1
 _INT32_MAX = 2**31 - 1
 _schemas: dict[tuple, tuple] = {}  # key tuple -> the one shared tuple (and its formats)
 
@@ -27,7 +28,7 @@ _schemas: dict[tuple, tuple] = {}  # key tuple -> the one shared tuple (and its 
 class RequestDetail:
     """The request dicts of one record: ``keys`` (``rid`` among them), ``rids``, ``values``.
 
-    ``values`` is an int32 (or int64) array of shape (requests, keys - 1): the keys other than
+    ``values`` is an int16, int32 or int64 array of shape (requests, keys - 1): the keys other than
     ``rid``, in order. Treat it as read-only, like every object in the records frame.
     """
 
@@ -112,8 +113,12 @@ def compact(items: list, rids: list) -> Optional[RequestDetail]:
         values = np.array(flat, dtype=np.int64).reshape(len(rows), width - 1)
     except OverflowError:
         return None
-    if values.size and -_INT32_MAX <= values.min() and values.max() <= _INT32_MAX:
-        values = values.astype(np.int32)  # token counts and iterations: half the memory
+    if values.size:  # the narrowest type that holds them: decode steps' numbers are small
+        low, high = values.min(), values.max()
+        if -_INT16_MAX <= low and high <= _INT16_MAX:
+            values = values.astype(np.int16)
+        elif -_INT32_MAX <= low and high <= _INT32_MAX:
+            values = values.astype(np.int32)
     keys = tuple(key_list)
     schema = _schemas.get(keys)
     if schema is None:

@@ -137,7 +137,8 @@ def _step_of(rows: pd.DataFrame, steps: pd.DataFrame,
         return step_id, iteration
     start = steps["sched_start_us"].fillna(steps["exec_start_us"])
     step_start = dict(zip(steps["step_id"].tolist(), start.tolist()))
-    candidates = per_request[["step_id", "rid", "iter", "num_computed_tokens"]].copy()
+    candidates = per_request[["step_id", "rid", "iter", "num_computed_tokens"]].astype(
+        {"num_computed_tokens": "float64"})  # joined with the records' float64 counts
     candidates["step_start"] = candidates["step_id"].map(step_start)
     left = pd.DataFrame({"row": np.arange(n), "rid": rows["rid"].to_numpy(dtype=object),
                          "num_computed_tokens": rows["computed"].to_numpy(),

@@ -93,13 +93,16 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     outputs = frame.loc[frame["name"].isin(OUTPUT_NAMES), ["rids", "start_us"]]
     if outputs.empty or per_request.empty:
         return out
-    kind = per_request["type"].to_numpy(dtype="float64")
-    done = (per_request["num_computed_tokens"].to_numpy(dtype="float64")
-            + per_request["num_scheduled_tokens"].to_numpy(dtype="float64")
-            >= per_request["num_prompt_tokens"].to_numpy(dtype="float64"))
-    unknown = np.isnan(per_request["num_prompt_tokens"].to_numpy(dtype="float64"))
+    kind = per_request["type"].to_numpy()
+    # Added in float64 (the columns may be float32: their sum would round).
+    done = (np.add(per_request["num_computed_tokens"].to_numpy(),
+                   per_request["num_scheduled_tokens"].to_numpy(), dtype="float64")
+            >= per_request["num_prompt_tokens"].to_numpy())
+    unknown = np.isnan(per_request["num_prompt_tokens"].to_numpy())
     yields = (kind == 1) | ((kind == 0) & (done | unknown))
     per_request = per_request.loc[yields].drop_duplicates("step_id", keep="first")
+    # A step whose first such entry has no request id (None) has no output to find.
+    per_request = per_request.loc[[isinstance(r, str) for r in per_request["rid"].tolist()]]
     # The outputs' (record, request) pairs as int32 codes: millions of pairs at ten times the
     # benchmark capture; only those of the requests asked about are kept.
     coder = RequestCodes()

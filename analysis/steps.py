@@ -150,7 +150,11 @@ _DETAIL_KEYS = ("rid", "iter", "type", "num_scheduled_tokens", "num_prompt_token
 
 
 def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
-    """One row per (step, request) from the steps' request dicts (or bare request ids)."""
+    """One row per (step, request) from the steps' request dicts (or bare request ids).
+
+    ``step_id`` is int32, the number columns float32 when every value fits exactly (else
+    float64): widen them (``to_numpy(dtype="float64")``) before adding or summing.
+    """
     details = steps["rid_detail"].tolist()
     plains = steps["rids"].tolist()
     step_ids = steps["step_id"].to_numpy(dtype="int64")
@@ -191,12 +195,22 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
             for key, column in numbers.items():
                 column[first:last] = piece[key]
         first = last
-    out = pd.DataFrame({"step_id": step_column, "rid": rid_column,
-                        **numbers}, copy=False)
     # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
-    missing = out["type"].isna() & out["iter"].notna()
-    out.loc[missing, "type"] = (out.loc[missing, "iter"] > 0).astype("float64")
-    return out
+    kind, iteration = numbers["type"], numbers["iter"]
+    missing = np.isnan(kind) & ~np.isnan(iteration)
+    kind[missing] = (iteration[missing] > 0).astype("float64")
+    del missing
+    # The table is held through most of the run (two million rows at x10): step ids as int32,
+    # and each number column as float32 when that holds every value exactly (token counts and
+    # iterations below 2**24). Readers widen to float64 before any arithmetic.
+    if total and step_column.max() <= np.iinfo(np.int32).max:
+        step_column = step_column.astype(np.int32)
+    for key, column in numbers.items():
+        narrow = column.astype(np.float32)
+        if np.array_equal(narrow, column, equal_nan=True):
+            numbers[key] = narrow
+        del narrow, column
+    return pd.DataFrame({"step_id": step_column, "rid": rid_column, **numbers}, copy=False)
 
 
 def _dict_rows(indices: list[int], details: list, plains: list, step_ids: np.ndarray) -> dict:

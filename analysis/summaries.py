@@ -68,8 +68,12 @@ def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
         del rows
     elif per_request is not None and batches is not None and len(per_request):
         ends = batches["exec_end_us"].to_numpy(dtype="float64")
-        codes = coder.codes(per_request["rid"].to_numpy(dtype=object))
-        times = ends[per_request["step_id"].to_numpy()]
+        rids = per_request["rid"].to_numpy(dtype=object)
+        # Batch entries without a request id (None) have no code: left out, as in request.csv.
+        named = np.fromiter((isinstance(r, str) for r in rids), dtype=bool, count=len(rids))
+        codes = coder.codes(rids[named])
+        times = ends[per_request["step_id"].to_numpy()[named]]
+        del rids, named
     else:
         return np.zeros(0)
     ranks = coder.ranks()[codes]

@@ -104,6 +104,51 @@ def test_consecutive_steps_with_same_requests_stay_distinct():
     assert f["rid_detail"][0] is f["rid_detail"][1]  # one copy per step
 
 
+@pytest.mark.parametrize("link_first", [True, False])
+def test_shared_id_lists_are_mapped_once_and_alike(link_first):
+    b = RecordBuilder()
+
+    def api():
+        b.add("api", 1, 1, 0, 0.5, 0.5, {"name": "link", "type": 3, "from": "ext",
+                                         "to": "int"})
+
+    def engine():
+        for mark, name in enumerate(("Enqueue", "Free")):  # one id: one shared list
+            b.add("ec", 2, 2, mark, 1.0 + mark, 1.0 + mark, {"name": name, "rid": "int"})
+        for mark, name in enumerate(("KVCacheStatus", "detokenize"), start=2):  # equal lists
+            b.add("ec", 2, 2, mark, 1.0 + mark, 1.0 + mark, {"name": name,
+                                                             "rid": ["int", "x", "int2"]})
+
+    if link_first:
+        api()
+        engine()
+    else:
+        engine()
+        api()
+    f = b.build([]).set_index("name")
+    assert f.loc["Enqueue", "rids"] is f.loc["Free", "rids"]
+    assert f.loc["Free", "rids"] == ["ext"]
+    assert f.loc["KVCacheStatus", "rids"] is f.loc["detokenize", "rids"]
+    assert f.loc["detokenize", "rids"] == ["ext", "x", "int2"]
+    assert f.loc["link", "rids"] == []
+
+
+def test_repeated_small_dicts_are_shared_only_when_written_alike():
+    b = RecordBuilder()
+    values = [1, 1, 1.0, True, 0.0, -0.0, "1", None]
+    for mark, value in enumerate(values):
+        b.add("s", 1, 1, mark, float(mark), float(mark),
+              {"name": "n", "QueueSize=": 3, "scope#QueueName": "waiting", "size": value})
+    f = b.build([])
+    attrs = f["attrs"].tolist()
+    assert [a["size"] for a in attrs] == values
+    assert [type(a["size"]) for a in attrs] == [type(v) for v in values]
+    assert [str(a["size"]) for a in attrs] == [str(v) for v in values]  # -0.0 stays -0.0
+    assert attrs[0] is attrs[1] and len({id(a) for a in attrs}) == len(values) - 1
+    assert len({id(m) for m in f["metrics"]}) == 1 and f["metrics"][0] == {"QueueSize": 3.0}
+    assert len({id(m) for m in f["scopes"]}) == 1
+
+
 def test_helpers():
     assert list(empty_frame().columns) == list(RECORD_COLUMNS)
     assert format_datetime_us([1_767_225_600_000_001.0, float("nan")]).tolist() == [

@@ -19,7 +19,7 @@ def test_reads_like_the_list_of_dicts():
     assert list(detail) == ITEMS and detail[1] == ITEMS[1] and detail[-1:] == ITEMS[-1:]
     assert detail == ITEMS and detail != None  # noqa: E711
     assert repr(detail) == repr(ITEMS)  # batch.csv's res_list
-    assert detail.values.dtype == np.int32
+    assert detail.values.dtype == np.int16  # the narrowest type holding the values
     assert detail.column("num_scheduled_tokens").tolist() == [113, 1]
     assert detail.column("num_prompt_tokens") is None
 
@@ -35,6 +35,13 @@ def test_other_shapes_stay_lists():
     assert compact([{"rid": "a", "iter": True}], ["a"]) is None
     assert compact([{"rid": "a"}, {"rid": "b", "iter": 1}], ["a", "b"]) is None
     assert compact([{"iter": 1}], ["a"]) is None
+
+
+def test_values_past_int16_take_int32():
+    items = [{"rid": "a", "n": 40_000}, {"rid": "b", "n": -7}]
+    detail = compact(_copy(items), ["a", "b"])
+    assert detail.values.dtype == np.int32 and repr(detail) == repr(items)
+    assert detail.column("n").sum() == 39_993
 
 
 def test_large_values_keep_int64():
