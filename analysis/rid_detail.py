@@ -69,6 +69,11 @@ class RequestDetail:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple:
+        # Sent from a reading worker (read_parallel.py): the key tuple is registered again in
+        # the receiving process, whose ``_schemas`` may not know it.
+        return _restore, (self.keys, self.rids, self.values)
+
     def __repr__(self) -> str:
         """The text ``repr`` gives for the list of dicts (the reference's ``res_list``)."""
         keys = self.keys
@@ -85,6 +90,22 @@ class RequestDetail:
         if key not in value_keys:
             return None
         return self.values[:, value_keys.index(key)]
+
+
+def _schema(keys: tuple, pos: int) -> tuple:
+    schema = _schemas.get(keys)
+    if schema is None:
+        value_keys = keys[:pos] + keys[pos + 1:]
+        item_format = "{" + ", ".join(
+            repr(key).replace("%", "%%") + (": %s" if key == "rid" else ": %d")
+            for key in keys) + "}"
+        schema = _schemas[keys] = (keys, value_keys, item_format)
+    return schema
+
+
+def _restore(keys: tuple, rids: list, values: np.ndarray) -> RequestDetail:
+    """A :class:`RequestDetail` unpickled: its key tuple the one this process shares."""
+    return RequestDetail(_schema(keys, keys.index("rid"))[0], rids, values)
 
 
 def compact(items: list, rids: list) -> Optional[RequestDetail]:
@@ -119,12 +140,4 @@ def compact(items: list, rids: list) -> Optional[RequestDetail]:
             values = values.astype(np.int16)
         elif -_INT32_MAX <= low and high <= _INT32_MAX:
             values = values.astype(np.int32)
-    keys = tuple(key_list)
-    schema = _schemas.get(keys)
-    if schema is None:
-        value_keys = keys[:pos] + keys[pos + 1:]
-        item_format = "{" + ", ".join(
-            repr(key).replace("%", "%%") + (": %s" if key == "rid" else ": %d")
-            for key in keys) + "}"
-        schema = _schemas[keys] = (keys, value_keys, item_format)
-    return RequestDetail(schema[0], rids, values)
+    return RequestDetail(_schema(tuple(key_list), pos)[0], rids, values)
