@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.allocator import give_back_free_memory
 from otel_vllm_ascend.analysis.frame import (
     ProcessInfo,
     RecordBuilder,
@@ -51,6 +51,9 @@ MIN_ROWS = 20_000  # fewer rows in all: the serial reader is as fast
 RANGE_ROWS = 8_192  # rows of a large file read as one task
 _AHEAD = 2  # tasks submitted per worker ahead of the merge (bounds the parts held here)
 _LINK_TYPE = 3
+# Number columns the parts send as arrays, in the types RecordBuilder.build makes of them.
+_ARRAYS = {"pid": "int64", "tid": "int64", "mark_id": "int64", "start_us": "float64",
+           "end_us": "float64", "dur_us": "float64"}
 
 Progress = Callable[[int, int, str], None]
 
@@ -147,15 +150,14 @@ def _links_and_held(builder: RecordBuilder) -> tuple[list[tuple[str, str]], set]
     links = [(canonical_rid(attrs["to"]), canonical_rid(attrs["from"]))
              for name, rtype, attrs in zip(cols["name"], cols["type"], cols["attrs"])
              if (rtype == _LINK_TYPE or name == "link") and "to" in attrs and "from" in attrs]
+    for name, dtype in _ARRAYS.items():  # sent as arrays: no Python number per row to pickle
+        cols[name] = np.asarray(cols[name], dtype=dtype)
     return links, set(builder._ids.values())
 
 
 def read_task(task: _Task) -> _Part:
     """Read one task (in a worker, or here when a worker could not)."""
-    try:
-        return _read_whole(task.path) if task.rowids is None else _read_range(task)
-    finally:
-        give_back_free_memory()
+    return _read_whole(task.path) if task.rowids is None else _read_range(task)
 
 
 def _read_whole(path: Path) -> _Part:
@@ -196,6 +198,7 @@ class _Merge:
     def __init__(self, report: ReadReport) -> None:
         self.report = report
         self.columns: dict[str, list] = RecordBuilder().columns
+        self.arrays: dict[str, list] = {name: [] for name in _ARRAYS}  # concatenated at the end
         self.links: list[tuple[str, str]] = []
         self.processes: dict[tuple[str, int], ProcessInfo] = {}
         self.parts: list[tuple[int, int, set]] = []  # (first row, end row, held ids)
@@ -245,7 +248,10 @@ class _Merge:
     def _rows(self, part: _Part) -> None:
         first = len(self.columns["name"])
         for name, values in part.columns.items():
-            self.columns[name].extend(values)
+            if name in _ARRAYS:
+                self.arrays[name].append(values)
+            else:
+                self.columns[name].extend(values)
         part.columns = {}
         self.links.extend(part.links)
         self.parts.append((first, len(self.columns["name"]), part.held))
@@ -262,6 +268,9 @@ class _Merge:
             if pending:
                 map_request_ids(cols["rids"][first:end], cols["rid_detail"][first:end],
                                 pending)
+        for name, pieces in self.arrays.items():
+            cols[name] = np.concatenate(pieces) if pieces else []
+        self.arrays = {}
         builder = RecordBuilder()
         builder.columns = cols
         builder.links = links
@@ -342,7 +351,9 @@ def _read_here(path: Path, report: ReadReport) -> _Part:
     except Exception as exc:  # noqa: BLE001 - one message, the other files are still read
         report.problems.append(f"{path}: cannot be read ({type(exc).__name__}: {exc});"
                                " file skipped")
-        return _Part(RecordBuilder().columns, [], set(), [], whole=True, ok=False)
+        columns: dict = RecordBuilder().columns
+        columns.update({name: np.empty(0, dtype) for name, dtype in _ARRAYS.items()})
+        return _Part(columns, [], set(), [], whole=True, ok=False)
 
 
 def _failed_future(exc: BaseException) -> Future:
