@@ -23,6 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,10 @@ def worker_count() -> int:
         return 1
     if "fork" not in multiprocessing.get_all_start_methods():
         return 1  # spawned workers would import pandas again: not worth it
+    if sys.version_info < (3, 11):
+        # Before 3.11 a fork-based ProcessPoolExecutor forks workers while its management
+        # thread runs (CPython issue 90622: a child can deadlock); 3.11 forks them all first.
+        return 1
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
