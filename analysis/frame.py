@@ -449,13 +449,12 @@ def map_request_ids(rids_column: list, detail_column: list, links: dict[str, str
     get = links.get
     done: set[int] = set()  # lists shared by several records are mapped once
     for rids in rids_column:
-        if id(rids) in done:
+        if not rids or id(rids) in done:
             continue
         done.add(id(rids))
-        for i, rid in enumerate(rids):
-            ext = get(rid)
-            if ext is not None:
-                rids[i] = ext
+        mapped = [get(rid, rid) for rid in rids]
+        if mapped != rids:
+            rids[:] = mapped
     for detail in detail_column:
         if isinstance(detail, list):
             for item in detail:

@@ -177,11 +177,19 @@ def _salvage(path: Path) -> Optional[tuple[dict[str, str], list]]:
     return (meta, rows) if rows else None
 
 
-def _read_mstx(conn: sqlite3.Connection, feed: Callable[[list], None]) -> Optional[str]:
-    """Stream ``Mstx`` rows to ``feed`` in chunks; returns the error text if reading stopped."""
+_SELECT = "SELECT markId, message, pid, tid, timestamp, endTimestamp FROM Mstx"
+
+
+def _read_mstx(conn: sqlite3.Connection, feed: Callable[[list], None],
+               rowids: Optional[tuple[int, int]] = None) -> Optional[str]:
+    """Stream ``Mstx`` rows to ``feed`` in chunks; returns the error text if reading stopped.
+
+    ``rowids`` (first, last): only the rows in that rowid range, in rowid order (the order of
+    the whole table's scan: ``read_parallel`` reads a large file a range at a time).
+    """
     try:
-        cursor = conn.execute(
-            "SELECT markId, message, pid, tid, timestamp, endTimestamp FROM Mstx")
+        cursor = (conn.execute(_SELECT) if rowids is None else
+                  conn.execute(_SELECT + " WHERE rowid >= ? AND rowid <= ?", rowids))
         while True:
             chunk = cursor.fetchmany(_FETCH)
             if not chunk:

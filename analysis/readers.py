@@ -31,6 +31,7 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder
 from otel_vllm_ascend.analysis.read_otlp import _read_otlp
+from otel_vllm_ascend.analysis.read_parallel import read_files, worker_count
 from otel_vllm_ascend.analysis.read_results import ReadReport, _fill_roles
 from otel_vllm_ascend.analysis.read_sqlite import _read_db
 
@@ -95,6 +96,18 @@ def read_captures(root: Union[Path, Sequence[Path]], progress: Optional[Progress
                 captures.append(capture)
     if not captures:
         return RecordBuilder().build([]), [], report
+    workers = worker_count()
+    if workers > 1 and all(capture.kind == "db" for capture in captures):
+        # Several cores: files and ranges of large files read by worker processes, merged
+        # into the frame the serial reader makes (read_parallel.py); None: read serially.
+        done = read_files([capture.path for capture in captures], workers, progress)
+        if done is not None:
+            frame, processes_read, parallel_report = done
+            report.files = parallel_report.files
+            report.rows = parallel_report.rows
+            report.unparsable = parallel_report.unparsable
+            report.problems.extend(parallel_report.problems)
+            return frame, processes_read, report
     builder = RecordBuilder()
     processes: dict[tuple[str, int], ProcessInfo] = {}
     for index, capture in enumerate(captures):

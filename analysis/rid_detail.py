@@ -16,6 +16,7 @@ columns through :meth:`RequestDetail.column`.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -23,6 +24,8 @@ import numpy as np
 _INT16_MAX = 2**15 - 1
 _INT32_MAX = 2**31 - 1
 _schemas: dict[tuple, tuple] = {}  # key tuple -> the one shared tuple (and its formats)
+_formats: dict[tuple, str] = {}  # (key tuple, items) -> the format of the list's repr
+_FORMATS = 4096
 
 
 class RequestDetail:
@@ -69,15 +72,28 @@ class RequestDetail:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple:
+        # Sent from a reading worker (read_parallel.py): the key tuple is registered again in
+        # the receiving process, whose ``_schemas`` may not know it.
+        return _restore, (self.keys, self.rids, self.values)
+
     def __repr__(self) -> str:
-        """The text ``repr`` gives for the list of dicts (the reference's ``res_list``)."""
+        """The text ``repr`` gives for the list of dicts (the reference's ``res_list``): one
+        ``%`` formatting of all the values (the items' format repeated) per record."""
         keys = self.keys
+        count = len(self.rids)
+        text_format = _formats.get((keys, count))
+        if text_format is None:
+            item_format = _schemas[keys][2].replace(": %s", ": %r")  # ids as repr() writes
+            text_format = "[" + ", ".join([item_format] * count) + "]"
+            if len(_formats) < _FORMATS:
+                _formats[(keys, count)] = text_format
         pos = keys.index("rid")
-        item_format = _schemas[keys][2]
-        rows = self.values.tolist()
-        for rid, row in zip(self.rids, rows):
-            row.insert(pos, repr(rid))
-        return "[" + ", ".join([item_format % tuple(row) for row in rows]) + "]"
+        cells = np.empty((count, len(keys)), dtype=object)  # Python ints, ids in their place
+        cells[:, pos] = self.rids
+        cells[:, :pos] = self.values[:, :pos]
+        cells[:, pos + 1:] = self.values[:, pos:]
+        return text_format % tuple(cells.ravel().tolist())
 
     def column(self, key: str) -> Optional[np.ndarray]:
         """One key's values as an integer array; ``None`` when the dicts lack the key."""
@@ -85,6 +101,22 @@ class RequestDetail:
         if key not in value_keys:
             return None
         return self.values[:, value_keys.index(key)]
+
+
+def _schema(keys: tuple, pos: int) -> tuple:
+    schema = _schemas.get(keys)
+    if schema is None:
+        value_keys = keys[:pos] + keys[pos + 1:]
+        item_format = "{" + ", ".join(
+            repr(key).replace("%", "%%") + (": %s" if key == "rid" else ": %d")
+            for key in keys) + "}"
+        schema = _schemas[keys] = (keys, value_keys, item_format)
+    return schema
+
+
+def _restore(keys: tuple, rids: list, values: np.ndarray) -> RequestDetail:
+    """A :class:`RequestDetail` unpickled: its key tuple the one this process shares."""
+    return RequestDetail(_schema(keys, keys.index("rid"))[0], rids, values)
 
 
 def compact(items: list, rids: list) -> Optional[RequestDetail]:
@@ -99,18 +131,16 @@ def compact(items: list, rids: list) -> Optional[RequestDetail]:
         pos = key_list.index("rid")
     except ValueError:
         return None
-    try:
-        rows = [list(item.values()) for item in items]
-        if any([len(row) != width for row in rows]) or any(
-                [list(item) != key_list for item in items]):
-            return None
-    except AttributeError:  # an item that is not a dict
+    if len({item.__class__ for item in items}) != 1:  # each a dict, as the first
         return None
-    flat = [value for row in rows for value in row[:pos] + row[pos + 1:]]
-    if flat and {value.__class__ for value in flat} != {int}:
+    if not all(map(key_list.__eq__, map(list, items))):  # the same keys in the same order
+        return None
+    flat = list(chain.from_iterable(map(dict.values, items)))
+    del flat[pos::width]  # the ids
+    if flat and set(map(type, flat)) != {int}:
         return None
     try:
-        values = np.array(flat, dtype=np.int64).reshape(len(rows), width - 1)
+        values = np.array(flat, dtype=np.int64).reshape(len(items), width - 1)
     except OverflowError:
         return None
     if values.size:  # the narrowest type that holds them: decode steps' numbers are small
@@ -119,12 +149,4 @@ def compact(items: list, rids: list) -> Optional[RequestDetail]:
             values = values.astype(np.int16)
         elif -_INT32_MAX <= low and high <= _INT32_MAX:
             values = values.astype(np.int32)
-    keys = tuple(key_list)
-    schema = _schemas.get(keys)
-    if schema is None:
-        value_keys = keys[:pos] + keys[pos + 1:]
-        item_format = "{" + ", ".join(
-            repr(key).replace("%", "%%") + (": %s" if key == "rid" else ": %d")
-            for key in keys) + "}"
-        schema = _schemas[keys] = (keys, value_keys, item_format)
-    return RequestDetail(schema[0], rids, values)
+    return RequestDetail(_schema(tuple(key_list), pos)[0], rids, values)

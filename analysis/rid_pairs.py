@@ -50,7 +50,7 @@ class RequestCodes:
 
 def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
     """(request code, row in ``rid_lists``) of every pair, in order."""
-    lengths = np.fromiter((len(r) for r in rid_lists), dtype="int64", count=len(rid_lists))
+    lengths = np.fromiter(map(len, rid_lists), dtype="int64", count=len(rid_lists))
     ends = np.cumsum(lengths)
     codes, rows = [], []
     begin = 0

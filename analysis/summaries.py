@@ -31,6 +31,7 @@ request states, :mod:`.request_states`), ``duration (s)``.
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Optional
 
 import numpy as np
@@ -70,7 +71,7 @@ def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
         ends = batches["exec_end_us"].to_numpy(dtype="float64")
         rids = per_request["rid"].to_numpy(dtype=object)
         # Batch entries without a request id (None) have no code: left out, as in request.csv.
-        named = np.fromiter((isinstance(r, str) for r in rids), dtype=bool, count=len(rids))
+        named = np.fromiter(map(isinstance, rids, repeat(str)), dtype=bool, count=len(rids))
         codes = coder.codes(rids[named])
         times = ends[per_request["step_id"].to_numpy()[named]]
         del rids, named

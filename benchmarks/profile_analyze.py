@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import tempfile
 import time
@@ -29,7 +30,16 @@ STAGES = ("reading the captures", "engine steps, request / batch / KV tables, su
 
 
 def _run_stages(capture: Path, out: Path) -> list[tuple[float, float]]:
-    from otel_vllm_ascend.analysis import batches, cli, kvcache, requests, summaries, trace, writers
+    from otel_vllm_ascend.analysis import (
+        batches,
+        cli,
+        kvcache,
+        requests,
+        spec_decode,
+        summaries,
+        trace,
+        writers,
+    )
     from otel_vllm_ascend.analysis.readers import read_captures
     from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
@@ -44,14 +54,15 @@ def _run_stages(capture: Path, out: Path) -> list[tuple[float, float]]:
     per_request = step_requests(steps)
     kv = kvcache.build_kvcache(frame)
     req = requests.build_requests(frame, steps, per_request)
-    bat = batches.build_batches(frame, steps, per_request, kv)
+    spec = spec_decode.build_spec_decode(frame, steps, per_request)
+    bat = batches.build_batches(frame, steps, per_request, kv, spec)
     tables = {"request_summary": summaries.request_summary(frame, req, per_request, bat),
               "service_summary": summaries.service_summary(req, bat),
               "batch_summary": summaries.batch_summary(bat)}
     del steps, per_request
     mark()
     run = cli._Run(out)
-    cli._write_csvs(run, out, req, bat, kv, tables)
+    cli._write_csvs(run, out, req, bat, kv, spec, tables)
     mark()
     events = trace.build_chrome_trace(frame, req, bat, kv)
     mark()
@@ -79,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     gc.disable()  # as the CLI does
+    # Everything in this one process, reading included (process_time counts no worker).
+    os.environ["OTEL_VLLM_ANALYZE_SERIAL"] = "1"
     started = time.process_time(), time.perf_counter()
     import pandas  # noqa: F401
 
