@@ -58,6 +58,12 @@ def detail(rid, it):
     return [{"rid": rid, "iter": it, "type": 1}]
 
 
+def add_in_order(link_first, api, engine):
+    """The API server's file (with the link) read before or after the engine's."""
+    for part in (api, engine) if link_first else (engine, api):
+        part()
+
+
 @pytest.mark.parametrize("link_first", [True, False])
 def test_internal_ids_mapped_whichever_file_comes_first(link_first):
     b = RecordBuilder()
@@ -74,12 +80,7 @@ def test_internal_ids_mapped_whichever_file_comes_first(link_first):
         b.add("ec", 2, 2, 2, 9.5, 9.5, {"name": "Free", "rid": "int"})
         b.add("ec", 2, 2, 3, 9.6, 9.6, {"name": "Enqueue", "rid": ["int", "other"]})
 
-    if link_first:
-        api()
-        engine()
-    else:
-        engine()
-        api()
+    add_in_order(link_first, api, engine)
     f = b.build([ProcessInfo("h", 1, "api_server", None, ["api"]),
                  ProcessInfo("h", 2, "engine_core", None, ["ec"])]).set_index("name")
     assert f.loc["batchFrameworkProcessing", "rid_detail"][0]["rid"] == "ext"
@@ -119,12 +120,7 @@ def test_shared_id_lists_are_mapped_once_and_alike(link_first):
             b.add("ec", 2, 2, mark, 1.0 + mark, 1.0 + mark, {"name": name,
                                                              "rid": ["int", "x", "int2"]})
 
-    if link_first:
-        api()
-        engine()
-    else:
-        engine()
-        api()
+    add_in_order(link_first, api, engine)
     f = b.build([]).set_index("name")
     assert f.loc["Enqueue", "rids"] is f.loc["Free", "rids"]
     assert f.loc["Free", "rids"] == ["ext"]
