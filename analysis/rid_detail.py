@@ -21,8 +21,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-_INT16_MAX = 2**15 - 1
-_INT32_MAX = 2**31 - 1
+from otel_vllm_ascend.analysis.narrow_ints import narrowest
+
 _schemas: dict[tuple, tuple] = {}  # key tuple -> the one shared tuple (and its formats)
 _formats: dict[tuple, str] = {}  # (key tuple, items) -> the format of the list's repr
 _FORMATS = 4096
@@ -143,10 +143,5 @@ def compact(items: list, rids: list) -> Optional[RequestDetail]:
         values = np.array(flat, dtype=np.int64).reshape(len(items), width - 1)
     except OverflowError:
         return None
-    if values.size:  # the narrowest type that holds them: decode steps' numbers are small
-        low, high = values.min(), values.max()
-        if -_INT16_MAX <= low and high <= _INT16_MAX:
-            values = values.astype(np.int16)
-        elif -_INT32_MAX <= low and high <= _INT32_MAX:
-            values = values.astype(np.int32)
+    values = narrowest(values, np.int16, np.int32)  # decode steps' numbers are small
     return RequestDetail(_schema(tuple(key_list), pos)[0], rids, values)

@@ -19,6 +19,7 @@ from operator import itemgetter
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.narrow_ints import narrowest
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail
 
 SCHEDULE_NAMES = ("batchFrameworkProcessing", "BatchSchedule")
@@ -203,8 +204,7 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     # The table is held through most of the run (two million rows at x10): step ids as int32,
     # and each number column as float32 when that holds every value exactly (token counts and
     # iterations below 2**24). Readers widen to float64 before any arithmetic.
-    if total and step_column.max() <= np.iinfo(np.int32).max:
-        step_column = step_column.astype(np.int32)
+    step_column = narrowest(step_column, np.int32)
     for key, column in numbers.items():
         narrow = column.astype(np.float32)
         if np.array_equal(narrow, column, equal_nan=True):

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
+from otel_vllm_ascend.analysis.narrow_ints import fits
+
 FLOW_CATEGORY = "request"
 FLOW_NAME = "request"
 WRITE_CHUNK_EVENTS = 10_000
@@ -119,7 +121,7 @@ class _FlowColumns:
             held = getattr(self, name)
             made = values() if callable(values) else values
             dtype = held.dtype
-            if name in self._NARROW and dtype == np.int32 and not _fits_int32(made):
+            if name in self._NARROW and dtype == np.int32 and not fits(made, np.int32):
                 dtype = np.dtype("int64")
             setattr(self, name, np.concatenate((held.astype(dtype, copy=False),
                                                 np.asarray(made, dtype=dtype))))
@@ -189,14 +191,6 @@ def write_chrome_trace(path: Union[str, Path], events: Iterable[dict],
             separator = ",\n"
         out.write("\n]}\n")
     return path
-
-
-def _fits_int32(values: Any) -> bool:
-    values = np.asarray(values)
-    if not values.size:
-        return True
-    limits = np.iinfo(np.int32)
-    return bool(limits.min <= values.min() and values.max() <= limits.max)
 
 
 def _ts(ns: int) -> float:
