@@ -84,7 +84,7 @@ _LINK_TYPE = 3
 _EMPTY: dict = {}  # shared by every record without such keys; never modified
 _NO_RIDS: list = []  # the ``rids`` of every record about no request; never modified
 _SHAREABLE = frozenset({int, float, str, bool, type(None)})
-_SHARED_LISTS = 65_536  # longer id lists remembered for sharing (then forgotten at once)
+_SHARED_ENTRIES = 65_536  # id lists, dicts or floats remembered for sharing (then forgotten)
 _intern = sys.intern
 _json_loads = json.loads
 try:  # msgspec (installed with vLLM) decodes JSON faster; the standard module is the fallback
@@ -173,7 +173,7 @@ def _number(value: Any) -> float:
         number = _shared_floats.get(value)
         if number is None:
             number = float(value)
-            if len(_shared_floats) < _SHARED_LISTS:
+            if len(_shared_floats) < _SHARED_ENTRIES:
                 _shared_floats[value] = number
         return number
     try:
@@ -241,7 +241,7 @@ class RecordBuilder:
             shared = self._lists.get(key)
             if shared is not None and shared == rids:
                 return shared
-            if len(self._lists) >= _SHARED_LISTS:
+            if len(self._lists) >= _SHARED_ENTRIES:
                 self._lists.clear()
             self._lists[key] = rids
             return rids
@@ -267,7 +267,7 @@ class RecordBuilder:
         known = self._dicts.get(key)
         if known is not None:
             return known
-        if len(self._dicts) >= _SHARED_LISTS:
+        if len(self._dicts) >= _SHARED_ENTRIES:
             self._dicts.clear()
         self._dicts[key] = values
         return values
