@@ -32,7 +32,7 @@ Rows are sorted by arrival. The frame returned also holds the internal columns l
 
 from __future__ import annotations
 
-from itertools import chain, repeat
+from itertools import chain
 from typing import Iterator, Optional
 
 import numpy as np
@@ -40,6 +40,7 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 from otel_vllm_ascend.analysis.request_states import request_state_counts
+from otel_vllm_ascend.analysis.rid_pairs import named
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
 REQUEST_COLUMNS = ("http_rid", "start_datetime", "recv_token_size", "reply_token_size",
@@ -178,8 +179,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         per_request = step_requests(steps)
     engine_rids = per_request["rid"].to_numpy(dtype=object)
     # Two C-level passes over the two million (step, request) ids (was one generator).
-    known = np.fromiter(map(isinstance, engine_rids, repeat(str)), dtype=bool,
-                        count=len(engine_rids)) & (engine_rids != "")
+    known = named(engine_rids) & (engine_rids != "")
     if not known.all():  # batch entries without a request id count in batches, not here
         per_request = per_request.loc[known].reset_index(drop=True)
         engine_rids = engine_rids[known]

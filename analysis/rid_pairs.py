@@ -9,7 +9,7 @@ repeated.
 
 from __future__ import annotations
 
-from itertools import chain
+from itertools import chain, repeat
 
 import numpy as np
 import pandas as pd
@@ -65,3 +65,14 @@ def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.nda
     if not codes:
         return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32)
     return np.concatenate(codes), np.concatenate(rows)
+
+
+def named(rids: np.ndarray) -> np.ndarray:
+    """Which entries of ``rids`` (an object array) are request ids: batch entries without
+    one hold None and belong to no request."""
+    return np.fromiter(map(isinstance, rids, repeat(str)), dtype=bool, count=len(rids))
+
+
+def in_time_order(times: np.ndarray) -> bool:
+    """Whether ``times`` never decrease: records come in time order, and then need no sort."""
+    return len(times) < 2 or bool((times[1:] >= times[:-1]).all())

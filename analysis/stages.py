@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, pair_codes
+from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, in_time_order, named, pair_codes
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
 
 STAGES = ("scheduling", "model_execution", "model_forward", "logits_sampling",
@@ -102,7 +102,7 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     yields = (kind == 1) | ((kind == 0) & (done | unknown))
     per_request = per_request.loc[yields].drop_duplicates("step_id", keep="first")
     # A step whose first such entry has no request id (None) has no output to find.
-    per_request = per_request.loc[[isinstance(r, str) for r in per_request["rid"].tolist()]]
+    per_request = per_request.loc[named(per_request["rid"].to_numpy(dtype=object))]
     # The outputs' (record, request) pairs as int32 codes: millions of pairs at ten times the
     # benchmark capture; only those of the requests asked about are kept.
     coder = RequestCodes()
@@ -114,7 +114,7 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     times = outputs["start_us"].to_numpy(dtype="float64")[rows[keep]]
     emitted = pd.DataFrame({"rid": codes[keep], "time": times, "out_time": times})
     del codes, rows, keep
-    if len(times) > 1 and not bool((times[1:] >= times[:-1]).all()):  # records: in time order
+    if not in_time_order(times):
         emitted = emitted.sort_values("time", kind="stable")
     exec_end = batches["exec_end_us"].to_numpy(dtype="float64")
     row = _rows_of_steps(batches, per_request["step_id"].to_numpy(dtype="int64"))

@@ -31,13 +31,12 @@ request states, :mod:`.request_states`), ``duration (s)``.
 
 from __future__ import annotations
 
-from itertools import repeat
 from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, pair_codes
+from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, in_time_order, named, pair_codes
 
 STAT_COLUMNS = ("Metric", "Average", "Max", "Min", "P50", "P90", "P99")
 
@@ -71,17 +70,17 @@ def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
         ends = batches["exec_end_us"].to_numpy(dtype="float64")
         rids = per_request["rid"].to_numpy(dtype=object)
         # Batch entries without a request id (None) have no code: left out, as in request.csv.
-        named = np.fromiter(map(isinstance, rids, repeat(str)), dtype=bool, count=len(rids))
-        codes = coder.codes(rids[named])
-        times = ends[per_request["step_id"].to_numpy()[named]]
-        del rids, named
+        with_id = named(rids)
+        codes = coder.codes(rids[with_id])
+        times = ends[per_request["step_id"].to_numpy()[with_id]]
+        del rids, with_id
     else:
         return np.zeros(0)
     ranks = coder.ranks()[codes]
     kept = np.fromiter((rid in complete for rid in coder.ids()), dtype=bool, count=len(coder))
     # Records come in time order, so a stable sort by request keeps each one's outputs in time
     # order; otherwise sort by time too.
-    if len(times) < 2 or bool((times[1:] >= times[:-1]).all()):
+    if in_time_order(times):
         order = np.argsort(ranks, kind="stable")
     else:
         order = np.lexsort((times, ranks))
