@@ -32,7 +32,6 @@ Rows are sorted by arrival. The frame returned also holds the internal columns l
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Iterator, Optional
 
 import numpy as np
@@ -40,7 +39,7 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 from otel_vllm_ascend.analysis.request_states import request_state_counts
-from otel_vllm_ascend.analysis.rid_pairs import named
+from otel_vllm_ascend.analysis.rid_pairs import CHUNK_PAIRS, RequestCodes, named, pair_chunks
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
 REQUEST_COLUMNS = ("http_rid", "start_datetime", "recv_token_size", "reply_token_size",
@@ -60,13 +59,11 @@ class _PerRequest:
 
     Batch records list up to hundreds of requests each (eight million pairs at ten times the
     benchmark capture), so the pairs are never held all at once: every pass over them goes a
-    chunk of about ``CHUNK_PAIRS`` pairs at a time, accumulating in pair order, so the results
-    are those of one pass over all pairs. Codes are numbered in order of first appearance
-    (records, then the engine's rows), as one ``pd.factorize`` over every pair would number
-    them.
+    chunk of pairs at a time (:func:`rid_pairs.pair_chunks`), accumulating in pair order, so
+    the results are those of one pass over all pairs. Codes are numbered in order of first
+    appearance (records, then the engine's rows), as one ``pd.factorize`` over every pair
+    would number them.
     """
-
-    CHUNK_PAIRS = 262_144
 
     def __init__(self, rows: pd.DataFrame, engine_rids: np.ndarray) -> None:
         self.rid_lists = rows["rids"].tolist()
@@ -75,53 +72,26 @@ class _PerRequest:
         self.names = rows["name"].to_numpy(dtype=object)
         self.start = rows["start_us"].to_numpy(dtype="float64")
         self.end = rows["end_us"].to_numpy(dtype="float64")
-        code_of: dict = {}
+        coder = self.coder = RequestCodes()
         # Earliest record of each request, reduced chunk by chunk while the codes are assigned.
         first_seen = np.empty(0)
-        for codes, row_of in self._chunks(np.arange(len(self.rid_lists)), code_of):
-            if len(code_of) > len(first_seen):
+        for codes, row_of in self._chunks(np.arange(len(self.rid_lists))):
+            if len(coder) > len(first_seen):
                 first_seen = np.concatenate([first_seen,
-                                             np.full(len(code_of) - len(first_seen), np.nan)])
+                                             np.full(len(coder) - len(first_seen), np.nan)])
             np.fmin.at(first_seen, codes, self.start[row_of])
         engine = np.asarray(engine_rids, dtype=object)
         self.engine_codes = np.concatenate(
-            [self._codes(engine[begin:begin + self.CHUNK_PAIRS], code_of)
-             for begin in range(0, len(engine), self.CHUNK_PAIRS)] or [np.empty(0, np.int32)])
-        self.n = len(code_of)
-        self.uniques = np.empty(self.n, dtype=object)
-        self.uniques[:] = list(code_of)
-        self.code_of = code_of
+            [coder.codes(engine[begin:begin + CHUNK_PAIRS])
+             for begin in range(0, len(engine), CHUNK_PAIRS)] or [np.empty(0, np.int32)])
+        self.n = len(coder)
+        self.uniques = coder.ids()
         self.first_seen = np.full(self.n, np.nan)
         self.first_seen[:len(first_seen)] = first_seen
 
-    @staticmethod
-    def _codes(rids: np.ndarray, code_of: dict) -> np.ndarray:
-        """int32 codes of ``rids``, new ids numbered on from ``code_of`` in order of appearance."""
-        local, uniques = pd.factorize(rids)
-        known = np.fromiter((code_of.setdefault(rid, len(code_of)) for rid in uniques),
-                            dtype=np.int32, count=len(uniques))
-        return known[local] if len(local) else np.empty(0, dtype=np.int32)
-
-    def _chunks(self, rows_at: np.ndarray, code_of: dict
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(request code, row number) of the pairs of the records at ``rows_at``, in order, a
-        chunk of about ``CHUNK_PAIRS`` pairs (whole records) at a time."""
-        ends = np.cumsum(self.lengths[rows_at])
-        begin = 0
-        while begin < len(rows_at):
-            done = ends[begin - 1] if begin else 0
-            stop = max(int(np.searchsorted(ends, done + self.CHUNK_PAIRS, side="right")),
-                       begin + 1)
-            yield self._pairs(rows_at[begin:stop], code_of)
-            begin = stop
-
-    def _pairs(self, rows_at: np.ndarray, code_of: dict) -> tuple[np.ndarray, np.ndarray]:
-        lists = [self.rid_lists[i] for i in rows_at.tolist()]
-        lengths = self.lengths[rows_at]
-        flat = np.empty(int(lengths.sum()), dtype=object)
-        flat[:] = list(chain.from_iterable(lists))
-        row_of = np.repeat(rows_at.astype(np.int32), lengths)
-        return self._codes(flat, code_of), row_of
+    def _chunks(self, rows_at: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(request code, row number) of the pairs of the records at ``rows_at``, in chunks."""
+        return pair_chunks(self.rid_lists, self.coder, rows_at, self.lengths)
 
     def rows_named(self, *names: str) -> np.ndarray:
         return np.isin(self.names, names)
@@ -130,7 +100,7 @@ class _PerRequest:
                ) -> np.ndarray:
         """``func`` (np.fmin / np.fmax) of the values of each request; NaN if none."""
         out = np.full(self.n, np.nan)
-        for codes, row_of in self._chunks(np.flatnonzero(row_mask), self.code_of):
+        for codes, row_of in self._chunks(np.flatnonzero(row_mask)):
             func.at(out, codes, row_values[row_of])
         return out
 
@@ -139,7 +109,7 @@ class _PerRequest:
         out = np.full(self.n, None, dtype=object)
         best = np.full(self.n, np.nan)  # start of the record ``out`` was taken from
         found = np.zeros(self.n, dtype=bool)
-        for codes, rows in self._chunks(np.flatnonzero(row_mask), self.code_of):
+        for codes, rows in self._chunks(np.flatnonzero(row_mask)):
             values = row_values[rows]
             known = np.asarray([v is not None and v == v for v in values], dtype=bool)
             rows, codes, values = rows[known], codes[known], values[known]

@@ -10,6 +10,7 @@ repeated.
 from __future__ import annotations
 
 from itertools import chain, repeat
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -48,24 +49,36 @@ class RequestCodes:
         return rank
 
 
-def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
-    """(request code, row in ``rid_lists``) of every pair, in order."""
-    lengths = np.fromiter(map(len, rid_lists), dtype="int64", count=len(rid_lists))
-    ends = np.cumsum(lengths)
-    codes, rows = [], []
+def pair_chunks(rid_lists: list, coder: RequestCodes, rows_at: Optional[np.ndarray] = None,
+                lengths: Optional[np.ndarray] = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(request code, row in ``rid_lists``) of the pairs of the records at ``rows_at`` (all by
+    default), in order, a chunk of about ``CHUNK_PAIRS`` pairs (whole records) at a time.
+    ``lengths``: the lists' lengths, when the caller has them already."""
+    if lengths is None:
+        lengths = np.fromiter(map(len, rid_lists), dtype="int64", count=len(rid_lists))
+    if rows_at is None:
+        rows_at = np.arange(len(rid_lists))
+    row_lengths = lengths[rows_at]
+    ends = np.cumsum(row_lengths)
     begin = 0
-    while begin < len(rid_lists):
+    while begin < len(rows_at):
         done = ends[begin - 1] if begin else 0
         stop = max(int(np.searchsorted(ends, done + CHUNK_PAIRS, side="right")), begin + 1)
+        part = rows_at[begin:stop]
         flat = np.empty(int(ends[stop - 1] - done), dtype=object)
-        flat[:] = list(chain.from_iterable(rid_lists[begin:stop]))
-        codes.append(coder.codes(flat))
-        rows.append(np.repeat(np.arange(begin, stop, dtype=np.int32), lengths[begin:stop]))
+        flat[:] = list(chain.from_iterable([rid_lists[i] for i in part.tolist()]))
+        yield coder.codes(flat), np.repeat(part.astype(np.int32), row_lengths[begin:stop])
         begin = stop
-    if not codes:
-        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32)
-    return np.concatenate(codes), np.concatenate(rows)
 
+
+def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
+    """(request code, row in ``rid_lists``) of every pair, in order."""
+    chunks = list(pair_chunks(rid_lists, coder))
+    if not chunks:
+        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32)
+    codes, rows = zip(*chunks)
+    return np.concatenate(codes), np.concatenate(rows)
 
 def named(rids: np.ndarray) -> np.ndarray:
     """Which entries of ``rids`` (an object array) are request ids: batch entries without
