@@ -83,15 +83,14 @@ class Producer:
         records = []
         for wire in wires:
             try:
-                rec = handoff.from_wire(wire, state)
+                decoded = handoff.from_wire(wire, state)
             except Exception:
                 self.bad += 1
                 if self.bad == 1:
                     _logger.warning("otel-vllm-ascend writer: pid %s sent a record that cannot be "
                                     "decoded; skipping such records", self.pid, exc_info=True)
                 continue
-            if rec is not None:
-                records.append(rec)
+            records.extend(decoded)
         self.records += len(records)
         metering = _meter.on
         if metering:

@@ -38,10 +38,11 @@ of those)::
   (:class:`records.CapturedException`).
 
 A wire task is a 3-tuple ``("", function name, plain argument)``: work the writer runs in order
-with the records of that process (e.g. classifying an engine step), registered with
-:func:`register_task`. A deferred value or task whose function was not registered, or whose
-argument cannot be made plain, is computed in the serving process before the hand-off (correct,
-only not cheaper).
+with the records of that process, registered with :func:`register_task`; an expander's
+(:func:`register_expander`) gives span records too: one engine step's span, classification
+included, or a Worker phase, each captured as one small plain value. A deferred value or task
+whose function was not registered, or whose argument cannot be made plain, is computed in the
+serving process before the hand-off (correct, only not cheaper).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class _WireFunction:
 
 
 _by_function: Dict[Any, _WireFunction] = {}
+# What the writer keeps per producer process, kept here for the expanders run in this process
+# (without a writer): e.g. the engine steps classified so far.
+local_state: Dict[str, Any] = {}
 _by_name: Dict[str, _WireFunction] = {}
 
 
@@ -98,6 +102,24 @@ def register_task(func: Callable[[Any], Any], name: str, to_wire: Callable[[Any]
                   remote: Callable[[Dict[str, Any], Any], Any]) -> None:
     """Let the writer run ``record_task(func, arg)`` as ``remote(state, to_wire(arg))``."""
     register_value(func, name, to_wire, remote)
+
+
+def register_expander(name: str, to_wire: Optional[Callable[[Any], Any]],
+                      expand: Callable[[Dict[str, Any], Any], Any]) -> Callable[[Any], Any]:
+    """A record kind captured as one value and expanded into span records by
+    ``expand(state, plain value)`` (a list of :class:`records.SpanRecord`, or None): in the
+    writer, or, without one, on the recorder's thread with this process's own state. Both run
+    the same code on the same plain value, so both give the same spans.
+
+    Returns the function to queue: ``recorder.record_task(returned, arg)``; ``to_wire(arg)``
+    makes the plain value (None: ``arg`` is plain already) on the recorder's thread.
+    """
+    def expand_here(arg: Any) -> Any:
+        return expand(local_state, arg if to_wire is None else to_wire(arg))
+
+    expand_here.__qualname__ = expand_here.__name__ = name
+    register_task(expand_here, name, to_wire, expand)
+    return expand_here
 
 
 def remote_function(name: str) -> Callable[[Dict[str, Any], Any], Any]:
@@ -251,12 +273,12 @@ def _cleaned(wire: tuple) -> tuple:
     return wire[:3] + (_sanitized_attributes(wire[3]), wire[4], events) + wire[6:]
 
 
-def from_wire(wire: tuple, state: Dict[str, Any]) -> Optional[SpanRecord]:
-    """The record again (computed values computed now); None for a task, which runs now."""
+def from_wire(wire: tuple, state: Dict[str, Any]) -> List[SpanRecord]:
+    """The record again (computed values computed now); a task runs now and gives the span
+    records it expands into (none for a plain task)."""
     if len(wire) == 3:
         _, name, arg = wire
-        remote_function(name)(state, arg)
-        return None
+        return remote_function(name)(state, arg) or []
     (name, start, end, attrs, computed, events, parent, links, links_computed, exception, tid,
      own) = wire
     if computed:
@@ -266,10 +288,10 @@ def from_wire(wire: tuple, state: Dict[str, Any]) -> Optional[SpanRecord]:
         links = remote_function(links_computed[0])(state, links_computed[1])
     elif links:
         links = [context_from_wire(link) for link in links]
-    return tuple.__new__(SpanRecord, (
+    return [tuple.__new__(SpanRecord, (
         name, start, end, attrs, events, context_from_wire(parent), links,
         CapturedException(*exception) if exception is not None else None, tid,
-        context_from_wire(own)))
+        context_from_wire(own)))]
 
 
 # -- frames -----------------------------------------------------------------------------------

@@ -99,8 +99,8 @@ class SpanBuilding:
             _logger.debug("recorder: %s", what, exc_info=True)
 
     def build(self, records: Iterable[Any]) -> int:
-        """Build every record (run every task) of ``records``, in order; returns how many
-        records were built (sampled out or not)."""
+        """Build every record (run every task, building the span records a task expands into)
+        of ``records``, in order; returns how many records were built (sampled out or not)."""
         tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=self.tracer_provider)
         fast = None
         if self.fast_path and FastSpanBuilder is None:
@@ -111,39 +111,48 @@ class SpanBuilding:
                 fast = FastSpanBuilder.for_tracer(tracer, Deferred)
             except Exception as exc:
                 self.give_up_fast_path("the direct span builder could not be set up", exc)
-        metering = _meter.on
         built = 0
         for rec in records:
             if rec.__class__ is TaskRecord:
                 try:
-                    rec.func(rec.arg)
+                    produced = rec.func(rec.arg)  # an expander's span records (handoff.py)
                 except Exception:
                     _logger.debug("recorder task failed", exc_info=True)
+                    continue
+                if produced:
+                    for span_record in produced:
+                        fast = self._build_one(tracer, fast, span_record)
+                        built += 1
                 continue
+            fast = self._build_one(tracer, fast, rec)
             built += 1
-            if metering:
-                if rec.name == STEP_RECORD:
-                    _meter.steps += 1
-                elif rec.name == REQUEST_RECORD:
-                    _meter.requests += 1
-            if fast is not None:
-                try:
-                    if fast.build(rec):
-                        if len(fast.rows) >= ROWS_PER_WRITE:
-                            fast.finish()  # a producer that keeps the queue busy still gets written
-                        continue
-                except Exception as exc:
-                    # The record goes the plain way below; rows gathered so far are written first.
-                    fast = self._finish_and_drop(fast)
-                    self.give_up_fast_path(
-                        f"the direct span builder failed on a {rec.name!r} record", exc)
-            try:
-                _build(tracer, rec)
-            except Exception:
-                _logger.debug("could not build span %r", rec.name, exc_info=True)
         if fast is not None:
             self._finish_and_drop(fast)  # the file exporter's rows of this drain, one transaction
         return built
+
+    def _build_one(self, tracer: Any, fast: Any, rec: SpanRecord) -> Any:
+        """Build one record; returns the direct builder to go on with (None once given up)."""
+        if _meter.on:
+            if rec.name == STEP_RECORD:
+                _meter.steps += 1
+            elif rec.name == REQUEST_RECORD:
+                _meter.requests += 1
+        if fast is not None:
+            try:
+                if fast.build(rec):
+                    if len(fast.rows) >= ROWS_PER_WRITE:
+                        fast.finish()  # a producer that keeps the queue busy still gets written
+                    return fast
+            except Exception as exc:
+                # The record goes the plain way below; rows gathered so far are written first.
+                fast = self._finish_and_drop(fast)
+                self.give_up_fast_path(
+                    f"the direct span builder failed on a {rec.name!r} record", exc)
+        try:
+            _build(tracer, rec)
+        except Exception:
+            _logger.debug("could not build span %r", rec.name, exc_info=True)
+        return fast
 
     def _finish_and_drop(self, fast: Any) -> None:
         try:

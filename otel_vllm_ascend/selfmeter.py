@@ -41,6 +41,7 @@ ENV = "OTEL_VLLM_SELF_METER"
 META_KEY = "selfMeter"
 REPORT_INTERVAL_S = 2.0  # short: a process killed at shutdown still leaves a recent report
 STEP_RECORD = "batchFrameworkProcessing"
+STEP_TASK = "engine.schedule"  # the hand-off's record that expands into a STEP_RECORD
 REQUEST_RECORD = "httpReq"
 # Threads of the SDK's batch processors (span export), by the names the SDK gives them.
 _EXPORT_THREAD_PREFIXES = ("OtelBatch", "OtelPeriodic")

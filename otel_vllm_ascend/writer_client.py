@@ -111,11 +111,12 @@ class WriterClient:
                     continue
                 if wire is None:
                     continue
-                if metering and len(wire) > 3:
-                    if wire[0] == selfmeter.STEP_RECORD:
-                        _meter.steps += 1
-                    elif wire[0] == selfmeter.REQUEST_RECORD:
-                        _meter.requests += 1
+                if metering:
+                    if len(wire) > 3:
+                        if wire[0] == selfmeter.REQUEST_RECORD:
+                            _meter.requests += 1
+                    elif wire[1] == selfmeter.STEP_TASK and wire[2][2] is not None:
+                        _meter.steps += 1  # a step's batchFrameworkProcessing (not only its inputs)
                 wires.append(wire)
             if wires:
                 try:

@@ -18,7 +18,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -162,24 +162,6 @@ def engine_context(request: Any) -> Optional[SpanContext]:
         if context is not None:
             request_contexts.put(request_id, context)
     return context
-
-
-def links_for(request_ids: Iterable[str], requests: Optional[Mapping[str, Any]] = None
-              ) -> Optional[List[SpanContext]]:
-    """Span links to the traces of these requests (at most MAX_LINKS)."""
-    links: List[SpanContext] = []
-    known = request_contexts.get
-    for request_id in request_ids:
-        context = known(request_id)
-        if context is None and requests is not None:
-            request = requests.get(request_id)
-            if request is not None:
-                context = engine_context(request)
-        if context is not None:
-            links.append(context)
-            if len(links) >= MAX_LINKS:
-                break
-    return links or None
 
 
 def forget(request_ids: Iterable[str]) -> None:
@@ -329,85 +311,72 @@ def details_json(rows: List[tuple]) -> str:
     return "[" + ",".join(parts) + "]"
 
 
-class BatchDescription:
-    """What the batch hooks say about one SchedulerOutput (one engine step).
+class StepBatch:
+    """One SchedulerOutput (one engine step) as the batch hooks saw it: copies of its inputs,
+    taken on EngineCore's thread; ``schedule`` and ``modelExec`` share one.
 
-    Made on EngineCore's thread with copies of the step's inputs; the rows (``iter``, ``type``,
-    token counts), ``batch_type``, the ``ms.rid_detail`` text and the links are worked out on
-    the recorder's thread (:meth:`resolve`, queued as a task right after the step, so steps
-    are classified in order), where the span's deferred attributes read them.
+    Its classification (rows, ``batch_type``, the ``ms.rid_detail`` text, links) is worked out
+    from those copies where the step's spans are expanded (:class:`RemoteBatches`: in the
+    writer, or on the recorder's thread without one), carried there by the step's first record.
     """
 
-    __slots__ = ("output", "inputs", "request_ids", "requests", "rows", "kind", "links",
-                 "_json", "seq", "deferred")
+    __slots__ = ("output", "inputs", "requests", "seq", "classified")
 
-    def __init__(self, output: Any, inputs: BatchInputs) -> None:
-        self.seq = next(_batch_numbers)  # names the step to the writer process (handoff.py)
+    def __init__(self, output: Any, inputs: BatchInputs,
+                 requests: Optional[Mapping[str, Any]]) -> None:
+        self.seq = next(_batch_numbers)  # names the step to the expanders
         self.output = output
         self.inputs = inputs
-        self.request_ids = list(inputs.scheduled)
-        self.requests: Optional[Mapping[str, Any]] = None  # the scheduler's, for link lookups
-        self.rows: Optional[List[tuple]] = None
-        self.kind = ""
-        self.links: Optional[List[SpanContext]] = None
-        self._json: Optional[str] = None
-        # (ms.rid_detail, batch_type, links) as Deferred values, made once for both batch spans
-        self.deferred: Optional[tuple] = None
-
-    def resolve(self) -> BatchDescription:
-        """Classify this step (once): rows, kind and links, then forget finished requests."""
-        if self.rows is None:
-            self.rows, self.kind = _classifier.classify(self.inputs)
-            # One link per request, in its first step (``iter`` 0), not per step: a span link
-            # costs the SDK about as much as a small span, and a request's later steps are
-            # found through its first one (and through the ``ms.rid`` attributes).
-            self.links = links_for([row[0] for row in self.rows if row[1] == 0], self.requests)
-            forget(self.inputs.finished)
-        return self
-
-    def batch_type(self) -> str:
-        return self.resolve().kind
-
-    def details_json(self) -> str:
-        """Built once, for both batch spans."""
-        if self._json is None:
-            self._json = details_json(self.resolve().rows)
-        return self._json
-
-    def span_links(self) -> Optional[List[SpanContext]]:
-        return self.resolve().links
+        self.requests = requests  # the scheduler's, for link lookups
+        self.classified = False  # a record carrying the classification is queued
 
 
-_classifier = BatchClassifier()
-_last_batch: Optional[BatchDescription] = None
+_last_batch: Optional[StepBatch] = None
 
 
-# -- the same work in the writer process (handoff.py) ------------------------------------------
+# -- one record per engine-step span, expanded where the spans are built ----------------------
 #
-# With a writer process, EngineCore hands over the step's copied inputs and the trace contexts
-# of its new requests (plain values); the classification, ``ms.rid_detail`` text, ``batch_type``
-# and links are worked out there, per EngineCore process, in step order.
+# A hook queues one StepRecord per span: the step (its copied inputs travel with the step's
+# first record only) and the span's own plain values. The expander (registered with
+# handoff.register_expander) classifies the step, per EngineCore process and in step order,
+# and turns the values into the span record. It runs in the writer process, or, without one,
+# on the recorder's thread: the same code either way.
 
 _RETAINED_STEPS = 64  # a step's results outlive it this many steps (modelExec comes later)
 
 
-def _batch_to_wire(description: BatchDescription) -> tuple:
-    inputs = description.inputs
+class StepRecord(NamedTuple):
+    """One engine-step span as its hook captured it (the argument of an expander task)."""
+
+    batch: StepBatch
+    classify: bool  # this record carries the step's classification
+    span: Optional[tuple]  # the span's plain values, as its expander reads them; None: none
+
+
+def _classification_to_wire(batch: StepBatch) -> tuple:
+    """The step's inputs and the trace contexts of its new requests, as plain values."""
+    inputs = batch.inputs
     contexts = []
     for request_id, _, _ in inputs.new:
         context = request_contexts.get(request_id)
-        if context is None and description.requests is not None:
-            request = description.requests.get(request_id)
+        if context is None and batch.requests is not None:
+            request = batch.requests.get(request_id)
             if request is not None:
                 context = engine_context(request)
         if context is not None:
             contexts.append((request_id, handoff.context_to_wire(context)))
     forget(inputs.finished)
-    return description.seq, tuple(inputs), contexts
+    return batch.seq, tuple(inputs), contexts
+
+
+def _step_to_wire(record: StepRecord) -> tuple:
+    batch = record.batch
+    return (batch.seq, _classification_to_wire(batch) if record.classify else None,
+            record.span)
 
 
 class RemoteBatches:
-    """The writer's side of :class:`BatchDescription` for one EngineCore process."""
+    """The classified steps of one EngineCore process, where its spans are expanded."""
 
     def __init__(self) -> None:
         self.classifier = BatchClassifier()
@@ -417,6 +386,9 @@ class RemoteBatches:
         seq, inputs, contexts = wire
         rows, kind = self.classifier.classify(BatchInputs(*inputs))
         known = dict(contexts)
+        # One link per request, in its first step (``iter`` 0), not per step: a span link
+        # costs the SDK about as much as a small span, and a request's later steps are found
+        # through its first one (and through the ``ms.rid`` attributes).
         links = [handoff.context_from_wire(known[row[0]]) for row in rows
                  if row[1] == 0 and row[0] in known][:MAX_LINKS]
         steps = self.steps
@@ -425,10 +397,28 @@ class RemoteBatches:
             steps.popitem(last=False)
 
     def details_json(self, seq: int) -> str:
+        """``ms.rid_detail`` of a step, built once for both batch spans."""
         step = self.steps[seq]
         if step[3] is None:
             step[3] = details_json(step[0])
         return step[3]
+
+    def batch_attributes(self, domain: str, seq: int, batch_size: Optional[int] = None
+                         ) -> dict:
+        """The attributes both batch spans start with, in the order they have had through the
+        writer: ``ms.rid`` (the step's request ids in vLLM's order), ``batch_size`` (default:
+        the number of requests)."""
+        request_ids = [row[0] for row in self.steps[seq][0]]
+        return {contract.DOMAIN: domain, contract.RID: request_ids,
+                "batch_size": len(request_ids) if batch_size is None else batch_size}
+
+    def add_details(self, attributes: dict, seq: int) -> dict:
+        attributes[contract.RID_DETAIL] = self.details_json(seq)
+        attributes["batch_type"] = self.steps[seq][1]
+        return attributes
+
+    def links(self, seq: int) -> Optional[List[SpanContext]]:
+        return self.steps[seq][2]
 
 
 def _remote(state: dict) -> RemoteBatches:
@@ -438,62 +428,50 @@ def _remote(state: dict) -> RemoteBatches:
     return batches
 
 
-def _batch_seq(description: BatchDescription) -> int:
-    return description.seq
+def step_expander(name: str, expand_span: Callable[[RemoteBatches, int, tuple], Any]
+                  ) -> Callable[[Any], Any]:
+    """Register the expander of one kind of engine-step span: ``expand_span(batches, seq,
+    span values)`` gives its SpanRecord once the step is classified. Returns the function
+    :func:`record_step` queues."""
+
+    def expand(state: dict, wire: tuple) -> Optional[list]:
+        seq, classification, span = wire
+        batches = _remote(state)
+        if classification is not None:
+            batches.resolve(classification)
+        if span is None or seq not in batches.steps:  # nothing to build / a dropped step
+            return None
+        return [expand_span(batches, seq, span)]
+
+    return handoff.register_expander(name, _step_to_wire, expand)
 
 
-handoff.register_task(BatchDescription.resolve, "batch.resolve", _batch_to_wire,
-                      lambda state, wire: _remote(state).resolve(wire))
-handoff.register_value(BatchDescription.details_json, "batch.details_json", _batch_seq,
-                       lambda state, seq: _remote(state).details_json(seq))
-handoff.register_value(BatchDescription.batch_type, "batch.batch_type", _batch_seq,
-                       lambda state, seq: _remote(state).steps[seq][1])
-handoff.register_value(BatchDescription.span_links, "batch.span_links", _batch_seq,
-                       lambda state, seq: _remote(state).steps[seq][2])
+def record_step(expander: Callable[[Any], Any], batch: StepBatch,
+                span: Optional[tuple]) -> None:
+    """Queue one span of this step (``span`` None: only the step's classification, when no
+    record of the step carried it yet)."""
+    classify = not batch.classified
+    if span is None and not classify:
+        return
+    batch.classified = True
+    recorder.record_task(expander, tuple.__new__(StepRecord, (batch, classify, span)))
 
 
 def describe_batch(scheduler_output: Any, requests: Optional[Mapping[str, Any]] = None
-                   ) -> BatchDescription:
+                   ) -> StepBatch:
     """The batch of this SchedulerOutput; ``schedule`` and ``modelExec`` share one result.
 
-    Queues its classification on the recorder's thread, in step order. ``requests``: the
-    scheduler's request map, for links to requests whose context was not seen at
-    ``add_request``.
+    ``requests``: the scheduler's request map, for links to requests whose context was not seen
+    at ``add_request``. The first record of the step (:func:`record_step`) carries its
+    classification, so steps are classified in the order vLLM scheduled them.
     """
     global _last_batch
     last = _last_batch
     if last is not None and last.output is scheduler_output:
         return last
-    description = BatchDescription(scheduler_output, BatchInputs.of(scheduler_output))
-    description.requests = requests
-    _last_batch = description
-    recorder.record_task(BatchDescription.resolve, description)
-    return description
-
-
-def _deferred(batch: BatchDescription) -> tuple:
-    deferred = batch.deferred
-    if deferred is None:
-        deferred = batch.deferred = (
-            recorder.Deferred(BatchDescription.details_json, batch),
-            recorder.Deferred(BatchDescription.batch_type, batch),
-            recorder.Deferred(BatchDescription.span_links, batch))
-    return deferred
-
-
-def batch_links(batch: BatchDescription) -> recorder.Deferred:
-    """The batch span's links to the traces of the requests in their first step."""
-    return _deferred(batch)[2]
-
-
-def batch_attributes(domain: str, batch: BatchDescription) -> dict:
-    details, kind, _ = _deferred(batch)
-    return {
-        contract.DOMAIN: domain,
-        contract.RID_DETAIL: details,
-        contract.RID: batch.request_ids,
-        "batch_type": kind,
-    }
+    batch = StepBatch(scheduler_output, BatchInputs.of(scheduler_output), requests)
+    _last_batch = batch
+    return batch
 
 
 def _after_fork_in_child() -> None:

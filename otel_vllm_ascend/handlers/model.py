@@ -45,6 +45,7 @@ from otel_vllm_ascend import (
     wrapping,
 )
 from otel_vllm_ascend.handlers import common, meta, spec_decode
+from otel_vllm_ascend.records import SpanRecord, new_span_record
 
 DOMAIN = "Execute"
 
@@ -75,25 +76,34 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         return None
     common.ensure_role("engine_core")
     batch = common.describe_batch(scheduler_output)
+    common.record_step(_expand_model_exec, batch, None)  # classified now, unless schedule did
     return batch, total_tokens, time.time_ns(), native_thread.current.id
 
 
 def _execute_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
     batch, total_tokens, start, tid = state
-    attributes = common.batch_attributes(DOMAIN, batch)
-    attributes["batch_size"] = total_tokens
-    links = common.batch_links(batch)
 
     def finish(_: Any = None) -> None:
-        recorder.record_span("modelExec", start, time.time_ns(), attributes, links=links,
-                             thread_id=tid)
+        common.record_step(_expand_model_exec, batch,
+                           (start, time.time_ns(), tid, total_tokens))
 
     add_done_callback = getattr(result, "add_done_callback", None)
     if add_done_callback is not None and not result.done():
         add_done_callback(finish)  # runs once the worker's output arrives (or the call fails)
     else:
         finish()
+
+
+def _model_exec_span(batches: common.RemoteBatches, seq: int, span: tuple) -> SpanRecord:
+    """``modelExec`` of one step from what the executor's hook captured."""
+    start, end, tid, total_tokens = span
+    attributes = batches.add_details(batches.batch_attributes(DOMAIN, seq, total_tokens), seq)
+    return new_span_record(SpanRecord, ("modelExec", start, end, attributes, None, None,
+                                        batches.links(seq), None, tid, None))
+
+
+_expand_model_exec = common.step_expander("engine.model_exec", _model_exec_span)
 
 
 execute_model = wrapping.AroundHandler(

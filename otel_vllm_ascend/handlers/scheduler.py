@@ -13,36 +13,25 @@
 from __future__ import annotations
 
 import time
-from typing import Any, List, Optional
+from typing import Any, Optional
 
-from otel_vllm_ascend import contract, control, native_thread, recorder, wrapping
+from otel_vllm_ascend import contract, control, native_thread, recorder, selfmeter, wrapping
 from otel_vllm_ascend.handlers import common
+from otel_vllm_ascend.records import SpanRecord, new_span_record
 
 DOMAIN = "Schedule"
 KV_DOMAIN = "Schedule.KVCache"
 RUNNING, WAITING = "RUNNING", "WAITING"
 
-def _queue_event(name: str, timestamp: int, request_ids: List[str], queue_name: str,
-                 size: int) -> tuple:
-    return (name, timestamp, {
-        contract.DOMAIN: DOMAIN,
-        contract.RID: request_ids,
-        contract.METRIC_PREFIX + "QueueSize": size,
-        contract.SCOPE_PREFIX + "QueueName": queue_name,
-    })
-
-
-def _queue_events(events: list, timestamp: int, queue_name: str, before: list,
-                  queue: Any) -> None:
-    """``Dequeue`` / ``Enqueue`` events of one queue's changes since ``before``."""
+def _queue_changes(changes: list, queue_name: str, before: list, queue: Any) -> None:
+    """``(event name, queue name, request ids, queue size)`` of one queue's changes since
+    ``before``, for the ``Dequeue`` / ``Enqueue`` events."""
     after = queue if type(queue) is list else list(queue)  # the live list is only read here
-    if after == before:  # a steady step: compared in C, nothing to record
-        return
     left, joined = common.queue_changes(before, after)
     if left:
-        events.append(_queue_event("Dequeue", timestamp, left, queue_name, len(after)))
+        changes.append(("Dequeue", queue_name, left, len(after)))
     if joined:
-        events.append(_queue_event("Enqueue", timestamp, joined, queue_name, len(after)))
+        changes.append(("Enqueue", queue_name, joined, len(after)))
 
 
 def _used_blocks(this: Any) -> Optional[tuple]:
@@ -67,12 +56,13 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
     end = time.time_ns()
     running_before, waiting_before, kv_before, start, tid = state
     batch = common.describe_batch(output, getattr(this, "requests", None))
-    request_ids = batch.request_ids
-    if not request_ids or not control.engine_step(output):  # profiler_step_num reached
+    if not batch.inputs.scheduled or not control.engine_step(output):  # profiler_step_num
+        common.record_step(_expand_schedule, batch, None)  # the step still counts
         return
-    events: list = []
-    _queue_events(events, end, RUNNING, running_before, this.running)
-    _queue_events(events, end, WAITING, waiting_before, this.waiting)
+    queue_changes: list = []
+    _queue_changes(queue_changes, RUNNING, running_before, this.running)
+    _queue_changes(queue_changes, WAITING, waiting_before, this.waiting)
+    kv = None
     kv_after = _used_blocks(this)
     if kv_after is not None and control.allows(KV_DOMAIN):
         total, free = kv_after
@@ -82,6 +72,26 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
             usage = float(this.kv_cache_manager.usage)
         except Exception:
             usage = used / total if total else 0.0
+        kv = (total, used, free, usage, used - used_before)
+    common.record_step(_expand_schedule, batch, (
+        start, end, tid, queue_changes, kv, int(output.total_num_scheduled_tokens)))
+
+
+def _schedule_span(batches: common.RemoteBatches, seq: int, span: tuple) -> SpanRecord:
+    """``batchFrameworkProcessing`` of one step from what ``_schedule_after`` captured."""
+    start, end, tid, queue_changes, kv, num_tokens = span
+    attributes = batches.batch_attributes(DOMAIN, seq)
+    request_ids = attributes[contract.RID]
+    attributes[contract.METRIC_PREFIX + "num_scheduled_tokens"] = num_tokens
+    batches.add_details(attributes, seq)
+    events = [(name, end, {
+        contract.DOMAIN: DOMAIN,
+        contract.RID: request_ids_of_change,
+        contract.METRIC_PREFIX + "QueueSize": size,
+        contract.SCOPE_PREFIX + "QueueName": queue_name,
+    }) for name, queue_name, request_ids_of_change, size in queue_changes]
+    if kv is not None:
+        total, used, free, usage, allocated = kv
         events.append(("KVCacheStatus", end, {
             contract.DOMAIN: KV_DOMAIN,
             contract.RID: request_ids,
@@ -89,14 +99,14 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
             contract.METRIC_PREFIX + "UsedBlocks": used,
             contract.METRIC_PREFIX + "FreeBlocks": free,
             contract.METRIC_PREFIX + "UsagePercent": usage,
-            contract.METRIC_PREFIX + "AllocatedBlocks": used - used_before,
+            contract.METRIC_PREFIX + "AllocatedBlocks": allocated,
         }))
-    attributes = common.batch_attributes(DOMAIN, batch)
-    attributes["batch_size"] = len(request_ids)
-    attributes[contract.METRIC_PREFIX + "num_scheduled_tokens"] = \
-        int(output.total_num_scheduled_tokens)
-    recorder.record_span("batchFrameworkProcessing", start, end, attributes, events=events,
-                         links=common.batch_links(batch), thread_id=tid)
+    return new_span_record(SpanRecord, ("batchFrameworkProcessing", start, end, attributes,
+                                        events or None, None, batches.links(seq), None, tid,
+                                        None))
+
+
+_expand_schedule = common.step_expander(selfmeter.STEP_TASK, _schedule_span)
 
 
 schedule = wrapping.AroundHandler(

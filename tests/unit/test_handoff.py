@@ -65,7 +65,7 @@ def _spans(records, through_writer: bool):
         frames = reader.feed(data[:7]) + reader.feed(data[7:])  # split anywhere
         assert [kind for kind, _ in frames] == [handoff.RECORDS]
         state: dict = {}
-        queued = [handoff.from_wire(wire, state) for wire in frames[0][1]]
+        queued = [rec for wire in frames[0][1] for rec in handoff.from_wire(wire, state)]
     building.build(queued)
     return exporter.get_finished_spans()
 
@@ -158,32 +158,29 @@ def _contexts():
             for i, rid in enumerate(("a", "b", "c", "b2"))}
 
 
-def test_engine_steps_classified_in_the_writer_as_here(monkeypatch):
-    monkeypatch.setattr(common, "_classifier", common.BatchClassifier())
+def test_engine_steps_classified_from_their_plain_copies(monkeypatch):
+    """A step's first record carries its inputs; the expanders classify them in order (the
+    spans themselves: test_step_records.py)."""
     monkeypatch.setattr(common, "_last_batch", None)
-    here, wires = [], []
+    wires = []
     for output in STEPS:
         for rid, context in _contexts().items():
             common.request_contexts.put(rid, context)
-        batch = common.BatchDescription(output, common.BatchInputs.of(output))
-        wires.append(common._batch_to_wire(batch))  # what the hand-off sends for the task
-        batch.resolve()
-        here.append((batch.details_json(), batch.batch_type(), batch.span_links()))
-    state: dict = {}
-    remote = handoff.remote_function("batch.resolve")
-    there = []
-    for batch_wire in marshal.loads(marshal.dumps(wires)):
-        remote(state, batch_wire)
-        seq = batch_wire[0]
-        there.append((handoff.remote_function("batch.details_json")(state, seq),
-                      handoff.remote_function("batch.batch_type")(state, seq),
-                      handoff.remote_function("batch.span_links")(state, seq)))
-    assert there == here
-    assert json.loads(there[1][0])[2] == {"rid": "c", "iter": 0, "type": 0,
-                                          "num_scheduled_tokens": 8, "num_prompt_tokens": 16,
-                                          "num_computed_tokens": 0}
-    assert there[1][1] == "Prefill,Decode"
-    assert [link.trace_id for link in there[1][2]] == [0x102]  # c only: a, b were linked before
+        batch = common.describe_batch(output)
+        wires.append(common._step_to_wire(common.StepRecord(batch, True, None)))
+    batches = common.RemoteBatches()
+    for _, classification, span in marshal.loads(marshal.dumps(wires)):
+        assert span is None
+        batches.resolve(classification)
+    second = wires[1][0]
+    assert json.loads(batches.details_json(second))[2] == {
+        "rid": "c", "iter": 0, "type": 0, "num_scheduled_tokens": 8, "num_prompt_tokens": 16,
+        "num_computed_tokens": 0}
+    assert batches.steps[second][1] == "Prefill,Decode"
+    # c only: a and b were linked in their first step
+    assert [link.trace_id for link in batches.links(second)] == [0x102]
+    assert batches.batch_attributes("Execute", second, 10) == {
+        contract.DOMAIN: "Execute", contract.RID: ["a", "b", "c"], "batch_size": 10}
 
 
 def test_unregistered_task_runs_here():

@@ -194,21 +194,13 @@ def scripted(monkeypatch):
     monkeypatch.setattr(recorder._state, "handoff", None)
     monkeypatch.setattr(common, "_role_recorded", "engine_core")  # no role Meta record
     monkeypatch.setattr(common, "request_contexts", common.ContextMap())
-    for name, value in _fresh_module_state().items():
-        monkeypatch.setattr(common, name, value)
+    monkeypatch.setattr(common, "_last_batch", None)
+    monkeypatch.setattr(handoff, "local_state", {})
     recorder._state.queue.clear()
     control.start(config=ProfilerConfig(enable=True))
     yield
     control.stop()
     recorder._state.queue.clear()
-
-
-def _fresh_module_state() -> dict:
-    """The batch bookkeeping of a process that has seen no step yet."""
-    fresh = {"_last_batch": None}
-    if hasattr(common, "_classifier"):
-        fresh["_classifier"] = common.BatchClassifier()
-    return fresh
 
 
 def _provider():
@@ -241,17 +233,10 @@ def _built_in_writer(queued: list) -> list:
     state: dict = {}
     records = []
     for wire in payload:
-        records.extend(_decoded(wire, state))
+        records.extend(handoff.from_wire(wire, state))
     provider, exporter = _provider()
     recorder.SpanBuilding(provider).build(records)
     return [_view(span) for span in exporter.get_finished_spans()]
-
-
-def _decoded(wire, state) -> list:
-    decoded = handoff.from_wire(wire, state)
-    if decoded is None:
-        return []
-    return decoded if isinstance(decoded, list) else [decoded]
 
 
 def _golden() -> list:
