@@ -15,8 +15,11 @@ Every case calls a handler through the wrapper the instrumentor installs (``buil
                       ``InputProcessor.assign_request_id`` hook
   process_outputs     ``OutputProcessor.process_outputs`` of 32 outputs of real request
                       states, one of them finishing every other call
-  worker step         the model runner's ``execute_model`` and seven
-                      ``record_function_or_nullcontext`` phases (four of them recorded)
+  worker step         the model runner's ``execute_model`` with three
+                      ``record_function_or_nullcontext`` phases inside it and
+                      ``LogitsProcessor.forward`` in the last, then four phases (one of them
+                      not recorded) with ``Sampler.forward`` in the first, as vLLM 0.32's
+                      ``execute_model`` and ``sample_tokens`` run them
 
 Figures, per call: ``hot``, CPU time of the calling thread (``time.thread_time_ns``) minus the
 same loop of bare originals; ``hand-off``, what the recorder's thread then spends on that
@@ -78,6 +81,8 @@ class Cases:
         self.execute = _hooked(model.execute_model, type(self).execute_original, "method")
         self.engine_add = _hooked(scheduler.add_request, self.engine_add_original, "method")
         self.runner = _hooked(model.execute_model_runner, type(self).runner_original, "method")
+        self.logits = _hooked(model.compute_logits, type(self).logits_original, "method")
+        self.sampler = _hooked(model.sampler_forward, type(self).sampler_original, "method")
         from vllm.v1.utils import record_function_or_nullcontext
 
         self.phase_original = record_function_or_nullcontext
@@ -213,18 +218,42 @@ class Cases:
             process(processor, finishing if step % 2 else plain, 0.0, None)
 
     # -- Worker ---------------------------------------------------------------------------
-    def runner_original(self, scheduler_output, intermediate_tensors=None):
-        return None
-
+    # vLLM 0.32's shape: ``execute_model`` runs the preprocess, forward and postprocess phases
+    # (``compute_logits`` inside the last), then ``sample_tokens`` the sample phase (the
+    # sampler inside it) and three more phases, one of them not recorded.
     def run_worker(self, steps, hooked):
         runner = self.runner if hooked else type(self).runner_original
         phase = self.phase if hooked else self.phase_original
+        logits = self.logits if hooked else type(self).logits_original
+        sampler = self.sampler if hooked else type(self).sampler_original
         output = self.sched.output
+
+        def execute_model(this, scheduler_output):
+            with phase(PHASE_TAGS[0]):
+                pass
+            with phase(PHASE_TAGS[1]):
+                pass
+            with phase(PHASE_TAGS[2]):
+                logits(this, "hidden")
+            return None
+
+        self.runner_body = execute_model
         for _ in range(steps):
             runner(self, output)
-            for tag in PHASE_TAGS:
+            with phase(PHASE_TAGS[3]):
+                sampler(self, "logits")
+            for tag in PHASE_TAGS[4:]:
                 with phase(tag):
                     pass
+
+    def runner_original(self, scheduler_output):
+        return self.runner_body(self, scheduler_output)
+
+    def logits_original(self, hidden):
+        return None
+
+    def sampler_original(self, logits):
+        return None
 
 
 def _timed(run, steps, hooked):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, NamedTuple, Optional
 
 from otel_vllm_ascend import (
     contract,
@@ -45,7 +45,7 @@ from otel_vllm_ascend import (
     wrapping,
 )
 from otel_vllm_ascend.handlers import common, meta, spec_decode
-from otel_vllm_ascend.records import SpanRecord, new_span_record
+from otel_vllm_ascend.records import CapturedException, SpanRecord, new_span_record
 
 DOMAIN = "Execute"
 
@@ -127,11 +127,9 @@ def _synchronised_after(name: str) -> Callable:
             try:
                 synchronize()
             except BaseException as exc:
-                recorder.record_span(name, start, time.time_ns(), {contract.DOMAIN: DOMAIN},
-                                     exception=exc, thread_id=tid)
+                record_worker_span(name, start, time.time_ns(), tid, None, exc)
                 raise
-        recorder.record_span(name, start, time.time_ns(), {contract.DOMAIN: DOMAIN},
-                             exception=error, thread_id=tid)
+        record_worker_span(name, start, time.time_ns(), tid, None, error)
     return after
 
 
@@ -156,16 +154,69 @@ def capture_async(original: Any, this: Any, duration_tag: Any = None, *args: Any
     def on_exit(error: Optional[BaseException]) -> None:
         if synchronize is not None:
             synchronize()
-        recorder.record_span(name, start, time.time_ns(), {contract.DOMAIN: DOMAIN},
-                             exception=error, thread_id=tid)
+        record_worker_span(name, start, time.time_ns(), tid, None, error)
 
     return wrapping.DelegatingContext(manager, on_exit)
 
 
-# -- the model runner (Worker) -----------------------------------------------------------------
+# -- the Worker's spans: one record per model-runner step ---------------------------------------
+#
+# The runner's span and the spans that end inside its call (its phases, ``computing_logits``)
+# go as one record, queued when the runner returns; spans outside a runner call (the sampling
+# phases of vLLM 0.32's ``sample_tokens``) as one record each. A span is a WorkerSpan of plain
+# values; the expander (in the writer, or on the recorder's thread without one) makes the same
+# span records, in the order the spans ended, as one record per span did.
+
+class WorkerSpan(NamedTuple):
+    """One Worker span as its hook captured it."""
+
+    name: str
+    start_ns: int
+    end_ns: int
+    thread_id: int
+    request_ids: Optional[list]  # ``ms.rid`` (the runner's and the forward phase's)
+    accepted: Optional[dict]  # ``spec_decode_accepted_by_req`` (JSON text) of the runner
+    exception: Any  # None, an exception (captured as text on the recorder's thread)
+
+
+_open_step: Optional[list] = None  # spans ended during the current runner call, in order
+
+
+def record_worker_span(name: str, start: int, end: int, tid: int,
+                       request_ids: Optional[list], error: Optional[BaseException]) -> None:
+    span = tuple.__new__(WorkerSpan, (name, start, end, tid, request_ids, None, error))
+    if _open_step is not None:
+        _open_step.append(span)
+    else:
+        recorder.record_task(_expand_worker_spans, [span])
+
+
+def _worker_spans_to_wire(spans: list) -> list:
+    return [tuple(span) if span[6] is None
+            else tuple(span[:6]) + (tuple(handoff.capture_exception(span[6])),)
+            for span in spans]
+
+
+def _worker_span_records(state: dict, wire: list) -> list:
+    records = []
+    for name, start, end, tid, request_ids, accepted, exception in wire:
+        attributes: dict = {contract.DOMAIN: DOMAIN}
+        if request_ids is not None:
+            attributes[contract.RID] = request_ids
+        if accepted:
+            attributes["spec_decode_accepted_by_req"] = json.dumps(accepted)
+        records.append(new_span_record(SpanRecord, (
+            name, start, end, attributes, None, None, None,
+            CapturedException(*exception) if exception is not None else None, tid, None)))
+    return records
+
+
+_expand_worker_spans = handoff.register_expander("worker.spans", _worker_spans_to_wire,
+                                                 _worker_span_records)
+
 
 def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
-    global _step_request_ids
+    global _step_request_ids, _open_step
     spec_decode.begin_step()
     scheduler_output = args[0] if args else kwargs.get("scheduler_output")
     request_ids = list(getattr(scheduler_output, "num_scheduled_tokens", None) or ())
@@ -175,22 +226,24 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     common.ensure_role("worker")
     meta.record_worker_dp_rank(this)
     operator_profiler.step_begin()
-    return request_ids, time.time_ns(), native_thread.current.id
+    outer, _open_step = _open_step, []
+    return request_ids, time.time_ns(), native_thread.current.id, outer
 
 
 def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                   error: Optional[BaseException]) -> None:
+    global _open_step
+    end = time.time_ns()
+    request_ids, start, tid, outer = state
+    spans, _open_step = _open_step, outer
     operator_profiler.step_end()
-    request_ids, start, tid = state
-    attributes = {contract.DOMAIN: DOMAIN, contract.RID: request_ids}
-    accepted = spec_decode.step_acceptance()
-    if accepted:
-        attributes["spec_decode_accepted_by_req"] = recorder.Deferred(json.dumps, accepted)
-    recorder.record_span("modelRunnerExec", start, time.time_ns(), attributes, exception=error,
-                         thread_id=tid)
-
-
-handoff.register_value(json.dumps, "json.dumps")  # the acceptance JSON, in the writer process
+    spans = spans if spans is not None else []
+    spans.append(tuple.__new__(WorkerSpan, ("modelRunnerExec", start, end, tid, request_ids,
+                                            spec_decode.step_acceptance(), error)))
+    if outer is not None:  # a runner call inside another: its spans join the outer step's
+        outer.extend(spans)
+    else:
+        recorder.record_task(_expand_worker_spans, spans)
 
 
 execute_model_runner = wrapping.AroundHandler(
@@ -226,7 +279,7 @@ class _PhaseContext:
     def __init__(self, state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                  error: Optional[BaseException]) -> None:
         self.target = result
-        self.state = state  # (phase, attributes, start, thread id, synchronize or None)
+        self.state = state  # (phase, request ids or None, start, thread id, synchronize or None)
 
     def __enter__(self):  # noqa: ANN204
         return self.target.__enter__()
@@ -236,11 +289,15 @@ class _PhaseContext:
             return self.target.__exit__(exc_type, exc, tb)
         finally:
             try:
-                phase, attributes, start, tid, synchronize = self.state
+                phase, request_ids, start, tid, synchronize = self.state
                 if synchronize is not None:
                     synchronize()
-                recorder.record_span(phase, start, time.time_ns(), attributes, None, None,
-                                     None, exc, tid)
+                end = time.time_ns()
+                if _open_step is not None and exc is None:  # the common case, inlined
+                    _open_step.append(tuple.__new__(WorkerSpan, (
+                        phase, start, end, tid, request_ids, None, None)))
+                else:
+                    record_worker_span(phase, start, end, tid, request_ids, exc)
             except Exception:  # our bookkeeping must not replace the block's outcome
                 pass
 
@@ -255,14 +312,12 @@ def _phase_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         return None  # a phase the span contract has no record for: the original alone
     common.ensure_role("worker")
     if phase != "forward":
-        return phase, {contract.DOMAIN: DOMAIN}, time.time_ns(), native_thread.current.id, None
-    attributes: dict = {contract.DOMAIN: DOMAIN}
-    if _step_request_ids:
-        attributes[contract.RID] = _step_request_ids
+        return phase, None, time.time_ns(), native_thread.current.id, None
     synchronize = npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return phase, attributes, time.time_ns(), native_thread.current.id, synchronize
+    return (phase, _step_request_ids or None, time.time_ns(), native_thread.current.id,
+            synchronize)
 
 
 record_function_or_nullcontext = wrapping.AroundHandler(

@@ -3,8 +3,9 @@
 ``fixtures/step_spans.json`` holds the spans the per-span records made (commit ``4a84958``,
 before the one-record-per-step hand-off) for a scripted run of the EngineCore hooks
 (``schedule`` with queue churn and KV changes, an empty step, ``modelExec`` blocking and
-non-blocking) and the Worker hooks (the runner, recorded and unrecorded phases, a failing
-phase, ``computing_logits``, ``sample`` and a failing ``sample``). Every path must still make
+non-blocking) and the Worker hooks (the runner, recorded and unrecorded phases, failing phases
+inside and outside the runner's call, ``computing_logits``, ``sample`` and a failing
+``sample``, a failing runner). Every path must still make
 exactly those spans: built in the serving process (``OTEL_VLLM_WRITER=0``) and through the
 hand-off to the writer (to_wire, a marshal frame, from_wire in a fresh producer state).
 
@@ -126,17 +127,25 @@ class _Phase:
 
 
 def _worker_steps() -> None:
-    """Two Worker steps: runner, phases (one unrecorded, one failing), logits and sampling."""
+    """Three Worker steps: runner, phases (one unrecorded, some failing), logits and sampling;
+    a failing runner."""
     for index, rids in enumerate((["r1", "r2"], ["r3"])):
         output = SimpleNamespace(num_scheduled_tokens={rid: 1 for rid in rids})
         runner_this = SimpleNamespace()
 
-        def runner(out):
+        def runner(out, index=index):
             for tag in ("gpu_model_runner: preprocess", "gpu_model_runner: forward",
                         "gpu_model_runner: bookkeep", "gpu_model_runner: postprocess"):
                 with model.record_function_or_nullcontext(lambda name: _Phase(), None, tag):
                     pass
             model.compute_logits(lambda hidden: "logits", SimpleNamespace(), "hidden")
+            if index:  # a phase that fails inside the runner, which carries on
+                try:
+                    with model.record_function_or_nullcontext(
+                            lambda name: _Phase(), None, "gpu_model_runner: postprocess"):
+                        raise KeyError("postprocess failed")
+                except KeyError:
+                    pass
             return "runner output"
 
         model.execute_model_runner(runner, runner_this, output)
@@ -154,6 +163,16 @@ def _worker_steps() -> None:
 
             with pytest.raises(ValueError):
                 model.sampler_forward(failing_sample, SimpleNamespace(), "logits")
+
+    def failing_runner(out):
+        with model.record_function_or_nullcontext(lambda name: _Phase(), None,
+                                                  "gpu_model_runner: preprocess"):
+            pass
+        raise RuntimeError("runner failed")
+
+    with pytest.raises(RuntimeError):  # the runner fails: its span and its phase's still made
+        model.execute_model_runner(failing_runner, SimpleNamespace(),
+                                   SimpleNamespace(num_scheduled_tokens={"r4": 3}))
 
 
 def _canonical(value):
@@ -195,7 +214,7 @@ def scripted(monkeypatch):
     monkeypatch.setattr(common, "_role_recorded", "engine_core")  # no role Meta record
     monkeypatch.setattr(common, "request_contexts", common.ContextMap())
     monkeypatch.setattr(common, "_last_batch", None)
-    monkeypatch.setattr(handoff, "local_state", {})
+    monkeypatch.setattr(handoff, "local_state", {}, raising=False)  # the expanders' state
     recorder._state.queue.clear()
     control.start(config=ProfilerConfig(enable=True))
     yield
