@@ -23,11 +23,13 @@ analyzer join them with EngineCore's internal ids. No prompt or completion text 
 from __future__ import annotations
 
 import contextvars
+import operator
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
-from otel_vllm_ascend import contract, control, native_thread, recorder, wrapping
+from otel_vllm_ascend import contract, control, handoff, native_thread, recorder, wrapping
 from otel_vllm_ascend.handlers import common
+from otel_vllm_ascend.records import SpanRecord, new_span_record
 
 DOMAIN = "Engine"
 
@@ -177,9 +179,11 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     # The request states (their external ids) are read on the recorder's thread: a state
     # object stays readable after vLLM drops it, and its external id never changes.
     known = list(map(get_state, request_ids))  # the loop in C
-    # One pass that keeps only the few finishing outputs, then their ids and states.
-    finished = [(output.request_id, get_state(output.request_id)) for output
-                in [output for output in engine_core_outputs if output.finish_reason is not None]]
+    # One pass that keeps only the few finishing outputs' positions, then their ids and the
+    # states already looked up.
+    finished = [(request_ids[index], known[index]) for index in
+                [index for index, output in enumerate(engine_core_outputs)
+                 if output.finish_reason is not None]]
     return states, request_ids, known, finished, time.time_ns(), native_thread.current.id
 
 
@@ -204,10 +208,7 @@ def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: A
             common.request_contexts.pop(external_id)
         recorder.record_span("httpRes", start, start, attributes, parent=context, thread_id=tid)
     if control.allows(DOMAIN):
-        recorder.record_span("detokenize", end, end,
-                             {contract.DOMAIN: DOMAIN,
-                              contract.RID: recorder.Deferred(_external_ids, (request_ids, known)),
-                              contract.RECORD: contract.RECORD_EVENT}, thread_id=tid)
+        recorder.record_task(_expand_detokenize, (end, tid, request_ids, known))
 
 
 process_outputs = wrapping.AroundHandler(
@@ -215,13 +216,36 @@ process_outputs = wrapping.AroundHandler(
     "``OutputProcessor.process_outputs``: ``httpRes`` per finished request, one ``detokenize``.")
 
 
-def _external_ids(ids_and_states: Tuple[List[str], List[Any]]) -> List[str]:
+_EXTERNAL_ID = operator.attrgetter("external_req_id")
+
+
+def _external_ids(request_ids: List[str], states: List[Any]) -> List[str]:
     """The ids the client knows of these requests (the internal id where vLLM has no other)."""
-    request_ids, states = ids_and_states
-    try:  # every state known, with its external id: one plain attribute read each
-        external = [state.external_req_id for state in states]
+    try:  # every state known, with its external id: one plain attribute read each, in C
+        external = list(map(_EXTERNAL_ID, states))
     except AttributeError:  # a request vLLM no longer knew, or a vLLM without external ids
         external = [getattr(state, "external_req_id", None) for state in states]
     if all(external):
         return external
     return [external_id or request_id for request_id, external_id in zip(request_ids, external)]
+
+
+# ``detokenize`` crosses as one small record: the request states are read on the recorder's
+# thread (a state object stays readable after vLLM drops it, and its external id never
+# changes), the span record is made where spans are built (handoff.register_expander).
+
+def _detokenize_to_wire(captured: tuple) -> tuple:
+    end, tid, request_ids, states = captured
+    return end, tid, _external_ids(request_ids, states)
+
+
+def _detokenize_records(state: dict, wire: tuple) -> list:
+    end, tid, external_ids = wire
+    return [new_span_record(SpanRecord, (
+        "detokenize", end, end, {contract.DOMAIN: DOMAIN, contract.RID: external_ids,
+                                 contract.RECORD: contract.RECORD_EVENT},
+        None, None, None, None, tid, None))]
+
+
+_expand_detokenize = handoff.register_expander("request.detokenize", _detokenize_to_wire,
+                                               _detokenize_records)

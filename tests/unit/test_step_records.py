@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.sampling import DEFAULT_ON
 
 from otel_vllm_ascend import control, handoff, native_thread, recorder
 from otel_vllm_ascend.config import ProfilerConfig
-from otel_vllm_ascend.handlers import common, model, scheduler
+from otel_vllm_ascend.handlers import common, model, request, scheduler
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "step_spans.json"
 TID = 4242
@@ -175,6 +175,35 @@ def _worker_steps() -> None:
                                    SimpleNamespace(num_scheduled_tokens={"r4": 3}))
 
 
+def _core_output(rid: str, finished: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(request_id=rid, finish_reason="length" if finished else None)
+
+
+def _api_steps() -> None:
+    """Three calls of the API server's ``process_outputs``: finishing requests (one vLLM keeps,
+    one it drops), a state without an external id, an output whose state vLLM no longer has."""
+    states = {f"r{i}-int": SimpleNamespace(external_req_id=f"ext{i}",
+                                           prompt_token_ids=[0] * (i + 3),
+                                           stats=SimpleNamespace(num_generation_tokens=i + 1))
+              for i in range(3)}
+    states["r9-int"] = SimpleNamespace(prompt_token_ids=None, prompt_len=5, stats=None)
+    this = SimpleNamespace(request_states=states)
+    common.request_contexts.put("ext1", common.parse_traceparent(
+        {"traceparent": f"00-{0x5150:032x}-{0x51:016x}-01"}))
+
+    def step(outputs, dropped):
+        def original(engine_core_outputs, engine_core_timestamp=None, iteration_stats=None):
+            for rid in dropped:
+                states.pop(rid)
+        request.process_outputs(original, this, outputs, 0.0, None)
+
+    step([_core_output("r0-int"), _core_output("r1-int"), _core_output("r9-int")], [])
+    step([_core_output("r0-int"), _core_output("r1-int", finished=True),
+          _core_output("r2-int", finished=True), _core_output("r9-int", finished=True)],
+         ["r1-int", "r9-int"])
+    step([_core_output("r0-int"), _core_output("gone-int")], [])
+
+
 def _canonical(value):
     if isinstance(value, (list, tuple)):
         return [_canonical(item) for item in value]
@@ -233,6 +262,7 @@ def _script_records() -> list:
     scheduler_state = _Scheduler()
     _engine_steps(scheduler_state)
     _worker_steps()
+    _api_steps()
     queued = list(recorder._state.queue)
     recorder._state.queue.clear()
     return queued
