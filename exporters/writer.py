@@ -45,9 +45,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from otel_vllm_ascend import handoff, recorder, selfmeter, tracing_setup
 from otel_vllm_ascend.handlers import common as _common  # noqa: F401 (registers hand-off work)
 from otel_vllm_ascend.handlers import model as _model  # noqa: F401
+from otel_vllm_ascend.handlers import request as _request  # noqa: F401
+from otel_vllm_ascend.handlers import scheduler as _scheduler  # noqa: F401
 from otel_vllm_ascend.handlers import spec_decode as _spec_decode  # noqa: F401
 from otel_vllm_ascend.record_sink import RecordSink
 from otel_vllm_ascend.selfmeter import meter as _meter
+
+# The handler modules above register hand-off work (handoff.register_value / register_task /
+# register_expander): the writer must know every name a producer sends
+# (tests/unit/test_handoff.py checks it against every handler module).
 
 _logger = logging.getLogger("otel_vllm_ascend.writer")
 

@@ -207,3 +207,26 @@ def test_a_list_shared_by_records_crosses_once():
     assert len(shared) < len(copied) - 32 * 4  # the second record names the first's list
     (kind, payload), = handoff.FrameReader().feed(shared)
     assert payload[0][3][contract.RID] is payload[1][3][contract.RID]
+
+
+def test_the_writer_knows_every_name_a_producer_sends():
+    """A name registered by a handler module the writer does not import would make the writer
+    drop those records: compare, in fresh interpreters, the writer's names with the names of
+    every handler module."""
+    import subprocess
+    import sys
+
+    def names(imports: str) -> set:
+        code = (f"{imports}\nfrom otel_vllm_ascend import handoff\n"
+                "print(' '.join(sorted(handoff._by_name)))")
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                             text=True).stdout
+        return set(out.split())
+
+    every_handler = ("import pkgutil, importlib, otel_vllm_ascend.handlers as h\n"
+                     "for m in pkgutil.iter_modules(h.__path__):\n"
+                     "    importlib.import_module('otel_vllm_ascend.handlers.' + m.name)")
+    expected = names(every_handler)
+    assert {"engine.schedule", "engine.model_exec", "worker.spans",
+            "request.detokenize"} <= expected
+    assert names("import otel_vllm_ascend.exporters.writer") == expected
