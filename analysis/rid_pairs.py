@@ -73,12 +73,48 @@ def pair_chunks(rid_lists: list, coder: RequestCodes, rows_at: Optional[np.ndarr
 
 
 def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
-    """(request code, row in ``rid_lists``) of every pair, in order."""
-    chunks = list(pair_chunks(rid_lists, coder))
-    if not chunks:
-        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32)
-    codes, rows = zip(*chunks)
-    return np.concatenate(codes), np.concatenate(rows)
+    """(request code, row in ``rid_lists``) of every pair, in order (filled a chunk at a time
+    into arrays of their final length: chunks then a concatenation would hold them twice)."""
+    lengths = np.fromiter(map(len, rid_lists), dtype="int64", count=len(rid_lists))
+    total = int(lengths.sum())
+    codes = np.empty(total, dtype=np.int32)
+    rows = np.empty(total, dtype=np.int32)
+    filled = 0
+    for part_codes, part_rows in pair_chunks(rid_lists, coder, lengths=lengths):
+        codes[filled:filled + len(part_codes)] = part_codes
+        rows[filled:filled + len(part_rows)] = part_rows
+        filled += len(part_codes)
+    return codes, rows
+
+
+def rows_by_request(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
+    """The row in ``rid_lists`` of every (record, request) pair, grouped by request code
+    (each request's pairs in row order), and where each code's group begins.
+
+    The same as the pairs' rows stably sorted by code, but without the sort order or the
+    sorted codes (8 + 4 bytes a pair, twenty million pairs at x100): each row is written
+    straight to its place, a chunk of pairs at a time.
+    """
+    codes, rows = pair_codes(rid_lists, coder)
+    total = len(codes)
+    counts = np.bincount(codes, minlength=len(coder))
+    begins = np.cumsum(counts) - counts
+    del counts
+    grouped = np.empty(total, dtype=np.int32)
+    place = begins.copy()  # each code's next free place
+    for first in range(0, total, CHUNK_PAIRS):
+        stop = min(first + CHUNK_PAIRS, total)
+        local = np.argsort(codes[first:stop], kind="stable")
+        code = codes[first:stop][local]
+        row = rows[first:stop][local]
+        del local
+        starts = np.flatnonzero(np.diff(code, prepend=-1))
+        sizes = np.diff(np.append(starts, len(code)))
+        index = np.arange(len(code)) - np.repeat(starts, sizes)
+        grouped[place[code] + index] = row
+        place[code[starts]] += sizes
+    return grouped, begins
+
 
 def named(rids: np.ndarray) -> np.ndarray:
     """Which entries of ``rids`` (an object array) are request ids: batch entries without

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.narrow_ints import narrowest
-from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, pair_codes
+from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, rows_by_request
 from otel_vllm_ascend.analysis.trace_file import FlowChunk, _FlowParts, _ts
 from otel_vllm_ascend.analysis.trace_records import (
     _SCHEDULE_RECORD,
@@ -128,14 +128,11 @@ class _RequestSteps:
             rows = rows[end_ns[rows] > start_ns[rows]]
             rows = rows[np.argsort(start_ns[rows], kind="stable")]
         coder = RequestCodes()
-        codes, pair_rows = pair_codes(frame["rids"].to_numpy(dtype=object)[rows].tolist(),
-                                      coder)
-        order = np.argsort(codes, kind="stable")  # rows are in time order already
-        codes = codes[order]
-        begins = np.flatnonzero(np.diff(codes, prepend=-1))
-        del codes
-        self.rows = narrowest(rows, np.int32)[pair_rows[order]]
-        del order, pair_rows
+        # Each request's steps in time order: the steps are in time order already.
+        pair_rows, begins = rows_by_request(
+            frame["rids"].to_numpy(dtype=object)[rows].tolist(), coder)
+        self.rows = narrowest(rows, np.int32)[pair_rows]
+        del pair_rows
         self._start_ns, self._end_ns = start_ns, end_ns
         self._pids, self._tids = trace_pids, slice_tids
         stops = np.append(begins[1:], len(self.rows))
