@@ -89,29 +89,34 @@ def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.nda
 
 def rows_by_request(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
     """The row in ``rid_lists`` of every (record, request) pair, grouped by request code
-    (each request's pairs in row order), and where each code's group begins.
-
-    The same as the pairs' rows stably sorted by code, but without the sort order or the
-    sorted codes (8 + 4 bytes a pair, twenty million pairs at x100): each row is written
-    straight to its place, a chunk of pairs at a time.
-    """
+    (each request's pairs in row order), and where each code's group begins."""
     codes, rows = pair_codes(rid_lists, coder)
-    total = len(codes)
-    counts = np.bincount(codes, minlength=len(coder))
+    return by_code(codes, rows, len(coder))
+
+
+def by_code(codes: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` grouped by their ``codes`` (0..n-1; each group in the given order), and
+    where each code's group begins.
+
+    The same as ``values`` stably sorted by code, but without the sort order or the sorted
+    codes (8 + 4 bytes a value, twenty million (record, request) pairs at x100): each value
+    is written straight to its place, a chunk at a time.
+    """
+    counts = np.bincount(codes, minlength=n)
     begins = np.cumsum(counts) - counts
     del counts
-    grouped = np.empty(total, dtype=np.int32)
+    grouped = np.empty(len(values), dtype=values.dtype)
     place = begins.copy()  # each code's next free place
-    for first in range(0, total, CHUNK_PAIRS):
-        stop = min(first + CHUNK_PAIRS, total)
+    for first in range(0, len(codes), CHUNK_PAIRS):
+        stop = min(first + CHUNK_PAIRS, len(codes))
         local = np.argsort(codes[first:stop], kind="stable")
         code = codes[first:stop][local]
-        row = rows[first:stop][local]
+        value = values[first:stop][local]
         del local
         starts = np.flatnonzero(np.diff(code, prepend=-1))
         sizes = np.diff(np.append(starts, len(code)))
         index = np.arange(len(code)) - np.repeat(starts, sizes)
-        grouped[place[code] + index] = row
+        grouped[place[code] + index] = value
         place[code[starts]] += sizes
     return grouped, begins
 

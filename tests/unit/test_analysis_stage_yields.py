@@ -47,3 +47,26 @@ def test_first_yielding_rows_equal_the_whole_table_computation(monkeypatch, chun
 
 def test_no_rows():
     assert stages._first_yielding_rows(_table(0).iloc[:0]).size == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_first_output_at_or_after_equals_merge_asof(seed):
+    # Each request's outputs grouped by code (rid_pairs.by_code), then one search per
+    # request asked: the same values as a forward merge_asof by request over all outputs.
+    from otel_vllm_ascend.analysis.rid_pairs import by_code
+
+    rng = np.random.default_rng(seed)
+    requests = 12
+    out_codes = rng.integers(0, requests, 200).astype(np.int32)
+    out_times = np.sort(np.round(rng.uniform(0, 100, 200), 1))  # ties between outputs
+    asked_codes = rng.integers(0, requests + 3, 40).astype(np.int32)  # some never output
+    asked_times = np.round(rng.uniform(0, 110, 40), 1)
+    asked_times[:5] = out_times[rng.integers(0, 200, 5)]  # exact matches count
+    grouped, begins = by_code(out_codes, out_times, requests + 3)
+    got = stages._first_at_or_after(grouped, begins, asked_codes, asked_times)
+    asked = pd.DataFrame({"i": np.arange(40), "rid": asked_codes, "time": asked_times})
+    emitted = pd.DataFrame({"rid": out_codes, "time": out_times, "out": out_times})
+    want = pd.merge_asof(asked.sort_values("time", kind="stable"), emitted, on="time",
+                         by="rid", direction="forward").sort_values("i")["out"].to_numpy()
+    assert np.isnan(want).any() and (~np.isnan(want)).sum() > 10
+    np.testing.assert_array_equal(got, want)
