@@ -47,18 +47,24 @@ from otel_vllm_ascend.analysis.rid_pairs import (
 STAT_COLUMNS = ("Metric", "Average", "Max", "Min", "P50", "P90", "P99")
 
 
-def statistics_row(metric: str, values: object) -> dict:
-    """One summary row over the finite ``values``."""
+def statistics_row(metric: str, values: object, owned: bool = False) -> dict:
+    """One summary row over the finite ``values``.
+
+    ``owned``: ``values`` is an array of the caller's that may be reordered (the percentiles
+    are then found in place instead of in a copy: the pooled gaps are millions of values).
+    """
     data = np.asarray(values, dtype="float64")
     finite = np.isfinite(data)
-    if not finite.all():  # a copy only when needed: the pooled gaps are millions of values
+    if not finite.all():  # a copy only when needed
         data = data[finite]
+        owned = True
     del finite
     if data.size == 0:
         return {"Metric": metric, **{c: np.nan for c in STAT_COLUMNS[1:]}}
-    p50, p90, p99 = np.percentile(data, [50, 90, 99])
-    return {"Metric": metric, "Average": round(float(data.mean()), 4),
-            "Max": round(float(data.max()), 4), "Min": round(float(data.min()), 4),
+    average, largest, smallest = float(data.mean()), float(data.max()), float(data.min())
+    p50, p90, p99 = np.percentile(data, [50, 90, 99], overwrite_input=owned)
+    return {"Metric": metric, "Average": round(average, 4),
+            "Max": round(largest, 4), "Min": round(smallest, 4),
             "P50": round(float(p50), 4), "P90": round(float(p90), 4),
             "P99": round(float(p99), 4)}
 
@@ -165,7 +171,7 @@ def request_summary(frame: pd.DataFrame, requests: pd.DataFrame,
         statistics_row("first_token_latency (ms)", col("ttft_ms")),
         statistics_row("subsequent_token_latency (ms)",
                        inter_token_gaps_ms(frame, requests, per_request, batches)
-                       if len(requests) else []),
+                       if len(requests) else [], owned=True),
         statistics_row("total_time (ms)", col("e2e_ms")),
         statistics_row("exec_time (ms)", exec_ms[steps > 0] if len(exec_ms) else exec_ms),
         statistics_row("waiting_time (ms)", col("queue_wait_ms")),

@@ -58,3 +58,15 @@ def test_time_order_checked_across_chunks(monkeypatch, chunk):
     assert summaries._pairs_in_time_order(rows, np.array([1.0, 2.0, 2.0, 3.0]))
     assert not summaries._pairs_in_time_order(rows, np.array([1.0, 2.0, 3.0, 2.5]))
     assert not summaries._pairs_in_time_order(rows, np.array([1.0, 2.0, np.nan, 3.0]))
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_statistics_of_an_owned_array_are_those_of_a_copy(with_nan):
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0, 100, 1001) / 3.0
+    if with_nan:
+        values[[5, 17]] = [np.nan, np.inf]
+    kept = values.copy()
+    want = summaries.statistics_row("gaps", values)
+    assert np.array_equal(values, kept, equal_nan=True)  # not owned: left as it was
+    assert summaries.statistics_row("gaps", values, owned=True) == want
