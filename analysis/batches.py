@@ -56,8 +56,37 @@ INTERNAL_COLUMNS = ("sched_start_us", "sched_end_us", "exec_start_us", "exec_end
                     "sched_dur_us")
 
 
-def _per_step(values: np.ndarray, step_index: np.ndarray, n: int) -> np.ndarray:
-    return np.bincount(step_index, weights=values, minlength=n)
+STEP_CHUNK_ROWS = 262_144
+
+
+def _step_counts(per_request: pd.DataFrame, n: int) -> tuple[np.ndarray, ...]:
+    """Per step: requests, prefill and decode requests (float64), whether any request has a
+    token count, and the prefill, decode and total scheduled tokens.
+
+    Read a chunk of (step, request) rows at a time (twenty million at x100: their float64
+    tokens and masks were held at once). Token sums accumulate in row order (``np.add.at``,
+    as one ``bincount`` over all rows adds), so they are those of one pass whatever the chunks;
+    each kind's sum runs over that kind's rows only (the others would add exact zeros).
+    """
+    step_ids = per_request["step_id"].to_numpy()
+    kinds = per_request["type"].to_numpy()
+    held_tokens = per_request["num_scheduled_tokens"].to_numpy()  # float32 where exact
+    size, prefill_n, decode_n, with_tokens = (np.zeros(n, dtype="int64") for _ in range(4))
+    prefill_tok, decode_tok, total_tok = (np.zeros(n) for _ in range(3))
+    for begin in range(0, len(per_request), STEP_CHUNK_ROWS):
+        part = slice(begin, begin + STEP_CHUNK_ROWS)
+        idx, kind = step_ids[part], kinds[part]
+        tokens = held_tokens[part].astype("float64")
+        tok = np.nan_to_num(tokens, nan=0.0)
+        size += np.bincount(idx, minlength=n)
+        for is_kind, count, summed in ((kind == 0, prefill_n, prefill_tok),
+                                       (kind == 1, decode_n, decode_tok)):
+            count += np.bincount(idx[is_kind], minlength=n)
+            np.add.at(summed, idx[is_kind], tok[is_kind])
+        with_tokens += np.bincount(idx[~np.isnan(tokens)], minlength=n)
+        np.add.at(total_tok, idx, tok)
+    return (size.astype("float64"), prefill_n.astype("float64"), decode_n.astype("float64"),
+            with_tokens > 0, prefill_tok, decode_tok, total_tok)
 
 
 def _res_list(detail: object, rids: object) -> str:
@@ -105,23 +134,9 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     if n == 0:
         return pd.DataFrame({c: pd.Series([], dtype=object)
                              for c in CSV_COLUMNS + INTERNAL_COLUMNS})
-    idx = per_request["step_id"].to_numpy()
-    rtype = per_request["type"].to_numpy()
-    tokens = per_request["num_scheduled_tokens"].to_numpy(dtype="float64")  # summed below
-    tok = np.nan_to_num(tokens, nan=0.0)
-    size = np.bincount(idx, minlength=n).astype("float64")
-    # Sums over the rows of one kind only: the other rows would add exact zeros (the same
-    # sums), and no step-long float mask is made (two million rows at x10).
-    is_prefill = rtype == 0
-    prefill_n = np.bincount(idx[is_prefill], minlength=n).astype("float64")
-    prefill_tok = _per_step(tok[is_prefill], idx[is_prefill], n)
-    del is_prefill
-    is_decode = rtype == 1
-    decode_n = np.bincount(idx[is_decode], minlength=n).astype("float64")
-    decode_tok = _per_step(tok[is_decode], idx[is_decode], n)
-    del is_decode
-    counted = np.bincount(idx[~np.isnan(tokens)], minlength=n) > 0
-    total_tok = np.where(counted, _per_step(tok, idx, n), np.nan)
+    size, prefill_n, decode_n, counted, prefill_tok, decode_tok, total_tok = \
+        _step_counts(per_request, n)
+    total_tok = np.where(counted, total_tok, np.nan)
     # Without per-request counts: modelExec's batch_size (tokens), else the schedule metric.
     fallback = steps["exec_batch_size"].to_numpy(dtype="float64")
     fallback = np.where(np.isnan(fallback),

@@ -60,7 +60,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.rid_detail import compact
+from otel_vllm_ascend.analysis.rid_detail import RequestDetail, compact
 
 RECORD_COLUMNS: tuple[str, ...] = (
     "source", "host", "pid", "tid", "role", "dp_rank", "mark_id", "name", "domain", "type",
@@ -463,6 +463,28 @@ def map_request_ids(rids_column: list, detail_column: list, links: dict[str, str
                     ext = get(rid) if rid is not None else None
                     if ext is not None:
                         item["rid"] = ext
+
+
+def share_equal_lists(rids_column: list, detail_column: list) -> None:
+    """Make equal id lists of several ids one list, in place (and a ``RequestDetail``'s
+    ``rids`` the record's shared list).
+
+    The serial reader shares them as it reads (:meth:`RecordBuilder._shared`); parts read
+    apart (:mod:`.read_parallel`) each hold their own copy of a step's list (the engine's batch
+    records and the API server's ``detokenize`` list the same requests): 8 bytes per id each.
+    """
+    shared: dict[int, list] = {}
+    for row, rids in enumerate(rids_column):
+        if len(rids) < 2:
+            continue
+        key = hash(tuple(rids))
+        first = shared.setdefault(key, rids)
+        if first is rids or first != rids:
+            continue
+        rids_column[row] = first
+        detail = detail_column[row]
+        if isinstance(detail, RequestDetail) and detail.rids is rids:
+            detail.rids = first
 
 
 def guess_role(names: Iterable[str]) -> str:

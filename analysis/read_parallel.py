@@ -37,6 +37,7 @@ from otel_vllm_ascend.analysis.frame import (
     RecordBuilder,
     canonical_rid,
     map_request_ids,
+    share_equal_lists,
 )
 from otel_vllm_ascend.analysis.read_results import ReadReport, _apply_meta, _fill_roles, _process
 from otel_vllm_ascend.analysis.read_sqlite import (
@@ -273,6 +274,7 @@ class _Merge:
             if pending:
                 map_request_ids(cols["rids"][first:end], cols["rid_detail"][first:end],
                                 pending)
+        share_equal_lists(cols["rids"], cols["rid_detail"])
         for name, pieces in self.arrays.items():
             cols[name] = np.concatenate(pieces) if pieces else []
         self.arrays = {}

@@ -52,6 +52,9 @@ INTERNAL_COLUMNS = ("arrival_us", "enqueue_us", "first_scheduled_us", "first_tok
                     "reply_tokens", "steps", "has_arrival", "has_end")
 
 OUTPUT_NAMES = ("detokenize", "httpRes")
+# The records frame's columns request.csv reads (request_states.py's included).
+_COLUMNS_READ = ("name", "start_us", "end_us", "rids", "metrics", "metric_incs", "scopes",
+                 "attrs")
 
 
 class _PerRequest:
@@ -156,7 +159,9 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     if len(frame):
         has_rid = np.fromiter(map(len, frame["rids"].tolist()), dtype="int64",
                               count=len(frame)) > 0
-        rows = frame.loc[has_rid & (frame["name"] != "link").to_numpy()]
+        # Only the columns read below: most records are about requests, and a copy of every
+        # column of them would be most of the frame again.
+        rows = frame.loc[has_rid & (frame["name"] != "link").to_numpy(), list(_COLUMNS_READ)]
     else:
         rows = frame
     per = _PerRequest(rows, engine_rids)

@@ -73,12 +73,53 @@ def pair_chunks(rid_lists: list, coder: RequestCodes, rows_at: Optional[np.ndarr
 
 
 def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
-    """(request code, row in ``rid_lists``) of every pair, in order."""
-    chunks = list(pair_chunks(rid_lists, coder))
-    if not chunks:
-        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32)
-    codes, rows = zip(*chunks)
-    return np.concatenate(codes), np.concatenate(rows)
+    """(request code, row in ``rid_lists``) of every pair, in order (filled a chunk at a time
+    into arrays of their final length: chunks then a concatenation would hold them twice)."""
+    lengths = np.fromiter(map(len, rid_lists), dtype="int64", count=len(rid_lists))
+    total = int(lengths.sum())
+    codes = np.empty(total, dtype=np.int32)
+    rows = np.empty(total, dtype=np.int32)
+    filled = 0
+    for part_codes, part_rows in pair_chunks(rid_lists, coder, lengths=lengths):
+        codes[filled:filled + len(part_codes)] = part_codes
+        rows[filled:filled + len(part_rows)] = part_rows
+        filled += len(part_codes)
+    return codes, rows
+
+
+def rows_by_request(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
+    """The row in ``rid_lists`` of every (record, request) pair, grouped by request code
+    (each request's pairs in row order), and where each code's group begins."""
+    codes, rows = pair_codes(rid_lists, coder)
+    return by_code(codes, rows, len(coder))
+
+
+def by_code(codes: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` grouped by their ``codes`` (0..n-1; each group in the given order), and
+    where each code's group begins.
+
+    The same as ``values`` stably sorted by code, but without the sort order or the sorted
+    codes (8 + 4 bytes a value, twenty million (record, request) pairs at x100): each value
+    is written straight to its place, a chunk at a time.
+    """
+    counts = np.bincount(codes, minlength=n)
+    begins = np.cumsum(counts) - counts
+    del counts
+    grouped = np.empty(len(values), dtype=values.dtype)
+    place = begins.copy()  # each code's next free place
+    for first in range(0, len(codes), CHUNK_PAIRS):
+        stop = min(first + CHUNK_PAIRS, len(codes))
+        local = np.argsort(codes[first:stop], kind="stable")
+        code = codes[first:stop][local]
+        value = values[first:stop][local]
+        del local
+        starts = np.flatnonzero(np.diff(code, prepend=-1))
+        sizes = np.diff(np.append(starts, len(code)))
+        index = np.arange(len(code)) - np.repeat(starts, sizes)
+        grouped[place[code] + index] = value
+        place[code[starts]] += sizes
+    return grouped, begins
+
 
 def named(rids: np.ndarray) -> np.ndarray:
     """Which entries of ``rids`` (an object array) are request ids: batch entries without

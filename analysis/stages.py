@@ -41,7 +41,14 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, in_time_order, named, pair_codes
+from otel_vllm_ascend.analysis.rid_pairs import (
+    CHUNK_PAIRS,
+    RequestCodes,
+    by_code,
+    in_time_order,
+    named,
+    pair_codes,
+)
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
 
 STAGES = ("scheduling", "model_execution", "model_forward", "logits_sampling",
@@ -93,14 +100,7 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     outputs = frame.loc[frame["name"].isin(OUTPUT_NAMES), ["rids", "start_us"]]
     if outputs.empty or per_request.empty:
         return out
-    kind = per_request["type"].to_numpy()
-    # Added in float64 (the columns may be float32: their sum would round).
-    done = (np.add(per_request["num_computed_tokens"].to_numpy(),
-                   per_request["num_scheduled_tokens"].to_numpy(), dtype="float64")
-            >= per_request["num_prompt_tokens"].to_numpy())
-    unknown = np.isnan(per_request["num_prompt_tokens"].to_numpy())
-    yields = (kind == 1) | ((kind == 0) & (done | unknown))
-    per_request = per_request.loc[yields].drop_duplicates("step_id", keep="first")
+    per_request = per_request.iloc[_first_yielding_rows(per_request)]
     # A step whose first such entry has no request id (None) has no output to find.
     per_request = per_request.loc[named(per_request["rid"].to_numpy(dtype=object))]
     # The outputs' (record, request) pairs as int32 codes: millions of pairs at ten times the
@@ -111,27 +111,77 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     wanted = np.zeros(len(coder), dtype=bool)
     wanted[asked_codes] = True
     keep = wanted[codes]
-    times = outputs["start_us"].to_numpy(dtype="float64")[rows[keep]]
-    emitted = pd.DataFrame({"rid": codes[keep], "time": times, "out_time": times})
-    del codes, rows, keep
+    codes, rows = codes[keep], rows[keep]
+    del keep
+    times = outputs["start_us"].to_numpy(dtype="float64")[rows]
+    del rows
     if not in_time_order(times):
-        emitted = emitted.sort_values("time", kind="stable")
+        order = np.argsort(times, kind="stable")
+        codes, times = codes[order], times[order]
+        del order
     exec_end = batches["exec_end_us"].to_numpy(dtype="float64")
     row = _rows_of_steps(batches, per_request["step_id"].to_numpy(dtype="int64"))
-    asked = pd.DataFrame({"row": row, "rid": asked_codes,
-                          "time": np.where(row >= 0, exec_end[row], np.nan)})
-    asked = asked.loc[np.isfinite(asked["time"].to_numpy())]
-    if asked.empty or emitted.empty:
+    asked_time = np.where(row >= 0, exec_end[row], np.nan)
+    finite = np.isfinite(asked_time)
+    row, asked_codes, asked_time = row[finite], asked_codes[finite], asked_time[finite]
+    if not len(row) or not len(times):
         return out
-    joined = pd.merge_asof(asked.sort_values("time", kind="stable"), emitted, on="time",
-                           by="rid", direction="forward")
-    first = joined.dropna(subset=["out_time"])
-    if first.empty:
-        return out
-    earliest = first.groupby("row")["out_time"].min()
-    rows = earliest.index.to_numpy(dtype="int64")
-    out[rows] = (earliest.to_numpy() - exec_end[rows]) / 1000.0
+    # Each request's output times in time order, then each asked step's first one at or
+    # after its modelExec end.
+    grouped, begins = by_code(codes, times, len(coder))
+    del codes, times
+    first = _first_at_or_after(grouped, begins, asked_codes, asked_time)
+    found = ~np.isnan(first)
+    row = row[found]
+    out[row] = (first[found] - exec_end[row]) / 1000.0
     return out
+
+
+def _first_at_or_after(grouped: np.ndarray, begins: np.ndarray, codes: np.ndarray,
+                       times: np.ndarray) -> np.ndarray:
+    """For each (``codes[i]``, ``times[i]``): the first of its code's times (``grouped``, in
+    time order, each code's from ``begins``) at or after ``times[i]``; NaN if none."""
+    result = np.full(len(codes), np.nan)
+    stops = np.append(begins[1:], len(grouped))
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.diff(sorted_codes, prepend=-1))
+    ends = np.append(starts[1:], len(order))
+    for start, end in zip(starts.tolist(), ends.tolist()):  # one search per request asked
+        code = sorted_codes[start]
+        mine = grouped[begins[code]:stops[code]]
+        which = order[start:end]
+        at = np.searchsorted(mine, times[which], side="left")
+        inside = at < len(mine)
+        result[which[inside]] = mine[at[inside]]
+    return result
+
+
+def _first_yielding_rows(per_request: pd.DataFrame) -> np.ndarray:
+    """Per step, in row order, the row of its first request that gets a token from it: a
+    decode, or a prefill that completes its prompt (or of unknown prompt length).
+
+    Read a chunk of rows at a time: a mask and a copy of the (step, request) table's yielding
+    rows (nearly all of them) would be held at once (twenty million rows at x100).
+    """
+    kind = per_request["type"].to_numpy()
+    computed = per_request["num_computed_tokens"].to_numpy()
+    scheduled = per_request["num_scheduled_tokens"].to_numpy()
+    prompt = per_request["num_prompt_tokens"].to_numpy()
+    step_ids = per_request["step_id"].to_numpy()
+    found = np.zeros(int(step_ids.max()) + 1 if len(step_ids) else 0, dtype=bool)
+    picked = [np.zeros(0, dtype="int64")]
+    for begin in range(0, len(per_request), CHUNK_PAIRS):
+        part = slice(begin, begin + CHUNK_PAIRS)
+        # Added in float64 (the columns may be float32: their sum would round).
+        done = np.add(computed[part], scheduled[part], dtype="float64") >= prompt[part]
+        yields = (kind[part] == 1) | ((kind[part] == 0) & (done | np.isnan(prompt[part])))
+        rows = np.flatnonzero(yields) + begin
+        steps, first = np.unique(step_ids[rows], return_index=True)
+        new = ~found[steps]
+        found[steps[new]] = True
+        picked.append(rows[first[new]])
+    return np.sort(np.concatenate(picked))
 
 
 def _rows_of_steps(batches: pd.DataFrame, step_ids: np.ndarray) -> np.ndarray:

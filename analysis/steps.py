@@ -19,7 +19,7 @@ from operator import itemgetter
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.narrow_ints import narrowest
+from otel_vllm_ascend.analysis.narrow_ints import fits
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail
 
 SCHEDULE_NAMES = ("batchFrameworkProcessing", "BatchSchedule")
@@ -176,9 +176,11 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     if run or not pieces:
         pieces.append(_dict_rows(run, details, plains, step_ids))
     total = sum(len(p[0]) if isinstance(p, tuple) else len(p["rid"]) for p in pieces)
-    step_column = np.empty(total, dtype="int64")
+    # Step ids are 0..len(steps)-1: int32 unless there are more steps than that holds (an
+    # empty table keeps int64, as before the ids were narrowed).
+    narrow_ids = total and fits(len(steps) - 1, np.int32)
+    step_column = np.empty(total, dtype=np.int32 if narrow_ids else np.int64)
     rid_column = np.empty(total, dtype=object)
-    numbers = {key: np.empty(total, dtype="float64") for key in _DETAIL_KEYS[1:]}
     first = 0
     for piece in pieces:
         if isinstance(piece, tuple):
@@ -186,31 +188,51 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
             last = first + len(detail)
             step_column[first:last] = step_id
             rid_column[first:last] = detail.rids
-            for key, column in numbers.items():
-                values = detail.column(key)
-                column[first:last] = np.nan if values is None else values
         else:
             last = first + len(piece["rid"])
             step_column[first:last] = piece["step_id"]
             rid_column[first:last] = piece["rid"]
-            for key, column in numbers.items():
-                column[first:last] = piece[key]
         first = last
+    # The table is held through most of the run (two million rows at x10): each number
+    # column is made in float64, then kept as float32 when that holds every value exactly
+    # (token counts and iterations below 2**24), one column at a time so that one float64
+    # column is held at once. Readers widen to float64 before any arithmetic.
+    numbers = {}
+    iteration = _number_column(pieces, "iter", total)
+    kind = _number_column(pieces, "type", total)
     # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
-    kind, iteration = numbers["type"], numbers["iter"]
     missing = np.isnan(kind) & ~np.isnan(iteration)
     kind[missing] = (iteration[missing] > 0).astype("float64")
     del missing
-    # The table is held through most of the run (two million rows at x10): step ids as int32,
-    # and each number column as float32 when that holds every value exactly (token counts and
-    # iterations below 2**24). Readers widen to float64 before any arithmetic.
-    step_column = narrowest(step_column, np.int32)
-    for key, column in numbers.items():
-        narrow = column.astype(np.float32)
-        if np.array_equal(narrow, column, equal_nan=True):
-            numbers[key] = narrow
-        del narrow, column
+    numbers["iter"] = _narrowed(iteration)
+    numbers["type"] = _narrowed(kind)
+    del iteration, kind
+    for key in _DETAIL_KEYS[3:]:
+        numbers[key] = _narrowed(_number_column(pieces, key, total))
     return pd.DataFrame({"step_id": step_column, "rid": rid_column, **numbers}, copy=False)
+
+
+def _number_column(pieces: list, key: str, total: int) -> np.ndarray:
+    """The float64 column ``key`` of the (step, request) rows, piece after piece."""
+    column = np.empty(total, dtype="float64")
+    first = 0
+    for piece in pieces:
+        if isinstance(piece, tuple):
+            detail = piece[0]
+            last = first + len(detail)
+            values = detail.column(key)
+            column[first:last] = np.nan if values is None else values
+        else:
+            last = first + len(piece["rid"])
+            column[first:last] = piece[key]
+        first = last
+    return column
+
+
+def _narrowed(column: np.ndarray) -> np.ndarray:
+    """``column`` as float32 when that holds every value exactly, else as it is."""
+    narrow = column.astype(np.float32)
+    return narrow if np.array_equal(narrow, column, equal_nan=True) else column
 
 
 def _dict_rows(indices: list[int], details: list, plains: list, step_ids: np.ndarray) -> dict:

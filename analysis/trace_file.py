@@ -1,6 +1,7 @@
 """The trace's events in memory and the ``chrome_tracing.json`` file they are written to.
 
-Flow events are most of a trace, so they are kept as numpy columns (:class:`_FlowColumns`)
+Flow events are most of a trace, so they are read a chunk of numpy columns at a time
+(:class:`_FlowParts`: the one per request per engine step made from compact inputs each time)
 and printed straight to JSON text; the records' own events (:class:`DeferredEvents`) are made
 again each time the trace is read; every other event is a plain dict.
 """
@@ -12,24 +13,21 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
-
-from otel_vllm_ascend.analysis.narrow_ints import fits
 
 FLOW_CATEGORY = "request"
 FLOW_NAME = "request"
 WRITE_CHUNK_EVENTS = 10_000
 DEFERRED_CHUNK_ROWS = 5_000
-Column = Union[np.ndarray, Callable[[], np.ndarray]]
 
 
 class TraceEvents(Sequence):
     """The trace events, read like a list of dicts, plus the time origin their ``ts`` count from.
 
-    Flow events are most of a trace (one per request per engine step), so they are kept as
-    compact columns and turned into dicts (or straight into JSON text by
+    Flow events are most of a trace (one per request per engine step), so they are made a
+    chunk of columns at a time and turned into dicts (or straight into JSON text by
     :func:`write_chrome_trace`) only when read.
     """
 
@@ -37,7 +35,7 @@ class TraceEvents(Sequence):
         self.origin_us = origin_us
         self.deferred: list[DeferredEvents] = []  # read before ``events``
         self.events: list[dict] = []
-        self.flows = _FlowColumns()
+        self.flows = _FlowParts()
 
     def plain(self) -> Iterator[dict]:
         """Every event but the flows, in order."""
@@ -94,67 +92,86 @@ class DeferredEvents:
         return self._count
 
 
-class _FlowColumns:
-    """Flow events (``s``/``t``/``f``) as numpy columns: about 21 bytes each instead of ~450.
+class FlowChunk(NamedTuple):
+    """Consecutive flow events as integer columns of one length: ``phase`` (0, 1, 2 for
+    ``s``, ``t``, ``f``), ``flow_id``, ``pid``, ``tid`` and ``ts_ns``."""
 
-    Flow ids, trace pids and thread ids are int32 while every value fits (they are read as
-    Python ints, so the type never shows), int64 from the first one that does not.
+    phase: np.ndarray
+    flow_id: np.ndarray
+    pid: np.ndarray
+    tid: np.ndarray
+    ts_ns: np.ndarray
+
+    def rows(self) -> Iterator[tuple]:
+        """(phase, flow id, pid, tid, ts in ns) per event, as Python ints."""
+        return zip(*(column.tolist() for column in self))
+
+
+# A part's chunk maker: ``make(first, stop)`` gives the part's events ``first``..``stop``.
+ChunkMaker = Callable[[int, int], FlowChunk]
+
+
+class _FlowParts:
+    """Flow events (``s``/``t``/``f``), one part after the other, read a chunk at a time.
+
+    A part is either held as columns (a few events per request) or made from compact inputs
+    each time it is read (one event per request per engine step: two million at ten times
+    the benchmark capture, twenty million at a hundred times; held as columns they were
+    most of the trace's memory).
     """
 
     _PHASES = "stf"
-    _NARROW = frozenset({"flow_id", "pid", "tid"})
 
     def __init__(self) -> None:
-        self.phase = np.zeros(0, dtype="int8")
-        self.flow_id = self.pid = self.tid = np.zeros(0, dtype="int32")
-        self.ts_ns = np.zeros(0, dtype="int64")
+        self._parts: list[tuple[int, ChunkMaker]] = []
 
     def __len__(self) -> int:
-        return len(self.phase)
+        return sum(length for length, _ in self._parts)
 
-    def extend(self, phase: Column, flow_id: Column, pid: Column, tid: Column,
-               ts_ns: Column) -> None:
-        """Append rows; a column may be given as a function making it, called when that
-        column is appended, so that one large input is held at a time."""
-        for name, values in (("phase", phase), ("flow_id", flow_id), ("pid", pid),
-                             ("tid", tid), ("ts_ns", ts_ns)):
-            held = getattr(self, name)
-            made = values() if callable(values) else values
-            dtype = held.dtype
-            if name in self._NARROW and dtype == np.int32 and not fits(made, np.int32):
-                dtype = np.dtype("int64")
-            setattr(self, name, np.concatenate((held.astype(dtype, copy=False),
-                                                np.asarray(made, dtype=dtype))))
-            del made
+    def add_held(self, chunk: FlowChunk) -> None:
+        """Append events held as columns."""
+        self.add_made(len(chunk.phase),
+                      lambda first, stop: FlowChunk(*(c[first:stop] for c in chunk)))
 
-    def _rows(self, first: int, stop: int) -> Iterator[tuple]:
-        return zip(self.phase[first:stop].tolist(), self.flow_id[first:stop].tolist(),
-                   self.pid[first:stop].tolist(), self.tid[first:stop].tolist(),
-                   self.ts_ns[first:stop].tolist())
+    def add_made(self, length: int, make: ChunkMaker) -> None:
+        """Append ``length`` events that ``make(first, stop)`` makes when they are read."""
+        if length:
+            self._parts.append((length, make))
+
+    def chunks(self, size: int) -> Iterator[FlowChunk]:
+        """Every event in order, in chunks of at most ``size`` (a part's last one shorter)."""
+        for length, make in self._parts:
+            for first in range(0, length, size):
+                yield make(first, min(first + size, length))
 
     def event(self, i: int) -> dict:
-        ph, fid, pid, tid, ts = next(self._rows(i, i + 1))
-        return _flow(self._PHASES[ph], fid, pid, tid, ts)
+        for length, make in self._parts:
+            if i < length:
+                ph, fid, pid, tid, ts = next(make(i, i + 1).rows())
+                return _flow(self._PHASES[ph], fid, pid, tid, ts)
+            i -= length
+        raise IndexError("flow event index out of range")
 
     def __iter__(self) -> Iterator[dict]:
         phases = self._PHASES
-        for first in range(0, len(self), WRITE_CHUNK_EVENTS):
-            for ph, fid, pid, tid, ts in self._rows(first, first + WRITE_CHUNK_EVENTS):
+        for chunk in self.chunks(WRITE_CHUNK_EVENTS):
+            for ph, fid, pid, tid, ts in chunk.rows():
                 yield _flow(phases[ph], fid, pid, tid, ts)
 
-    def json_lines(self, first: int, stop: int) -> str:
-        """Events ``first``..``stop`` as JSON text, one per line; ``ts`` printed from whole ns
-        as ``<µs>.<3 digits>`` (exact, and faster than printing floats)."""
-        head = '{"ph":"%s","name":"' + FLOW_NAME + '","cat":"' + FLOW_CATEGORY + '",'
-        tail = '"id":%d,"pid":%d,"tid":%d,"ts":%d.%03d'
-        templates = [head.replace("%s", phase) + tail + (',"bp":"e"}' if phase == "f" else "}")
-                     for phase in self._PHASES]
-        micros, nanos = np.divmod(self.ts_ns[first:stop], 1000)
-        return ",\n".join([
-            templates[ph] % row for ph, row in zip(
-                self.phase[first:stop].tolist(),
-                zip(self.flow_id[first:stop].tolist(), self.pid[first:stop].tolist(),
-                    self.tid[first:stop].tolist(), micros.tolist(), nanos.tolist()))])
+
+def _flow_json_lines(chunk: FlowChunk) -> str:
+    """The events of ``chunk`` as JSON text, one per line; ``ts`` printed from whole ns as
+    ``<µs>.<3 digits>`` (exact, and faster than printing floats)."""
+    head = '{"ph":"%s","name":"' + FLOW_NAME + '","cat":"' + FLOW_CATEGORY + '",'
+    tail = '"id":%d,"pid":%d,"tid":%d,"ts":%d.%03d'
+    templates = [head.replace("%s", phase) + tail + (',"bp":"e"}' if phase == "f" else "}")
+                 for phase in _FlowParts._PHASES]
+    micros, nanos = np.divmod(chunk.ts_ns, 1000)
+    return ",\n".join([
+        templates[ph] % row for ph, row in zip(
+            chunk.phase.tolist(),
+            zip(chunk.flow_id.tolist(), chunk.pid.tolist(), chunk.tid.tolist(),
+                micros.tolist(), nanos.tolist()))])
 
 
 def write_chrome_trace(path: Union[str, Path], events: Iterable[dict],
@@ -174,7 +191,7 @@ def write_chrome_trace(path: Union[str, Path], events: Iterable[dict],
     if isinstance(events, TraceEvents):
         plain, flows = events.plain(), events.flows
     else:
-        plain, flows = iter(events), _FlowColumns()
+        plain, flows = iter(events), _FlowParts()
     with open(path, "w", encoding="utf-8") as out:
         out.write('{"displayTimeUnit":"ms","otherData":')
         out.write(encode(other))
@@ -185,9 +202,9 @@ def write_chrome_trace(path: Union[str, Path], events: Iterable[dict],
             out.write(separator)
             out.write(text[1:-1])
             separator = ",\n"
-        for first in range(0, len(flows), WRITE_CHUNK_EVENTS):
+        for chunk in flows.chunks(WRITE_CHUNK_EVENTS):
             out.write(separator)
-            out.write(flows.json_lines(first, first + WRITE_CHUNK_EVENTS))
+            out.write(_flow_json_lines(chunk))
             separator = ",\n"
         out.write("\n]}\n")
     return path

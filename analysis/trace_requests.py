@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, pair_codes
-from otel_vllm_ascend.analysis.trace_file import _FlowColumns, _ts
+from otel_vllm_ascend.analysis.narrow_ints import narrowest
+from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, rows_by_request
+from otel_vllm_ascend.analysis.trace_file import FlowChunk, _FlowParts, _ts
 from otel_vllm_ascend.analysis.trace_records import (
     _SCHEDULE_RECORD,
     _json_safe,
@@ -29,7 +30,7 @@ _LIFECYCLE_RECORDS = frozenset({"httpReq", _SCHEDULE_RECORD, "httpRes"})
 def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
                     trace_pids: np.ndarray, slice_tids: np.ndarray, start_ns: np.ndarray,
                     end_ns: np.ndarray, names: list, origin_us: float,
-                    lanes_pid: int, flows: _FlowColumns) -> tuple[list[dict], int]:
+                    lanes_pid: int, flows: _FlowParts) -> tuple[list[dict], int]:
     """Request lifecycle slices on packed lanes plus one flow per request through its steps."""
     steps = _RequestSteps(frame, trace_pids, slice_tids, start_ns, end_ns, names)
     lifecycle = _request_lifecycle(frame, requests, start_ns, end_ns, names, origin_us)
@@ -82,11 +83,8 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
             ends.append((2, flow_id, lane, finish - 1))
     if ends:
         phase, flow_ids, lanes, ts = (np.asarray(c, dtype="int64") for c in zip(*ends))
-        flows.extend(phase, flow_ids, np.full(len(ends), lanes_pid), lanes, ts)
-        # Made one column at a time as they are appended (two million rows each at x10).
-        flows.extend(lambda: np.ones(len(steps), dtype="int8"),
-                     lambda: np.repeat(group_flow, steps.group_sizes), steps.pids, steps.tids,
-                     steps.points)
+        flows.add_held(FlowChunk(phase, flow_ids, np.full(len(ends), lanes_pid), lanes, ts))
+        flows.add_made(len(steps), steps.flow_maker(group_flow))
     return events, lane_count
 
 
@@ -114,7 +112,7 @@ class _RequestSteps:
     """Every (request, engine step) pair, grouped by request in time order.
 
     ``rows`` holds each pair's record row (the step's), so the pairs (two million at ten times
-    the benchmark capture) cost 8 bytes each; times, pids and tracks are looked up when needed.
+    the benchmark capture) cost 4 bytes each; times, pids and tracks are looked up when needed.
     ``groups`` maps a request id to ``(begin, stop, group index)`` in ``rows``; a step is
     ``modelExec`` (else ``batchFrameworkProcessing``) and only spans count, since flows bind to
     slices. A step's *point* is where the request's flow passes it: 1 ns inside its slice, where
@@ -130,17 +128,15 @@ class _RequestSteps:
             rows = rows[end_ns[rows] > start_ns[rows]]
             rows = rows[np.argsort(start_ns[rows], kind="stable")]
         coder = RequestCodes()
-        codes, pair_rows = pair_codes(frame["rids"].to_numpy(dtype=object)[rows].tolist(),
-                                      coder)
-        order = np.argsort(codes, kind="stable")  # rows are in time order already
-        codes = codes[order]
-        self.rows = rows[pair_rows[order]]
-        del order, pair_rows
+        # Each request's steps in time order: the steps are in time order already.
+        pair_rows, begins = rows_by_request(
+            frame["rids"].to_numpy(dtype=object)[rows].tolist(), coder)
+        self.rows = narrowest(rows, np.int32)[pair_rows]
+        del pair_rows
         self._start_ns, self._end_ns = start_ns, end_ns
         self._pids, self._tids = trace_pids, slice_tids
-        begins = np.flatnonzero(np.diff(codes, prepend=-1))
-        stops = np.append(begins[1:], len(codes))
-        self.group_sizes = stops - begins
+        stops = np.append(begins[1:], len(self.rows))
+        self._begins = begins
         self.groups = {rid: (begin, stop, index) for index, (rid, begin, stop) in enumerate(
             zip(coder.ids().tolist(), begins.tolist(), stops.tolist()))}
 
@@ -157,18 +153,23 @@ class _RequestSteps:
         start, end = self.start(pair), self.end(pair)
         return start + 1 if end - start > 1 else start
 
-    def points(self) -> np.ndarray:
-        points = self._start_ns[self.rows]
-        inside = self._end_ns[self.rows]
-        inside -= points
-        points += inside > 1
-        return points
+    def flow_maker(self, group_flow: np.ndarray) -> Callable[[int, int], FlowChunk]:
+        """The ``t`` flow events of the pairs ``first``..``stop``, made when the trace is
+        read: each pair's flow is its group's (``group_flow``), on its step's track, at its
+        step's point."""
+        # Only arrays are held (not ``groups``, a dict per request): the trace lives on.
+        pair_rows, begins = self.rows, self._begins
+        start_ns, end_ns, pids, tids = self._start_ns, self._end_ns, self._pids, self._tids
 
-    def pids(self) -> np.ndarray:
-        return self._pids[self.rows]
+        def make(first: int, stop: int) -> FlowChunk:
+            rows = pair_rows[first:stop]
+            group = np.searchsorted(begins, np.arange(first, stop), side="right") - 1
+            points = start_ns[rows]
+            points += (end_ns[rows] - points) > 1
+            return FlowChunk(np.ones(len(rows), dtype="int8"), group_flow[group], pids[rows],
+                             tids[rows], points)
 
-    def tids(self) -> np.ndarray:
-        return self._tids[self.rows]
+        return make
 
 
 def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], start_ns: np.ndarray,

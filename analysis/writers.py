@@ -265,8 +265,8 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
     dumps = make_encoder(",", ":")
     origin_ns = origin_us * 1000.0
     columns = getattr(events, "flows", None)
-    if columns is not None and hasattr(columns, "ts_ns") and hasattr(events, "events"):
-        events = events.plain()  # the flow columns are written after the loop, without dicts
+    if columns is not None and hasattr(columns, "chunks") and hasattr(events, "events"):
+        events = events.plain()  # the flows are written after the loop, without dicts
     else:
         columns = None
     for event in events:
@@ -327,7 +327,7 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
 
 def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
                          origin_ns: int) -> None:
-    """``flow`` rows straight from the trace's flow columns (phase index into "stf").
+    """``flow`` rows straight from the trace's flow chunks (phase index into "stf").
 
     Name and category are the same for every row, so they are SQL literals; ``flow_id`` is
     bound as an integer and stored as text by the column's TEXT affinity (the same text
@@ -335,7 +335,7 @@ def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
     """
     from otel_vllm_ascend.analysis.trace_file import FLOW_CATEGORY, FLOW_NAME
 
-    if not len(columns.phase):
+    if not len(columns):
         return
     _insert_rows(
         conn, "INSERT INTO flow (flow_id, name, cat, track_id, timestamp, type)",
@@ -344,22 +344,21 @@ def _insert_flow_columns(conn: sqlite3.Connection, columns: Any, track: Any,
 
 
 def _flow_rows(columns: Any, track: Any, origin_ns: int) -> Iterable[tuple]:
-    """The flow rows, made from the columns a chunk at a time (two million at x10); the
-    chunks' (pid, tid) pairs get their track ids in order of first appearance."""
+    """The flow rows, made from the trace's flow parts a chunk at a time (two million at x10);
+    the chunks' (pid, tid) pairs get their track ids in order of first appearance."""
     phases = ("s", "t", "f")
-    for first in range(0, len(columns.phase), TRACE_ROWS_HELD):
-        part = slice(first, first + TRACE_ROWS_HELD)
-        pairs = np.stack((columns.pid[part], columns.tid[part]), axis=1)
+    for chunk in columns.chunks(TRACE_ROWS_HELD):
+        pairs = np.stack((chunk.pid, chunk.tid), axis=1)
         unique, first_at, inverse = np.unique(pairs, axis=0, return_index=True,
                                               return_inverse=True)
         track_of_pair = np.zeros(len(unique), dtype="int64")
         for index in np.argsort(first_at, kind="stable").tolist():
             pid, tid = unique[index].tolist()
             track_of_pair[index] = track(pid, tid)
-        yield from zip(columns.flow_id[part].tolist(),
+        yield from zip(chunk.flow_id.tolist(),
                        track_of_pair[inverse.reshape(-1)].tolist(),
-                       (columns.ts_ns[part] + origin_ns).tolist(),
-                       [phases[p] for p in columns.phase[part].tolist()])
+                       (chunk.ts_ns + origin_ns).tolist(),
+                       [phases[p] for p in chunk.phase.tolist()])
 
 
 # Trace rows held before they are inserted (a multiple of ROWS_PER_INSERT).

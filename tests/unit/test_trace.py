@@ -417,3 +417,23 @@ def test_batch_counts_fast_path_agrees_with_the_item_by_item_count(detail):
     from otel_vllm_ascend.analysis.trace_records import _detail_counts, _detail_counts_checked
 
     assert _detail_counts(detail) == _detail_counts_checked(detail)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 10_000])
+def test_request_flow_steps_are_the_same_whatever_the_chunk_size(tmp_path, monkeypatch, size):
+    # The flows through the steps are made a chunk at a time when the trace is read; chunks
+    # that cut through a request's steps must give the events of one whole pass.
+    from otel_vllm_ascend.analysis import trace_file
+
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    monkeypatch.setattr(trace_file, "WRITE_CHUNK_EVENTS", size)
+    written = write_chrome_trace(tmp_path / "chunked.json", events).read_text()
+    built = list(events)
+    assert events_of(json.loads(written)) == built
+    # r1 is in steps 1-3, r2 in steps 2 and 3: one t per (request, step), at 1 ns inside
+    # the step's modelExec (3.0, 12.0, 22.0 ms after the origin), in the request's flow.
+    starts = {e["id"]: e["ts"] for e in built if e["ph"] == "s"}
+    steps = [(e["id"], e["ts"]) for e in built if e["ph"] == "t"]
+    first, second = sorted(starts, key=starts.get)
+    assert steps == [(first, 3000.001), (first, 12000.001), (first, 22000.001),
+                     (second, 12000.001), (second, 22000.001)]

@@ -1,0 +1,72 @@
+"""The stage breakdown's first token-yielding request per step, found a chunk of (step,
+request) rows at a time, against the whole-table computation (chunks cutting through steps)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from otel_vllm_ascend.analysis import stages
+
+
+def _table(seed):
+    rng = np.random.default_rng(seed)
+    rows = 80
+    step_id = np.sort(rng.integers(0, 25, rows)).astype(np.int32)
+    prompt = rng.integers(1, 20, rows).astype("float64")
+    prompt[rng.random(rows) < 0.1] = np.nan  # unknown prompt length
+    kind = rng.integers(0, 2, rows).astype("float64")
+    kind[rng.random(rows) < 0.1] = np.nan
+    return pd.DataFrame({
+        "step_id": step_id, "rid": [f"r{i % 9}" for i in range(rows)],
+        "type": kind.astype(np.float32),
+        "num_scheduled_tokens": rng.integers(0, 10, rows).astype(np.float32),
+        "num_prompt_tokens": prompt.astype(np.float32),
+        "num_computed_tokens": rng.integers(0, 15, rows).astype(np.float32)})
+
+
+def _whole(table):
+    kind = table["type"].to_numpy()
+    done = (np.add(table["num_computed_tokens"].to_numpy(),
+                   table["num_scheduled_tokens"].to_numpy(), dtype="float64")
+            >= table["num_prompt_tokens"].to_numpy())
+    unknown = np.isnan(table["num_prompt_tokens"].to_numpy())
+    yields = (kind == 1) | ((kind == 0) & (done | unknown))
+    return table.loc[yields].drop_duplicates("step_id", keep="first")
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 13, 1000])
+@pytest.mark.parametrize("seed", range(5))
+def test_first_yielding_rows_equal_the_whole_table_computation(monkeypatch, chunk, seed):
+    monkeypatch.setattr(stages, "CHUNK_PAIRS", chunk)
+    table = _table(seed)
+    got = table.iloc[stages._first_yielding_rows(table)]
+    want = _whole(table)
+    assert len(want) > 3
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_no_rows():
+    assert stages._first_yielding_rows(_table(0).iloc[:0]).size == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_first_output_at_or_after_equals_merge_asof(seed):
+    # Each request's outputs grouped by code (rid_pairs.by_code), then one search per
+    # request asked: the same values as a forward merge_asof by request over all outputs.
+    from otel_vllm_ascend.analysis.rid_pairs import by_code
+
+    rng = np.random.default_rng(seed)
+    requests = 12
+    out_codes = rng.integers(0, requests, 200).astype(np.int32)
+    out_times = np.sort(np.round(rng.uniform(0, 100, 200), 1))  # ties between outputs
+    asked_codes = rng.integers(0, requests + 3, 40).astype(np.int32)  # some never output
+    asked_times = np.round(rng.uniform(0, 110, 40), 1)
+    asked_times[:5] = out_times[rng.integers(0, 200, 5)]  # exact matches count
+    grouped, begins = by_code(out_codes, out_times, requests + 3)
+    got = stages._first_at_or_after(grouped, begins, asked_codes, asked_times)
+    asked = pd.DataFrame({"i": np.arange(40), "rid": asked_codes, "time": asked_times})
+    emitted = pd.DataFrame({"rid": out_codes, "time": out_times, "out": out_times})
+    want = pd.merge_asof(asked.sort_values("time", kind="stable"), emitted, on="time",
+                         by="rid", direction="forward").sort_values("i")["out"].to_numpy()
+    assert np.isnan(want).any() and (~np.isnan(want)).sum() > 10
+    np.testing.assert_array_equal(got, want)

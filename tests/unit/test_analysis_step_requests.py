@@ -1,0 +1,56 @@
+"""The per-(step, request) table: compact and plain request dicts read alike, each number
+column narrowed on its own (float32 only when every value survives), step ids int32."""
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from otel_vllm_ascend.analysis.rid_detail import compact
+from otel_vllm_ascend.analysis.steps import step_requests
+
+
+def _item(rid, it, kind, scheduled, prompt=8, computed=0):
+    return {"rid": rid, "iter": it, "type": kind, "num_scheduled_tokens": scheduled,
+            "num_prompt_tokens": prompt, "num_computed_tokens": computed}
+
+
+def _steps(details, rids):
+    return pd.DataFrame({"step_id": np.arange(len(details), dtype="int64"),
+                         "rid_detail": pd.Series(details, dtype=object),
+                         "rids": pd.Series(rids, dtype=object)})
+
+
+def test_pieces_of_every_kind_in_step_order():
+    first = [_item("a", 0, 0, 8), _item("b", 0, 0, 5, prompt=5)]
+    held = compact(first, ["a", "b"])
+    assert held is not None
+    plain = [{"rid": "a", "iter": 1, "num_scheduled_tokens": 1},  # no type: iter 1 = decode
+             {"rid": "c", "iter": 0, "num_scheduled_tokens": "x"}]  # not a number: NaN
+    table = step_requests(_steps([held, plain, None], [["a", "b"], ["a", "c"], ["d"]]))
+    assert table["step_id"].tolist() == [0, 0, 1, 1, 2]
+    assert table["rid"].tolist() == ["a", "b", "a", "c", "d"]
+    assert table["type"].tolist()[:4] == [0.0, 0.0, 1.0, 0.0]
+    assert math.isnan(table["type"].iloc[4])  # neither type nor iter: unknown
+    assert table["num_scheduled_tokens"].tolist()[:3] == [8.0, 5.0, 1.0]
+    assert math.isnan(table["num_scheduled_tokens"].iloc[3])
+    assert table["num_prompt_tokens"].tolist()[:2] == [8.0, 5.0]
+    assert table["step_id"].dtype == np.int32
+    assert all(table[c].dtype == np.float32 for c in table.columns[2:])
+
+
+def test_a_column_past_float32_stays_float64_and_the_others_narrow():
+    big = 2**24 + 1  # float32 would round it
+    items = [_item("a", 0, 0, 8, prompt=big), _item("b", 3, 1, 1)]
+    table = step_requests(_steps([compact(items, ["a", "b"])], [["a", "b"]]))
+    assert table["num_prompt_tokens"].dtype == np.float64
+    assert table["num_prompt_tokens"].tolist() == [float(big), 8.0]
+    assert table["iter"].dtype == table["num_scheduled_tokens"].dtype == np.float32
+    assert table["iter"].tolist() == [0.0, 3.0]
+
+
+def test_no_requests_at_all():
+    table = step_requests(_steps([None], [[]]))
+    assert len(table) == 0 and table["step_id"].dtype == np.int64
+    assert list(table.columns) == ["step_id", "rid", "iter", "type", "num_scheduled_tokens",
+                                   "num_prompt_tokens", "num_computed_tokens"]

@@ -1,0 +1,72 @@
+"""request_summary's inter-token gaps, computed a chunk of (record, request) pairs at a time,
+against the plain whole-array computation: sort every pair by request rank then time, take
+the differences within each kept request."""
+
+import numpy as np
+import pytest
+
+from otel_vllm_ascend.analysis import summaries
+
+
+def _whole(codes, rows, times, ranks, kept):
+    pair_times = times[rows]
+    order = np.lexsort((pair_times, ranks[codes]))  # by rank, then time, ties in pair order
+    code, time = codes[order], pair_times[order]
+    keep = kept[code]
+    code, time = code[keep], time[keep]
+    return np.diff(time)[code[1:] == code[:-1]]
+
+
+def _case(seed, in_order, with_nan=False):
+    rng = np.random.default_rng(seed)
+    requests, records = 13, 60
+    times = np.round(rng.uniform(0, 50, records), 1)  # rounded: ties between records
+    if in_order:
+        times = np.sort(times)
+    if with_nan:
+        times[rng.integers(0, records, 3)] = np.nan
+    lengths = rng.integers(0, 6, records)
+    rows = np.repeat(np.arange(records), lengths)
+    codes = rng.integers(0, requests, len(rows)).astype(np.int32)
+    ranks = rng.permutation(requests).astype(np.int32)
+    kept = rng.random(requests) < 0.7
+    return codes, rows, times, ranks, kept
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 1000])
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("in_order, with_nan", [(True, False), (False, False), (False, True)])
+def test_chunked_gaps_equal_the_whole_computation(monkeypatch, chunk, seed, in_order, with_nan):
+    monkeypatch.setattr(summaries, "CHUNK_PAIRS", chunk)
+    case = _case(seed, in_order, with_nan)
+    got = summaries._gaps_by_request(*case)
+    want = _whole(*case)
+    assert got.shape == want.shape and len(want) > 0
+    np.testing.assert_array_equal(got, want)  # same values in the same order, NaN alike
+
+
+def test_no_pairs():
+    empty = np.zeros(0, dtype=np.int32)
+    got = summaries._gaps_by_request(empty, empty, np.zeros(0), np.arange(2), np.ones(2, bool))
+    assert got.size == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_time_order_checked_across_chunks(monkeypatch, chunk):
+    monkeypatch.setattr(summaries, "CHUNK_PAIRS", chunk)
+    rows = np.array([0, 1, 2, 3])
+    assert summaries._pairs_in_time_order(rows, np.array([1.0, 2.0, 2.0, 3.0]))
+    assert not summaries._pairs_in_time_order(rows, np.array([1.0, 2.0, 3.0, 2.5]))
+    assert not summaries._pairs_in_time_order(rows, np.array([1.0, 2.0, np.nan, 3.0]))
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_statistics_of_an_owned_array_are_those_of_a_copy(with_nan):
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0, 100, 1001) / 3.0
+    if with_nan:
+        values[[5, 17]] = [np.nan, np.inf]
+    kept = values.copy()
+    want = summaries.statistics_row("gaps", values)
+    assert np.array_equal(values, kept, equal_nan=True)  # not owned: left as it was
+    assert summaries.statistics_row("gaps", values, owned=True) == want
