@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -194,11 +195,19 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def without_machine_paths(text: str) -> str:
+    """``text`` with the paths of the machine that ran the matrix (its temporary work folders,
+    home and checkout) replaced by placeholders: the recorded rows are committed."""
+    text = re.sub(re.escape(tempfile.gettempdir()) + r"/compat-[^/\s\"]+", "<work>", text)
+    text = text.replace(str(ROOT), "<repo>")
+    return text.replace(str(Path.home()), "~")
+
+
 def record(row: dict) -> None:
     rows = json.loads(DATA.read_text()) if DATA.exists() else []
     rows = [r for r in rows if r["version"] != row["version"]] + [row]
     kept = [{k: v for k, v in r.items() if k not in ("log", "records")} for r in rows]
-    DATA.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    DATA.write_text(without_machine_paths(json.dumps(kept, indent=1, sort_keys=True)) + "\n")
     if DOC.exists():
         text = DOC.read_text()
         head, _, rest = text.partition(TABLE_START)
