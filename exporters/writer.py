@@ -51,7 +51,7 @@ from otel_vllm_ascend.handlers import spec_decode as _spec_decode  # noqa: F401
 from otel_vllm_ascend.record_sink import RecordSink
 from otel_vllm_ascend.selfmeter import meter as _meter
 
-# The handler modules above register hand-off work (handoff.register_value / register_task /
+# The handler modules above register hand-off work (handoff.register_value /
 # register_expander): the writer must know every name a producer sends
 # (tests/unit/test_handoff.py checks it against every handler module).
 

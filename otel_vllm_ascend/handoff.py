@@ -37,10 +37,10 @@ of those)::
 * ``exception``: None or ``(type, short type name, message, stack trace)`` as text
   (:class:`records.CapturedException`).
 
-A wire task is a 3-tuple ``("", function name, plain argument)``: work the writer runs in order
-with the records of that process, registered with :func:`register_task`; an expander's
-(:func:`register_expander`) gives span records too: one engine step's span, classification
-included, or a Worker phase, each captured as one small plain value. A deferred value or task
+A wire task is a 3-tuple ``("", function name, plain argument)``: an expander
+(:func:`register_expander`) the writer runs in order with the records of that process, giving
+span records: one engine step's span, classification included, or a Worker phase, each
+captured as one small plain value. A deferred value or task
 whose function was not registered, or whose argument cannot be made plain, is computed in the
 serving process before the hand-off (correct, only not cheaper).
 """
@@ -82,10 +82,10 @@ class _WireFunction:
 
 
 _by_function: Dict[Any, _WireFunction] = {}
+_by_name: Dict[str, _WireFunction] = {}
 # What the writer keeps per producer process, kept here for the expanders run in this process
 # (without a writer): e.g. the engine steps classified so far.
 local_state: Dict[str, Any] = {}
-_by_name: Dict[str, _WireFunction] = {}
 
 
 def register_value(func: Callable[[Any], Any], name: str,
@@ -96,12 +96,6 @@ def register_value(func: Callable[[Any], Any], name: str,
     entry = _WireFunction(name, to_wire, remote or (lambda state, arg: func(arg)))
     _by_function[func] = entry
     _by_name[name] = entry
-
-
-def register_task(func: Callable[[Any], Any], name: str, to_wire: Callable[[Any], Any],
-                  remote: Callable[[Dict[str, Any], Any], Any]) -> None:
-    """Let the writer run ``record_task(func, arg)`` as ``remote(state, to_wire(arg))``."""
-    register_value(func, name, to_wire, remote)
 
 
 def register_expander(name: str, to_wire: Optional[Callable[[Any], Any]],
@@ -118,7 +112,7 @@ def register_expander(name: str, to_wire: Optional[Callable[[Any], Any]],
         return expand(local_state, arg if to_wire is None else to_wire(arg))
 
     expand_here.__qualname__ = expand_here.__name__ = name
-    register_task(expand_here, name, to_wire, expand)
+    register_value(expand_here, name, to_wire, expand)  # the writer runs the same task
     return expand_here
 
 

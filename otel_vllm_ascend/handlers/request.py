@@ -230,9 +230,9 @@ def _external_ids(request_ids: List[str], states: List[Any]) -> List[str]:
     return [external_id or request_id for request_id, external_id in zip(request_ids, external)]
 
 
-# ``detokenize`` crosses as one small record: the request states are read on the recorder's
-# thread (a state object stays readable after vLLM drops it, and its external id never
-# changes), the span record is made where spans are built (handoff.register_expander).
+# ``detokenize`` crosses as one small record: the external ids are read from the states on the
+# recorder's thread (see ``_outputs_before``), the span record is made where spans are built
+# (handoff.register_expander).
 
 def _detokenize_to_wire(captured: tuple) -> tuple:
     end, tid, request_ids, states = captured
