@@ -70,7 +70,7 @@ def _step_counts(per_request: pd.DataFrame, n: int) -> tuple[np.ndarray, ...]:
     """
     step_ids = per_request["step_id"].to_numpy()
     kinds = per_request["type"].to_numpy()
-    held_tokens = per_request["num_scheduled_tokens"].to_numpy()  # float32 where exact
+    held_tokens = per_request["num_scheduled_tokens"].to_numpy()  # float16/32 where exact
     size, prefill_n, decode_n, with_tokens = (np.zeros(n, dtype="int64") for _ in range(4))
     prefill_tok, decode_tok, total_tok = (np.zeros(n) for _ in range(3))
     for begin in range(0, len(per_request), STEP_CHUNK_ROWS):

@@ -268,7 +268,7 @@ def _engine_side(per: _PerRequest, steps: pd.DataFrame, per_request: pd.DataFram
     exec_end_of = steps["exec_end_us"].to_numpy(dtype="float64")
     exec_dur_of = steps["exec_dur_us"].to_numpy(dtype="float64")
     step_ids = per_request["step_id"].to_numpy()
-    # As held (float32 where exact); widened to float64 a chunk at a time.
+    # As held (float16/32 where exact); widened to float64 a chunk at a time.
     numbers = {key: per_request[key].to_numpy()
                for key in ("num_scheduled_tokens", "num_computed_tokens", "num_prompt_tokens",
                            "type", "iter")}

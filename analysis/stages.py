@@ -173,7 +173,7 @@ def _first_yielding_rows(per_request: pd.DataFrame) -> np.ndarray:
     picked = [np.zeros(0, dtype="int64")]
     for begin in range(0, len(per_request), CHUNK_PAIRS):
         part = slice(begin, begin + CHUNK_PAIRS)
-        # Added in float64 (the columns may be float32: their sum would round).
+        # Added in float64 (the columns may be float16/32: their sum would round).
         done = np.add(computed[part], scheduled[part], dtype="float64") >= prompt[part]
         yields = (kind[part] == 1) | ((kind[part] == 0) & (done | np.isnan(prompt[part])))
         rows = np.flatnonzero(yields) + begin

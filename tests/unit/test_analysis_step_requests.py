@@ -1,7 +1,9 @@
 """The per-(step, request) table: compact and plain request dicts read alike, each number
-column narrowed on its own (float32 only when every value survives), step ids int32."""
+column narrowed on its own (float16 or float32 only when every value survives), step ids
+int32."""
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -36,7 +38,7 @@ def test_pieces_of_every_kind_in_step_order():
     assert math.isnan(table["num_scheduled_tokens"].iloc[3])
     assert table["num_prompt_tokens"].tolist()[:2] == [8.0, 5.0]
     assert table["step_id"].dtype == np.int32
-    assert all(table[c].dtype == np.float32 for c in table.columns[2:])
+    assert all(table[c].dtype == np.float16 for c in table.columns[2:])
 
 
 def test_a_column_past_float32_stays_float64_and_the_others_narrow():
@@ -45,8 +47,24 @@ def test_a_column_past_float32_stays_float64_and_the_others_narrow():
     table = step_requests(_steps([compact(items, ["a", "b"])], [["a", "b"]]))
     assert table["num_prompt_tokens"].dtype == np.float64
     assert table["num_prompt_tokens"].tolist() == [float(big), 8.0]
-    assert table["iter"].dtype == table["num_scheduled_tokens"].dtype == np.float32
+    assert table["iter"].dtype == table["num_scheduled_tokens"].dtype == np.float16
     assert table["iter"].tolist() == [0.0, 3.0]
+
+
+def test_float16_only_when_every_value_survives_it():
+    # 2049 rounds in float16 (whole numbers are exact up to 2**11), 70000 overflows it; 4096
+    # is exact. None may be rounded or turned into inf, and the overflow warns nowhere.
+    items = [_item("a", 2049, 0, 4096, prompt=70000, computed=0.5),
+             _item("b", 3, 1, 1, prompt=8, computed=2.25)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = step_requests(_steps([items], [["a", "b"]]))  # fractions: plain dicts
+    assert table["iter"].dtype == table["num_prompt_tokens"].dtype == np.float32
+    assert table["num_scheduled_tokens"].dtype == table["num_computed_tokens"].dtype == np.float16
+    assert table["iter"].tolist() == [2049.0, 3.0]
+    assert table["num_prompt_tokens"].tolist() == [70000.0, 8.0]
+    assert table["num_scheduled_tokens"].tolist() == [4096.0, 1.0]
+    assert table["num_computed_tokens"].tolist() == [0.5, 2.25]
 
 
 def test_no_requests_at_all():
