@@ -126,10 +126,10 @@ def _build(frame: pd.DataFrame, requests: Optional[pd.DataFrame]) -> TraceEvents
     trace.deferred += [DeferredEvents(len(frame), record_events),
                        DeferredEvents(len(frame), counter_events)]
     lanes_pid = processes.requests_pid
-    request_events, lane_count = _request_events(
+    request_slices, lane_count = _request_events(
         frame, requests, trace_pids, slice_tids, start_ns, end_ns, names, origin, lanes_pid,
         trace.flows)
-    events += request_events
+    trace.deferred.append(request_slices)  # after the records' events, as it always came
     events += processes.metadata(slice_tids, trace_pids, tids, domains, lane_count)
     return trace
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis.narrow_ints import narrowest
 from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, rows_by_request
-from otel_vllm_ascend.analysis.trace_file import FlowChunk, _FlowParts, _ts
+from otel_vllm_ascend.analysis.trace_file import DeferredEvents, FlowChunk, _FlowParts, _ts
 from otel_vllm_ascend.analysis.trace_records import (
     _SCHEDULE_RECORD,
     _json_safe,
@@ -30,9 +30,14 @@ _LIFECYCLE_RECORDS = frozenset({"httpReq", _SCHEDULE_RECORD, "httpRes"})
 def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
                     trace_pids: np.ndarray, slice_tids: np.ndarray, start_ns: np.ndarray,
                     end_ns: np.ndarray, names: list, origin_us: float,
-                    lanes_pid: int, flows: _FlowParts) -> tuple[list[dict], int]:
-    """Request lifecycle slices on packed lanes plus one flow per request through its steps."""
+                    lanes_pid: int, flows: _FlowParts) -> tuple[DeferredEvents, int]:
+    """Request lifecycle slices on packed lanes plus one flow per request through its steps.
+
+    The slices are made each time the trace is read (:class:`_RequestSlices`): held as dicts,
+    four per request with the request's args, they were 0.4 GB at x100.
+    """
     steps = _RequestSteps(frame, trace_pids, slice_tids, start_ns, end_ns, names)
+    infos = _RequestInfos(requests)
     lifecycle = _request_lifecycle(frame, requests, start_ns, end_ns, names, origin_us)
     rids = list(lifecycle)
     rids += [rid for rid in steps.groups if rid not in lifecycle]
@@ -55,8 +60,9 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
         start = min(known)
         finish = max(max(known), start + 3)  # room for flow start and finish strictly inside
         spans.append((start, finish, rid, arrival, scheduled, first_token, info, group))
+    del lifecycle
     spans.sort(key=lambda s: (s[0], s[1]))
-    events: list[dict] = []
+    slices = _RequestSlices(lanes_pid, infos)
     free_lanes: list = []  # heap of (end_ns, lane)
     lane_count = 0
     ends: list = []  # s and f events: (phase, flow id, lane, ts)
@@ -70,22 +76,84 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
             lane_count += 1
             lane = lane_count
             heapq.heappush(free_lanes, (finish, lane))
-        args = {"rid": rid, **(info or {})}
-        events.append({"ph": "X", "name": f"request {rid}", "cat": "request", "pid": lanes_pid,
-                       "tid": lane, "ts": _ts(start), "dur": _ts(finish - start),
-                       "args": _json_safe(args)})
-        events += _phase_slices(lanes_pid, lane, start, finish, arrival, scheduled, first_token)
+        slices.add(rid, lane, start, finish, arrival, scheduled, first_token, info)
         if group is not None:
             group_flow[group[2]] = flow_id
             # 1 ns inside the slice: a flow event on a slice's exact start could be read before
             # the slice opens and bind to nothing.
             ends.append((0, flow_id, lane, start + 1))
             ends.append((2, flow_id, lane, finish - 1))
+    del spans
     if ends:
         phase, flow_ids, lanes, ts = (np.asarray(c, dtype="int64") for c in zip(*ends))
         flows.add_held(FlowChunk(phase, flow_ids, np.full(len(ends), lanes_pid), lanes, ts))
         flows.add_made(len(steps), steps.flow_maker(group_flow))
-    return events, lane_count
+    return slices.deferred(), lane_count
+
+
+class _RequestInfos:
+    """The request table's columns shown in a request slice's args, read a few rows at a time
+    (``to_dict`` of every request at once: 0.2 GB of dicts at x100)."""
+
+    def __init__(self, requests: Optional[pd.DataFrame]) -> None:
+        columns = ([c for c in _REQUEST_INFO_COLUMNS if c in requests.columns]
+                   if requests is not None else [])
+        self._table = requests[columns] if columns else None
+
+    def args(self, rows: list) -> list[dict]:
+        """The args of the request table rows ``rows`` (``None``: not in the table)."""
+        known = [row for row in rows if row is not None]
+        if self._table is None or not known:
+            return [{} for _ in rows]
+        records = iter(self._table.iloc[known].to_dict("records"))
+        return [{} if row is None else {k: _plain(v) for k, v in next(records).items()}
+                for row in rows]
+
+
+class _RequestSlices:
+    """Each request's slice and its ``queued`` / ``prefill`` / ``decode`` children, held as a
+    few numbers per request and made into event dicts a chunk of requests at a time."""
+
+    _NONE = np.iinfo(np.int64).min  # an unknown time
+
+    def __init__(self, pid: int, infos: _RequestInfos) -> None:
+        self._pid = pid
+        self._infos = infos
+        self._rids: list = []
+        self._info_rows: list = []  # row in the request table, or None
+        self._numbers: list = []  # (lane, start, finish, arrival, scheduled, first token)
+
+    def add(self, rid: str, lane: int, start: int, finish: int, arrival: Optional[int],
+            scheduled: Optional[int], first_token: Optional[int], info_row: Optional[int]
+            ) -> None:
+        none = self._NONE
+        self._rids.append(rid)
+        self._info_rows.append(info_row)
+        self._numbers.append((lane, start, finish, none if arrival is None else arrival,
+                              none if scheduled is None else scheduled,
+                              none if first_token is None else first_token))
+
+    def deferred(self) -> DeferredEvents:
+        rids, info_rows, infos, pid, none = (self._rids, self._info_rows, self._infos,
+                                             self._pid, self._NONE)
+        numbers = np.asarray(self._numbers, dtype="int64").reshape(-1, 6)
+        self._numbers = []
+
+        def make(rows: slice, state: dict) -> list:
+            events: list = []
+            for rid, info, (lane, start, finish, arrival, scheduled, first_token) in zip(
+                    rids[rows], infos.args(info_rows[rows]), numbers[rows].tolist()):
+                args = {"rid": rid, **info}
+                events.append({"ph": "X", "name": f"request {rid}", "cat": "request",
+                               "pid": pid, "tid": lane, "ts": _ts(start),
+                               "dur": _ts(finish - start), "args": _json_safe(args)})
+                events += _phase_slices(pid, lane, start, finish,
+                                        None if arrival == none else arrival,
+                                        None if scheduled == none else scheduled,
+                                        None if first_token == none else first_token)
+            return events
+
+        return DeferredEvents(len(rids), make)
 
 
 def _phase_slices(pid: int, lane: int, start: int, finish: int, arrival: Optional[int],
@@ -174,7 +242,8 @@ class _RequestSteps:
 
 def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], start_ns: np.ndarray,
                        end_ns: np.ndarray, names: list, origin_us: float) -> dict:
-    """rid -> (arrival, first scheduled, first token, end, args) in ns since the origin."""
+    """rid -> (arrival, first scheduled, first token, end, request table row) in ns since the
+    origin; the row is None for requests timed from their records (no request table)."""
     lifecycle: dict = {}
     if requests is not None and not requests.empty:
         id_column = next((c for c in _REQUEST_ID_COLUMNS if c in requests.columns), None)
@@ -186,15 +255,12 @@ def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], st
                 return [None if not math.isfinite(v) else int(round((v - origin_us) * 1000))
                         for v in values.tolist()]
 
-            info_columns = [c for c in _REQUEST_INFO_COLUMNS
-                            if c in requests.columns]
-            infos = requests[info_columns].to_dict("records") if info_columns else None
+            # The args come later, from the row (_RequestInfos).
             for index, (rid, arrival, scheduled, first_token, end) in enumerate(zip(
                     requests[id_column].tolist(), column("arrival_us"),
                     column("first_scheduled_us"), column("first_token_us"),
                     column("end_us"))):
-                info = {k: _plain(v) for k, v in infos[index].items()} if infos else {}
-                lifecycle[str(rid)] = (arrival, scheduled, first_token, end, info)
+                lifecycle[str(rid)] = (arrival, scheduled, first_token, end, index)
             return lifecycle
     # No request table: arrival = first httpReq, first scheduling = first schedule span,
     # end = last httpRes of each request id (first token: see _request_events).

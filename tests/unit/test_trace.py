@@ -437,3 +437,33 @@ def test_request_flow_steps_are_the_same_whatever_the_chunk_size(tmp_path, monke
     first, second = sorted(starts, key=starts.get)
     assert steps == [(first, 3000.001), (first, 12000.001), (first, 22000.001),
                      (second, 12000.001), (second, 22000.001)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 10_000])
+def test_request_slices_made_a_chunk_of_requests_at_a_time(monkeypatch, size):
+    # The request slices are made each time the trace is read, DEFERRED_CHUNK_ROWS requests
+    # at a time (their args read from those rows of the request table): whatever the chunk
+    # size, the events of the request table's r1 and of r2 (not in the table: timed from its
+    # steps, args its id only) in start order, and read twice alike.
+    from otel_vllm_ascend.analysis import trace_file
+
+    monkeypatch.setattr(trace_file, "DEFERRED_CHUNK_ROWS", size)
+    table = requests_table().iloc[:1]
+    events = build_chrome_trace(two_request_capture().frame(), table)
+    lanes_pid = next(e["pid"] for e in by_ph(events, "M", "process_name")
+                     if e["args"]["name"] == "Requests")
+
+    def lane(tid, ts, dur, name):
+        return {"ph": "X", "name": name, "cat": "request", "pid": lanes_pid, "tid": tid,
+                "ts": ts, "dur": dur}
+
+    expected = [
+        {**lane(1, 0.0, 32000.0, "request r1"),
+         "args": {"rid": "r1", "ttft_ms": 10.0, "partial": False}},
+        lane(1, 0.0, 2000.0, "queued"), lane(1, 2000.0, 8000.0, "prefill"),
+        lane(1, 10000.0, 22000.0, "decode"),
+        {**lane(2, 12000.0, 18000.0, "request r2"), "args": {"rid": "r2"}},
+        lane(2, 12000.0, 8000.0, "prefill"), lane(2, 20000.0, 10000.0, "decode"),
+    ]
+    for _ in range(2):
+        assert [e for e in events if e["pid"] == lanes_pid and e["ph"] == "X"] == expected
