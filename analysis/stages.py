@@ -47,7 +47,7 @@ from otel_vllm_ascend.analysis.rid_pairs import (
     by_code,
     in_time_order,
     named,
-    pair_codes,
+    pair_chunks,
 )
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
 
@@ -103,18 +103,12 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     per_request = per_request.iloc[_first_yielding_rows(per_request)]
     # A step whose first such entry has no request id (None) has no output to find.
     per_request = per_request.loc[named(per_request["rid"].to_numpy(dtype=object))]
-    # The outputs' (record, request) pairs as int32 codes: millions of pairs at ten times the
-    # benchmark capture; only those of the requests asked about are kept.
+    # The outputs' (record, request) pairs as int32 codes: twenty million pairs at x100; only
+    # those of the requests asked about are kept, a chunk of pairs at a time.
     coder = RequestCodes()
     asked_codes = coder.codes(per_request["rid"].to_numpy(dtype=object))
-    codes, rows = pair_codes(outputs["rids"].tolist(), coder)
-    wanted = np.zeros(len(coder), dtype=bool)
-    wanted[asked_codes] = True
-    keep = wanted[codes]
-    codes, rows = codes[keep], rows[keep]
-    del keep
-    times = outputs["start_us"].to_numpy(dtype="float64")[rows]
-    del rows
+    codes, times = _asked_pairs(outputs["rids"].tolist(),
+                                outputs["start_us"].to_numpy(dtype="float64"), coder)
     if not in_time_order(times):
         order = np.argsort(times, kind="stable")
         codes, times = codes[order], times[order]
@@ -135,6 +129,20 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     row = row[found]
     out[row] = (first[found] - exec_end[row]) / 1000.0
     return out
+
+
+def _asked_pairs(rid_lists: list, start_us: np.ndarray, coder: RequestCodes
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(request code, time) of the pairs of ``rid_lists`` whose request is one of the ids
+    ``coder`` held before (codes are numbered in order of first appearance: the asked ids have
+    the codes below its length then), in order; every other id gets its code too."""
+    asked = len(coder)
+    codes, times = [np.zeros(0, dtype=np.int32)], [np.zeros(0)]
+    for part_codes, part_rows in pair_chunks(rid_lists, coder):
+        keep = part_codes < asked
+        codes.append(part_codes[keep])
+        times.append(start_us[part_rows[keep]])
+    return np.concatenate(codes), np.concatenate(times)
 
 
 def _first_at_or_after(grouped: np.ndarray, begins: np.ndarray, codes: np.ndarray,

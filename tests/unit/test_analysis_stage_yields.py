@@ -70,3 +70,33 @@ def test_first_output_at_or_after_equals_merge_asof(seed):
                          by="rid", direction="forward").sort_values("i")["out"].to_numpy()
     assert np.isnan(want).any() and (~np.isnan(want)).sum() > 10
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 1000])
+@pytest.mark.parametrize("seed", range(4))
+def test_asked_pairs_equal_the_whole_pair_computation(monkeypatch, chunk, seed):
+    # The outputs' pairs of the asked requests, kept a chunk of pairs at a time (chunks of
+    # whole records, cutting through requests), against every pair coded then filtered.
+    from otel_vllm_ascend.analysis import rid_pairs
+
+    rng = np.random.default_rng(seed)
+    ids = [f"r{i}" for i in range(12)]
+    rid_lists = [list(rng.choice(ids, rng.integers(0, 5), replace=False)) for _ in range(40)]
+    start_us = np.sort(np.round(rng.uniform(0, 100, len(rid_lists)), 1))
+    asked = list(rng.choice(ids, 5, replace=False))
+
+    whole = rid_pairs.RequestCodes()
+    asked_codes = whole.codes(np.asarray(asked, dtype=object))
+    codes, rows = rid_pairs.pair_codes(rid_lists, whole)
+    wanted = np.zeros(len(whole), dtype=bool)
+    wanted[asked_codes] = True
+    keep = wanted[codes]
+
+    monkeypatch.setattr(rid_pairs, "CHUNK_PAIRS", chunk)
+    coder = rid_pairs.RequestCodes()
+    coder.codes(np.asarray(asked, dtype=object))
+    got_codes, got_times = stages._asked_pairs(rid_lists, start_us, coder)
+    assert keep.any() and not keep.all()
+    np.testing.assert_array_equal(got_codes, codes[keep])
+    np.testing.assert_array_equal(got_times, start_us[rows[keep]])
+    assert coder.code_of == whole.code_of  # every id coded, in the same order
