@@ -109,16 +109,50 @@ def by_code(codes: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, 
     place = begins.copy()  # each code's next free place
     for first in range(0, len(codes), CHUNK_PAIRS):
         stop = min(first + CHUNK_PAIRS, len(codes))
-        local = np.argsort(codes[first:stop], kind="stable")
-        code = codes[first:stop][local]
-        value = values[first:stop][local]
-        del local
-        starts = np.flatnonzero(np.diff(code, prepend=-1))
-        sizes = np.diff(np.append(starts, len(code)))
-        index = np.arange(len(code)) - np.repeat(starts, sizes)
-        grouped[place[code] + index] = value
-        place[code[starts]] += sizes
+        place_by_code(grouped, place, codes[first:stop], values[first:stop])
     return grouped, begins
+
+
+def place_by_code(grouped: np.ndarray, place: np.ndarray, codes: np.ndarray,
+                  values: np.ndarray) -> None:
+    """Write one chunk of ``values`` into ``grouped``, each at its code's next free place
+    (``place``, moved on): chunk after chunk, each code's values in the order they came."""
+    local = np.argsort(codes, kind="stable")
+    code = codes[local]
+    value = values[local]
+    del local
+    starts = np.flatnonzero(np.diff(code, prepend=-1))
+    sizes = np.diff(np.append(starts, len(code)))
+    index = np.arange(len(code)) - np.repeat(starts, sizes)
+    grouped[place[code] + index] = value
+    place[code[starts]] += sizes
+
+
+def pair_counts(rid_lists: list, times: np.ndarray, coder: RequestCodes,
+                below: Optional[int] = None) -> tuple[np.ndarray, bool]:
+    """Pairs of ``rid_lists`` per request code (every id coded; with ``below``, only the
+    pairs of the codes below it counted), and whether those pairs come in time order
+    (``times[row]`` never decreasing, no NaN), read a chunk of pairs at a time: a caller can
+    then read them again (:func:`pair_chunks`) and place each where it belongs, never holding
+    them all."""
+    counts = np.zeros(0, dtype="int64")
+    ordered = True
+    previous = None
+    for codes, rows in pair_chunks(rid_lists, coder):
+        if below is not None:
+            keep = codes < below
+            codes, rows = codes[keep], rows[keep]
+        part = times[rows]
+        if ordered and len(part):
+            ordered = (in_time_order(part) and not np.isnan(part[0])
+                       and (previous is None or part[0] >= previous))
+            previous = part[-1]
+        here = np.bincount(codes, minlength=len(coder))
+        here[:len(counts)] += counts
+        counts = here
+    if len(counts) < len(coder):  # ids of the last chunks with no pair counted
+        counts = np.append(counts, np.zeros(len(coder) - len(counts), dtype="int64"))
+    return counts, ordered
 
 
 def named(rids: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ request states, :mod:`.request_states`), ``duration (s)``.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,9 @@ from otel_vllm_ascend.analysis.rid_pairs import (
     RequestCodes,
     in_time_order,
     named,
+    pair_chunks,
     pair_codes,
+    pair_counts,
 )
 
 STAT_COLUMNS = ("Metric", "Average", "Max", "Min", "P50", "P90", "P99")
@@ -77,9 +79,15 @@ def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
     complete = set(requests.loc[~requests["partial"].astype(bool), "http_rid"].tolist())
     outputs = frame.loc[(frame["name"] == "detokenize").to_numpy(), ["rids", "start_us"]]
     coder = RequestCodes()
-    codes, rows = pair_codes(outputs["rids"].tolist(), coder)
-    if len(codes):
-        times = outputs["start_us"].to_numpy(dtype="float64")  # per record; a pair's: rows
+    rid_lists = outputs["rids"].tolist()
+    times = outputs["start_us"].to_numpy(dtype="float64")  # per record; a pair's: rows
+    counts, ordered = pair_counts(rid_lists, times, coder)
+    if len(coder) and ordered:  # the usual case: pairs read again a chunk at a time, never held
+        gaps = _gaps_of_chunks(counts, pair_chunks(rid_lists, coder), times, coder.ranks(),
+                               _complete(coder, complete))
+    elif len(coder):
+        codes, rows = pair_codes(rid_lists, coder)
+        gaps = _gaps_by_request(codes, rows, times, coder.ranks(), _complete(coder, complete))
     elif per_request is not None and batches is not None and len(per_request):
         times = batches["exec_end_us"].to_numpy(dtype="float64")  # per step; a pair's: rows
         rids = per_request["rid"].to_numpy(dtype=object)
@@ -88,12 +96,16 @@ def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
         codes = coder.codes(rids[with_id])
         rows = per_request["step_id"].to_numpy()[with_id]
         del rids, with_id
+        gaps = _gaps_by_request(codes, rows, times, coder.ranks(), _complete(coder, complete))
     else:
         return np.zeros(0)
-    kept = np.fromiter((rid in complete for rid in coder.ids()), dtype=bool, count=len(coder))
-    gaps = _gaps_by_request(codes, rows, times, coder.ranks(), kept)
     gaps /= 1000.0
     return gaps
+
+
+def _complete(coder: RequestCodes, complete: set) -> np.ndarray:
+    """Per code, whether its request is complete."""
+    return np.fromiter((rid in complete for rid in coder.ids()), dtype=bool, count=len(coder))
 
 
 def _gaps_by_request(codes: np.ndarray, rows: np.ndarray, times: np.ndarray,
@@ -108,8 +120,22 @@ def _gaps_by_request(codes: np.ndarray, rows: np.ndarray, times: np.ndarray,
     first place (requests counted in rank order) plus how many of the request's pairs came
     before it.
     """
+    # Pairs in time order: as they come when the records are in time order (always for the
+    # API server's outputs), else stably sorted by time.
+    sequence = None if _pairs_in_time_order(rows, times) else np.argsort(times[rows],
+                                                                        kind="stable")
+    chunks = ((codes[part], rows[part]) for part in (
+        slice(begin, begin + CHUNK_PAIRS) if sequence is None else
+        sequence[begin:begin + CHUNK_PAIRS] for begin in range(0, len(codes), CHUNK_PAIRS)))
+    return _gaps_of_chunks(np.bincount(codes, minlength=len(ranks)), chunks, times, ranks,
+                           kept)
+
+
+def _gaps_of_chunks(counts: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+                    times: np.ndarray, ranks: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """:func:`_gaps_by_request` of the pairs ``chunks`` gives in time order, a (codes, rows)
+    chunk at a time; ``counts``: the pairs of each code."""
     n = len(ranks)
-    counts = np.bincount(codes, minlength=n)
     gap_counts = np.where(kept, np.maximum(counts - 1, 0), 0)
     del counts
     code_at_rank = np.empty(n, dtype="int64")
@@ -119,17 +145,13 @@ def _gaps_by_request(codes: np.ndarray, rows: np.ndarray, times: np.ndarray,
     out = np.empty(int(gap_counts.sum()), dtype="float64")
     seen = np.zeros(n, dtype="int64")  # pairs of each request read so far
     last_time = np.zeros(n, dtype="float64")  # the time of its latest one
-    # Pairs in time order: as they come when the records are in time order (always for the
-    # API server's outputs), else stably sorted by time.
-    sequence = None if _pairs_in_time_order(rows, times) else np.argsort(times[rows],
-                                                                        kind="stable")
-    for begin in range(0, len(codes), CHUNK_PAIRS):
-        part = slice(begin, begin + CHUNK_PAIRS) if sequence is None else \
-            sequence[begin:begin + CHUNK_PAIRS]
-        local = np.argsort(codes[part], kind="stable")  # by request, each in time order
-        code = codes[part][local]
-        time = times[rows[part][local]]
-        del local
+    for part_codes, part_rows in chunks:
+        if not len(part_codes):  # a chunk of records about no request
+            continue
+        local = np.argsort(part_codes, kind="stable")  # by request, each in time order
+        code = part_codes[local]
+        time = times[part_rows[local]]
+        del local, part_codes, part_rows
         starts = np.flatnonzero(np.diff(code, prepend=-1))  # each request's first pair here
         stops = np.append(starts[1:], len(code))
         request = code[starts]

@@ -70,3 +70,63 @@ def test_statistics_of_an_owned_array_are_those_of_a_copy(with_nan):
     want = summaries.statistics_row("gaps", values)
     assert np.array_equal(values, kept, equal_nan=True)  # not owned: left as it was
     assert summaries.statistics_row("gaps", values, owned=True) == want
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 1000])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("in_order, with_nan", [(True, False), (False, False), (True, True)])
+def test_gaps_of_output_records_read_twice_in_chunks(monkeypatch, chunk, seed, in_order,
+                                                     with_nan):
+    # inter_token_gaps_ms counts the outputs' pairs a chunk of whole records at a time, then
+    # reads them again to place the gaps (records in time order), or falls back to every pair
+    # at once: against the whole computation on every pair.
+    import pandas as pd
+
+    from otel_vllm_ascend.analysis import rid_pairs
+
+    rng = np.random.default_rng(seed)
+    ids = [f"r{i}" for i in range(11)]
+    records = 50
+    rid_lists = [list(rng.choice(ids, rng.integers(0, 5), replace=False))
+                 for _ in range(records)]
+    times = np.round(rng.uniform(0, 50, records), 1)
+    if in_order:
+        times = np.sort(times)
+    if with_nan:
+        times[rng.integers(0, records, 2)] = np.nan
+    names = np.where(rng.random(records) < 0.85, "detokenize", "httpRes")
+    frame = pd.DataFrame({"name": names, "rids": pd.Series(rid_lists, dtype=object),
+                          "start_us": times})
+    partial = rng.random(len(ids)) < 0.3
+    requests = pd.DataFrame({"http_rid": ids, "partial": partial})
+
+    outputs = frame.loc[frame["name"] == "detokenize"]
+    whole = rid_pairs.RequestCodes()
+    codes, rows = rid_pairs.pair_codes(outputs["rids"].tolist(), whole)
+    kept = np.asarray([not partial[ids.index(rid)] for rid in whole.ids()])
+    want = _whole(codes, rows, outputs["start_us"].to_numpy(), whole.ranks(), kept) / 1000.0
+
+    monkeypatch.setattr(rid_pairs, "CHUNK_PAIRS", chunk)
+    monkeypatch.setattr(summaries, "CHUNK_PAIRS", chunk)
+    got = summaries.inter_token_gaps_ms(frame, requests)
+    assert got.shape == want.shape and len(want) > 0
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_pair_counts_and_time_order_across_chunks(monkeypatch, chunk):
+    from otel_vllm_ascend.analysis import rid_pairs
+
+    monkeypatch.setattr(rid_pairs, "CHUNK_PAIRS", chunk)
+    lists = [["a", "b"], [], ["b"], ["c", "a"]]
+    coder = rid_pairs.RequestCodes()
+    counts, ordered = rid_pairs.pair_counts(lists, np.array([1.0, 5.0, 2.0, 2.0]), coder)
+    assert list(coder.ids()) == ["a", "b", "c"] and counts.tolist() == [2, 2, 1]
+    assert ordered  # the empty record's time (5.0) is no pair's
+    for late in ([1.0, 0.0, 2.0, 1.5], [np.nan, 0.0, 2.0, 3.0], [1.0, 0.0, 2.0, np.nan]):
+        assert not rid_pairs.pair_counts(lists, np.array(late), rid_pairs.RequestCodes())[1]
+    # Only codes below 1 ("a") counted and checked: "c" (code 2) out of order does not count.
+    coder = rid_pairs.RequestCodes()
+    counts, ordered = rid_pairs.pair_counts(lists, np.array([1.0, 5.0, 2.0, 3.0]), coder,
+                                            below=1)
+    assert counts.tolist() == [2, 0, 0] and ordered
