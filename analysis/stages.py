@@ -45,9 +45,10 @@ from otel_vllm_ascend.analysis.rid_pairs import (
     CHUNK_PAIRS,
     RequestCodes,
     by_code,
-    in_time_order,
     named,
     pair_chunks,
+    pair_counts,
+    place_by_code,
 )
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
 
@@ -107,23 +108,16 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     # those of the requests asked about are kept, a chunk of pairs at a time.
     coder = RequestCodes()
     asked_codes = coder.codes(per_request["rid"].to_numpy(dtype=object))
-    codes, times = _asked_pairs(outputs["rids"].tolist(),
-                                outputs["start_us"].to_numpy(dtype="float64"), coder)
-    if not in_time_order(times):
-        order = np.argsort(times, kind="stable")
-        codes, times = codes[order], times[order]
-        del order
+    grouped, begins = _asked_output_times(outputs["rids"].tolist(),
+                                          outputs["start_us"].to_numpy(dtype="float64"), coder)
     exec_end = batches["exec_end_us"].to_numpy(dtype="float64")
     row = _rows_of_steps(batches, per_request["step_id"].to_numpy(dtype="int64"))
     asked_time = np.where(row >= 0, exec_end[row], np.nan)
     finite = np.isfinite(asked_time)
     row, asked_codes, asked_time = row[finite], asked_codes[finite], asked_time[finite]
-    if not len(row) or not len(times):
+    if not len(row) or not len(grouped):
         return out
-    # Each request's output times in time order, then each asked step's first one at or
-    # after its modelExec end.
-    grouped, begins = by_code(codes, times, len(coder))
-    del codes, times
+    # Each asked step's first output of its request at or after its modelExec end.
     first = _first_at_or_after(grouped, begins, asked_codes, asked_time)
     found = ~np.isnan(first)
     row = row[found]
@@ -131,12 +125,35 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     return out
 
 
-def _asked_pairs(rid_lists: list, start_us: np.ndarray, coder: RequestCodes
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(request code, time) of the pairs of ``rid_lists`` whose request is one of the ids
-    ``coder`` held before (codes are numbered in order of first appearance: the asked ids have
-    the codes below its length then), in order; every other id gets its code too."""
+def _asked_output_times(rid_lists: list, start_us: np.ndarray, coder: RequestCodes
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The output times of each request ``coder`` held before (the asked ones), grouped by
+    code, each in time order, and where each code's group begins (:func:`by_code`; every id
+    of ``rid_lists`` gets its code).
+
+    The outputs' pairs are counted, then read again and each asked one's time written to its
+    place (twenty million pairs at x100 were held, then the asked ones' codes and times);
+    pairs out of time order are sorted first, all at once."""
     asked = len(coder)
+    counts, ordered = pair_counts(rid_lists, start_us, coder, below=asked)
+    if not ordered:
+        codes, times = _asked_pairs(rid_lists, start_us, coder, asked)
+        order = np.argsort(times, kind="stable")
+        return by_code(codes[order], times[order], len(coder))
+    begins = np.cumsum(counts) - counts
+    grouped = np.empty(int(counts.sum()), dtype="float64")
+    place = begins.copy()
+    for codes, rows in pair_chunks(rid_lists, coder):
+        keep = codes < asked
+        place_by_code(grouped, place, codes[keep], start_us[rows[keep]])
+    return grouped, begins
+
+
+def _asked_pairs(rid_lists: list, start_us: np.ndarray, coder: RequestCodes, asked: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(request code, time) of the pairs of ``rid_lists`` whose code is below ``asked`` (the
+    ids ``coder`` held before any output was coded: codes are numbered in order of first
+    appearance), in order; every other id gets its code too."""
     codes, times = [np.zeros(0, dtype=np.int32)], [np.zeros(0)]
     for part_codes, part_rows in pair_chunks(rid_lists, coder):
         keep = part_codes < asked

@@ -95,8 +95,44 @@ def test_asked_pairs_equal_the_whole_pair_computation(monkeypatch, chunk, seed):
     monkeypatch.setattr(rid_pairs, "CHUNK_PAIRS", chunk)
     coder = rid_pairs.RequestCodes()
     coder.codes(np.asarray(asked, dtype=object))
-    got_codes, got_times = stages._asked_pairs(rid_lists, start_us, coder)
+    got_codes, got_times = stages._asked_pairs(rid_lists, start_us, coder, len(asked))
     assert keep.any() and not keep.all()
     np.testing.assert_array_equal(got_codes, codes[keep])
     np.testing.assert_array_equal(got_times, start_us[rows[keep]])
     assert coder.code_of == whole.code_of  # every id coded, in the same order
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 1000])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("in_order, with_nan", [(True, False), (False, False), (True, True)])
+def test_asked_output_times_equal_the_whole_grouping(monkeypatch, chunk, seed, in_order,
+                                                     with_nan):
+    # Counted, then placed a chunk of pairs at a time (or sorted at once when out of time
+    # order): against every pair coded, the asked ones kept, sorted by time, grouped by code.
+    from otel_vllm_ascend.analysis import rid_pairs
+
+    rng = np.random.default_rng(seed)
+    ids = [f"r{i}" for i in range(12)]
+    rid_lists = [list(rng.choice(ids, rng.integers(0, 5), replace=False)) for _ in range(40)]
+    start_us = np.round(rng.uniform(0, 100, len(rid_lists)), 1)
+    if in_order:
+        start_us = np.sort(start_us)
+    if with_nan:
+        start_us[rng.integers(0, len(rid_lists), 2)] = np.nan
+    asked = np.asarray(rng.choice(ids, 5, replace=False), dtype=object)
+
+    whole = rid_pairs.RequestCodes()
+    whole.codes(asked)
+    codes, rows = rid_pairs.pair_codes(rid_lists, whole)
+    keep = codes < len(asked)
+    codes, times = codes[keep], start_us[rows[keep]]
+    order = np.argsort(times, kind="stable")
+    want_grouped, want_begins = rid_pairs.by_code(codes[order], times[order], len(whole))
+
+    monkeypatch.setattr(rid_pairs, "CHUNK_PAIRS", chunk)
+    coder = rid_pairs.RequestCodes()
+    coder.codes(asked)
+    grouped, begins = stages._asked_output_times(rid_lists, start_us, coder)
+    assert len(want_grouped) > 0 and coder.code_of == whole.code_of
+    np.testing.assert_array_equal(grouped, want_grouped)
+    np.testing.assert_array_equal(begins, want_begins)
