@@ -89,9 +89,17 @@ def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.nda
 
 def rows_by_request(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
     """The row in ``rid_lists`` of every (record, request) pair, grouped by request code
-    (each request's pairs in row order), and where each code's group begins."""
-    codes, rows = pair_codes(rid_lists, coder)
-    return by_code(codes, rows, len(coder))
+    (each request's pairs in row order), and where each code's group begins.
+
+    :func:`by_code` of :func:`pair_codes`, without holding the pairs: they are counted, then
+    read again and each row written to its place (twenty million pairs at x100)."""
+    counts, _ = pair_counts(rid_lists, None, coder)
+    begins = np.cumsum(counts) - counts
+    grouped = np.empty(int(counts.sum()), dtype=np.int32)
+    place = begins.copy()
+    for codes, rows in pair_chunks(rid_lists, coder):
+        place_by_code(grouped, place, codes, rows)
+    return grouped, begins
 
 
 def by_code(codes: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,11 +136,12 @@ def place_by_code(grouped: np.ndarray, place: np.ndarray, codes: np.ndarray,
     place[code[starts]] += sizes
 
 
-def pair_counts(rid_lists: list, times: np.ndarray, coder: RequestCodes,
+def pair_counts(rid_lists: list, times: Optional[np.ndarray], coder: RequestCodes,
                 below: Optional[int] = None) -> tuple[np.ndarray, bool]:
     """Pairs of ``rid_lists`` per request code (every id coded; with ``below``, only the
     pairs of the codes below it counted), and whether those pairs come in time order
-    (``times[row]`` never decreasing, no NaN), read a chunk of pairs at a time: a caller can
+    (``times[row]`` never decreasing, no NaN; not checked without ``times``), read a chunk
+    of pairs at a time: a caller can
     then read them again (:func:`pair_chunks`) and place each where it belongs, never holding
     them all."""
     counts = np.zeros(0, dtype="int64")
@@ -142,7 +151,7 @@ def pair_counts(rid_lists: list, times: np.ndarray, coder: RequestCodes,
         if below is not None:
             keep = codes < below
             codes, rows = codes[keep], rows[keep]
-        part = times[rows]
+        part = times[rows] if times is not None else rows[:0]
         if ordered and len(part):
             ordered = (in_time_order(part) and not np.isnan(part[0])
                        and (previous is None or part[0] >= previous))

@@ -38,7 +38,7 @@ def test_pairs_and_their_grouping_equal_the_whole_computation(monkeypatch, chunk
     np.testing.assert_array_equal(grouped, want_rows[np.argsort(want_codes, kind="stable")])
     np.testing.assert_array_equal(begins, np.flatnonzero(np.diff(np.sort(want_codes),
                                                                  prepend=-1)))
-    assert coder.ids().tolist() == order_seen
+    assert coder.ids().tolist() == order_seen and grouped.dtype == np.int32
 
 
 def test_no_pairs():
