@@ -50,6 +50,7 @@ from otel_vllm_ascend.analysis import kvcache as kvcache_mod
 from otel_vllm_ascend.analysis import operators as operators_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
+from otel_vllm_ascend.analysis import stages as stages_mod
 from otel_vllm_ascend.analysis.allocator import give_back_free_memory
 from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
 from otel_vllm_ascend.analysis.host_clocks import clock_gaps
@@ -197,6 +198,11 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
             batches)
         tables["service_summary"] = run.stage(
             "service_summary.csv", summaries.service_summary, requests, batches)
+    details = details or detail_outputs.DetailOptions()
+    if per_request is not None:  # the largest table: from here on, only the rows the stage
+        # breakdown reads (one per step) are kept
+        per_request = run.stage("prefill.csv / decode.csv", stages_mod.breakdown_rows,
+                                per_request, details.selection)
     if batches is not None:
         tables["batch_summary"] = run.stage("batch_summary.csv", summaries.batch_summary,
                                             batches)
@@ -208,10 +214,9 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     detail = None
     if {"csv", "html", "db"} & set(formats):
         progress.stage("building the detail tables")
-        detail = detail_outputs.build(run, frame, batches, per_request,
-                                      details or detail_outputs.DetailOptions())
+        detail = detail_outputs.build(run, frame, batches, per_request, details)
     # --- end of detail outputs
-    del steps, per_request  # one row per (step, request): the largest table, no longer needed
+    del steps, per_request
 
     out = output_path
     want_trace = "json" in formats or "db" in formats

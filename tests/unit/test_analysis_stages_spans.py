@@ -288,3 +288,20 @@ def test_otlp_capture_gives_the_same_tables(tmp_path):
     columns = [c for c in forwards.CSV_COLUMNS if c != "prof_id"]
     pd.testing.assert_frame_equal(forwards.build_forwards(db[0], db[1])[columns],
                                   forwards.build_forwards(otlp[0], otlp[1])[columns])
+
+
+@pytest.mark.parametrize("selection", [
+    None, stages.StageSelection(batch_sizes=(2, 7), rids=("B", "A", "nobody")),
+    stages.StageSelection(rids=("A",), number=1)])
+def test_breakdown_of_the_rows_kept_for_it_is_the_whole_tables(tmp_path, selection):
+    # The CLI keeps only breakdown_rows of the (step, request) table once the tables that
+    # read all of it are made: each step's first token-yielding row, every row of the
+    # selected requests.
+    frame, batches, per_request = stage_capture(tmp_path)
+    kept = stages.breakdown_rows(per_request, selection)
+    assert len(kept) < len(per_request) or selection is not None
+    want = stages.build_stage_breakdown(frame, batches, per_request, selection)
+    got = stages.build_stage_breakdown(frame, batches, kept, selection)
+    assert list(got) == list(want)
+    for phase in want:
+        pd.testing.assert_frame_equal(got[phase], want[phase])
