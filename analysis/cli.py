@@ -191,18 +191,22 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
         batches = run.stage("batch.csv", batches_mod.build_batches, frame, steps, per_request,
                             kvcache, spec_decode if spec_decode is not None
                             else spec_mod.empty_spec_decode())
+    # The largest table, twenty million rows at x100: from here on, only the rows the stage
+    # breakdown reads (one per step), and for request_summary its (step, request id) columns.
+    details = details or detail_outputs.DetailOptions()
+    step_rids = None
+    if per_request is not None:
+        step_rids = per_request[["step_id", "rid"]]  # the same arrays, not a copy
+        per_request = run.stage("prefill.csv / decode.csv", stages_mod.breakdown_rows,
+                                per_request, details.selection)
     tables: dict[str, pd.DataFrame] = {}
     if requests is not None:
         tables["request_summary"] = run.stage(
-            "request_summary.csv", summaries.request_summary, frame, requests, per_request,
+            "request_summary.csv", summaries.request_summary, frame, requests, step_rids,
             batches)
         tables["service_summary"] = run.stage(
             "service_summary.csv", summaries.service_summary, requests, batches)
-    details = details or detail_outputs.DetailOptions()
-    if per_request is not None:  # the largest table: from here on, only the rows the stage
-        # breakdown reads (one per step) are kept
-        per_request = run.stage("prefill.csv / decode.csv", stages_mod.breakdown_rows,
-                                per_request, details.selection)
+    del step_rids
     if batches is not None:
         tables["batch_summary"] = run.stage("batch_summary.csv", summaries.batch_summary,
                                             batches)

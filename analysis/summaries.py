@@ -75,7 +75,8 @@ def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
                         per_request: Optional[pd.DataFrame] = None,
                         batches: Optional[pd.DataFrame] = None) -> np.ndarray:
     """Gaps between consecutive outputs of each complete request, pooled (ms), in order of
-    request id (as text), then of time."""
+    request id (as text), then of time. Without output records, from the engine steps:
+    ``per_request`` (only its ``step_id`` and ``rid`` are read) and ``batches``."""
     complete = set(requests.loc[~requests["partial"].astype(bool), "http_rid"].tolist())
     outputs = frame.loc[(frame["name"] == "detokenize").to_numpy(), ["rids", "start_us"]]
     coder = RequestCodes()

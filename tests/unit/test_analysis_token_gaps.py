@@ -130,3 +130,40 @@ def test_pair_counts_and_time_order_across_chunks(monkeypatch, chunk):
     counts, ordered = rid_pairs.pair_counts(lists, np.array([1.0, 5.0, 2.0, 3.0]), coder,
                                             below=1)
     assert counts.tolist() == [2, 0, 0] and ordered
+
+
+def test_gaps_from_the_steps_read_only_step_ids_and_request_ids():
+    # Without output records the gaps come from the engine steps: the CLI passes only the
+    # (step_id, rid) columns of the (step, request) table by then.
+    import pandas as pd
+
+    from otel_vllm_ascend.analysis import kvcache, spec_decode, steps
+    from otel_vllm_ascend.analysis.batches import build_batches
+    from otel_vllm_ascend.analysis.frame import RecordBuilder
+    from otel_vllm_ascend.analysis.requests import build_requests
+
+    b = RecordBuilder()
+    mark = iter(range(100))
+    for rid in ("a", "b"):
+        b.add("s", 1, 1, next(mark), 0.0, 1.0, {"name": "httpReq", "rid": rid})
+    for at, rids in ((1.0, ["a"]), (3.0, ["a", "b"]), (6.5, ["a", "b"]), (10.0, ["b"])):
+        detail = [{"rid": r, "iter": 0, "type": 1, "num_scheduled_tokens": 1} for r in rids]
+        b.add("s", 1, 1, next(mark), at, at + 0.5, {"name": "batchFrameworkProcessing",
+                                                     "rid": detail})
+        b.add("s", 1, 1, next(mark), at + 0.5, at + 2.0, {"name": "modelExec", "rid": detail})
+    for rid in ("a", "b"):
+        b.add("s", 1, 1, next(mark), 12.0, 12.0, {"name": "httpRes", "rid": rid})
+    frame = b.build([])
+    step_table = steps.engine_steps(frame)
+    per_request = steps.step_requests(step_table)
+    requests = build_requests(frame, step_table, per_request)
+    batches = build_batches(frame, step_table, per_request, kvcache.build_kvcache(frame),
+                            spec_decode.empty_spec_decode())
+    gaps = summaries.inter_token_gaps_ms(frame, requests, per_request, batches)
+    np.testing.assert_array_equal(gaps, [0.002, 0.0035, 0.0035, 0.0035])  # a, then b
+    narrow = per_request[["step_id", "rid"]]
+    np.testing.assert_array_equal(
+        summaries.inter_token_gaps_ms(frame, requests, narrow, batches), gaps)
+    pd.testing.assert_frame_equal(
+        summaries.request_summary(frame, requests, narrow, batches),
+        summaries.request_summary(frame, requests, per_request, batches))
