@@ -199,13 +199,13 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     # of most workloads), one column at a time so that one float64 column is held at once.
     # Readers widen to float64 before any arithmetic.
     numbers = {}
-    iteration = _number_column(pieces, "iter", total)
+    # The iterations are narrowed before the kinds are made: they hold the same values.
+    iteration = numbers["iter"] = _narrowed(_number_column(pieces, "iter", total))
     kind = _number_column(pieces, "type", total)
     # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
     missing = np.isnan(kind) & ~np.isnan(iteration)
     kind[missing] = (iteration[missing] > 0).astype("float64")
     del missing
-    numbers["iter"] = _narrowed(iteration)
     numbers["type"] = _narrowed(kind)
     del iteration, kind
     for key in _DETAIL_KEYS[3:]:

@@ -72,3 +72,15 @@ def test_no_requests_at_all():
     assert len(table) == 0 and table["step_id"].dtype == np.int64
     assert list(table.columns) == ["step_id", "rid", "iter", "type", "num_scheduled_tokens",
                                    "num_prompt_tokens", "num_computed_tokens"]
+
+
+def test_kinds_without_a_type_come_from_the_held_iterations():
+    # The kinds are made after the iterations are narrowed: from the narrowed values, which
+    # are the iterations exactly (float32 here: 70000 is past float16).
+    items = [{"rid": "a", "iter": 70000}, {"rid": "b", "iter": 0}, {"rid": "c", "type": 0,
+                                                                     "iter": 5},
+             {"rid": "d"}]
+    table = step_requests(_steps([items], [["a", "b", "c", "d"]]))
+    assert table["iter"].dtype == np.float32
+    assert table["type"].tolist()[:3] == [1.0, 0.0, 0.0]
+    assert math.isnan(table["type"].iloc[3])
