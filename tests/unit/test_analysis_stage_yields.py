@@ -4,6 +4,7 @@ request) rows at a time, against the whole-table computation (chunks cutting thr
 import numpy as np
 import pandas as pd
 import pytest
+from analysis_pairs_data import random_outputs
 
 from otel_vllm_ascend.analysis import stages
 
@@ -81,8 +82,7 @@ def test_asked_pairs_equal_the_whole_pair_computation(monkeypatch, chunk, seed):
 
     rng = np.random.default_rng(seed)
     ids = [f"r{i}" for i in range(12)]
-    rid_lists = [list(rng.choice(ids, rng.integers(0, 5), replace=False)) for _ in range(40)]
-    start_us = np.sort(np.round(rng.uniform(0, 100, len(rid_lists)), 1))
+    rid_lists, start_us = random_outputs(rng, ids, 40, 100, True, False)
     asked = list(rng.choice(ids, 5, replace=False))
 
     whole = rid_pairs.RequestCodes()
@@ -113,12 +113,7 @@ def test_asked_output_times_equal_the_whole_grouping(monkeypatch, chunk, seed, i
 
     rng = np.random.default_rng(seed)
     ids = [f"r{i}" for i in range(12)]
-    rid_lists = [list(rng.choice(ids, rng.integers(0, 5), replace=False)) for _ in range(40)]
-    start_us = np.round(rng.uniform(0, 100, len(rid_lists)), 1)
-    if in_order:
-        start_us = np.sort(start_us)
-    if with_nan:
-        start_us[rng.integers(0, len(rid_lists), 2)] = np.nan
+    rid_lists, start_us = random_outputs(rng, ids, 40, 100, in_order, with_nan)
     asked = np.asarray(rng.choice(ids, 5, replace=False), dtype=object)
 
     whole = rid_pairs.RequestCodes()

@@ -4,6 +4,7 @@ the differences within each kept request."""
 
 import numpy as np
 import pytest
+from analysis_pairs_data import random_outputs, tables_of
 
 from otel_vllm_ascend.analysis import summaries
 
@@ -87,13 +88,7 @@ def test_gaps_of_output_records_read_twice_in_chunks(monkeypatch, chunk, seed, i
     rng = np.random.default_rng(seed)
     ids = [f"r{i}" for i in range(11)]
     records = 50
-    rid_lists = [list(rng.choice(ids, rng.integers(0, 5), replace=False))
-                 for _ in range(records)]
-    times = np.round(rng.uniform(0, 50, records), 1)
-    if in_order:
-        times = np.sort(times)
-    if with_nan:
-        times[rng.integers(0, records, 2)] = np.nan
+    rid_lists, times = random_outputs(rng, ids, records, 50, in_order, with_nan)
     names = np.where(rng.random(records) < 0.85, "detokenize", "httpRes")
     frame = pd.DataFrame({"name": names, "rids": pd.Series(rid_lists, dtype=object),
                           "start_us": times})
@@ -137,10 +132,7 @@ def test_gaps_from_the_steps_read_only_step_ids_and_request_ids():
     # (step_id, rid) columns of the (step, request) table by then.
     import pandas as pd
 
-    from otel_vllm_ascend.analysis import kvcache, spec_decode, steps
-    from otel_vllm_ascend.analysis.batches import build_batches
     from otel_vllm_ascend.analysis.frame import RecordBuilder
-    from otel_vllm_ascend.analysis.requests import build_requests
 
     b = RecordBuilder()
     mark = iter(range(100))
@@ -154,11 +146,7 @@ def test_gaps_from_the_steps_read_only_step_ids_and_request_ids():
     for rid in ("a", "b"):
         b.add("s", 1, 1, next(mark), 12.0, 12.0, {"name": "httpRes", "rid": rid})
     frame = b.build([])
-    step_table = steps.engine_steps(frame)
-    per_request = steps.step_requests(step_table)
-    requests = build_requests(frame, step_table, per_request)
-    batches = build_batches(frame, step_table, per_request, kvcache.build_kvcache(frame),
-                            spec_decode.empty_spec_decode())
+    requests, per_request, batches = tables_of(frame)
     gaps = summaries.inter_token_gaps_ms(frame, requests, per_request, batches)
     np.testing.assert_array_equal(gaps, [0.002, 0.0035, 0.0035, 0.0035])  # a, then b
     narrow = per_request[["step_id", "rid"]]

@@ -1,11 +1,10 @@
 """Batch entries without a request id (``{"rid": null}``) are left out, never mis-coded."""
 
 import numpy as np
+from analysis_pairs_data import tables_of
 
-from otel_vllm_ascend.analysis import kvcache, spec_decode, stages, steps, summaries
-from otel_vllm_ascend.analysis.batches import build_batches
+from otel_vllm_ascend.analysis import stages, summaries
 from otel_vllm_ascend.analysis.frame import RecordBuilder
-from otel_vllm_ascend.analysis.requests import build_requests
 
 
 def _tables(batch_rid):
@@ -15,11 +14,7 @@ def _tables(batch_rid):
     b.add("s", 1, 1, 2, 2.0, 3.0, {"name": "modelExec", "rid": batch_rid})
     b.add("s", 1, 1, 3, 3.5, 3.5, {"name": "httpRes", "rid": "a"})
     frame = b.build([])
-    step_table = steps.engine_steps(frame)
-    per_request = steps.step_requests(step_table)
-    requests = build_requests(frame, step_table, per_request)
-    batches = build_batches(frame, step_table, per_request, kvcache.build_kvcache(frame),
-                            spec_decode.empty_spec_decode())
+    requests, per_request, batches = tables_of(frame)
     return frame, requests, per_request, batches
 
 
