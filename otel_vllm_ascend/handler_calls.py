@@ -324,14 +324,20 @@ class AroundHandler:
     returns a context manager, a transparent one around it (``after`` must return the result
     itself, or an object that behaves exactly like it; if ``after`` fails, the caller gets the
     original's result).
+
+    With ``only_first``, a set of strings: a call whose first argument (after ``this``) is a
+    string not in it goes straight to the original, before the meter and ``before`` (a hook on
+    a function called for many values, of which few are recorded).
     """
 
     def __init__(self, before: Callable, after: Callable, name: str, doc: str = "",
-                 after_errors: bool = False, wraps_result: bool = False) -> None:
+                 after_errors: bool = False, wraps_result: bool = False,
+                 only_first: Optional[frozenset] = None) -> None:
         self.before = before
         self.after = after
         self.after_errors = after_errors
         self.wraps_result = wraps_result
+        self.only_first = only_first
         self.__name__ = self.__qualname__ = name
         self.__module__ = after.__module__
         self.__doc__ = doc
@@ -393,8 +399,12 @@ def _result_wrapping(hook: Hook, func: Callable, bound: bool) -> Callable:
     """:func:`around_handler` for ``wraps_result`` halves: the caller gets ``after``'s value."""
     before, after = hook.handler.before, hook.handler.after
     after_errors = hook.handler.after_errors
+    only_first, first = hook.handler.only_first, 1 if bound else 0
 
     def wrapper(*args, **kwargs):
+        if only_first is not None and len(args) > first and args[first].__class__ is str \
+                and args[first] not in only_first:
+            return func(*args, **kwargs)  # a value the handler records nothing for
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return func(*args, **kwargs)
         metered = _meter.on

@@ -324,6 +324,6 @@ record_function_or_nullcontext = wrapping.AroundHandler(
     _phase_before, _PhaseContext, "record_function_or_nullcontext",
     "``record_function_or_nullcontext(name)`` of a model runner: a span per known phase, from "
     "the phase's entry to its exit (the runner gets a transparent context manager around "
-    "its own).", wraps_result=True)
+    "its own).", wraps_result=True, only_first=frozenset(RUNNER_PHASES))
 
 
