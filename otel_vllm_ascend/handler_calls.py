@@ -367,8 +367,12 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
     bound = hook.binding in ("method", "classmethod")
     if hook.handler.wraps_result:
         return _result_wrapping(hook, func, bound)
+    only_first, first = hook.handler.only_first, 1 if bound else 0
 
     def wrapper(*args, **kwargs):
+        if only_first is not None and len(args) > first and args[first].__class__ is str \
+                and args[first] not in only_first:
+            return func(*args, **kwargs)  # a value the handler records nothing for
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return func(*args, **kwargs)
         if _meter.on:

@@ -274,3 +274,54 @@ def test_unimportable_handler_falls_back_to_the_timer(tmp_path, capture, caplog)
     assert module.Engine().step(7) == {"result": 7}
     recorder.flush()
     assert [s.name for s in capture.spans()] == ["step"]
+
+
+def test_only_first_sends_other_values_straight_to_the_original(metering):
+    from otel_vllm_ascend import selfmeter
+    from otel_vllm_ascend.hook import Hook
+
+    def original(name, extra=None):
+        return ("made", name, extra)
+
+    before_seen, after_seen = [], []
+
+    def before(this, args, kwargs):
+        before_seen.append(args)
+        return "state"
+
+    def after(state, this, args, kwargs, result, error):
+        after_seen.append(result)
+        return ("wrapped", result)
+
+    handler = wrapping.AroundHandler(before, after, "h", wraps_result=True,
+                                     only_first=frozenset({"kept"}))
+    hook = Hook(None, None, "original", original, False, original, "function", handler)
+    hook.active = True
+    wrapper = wrapping.build_wrapper(hook)
+    selfmeter.meter.reset()
+    assert wrapper("other", extra=1) == ("made", "other", 1)  # before and meter skipped
+    assert before_seen == [] and after_seen == [] and selfmeter.meter.hot_calls == 0
+    assert wrapper("kept") == ("wrapped", ("made", "kept", None))
+    assert wrapper(3) == ("wrapped", ("made", 3, None))  # not a string: before decides
+    assert wrapper(name="kept") == ("wrapped", ("made", "kept", None))  # keyword: before decides
+    assert before_seen == [("kept",), (3,), ()]
+    assert selfmeter.meter.hot_calls == (3 if metering else 0)
+
+
+def test_only_first_on_a_method_reads_the_argument_after_this():
+    from otel_vllm_ascend.hook import Hook
+
+    class Engine:
+        def run(self, name):
+            return name.upper()
+
+    seen = []
+    handler = wrapping.AroundHandler(lambda this, args, kwargs: args,
+                                     lambda state, *rest: seen.append(state), "h",
+                                     only_first=frozenset({"kept"}))
+    hook = Hook(None, None, "run", Engine.run, False, Engine.run, "method", handler)
+    hook.active = True
+    wrapper = wrapping.build_wrapper(hook)
+    engine = Engine()
+    assert wrapper(engine, "other") == "OTHER" and seen == []
+    assert wrapper(engine, "kept") == "KEPT" and seen == [("kept",)]
