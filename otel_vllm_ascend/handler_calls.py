@@ -370,9 +370,13 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
     only_first, first = hook.handler.only_first, 1 if bound else 0
 
     def wrapper(*args, **kwargs):
-        if only_first is not None and len(args) > first and args[first].__class__ is str \
-                and args[first] not in only_first:
-            return func(*args, **kwargs)  # a value the handler records nothing for
+        if only_first is not None:
+            try:  # a member (the recorded case) costs one set lookup
+                passes = args[first] not in only_first
+            except Exception:  # no positional argument, or an unhashable one
+                passes = False
+            if passes and args[first].__class__ is str:
+                return func(*args, **kwargs)  # a value the handler records nothing for
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return func(*args, **kwargs)
         if _meter.on:
@@ -406,9 +410,13 @@ def _result_wrapping(hook: Hook, func: Callable, bound: bool) -> Callable:
     only_first, first = hook.handler.only_first, 1 if bound else 0
 
     def wrapper(*args, **kwargs):
-        if only_first is not None and len(args) > first and args[first].__class__ is str \
-                and args[first] not in only_first:
-            return func(*args, **kwargs)  # a value the handler records nothing for
+        if only_first is not None:
+            try:  # a member (the recorded case) costs one set lookup
+                passes = args[first] not in only_first
+            except Exception:  # no positional argument, or an unhashable one
+                passes = False
+            if passes and args[first].__class__ is str:
+                return func(*args, **kwargs)  # a value the handler records nothing for
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return func(*args, **kwargs)
         metered = _meter.on
