@@ -365,18 +365,10 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
     before, after = hook.handler.before, hook.handler.after
     after_errors = hook.handler.after_errors
     bound = hook.binding in ("method", "classmethod")
-    if hook.handler.wraps_result:
-        return _result_wrapping(hook, func, bound)
-    only_first, first = hook.handler.only_first, 1 if bound else 0
+    if hook.handler.wraps_result or hook.handler.only_first is not None:
+        return _gated_or_result_wrapping(hook, func, bound)
 
     def wrapper(*args, **kwargs):
-        if only_first is not None:
-            try:  # a member (the recorded case) costs one set lookup
-                passes = args[first] not in only_first
-            except Exception:  # no positional argument, or an unhashable one
-                passes = False
-            if passes and args[first].__class__ is str:
-                return func(*args, **kwargs)  # a value the handler records nothing for
         if not hook.active or (hook.caller_filter is not None and _skip(hook)):
             return func(*args, **kwargs)
         if _meter.on:
@@ -403,10 +395,11 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
     return wrapper
 
 
-def _result_wrapping(hook: Hook, func: Callable, bound: bool) -> Callable:
-    """:func:`around_handler` for ``wraps_result`` halves: the caller gets ``after``'s value."""
+def _gated_or_result_wrapping(hook: Hook, func: Callable, bound: bool) -> Callable:
+    """:func:`around_handler` for halves with ``only_first`` or ``wraps_result`` (with the
+    latter the caller gets ``after``'s value); the others keep the wrapper without the gate."""
     before, after = hook.handler.before, hook.handler.after
-    after_errors = hook.handler.after_errors
+    after_errors, wraps = hook.handler.after_errors, hook.handler.wraps_result
     only_first, first = hook.handler.only_first, 1 if bound else 0
 
     def wrapper(*args, **kwargs):
@@ -448,7 +441,7 @@ def _result_wrapping(hook: Hook, func: Callable, bound: bool) -> Callable:
             hook.failures = 0
         if metered:
             _meter.add_hot(called - entered + _meter_ns() - returned_at, hook.symbol)
-        return returned
+        return returned if wraps else result
     return wrapper
 
 
