@@ -24,6 +24,9 @@ class Capture:
     """Spans the recorder turned into SDK spans, through a real SDK provider."""
 
     def __init__(self) -> None:
+        # Records an earlier test queued without draining (a handler half called directly)
+        # are built now, for whatever provider was set then, not later into this capture.
+        recorder.flush()
         self.exporter = InMemorySpanExporter()
         self.provider = TracerProvider()
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
