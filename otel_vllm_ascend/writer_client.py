@@ -45,6 +45,9 @@ _logger = logging.getLogger(__name__)
 ADDRESS_ENV = "OTEL_VLLM_WRITER_ADDRESS"
 SWITCH_ENV = "OTEL_VLLM_WRITER"  # "0": build spans in every serving process, as before
 ANSWER_TIMEOUT_S = float(os.environ.get("OTEL_VLLM_WRITER_START_TIMEOUT_S", "20"))
+# A send gives up (the writer is taken for gone) after this long without the writer taking a
+# single byte: a writer that is only slow (it runs at a low priority, docs/runtime.md) keeps
+# taking some, and a frame then waits as long as that takes, on the recorder's thread.
 SEND_TIMEOUT_S = 10.0
 # The process that started the writer waits this long at exit for it to finish writing, so
 # whoever reads the capture after the server stopped reads it whole.
@@ -120,7 +123,7 @@ class WriterClient:
                 wires.append(wire)
             if wires:
                 try:
-                    self.sock.sendall(handoff.records_frame(wires))
+                    send_all(self.sock, handoff.records_frame(wires))
                 except OSError as exc:
                     self._gone(exc)
                     dropped += len(wires)
@@ -138,7 +141,7 @@ class WriterClient:
                 self._open()  # nothing sent yet: the writer must still hear that we are done
             if self.state == "connected" and self.sock is not None:
                 try:
-                    self.sock.sendall(handoff.frame(handoff.BYE, None))
+                    send_all(self.sock, handoff.frame(handoff.BYE, None))
                 except OSError:
                     pass
             if self.sock is not None:
@@ -194,6 +197,16 @@ class WriterClient:
         _logger.warning("otel-vllm-ascend: pid %d: the writer process is gone (%s: %s); "
                         "serving goes on, this process's records are dropped from now on "
                         "(the count is logged at exit)", os.getpid(), type(exc).__name__, exc)
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """``sock.sendall`` with the socket's timeout counted from the writer's last progress,
+    not from the start: ``sendall``'s timeout bounds the whole frame, so a writer busy or
+    starved of CPU for a while would be taken for gone and every later record dropped."""
+    view = memoryview(data)
+    while view:
+        sent = sock.send(view)  # waits up to the socket's timeout for room, then takes what fits
+        view = view[sent:]
 
 
 def hello(provider: Any) -> dict:

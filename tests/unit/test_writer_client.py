@@ -67,3 +67,36 @@ def test_writer_named_by_entry_point_without_importing_it():
     sys.modules.pop("otel_vllm_ascend.exporters.writer", None)
     assert tracing_setup.export_target("writer") == "otel_vllm_ascend.exporters.writer:main"
     assert "otel_vllm_ascend.exporters.writer" not in sys.modules
+
+
+def test_send_waits_for_a_slow_writer_that_keeps_reading():
+    """A writer starved of CPU reads in small bites, slower than the send timeout for the whole
+    frame: the frame still goes through whole (``sendall`` would time out mid-frame and the
+    writer be taken for gone), and a writer that stops reading still times out."""
+    import socket
+    import threading
+    import time
+
+    import pytest
+
+    producer, writer = socket.socketpair()
+    producer.settimeout(0.3)
+    data = bytes(range(256)) * 8192  # 2 MiB: far more than the socket buffers hold
+    received = bytearray()
+
+    def slow_reader():
+        while len(received) < len(data):
+            received.extend(writer.recv(128 * 1024))
+            time.sleep(0.1)
+
+    reader = threading.Thread(target=slow_reader, daemon=True)
+    reader.start()
+    started = time.monotonic()
+    writer_client.send_all(producer, data)
+    reader.join(30)
+    assert time.monotonic() - started > 0.3  # longer than the timeout, in total
+    assert bytes(received) == data
+    with pytest.raises(socket.timeout):  # no progress at all: still a timeout
+        writer_client.send_all(producer, data)
+    producer.close()
+    writer.close()
