@@ -21,6 +21,10 @@ on SIGTERM after writing what it has received. The starting process waits for th
 (``writer_client.EXIT_WAIT_S``), so a capture read after the server stopped is complete.
 SIGINT is ignored: Ctrl-C stops the server, whose processes then close their connections.
 
+The writer runs at a low CPU priority (``OTEL_VLLM_WRITER_PRIORITY``, ``priority.py``): on a
+busy host it takes the CPU vLLM's processes leave over; it asks for its priority back once the
+server has stopped.
+
 With ``OTEL_VLLM_SELF_METER=1`` the writer meters itself too: its building and export CPU,
 ``steps`` (engine steps built) and ``records``, in a ``selfMeter`` Meta row with role
 ``writer`` in its own capture file (``ms_service_<host>-<writer pid>.db``), every 2 s and at exit.
@@ -43,6 +47,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_vllm_ascend import handoff, recorder, selfmeter, tracing_setup
+from otel_vllm_ascend.exporters import priority
 from otel_vllm_ascend.handlers import common as _common  # noqa: F401 (registers hand-off work)
 from otel_vllm_ascend.handlers import model as _model  # noqa: F401
 from otel_vllm_ascend.handlers import request as _request  # noqa: F401
@@ -156,9 +161,11 @@ def own_provider() -> TracerProvider:
 
 
 class Writer:
-    def __init__(self, listener: socket.socket, parent: int) -> None:
+    def __init__(self, listener: socket.socket, parent: int,
+                 lowered: Optional[priority.Applied] = None) -> None:
         self.listener = listener
         self.parent = parent
+        self.lowered = lowered  # the priority to give back once the server has stopped
         self.parent_gone_at: Optional[float] = None
         self.selector = selectors.DefaultSelector()
         self.producers: Dict[int, Producer] = {}
@@ -175,6 +182,9 @@ class Writer:
                     self._read(key.data)
             if _meter.on and selfmeter.due():
                 recorder.record_self_meter_report(False)
+            if self.lowered is not None and (self.stopping or self.parent_gone_at is not None):
+                priority.restore(self.lowered)  # vLLM is done: finish without waiting for idle CPU
+                self.lowered = None
             if self.stopping:
                 self._read_what_is_there()
                 break
@@ -282,8 +292,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         logging.getLogger("otel_vllm_ascend").setLevel(
             os.environ.get("OTEL_VLLM_LOG_LEVEL", "INFO").upper())
         logging.getLogger("otel_vllm_ascend").propagate = False
+    lowered = priority.lower()  # before any thread starts: they inherit it
     listener = socket.socket(fileno=args.fd)
-    writer = Writer(listener, args.parent)
+    writer = Writer(listener, args.parent, lowered)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop(writer))
     provider = own_provider()

@@ -292,3 +292,38 @@ def test_sigterm_to_the_writer_writes_what_it_received(tmp_path):
     found = _records(session)
     assert _count(found[server][1], "before") == COUNT
     assert "the writer process is gone" in done.stderr
+
+
+def test_writer_runs_at_a_low_priority(tmp_path):
+    """The writer a server starts has its niceness (every thread) raised to the setting's, read
+    from outside while the server runs; this tree's code first on the children's path."""
+    _setup(tmp_path)
+    session = tmp_path / "session"
+    root = Path(__file__).resolve().parents[2]
+    script = textwrap.dedent(f'''
+        import os, sys, time
+        sys.path.insert(0, {str(tmp_path)!r})
+        import psutil, producer_mod
+        from otel_vllm_ascend import recorder, tracing_setup
+        tracing_setup.ensure_tracer_provider()
+        writer = recorder._state.handoff.process
+        producer_mod.produce("server", 10)
+        recorder.flush()            # answered: the writer has set its priority
+        time.sleep(0.5)             # and its export threads have started
+        threads = [t.id for t in psutil.Process(writer.pid).threads()]
+        print("nice", os.getpriority(os.PRIO_PROCESS, 0),
+              *[os.getpriority(os.PRIO_PROCESS, t) for t in threads], flush=True)
+        print("writer", writer.pid, flush=True)
+    ''')
+    env = {**_env(tmp_path, session), "OTEL_VLLM_WRITER_PRIORITY": "12",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    own, *writer_threads = (int(value) for value in _lines(done.stdout, "nice")[0])
+    assert len(writer_threads) >= 2  # the main thread and at least one export thread
+    assert writer_threads == [max(own, 12)] * len(writer_threads)
+    assert own < 12  # the server itself is untouched
+    assert _wait_gone(int(_lines(done.stdout, "writer")[0][0]))
+    found = _records(tmp_path / "session")
+    assert sum(_count(messages, "server") for _, messages in found.values()) == 10
