@@ -13,8 +13,8 @@ to the current settings (lower is better). Candidates differ in one thing each:
   a transaction can corrupt the file, so not a candidate, shown for scale);
 * ``frames2`` / ``frames4``: 2 / 4 frames per transaction (the writer would commit less often;
   a killed writer loses what it had received but not committed);
-* ``one_executemany``: one ``executemany`` per frame instead of one per 64 rows;
-* ``multi_values``: ``INSERT ... VALUES (...), (...), ...`` with 32 rows per statement;
+* ``executemany64``: one row-by-row ``executemany`` per 64 rows (the exporter before it
+  inserted 32 rows per statement); ``one_executemany``: one per frame;
 * ``checkpoint1k``: ``wal_autocheckpoint`` 1,024 pages (current 256).
 
 Rows come from a capture folder (``--capture``: every ``ms_service_*.db`` under it, e.g. a
@@ -22,9 +22,10 @@ folder of ``bench_serving_overhead.py --work <folder>``'s ``enable1`` run or ``m
 output), or else are generated with the project's own recorder and exporter
 (``gen_capture.py --requests 40``). Each process's rows are replayed in capture order as frames
 of ``--frame-rows`` rows (a recorder drain is 0.2 s: a serving process hands off tens to a few
-hundred rows per frame), every setting on a fresh file, settings interleaved per round; CPU is
-``time.process_time`` around the replay (the numbering comprehension included, as in the
-writer). Each output file is checked to read back whole through a fresh connection.
+hundred rows per frame), every setting on a fresh file, settings interleaved per round.
+``current`` and the other settings write through the exporter's own ``_ProcessDb.write``
+(numbering included); CPU is ``time.process_time`` around the replay. Each output file is
+checked to read back whole through a fresh read-only connection.
 
 Usage::
 
@@ -55,7 +56,7 @@ class Setting(NamedTuple):
 
     pragmas: Tuple[str, ...]
     frames_per_commit: int = 1
-    form: str = "chunks64"  # chunks64 | one_executemany | multi_values
+    form: str = "exporter"  # exporter | executemany64 | one_executemany
     keeps_guarantee: bool = True
 
 
@@ -78,12 +79,9 @@ SETTINGS: Dict[str, Setting] = {
     "checkpoint1k": Setting(_with("wal_autocheckpoint=1024")),
     "frames2": Setting(CURRENT, frames_per_commit=2),
     "frames4": Setting(CURRENT, frames_per_commit=4),
+    "executemany64": Setting(CURRENT, form="executemany64"),
     "one_executemany": Setting(CURRENT, form="one_executemany"),
-    "multi_values": Setting(CURRENT, form="multi_values"),
 }
-
-MULTI = 32
-_MULTI_INSERT = "INSERT INTO Mstx VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * MULTI)
 
 
 def read_rows(capture: Path) -> List[List[Row]]:
@@ -117,54 +115,57 @@ def _open(path: Path, setting: Setting) -> sqlite3.Connection:
     return conn
 
 
-def _insert_chunks(conn: sqlite3.Connection, frame: List[Row], mark: int, pid: int) -> None:
-    for first in range(0, len(frame), ms_service.WRITE_BATCH):  # as _ProcessDb.write
-        chunk = frame[first:first + ms_service.WRITE_BATCH]
-        conn.executemany(ms_service._INSERT_MSTX, [
-            (message, flag, mark + first + index, start, end, pid, tid)
-            for index, (message, flag, start, end, tid) in enumerate(chunk)])
+def _chunks(frame: List[Row]) -> List[List[Row]]:
+    """A frame as the exporter translates it: batches of ``WRITE_BATCH`` (one row per item)."""
+    size = ms_service.WRITE_BATCH
+    return [frame[first:first + size] for first in range(0, len(frame), size)]
 
 
-def _insert_one(conn: sqlite3.Connection, frame: List[Row], mark: int, pid: int) -> None:
-    conn.executemany(ms_service._INSERT_MSTX, [
-        (message, flag, mark + index, start, end, pid, tid)
-        for index, (message, flag, start, end, tid) in enumerate(frame)])
+def _write_exporter(conn: sqlite3.Connection, frames: List[List[Row]], state: list) -> None:
+    """One transaction through the exporter's own ``_ProcessDb.write``."""
+    db = state[0]
+    db.write([(chunk, []) for frame in frames for chunk in _chunks(frame)])
 
 
-def _insert_multi(conn: sqlite3.Connection, frame: List[Row], mark: int, pid: int) -> None:
-    whole = len(frame) - len(frame) % MULTI
-    if whole:
-        params = []
-        for index, (message, flag, start, end, tid) in enumerate(frame[:whole]):
-            params.extend((message, flag, mark + index, start, end, pid, tid))
-        width = MULTI * 7
-        conn.executemany(_MULTI_INSERT, [params[i:i + width] for i in range(0, len(params),
-                                                                             width)])
-    if whole < len(frame):
-        _insert_one(conn, frame[whole:], mark + whole, pid)
+def _write_rows(conn: sqlite3.Connection, frames: List[List[Row]], state: list,
+                one_call: bool) -> None:
+    """One transaction with one ``executemany`` row by row per batch (the exporter up to this
+    part: ``executemany64``) or per frame (``one_executemany``)."""
+    mark, pid = state[1], state[2]
+    conn.execute("BEGIN")
+    for frame in frames:
+        for chunk in ([frame] if one_call else _chunks(frame)):
+            conn.executemany(ms_service._INSERT_MSTX, [
+                (message, flag, mark + index, start, end, pid, tid)
+                for index, (message, flag, start, end, tid) in enumerate(chunk)])
+            mark += len(chunk)
+    conn.execute("COMMIT")
+    state[1] = mark
 
 
-_FORMS: Dict[str, Callable] = {"chunks64": _insert_chunks, "one_executemany": _insert_one,
-                               "multi_values": _insert_multi}
+_FORMS: Dict[str, Callable] = {
+    "exporter": _write_exporter,
+    "executemany64": lambda conn, frames, state: _write_rows(conn, frames, state, False),
+    "one_executemany": lambda conn, frames, state: _write_rows(conn, frames, state, True),
+}
 
 
 def replay(processes: List[List[Row]], setting: Setting, folder: Path,
            frame_rows: int) -> float:
     """CPU seconds to write every process's rows into its own fresh file."""
-    insert = _FORMS[setting.form]
+    write = _FORMS[setting.form]
     cpu = 0.0
     for number, rows in enumerate(processes):
         path = folder / f"ms_service_bench-{number}.db"
         conn = _open(path, setting)
+        db = ms_service._ProcessDb.__new__(ms_service._ProcessDb)  # the exporter's writer,
+        db.conn, db.pid, db.next_mark = conn, number, 0  # on this connection and settings
+        state = [db, 0, number]
         frames = [rows[i:i + frame_rows] for i in range(0, len(rows), frame_rows)]
+        step = setting.frames_per_commit
         start = time.process_time()
-        mark = 0
-        for first in range(0, len(frames), setting.frames_per_commit):
-            conn.execute("BEGIN")
-            for frame in frames[first:first + setting.frames_per_commit]:
-                insert(conn, frame, mark, number)
-                mark += len(frame)
-            conn.execute("COMMIT")
+        for first in range(0, len(frames), step):
+            write(conn, frames[first:first + step], state)
         cpu += time.process_time() - start
         conn.close()
         check = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
