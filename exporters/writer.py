@@ -12,8 +12,9 @@ it inherits; never started by hand. Per connected vLLM process (a *producer*) it
 * a :class:`recorder.SpanBuilding` (the same building code the serving processes used to run)
   and a dict of per-process state for the work moved here (engine-step classification, links).
 
-Frames come in as ``handoff.py`` describes; each RECORDS frame is built into spans at once, in
-order, and written (the file: one transaction per frame). A producer that closes its connection,
+Frames come in as ``handoff.py`` describes; the RECORDS frames of one read are built into
+spans at once, in order, and written (the file: one transaction per read, so a writer that fell
+behind catches up with fewer commits). A producer that closes its connection,
 says BYE or dies has everything it sent built, flushed and its provider shut down; the others go
 on. The writer exits when the process that started it is done (its connection closed) or gone
 and no producer is connected (or :data:`LINGER_S` after that, whatever is still connected), and
