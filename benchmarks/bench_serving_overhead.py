@@ -12,6 +12,8 @@ vllmotlp    vLLM's own tracing (``--otlp-traces-endpoint``) to the same receiver
 noplugin    (not in the default set) vLLM with ``VLLM_PLUGINS`` keeping our plugin unloaded
 enable1inproc (not in the default set) ``enable1`` with ``OTEL_VLLM_WRITER=0``: every vLLM
             process builds and exports its own spans (the way before the writer process)
+enable1prio0 (not in the default set) ``enable1`` with ``OTEL_VLLM_WRITER_PRIORITY=normal``:
+            the writer process at the servers' own priority (the way before it lowered it)
 enable1base (not in the default set; needs ``--baseline-tree``) ``enable1`` with another
             checkout of the project first on ``PYTHONPATH`` (e.g. ``git worktree add`` of
             main, with ``otel_vllm_ascend/exporters`` and ``otel_vllm_ascend/analysis``
@@ -60,8 +62,9 @@ from otlp_receiver import ReceiverProcess  # noqa: E402
 from serve import VllmServer  # noqa: E402
 
 CONFIGS = ("plain", "enable0", "enable1", "enable1otlp", "vllmotlp")
-OPTIONAL_CONFIGS = ("noplugin", "enable1inproc", "enable1base")
-TOOL_CONFIGS = ("enable0", "enable1", "enable1otlp", "enable1inproc", "enable1base")
+OPTIONAL_CONFIGS = ("noplugin", "enable1inproc", "enable1prio0", "enable1base")
+TOOL_CONFIGS = ("enable0", "enable1", "enable1otlp", "enable1inproc", "enable1prio0",
+                "enable1base")
 WRITER_ROLE = "writer"
 NO_PLUGINS = {"VLLM_PLUGINS": "none-of-the-installed"}
 
@@ -83,6 +86,8 @@ def server_for(config: str, model: Path, work: Path, receiver: ReceiverProcess,
         env["OTEL_VLLM_SELF_METER"] = "1"
         if config == "enable1inproc":
             env["OTEL_VLLM_WRITER"] = "0"
+        if config == "enable1prio0":
+            env["OTEL_VLLM_WRITER_PRIORITY"] = "normal"
         if config == "enable1base":
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(baseline_tree), os.environ.get("PYTHONPATH", "")) if p)
