@@ -67,12 +67,6 @@ CREATE_MSTX = (
 )
 CREATE_META = "CREATE TABLE IF NOT EXISTS Meta(name TEXT, value TEXT)"
 _INSERT_MSTX = "INSERT INTO Mstx VALUES (?, ?, ?, ?, ?, ?, ?)"
-# Mstx rows go in 32 at a time, one multi-row statement each: SQLite runs one statement step
-# per 32 rows instead of per row, about 0.86 of the CPU per row of one executemany row by
-# row (benchmarks/bench_writer_sqlite.py); 32 x 7 parameters stay far below SQLite's limit.
-MSTX_PER_STATEMENT = 32
-_INSERT_MSTX_GROUP = "INSERT INTO Mstx VALUES " + ", ".join(
-    ["(?, ?, ?, ?, ?, ?, ?)"] * MSTX_PER_STATEMENT)
 _INSERT_META = "INSERT INTO Meta VALUES (?, ?)"
 
 
@@ -115,19 +109,16 @@ class _ProcessDb:
         conn = self.conn
         pid = self.pid
         first = mark = self.next_mark
-        left: List[tuple] = []  # numbered rows short of a group, inserted with the next ones
         conn.execute("BEGIN")
         try:
             for mstx, meta in batches:
                 if mstx:
-                    left.extend((message, flag, mark + index, start, end, pid, tid)
-                                for index, (message, flag, start, end, tid) in enumerate(mstx))
+                    conn.executemany(_INSERT_MSTX, [
+                        (message, flag, mark + index, start, end, pid, tid)
+                        for index, (message, flag, start, end, tid) in enumerate(mstx)])
                     mark += len(mstx)
-                    left = insert_mstx_groups(conn, left)
                 if meta:
                     conn.executemany(_INSERT_META, meta)
-            if left:
-                conn.executemany(_INSERT_MSTX, left)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -148,18 +139,6 @@ class _ProcessDb:
             pass  # another connection may hold the file; the WAL stays valid for readers
         finally:
             self.conn.close()
-
-
-def insert_mstx_groups(conn: sqlite3.Connection, rows: List[tuple]) -> List[tuple]:
-    """Insert the numbered Mstx ``rows`` in whole groups of :data:`MSTX_PER_STATEMENT`, in
-    order; returns the rows left over (fewer than a group), for the caller to insert later."""
-    size = MSTX_PER_STATEMENT
-    whole = len(rows) - len(rows) % size
-    if whole:
-        chain = itertools.chain.from_iterable
-        conn.executemany(_INSERT_MSTX_GROUP, [tuple(chain(rows[first:first + size]))
-                                              for first in range(0, whole, size)])
-    return rows[whole:]
 
 
 def _open_db(path: Path) -> sqlite3.Connection:

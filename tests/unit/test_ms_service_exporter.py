@@ -381,22 +381,3 @@ def test_full_disk(tmp_path):
     assert counts["written"] + counts["dropped"] == 5000
     assert done.stderr.count("ms_service exporter: cannot write") == 1
     assert "full" in done.stderr
-
-
-def test_rows_in_groups_and_left_over_keep_their_order(tmp_path, spans_of):
-    """Rows go in by whole groups of ``MSTX_PER_STATEMENT`` per statement, the rest carried to
-    the next translated batch and the end of the transaction: every row once, in order."""
-    from otel_vllm_ascend.exporters import ms_service
-
-    size = ms_service.MSTX_PER_STATEMENT
-    exporter = MsServiceSpanExporter(folder=tmp_path)
-    count = ms_service.WRITE_BATCH + size + 5  # two batches: 64 rows, then 37 (one group + 5)
-    spans = spans_of(count)
-    exporter.export(spans)
-    exporter.export(spans_of(size - 1, name="sample"))  # short of a group: the plain insert
-    exporter.shutdown()
-    got = rows(exporter.path)
-    assert [r[0] for r in got] == list(range(count + size - 1))
-    assert [(r[3], r[4]) for r in got[:count]] == [(1_000 + i, 2_000 + i) for i in range(count)]
-    assert [json.loads(r[1])["name"] for r in got[count:]] == ["sample"] * (size - 1)
-    assert exporter.written_rows == count + size - 1
