@@ -13,8 +13,8 @@ to the current settings (lower is better). Candidates differ in one thing each:
   a transaction can corrupt the file, so not a candidate, shown for scale);
 * ``frames2`` / ``frames4``: 2 / 4 frames per transaction (the writer would commit less often;
   a killed writer loses what it had received but not committed);
-* ``executemany64``: one row-by-row ``executemany`` per 64 rows (the exporter before it
-  inserted 32 rows per statement); ``one_executemany``: one per frame;
+* ``one_executemany``: one row-by-row ``executemany`` per frame instead of one per 64 rows;
+* ``multi_values``: ``INSERT ... VALUES (...), (...), ...`` with 32 rows per statement;
 * ``checkpoint1k``: ``wal_autocheckpoint`` 1,024 pages (current 256).
 
 Rows come from a capture folder (``--capture``: every ``ms_service_*.db`` under it, e.g. a
@@ -56,7 +56,7 @@ class Setting(NamedTuple):
 
     pragmas: Tuple[str, ...]
     frames_per_commit: int = 1
-    form: str = "exporter"  # exporter | executemany64 | one_executemany
+    form: str = "exporter"  # exporter | one_executemany | multi_values
     keeps_guarantee: bool = True
 
 
@@ -79,9 +79,12 @@ SETTINGS: Dict[str, Setting] = {
     "checkpoint1k": Setting(_with("wal_autocheckpoint=1024")),
     "frames2": Setting(CURRENT, frames_per_commit=2),
     "frames4": Setting(CURRENT, frames_per_commit=4),
-    "executemany64": Setting(CURRENT, form="executemany64"),
     "one_executemany": Setting(CURRENT, form="one_executemany"),
+    "multi_values": Setting(CURRENT, form="multi_values"),
 }
+
+MULTI = 32
+_MULTI_INSERT = "INSERT INTO Mstx VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * MULTI)
 
 
 def read_rows(capture: Path) -> List[List[Row]]:
@@ -127,26 +130,43 @@ def _write_exporter(conn: sqlite3.Connection, frames: List[List[Row]], state: li
     db.write([(chunk, []) for frame in frames for chunk in _chunks(frame)])
 
 
-def _write_rows(conn: sqlite3.Connection, frames: List[List[Row]], state: list,
-                one_call: bool) -> None:
-    """One transaction with one ``executemany`` row by row per batch (the exporter up to this
-    part: ``executemany64``) or per frame (``one_executemany``)."""
+def _write_one(conn: sqlite3.Connection, frames: List[List[Row]], state: list) -> None:
+    """One transaction, one row-by-row ``executemany`` per frame."""
     mark, pid = state[1], state[2]
     conn.execute("BEGIN")
     for frame in frames:
-        for chunk in ([frame] if one_call else _chunks(frame)):
-            conn.executemany(ms_service._INSERT_MSTX, [
-                (message, flag, mark + index, start, end, pid, tid)
-                for index, (message, flag, start, end, tid) in enumerate(chunk)])
-            mark += len(chunk)
+        conn.executemany(ms_service._INSERT_MSTX, [
+            (message, flag, mark + index, start, end, pid, tid)
+            for index, (message, flag, start, end, tid) in enumerate(frame)])
+        mark += len(frame)
+    conn.execute("COMMIT")
+    state[1] = mark
+
+
+def _write_multi(conn: sqlite3.Connection, frames: List[List[Row]], state: list) -> None:
+    """One transaction, :data:`MULTI` rows per multi-row ``INSERT`` (the rest row by row)."""
+    mark, pid = state[1], state[2]
+    conn.execute("BEGIN")
+    for frame in frames:
+        params: list = []
+        for index, (message, flag, start, end, tid) in enumerate(frame):
+            params.append((message, flag, mark + index, start, end, pid, tid))
+        whole = len(params) - len(params) % MULTI
+        if whole:
+            conn.executemany(_MULTI_INSERT, [
+                [value for row in params[first:first + MULTI] for value in row]
+                for first in range(0, whole, MULTI)])
+        if whole < len(params):
+            conn.executemany(ms_service._INSERT_MSTX, params[whole:])
+        mark += len(frame)
     conn.execute("COMMIT")
     state[1] = mark
 
 
 _FORMS: Dict[str, Callable] = {
     "exporter": _write_exporter,
-    "executemany64": lambda conn, frames, state: _write_rows(conn, frames, state, False),
-    "one_executemany": lambda conn, frames, state: _write_rows(conn, frames, state, True),
+    "one_executemany": _write_one,
+    "multi_values": _write_multi,
 }
 
 
