@@ -231,7 +231,7 @@ class Writer:
         # The RECORDS frames of one read are built together: one transaction in the file
         # instead of one per frame. A writer that keeps up reads one frame at a time; one
         # behind (it runs at a low priority) catches up with fewer, larger commits
-        # (benchmarks/bench_writer_sqlite.py: 4 frames per commit, 0.75 of the CPU per row).
+        # (benchmarks/bench_writer_sqlite.py: 4 frames per commit, 0.6-0.8 of the CPU per row).
         pending: List[tuple] = []
         try:
             for kind, payload in producer.reader.feed(data):
