@@ -63,7 +63,7 @@ def clock_gaps(frame: pd.DataFrame) -> list[ClockGap]:
     gaps = []
     for api_host, (arrival, end) in bounds.items():
         others = frame.loc[~api_rows & (frame["host"] != api_host).to_numpy()]
-        for host, rows in others.groupby("host", sort=True):
+        for host, rows in others.groupby("host", sort=True, observed=True):
             gap = _gap(api_host, str(host), rows, arrival, end)
             if gap is not None:
                 gaps.append(gap)

@@ -86,7 +86,7 @@ def build_request_status(frame: pd.DataFrame) -> pd.DataFrame:
     dp_of = dict(zip(zip(rows["host"].tolist(), rows["pid"].tolist()),
                      rows["dp_rank"].tolist()))
     start = index["start_us"].to_numpy(dtype="float64")
-    first = index.groupby(["host", "pid"])["start_us"].transform("min").to_numpy()
+    first = index.groupby(["host", "pid"], observed=True)["start_us"].transform("min").to_numpy()
     out = pd.DataFrame({
         "hostuid": index["host"].to_numpy(dtype=object),
         "pid": index["pid"].to_numpy(dtype="int64"),

@@ -88,7 +88,7 @@ def build_span_info(frame: pd.DataFrame, requested: Sequence[str]
     not hold as spans). Defaults the capture lacks are left out silently."""
     names = span_names(requested)
     rows = span_rows(frame, names)
-    groups = {name: group for name, group in rows.groupby("name", sort=False)}
+    groups = {name: group for name, group in rows.groupby("name", sort=False, observed=True)}
     tables: dict[str, pd.DataFrame] = {}
     summary = []
     for name in names:

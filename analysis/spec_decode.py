@@ -76,7 +76,7 @@ def _reference_acceptance(frame: pd.DataFrame, spec: pd.DataFrame) -> list:
         return out
     runners = frame.loc[frame["name"] == RUNNER_RECORD, ["source", "pid", "start_us", "attrs"]]
     by_process = {key: group.sort_values("start_us") for key, group in
-                  runners.groupby(["source", "pid"], sort=False)}
+                  runners.groupby(["source", "pid"], sort=False, observed=True)}
     for index, (source, pid, end) in enumerate(zip(spec["source"], spec["pid"],
                                                    spec["end_us"])):
         group = by_process.get((source, pid))

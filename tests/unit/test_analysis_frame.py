@@ -174,3 +174,47 @@ def test_helpers():
     assert guess_role(["modelExec", "Enqueue"]) == "engine_core"
     assert guess_role(["sample"]) == "worker"
     assert guess_role([]) == ""
+
+
+def test_text_columns_are_codes_that_read_as_the_text():
+    """Names, domains, hosts ... as category codes: the same values, order and groups as the
+    text they replace (random records, several processes, empty names among them)."""
+    import random
+
+    import numpy as np
+    import pandas as pd
+
+    from otel_vllm_ascend.analysis.frame import TEXT_CODE_COLUMNS
+
+    rng = random.Random(5)
+    names = ["modelExec", "httpReq", "", "Enqueue", "b", "B", "é"]
+    b = RecordBuilder()
+    written = []
+    for mark in range(400):
+        source = rng.choice(["s1", "s2", "s0"])
+        name = rng.choice(names)
+        batch_type = rng.choice(["", "Prefill", "Decode"])
+        start = float(rng.randrange(50))
+        b.add(source, 1 + int(source[1]), 1, mark, start, start,
+              {"name": name, "domain": name[:2], "batch_type": batch_type})
+        written.append((start, source, mark, name, batch_type))
+    procs = [ProcessInfo(f"host{i % 2}", 1 + i, ["api_server", "engine_core", ""][i],
+                         None, [f"s{i}"]) for i in range(3)]
+    f = b.build(procs)
+    written.sort()
+    assert f["name"].tolist() == [w[3] for w in written]
+    assert f["batch_type"].tolist() == [w[4] for w in written]
+    for column in TEXT_CODE_COLUMNS:
+        codes = f[column]
+        text = pd.Series(codes.tolist(), dtype=object)
+        assert isinstance(codes.dtype, pd.CategoricalDtype)
+        assert codes.tolist() == text.tolist()
+        assert (codes == "b").tolist() == (text == "b").tolist()
+        assert codes.isin(["", "B"]).tolist() == text.isin(["", "B"]).tolist()
+        assert np.array_equal(codes.sort_values(kind="stable").index,
+                              text.sort_values(kind="stable").index)
+        subset = f[f["name"] == "b"]
+        assert [k for k, _ in subset.groupby(column, sort=True, observed=True)] == \
+            sorted(set(subset[column].tolist()))
+    assert f["host"].cat.codes.dtype == np.int8
+    assert list(empty_frame()["name"]) == [] and len(empty_frame().columns) == len(RECORD_COLUMNS)
