@@ -16,11 +16,11 @@ pid           int64        process id (``Mstx.pid``)
 tid           int64        OS thread id (``Mstx.tid``)
 role          category     ``api_server`` / ``engine_core`` / ``worker`` / ``""`` (Meta ``role``;
                            when absent, guessed from the record names the process wrote)
-dp_rank       Int64        data-parallel rank (Meta ``dpRankId``), NA without data parallelism
+dp_rank       Int8/Int64   data-parallel rank (Meta ``dpRankId``), NA without data parallelism
 mark_id       int64        ``Mstx.markId``: per-process emission order
 name          category     record name (``httpReq``, ``modelExec``, ...); ``""`` if none
 domain        category     record domain (``Engine``, ``Schedule``, ``Schedule.KVCache``, ...)
-type          Int64        message ``type``: 0 event, 2 span, 3 link; NA if absent (metrics)
+type          Int8/Int64   message ``type``: 0 event, 2 span, 3 link; NA if absent (metrics)
 start_us      float64      start, microseconds since the Unix epoch
 end_us        float64      end, microseconds since the Unix epoch (= start for events)
 dur_us        float64      duration in µs, exact (computed from integer ns where known)
@@ -65,6 +65,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.narrow_ints import fits
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail, compact
 
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -424,9 +425,9 @@ class RecordBuilder:
         makers = {
             "pid": lambda v: np.asarray(v, dtype="int64"),
             "tid": lambda v: np.asarray(v, dtype="int64"),
-            "dp_rank": lambda v: pd.array(v, dtype="Int64"),
+            "dp_rank": _small_ints,
             "mark_id": lambda v: np.asarray(v, dtype="int64"),
-            "type": lambda v: pd.array(v, dtype="Int64"),
+            "type": _small_ints,
             "start_us": lambda v: start,
             "end_us": lambda v: np.asarray(v, dtype="float64"),
             "dur_us": lambda v: np.asarray(v, dtype="float64"),
@@ -444,6 +445,14 @@ class RecordBuilder:
             data[name] = values[order]
             del values
         return pd.DataFrame(data, columns=list(RECORD_COLUMNS))
+
+
+def _small_ints(values: list) -> Any:
+    """Nullable integers (message types, DP ranks) as Int8 when every value fits (two bytes a
+    row with the mask instead of nine), else Int64."""
+    array = pd.array(values, dtype="Int64")
+    known = array.to_numpy(dtype="int64", na_value=0)
+    return array.astype("Int8") if fits(known, np.int8) else array
 
 
 def _categories(values: list) -> pd.Categorical:

@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 
 from otel_vllm_ascend.analysis.frame import (
@@ -182,7 +183,6 @@ def test_text_columns_are_codes_that_read_as_the_text():
     import random
 
     import numpy as np
-    import pandas as pd
 
     from otel_vllm_ascend.analysis.frame import TEXT_CODE_COLUMNS
 
@@ -218,3 +218,18 @@ def test_text_columns_are_codes_that_read_as_the_text():
             sorted(set(subset[column].tolist()))
     assert f["host"].cat.codes.dtype == np.int8
     assert list(empty_frame()["name"]) == [] and len(empty_frame().columns) == len(RECORD_COLUMNS)
+
+
+@pytest.mark.parametrize("ranks, narrow", [([None, 0, 3, None], True), ([1, 127, -128], True),
+                                           ([None, 128], False), ([2**40, None], False)])
+def test_types_and_dp_ranks_in_the_narrowest_nullable_type(ranks, narrow):
+    b = RecordBuilder()
+    procs = []
+    for i, rank in enumerate(ranks):
+        b.add(f"s{i}", i, 1, 0, float(i), float(i), {"name": "n", "type": rank})
+        procs.append(ProcessInfo("h", i, "", rank, [f"s{i}"]))
+    f = b.build(procs)
+    for column in ("type", "dp_rank"):
+        assert str(f[column].dtype) == ("Int8" if narrow else "Int64")
+        assert [None if v is pd.NA else v for v in f[column].tolist()] == ranks
+        assert f[column].isna().tolist() == [r is None for r in ranks]
