@@ -9,6 +9,10 @@ write), :func:`compact` keeps them as one :class:`RequestDetail`: the key tuple 
 records with that shape), the request ids and one integer array (int16 or int32 when the
 values fit), 10-30 bytes per request instead of 700. Anything else stays a list of dicts.
 
+Each key's values are held in the narrowest integer type that keeps them (one record of a
+numpy structured array per request): the request kind fits a byte, a decode step's iteration
+mostly too, so a vLLM batch entry takes 8 bytes instead of the 10 of one int16 block.
+
 A :class:`RequestDetail` reads like that list (length, truth, items as fresh dicts, ``repr``
 identical to the list's), so builders that walk dicts need no change; the hot ones read whole
 columns through :meth:`RequestDetail.column`.
@@ -26,21 +30,35 @@ from otel_vllm_ascend.analysis.narrow_ints import narrowest
 _schemas: dict[tuple, tuple] = {}  # key tuple -> the one shared tuple (and its formats)
 _formats: dict[tuple, str] = {}  # (key tuple, items) -> the format of the list's repr
 _FORMATS = 4096
+_layouts: dict[tuple, np.dtype] = {}  # field types -> the one structured dtype (shared)
+_FIELD_TYPES = (np.int8, np.int16, np.int32)
 
 
 class RequestDetail:
-    """The request dicts of one record: ``keys`` (``rid`` among them), ``rids``, ``values``.
+    """The request dicts of one record: ``keys`` (``rid`` among them), ``rids``, ``fields``.
 
-    ``values`` is an int16, int32 or int64 array of shape (requests, keys - 1): the keys other than
-    ``rid``, in order. Treat it as read-only, like every object in the records frame.
+    ``fields`` is a structured array, one record per request, field ``f<i>`` the ``i``-th key
+    other than ``rid`` in the narrowest of int8 / int16 / int32 / int64 that holds its values.
+    Treat it as read-only, like every object in the records frame.
     """
 
-    __slots__ = ("keys", "rids", "values")
+    __slots__ = ("keys", "rids", "fields")
 
-    def __init__(self, keys: tuple, rids: list, values: np.ndarray) -> None:
+    def __init__(self, keys: tuple, rids: list, fields: np.ndarray) -> None:
         self.keys = keys
         self.rids = rids
-        self.values = values
+        self.fields = fields
+
+    @property
+    def values(self) -> np.ndarray:
+        """The keys other than ``rid`` as one (requests, keys - 1) array of the widest field
+        type (made when asked: the records hold only ``fields``)."""
+        names = self.fields.dtype.names
+        wide = np.result_type(*[self.fields.dtype[name] for name in names]) if names else np.int8
+        out = np.empty((len(self.fields), len(names)), dtype=wide)
+        for index, name in enumerate(names):
+            out[:, index] = self.fields[name]
+        return out
 
     def __len__(self) -> int:
         return len(self.rids)
@@ -54,14 +72,15 @@ class RequestDetail:
     def __iter__(self) -> Iterator[dict]:
         keys = self.keys
         pos = keys.index("rid")
-        for rid, row in zip(self.rids, self.values.tolist()):
+        for rid, record in zip(self.rids, self.fields.tolist()):
+            row = list(record)
             row.insert(pos, rid)
             yield dict(zip(keys, row))
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return list(self)[index]
-        row = self.values[index].tolist()
+        row = list(self.fields[index].tolist())
         row.insert(self.keys.index("rid"), self.rids[index])
         return dict(zip(self.keys, row))
 
@@ -75,7 +94,7 @@ class RequestDetail:
     def __reduce__(self) -> tuple:
         # Sent from a reading worker (read_parallel.py): the key tuple is registered again in
         # the receiving process, whose ``_schemas`` may not know it.
-        return _restore, (self.keys, self.rids, self.values)
+        return _restore, (self.keys, self.rids, self.fields)
 
     def __repr__(self) -> str:
         """The text ``repr`` gives for the list of dicts (the reference's ``res_list``): one
@@ -91,8 +110,8 @@ class RequestDetail:
         pos = keys.index("rid")
         cells = np.empty((count, len(keys)), dtype=object)  # Python ints, ids in their place
         cells[:, pos] = self.rids
-        cells[:, :pos] = self.values[:, :pos]
-        cells[:, pos + 1:] = self.values[:, pos:]
+        for index, name in enumerate(self.fields.dtype.names):
+            cells[:, index + (index >= pos)] = self.fields[name]
         return text_format % tuple(cells.ravel().tolist())
 
     def column(self, key: str) -> Optional[np.ndarray]:
@@ -100,7 +119,7 @@ class RequestDetail:
         value_keys = self._value_keys()
         if key not in value_keys:
             return None
-        return self.values[:, value_keys.index(key)]
+        return self.fields[f"f{value_keys.index(key)}"]
 
 
 def _schema(keys: tuple, pos: int) -> tuple:
@@ -114,9 +133,30 @@ def _schema(keys: tuple, pos: int) -> tuple:
     return schema
 
 
-def _restore(keys: tuple, rids: list, values: np.ndarray) -> RequestDetail:
-    """A :class:`RequestDetail` unpickled: its key tuple the one this process shares."""
-    return RequestDetail(_schema(keys, keys.index("rid"))[0], rids, values)
+def _restore(keys: tuple, rids: list, fields: np.ndarray) -> RequestDetail:
+    """A :class:`RequestDetail` unpickled: its key tuple and layout the ones this process
+    shares."""
+    layout = _layout(tuple(fields.dtype[name] for name in fields.dtype.names))
+    return RequestDetail(_schema(keys, keys.index("rid"))[0], rids, fields.view(layout))
+
+
+def _layout(types: tuple) -> np.dtype:
+    """The structured dtype with fields ``f0``, ``f1``, ... of ``types``: one object for all
+    records of that layout (a dtype is a few hundred bytes; there are a few layouts)."""
+    layout = _layouts.get(types)
+    if layout is None:
+        layout = _layouts[types] = np.dtype([(f"f{i}", t) for i, t in enumerate(types)])
+    return layout
+
+
+def _narrowest_fields(values: np.ndarray) -> np.ndarray:
+    """The columns of an int64 (requests, keys) array as one structured array, each field in
+    the narrowest type that holds its values."""
+    types = tuple(np.dtype(narrowest(column, *_FIELD_TYPES).dtype) for column in values.T)
+    fields = np.empty(len(values), dtype=_layout(types))
+    for index, name in enumerate(fields.dtype.names):
+        fields[name] = values[:, index]
+    return fields
 
 
 def compact(items: list, rids: list) -> Optional[RequestDetail]:
@@ -143,5 +183,4 @@ def compact(items: list, rids: list) -> Optional[RequestDetail]:
         values = np.array(flat, dtype=np.int64).reshape(len(items), width - 1)
     except OverflowError:
         return None
-    values = narrowest(values, np.int16, np.int32)  # decode steps' numbers are small
-    return RequestDetail(_schema(tuple(key_list), pos)[0], rids, values)
+    return RequestDetail(_schema(tuple(key_list), pos)[0], rids, _narrowest_fields(values))
