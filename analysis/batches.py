@@ -34,6 +34,7 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 from otel_vllm_ascend.analysis.kvcache import RELEASE_NAMES, REQUEST_KV_NAMES, build_kvcache
+from otel_vllm_ascend.analysis.rid_lists import rid_sequence
 from otel_vllm_ascend.analysis.spec_decode import (
     ACCEPTANCE_COLUMNS,
     build_spec_decode,
@@ -92,6 +93,14 @@ def _step_counts(per_request: pd.DataFrame, n: int) -> tuple[np.ndarray, ...]:
 def _res_list(detail: object, rids: object) -> str:
     # The reference's form: the Python literal of the request dicts (ast.literal_eval reads it).
     return repr(detail) if detail else repr(list(rids or []))
+
+
+def _res_lists(steps: pd.DataFrame) -> list:
+    """One ``ResList`` per step; a step with request dicts keeps no id list (its ids are in
+    the dicts), the others their list made from the codes."""
+    rids = rid_sequence(steps["rids"])
+    return [ResList(detail, None if detail else rids[index])
+            for index, detail in enumerate(steps["rid_detail"].tolist())]
 
 
 class ResList(LazyText):
@@ -165,7 +174,7 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     kv = _step_kv(steps, kvcache, start, end)
     out = pd.DataFrame({
         "name": steps["name"].to_numpy(dtype=object),
-        "res_list": [ResList(d, r) for d, r in zip(steps["rid_detail"], steps["rids"])],
+        "res_list": _res_lists(steps),
         "start_time": format_datetime_us(start).to_numpy(),
         "end_time": format_datetime_us(end).to_numpy(),
         "during_time(ms)": np.where(has_sched, sched_dur, exec_dur) / 1000.0,

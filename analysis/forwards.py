@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
+from otel_vllm_ascend.analysis.rid_lists import rid_lengths
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
 
 # Most specific first: the first of these the capture holds is the forward record.
@@ -92,8 +93,8 @@ def build_forwards(frame: pd.DataFrame, batches: Optional[pd.DataFrame] = None) 
     forward_iter = np.arange(n) - np.repeat(first_of_process, counts) + 1
     host_start = pd.Series(start).groupby(host).transform("min").to_numpy()
 
-    batch_size = np.asarray([len(r) if r else np.nan for r in rows["rids"].tolist()],
-                            dtype="float64")
+    batch_size = rid_lengths(rows["rids"]).astype("float64")  # no list made
+    batch_size[batch_size == 0] = np.nan
     batch_type = rows["batch_type"].to_numpy(dtype=object).copy()
     tokens = np.full(n, np.nan)
     step_id = np.full(n, np.nan)

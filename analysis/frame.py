@@ -24,9 +24,12 @@ type          Int8/Int64   message ``type``: 0 event, 2 span, 3 link; NA if abse
 start_us      float64      start, microseconds since the Unix epoch
 end_us        float64      end, microseconds since the Unix epoch (= start for events)
 dur_us        float64      duration in µs, exact (computed from integer ns where known)
-rids          object       list[str]: the request ids the record is about, EngineCore (internal)
+rids          rid_lists    list[str]: the request ids the record is about, EngineCore (internal)
                            ids already replaced by the API server's (external) ids through the
-                           link records of *all* processes; ``[]`` if none
+                           link records of *all* processes; ``[]`` if none. Held as int32
+                           codes into one id table (``rid_lists.RidLists``): ``tolist()`` and
+                           ``[i]`` give lists; readers of many records take ``rid_sequence`` /
+                           ``rid_lengths`` (rid_lists.py), which make no list
 rid_detail    object       list[dict], a ``RequestDetail`` reading like one (rid_detail.py),
                            or None: the per-request dicts of batch records (``rid``, ``iter``,
                            ``type``, ``num_scheduled_tokens``, ...), ``rid`` mapped like ``rids``
@@ -45,11 +48,12 @@ from a subset), or take ``to_numpy(dtype=object)`` first.
 
 Rows are sorted by ``start_us`` (ties in file, then ``mark_id`` order). The object columns
 hold shared objects: read them, never modify them. A step's schedule and ``modelExec`` rows
-share one ``rid_detail``; records about the same requests share one ``rids`` list (every record
-about one request the same one-id list, a step's KV status and detokenize rows the batch's
-list); equal dicts of one or two plain values (a queue size, a batch size, a queue name) are
-one dict; ids, metric keys and short scope values are shared strings. Link records stay in the
-frame (name ``link``, type 3, ``attrs`` holding ``from``/``to``, ``rids`` empty).
+share one ``rid_detail`` (whose ids are its record's list in the ``rids`` table); records
+about the same requests have the same list number in ``rids`` (every record about one request
+the same one-id list, a step's KV status and detokenize rows the batch's list); equal dicts
+of one or two plain values (a queue size, a batch size, a queue name) are one dict; ids,
+metric keys and short scope values are shared strings. Link records stay in the frame (name
+``link``, type 3, ``attrs`` holding ``from``/``to``, ``rids`` empty).
 
 Message text is decoded once per row: JSON objects directly; the C++ caret form
 (``^key^:^value^,`` with a trailing comma) by turning ``^`` into ``"`` and wrapping in braces.
@@ -67,6 +71,7 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis.narrow_ints import fits
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail, compact
+from otel_vllm_ascend.analysis.rid_lists import RidLists, TableIds
 
 RECORD_COLUMNS: tuple[str, ...] = (
     "source", "host", "pid", "tid", "role", "dp_rank", "mark_id", "name", "domain", "type",
@@ -422,7 +427,17 @@ class RecordBuilder:
         source_codes = pd.factorize(pd.array(cols["source"], dtype=object))[0]
         order = np.lexsort((np.asarray(cols["mark_id"], dtype="int64"), source_codes, start))
         del source_codes
+        # The id lists as codes into one table (rid_lists.py); the reader's lists, and the
+        # batch details' references to them, are dropped.
+        rid_lists = RidLists.from_lists(cols["rids"])
+        numbers = rid_lists.numbers
+        for row, detail in enumerate(cols["rid_detail"]):
+            if detail is not None and detail.__class__ is RequestDetail:
+                detail.rids = TableIds(rid_lists.table, int(numbers[row]))
+        del numbers
+        cols["rids"] = rid_lists
         makers = {
+            "rids": lambda v: v,
             "pid": lambda v: np.asarray(v, dtype="int64"),
             "tid": lambda v: np.asarray(v, dtype="int64"),
             "dp_rank": _small_ints,

@@ -39,6 +39,7 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 from otel_vllm_ascend.analysis.request_states import request_state_counts
+from otel_vllm_ascend.analysis.rid_lists import rid_lengths, rid_sequence
 from otel_vllm_ascend.analysis.rid_pairs import CHUNK_PAIRS, RequestCodes, named, pair_chunks
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
@@ -69,9 +70,8 @@ class _PerRequest:
     """
 
     def __init__(self, rows: pd.DataFrame, engine_rids: np.ndarray) -> None:
-        self.rid_lists = rows["rids"].tolist()
-        self.lengths = np.fromiter(map(len, self.rid_lists), dtype="int64",
-                                   count=len(self.rid_lists))
+        self.rid_lists = rid_sequence(rows["rids"])
+        self.lengths = rid_lengths(self.rid_lists)
         self.names = rows["name"].to_numpy(dtype=object)
         self.start = rows["start_us"].to_numpy(dtype="float64")
         self.end = rows["end_us"].to_numpy(dtype="float64")
@@ -160,8 +160,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         engine_rids = engine_rids[known]
     del known  # one byte per pair, twenty million at x100
     if len(frame):
-        has_rid = np.fromiter(map(len, frame["rids"].tolist()), dtype="int64",
-                              count=len(frame)) > 0
+        has_rid = rid_lengths(frame["rids"]) > 0
         # Only the columns read below: most records are about requests, and a copy of every
         # column of them would be most of the frame again.
         rows = frame.loc[has_rid & (frame["name"] != "link").to_numpy(), list(_COLUMNS_READ)]

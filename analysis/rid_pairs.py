@@ -10,10 +10,12 @@ repeated.
 from __future__ import annotations
 
 from itertools import chain, repeat
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from otel_vllm_ascend.analysis.rid_lists import RidLists, rid_lengths
 
 CHUNK_PAIRS = 262_144
 
@@ -49,14 +51,14 @@ class RequestCodes:
         return rank
 
 
-def pair_chunks(rid_lists: list, coder: RequestCodes, rows_at: Optional[np.ndarray] = None,
+def pair_chunks(rid_lists: Sequence, coder: RequestCodes, rows_at: Optional[np.ndarray] = None,
                 lengths: Optional[np.ndarray] = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(request code, row in ``rid_lists``) of the pairs of the records at ``rows_at`` (all by
     default), in order, a chunk of about ``CHUNK_PAIRS`` pairs (whole records) at a time.
     ``lengths``: the lists' lengths, when the caller has them already."""
     if lengths is None:
-        lengths = np.fromiter(map(len, rid_lists), dtype="int64", count=len(rid_lists))
+        lengths = rid_lengths(rid_lists)
     if rows_at is None:
         rows_at = np.arange(len(rid_lists))
     row_lengths = lengths[rows_at]
@@ -66,16 +68,19 @@ def pair_chunks(rid_lists: list, coder: RequestCodes, rows_at: Optional[np.ndarr
         done = ends[begin - 1] if begin else 0
         stop = max(int(np.searchsorted(ends, done + CHUNK_PAIRS, side="right")), begin + 1)
         part = rows_at[begin:stop]
-        flat = np.empty(int(ends[stop - 1] - done), dtype=object)
-        flat[:] = list(chain.from_iterable([rid_lists[i] for i in part.tolist()]))
+        if isinstance(rid_lists, RidLists):  # the ids straight from the codes: no list made
+            flat = rid_lists.table.ids[rid_lists.codes_of(part)[0]]
+        else:
+            flat = np.empty(int(ends[stop - 1] - done), dtype=object)
+            flat[:] = list(chain.from_iterable([rid_lists[i] for i in part.tolist()]))
         yield coder.codes(flat), np.repeat(part.astype(np.int32), row_lengths[begin:stop])
         begin = stop
 
 
-def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
+def pair_codes(rid_lists: Sequence, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
     """(request code, row in ``rid_lists``) of every pair, in order (filled a chunk at a time
     into arrays of their final length: chunks then a concatenation would hold them twice)."""
-    lengths = np.fromiter(map(len, rid_lists), dtype="int64", count=len(rid_lists))
+    lengths = rid_lengths(rid_lists)
     total = int(lengths.sum())
     codes = np.empty(total, dtype=np.int32)
     rows = np.empty(total, dtype=np.int32)
@@ -87,7 +92,7 @@ def pair_codes(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.nda
     return codes, rows
 
 
-def rows_by_request(rid_lists: list, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
+def rows_by_request(rid_lists: Sequence, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
     """The row in ``rid_lists`` of every (record, request) pair, grouped by request code
     (each request's pairs in row order), and where each code's group begins.
 
@@ -136,7 +141,7 @@ def place_by_code(grouped: np.ndarray, place: np.ndarray, codes: np.ndarray,
     place[code[starts]] += sizes
 
 
-def pair_counts(rid_lists: list, times: Optional[np.ndarray], coder: RequestCodes,
+def pair_counts(rid_lists: Sequence, times: Optional[np.ndarray], coder: RequestCodes,
                 below: Optional[int] = None) -> tuple[np.ndarray, bool]:
     """Pairs of ``rid_lists`` per request code (every id coded; with ``below``, only the
     pairs of the codes below it counted), and whether those pairs come in time order

@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.rid_lists import rid_sequence
 from otel_vllm_ascend.analysis.rid_pairs import (
     CHUNK_PAIRS,
     RequestCodes,
@@ -108,7 +109,7 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     # those of the requests asked about are kept, a chunk of pairs at a time.
     coder = RequestCodes()
     asked_codes = coder.codes(per_request["rid"].to_numpy(dtype=object))
-    grouped, begins = _asked_output_times(outputs["rids"].tolist(),
+    grouped, begins = _asked_output_times(rid_sequence(outputs["rids"]),
                                           outputs["start_us"].to_numpy(dtype="float64"), coder)
     exec_end = batches["exec_end_us"].to_numpy(dtype="float64")
     row = _rows_of_steps(batches, per_request["step_id"].to_numpy(dtype="int64"))
@@ -125,7 +126,7 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     return out
 
 
-def _asked_output_times(rid_lists: list, start_us: np.ndarray, coder: RequestCodes
+def _asked_output_times(rid_lists: Sequence, start_us: np.ndarray, coder: RequestCodes
                         ) -> tuple[np.ndarray, np.ndarray]:
     """The output times of each request ``coder`` held before (the asked ones), grouped by
     code, each in time order, and where each code's group begins (:func:`by_code`; every id
@@ -149,7 +150,7 @@ def _asked_output_times(rid_lists: list, start_us: np.ndarray, coder: RequestCod
     return grouped, begins
 
 
-def _asked_pairs(rid_lists: list, start_us: np.ndarray, coder: RequestCodes, asked: int
+def _asked_pairs(rid_lists: Sequence, start_us: np.ndarray, coder: RequestCodes, asked: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(request code, time) of the pairs of ``rid_lists`` whose code is below ``asked`` (the
     ids ``coder`` held before any output was coded: codes are numbered in order of first

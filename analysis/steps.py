@@ -15,12 +15,14 @@ computes them once.
 from __future__ import annotations
 
 from operator import itemgetter
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.narrow_ints import fits
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail
+from otel_vllm_ascend.analysis.rid_lists import rid_sequence
 
 SCHEDULE_NAMES = ("batchFrameworkProcessing", "BatchSchedule")
 EXEC_NAMES = ("modelExec",)
@@ -131,7 +133,8 @@ def _record_columns(records: pd.DataFrame) -> dict:
         "name": records["name"].to_numpy(dtype=object),
         "batch_type": records["batch_type"].to_numpy(dtype=object),
         "rid_detail": records["rid_detail"].to_numpy(dtype=object),
-        "rids": records["rids"].to_numpy(dtype=object),
+        # Codes, not lists: the steps table is held for most of the run.
+        "rids": records["rids"].array,
     }
 
 
@@ -157,7 +160,7 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     (else float64): widen them (``to_numpy(dtype="float64")``) before adding or summing.
     """
     details = steps["rid_detail"].tolist()
-    plains = steps["rids"].tolist()
+    plains = rid_sequence(steps["rids"])  # indexed only for steps without compact dicts
     step_ids = steps["step_id"].to_numpy(dtype="int64")
     # Steps whose dicts are held compactly are read column by column, runs of the others item
     # by item; every piece is copied into columns allocated once at their final length (two
@@ -241,7 +244,8 @@ def _narrowed(column: np.ndarray) -> np.ndarray:
     return column
 
 
-def _dict_rows(indices: list[int], details: list, plains: list, step_ids: np.ndarray) -> dict:
+def _dict_rows(indices: list[int], details: list, plains: Sequence, step_ids: np.ndarray
+               ) -> dict:
     """The rows of the steps at ``indices`` whose request dicts are plain dicts (or ids)."""
     nan = np.nan
     items: list = []

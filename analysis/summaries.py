@@ -36,6 +36,7 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.rid_lists import rid_sequence
 from otel_vllm_ascend.analysis.rid_pairs import (
     CHUNK_PAIRS,
     RequestCodes,
@@ -80,7 +81,7 @@ def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
     complete = set(requests.loc[~requests["partial"].astype(bool), "http_rid"].tolist())
     outputs = frame.loc[(frame["name"] == "detokenize").to_numpy(), ["rids", "start_us"]]
     coder = RequestCodes()
-    rid_lists = outputs["rids"].tolist()
+    rid_lists = rid_sequence(outputs["rids"])
     times = outputs["start_us"].to_numpy(dtype="float64")  # per record; a pair's: rows
     counts, ordered = pair_counts(rid_lists, times, coder)
     if len(coder) and ordered:  # the usual case: pairs read again a chunk at a time, never held

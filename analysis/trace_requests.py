@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.narrow_ints import narrowest
+from otel_vllm_ascend.analysis.rid_lists import rid_sequence
 from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, rows_by_request
 from otel_vllm_ascend.analysis.trace_file import DeferredEvents, FlowChunk, _FlowParts, _ts
 from otel_vllm_ascend.analysis.trace_records import (
@@ -197,8 +198,7 @@ class _RequestSteps:
             rows = rows[np.argsort(start_ns[rows], kind="stable")]
         coder = RequestCodes()
         # Each request's steps in time order: the steps are in time order already.
-        pair_rows, begins = rows_by_request(
-            frame["rids"].to_numpy(dtype=object)[rows].tolist(), coder)
+        pair_rows, begins = rows_by_request(rid_sequence(frame["rids"].iloc[rows]), coder)
         self.rows = narrowest(rows, np.int32)[pair_rows]
         del pair_rows
         self._start_ns, self._end_ns = start_ns, end_ns

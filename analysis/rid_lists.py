@@ -1,0 +1,243 @@
+"""The records' request ids as int32 codes into one id table (a pandas extension array).
+
+A record lists the requests it is about: a batch record hundreds, most records one. Held as
+Python lists (shared by the records listing the same requests) they cost 8 bytes an id and
+56 a list, and every list is one more small object the allocator cannot give back. Here each
+distinct list is kept once as int32 codes into ``ids`` (one flat array with offsets: the
+compressed sparse row layout), and each record holds the int32 number of its list (0: no
+request). It is the layout the streaming design needs: typed columns a reader can take a
+chunk of records at a time.
+
+:class:`RidLists` reads like the column of lists it replaces: ``tolist()``,
+``to_numpy(dtype=object)`` and iteration give ``list[str]`` (each distinct list made once per
+call and shared by its records, as the reader made them), ``[i]`` one list; readers of many
+records use :meth:`RidLists.lengths` and :meth:`RidLists.codes_of` instead, which make no list.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from pandas.api.extensions import ExtensionArray, ExtensionDtype, take
+
+
+class RidTable:
+    """The distinct id lists: list ``n`` is ``ids[codes[offsets[n]:offsets[n + 1]]]``; list 0
+    is empty. Read-only once made."""
+
+    __slots__ = ("ids", "offsets", "codes")
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, codes: np.ndarray) -> None:
+        self.ids = ids
+        self.offsets = offsets
+        self.codes = codes
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def ids_of(self, number: int) -> np.ndarray:
+        """List ``number``'s ids (an object array: no new strings)."""
+        return self.ids[self.codes[self.offsets[number]:self.offsets[number + 1]]]
+
+    def __deepcopy__(self, memo: dict) -> RidTable:
+        return self  # read-only: shared, never copied
+
+
+def build_table(lists: Sequence[list]) -> tuple[RidTable, np.ndarray]:
+    """The table of ``lists`` (the reader's shared lists) and each list's number in it.
+
+    Lists are told apart by identity (the reader shares equal ones) and one-id lists by their
+    id, so a list is stored once however many records hold it."""
+    code_of: dict = {}
+    number_of: dict = {}  # id(list) or ("one", id) -> number
+    offsets = array("q", [0, 0])
+    codes = array("i")
+    numbers = array("i", bytes(4 * len(lists)))
+    for row, rids in enumerate(lists):
+        if not rids:
+            continue
+        key = ("one", rids[0]) if len(rids) == 1 else id(rids)
+        number = number_of.get(key)
+        if number is None:
+            number = number_of[key] = len(offsets) - 1
+            codes.extend([code_of.setdefault(rid, len(code_of)) for rid in rids])
+            offsets.append(len(codes))
+        numbers[row] = number
+    ids = np.empty(len(code_of), dtype=object)
+    ids[:] = list(code_of)
+    table = RidTable(ids, np.frombuffer(offsets, dtype=np.int64),
+                     np.frombuffer(codes, dtype=np.int32))
+    return table, np.frombuffer(numbers, dtype=np.int32)
+
+
+class RidListsDtype(ExtensionDtype):
+    """The dtype of :class:`RidLists` (values are ``list[str]``)."""
+
+    name = "rid_lists"
+    type = list
+    kind = "O"
+    na_value = None
+
+    @classmethod
+    def construct_array_type(cls) -> type:
+        return RidLists
+
+
+class RidLists(ExtensionArray):
+    """Per record, the number of its id list in a shared :class:`RidTable`."""
+
+    _dtype = RidListsDtype()
+
+    def __init__(self, table: RidTable, numbers: np.ndarray) -> None:
+        self.table = table
+        self.numbers = numbers
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[list]) -> RidLists:
+        table, numbers = build_table(lists)
+        return cls(table, numbers)
+
+    # -- what pandas needs ------------------------------------------------------------------
+    @classmethod
+    def _from_sequence(cls, scalars: Iterable, *, dtype: Any = None,
+                       copy: bool = False) -> RidLists:
+        if isinstance(scalars, RidLists):
+            return scalars.copy() if copy else scalars
+        return cls.from_lists([list(v) if v is not None else [] for v in scalars])
+
+    @property
+    def dtype(self) -> RidListsDtype:
+        return self._dtype
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return self.table.ids_of(int(self.numbers[key])).tolist()
+        if not isinstance(key, slice):
+            key = pd.api.indexers.check_array_indexer(self, key)
+        return RidLists(self.table, self.numbers[key])
+
+    @property
+    def nbytes(self) -> int:
+        return self.numbers.nbytes
+
+    def isna(self) -> np.ndarray:
+        return np.zeros(len(self), dtype=bool)
+
+    def take(self, indices: Sequence[int], *, allow_fill: bool = False,
+             fill_value: Any = None) -> RidLists:
+        return RidLists(self.table, take(self.numbers, indices, allow_fill=allow_fill,
+                                         fill_value=0))
+
+    def copy(self) -> RidLists:
+        return RidLists(self.table, self.numbers.copy())
+
+    @classmethod
+    def _concat_same_type(cls, to_concat: Sequence[RidLists]) -> RidLists:
+        tables = {id(part.table) for part in to_concat}
+        if len(tables) == 1:
+            return cls(to_concat[0].table, np.concatenate([p.numbers for p in to_concat]))
+        return cls.from_lists([rids for part in to_concat for rids in part.tolist()])
+
+    def __eq__(self, other: Any) -> Any:
+        others = other if isinstance(other, (RidLists, list, np.ndarray)) else [other] * len(self)
+        return np.array([a == b for a, b in zip(self.tolist(), others)], dtype=bool)
+
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
+        return self.to_numpy(dtype=dtype)
+
+    def to_numpy(self, dtype: Any = None, copy: bool = False, na_value: Any = None
+                 ) -> np.ndarray:
+        out = np.empty(len(self), dtype=object)
+        for row, rids in enumerate(self.tolist()):
+            out[row] = rids
+        return out
+
+    def tolist(self) -> list:
+        made: dict[int, list] = {}
+        ids_of = self.table.ids_of
+        out = []
+        for number in self.numbers.tolist():
+            rids = made.get(number)
+            if rids is None:
+                rids = made[number] = ids_of(number).tolist()
+            out.append(rids)
+        return out
+
+    def __iter__(self) -> Iterator[list]:
+        return iter(self.tolist())
+
+    # -- what readers of many records use -----------------------------------------------------
+    def lengths(self) -> np.ndarray:
+        """Ids per record (int64), without making a list."""
+        sizes = np.diff(self.table.offsets)
+        return sizes[self.numbers]
+
+    def codes_of(self, rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(id code, position in ``rows``) of every (record, id) pair of the records at
+        ``rows`` (all by default), in order: codes index ``self.table.ids``."""
+        numbers = self.numbers if rows is None else self.numbers[rows]
+        begins = self.table.offsets[numbers]
+        sizes = self.table.offsets[numbers + 1] - begins
+        total = int(sizes.sum())
+        record = np.repeat(np.arange(len(numbers), dtype=np.int32), sizes)
+        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        return self.table.codes[np.repeat(begins, sizes) + within], record
+
+
+class TableIds:
+    """A :class:`~.rid_detail.RequestDetail`'s ids once the frame is built: its record's list
+    in the table (the reader's list is then dropped). Reads like that list; ``np.asarray``
+    gives the ids as an object array."""
+
+    __slots__ = ("table", "number")
+
+    def __init__(self, table: RidTable, number: int) -> None:
+        self.table = table
+        self.number = number
+
+    def __len__(self) -> int:
+        offsets = self.table.offsets
+        return int(offsets[self.number + 1] - offsets[self.number])
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
+        return self.table.ids_of(self.number)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tolist())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.table.ids_of(self.number)[index]
+
+    def __eq__(self, other: Any) -> bool:
+        return self.tolist() == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def tolist(self) -> list:
+        return self.table.ids_of(self.number).tolist()
+
+
+def rid_sequence(column: pd.Series) -> Sequence:
+    """A ``rids`` column as a sequence to index or pass to :mod:`.rid_pairs`: the
+    :class:`RidLists` itself (a list made only for the record asked), or the lists of a plain
+    object column (frames made by hand)."""
+    values = column.array
+    return values if isinstance(values, RidLists) else column.tolist()
+
+
+def rid_lengths(lists: Any) -> np.ndarray:
+    """Ids per record (int64) of a ``rids`` column, :class:`RidLists` or sequence of lists."""
+    if isinstance(lists, pd.Series):
+        lists = rid_sequence(lists)
+    if isinstance(lists, RidLists):
+        return lists.lengths()
+    return np.fromiter(map(len, lists), dtype="int64", count=len(lists))
