@@ -25,13 +25,13 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from otel_vllm_ascend.analysis.narrow_ints import narrowest
-
 _schemas: dict[tuple, tuple] = {}  # key tuple -> the one shared tuple (and its formats)
 _formats: dict[tuple, str] = {}  # (key tuple, items) -> the format of the list's repr
 _FORMATS = 4096
 _layouts: dict[tuple, np.dtype] = {}  # field types -> the one structured dtype (shared)
-_FIELD_TYPES = (np.int8, np.int16, np.int32)
+_FIELD_LIMITS = tuple((np.dtype(kind), int(np.iinfo(kind).min), int(np.iinfo(kind).max))
+                      for kind in (np.int8, np.int16, np.int32))
+_INT64 = np.dtype(np.int64)
 
 
 class RequestDetail:
@@ -151,10 +151,14 @@ def _layout(types: tuple) -> np.dtype:
 
 def _narrowest_fields(values: np.ndarray) -> np.ndarray:
     """The columns of an int64 (requests, keys) array as one structured array, each field in
-    the narrowest type that holds its values."""
-    types = tuple(np.dtype(narrowest(column, *_FIELD_TYPES).dtype) for column in values.T)
+    the narrowest type that holds its values (one min and max over all columns: this runs
+    once per batch record)."""
+    types = tuple(
+        next((kind for kind, low, high in _FIELD_LIMITS if low <= least and most <= high),
+             _INT64)
+        for least, most in zip(values.min(axis=0).tolist(), values.max(axis=0).tolist()))
     fields = np.empty(len(values), dtype=_layout(types))
-    for index, name in enumerate(fields.dtype.names):
+    for index, name in enumerate(fields.dtype.names or ()):
         fields[name] = values[:, index]
     return fields
 
