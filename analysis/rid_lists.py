@@ -16,7 +16,7 @@ records use :meth:`RidLists.lengths` and :meth:`RidLists.codes_of` instead, whic
 
 from __future__ import annotations
 
-from array import array
+from itertools import chain
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -49,28 +49,36 @@ class RidTable:
 def build_table(lists: Sequence[list]) -> tuple[RidTable, np.ndarray]:
     """The table of ``lists`` (the reader's shared lists) and each list's number in it.
 
-    Lists are told apart by identity (the reader shares equal ones) and one-id lists by their
-    id, so a list is stored once however many records hold it."""
-    code_of: dict = {}
-    number_of: dict = {}  # id(list) or ("one", id) -> number
-    offsets = array("q", [0, 0])
-    codes = array("i")
-    numbers = array("i", bytes(4 * len(lists)))
-    for row, rids in enumerate(lists):
-        if not rids:
-            continue
-        key = ("one", rids[0]) if len(rids) == 1 else id(rids)
-        number = number_of.get(key)
-        if number is None:
-            number = number_of[key] = len(offsets) - 1
-            codes.extend([code_of.setdefault(rid, len(code_of)) for rid in rids])
-            offsets.append(len(codes))
-        numbers[row] = number
-    ids = np.empty(len(code_of), dtype=object)
-    ids[:] = list(code_of)
-    table = RidTable(ids, np.frombuffer(offsets, dtype=np.int64),
-                     np.frombuffer(codes, dtype=np.int32))
-    return table, np.frombuffer(numbers, dtype=np.int32)
+    Lists are told apart by identity: the reader shares equal ones (every one-id list of a
+    request, a step's batch list), so a list is stored once however many records hold it.
+    Numbered in order of first appearance; ids coded by one factorization of the distinct
+    lists' ids (the ids are the reader's own strings)."""
+    count = len(lists)
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=count)
+    rows = np.flatnonzero(lengths)
+    numbers = np.zeros(count, dtype=np.int32)  # 0: the empty list
+    if not len(rows):
+        empty = np.empty(0, dtype=object)
+        return RidTable(empty, np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int32)), numbers
+    # every list is alive here: ids are not reused
+    keys = np.fromiter(map(id, lists), dtype=np.uint64, count=count)[rows]
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    del keys
+    order = np.argsort(first, kind="stable")  # distinct lists by first appearance
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+    numbers[rows] = rank[inverse.reshape(-1)]
+    del rank, inverse
+    firsts = rows[first[order]]
+    sizes = lengths[firsts]
+    flat = np.empty(int(sizes.sum()), dtype=object)
+    flat[:] = list(chain.from_iterable([lists[row] for row in firsts.tolist()]))
+    codes, ids = pd.factorize(flat)
+    del flat
+    offsets = np.zeros(len(firsts) + 2, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[2:])
+    ids = np.asarray(ids, dtype=object)
+    return RidTable(ids, offsets, codes.astype(np.int32)), numbers
 
 
 class RidListsDtype(ExtensionDtype):
