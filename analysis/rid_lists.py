@@ -16,6 +16,7 @@ records use :meth:`RidLists.lengths` and :meth:`RidLists.codes_of` instead, whic
 
 from __future__ import annotations
 
+from array import array
 from itertools import chain
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -46,39 +47,48 @@ class RidTable:
         return self  # read-only: shared, never copied
 
 
+_CHUNK_IDS = 16_384  # ids coded at a time (pandas sizes its hash table to the chunk)
+
+
 def build_table(lists: Sequence[list]) -> tuple[RidTable, np.ndarray]:
     """The table of ``lists`` (the reader's shared lists) and each list's number in it.
 
     Lists are told apart by identity: the reader shares equal ones (every one-id list of a
     request, a step's batch list), so a list is stored once however many records hold it.
-    Numbered in order of first appearance; ids coded by one factorization of the distinct
-    lists' ids (the ids are the reader's own strings)."""
-    count = len(lists)
-    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=count)
-    rows = np.flatnonzero(lengths)
-    numbers = np.zeros(count, dtype=np.int32)  # 0: the empty list
-    if not len(rows):
-        empty = np.empty(0, dtype=object)
-        return RidTable(empty, np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int32)), numbers
-    # every list is alive here: ids are not reused
-    keys = np.fromiter(map(id, lists), dtype=np.uint64, count=count)[rows]
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    del keys
-    order = np.argsort(first, kind="stable")  # distinct lists by first appearance
-    rank = np.empty(len(order), dtype=np.int32)
-    rank[order] = np.arange(1, len(order) + 1, dtype=np.int32)
-    numbers[rows] = rank[inverse.reshape(-1)]
-    del rank, inverse
-    firsts = rows[first[order]]
-    sizes = lengths[firsts]
-    flat = np.empty(int(sizes.sum()), dtype=object)
-    flat[:] = list(chain.from_iterable([lists[row] for row in firsts.tolist()]))
-    codes, ids = pd.factorize(flat)
-    del flat
+    Built while every column of the reader is still held (the read's peak): the distinct
+    lists' ids are coded a chunk at a time into an array of its final length, never all
+    copied at once."""
+    number_of: dict[int, int] = {}  # id(list) -> number (every list is alive: no id reused)
+    firsts = array("q")  # per distinct list, its first record
+    numbers = array("i", bytes(4 * len(lists)))  # 0: no request
+    for row, rids in enumerate(lists):
+        if rids:
+            number = number_of.get(id(rids))
+            if number is None:
+                number = number_of[id(rids)] = len(firsts) + 1
+                firsts.append(row)
+            numbers[row] = number
+    del number_of
+    sizes = np.fromiter(map(len, map(lists.__getitem__, firsts)), dtype=np.int64,
+                        count=len(firsts))
     offsets = np.zeros(len(firsts) + 2, dtype=np.int64)
     np.cumsum(sizes, out=offsets[2:])
-    ids = np.asarray(ids, dtype=object)
-    return RidTable(ids, offsets, codes.astype(np.int32)), numbers
+    codes = np.empty(int(offsets[-1]), dtype=np.int32)
+    code_of: dict = {}
+    begin = 0
+    while begin < len(firsts):
+        stop = max(int(np.searchsorted(offsets[2:], offsets[begin + 1] + _CHUNK_IDS,
+                                       side="right")), begin + 1)
+        flat = np.empty(int(offsets[stop + 1] - offsets[begin + 1]), dtype=object)
+        flat[:] = list(chain.from_iterable(map(lists.__getitem__, firsts[begin:stop])))
+        local, uniques = pd.factorize(flat)
+        known = np.fromiter((code_of.setdefault(rid, len(code_of)) for rid in uniques),
+                            dtype=np.int32, count=len(uniques))
+        codes[offsets[begin + 1]:offsets[stop + 1]] = known[local]
+        begin = stop
+    ids = np.empty(len(code_of), dtype=object)
+    ids[:] = list(code_of)  # the reader's own strings
+    return RidTable(ids, offsets, codes), np.frombuffer(numbers, dtype=np.int32)
 
 
 class RidListsDtype(ExtensionDtype):

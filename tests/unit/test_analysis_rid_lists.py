@@ -138,3 +138,16 @@ def test_batch_details_read_their_ids_from_the_table():
     out[:] = detail.rids
     assert out.tolist() == ["a", "b", "c"]
     assert compact([dict(item) for item in items], ["a", "b", "c"]) == detail
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 50, 1_000_000])
+def test_table_coded_a_chunk_at_a_time(chunk, monkeypatch):
+    """Chunks of ids that cut through the distinct lists give the same lists."""
+    from otel_vllm_ascend.analysis import rid_lists
+
+    monkeypatch.setattr(rid_lists, "_CHUNK_IDS", chunk)
+    for seed in range(3):
+        lists = _random_lists(seed)
+        column = RidLists.from_lists(lists)
+        assert column.tolist() == lists
+        assert len(set(column.table.ids.tolist())) == len(column.table.ids)
