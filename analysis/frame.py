@@ -466,8 +466,10 @@ def _small_ints(values: list) -> Any:
     """Nullable integers (message types, DP ranks) as Int8 when every value fits (two bytes a
     row with the mask instead of nine), else Int64."""
     array = pd.array(values, dtype="Int64")
-    known = array.to_numpy(dtype="int64", na_value=0)
-    return array.astype("Int8") if fits(known, np.int8) else array
+    if array.isna().all():
+        return array.astype("Int8")
+    low, high = int(array.min()), int(array.max())  # NA skipped, no copy of the column
+    return array.astype("Int8") if fits([low, high], np.int8) else array
 
 
 def _categories(values: list) -> pd.Categorical:
