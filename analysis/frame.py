@@ -549,9 +549,13 @@ def empty_frame() -> pd.DataFrame:
 def format_datetime_us(values: Any) -> pd.Series:
     """µs since the epoch -> ``YYYY-MM-DD HH:MM:SS.ffffff+00:00`` text (UTC); NaN -> ``""``."""
     series = pd.Series(values, dtype="float64")
-    stamps = pd.to_datetime(series.round(), unit="us", utc=True)
+    known = np.isfinite(series)
+    # Whole µs as integers: pandas before 2.1 turns float µs into ns through a float product
+    # and lands a nanosecond short (.000500 printed as .000499).
+    whole = series.round().where(known, 0).astype("int64")
+    stamps = pd.to_datetime(whole, unit="us", utc=True)
     text = stamps.dt.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
-    return text.astype(object).where(series.notna(), "")
+    return text.astype(object).where(known, "")
 
 
 def metric_column(frame: pd.DataFrame, name: str, column: str = "metrics") -> pd.Series:

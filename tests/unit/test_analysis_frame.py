@@ -173,6 +173,11 @@ def test_helpers():
     assert list(empty_frame().columns) == list(RECORD_COLUMNS)
     assert format_datetime_us([1_767_225_600_000_001.0, float("nan")]).tolist() == [
         "2026-01-01 00:00:00.000001+00:00", ""]
+    # Whole µs exactly, on every pandas the package accepts (2.0 printed .000499 for .000500),
+    # rounded to the nearest µs; a value that is no time is empty, not an error.
+    assert format_datetime_us([1_767_225_600_000_500.0, 1_767_225_600_049_999.6,
+                               float("inf")]).tolist() == [
+        "2026-01-01 00:00:00.000500+00:00", "2026-01-01 00:00:00.050000+00:00", ""]
     assert guess_role(["httpReq", "detokenize"]) == "api_server"
     assert guess_role(["modelExec", "Enqueue"]) == "engine_core"
     assert guess_role(["sample"]) == "worker"
