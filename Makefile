@@ -2,7 +2,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env test test-fast lint demo bench clean compat compat-all test-sdk-oldest
+.PHONY: env test test-fast lint demo bench clean compat compat-all test-sdk-oldest \
+	test-pandas-oldest
 # The older vLLM line `make test` also runs end to end (see docs/compatibility.md).
 CI_VLLM := 0.11.0
 
@@ -22,12 +23,18 @@ lint: env
 #                   works, e.g. `make test-fast PY=/path/to/venv/bin/python` (then no env step).
 test: lint
 	$(PY) -m pytest tests -q
+	bash tools/test_pandas_oldest.sh
 	$(PY) tools/compat.py $(CI_VLLM) --no-record
 
 FAST_DEPS := $(if $(filter $(VENV)/bin/python,$(PY)),env,)
 test-fast: $(FAST_DEPS)
 	$(PY) -m ruff check otel_vllm_ascend exporters analysis tests benchmarks tools
 	$(PY) -m pytest tests/unit tests/integration -q -m "not vllm and not e2e"
+
+# The suites without vLLM against the oldest pandas pyproject.toml accepts (a small venv of
+# its own; `make test` runs it too, the test venv holds the newest).
+test-pandas-oldest:
+	bash tools/test_pandas_oldest.sh
 
 # The suites against the oldest OpenTelemetry SDK pyproject.toml accepts (`make test`: newest).
 test-sdk-oldest: env
