@@ -69,11 +69,13 @@ def pair_chunks(rid_lists: Sequence, coder: RequestCodes, rows_at: Optional[np.n
         stop = max(int(np.searchsorted(ends, done + CHUNK_PAIRS, side="right")), begin + 1)
         part = rows_at[begin:stop]
         if isinstance(rid_lists, RidLists):  # the ids straight from the codes: no list made
-            flat = rid_lists.table.ids[rid_lists.codes_of(part)[0]]
+            codes, record = rid_lists.codes_of(part)  # record: each pair's place in ``part``
+            flat, rows = rid_lists.table.ids[codes], part.astype(np.int32)[record]
         else:
             flat = np.empty(int(ends[stop - 1] - done), dtype=object)
             flat[:] = list(chain.from_iterable([rid_lists[i] for i in part.tolist()]))
-        yield coder.codes(flat), np.repeat(part.astype(np.int32), row_lengths[begin:stop])
+            rows = np.repeat(part.astype(np.int32), row_lengths[begin:stop])
+        yield coder.codes(flat), rows
         begin = stop
 
 
