@@ -133,7 +133,8 @@ def lower(value: Optional[str] = None) -> Applied:
 
 def restore(applied: Applied) -> bool:
     """Back to the priority the writer started with (the server has stopped: the last records
-    should not wait for idle CPU). True if the kernel allowed it."""
+    should not wait for idle CPU). True if the kernel allowed all of it; without
+    ``CAP_SYS_NICE`` it may allow leaving ``SCHED_IDLE`` and still refuse the lower niceness."""
     policy = applied.before_policy
     if policy is None or policy == applied.policy:
         policy = None

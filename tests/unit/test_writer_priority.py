@@ -88,8 +88,10 @@ def test_idle_policy_read_back_and_restored_when_allowed():
     if seen["restored"]:  # CAP_SYS_NICE (root): back to where it started
         assert seen["after"][0] == seen["applied"][2]
         assert seen["after"][1] == seen["applied"][3]
-    else:  # refused by the kernel: still idle, nothing raised
-        assert seen["after"][0] == os.SCHED_IDLE
+    else:  # refused, nothing raised; a kernel may still let an unprivileged thread leave
+        # SCHED_IDLE (within RLIMIT_NICE) while it refuses the lower niceness
+        assert seen["after"][0] in (os.SCHED_IDLE, seen["applied"][2])
+        assert seen["after"][1] == seen["applied"][1]
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="no SCHED_BATCH on this OS")
