@@ -105,6 +105,8 @@ def _set(policy: Optional[int], nice: Optional[int]) -> Optional[OSError]:
                 os.sched_setscheduler(thread, policy, os.sched_param(0))
             if nice is not None:
                 os.setpriority(os.PRIO_PROCESS, thread, nice)
+        except ProcessLookupError:  # the thread ended since the listing: nothing to set
+            continue
         except (AttributeError, OSError) as exc:
             refused = refused or OSError(str(exc))
     return refused
@@ -133,8 +135,8 @@ def lower(value: Optional[str] = None) -> Applied:
 
 def restore(applied: Applied) -> bool:
     """Back to the priority the writer started with (the server has stopped: the last records
-    should not wait for idle CPU). True if the kernel allowed all of it; without
-    ``CAP_SYS_NICE`` it may allow leaving ``SCHED_IDLE`` and still refuse the lower niceness."""
+    should not wait for idle CPU). True if the kernel allowed it for every live thread;
+    without ``CAP_SYS_NICE`` it may allow leaving ``SCHED_IDLE`` and refuse the niceness."""
     policy = applied.before_policy
     if policy is None or policy == applied.policy:
         policy = None

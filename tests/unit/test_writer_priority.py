@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,13 @@ def test_refused_policy_falls_back_to_the_niceness(monkeypatch, caplog):
     assert applied.nice == applied.before_nice
     assert "SCHED_IDLE refused" in caplog.text
     assert "niceness 19 refused" in caplog.text or applied.before_nice >= 19
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="no os.getpriority")
+def test_a_thread_ended_since_the_listing_is_not_a_refusal(monkeypatch):
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+    ended.join()
+    # an id no live thread has (the listing raced with a thread's end): ESRCH, not EPERM
+    monkeypatch.setattr(priority, "_threads", lambda: [0, ended.native_id, 2 ** 22 + 7])
+    assert priority._set(None, os.getpriority(os.PRIO_PROCESS, 0)) is None
