@@ -240,3 +240,34 @@ def test_types_and_dp_ranks_in_the_narrowest_nullable_type(ranks, narrow):
         assert str(f[column].dtype) == ("Int8" if narrow else "Int64")
         assert [None if v is pd.NA else v for v in f[column].tolist()] == ranks
         assert f[column].isna().tolist() == [r is None for r in ranks]
+
+
+@pytest.mark.parametrize("low, high, dtype", [
+    (0, 127, "int8"), (-128, 5, "int8"), (0, 128, "int16"), (-32768, 32767, "int16"),
+    (1, 32768, "int32"), (-(2**31), 2**31 - 1, "int32"), (0, 2**31, "int64"),
+    (-(2**40), 7, "int64")])
+def test_pids_tids_and_marks_in_the_narrowest_integer_type(low, high, dtype):
+    """The values, their order and sorting by them are those of int64 columns; only the
+    type is narrower."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(high)
+    b = RecordBuilder()
+    written = []
+    for row in range(300):
+        pid, tid, mark = (rng.choice([low, high, rng.randint(low, high)]) for _ in range(3))
+        start = float(rng.randrange(40))
+        source = f"s{row % 3}"
+        b.add(source, pid, tid, mark, start, start, {"name": "n"})
+        written.append((start, source, mark, row, pid, tid))
+    f = b.build([ProcessInfo("h", 0, "", None, [f"s{i}"]) for i in range(3)])
+    written.sort()  # the frame's order: time, then file, then mark (stable)
+    for column, index in (("pid", 4), ("tid", 5), ("mark_id", 2)):
+        assert str(f[column].dtype) == dtype
+        assert f[column].tolist() == [w[index] for w in written]
+        assert f[column].to_numpy(dtype="int64").tolist() == [w[index] for w in written]
+        wide = pd.Series([w[index] for w in written], dtype="int64")
+        assert np.array_equal(f[column].sort_values(kind="stable").index,
+                              wide.sort_values(kind="stable").index)
