@@ -103,7 +103,7 @@ def _build(frame: pd.DataFrame, requests: Optional[pd.DataFrame]) -> TraceEvents
     start_ns = _to_ns(frame["start_us"].to_numpy(dtype="float64"), origin)
     end_ns = np.maximum(_to_ns(frame["end_us"].to_numpy(dtype="float64"), origin), start_ns)
     trace_pids = processes.trace_pids(frame)
-    tids = frame["tid"].to_numpy(dtype="int64")
+    tids = frame["tid"].to_numpy()  # the frame's own (narrow) array: no copy held
     names = frame["name"].tolist()
     domains = frame["domain"].tolist()
 
@@ -112,15 +112,18 @@ def _build(frame: pd.DataFrame, requests: Optional[pd.DataFrame]) -> TraceEvents
     step_name = _step_record_name(names, prefer=_SCHEDULE_RECORD)
 
     # The records' slices and counters are made again each time the trace is read (written to
-    # the JSON file, to profiler.db): held, they would be most of the trace's memory.
+    # the JSON file, to profiler.db): held, they would be most of the trace's memory. Names
+    # and domains are taken from the frame's category codes a chunk at a time then (the
+    # lists, eight bytes a record, are not held past the build).
     def record_events(rows: slice, state: dict) -> list:
         return _record_events(frame.iloc[rows], trace_pids[rows], slice_tids[rows],
-                              start_ns[rows], end_ns[rows], names[rows], domains[rows],
-                              samples[rows])
+                              start_ns[rows], end_ns[rows], _text(frame, "name", rows),
+                              _text(frame, "domain", rows), samples[rows].tolist())
 
     def counter_events(rows: slice, state: dict) -> list:
-        return _counter_events(frame.iloc[rows], trace_pids[rows], start_ns[rows], names[rows],
-                               domains[rows], samples[rows], step_name,
+        return _counter_events(frame.iloc[rows], trace_pids[rows], start_ns[rows],
+                               _text(frame, "name", rows), _text(frame, "domain", rows),
+                               samples[rows].tolist(), step_name,
                                state.setdefault("total_blocks", {}))
 
     trace.deferred += [DeferredEvents(len(frame), record_events),
@@ -132,6 +135,11 @@ def _build(frame: pd.DataFrame, requests: Optional[pd.DataFrame]) -> TraceEvents
     trace.deferred.append(request_slices)  # after the records' events, as it always came
     events += processes.metadata(slice_tids, trace_pids, tids, domains, lane_count)
     return trace
+
+
+def _text(frame: pd.DataFrame, column: str, rows: slice) -> list:
+    """A text column's values of ``rows`` as a list of str (the values ``tolist`` gives)."""
+    return frame[column].iloc[rows].tolist()
 
 
 def _to_ns(values_us: np.ndarray, origin_us: float) -> np.ndarray:

@@ -179,13 +179,15 @@ def _counter_events(frame: pd.DataFrame, trace_pids: np.ndarray, start_ns: np.nd
     return events
 
 
-def _metric_samples(frame: pd.DataFrame, start_ns: np.ndarray, end_ns: np.ndarray) -> list:
-    """Per row: is it a metric sample (no message ``type``, zero duration, has metrics)?"""
+def _metric_samples(frame: pd.DataFrame, start_ns: np.ndarray, end_ns: np.ndarray
+                    ) -> np.ndarray:
+    """Per row: is it a metric sample (no message ``type``, zero duration, has metrics)? A
+    bool array (one byte a record, held while the trace lives; a list took eight)."""
     no_type = frame["type"].isna().to_numpy()
     instant = end_ns == start_ns
-    has_metrics = np.fromiter((bool(m) for m in frame["metrics"].tolist()), dtype=bool,
+    has_metrics = np.fromiter((bool(m) for m in frame["metrics"].to_numpy()), dtype=bool,
                               count=len(frame))
-    return (no_type & instant & has_metrics).tolist()
+    return no_type & instant & has_metrics
 
 
 def _kv_counters(pid: int, ts: float, name: str, metrics: dict, total_blocks: dict) -> list:

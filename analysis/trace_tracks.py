@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import ROLE_API_SERVER, ROLE_ENGINE_CORE, ROLE_WORKER
+from otel_vllm_ascend.analysis.narrow_ints import narrowest
 
 # Synthetic tids for overflow tracks: above any Linux tid (pid_max <= 2**22).
 OVERLAP_TID_STRIDE = 10_000_000
@@ -54,9 +55,11 @@ class _TraceProcesses:
 
     def trace_pids(self, frame: pd.DataFrame) -> np.ndarray:
         if len(self.pid_of) == 1 or all(k[1] == v for k, v in self.pid_of.items()):
-            return frame["pid"].to_numpy(dtype="int64")
-        return np.fromiter((self.pid_of[(h, p)] for h, p in zip(frame["host"], frame["pid"])),
-                           dtype="int64", count=len(frame))
+            return frame["pid"].to_numpy()  # the frame's own (narrow) array: no copy held
+        return narrowest(np.fromiter((self.pid_of[(h, p)] for h, p in zip(frame["host"],
+                                                                          frame["pid"])),
+                                     dtype="int64", count=len(frame)),
+                         np.int8, np.int16, np.int32)
 
     def metadata(self, slice_tids: np.ndarray, trace_pids: np.ndarray, tids: np.ndarray,
                  domains: list, lane_count: int) -> list[dict]:
@@ -110,7 +113,7 @@ def _meta(kind: str, pid: int, tid: Optional[int], **args: Any) -> dict:
 def _slice_tids(trace_pids: np.ndarray, tids: np.ndarray, start_ns: np.ndarray,
                 end_ns: np.ndarray, names: list, domains: list) -> np.ndarray:
     """The track (tid) of every record: its own tid unless its span would break the nesting."""
-    slice_tids = tids.copy()
+    slice_tids = _narrowest(tids.astype("int64"))
     is_span = end_ns > start_ns
     rows = np.flatnonzero(is_span)
     if not len(rows):
@@ -126,6 +129,7 @@ def _slice_tids(trace_pids: np.ndarray, tids: np.ndarray, start_ns: np.ndarray,
     overlapping = same_track & (starts[1:] < ends[:-1])
     if not overlapping.any():
         return slice_tids  # common case: sequential spans only
+    slice_tids = slice_tids.astype("int64")  # overlap lanes add a stride to the tid
     # Tracks with overlaps: nest with a stack per lane; a span that sticks out of the open span
     # on every existing lane goes to a new lane of that thread.
     bad_tracks = set(zip(pids_sorted[1:][overlapping].tolist(),
@@ -146,4 +150,9 @@ def _slice_tids(trace_pids: np.ndarray, tids: np.ndarray, start_ns: np.ndarray,
         else:
             stacks.append([end])
             slice_tids[row] = tid + (len(stacks) - 1) * OVERLAP_TID_STRIDE
-    return slice_tids
+    return _narrowest(slice_tids)
+
+
+def _narrowest(values: np.ndarray) -> np.ndarray:
+    """Track ids held while the trace lives in the narrowest integer type that holds them."""
+    return narrowest(values, np.int8, np.int16, np.int32)

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -467,3 +468,35 @@ def test_request_slices_made_a_chunk_of_requests_at_a_time(monkeypatch, size):
     ]
     for _ in range(2):
         assert [e for e in events if e["pid"] == lanes_pid and e["ph"] == "X"] == expected
+
+
+@pytest.mark.parametrize("tid_dtype", ["int8", "int16", "int32", "int64"])
+def test_slice_tids_from_narrow_tids_are_those_of_int64_tids(tid_dtype):
+    """Random spans, many overlapping on a few threads: the tracks from the frame's narrow
+    tids are those the int64 tids give (an overlap lane adds a stride no narrow type holds)."""
+    from otel_vllm_ascend.analysis.trace_tracks import _slice_tids
+
+    rng = np.random.default_rng(len(tid_dtype))
+    n = 500
+    pids = rng.choice([3, 9], n).astype("int64")
+    tids = rng.choice([1, 2, min(int(np.iinfo(tid_dtype).max), 2**40)], n).astype("int64")
+    start = rng.integers(0, 1000, n)
+    end = start + rng.choice([0, 5, 50, 400], n)
+    wide = _slice_tids(pids, tids, start, end, [], [])
+    narrow = _slice_tids(pids.astype("int16"), tids.astype(tid_dtype), start, end, [], [])
+    assert narrow.tolist() == wide.tolist()
+    assert (wide != tids).any()  # some spans did go to overlap lanes
+    assert narrow.dtype.itemsize <= 8
+
+
+def test_metric_samples_are_a_bool_array_of_the_rows_with_no_type_no_duration_and_metrics():
+    from otel_vllm_ascend.analysis.trace_records import _metric_samples
+
+    frame = pd.DataFrame({
+        "type": pd.array([None, None, 2, None, None], dtype="Int8"),
+        "metrics": [{"a": 1.0}, {}, {"a": 1.0}, {"b": 2.0}, {"c": 3.0}]})
+    start = np.array([0, 0, 0, 0, 5])
+    end = np.array([0, 0, 0, 1, 5])
+    samples = _metric_samples(frame, start, end)
+    assert samples.dtype == bool
+    assert samples.tolist() == [True, False, False, False, True]
