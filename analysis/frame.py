@@ -35,11 +35,15 @@ rid_detail    object       list[dict], a ``RequestDetail`` reading like one (rid
                            or None: the per-request dicts of batch records (``rid``, ``iter``,
                            ``type``, ``num_scheduled_tokens``, ...), ``rid`` mapped like ``rids``
 batch_type    category     ``Prefill`` / ``Decode`` / ``Prefill,Decode`` / ``""``
-metrics       object       dict name -> float of the ``<N>=`` keys (suffix removed)
-metric_incs   object       dict name -> float of the ``<N>+`` keys (suffix removed)
-scopes        object       dict name -> value of the ``scope#<N>`` keys (prefix removed)
-attrs         object       dict of every other message key (``batch_size``, ``hitCache``, ``from``,
+metrics       record_dicts dict name -> float of the ``<N>=`` keys (suffix removed)
+metric_incs   record_dicts dict name -> float of the ``<N>+`` keys (suffix removed)
+scopes        record_dicts dict name -> value of the ``scope#<N>`` keys (prefix removed)
+attrs         record_dicts dict of every other message key (``batch_size``, ``hitCache``, ``from``,
                            ``to``, ...). A key named like a column never collides with it.
+                           The four dict columns (``DICT_COLUMNS``) are held as one typed
+                           table per key tuple (``record_dicts.RecordDicts``): ``tolist()``,
+                           iteration and ``[i]`` give dicts; readers of many records take one
+                           key with ``record_dicts.key_values`` / ``has_keys`` (no dict made)
 ============  ===========  ======================================================================
 
 The ``category`` columns (``TEXT_CODE_COLUMNS``) are text held as codes into the column's
@@ -48,7 +52,8 @@ them with ``observed=True`` (pandas before 3.0 otherwise adds empty groups for v
 from a subset), or take ``to_numpy(dtype=object)`` first.
 
 Rows are sorted by ``start_us`` (ties in file, then ``mark_id`` order). The object columns
-hold shared objects: read them, never modify them. A step's schedule and ``modelExec`` rows
+hold shared objects, and the dicts read from the dict columns may be shared by several
+records: read them, never modify them. A step's schedule and ``modelExec`` rows
 share one ``rid_detail`` (whose ids are its record's list in the ``rids`` table); records
 about the same requests have the same list number in ``rids`` (every record about one request
 the same one-id list, a step's KV status and detokenize rows the batch's list); equal dicts
@@ -71,6 +76,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.narrow_ints import fits, narrowest
+from otel_vllm_ascend.analysis.record_dicts import RecordDicts, key_values
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail, compact
 from otel_vllm_ascend.analysis.rid_lists import RidLists, TableIds
 
@@ -82,6 +88,8 @@ RECORD_COLUMNS: tuple[str, ...] = (
 
 # Text columns with few distinct values, held as category codes (``_categories``).
 TEXT_CODE_COLUMNS: tuple[str, ...] = ("source", "host", "role", "name", "domain", "batch_type")
+# Key/value columns, held as typed tables per key tuple (record_dicts.py).
+DICT_COLUMNS: tuple[str, ...] = ("metrics", "metric_incs", "scopes", "attrs")
 
 ROLE_API_SERVER = "api_server"
 ROLE_ENGINE_CORE = "engine_core"
@@ -449,6 +457,7 @@ class RecordBuilder:
             "dur_us": lambda v: np.asarray(v, dtype="float64"),
         }
         makers.update(dict.fromkeys(TEXT_CODE_COLUMNS, _categories))
+        makers.update(dict.fromkeys(DICT_COLUMNS, RecordDicts.from_dicts))
         data = {}
         for name in RECORD_COLUMNS:
             maker = makers.get(name)
@@ -567,8 +576,8 @@ def format_datetime_us(values: Any) -> pd.Series:
 
 def metric_column(frame: pd.DataFrame, name: str, column: str = "metrics") -> pd.Series:
     """One key of the ``metrics`` (or ``metric_incs``/``scopes``/``attrs``) dicts as a Series."""
-    values = [d.get(name) if d else None for d in frame[column].tolist()]
+    values = key_values(frame[column], name)
     if column in ("metrics", "metric_incs"):
-        return pd.Series(np.asarray([np.nan if v is None else v for v in values],
+        return pd.Series(np.asarray([np.nan if v is None else v for v in values.tolist()],
                                     dtype="float64"), index=frame.index)
     return pd.Series(values, index=frame.index, dtype=object)

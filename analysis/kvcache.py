@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
+from otel_vllm_ascend.analysis.record_dicts import key_values
 
 KV_DOMAINS = ("Schedule.KVCache", "KVCache")
 # Records of blocks going back to the free pool: a finished request's (``Free``), a preempted
@@ -38,14 +39,16 @@ KVCACHE_COLUMNS = ("domain", "name", "start_time", "total_blocks", "used_blocks"
 EXTRA_COLUMNS = ("start_us", "host", "pid", "dp_rank")
 
 
-def _metric(metrics: list, *names: str) -> np.ndarray:
+def _metric(metrics: pd.Series, *names: str) -> np.ndarray:
+    """The first of ``names`` each record's metrics have a value (not NaN) for, else NaN."""
     out = np.full(len(metrics), np.nan)
-    for i, m in enumerate(metrics):
-        for name in names:
-            value = m.get(name)
-            if value is not None and value == value:
-                out[i] = value
-                break
+    found = np.zeros(len(metrics), dtype=bool)
+    for name in names:
+        values = key_values(metrics, name)
+        given = ~found & np.fromiter((v is not None and v == v for v in values.tolist()),
+                                     dtype=bool, count=len(values))
+        out[given] = values[given].tolist()
+        found |= given
     return out
 
 
@@ -53,7 +56,7 @@ def build_kvcache(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per KV record: ``KVCACHE_COLUMNS`` then ``EXTRA_COLUMNS`` (internal)."""
     rows = frame.loc[frame["domain"].isin(KV_DOMAINS) & (frame["name"] != "CacheHitRate")]
     rows = rows.sort_values(["host", "pid", "start_us"], kind="stable")
-    metrics = rows["metrics"].tolist()
+    metrics = rows["metrics"]
     total = pd.Series(_metric(metrics, "TotalBlocks"), index=rows.index)
     free = _metric(metrics, "FreeBlocksAfter", "FreeBlocks", "deviceBlock")
     used_given = _metric(metrics, "UsedBlocks")

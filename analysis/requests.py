@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
+from otel_vllm_ascend.analysis.record_dicts import key_values
 from otel_vllm_ascend.analysis.request_states import request_state_counts
 from otel_vllm_ascend.analysis.rid_lists import rid_lengths, rid_sequence
 from otel_vllm_ascend.analysis.rid_pairs import CHUNK_PAIRS, RequestCodes, named, pair_chunks
@@ -135,9 +136,7 @@ class _PerRequest:
 
 
 def _metric_values(rows: pd.DataFrame, name: str, column: str = "metrics") -> np.ndarray:
-    out = np.empty(len(rows), dtype=object)
-    out[:] = [d.get(name) for d in rows[column].tolist()]
-    return out
+    return key_values(rows[column], name)
 
 
 def _floats(values: np.ndarray) -> np.ndarray:
@@ -183,8 +182,8 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     table["enqueue_us"] = per.reduce(per.rows_named("Enqueue"), start, fmin)
     is_dequeue = per.rows_named("Dequeue")
     if is_dequeue.any():
-        queue = np.asarray([str(d.get("QueueName", "")).upper() if d else ""
-                            for d in rows["scopes"].tolist()], dtype=object)
+        queue = np.asarray([str(name).upper() for name in
+                            key_values(rows["scopes"], "QueueName", "").tolist()], dtype=object)
         is_dequeue &= queue != "RUNNING"
     table["dequeue_us"] = per.reduce(is_dequeue, end, fmin)
 

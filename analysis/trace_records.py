@@ -12,6 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.record_dicts import has_keys
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail
 from otel_vllm_ascend.analysis.trace_file import _ts
 
@@ -185,9 +186,7 @@ def _metric_samples(frame: pd.DataFrame, start_ns: np.ndarray, end_ns: np.ndarra
     bool array (one byte a record, held while the trace lives; a list took eight)."""
     no_type = frame["type"].isna().to_numpy()
     instant = end_ns == start_ns
-    has_metrics = np.fromiter((bool(m) for m in frame["metrics"].to_numpy()), dtype=bool,
-                              count=len(frame))
-    return no_type & instant & has_metrics
+    return no_type & instant & has_keys(frame["metrics"])
 
 
 def _kv_counters(pid: int, ts: float, name: str, metrics: dict, total_blocks: dict) -> list:

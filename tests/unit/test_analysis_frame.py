@@ -271,3 +271,33 @@ def test_pids_tids_and_marks_in_the_narrowest_integer_type(low, high, dtype):
         wide = pd.Series([w[index] for w in written], dtype="int64")
         assert np.array_equal(f[column].sort_values(kind="stable").index,
                               wide.sort_values(kind="stable").index)
+
+
+def test_dict_columns_are_typed_tables_that_read_as_the_dicts_written():
+    from otel_vllm_ascend.analysis.frame import DICT_COLUMNS
+    from otel_vllm_ascend.analysis.record_dicts import RecordDicts, key_values
+
+    b = RecordBuilder()
+    messages = [
+        {"name": "KVCacheStatus", "TotalBlocks=": 10, "UsagePercent=": 0.25, "scope#dev": 1},
+        {"name": "Enqueue", "QueueSize=": 3, "scope#QueueName": "waiting"},
+        {"name": "link", "type": 3, "from": "a", "to": "1"},
+        {"name": "CacheHitRate", "hitCache": True, "n+": 2},
+        {"name": "x", "accepted": [1, 2], "pair": [3, 4]},
+        {"name": "y"},
+    ]
+    for mark, message in enumerate(messages):
+        b.add("s", 1, 1, mark, float(mark), float(mark), dict(message))
+    f = b.build([ProcessInfo("h", 1, "", None, ["s"])])
+    assert f["metrics"].tolist()[:2] == [{"TotalBlocks": 10.0, "UsagePercent": 0.25},
+                                         {"QueueSize": 3.0}]
+    assert f["scopes"].tolist()[:2] == [{"dev": 1}, {"QueueName": "waiting"}]
+    assert f["attrs"].tolist()[2:5] == [{"from": "a", "to": "1"}, {"hitCache": True},
+                                        {"accepted": [1, 2], "pair": [3, 4]}]
+    assert type(f["attrs"][3]["hitCache"]) is bool
+    assert f["metric_incs"].tolist()[3] == {"n": 2.0}
+    for column in DICT_COLUMNS:
+        assert isinstance(f[column].array, RecordDicts)
+        subset = f.loc[f["name"] != "y"]
+        assert isinstance(subset[column].array, RecordDicts)
+    assert key_values(f["attrs"], "pair").tolist() == [None] * 4 + [[3, 4], None]
