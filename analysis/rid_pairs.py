@@ -94,18 +94,22 @@ def pair_codes(rid_lists: Sequence, coder: RequestCodes) -> tuple[np.ndarray, np
     return codes, rows
 
 
-def rows_by_request(rid_lists: Sequence, coder: RequestCodes) -> tuple[np.ndarray, np.ndarray]:
-    """The row in ``rid_lists`` of every (record, request) pair, grouped by request code
-    (each request's pairs in row order), and where each code's group begins.
+def rows_by_request(rid_lists: Sequence, coder: RequestCodes,
+                    values: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """The row in ``rid_lists`` of every (record, request) pair (or ``values[row]``, in
+    ``values``' type), grouped by request code (each request's pairs in row order), and where each
+    code's group begins.
 
     :func:`by_code` of :func:`pair_codes`, without holding the pairs: they are counted, then
-    read again and each row written to its place (twenty million pairs at x100)."""
+    read again and each row written to its place (twenty million pairs at x100). With
+    ``values`` (the callers' record numbers of the rows) each pair's value is written
+    instead: the rows are never held beside the values."""
     counts, _ = pair_counts(rid_lists, None, coder)
     begins = np.cumsum(counts) - counts
-    grouped = np.empty(int(counts.sum()), dtype=np.int32)
+    grouped = np.empty(int(counts.sum()), dtype=np.int32 if values is None else values.dtype)
     place = begins.copy()
     for codes, rows in pair_chunks(rid_lists, coder):
-        place_by_code(grouped, place, codes, rows)
+        place_by_code(grouped, place, codes, rows if values is None else values[rows])
     return grouped, begins
 
 

@@ -39,6 +39,15 @@ def test_pairs_and_their_grouping_equal_the_whole_computation(monkeypatch, chunk
     np.testing.assert_array_equal(begins, np.flatnonzero(np.diff(np.sort(want_codes),
                                                                  prepend=-1)))
     assert coder.ids().tolist() == order_seen and grouped.dtype == np.int32
+    # With values: each pair's value in the row's place (what indexing ``values`` by the
+    # grouped rows gives), in the values' type.
+    for dtype in (np.int32, np.int64):
+        values = np.random.default_rng(seed).permutation(10 * len(lists))[:len(lists)]
+        values = values.astype(dtype)
+        got, got_begins = rows_by_request(lists, RequestCodes(), values)
+        np.testing.assert_array_equal(got, values[grouped])
+        np.testing.assert_array_equal(got_begins, begins)
+        assert got.dtype == dtype
 
 
 def test_no_pairs():
