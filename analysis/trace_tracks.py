@@ -21,6 +21,7 @@ REQUESTS_PROCESS_LABEL = "Requests"
 _ROLE_LABELS = {ROLE_API_SERVER: "API server", ROLE_ENGINE_CORE: "EngineCore",
                 ROLE_WORKER: "Worker"}
 _ROLE_ORDER = {ROLE_API_SERVER: 1, ROLE_ENGINE_CORE: 2, ROLE_WORKER: 3}
+_TRACK_ROWS = 65_536  # records read at a time for the tracks' names
 
 
 class _TraceProcesses:
@@ -77,9 +78,13 @@ class _TraceProcesses:
                 events.append(_meta("thread_sort_index", self.requests_pid, lane,
                                     sort_index=lane))
         track_domains: dict = {}
-        for pid, tid, slice_tid, domain in zip(trace_pids.tolist(), tids.tolist(),
-                                               slice_tids.tolist(), domains):
-            track_domains.setdefault((pid, tid, slice_tid), set()).add(domain or "")
+        # A chunk of records at a time: the whole columns as Python ints were the largest
+        # transient of the trace's build (about 0.1 KB a record).
+        for first in range(0, len(domains), _TRACK_ROWS):
+            rows = slice(first, first + _TRACK_ROWS)
+            for pid, tid, slice_tid, domain in zip(trace_pids[rows].tolist(), tids[rows].tolist(),
+                                                   slice_tids[rows].tolist(), domains[rows]):
+                track_domains.setdefault((pid, tid, slice_tid), set()).add(domain or "")
         for (pid, tid, slice_tid), seen in sorted(track_domains.items()):
             label = "/".join(sorted(d for d in seen if d))
             name = f"{label} thread {tid}" if label else f"thread {tid}"

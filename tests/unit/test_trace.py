@@ -500,3 +500,21 @@ def test_metric_samples_are_a_bool_array_of_the_rows_with_no_type_no_duration_an
     samples = _metric_samples(frame, start, end)
     assert samples.dtype == bool
     assert samples.tolist() == [True, False, False, False, True]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_track_names_read_a_chunk_of_records_at_a_time_are_the_same(monkeypatch, rows):
+    """The tracks' metadata events (names and sort order of every thread and overlap lane)
+    do not depend on how many records are read at a time."""
+    import otel_vllm_ascend.analysis.trace_tracks as tracks
+
+    cap = two_request_capture()
+    cap.add(API, 0.0, 10.0, {"domain": "Engine", "name": "a", "type": 2})
+    cap.add(API, 5.0, 15.0, {"domain": "Other", "name": "b", "type": 2})
+    cap.add(API, 6.0, 7.0, {"domain": "", "name": "c", "type": 2})
+    frame = cap.frame()
+    want = [e for e in build_chrome_trace(frame, requests_table()) if e["ph"] == "M"]
+    monkeypatch.setattr(tracks, "_TRACK_ROWS", rows)
+    got = [e for e in build_chrome_trace(frame, requests_table()) if e["ph"] == "M"]
+    assert got == want
+    assert any("(overlap 1)" in e["args"].get("name", "") for e in got)
