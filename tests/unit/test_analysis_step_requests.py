@@ -84,3 +84,31 @@ def test_kinds_without_a_type_come_from_the_held_iterations():
     assert table["iter"].dtype == np.float32
     assert table["type"].tolist()[:3] == [1.0, 0.0, 0.0]
     assert math.isnan(table["type"].iloc[3])
+
+
+def test_narrowing_compared_a_chunk_at_a_time_is_the_whole_comparison(monkeypatch):
+    """The check that a narrow type holds every value, made a few rows at a time, picks the
+    type the whole-column comparison picks (a value that does not survive anywhere in the
+    column, NaN among them)."""
+    import otel_vllm_ascend.analysis.steps as steps_module
+
+    rng = np.random.default_rng(3)
+    columns = [rng.integers(0, 2048, 50).astype("float64"),  # float16
+               np.append(rng.integers(0, 2048, 49), 2049).astype("float64"),  # float32
+               np.append(rng.integers(0, 2048, 49), 0.1).astype("float64"),  # float64
+               np.append(np.full(10, np.nan), rng.integers(0, 5, 40)).astype("float64")]
+    for chunk in (1, 3, 7, 1 << 20):
+        monkeypatch.setattr(steps_module, "_COMPARED_ROWS", chunk)
+        for column, dtype in zip(columns, ("float16", "float32", "float64", "float16")):
+            narrow = steps_module._narrowed(column.copy())
+            assert str(narrow.dtype) == dtype
+            np.testing.assert_array_equal(narrow.astype("float64"), column)
+
+
+def test_request_ids_stay_an_object_column():
+    """Not pandas 3's inferred string dtype: inferring it from millions of ids was the
+    largest transient of the table's build; the values are the same."""
+    held = compact([_item("a", 0, 0, 8), _item("b", 0, 0, 5)], ["a", "b"])
+    table = step_requests(_steps([held, None], [["a", "b"], ["c"]]))
+    assert table["rid"].dtype == object
+    assert table["rid"].tolist() == ["a", "b", "c"]
