@@ -112,8 +112,9 @@ execute_model = wrapping.AroundHandler(
 
 
 def _synchronised_before(this: Any, args: tuple, kwargs: dict) -> tuple:
-    common.ensure_role("worker")
-    synchronize = npu_synchronize()
+    if common._role_recorded is None:
+        common.ensure_role("worker")
+    synchronize = _npu_synchronize if _npu_checked else npu_synchronize()
     if synchronize is not None:
         synchronize()
     return time.time_ns(), native_thread.current.id, synchronize
@@ -168,7 +169,8 @@ def capture_async(original: Any, this: Any, duration_tag: Any = None, *args: Any
 # span records, in the order the spans ended, as one record per span did.
 
 class WorkerSpan(NamedTuple):
-    """One Worker span as its hook captured it."""
+    """One Worker span as its hook captured it. The hooks queue these fields as a plain tuple
+    (what marshal takes, so the hand-off sends a step's spans as they are)."""
 
     name: str
     start_ns: int
@@ -184,7 +186,7 @@ _open_step: Optional[list] = None  # spans ended during the current runner call,
 
 def record_worker_span(name: str, start: int, end: int, tid: int,
                        request_ids: Optional[list], error: Optional[BaseException]) -> None:
-    span = tuple.__new__(WorkerSpan, (name, start, end, tid, request_ids, None, error))
+    span = (name, start, end, tid, request_ids, None, error)  # a WorkerSpan's fields
     if _open_step is not None:
         _open_step.append(span)
     else:
@@ -192,9 +194,13 @@ def record_worker_span(name: str, start: int, end: int, tid: int,
 
 
 def _worker_spans_to_wire(spans: list) -> list:
-    return [tuple(span) if span[6] is None
-            else tuple(span[:6]) + (tuple(handoff.capture_exception(span[6])),)
-            for span in spans]
+    """The spans as they are (plain tuples), unless one carries an exception (as text)."""
+    for span in spans:
+        if span[6] is not None:
+            return [span if span[6] is None
+                    else tuple(span[:6]) + (tuple(handoff.capture_exception(span[6])),)
+                    for span in spans]
+    return spans
 
 
 def _worker_span_records(state: dict, wire: list) -> list:
@@ -223,8 +229,10 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     _step_request_ids = request_ids
     if not request_ids:
         return None
-    common.ensure_role("worker")
-    meta.record_worker_dp_rank(this)
+    if common._role_recorded is None:
+        common.ensure_role("worker")
+    if not meta._recorded:
+        meta.record_worker_dp_rank(this)
     operator_profiler.step_begin()
     outer, _open_step = _open_step, []
     return request_ids, time.time_ns(), native_thread.current.id, outer
@@ -238,8 +246,8 @@ def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: An
     spans, _open_step = _open_step, outer
     operator_profiler.step_end()
     spans = spans if spans is not None else []
-    spans.append(tuple.__new__(WorkerSpan, ("modelRunnerExec", start, end, tid, request_ids,
-                                            spec_decode.step_acceptance(), error)))
+    spans.append(("modelRunnerExec", start, end, tid, request_ids,  # a WorkerSpan's fields
+                  spec_decode.step_acceptance(), error))
     if outer is not None:  # a runner call inside another: its spans join the outer step's
         outer.extend(spans)
     else:
@@ -294,8 +302,7 @@ class _PhaseContext:
                     synchronize()
                 end = time.time_ns()
                 if _open_step is not None and exc is None:  # the common case, inlined
-                    _open_step.append(tuple.__new__(WorkerSpan, (
-                        phase, start, end, tid, request_ids, None, None)))
+                    _open_step.append((phase, start, end, tid, request_ids, None, None))
                 else:
                     record_worker_span(phase, start, end, tid, request_ids, exc)
             except Exception:  # our bookkeeping must not replace the block's outcome
@@ -310,7 +317,8 @@ def _phase_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     phase = RUNNER_PHASES.get(name) if type(name) is str else None
     if phase is None:
         return None  # a phase the span contract has no record for: the original alone
-    common.ensure_role("worker")
+    if common._role_recorded is None:
+        common.ensure_role("worker")
     if phase != "forward":
         return phase, None, time.time_ns(), native_thread.current.id, None
     synchronize = npu_synchronize()
