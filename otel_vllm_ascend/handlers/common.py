@@ -178,6 +178,24 @@ def queue_changes(before: Iterable[Any], after: Iterable[Any]) -> Tuple[list, li
     after = after if type(after) is list else list(after)
     if before == after:  # the common case of a steady decode step (identity, compared in C)
         return [], []
+    # The usual change of a step: members left from the front (WAITING: scheduled) and joined
+    # at the end (RUNNING: newly scheduled), i.e. after == before[k:] + new. Checked with slice
+    # comparisons in C; anything else goes the set way below (same result either way).
+    if after:
+        try:
+            k = before.index(after[0])
+        except ValueError:
+            k = -1
+    else:
+        k = len(before)
+    if k >= 0:
+        kept = len(before) - k
+        if after[:kept] == before[k:]:
+            left, joined = before[:k], after[kept:]
+            # a member that left the front and came back at the end did not change queues
+            if not left or not joined or set(left).isdisjoint(joined):
+                return ([member.request_id for member in left],
+                        [member.request_id for member in joined])
     # Set operations run in C; under load a step changes a queue by a member or two, whose
     # order needs no pass over the queue.
     members = set(before)
@@ -220,10 +238,18 @@ class BatchInputs(NamedTuple):
             prompt = getattr(request, "prompt_token_ids", None)
             new.append((request.req_id, len(prompt) if prompt is not None else None,
                         int(getattr(request, "num_computed_tokens", 0) or 0)))
-        cached_ids, cached_computed = cached_requests(
-            getattr(scheduler_output, "scheduled_cached_reqs", None))
-        return cls(tuple(getattr(scheduler_output, "finished_req_ids", None) or ()), new,
-                   cached_ids, cached_computed, dict(scheduler_output.num_scheduled_tokens))
+        cached = getattr(scheduler_output, "scheduled_cached_reqs", None)
+        if type(getattr(cached, "req_ids", None)) is list \
+                and type(getattr(cached, "num_computed_tokens", None)) is list:
+            # vLLM 0.10 and later: two list copies in C, no call
+            cached_ids, cached_computed = cached.req_ids[:], cached.num_computed_tokens[:]
+        else:
+            cached_ids, cached_computed = cached_requests(cached)
+        finished = getattr(scheduler_output, "finished_req_ids", None)
+        # tuple.__new__ skips the generated constructor's keyword handling (records.py)
+        return tuple.__new__(cls, (tuple(finished) if finished else (), new, cached_ids,
+                                   cached_computed,
+                                   dict(scheduler_output.num_scheduled_tokens)))
 
 
 def cached_requests(cached: Any) -> Tuple[list, list]:
@@ -369,10 +395,15 @@ def _classification_to_wire(batch: StepBatch) -> tuple:
     return batch.seq, tuple(inputs), contexts
 
 
-def _step_to_wire(record: StepRecord) -> tuple:
+
+
+def _step_to_wire(record: StepRecord,
+                  span_to_wire: Optional[Callable[[tuple], tuple]] = None) -> tuple:
     batch = record.batch
-    return (batch.seq, _classification_to_wire(batch) if record.classify else None,
-            record.span)
+    span = record.span
+    if span is not None and span_to_wire is not None:
+        span = span_to_wire(span)
+    return (batch.seq, _classification_to_wire(batch) if record.classify else None, span)
 
 
 class RemoteBatches:
@@ -428,11 +459,16 @@ def _remote(state: dict) -> RemoteBatches:
     return batches
 
 
-def step_expander(name: str, expand_span: Callable[[RemoteBatches, int, tuple], Any]
+def step_expander(name: str, expand_span: Callable[[RemoteBatches, int, tuple], Any],
+                  span_to_wire: Optional[Callable[[tuple], tuple]] = None
                   ) -> Callable[[Any], Any]:
     """Register the expander of one kind of engine-step span: ``expand_span(batches, seq,
-    span values)`` gives its SpanRecord once the step is classified. Returns the function
-    :func:`record_step` queues."""
+    span values)`` gives its SpanRecord once the step is classified; ``span_to_wire`` (on the
+    recorder's thread) makes the hook's span values plain first, where they are not. Returns
+    the function :func:`record_step` queues."""
+
+    def step_to_wire(record: StepRecord) -> tuple:
+        return _step_to_wire(record, span_to_wire)
 
     def expand(state: dict, wire: tuple) -> Optional[list]:
         seq, classification, span = wire
@@ -443,7 +479,7 @@ def step_expander(name: str, expand_span: Callable[[RemoteBatches, int, tuple], 
             return None
         return [expand_span(batches, seq, span)]
 
-    return handoff.register_expander(name, _step_to_wire, expand)
+    return handoff.register_expander(name, step_to_wire, expand)
 
 
 def record_step(expander: Callable[[Any], Any], batch: StepBatch,

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any, Optional
 
@@ -23,15 +24,37 @@ DOMAIN = "Schedule"
 KV_DOMAIN = "Schedule.KVCache"
 RUNNING, WAITING = "RUNNING", "WAITING"
 
-def _queue_changes(changes: list, queue_name: str, before: list, queue: Any) -> None:
-    """``(event name, queue name, request ids, queue size)`` of one queue's changes since
-    ``before``, for the ``Dequeue`` / ``Enqueue`` events."""
-    after = queue if type(queue) is list else list(queue)  # the live list is only read here
+def _queue_changes(changes: list, queue_name: str, before: list, after: list) -> None:
+    """``(event name, queue name, request ids, queue size)`` of one queue's changes between
+    two snapshots, for the ``Dequeue`` / ``Enqueue`` events."""
     left, joined = common.queue_changes(before, after)
     if left:
         changes.append(("Dequeue", queue_name, left, len(after)))
     if joined:
         changes.append(("Enqueue", queue_name, joined, len(after)))
+
+
+# vLLM's FCFS waiting queue is a deque whose __iter__ / __len__ only call deque's own (Python
+# frames around C); the hook reads it through deque's C methods. Other queue types as they are.
+_deque_iter, _deque_len = collections.deque.__iter__, collections.deque.__len__
+_plain_deques: dict = {}  # queue type -> True when read through deque's methods
+
+
+def _is_plain_deque(kind: type) -> bool:
+    plain = _plain_deques.get(kind)
+    if plain is None:
+        plain = _plain_deques[kind] = (issubclass(kind, collections.deque)
+                                       and kind.__name__ == "FCFSRequestQueue")
+    return plain
+
+
+def _snapshot(queue: Any) -> list:
+    """A copy of a scheduler queue's members, in its order."""
+    if type(queue) is list:
+        return queue[:]
+    if _is_plain_deque(type(queue)):
+        return list(_deque_iter(queue))
+    return list(queue)
 
 
 def _used_blocks(this: Any) -> Optional[tuple]:
@@ -46,9 +69,10 @@ def _used_blocks(this: Any) -> Optional[tuple]:
 
 
 def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
-    common.ensure_role("engine_core")
-    return (list(this.running), list(this.waiting), _used_blocks(this), time.time_ns(),
-            native_thread.current.id)
+    if common._role_recorded is None:
+        common.ensure_role("engine_core")
+    return (_snapshot(this.running), _snapshot(this.waiting), _used_blocks(this),
+            time.time_ns(), native_thread.current.id)
 
 
 def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: Any,
@@ -59,9 +83,18 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
     if not batch.inputs.scheduled or not control.engine_step(output):  # profiler_step_num
         common.record_step(_expand_schedule, batch, None)  # the step still counts
         return
+    # A steady step leaves both queues as they were: compared here (identity, in C) before
+    # any call; only a queue that changed has its request ids that left and joined worked out.
     queue_changes: list = []
-    _queue_changes(queue_changes, RUNNING, running_before, this.running)
-    _queue_changes(queue_changes, WAITING, waiting_before, this.waiting)
+    running = this.running
+    if type(running) is not list or running != running_before:
+        _queue_changes(queue_changes, RUNNING, running_before, _snapshot(running))
+    waiting = this.waiting
+    if waiting_before or (_deque_len(waiting) if _is_plain_deque(type(waiting))
+                          else len(waiting)):
+        waiting_after = _snapshot(waiting)
+        if waiting_after != waiting_before:
+            _queue_changes(queue_changes, WAITING, waiting_before, waiting_after)
     kv = None
     kv_after = _used_blocks(this)
     if kv_after is not None and control.allows(KV_DOMAIN):

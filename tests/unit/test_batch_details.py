@@ -51,3 +51,17 @@ def test_queue_changes_match_a_pass_over_each_queue():
             rng.shuffle(after)
         assert queue_changes(before, after) == by_passes(before, after)
         assert queue_changes(tuple(before), iter(after)) == by_passes(before, after)
+    # the shapes of a real step (front left, end joined), which take the slice comparisons,
+    # and their near misses: a member moved from the front to the end, one put back in front
+    for _ in range(500):
+        before = rng.sample(pool, rng.randint(0, 20))
+        rest = [m for m in pool if m not in before]
+        k = rng.randint(0, len(before))
+        after = before[k:] + rng.sample(rest, rng.randint(0, 4))
+        if before and rng.random() < 0.3:
+            after.append(before[0])  # left the front, back at the end: no change for it
+            after = list(dict.fromkeys(after))
+        if rng.random() < 0.2:
+            after.insert(0, rng.choice(pool))
+            after = list(dict.fromkeys(after))
+        assert queue_changes(before, after) == by_passes(before, after)
