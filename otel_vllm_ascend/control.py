@@ -84,9 +84,23 @@ def is_recording() -> bool:
     return _ctl.state.recording
 
 
+# The answers of allows() for the state in force, as (state, {(domain, level): answer}):
+# handlers ask every engine step, the state changes a few times per run (a new LiveState
+# object each time). One tuple swapped whole, so a thread never reads another state's answers.
+_answers: tuple = (None, {})
+
+
 def allows(domain: str, level: int = 20) -> bool:
     """For handlers whose records span several domains: is this one kept now?"""
-    return _ctl.state.allows(domain, level)
+    global _answers
+    state = _ctl.state
+    answers = _answers
+    if answers[0] is not state:
+        answers = _answers = (state, {})
+    answer = answers[1].get((domain, level))
+    if answer is None:
+        answer = answers[1][(domain, level)] = state.allows(domain, level)
+    return answer
 
 
 def add_listener(listener: Listener) -> None:
