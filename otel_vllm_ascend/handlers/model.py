@@ -74,7 +74,8 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     total_tokens = int(getattr(scheduler_output, "total_num_scheduled_tokens", 0) or 0)
     if total_tokens <= 0 or not control.engine_step(scheduler_output):
         return None
-    common.ensure_role("engine_core")
+    if common._role_recorded is None:
+        common.ensure_role("engine_core")
     batch = common.describe_batch(scheduler_output)
     common.record_step(_expand_model_exec, batch, None)  # classified now, unless schedule did
     return batch, total_tokens, time.time_ns(), native_thread.current.id
@@ -233,7 +234,8 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         common.ensure_role("worker")
     if not meta._recorded:
         meta.record_worker_dp_rank(this)
-    operator_profiler.step_begin()
+    if operator_profiler._collector is not None:  # operator collection configured
+        operator_profiler.step_begin()
     outer, _open_step = _open_step, []
     return request_ids, time.time_ns(), native_thread.current.id, outer
 
@@ -244,10 +246,11 @@ def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: An
     end = time.time_ns()
     request_ids, start, tid, outer = state
     spans, _open_step = _open_step, outer
-    operator_profiler.step_end()
+    if operator_profiler._collector is not None:
+        operator_profiler.step_end()
     spans = spans if spans is not None else []
     spans.append(("modelRunnerExec", start, end, tid, request_ids,  # a WorkerSpan's fields
-                  spec_decode.step_acceptance(), error))
+                  spec_decode._step.accepted_by_request, error))  # step_acceptance()
     if outer is not None:  # a runner call inside another: its spans join the outer step's
         outer.extend(spans)
     else:
