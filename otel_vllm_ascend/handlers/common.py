@@ -395,8 +395,6 @@ def _classification_to_wire(batch: StepBatch) -> tuple:
     return batch.seq, tuple(inputs), contexts
 
 
-
-
 def _step_to_wire(record: StepRecord,
                   span_to_wire: Optional[Callable[[tuple], tuple]] = None) -> tuple:
     batch = record.batch
