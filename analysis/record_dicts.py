@@ -239,13 +239,16 @@ def _float(value: Any) -> float:
         return float("nan")
 
 
-def key_values(column: pd.Series, key: str, missing: Any = None) -> np.ndarray:
+def key_values(column: pd.Series, key: str, missing: Any = None,
+               rows: Optional[np.ndarray] = None) -> np.ndarray:
     """``d.get(key, missing)`` of every dict of a dict column (:class:`RecordDicts`, or dicts
-    in an object column: frames made by hand) as an object array."""
+    in an object column: frames made by hand) as an object array; with ``rows`` (positions),
+    of those records only (a reader of a few records makes no array of every record)."""
     values = column.array
     if isinstance(values, RecordDicts):
-        return values.key_values(key, missing)
-    return _objects([d.get(key, missing) if d else missing for d in column.tolist()])
+        return (values if rows is None else values[rows]).key_values(key, missing)
+    dicts = column.tolist() if rows is None else column.iloc[rows].tolist()
+    return _objects([d.get(key, missing) if d else missing for d in dicts])
 
 
 def has_keys(column: pd.Series) -> np.ndarray:

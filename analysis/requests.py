@@ -32,7 +32,7 @@ Rows are sorted by arrival. The frame returned also holds the internal columns l
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ import pandas as pd
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 from otel_vllm_ascend.analysis.record_dicts import key_values
 from otel_vllm_ascend.analysis.request_states import request_state_counts
-from otel_vllm_ascend.analysis.rid_lists import rid_lengths, rid_sequence
+from otel_vllm_ascend.analysis.rid_lists import RidLists, rid_lengths
 from otel_vllm_ascend.analysis.rid_pairs import CHUNK_PAIRS, RequestCodes, named, pair_chunks
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
@@ -54,9 +54,6 @@ INTERNAL_COLUMNS = ("arrival_us", "enqueue_us", "first_scheduled_us", "first_tok
                     "reply_tokens", "steps", "has_arrival", "has_end")
 
 OUTPUT_NAMES = ("detokenize", "httpRes")
-# The records frame's columns request.csv reads (request_states.py's included).
-_COLUMNS_READ = ("name", "start_us", "end_us", "rids", "metrics", "metric_incs", "scopes",
-                 "attrs")
 
 
 class _PerRequest:
@@ -68,14 +65,22 @@ class _PerRequest:
     the results are those of one pass over all pairs. Codes are numbered in order of first
     appearance (records, then the engine's rows), as one ``pd.factorize`` over every pair
     would number them.
+
+    The records read are the frame's at ``at`` ("rows" below are positions in ``at``); their
+    columns are read from the frame where needed, not copied (a copy of the eight columns
+    read, the names as objects and the engine rows' codes were about 0.3 GB at x100).
     """
 
-    def __init__(self, rows: pd.DataFrame, engine_rids: np.ndarray) -> None:
-        self.rid_lists = rid_sequence(rows["rids"])
+    def __init__(self, frame: pd.DataFrame, at: np.ndarray, engine_rids: np.ndarray) -> None:
+        self.frame = frame
+        self.at = at
+        rids = frame["rids"].array if len(frame) else []
+        # A RidLists selection is its list numbers only (4 bytes a record).
+        self.rid_lists = rids[at] if isinstance(rids, RidLists) else [rids[i] for i in at.tolist()]
         self.lengths = rid_lengths(self.rid_lists)
-        self.names = rows["name"].to_numpy(dtype=object)
-        self.start = rows["start_us"].to_numpy(dtype="float64")
-        self.end = rows["end_us"].to_numpy(dtype="float64")
+        self._names = _NameCodes(frame["name"], at) if len(frame) else None
+        self.start = _floats_of(frame, "start_us")  # the frame's own arrays, by frame position
+        self.end = _floats_of(frame, "end_us")
         coder = self.coder = RequestCodes()
         # Earliest record of each request, reduced chunk by chunk while the codes are assigned.
         first_seen = np.empty(0)
@@ -83,13 +88,12 @@ class _PerRequest:
             if len(coder) > len(first_seen):
                 first_seen = np.concatenate([first_seen,
                                              np.full(len(coder) - len(first_seen), np.nan)])
-            np.fmin.at(first_seen, codes, self.start[row_of])
-        engine = np.asarray(engine_rids, dtype=object)
-        # Filled a chunk at a time (chunks then a concatenation held them twice: 160 MB at x100).
-        self.engine_codes = np.empty(len(engine), dtype=np.int32)
-        for begin in range(0, len(engine), CHUNK_PAIRS):
-            self.engine_codes[begin:begin + CHUNK_PAIRS] = coder.codes(
-                engine[begin:begin + CHUNK_PAIRS])
+            np.fmin.at(first_seen, codes, self.start[at[row_of]])
+        # The engine rows' ids numbered here; their codes are looked up again a chunk at a time
+        # when read (:meth:`engine_codes`) rather than held (4 bytes a row, 80 MB at x100).
+        self.engine = np.asarray(engine_rids, dtype=object)
+        for begin in range(0, len(self.engine), CHUNK_PAIRS):
+            coder.codes(self.engine[begin:begin + CHUNK_PAIRS])
         self.n = len(coder)
         self.uniques = coder.ids()
         self.first_seen = np.full(self.n, np.nan)
@@ -99,27 +103,44 @@ class _PerRequest:
         """(request code, row number) of the pairs of the records at ``rows_at``, in chunks."""
         return pair_chunks(self.rid_lists, self.coder, rows_at, self.lengths)
 
-    def rows_named(self, *names: str) -> np.ndarray:
-        return np.isin(self.names, names)
+    def engine_codes(self, rows: slice) -> np.ndarray:
+        """The codes of the engine rows ``rows`` (every id was numbered when made)."""
+        return self.coder.codes(self.engine[rows])
 
-    def reduce(self, row_mask: np.ndarray, row_values: np.ndarray, func: np.ufunc
+    def rows_named(self, *names: str) -> np.ndarray:
+        if self._names is None:
+            return np.zeros(len(self.at), dtype=bool)
+        return self._names.isin(names)
+
+    def values_at(self, column: str, key: str, row_mask: np.ndarray,
+                  missing: Any = None) -> np.ndarray:
+        """``d.get(key, missing)`` of the dicts in ``column`` of the rows in ``row_mask`` (in
+        row order): what :meth:`first` reads."""
+        return key_values(self.frame[column], key, missing,
+                          rows=self.at[np.flatnonzero(row_mask)])
+
+    def reduce(self, row_mask: np.ndarray, values: np.ndarray, func: np.ufunc
                ) -> np.ndarray:
-        """``func`` (np.fmin / np.fmax) of the values of each request; NaN if none."""
+        """``func`` (np.fmin / np.fmax) of the values of each request; NaN if none.
+        ``values``: one per frame record (:attr:`start`, :attr:`end`)."""
         out = np.full(self.n, np.nan)
+        at = self.at
         for codes, row_of in self._chunks(np.flatnonzero(row_mask)):
-            func.at(out, codes, row_values[row_of])
+            func.at(out, codes, values[at[row_of]])
         return out
 
     def first(self, row_mask: np.ndarray, row_values: np.ndarray) -> np.ndarray:
-        """Each request's value from its earliest record in ``row_mask`` with a value."""
+        """Each request's value from its earliest record in ``row_mask`` with a value.
+        ``row_values``: one per row in ``row_mask``, in row order (:meth:`values_at`)."""
         out = np.full(self.n, None, dtype=object)
         best = np.full(self.n, np.nan)  # start of the record ``out`` was taken from
         found = np.zeros(self.n, dtype=bool)
-        for codes, rows in self._chunks(np.flatnonzero(row_mask)):
-            values = row_values[rows]
+        masked = np.flatnonzero(row_mask)
+        for codes, rows in self._chunks(masked):
+            values = row_values[np.searchsorted(masked, rows)]
             known = np.asarray([v is not None and v == v for v in values], dtype=bool)
             rows, codes, values = rows[known], codes[known], values[known]
-            starts = self.start[rows]
+            starts = self.start[self.at[rows]]
             order = np.argsort(starts, kind="stable")
             unique_codes, first = np.unique(codes[order], return_index=True)
             picked = order[first]
@@ -135,8 +156,27 @@ class _PerRequest:
         return out
 
 
-def _metric_values(rows: pd.DataFrame, name: str, column: str = "metrics") -> np.ndarray:
-    return key_values(rows[column], name)
+class _NameCodes:
+    """The names of the records at ``at`` as their category codes (1 byte a record; an object
+    array of the names took 8)."""
+
+    def __init__(self, column: pd.Series, at: np.ndarray) -> None:
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            self.categories = column.cat.categories
+            self.codes = column.cat.codes.to_numpy()[at]
+        else:  # frames made by hand
+            self.categories = None
+            self.codes = column.to_numpy(dtype=object)[at]
+
+    def isin(self, names: tuple) -> np.ndarray:
+        if self.categories is None:
+            return np.isin(self.codes, names)
+        wanted = [code for code, name in enumerate(self.categories) if name in names]
+        return np.isin(self.codes, np.asarray(wanted, dtype=self.codes.dtype))
+
+
+def _floats_of(frame: pd.DataFrame, column: str) -> np.ndarray:
+    return frame[column].to_numpy(dtype="float64") if len(frame) else np.empty(0)
 
 
 def _floats(values: np.ndarray) -> np.ndarray:
@@ -160,12 +200,12 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     del known  # one byte per pair, twenty million at x100
     if len(frame):
         has_rid = rid_lengths(frame["rids"]) > 0
-        # Only the columns read below: most records are about requests, and a copy of every
-        # column of them would be most of the frame again.
-        rows = frame.loc[has_rid & (frame["name"] != "link").to_numpy(), list(_COLUMNS_READ)]
+        at = np.flatnonzero(has_rid & (frame["name"] != "link").to_numpy())
+        del has_rid
+        at = at.astype(np.int32) if len(frame) < 2 ** 31 else at
     else:
-        rows = frame
-    per = _PerRequest(rows, engine_rids)
+        at = np.empty(0, dtype=np.int64)
+    per = _PerRequest(frame, at, engine_rids)
     if per.n == 0:
         return pd.DataFrame({c: pd.Series([], dtype=object)
                              for c in CSV_COLUMNS + INTERNAL_COLUMNS})
@@ -175,23 +215,26 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     table["arrival_us"] = per.reduce(per.rows_named("httpReq"), start, fmin)
     is_res = per.rows_named("httpRes")
     table["end_us"] = per.reduce(is_res, end, fmax)
-    table["recv"] = _floats(per.first(is_res, _metric_values(rows, "recvTokenSize")))
-    table["reply_tokens"] = _floats(per.first(is_res, _metric_values(rows, "replyTokenSize")))
+    table["recv"] = _floats(per.first(is_res, per.values_at("metrics", "recvTokenSize", is_res)))
+    table["reply_tokens"] = _floats(per.first(is_res, per.values_at("metrics", "replyTokenSize",
+                                                                    is_res)))
     table["first_output_us"] = per.reduce(per.rows_named(*OUTPUT_NAMES), start, fmin)
     table["first_seen_us"] = per.first_seen
     table["enqueue_us"] = per.reduce(per.rows_named("Enqueue"), start, fmin)
     is_dequeue = per.rows_named("Dequeue")
     if is_dequeue.any():
+        # The queue names of the dequeue records only (upper-cased strings made for those).
         queue = np.asarray([str(name).upper() for name in
-                            key_values(rows["scopes"], "QueueName", "").tolist()], dtype=object)
-        is_dequeue &= queue != "RUNNING"
+                            per.values_at("scopes", "QueueName", is_dequeue, "").tolist()],
+                           dtype=object)
+        is_dequeue[np.flatnonzero(is_dequeue)[queue == "RUNNING"]] = False
     table["dequeue_us"] = per.reduce(is_dequeue, end, fmin)
 
     for column, values in _engine_side(per, steps, per_request).items():
         table[column] = values
     is_hit = per.rows_named("CacheHitRate")
-    hit_values = _metric_values(rows, "hitCache", "attrs")
-    hit_values[is_hit & np.asarray([v is None for v in hit_values], dtype=bool)] = 0
+    hit_values = per.values_at("attrs", "hitCache", is_hit)
+    hit_values[np.asarray([v is None for v in hit_values], dtype=bool)] = 0
     hits = pd.Series(per.first(is_hit, hit_values), index=table.index)
     index = table.index
 
@@ -238,7 +281,10 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "_order": start.to_numpy(),
     })
     out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
-    states = request_state_counts(rows)
+    # Only the ReqState records and the two columns read (V1 captures have none).
+    states = request_state_counts(
+        frame.loc[(frame["name"] == "ReqState").to_numpy(), ["name", "rids", "metric_incs"]]
+        if len(frame) else frame)
     for column in ("preemptions", "swaps"):
         out[column] = out["http_rid"].map(states[column]).fillna(0).astype("int64")
     return out[list(CSV_COLUMNS + INTERNAL_COLUMNS)]
@@ -275,7 +321,7 @@ def _engine_side(per: _PerRequest, steps: pd.DataFrame, per_request: pd.DataFram
                            "type", "iter")}
     for begin in range(0, len(per_request), ENGINE_CHUNK_ROWS):
         rows = slice(begin, begin + ENGINE_CHUNK_ROWS)
-        codes = per.engine_codes[rows]
+        codes = per.engine_codes(rows)
         step_idx = step_ids[rows]
         nst, nct, npt = (numbers[key][rows].astype("float64") for key in (
             "num_scheduled_tokens", "num_computed_tokens", "num_prompt_tokens"))
