@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import (
+    DICT_COLUMNS,
     ProcessInfo,
     RecordBuilder,
     canonical_rid,
@@ -48,6 +49,7 @@ from otel_vllm_ascend.analysis.read_sqlite import (
     _read_meta,
     _read_mstx,
 )
+from otel_vllm_ascend.analysis.record_dicts import RecordDicts
 
 MIN_ROWS = 20_000  # fewer rows in all: the serial reader is as fast
 RANGE_ROWS = 8_192  # rows of a large file read as one task
@@ -158,6 +160,10 @@ def _links_and_held(builder: RecordBuilder) -> tuple[list[tuple[str, str]], set]
              if (rtype == _LINK_TYPE or name == "link") and "to" in attrs and "from" in attrs]
     for name, dtype in _ARRAYS.items():  # sent as arrays: no Python number per row to pickle
         cols[name] = np.asarray(cols[name], dtype=dtype)
+    # The dicts as typed tables: no dict per record unpickled and held until the merge's end
+    # (the merge's largest objects: a few hundred MB at x100, and a heap left fragmented).
+    for name in DICT_COLUMNS:
+        cols[name] = RecordDicts.from_dicts(cols[name])
     return links, set(builder._ids.values())
 
 
@@ -205,6 +211,7 @@ class _Merge:
         self.report = report
         self.columns: dict[str, list] = RecordBuilder().columns
         self.arrays: dict[str, list] = {name: [] for name in _ARRAYS}  # concatenated at the end
+        self.dicts: dict[str, list[RecordDicts]] = {name: [] for name in DICT_COLUMNS}
         self.links: list[tuple[str, str]] = []
         self.processes: dict[tuple[str, int], ProcessInfo] = {}
         self.parts: list[tuple[int, int, set]] = []  # (first row, end row, held ids)
@@ -256,6 +263,8 @@ class _Merge:
         for name, values in part.columns.items():
             if name in _ARRAYS:
                 self.arrays[name].append(values)
+            elif name in DICT_COLUMNS:
+                self.dicts[name].append(RecordDicts.from_dicts(values))
             else:
                 self.columns[name].extend(values)
         part.columns = {}
@@ -278,6 +287,9 @@ class _Merge:
         for name, pieces in self.arrays.items():
             cols[name] = np.concatenate(pieces) if pieces else []
         self.arrays = {}
+        for name, dict_parts in self.dicts.items():
+            cols[name] = RecordDicts.concat_parts(dict_parts)
+        self.dicts = {}
         builder = RecordBuilder()
         builder.columns = cols
         builder.links = links

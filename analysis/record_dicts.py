@@ -119,7 +119,51 @@ class RecordDicts(ExtensionArray):
 
     @classmethod
     def from_dicts(cls, dicts: Sequence[dict]) -> RecordDicts:
+        if isinstance(dicts, RecordDicts):  # made already (the parallel reader's parts)
+            return dicts
         return cls(*build_table(dicts))
+
+    @classmethod
+    def concat_parts(cls, parts: Sequence[RecordDicts]) -> RecordDicts:
+        """The parts one after the other, as :meth:`from_dicts` of their dicts would make
+        them when no dict object is shared between parts (the parallel reader's parts, each
+        unpickled on its own): shapes numbered in order of first appearance, each shape's
+        rows the parts' rows in turn, float64 where every part's are. No dict is made."""
+        shape_of: dict[tuple, int] = {(): 0}
+        shapes: list[tuple] = [()]
+        pieces: list[list[np.ndarray]] = [[]]
+        maps = []
+        for part in parts:
+            local = np.zeros(len(part.table.shapes), dtype=np.int32)
+            for number, keys in enumerate(part.table.shapes):
+                shape = shape_of.get(keys)
+                if shape is None:
+                    shape = shape_of[keys] = len(shapes)
+                    shapes.append(keys)
+                    pieces.append([])
+                local[number] = shape
+            maps.append(local)
+        counts = np.zeros(len(shapes), dtype=np.int64)  # each shape's rows in earlier parts
+        shape_codes = np.empty(sum(len(part) for part in parts), dtype=np.int32)
+        rows = np.empty(len(shape_codes), dtype=np.int32)
+        begin = 0
+        for part, local in zip(parts, maps):
+            end = begin + len(part)
+            codes = local[part.shapes]
+            shape_codes[begin:end] = codes
+            rows[begin:end] = part.rows + counts[codes]
+            for number, table in enumerate(part.table.values):
+                if number:  # shape 0: no values
+                    pieces[local[number]].append(table)
+                    counts[local[number]] += len(table)
+            begin = end
+        tables = [np.empty((0, 0), dtype=np.float64)]
+        for tables_of in pieces[1:]:
+            if all(table.dtype == np.float64 for table in tables_of):
+                tables.append(np.concatenate(tables_of))
+            else:  # as from_dicts: an object array of the values as read (floats stay floats)
+                tables.append(np.concatenate([table.astype(object) for table in tables_of]))
+        return cls(DictTable(shapes, tables), narrowest(shape_codes, np.int8, np.int16), rows)
 
     # -- what pandas needs ------------------------------------------------------------------
     @classmethod

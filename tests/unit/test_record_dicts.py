@@ -3,6 +3,7 @@ of dicts they replace (random dicts, shared and unshared; selections, sorting, c
 one key's values)."""
 
 import math
+import pickle
 import random
 
 import numpy as np
@@ -149,3 +150,48 @@ def test_missing_keys_give_the_default_and_present_none_stays_none():
     for series in (pd.Series(RecordDicts.from_dicts(dicts)), pd.Series(dicts, dtype=object)):
         assert key_values(series, "QueueName", "").tolist() == ["", None, "running", ""]
         assert key_values(series, "QueueName").tolist() == [None, None, "running", None]
+
+
+def _same_tables(got, want):
+    """The same shapes, tables (dtype, values, NaN alike), shape codes and rows."""
+    assert got.table.shapes == want.table.shapes
+    for a, b in zip(got.table.values, want.table.values):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if a.dtype == np.float64:
+            np.testing.assert_array_equal(a, b)
+        else:
+            for x, y in zip(a.ravel().tolist(), b.ravel().tolist()):
+                _same({"v": x}, {"v": y})
+    assert got.shapes.dtype == want.shapes.dtype
+    np.testing.assert_array_equal(got.shapes, want.shapes)
+    np.testing.assert_array_equal(got.rows, want.rows)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("parts", [1, 2, 5, 9])
+def test_parts_concatenated_are_the_table_of_all_their_dicts(seed, parts):
+    """The parallel reader's parts (each pickled on its own, so no dict is shared between
+    parts), their tables concatenated: what one table of every dict would be."""
+    dicts = _random_dicts(seed, n=300)
+    rng = random.Random(seed)
+    cuts = sorted(rng.randrange(len(dicts) + 1) for _ in range(parts - 1))
+    bounds = [0, *cuts, len(dicts)]  # equal cuts make empty parts
+    pieces = [pickle.loads(pickle.dumps(dicts[a:b])) for a, b in zip(bounds, bounds[1:])]
+    got = RecordDicts.concat_parts([RecordDicts.from_dicts(piece) for piece in pieces])
+    want = RecordDicts.from_dicts([d for piece in pieces for d in piece])
+    _same_tables(got, want)
+    for a, b in zip(got.tolist(), want.tolist()):
+        _same(a, b)
+    assert RecordDicts.from_dicts(got) is got  # made already: taken as is
+
+
+def test_parts_of_floats_and_of_objects_under_one_key_tuple():
+    float_part = RecordDicts.from_dicts([{"x": 1.0}, {"x": 2.5}])
+    mixed_part = RecordDicts.from_dicts([{"x": 1}, {"x": -0.0}])
+    got = RecordDicts.concat_parts([float_part, mixed_part, float_part])
+    assert got.table.values[1].dtype == object
+    want = RecordDicts.from_dicts([{"x": 1.0}, {"x": 2.5}, {"x": 1}, {"x": -0.0},
+                                   {"x": 1.0}, {"x": 2.5}])
+    _same_tables(got, want)
+    empty = RecordDicts.concat_parts([])
+    _same_tables(empty, RecordDicts.from_dicts([]))
