@@ -15,7 +15,7 @@ computes them once.
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -197,66 +197,90 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
             rid_column[first:last] = piece["rid"]
         first = last
     # The table is held through most of the run (two million rows at x10): each number
-    # column is made in float64, then kept as float16 or float32 when that holds every value
-    # exactly (whole numbers up to 2**11 or 2**24: iterations, request kinds, the token counts
-    # of most workloads), one column at a time so that one float64 column is held at once.
-    # Readers widen to float64 before any arithmetic.
-    numbers = {}
-    # The iterations are narrowed before the kinds are made: they hold the same values.
-    iteration = numbers["iter"] = _narrowed(_number_column(pieces, "iter", total))
-    kind = _number_column(pieces, "type", total)
-    # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
-    missing = np.isnan(kind) & ~np.isnan(iteration)
-    kind[missing] = (iteration[missing] > 0).astype("float64")
-    del missing
-    numbers["type"] = _narrowed(kind)
-    del iteration, kind
-    for key in _DETAIL_KEYS[3:]:
-        numbers[key] = _narrowed(_number_column(pieces, key, total))
+    # column is kept as float16 or float32 when that holds every value exactly (whole numbers
+    # up to 2**11 or 2**24: iterations, request kinds, the token counts of most workloads),
+    # else float64; made a chunk of rows at a time (:func:`_number_column`). Readers widen to
+    # float64 before any arithmetic.
+    groups = _piece_groups(pieces)
+    numbers = {key: _number_column(pieces, groups, key) for key in _DETAIL_KEYS[1:]}
     # The ids stay an object column: pandas 3 would infer its string dtype from them, a
     # transient of about 40 bytes a row (0.8 GB at x100) for the same values.
     rid_series = pd.Series(rid_column, dtype=object, copy=False)
     return pd.DataFrame({"step_id": step_column, "rid": rid_series, **numbers}, copy=False)
 
 
-def _number_column(pieces: list, key: str, total: int) -> np.ndarray:
-    """The float64 column ``key`` of the (step, request) rows, piece after piece."""
-    column = np.empty(total, dtype="float64")
+_FILLED_ROWS = 1 << 20  # rows of a number column made in float64 at a time
+
+
+def _piece_groups(pieces: list) -> list[tuple[int, int, int, int]]:
+    """(first piece, end piece, first row, end row) of runs of pieces of about
+    ``_FILLED_ROWS`` rows (a piece is never split)."""
+    groups = []
+    first_piece, first_row, row = 0, 0, 0
+    for index, piece in enumerate(pieces):
+        row += len(piece[0]) if isinstance(piece, tuple) else len(piece["rid"])
+        if row - first_row >= _FILLED_ROWS:
+            groups.append((first_piece, index + 1, first_row, row))
+            first_piece, first_row = index + 1, row
+    if first_piece < len(pieces):
+        groups.append((first_piece, len(pieces), first_row, row))
+    return groups
+
+
+def _number_column(pieces: list, groups: list, key: str) -> np.ndarray:
+    """The column ``key`` of the (step, request) rows in the narrowest of float16 and float32
+    that holds every value exactly, else float64.
+
+    The pieces are read twice, a group of rows at a time in float64: first for the type that
+    holds every group's values, then into the column in that type (a whole float64 column and
+    its narrowed copy were about 0.2 GB above the table at x100). A value that float16 holds
+    exactly float32 does too, so the whole column's type is the widest of its groups'."""
+    dtype: Any = np.float16
+    for group in groups:
+        dtype = max(dtype, _narrowest(_group_values(pieces, group, key)),
+                    key=_FLOAT_TYPES.index)
+        if dtype is np.float64:
+            break
+    column = np.empty(groups[-1][3] if groups else 0, dtype=dtype)
+    for group in groups:
+        column[group[2]:group[3]] = _group_values(pieces, group, key)
+    return column
+
+
+_FLOAT_TYPES = [np.float16, np.float32, np.float64]
+
+
+def _group_values(pieces: list, group: tuple, key: str) -> np.ndarray:
+    """The float64 values of ``key`` in one group of pieces; for ``type``, the iteration's
+    rule where the dicts lack it."""
+    first_piece, end_piece, first_row, end_row = group
+    values = np.empty(end_row - first_row, dtype="float64")
     first = 0
-    for piece in pieces:
+    for piece in pieces[first_piece:end_piece]:
         if isinstance(piece, tuple):
             detail = piece[0]
             last = first + len(detail)
-            values = detail.column(key)
-            column[first:last] = np.nan if values is None else values
+            piece_values = detail.column(key)
+            values[first:last] = np.nan if piece_values is None else piece_values
         else:
             last = first + len(piece["rid"])
-            column[first:last] = piece[key]
+            values[first:last] = piece[key]
         first = last
-    return column
+    if key == "type":
+        # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
+        iteration = _group_values(pieces, group, "iter")
+        missing = np.isnan(values) & ~np.isnan(iteration)
+        values[missing] = (iteration[missing] > 0).astype("float64")
+    return values
 
 
-def _narrowed(column: np.ndarray) -> np.ndarray:
-    """``column`` in the narrowest of float16 and float32 that holds every value exactly,
-    else as it is (20 M rows at x100: 40 MB a column in float16, 80 MB in float32)."""
+def _narrowest(values: np.ndarray) -> Any:
+    """The first of float16 and float32 that holds every value exactly, else float64."""
     for dtype in (np.float16, np.float32):
         with np.errstate(over="ignore"):  # too large for float16: inf, which fails the test
-            narrow = column.astype(dtype)
-        if _same_values(narrow, column):
-            return narrow
-        del narrow
-    return column
-
-
-_COMPARED_ROWS = 1 << 20  # values compared at a time (a whole-column comparison's widened
-# copy and masks were about 0.2 GB at x100, above the table being made)
-
-
-def _same_values(narrow: np.ndarray, column: np.ndarray) -> bool:
-    """``np.array_equal(narrow, column, equal_nan=True)``, a chunk of rows at a time."""
-    return all(np.array_equal(narrow[first:first + _COMPARED_ROWS],
-                              column[first:first + _COMPARED_ROWS], equal_nan=True)
-               for first in range(0, len(column), _COMPARED_ROWS))
+            if np.array_equal(values.astype(dtype), values, equal_nan=True):
+                return dtype
+    return np.float64
 
 
 def _dict_rows(indices: list[int], details: list, plains: Sequence, step_ids: np.ndarray

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from otel_vllm_ascend.analysis.rid_detail import compact
 from otel_vllm_ascend.analysis.steps import step_requests
@@ -86,23 +87,51 @@ def test_kinds_without_a_type_come_from_the_held_iterations():
     assert math.isnan(table["type"].iloc[3])
 
 
-def test_narrowing_compared_a_chunk_at_a_time_is_the_whole_comparison(monkeypatch):
-    """The check that a narrow type holds every value, made a few rows at a time, picks the
-    type the whole-column comparison picks (a value that does not survive anywhere in the
-    column, NaN among them)."""
+def _whole_column_type(column):
+    """The type the table's columns were narrowed to before they were made a group of rows at
+    a time: the first of float16 and float32 that the whole float64 column survives."""
+    for dtype in (np.float16, np.float32):
+        with np.errstate(over="ignore"):
+            if np.array_equal(column.astype(dtype), column, equal_nan=True):
+                return np.dtype(dtype)
+    return np.dtype(np.float64)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_columns_made_a_group_of_rows_at_a_time_are_the_whole_columns(monkeypatch, seed):
+    """Each number column made a few rows at a time (the type found over every group, then
+    the column filled in it) has the values and the type of the whole float64 column
+    narrowed at once: values that need float32 or float64, NaN and a missing ``type`` in a
+    random step, compact and plain steps mixed."""
     import otel_vllm_ascend.analysis.steps as steps_module
 
-    rng = np.random.default_rng(3)
-    columns = [rng.integers(0, 2048, 50).astype("float64"),  # float16
-               np.append(rng.integers(0, 2048, 49), 2049).astype("float64"),  # float32
-               np.append(rng.integers(0, 2048, 49), 0.1).astype("float64"),  # float64
-               np.append(np.full(10, np.nan), rng.integers(0, 5, 40)).astype("float64")]
-    for chunk in (1, 3, 7, 1 << 20):
-        monkeypatch.setattr(steps_module, "_COMPARED_ROWS", chunk)
-        for column, dtype in zip(columns, ("float16", "float32", "float64", "float16")):
-            narrow = steps_module._narrowed(column.copy())
-            assert str(narrow.dtype) == dtype
-            np.testing.assert_array_equal(narrow.astype("float64"), column)
+    rng = np.random.default_rng(seed)
+    details, rids = [], []
+    for step in range(30):
+        names = [f"r{step}-{i}" for i in range(rng.integers(1, 6))]
+        items = [_item(name, int(rng.integers(0, 3)), int(rng.integers(0, 2)),
+                       int(rng.integers(1, 2048))) for name in names]
+        if rng.random() < 0.3 or step == 7 + seed:  # plain dicts: some without a type
+            for item in items:
+                if rng.random() < 0.5:
+                    del item["type"]
+            if step == 7 + seed:
+                items[0]["num_scheduled_tokens"] = 2049 if seed % 2 else 0.1
+                items[-1]["num_prompt_tokens"] = float("nan")
+            details.append(items)
+        else:
+            details.append(compact(items, names))
+        rids.append(names)
+    steps_table = _steps(details, rids)
+    monkeypatch.setattr(steps_module, "_FILLED_ROWS", 1 << 30)
+    whole = step_requests(steps_table)
+    for chunk in (1, 3, 7):
+        monkeypatch.setattr(steps_module, "_FILLED_ROWS", chunk)
+        pd.testing.assert_frame_equal(step_requests(steps_table), whole)
+    for key in ("iter", "type", "num_scheduled_tokens", "num_prompt_tokens",
+                "num_computed_tokens"):
+        assert whole[key].dtype == _whole_column_type(whole[key].to_numpy(dtype="float64"))
+    assert whole["num_scheduled_tokens"].dtype == (np.float32 if seed % 2 else np.float64)
 
 
 def test_request_ids_stay_an_object_column():
