@@ -438,7 +438,9 @@ class RecordBuilder:
         del source_codes
         # The id lists as codes into one table (rid_lists.py); the reader's lists, and the
         # batch details' references to them, are dropped.
-        rid_lists = RidLists.from_lists(cols["rids"])
+        rid_lists = cols["rids"]
+        if not isinstance(rid_lists, RidLists):  # made already (the parallel reader's merge)
+            rid_lists = RidLists.from_lists(rid_lists)
         numbers = rid_lists.numbers
         for row, detail in enumerate(cols["rid_detail"]):
             if detail is not None and detail.__class__ is RequestDetail:
@@ -524,7 +526,9 @@ def share_equal_lists(rids_column: list, detail_column: list) -> None:
 
     The serial reader shares them as it reads (:meth:`RecordBuilder._shared`); parts read
     apart (:mod:`.read_parallel`) each hold their own copy of a step's list (the engine's batch
-    records and the API server's ``detokenize`` list the same requests): 8 bytes per id each.
+    records and the API server's ``detokenize`` list the same requests). The parallel reader's
+    merge now joins the parts' tables instead (``RidLists.concat_parts``, which gives this
+    function's result); kept as the lists' reference in its tests.
     """
     shared: dict[int, list] = {}
     for row, rids in enumerate(rids_column):

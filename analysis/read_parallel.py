@@ -38,7 +38,6 @@ from otel_vllm_ascend.analysis.frame import (
     RecordBuilder,
     canonical_rid,
     map_request_ids,
-    share_equal_lists,
 )
 from otel_vllm_ascend.analysis.read_results import ReadReport, _apply_meta, _fill_roles, _process
 from otel_vllm_ascend.analysis.read_sqlite import (
@@ -50,6 +49,8 @@ from otel_vllm_ascend.analysis.read_sqlite import (
     _read_mstx,
 )
 from otel_vllm_ascend.analysis.record_dicts import RecordDicts
+from otel_vllm_ascend.analysis.rid_detail import RequestDetail
+from otel_vllm_ascend.analysis.rid_lists import RidLists
 
 MIN_ROWS = 20_000  # fewer rows in all: the serial reader is as fast
 RANGE_ROWS = 8_192  # rows of a large file read as one task
@@ -58,6 +59,8 @@ _LINK_TYPE = 3
 # Number columns the parts send as arrays, in the types RecordBuilder.build makes of them.
 _ARRAYS = {"pid": "int64", "tid": "int64", "mark_id": "int64", "start_us": "float64",
            "end_us": "float64", "dur_us": "float64"}
+
+_NO_IDS: list = []  # a sent batch detail's ids until the frame's build; never modified
 
 Progress = Callable[[int, int, str], None]
 
@@ -164,6 +167,13 @@ def _links_and_held(builder: RecordBuilder) -> tuple[list[tuple[str, str]], set]
     # (the merge's largest objects: a few hundred MB at x100, and a heap left fragmented).
     for name in DICT_COLUMNS:
         cols[name] = RecordDicts.from_dicts(cols[name])
+    # The id lists as one table too (the merge's largest column after the dicts): a batch
+    # detail's own reference to its record's list is dropped, the frame's build gives it the
+    # record's list in the capture's table.
+    cols["rids"] = RidLists.from_lists(cols["rids"])
+    for detail in cols["rid_detail"]:
+        if detail is not None and detail.__class__ is RequestDetail:
+            detail.rids = _NO_IDS
     return links, set(builder._ids.values())
 
 
@@ -212,6 +222,7 @@ class _Merge:
         self.columns: dict[str, list] = RecordBuilder().columns
         self.arrays: dict[str, list] = {name: [] for name in _ARRAYS}  # concatenated at the end
         self.dicts: dict[str, list[RecordDicts]] = {name: [] for name in DICT_COLUMNS}
+        self.rid_parts: list[RidLists] = []
         self.links: list[tuple[str, str]] = []
         self.processes: dict[tuple[str, int], ProcessInfo] = {}
         self.parts: list[tuple[int, int, set]] = []  # (first row, end row, held ids)
@@ -265,6 +276,9 @@ class _Merge:
                 self.arrays[name].append(values)
             elif name in DICT_COLUMNS:
                 self.dicts[name].append(RecordDicts.from_dicts(values))
+            elif name == "rids":
+                self.rid_parts.append(values if isinstance(values, RidLists)
+                                      else RidLists.from_lists(values))
             else:
                 self.columns[name].extend(values)
         part.columns = {}
@@ -278,12 +292,15 @@ class _Merge:
                 not links.keys().isdisjoint(links.values()):
             return None
         cols = self.columns
+        pendings = []
         for first, end, held in self.parts:  # ids whose link another part read
             pending = {rid: links[rid] for rid in held if rid in links}
             if pending:
-                map_request_ids(cols["rids"][first:end], cols["rid_detail"][first:end],
-                                pending)
-        share_equal_lists(cols["rids"], cols["rid_detail"])
+                map_request_ids([], cols["rid_detail"][first:end], pending)
+            pendings.append(pending)
+        # Mapped and equal lists shared as the table is joined (share_equal_lists' result).
+        cols["rids"] = RidLists.concat_parts(self.rid_parts, pendings)
+        self.rid_parts = []
         for name, pieces in self.arrays.items():
             cols[name] = np.concatenate(pieces) if pieces else []
         self.arrays = {}

@@ -118,6 +118,65 @@ class RidLists(ExtensionArray):
         table, numbers = build_table(lists)
         return cls(table, numbers)
 
+    @classmethod
+    def concat_parts(cls, parts: Sequence[RidLists],
+                     links: Sequence[Optional[dict]] = ()) -> RidLists:
+        """The parts one after the other, as :meth:`from_lists` of their lists would make
+        them once ``links[i]`` (internal -> external id) had mapped part ``i``'s ids and
+        equal lists of two or more ids had been made one list
+        (:func:`.frame.share_equal_lists`): the parallel reader's parts, each read and
+        unpickled on its own (no list object shared between parts). Lists numbered in order
+        of first appearance, ids in order of first appearance in those lists. No list made.
+        """
+        code_of: dict = {}
+        number_of: dict[bytes, int] = {}  # an id list of 2+ ids (its codes) -> its number
+        maps, kept = [], []
+        count = 1  # list 0: no request
+        for index, part in enumerate(parts):
+            table = part.table
+            get = links[index].get if index < len(links) and links[index] else None
+            # A mapped id may equal another of the part's ids: coded by value here.
+            local = np.fromiter((code_of.setdefault(rid if get is None else get(rid, rid),
+                                                    len(code_of)) for rid in table.ids),
+                                dtype=np.int32, count=len(table.ids))
+            codes = local[table.codes]
+            offsets = table.offsets
+            numbers = np.zeros(len(table), dtype=np.int32)
+            new = np.zeros(len(table), dtype=bool)
+            for number in range(1, len(table)):
+                begin, end = int(offsets[number]), int(offsets[number + 1])
+                if end - begin >= 2:
+                    key = codes[begin:end].tobytes()
+                    known = number_of.get(key)
+                    if known is not None:
+                        numbers[number] = known
+                        continue
+                    number_of[key] = count
+                numbers[number] = count
+                new[number] = True
+                count += 1
+            maps.append(numbers)
+            kept.append((codes, offsets, np.flatnonzero(new)))
+        del number_of
+        pieces, lengths = [], []
+        for codes, offsets, new in kept:  # each new list's codes, in order
+            begins = offsets[new]
+            sizes = offsets[new + 1] - begins
+            within = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(
+                np.cumsum(sizes) - sizes, sizes)
+            pieces.append(codes[np.repeat(begins, sizes) + within])
+            lengths.append(sizes)
+        offsets = np.zeros(count + 1, dtype=np.int64)
+        if lengths:
+            np.cumsum(np.concatenate(lengths), out=offsets[2:])
+        ids = np.empty(len(code_of), dtype=object)
+        ids[:] = list(code_of)
+        table = RidTable(ids, offsets, np.concatenate(pieces).astype(np.int32, copy=False)
+                         if pieces else np.empty(0, dtype=np.int32))
+        numbers = np.concatenate([local[part.numbers] for local, part in zip(maps, parts)]) \
+            if parts else np.empty(0, dtype=np.int32)
+        return cls(table, numbers)
+
     # -- what pandas needs ------------------------------------------------------------------
     @classmethod
     def _from_sequence(cls, scalars: Iterable, *, dtype: Any = None,

@@ -151,3 +151,63 @@ def test_table_coded_a_chunk_at_a_time(chunk, monkeypatch):
         column = RidLists.from_lists(lists)
         assert column.tolist() == lists
         assert len(set(column.table.ids.tolist())) == len(column.table.ids)
+
+
+def _part_lists(rng, rows):
+    """One part's lists as a reading worker makes them: shared single-id and batch lists,
+    equal lists not shared, empty lists; internal ids (``in-``) some of whose links another
+    part read, and their external ids (``ex-``) both present."""
+    ids = [f"in-{i}" for i in range(12)] + [f"ex-{i}" for i in range(12)] + ["", "é"]
+    singles = {rid: [rid] for rid in ids}
+    batches = [rng.sample(ids, rng.randint(2, 8)) for _ in range(6)]
+    lists = []
+    for _ in range(rows):
+        kind = rng.random()
+        if kind < 0.2:
+            lists.append([])
+        elif kind < 0.5:
+            lists.append(singles[rng.choice(ids)])
+        elif kind < 0.6:
+            lists.append([rng.choice(ids)])  # a single id's list not shared
+        elif kind < 0.9:
+            lists.append(rng.choice(batches))
+        else:
+            lists.append(list(rng.choice(batches)))
+    return lists
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("count", [1, 2, 5, 9])
+def test_parts_concatenated_are_the_table_of_the_mapped_shared_lists(seed, count):
+    """concat_parts against what the merge did before: each part's lists mapped in place
+    by its links, equal lists of 2+ ids shared (share_equal_lists), then from_lists."""
+    import pickle
+
+    from otel_vllm_ascend.analysis.frame import map_request_ids, share_equal_lists
+
+    rng = random.Random(seed * 100 + count)
+    parts = [_part_lists(rng, rng.choice([0, 0, 1, 7, 60])) for _ in range(count)]
+    links = [{f"in-{i}": f"ex-{i}" for i in range(12) if rng.random() < 0.5}
+             if rng.random() < 0.7 else {} for _ in range(count)]
+    # Each part sent on its own (no list shared between parts), as the workers' parts are.
+    sent = [RidLists.from_lists(pickle.loads(pickle.dumps(lists))) for lists in parts]
+    got = RidLists.concat_parts(sent, links)
+    expected_lists = []
+    for lists, pending in zip(parts, links):
+        lists = pickle.loads(pickle.dumps(lists))
+        map_request_ids(lists, [None] * len(lists), pending)
+        expected_lists.extend(lists)
+    share_equal_lists(expected_lists, [None] * len(expected_lists))
+    expected = RidLists.from_lists(expected_lists)
+    assert got.numbers.dtype == expected.numbers.dtype
+    assert got.numbers.tolist() == expected.numbers.tolist()
+    assert got.table.offsets.tolist() == expected.table.offsets.tolist()
+    assert got.table.codes.tolist() == expected.table.codes.tolist()
+    assert got.table.ids.tolist() == expected.table.ids.tolist()
+    assert got.tolist() == expected_lists
+
+
+def test_concat_parts_of_nothing_and_of_empty_parts():
+    assert len(RidLists.concat_parts([])) == 0
+    got = RidLists.concat_parts([RidLists.from_lists([]), RidLists.from_lists([[], []])])
+    assert got.tolist() == [[], []] and len(got.table) == 1
