@@ -162,9 +162,7 @@ class RidLists(ExtensionArray):
         for codes, offsets, new in kept:  # each new list's codes, in order
             begins = offsets[new]
             sizes = offsets[new + 1] - begins
-            within = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(
-                np.cumsum(sizes) - sizes, sizes)
-            pieces.append(codes[np.repeat(begins, sizes) + within])
+            pieces.append(codes[_positions(begins, sizes)])
             lengths.append(sizes)
         offsets = np.zeros(count + 1, dtype=np.int64)
         if lengths:
@@ -261,10 +259,15 @@ class RidLists(ExtensionArray):
         numbers = self.numbers if rows is None else self.numbers[rows]
         begins = self.table.offsets[numbers]
         sizes = self.table.offsets[numbers + 1] - begins
-        total = int(sizes.sum())
         record = np.repeat(np.arange(len(numbers), dtype=np.int32), sizes)
-        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        return self.table.codes[np.repeat(begins, sizes) + within], record
+        return self.table.codes[_positions(begins, sizes)], record
+
+
+def _positions(begins: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Every position of the ranges ``begins[i]`` .. ``begins[i] + sizes[i]``, in order."""
+    within = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes,
+                                                                       sizes)
+    return np.repeat(begins, sizes) + within
 
 
 class TableIds:
