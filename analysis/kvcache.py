@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
-from otel_vllm_ascend.analysis.record_dicts import key_values
+from otel_vllm_ascend.analysis.record_dicts import key_floats
 
 KV_DOMAINS = ("Schedule.KVCache", "KVCache")
 # Records of blocks going back to the free pool: a finished request's (``Free``), a preempted
@@ -42,13 +42,9 @@ EXTRA_COLUMNS = ("start_us", "host", "pid", "dp_rank")
 def _metric(metrics: pd.Series, *names: str) -> np.ndarray:
     """The first of ``names`` each record's metrics have a value (not NaN) for, else NaN."""
     out = np.full(len(metrics), np.nan)
-    found = np.zeros(len(metrics), dtype=bool)
     for name in names:
-        values = key_values(metrics, name)
-        given = ~found & np.fromiter((v is not None and v == v for v in values.tolist()),
-                                     dtype=bool, count=len(values))
-        out[given] = values[given].tolist()
-        found |= given
+        missing = np.isnan(out)
+        out[missing] = key_floats(metrics, name)[missing]
     return out
 
 

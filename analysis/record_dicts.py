@@ -295,6 +295,17 @@ def key_values(column: pd.Series, key: str, missing: Any = None,
     return _objects([d.get(key, missing) if d else missing for d in dicts])
 
 
+def key_floats(column: pd.Series, key: str) -> np.ndarray:
+    """``d.get(key)`` of every dict of a dict column as float64, NaN where a dict lacks the
+    key or its value is not a number (:meth:`RecordDicts.key_floats`; dicts in an object
+    column: frames made by hand)."""
+    values = column.array
+    if isinstance(values, RecordDicts):
+        return values.key_floats(key)
+    return np.array([_float(d.get(key)) if d else np.nan for d in column.tolist()],
+                    dtype=np.float64)
+
+
 def has_keys(column: pd.Series) -> np.ndarray:
     """Per record: is its dict not empty?"""
     values = column.array
