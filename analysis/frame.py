@@ -520,30 +520,6 @@ def map_request_ids(rids_column: list, detail_column: list, links: dict[str, str
                         item["rid"] = ext
 
 
-def share_equal_lists(rids_column: list, detail_column: list) -> None:
-    """Make equal id lists of several ids one list, in place (and a ``RequestDetail``'s
-    ``rids`` the record's shared list).
-
-    The serial reader shares them as it reads (:meth:`RecordBuilder._shared`); parts read
-    apart (:mod:`.read_parallel`) each hold their own copy of a step's list (the engine's batch
-    records and the API server's ``detokenize`` list the same requests). The parallel reader's
-    merge now joins the parts' tables instead (``RidLists.concat_parts``, which gives this
-    function's result); kept as the lists' reference in its tests.
-    """
-    shared: dict[int, list] = {}
-    for row, rids in enumerate(rids_column):
-        if len(rids) < 2:
-            continue
-        key = hash(tuple(rids))
-        first = shared.setdefault(key, rids)
-        if first is rids or first != rids:
-            continue
-        rids_column[row] = first
-        detail = detail_column[row]
-        if isinstance(detail, RequestDetail) and detail.rids is rids:
-            detail.rids = first
-
-
 def guess_role(names: Iterable[str]) -> str:
     """The vLLM process kind from the record names it wrote (captures without a role row)."""
     seen = set(names)

@@ -298,7 +298,7 @@ class _Merge:
             if pending:
                 map_request_ids([], cols["rid_detail"][first:end], pending)
             pendings.append(pending)
-        # Mapped and equal lists shared as the table is joined (share_equal_lists' result).
+        # Mapped, and equal lists of several ids made one, as the tables are joined.
         cols["rids"] = RidLists.concat_parts(self.rid_parts, pendings)
         self.rid_parts = []
         for name, pieces in self.arrays.items():

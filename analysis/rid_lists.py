@@ -123,8 +123,8 @@ class RidLists(ExtensionArray):
                      links: Sequence[Optional[dict]] = ()) -> RidLists:
         """The parts one after the other, as :meth:`from_lists` of their lists would make
         them once ``links[i]`` (internal -> external id) had mapped part ``i``'s ids and
-        equal lists of two or more ids had been made one list
-        (:func:`.frame.share_equal_lists`): the parallel reader's parts, each read and
+        equal lists of two or more ids had been made one list (the reference in this
+        module's tests): the parallel reader's parts, each read and
         unpickled on its own (no list object shared between parts). Lists numbered in order
         of first appearance, ids in order of first appearance in those lists. No list made.
         """

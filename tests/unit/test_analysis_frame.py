@@ -13,9 +13,7 @@ from otel_vllm_ascend.analysis.frame import (
     format_datetime_us,
     guess_role,
     parse_message,
-    share_equal_lists,
 )
-from otel_vllm_ascend.analysis.rid_detail import compact
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -132,25 +130,6 @@ def test_shared_id_lists_are_mapped_once_and_alike(link_first):
     assert f.loc["Free", "rids"] == ["ext"]
     assert f.loc["detokenize", "rids"] == ["ext", "x", "int2"]
     assert f.loc["link", "rids"] == []
-
-
-def test_equal_lists_read_apart_become_one_list():
-    # Two parts read apart (read_parallel.py) each hold their own copy of a step's list; the
-    # merge makes equal lists one, a RequestDetail's ids included, and leaves the rest alone.
-    engine = ["a", "b", "c"]
-    detail = compact([{"rid": r, "iter": 1} for r in engine], engine)
-    api = ["a", "b", "c"]
-    other, single, none = ["a", "c"], ["a"], []
-    rids = [api, other, engine, engine, list(single), single, none, ["a", "c", "b"]]
-    details = [None, None, detail, detail, None, None, None, None]
-    share_equal_lists(rids, details)
-    assert rids[0] is api and rids[2] is api and rids[3] is api and detail.rids is api
-    assert rids[1] is other and rids[5] is single and rids[6] is none
-    assert rids[4] is not single  # lists of one id are shared by the reader, not here
-    assert rids[7] == ["a", "c", "b"] and rids[7] is not api  # same ids, another order
-    assert [r for r in rids] == [["a", "b", "c"], ["a", "c"], ["a", "b", "c"],
-                                 ["a", "b", "c"], ["a"], ["a"], [], ["a", "c", "b"]]
-    assert list(detail) == [{"rid": r, "iter": 1} for r in ("a", "b", "c")]
 
 
 def test_repeated_small_dicts_are_shared_only_when_written_alike():

@@ -8,7 +8,7 @@ import pytest
 
 from otel_vllm_ascend.analysis import rid_pairs
 from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder
-from otel_vllm_ascend.analysis.rid_detail import compact
+from otel_vllm_ascend.analysis.rid_detail import RequestDetail, compact
 from otel_vllm_ascend.analysis.rid_lists import (
     RidLists,
     TableIds,
@@ -153,6 +153,43 @@ def test_table_coded_a_chunk_at_a_time(chunk, monkeypatch):
         assert len(set(column.table.ids.tolist())) == len(column.table.ids)
 
 
+def share_equal_lists(rids_column: list, detail_column: list) -> None:
+    """The reference for :meth:`RidLists.concat_parts` (what the parallel reader's merge did
+    before it joined tables): equal id lists of several ids made one list, in place, and a
+    ``RequestDetail``'s ``rids`` the record's shared list."""
+    shared: dict[int, list] = {}
+    for row, rids in enumerate(rids_column):
+        if len(rids) < 2:
+            continue
+        key = hash(tuple(rids))
+        first = shared.setdefault(key, rids)
+        if first is rids or first != rids:
+            continue
+        rids_column[row] = first
+        detail = detail_column[row]
+        if isinstance(detail, RequestDetail) and detail.rids is rids:
+            detail.rids = first
+
+
+def test_equal_lists_read_apart_become_one_list():
+    # Two parts read apart (read_parallel.py) each hold their own copy of a step's list; the
+    # reference makes equal lists one, a RequestDetail's ids included, and leaves the rest alone.
+    engine = ["a", "b", "c"]
+    detail = compact([{"rid": r, "iter": 1} for r in engine], engine)
+    api = ["a", "b", "c"]
+    other, single, none = ["a", "c"], ["a"], []
+    rids = [api, other, engine, engine, list(single), single, none, ["a", "c", "b"]]
+    details = [None, None, detail, detail, None, None, None, None]
+    share_equal_lists(rids, details)
+    assert rids[0] is api and rids[2] is api and rids[3] is api and detail.rids is api
+    assert rids[1] is other and rids[5] is single and rids[6] is none
+    assert rids[4] is not single  # lists of one id are shared by the reader, not here
+    assert rids[7] == ["a", "c", "b"] and rids[7] is not api  # same ids, another order
+    assert [r for r in rids] == [["a", "b", "c"], ["a", "c"], ["a", "b", "c"],
+                                 ["a", "b", "c"], ["a"], ["a"], [], ["a", "c", "b"]]
+    assert list(detail) == [{"rid": r, "iter": 1} for r in ("a", "b", "c")]
+
+
 def _part_lists(rng, rows):
     """One part's lists as a reading worker makes them: shared single-id and batch lists,
     equal lists not shared, empty lists; internal ids (``in-``) some of whose links another
@@ -183,7 +220,7 @@ def test_parts_concatenated_are_the_table_of_the_mapped_shared_lists(seed, count
     by its links, equal lists of 2+ ids shared (share_equal_lists), then from_lists."""
     import pickle
 
-    from otel_vllm_ascend.analysis.frame import map_request_ids, share_equal_lists
+    from otel_vllm_ascend.analysis.frame import map_request_ids
 
     rng = random.Random(seed * 100 + count)
     parts = [_part_lists(rng, rng.choice([0, 0, 1, 7, 60])) for _ in range(count)]
