@@ -76,7 +76,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.narrow_ints import fits, narrowest
-from otel_vllm_ascend.analysis.record_dicts import RecordDicts, key_values
+from otel_vllm_ascend.analysis.record_dicts import RecordDicts
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail, compact
 from otel_vllm_ascend.analysis.rid_lists import RidLists, TableIds
 
@@ -552,12 +552,3 @@ def format_datetime_us(values: Any) -> pd.Series:
     stamps = pd.to_datetime(whole, unit="us", utc=True)
     text = stamps.dt.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
     return text.astype(object).where(known, "")
-
-
-def metric_column(frame: pd.DataFrame, name: str, column: str = "metrics") -> pd.Series:
-    """One key of the ``metrics`` (or ``metric_incs``/``scopes``/``attrs``) dicts as a Series."""
-    values = key_values(frame[column], name)
-    if column in ("metrics", "metric_incs"):
-        return pd.Series(np.asarray([np.nan if v is None else v for v in values.tolist()],
-                                    dtype="float64"), index=frame.index)
-    return pd.Series(values, index=frame.index, dtype=object)
