@@ -42,7 +42,7 @@ from otel_vllm_ascend.analysis.record_dicts import key_values
 from otel_vllm_ascend.analysis.request_states import request_state_counts
 from otel_vllm_ascend.analysis.rid_lists import RidLists, rid_lengths
 from otel_vllm_ascend.analysis.rid_pairs import CHUNK_PAIRS, RequestCodes, named, pair_chunks
-from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
+from otel_vllm_ascend.analysis.steps import engine_steps, rid_values, step_requests
 
 REQUEST_COLUMNS = ("http_rid", "start_datetime", "recv_token_size", "reply_token_size",
                    "execution_time(ms)", "queue_wait_time(ms)", "first_token_latency(ms)",
@@ -71,7 +71,7 @@ class _PerRequest:
     read, the names as objects and the engine rows' codes were about 0.3 GB at x100).
     """
 
-    def __init__(self, frame: pd.DataFrame, at: np.ndarray, engine_rids: np.ndarray) -> None:
+    def __init__(self, frame: pd.DataFrame, at: np.ndarray, engine_rids: Any) -> None:
         self.frame = frame
         self.at = at
         rids = frame["rids"].array if len(frame) else []
@@ -91,9 +91,12 @@ class _PerRequest:
             np.fmin.at(first_seen, codes, self.start[at[row_of]])
         # The engine rows' ids numbered here; their codes are looked up again a chunk at a time
         # when read (:meth:`engine_codes`) rather than held (4 bytes a row, 80 MB at x100).
-        self.engine = np.asarray(engine_rids, dtype=object)
+        # ``engine_rids``: the (step, request) table's ``rid`` column (ids or their codes), or
+        # the ids as an array.
+        self.engine = engine_rids if isinstance(engine_rids, pd.Series) else pd.Series(
+            np.asarray(engine_rids, dtype=object), dtype=object)
         for begin in range(0, len(self.engine), CHUNK_PAIRS):
-            coder.codes(self.engine[begin:begin + CHUNK_PAIRS])
+            coder.codes(rid_values(self.engine, slice(begin, begin + CHUNK_PAIRS)))
         self.n = len(coder)
         self.uniques = coder.ids()
         self.first_seen = np.full(self.n, np.nan)
@@ -105,7 +108,7 @@ class _PerRequest:
 
     def engine_codes(self, rows: slice) -> np.ndarray:
         """The codes of the engine rows ``rows`` (every id was numbered when made)."""
-        return self.coder.codes(self.engine[rows])
+        return self.coder.codes(rid_values(self.engine, rows))
 
     def rows_named(self, *names: str) -> np.ndarray:
         if self._names is None:
@@ -191,13 +194,17 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         steps = engine_steps(frame)
     if per_request is None:
         per_request = step_requests(steps)
-    engine_rids = per_request["rid"].to_numpy(dtype=object)
-    # Two C-level passes over the two million (step, request) ids (was one generator).
-    known = named(engine_rids) & (engine_rids != "")
+    # The (step, request) rows' ids read a chunk at a time: the table holds them as codes, an
+    # object array of all of them would be 8 bytes a row (twenty million rows at x100).
+    known = np.empty(len(per_request), dtype=bool)
+    for begin in range(0, len(per_request), CHUNK_PAIRS):
+        rows = slice(begin, begin + CHUNK_PAIRS)
+        ids = rid_values(per_request["rid"], rows)
+        known[rows] = named(ids) & (ids != "")
     if not known.all():  # batch entries without a request id count in batches, not here
         per_request = per_request.loc[known].reset_index(drop=True)
-        engine_rids = engine_rids[known]
     del known  # one byte per pair, twenty million at x100
+    engine_rids = per_request["rid"]
     if len(frame):
         has_rid = rid_lengths(frame["rids"]) > 0
         at = np.flatnonzero(has_rid & (frame["name"] != "link").to_numpy())

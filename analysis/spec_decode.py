@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
-from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
+from otel_vllm_ascend.analysis.steps import engine_steps, rid_values, step_requests
 
 RECORD_NAME = "specDecoding"
 RUNNER_RECORD = "modelRunnerExec"
@@ -137,8 +137,9 @@ def _step_of(rows: pd.DataFrame, steps: pd.DataFrame,
         return step_id, iteration
     start = steps["sched_start_us"].fillna(steps["exec_start_us"])
     step_start = dict(zip(steps["step_id"].tolist(), start.tolist()))
-    candidates = per_request[["step_id", "rid", "iter", "num_computed_tokens"]].astype(
+    candidates = per_request[["step_id", "iter", "num_computed_tokens"]].astype(
         {"num_computed_tokens": "float64"})  # joined with the records' float64 counts
+    candidates["rid"] = rid_values(per_request["rid"])  # joined with the records' ids
     candidates["step_start"] = candidates["step_id"].map(step_start)
     left = pd.DataFrame({"row": np.arange(n), "rid": rows["rid"].to_numpy(dtype=object),
                          "num_computed_tokens": rows["computed"].to_numpy(),

@@ -52,6 +52,7 @@ from otel_vllm_ascend.analysis.rid_pairs import (
     place_by_code,
 )
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
+from otel_vllm_ascend.analysis.steps import rid_values
 
 STAGES = ("scheduling", "model_execution", "model_forward", "logits_sampling",
           "output_processing", "step_total")
@@ -104,11 +105,11 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
         return out
     per_request = per_request.iloc[_first_yielding_rows(per_request)]
     # A step whose first such entry has no request id (None) has no output to find.
-    per_request = per_request.loc[named(per_request["rid"].to_numpy(dtype=object))]
+    per_request = per_request.loc[named(rid_values(per_request["rid"]))]
     # The outputs' (record, request) pairs as int32 codes: twenty million pairs at x100; only
     # those of the requests asked about are kept, a chunk of pairs at a time.
     coder = RequestCodes()
-    asked_codes = coder.codes(per_request["rid"].to_numpy(dtype=object))
+    asked_codes = coder.codes(rid_values(per_request["rid"]))
     grouped, begins = _asked_output_times(rid_sequence(outputs["rids"]),
                                           outputs["start_us"].to_numpy(dtype="float64"), coder)
     exec_end = batches["exec_end_us"].to_numpy(dtype="float64")

@@ -22,7 +22,7 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis.narrow_ints import fits
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail
-from otel_vllm_ascend.analysis.rid_lists import rid_sequence
+from otel_vllm_ascend.analysis.rid_lists import RidTable, TableIds, rid_sequence
 
 SCHEDULE_NAMES = ("batchFrameworkProcessing", "BatchSchedule")
 EXEC_NAMES = ("modelExec",)
@@ -183,18 +183,19 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     # empty table keeps int64, as before the ids were narrowed).
     narrow_ids = total and fits(len(steps) - 1, np.int32)
     step_column = np.empty(total, dtype=np.int32 if narrow_ids else np.int64)
-    rid_column = np.empty(total, dtype=object)
+    rid_codes = np.empty(total, dtype=np.int32)
+    coder = _RidCoder()
     first = 0
     for piece in pieces:
         if isinstance(piece, tuple):
             detail, step_id = piece
             last = first + len(detail)
             step_column[first:last] = step_id
-            rid_column[first:last] = detail.rids
+            rid_codes[first:last] = coder.codes(detail.rids)
         else:
             last = first + len(piece["rid"])
             step_column[first:last] = piece["step_id"]
-            rid_column[first:last] = piece["rid"]
+            rid_codes[first:last] = coder.codes(piece["rid"])
         first = last
     # The table is held through most of the run (two million rows at x10): each number
     # column is kept as float16 or float32 when that holds every value exactly (whole numbers
@@ -203,10 +204,60 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     # float64 before any arithmetic.
     groups = _piece_groups(pieces)
     numbers = {key: _number_column(pieces, groups, key) for key in _DETAIL_KEYS[1:]}
-    # The ids stay an object column: pandas 3 would infer its string dtype from them, a
-    # transient of about 40 bytes a row (0.8 GB at x100) for the same values.
-    rid_series = pd.Series(rid_column, dtype=object, copy=False)
-    return pd.DataFrame({"step_id": step_column, "rid": rid_series, **numbers}, copy=False)
+    # The ids as category codes (int32 at most, 4 bytes a row against an 8-byte pointer: the
+    # table is held from here to request_summary, twenty million rows at x100); a batch entry
+    # without an id is the missing code. Read them with rid_values (None where missing).
+    rid_column = pd.Categorical.from_codes(rid_codes, categories=coder.categories())
+    del rid_codes
+    return pd.DataFrame({"step_id": step_column, "rid": rid_column, **numbers}, copy=False)
+
+
+class _RidCoder:
+    """The (step, request) rows' ids -> category codes, numbered in order of first appearance;
+    None (a batch entry without an id) -> -1. A compact step's ids held in the frame's id table
+    (``TableIds``) are coded through that table's codes, no string looked up per row."""
+
+    def __init__(self) -> None:
+        self.code_of: dict = {}
+        self.by_table: dict[int, tuple[RidTable, np.ndarray]] = {}  # table -> code per table id
+
+    def codes(self, rids: Any) -> np.ndarray:
+        if isinstance(rids, TableIds):
+            table = rids.table
+            known = self.by_table.get(id(table))
+            if known is None:
+                known = self.by_table[id(table)] = (table, np.full(len(table.ids), -2, np.int32))
+            translated = known[1]
+            table_codes = table.codes[table.offsets[rids.number]:table.offsets[rids.number + 1]]
+            codes = translated[table_codes]
+            new = codes == -2
+            if new.any():
+                for code in table_codes[new].tolist():
+                    if translated[code] == -2:
+                        translated[code] = self._code(table.ids[code])
+                codes = translated[table_codes]
+            return codes
+        return np.fromiter(map(self._code, rids), dtype=np.int32, count=len(rids))
+
+    def _code(self, rid: Any) -> int:
+        if rid is None:
+            return -1
+        return self.code_of.setdefault(rid, len(self.code_of))
+
+    def categories(self) -> pd.Index:
+        ids = np.empty(len(self.code_of), dtype=object)
+        ids[:] = list(self.code_of)
+        return pd.Index(ids, dtype=object)
+
+
+def rid_values(column: pd.Series, rows: Any = slice(None)) -> np.ndarray:
+    """The ids of a (step, request) table's ``rid`` column (of ``rows``) as an object array,
+    None where a batch entry has no id: what the column held before it held codes."""
+    values = column.array
+    if isinstance(values, pd.Categorical):
+        ids = np.append(values.categories.to_numpy(dtype=object), None)  # code -1: the last
+        return ids[values.codes[rows]]
+    return column.to_numpy(dtype=object)[rows]
 
 
 _FILLED_ROWS = 1 << 20  # rows of a number column made in float64 at a time

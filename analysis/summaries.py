@@ -46,6 +46,7 @@ from otel_vllm_ascend.analysis.rid_pairs import (
     pair_codes,
     pair_counts,
 )
+from otel_vllm_ascend.analysis.steps import rid_values
 
 STAT_COLUMNS = ("Metric", "Average", "Max", "Min", "P50", "P90", "P99")
 
@@ -92,7 +93,7 @@ def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
         gaps = _gaps_by_request(codes, rows, times, coder.ranks(), _complete(coder, complete))
     elif per_request is not None and batches is not None and len(per_request):
         times = batches["exec_end_us"].to_numpy(dtype="float64")  # per step; a pair's: rows
-        rids = per_request["rid"].to_numpy(dtype=object)
+        rids = rid_values(per_request["rid"])
         # Batch entries without a request id (None) have no code: left out, as in request.csv.
         with_id = named(rids)
         codes = coder.codes(rids[with_id])

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder
 from otel_vllm_ascend.analysis.rid_detail import compact
-from otel_vllm_ascend.analysis.steps import step_requests
+from otel_vllm_ascend.analysis.rid_lists import TableIds
+from otel_vllm_ascend.analysis.steps import rid_values, step_requests
 
 
 def _item(rid, it, kind, scheduled, prompt=8, computed=0):
@@ -134,10 +136,34 @@ def test_columns_made_a_group_of_rows_at_a_time_are_the_whole_columns(monkeypatc
     assert whole["num_scheduled_tokens"].dtype == (np.float32 if seed % 2 else np.float64)
 
 
-def test_request_ids_stay_an_object_column():
-    """Not pandas 3's inferred string dtype: inferring it from millions of ids was the
-    largest transient of the table's build; the values are the same."""
-    held = compact([_item("a", 0, 0, 8), _item("b", 0, 0, 5)], ["a", "b"])
-    table = step_requests(_steps([held, None], [["a", "b"], ["c"]]))
-    assert table["rid"].dtype == object
-    assert table["rid"].tolist() == ["a", "b", "c"]
+def test_request_ids_are_codes_into_object_categories():
+    """Codes (4 bytes a row at most, not an 8-byte pointer) into object categories (not pandas
+    3's inferred string dtype, whose inference from millions of ids was the largest transient
+    of the table's build), numbered in order of first appearance; rid_values gives the ids,
+    None for a batch entry without one."""
+    held = compact([_item("b", 0, 0, 8), _item("a", 0, 0, 5)], ["b", "a"])
+    plain = [{"rid": None, "iter": 1}, {"rid": "c", "iter": 1}, {"iter": 2}]
+    table = step_requests(_steps([held, plain, None], [["b", "a"], ["c"], ["a"]]))
+    assert isinstance(table["rid"].dtype, pd.CategoricalDtype)
+    assert table["rid"].cat.categories.dtype == object
+    assert table["rid"].cat.categories.tolist() == ["b", "a", "c", ""]
+    assert rid_values(table["rid"]).tolist() == ["b", "a", None, "c", "", "a"]
+    assert rid_values(table["rid"], slice(1, 3)).tolist() == ["a", None]
+    assert rid_values(pd.Series(["x", None], dtype=object)).tolist() == ["x", None]
+
+
+def test_request_ids_read_through_the_frames_id_table():
+    """A compact step's ids held in the frame's id table are coded through the table's codes:
+    the same ids as the ids read one by one, for steps whose lists share ids."""
+    builder = RecordBuilder()
+    batches = [["r1", "r2", "r3"], ["r2", "r3"], ["r4", "r1"], ["r3"]]
+    for index, rids in enumerate(batches):
+        builder.add("src", 1, 1, index, float(index), float(index) + 1.0,
+                    {"name": "modelExec", "type": 2,
+                     "rid": [_item(rid, 1, 1, 1) for rid in rids]})
+    frame = builder.build([ProcessInfo("h", 1, sources=["src"])])
+    details = frame["rid_detail"].tolist()
+    assert all(isinstance(detail.rids, TableIds) for detail in details)
+    table = step_requests(_steps(details, [list(rids) for rids in batches]))
+    assert rid_values(table["rid"]).tolist() == [rid for rids in batches for rid in rids]
+    assert table["rid"].cat.categories.tolist() == ["r1", "r2", "r3", "r4"]
