@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from otel_vllm_ascend.analysis.frame import (
     DICT_COLUMNS,
@@ -59,6 +60,9 @@ _LINK_TYPE = 3
 # Number columns the parts send as arrays, in the types RecordBuilder.build makes of them.
 _ARRAYS = {"pid": "int64", "tid": "int64", "mark_id": "int64", "start_us": "float64",
            "end_us": "float64", "dur_us": "float64"}
+# Text columns the parts send as category codes (a pointer a record as lists: 20 MB a column
+# at x100, unpickled and held until the frame is built), joined by their categories' union.
+_TEXTS = ("source", "name", "domain", "batch_type")
 
 _NO_IDS: list = []  # a sent batch detail's ids until the frame's build; never modified
 
@@ -163,6 +167,12 @@ def _links_and_held(builder: RecordBuilder) -> tuple[list[tuple[str, str]], set]
              if (rtype == _LINK_TYPE or name == "link") and "to" in attrs and "from" in attrs]
     for name, dtype in _ARRAYS.items():  # sent as arrays: no Python number per row to pickle
         cols[name] = np.asarray(cols[name], dtype=dtype)
+    for name in _TEXTS:
+        cols[name] = pd.Categorical(cols[name])
+    try:  # the message types as nullable integers (a number too large for them stays a list)
+        cols["type"] = pd.array(cols["type"], dtype="Int64")
+    except (TypeError, ValueError, OverflowError):
+        pass
     # The dicts as typed tables: no dict per record unpickled and held until the merge's end
     # (the merge's largest objects: a few hundred MB at x100, and a heap left fragmented).
     for name in DICT_COLUMNS:
@@ -222,13 +232,14 @@ class _Merge:
         self.columns: dict[str, list] = RecordBuilder().columns
         self.arrays: dict[str, list] = {name: [] for name in _ARRAYS}  # concatenated at the end
         self.dicts: dict[str, list[RecordDicts]] = {name: [] for name in DICT_COLUMNS}
+        self.typed: dict[str, list] = {name: [] for name in (*_TEXTS, "type")}  # joined at the end
         self.rid_parts: list[RidLists] = []
         self.links: list[tuple[str, str]] = []
         self.processes: dict[tuple[str, int], ProcessInfo] = {}
         self.parts: list[tuple[int, int, set]] = []  # (first row, end row, held ids)
 
     def add_file(self, path: Path, parts: list[_Part]) -> None:
-        before = len(self.columns["name"])
+        before = len(self.columns["rid_detail"])  # the one column still joined as a list
         source = path.stem
         if parts[0].whole:
             part = parts[0]
@@ -267,15 +278,17 @@ class _Merge:
             ok = True
         if ok:
             self.report.files.append(str(path))
-        self.report.rows += len(self.columns["name"]) - before
+        self.report.rows += len(self.columns["rid_detail"]) - before
 
     def _rows(self, part: _Part) -> None:
-        first = len(self.columns["name"])
+        first = len(self.columns["rid_detail"])
         for name, values in part.columns.items():
             if name in _ARRAYS:
                 self.arrays[name].append(values)
             elif name in DICT_COLUMNS:
                 self.dicts[name].append(RecordDicts.from_dicts(values))
+            elif name in self.typed:
+                self.typed[name].append(values)
             elif name == "rids":
                 self.rid_parts.append(values if isinstance(values, RidLists)
                                       else RidLists.from_lists(values))
@@ -283,7 +296,7 @@ class _Merge:
                 self.columns[name].extend(values)
         part.columns = {}
         self.links.extend(part.links)
-        self.parts.append((first, len(self.columns["name"]), part.held))
+        self.parts.append((first, len(self.columns["rid_detail"]), part.held))
 
     def build(self) -> Optional[tuple[pd.DataFrame, list[ProcessInfo]]]:
         """The frame and processes; None when the links make the result order-dependent."""
@@ -307,12 +320,34 @@ class _Merge:
         for name, dict_parts in self.dicts.items():
             cols[name] = RecordDicts.concat_parts(dict_parts)
         self.dicts = {}
+        for name, pieces in self.typed.items():
+            cols[name] = _join_types(pieces) if name == "type" else _join_texts(pieces)
+        self.typed = {}
         builder = RecordBuilder()
         builder.columns = cols
         builder.links = links
         _fill_roles(builder, self.processes)
         frame = builder.build(self.processes.values())
         return frame, sorted(self.processes.values(), key=lambda p: (p.host, p.pid))
+
+
+def _join_texts(pieces: list) -> Any:
+    """The parts' text columns as one Categorical, categories sorted: what the frame's build
+    makes of the whole column (a part read here on failure may hold a list)."""
+    pieces = [piece if isinstance(piece, pd.Categorical) else pd.Categorical(piece)
+              for piece in pieces if len(piece)]
+    if not pieces:
+        return []
+    return union_categoricals(pieces, sort_categories=True) if len(pieces) > 1 else pieces[0]
+
+
+def _join_types(pieces: list) -> Any:
+    """The parts' message types as one nullable integer array (a list when a part's were not
+    integers such an array holds: the frame's build decides then, as in the serial read)."""
+    if pieces and all(isinstance(piece, pd.arrays.IntegerArray) for piece in pieces):
+        return pieces[0]._concat_same_type(pieces)
+    return [value for piece in pieces for value in
+            (piece if isinstance(piece, list) else piece.tolist())]
 
 
 def read_files(paths: list[Path], workers: int, progress: Optional[Progress] = None

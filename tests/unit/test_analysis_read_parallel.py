@@ -157,3 +157,23 @@ def test_request_detail_unpickled_in_a_process_that_never_made_one(monkeypatch):
     copy = pickle.loads(data)
     assert repr(copy) == repr(items) and list(copy) == items
     assert copy.column("odd key").tolist() == [7, 8]
+
+
+def test_parts_text_and_type_columns_join_as_the_whole_column_builds():
+    """Each part's text column sent as category codes, joined by the union of categories:
+    the Categorical the frame's build makes of the whole column (sorted categories); a part
+    read here on failure may send lists; types join as one nullable integer array, or as a
+    list when a part's could not be one."""
+    import pandas as pd
+
+    parts = [["b", "a", "b"], [], ["c", "a"], ["a"]]
+    sent = [pd.Categorical(p) for p in parts[:2]] + [parts[2], pd.Categorical(parts[3])]
+    joined = read_parallel._join_texts(sent)
+    whole = pd.Categorical([v for p in parts for v in p])
+    assert joined.tolist() == whole.tolist()
+    assert joined.categories.equals(whole.categories) and joined.codes.dtype == whole.codes.dtype
+    assert read_parallel._join_texts([pd.Categorical([]), []]) == []
+    types = [pd.array([2, None], dtype="Int64"), pd.array([], dtype="Int64"),
+             pd.array([0], dtype="Int64")]
+    assert read_parallel._join_types(types).tolist() == [2, pd.NA, 0]
+    assert read_parallel._join_types([types[0], [2 ** 70]]) == [2, pd.NA, 2 ** 70]
