@@ -412,28 +412,12 @@ class RecordBuilder:
         if self._stale:
             map_request_ids(cols["rids"], cols["rid_detail"],
                             {rid: self.links[rid] for rid in self._stale})
-        by_key = {(p.pid, s): p for p in processes for s in p.sources}
-        hosts, roles, ranks = [], [], []
-        cache: dict[tuple, tuple] = {}
-        for source, pid in zip(cols["source"], cols["pid"]):
-            key = (pid, source)
-            got = cache.get(key)
-            if got is None:
-                proc = by_key.get(key)
-                got = ((proc.host, proc.role, proc.dp_rank) if proc is not None
-                       else ("", "", None))
-                cache[key] = got
-            hosts.append(got[0])
-            roles.append(got[1])
-            ranks.append(got[2])
-        cols["host"] = hosts
-        cols["role"] = roles
-        cols["dp_rank"] = ranks
-        del hosts, roles, ranks
+        if not isinstance(cols["source"], pd.Categorical):
+            cols["source"] = _categories(cols["source"])  # what its maker does below
+        source_codes = _process_columns(cols, processes)
         # Sorted while the columns are made, each list dropped once made: the frame is never
         # held twice (a large capture's frame is hundreds of MB).
         start = np.asarray(cols["start_us"], dtype="float64")
-        source_codes = pd.factorize(pd.array(cols["source"], dtype=object))[0]
         order = np.lexsort((np.asarray(cols["mark_id"], dtype="int64"), source_codes, start))
         del source_codes
         # The id lists as codes into one table (rid_lists.py); the reader's lists, and the
@@ -472,6 +456,32 @@ class RecordBuilder:
             data[name] = values[order]
             del values
         return pd.DataFrame(data, columns=list(RECORD_COLUMNS))
+
+
+def _process_columns(cols: dict, processes: Iterable[ProcessInfo]) -> np.ndarray:
+    """Set the per-process columns ``host``, ``role`` and ``dp_rank`` of ``cols`` (``source``
+    a Categorical) from each record's (pid, source), and return the sources' codes in order of
+    first appearance (the sort's tie-break). Each column is made of one value per (pid,
+    source) taken by each record's group number: no list of a value per record."""
+    by_key = {(p.pid, s): p for p in processes for s in p.sources}
+    source = cols["source"]
+    keys = pd.DataFrame({"source": source.codes, "pid": np.asarray(cols["pid"])}, copy=False)
+    grouped = keys.groupby(["source", "pid"], sort=False)
+    group = grouped.ngroup().to_numpy()
+    firsts = grouped.head(1)  # each group's first record, in the groups' order
+    hosts, roles, ranks = [], [], []
+    for code, pid in zip(firsts["source"].tolist(), firsts["pid"].tolist()):
+        proc = by_key.get((pid, source.categories[code]))
+        hosts.append(proc.host if proc is not None else "")
+        roles.append(proc.role if proc is not None else "")
+        ranks.append(proc.dp_rank if proc is not None else None)
+    # The Categorical of every record's value: its categories are the groups' values sorted,
+    # as those of a list of every record's value would be (each group has a record).
+    cols["host"] = _categories(hosts).take(group)
+    cols["role"] = _categories(roles).take(group)
+    cols["dp_rank"] = pd.array(ranks, dtype="Int64").take(group)
+    del keys, grouped, group, firsts
+    return pd.factorize(source.codes)[0]
 
 
 def _narrow_ints(values: Any) -> np.ndarray:
