@@ -40,6 +40,7 @@ from otel_vllm_ascend.analysis.frame import (
     canonical_rid,
     map_request_ids,
 )
+from otel_vllm_ascend.analysis.narrow_ints import narrowest
 from otel_vllm_ascend.analysis.read_results import ReadReport, _apply_meta, _fill_roles, _process
 from otel_vllm_ascend.analysis.read_sqlite import (
     _DbRows,
@@ -63,6 +64,7 @@ _ARRAYS = {"pid": "int64", "tid": "int64", "mark_id": "int64", "start_us": "floa
 # Text columns the parts send as category codes (a pointer a record as lists: 20 MB a column
 # at x100, unpickled and held until the frame is built), joined by their categories' union.
 _TEXTS = ("source", "name", "domain", "batch_type")
+_NARROW = ("pid", "tid", "mark_id")  # int64 as read: 2-4 bytes a record are enough
 
 _NO_IDS: list = []  # a sent batch detail's ids until the frame's build; never modified
 
@@ -167,6 +169,10 @@ def _links_and_held(builder: RecordBuilder) -> tuple[list[tuple[str, str]], set]
              if (rtype == _LINK_TYPE or name == "link") and "to" in attrs and "from" in attrs]
     for name, dtype in _ARRAYS.items():  # sent as arrays: no Python number per row to pickle
         cols[name] = np.asarray(cols[name], dtype=dtype)
+        if name in _NARROW:
+            # As narrow as the part's values allow: the concatenation takes the widest part's
+            # type, and the frame's build narrows the whole column again (the same type).
+            cols[name] = narrowest(cols[name], np.int8, np.int16, np.int32)
     for name in _TEXTS:
         cols[name] = pd.Categorical(cols[name])
     try:  # the message types as nullable integers (a number too large for them stays a list)
