@@ -93,8 +93,11 @@ class RequestDetail:
 
     def __reduce__(self) -> tuple:
         # Sent from a reading worker (read_parallel.py): the key tuple is registered again in
-        # the receiving process, whose ``_schemas`` may not know it.
-        return _restore, (self.keys, self.rids, self.fields)
+        # the receiving process, whose ``_schemas`` may not know it. The fields go as their
+        # bytes and layout: an unpickled array viewed in the shared layout was two array
+        # objects per batch record for the run (a quarter million at x100).
+        return _restore, (self.keys, self.rids, self.fields.tobytes(), self.fields.dtype,
+                          len(self.fields))
 
     def __repr__(self) -> str:
         """The text ``repr`` gives for the list of dicts (the reference's ``res_list``): one
@@ -133,11 +136,13 @@ def _schema(keys: tuple, pos: int) -> tuple:
     return schema
 
 
-def _restore(keys: tuple, rids: list, fields: np.ndarray) -> RequestDetail:
+def _restore(keys: tuple, rids: list, data: bytes, dtype: np.dtype, count: int
+             ) -> RequestDetail:
     """A :class:`RequestDetail` unpickled: its key tuple and layout the ones this process
-    shares."""
-    layout = _layout(tuple(fields.dtype[name] for name in fields.dtype.names))
-    return RequestDetail(_schema(keys, keys.index("rid"))[0], rids, fields.view(layout))
+    shares, its fields read in place from the pickled bytes (read-only, as the frame is)."""
+    layout = _layout(tuple(dtype[name] for name in dtype.names))
+    fields = np.frombuffer(data, dtype=layout) if layout.itemsize else np.empty(count, layout)
+    return RequestDetail(_schema(keys, keys.index("rid"))[0], rids, fields)
 
 
 def _layout(types: tuple) -> np.dtype:
