@@ -197,7 +197,8 @@ class _RequestSteps:
         step_name = _step_record_name(names)
         rows = np.zeros(0, dtype="int64")
         if step_name is not None:
-            rows = np.flatnonzero(frame["name"].to_numpy(dtype=object) == step_name)
+            # Compared as category codes: no object array of every record's name.
+            rows = np.flatnonzero((frame["name"] == step_name).to_numpy(dtype=bool))
             rows = rows[end_ns[rows] > start_ns[rows]]
             rows = rows[np.argsort(start_ns[rows], kind="stable")]
         coder = RequestCodes()
