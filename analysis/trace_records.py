@@ -250,7 +250,7 @@ def _number(value: Any) -> Optional[float]:
 
 def _step_record_name(names: list, prefer: str = _STEP_RECORDS[0]) -> Optional[str]:
     """The record that stands for one engine step: ``prefer`` if present, else the other one."""
-    present = set(names)
+    present = set(names.unique() if hasattr(names, "unique") else names)  # a column: no list
     if prefer in present:
         return prefer
     for name in _STEP_RECORDS:
