@@ -313,6 +313,13 @@ def test_writer_runs_at_a_low_priority(tmp_path):
         threads = [t.id for t in psutil.Process(writer.pid).threads()]
         print("nice", os.getpriority(os.PRIO_PROCESS, 0),
               *[os.getpriority(os.PRIO_PROCESS, t) for t in threads], flush=True)
+        def group(pid):
+            try:
+                with open(f"/proc/{{pid}}/autogroup") as file:
+                    return file.read().split()[-1]
+            except OSError:
+                return "-"
+        print("group", group(os.getpid()), group(writer.pid), flush=True)
         print("writer", writer.pid, flush=True)
     ''')
     env = {**_env(tmp_path, session), "OTEL_VLLM_WRITER_PRIORITY": "12",
@@ -324,6 +331,13 @@ def test_writer_runs_at_a_low_priority(tmp_path):
     assert len(writer_threads) >= 2  # the main thread and at least one export thread
     assert writer_threads == [max(own, 12)] * len(writer_threads)
     assert own < 12  # the server itself is untouched
+    # Under the kernel's autogroup the writer's session (its own) gets the niceness too, or
+    # its niceness would weigh nothing against the server's processes; the server's is kept.
+    server_group, writer_group = _lines(done.stdout, "group")[0]
+    if writer_group != "-":
+        assert writer_group == "12"
+        with open("/proc/self/autogroup") as file:  # the server shares this test's session
+            assert server_group == file.read().split()[-1]
     assert _wait_gone(int(_lines(done.stdout, "writer")[0][0]))
     found = _records(tmp_path / "session")
     assert sum(_count(messages, "server") for _, messages in found.values()) == 10
