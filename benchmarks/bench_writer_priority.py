@@ -9,10 +9,16 @@ the writer's own ``priority.lower``). Rounds interleave the settings; printed pe
 busy processes' units per second as a ratio to a round with no writer, and the writer's rows
 per second (what it still gets done with the CPU left over).
 
+``--writer-session own`` starts the writer in a session of its own (``os.setsid``), as the
+real writer is started (``writer_client.start``): on Linux with the kernel's autogroup the
+scheduler then shares the CPU between the sessions first, so this is the case that shows
+whether a setting holds against processes of another session (``shared``, the default, keeps
+it in the busy processes' session, as runs before this option did).
+
 Usage::
 
     python benchmarks/bench_writer_priority.py [--seconds 6] [--rounds 3] \\
-        [--settings none,normal,nice,batch,idle] [--busy 3]
+        [--settings none,normal,nice,batch,idle] [--busy 3] [--writer-session own]
 
 ``none`` runs no writer. Run it under ``flock`` on a shared machine: other load changes what a
 low priority yields.
@@ -48,7 +54,9 @@ def _busy(stop_at: float, sleep_s: float, result: multiprocessing.Queue) -> None
 
 
 def _writer(stop_at: float, setting: str, rows: int, folder: str,
-            result: multiprocessing.Queue) -> None:
+            result: multiprocessing.Queue, own_session: bool = False) -> None:
+    if own_session:
+        os.setsid()
     applied = priority.lower(setting)
     conn = sqlite3.connect(os.path.join(folder, f"w{os.getpid()}.db"), isolation_level=None)
     conn.execute("PRAGMA page_size=65536")
@@ -65,7 +73,8 @@ def _writer(stop_at: float, setting: str, rows: int, folder: str,
         conn.execute("COMMIT")
         written += rows
     conn.close()
-    result.put(("writer", written, applied.policy, applied.nice))
+    result.put(("writer", written, applied.policy, applied.nice,
+                   getattr(applied, "group_nice", None)))  # None: an older tree's priority.py
 
 
 def one_round(setting: str, args: argparse.Namespace, folder: str) -> dict:
@@ -76,7 +85,8 @@ def one_round(setting: str, args: argparse.Namespace, folder: str) -> dict:
              for _ in range(args.busy)]
     if setting != "none":
         procs.append(ctx.Process(target=_writer,
-                                 args=(stop_at, setting, args.rows, folder, result)))
+                                 args=(stop_at, setting, args.rows, folder, result,
+                                       args.writer_session == "own")))
     for proc in procs:
         proc.start()
     outcome = {"busy": 0, "writer": 0}
@@ -99,6 +109,8 @@ def main() -> None:
     parser.add_argument("--sleep-ms", type=float, default=0.2,
                         help="sleep after every 10 work units (a step's wait)")
     parser.add_argument("--settings", default="none,normal,nice,batch,idle")
+    parser.add_argument("--writer-session", choices=("shared", "own"), default="shared",
+                        help="the writer in the busy processes' session or in its own")
     args = parser.parse_args()
     settings = args.settings.split(",")
     seen: dict = {setting: [] for setting in settings}
@@ -110,7 +122,8 @@ def main() -> None:
                     path.unlink()
     base = statistics.median(o["busy"] for o in seen.get("none", seen[settings[0]]))
     print(f"{args.busy} busy processes, {os.cpu_count()} CPUs, {args.seconds:.0f} s x "
-          f"{args.rounds} rounds; ratios to the median of 'none'")
+          f"{args.rounds} rounds, writer in {args.writer_session} session; ratios to the "
+          f"median of 'none'")
     print(f"{'setting':<8} {'busy units/s':>13} {'ratio':>7} {'writer rows/s':>14} applied")
     for setting, outcomes in seen.items():
         busy = statistics.median(o["busy"] for o in outcomes)
