@@ -192,11 +192,13 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
                             kvcache, spec_decode if spec_decode is not None
                             else spec_mod.empty_spec_decode())
     # The largest table, twenty million rows at x100: from here on, only the rows the stage
-    # breakdown reads (one per step), and for request_summary its (step, request id) columns.
+    # breakdown reads (one per step), and for request_summary its (step, request id) columns
+    # when its gaps come from the steps (no output records); else the table goes right away.
     details = details or detail_outputs.DetailOptions()
     step_rids = None
     if per_request is not None:
-        step_rids = per_request[["step_id", "rid"]]  # the same arrays, not a copy
+        if summaries.gaps_from_steps(frame):
+            step_rids = per_request[["step_id", "rid"]]  # the same arrays, not a copy
         per_request = run.stage("prefill.csv / decode.csv", stages_mod.breakdown_rows,
                                 per_request, details.selection)
     tables: dict[str, pd.DataFrame] = {}

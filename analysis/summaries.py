@@ -36,7 +36,7 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.rid_lists import rid_sequence
+from otel_vllm_ascend.analysis.rid_lists import rid_lengths, rid_sequence
 from otel_vllm_ascend.analysis.rid_pairs import (
     CHUNK_PAIRS,
     RequestCodes,
@@ -104,6 +104,13 @@ def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
         return np.zeros(0)
     gaps /= 1000.0
     return gaps
+
+
+def gaps_from_steps(frame: pd.DataFrame) -> bool:
+    """Whether :func:`inter_token_gaps_ms` reads the engine steps: no output record names a
+    request. Otherwise the caller need not keep the (step, request) table for it."""
+    outputs = frame.loc[(frame["name"] == "detokenize").to_numpy(), "rids"]
+    return not rid_lengths(outputs).any()
 
 
 def _complete(coder: RequestCodes, complete: set) -> np.ndarray:

@@ -155,3 +155,16 @@ def test_gaps_from_the_steps_read_only_step_ids_and_request_ids():
     pd.testing.assert_frame_equal(
         summaries.request_summary(frame, requests, narrow, batches),
         summaries.request_summary(frame, requests, per_request, batches))
+
+
+def test_gaps_from_steps_only_without_named_output_records():
+    # The CLI keeps the (step, request) columns for request_summary only when this is true.
+    import pandas as pd
+
+    def frame(names, rids):
+        return pd.DataFrame({"name": names, "rids": pd.Series(rids, dtype=object),
+                             "start_us": np.arange(len(names), dtype="float64")})
+
+    assert summaries.gaps_from_steps(frame(["httpReq", "httpRes"], [["a"], ["a"]]))
+    assert summaries.gaps_from_steps(frame(["detokenize", "httpRes"], [[], ["a"]]))
+    assert not summaries.gaps_from_steps(frame(["detokenize", "detokenize"], [[], ["a"]]))
