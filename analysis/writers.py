@@ -51,7 +51,7 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
 LONG_TEXT_CHARS = 64
 # Rows per chunk when a long text column is spliced in: bounds the extra memory at any scale.
 CSV_CHUNK_ROWS = 500
-# Rows per INSERT batch when a table holds lazy text cells (profiler.db's batch table).
+# Rows per INSERT batch of a profiler.db table: bounds the copy made for it at any scale.
 DB_CHUNK_ROWS = 2000
 
 
@@ -161,15 +161,31 @@ def _view(conn: sqlite3.Connection, view: str, table: str, columns: Sequence[str
 
 
 def _store(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
-    lazy = [column for column in table.columns if table[column].dtype == object
-            and len(table) and isinstance(table[column].iloc[0], LazyText)]
-    if lazy:  # the lazy texts made a chunk at a time; the column types set by the whole table
-        types = {column: "TEXT" for column in lazy}
-        for first in range(0, len(table), DB_CHUNK_ROWS):
-            _store_rows(conn, name, table.iloc[first:first + DB_CHUNK_ROWS],
-                        "replace" if first == 0 else "append", types)
+    """``table`` stored a chunk of rows at a time: only a chunk is copied and turned into SQL
+    values at once (the whole table's copy was the profiler.db peak); the column types are
+    those the whole table would get, set before the first chunk."""
+    if not len(table):
+        _store_rows(conn, name, table, "replace")
         return
-    _store_rows(conn, name, table, "replace")
+    objects = [column for column in table.columns if table[column].dtype == object]
+    lazy = [column for column in objects if isinstance(table[column].iloc[0], LazyText)]
+    if lazy:  # as always for these tables: the lazy texts TEXT, the rest as the first chunk's
+        types = {column: "TEXT" for column in lazy}
+    else:
+        types = {column: _sql_type(table[column]) for column in objects}
+    for first in range(0, len(table), DB_CHUNK_ROWS):
+        _store_rows(conn, name, table.iloc[first:first + DB_CHUNK_ROWS],
+                    "replace" if first == 0 else "append", types)
+
+
+# pandas' SQLite types of the kinds :func:`_sqlite_value` leaves; any other kind is TEXT.
+_SQL_TYPES = {"floating": "REAL", "integer": "INTEGER", "boolean": "INTEGER"}
+
+
+def _sql_type(column: pd.Series) -> str:
+    """The SQLite type ``DataFrame.to_sql`` gives an object column of the whole table."""
+    kind = pd.api.types.infer_dtype(column.map(_sqlite_value), skipna=True)
+    return _SQL_TYPES.get(kind, "TEXT")
 
 
 def _store_rows(conn: sqlite3.Connection, name: str, table: pd.DataFrame, if_exists: str,

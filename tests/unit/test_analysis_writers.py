@@ -120,3 +120,44 @@ def test_reusable_encoder_is_the_standard_encoding(separators):
     for value in ({"a": [1, 2.5, None, True], "é": "ü\n", "n": float("nan")}, {},
                   {"x": {"y": [float("inf"), -0.0, 1e-07, 10**20]}}, {1: "int key"}):
         assert dumps(value) == json.dumps(value, separators=separators)
+
+
+def _stored(table: pd.DataFrame, store=writers._store) -> tuple:
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:")
+    store(conn, "t", table)
+    schema = conn.execute("SELECT sql FROM sqlite_master WHERE name = 't'").fetchone()[0]
+    rows = conn.execute('SELECT *, ' + ", ".join(f'typeof("{c}")' for c in table.columns)
+                        + ' FROM "t" ORDER BY rowid').fetchall()
+    return schema, rows
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1000])
+def test_profiler_db_tables_stored_in_chunks_as_in_one_piece(monkeypatch, chunk):
+    # Each object column's type is the whole column's, even where a chunk of it alone
+    # (all None, only ints) would get another one; and the stored values are the same.
+    def cells(*values):
+        return pd.Series(values, dtype=object)
+
+    table = pd.DataFrame({
+        "late_int": cells(None, None, None, 4, 5),
+        "int_then_float": cells(1, 2, 3, 4.5, None),
+        "int_then_text": cells(1, 2, 3, 4, "x"),
+        "lists": cells([1], None, [2, 3], [], [4]),
+        "huge": cells(1, 2, 3, 4, 2**70),
+        "flags": cells(True, None, False, True, True),
+        "none": cells(None, None, None, None, None),
+        "ints": np.arange(5),
+        "floats": [0.5, np.nan, 1.5, 2.0, np.nan],
+        "text": cells("a", None, "b", "c", "d"),
+    })
+    # The reference: the whole table's copy stored in one piece.
+    def whole_of(t):
+        return _stored(t, lambda conn, name, t: writers._store_rows(conn, name, t, "replace"))
+
+    whole = whole_of(table)
+    assert '"late_int" REAL' in whole[0] and '"int_then_text" TEXT' in whole[0]
+    monkeypatch.setattr(writers, "DB_CHUNK_ROWS", chunk)
+    assert _stored(table) == whole
+    assert _stored(table.iloc[:0]) == whole_of(table.iloc[:0])
