@@ -53,6 +53,11 @@ SEND_TIMEOUT_S = 10.0
 # whoever reads the capture after the server stopped reads it whole.
 EXIT_WAIT_S = float(os.environ.get("OTEL_VLLM_WRITER_EXIT_WAIT_S", "30"))
 WRITER_GONE = "the writer process (gone)"
+# Two other reasons a record never reaches the writer, told apart so an exit's drop message
+# names its cause: queued after this process closed its connection (a thread still recording
+# at exit), or one that could not be turned into plain values (the first is logged).
+AFTER_CLOSE = "the writer process (queued after this process closed its connection)"
+NOT_ENCODED = "the hand-off (records that could not be encoded; the first is logged)"
 WRITER_ROLE = "writer"
 _AUTO_INSTRUMENTATION = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")
 
@@ -96,6 +101,7 @@ class WriterClient:
             popleft = queue.popleft
             wires = []
             dropped = 0
+            unencoded = 0
             metering = _meter.on
             deferred = Deferred
             while queue:
@@ -108,9 +114,13 @@ class WriterClient:
                     continue
                 try:
                     wire = handoff.to_wire(rec, deferred)
-                except Exception:
-                    _logger.debug("could not hand a record off", exc_info=True)
-                    dropped += 1
+                except Exception as exc:
+                    unencoded += 1
+                    if drops.count(NOT_ENCODED) + unencoded == 1:
+                        _logger.warning("otel-vllm-ascend: pid %d: a record could not be handed "
+                                        "to the writer (%s: %s); such records are dropped and "
+                                        "counted", os.getpid(), type(exc).__name__, exc,
+                                        exc_info=_logger.isEnabledFor(logging.DEBUG))
                     continue
                 if wire is None:
                     continue
@@ -128,7 +138,9 @@ class WriterClient:
                     self._gone(exc)
                     dropped += len(wires)
             if dropped:
-                drops.add(WRITER_GONE, dropped)
+                drops.add(AFTER_CLOSE if self.state == "closed" else WRITER_GONE, dropped)
+            if unencoded:
+                drops.add(NOT_ENCODED, unencoded)
             return True
 
     def close(self) -> None:

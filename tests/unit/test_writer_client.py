@@ -100,3 +100,53 @@ def test_send_waits_for_a_slow_writer_that_keeps_reading():
         writer_client.send_all(producer, data)
     producer.close()
     writer.close()
+
+
+def _record(name, attributes):
+    """A queued span record as the recorder holds it (the fields ``handoff.to_wire`` unpacks)."""
+    return (name, 1, 2, attributes, None, None, None, None, 1, None)
+
+
+def _connected_client():
+    import socket
+
+    client = writer_client.WriterClient("otel-vllm-ascend-test-unused", TracerProvider())
+    client.sock, peer = socket.socketpair()
+    client.state = "connected"
+    return client, peer
+
+
+def test_drops_name_their_cause(monkeypatch, caplog):
+    """A record that cannot be encoded is dropped alone (the others still go) and counted as
+    such, its exception logged once; records queued after the process closed its connection
+    are counted as that, not as a writer that is gone."""
+    from collections import deque
+
+    from otel_vllm_ascend import drops
+    from otel_vllm_ascend.recorder import Deferred
+
+    monkeypatch.setattr(drops, "_drops", drops._Drops())
+
+    def broken(_arg):
+        raise RuntimeError("torn down")
+
+    client, peer = _connected_client()
+    try:
+        queue = deque([_record("ok", {"a": 1}), _record("bad", {"a": Deferred(broken, None)}),
+                       _record("bad", {"a": Deferred(broken, None)}), _record("ok2", {})])
+        assert client.send(queue) is True and not queue
+        reader = handoff.FrameReader()
+        frames = reader.feed(peer.recv(1 << 16))
+        sent = [wire[0] for kind, payload in frames for wire in payload]
+        assert sent == ["ok", "ok2"]
+        assert drops.count(writer_client.NOT_ENCODED) == 2
+        assert drops.count(writer_client.WRITER_GONE) == 0
+        assert caplog.text.count("could not be handed to the writer (RuntimeError: torn down)") == 1
+
+        client.close()
+        assert client.state == "closed"
+        assert client.send(deque([_record("late", {})])) is True
+        assert drops.count(writer_client.AFTER_CLOSE) == 1
+        assert drops.count(writer_client.WRITER_GONE) == 0
+    finally:
+        peer.close()
