@@ -215,6 +215,8 @@ def measure(server: VllmServer, specs: list, concurrency: int) -> dict:
     started = time.perf_counter()
     results = workload.run(server.url, server.model_name, specs, concurrency)
     figures = workload.summarize(results, time.perf_counter() - started)
+    for failed in [r for r in results if not r.ok][:3]:  # the client's side of a failure
+        print(f"    failed {failed.request_id}: {failed.status} {failed.error}", file=sys.stderr)
     # CPU per output token: far less sensitive to the machine's stalls than tokens per second
     # (a stalled server mostly waits), so it shows what the tool adds with tighter intervals.
     tokens = figures["output_tokens"] or 1
