@@ -43,14 +43,19 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
     lifecycle = _request_lifecycle(frame, requests, start_ns, end_ns, names, origin_us)
     rids = list(lifecycle)
     rids += [rid for rid in steps.groups if rid not in lifecycle]
-    spans = []
-    for rid in rids:
+    # Per request kept, as int64 (a sorted list of a tuple of eight per request was about 200
+    # bytes a request): start, finish, arrival, scheduled, first token, request table row,
+    # group index; an unknown value is ``none``.
+    none = _RequestSlices._NONE
+    numbers = array("q")
+    kept = array("q")  # position in ``rids``
+    for position, rid in enumerate(rids):
         arrival, scheduled, first_token, end, info = lifecycle.get(
             rid, (None, None, None, None, None))
         group = steps.groups.get(rid)
         known = [t for t in (arrival, scheduled, first_token, end) if t is not None]
         if group is not None:
-            first, last = group[0], group[1] - 1
+            first, last = steps.first(group), steps.last(group)
             if info is None:
                 # Not in the request table: time the phases from the first step it was in.
                 scheduled = steps.start(first) if scheduled is None else scheduled
@@ -61,9 +66,15 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
             continue
         start = min(known)
         finish = max(max(known), start + 3)  # room for flow start and finish strictly inside
-        spans.append((start, finish, rid, arrival, scheduled, first_token, info, group))
+        numbers.extend((start, finish, none if arrival is None else arrival,
+                        none if scheduled is None else scheduled,
+                        none if first_token is None else first_token,
+                        none if info is None else info, none if group is None else group))
+        kept.append(position)
     del lifecycle
-    spans.sort(key=lambda s: (s[0], s[1]))
+    table = np.frombuffer(numbers, dtype=np.int64).reshape(-1, 7)
+    # By (start, finish), ties in the order above: what a stable sort of the tuples gave.
+    order = _span_order(table[:, 0], table[:, 1])
     slices = _RequestSlices(lanes_pid, infos)
     free_lanes: list = []  # heap of (end_ns, lane)
     lane_count = 0
@@ -71,8 +82,8 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
     # event was about 150 bytes, 60 MB at x100, held beside the spans).
     ends = array("q")
     group_flow = np.zeros(len(steps.groups), dtype="int64")
-    for flow_id, (start, finish, rid, arrival, scheduled, first_token, info, group) in \
-            enumerate(spans, start=1):
+    for flow_id, index in enumerate(order.tolist(), start=1):
+        start, finish, arrival, scheduled, first_token, info, group = table[index].tolist()
         # Strictly earlier: a flow start on a shared boundary would be ambiguous.
         if free_lanes and free_lanes[0][0] < start:
             _, lane = heapq.heapreplace(free_lanes, (finish, free_lanes[0][1]))
@@ -80,13 +91,14 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
             lane_count += 1
             lane = lane_count
             heapq.heappush(free_lanes, (finish, lane))
-        slices.add(rid, lane, start, finish, arrival, scheduled, first_token, info)
-        if group is not None:
-            group_flow[group[2]] = flow_id
+        slices.add(rids[kept[index]], lane, start, finish, arrival, scheduled, first_token,
+                   None if info == none else info)
+        if group != none:
+            group_flow[group] = flow_id
             # 1 ns inside the slice: a flow event on a slice's exact start could be read before
             # the slice opens and bind to nothing.
             ends.extend((0, flow_id, lane, start + 1, 2, flow_id, lane, finish - 1))
-    del spans
+    del table, numbers, kept, order, rids
     if ends:
         table = np.frombuffer(ends, dtype=np.int64).reshape(-1, 4)
         phase, flow_ids, lanes, ts = (table[:, column].copy() for column in range(4))
@@ -94,6 +106,12 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
         flows.add_held(FlowChunk(phase, flow_ids, np.full(len(phase), lanes_pid), lanes, ts))
         flows.add_made(len(steps), steps.flow_maker(group_flow))
     return slices.deferred(), lane_count
+
+
+def _span_order(starts: np.ndarray, finishes: np.ndarray) -> np.ndarray:
+    """Positions by (start, finish), ties in position order: the order a stable sort of
+    ``(start, finish, ...)`` tuples by their first two gives."""
+    return np.lexsort((finishes, starts))
 
 
 class _RequestInfos:
@@ -188,7 +206,9 @@ class _RequestSteps:
 
     ``rows`` holds each pair's record row (the step's), so the pairs (two million at ten times
     the benchmark capture) cost 4 bytes each; times, pids and tracks are looked up when needed.
-    ``groups`` maps a request id to ``(begin, stop, group index)`` in ``rows``; a step is
+    ``groups`` maps a request id to its group index (its pairs: :meth:`first` to
+    :meth:`last` in ``rows``; a tuple of three per request here was about 150 bytes more a
+    request); a step is
     ``modelExec`` (else ``batchFrameworkProcessing``) and only spans count, since flows bind to
     slices. A step's *point* is where the request's flow passes it: 1 ns inside its slice, where
     the step's own nested children rarely start.
@@ -211,13 +231,20 @@ class _RequestSteps:
                                             narrowest(rows, np.int32))
         self._start_ns, self._end_ns = start_ns, end_ns
         self._pids, self._tids = trace_pids, slice_tids
-        stops = np.append(begins[1:], len(self.rows))
         self._begins = begins
-        self.groups = {rid: (begin, stop, index) for index, (rid, begin, stop) in enumerate(
-            zip(coder.ids().tolist(), begins.tolist(), stops.tolist()))}
+        self._stops = np.append(begins[1:], len(self.rows))
+        self.groups = {rid: index for index, rid in enumerate(coder.ids().tolist())}
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def first(self, group: int) -> int:
+        """The group's first pair."""
+        return int(self._begins[group])
+
+    def last(self, group: int) -> int:
+        """The group's last pair."""
+        return int(self._stops[group]) - 1
 
     def start(self, pair: int) -> int:
         return int(self._start_ns[self.rows[pair]])
