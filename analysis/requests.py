@@ -71,7 +71,7 @@ class _PerRequest:
     read, the names as objects and the engine rows' codes were about 0.3 GB at x100).
     """
 
-    def __init__(self, frame: pd.DataFrame, at: np.ndarray, engine_rids: Any) -> None:
+    def __init__(self, frame: pd.DataFrame, at: np.ndarray, engine_rids: pd.Series) -> None:
         self.frame = frame
         self.at = at
         rids = frame["rids"].array if len(frame) else []
@@ -91,10 +91,8 @@ class _PerRequest:
             np.fmin.at(first_seen, codes, self.start[at[row_of]])
         # The engine rows' ids numbered here; their codes are looked up again a chunk at a time
         # when read (:meth:`engine_codes`) rather than held (4 bytes a row, 80 MB at x100).
-        # ``engine_rids``: the (step, request) table's ``rid`` column (ids or their codes), or
-        # the ids as an array.
-        self.engine = engine_rids if isinstance(engine_rids, pd.Series) else pd.Series(
-            np.asarray(engine_rids, dtype=object), dtype=object)
+        # ``engine_rids``: the (step, request) table's ``rid`` column (ids or their codes).
+        self.engine = engine_rids
         for begin in range(0, len(self.engine), CHUNK_PAIRS):
             coder.codes(rid_values(self.engine, slice(begin, begin + CHUNK_PAIRS)))
         self.n = len(coder)
