@@ -317,7 +317,7 @@ def test_writer_runs_at_a_low_priority(tmp_path):
             try:
                 with open(f"/proc/{{pid}}/autogroup") as file:
                     return file.read().split()[-1]
-            except OSError:
+            except (OSError, IndexError):  # no autogroup, or a kernel that shows it empty
                 return "-"
         print("group", group(os.getpid()), group(writer.pid), flush=True)
         print("writer", writer.pid, flush=True)

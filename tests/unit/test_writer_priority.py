@@ -129,9 +129,10 @@ def test_a_thread_ended_since_the_listing_is_not_a_refusal(monkeypatch):
 
 
 AUTOGROUP = priority.group_nice() is not None
+NO_AUTOGROUP = "no readable /proc/self/autogroup (not Linux, no autogroup, or shown empty)"
 
 
-@pytest.mark.skipif(not AUTOGROUP, reason="no /proc/self/autogroup (not Linux, or no autogroup)")
+@pytest.mark.skipif(not AUTOGROUP, reason=NO_AUTOGROUP)
 def test_a_session_leader_lowers_its_autogroup_and_gives_it_back():
     """The writer leads its own session (writer_client.start), so under the kernel's autogroup
     its niceness alone weighs nothing against the server's processes: its session's group
@@ -144,7 +145,7 @@ def test_a_session_leader_lowers_its_autogroup_and_gives_it_back():
     assert seen["group_after"] == 0
 
 
-@pytest.mark.skipif(not AUTOGROUP, reason="no /proc/self/autogroup (not Linux, or no autogroup)")
+@pytest.mark.skipif(not AUTOGROUP, reason=NO_AUTOGROUP)
 def test_a_process_sharing_its_session_leaves_the_autogroup_alone():
     """Lowering the group of a session the process shares (e.g. with vLLM's processes) would
     lower theirs: only the process's own niceness changes."""
@@ -155,7 +156,7 @@ def test_a_process_sharing_its_session_leaves_the_autogroup_alone():
     assert priority.group_nice() == before
 
 
-@pytest.mark.skipif(not AUTOGROUP, reason="no /proc/self/autogroup (not Linux, or no autogroup)")
+@pytest.mark.skipif(not AUTOGROUP, reason=NO_AUTOGROUP)
 def test_normal_leaves_a_session_leaders_autogroup_alone():
     seen = _spawn("normal", new_session=True)
     assert seen["applied"][4:] == [None, None]
