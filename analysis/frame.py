@@ -465,12 +465,9 @@ def _process_columns(cols: dict, processes: Iterable[ProcessInfo]) -> np.ndarray
     source) taken by each record's group number: no list of a value per record."""
     by_key = {(p.pid, s): p for p in processes for s in p.sources}
     source = cols["source"]
-    keys = pd.DataFrame({"source": source.codes, "pid": np.asarray(cols["pid"])}, copy=False)
-    grouped = keys.groupby(["source", "pid"], sort=False)
-    group = grouped.ngroup().to_numpy()
-    firsts = grouped.head(1)  # each group's first record, in the groups' order
+    group, firsts = _groups(source.codes, np.asarray(cols["pid"]))
     hosts, roles, ranks = [], [], []
-    for code, pid in zip(firsts["source"].tolist(), firsts["pid"].tolist()):
+    for code, pid in firsts:
         proc = by_key.get((pid, source.categories[code]))
         hosts.append(proc.host if proc is not None else "")
         roles.append(proc.role if proc is not None else "")
@@ -480,8 +477,35 @@ def _process_columns(cols: dict, processes: Iterable[ProcessInfo]) -> np.ndarray
     cols["host"] = _categories(hosts).take(group)
     cols["role"] = _categories(roles).take(group)
     cols["dp_rank"] = pd.array(ranks, dtype="Int64").take(group)
-    del keys, grouped, group, firsts
+    del group, firsts
     return pd.factorize(source.codes)[0]
+
+
+def _groups(codes: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Each record's (source code, pid) group, numbered in order of first appearance (a
+    ``groupby(sort=False).ngroup()``), and each group's (code, pid) in that order.
+
+    The pair as one int64 (code times the pids' span, plus the pid's offset from the least)
+    factorized: two int64 arrays of a record's length, where the group-by held several (its
+    keys' codes, their combination, the numbers, the first rows)."""
+    if len(codes):
+        low, high = int(pids.min()), int(pids.max())
+        span = high - low + 1
+        if int(codes.min()) >= 0 and -2**62 < low and high < 2**62 and \
+                (int(codes.max()) + 1) * span < 2**62:
+            key = codes.astype(np.int64)
+            key *= span
+            key += pids
+            key -= low
+            group, uniques = pd.factorize(key)
+            del key
+            return group, [(int(value) // span, int(value) % span + low)
+                           for value in uniques.tolist()]
+    keys = pd.DataFrame({"source": codes, "pid": pids}, copy=False)
+    grouped = keys.groupby(["source", "pid"], sort=False)
+    firsts = grouped.head(1)  # each group's first record, in the groups' order
+    return grouped.ngroup().to_numpy(), list(zip(firsts["source"].tolist(),
+                                                 firsts["pid"].tolist()))
 
 
 def _narrow_ints(values: Any) -> np.ndarray:

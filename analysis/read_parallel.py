@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
 
+from otel_vllm_ascend.analysis.allocator import give_back_free_memory
 from otel_vllm_ascend.analysis.frame import (
     DICT_COLUMNS,
     ProcessInfo,
@@ -52,7 +53,7 @@ from otel_vllm_ascend.analysis.read_sqlite import (
 )
 from otel_vllm_ascend.analysis.record_dicts import RecordDicts
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail
-from otel_vllm_ascend.analysis.rid_lists import RidLists
+from otel_vllm_ascend.analysis.rid_lists import RidLists, consumed
 
 MIN_ROWS = 20_000  # fewer rows in all: the serial reader is as fast
 RANGE_ROWS = 8_192  # rows of a large file read as one task
@@ -318,17 +319,28 @@ class _Merge:
                 map_request_ids([], cols["rid_detail"][first:end], pending)
             pendings.append(pending)
         # Mapped, and equal lists of several ids made one, as the tables are joined.
-        cols["rids"] = RidLists.concat_parts(self.rid_parts, pendings)
-        self.rid_parts = []
-        for name, pieces in self.arrays.items():
+        # Each part's table let go once taken (the merge's largest transient was all of them
+        # held beside the whole table and a copy of each).
+        rid_parts, self.rid_parts = self.rid_parts, []
+        cols["rids"] = RidLists.concat_parts(consumed(rid_parts), pendings)
+        del rid_parts
+        give_back_free_memory()  # the parts' tables (see below)
+        # Each column's parts let go once it is joined, not after all of them.
+        while self.arrays:
+            name, pieces = self.arrays.popitem()
             cols[name] = np.concatenate(pieces) if pieces else []
-        self.arrays = {}
-        for name, dict_parts in self.dicts.items():
+            del pieces
+        while self.dicts:
+            name, dict_parts = self.dicts.popitem()
             cols[name] = RecordDicts.concat_parts(dict_parts)
-        self.dicts = {}
-        for name, pieces in self.typed.items():
+            del dict_parts
+        while self.typed:
+            name, pieces = self.typed.popitem()
             cols[name] = _join_types(pieces) if name == "type" else _join_texts(pieces)
-        self.typed = {}
+            del pieces
+        # The parts' memory, freed in pieces of a few hundred kB, is the heap's: given back
+        # before the frame's build, whose arrays are each their own mapping (allocator.py).
+        give_back_free_memory()
         builder = RecordBuilder()
         builder.columns = cols
         builder.links = links

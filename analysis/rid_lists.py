@@ -119,7 +119,7 @@ class RidLists(ExtensionArray):
         return cls(table, numbers)
 
     @classmethod
-    def concat_parts(cls, parts: Sequence[RidLists],
+    def concat_parts(cls, parts: Iterable[RidLists],
                      links: Sequence[Optional[dict]] = ()) -> RidLists:
         """The parts one after the other, as :meth:`from_lists` of their lists would make
         them once ``links[i]`` (internal -> external id) had mapped part ``i``'s ids and
@@ -127,11 +127,18 @@ class RidLists(ExtensionArray):
         module's tests): the parallel reader's parts, each read and
         unpickled on its own (no list object shared between parts). Lists numbered in order
         of first appearance, ids in order of first appearance in those lists. No list made.
+
+        The parts are taken one at a time (``parts`` may be an iterator that lets each go
+        once taken: the merge's :func:`consumed`): each new list's codes are appended to the
+        table at once, and a list of two or more ids is known again by the hash of its codes,
+        checked against the codes kept (a few bytes a list, not a copy of its codes).
         """
         code_of: dict = {}
-        number_of: dict[bytes, int] = {}  # an id list of 2+ ids (its codes) -> its number
-        maps, kept = [], []
-        count = 1  # list 0: no request
+        number_of: dict[int, int] = {}  # hash of a 2+ id list's codes -> the first's number
+        clashes: dict[bytes, int] = {}  # the codes of a list whose hash another list has
+        table_codes = array("i")  # the new lists' codes, in order (C int: int32)
+        offsets = array("q", (0, 0))  # list 0: no request
+        numbers = []
         for index, part in enumerate(parts):
             table = part.table
             get = links[index].get if index < len(links) and links[index] else None
@@ -140,39 +147,36 @@ class RidLists(ExtensionArray):
                                                     len(code_of)) for rid in table.ids),
                                 dtype=np.int32, count=len(table.ids))
             codes = local[table.codes]
-            offsets = table.offsets
-            numbers = np.zeros(len(table), dtype=np.int32)
-            new = np.zeros(len(table), dtype=bool)
+            del local
+            part_offsets = table.offsets.tolist()
+            mapped = np.zeros(len(table), dtype=np.int32)
             for number in range(1, len(table)):
-                begin, end = int(offsets[number]), int(offsets[number + 1])
+                begin, end = part_offsets[number], part_offsets[number + 1]
+                raw = codes[begin:end].tobytes()
                 if end - begin >= 2:
-                    key = codes[begin:end].tobytes()
+                    key = hash(raw)
                     known = number_of.get(key)
                     if known is not None:
-                        numbers[number] = known
-                        continue
-                    number_of[key] = count
-                numbers[number] = count
-                new[number] = True
-                count += 1
-            maps.append(numbers)
-            kept.append((codes, offsets, np.flatnonzero(new)))
-        del number_of
-        pieces, lengths = [], []
-        for codes, offsets, new in kept:  # each new list's codes, in order
-            begins = offsets[new]
-            sizes = offsets[new + 1] - begins
-            pieces.append(codes[_positions(begins, sizes)])
-            lengths.append(sizes)
-        offsets = np.zeros(count + 1, dtype=np.int64)
-        if lengths:
-            np.cumsum(np.concatenate(lengths), out=offsets[2:])
+                        if table_codes[offsets[known]:offsets[known + 1]].tobytes() != raw:
+                            known = clashes.get(raw)  # another list with that hash
+                        if known is not None:
+                            mapped[number] = known
+                            continue
+                        clashes[raw] = len(offsets) - 1
+                    else:
+                        number_of[key] = len(offsets) - 1
+                mapped[number] = len(offsets) - 1
+                table_codes.frombytes(raw)
+                offsets.append(len(table_codes))
+            numbers.append(mapped[part.numbers])
+            del part, table, codes, mapped
+        del number_of, clashes
         ids = np.empty(len(code_of), dtype=object)
         ids[:] = list(code_of)
-        table = RidTable(ids, offsets, np.concatenate(pieces).astype(np.int32, copy=False)
-                         if pieces else np.empty(0, dtype=np.int32))
-        numbers = np.concatenate([local[part.numbers] for local, part in zip(maps, parts)]) \
-            if parts else np.empty(0, dtype=np.int32)
+        table = RidTable(ids, np.frombuffer(offsets, dtype=np.int64),
+                         np.frombuffer(table_codes, dtype=np.int32) if len(table_codes)
+                         else np.empty(0, dtype=np.int32))
+        numbers = np.concatenate(numbers) if numbers else np.empty(0, dtype=np.int32)
         return cls(table, numbers)
 
     # -- what pandas needs ------------------------------------------------------------------
@@ -261,6 +265,16 @@ class RidLists(ExtensionArray):
         sizes = self.table.offsets[numbers + 1] - begins
         record = np.repeat(np.arange(len(numbers), dtype=np.int32), sizes)
         return self.table.codes[_positions(begins, sizes)], record
+
+
+def consumed(parts: list) -> Iterator:
+    """The items of ``parts`` in order, each let go from the list once taken (so that the
+    taker may free it before the next is taken)."""
+    for index in range(len(parts)):
+        part = parts[index]
+        parts[index] = None
+        yield part
+        del part
 
 
 def _positions(begins: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -215,12 +215,22 @@ def _part_lists(rng, rows):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("count", [1, 2, 5, 9])
-def test_parts_concatenated_are_the_table_of_the_mapped_shared_lists(seed, count):
+@pytest.mark.parametrize("mode", ["list", "consumed", "clashing hashes", "few hashes"])
+def test_parts_concatenated_are_the_table_of_the_mapped_shared_lists(seed, count, mode,
+                                                                      monkeypatch):
     """concat_parts against what the merge did before: each part's lists mapped in place
-    by its links, equal lists of 2+ ids shared (share_equal_lists), then from_lists."""
+    by its links, equal lists of 2+ ids shared (share_equal_lists), then from_lists. The
+    parts given as a list or taken one at a time (``consumed``), and with every list's hash
+    the same (or one of two), so that lists are told apart by their codes."""
     import pickle
 
+    from otel_vllm_ascend.analysis import rid_lists as module
     from otel_vllm_ascend.analysis.frame import map_request_ids
+
+    if mode == "clashing hashes":
+        monkeypatch.setattr(module, "hash", lambda raw: 7, raising=False)
+    elif mode == "few hashes":
+        monkeypatch.setattr(module, "hash", lambda raw: len(raw) % 2, raising=False)
 
     rng = random.Random(seed * 100 + count)
     parts = [_part_lists(rng, rng.choice([0, 0, 1, 7, 60])) for _ in range(count)]
@@ -228,7 +238,11 @@ def test_parts_concatenated_are_the_table_of_the_mapped_shared_lists(seed, count
              if rng.random() < 0.7 else {} for _ in range(count)]
     # Each part sent on its own (no list shared between parts), as the workers' parts are.
     sent = [RidLists.from_lists(pickle.loads(pickle.dumps(lists))) for lists in parts]
-    got = RidLists.concat_parts(sent, links)
+    if mode == "consumed":
+        got = RidLists.concat_parts(module.consumed(sent), links)
+        assert sent == [None] * count  # each part let go
+    else:
+        got = RidLists.concat_parts(sent, links)
     expected_lists = []
     for lists, pending in zip(parts, links):
         lists = pickle.loads(pickle.dumps(lists))
@@ -246,5 +260,6 @@ def test_parts_concatenated_are_the_table_of_the_mapped_shared_lists(seed, count
 
 def test_concat_parts_of_nothing_and_of_empty_parts():
     assert len(RidLists.concat_parts([])) == 0
+    assert len(RidLists.concat_parts(iter([]))) == 0
     got = RidLists.concat_parts([RidLists.from_lists([]), RidLists.from_lists([[], []])])
     assert got.tolist() == [[], []] and len(got.table) == 1
