@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from datetime import date, timedelta
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -61,6 +62,70 @@ class LazyText:
     :func:`write_profiler_db`, never all at once."""
 
     __slots__ = ()
+
+
+_DAY_US = 86_400_000_000
+_EPOCH_DAY = date(1970, 1, 1)
+_day_texts: dict[int, str] = {}  # days since the epoch -> "YYYY-MM-DD " (a few per capture)
+
+
+class DateText(int, LazyText):
+    """A datetime cell: whole µs since the epoch, written as ``format_datetime_us`` (frame.py)
+    writes it (``YYYY-MM-DD HH:MM:SS.ffffff+00:00``, UTC). An int of 32 bytes instead of the
+    text's 89: 246,625 rows a column in batch.csv at x100, four such columns held from its
+    build to the end of the run."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        days, micros = divmod(int(self), _DAY_US)
+        day = _day_texts.get(days)
+        if day is None:
+            day = _day_texts[days] = (_EPOCH_DAY + timedelta(days=days)).strftime(
+                "%Y-%m-%d ")
+        seconds, micro = divmod(micros, 1_000_000)
+        minutes, second = divmod(seconds, 60)
+        hour, minute = divmod(minutes, 60)
+        return f"{day}{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}+00:00"
+
+    __repr__ = __str__
+
+    def __eq__(self, other: object) -> bool:
+        return str(self) == str(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _NoDate(LazyText):
+    """The cell of an unknown time: empty text (one object shared by all such cells)."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return ""
+
+    __repr__ = __str__
+
+    def __eq__(self, other: object) -> bool:
+        return str(other) == ""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+NO_DATE = _NoDate()
+
+
+def lazy_datetimes_us(values: Any) -> np.ndarray:
+    """µs since the epoch -> an object array of :class:`DateText` cells (NaN: ``NO_DATE``),
+    whose texts are those of ``format_datetime_us`` (frame.py), made when written."""
+    values = np.asarray(values, dtype="float64")
+    known = np.isfinite(values)
+    # Whole µs as that function rounds them (to even, as numpy's round).
+    whole = np.round(np.where(known, values, 0.0)).astype("int64")
+    out = np.empty(len(values), dtype=object)
+    out[:] = NO_DATE
+    out[known] = [DateText(value) for value in whole[known].tolist()]
+    return out
 
 
 def write_csv(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> Path:
@@ -201,6 +266,8 @@ def _sqlite_value(value: Any) -> Any:
     """Values SQLite stores as they are; anything else (lists, huge ints) as text."""
     if value is None or isinstance(value, (str, float)):
         return value
+    if isinstance(value, LazyText):  # a DateText is an int: its text, as every lazy cell's
+        return str(value)
     if isinstance(value, int) and -2**63 <= value < 2**63:
         return value
     return str(value)

@@ -1,0 +1,80 @@
+"""Lazy datetime cells (writers.DateText): the texts of frame.format_datetime_us, made when a
+table is written, to CSV and to profiler.db."""
+
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from otel_vllm_ascend.analysis.frame import format_datetime_us
+from otel_vllm_ascend.analysis.writers import (
+    NO_DATE,
+    DateText,
+    LazyText,
+    _store,
+    lazy_datetimes_us,
+    write_csv,
+)
+
+
+def _values(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    around = rng.uniform(1.0e15, 2.0e15, 300)  # 2001-2033
+    halves = np.floor(around) + 0.5  # half µs: rounded to even, as numpy rounds
+    days = np.round(around / 86_400e6) * 86_400e6 + rng.choice([-1.0, 0.0, 1.0, 0.49], 300)
+    small = rng.uniform(-3.0e12, 3.0e12, 100)  # both sides of the epoch
+    odd = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, 1.5, -0.5, -1.5, 2.5,
+                    86_399_999_999.6, 4102444800e6 - 0.4])  # ... 2100-01-01
+    values = np.concatenate([around, halves, days, small, odd])
+    rng.shuffle(values)
+    return values
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cells_write_the_texts_of_format_datetime_us(seed):
+    values = _values(seed)
+    cells = lazy_datetimes_us(values)
+    assert cells.dtype == object and len(cells) == len(values)
+    assert all(isinstance(cell, LazyText) for cell in cells)
+    assert [str(cell) for cell in cells] == format_datetime_us(values).tolist()
+    assert [repr(cell) for cell in cells] == format_datetime_us(values).tolist()
+    unknown = ~np.isfinite(values)
+    assert all(cells[i] is NO_DATE for i in np.flatnonzero(unknown))
+    assert all(type(cells[i]) is DateText for i in np.flatnonzero(~unknown))
+
+
+def test_cells_of_a_list_and_of_nothing():
+    assert lazy_datetimes_us([]).tolist() == []
+    assert [str(c) for c in lazy_datetimes_us([0, None])] == [
+        "1970-01-01 00:00:00.000000+00:00", ""]
+
+
+def _table(values):
+    n = len(values)
+    return pd.DataFrame({"n": np.arange(n, dtype=float), "t": format_datetime_us(values).to_numpy(),
+                         "x": np.linspace(0, 1, n)})
+
+
+def test_a_table_of_cells_is_written_as_the_table_of_texts(tmp_path):
+    values = _values(7)
+    texts = _table(values)
+    lazy = texts.copy()
+    lazy["t"] = lazy_datetimes_us(values)
+    write_csv(tmp_path / "a.csv", texts, ["n", "t", "x"])
+    write_csv(tmp_path / "b.csv", lazy, ["n", "t", "x"])
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    for name, table in (("a", texts), ("b", lazy)):
+        conn = sqlite3.connect(tmp_path / f"{name}.db")
+        _store(conn, "batch", table)
+        conn.commit()
+        conn.close()
+
+    def dump(name):
+        conn = sqlite3.connect(tmp_path / f"{name}.db")
+        schema = conn.execute("SELECT sql FROM sqlite_master").fetchall()
+        rows = conn.execute("SELECT n, t, typeof(t), x FROM batch").fetchall()
+        conn.close()
+        return schema, rows
+
+    assert dump("a") == dump("b")
