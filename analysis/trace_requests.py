@@ -40,9 +40,11 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
     """
     steps = _RequestSteps(frame, trace_pids, slice_tids, start_ns, end_ns, names)
     infos = _RequestInfos(requests)
-    lifecycle = _request_lifecycle(frame, requests, start_ns, end_ns, names, origin_us)
-    rids = list(lifecycle)
-    rids += [rid for rid in steps.groups if rid not in lifecycle]
+    rids, lifecycle = _request_lifecycle(frame, requests, start_ns, end_ns, names, origin_us)
+    timed = len(rids)
+    known_ids = set(rids)
+    rids += [rid for rid in steps.groups if rid not in known_ids]
+    del known_ids
     # Per request kept, as int64 (a sorted list of a tuple of eight per request was about 200
     # bytes a request): start, finish, arrival, scheduled, first token, request table row,
     # group index; an unknown value is ``none``.
@@ -50,8 +52,11 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
     numbers = array("q")
     kept = array("q")  # position in ``rids``
     for position, rid in enumerate(rids):
-        arrival, scheduled, first_token, end, info = lifecycle.get(
-            rid, (None, None, None, None, None))
+        if position < timed:
+            arrival, scheduled, first_token, end, info = (
+                None if value == none else value for value in lifecycle[position].tolist())
+        else:
+            arrival = scheduled = first_token = end = info = None
         group = steps.groups.get(rid)
         known = [t for t in (arrival, scheduled, first_token, end) if t is not None]
         if group is not None:
@@ -276,29 +281,38 @@ class _RequestSteps:
 
 
 def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], start_ns: np.ndarray,
-                       end_ns: np.ndarray, names: list, origin_us: float) -> dict:
-    """rid -> (arrival, first scheduled, first token, end, request table row) in ns since the
-    origin; the row is None for requests timed from their records (no request table)."""
-    lifecycle: dict = {}
+                       end_ns: np.ndarray, names: list, origin_us: float
+                       ) -> tuple[list, np.ndarray]:
+    """The request ids and, per id, (arrival, first scheduled, first token, end, request table
+    row) in ns since the origin as one int64 table, ``_RequestSlices._NONE`` where unknown
+    (the row: requests timed from their records, no request table). Ids in the order a dict
+    of them keeps (first appearance), each with its last values.
+
+    A table, not a dict of a tuple of five Python ints per request (about 250 bytes a
+    request, 50 MB at x100, held through the spans' build)."""
+    none = _RequestSlices._NONE
     if requests is not None and not requests.empty:
         id_column = next((c for c in _REQUEST_ID_COLUMNS if c in requests.columns), None)
         if id_column is not None:
-            def column(name: str) -> list:
-                if name not in requests.columns:
-                    return [None] * len(requests)
-                values = requests[name].to_numpy(dtype="float64", na_value=np.nan)
-                return [None if not math.isfinite(v) else int(round((v - origin_us) * 1000))
-                        for v in values.tolist()]
-
-            # The args come later, from the row (_RequestInfos).
+            ids = [str(rid) for rid in requests[id_column].tolist()]
+            if len(set(ids)) == len(ids):  # else the dict's order and last values, below
+                table = np.empty((len(ids), 5), dtype=np.int64)
+                for position, name in enumerate(("arrival_us", "first_scheduled_us",
+                                                 "first_token_us", "end_us")):
+                    table[:, position] = _ns_column(requests, name, origin_us)
+                table[:, 4] = np.arange(len(ids))  # the args come later, from the row
+                return ids, table
+            lifecycle: dict = {}
             for index, (rid, arrival, scheduled, first_token, end) in enumerate(zip(
-                    requests[id_column].tolist(), column("arrival_us"),
-                    column("first_scheduled_us"), column("first_token_us"),
-                    column("end_us"))):
-                lifecycle[str(rid)] = (arrival, scheduled, first_token, end, index)
-            return lifecycle
+                    ids, _ns_column(requests, "arrival_us", origin_us).tolist(),
+                    _ns_column(requests, "first_scheduled_us", origin_us).tolist(),
+                    _ns_column(requests, "first_token_us", origin_us).tolist(),
+                    _ns_column(requests, "end_us", origin_us).tolist())):
+                lifecycle[rid] = (arrival, scheduled, first_token, end, index)
+            return _lifecycle_table(lifecycle)
     # No request table: arrival = first httpReq, first scheduling = first schedule span,
     # end = last httpRes of each request id (first token: see _request_events).
+    lifecycle = {}
     for row, (name, rids) in enumerate(zip(names, frame["rids"].tolist())):
         if name not in _LIFECYCLE_RECORDS or not rids:
             continue
@@ -313,7 +327,27 @@ def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], st
             else:
                 end = int(end_ns[row]) if end is None else max(end, int(end_ns[row]))
             lifecycle[rid] = (arrival, scheduled, first_token, end, info)
-    return lifecycle
+    return _lifecycle_table({rid: tuple(none if value is None else value for value in values)
+                             for rid, values in lifecycle.items()})
+
+
+def _ns_column(requests: pd.DataFrame, name: str, origin_us: float) -> np.ndarray:
+    """A request table time column (µs since the epoch) as int64 ns since the origin, each as
+    ``int(round((v - origin_us) * 1000))`` of its float; ``_RequestSlices._NONE`` where the
+    column is missing or the value not finite."""
+    none = _RequestSlices._NONE
+    if name not in requests.columns:
+        return np.full(len(requests), none, dtype=np.int64)
+    values = requests[name].to_numpy(dtype="float64", na_value=np.nan)
+    return np.array([none if not math.isfinite(v) else int(round((v - origin_us) * 1000))
+                     for v in values.tolist()], dtype=np.int64)
+
+
+def _lifecycle_table(lifecycle: dict) -> tuple[list, np.ndarray]:
+    """A dict of id -> five values (ints, ``_RequestSlices._NONE`` where unknown) as the ids
+    and an int64 table."""
+    table = np.array(list(lifecycle.values()), dtype=np.int64).reshape(-1, 5)
+    return list(lifecycle), table
 
 
 def _plain(value: Any) -> Any:
