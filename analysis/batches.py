@@ -57,6 +57,8 @@ INTERNAL_COLUMNS = ("sched_start_us", "sched_end_us", "exec_start_us", "exec_end
 
 
 STEP_CHUNK_ROWS = 262_144
+# The (step, request) table's columns build_batches reads (the CLI passes only these).
+COUNTED_COLUMNS = ("step_id", "type", "num_scheduled_tokens")
 
 
 def _step_counts(per_request: pd.DataFrame, n: int) -> tuple[np.ndarray, ...]:

@@ -185,22 +185,26 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     progress.stage("building spec_decode.csv")
     spec_decode = run.stage("spec_decode.csv", spec_mod.build_spec_decode, frame, steps,
                             per_request)
-    progress.stage("building batch.csv")
-    batches = None
-    if steps is not None:
-        batches = run.stage("batch.csv", batches_mod.build_batches, frame, steps, per_request,
-                            kvcache, spec_decode if spec_decode is not None
-                            else spec_mod.empty_spec_decode())
     # The largest table, twenty million rows at x100: from here on, only the rows the stage
-    # breakdown reads (one per step), and for request_summary its (step, request id) columns
-    # when its gaps come from the steps (no output records); else the table goes right away.
+    # breakdown reads (one per step), the three columns batch.csv counts, and for
+    # request_summary its (step, request id) columns when its gaps come from the steps (no
+    # output records); the rest goes before batch.csv is built (its four other columns: 0.2 GB
+    # at x100, held through batch.csv's build before).
     details = details or detail_outputs.DetailOptions()
-    step_rids = None
+    step_rids = step_counts = None
     if per_request is not None:
         if summaries.gaps_from_steps(frame):
             step_rids = per_request[["step_id", "rid"]]  # the same arrays, not a copy
+        step_counts = per_request[list(batches_mod.COUNTED_COLUMNS)]  # the same arrays
         per_request = run.stage("prefill.csv / decode.csv", stages_mod.breakdown_rows,
                                 per_request, details.selection)
+    progress.stage("building batch.csv")
+    batches = None
+    if steps is not None:
+        batches = run.stage("batch.csv", batches_mod.build_batches, frame, steps, step_counts,
+                            kvcache, spec_decode if spec_decode is not None
+                            else spec_mod.empty_spec_decode())
+    del step_counts
     tables: dict[str, pd.DataFrame] = {}
     if requests is not None:
         tables["request_summary"] = run.stage(
