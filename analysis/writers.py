@@ -233,11 +233,9 @@ def _store(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
         _store_rows(conn, name, table, "replace")
         return
     objects = [column for column in table.columns if table[column].dtype == object]
-    lazy = [column for column in objects if isinstance(table[column].iloc[0], LazyText)]
-    if lazy:  # as always for these tables: the lazy texts TEXT, the rest as the first chunk's
-        types = {column: "TEXT" for column in lazy}
-    else:
-        types = {column: _sql_type(table[column]) for column in objects}
+    # Lazy text columns TEXT; any other object column what to_sql gives the whole column.
+    types = {column: "TEXT" if isinstance(table[column].iloc[0], LazyText)
+             else _sql_type(table[column]) for column in objects}
     for first in range(0, len(table), DB_CHUNK_ROWS):
         _store_rows(conn, name, table.iloc[first:first + DB_CHUNK_ROWS],
                     "replace" if first == 0 else "append", types)

@@ -78,3 +78,30 @@ def test_a_table_of_cells_is_written_as_the_table_of_texts(tmp_path):
         return schema, rows
 
     assert dump("a") == dump("b")
+
+
+def test_an_object_column_beside_lazy_cells_is_typed_by_the_whole_column(tmp_path, monkeypatch):
+    """The request table: its start times lazy, its cache hit rates missing in the first
+    chunk and numbers later: REAL, as to_sql types the whole column (not the first chunk's
+    TEXT)."""
+    from otel_vllm_ascend.analysis import writers
+
+    monkeypatch.setattr(writers, "DB_CHUNK_ROWS", 3)
+    values = np.array([1.7e15 + i * 1e6 for i in range(8)])
+    hits = pd.Series([None] * 4 + [0.5, None, 1.0, 0.25], dtype=object)
+    lazy = pd.DataFrame({"t": lazy_datetimes_us(values), "hit": hits})
+    texts = pd.DataFrame({"t": format_datetime_us(values).to_numpy(), "hit": hits})
+    dumps = []
+    for name, table in (("lazy", lazy), ("texts", texts)):
+        conn = sqlite3.connect(tmp_path / f"{name}.db")
+        if name == "lazy":
+            _store(conn, "request", table)
+        else:
+            table.to_sql("request", conn, index=False)  # the whole table at once
+        conn.commit()
+        dumps.append((conn.execute("SELECT sql FROM sqlite_master").fetchall(),
+                      conn.execute("SELECT t, typeof(t), hit, typeof(hit) FROM request")
+                      .fetchall()))
+        conn.close()
+    assert dumps[0] == dumps[1]
+    assert "REAL" in dumps[0][0][0][0]
