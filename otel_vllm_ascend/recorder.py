@@ -220,14 +220,17 @@ def record_span(
         _start_thread()
 
 
-def record_task(func: Any, arg: Any) -> None:
+def record_task(func: Any, arg: Any) -> bool:
     """Queue ``func(arg)`` to run on the recorder's thread, in order with the records (work a
-    handler can leave there, e.g. classifying an engine step before its spans are built)."""
+    handler can leave there, e.g. classifying an engine step before its spans are built).
+    False when the queue was full (the task dropped)."""
     queue = _state.queue
     if len(queue) < MAX_QUEUE:  # else dropped: whatever needs the result computes it itself
         queue.append(tuple.__new__(TaskRecord, (func, arg)))
         if _state.thread is None:
             _start_thread()
+        return True
+    return False
 
 
 def record_event(name: str, attributes: Mapping[str, Any], timestamp_ns: Optional[int] = None,

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -31,8 +32,9 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_vllm_ascend import contract, handoff, recorder
+from otel_vllm_ascend import contract, handoff, native_thread, recorder
 from otel_vllm_ascend.process_role import detect_process_role
+from otel_vllm_ascend.records import SpanRecord, new_span_record
 
 MAX_TRACKED_REQUESTS = 65536
 MAX_LINKS = 128
@@ -167,6 +169,85 @@ def engine_context(request: Any) -> Optional[SpanContext]:
 def forget(request_ids: Iterable[str]) -> None:
     for request_id in request_ids:
         request_contexts.pop(request_id)
+
+
+# -- EngineCore's request events: the trace context parsed where the spans are built ----------
+#
+# ``Enqueue``, ``Free`` and ``CacheHitRate`` are children of their request's trace context. The
+# hook queues the request id and a reference to the request's ``trace_headers`` (vLLM never
+# changes them); the expander (in the writer, or on the recorder's thread without one) parses
+# the ``traceparent`` once per request and keeps the context per EngineCore process, where the
+# step's links (:meth:`RemoteBatches.resolve`) find it too.
+
+# EngineCore: ids of requests whose headers went with a queued request event, so the writer
+# knows their context; a step's new request not among them (added before recording started, or
+# its event dropped) has its headers read from the scheduler by the step's hand-off instead.
+_headers_sent: Dict[str, None] = {}
+
+
+def record_request_event(name: str, attributes: dict, request: Any, request_id: str) -> None:
+    """Queue one EngineCore request event (``attributes`` without ``ms.record``, not mutated
+    afterwards) as the child of the request's trace context."""
+    attributes[contract.RECORD] = contract.RECORD_EVENT
+    if recorder.record_task(_expand_request_event, (
+            name, time.time_ns(), attributes, native_thread.current.id, request_id,
+            getattr(request, "trace_headers", None))):
+        sent = _headers_sent
+        if request_id not in sent:
+            sent[request_id] = None
+            if len(sent) > MAX_TRACKED_REQUESTS:
+                del sent[next(iter(sent))]
+
+
+def _plain_headers(headers: Any) -> Optional[dict]:
+    """``trace_headers`` as a dict of strings (what marshal takes), or None."""
+    if not headers:
+        return None
+    if type(headers) is not dict:
+        try:
+            headers = dict(headers)
+        except Exception:
+            return None
+    for key, value in headers.items():
+        if type(key) is not str or type(value) is not str:
+            return {str(key): str(value) for key, value in headers.items()
+                    if isinstance(value, str)} or None
+    return headers
+
+
+def _request_event_to_wire(captured: tuple) -> tuple:
+    headers = captured[5]
+    if headers is None or type(headers) is dict and len(headers) == 1 \
+            and type(headers.get("traceparent")) is str:
+        return captured  # the usual shape: as it is
+    return captured[:5] + (_plain_headers(headers),)
+
+
+def context_of(state: dict, request_id: str, headers: Optional[dict]) -> Optional[SpanContext]:
+    """The trace context of an EngineCore request where the spans are built: parsed from its
+    headers once, then kept per producer process (until the request finishes)."""
+    contexts = state.get("request_contexts")
+    if contexts is None:
+        contexts = state["request_contexts"] = OrderedDict()
+    context = contexts.get(request_id)
+    if context is None and headers:
+        context = parse_traceparent(headers)
+        if context is not None:
+            contexts[request_id] = context
+            if len(contexts) > MAX_TRACKED_REQUESTS:
+                contexts.popitem(last=False)
+    return context
+
+
+def _request_event_records(state: dict, wire: tuple) -> list:
+    name, timestamp, attributes, tid, request_id, headers = wire
+    return [new_span_record(SpanRecord, (
+        name, timestamp, timestamp, attributes, None, context_of(state, request_id, headers),
+        None, None, tid, None))]
+
+
+_expand_request_event = handoff.register_expander(
+    "engine.request_event", _request_event_to_wire, _request_event_records)
 
 
 # -- queues -----------------------------------------------------------------------------------
@@ -380,18 +461,22 @@ class StepRecord(NamedTuple):
 
 
 def _classification_to_wire(batch: StepBatch) -> tuple:
-    """The step's inputs and the trace contexts of its new requests, as plain values."""
+    """The step's inputs, and the trace headers of its new requests whose headers did not go
+    with a request event (their contexts are parsed where the step is expanded)."""
     inputs = batch.inputs
+    sent = _headers_sent
     contexts = []
+    requests = batch.requests
     for request_id, _, _ in inputs.new:
-        context = request_contexts.get(request_id)
-        if context is None and batch.requests is not None:
-            request = batch.requests.get(request_id)
-            if request is not None:
-                context = engine_context(request)
-        if context is not None:
-            contexts.append((request_id, handoff.context_to_wire(context)))
-    forget(inputs.finished)
+        if request_id in sent or requests is None:
+            continue
+        request = requests.get(request_id)
+        headers = _plain_headers(getattr(request, "trace_headers", None)) \
+            if request is not None else None
+        if headers:
+            contexts.append((request_id, headers))
+    for request_id in inputs.finished:
+        sent.pop(request_id, None)
     return batch.seq, tuple(inputs), contexts
 
 
@@ -411,15 +496,26 @@ class RemoteBatches:
         self.classifier = BatchClassifier()
         self.steps: OrderedDict = OrderedDict()  # seq -> [rows, kind, links, json or None]
 
-    def resolve(self, wire: tuple) -> None:
-        seq, inputs, contexts = wire
-        rows, kind = self.classifier.classify(BatchInputs(*inputs))
-        known = dict(contexts)
+    def resolve(self, wire: tuple, state: Optional[dict] = None) -> None:
+        seq, inputs, headers = wire
+        inputs = BatchInputs(*inputs)
+        rows, kind = self.classifier.classify(inputs)
+        state = {} if state is None else state
+        known = state.get("request_contexts")
+        if known is not None:
+            for request_id in inputs.finished:
+                known.pop(request_id, None)
+        headers = dict(headers)
         # One link per request, in its first step (``iter`` 0), not per step: a span link
         # costs the SDK about as much as a small span, and a request's later steps are found
         # through its first one (and through the ``ms.rid`` attributes).
-        links = [handoff.context_from_wire(known[row[0]]) for row in rows
-                 if row[1] == 0 and row[0] in known][:MAX_LINKS]
+        links = []
+        for row in rows:
+            if row[1] == 0:
+                context = context_of(state, row[0], headers.get(row[0]))
+                if context is not None:
+                    links.append(context)
+        links = links[:MAX_LINKS]
         steps = self.steps
         steps[seq] = [rows, kind, links or None, None]
         if len(steps) > _RETAINED_STEPS:
@@ -472,7 +568,7 @@ def step_expander(name: str, expand_span: Callable[[RemoteBatches, int, tuple], 
         seq, classification, span = wire
         batches = _remote(state)
         if classification is not None:
-            batches.resolve(classification)
+            batches.resolve(classification, state)
         if span is None or seq not in batches.steps:  # nothing to build / a dropped step
             return None
         return [expand_span(batches, seq, span)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from otel_vllm_ascend import contract, recorder, wrapping
+from otel_vllm_ascend import contract, wrapping
 from otel_vllm_ascend.handlers import common
 
 DOMAIN = "Schedule.KVCache"
@@ -20,14 +20,16 @@ DOMAIN = "Schedule.KVCache"
 
 def _free_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
                 error: Optional[BaseException]) -> None:
-    common.ensure_role("engine_core")
+    if common._role_recorded is None:
+        common.ensure_role("engine_core")
     request = args[0] if args else kwargs.get("request")
-    recorder.record_event("Free", {
+    request_id = request.request_id
+    common.record_request_event("Free", {
         contract.DOMAIN: DOMAIN,
-        contract.RID: request.request_id,
+        contract.RID: request_id,
         contract.METRIC_PREFIX + "deviceBlock": int(this.block_pool.get_num_free_blocks()),
         contract.METRIC_PREFIX + "UsagePercent": float(this.usage),
-    }, parent=common.engine_context(request))
+    }, request, request_id)
 
 
 free = wrapping.AroundHandler(wrapping.always, _free_after, "free", "``KVCacheManager.free``.")
@@ -35,15 +37,17 @@ free = wrapping.AroundHandler(wrapping.always, _free_after, "free", "``KVCacheMa
 
 def _computed_blocks_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
                            error: Optional[BaseException]) -> None:
-    common.ensure_role("engine_core")
+    if common._role_recorded is None:
+        common.ensure_role("engine_core")
     request = args[0] if args else kwargs.get("request")
     num_tokens = int(getattr(request, "num_tokens", 0) or 0)
     if isinstance(result, tuple) and len(result) > 1 and num_tokens > 0:
-        recorder.record_event("CacheHitRate", {
+        request_id = request.request_id
+        common.record_request_event("CacheHitRate", {
             contract.DOMAIN: DOMAIN,
-            contract.RID: request.request_id,
+            contract.RID: request_id,
             "hitCache": int(result[1]) / num_tokens,
-        }, parent=common.engine_context(request))
+        }, request, request_id)
 
 
 get_computed_blocks = wrapping.AroundHandler(

@@ -16,7 +16,7 @@ import collections
 import time
 from typing import Any, Optional
 
-from otel_vllm_ascend import contract, control, native_thread, recorder, selfmeter, wrapping
+from otel_vllm_ascend import contract, control, native_thread, selfmeter, wrapping
 from otel_vllm_ascend.handlers import common
 from otel_vllm_ascend.records import SpanRecord, new_span_record
 
@@ -149,16 +149,20 @@ schedule = wrapping.AroundHandler(
 
 def _add_request_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
                        error: Optional[BaseException]) -> None:
-    common.ensure_role("engine_core")
+    if common._role_recorded is None:
+        common.ensure_role("engine_core")
     request = args[0] if args else kwargs.get("request")
     request_id = getattr(request, "request_id", None)
     if request_id is not None:
-        recorder.record_event("Enqueue", {
+        waiting = this.waiting
+        # The trace context is parsed from the request's headers where the span is built.
+        common.record_request_event("Enqueue", {
             contract.DOMAIN: DOMAIN,
             contract.RID: request_id,
-            contract.METRIC_PREFIX + "QueueSize": len(this.waiting),
+            contract.METRIC_PREFIX + "QueueSize":
+                _deque_len(waiting) if _is_plain_deque(type(waiting)) else len(waiting),
             contract.SCOPE_PREFIX + "QueueName": WAITING,
-        }, parent=common.engine_context(request))
+        }, request, request_id)
 
 
 add_request = wrapping.AroundHandler(wrapping.always, _add_request_after, "add_request",

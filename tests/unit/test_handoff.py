@@ -162,16 +162,20 @@ def test_engine_steps_classified_from_their_plain_copies(monkeypatch):
     """A step's first record carries its inputs; the expanders classify them in order (the
     spans themselves: test_step_records.py)."""
     monkeypatch.setattr(common, "_last_batch", None)
+    monkeypatch.setattr(common, "_headers_sent", {})
+    # The scheduler's requests: their headers cross with the step that first schedules them
+    # (no request event carried them) and are parsed where the step is expanded.
+    requests = {rid: SimpleNamespace(trace_headers=common.trace_headers_of(context))
+                for rid, context in _contexts().items()}
     wires = []
     for output in STEPS:
-        for rid, context in _contexts().items():
-            common.request_contexts.put(rid, context)
-        batch = common.describe_batch(output)
+        batch = common.describe_batch(output, requests)
         wires.append(common._step_to_wire(common.StepRecord(batch, True, None)))
     batches = common.RemoteBatches()
+    state: dict = {}
     for _, classification, span in marshal.loads(marshal.dumps(wires)):
         assert span is None
-        batches.resolve(classification)
+        batches.resolve(classification, state)
     second = wires[1][0]
     assert json.loads(batches.details_json(second))[2] == {
         "rid": "c", "iter": 0, "type": 0, "num_scheduled_tokens": 8, "num_prompt_tokens": 16,
