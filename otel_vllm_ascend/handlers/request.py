@@ -51,24 +51,84 @@ def _trace_headers(args: tuple, kwargs: dict) -> Any:
     return args[6] if len(args) > 6 else None
 
 
+# API-server records of vLLM V1 cross as one small task each (``_expand_api_spans``): plain
+# span values with the trace contexts in their wire form (``handoff.context_to_wire``), held
+# that way from the request's arrival on, so no SpanContext is built on vLLM's thread for a
+# request without a caller's ``traceparent``.
+
+# External id -> the request's trace context in its wire form (the httpRes parent).
+_request_wires = common.ContextMap()
+
+
+def _new_context_wire() -> tuple:
+    """A fresh trace for a request without ``traceparent`` (what common.new_request_context
+    gives, in its wire form)."""
+    ids = common._IDS
+    return ids.generate_trace_id(), ids.generate_span_id(), True, 1, None
+
+
+def _headers_of_wire(wire: tuple) -> dict:
+    """``traceparent`` (and ``tracestate``) of a valid context in its wire form: the text of
+    common.trace_headers_of."""
+    trace_id, span_id, _, flags, state = wire
+    headers = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+    if state:
+        headers["tracestate"] = state
+    return headers
+
+
 async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
-    """``AsyncLLM.add_request`` (vLLM V1) / ``AsyncLLMEngine.add_request`` (V0)."""
+    """``AsyncLLM.add_request`` (vLLM V1)."""
     request_id = kwargs.get("request_id", args[0] if args else None)
     if not isinstance(request_id, str):
         return await original(*args, **kwargs)
-    common.ensure_role("api_server")
-    incoming = (common.parse_traceparent(_trace_headers(args, kwargs))
-                or _waiting_contexts.pop(request_id) or _incoming.get())
-    context = record_arrival(request_id, incoming, DOMAIN)
-    token = _adding.set((request_id, context))
+    if common._role_recorded is None:
+        common.ensure_role("api_server")
+    headers = _trace_headers(args, kwargs)
+    incoming = common.parse_traceparent(headers) if headers else None
+    if incoming is None:
+        incoming = _waiting_contexts.pop(request_id) or _incoming.get()
+    now = time.time_ns()
+    tid = native_thread.current.id
+    if incoming is not None:  # the caller's span is the parent of the request's records
+        wire = handoff.context_to_wire(incoming)
+        parent, own = wire, None
+    else:  # a new trace whose root is the httpReq record itself, ids chosen now
+        wire = _new_context_wire()
+        parent, own = None, wire
+    _request_wires.put(request_id, wire)
+    recorder.record_task(_expand_api_spans, (
+        ("httpReq", now, now, {contract.DOMAIN: DOMAIN, contract.RID: request_id,
+                               "gen_ai.request.id": request_id,
+                               contract.RECORD: contract.RECORD_EVENT}, tid, parent, own),
+        ("tokenize", now, now, {contract.DOMAIN: DOMAIN, contract.RID: request_id,
+                                contract.RECORD: contract.RECORD_EVENT}, tid, wire, None)))
+    token = _adding.set((request_id, wire))
     try:
         collector = await original(*args, **kwargs)
     finally:
         _adding.reset(token)
     internal_id = getattr(collector, "request_id", None)
     if isinstance(internal_id, str) and internal_id != request_id:
-        _link(request_id, internal_id, context)
+        now = time.time_ns()
+        recorder.record_task(_expand_api_spans, ((
+            contract.LINK_NAME, now, now,
+            {contract.DOMAIN: DOMAIN, contract.LINK_FROM: request_id,
+             contract.LINK_TO: internal_id, contract.RECORD: contract.RECORD_LINK},
+            native_thread.current.id, wire, None),))
     return collector
+
+
+def _api_span_records(state: dict, wire: tuple) -> list:
+    """The span records of API-server spans captured as plain values."""
+    from_wire = handoff.context_from_wire
+    return [new_span_record(SpanRecord, (
+        name, start, end, attributes, None, from_wire(parent) if parent is not None else None,
+        None, None, tid, from_wire(own) if own is not None else None))
+        for name, start, end, attributes, tid, parent, own in wire]
+
+
+_expand_api_spans = handoff.register_expander("request.api_spans", None, _api_span_records)
 
 
 def record_arrival(request_id: str, incoming: Any, domain: str) -> Any:
@@ -108,7 +168,7 @@ def _carry_context(request: Any) -> None:
     if adding is None or request is None:
         return
     if getattr(request, "trace_headers", False) is None:
-        request.trace_headers = common.trace_headers_of(adding[1])
+        request.trace_headers = _headers_of_wire(adding[1])
 
 
 def _assign_request_id_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -205,10 +265,11 @@ def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: A
         reply = _generated_tokens(request_state)
         if reply is not None:
             attributes[contract.METRIC_PREFIX + "replyTokenSize"] = reply
-        context = common.request_contexts.get(external_id)
+        context = _request_wires.get(external_id)
         if request_id not in states:  # really finished: forget its context
-            common.request_contexts.pop(external_id)
-        recorder.record_span("httpRes", start, start, attributes, parent=context, thread_id=tid)
+            _request_wires.pop(external_id)
+        recorder.record_task(_expand_api_spans, (
+            ("httpRes", start, start, attributes, tid, context, None),))
     if control.allows(DOMAIN):
         recorder.record_task(_expand_detokenize, (end, tid, request_ids, known))
 

@@ -188,8 +188,9 @@ def _api_steps() -> None:
               for i in range(3)}
     states["r9-int"] = SimpleNamespace(prompt_token_ids=None, prompt_len=5, stats=None)
     this = SimpleNamespace(request_states=states)
-    common.request_contexts.put("ext1", common.parse_traceparent(
-        {"traceparent": f"00-{0x5150:032x}-{0x51:016x}-01"}))
+    # ext1 arrived with the caller's context (add_request keeps it in its wire form)
+    request._request_wires.put("ext1", handoff.context_to_wire(common.parse_traceparent(
+        {"traceparent": f"00-{0x5150:032x}-{0x51:016x}-01"})))
 
     def step(outputs, dropped):
         def original(engine_core_outputs, engine_core_timestamp=None, iteration_stats=None):
@@ -243,6 +244,7 @@ def scripted(monkeypatch):
     monkeypatch.setattr(recorder._state, "handoff", None)
     monkeypatch.setattr(common, "_role_recorded", "engine_core")  # no role Meta record
     monkeypatch.setattr(common, "request_contexts", common.ContextMap())
+    monkeypatch.setattr(request, "_request_wires", common.ContextMap())
     monkeypatch.setattr(common, "_last_batch", None)
     monkeypatch.setattr(handoff, "local_state", {}, raising=False)  # the expanders' state
     recorder._state.queue.clear()

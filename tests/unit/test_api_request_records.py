@@ -1,0 +1,119 @@
+"""The API server's request records (``httpReq``, ``tokenize``, ``link``, ``httpRes``) cross to
+the writer as plain values with the trace contexts in their wire form: built in the serving
+process and through the hand-off they must be the same spans, with the parents, own ids and
+the ``trace_headers`` text EngineCore gets that the hooks gave when they held SpanContexts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from test_step_records import _built_here, _built_in_writer
+from test_step_records import scripted as scripted  # noqa: F401  (the fixture)
+
+from otel_vllm_ascend import contract, recorder
+from otel_vllm_ascend.handlers import request
+
+CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _script() -> tuple:
+    sent = {}
+
+    def adding(internal_suffix):
+        async def original(request_id, prompt, params, arrival_time=None, lora_request=None,
+                           tokenization_kwargs=None, trace_headers=None, **kwargs):
+            engine_request = SimpleNamespace(request_id=request_id + internal_suffix,
+                                             trace_headers=None)
+            request.assign_request_id(lambda req: None, None, engine_request)
+            sent[request_id] = engine_request.trace_headers
+            return SimpleNamespace(request_id=engine_request.request_id)
+        return original
+
+    asyncio.run(request.add_request_async(
+        adding("-int"), None, "caller", {}, None,
+        trace_headers={"traceparent": CALLER, "tracestate": "vendor=abc,other=1"}))
+    asyncio.run(request.add_request_async(adding("-int"), None, "fresh", {}, None))
+    asyncio.run(request.add_request_async(adding(""), None, "same-id", {}, None))
+    states = {f"{rid}-int": SimpleNamespace(external_req_id=rid, prompt_token_ids=[1, 2],
+                                            stats=SimpleNamespace(num_generation_tokens=3))
+              for rid in ("caller", "fresh")}
+    this = SimpleNamespace(request_states=states)
+    outputs = [SimpleNamespace(request_id=rid, finish_reason="stop") for rid in states]
+
+    def original(engine_core_outputs, engine_core_timestamp=None, iteration_stats=None):
+        states.clear()
+    request.process_outputs(original, this, outputs, 0.0, None)
+    queued = list(recorder._state.queue)
+    recorder._state.queue.clear()
+    return queued, sent
+
+
+def _check(spans: list, sent: dict) -> None:
+    names = [(s["name"], s["attributes"].get(contract.RID)) for s in spans]
+    assert names == [("httpReq", "caller"), ("tokenize", "caller"), ("link", None),
+                     ("httpReq", "fresh"), ("tokenize", "fresh"), ("link", None),
+                     ("httpReq", "same-id"), ("tokenize", "same-id"),
+                     ("httpRes", "caller"), ("httpRes", "fresh"),
+                     ("detokenize", ["caller", "fresh"])]
+    caller = [0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7]
+    for span in spans[:3] + spans[8:9]:
+        assert span["parent"] == caller, span["name"]
+    fresh_root = spans[3]
+    assert fresh_root["parent"] is None
+    fresh = [fresh_root["trace_id"], fresh_root["span_id"]]
+    for span in spans[4:6] + spans[9:10]:
+        assert span["parent"] == fresh, span["name"]
+    assert spans[2]["attributes"] == {contract.DOMAIN: "Engine", contract.LINK_FROM: "caller",
+                                      contract.LINK_TO: "caller-int",
+                                      contract.RECORD: contract.RECORD_LINK,
+                                      contract.THREAD_ID: 4242}
+    assert list(spans[0]["attributes"]) == [contract.DOMAIN, contract.RID, "gen_ai.request.id",
+                                            contract.RECORD, contract.THREAD_ID]
+    assert spans[8]["attributes"][contract.METRIC_PREFIX + "replyTokenSize"] == 3
+    # What EngineCore gets: the caller's context with its tracestate, the fresh trace's root
+    assert sent["caller"] == {"traceparent": CALLER, "tracestate": "vendor=abc,other=1"}
+    assert sent["fresh"] == {"traceparent": f"00-{fresh[0]:032x}-{fresh[1]:016x}-01"}
+    assert spans[0]["trace_state"] == "vendor=abc,other=1"
+
+
+def _with_ids(views: list, spans_of: list) -> list:
+    for view, span in zip(views, spans_of):
+        view["trace_id"], view["span_id"] = span.context.trace_id, span.context.span_id
+        view["trace_state"] = span.parent.trace_state.to_header() \
+            if span.parent is not None and span.parent.trace_state else None
+    return views
+
+
+@pytest.fixture
+def keep_spans(monkeypatch):
+    """The finished SDK spans of the next build, next to their views."""
+    import test_step_records
+
+    made: list = []
+    original = test_step_records._provider
+
+    def provider():
+        provider, exporter = original()
+        made.append(exporter)
+        return provider, exporter
+    monkeypatch.setattr(test_step_records, "_provider", provider)
+    return made
+
+
+@pytest.mark.usefixtures("scripted")
+def test_api_request_records_built_here(keep_spans):
+    queued, sent = _script()
+    views = _built_here(queued)
+    _check(_with_ids(views, keep_spans[-1].get_finished_spans()), sent)
+
+
+@pytest.mark.usefixtures("scripted")
+def test_api_request_records_built_in_the_writer(keep_spans):
+    queued, sent = _script()
+    # No record on vLLM's side holds a SpanContext: plain tasks only.
+    assert {rec.func.__name__ for rec in queued} == {"request.api_spans", "request.detokenize"}
+    views = _built_in_writer(queued)
+    _check(_with_ids(views, keep_spans[-1].get_finished_spans()), sent)
