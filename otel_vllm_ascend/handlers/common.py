@@ -608,6 +608,7 @@ def _after_fork_in_child() -> None:
     global _role_recorded, _last_batch
     _role_recorded = None
     _last_batch = None
+    _headers_sent.clear()  # the parent's records are not the child's: its writer state is new
 
 
 if hasattr(os, "register_at_fork"):

@@ -12,14 +12,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from test_step_records import (  # noqa: F401  (scripted: a fixture)
-    _built_here,
-    _built_in_writer,
-    _output,
-    _request,
-    _Scheduler,
-    scripted,
-)
+import pytest
+from test_step_records import _built_here, _built_in_writer, _output, _request, _Scheduler
+from test_step_records import scripted as scripted  # noqa: F401  (the fixture)
 
 from otel_vllm_ascend import contract, recorder
 from otel_vllm_ascend.handlers import common, kvcache, model, scheduler
@@ -83,12 +78,14 @@ def _check(spans: list) -> None:
     assert model_exec["links"] == first["links"]
 
 
-def test_request_events_and_links_built_here(scripted, monkeypatch):
+@pytest.mark.usefixtures("scripted")
+def test_request_events_and_links_built_here(monkeypatch):
     monkeypatch.setattr(common, "_headers_sent", {})
     _check(_built_here(_script()))
 
 
-def test_request_events_and_links_built_in_the_writer(scripted, monkeypatch):
+@pytest.mark.usefixtures("scripted")
+def test_request_events_and_links_built_in_the_writer(monkeypatch):
     monkeypatch.setattr(common, "_headers_sent", {})
     queued = _script()
     # The hot path parsed nothing: no context in the serving process's map.
@@ -99,7 +96,8 @@ def test_request_events_and_links_built_in_the_writer(scripted, monkeypatch):
     _check(_built_in_writer(queued))
 
 
-def test_finished_requests_are_forgotten_on_both_sides(scripted, monkeypatch):
+@pytest.mark.usefixtures("scripted")
+def test_finished_requests_are_forgotten_on_both_sides(monkeypatch):
     monkeypatch.setattr(common, "_headers_sent", {})
     state: dict = {}
     from otel_vllm_ascend import handoff
