@@ -164,8 +164,9 @@ def capture_async(original: Any, this: Any, duration_tag: Any = None, *args: Any
 # -- the Worker's spans: one record per model-runner step ---------------------------------------
 #
 # The runner's span and the spans that end inside its call (its phases, ``computing_logits``)
-# go as one record, queued when the runner returns; spans outside a runner call (the sampling
-# phases of vLLM 0.32's ``sample_tokens``) as one record each. A span is a WorkerSpan of plain
+# go as one record, queued when the runner returns; a recorded phase outside a runner call (the
+# sampling phase of vLLM 0.32's ``sample_tokens``) likewise with the spans ending inside it
+# (``sample``), any other span outside a runner call as one record. A span is a WorkerSpan of plain
 # values; the expander (in the writer, or on the recorder's thread without one) makes the same
 # span records, in the order the spans ended, as one record per span did.
 
@@ -285,26 +286,40 @@ class _PhaseContext:
     the runner when recording). The class itself is the handler's ``after`` half (one call
     less per phase)."""
 
-    __slots__ = ("target", "state")
+    __slots__ = ("target", "state", "own")
 
     def __init__(self, state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                  error: Optional[BaseException]) -> None:
         self.target = result
         self.state = state  # (phase, request ids or None, start, thread id, synchronize or None)
+        self.own = None  # the spans ending inside a phase outside any runner call
 
     def __enter__(self):  # noqa: ANN204
-        return self.target.__enter__()
+        global _open_step
+        entered = self.target.__enter__()
+        if _open_step is None:
+            # A phase outside the runner's call (vLLM 0.32's sampling phase, with ``sample``
+            # inside it): the spans that end inside it go with its own, as one record.
+            _open_step = self.own = []
+        return entered
 
     def __exit__(self, exc_type, exc, tb):  # noqa: ANN001, ANN204
+        global _open_step
         try:
             return self.target.__exit__(exc_type, exc, tb)
         finally:
             try:
                 phase, request_ids, start, tid, synchronize = self.state
+                own = self.own
+                if own is not None and _open_step is own:
+                    _open_step = None
                 if synchronize is not None:
                     synchronize()
                 end = time.time_ns()
-                if _open_step is not None and exc is None:  # the common case, inlined
+                if own is not None:  # a WorkerSpan's fields, after the spans inside it
+                    own.append((phase, start, end, tid, request_ids, None, exc))
+                    recorder.record_task(_expand_worker_spans, own)
+                elif _open_step is not None and exc is None:  # the common case, inlined
                     _open_step.append((phase, start, end, tid, request_ids, None, None))
                 else:
                     record_worker_span(phase, start, end, tid, request_ids, exc)

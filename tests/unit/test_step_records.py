@@ -311,3 +311,26 @@ def _assert_same(spans: list, expected: list) -> None:
     for got, want in zip(spans, expected):
         for field in want:  # one field at a time, so a failure names it
             assert got[field] == want[field], (want["name"], field)
+
+
+class _FailingEnter(_Phase):
+    def __enter__(self):
+        raise OSError("no profiler")
+
+
+def test_a_phase_outside_the_runner_goes_as_one_record_with_the_spans_inside_it(scripted):
+    """vLLM 0.32's sampling phase: ``sample`` ends inside it; both cross as one record, in the
+    order they ended. A phase whose own ``__enter__`` fails leaves nothing open."""
+    with model.record_function_or_nullcontext(lambda name: _Phase(), None,
+                                              "gpu_model_runner: sample"):
+        model.sampler_forward(lambda logits: "tokens", SimpleNamespace(), "logits")
+    with pytest.raises(OSError):
+        with model.record_function_or_nullcontext(lambda name: _FailingEnter(), None,
+                                                  "gpu_model_runner: sample"):
+            pass
+    assert model._open_step is None
+    model.sampler_forward(lambda logits: "tokens", SimpleNamespace(), "logits")
+    queued = list(recorder._state.queue)
+    recorder._state.queue.clear()
+    assert [[span[0] for span in rec.arg] for rec in queued] == [["sample", "sample_token"],
+                                                                 ["sample"]]
