@@ -240,12 +240,13 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     # The request states (their external ids) are read on the recorder's thread: a state
     # object stays readable after vLLM drops it, and its external id never changes.
     known = list(map(get_state, request_ids))  # the loop in C
-    # One pass that keeps only the few finishing outputs' positions, then their ids and the
-    # states already looked up. (Loops over attrgetter measured slower: the comprehension's
-    # attribute reads are specialised by the interpreter.)
-    finished = [(request_ids[index], known[index]) for index in
-                [index for index, output in enumerate(engine_core_outputs)
-                 if output.finish_reason is not None]]
+    # One pass that keeps only the few finishing outputs, then their ids and states (looked
+    # up again: the same dict, before the call). (Loops over attrgetter measured slower: the
+    # comprehension's attribute reads are specialised by the interpreter; so did a pass over
+    # enumerate() for positions.)
+    finishing = [output for output in engine_core_outputs if output.finish_reason is not None]
+    finished = [(output.request_id, get_state(output.request_id)) for output in finishing] \
+        if finishing else finishing
     return states, request_ids, known, finished, time.time_ns(), native_thread.current.id
 
 
