@@ -43,6 +43,7 @@ REPORT_INTERVAL_S = 2.0  # short: a process killed at shutdown still leaves a re
 STEP_RECORD = "batchFrameworkProcessing"
 STEP_TASK = "engine.schedule"  # the hand-off's record that expands into a STEP_RECORD
 REQUEST_RECORD = "httpReq"
+REQUEST_TASK = "request.arrival"  # the hand-off's record that expands into a REQUEST_RECORD
 # Threads of the SDK's batch processors (span export), by the names the SDK gives them.
 _EXPORT_THREAD_PREFIXES = ("OtelBatch", "OtelPeriodic")
 

@@ -130,6 +130,8 @@ class WriterClient:
                             _meter.requests += 1
                     elif wire[1] == selfmeter.STEP_TASK and wire[2][2] is not None:
                         _meter.steps += 1  # a step's batchFrameworkProcessing (not only its inputs)
+                    elif wire[1] == selfmeter.REQUEST_TASK:
+                        _meter.requests += 1  # a request's httpReq (with its tokenize)
                 wires.append(wire)
             if wires:
                 try:

@@ -27,7 +27,15 @@ import operator
 import time
 from typing import Any, List, Optional
 
-from otel_vllm_ascend import contract, control, handoff, native_thread, recorder, wrapping
+from otel_vllm_ascend import (
+    contract,
+    control,
+    handoff,
+    native_thread,
+    recorder,
+    selfmeter,
+    wrapping,
+)
 from otel_vllm_ascend.handlers import common
 from otel_vllm_ascend.records import SpanRecord, new_span_record
 
@@ -97,7 +105,7 @@ async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any)
         wire = _new_context_wire()
         parent, own = None, wire
     _request_wires.put(request_id, wire)
-    recorder.record_task(_expand_api_spans, (
+    recorder.record_task(_expand_arrival, (
         ("httpReq", now, now, {contract.DOMAIN: DOMAIN, contract.RID: request_id,
                                "gen_ai.request.id": request_id,
                                contract.RECORD: contract.RECORD_EVENT}, tid, parent, own),
@@ -129,6 +137,9 @@ def _api_span_records(state: dict, wire: tuple) -> list:
 
 
 _expand_api_spans = handoff.register_expander("request.api_spans", None, _api_span_records)
+# A request's arrival (httpReq, tokenize): the same expansion under its own name, which the
+# self meter counts as a request where the records are handed to the writer.
+_expand_arrival = handoff.register_expander(selfmeter.REQUEST_TASK, None, _api_span_records)
 
 
 def record_arrival(request_id: str, incoming: Any, domain: str) -> Any:

@@ -114,6 +114,32 @@ def test_api_request_records_built_here(keep_spans):
 def test_api_request_records_built_in_the_writer(keep_spans):
     queued, sent = _script()
     # No record on vLLM's side holds a SpanContext: plain tasks only.
-    assert {rec.func.__name__ for rec in queued} == {"request.api_spans", "request.detokenize"}
+    assert {rec.func.__name__ for rec in queued} == {"request.arrival", "request.api_spans",
+                                                     "request.detokenize"}
     views = _built_in_writer(queued)
     _check(_with_ids(views, keep_spans[-1].get_finished_spans()), sent)
+
+
+@pytest.mark.usefixtures("scripted")
+def test_the_self_meter_counts_a_request_where_records_go_to_the_writer(monkeypatch):
+    """The sender counts requests by their arrival record (the meter's per-request figure)."""
+    import collections
+    import socket
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from otel_vllm_ascend import selfmeter, writer_client
+
+    monkeypatch.setattr(selfmeter, "meter", selfmeter.Meter(True))
+    monkeypatch.setattr(writer_client, "_meter", selfmeter.meter)
+    queued, _ = _script()
+    client = writer_client.WriterClient("otel-vllm-ascend-test-unused", TracerProvider())
+    client.sock, peer = socket.socketpair()
+    client.state = "connected"
+    try:
+        peer.setblocking(False)
+        assert client.send(collections.deque(queued))
+    finally:
+        client.sock.close()
+        peer.close()
+    assert selfmeter.meter.requests == 3
