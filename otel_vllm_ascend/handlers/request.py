@@ -165,13 +165,6 @@ def record_arrival(request_id: str, incoming: Any, domain: str) -> Any:
     return context
 
 
-def _link(external_id: str, internal_id: str, context: Any) -> None:
-    recorder.record_event(contract.LINK_NAME, {contract.DOMAIN: DOMAIN,
-                                               contract.LINK_FROM: external_id,
-                                               contract.LINK_TO: internal_id},
-                          record=contract.RECORD_LINK, parent=context)
-
-
 def _carry_context(request: Any) -> None:
     """Put the request's trace context into the EngineCoreRequest's ``trace_headers`` when it
     has none (they only feed tracing; vLLM computes the same outputs)."""
