@@ -113,14 +113,20 @@ def new_request_context() -> SpanContext:
 def trace_headers_of(context: SpanContext) -> Dict[str, str]:
     """``traceparent`` (and ``tracestate`` when there is one) that carry ``context``: the
     propagator's text, formatted here for a valid context (a fifth of the cost)."""
-    headers: Dict[str, str] = {}
     if not context.is_valid:
+        headers: Dict[str, str] = {}
         _PROPAGATOR.inject(headers, context=set_span_in_context(NonRecordingSpan(context)))
         return headers
-    headers["traceparent"] = \
-        f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
-    if context.trace_state:
-        headers["tracestate"] = context.trace_state.to_header()
+    return trace_headers_of_wire(handoff.context_to_wire(context))
+
+
+def trace_headers_of_wire(wire: tuple) -> Dict[str, str]:
+    """:func:`trace_headers_of` of a valid context in its wire form
+    (``handoff.context_to_wire``), no SpanContext needed."""
+    trace_id, span_id, _, flags, state = wire
+    headers = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+    if state:
+        headers["tracestate"] = state
     return headers
 
 
@@ -164,11 +170,6 @@ def engine_context(request: Any) -> Optional[SpanContext]:
         if context is not None:
             request_contexts.put(request_id, context)
     return context
-
-
-def forget(request_ids: Iterable[str]) -> None:
-    for request_id in request_ids:
-        request_contexts.pop(request_id)
 
 
 # -- EngineCore's request events: the trace context parsed where the spans are built ----------

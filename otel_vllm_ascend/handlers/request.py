@@ -75,16 +75,6 @@ def _new_context_wire() -> tuple:
     return ids.generate_trace_id(), ids.generate_span_id(), True, 1, None
 
 
-def _headers_of_wire(wire: tuple) -> dict:
-    """``traceparent`` (and ``tracestate``) of a valid context in its wire form: the text of
-    common.trace_headers_of."""
-    trace_id, span_id, _, flags, state = wire
-    headers = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
-    if state:
-        headers["tracestate"] = state
-    return headers
-
-
 async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
     """``AsyncLLM.add_request`` (vLLM V1)."""
     request_id = kwargs.get("request_id", args[0] if args else None)
@@ -172,7 +162,7 @@ def _carry_context(request: Any) -> None:
     if adding is None or request is None:
         return
     if getattr(request, "trace_headers", False) is None:
-        request.trace_headers = _headers_of_wire(adding[1])
+        request.trace_headers = common.trace_headers_of_wire(adding[1])
 
 
 def _assign_request_id_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
