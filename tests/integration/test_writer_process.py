@@ -336,8 +336,14 @@ def test_writer_runs_at_a_low_priority(tmp_path):
     server_group, writer_group = _lines(done.stdout, "group")[0]
     if writer_group != "-":
         assert writer_group == "12"
-        with open("/proc/self/autogroup") as file:  # the server shares this test's session
-            assert server_group == file.read().split()[-1]
+        # The server shares this test's session. Read the same way: a kernel may show a
+        # session's group empty (CI's does for this one) and the writer's own new one not.
+        try:
+            with open("/proc/self/autogroup") as file:
+                own_group = file.read().split()[-1]
+        except (OSError, IndexError):
+            own_group = "-"
+        assert server_group == own_group
     assert _wait_gone(int(_lines(done.stdout, "writer")[0][0]))
     found = _records(tmp_path / "session")
     assert sum(_count(messages, "server") for _, messages in found.values()) == 10
