@@ -10,10 +10,10 @@ busy processes' units per second as a ratio to a round with no writer, and the w
 per second (what it still gets done with the CPU left over).
 
 ``--writer-session own`` starts the writer in a session of its own (``os.setsid``), as the
-real writer is started (``writer_client.start``): on Linux with the kernel's autogroup the
-scheduler then shares the CPU between the sessions first, so this is the case that shows
-whether a setting holds against processes of another session (``shared``, the default, keeps
-it in the busy processes' session, as runs before this option did).
+real writer was started before it moved into the server's session (``writer_client.start``):
+on Linux with the kernel's autogroup the scheduler then shares the CPU between the sessions
+first, so a setting's niceness does not weigh against the busy processes. ``shared``, the
+default, keeps it in the busy processes' session, as the real writer is now.
 
 Usage::
 
@@ -74,7 +74,7 @@ def _writer(stop_at: float, setting: str, rows: int, folder: str,
         written += rows
     conn.close()
     result.put(("writer", written, applied.policy, applied.nice,
-                   getattr(applied, "group_nice", None)))  # None: an older tree's priority.py
+                   getattr(applied, "group_nice", None)))  # set by the trees that raised it
 
 
 def one_round(setting: str, args: argparse.Namespace, folder: str) -> dict:

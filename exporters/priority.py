@@ -21,25 +21,21 @@ it) and tries to raise it back when the server has stopped (:func:`restore`), so
 busy with other work the last records are written without waiting for idle CPU; without
 ``CAP_SYS_NICE`` the kernel refuses that, and the writer then finishes at the low priority
 (the starting process waits ``OTEL_VLLM_WRITER_EXIT_WAIT_S`` for it; nothing is lost either
-way, the writer runs in its own session until it has written everything).
+way, the writer runs in its own process group until it has written everything).
 
-The niceness alone does not do it on Linux with the kernel's *autogroup* (the default of most
-distributions; ``/proc/sys/kernel/sched_autogroup_enabled``): the fair scheduler then shares
-the CPU between sessions first and weighs a process's niceness only against the others of its
-own session, and the writer leads a session of its own (``writer_client.start``: Ctrl-C to the
-server does not reach it). At niceness 19 in a group of its own it had the weight of the whole
-server (the API server, EngineCore and the Workers together). So when the writer leads its
-own session it also gives its session's group the niceness (``/proc/self/autogroup``; lowering
-needs no privilege), and :func:`restore` gives the group its value back. A process that does
-not lead its session never touches the group: it would lower the priority of the processes it
-shares it with.
+The writer shares the server's session (``writer_client.start`` gives it only a process group
+of its own). On Linux with the kernel's *autogroup* (the default of most distributions) the
+fair scheduler shares the CPU between sessions first and weighs a niceness only within its
+session. A writer leading a session of its own was a scheduling group of its own: its
+niceness did not weigh against the server's processes, and, even with the group's niceness
+raised too, processes of other sessions on the host (the load generator, in our runs) waited
+several times longer for a CPU (docs/benchmarks.md, issue 17, ninth part).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import List, NamedTuple, Optional
 
 _logger = logging.getLogger("otel_vllm_ascend.writer")
@@ -48,7 +44,6 @@ PRIORITY_ENV = "OTEL_VLLM_WRITER_PRIORITY"
 DEFAULT = "nice"
 LOWEST_NICE = 19
 _POLICIES = {"idle": "SCHED_IDLE", "batch": "SCHED_BATCH"}
-AUTOGROUP = "/proc/self/autogroup"  # "/autogroup-<n> nice <niceness>" (Linux, autogroup built in)
 
 
 class Priority(NamedTuple):
@@ -65,8 +60,6 @@ class Applied(NamedTuple):
     nice: int
     before_policy: Optional[int]
     before_nice: int
-    group_nice: Optional[int] = None  # the session's autogroup niceness (None: not changed)
-    before_group_nice: Optional[int] = None
 
 
 def parse(value: Optional[str]) -> Priority:
@@ -127,56 +120,6 @@ def _set(policy: Optional[int], nice: Optional[int]) -> Optional[OSError]:
     return refused
 
 
-def _leads_own_session() -> bool:
-    """True when this process leads its session: its autogroup then holds only this process
-    (and whatever it starts), so the group's niceness is the writer's alone to set."""
-    try:
-        return os.getsid(0) == os.getpid()
-    except (AttributeError, OSError):
-        return False
-
-
-def group_nice() -> Optional[int]:
-    """The niceness of this process's autogroup; None without one (not Linux, no autogroup)."""
-    try:
-        with open(AUTOGROUP, encoding="ascii") as file:
-            return int(file.read().split()[-1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _set_group_nice(nice: int) -> Optional[OSError]:
-    """Set the autogroup's niceness; the refusal, if any. The kernel takes one change per 0.1 s
-    from a process without ``CAP_SYS_ADMIN`` (``EAGAIN``): retried once after that."""
-    for attempt in range(2):
-        try:
-            with open(AUTOGROUP, "w", encoding="ascii") as file:
-                file.write(str(nice))
-            return None
-        except BlockingIOError as exc:
-            if attempt:
-                return exc
-            time.sleep(0.11)
-        except OSError as exc:
-            return exc
-    return None
-
-
-def _lower_group(nice: int) -> tuple:
-    """The autogroup's niceness raised to ``nice`` when this process leads its own session:
-    (niceness now, niceness before), both None when the group was left alone."""
-    if nice <= 0 or not _leads_own_session():
-        return None, None
-    before = group_nice()
-    if before is None or before >= nice:
-        return None, None
-    refused = _set_group_nice(nice)
-    if refused is not None:
-        _logger.debug("writer priority: autogroup niceness %d refused (%s)", nice, refused)
-        return None, None
-    return group_nice(), before
-
-
 def lower(value: Optional[str] = None) -> Applied:
     """Apply ``OTEL_VLLM_WRITER_PRIORITY`` (or ``value``) to the process's threads (and so to
     those they start later: they inherit it); never raises."""
@@ -193,10 +136,8 @@ def lower(value: Optional[str] = None) -> Applied:
         refused = _set(None, wanted.nice)
         if refused is not None:
             _logger.debug("writer priority: niceness %d refused (%s)", wanted.nice, refused)
-    group, before_group = _lower_group(wanted.nice)
-    applied = Applied(_policy(), _nice(), before_policy, before_nice, group, before_group)
-    _logger.debug("writer priority: policy %s, niceness %d, autogroup niceness %s",
-                  applied.policy, applied.nice, applied.group_nice)
+    applied = Applied(_policy(), _nice(), before_policy, before_nice)
+    _logger.debug("writer priority: policy %s, niceness %d", applied.policy, applied.nice)
     return applied
 
 
@@ -204,19 +145,13 @@ def restore(applied: Applied) -> bool:
     """Back to the priority the writer started with (the server has stopped: the last records
     should not wait for idle CPU). True if the kernel allowed it for every live thread;
     without ``CAP_SYS_NICE`` it may allow leaving ``SCHED_IDLE`` and refuse the niceness."""
-    refused = None
-    if applied.before_group_nice is not None and applied.group_nice != applied.before_group_nice:
-        refused = _set_group_nice(applied.before_group_nice)  # 19 -> 0 needs no privilege
-        if refused is not None:
-            _logger.debug("writer priority: autogroup niceness back to %d refused (%s)",
-                          applied.before_group_nice, refused)
     policy = applied.before_policy
     if policy is None or policy == applied.policy:
         policy = None
     nice = applied.before_nice if applied.nice != applied.before_nice else None
     if policy is None and nice is None:
-        return refused is None
-    refused = _set(policy, nice) or refused
+        return True
+    refused = _set(policy, nice)
     if refused is not None:
         _logger.debug("writer priority: back to policy %s, niceness %d refused (%s)",
                       applied.before_policy, applied.before_nice, refused)

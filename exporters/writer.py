@@ -318,6 +318,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     listener = socket.socket(fileno=args.fd)
     writer = Writer(listener, args.parent, lowered)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A background process group of the terminal's session: with ``stty tostop`` a write to
+    # the terminal would stop it; ignored, the write goes through.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop(writer))
     provider = own_provider()
     recorder.set_tracer_provider(provider)

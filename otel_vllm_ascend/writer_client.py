@@ -252,6 +252,15 @@ def writer_environment(environ: Optional[dict] = None) -> dict:
     return env
 
 
+# The writer gets a process group of its own, so a signal to the server's group (Ctrl-C, a
+# supervisor's SIGTERM to the group) does not cut the writing, but stays in the server's
+# session: with the kernel's autogroup a session is a scheduling group, and a writer leading
+# a session of its own starved the other sessions' processes (docs/benchmarks.md, issue 17,
+# ninth part) while its niceness weighed nothing against the server's.
+_OWN_PROCESS_GROUP = ({"process_group": 0} if sys.version_info >= (3, 11)
+                      else {"preexec_fn": os.setpgrp})  # a plain system call: fork-safe
+
+
 def start(provider: Any, writer_target: str) -> Optional[WriterClient]:
     """The client of this server's writer: connect to the inherited one, or start one.
 
@@ -273,7 +282,7 @@ def start(provider: Any, writer_target: str) -> Optional[WriterClient]:
             [sys.executable, "-m", module, "--fd", str(listener.fileno()),
              "--parent", str(os.getpid())],
             env=writer_environment(), stdin=subprocess.DEVNULL, pass_fds=(listener.fileno(),),
-            start_new_session=True)  # Ctrl-C to the server's group does not cut the writing
+            **_OWN_PROCESS_GROUP)
     except (OSError, ValueError) as exc:
         _logger.warning("otel-vllm-ascend: the writer process could not start (%s: %s); every "
                         "vLLM process builds and exports its spans itself",

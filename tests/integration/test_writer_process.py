@@ -8,7 +8,7 @@ read back.
 * a writer killed under the server: the server keeps running, says once that records are
   dropped, and counts them; a process started later builds its own spans;
 * two servers on one host do not mix;
-* SIGTERM to a producer with records still queued: they are written;
+* SIGTERM to a producer, or to its process group, with records still queued: they are written;
 * SIGTERM to the writer: it writes what it received and exits cleanly;
 * a writer that cannot start: the processes build their spans themselves (one WARNING).
 """
@@ -45,6 +45,7 @@ def child_main(tag, count, mode):
     tracing_setup.ensure_tracer_provider()
     if mode == "sigterm":
         def stop(signum, frame):
+            time.sleep(0.5)       # vLLM's shutdown takes a while before the last records go
             raise SystemExit(0)   # what vLLM's processes do with SIGTERM
         signal.signal(signal.SIGTERM, stop)
         produce(tag, count)
@@ -214,7 +215,11 @@ def test_two_servers_on_one_host_do_not_mix(tmp_path):
             assert found[pid][0] == {pid} and len(found[pid][1]) == COUNT
 
 
-def test_sigterm_writes_records_still_queued(tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["process", "process-group"])
+def test_sigterm_writes_records_still_queued(tmp_path, to_group):
+    """Also when the signal goes to the server's whole process group (a supervisor, ``kill --
+    -<pgid>``): the writer, in a group of its own, is not stopped before the server's last
+    records reach it (the producer would then build them itself, the slow way)."""
     _setup(tmp_path)
     session = tmp_path / "session"
     script = textwrap.dedent(f'''
@@ -226,15 +231,21 @@ def test_sigterm_writes_records_still_queued(tmp_path):
         producer_mod.child_main("term", 5000, "sigterm")
     ''')
     proc = subprocess.Popen([sys.executable, "-c", script], env=_env(tmp_path, session),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a group of its own, not the test's
     line = proc.stdout.readline()
     assert line.startswith("ready"), proc.stderr.read()[-3000:]
     pid = int(line.split()[1])
     writers = [child.pid for child in psutil.Process(pid).children()]
-    proc.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     for writer in writers:
         assert _wait_gone(writer)
+    # written by the writer, not by the producer's own fallback after the writer had stopped
+    assert "did not answer" not in proc.stderr.read()
     found = _records(session)
     assert _count(found[pid][1], "term") == 5000
 
@@ -313,13 +324,8 @@ def test_writer_runs_at_a_low_priority(tmp_path):
         threads = [t.id for t in psutil.Process(writer.pid).threads()]
         print("nice", os.getpriority(os.PRIO_PROCESS, 0),
               *[os.getpriority(os.PRIO_PROCESS, t) for t in threads], flush=True)
-        def group(pid):
-            try:
-                with open(f"/proc/{{pid}}/autogroup") as file:
-                    return file.read().split()[-1]
-            except (OSError, IndexError):  # no autogroup, or a kernel that shows it empty
-                return "-"
-        print("group", group(os.getpid()), group(writer.pid), flush=True)
+        print("session", os.getsid(0), os.getsid(writer.pid), flush=True)
+        print("group", os.getpgid(0), os.getpgid(writer.pid), writer.pid, flush=True)
         print("writer", writer.pid, flush=True)
     ''')
     env = {**_env(tmp_path, session), "OTEL_VLLM_WRITER_PRIORITY": "12",
@@ -331,19 +337,13 @@ def test_writer_runs_at_a_low_priority(tmp_path):
     assert len(writer_threads) >= 2  # the main thread and at least one export thread
     assert writer_threads == [max(own, 12)] * len(writer_threads)
     assert own < 12  # the server itself is untouched
-    # Under the kernel's autogroup the writer's session (its own) gets the niceness too, or
-    # its niceness would weigh nothing against the server's processes; the server's is kept.
-    server_group, writer_group = _lines(done.stdout, "group")[0]
-    if writer_group != "-":
-        assert writer_group == "12"
-        # The server shares this test's session. Read the same way: a kernel may show a
-        # session's group empty (CI's does for this one) and the writer's own new one not.
-        try:
-            with open("/proc/self/autogroup") as file:
-                own_group = file.read().split()[-1]
-        except (OSError, IndexError):
-            own_group = "-"
-        assert server_group == own_group
+    # The server's session (one scheduling group under the kernel's autogroup, where the
+    # niceness weighs against the server's processes), a process group of its own (a signal
+    # to the server's group does not reach it).
+    server_session, writer_session = _lines(done.stdout, "session")[0]
+    assert writer_session == server_session
+    server_group, writer_group, writer_pid = _lines(done.stdout, "group")[0]
+    assert writer_group == writer_pid != server_group
     assert _wait_gone(int(_lines(done.stdout, "writer")[0][0]))
     found = _records(tmp_path / "session")
     assert sum(_count(messages, "server") for _, messages in found.values()) == 10

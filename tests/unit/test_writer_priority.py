@@ -35,20 +35,17 @@ CHILD = textwrap.dedent('''
     thread = threading.Thread(target=lambda: later.append(state()))
     thread.start()
     thread.join()
-    group = priority.group_nice()
     print(json.dumps({"main": state(), "thread": later[0], "applied": list(applied),
-                      "group": group, "restored": priority.restore(applied), "after": state(),
-                      "group_after": priority.group_nice()}))
+                      "restored": priority.restore(applied), "after": state()}))
 ''')
 
 
-def _spawn(*argv: str, env: dict = None, new_session: bool = False) -> dict:
+def _spawn(*argv: str, env: dict = None) -> dict:
     environ = {**os.environ, **(env or {})}
     environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     done = subprocess.run([sys.executable, "-c", CHILD, *argv], env=environ,
-                          capture_output=True, text=True, timeout=60,
-                          start_new_session=new_session)
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -126,38 +123,3 @@ def test_a_thread_ended_since_the_listing_is_not_a_refusal(monkeypatch):
     # an id no live thread has (the listing raced with a thread's end): ESRCH, not EPERM
     monkeypatch.setattr(priority, "_threads", lambda: [0, ended.native_id, 2 ** 22 + 7])
     assert priority._set(None, os.getpriority(os.PRIO_PROCESS, 0)) is None
-
-
-AUTOGROUP = priority.group_nice() is not None
-NO_AUTOGROUP = "no readable /proc/self/autogroup (not Linux, no autogroup, or shown empty)"
-
-
-@pytest.mark.skipif(not AUTOGROUP, reason=NO_AUTOGROUP)
-def test_a_session_leader_lowers_its_autogroup_and_gives_it_back():
-    """The writer leads its own session (writer_client.start), so under the kernel's autogroup
-    its niceness alone weighs nothing against the server's processes: its session's group
-    must get the niceness too, and get its own value back at restore."""
-    seen = _spawn("nice", new_session=True)
-    assert seen["main"][1] >= 19
-    assert seen["group"] == 19
-    assert seen["applied"][4:] == [19, 0]
-    assert seen["restored"] is True
-    assert seen["group_after"] == 0
-
-
-@pytest.mark.skipif(not AUTOGROUP, reason=NO_AUTOGROUP)
-def test_a_process_sharing_its_session_leaves_the_autogroup_alone():
-    """Lowering the group of a session the process shares (e.g. with vLLM's processes) would
-    lower theirs: only the process's own niceness changes."""
-    before = priority.group_nice()
-    seen = _spawn("idle")
-    assert seen["applied"][4:] == [None, None]
-    assert seen["group"] == before
-    assert priority.group_nice() == before
-
-
-@pytest.mark.skipif(not AUTOGROUP, reason=NO_AUTOGROUP)
-def test_normal_leaves_a_session_leaders_autogroup_alone():
-    seen = _spawn("normal", new_session=True)
-    assert seen["applied"][4:] == [None, None]
-    assert seen["group"] == 0
