@@ -255,10 +255,10 @@ def writer_environment(environ: Optional[dict] = None) -> dict:
 # The writer gets a process group of its own, so a signal to the server's group (Ctrl-C, a
 # supervisor's SIGTERM to the group) does not cut the writing, but stays in the server's
 # session: with the kernel's autogroup a session is a scheduling group, and a writer leading
-# a session of its own starved the other sessions' processes (docs/benchmarks.md, issue 17,
-# ninth part) while its niceness weighed nothing against the server's.
-_OWN_PROCESS_GROUP = ({"process_group": 0} if sys.version_info >= (3, 11)
-                      else {"preexec_fn": os.setpgrp})  # a plain system call: fork-safe
+# a session of its own left other sessions' processes waiting for a CPU (docs/benchmarks.md,
+# issue 17, ninth part) while its niceness weighed nothing against the server's.
+_OWN_PROCESS_GROUP = ({"process_group": 0} if sys.version_info >= (3, 11)  # POSIX only
+                      else {"preexec_fn": getattr(os, "setpgrp", None)})  # a bare system call
 
 
 def start(provider: Any, writer_target: str) -> Optional[WriterClient]:
