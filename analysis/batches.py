@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.date_cells import datetime_column_us
 from otel_vllm_ascend.analysis.kvcache import RELEASE_NAMES, REQUEST_KV_NAMES, build_kvcache
 from otel_vllm_ascend.analysis.rid_lists import rid_sequence
 from otel_vllm_ascend.analysis.spec_decode import (
@@ -40,7 +41,7 @@ from otel_vllm_ascend.analysis.spec_decode import (
     step_acceptance,
 )
 from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
-from otel_vllm_ascend.analysis.writers import LazyText, lazy_datetimes_us
+from otel_vllm_ascend.analysis.writers import LazyText
 
 BATCH_COLUMNS = (
     "name", "res_list", "start_time", "end_time", "during_time(ms)", "batch_type", "prof_id",
@@ -178,8 +179,8 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     out = pd.DataFrame({
         "name": steps["name"].to_numpy(dtype=object),
         "res_list": _res_lists(steps),
-        "start_time": lazy_datetimes_us(start),
-        "end_time": lazy_datetimes_us(end),
+        "start_time": datetime_column_us(start),
+        "end_time": datetime_column_us(end),
         "during_time(ms)": np.where(has_sched, sched_dur, exec_dur) / 1000.0,
         "batch_type": batch_type,
         "prof_id": steps["source"].to_numpy(dtype=object),
@@ -194,8 +195,8 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "step_id": steps["step_id"].to_numpy(),
         "host": steps["host"].to_numpy(dtype=object),
         "pid": steps["pid"].to_numpy(),
-        "model_exec_start_time": lazy_datetimes_us(exec_start),
-        "model_exec_end_time": lazy_datetimes_us(exec_end),
+        "model_exec_start_time": datetime_column_us(exec_start),
+        "model_exec_end_time": datetime_column_us(exec_end),
         "model_exec_time(ms)": exec_dur / 1000.0,
         **step_acceptance(spec_decode, steps["step_id"].to_numpy()),
         "sched_start_us": sched_start,

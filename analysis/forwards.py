@@ -42,9 +42,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.date_cells import datetime_column_us
 from otel_vllm_ascend.analysis.rid_lists import rid_lengths
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
-from otel_vllm_ascend.analysis.writers import lazy_datetimes_us
 
 # Most specific first: the first of these the capture holds is the forward record.
 FORWARD_NAMES = ("forward", "modelRunnerExec", "modelExec")
@@ -112,8 +112,8 @@ def build_forwards(frame: pd.DataFrame, batches: Optional[pd.DataFrame] = None) 
     out = pd.DataFrame({
         "name": rows["name"].to_numpy(dtype=object),
         "relative_start_time(ms)": (start - host_start) / 1000.0,
-        "start_time": lazy_datetimes_us(start),
-        "end_time": lazy_datetimes_us(end),
+        "start_time": datetime_column_us(start),
+        "end_time": datetime_column_us(end),
         "during_time(ms)": rows["dur_us"].to_numpy(dtype="float64") / 1000.0,
         "bubble_time(ms)": bubble,
         "batch_size": _whole(batch_size),

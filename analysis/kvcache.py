@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.date_cells import datetime_column_us
 from otel_vllm_ascend.analysis.record_dicts import key_floats
-from otel_vllm_ascend.analysis.writers import lazy_datetimes_us
 
 KV_DOMAINS = ("Schedule.KVCache", "KVCache")
 # Records of blocks going back to the free pool: a finished request's (``Free``), a preempted
@@ -78,7 +78,7 @@ def build_kvcache(frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "domain": rows["domain"].to_numpy(dtype=object),
         "name": rows["name"].to_numpy(dtype=object),
-        "start_time": lazy_datetimes_us(rows["start_us"].to_numpy()),
+        "start_time": datetime_column_us(rows["start_us"].to_numpy()),
         "total_blocks": total,
         "used_blocks": used,
         "free_blocks": free,

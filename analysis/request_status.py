@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.writers import lazy_datetimes_us
+from otel_vllm_ascend.analysis.date_cells import datetime_column_us
 
 QUEUES = ("WAITING", "RUNNING", "SWAPPED")
 CSV_COLUMNS = ("hostuid", "pid", "start_datetime", "relative_timestamp(ms)", "waiting",
@@ -90,7 +90,7 @@ def build_request_status(frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "hostuid": index["host"].to_numpy(dtype=object),
         "pid": index["pid"].to_numpy(dtype="int64"),
-        "start_datetime": lazy_datetimes_us(start),
+        "start_datetime": datetime_column_us(start),
         "relative_timestamp(ms)": (start - first) / 1000.0,
         **{queue.lower(): _whole(wide[queue].to_numpy(dtype="float64")) for queue in QUEUES},
         "timestamp(ms)": start / 1000.0,

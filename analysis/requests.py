@@ -37,12 +37,12 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.date_cells import datetime_column_us
 from otel_vllm_ascend.analysis.record_dicts import key_values
 from otel_vllm_ascend.analysis.request_states import request_state_counts
 from otel_vllm_ascend.analysis.rid_lists import RidLists, rid_lengths
 from otel_vllm_ascend.analysis.rid_pairs import CHUNK_PAIRS, RequestCodes, named, pair_chunks
 from otel_vllm_ascend.analysis.steps import engine_steps, rid_values, step_requests
-from otel_vllm_ascend.analysis.writers import lazy_datetimes_us
 
 REQUEST_COLUMNS = ("http_rid", "start_datetime", "recv_token_size", "reply_token_size",
                    "execution_time(ms)", "queue_wait_time(ms)", "first_token_latency(ms)",
@@ -259,7 +259,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     start = arrival.fillna(table["first_seen_us"]).fillna(table["first_step_us"])
     out = pd.DataFrame({
         "http_rid": index.to_numpy(dtype=object),
-        "start_datetime": lazy_datetimes_us(start.to_numpy()),
+        "start_datetime": datetime_column_us(start.to_numpy()),
         "recv_token_size": prompt.to_numpy(),
         "reply_token_size": reply.to_numpy(),
         "execution_time(ms)": e2e.to_numpy(),

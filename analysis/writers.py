@@ -149,6 +149,9 @@ def _long_text_column(table: pd.DataFrame) -> Optional[int]:
     """Position of the first column of long text cells (all ``str``, none with a line break)."""
     for position, column in enumerate(table.columns):
         values = table.iloc[:, position]
+        if _lazy_column(values) and len(values) and isinstance(column, str) \
+                and not table.columns.duplicated()[position]:
+            return position  # a column of lazy cells by its type (date_cells.DateColumn)
         text_dtype = values.dtype == object or isinstance(values.dtype, pd.StringDtype)
         if not text_dtype or not len(values) or table.columns.duplicated()[position]:
             continue
@@ -232,7 +235,8 @@ def _store(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
     if not len(table):
         _store_rows(conn, name, table, "replace")
         return
-    objects = [column for column in table.columns if table[column].dtype == object]
+    objects = [column for column in table.columns
+               if table[column].dtype == object or _lazy_column(table[column])]
     # Lazy text columns TEXT; any other object column what to_sql gives the whole column.
     types = {column: "TEXT" if isinstance(table[column].iloc[0], LazyText)
              else _sql_type(table[column]) for column in objects}
@@ -255,9 +259,17 @@ def _store_rows(conn: sqlite3.Connection, name: str, table: pd.DataFrame, if_exi
                 types: Optional[dict] = None) -> None:
     table = table.copy()
     for column in table.columns:
+        if _lazy_column(table[column]):  # the chunk's cells, as an object column holds them
+            table[column] = pd.Series(table[column].to_numpy(dtype=object), index=table.index,
+                                      dtype=object)
         if table[column].dtype == object:
             table[column] = table[column].map(_sqlite_value)
     table.to_sql(name, conn, index=False, if_exists=if_exists, dtype=types)
+
+
+def _lazy_column(column: pd.Series) -> bool:
+    """Whether ``column``'s type holds lazy cells made when read (date_cells.DateColumn)."""
+    return getattr(column.dtype, "lazy_cells", False) is True
 
 
 def _sqlite_value(value: Any) -> Any:
