@@ -41,7 +41,7 @@ from otel_vllm_ascend.analysis.date_cells import datetime_column_us
 from otel_vllm_ascend.analysis.record_dicts import key_values
 from otel_vllm_ascend.analysis.request_states import request_state_counts
 from otel_vllm_ascend.analysis.rid_lists import RidLists, rid_lengths
-from otel_vllm_ascend.analysis.rid_pairs import CHUNK_PAIRS, RequestCodes, named, pair_chunks
+from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, named, pair_chunks
 from otel_vllm_ascend.analysis.steps import engine_steps, rid_values, step_requests
 
 REQUEST_COLUMNS = ("http_rid", "start_datetime", "recv_token_size", "reply_token_size",
@@ -71,7 +71,7 @@ class _PerRequest:
     read, the names as objects and the engine rows' codes were about 0.3 GB at x100).
     """
 
-    def __init__(self, frame: pd.DataFrame, at: np.ndarray, engine_rids: pd.Series) -> None:
+    def __init__(self, frame: pd.DataFrame, at: np.ndarray, engine_rows: _EngineRows) -> None:
         self.frame = frame
         self.at = at
         rids = frame["rids"].array if len(frame) else []
@@ -90,11 +90,9 @@ class _PerRequest:
                                              np.full(len(coder) - len(first_seen), np.nan)])
             np.fmin.at(first_seen, codes, self.start[at[row_of]])
         # The engine rows' ids numbered here; their codes are looked up again a chunk at a time
-        # when read (:meth:`engine_codes`) rather than held (4 bytes a row, 80 MB at x100).
-        # ``engine_rids``: the (step, request) table's ``rid`` column (ids or their codes).
-        self.engine = engine_rids
-        for begin in range(0, len(self.engine), CHUNK_PAIRS):
-            coder.codes(rid_values(self.engine, slice(begin, begin + CHUNK_PAIRS)))
+        # when read (:func:`_engine_side`) rather than held (4 bytes a row, 80 MB at x100).
+        for _, ids in engine_rows:
+            coder.codes(ids)
         self.n = len(coder)
         self.uniques = coder.ids()
         self.first_seen = np.full(self.n, np.nan)
@@ -103,10 +101,6 @@ class _PerRequest:
     def _chunks(self, rows_at: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(request code, row number) of the pairs of the records at ``rows_at``, in chunks."""
         return pair_chunks(self.rid_lists, self.coder, rows_at, self.lengths)
-
-    def engine_codes(self, rows: slice) -> np.ndarray:
-        """The codes of the engine rows ``rows`` (every id was numbered when made)."""
-        return self.coder.codes(rid_values(self.engine, rows))
 
     def rows_named(self, *names: str) -> np.ndarray:
         if self._names is None:
@@ -157,6 +151,33 @@ class _PerRequest:
         return out
 
 
+class _EngineRows:
+    """The (step, request) rows with a request id, a chunk at a time, each time iterated:
+    (rows, their ids as an object array). Batch entries without an id (None or empty) count in
+    batches, not here.
+
+    ``per_request`` is the whole table (read a slice at a time) or
+    :class:`steps.StepRequestChunks` (each chunk made when read: the table, twenty million rows
+    at x100, is then never held whole); the rows come in the same order either way.
+    """
+
+    def __init__(self, per_request: Any) -> None:
+        self.per_request = per_request
+
+    def __iter__(self) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        table = self.per_request
+        parts = (table.iloc[begin:begin + ENGINE_CHUNK_ROWS]
+                 for begin in range(0, len(table), ENGINE_CHUNK_ROWS)
+                 ) if isinstance(table, pd.DataFrame) else iter(table)
+        for part in parts:
+            ids = rid_values(part["rid"])
+            known = named(ids) & (ids != "")
+            if not known.all():
+                part, ids = part.loc[known], ids[known]
+            if len(part):
+                yield part, ids
+
+
 class _NameCodes:
     """The names of the records at ``at`` as their category codes (1 byte a record; an object
     array of the names took 8)."""
@@ -194,15 +215,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         per_request = step_requests(steps)
     # The (step, request) rows' ids read a chunk at a time: the table holds them as codes, an
     # object array of all of them would be 8 bytes a row (twenty million rows at x100).
-    known = np.empty(len(per_request), dtype=bool)
-    for begin in range(0, len(per_request), CHUNK_PAIRS):
-        rows = slice(begin, begin + CHUNK_PAIRS)
-        ids = rid_values(per_request["rid"], rows)
-        known[rows] = named(ids) & (ids != "")
-    if not known.all():  # batch entries without a request id count in batches, not here
-        per_request = per_request.loc[known].reset_index(drop=True)
-    del known  # one byte per pair, twenty million at x100
-    engine_rids = per_request["rid"]
+    engine_rows = _EngineRows(per_request)
     if len(frame):
         has_rid = rid_lengths(frame["rids"]) > 0
         at = np.flatnonzero(has_rid & (frame["name"] != "link").to_numpy())
@@ -210,7 +223,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         at = at.astype(np.int32) if len(frame) < 2 ** 31 else at
     else:
         at = np.empty(0, dtype=np.int64)
-    per = _PerRequest(frame, at, engine_rids)
+    per = _PerRequest(frame, at, engine_rows)
     if per.n == 0:
         return pd.DataFrame({c: pd.Series([], dtype=object)
                              for c in CSV_COLUMNS + INTERNAL_COLUMNS})
@@ -235,7 +248,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         is_dequeue[np.flatnonzero(is_dequeue)[queue == "RUNNING"]] = False
     table["dequeue_us"] = per.reduce(is_dequeue, end, fmin)
 
-    for column, values in _engine_side(per, steps, per_request).items():
+    for column, values in _engine_side(per, steps, engine_rows).items():
         table[column] = values
     is_hit = per.rows_named("CacheHitRate")
     hit_values = per.values_at("attrs", "hitCache", is_hit)
@@ -298,7 +311,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
 ENGINE_CHUNK_ROWS = 262_144
 
 
-def _engine_side(per: _PerRequest, steps: pd.DataFrame, per_request: pd.DataFrame) -> dict:
+def _engine_side(per: _PerRequest, steps: pd.DataFrame, engine_rows: _EngineRows) -> dict:
     """Per-request reductions of the (step, request) rows, a chunk of rows at a time.
 
     Each reduction accumulates in row order (``np.fmin.at`` / ``np.add.at`` into one array),
@@ -313,26 +326,24 @@ def _engine_side(per: _PerRequest, steps: pd.DataFrame, per_request: pd.DataFram
     step_counts = np.zeros(n, dtype="int64")
     columns = {"first_step_us": first_step, "exec_ms": exec_sum, "steps": step_counts,
                "engine_prompt": engine_prompt, "engine_first_token_us": engine_first_token}
-    if not len(per_request):
+    if not len(steps):  # no steps, no rows
         return {column: np.full(n, np.nan) for column in columns}
     sched_end_of = steps["sched_end_us"].to_numpy(dtype="float64")
     exec_start_of = steps["exec_start_us"].to_numpy(dtype="float64")
     exec_end_of = steps["exec_end_us"].to_numpy(dtype="float64")
     exec_dur_of = steps["exec_dur_us"].to_numpy(dtype="float64")
-    step_ids = per_request["step_id"].to_numpy()
-    # As held (float16/32 where exact); widened to float64 a chunk at a time.
-    numbers = {key: per_request[key].to_numpy()
-               for key in ("num_scheduled_tokens", "num_computed_tokens", "num_prompt_tokens",
-                           "type", "iter")}
-    for begin in range(0, len(per_request), ENGINE_CHUNK_ROWS):
-        rows = slice(begin, begin + ENGINE_CHUNK_ROWS)
-        codes = per.engine_codes(rows)
-        step_idx = step_ids[rows]
-        nst, nct, npt = (numbers[key][rows].astype("float64") for key in (
+    read = 0
+    for part, ids in engine_rows:
+        read += len(part)
+        codes = per.coder.codes(ids)
+        step_idx = part["step_id"].to_numpy()
+        # As held (float16/32 where exact); widened to float64 here.
+        nst, nct, npt = (part[key].to_numpy().astype("float64") for key in (
             "num_scheduled_tokens", "num_computed_tokens", "num_prompt_tokens"))
         counts_known = ~(np.isnan(nst) | np.isnan(nct) | np.isnan(npt))
-        prefill_done = np.where(counts_known, (numbers["type"][rows] == 0) & (nct + nst >= npt),
-                                numbers["iter"][rows] == 0)
+        prefill_done = np.where(counts_known,
+                                (part["type"].to_numpy() == 0) & (nct + nst >= npt),
+                                part["iter"].to_numpy() == 0)
         sched_end = sched_end_of[step_idx]
         scheduled = np.where(np.isnan(sched_end), exec_start_of[step_idx], sched_end)
         np.fmin.at(first_step, codes, scheduled)
@@ -341,5 +352,7 @@ def _engine_side(per: _PerRequest, steps: pd.DataFrame, per_request: pd.DataFram
         np.fmax.at(engine_prompt, codes, npt)
         np.fmin.at(engine_first_token, codes,
                    np.where(prefill_done, exec_end_of[step_idx], np.nan))
+    if not read:
+        return {column: np.full(n, np.nan) for column in columns}
     columns["exec_ms"] = np.where(step_counts > 0, exec_sum, np.nan)
     return columns

@@ -15,7 +15,7 @@ computes them once.
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -210,6 +210,28 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     rid_column = pd.Categorical.from_codes(rid_codes, categories=coder.categories())
     del rid_codes
     return pd.DataFrame({"step_id": step_column, "rid": rid_column, **numbers}, copy=False)
+
+
+STEP_CHUNK_STEPS = 16_384  # steps per chunk of StepRequestChunks (about 1.3 M rows at x100)
+
+
+class StepRequestChunks:
+    """The rows of :func:`step_requests` of ``steps``, made a chunk of steps at a time each time
+    they are read, for a reader that goes through them in order (request.csv): the whole table
+    is not held (twenty million rows at x100, 0.36 GB).
+
+    Each chunk is ``step_requests`` of those steps: the same rows, in the same order; its number
+    columns narrowed by the chunk's own values (widen them before use, as for the whole table)
+    and its ``rid`` codes the chunk's own (read them with :func:`rid_values`).
+    """
+
+    def __init__(self, steps: pd.DataFrame, steps_per_chunk: int = STEP_CHUNK_STEPS) -> None:
+        self.steps = steps
+        self.steps_per_chunk = steps_per_chunk
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        for begin in range(0, len(self.steps), self.steps_per_chunk):
+            yield step_requests(self.steps.iloc[begin:begin + self.steps_per_chunk])
 
 
 class _RidCoder:
