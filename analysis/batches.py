@@ -27,7 +27,7 @@ fraction that accepted more than p).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ from otel_vllm_ascend.analysis.spec_decode import (
     build_spec_decode,
     step_acceptance,
 )
-from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
+from otel_vllm_ascend.analysis.steps import engine_steps, row_chunks, step_requests
 from otel_vllm_ascend.analysis.writers import LazyText
 
 BATCH_COLUMNS = (
@@ -62,24 +62,22 @@ STEP_CHUNK_ROWS = 262_144
 COUNTED_COLUMNS = ("step_id", "type", "num_scheduled_tokens")
 
 
-def _step_counts(per_request: pd.DataFrame, n: int) -> tuple[np.ndarray, ...]:
+def _step_counts(per_request: Any, n: int) -> tuple[np.ndarray, ...]:
     """Per step: requests, prefill and decode requests (float64), whether any request has a
     token count, and the prefill, decode and total scheduled tokens.
 
     Read a chunk of (step, request) rows at a time (twenty million at x100: their float64
-    tokens and masks were held at once). Token sums accumulate in row order (``np.add.at``,
-    as one ``bincount`` over all rows adds), so they are those of one pass whatever the chunks;
-    each kind's sum runs over that kind's rows only (the others would add exact zeros).
+    tokens and masks were held at once), of the whole table or of
+    :class:`steps.StepRequestChunks` (the table then never whole). Token sums accumulate in
+    row order (``np.add.at``, as one ``bincount`` over all rows adds), so they are those of one
+    pass whatever the chunks; each kind's sum runs over that kind's rows only (the others would
+    add exact zeros).
     """
-    step_ids = per_request["step_id"].to_numpy()
-    kinds = per_request["type"].to_numpy()
-    held_tokens = per_request["num_scheduled_tokens"].to_numpy()  # float16/32 where exact
     size, prefill_n, decode_n, with_tokens = (np.zeros(n, dtype="int64") for _ in range(4))
     prefill_tok, decode_tok, total_tok = (np.zeros(n) for _ in range(3))
-    for begin in range(0, len(per_request), STEP_CHUNK_ROWS):
-        part = slice(begin, begin + STEP_CHUNK_ROWS)
-        idx, kind = step_ids[part], kinds[part]
-        tokens = held_tokens[part].astype("float64")
+    for part in row_chunks(per_request, STEP_CHUNK_ROWS):
+        idx, kind = part["step_id"].to_numpy(), part["type"].to_numpy()
+        tokens = part["num_scheduled_tokens"].to_numpy().astype("float64")  # held float16/32
         tok = np.nan_to_num(tokens, nan=0.0)
         size += np.bincount(idx, minlength=n)
         for is_kind, count, summed in ((kind == 0, prefill_n, prefill_tok),
@@ -128,7 +126,7 @@ class ResList(LazyText):
 
 
 def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
-                  per_request: Optional[pd.DataFrame] = None,
+                  per_request: Any = None,
                   kvcache: Optional[pd.DataFrame] = None,
                   spec_decode: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One row per engine step; ``steps``/``per_request``/``kvcache``/``spec_decode`` may be

@@ -57,7 +57,7 @@ from otel_vllm_ascend.analysis.host_clocks import clock_gaps
 from otel_vllm_ascend.analysis.output_jobs import _in_background, _Run
 from otel_vllm_ascend.analysis.progress import _Progress
 from otel_vllm_ascend.analysis.readers import read_captures
-from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps, step_requests
+from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
@@ -181,12 +181,13 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     kvcache = run.stage("kvcache.csv", kvcache_mod.build_kvcache, frame)
     progress.stage("building engine steps")
     steps = run.stage("engine steps", engine_steps, frame)
-    # request.csv reads the (step, request) rows once, in order: made a chunk of steps at a
-    # time for it, the whole table (0.36 GB at x100) is built after it, for the readers of
-    # whole columns.
+    # The (step, request) rows (twenty million at x100, 0.36 GB as one table) are made a chunk
+    # of steps at a time each time a builder reads them (request.csv, the stage breakdown's
+    # rows, batch.csv), never held whole; spec_decode.csv makes the table only when there are
+    # speculative-decoding records to place.
+    per_request = StepRequestChunks(steps) if steps is not None else None
     progress.stage("building request.csv")
-    requests = run.stage("request.csv", requests_mod.build_requests, frame, steps,
-                         StepRequestChunks(steps) if steps is not None else None)
+    requests = run.stage("request.csv", requests_mod.build_requests, frame, steps, per_request)
     # request_summary.csv's token gaps (a float64 per output at x100: 0.19 GB) come from the
     # output records when they name requests: taken here, before the (step, request) table
     # and the other tables are held; from the steps otherwise, after batch.csv (as before).
@@ -195,31 +196,29 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     if requests is not None and not gaps_from_steps:
         request_summary = run.stage("request_summary.csv", summaries.request_summary, frame,
                                     requests)
-    progress.stage("building engine steps")
-    per_request = run.stage("engine steps", step_requests, steps) if steps is not None else None
     progress.stage("building spec_decode.csv")
     spec_decode = run.stage("spec_decode.csv", spec_mod.build_spec_decode, frame, steps,
                             per_request)
-    # The largest table, twenty million rows at x100: from here on, only the rows the stage
-    # breakdown reads (one per step), the three columns batch.csv counts, and for
-    # request_summary its (step, request id) columns when its gaps come from the steps (no
-    # output records); the rest goes before batch.csv is built (its four other columns: 0.2 GB
-    # at x100, held through batch.csv's build before).
+    # From here on, only the rows the stage breakdown reads (one per step), and for
+    # request_summary the (step, request id) columns when its gaps come from the steps (no
+    # output records).
     details = details or detail_outputs.DetailOptions()
-    step_rids = step_counts = None
+    step_rids = step_chunks = None
     if per_request is not None:
-        if gaps_from_steps:
-            step_rids = per_request[["step_id", "rid"]]  # the same arrays, not a copy
-        step_counts = per_request[list(batches_mod.COUNTED_COLUMNS)]  # the same arrays
+        if gaps_from_steps:  # two columns of the whole table (the same arrays)
+            whole = run.stage("engine steps", per_request.whole)
+            step_rids = whole[["step_id", "rid"]] if whole is not None else None
+            del whole
+        step_chunks = per_request
         per_request = run.stage("prefill.csv / decode.csv", stages_mod.breakdown_rows,
                                 per_request, details.selection)
     progress.stage("building batch.csv")
     batches = None
     if steps is not None:
-        batches = run.stage("batch.csv", batches_mod.build_batches, frame, steps, step_counts,
+        batches = run.stage("batch.csv", batches_mod.build_batches, frame, steps, step_chunks,
                             kvcache, spec_decode if spec_decode is not None
                             else spec_mod.empty_spec_decode())
-    del step_counts, steps  # one row per step (0.03 GB at x100): read by nothing after batch.csv
+    del step_chunks, steps  # one row per step (0.03 GB at x100): read by nothing after batch.csv
     tables: dict[str, pd.DataFrame] = {}
     if requests is not None:
         tables["request_summary"] = request_summary if not gaps_from_steps else run.stage(

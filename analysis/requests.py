@@ -42,7 +42,7 @@ from otel_vllm_ascend.analysis.record_dicts import key_values
 from otel_vllm_ascend.analysis.request_states import request_state_counts
 from otel_vllm_ascend.analysis.rid_lists import RidLists, rid_lengths
 from otel_vllm_ascend.analysis.rid_pairs import RequestCodes, named, pair_chunks
-from otel_vllm_ascend.analysis.steps import engine_steps, rid_values, step_requests
+from otel_vllm_ascend.analysis.steps import engine_steps, rid_values, row_chunks, step_requests
 
 REQUEST_COLUMNS = ("http_rid", "start_datetime", "recv_token_size", "reply_token_size",
                    "execution_time(ms)", "queue_wait_time(ms)", "first_token_latency(ms)",
@@ -165,11 +165,7 @@ class _EngineRows:
         self.per_request = per_request
 
     def __iter__(self) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
-        table = self.per_request
-        parts = (table.iloc[begin:begin + ENGINE_CHUNK_ROWS]
-                 for begin in range(0, len(table), ENGINE_CHUNK_ROWS)
-                 ) if isinstance(table, pd.DataFrame) else iter(table)
-        for part in parts:
+        for part in row_chunks(self.per_request, ENGINE_CHUNK_ROWS):
             ids = rid_values(part["rid"])
             known = named(ids) & (ids != "")
             if not known.all():

@@ -36,7 +36,12 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
-from otel_vllm_ascend.analysis.steps import engine_steps, rid_values, step_requests
+from otel_vllm_ascend.analysis.steps import (
+    StepRequestChunks,
+    engine_steps,
+    rid_values,
+    step_requests,
+)
 
 RECORD_NAME = "specDecoding"
 RUNNER_RECORD = "modelRunnerExec"
@@ -133,7 +138,11 @@ def _step_of(rows: pd.DataFrame, steps: pd.DataFrame,
     n = len(rows)
     step_id = np.full(n, np.nan)
     iteration = np.full(n, np.nan)
-    if n == 0 or per_request.empty:
+    if n == 0:
+        return step_id, iteration
+    if isinstance(per_request, StepRequestChunks):  # made whole only when records need it
+        per_request = per_request.whole()
+    if per_request.empty:
         return step_id, iteration
     start = steps["sched_start_us"].fillna(steps["exec_start_us"])
     step_start = dict(zip(steps["step_id"].tolist(), start.tolist()))

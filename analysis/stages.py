@@ -36,7 +36,7 @@ standard deviation, empty below two values). Written as ``prefill.csv`` and ``de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,7 +52,7 @@ from otel_vllm_ascend.analysis.rid_pairs import (
     place_by_code,
 )
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
-from otel_vllm_ascend.analysis.steps import rid_values
+from otel_vllm_ascend.analysis.steps import StepRequestChunks, rid_values
 
 STAGES = ("scheduling", "model_execution", "model_forward", "logits_sampling",
           "output_processing", "step_total")
@@ -191,24 +191,35 @@ def _first_yielding_rows(per_request: pd.DataFrame) -> np.ndarray:
     Read a chunk of rows at a time: a mask and a copy of the (step, request) table's yielding
     rows (nearly all of them) would be held at once (twenty million rows at x100).
     """
-    kind = per_request["type"].to_numpy()
-    computed = per_request["num_computed_tokens"].to_numpy()
-    scheduled = per_request["num_scheduled_tokens"].to_numpy()
-    prompt = per_request["num_prompt_tokens"].to_numpy()
-    step_ids = per_request["step_id"].to_numpy()
-    found = np.zeros(int(step_ids.max()) + 1 if len(step_ids) else 0, dtype=bool)
+    first = _FirstYielding()
     picked = [np.zeros(0, dtype="int64")]
     for begin in range(0, len(per_request), CHUNK_PAIRS):
-        part = slice(begin, begin + CHUNK_PAIRS)
-        # Added in float64 (the columns may be float16/32: their sum would round).
-        done = np.add(computed[part], scheduled[part], dtype="float64") >= prompt[part]
-        yields = (kind[part] == 1) | ((kind[part] == 0) & (done | np.isnan(prompt[part])))
-        rows = np.flatnonzero(yields) + begin
-        steps, first = np.unique(step_ids[rows], return_index=True)
-        new = ~found[steps]
-        found[steps[new]] = True
-        picked.append(rows[first[new]])
+        picked.append(first.rows_of(per_request.iloc[begin:begin + CHUNK_PAIRS]) + begin)
     return np.sort(np.concatenate(picked))
+
+
+class _FirstYielding:
+    """Each step's first token-yielding row, the rows read a chunk at a time in order."""
+
+    def __init__(self) -> None:
+        self.found = np.zeros(0, dtype=bool)  # per step id: its row found in an earlier chunk
+
+    def rows_of(self, part: pd.DataFrame) -> np.ndarray:
+        """The rows of ``part`` (positions in it) that are their step's first yielding row."""
+        kind = part["type"].to_numpy()
+        prompt = part["num_prompt_tokens"].to_numpy()
+        # Added in float64 (the columns may be float16/32: their sum would round).
+        done = np.add(part["num_computed_tokens"].to_numpy(),
+                      part["num_scheduled_tokens"].to_numpy(), dtype="float64") >= prompt
+        yields = (kind == 1) | ((kind == 0) & (done | np.isnan(prompt)))
+        rows = np.flatnonzero(yields)
+        steps, first = np.unique(part["step_id"].to_numpy()[rows], return_index=True)
+        if len(steps) and steps[-1] >= len(self.found):
+            self.found = np.concatenate(
+                [self.found, np.zeros(int(steps[-1]) + 1 - len(self.found), dtype=bool)])
+        new = ~self.found[steps]
+        self.found[steps[new]] = True
+        return rows[first[new]]
 
 
 def _rows_of_steps(batches: pd.DataFrame, step_ids: np.ndarray) -> np.ndarray:
@@ -295,17 +306,30 @@ def stage_breakdown(stages: pd.DataFrame, per_request: pd.DataFrame,
     return tables
 
 
-def breakdown_rows(per_request: pd.DataFrame, selection: Optional[StageSelection] = None
+def breakdown_rows(per_request: Any, selection: Optional[StageSelection] = None
                    ) -> pd.DataFrame:
     """The (step, request) rows the breakdown reads, in their order: each step's first
     token-yielding row and every row of the selected request ids. The breakdown of these is
     that of the whole table, which can then go before the detail tables are built (twenty
     million rows at x100, one per step are left)."""
-    rows = _first_yielding_rows(per_request)
+    if isinstance(per_request, StepRequestChunks):  # the same rows, the table never whole
+        first = _FirstYielding()
+
+        def pick(part: pd.DataFrame) -> np.ndarray:
+            return _selected(part, np.sort(first.rows_of(part)), selection)
+
+        return per_request.rows_where(pick)
+    return per_request.iloc[_selected(per_request, _first_yielding_rows(per_request),
+                                      selection)]
+
+
+def _selected(per_request: pd.DataFrame, rows: np.ndarray,
+              selection: Optional[StageSelection]) -> np.ndarray:
+    """``rows`` and the rows of the selected request ids, in order."""
     if selection is not None and selection.rids:
         selected = np.flatnonzero(per_request["rid"].isin(list(selection.rids)).to_numpy())
         rows = np.union1d(rows, selected)
-    return per_request.iloc[rows]
+    return rows
 
 
 def build_stage_breakdown(frame: pd.DataFrame, batches: pd.DataFrame, per_request: pd.DataFrame,

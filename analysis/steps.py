@@ -15,7 +15,7 @@ computes them once.
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -232,6 +232,57 @@ class StepRequestChunks:
     def __iter__(self) -> Iterator[pd.DataFrame]:
         for begin in range(0, len(self.steps), self.steps_per_chunk):
             yield step_requests(self.steps.iloc[begin:begin + self.steps_per_chunk])
+
+    def whole(self) -> pd.DataFrame:
+        """The whole table, for a reader of whole columns."""
+        return step_requests(self.steps)
+
+    def rows_where(self, pick: Callable[[pd.DataFrame], np.ndarray]) -> pd.DataFrame:
+        """``whole().iloc[rows]``, ``rows`` those ``pick`` gives of each chunk (positions in
+        the chunk, sorted), without the whole table: the same values, index (positions in the
+        whole table), column types (each the widest of the chunks', as the whole table's is the
+        widest of its groups') and id categories (the whole table's: numbered in order of
+        first appearance, as each chunk's are within it)."""
+        code_of: dict = {}
+        kinds: dict = {key: np.float16 for key in _DETAIL_KEYS[1:]}
+        parts: list = []
+        total = 0
+        for part in self:
+            rid = part["rid"].array
+            translate = np.fromiter((code_of.setdefault(r, len(code_of)) for r in rid.categories),
+                                    dtype=np.int32, count=len(rid.categories))
+            rows = pick(part)
+            local = rid.codes[rows]
+            codes = np.full(len(rows), -1, dtype=np.int32)
+            codes[local >= 0] = translate[local[local >= 0]]
+            parts.append((rows + total, part["step_id"].to_numpy()[rows], codes,
+                          [part[key].to_numpy()[rows] for key in _DETAIL_KEYS[1:]]))
+            for key in _DETAIL_KEYS[1:]:
+                kinds[key] = max(kinds[key], part[key].dtype.type, key=_FLOAT_TYPES.index)
+            total += len(part)
+        if not parts:  # no steps: the empty table's
+            return self.whole().iloc[np.zeros(0, dtype=np.int64)]
+        ids = np.empty(len(code_of), dtype=object)
+        ids[:] = list(code_of)
+        narrow_ids = total and fits(len(self.steps) - 1, np.int32)
+        columns = {
+            "step_id": np.concatenate([p[1] for p in parts]).astype(
+                np.int32 if narrow_ids else np.int64),
+            "rid": pd.Categorical.from_codes(np.concatenate([p[2] for p in parts]),
+                                             categories=pd.Index(ids, dtype=object)),
+            **{key: np.concatenate([p[3][i] for p in parts]).astype(kinds[key])
+               for i, key in enumerate(_DETAIL_KEYS[1:])}}
+        return pd.DataFrame(columns, index=pd.Index(np.concatenate([p[0] for p in parts])))
+
+
+def row_chunks(per_request: Any, rows: int) -> Iterator[pd.DataFrame]:
+    """The (step, request) rows in order, a chunk at a time: slices of ``rows`` rows of the
+    whole table, or the chunks of a :class:`StepRequestChunks`."""
+    if isinstance(per_request, StepRequestChunks):
+        yield from per_request
+        return
+    for begin in range(0, len(per_request), rows):
+        yield per_request.iloc[begin:begin + rows]
 
 
 class _RidCoder:

@@ -5,7 +5,7 @@ columns (names as text, lists, dicts), at every chunk size of the pair passes.""
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_pairs_data import tables_of
+from analysis_pairs_data import frame_with_engine_rows, tables_of
 
 from otel_vllm_ascend.analysis import requests, rid_pairs, steps
 from otel_vllm_ascend.analysis.frame import RecordBuilder
@@ -93,50 +93,13 @@ def test_key_values_of_some_rows_are_those_rows_of_every_value(seed):
             assert [type(v) for v in got] == [type(v) for v in want]
 
 
-def _frame_with_engine_rows(seed):
-    """Requests and engine steps whose entries carry counts (some missing, some too large for
-    float16), ids missing or empty in some entries, and steps of plain dicts between compact
-    ones."""
-    rng = np.random.default_rng(seed)
-    b = RecordBuilder()
-    ids = [f"q{i}" for i in range(9)]
-    mark = 0
-
-    def add(name, rid, start):
-        nonlocal mark
-        mark += 1
-        b.add("s", 1, 1, mark, float(start), float(start) + 1.0, {"name": name, "rid": rid})
-
-    for rid in ids:
-        t = float(rng.integers(0, 30))
-        add("httpReq", rid, t)
-        add("httpRes", rid, t + 20)
-    for step in range(13):
-        entries = []
-        for rid in rng.choice(ids, rng.integers(1, 5), replace=False):
-            entry = {"rid": str(rid), "iter": int(rng.integers(0, 3)),
-                     "type": int(rng.integers(0, 2)),
-                     "num_scheduled_tokens": int(rng.choice([1, 7, 5000, 70000])),
-                     "num_prompt_tokens": int(rng.integers(1, 40)),
-                     "num_computed_tokens": int(rng.integers(0, 40))}
-            if step % 4 == 1:  # a plain dict: a count missing
-                del entry["num_computed_tokens"]
-            entries.append(entry)
-        if step % 5 == 2:
-            entries.append({"rid": None, "type": 0})
-        if step % 6 == 3:
-            entries.append({"rid": "", "type": 1})
-        add("modelExec", entries, 2.0 + 3 * step)
-    return b.build([])
-
-
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("steps_per_chunk", [1, 2, 5, 1000])
 def test_rows_made_a_chunk_of_steps_at_a_time_give_the_whole_tables_table(seed,
                                                                           steps_per_chunk):
     """request.csv from steps.StepRequestChunks (the (step, request) table never whole), some
     batch entries without an id and some counts missing: the table of the whole table."""
-    frame = _frame_with_engine_rows(seed)
+    frame = frame_with_engine_rows(seed)
     step_table = steps.engine_steps(frame)
     assert len(step_table) == 13
     want = requests.build_requests(frame, step_table, steps.step_requests(step_table))
