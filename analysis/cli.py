@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis import batches as batches_mod
@@ -293,16 +294,53 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
                 detail_outputs.write_csvs(job_run, out, detail)
 
     if "html" in formats:
-        def csv_and_report(job_run: _Run) -> None:
+        def write_db_tables(job_run: _Run) -> None:  # profiler.db but the trace's tables
+            if "db" not in formats:
+                return
+            empty = pd.DataFrame()
+            db_tables = dict(tables)
+            if spec_decode is not None:
+                db_tables["spec_decode"] = spec_decode.reindex(columns=list(spec_mod.CSV_COLUMNS))
+            db_tables.update(detail_outputs.db_tables(detail))
+            job_run.stage(
+                "profiler.db", writers.write_profiler_tables, out / "profiler.db",
+                (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
+                (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
+                (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
+                db_tables)
+
+        def tables_and_report(job_run: _Run) -> None:
+            nonlocal frame
+            report_records = _report_records(frame)
+            if job_run.forked:  # this process's copy of the records: the report's are all it reads
+                frame = None
+                give_back_free_memory()
             write_csvs(job_run)
-            _write_html(job_run, out, frame, requests, batches, kvcache, tables,
+            _write_html(job_run, out, report_records, requests, batches, kvcache, tables,
                         detail_outputs.report_tables(detail))
+            write_db_tables(job_run)
 
         progress.stage("writing outputs")
-        join = _in_background(csv_and_report, run, "CSV files / report.html")
+        join = _in_background(tables_and_report, run, "CSV files / report.html")
+        # The tables are the other process's to write now; this one builds the trace, writes it
+        # and adds it to profiler.db: only the request table (the trace's lifecycles) and what
+        # the summary lines read are kept here.
+        batches = batches[[]] if batches is not None else None  # its rows counted, no column
+        kvcache = spec_decode = detail = None
+        tables = {name: table for name, table in tables.items() if name == "service_summary"}
+        give_back_free_memory()
         trace_events = build_trace()
         write_json(trace_events)
-        write_db(run, trace_events)
+        written_at, failed_at = len(run.written), len(run.failed)
+        join()
+        if "db" in formats and "profiler.db" not in run.failed:
+            path = run.stage("profiler.db", writers.finish_profiler_db, out / "profiler.db",
+                             trace_events, getattr(trace_events, "origin_us", 0.0))
+            # Listed where it was when this process wrote all of it, before the other's files.
+            if path is not None:
+                run.written.insert(written_at, Path(path))
+            else:
+                run.failed.insert(failed_at, run.failed.pop())
     else:
         trace_events = build_trace()
         progress.stage("writing outputs")
@@ -313,12 +351,25 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
 
         join = _in_background(csv_and_db, run, "CSV files / profiler.db")
         write_json(trace_events)
-    join()
+        join()
     progress.done()
     _print_summary(requests, batches, tables, run, out)
     if keep_until_exit is not None:  # the process ends next: freeing ~1M objects is wasted work
         keep_until_exit.extend((frame, requests, batches, kvcache, tables, trace_events))
     return 1 if run.failed else 0
+
+
+def _report_records(frame: pd.DataFrame) -> pd.DataFrame:
+    """The records report.html reads (report.py): the queue records (their name, process,
+    start and dicts) and the earliest start, which begins its time axes."""
+    if frame.empty:
+        return frame
+    wanted = np.array(frame["name"].isin(("Enqueue", "Dequeue")), dtype=bool)
+    start = frame["start_us"].to_numpy(dtype="float64")
+    finite = np.isfinite(start)
+    if finite.any():
+        wanted[np.nanargmin(np.where(finite, start, np.nan))] = True
+    return frame.loc[wanted, ["name", "host", "pid", "start_us", "metrics", "scopes"]]
 
 
 def _read_operator_data(run: _Run, input_path: Union[Path, Sequence[Path]], tables: dict) -> Any:

@@ -23,6 +23,7 @@ class _Run:
         self.out = out
         self.written: list[Path] = []
         self.failed: list[str] = []
+        self.forked = False  # a forked child's run: what only the parent needs may go
 
     def stage(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -67,6 +68,7 @@ def _in_background(jobs: Callable[[_Run], None], run: _Run,
         try:
             os.close(read_fd)
             child = _Run(run.out)
+            child.forked = True
             try:
                 jobs(child)
             except BaseException as exc:  # noqa: BLE001 - reported to the parent

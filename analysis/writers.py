@@ -290,13 +290,23 @@ def write_profiler_db(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]
                       trace_events: Optional[Iterable[dict]] = None,
                       trace_origin_us: float = 0.0) -> Path:
     """Write ``profiler.db`` afresh; each ``*_csv`` is (table, CSV column names)."""
+    write_profiler_tables(path, request_csv, batch_csv, kvcache_csv, summaries)
+    return finish_profiler_db(path, trace_events, trace_origin_us)
+
+
+def write_profiler_tables(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]],
+                          batch_csv: tuple[pd.DataFrame, Sequence[str]],
+                          kvcache_csv: tuple[pd.DataFrame, Sequence[str]],
+                          summaries: dict[str, pd.DataFrame]) -> Path:
+    """The first half of :func:`write_profiler_db`: every table but the trace's, into a new
+    temporary file beside ``path`` (returned); :func:`finish_profiler_db` adds the trace's and
+    puts the file in place. The halves can run in two processes, one after the other: the
+    tables' process need not hold the trace, nor the trace's the tables."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _db_tmp(path)
     if tmp.exists():
         tmp.unlink()
-    conn = sqlite3.connect(tmp)
-    conn.execute("PRAGMA journal_mode=OFF")  # a temp file renamed at the end: no journal needed
-    conn.execute("PRAGMA synchronous=OFF")
+    conn = _connect(tmp)
     try:
         for name, (table, columns), renames, view in (
                 ("request", request_csv, _REQUEST_DB_NAMES, "request_data"),
@@ -318,13 +328,38 @@ def write_profiler_db(path: Path, request_csv: tuple[pd.DataFrame, Sequence[str]
 
         write_insight_tables(conn, request_csv[0], batch_csv[0])
         # --- end of the Insight tables ---
-        if trace_events is not None:
-            _write_trace_tables(conn, trace_events, trace_origin_us)
         conn.commit()
     finally:
         conn.close()
+    return tmp
+
+
+def finish_profiler_db(path: Path, trace_events: Optional[Iterable[dict]] = None,
+                       trace_origin_us: float = 0.0) -> Path:
+    """The second half of :func:`write_profiler_db`: the trace's tables (if any) added to the
+    file :func:`write_profiler_tables` wrote, which then replaces ``path``."""
+    path = Path(path)
+    tmp = _db_tmp(path)
+    if trace_events is not None:
+        conn = _connect(tmp)
+        try:
+            _write_trace_tables(conn, trace_events, trace_origin_us)
+            conn.commit()
+        finally:
+            conn.close()
     _replace_atomically(tmp, path)
     return path
+
+
+def _db_tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _connect(tmp: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(tmp)
+    conn.execute("PRAGMA journal_mode=OFF")  # a temp file renamed at the end: no journal needed
+    conn.execute("PRAGMA synchronous=OFF")
+    return conn
 
 
 def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],

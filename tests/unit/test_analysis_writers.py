@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import string
 
 import numpy as np
@@ -161,3 +162,40 @@ def test_profiler_db_tables_stored_in_chunks_as_in_one_piece(monkeypatch, chunk)
     monkeypatch.setattr(writers, "DB_CHUNK_ROWS", chunk)
     assert _stored(table) == whole
     assert _stored(table.iloc[:0]) == whole_of(table.iloc[:0])
+
+
+def _db_dump(path):
+    conn = sqlite3.connect(path)
+    schema = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    rows = {name: sorted(map(repr, conn.execute(f'SELECT * FROM "{name}"')))
+            for kind, name, _ in schema if kind == "table"}
+    conn.close()
+    return schema, rows
+
+
+@pytest.mark.parametrize("with_trace", [True, False])
+def test_profiler_db_in_two_halves_is_the_one_written_at_once(tmp_path, with_trace):
+    """The tables written by one process (write_profiler_tables), the trace's added by another
+    (finish_profiler_db), as the CLI does with the report: the same database."""
+    import multiprocessing
+
+    requests = pd.DataFrame({"http_rid": ["a", "b"], "recv_token_size": [3.0, 4.0],
+                             "cache_hit_rate": ["N/A", 0.5]})
+    batches = pd.DataFrame({"batch_type": ["Prefill"], "total_batch_size": [2.0]})
+    kvcache = pd.DataFrame({"name": ["kv"], "used_blocks": [7]})
+    summaries = {"service_summary": pd.DataFrame({"Metric": ["x"], "Value": [1.0]})}
+    events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "p"}},
+              {"ph": "X", "name": "s", "pid": 1, "tid": 2, "ts": 1.0, "dur": 2.0, "args": {}}]
+    tables = ((requests, list(requests.columns)), (batches, list(batches.columns)),
+              (kvcache, list(kvcache.columns)), summaries)
+    trace = events if with_trace else None
+    writers.write_profiler_db(tmp_path / "one.db", *tables, trace, 5.0)
+    child = multiprocessing.get_context("fork").Process(
+        target=writers.write_profiler_tables, args=(tmp_path / "two.db", *tables))
+    child.start()
+    child.join()
+    assert child.exitcode == 0 and not (tmp_path / "two.db").exists()
+    assert writers.finish_profiler_db(tmp_path / "two.db", trace, 5.0) == tmp_path / "two.db"
+    assert not (tmp_path / "two.db.tmp").exists()
+    one, two = _db_dump(tmp_path / "one.db"), _db_dump(tmp_path / "two.db")
+    assert one == two and ("slice" in one[1]) == with_trace

@@ -292,3 +292,22 @@ def test_stage_breakdown_section(analysed):
     # without the tables there is no such section
     assert "Stage breakdown" not in report_mod.render_report(requests, batches, kvcache,
                                                              summaries, frame)
+
+
+def test_report_of_the_records_it_reads_is_the_report_of_the_frame(analysed):
+    """The CLI's forked writer draws the report from cli._report_records (the queue records
+    and the earliest start) after letting its copy of the frame go: the same page."""
+    from otel_vllm_ascend.analysis.cli import _report_records
+
+    _, frame, requests, batches, kvcache, summaries = analysed
+    records = _report_records(frame)
+    assert 0 < len(records) < len(frame)
+    assert frame["name"].isin(("Enqueue", "Dequeue")).any()
+    shuffled = frame.copy()  # the earliest start on a record that is not a queue record
+    shuffled["start_us"] = shuffled["start_us"] + np.where(
+        shuffled["name"].isin(("Enqueue", "Dequeue")), 5e6, 0.0)
+    for whole in (frame, shuffled):
+        want = report_mod.render_report(requests, batches, kvcache, summaries, whole)
+        got = report_mod.render_report(requests, batches, kvcache, summaries,
+                                       _report_records(whole))
+        assert got == want
