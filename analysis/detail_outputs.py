@@ -77,14 +77,16 @@ def build(run: Any, frame: pd.DataFrame, batches: Optional[pd.DataFrame],
           per_request: Optional[pd.DataFrame], options: DetailOptions) -> DetailTables:
     """Every detail table; ``run.stage(what, func, ...)`` reports a failure and returns None."""
     built = DetailTables(spans_wanted=bool(options.spans))
+    # The stage breakdown first: the largest transient of the three (0.15 GB at x100), then not
+    # on top of the other two tables.
+    if batches is not None and per_request is not None:
+        built.stage_tables = run.stage("prefill.csv / decode.csv",
+                                       stages.build_stage_breakdown, frame, batches,
+                                       per_request, options.selection)
     built.request_status = run.stage("request_status.csv", request_status.build_request_status,
                                      frame)
     if batches is not None:
         built.forwards = run.stage("forward.csv", forwards.build_forwards, frame, batches)
-        if per_request is not None:
-            built.stage_tables = run.stage("prefill.csv / decode.csv",
-                                           stages.build_stage_breakdown, frame, batches,
-                                           per_request, options.selection)
         if built.stage_tables:
             unmatched = stages.unknown_selections(built.stage_tables)
             if unmatched:
