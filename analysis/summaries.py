@@ -187,14 +187,19 @@ def _pairs_in_time_order(rows: np.ndarray, times: np.ndarray) -> bool:
     return True
 
 
+_SUMMARY_COLUMNS = ("ttft_ms", "exec_ms", "steps", "e2e_ms", "queue_wait_ms", "prompt_tokens",
+                    "reply_tokens", "tpot_ms")
+
+
 def request_summary(frame: pd.DataFrame, requests: pd.DataFrame,
                     per_request: Optional[pd.DataFrame] = None,
                     batches: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """``request_summary.csv`` rows."""
     if requests.empty:
         done = requests
-    else:
-        done = requests.loc[~requests["partial"].astype(bool)]
+    else:  # the columns read, not a copy of every column (held through the gaps' pass)
+        done = requests.loc[~requests["partial"].astype(bool).to_numpy(),
+                            [c for c in _SUMMARY_COLUMNS if c in requests.columns]]
     col = (lambda name: done[name].to_numpy(dtype="float64")) if len(done) else (
         lambda name: np.zeros(0))
     exec_ms = col("exec_ms")
