@@ -27,7 +27,9 @@ concurrency 32). Printed per configuration: output tokens/s, TTFT and end-to-end
 bootstrap 95 % confidence interval, and the CPU time of the server's processes per output token
 with its ratio to ``plain`` (CPU per token hardly moves when the shared machine stalls a run,
 throughput does). A single pair of runs says nothing below ~10 % on this
-machine kind: use many repeats before reading a small difference.
+machine kind: use many repeats before reading a small difference. Each start's line also gives
+the seconds the client (this process) waited for a CPU: a client that waits reads the streams
+late and the server's batches shrink, which is the client's slowness, not the server's.
 
 The tool's configurations run with its self meter on (``OTEL_VLLM_SELF_METER=1``); after each
 server stops, the last ``selfMeter`` Meta row of every capture file is read and the tool's own
@@ -210,10 +212,26 @@ def server_cpu_s(server: VllmServer) -> float:
     return total
 
 
+def run_queue_wait_s() -> float:
+    """Seconds this process's threads have waited for a CPU while runnable (Linux schedstat;
+    NaN elsewhere). A client that waits is a client that reads the streams late: the
+    server's steps then shrink, as they did with the writer in a session of its own."""
+    total = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/schedstat") as file:
+                total += int(file.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return total / 1e9
+
+
 def measure(server: VllmServer, specs: list, concurrency: int) -> dict:
     cpu_before = server_cpu_s(server)
+    wait_before = run_queue_wait_s()
     started = time.perf_counter()
     results = workload.run(server.url, server.model_name, specs, concurrency)
+    client_wait_s = run_queue_wait_s() - wait_before
     figures = workload.summarize(results, time.perf_counter() - started)
     for failed in [r for r in results if not r.ok][:3]:  # the client's side of a failure
         print(f"    failed {failed.request_id}: {failed.status} {failed.error}", file=sys.stderr)
@@ -221,6 +239,7 @@ def measure(server: VllmServer, specs: list, concurrency: int) -> dict:
     # (a stalled server mostly waits), so it shows what the tool adds with tighter intervals.
     tokens = figures["output_tokens"] or 1
     figures["cpu_ms_per_token"] = (server_cpu_s(server) - cpu_before) * 1000 / tokens
+    figures["client_wait_s"] = client_wait_s
     return figures
 
 
@@ -324,6 +343,7 @@ def main(argv: list | None = None) -> int:
                               f"  TTFT p50 {figures['ttft_p50_ms']:6.1f} ms  E2E p50 "
                               f"{figures['e2e_p50_ms']:6.1f} p99 {figures['e2e_p99_ms']:6.1f} ms"
                               f"  CPU {figures['cpu_ms_per_token']:.3f} ms/token"
+                              f"  client waited {figures['client_wait_s']:.2f} s"
                               f"  failed {figures['failed']}", flush=True)
                 if config in TOOL_CONFIGS:
                     meter = self_meter(start_dir)
