@@ -267,20 +267,23 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
                       built, operator_capture, frame, trace)
         return built
 
-    def write_db(job_run: _Run, trace_events: Any) -> None:
-        if "db" not in formats:
-            return
+    def db_tables_args() -> tuple:
+        """profiler.db's tables but the trace's, as the writers take them."""
         empty = pd.DataFrame()
         db_tables = dict(tables)
         if spec_decode is not None:
             db_tables["spec_decode"] = spec_decode.reindex(columns=list(spec_mod.CSV_COLUMNS))
         db_tables.update(detail_outputs.db_tables(detail))
-        job_run.wrote(job_run.stage(
-            "profiler.db", writers.write_profiler_db, out / "profiler.db",
-            (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
-            (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
-            (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
-            db_tables, trace_events, getattr(trace_events, "origin_us", 0.0)))
+        return ((requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
+                (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
+                (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
+                db_tables)
+
+    def write_db(job_run: _Run, trace_events: Any) -> None:
+        if "db" in formats:
+            job_run.wrote(job_run.stage(
+                "profiler.db", writers.write_profiler_db, out / "profiler.db",
+                *db_tables_args(), trace_events, getattr(trace_events, "origin_us", 0.0)))
 
     def write_json(trace_events: Any) -> None:
         if "json" in formats and trace_events is not None:
@@ -295,19 +298,9 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
 
     if "html" in formats:
         def write_db_tables(job_run: _Run) -> None:  # profiler.db but the trace's tables
-            if "db" not in formats:
-                return
-            empty = pd.DataFrame()
-            db_tables = dict(tables)
-            if spec_decode is not None:
-                db_tables["spec_decode"] = spec_decode.reindex(columns=list(spec_mod.CSV_COLUMNS))
-            db_tables.update(detail_outputs.db_tables(detail))
-            job_run.stage(
-                "profiler.db", writers.write_profiler_tables, out / "profiler.db",
-                (requests if requests is not None else empty, requests_mod.CSV_COLUMNS),
-                (batches if batches is not None else empty, batches_mod.CSV_COLUMNS),
-                (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
-                db_tables)
+            if "db" in formats:
+                job_run.stage("profiler.db", writers.write_profiler_tables, out / "profiler.db",
+                              *db_tables_args())
 
         def tables_and_report(job_run: _Run) -> None:
             nonlocal frame
