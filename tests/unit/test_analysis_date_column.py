@@ -6,6 +6,7 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
+from datetime_values import datetime_values
 
 from otel_vllm_ascend.analysis import writers
 from otel_vllm_ascend.analysis.date_cells import DateColumn, datetime_column_us
@@ -13,21 +14,9 @@ from otel_vllm_ascend.analysis.frame import format_datetime_us
 from otel_vllm_ascend.analysis.writers import NO_DATE, _store, lazy_datetimes_us, write_csv
 
 
-def _values(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    around = rng.uniform(1.0e15, 2.0e15, 200)
-    halves = np.floor(around) + 0.5  # half µs: rounded to even
-    small = rng.uniform(-3.0e12, 3.0e12, 50)  # both sides of the epoch
-    odd = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, 1.5, -0.5, 2.5,
-                    86_399_999_999.6])
-    values = np.concatenate([around, halves, small, odd])
-    rng.shuffle(values)
-    return values
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_cells_are_those_of_lazy_datetimes_us(seed):
-    values = _values(seed)
+    values = datetime_values(seed)
     column = datetime_column_us(values)
     cells = lazy_datetimes_us(values)
     assert len(column) == len(values)
@@ -58,7 +47,7 @@ def test_a_column_survives_what_the_tables_go_through():
 def test_written_and_stored_as_the_object_column(tmp_path, monkeypatch, chunk):
     monkeypatch.setattr(writers, "DB_CHUNK_ROWS", chunk)
     monkeypatch.setattr(writers, "CSV_CHUNK_ROWS", chunk)
-    values = _values(5)
+    values = datetime_values(5)
     n = len(values)
     base = {"n": np.arange(n, dtype=float), "x": np.linspace(0, 1, n),
             "hit": pd.Series([None] * 4 + [0.5] * (n - 4), dtype=object)}

@@ -6,6 +6,7 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
+from datetime_values import datetime_values
 
 from otel_vllm_ascend.analysis.frame import format_datetime_us
 from otel_vllm_ascend.analysis.writers import (
@@ -18,22 +19,9 @@ from otel_vllm_ascend.analysis.writers import (
 )
 
 
-def _values(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    around = rng.uniform(1.0e15, 2.0e15, 300)  # 2001-2033
-    halves = np.floor(around) + 0.5  # half µs: rounded to even, as numpy rounds
-    days = np.round(around / 86_400e6) * 86_400e6 + rng.choice([-1.0, 0.0, 1.0, 0.49], 300)
-    small = rng.uniform(-3.0e12, 3.0e12, 100)  # both sides of the epoch
-    odd = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, 1.5, -0.5, -1.5, 2.5,
-                    86_399_999_999.6, 4102444800e6 - 0.4])  # ... 2100-01-01
-    values = np.concatenate([around, halves, days, small, odd])
-    rng.shuffle(values)
-    return values
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_cells_write_the_texts_of_format_datetime_us(seed):
-    values = _values(seed)
+    values = datetime_values(seed)
     cells = lazy_datetimes_us(values)
     assert cells.dtype == object and len(cells) == len(values)
     assert all(isinstance(cell, LazyText) for cell in cells)
@@ -57,7 +45,7 @@ def _table(values):
 
 
 def test_a_table_of_cells_is_written_as_the_table_of_texts(tmp_path):
-    values = _values(7)
+    values = datetime_values(7)
     texts = _table(values)
     lazy = texts.copy()
     lazy["t"] = lazy_datetimes_us(values)
