@@ -147,13 +147,14 @@ def write_csv(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> Path:
 
 def _long_text_column(table: pd.DataFrame) -> Optional[int]:
     """Position of the first column of long text cells (all ``str``, none with a line break)."""
+    duplicated = table.columns.duplicated()
     for position, column in enumerate(table.columns):
         values = table.iloc[:, position]
-        if _lazy_column(values) and len(values) and isinstance(column, str) \
-                and not table.columns.duplicated()[position]:
+        if not len(values) or duplicated[position]:
+            continue
+        if _lazy_column(values) and isinstance(column, str):
             return position  # a column of lazy cells by its type (date_cells.DateColumn)
-        text_dtype = values.dtype == object or isinstance(values.dtype, pd.StringDtype)
-        if not text_dtype or not len(values) or table.columns.duplicated()[position]:
+        if not (values.dtype == object or isinstance(values.dtype, pd.StringDtype)):
             continue
         cells = values.tolist()
         if all(isinstance(cell, LazyText) for cell in cells) and isinstance(column, str):
