@@ -40,7 +40,7 @@ def _case(seed, in_order, with_nan=False):
 def test_chunked_gaps_equal_the_whole_computation(monkeypatch, chunk, seed, in_order, with_nan):
     monkeypatch.setattr(summaries, "CHUNK_PAIRS", chunk)
     case = _case(seed, in_order, with_nan)
-    got = summaries._gaps_by_request(*case)
+    got = summaries._gaps_by_request(*case).us()
     want = _whole(*case)
     assert got.shape == want.shape and len(want) > 0
     np.testing.assert_array_equal(got, want)  # same values in the same order, NaN alike
@@ -49,7 +49,7 @@ def test_chunked_gaps_equal_the_whole_computation(monkeypatch, chunk, seed, in_o
 def test_no_pairs():
     empty = np.zeros(0, dtype=np.int32)
     got = summaries._gaps_by_request(empty, empty, np.zeros(0), np.arange(2), np.ones(2, bool))
-    assert got.size == 0
+    assert len(got) == 0 and got.ms().size == 0
 
 
 @pytest.mark.parametrize("chunk", [1, 3])
@@ -168,3 +168,54 @@ def test_gaps_from_steps_only_without_named_output_records():
     assert summaries.gaps_from_steps(frame(["httpReq", "httpRes"], [["a"], ["a"]]))
     assert summaries.gaps_from_steps(frame(["detokenize", "httpRes"], [[], ["a"]]))
     assert not summaries.gaps_from_steps(frame(["detokenize", "detokenize"], [[], ["a"]]))
+
+
+def _quarter_gaps(rng, size):
+    """Gaps as a real capture gives them: differences of float64 µs since the epoch."""
+    times = 1.76e15 + np.cumsum(rng.integers(0, 400_000, size + 1)) * 0.25
+    if size > 3:
+        times[3] = times[2]  # a zero gap
+    return np.diff(times)
+
+
+@pytest.mark.parametrize("block", [8, 128, 1000, 1 << 20])
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 8, 9, 100, 129, 1001, 4097, 70_001])
+def test_quarter_gap_statistics_are_those_of_the_float64_array(monkeypatch, block, size):
+    # The store holds whole quarter µs (int32); its statistics (the mean's pairwise sum a
+    # block at a time, the percentiles from the quarters' order statistics) against
+    # statistics_row of the float64 ms array the gaps were before.
+    monkeypatch.setattr(summaries, "_MEAN_BLOCK", block)
+    rng = np.random.default_rng(size)
+    gaps_us = _quarter_gaps(rng, size)
+    store = summaries.PooledGaps(size)
+    order = rng.permutation(size)
+    for part in np.array_split(order, 3):
+        store.put(part, gaps_us[part])
+    assert store.values.dtype == np.int32
+    np.testing.assert_array_equal(store.us(), gaps_us)
+    want_ms = gaps_us / 1000.0
+    np.testing.assert_array_equal(store.ms(), want_ms)
+    want = summaries.statistics_row("gaps", want_ms.copy())
+    assert store.statistics_row("gaps") == want
+    # Unrounded: the mean and the percentiles exactly as numpy gives them.
+    monkeypatch.setattr(summaries, "round", lambda value, digits: value, raising=False)
+    store = summaries.PooledGaps(size)
+    store.put(np.arange(size), gaps_us)
+    got = store.statistics_row("gaps")
+    assert got["Average"] == float(np.mean(want_ms))
+    assert [got["P50"], got["P90"], got["P99"]] == np.percentile(want_ms, [50, 90, 99]).tolist()
+
+
+@pytest.mark.parametrize("odd", [0.1, np.nan, np.inf, 2.0 ** 31])
+def test_a_gap_not_in_quarters_turns_the_store_to_float64(odd):
+    rng = np.random.default_rng(5)
+    gaps_us = _quarter_gaps(rng, 50)
+    gaps_us[30] = odd if odd != 0.1 else gaps_us[30] + odd
+    store = summaries.PooledGaps(50)
+    store.put(np.arange(30), gaps_us[:30])
+    assert store.values.dtype == np.int32
+    store.put(np.arange(30, 50), gaps_us[30:])
+    assert store.values.dtype == np.float64
+    np.testing.assert_array_equal(store.us(), gaps_us)
+    want = summaries.statistics_row("gaps", gaps_us / 1000.0)
+    assert store.statistics_row("gaps") == want
