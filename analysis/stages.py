@@ -113,8 +113,8 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     # those of the requests asked about are kept, a chunk of pairs at a time.
     coder = RequestCodes()
     asked_codes = coder.codes(rid_values(per_request["rid"]))
-    grouped, begins = _asked_output_times(rid_sequence(outputs["rids"]),
-                                          outputs["start_us"].to_numpy(dtype="float64"), coder)
+    output_us = outputs["start_us"].to_numpy(dtype="float64")
+    grouped, begins = _asked_output_rows(rid_sequence(outputs["rids"]), output_us, coder)
     exec_end = batches["exec_end_us"].to_numpy(dtype="float64")
     row = _rows_of_steps(batches, per_request["step_id"].to_numpy(dtype="int64"))
     asked_time = np.where(row >= 0, exec_end[row], np.nan)
@@ -123,54 +123,56 @@ def _output_processing(frame: pd.DataFrame, batches: pd.DataFrame,
     if not len(row) or not len(grouped):
         return out
     # Each asked step's first output of its request at or after its modelExec end.
-    first = _first_at_or_after(grouped, begins, asked_codes, asked_time)
+    first = _first_at_or_after(grouped, begins, asked_codes, asked_time, output_us)
     found = ~np.isnan(first)
     row = row[found]
     out[row] = (first[found] - exec_end[row]) / 1000.0
     return out
 
 
-def _asked_output_times(rid_lists: Sequence, start_us: np.ndarray, coder: RequestCodes
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """The output times of each request ``coder`` held before (the asked ones), grouped by
-    code, each in time order, and where each code's group begins (:func:`by_code`; every id
-    of ``rid_lists`` gets its code).
+def _asked_output_rows(rid_lists: Sequence, start_us: np.ndarray, coder: RequestCodes
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The output records (rows of ``rid_lists``, int32) of each request ``coder`` held
+    before (the asked ones), grouped by code, each in time order, and where each code's group
+    begins (:func:`by_code`; every id of ``rid_lists`` gets its code).
 
-    The outputs' pairs are counted, then read again and each asked one's time written to its
-    place (twenty million pairs at x100 were held, then the asked ones' codes and times);
-    pairs out of time order are sorted first, all at once."""
+    The outputs' pairs are counted, then read again and each asked one's row written to its
+    place (twenty million pairs at x100 were held, then the asked ones' codes and times; their
+    times, 8 bytes a pair, were held grouped until the rows, 4 bytes, were); pairs out of time
+    order are sorted first, all at once."""
     asked = len(coder)
     counts, ordered = pair_counts(rid_lists, start_us, coder, below=asked)
     if not ordered:
-        codes, times = _asked_pairs(rid_lists, start_us, coder, asked)
-        order = np.argsort(times, kind="stable")
-        return by_code(codes[order], times[order], len(coder))
+        codes, rows = _asked_pairs(rid_lists, coder, asked)
+        order = np.argsort(start_us[rows], kind="stable")
+        return by_code(codes[order], rows[order], len(coder))
     begins = np.cumsum(counts) - counts
-    grouped = np.empty(int(counts.sum()), dtype="float64")
+    grouped = np.empty(int(counts.sum()), dtype=np.int32)
     place = begins.copy()
     for codes, rows in pair_chunks(rid_lists, coder):
         keep = codes < asked
-        place_by_code(grouped, place, codes[keep], start_us[rows[keep]])
+        place_by_code(grouped, place, codes[keep], rows[keep])
     return grouped, begins
 
 
-def _asked_pairs(rid_lists: Sequence, start_us: np.ndarray, coder: RequestCodes, asked: int
+def _asked_pairs(rid_lists: Sequence, coder: RequestCodes, asked: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(request code, time) of the pairs of ``rid_lists`` whose code is below ``asked`` (the
+    """(request code, row in ``rid_lists``) of the pairs whose code is below ``asked`` (the
     ids ``coder`` held before any output was coded: codes are numbered in order of first
     appearance), in order; every other id gets its code too."""
-    codes, times = [np.zeros(0, dtype=np.int32)], [np.zeros(0)]
+    codes, rows = [np.zeros(0, dtype=np.int32)], [np.zeros(0, dtype=np.int32)]
     for part_codes, part_rows in pair_chunks(rid_lists, coder):
         keep = part_codes < asked
         codes.append(part_codes[keep])
-        times.append(start_us[part_rows[keep]])
-    return np.concatenate(codes), np.concatenate(times)
+        rows.append(part_rows[keep].astype(np.int32, copy=False))
+    return np.concatenate(codes), np.concatenate(rows)
 
 
 def _first_at_or_after(grouped: np.ndarray, begins: np.ndarray, codes: np.ndarray,
-                       times: np.ndarray) -> np.ndarray:
+                       times: np.ndarray, values: Optional[np.ndarray] = None) -> np.ndarray:
     """For each (``codes[i]``, ``times[i]``): the first of its code's times (``grouped``, in
-    time order, each code's from ``begins``) at or after ``times[i]``; NaN if none."""
+    time order, each code's from ``begins``; with ``values``, ``grouped`` holds positions in
+    it) at or after ``times[i]``; NaN if none."""
     result = np.full(len(codes), np.nan)
     stops = np.append(begins[1:], len(grouped))
     order = np.argsort(codes, kind="stable")
@@ -180,6 +182,8 @@ def _first_at_or_after(grouped: np.ndarray, begins: np.ndarray, codes: np.ndarra
     for start, end in zip(starts.tolist(), ends.tolist()):  # one search per request asked
         code = sorted_codes[start]
         mine = grouped[begins[code]:stops[code]]
+        if values is not None:
+            mine = values[mine]
         which = order[start:end]
         at = np.searchsorted(mine, times[which], side="left")
         inside = at < len(mine)

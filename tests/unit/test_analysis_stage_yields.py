@@ -65,6 +65,10 @@ def test_first_output_at_or_after_equals_merge_asof(seed):
     asked_times[:5] = out_times[rng.integers(0, 200, 5)]  # exact matches count
     grouped, begins = by_code(out_codes, out_times, requests + 3)
     got = stages._first_at_or_after(grouped, begins, asked_codes, asked_times)
+    # The same with the outputs' positions grouped and their times looked up.
+    positions, _ = by_code(out_codes, np.arange(200, dtype=np.int32), requests + 3)
+    np.testing.assert_array_equal(
+        stages._first_at_or_after(positions, begins, asked_codes, asked_times, out_times), got)
     asked = pd.DataFrame({"i": np.arange(40), "rid": asked_codes, "time": asked_times})
     emitted = pd.DataFrame({"rid": out_codes, "time": out_times, "out": out_times})
     want = pd.merge_asof(asked.sort_values("time", kind="stable"), emitted, on="time",
@@ -95,17 +99,17 @@ def test_asked_pairs_equal_the_whole_pair_computation(monkeypatch, chunk, seed):
     monkeypatch.setattr(rid_pairs, "CHUNK_PAIRS", chunk)
     coder = rid_pairs.RequestCodes()
     coder.codes(np.asarray(asked, dtype=object))
-    got_codes, got_times = stages._asked_pairs(rid_lists, start_us, coder, len(asked))
+    got_codes, got_rows = stages._asked_pairs(rid_lists, coder, len(asked))
     assert keep.any() and not keep.all()
     np.testing.assert_array_equal(got_codes, codes[keep])
-    np.testing.assert_array_equal(got_times, start_us[rows[keep]])
+    np.testing.assert_array_equal(got_rows, rows[keep])
     assert coder.code_of == whole.code_of  # every id coded, in the same order
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 5, 1000])
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("in_order, with_nan", [(True, False), (False, False), (True, True)])
-def test_asked_output_times_equal_the_whole_grouping(monkeypatch, chunk, seed, in_order,
+def test_asked_output_rows_equal_the_whole_grouping(monkeypatch, chunk, seed, in_order,
                                                      with_nan):
     # Counted, then placed a chunk of pairs at a time (or sorted at once when out of time
     # order): against every pair coded, the asked ones kept, sorted by time, grouped by code.
@@ -127,7 +131,8 @@ def test_asked_output_times_equal_the_whole_grouping(monkeypatch, chunk, seed, i
     monkeypatch.setattr(rid_pairs, "CHUNK_PAIRS", chunk)
     coder = rid_pairs.RequestCodes()
     coder.codes(asked)
-    grouped, begins = stages._asked_output_times(rid_lists, start_us, coder)
+    grouped, begins = stages._asked_output_rows(rid_lists, start_us, coder)
     assert len(want_grouped) > 0 and coder.code_of == whole.code_of
-    np.testing.assert_array_equal(grouped, want_grouped)
+    assert grouped.dtype == np.int32
+    np.testing.assert_array_equal(start_us[grouped], want_grouped)
     np.testing.assert_array_equal(begins, want_begins)
