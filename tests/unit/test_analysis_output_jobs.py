@@ -1,0 +1,106 @@
+"""The output writer forked beside the trace's build, or the same jobs run in this process
+first (this process holding ``FORK_BELOW_BYTES`` or more): the same files, byte for byte, and
+the same summary lines."""
+
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis_fixtures import simulate_service  # noqa: E402
+
+from otel_vllm_ascend.analysis import cli, output_jobs  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the writer forks")
+
+_NEVER = 1 << 62  # FORK_BELOW_BYTES: always fork
+_ALWAYS = 0  # never fork
+
+
+@pytest.fixture(autouse=True)
+def two_cores(monkeypatch):
+    monkeypatch.delenv("OTEL_VLLM_ANALYZE_SERIAL", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+
+
+def _no_fork():
+    raise AssertionError("forked")
+
+
+def _outcome(monkeypatch, fork_below):
+    monkeypatch.setattr(output_jobs, "FORK_BELOW_BYTES", fork_below)
+    run = output_jobs._Run(Path("out"))
+    run.wrote(Path("before"))
+    ran_in = []
+
+    def jobs(job_run):
+        ran_in.append(job_run.forked)
+        job_run.wrote(Path("job"))
+        job_run.failed.append("failed job")
+
+    join = output_jobs._in_background(jobs, run, "jobs")
+    run.wrote(Path("after"))
+    join()
+    return run.written, run.failed, ran_in
+
+
+def test_the_jobs_outcome_is_joined_after_this_process_s_either_way(monkeypatch):
+    forked = _outcome(monkeypatch, _NEVER)
+    monkeypatch.setattr(os, "fork", _no_fork)
+    here = _outcome(monkeypatch, _ALWAYS)
+    want = [Path("before"), Path("after"), Path("job")], ["failed job"]
+    assert forked[:2] == want and forked[2] == []  # ran in the child: nothing seen here
+    assert here[:2] == want and here[2] == [False]  # ran here: the records are kept
+
+
+def test_resident_memory_is_read():
+    if sys.platform.startswith("linux"):
+        assert 10 * 2**20 < output_jobs._resident_bytes() < 64 * 2**30
+    else:
+        assert output_jobs._resident_bytes() >= 0
+
+
+def _files(folder):
+    return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def _dump(path):
+    db = sqlite3.connect(path)
+    try:
+        schema = list(db.execute("select type, name, sql from sqlite_master order by name"))
+        return schema + [(name, sorted(map(repr, db.execute(f'select * from "{name}"'))))
+                         for kind, name, _ in schema if kind == "table"]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("formats", [["csv", "json", "db", "html"], ["csv", "json", "db"]])
+def test_outputs_written_here_are_those_of_the_forked_writer(tmp_path, monkeypatch, capsys,
+                                                               formats):
+    sim = simulate_service(30, seed=5, max_batch=5, max_output=6)
+    sim.capture.write(tmp_path / "in")
+    printed = {}
+    for name, fork_below in (("forked", _NEVER), ("here", _ALWAYS)):
+        with monkeypatch.context() as patch:
+            patch.setattr(output_jobs, "FORK_BELOW_BYTES", fork_below)
+            if fork_below == _ALWAYS:
+                patch.setattr(os, "fork", _no_fork)
+            out = tmp_path / name
+            status = cli.main(["--input-path", str(tmp_path / "in"), "--output-path", str(out),
+                               "--format", *formats, "--log-level", "warning"])
+        assert status == 0
+        printed[name] = capsys.readouterr().out.replace(str(out), "OUT")
+    assert printed["forked"] == printed["here"]
+    assert "written to OUT: chrome_tracing.json" in printed["here"]
+    forked, here = _files(tmp_path / "forked"), _files(tmp_path / "here")
+    assert list(forked) == list(here) and "request.csv" in here
+    for name, path in forked.items():
+        if name == "profiler.db":
+            assert _dump(path) == _dump(here[name])
+        else:
+            assert path.read_bytes() == here[name].read_bytes(), name
