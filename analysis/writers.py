@@ -31,7 +31,7 @@ import sqlite3
 from datetime import date, timedelta
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -140,7 +140,7 @@ def write_csv(path: Path, table: pd.DataFrame, columns: Sequence[str]) -> Path:
         with open(tmp, "w", encoding="utf-8", newline="") as out:
             for first in range(0, max(len(subset), 1), CSV_CHUNK_ROWS):
                 chunk = subset.iloc[first:first + CSV_CHUNK_ROWS]
-                out.write(_csv_with_text_column(chunk, long_text, header=first == 0))
+                out.writelines(_csv_with_text_column(chunk, long_text, header=first == 0))
     _replace_atomically(tmp, path)
     return path
 
@@ -176,11 +176,15 @@ def _csv_quote(cell: str) -> str:
     return cell
 
 
-def _csv_with_text_column(chunk: pd.DataFrame, position: int, header: bool) -> str:
-    """``chunk.to_csv(index=False)``, the column at ``position`` quoted by :func:`_csv_quote`.
+def _csv_with_text_column(chunk: pd.DataFrame, position: int, header: bool) -> Iterator[str]:
+    """``chunk.to_csv(index=False)``, the column at ``position`` quoted by :func:`_csv_quote`,
+    a line at a time (each with its line break).
 
     pandas writes the columns left and right of it; their lines are joined with the quoted
-    cells. Falls back to pandas alone if a cell on either side spans lines.
+    cells, one row's text made at a time (a chunk's cells, quoted, then joined with their
+    sides, then joined into one text, held two to three copies of the chunk's text: batch.csv's
+    ``res_list`` cells are tens of kB a step at x100). Falls back to pandas alone if a cell on
+    either side spans lines.
     """
     n_lines = len(chunk) + (1 if header else 0)
     sides = []
@@ -190,24 +194,28 @@ def _csv_with_text_column(chunk: pd.DataFrame, position: int, header: bool) -> s
             continue
         lines = side.to_csv(index=False, header=header, lineterminator="\n").split("\n")
         if len(lines) != n_lines + 1:  # the text ends with a line break: one empty piece
-            return chunk.to_csv(index=False, header=header, lineterminator="\n")
+            yield chunk.to_csv(index=False, header=header, lineterminator="\n")
+            return
         lines.pop()
         if side.shape[1] == 1:
             # The csv module writes a row of one empty cell as "" (a row, not a blank line);
             # inside a wider row that cell is plain empty.
             lines = ["" if line == '""' else line for line in lines]
         sides.append(lines)
-    cells = [_csv_quote(cell if cell.__class__ is str else str(cell))
-             for cell in chunk.iloc[:, position].tolist()]
+    cells = chunk.iloc[:, position].tolist()
     if header:
-        cells.insert(0, _csv_quote(chunk.columns[position]))
+        cells.insert(0, chunk.columns[position])
     left, right = sides
-    if left is not None:
-        cells = [f"{before},{cell}" for before, cell in zip(left, cells)]
-    if right is not None:
-        cells = [f"{cell},{after}" for cell, after in zip(cells, right)]
-    cells.append("")
-    return "\n".join(cells)
+    for row, cell in enumerate(cells):
+        text = _csv_quote(cell if cell.__class__ is str else str(cell))
+        if left is not None and right is not None:
+            yield f"{left[row]},{text},{right[row]}\n"
+        elif left is not None:
+            yield f"{left[row]},{text}\n"
+        elif right is not None:
+            yield f"{text},{right[row]}\n"
+        else:
+            yield text + "\n"
 
 
 _REQUEST_DB_NAMES = {"execution_time(ms)": "execution_time",
