@@ -53,7 +53,11 @@ from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
 from otel_vllm_ascend.analysis import stages as stages_mod
 from otel_vllm_ascend.analysis.allocator import give_back_free_memory
-from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
+from otel_vllm_ascend.analysis.console_summary import (
+    SUMMARY_REQUEST_COLUMNS,
+    _print_summary,
+    _warn_partial,
+)
 from otel_vllm_ascend.analysis.host_clocks import clock_gaps
 from otel_vllm_ascend.analysis.output_jobs import _in_background, _Run
 from otel_vllm_ascend.analysis.progress import _Progress
@@ -321,6 +325,8 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
         batches = batches[[]] if batches is not None else None  # its rows counted, no column
         kvcache = spec_decode = detail = None
         tables = {name: table for name, table in tables.items() if name == "service_summary"}
+        if requests is not None and trace is not None:  # the columns the trace and summary read
+            requests = _columns_of(requests, trace.REQUEST_COLUMNS + SUMMARY_REQUEST_COLUMNS)
         give_back_free_memory()
         trace_events = build_trace()
         write_json(trace_events)
@@ -350,6 +356,13 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     if keep_until_exit is not None:  # the process ends next: freeing ~1M objects is wasted work
         keep_until_exit.extend((frame, requests, batches, kvcache, tables, trace_events))
     return 1 if run.failed else 0
+
+
+def _columns_of(table: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """``table``'s columns among ``names``, in its order (the table itself if none is)."""
+    wanted = set(names)
+    kept = [name for name in table.columns if name in wanted]
+    return table[kept] if kept and len(kept) < len(table.columns) else table
 
 
 def _report_records(frame: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,9 @@ from otel_vllm_ascend.analysis.output_jobs import _Run
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
+# The request-table columns the summary lines read (:func:`_print_summary`).
+SUMMARY_REQUEST_COLUMNS = ("partial", "ttft_ms", "e2e_ms")
+
 
 def _warn_partial(requests: Optional[pd.DataFrame]) -> None:
     if requests is None or requests.empty:

@@ -57,10 +57,11 @@ from otel_vllm_ascend.analysis.trace_records import (
     _record_events,
     _step_record_name,
 )
-from otel_vllm_ascend.analysis.trace_requests import _request_events
+from otel_vllm_ascend.analysis.trace_requests import REQUEST_COLUMNS, _request_events
 from otel_vllm_ascend.analysis.trace_tracks import _slice_tids, _TraceProcesses
 
-__all__ = ["TraceEvents", "build_chrome_trace", "trace_origin_us", "write_chrome_trace"]
+__all__ = ["REQUEST_COLUMNS", "TraceEvents", "build_chrome_trace", "trace_origin_us",
+           "write_chrome_trace"]
 
 
 def trace_origin_us(frame: pd.DataFrame) -> float:

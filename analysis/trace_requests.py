@@ -27,6 +27,9 @@ _REQUEST_ID_COLUMNS = ("http_rid", "rid", "request_id")
 _REQUEST_INFO_COLUMNS = ("ttft_ms", "queue_wait_ms", "e2e_ms", "tpot_ms", "prompt_tokens",
                          "reply_tokens", "partial")
 _LIFECYCLE_RECORDS = frozenset({"httpReq", _SCHEDULE_RECORD, "httpRes"})
+# Every request-table column the trace reads (a caller may keep only these for it).
+REQUEST_COLUMNS = _REQUEST_ID_COLUMNS + ("arrival_us", "first_scheduled_us", "first_token_us",
+                                         "end_us") + _REQUEST_INFO_COLUMNS
 
 
 def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
