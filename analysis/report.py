@@ -36,6 +36,7 @@ import pandas as pd
 
 from otel_vllm_ascend.analysis import page_parts
 from otel_vllm_ascend.analysis.report_figures import (
+    LATENCY_COLUMNS,
     STYLE,
     column,
     complete_requests,
@@ -156,7 +157,7 @@ def _utc(us: float) -> str:
 
 def _header(title: str, requests: pd.DataFrame, batches: pd.DataFrame, kvcache: pd.DataFrame,
             summaries: Mapping[str, pd.DataFrame], origin: float) -> str:
-    done = complete_requests(requests)
+    done = complete_requests(requests, LATENCY_COLUMNS)
     partial = len(requests) - len(done)
     ends = [finite(column(requests, "end_us")), finite(column(batches, "exec_end_us")),
             finite(column(kvcache, "start_us"))]
