@@ -84,7 +84,7 @@ class PooledGaps:
     Held as whole quarter µs in int32, 4 bytes a gap (25 M gaps at x100: 0.1 GB instead of
     0.19): a float64 time in µs since the epoch is a multiple of 0.25 from 2^50 µs (1970 +
     35 years) on, so the difference of two is exactly ``k / 4``. The first gap that is not
-    (times of a hand-made frame, NaN, a gap over 149 hours) turns the store to float64, the
+    (times of a hand-made frame, NaN, a gap over 536 s) turns the store to float64, the
     values written so far kept. Either way the gaps in ms and their statistics are those of
     the float64 array ``gaps / 1000.0`` (:meth:`statistics_row` finds them without it).
     """
