@@ -54,7 +54,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
-from otel_vllm_ascend.records import CapturedException, SpanRecord, TaskRecord
+from otel_vllm_ascend.records import CapturedException, SpanRecord
 
 FORMAT = 1
 MARSHAL_VERSION = 4
@@ -209,12 +209,13 @@ def to_wire(rec: Any, deferred_type: type) -> Optional[tuple]:
     Attribute and event dicts whose values are all of plain types go as they are (no copy);
     :func:`records_frame` cleans a record that marshal still refuses (a foreign list item).
     """
-    if rec.__class__ is TaskRecord:
-        entry = _by_function.get(rec.func)
+    if rec.__class__ is tuple:  # a task: (func, arg)
+        func, arg = rec
+        entry = _by_function.get(func)
         if entry is None:
-            rec.func(rec.arg)
+            func(arg)
             return None
-        return ("", entry.name, entry.to_wire(rec.arg) if entry.to_wire else rec.arg)
+        return ("", entry.name, entry.to_wire(arg) if entry.to_wire else arg)
     name, start, end, attributes, events, parent, links, exception, tid, own = rec
     attrs = attributes
     computed = None

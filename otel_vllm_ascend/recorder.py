@@ -39,7 +39,6 @@ from otel_vllm_ascend.records import (
     CapturedException,
     EventTuple,
     SpanRecord,
-    TaskRecord,
     new_span_record,
 )
 from otel_vllm_ascend.selfmeter import REQUEST_RECORD, STEP_RECORD
@@ -113,9 +112,9 @@ class SpanBuilding:
                 self.give_up_fast_path("the direct span builder could not be set up", exc)
         built = 0
         for rec in records:
-            if rec.__class__ is TaskRecord:
+            if rec.__class__ is tuple:  # a task: (func, arg)
                 try:
-                    produced = rec.func(rec.arg)  # an expander's span records (handoff.py)
+                    produced = rec[0](rec[1])  # an expander's span records (handoff.py)
                 except Exception:
                     _logger.debug("recorder task failed", exc_info=True)
                     continue
@@ -226,7 +225,7 @@ def record_task(func: Any, arg: Any) -> bool:
     False when the queue was full (the task dropped)."""
     queue = _state.queue
     if len(queue) < MAX_QUEUE:  # else dropped: whatever needs the result computes it itself
-        queue.append(tuple.__new__(TaskRecord, (func, arg)))
+        queue.append((func, arg))
         if _state.thread is None:
             _start_thread()
         return True

@@ -7,7 +7,7 @@ does (``tuple.__new__`` below skips the keyword handling of the generated constr
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from opentelemetry.trace import SpanContext
 
@@ -33,11 +33,11 @@ class SpanRecord(NamedTuple):
     span_context: Optional[SpanContext]  # the span's own ids, chosen in advance (roots only)
 
 
-class TaskRecord(NamedTuple):
-    """``func(arg)`` to run on the recorder's thread, in order with the span records."""
-
-    func: Callable[[Any], Any]
-    arg: Any
+# A task, ``func(arg)`` to run on the recorder's thread in order with the span records, is a
+# plain pair ``(func, arg)`` (:func:`recorder.record_task`), not a named tuple: hooks queue one
+# per engine-step span, and where they run (once per step, every cache cold) making a named
+# tuple costs about as much as the rest of queueing it (docs/benchmarks.md, issue 17, tenth
+# part). A record whose class is ``tuple`` is a task.
 
 
 class SpanRow(NamedTuple):

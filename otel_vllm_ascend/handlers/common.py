@@ -444,21 +444,14 @@ _last_batch: Optional[StepBatch] = None
 
 # -- one record per engine-step span, expanded where the spans are built ----------------------
 #
-# A hook queues one StepRecord per span: the step (its copied inputs travel with the step's
-# first record only) and the span's own plain values. The expander (registered with
-# handoff.register_expander) classifies the step, per EngineCore process and in step order,
-# and turns the values into the span record. It runs in the writer process, or, without one,
-# on the recorder's thread: the same code either way.
+# A hook queues one step record per span: ``(batch, classify, span)``, the step (its
+# copied inputs travel with the step's first record only, ``classify`` True) and the span's own
+# plain values (None: only the classification). A plain tuple, as a task is (records.py). The
+# expander (registered with handoff.register_expander) classifies the step, per EngineCore
+# process and in step order, and turns the values into the span record. It runs in the writer
+# process, or, without one, on the recorder's thread: the same code either way.
 
 _RETAINED_STEPS = 64  # a step's results outlive it this many steps (modelExec comes later)
-
-
-class StepRecord(NamedTuple):
-    """One engine-step span as its hook captured it (the argument of an expander task)."""
-
-    batch: StepBatch
-    classify: bool  # this record carries the step's classification
-    span: Optional[tuple]  # the span's plain values, as its expander reads them; None: none
 
 
 def _classification_to_wire(batch: StepBatch) -> tuple:
@@ -481,13 +474,12 @@ def _classification_to_wire(batch: StepBatch) -> tuple:
     return batch.seq, tuple(inputs), contexts
 
 
-def _step_to_wire(record: StepRecord,
+def _step_to_wire(record: tuple,
                   span_to_wire: Optional[Callable[[tuple], tuple]] = None) -> tuple:
-    batch = record.batch
-    span = record.span
+    batch, classify, span = record
     if span is not None and span_to_wire is not None:
         span = span_to_wire(span)
-    return (batch.seq, _classification_to_wire(batch) if record.classify else None, span)
+    return (batch.seq, _classification_to_wire(batch) if classify else None, span)
 
 
 class RemoteBatches:
@@ -562,7 +554,7 @@ def step_expander(name: str, expand_span: Callable[[RemoteBatches, int, tuple], 
     recorder's thread) makes the hook's span values plain first, where they are not. Returns
     the function :func:`record_step` queues."""
 
-    def step_to_wire(record: StepRecord) -> tuple:
+    def step_to_wire(record: tuple) -> tuple:
         return _step_to_wire(record, span_to_wire)
 
     def expand(state: dict, wire: tuple) -> Optional[list]:
@@ -585,7 +577,7 @@ def record_step(expander: Callable[[Any], Any], batch: StepBatch,
     if span is None and not classify:
         return
     batch.classified = True
-    recorder.record_task(expander, tuple.__new__(StepRecord, (batch, classify, span)))
+    recorder.record_task(expander, (batch, classify, span))
 
 
 def describe_batch(scheduler_output: Any, requests: Optional[Mapping[str, Any]] = None

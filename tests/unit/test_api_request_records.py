@@ -114,7 +114,8 @@ def test_api_request_records_built_here(keep_spans):
 def test_api_request_records_built_in_the_writer(keep_spans):
     queued, sent = _script()
     # No record on vLLM's side holds a SpanContext: plain tasks only.
-    assert {rec.func.__name__ for rec in queued} == {"request.arrival", "request.api_spans",
+    assert all(rec.__class__ is tuple for rec in queued)  # tasks: (func, arg)
+    assert {func.__name__ for func, _ in queued} == {"request.arrival", "request.api_spans",
                                                      "request.detokenize"}
     views = _built_in_writer(queued)
     _check(_with_ids(views, keep_spans[-1].get_finished_spans()), sent)

@@ -91,7 +91,7 @@ def test_request_events_and_links_built_in_the_writer(monkeypatch):
     # The hot path parsed nothing: no context in the serving process's map.
     assert len(common.request_contexts) == 0
     # Only r4's headers (never sent with an event) cross with the step.
-    step_wires = [rec.func.__name__ for rec in queued if hasattr(rec, "func")]
+    step_wires = [rec[0].__name__ for rec in queued if rec.__class__ is tuple]  # tasks
     assert step_wires.count("engine.request_event") == 5
     _check(_built_in_writer(queued))
 

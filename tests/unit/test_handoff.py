@@ -23,7 +23,7 @@ from test_span_builder import _records, _view
 from otel_vllm_ascend import contract, handoff, recorder
 from otel_vllm_ascend.handlers import common
 from otel_vllm_ascend.handlers import spec_decode as _spec_decode  # noqa: F401 (registers)
-from otel_vllm_ascend.records import CapturedException, SpanRecord, TaskRecord
+from otel_vllm_ascend.records import CapturedException, SpanRecord
 
 
 def _failing():
@@ -170,7 +170,7 @@ def test_engine_steps_classified_from_their_plain_copies(monkeypatch):
     wires = []
     for output in STEPS:
         batch = common.describe_batch(output, requests)
-        wires.append(common._step_to_wire(common.StepRecord(batch, True, None)))
+        wires.append(common._step_to_wire((batch, True, None)))
     batches = common.RemoteBatches()
     state: dict = {}
     for _, classification, span in marshal.loads(marshal.dumps(wires)):
@@ -189,7 +189,7 @@ def test_engine_steps_classified_from_their_plain_copies(monkeypatch):
 
 def test_unregistered_task_runs_here():
     ran = []
-    task = tuple.__new__(TaskRecord, (ran.append, 5))
+    task = (ran.append, 5)
     assert handoff.to_wire(task, recorder.Deferred) is None and ran == [5]
 
 

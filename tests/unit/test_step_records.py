@@ -332,5 +332,5 @@ def test_a_phase_outside_the_runner_goes_as_one_record_with_the_spans_inside_it(
     model.sampler_forward(lambda logits: "tokens", SimpleNamespace(), "logits")
     queued = list(recorder._state.queue)
     recorder._state.queue.clear()
-    assert [[span[0] for span in rec.arg] for rec in queued] == [["sample", "sample_token"],
+    assert [[span[0] for span in arg] for _, arg in queued] == [["sample", "sample_token"],
                                                                  ["sample"]]
