@@ -103,6 +103,22 @@ def allows(domain: str, level: int = 20) -> bool:
     return answer
 
 
+class Switch:
+    """Whether records of one domain are kept now, as an attribute (``on``) kept current by
+    every change of the live state: for a handler's second domain, read once per engine step,
+    where a call to :func:`allows` costs a few microseconds with cold caches."""
+
+    __slots__ = ("domain", "level", "on")
+
+    def __init__(self, domain: str, level: int = 20) -> None:
+        self.domain, self.level = domain, level
+        self.on = _ctl.state.allows(domain, level)
+        _switches.append(self)
+
+
+_switches: List[Switch] = []
+
+
 def add_listener(listener: Listener) -> None:
     """Call ``listener(state)`` now and on every change of the live state."""
     with _ctl.lock:
@@ -241,6 +257,8 @@ def _set(state: LiveState) -> None:
     except (TypeError, ValueError):
         limit = 0
     _ctl.step_limit = limit if state.recording else 0
+    for switch in _switches:
+        switch.on = state.allows(switch.domain, switch.level)
     for listener in list(_ctl.listeners):
         _notify_one(listener, state)
 

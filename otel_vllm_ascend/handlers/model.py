@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any, Callable, List, NamedTuple, Optional
@@ -77,23 +78,24 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     if common._role_recorded is None:
         common.ensure_role("engine_core")
     batch = common.describe_batch(scheduler_output)
-    common.record_step(_expand_model_exec, batch, None)  # classified now, unless schedule did
+    if not batch.classified:  # schedule's hook did not record the step (it is not hooked)
+        common.record_step(_expand_model_exec, batch, None)
     return batch, total_tokens, time.time_ns(), native_thread.current.id
+
+
+def _finish_model_exec(batch: common.StepBatch, total_tokens: int, start: int, tid: int,
+                       _: Any = None) -> None:
+    common.record_step(_expand_model_exec, batch, (start, time.time_ns(), tid, total_tokens))
 
 
 def _execute_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
-    batch, total_tokens, start, tid = state
-
-    def finish(_: Any = None) -> None:
-        common.record_step(_expand_model_exec, batch,
-                           (start, time.time_ns(), tid, total_tokens))
-
     add_done_callback = getattr(result, "add_done_callback", None)
     if add_done_callback is not None and not result.done():
-        add_done_callback(finish)  # runs once the worker's output arrives (or the call fails)
+        # runs once the worker's output arrives (or the call fails)
+        add_done_callback(functools.partial(_finish_model_exec, *state))
     else:
-        finish()
+        _finish_model_exec(*state)
 
 
 def _model_exec_span(batches: common.RemoteBatches, seq: int, span: tuple) -> SpanRecord:
@@ -131,7 +133,10 @@ def _synchronised_after(name: str) -> Callable:
             except BaseException as exc:
                 record_worker_span(name, start, time.time_ns(), tid, None, exc)
                 raise
-        record_worker_span(name, start, time.time_ns(), tid, None, error)
+        if _open_step is not None and error is None:  # the common case, inlined
+            _open_step.append((name, start, time.time_ns(), tid, None, None, None))
+        else:
+            record_worker_span(name, start, time.time_ns(), tid, None, error)
     return after
 
 

@@ -244,6 +244,9 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     return states, request_ids, known, finished, time.time_ns(), native_thread.current.id
 
 
+_detokenize_switch = control.Switch(DOMAIN)
+
+
 def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
     end = time.time_ns()
@@ -265,7 +268,7 @@ def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: A
             _request_wires.pop(external_id)
         recorder.record_task(_expand_api_spans, (
             ("httpRes", start, start, attributes, tid, context, None),))
-    if control.allows(DOMAIN):
+    if _detokenize_switch.on:
         recorder.record_task(_expand_detokenize, (end, tid, request_ids, known))
 
 

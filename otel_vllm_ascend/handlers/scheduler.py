@@ -37,42 +37,78 @@ def _queue_changes(changes: list, queue_name: str, before: list, after: list) ->
 # vLLM's FCFS waiting queue is a deque whose __iter__ / __len__ only call deque's own (Python
 # frames around C); the hook reads it through deque's C methods. Other queue types as they are.
 _deque_iter, _deque_len = collections.deque.__iter__, collections.deque.__len__
-_plain_deques: dict = {}  # queue type -> True when read through deque's methods
+_readers: dict = {}  # queue type -> (its length, its iteration) as the hook calls them
 
 
-def _is_plain_deque(kind: type) -> bool:
-    plain = _plain_deques.get(kind)
-    if plain is None:
-        plain = _plain_deques[kind] = (issubclass(kind, collections.deque)
-                                       and kind.__name__ == "FCFSRequestQueue")
-    return plain
+def _readers_of(kind: type) -> tuple:
+    readers = _readers.get(kind)
+    if readers is None:
+        plain = issubclass(kind, collections.deque) and kind.__name__ == "FCFSRequestQueue"
+        readers = _readers[kind] = (_deque_len, _deque_iter) if plain else (len, iter)
+    return readers
+
+
+def _queue_len(queue: Any) -> int:
+    return (_readers.get(type(queue)) or _readers_of(type(queue)))[0](queue)
 
 
 def _snapshot(queue: Any) -> list:
     """A copy of a scheduler queue's members, in its order."""
     if type(queue) is list:
         return queue[:]
-    if _is_plain_deque(type(queue)):
-        return list(_deque_iter(queue))
-    return list(queue)
+    length, iterate = _readers.get(type(queue)) or _readers_of(type(queue))
+    return list(iterate(queue)) if length(queue) else []
+
+
+# What the hook reads the KV cache's free blocks through, per scheduler: (scheduler, its
+# KVCacheManager, total blocks, the pool's free-block queue or None, the pool's
+# get_num_free_blocks). Found once: the hook runs once per step with cold caches, where each
+# attribute chain and call costs (docs/benchmarks.md, issue 17, tenth part).
+_kv_source: Optional[tuple] = None
+
+
+def _find_kv_source(this: Any) -> Optional[tuple]:
+    global _kv_source
+    try:
+        manager = this.kv_cache_manager
+        pool = manager.block_pool
+        count = pool.get_num_free_blocks
+        total = int(this.kv_cache_config.num_blocks)
+        queue = getattr(pool, "free_block_queue", None)
+        # vLLM's count is the queue's own attribute; read it directly where it is the same.
+        if type(getattr(queue, "num_free_blocks", None)) is not int \
+                or queue.num_free_blocks != count():
+            queue = None
+    except Exception:
+        return None
+    _kv_source = (this, manager, total, queue, count)
+    return _kv_source
 
 
 def _used_blocks(this: Any) -> Optional[tuple]:
     """(total, free) blocks of the scheduler's KV cache, or None when not readable."""
+    source = _kv_source
+    if source is None or source[0] is not this or this.kv_cache_manager is not source[1]:
+        source = _find_kv_source(this)
+        if source is None:
+            return None
+    queue = source[3]
     try:
-        manager = this.kv_cache_manager
-        total = int(this.kv_cache_config.num_blocks)
-        free = int(manager.block_pool.get_num_free_blocks())
+        return source[2], (queue.num_free_blocks if queue is not None else int(source[4]()))
     except Exception:
         return None
-    return total, free
 
 
 def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     if common._role_recorded is None:
         common.ensure_role("engine_core")
-    return (_snapshot(this.running), _snapshot(this.waiting), _used_blocks(this),
-            time.time_ns(), native_thread.current.id)
+    running = this.running
+    waiting = this.waiting
+    return (running[:] if type(running) is list else _snapshot(running), _snapshot(waiting),
+            _used_blocks(this), time.time_ns(), native_thread.current.id)
+
+
+_kv_switch = control.Switch(KV_DOMAIN)
 
 
 def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: Any,
@@ -90,22 +126,22 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
     if type(running) is not list or running != running_before:
         _queue_changes(queue_changes, RUNNING, running_before, _snapshot(running))
     waiting = this.waiting
-    if waiting_before or (_deque_len(waiting) if _is_plain_deque(type(waiting))
-                          else len(waiting)):
+    if waiting_before or _queue_len(waiting):
         waiting_after = _snapshot(waiting)
         if waiting_after != waiting_before:
             _queue_changes(queue_changes, WAITING, waiting_before, waiting_after)
     kv = None
-    kv_after = _used_blocks(this)
-    if kv_after is not None and control.allows(KV_DOMAIN):
-        total, free = kv_after
-        used = total - free
-        used_before = kv_before[0] - kv_before[1] if kv_before is not None else used
-        try:
-            usage = float(this.kv_cache_manager.usage)
-        except Exception:
-            usage = used / total if total else 0.0
-        kv = (total, used, free, usage, used - used_before)
+    if _kv_switch.on:
+        kv_after = _used_blocks(this)
+        if kv_after is not None:
+            total, free = kv_after
+            used = total - free
+            used_before = kv_before[0] - kv_before[1] if kv_before is not None else used
+            try:
+                usage = float(this.kv_cache_manager.usage)
+            except Exception:
+                usage = used / total if total else 0.0
+            kv = (total, used, free, usage, used - used_before)
     common.record_step(_expand_schedule, batch, (
         start, end, tid, queue_changes, kv, int(output.total_num_scheduled_tokens)))
 
@@ -154,13 +190,11 @@ def _add_request_after(state: Any, this: Any, args: tuple, kwargs: dict, result:
     request = args[0] if args else kwargs.get("request")
     request_id = getattr(request, "request_id", None)
     if request_id is not None:
-        waiting = this.waiting
         # The trace context is parsed from the request's headers where the span is built.
         common.record_request_event("Enqueue", {
             contract.DOMAIN: DOMAIN,
             contract.RID: request_id,
-            contract.METRIC_PREFIX + "QueueSize":
-                _deque_len(waiting) if _is_plain_deque(type(waiting)) else len(waiting),
+            contract.METRIC_PREFIX + "QueueSize": _queue_len(this.waiting),
             contract.SCOPE_PREFIX + "QueueName": WAITING,
         }, request, request_id)
 

@@ -285,6 +285,9 @@ def test_model_runner_hook_brackets_the_step(monkeypatch):
     from otel_vllm_ascend.handlers import model
 
     calls = []
+    # operator collection configured in this process (else the hook skips the profiler)
+    monkeypatch.setattr(model.operator_profiler, "_collector",
+                        operator_profiler.OperatorCollector())
     monkeypatch.setattr(model.operator_profiler, "step_begin", lambda: calls.append("begin"))
     monkeypatch.setattr(model.operator_profiler, "step_end", lambda: calls.append("end"))
     output = types.SimpleNamespace(num_scheduled_tokens={"r1": 3})
