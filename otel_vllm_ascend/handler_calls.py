@@ -356,6 +356,27 @@ class AroundHandler:
         return returned if self.wraps_result else result
 
 
+class AsyncAroundHandler(AroundHandler):
+    """An :class:`AroundHandler` of an ``async def`` target: the wrapper awaits the original
+    between the halves (one coroutine of ours around it: a handler coroutine and a guarded
+    original would be two more, each entered again at every resumption). Called with the
+    custom-handler signature it is a coroutine function; ``wraps_result`` and ``only_first``
+    are not used."""
+
+    async def __call__(self, original: Callable, this: Any, *args: Any, **kwargs: Any) -> Any:
+        state = self.before(this, args, kwargs)
+        if state is None:
+            return await original(*args, **kwargs)
+        try:
+            result = await original(*args, **kwargs)
+        except BaseException as error:
+            if self.after_errors:
+                self.after(state, this, args, kwargs, None, error)
+            raise
+        self.after(state, this, args, kwargs, result, None)
+        return result
+
+
 def always(this: Any, args: tuple, kwargs: dict) -> bool:
     """An :class:`AroundHandler` ``before`` for handlers that record after the call only."""
     return True
@@ -433,4 +454,63 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
         if metered:
             _meter.add_hot(called - entered + _meter_ns() - returned_at, hook.symbol)
         return returned if wraps else result
+    return wrapper
+
+
+def async_around_handler(hook: Hook, func: Callable) -> Callable:
+    """:func:`around_handler` for an :class:`AsyncAroundHandler`: the same steps around an
+    awaited original (other tasks that run while it is awaited are not metered)."""
+    before, after, after_errors = hook.handler.before, hook.handler.after, \
+        hook.handler.after_errors
+    bound = hook.binding in ("method", "classmethod")
+    filtered = hook.caller_filter is not None
+
+    async def wrapper(*args, **kwargs):
+        if not hook.active or (filtered and _skip(hook)):
+            return await func(*args, **kwargs)
+        metered = _meter.on
+        if metered:
+            entered = _meter_ns()
+        if bound and args:
+            this, rest = args[0], args[1:]
+        else:
+            this, rest = None, args
+        try:
+            state = before(this, rest, kwargs)
+        except Exception as exc:
+            hook.failed(exc)
+            state = None
+        if state is None:
+            if metered:
+                _meter.add_hot(_meter_ns() - entered, hook.symbol)
+            return await func(*args, **kwargs)
+        if metered:
+            called = _meter_ns()
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as error:
+            if metered:
+                returned_at = _meter_ns()
+            if after_errors:
+                try:
+                    after(state, this, rest, kwargs, None, error)
+                except Exception as exc:
+                    hook.failed(exc)
+                else:
+                    hook.failures = 0
+            if metered:
+                _meter.add_hot(called - entered + _meter_ns() - returned_at, hook.symbol)
+            raise
+        if metered:
+            returned_at = _meter_ns()
+        try:
+            after(state, this, rest, kwargs, result, None)
+        except Exception as exc:
+            hook.failed(exc)
+        else:
+            if hook.failures:
+                hook.failures = 0
+        if metered:
+            _meter.add_hot(called - entered + _meter_ns() - returned_at, hook.symbol)
+        return result
     return wrapper

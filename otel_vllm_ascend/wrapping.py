@@ -46,11 +46,13 @@ from typing import Callable
 from otel_vllm_ascend.call_binding import ArgumentBinder
 from otel_vllm_ascend.handler_calls import (
     AroundHandler,
+    AsyncAroundHandler,
     CallContext,
     GuardedAsyncOriginal,
     GuardedOriginal,
     always,
     around_handler,
+    async_around_handler,
     async_generator_style_handler,
     async_handler,
     generator_style_handler,
@@ -74,12 +76,12 @@ from otel_vllm_ascend.timers import (
 )
 
 __all__ = [
-    "HOOK_MARKER", "MAX_CONSECUTIVE_FAILURES", "ArgumentBinder", "AroundHandler", "CallContext",
-    "DelegatingContext", "GuardedAsyncOriginal", "GuardedOriginal", "Hook", "always",
-    "around_handler", "async_generator_style_handler", "async_handler", "async_timer",
-    "asyncgen_timer", "build_wrapper", "callable_kind", "contextmanager_timer",
-    "generator_timer", "generator_style_handler", "hook_of", "skip_call", "sync_handler",
-    "sync_timer",
+    "HOOK_MARKER", "MAX_CONSECUTIVE_FAILURES", "ArgumentBinder", "AroundHandler",
+    "AsyncAroundHandler", "CallContext", "DelegatingContext", "GuardedAsyncOriginal",
+    "GuardedOriginal", "Hook", "always", "around_handler", "async_around_handler",
+    "async_generator_style_handler", "async_handler", "async_timer", "asyncgen_timer",
+    "build_wrapper", "callable_kind", "contextmanager_timer", "generator_timer",
+    "generator_style_handler", "hook_of", "skip_call", "sync_handler", "sync_timer",
 ]
 
 
@@ -94,6 +96,8 @@ def build_wrapper(hook: Hook) -> Callable:
             wrapper = factory(hook, func)
         elif type(hook.handler) is AroundHandler and hook.kind == "sync":
             wrapper = around_handler(hook, func)
+        elif type(hook.handler) is AsyncAroundHandler and hook.kind == "async":
+            wrapper = async_around_handler(hook, func)
         elif hook.kind == "async":
             wrapper = async_handler(hook, func)
         else:

@@ -75,11 +75,10 @@ def _new_context_wire() -> tuple:
     return ids.generate_trace_id(), ids.generate_span_id(), True, 1, None
 
 
-async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
-    """``AsyncLLM.add_request`` (vLLM V1)."""
+def _add_request_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     request_id = kwargs.get("request_id", args[0] if args else None)
     if not isinstance(request_id, str):
-        return await original(*args, **kwargs)
+        return None
     if common._role_recorded is None:
         common.ensure_role("api_server")
     headers = _trace_headers(args, kwargs)
@@ -101,11 +100,13 @@ async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any)
                                contract.RECORD: contract.RECORD_EVENT}, tid, parent, own),
         ("tokenize", now, now, {contract.DOMAIN: DOMAIN, contract.RID: request_id,
                                 contract.RECORD: contract.RECORD_EVENT}, tid, wire, None)))
-    token = _adding.set((request_id, wire))
-    try:
-        collector = await original(*args, **kwargs)
-    finally:
-        _adding.reset(token)
+    return request_id, wire, _adding.set((request_id, wire))
+
+
+def _add_request_after(state: tuple, this: Any, args: tuple, kwargs: dict, collector: Any,
+                       error: Optional[BaseException]) -> None:
+    request_id, wire, token = state
+    _adding.reset(token)
     internal_id = getattr(collector, "request_id", None)
     if isinstance(internal_id, str) and internal_id != request_id:
         now = time.time_ns()
@@ -114,7 +115,12 @@ async def add_request_async(original: Any, this: Any, *args: Any, **kwargs: Any)
             {contract.DOMAIN: DOMAIN, contract.LINK_FROM: request_id,
              contract.LINK_TO: internal_id, contract.RECORD: contract.RECORD_LINK},
             native_thread.current.id, wire, None),))
-    return collector
+
+
+add_request_async = wrapping.AsyncAroundHandler(
+    _add_request_before, _add_request_after, "add_request_async",
+    "``AsyncLLM.add_request`` (vLLM V1): ``httpReq`` and ``tokenize``, the request's trace "
+    "context for the calls it makes, then the ``link`` record.", after_errors=True)
 
 
 def _api_span_records(state: dict, wire: tuple) -> list:
