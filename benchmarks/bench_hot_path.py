@@ -28,6 +28,12 @@ recorder thread runs; the heap of the set-up is frozen (``gc.freeze``) and colle
 every loop, so a full collection of vLLM's and torch's objects does not land in one loop.
 Medians of interleaved repeats.
 
+With ``--cold-cache MB``, every call is timed alone, after one byte of every 64-byte line of an
+MB-sized buffer was written: the CPU caches no longer hold our code and data, as in a server,
+where vLLM's own work between two engine steps evicts them. With 64 (more than this machine's
+last-level cache) the figures come close to what the self meter measures in ``vllm serve``,
+three to five times the warm loops' (docs/benchmarks.md, issue 17, tenth part).
+
 With ``--baseline-tree``, each repeat runs this script once per tree (the tree first on
 ``PYTHONPATH``; ``--tree`` for the measured one, default: this checkout), alternating, and
 prints both with the median of per-round ratios.
@@ -189,6 +195,7 @@ class Cases:
         self.outputs_finishing.append(EngineCoreOutput(request_id=ids[-1], new_token_ids=[7],
                                                        finish_reason=FinishReason.LENGTH))
         self.process_original = type(self).process_original
+        self.process_calls = 0
         self.process = _hooked(request_module.process_outputs, type(self).process_original,
                                "method")
 
@@ -214,8 +221,9 @@ class Cases:
         process = self.process if hooked else type(self).process_original
         processor = self.processor
         plain, finishing = self.outputs_plain, self.outputs_finishing
-        for step in range(steps):
-            process(processor, finishing if step % 2 else plain, 0.0, None)
+        for _ in range(steps):
+            self.process_calls += 1
+            process(processor, finishing if self.process_calls % 2 else plain, 0.0, None)
 
     # -- Worker ---------------------------------------------------------------------------
     # vLLM 0.32's shape: ``execute_model`` runs the preprocess, forward and postprocess phases
@@ -263,6 +271,24 @@ def _timed(run, steps, hooked):
     return elapsed if elapsed is not None else time.thread_time_ns() - start
 
 
+def _cold(run, megabytes):
+    """``run`` one call at a time, each after the CPU caches were evicted, timed alone."""
+    import numpy
+
+    buffer = numpy.zeros(megabytes << 20, dtype=numpy.uint8)
+
+    def timed(steps, hooked):
+        clock = time.thread_time_ns
+        total = 0
+        for _ in range(steps):
+            buffer[::64] += 1  # one write per cache line
+            start = clock()
+            run(1, hooked)
+            total += clock() - start
+        return total
+    return timed
+
+
 def _handoff_ns(recorder, handoff):
     """The recorder thread's hand-off of everything queued (to_wire + one frame), then empty."""
     queue = recorder._state.queue
@@ -275,8 +301,9 @@ def _handoff_ns(recorder, handoff):
     return time.thread_time_ns() - start
 
 
-def measure(steps: int, inner: int, num_requests: int, churn: bool) -> dict:
-    """{case: [hot us per call, hand-off us per call]}, medians of ``inner`` rounds."""
+def measure(steps: int, inner: int, num_requests: int, churn: bool, cold_mb: int = 0) -> dict:
+    """{case: [hot us per call, hand-off us per call]}, medians of ``inner`` rounds; with
+    ``cold_mb``, every call after the caches were evicted (:func:`_cold`)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from otel_vllm_ascend import control, handoff, recorder
     from otel_vllm_ascend.config import ProfilerConfig
@@ -291,6 +318,8 @@ def measure(steps: int, inner: int, num_requests: int, churn: bool) -> dict:
         run(50, True)
         run(50, False)
         _handoff_ns(recorder, handoff)
+    if cold_mb:
+        runs = {name: _cold(run, cold_mb) for name, run in runs.items()}
     # vLLM and torch make a large heap; a full collection of it landing in one timed loop would
     # swamp it (a server pays those too, but not per call).
     gc.collect()
@@ -318,7 +347,8 @@ def _run_tree(tree: Path, options) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH", "")) if p)
     command = [sys.executable, str(Path(__file__).resolve()), "--json", "--steps",
                str(options.steps), "--repeats", str(options.inner), "--requests",
-               str(options.requests)] + ([] if options.churn else ["--steady"])
+               str(options.requests), "--cold-cache", str(options.cold_cache)] \
+        + ([] if options.churn else ["--steady"])
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True,
                          cwd=str(tree)).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -330,8 +360,10 @@ def side_by_side(options) -> None:
     rounds = []
     for _ in range(options.repeats):
         rounds.append({label: _run_tree(tree, options) for label, tree in trees.items()})
+    cold = f", caches evicted ({options.cold_cache} MB) before each call" \
+        if options.cold_cache else ""
     print(f"us per call, {options.requests} requests per step, median of {options.repeats} "
-          f"rounds (each the median of {options.inner} x {options.steps} calls), "
+          f"rounds (each the median of {options.inner} x {options.steps} calls{cold}), "
           f"baseline {trees['baseline'].name} / this {trees['this'].name}:")
     print(f"  {'case':<20} {'hot base':>9} {'hot this':>9} {'ratio':>6}   "
           f"{'hand-off base':>13} {'this':>6} {'ratio':>6}")
@@ -356,6 +388,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--steady", dest="churn", action="store_false",
                         help="the running queue does not change between steps")
+    parser.add_argument("--cold-cache", type=int, default=0, metavar="MB",
+                        help="evict the CPU caches (an MB-sized buffer) before every call")
     parser.add_argument("--baseline-tree", type=Path)
     parser.add_argument("--tree", type=Path)
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
@@ -363,12 +397,15 @@ def main() -> None:
     if options.baseline_tree is not None:
         side_by_side(options)
         return
-    figures = measure(options.steps, options.repeats, options.requests, options.churn)
+    figures = measure(options.steps, options.repeats, options.requests, options.churn,
+                      options.cold_cache)
     if options.json:
         print(json.dumps(figures))
         return
+    cold = f", caches evicted ({options.cold_cache} MB) before each call" \
+        if options.cold_cache else ""
     print(f"us per call, {options.requests} requests per step, median of {options.repeats} "
-          f"interleaved x {options.steps} calls:")
+          f"interleaved x {options.steps} calls{cold}:")
     print(f"  {'case':<20} {'hot':>7} {'hand-off':>9}")
     for name, (hot, moved) in figures.items():
         print(f"  {name:<20} {hot:7.1f} {moved:9.1f}")

@@ -115,12 +115,16 @@ execute_model = wrapping.AroundHandler(
 
 
 def _synchronised_before(this: Any, args: tuple, kwargs: dict) -> tuple:
-    if common._role_recorded is None:
-        common.ensure_role("worker")
+    if _open_step is not None:
+        tid = _open_tid
+    else:
+        if common._role_recorded is None:
+            common.ensure_role("worker")
+        tid = native_thread.current.id
     synchronize = _npu_synchronize if _npu_checked else npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return time.time_ns(), native_thread.current.id, synchronize
+    return time.time_ns(), tid, synchronize
 
 
 def _synchronised_after(name: str) -> Callable:
@@ -189,6 +193,10 @@ class WorkerSpan(NamedTuple):
 
 
 _open_step: Optional[list] = None  # spans ended during the current runner call, in order
+# The thread of the runner call (or recorded phase) that opened _open_step: the spans inside it
+# run on that thread, and a hook that finds a step open takes its id from here, and knows the
+# role was recorded, without reading either again (a few cold cache lines a call).
+_open_tid = 0
 
 
 def record_worker_span(name: str, start: int, end: int, tid: int,
@@ -229,7 +237,7 @@ _expand_worker_spans = handoff.register_expander("worker.spans", _worker_spans_t
 
 
 def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
-    global _step_request_ids, _open_step
+    global _step_request_ids, _open_step, _open_tid
     spec_decode.begin_step()
     scheduler_output = args[0] if args else kwargs.get("scheduler_output")
     request_ids = list(getattr(scheduler_output, "num_scheduled_tokens", None) or ())
@@ -243,7 +251,8 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     if operator_profiler._collector is not None:  # operator collection configured
         operator_profiler.step_begin()
     outer, _open_step = _open_step, []
-    return request_ids, time.time_ns(), native_thread.current.id, outer
+    _open_tid = tid = native_thread.current.id
+    return request_ids, time.time_ns(), tid, outer
 
 
 def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -300,12 +309,13 @@ class _PhaseContext:
         self.own = None  # the spans ending inside a phase outside any runner call
 
     def __enter__(self):  # noqa: ANN204
-        global _open_step
+        global _open_step, _open_tid
         entered = self.target.__enter__()
         if _open_step is None:
             # A phase outside the runner's call (vLLM 0.32's sampling phase, with ``sample``
             # inside it): the spans that end inside it go with its own, as one record.
             _open_step = self.own = []
+            _open_tid = self.state[3]
         return entered
 
     def __exit__(self, exc_type, exc, tb):  # noqa: ANN001, ANN204
@@ -340,14 +350,18 @@ def _phase_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     phase = RUNNER_PHASES.get(name) if type(name) is str else None
     if phase is None:
         return None  # a phase the span contract has no record for: the original alone
-    if common._role_recorded is None:
-        common.ensure_role("worker")
+    if _open_step is not None:
+        tid = _open_tid
+    else:
+        if common._role_recorded is None:
+            common.ensure_role("worker")
+        tid = native_thread.current.id
     if phase != "forward":
-        return phase, None, time.time_ns(), native_thread.current.id, None
+        return phase, None, time.time_ns(), tid, None
     synchronize = npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return (phase, _step_request_ids or None, time.time_ns(), native_thread.current.id,
+    return (phase, _step_request_ids or None, time.time_ns(), tid,
             synchronize)
 
 
