@@ -6,7 +6,8 @@
 * :class:`CallContext` and the generator-style wrappers: handlers ``func(ctx)`` with one
   ``yield``;
 * :class:`AroundHandler` and ``around_handler``: the built-ins' ``before`` / ``after`` halves,
-  the original called by the wrapper itself.
+  the original called by the wrapper itself; :class:`AsyncAroundHandler` and
+  ``async_around_handler`` the same around an awaited original.
 """
 
 from __future__ import annotations

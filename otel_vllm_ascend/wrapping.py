@@ -20,9 +20,9 @@ Failure policy (the original always runs exactly once, its result or exception p
 
 * ``original`` given to a handler is guarded: a second call returns the first result; if the
   handler never calls it, the wrapper does; the handler's own return value is ignored.
-* The built-in handlers of sync targets are :class:`AroundHandler` halves: the wrapper calls
-  the original itself, between ``before`` and ``after``, so there is nothing to guard (half
-  the cost of a handler call).
+* The built-in handlers of sync targets are :class:`AroundHandler` halves (of ``async def``
+  ones, :class:`AsyncAroundHandler`): the wrapper calls the original itself, between
+  ``before`` and ``after``, so there is nothing to guard (half the cost of a handler call).
 * An exception from our code (timer bookkeeping, attribute evaluation, a handler) is logged as
   a warning once per hook (every occurrence at DEBUG with the traceback).
 * After :data:`MAX_CONSECUTIVE_FAILURES` failures in a row the hook removes itself (the original
