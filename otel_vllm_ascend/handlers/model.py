@@ -115,16 +115,12 @@ execute_model = wrapping.AroundHandler(
 
 
 def _synchronised_before(this: Any, args: tuple, kwargs: dict) -> tuple:
-    if _open_step is not None:
-        tid = _open_tid
-    else:
-        if common._role_recorded is None:
-            common.ensure_role("worker")
-        tid = native_thread.current.id
+    if common._role_recorded is None:
+        common.ensure_role("worker")
     synchronize = _npu_synchronize if _npu_checked else npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return time.time_ns(), tid, synchronize
+    return time.time_ns(), native_thread.current.id, synchronize
 
 
 def _synchronised_after(name: str) -> Callable:
@@ -193,10 +189,6 @@ class WorkerSpan(NamedTuple):
 
 
 _open_step: Optional[list] = None  # spans ended during the current runner call, in order
-# The thread of the runner call (or recorded phase) that opened _open_step: the spans inside it
-# run on that thread, and a hook that finds a step open takes its id from here, and knows the
-# role was recorded, without reading either again (a few cold cache lines a call).
-_open_tid = 0
 
 
 def record_worker_span(name: str, start: int, end: int, tid: int,
@@ -237,7 +229,7 @@ _expand_worker_spans = handoff.register_expander("worker.spans", _worker_spans_t
 
 
 def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
-    global _step_request_ids, _open_step, _open_tid
+    global _step_request_ids, _open_step
     spec_decode.begin_step()
     scheduler_output = args[0] if args else kwargs.get("scheduler_output")
     request_ids = list(getattr(scheduler_output, "num_scheduled_tokens", None) or ())
@@ -251,8 +243,7 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     if operator_profiler._collector is not None:  # operator collection configured
         operator_profiler.step_begin()
     outer, _open_step = _open_step, []
-    _open_tid = tid = native_thread.current.id
-    return request_ids, time.time_ns(), tid, outer
+    return request_ids, time.time_ns(), native_thread.current.id, outer
 
 
 def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -309,13 +300,12 @@ class _PhaseContext:
         self.own = None  # the spans ending inside a phase outside any runner call
 
     def __enter__(self):  # noqa: ANN204
-        global _open_step, _open_tid
+        global _open_step
         entered = self.target.__enter__()
         if _open_step is None:
             # A phase outside the runner's call (vLLM 0.32's sampling phase, with ``sample``
             # inside it): the spans that end inside it go with its own, as one record.
             _open_step = self.own = []
-            _open_tid = self.state[3]
         return entered
 
     def __exit__(self, exc_type, exc, tb):  # noqa: ANN001, ANN204
@@ -350,18 +340,14 @@ def _phase_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     phase = RUNNER_PHASES.get(name) if type(name) is str else None
     if phase is None:
         return None  # a phase the span contract has no record for: the original alone
-    if _open_step is not None:
-        tid = _open_tid
-    else:
-        if common._role_recorded is None:
-            common.ensure_role("worker")
-        tid = native_thread.current.id
+    if common._role_recorded is None:
+        common.ensure_role("worker")
     if phase != "forward":
-        return phase, None, time.time_ns(), tid, None
+        return phase, None, time.time_ns(), native_thread.current.id, None
     synchronize = npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return (phase, _step_request_ids or None, time.time_ns(), tid,
+    return (phase, _step_request_ids or None, time.time_ns(), native_thread.current.id,
             synchronize)
 
 
