@@ -103,8 +103,10 @@ def test_send_waits_for_a_slow_writer_that_keeps_reading():
 
 
 def _record(name, attributes):
-    """A queued span record as the recorder holds it (the fields ``handoff.to_wire`` unpacks)."""
-    return (name, 1, 2, attributes, None, None, None, None, 1, None)
+    """A queued span record as the recorder holds it (a plain tuple would be a task)."""
+    from otel_vllm_ascend.records import SpanRecord, new_span_record
+
+    return new_span_record(SpanRecord, (name, 1, 2, attributes, None, None, None, None, 1, None))
 
 
 def _connected_client():
