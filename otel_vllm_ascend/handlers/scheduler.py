@@ -60,41 +60,27 @@ def _snapshot(queue: Any) -> list:
     return list(iterate(queue)) if length(queue) else []
 
 
-# What the hook reads the KV cache's free blocks through, per scheduler: (scheduler, its
-# KVCacheManager, total blocks, the pool's free-block queue or None, the pool's
-# get_num_free_blocks). Found once: the hook runs once per step with cold caches, where each
-# attribute chain and call costs (docs/benchmarks.md, issue 17, tenth part).
-_kv_source: Optional[tuple] = None
-
-
-def _find_kv_source(this: Any) -> Optional[tuple]:
-    global _kv_source
-    try:
-        manager = this.kv_cache_manager
-        pool = manager.block_pool
-        count = pool.get_num_free_blocks
-        total = int(this.kv_cache_config.num_blocks)
-        queue = getattr(pool, "free_block_queue", None)
-        # vLLM's count is the queue's own attribute; read it directly where it is the same.
-        if type(getattr(queue, "num_free_blocks", None)) is not int \
-                or queue.num_free_blocks != count():
-            queue = None
-    except Exception:
-        return None
-    _kv_source = (this, manager, total, queue, count)
-    return _kv_source
+# What the hook knows of the KV cache's block pool, found once per pool: (the pool, total
+# blocks, whether the pool's free-block queue holds the count get_num_free_blocks() returns).
+# The hook runs once per step with cold caches, where each call costs (docs/benchmarks.md,
+# issue 17, tenth part); the objects themselves are read every step, so a replaced one is seen.
+_kv_pool: Optional[tuple] = None
 
 
 def _used_blocks(this: Any) -> Optional[tuple]:
     """(total, free) blocks of the scheduler's KV cache, or None when not readable."""
-    source = _kv_source
-    if source is None or source[0] is not this or this.kv_cache_manager is not source[1]:
-        source = _find_kv_source(this)
-        if source is None:
-            return None
-    queue = source[3]
+    global _kv_pool
     try:
-        return source[2], (queue.num_free_blocks if queue is not None else int(source[4]()))
+        pool = this.kv_cache_manager.block_pool
+        known = _kv_pool
+        if known is None or known[0] is not pool:
+            queue = getattr(pool, "free_block_queue", None)
+            direct = (type(getattr(queue, "num_free_blocks", None)) is int
+                      and queue.num_free_blocks == pool.get_num_free_blocks())
+            known = _kv_pool = (pool, int(this.kv_cache_config.num_blocks), direct)
+        if known[2]:
+            return known[1], pool.free_block_queue.num_free_blocks
+        return known[1], int(pool.get_num_free_blocks())
     except Exception:
         return None
 
