@@ -171,20 +171,14 @@ def _pairwise_sum(quarters: np.ndarray, begin: int, size: int) -> float:
             + _pairwise_sum(quarters, begin + half, size - half))
 
 
-def inter_token_gaps_ms(frame: pd.DataFrame, requests: pd.DataFrame,
-                        per_request: Optional[pd.DataFrame] = None,
-                        batches: Optional[pd.DataFrame] = None) -> np.ndarray:
-    """Gaps between consecutive outputs of each complete request, pooled (ms), in order of
-    request id (as text), then of time. Without output records, from the engine steps:
-    ``per_request`` (only its ``step_id`` and ``rid`` are read) and ``batches``."""
-    return pooled_gaps(frame, requests, per_request, batches).ms()
-
-
 def pooled_gaps(frame: pd.DataFrame, requests: pd.DataFrame,
                 per_request: Optional[pd.DataFrame] = None,
                 batches: Optional[pd.DataFrame] = None) -> PooledGaps:
-    """:func:`inter_token_gaps_ms` as a :class:`PooledGaps` (4 bytes a gap, not 8, when they
-    are whole quarter µs, as the times of a real capture make them)."""
+    """Gaps between consecutive outputs of each complete request, pooled, in order of request
+    id (as text), then of time (``.ms()``: in ms; 4 bytes a gap, not 8, when they are whole
+    quarter µs, as the times of a real capture make them). Without output records, from the
+    engine steps: ``per_request`` (only its ``step_id`` and ``rid`` are read) and
+    ``batches``."""
     complete = set(requests.loc[~requests["partial"].astype(bool), "http_rid"].tolist())
     outputs = frame.loc[(frame["name"] == "detokenize").to_numpy(), ["rids", "start_us"]]
     coder = RequestCodes()
@@ -210,7 +204,7 @@ def pooled_gaps(frame: pd.DataFrame, requests: pd.DataFrame,
 
 
 def gaps_from_steps(frame: pd.DataFrame) -> bool:
-    """Whether :func:`inter_token_gaps_ms` reads the engine steps: no output record names a
+    """Whether :func:`pooled_gaps` reads the engine steps: no output record names a
     request. Otherwise the caller need not keep the (step, request) table for it."""
     outputs = frame.loc[(frame["name"] == "detokenize").to_numpy(), "rids"]
     return not rid_lengths(outputs).any()

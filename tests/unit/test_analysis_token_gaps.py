@@ -78,7 +78,7 @@ def test_statistics_of_an_owned_array_are_those_of_a_copy(with_nan):
 @pytest.mark.parametrize("in_order, with_nan", [(True, False), (False, False), (True, True)])
 def test_gaps_of_output_records_read_twice_in_chunks(monkeypatch, chunk, seed, in_order,
                                                      with_nan):
-    # inter_token_gaps_ms counts the outputs' pairs a chunk of whole records at a time, then
+    # pooled_gaps counts the outputs' pairs a chunk of whole records at a time, then
     # reads them again to place the gaps (records in time order), or falls back to every pair
     # at once: against the whole computation on every pair.
     import pandas as pd
@@ -103,7 +103,7 @@ def test_gaps_of_output_records_read_twice_in_chunks(monkeypatch, chunk, seed, i
 
     monkeypatch.setattr(rid_pairs, "CHUNK_PAIRS", chunk)
     monkeypatch.setattr(summaries, "CHUNK_PAIRS", chunk)
-    got = summaries.inter_token_gaps_ms(frame, requests)
+    got = summaries.pooled_gaps(frame, requests).ms()
     assert got.shape == want.shape and len(want) > 0
     np.testing.assert_array_equal(got, want)
 
@@ -147,11 +147,11 @@ def test_gaps_from_the_steps_read_only_step_ids_and_request_ids():
         b.add("s", 1, 1, next(mark), 12.0, 12.0, {"name": "httpRes", "rid": rid})
     frame = b.build([])
     requests, per_request, batches = tables_of(frame)
-    gaps = summaries.inter_token_gaps_ms(frame, requests, per_request, batches)
+    gaps = summaries.pooled_gaps(frame, requests, per_request, batches).ms()
     np.testing.assert_array_equal(gaps, [0.002, 0.0035, 0.0035, 0.0035])  # a, then b
     narrow = per_request[["step_id", "rid"]]
     np.testing.assert_array_equal(
-        summaries.inter_token_gaps_ms(frame, requests, narrow, batches), gaps)
+        summaries.pooled_gaps(frame, requests, narrow, batches).ms(), gaps)
     pd.testing.assert_frame_equal(
         summaries.request_summary(frame, requests, narrow, batches),
         summaries.request_summary(frame, requests, per_request, batches))

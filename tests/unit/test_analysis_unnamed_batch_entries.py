@@ -20,7 +20,7 @@ def _tables(batch_rid):
 
 def test_request_summary_with_only_unnamed_entries():
     frame, requests, per_request, batches = _tables([{"rid": None}])
-    assert summaries.inter_token_gaps_ms(frame, requests, per_request, batches).size == 0
+    assert summaries.pooled_gaps(frame, requests, per_request, batches).ms().size == 0
     assert not summaries.request_summary(frame, requests, per_request, batches).empty
 
 
