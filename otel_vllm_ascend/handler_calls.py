@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -23,6 +24,19 @@ from otel_vllm_ascend.timers import DelegatingContext
 
 # The self meter's clock: this thread's CPU time (see wrapping).
 _meter_ns = time.thread_time_ns
+
+# around_handler's wrapper in C (setup.py builds it where a compiler is at hand); the Python
+# closure below is the reference and the fallback (OTEL_VLLM_PURE_PYTHON_HOOKS=1 forces it).
+try:
+    from otel_vllm_ascend._hotpath import AroundWrapper as _CAroundWrapper
+except ImportError:
+    _CAroundWrapper = None
+PURE_PYTHON_ENV = "OTEL_VLLM_PURE_PYTHON_HOOKS"
+
+
+def compiled_wrappers() -> bool:
+    """True when :func:`around_handler` builds the compiled wrapper."""
+    return _CAroundWrapper is not None and os.environ.get(PURE_PYTHON_ENV, "") in ("", "0")
 
 
 class GuardedOriginal:
@@ -389,7 +403,9 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
 
     One function with no helper calls: it runs about once per engine step, after vLLM's own
     work has pushed its code and data out of the CPU caches, and there every further Python
-    call costs about a microsecond (docs/benchmarks.md, issue 17, tenth part).
+    call costs about a microsecond (docs/benchmarks.md, issue 17, tenth part). Where it is
+    built, the same steps run in C (``_hotpath.c``): the closure below is then used only for
+    hooks with a ``caller_filter``, and as the reference the tests hold the C one to.
     """
     handler = hook.handler
     before, after = handler.before, handler.after
@@ -398,6 +414,9 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
     bound = hook.binding in ("method", "classmethod")
     first = 1 if bound else 0
     filtered = hook.caller_filter is not None
+    if not filtered and compiled_wrappers():  # a caller filter reads the wrapper's frame
+        return _CAroundWrapper(hook, func, before, after, _meter, bound, after_errors, wraps,
+                               only_first)
 
     def wrapper(*args, **kwargs):
         if only_first is not None:

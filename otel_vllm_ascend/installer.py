@@ -264,7 +264,7 @@ def install(spec: Any, module: Any) -> Optional[wrapping.Hook]:
     elif isinstance(raw, classmethod):
         binding, func = "classmethod", raw.__func__
     elif inspect.isclass(owner):
-        if not inspect.isfunction(raw):
+        if not inspect.isfunction(raw) and existing is None:  # a hook of ours: chained
             raise HookInstallError(
                 f"{spec.qualname} is a {type(raw).__name__}, not a function or method")
         binding, func = "method", raw

@@ -6,12 +6,15 @@ a ``threading.local`` (an attribute read in C) after the thread's first call. A 
 gets fresh storage: its threads have ids of their own.
 
 Read it as ``native_thread.current.id`` (through the module: the storage is replaced at fork).
+Hooks that take a timestamp too call :data:`stamp`: ``(time.time_ns(), id)`` in one C call
+where the compiled part is built (``_hotpath.c``, which forgets the id at fork likewise).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 
 
 class _Ids(threading.local):
@@ -29,3 +32,16 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _stamp() -> tuple:
+    """``(time.time_ns(), current.id)``: the compiled ``stamp``'s twin."""
+    return time.time_ns(), current.id
+
+
+try:
+    if os.environ.get("OTEL_VLLM_PURE_PYTHON_HOOKS", "") not in ("", "0"):
+        raise ImportError("pure Python asked for")
+    from otel_vllm_ascend._hotpath import stamp
+except ImportError:
+    stamp = _stamp

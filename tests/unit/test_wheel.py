@@ -7,6 +7,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from importlib.machinery import EXTENSION_SUFFIXES
 
 import pytest
 
@@ -24,11 +25,11 @@ def wheel(tmp_path_factory):
     work = tmp_path_factory.mktemp("wheel")
     source = work / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     for folder in MAPPED:
         shutil.copytree(ROOT / folder, source / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.pyd"))
     out = work / "dist"
     done = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
@@ -56,6 +57,8 @@ def test_wheel_holds_every_module_and_the_default_symbols(wheel):
                         f"{missing}"
     assert "otel_vllm_ascend/service_profiling_symbols.yaml" in names
     assert "otel_vllm_ascend/py.typed" in names
+    # the compiled hot path, built by the wheel's own build (setup.py)
+    assert {f"otel_vllm_ascend/_hotpath{suffix}" for suffix in EXTENSION_SUFFIXES} & names
     # report.html's markup (package data of the analysis package)
     assert {f"otel_vllm_ascend/analysis/templates/{t.name}"
             for t in (ROOT / "analysis" / "templates").iterdir()} <= names

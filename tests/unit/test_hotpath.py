@@ -1,0 +1,374 @@
+"""The compiled hot path (``otel_vllm_ascend/_hotpath.c``) against its Python twins.
+
+Every case runs on both :func:`handler_calls.around_handler` wrappers, the C one and the
+Python closure it mirrors, and expects the same: the original runs exactly once, its result or
+exception (the same object) passes through, the halves get the same arguments, and the failure
+policy, the gates and the self meter behave alike. ``stamp`` likewise, across threads and a
+fork.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import os
+import sys
+import threading
+import time
+import weakref
+
+import pytest
+
+from otel_vllm_ascend import handler_calls, native_thread, wrapping
+from otel_vllm_ascend.hook import HOOK_MARKER, Hook
+from otel_vllm_ascend.selfmeter import meter
+
+
+def test_the_compiled_part_is_built_in_the_test_environment():
+    # `make test` installs the project with a C compiler at hand; without the module, the
+    # cases below would test the Python closure twice.
+    assert handler_calls._CAroundWrapper is not None, \
+        "otel_vllm_ascend._hotpath was not built (pip install -e . with gcc and Python headers)"
+    assert native_thread.stamp is not native_thread._stamp
+
+
+@pytest.fixture(params=["compiled", "python"])
+def kind(request, monkeypatch):
+    if request.param == "compiled":
+        monkeypatch.delenv(handler_calls.PURE_PYTHON_ENV, raising=False)
+        assert handler_calls.compiled_wrappers()
+    else:
+        monkeypatch.setenv(handler_calls.PURE_PYTHON_ENV, "1")
+    return request.param
+
+
+class Halves:
+    """An AroundHandler whose halves record their calls and do what a case asks."""
+
+    def __init__(self, state="state", before_raises=None, after_raises=None, after_returns=None,
+                 **options):
+        self.calls = []
+        self.state, self.before_raises = state, before_raises
+        self.after_raises, self.after_returns = after_raises, after_returns
+        self.handler = wrapping.AroundHandler(self.before, self.after, "halves", **options)
+
+    def before(self, this, args, kwargs):
+        self.calls.append(("before", this, args, dict(kwargs)))
+        if self.before_raises is not None:
+            raise self.before_raises
+        return self.state
+
+    def after(self, state, this, args, kwargs, result, error):
+        self.calls.append(("after", state, this, args, dict(kwargs), result, error))
+        if error is not None:  # what capture_exception() formats
+            self.error_frames = [frame.function for frame in
+                                 inspect.getinnerframes(error.__traceback__)]
+        if self.after_raises is not None:
+            raise self.after_raises
+        return self.after_returns
+
+
+class RecordingHook(Hook):
+    """A Hook whose failures are kept, not counted towards its removal."""
+
+    __slots__ = ("failed_with",)
+
+    def failed(self, exc):
+        self.failed_with.append(exc)
+
+
+def hooked(kind, halves, func, binding="function"):
+    hook = RecordingHook(None, None, func.__name__, func, False, func, binding, halves.handler)
+    hook.active = True
+    hook.failed_with = []
+    wrapper = wrapping.build_wrapper(hook)
+    assert (type(wrapper).__name__ == "AroundWrapper") == (kind == "compiled")
+    return hook, wrapper
+
+
+class Original:
+    def __init__(self, raises=None):
+        self.calls = []
+        self.raises = raises
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        if self.raises is not None:
+            raise self.raises
+        return ("result", args, kwargs)
+
+
+def function_of(original):
+    def target(a, b=2, *, c=3):
+        return original(a, b, c=c)
+    return target
+
+
+def test_a_function_call_goes_through_both_halves(kind):
+    original = Original()
+    halves = Halves()
+    hook, wrapper = hooked(kind, halves, function_of(original))
+    assert wrapper(1, b=5, c=7) == ("result", (1, 5), {"c": 7})
+    assert len(original.calls) == 1
+    assert halves.calls == [("before", None, (1,), {"b": 5, "c": 7}),
+                            ("after", "state", None, (1,), {"b": 5, "c": 7},
+                             ("result", (1, 5), {"c": 7}), None)]
+    assert hook.failed_with == []
+
+
+def test_a_method_is_bound_like_a_function(kind):
+    halves = Halves()
+
+    class Target:
+        def method(self, x, y=0):
+            return (self, x, y)
+
+    hook, wrapper = hooked(kind, halves, Target.method, binding="method")
+    Target.method = wrapper
+    target = Target()
+    assert target.method(1, y=2) == (target, 1, 2)
+    assert Target.method(target, 3) == (target, 3, 0)
+    bound = target.method
+    assert bound.__self__ is target and bound(4) == (target, 4, 0)
+    assert [call[1] for call in halves.calls if call[0] == "before"] == [target] * 3
+    assert halves.calls[0][2] == (1,) and halves.calls[0][3] == {"y": 2}
+
+
+def test_classmethod_and_staticmethod(kind):
+    halves = Halves()
+
+    class Target:
+        @classmethod
+        def build(cls, x):
+            return (cls, x)
+
+        @staticmethod
+        def plain(x):
+            return x * 2
+
+    _, build = hooked(kind, halves, Target.__dict__["build"].__func__, binding="classmethod")
+    _, plain = hooked(kind, halves, Target.__dict__["plain"].__func__, binding="staticmethod")
+    Target.build, Target.plain = classmethod(build), staticmethod(plain)
+
+    class Sub(Target):
+        pass
+
+    assert Target.build(1) == (Target, 1) and Sub.build(2) == (Sub, 2)
+    assert Sub().build(3) == (Sub, 3)
+    assert Target.plain(4) == 8 and Target().plain(5) == 10
+    befores = [call[1:3] for call in halves.calls if call[0] == "before"]
+    assert befores == [(Target, (1,)), (Sub, (2,)), (Sub, (3,)), (None, (4,)), (None, (5,))]
+
+
+def test_before_returning_none_runs_the_original_alone(kind):
+    original = Original()
+    halves = Halves(state=None)
+    _, wrapper = hooked(kind, halves, function_of(original))
+    assert wrapper(1) == ("result", (1, 2), {"c": 3})
+    assert [call[0] for call in halves.calls] == ["before"] and len(original.calls) == 1
+
+
+def test_a_failing_before_is_reported_and_the_original_still_runs(kind):
+    original = Original()
+    error = ValueError("before broke")
+    halves = Halves(before_raises=error)
+    hook, wrapper = hooked(kind, halves, function_of(original))
+    assert wrapper(1) == ("result", (1, 2), {"c": 3})
+    assert hook.failed_with == [error] and len(original.calls) == 1
+    assert [call[0] for call in halves.calls] == ["before"]
+
+
+def test_a_base_exception_in_before_propagates_as_in_python(kind):
+    original = Original()
+    halves = Halves(before_raises=KeyboardInterrupt())
+    hook, wrapper = hooked(kind, halves, function_of(original))
+    with pytest.raises(KeyboardInterrupt):
+        wrapper(1)
+    assert original.calls == [] and hook.failed_with == []
+
+
+@pytest.mark.parametrize("after_errors", [False, True])
+def test_the_originals_exception_passes_through_untouched(kind, after_errors):
+    error = RuntimeError("vLLM's own")
+    original = Original(raises=error)
+    halves = Halves(after_errors=after_errors)
+    hook, wrapper = hooked(kind, halves, function_of(original))
+    hook.failures = 3
+    with pytest.raises(RuntimeError) as raised:
+        wrapper(1)
+    assert raised.value is error and len(original.calls) == 1
+    frames = [frame.function for frame in inspect.getinnerframes(raised.value.__traceback__)]
+    assert frames[-1] == "__call__" and "target" in frames  # where it was raised
+    if after_errors:
+        assert halves.calls[-1] == ("after", "state", None, (1,), {}, None, error)
+        assert halves.error_frames[-1] == "__call__" and "target" in halves.error_frames
+        assert hook.failures == 0
+    else:
+        assert [call[0] for call in halves.calls] == ["before"] and hook.failures == 3
+
+
+def test_a_failing_after_keeps_the_original_outcome(kind):
+    original = Original()
+    error = ValueError("after broke")
+    halves = Halves(after_raises=error, wraps_result=True)
+    hook, wrapper = hooked(kind, halves, function_of(original))
+    assert wrapper(1) == ("result", (1, 2), {"c": 3})
+    assert hook.failed_with == [error]
+
+    original = Original(raises=LookupError("original"))
+    halves = Halves(after_raises=ValueError("after broke"), after_errors=True)
+    hook, wrapper = hooked(kind, halves, function_of(original))
+    with pytest.raises(LookupError):
+        wrapper(1)
+    assert [type(exc) for exc in hook.failed_with] == [ValueError]
+
+
+def test_a_successful_call_resets_the_failure_count(kind):
+    halves = Halves()
+    hook, wrapper = hooked(kind, halves, function_of(Original()))
+    hook.failures = 2
+    wrapper(1)
+    assert hook.failures == 0
+
+
+def test_wraps_result_hands_the_caller_what_after_returns(kind):
+    wrapped = object()
+    halves = Halves(after_returns=wrapped, wraps_result=True)
+    _, wrapper = hooked(kind, halves, function_of(Original()))
+    assert wrapper(1) is wrapped
+    halves = Halves(after_returns=wrapped)
+    _, wrapper = hooked(kind, halves, function_of(Original()))
+    assert wrapper(1) == ("result", (1, 2), {"c": 3})
+
+
+def test_only_first_passes_other_strings_straight_through(kind):
+    original = Original()
+    halves = Halves(only_first=frozenset({"forward"}))
+
+    def record_function(name, *rest):
+        return original(name, *rest)
+
+    _, wrapper = hooked(kind, halves, record_function)
+    wrapper("bookkeep")
+    assert halves.calls == []
+    wrapper("forward")
+    wrapper(7)  # not a string: the handler decides
+    wrapper(name="forward")  # no positional argument: likewise
+    assert [call[2] for call in halves.calls if call[0] == "before"] == [("forward",), (7,), ()]
+    assert len(original.calls) == 4
+
+
+def test_an_inactive_hook_calls_the_original_alone(kind):
+    original = Original()
+    halves = Halves()
+    hook, wrapper = hooked(kind, halves, function_of(original))
+    hook.active = False
+    assert wrapper(1) == ("result", (1, 2), {"c": 3})
+    assert halves.calls == [] and len(original.calls) == 1
+
+
+@pytest.mark.parametrize("state", ["state", None])
+def test_the_self_meter_counts_our_part_per_symbol(kind, state, monkeypatch):
+    monkeypatch.setattr(meter, "on", True)
+    meter.reset()
+    original = Original()
+
+    def slow(*args):
+        deadline = time.thread_time_ns() + 20_000_000
+        while time.thread_time_ns() < deadline:  # 20 ms of CPU inside the original
+            pass
+        return original(*args)
+
+    halves = Halves(state=state)
+    hook, wrapper = hooked(kind, halves, slow)
+    hook.symbol = "pkg.mod:slow"
+    wrapper(1)
+    wrapper(2)
+    calls, hot_ns = meter.by_symbol["pkg.mod:slow"]
+    assert calls == 2 and meter.hot_calls == 2
+    assert 0 < hot_ns < 10_000_000  # the original's 2 x 20 ms are not ours
+    meter.reset()
+
+
+def test_the_wrapper_looks_like_the_original(kind):
+    halves = Halves()
+
+    def target(a, b=2, *, c=3):
+        """The original's doc."""
+        return a
+
+    target.custom = "kept"
+    hook, wrapper = hooked(kind, halves, target)
+    assert wrapper.__name__ == "target" and wrapper.__doc__ == "The original's doc."
+    assert wrapper.__qualname__ == target.__qualname__ and wrapper.__module__ == __name__
+    assert wrapper.__wrapped__ is target and wrapper.custom == "kept"
+    assert getattr(wrapper, HOOK_MARKER) is hook
+    assert inspect.signature(wrapper) == inspect.signature(target)
+    assert weakref.ref(wrapper)() is wrapper
+
+
+def test_a_dropped_wrapper_is_collected(kind):
+    halves = Halves()
+    _, wrapper = hooked(kind, halves, function_of(Original()))
+    wrapper.cycle = wrapper  # a reference cycle through its own attributes
+    gone = weakref.ref(wrapper)
+    del wrapper
+    gc.collect()
+    assert gone() is None
+
+
+@pytest.mark.parametrize("which", ["compiled", "python"])
+def test_stamp_is_now_and_the_calling_threads_os_id(which):
+    stamp = native_thread.stamp if which == "compiled" else native_thread._stamp
+    before = time.time_ns()
+    now, tid = stamp()
+    assert before <= now <= time.time_ns()
+    assert tid == threading.get_native_id()
+    seen = {}
+    thread = threading.Thread(target=lambda: seen.update(stamp=stamp()[1],
+                                                         native=threading.get_native_id()))
+    thread.start()
+    thread.join()
+    assert seen["stamp"] == seen["native"] != tid
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("which", ["compiled", "python"])
+def test_stamp_in_a_forked_child_gives_the_childs_thread_id(which):
+    stamp = native_thread.stamp if which == "compiled" else lambda: native_thread._stamp()
+    stamp()  # the parent's id is read (and kept) first
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's exit code
+        try:
+            ok = stamp()[1] == threading.get_native_id() == os.getpid()
+            os.write(writer, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    try:
+        answer = os.read(reader, 1)
+    finally:
+        os.close(reader)
+        os.waitpid(pid, 0)
+    assert answer == b"1", f"{which} stamp() gave the parent's thread id in a forked child"
+    assert sys.modules["otel_vllm_ascend.native_thread"] is native_thread
+
+
+def test_the_compiled_wrapper_reads_flags_of_objects_without_slots_by_name():
+    # Hook and Meter keep their flags in __slots__, which the compiled wrapper reads in place;
+    # any other object's are read as attributes, each call.
+    calls = []
+    hook = type("PlainHook", (), {"failed": lambda self, exc: calls.append(exc)})()
+    hook.active, hook.failures, hook.symbol = False, 1, "plain"
+    plain_meter = type("PlainMeter", (), {})()
+    plain_meter.on = False
+    wrapper = handler_calls._CAroundWrapper(
+        hook, lambda x: x + 1, lambda this, args, kwargs: calls.append("before") or "s",
+        lambda *a: calls.append("after"), plain_meter, False, False, False, None)
+    assert wrapper(1) == 2 and calls == []
+    hook.active = True
+    assert wrapper(2) == 3 and calls == ["before", "after"] and hook.failures == 0
+    del hook.active
+    with pytest.raises(AttributeError):
+        wrapper(3)
