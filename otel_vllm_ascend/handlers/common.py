@@ -17,7 +17,6 @@ import json
 import os
 import re
 import threading
-import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -190,9 +189,9 @@ def record_request_event(name: str, attributes: dict, request: Any, request_id: 
     """Queue one EngineCore request event (``attributes`` without ``ms.record``, not mutated
     afterwards) as the child of the request's trace context."""
     attributes[contract.RECORD] = contract.RECORD_EVENT
+    now, tid = native_thread.stamp()
     if recorder.record_task(_expand_request_event, (
-            name, time.time_ns(), attributes, native_thread.current.id, request_id,
-            getattr(request, "trace_headers", None))):
+            name, now, attributes, tid, request_id, getattr(request, "trace_headers", None))):
         sent = _headers_sent
         if request_id not in sent:
             sent[request_id] = None

@@ -80,7 +80,8 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     batch = common.describe_batch(scheduler_output)
     if not batch.classified:  # schedule's hook did not record the step (it is not hooked)
         common.record_step(_expand_model_exec, batch, None)
-    return batch, total_tokens, time.time_ns(), native_thread.current.id
+    start, tid = native_thread.stamp()
+    return batch, total_tokens, start, tid
 
 
 def _finish_model_exec(batch: common.StepBatch, total_tokens: int, start: int, tid: int,
@@ -120,7 +121,8 @@ def _synchronised_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     synchronize = _npu_synchronize if _npu_checked else npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return time.time_ns(), native_thread.current.id, synchronize
+    start, tid = native_thread.stamp()
+    return start, tid, synchronize
 
 
 def _synchronised_after(name: str) -> Callable:
@@ -243,7 +245,8 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     if operator_profiler._collector is not None:  # operator collection configured
         operator_profiler.step_begin()
     outer, _open_step = _open_step, []
-    return request_ids, time.time_ns(), native_thread.current.id, outer
+    start, tid = native_thread.stamp()
+    return request_ids, start, tid, outer
 
 
 def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -343,12 +346,13 @@ def _phase_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     if common._role_recorded is None:
         common.ensure_role("worker")
     if phase != "forward":
-        return phase, None, time.time_ns(), native_thread.current.id, None
+        start, tid = native_thread.stamp()
+        return phase, None, start, tid, None
     synchronize = npu_synchronize()
     if synchronize is not None:
         synchronize()
-    return (phase, _step_request_ids or None, time.time_ns(), native_thread.current.id,
-            synchronize)
+    start, tid = native_thread.stamp()
+    return phase, _step_request_ids or None, start, tid, synchronize
 
 
 record_function_or_nullcontext = wrapping.AroundHandler(

@@ -85,8 +85,7 @@ def _add_request_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]
     incoming = common.parse_traceparent(headers) if headers else None
     if incoming is None:
         incoming = _waiting_contexts.pop(request_id) or _incoming.get()
-    now = time.time_ns()
-    tid = native_thread.current.id
+    now, tid = native_thread.stamp()
     if incoming is not None:  # the caller's span is the parent of the request's records
         wire = handoff.context_to_wire(incoming)
         parent, own = wire, None
@@ -141,8 +140,7 @@ _expand_arrival = handoff.register_expander(selfmeter.REQUEST_TASK, None, _api_s
 def record_arrival(request_id: str, incoming: Any, domain: str) -> Any:
     """``httpReq`` and ``tokenize`` of a request arriving now; returns its trace context (kept
     in :data:`common.request_contexts`): the caller's, or a new trace rooted at ``httpReq``."""
-    now = time.time_ns()
-    tid = native_thread.current.id
+    now, tid = native_thread.stamp()
     attributes = {contract.DOMAIN: domain, contract.RID: request_id,
                   "gen_ai.request.id": request_id, contract.RECORD: contract.RECORD_EVENT}
     if incoming is not None:
@@ -247,7 +245,8 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     finishing = [output for output in engine_core_outputs if output.finish_reason is not None]
     finished = [(output.request_id, get_state(output.request_id)) for output in finishing] \
         if finishing else finishing
-    return states, request_ids, known, finished, time.time_ns(), native_thread.current.id
+    start, tid = native_thread.stamp()
+    return states, request_ids, known, finished, start, tid
 
 
 _detokenize_switch = control.Switch(DOMAIN)

@@ -89,9 +89,9 @@ def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     if common._role_recorded is None:
         common.ensure_role("engine_core")
     running = this.running
-    waiting = this.waiting
-    return (running[:] if type(running) is list else _snapshot(running), _snapshot(waiting),
-            _used_blocks(this), time.time_ns(), native_thread.current.id)
+    state = (running[:] if type(running) is list else _snapshot(running),
+             _snapshot(this.waiting), _used_blocks(this))
+    return state + native_thread.stamp()  # (running, waiting, kv, start, thread id)
 
 
 _kv_switch = control.Switch(KV_DOMAIN)

@@ -168,7 +168,8 @@ def _propose_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     common.ensure_role("worker")
     if rows[0][3] is not None:
         _step.accepted_by_request = {row[0]: row[3] for row in rows}
-    return rows, time.time_ns(), native_thread.current.id
+    start, tid = native_thread.stamp()
+    return rows, start, tid
 
 
 def details_json(rows: List[tuple]) -> str:

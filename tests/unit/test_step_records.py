@@ -239,6 +239,7 @@ def scripted(monkeypatch):
     ticks = itertools.count(1_000_000, 10)
     monkeypatch.setattr(time, "time_ns", lambda: next(ticks))
     monkeypatch.setattr(native_thread, "current", SimpleNamespace(id=TID))
+    monkeypatch.setattr(native_thread, "stamp", native_thread._stamp)  # reads both patches
     monkeypatch.setattr(recorder._state, "thread", object())  # drained by the test only:
     monkeypatch.setattr(recorder, "_drain", lambda: None)  # and not by an earlier test's thread
     monkeypatch.setattr(recorder._state, "handoff", None)
