@@ -134,8 +134,12 @@ attr_true(PyObject *obj, Py_ssize_t offset, PyObject *name)
             return 1;
         if (slot == Py_False)
             return 0;
-        if (slot != NULL)
-            return PyObject_IsTrue(slot);
+        if (slot != NULL) {
+            Py_INCREF(slot);  /* __bool__ may run code that replaces it */
+            int truth = PyObject_IsTrue(slot);
+            Py_DECREF(slot);
+            return truth;
+        }
     }
     PyObject *value = PyObject_GetAttr(obj, name);  /* also raises for an unset slot */
     if (value == NULL)
