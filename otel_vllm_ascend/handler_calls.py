@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from typing import Any, Callable, Optional
 
+from otel_vllm_ascend import hotpath
 from otel_vllm_ascend.hook import Hook
 from otel_vllm_ascend.hook import skip_call as _skip
 from otel_vllm_ascend.selfmeter import meter as _meter
@@ -25,18 +25,6 @@ from otel_vllm_ascend.timers import DelegatingContext
 # The self meter's clock: this thread's CPU time (see wrapping).
 _meter_ns = time.thread_time_ns
 
-# around_handler's wrapper in C (setup.py builds it where a compiler is at hand); the Python
-# closure below is the reference and the fallback (OTEL_VLLM_PURE_PYTHON_HOOKS=1 forces it).
-try:
-    from otel_vllm_ascend._hotpath import AroundWrapper as _CAroundWrapper
-except ImportError:
-    _CAroundWrapper = None
-PURE_PYTHON_ENV = "OTEL_VLLM_PURE_PYTHON_HOOKS"
-
-
-def compiled_wrappers() -> bool:
-    """True when :func:`around_handler` builds the compiled wrapper."""
-    return _CAroundWrapper is not None and os.environ.get(PURE_PYTHON_ENV, "") in ("", "0")
 
 
 class GuardedOriginal:
@@ -414,9 +402,10 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
     bound = hook.binding in ("method", "classmethod")
     first = 1 if bound else 0
     filtered = hook.caller_filter is not None
-    if not filtered and compiled_wrappers():  # a caller filter reads the wrapper's frame
-        return _CAroundWrapper(hook, func, before, after, _meter, bound, after_errors, wraps,
-                               only_first)
+    compiled = hotpath.compiled()
+    if compiled is not None and not filtered:  # a caller filter reads the wrapper's frame
+        return compiled.AroundWrapper(hook, func, before, after, _meter, bound, after_errors,
+                                      wraps, only_first)
 
     def wrapper(*args, **kwargs):
         if only_first is not None:

@@ -16,6 +16,8 @@ import os
 import threading
 import time
 
+from otel_vllm_ascend import hotpath
+
 
 class _Ids(threading.local):
     def __init__(self) -> None:  # runs once in every thread that reads it
@@ -39,9 +41,4 @@ def _stamp() -> tuple:
     return time.time_ns(), current.id
 
 
-try:
-    if os.environ.get("OTEL_VLLM_PURE_PYTHON_HOOKS", "") not in ("", "0"):
-        raise ImportError("pure Python asked for")
-    from otel_vllm_ascend._hotpath import stamp
-except ImportError:
-    stamp = _stamp
+stamp = getattr(hotpath.compiled(), "stamp", _stamp)

@@ -19,7 +19,7 @@ import weakref
 
 import pytest
 
-from otel_vllm_ascend import handler_calls, native_thread, wrapping
+from otel_vllm_ascend import hotpath, native_thread, wrapping
 from otel_vllm_ascend.hook import HOOK_MARKER, Hook
 from otel_vllm_ascend.selfmeter import meter
 
@@ -27,7 +27,7 @@ from otel_vllm_ascend.selfmeter import meter
 def test_the_compiled_part_is_built_in_the_test_environment():
     # `make test` installs the project with a C compiler at hand; without the module, the
     # cases below would test the Python closure twice.
-    assert handler_calls._CAroundWrapper is not None, \
+    assert hotpath._built is not None, \
         "otel_vllm_ascend._hotpath was not built (pip install -e . with gcc and Python headers)"
     assert native_thread.stamp is not native_thread._stamp
 
@@ -35,10 +35,10 @@ def test_the_compiled_part_is_built_in_the_test_environment():
 @pytest.fixture(params=["compiled", "python"])
 def kind(request, monkeypatch):
     if request.param == "compiled":
-        monkeypatch.delenv(handler_calls.PURE_PYTHON_ENV, raising=False)
-        assert handler_calls.compiled_wrappers()
+        monkeypatch.delenv(hotpath.PURE_PYTHON_ENV, raising=False)
+        assert hotpath.compiled() is not None
     else:
-        monkeypatch.setenv(handler_calls.PURE_PYTHON_ENV, "1")
+        monkeypatch.setenv(hotpath.PURE_PYTHON_ENV, "1")
     return request.param
 
 
@@ -363,7 +363,7 @@ def test_the_compiled_wrapper_reads_flags_of_objects_without_slots_by_name():
     hook.active, hook.failures, hook.symbol = False, 1, "plain"
     plain_meter = type("PlainMeter", (), {})()
     plain_meter.on = False
-    wrapper = handler_calls._CAroundWrapper(
+    wrapper = hotpath._built.AroundWrapper(
         hook, lambda x: x + 1, lambda this, args, kwargs: calls.append("before") or "s",
         lambda *a: calls.append("after"), plain_meter, False, False, False, None)
     assert wrapper(1) == 2 and calls == []
