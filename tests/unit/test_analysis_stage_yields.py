@@ -136,3 +136,41 @@ def test_asked_output_rows_equal_the_whole_grouping(monkeypatch, chunk, seed, in
     assert grouped.dtype == np.int32
     np.testing.assert_array_equal(start_us[grouped], want_grouped)
     np.testing.assert_array_equal(begins, want_begins)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 1000])
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("in_order, with_nan", [(True, False), (False, False), (True, True)])
+def test_first_outputs_in_one_pass_equal_the_grouped_search(monkeypatch, chunk, seed,
+                                                            in_order, with_nan):
+    # Read once in time order, a chunk of pairs at a time: the same answers as the asked
+    # requests' outputs grouped, then searched; None (the caller groups) out of time order.
+    from otel_vllm_ascend.analysis import rid_pairs
+
+    rng = np.random.default_rng(seed)
+    ids = [f"r{i}" for i in range(12)]
+    rid_lists, start_us = random_outputs(rng, ids, 40, 100, in_order, with_nan)
+    asked_ids = np.asarray(rng.choice(ids + ["never"], 30), dtype=object)  # repeats
+    asked_times = np.round(rng.uniform(-5, 110, 30), 1)
+    asked_times[:6] = start_us[rng.integers(0, 40, 6)]  # exact matches count
+    asked_times[np.isnan(asked_times)] = 50.0
+
+    whole = rid_pairs.RequestCodes()
+    asked_codes = whole.codes(asked_ids)
+    grouped, begins = stages._asked_output_rows(rid_lists, start_us, whole)
+    want = stages._first_at_or_after(grouped, begins, asked_codes, asked_times, start_us)
+
+    monkeypatch.setattr(rid_pairs, "CHUNK_PAIRS", chunk)
+    coder = rid_pairs.RequestCodes()
+    codes = coder.codes(asked_ids)
+    got = stages._first_outputs_in_time_order(rid_lists, start_us, coder, len(coder), codes,
+                                              asked_times)
+    check = rid_pairs.RequestCodes()
+    check.codes(asked_ids)
+    _, ordered = rid_pairs.pair_counts(rid_lists, start_us, check, below=len(check))
+    assert ordered == (got is not None)  # only the asked requests' pairs' order counts
+    if got is None:
+        assert not in_order or with_nan
+        return
+    assert np.isnan(want).any() and (~np.isnan(want)).sum() > 5
+    np.testing.assert_array_equal(got, want)
