@@ -75,7 +75,7 @@ def statistics_row(metric: str, values: object, owned: bool = False) -> dict:
 
 _QUARTERS_MAX = float(np.iinfo(np.int32).max)
 _PERCENTILES = (50, 90, 99)
-_MEAN_BLOCK = 1 << 20  # gaps converted to ms at a time for the mean (8 MB)
+_MEAN_BLOCK = 1 << 17  # gaps converted to ms at a time for the mean (1 MB, three copies)
 
 
 class PooledGaps:
