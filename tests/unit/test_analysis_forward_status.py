@@ -254,3 +254,22 @@ def test_profiler_db_stores_both_tables_and_the_queue_curve(tmp_path):
         assert len(rows) == 7 and rows[0] == (7, None, None) and rows[3] == (0, 2, None)
     finally:
         conn.close()
+
+
+def test_queue_names_equal_the_per_record_reading():
+    # scope#QueueName, else the status attribute, in capitals; "" without either; any value
+    # made text (dict columns as plain dicts here).
+    def per_record(scopes, attrs):
+        name = scopes.get("QueueName") if scopes else None
+        if name is None and attrs:
+            name = attrs.get("status")
+        return str(name).upper() if name is not None else ""
+
+    scopes = [{"QueueName": "waiting"}, {}, {"QueueName": None}, {"QueueName": 1},
+              {"QueueName": 1.0}, {"QueueName": "Running"}, {}, {"other": "x"}]
+    attrs = [{}, {"status": "swapped"}, {"status": "RUNNING"}, {"status": "x"}, {}, {},
+             {}, {"status": True}]
+    candidates = pd.DataFrame({"scopes": scopes, "attrs": attrs})
+    got = request_status._queue_names(candidates).tolist()
+    assert got == [per_record(s, a) for s, a in zip(scopes, attrs)]
+    assert got == ["WAITING", "SWAPPED", "RUNNING", "1", "1.0", "RUNNING", "", "TRUE"]

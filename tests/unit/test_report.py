@@ -311,3 +311,53 @@ def test_report_of_the_records_it_reads_is_the_report_of_the_frame(analysed):
         got = report_mod.render_report(requests, batches, kvcache, summaries,
                                        _report_records(whole))
         assert got == want
+
+
+def _queue_series_per_record(frame):
+    """The queue series as they were made before: a record at a time from its dicts."""
+    import math
+
+    rows = frame.loc[frame["name"].isin(("Enqueue", "Dequeue")).to_numpy()]
+    engines = [f"{host} {pid}" for host, pid in zip(rows["host"].astype(str).tolist(),
+                                                     rows["pid"].astype(str).tolist())]
+    several = len(set(engines)) > 1
+    series = {}
+    for start, metrics, scopes, engine in zip(rows["start_us"].tolist(),
+                                              rows["metrics"].tolist(),
+                                              rows["scopes"].tolist(), engines):
+        size = (metrics or {}).get("QueueSize")
+        queue = str((scopes or {}).get("QueueName", "")).lower()
+        if several and queue:
+            queue = f"{queue} {engine}"
+        if queue and size is not None and math.isfinite(size):
+            times, sizes = series.setdefault(queue, ([], []))
+            times.append(start)
+            sizes.append(size)
+    return {k: (np.asarray(t, dtype="float64"), np.asarray(s, dtype="float64"))
+            for k, (t, s) in series.items()}
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("engines", [1, 3])
+def test_queue_series_equal_the_per_record_reading(seed, engines):
+    # Queue names in any case (merged once lowered), missing or None names, missing or NaN
+    # sizes, records of other names, one or several engines (dict columns as plain dicts).
+    rng = np.random.default_rng(seed)
+    n = 300
+    names = rng.choice(["WAITING", "waiting", "RUNNING", "Swapped", None, "missing"], n)
+    scopes = [{} if name == "missing" else {"QueueName": name} for name in names]
+    sizes = rng.integers(0, 9, n).astype(float)
+    sizes[rng.random(n) < 0.1] = np.nan
+    metrics = [{} if rng.random() < 0.1 else {"QueueSize": size} for size in sizes]
+    frame = pd.DataFrame({
+        "name": rng.choice(["Enqueue", "Dequeue", "httpReq"], n),
+        "host": pd.Categorical(rng.choice(["node-a", "node b"], n) if engines > 1
+                               else ["node-a"] * n),
+        "pid": (rng.integers(0, engines, n) + 100).astype(np.int16),
+        "start_us": np.sort(rng.uniform(0, 1e6, n)),
+        "metrics": metrics, "scopes": scopes})
+    got, want = figures_mod._queue_series(frame), _queue_series_per_record(frame)
+    assert list(got) == list(want) and len(want) >= 3
+    for key in want:
+        np.testing.assert_array_equal(got[key][0], want[key][0])
+        np.testing.assert_array_equal(got[key][1], want[key][1])
