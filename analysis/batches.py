@@ -202,7 +202,7 @@ def build_batches(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "exec_start_us": exec_start,
         "exec_end_us": exec_end,
         "sched_dur_us": sched_dur,
-    })
+    }, copy=False)  # the arrays made here are the table's: not copied into blocks
     return out
 
 

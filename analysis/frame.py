@@ -455,7 +455,9 @@ class RecordBuilder:
             cols[name] = []
             data[name] = values[order]
             del values
-        return pd.DataFrame(data, columns=list(RECORD_COLUMNS))
+        # The sorted columns are the frame's own: a frame made from a dict copies them by
+        # default (into one block per type), every column held twice at the end of the read.
+        return pd.DataFrame(data, columns=list(RECORD_COLUMNS), copy=False)
 
 
 def _process_columns(cols: dict, processes: Iterable[ProcessInfo]) -> np.ndarray:

@@ -89,6 +89,6 @@ def build_kvcache(frame: pd.DataFrame) -> pd.DataFrame:
         "host": rows["host"].to_numpy(dtype=object),
         "pid": rows["pid"].to_numpy(),
         "dp_rank": rows["dp_rank"].array,
-    })
+    }, copy=False)  # copied once, by the sort below
     order = np.argsort(out["start_us"].to_numpy(), kind="stable")
     return out.iloc[order].reset_index(drop=True)

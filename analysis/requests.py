@@ -293,7 +293,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "has_arrival": has_arrival.to_numpy(),
         "has_end": has_end.to_numpy(),
         "_order": start.to_numpy(),
-    })
+    }, copy=False)  # copied once, by the sort below
     out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     # Only the ReqState records and the two columns read (V1 captures have none).
     states = request_state_counts(

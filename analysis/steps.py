@@ -101,7 +101,7 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
         "exec_batch_size": exec_size,
         "sched_scheduled_tokens": [m.get("num_scheduled_tokens", np.nan)
                                    for m in sched["metrics"]],
-    })
+    }, copy=False)  # copied once, by the sort below
     used = set(pair.values())
     lone = exe.loc[~exe["exec_idx"].isin(used)]
     if not lone.empty:
