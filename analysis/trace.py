@@ -60,8 +60,13 @@ from otel_vllm_ascend.analysis.trace_records import (
 from otel_vllm_ascend.analysis.trace_requests import REQUEST_COLUMNS, _request_events
 from otel_vllm_ascend.analysis.trace_tracks import _slice_tids, _TraceProcesses
 
-__all__ = ["REQUEST_COLUMNS", "TraceEvents", "build_chrome_trace", "trace_origin_us",
-           "write_chrome_trace"]
+__all__ = ["RECORD_COLUMNS", "REQUEST_COLUMNS", "TraceEvents", "build_chrome_trace",
+           "trace_origin_us", "write_chrome_trace"]
+
+# The records frame's columns the trace reads (all but the source, mark id and duration).
+RECORD_COLUMNS = ("host", "pid", "tid", "role", "dp_rank", "name", "domain", "type", "start_us",
+                  "end_us", "rids", "rid_detail", "batch_type", "metrics", "metric_incs",
+                  "scopes", "attrs")
 
 
 def trace_origin_us(frame: pd.DataFrame) -> float:
