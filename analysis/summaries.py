@@ -186,8 +186,9 @@ def pooled_gaps(frame: pd.DataFrame, requests: pd.DataFrame,
     times = outputs["start_us"].to_numpy(dtype="float64")  # per record; a pair's: rows
     counts, ordered = pair_counts(rid_lists, times, coder)
     if len(coder) and ordered:  # the usual case: pairs read again a chunk at a time, never held
-        return _gaps_of_chunks(counts, pair_chunks(rid_lists, coder), times, coder.ranks(),
-                               _complete(coder, complete))
+        kept = _complete(coder, complete)
+        del complete  # every complete request's id: not held through the pass
+        return _gaps_of_chunks(counts, pair_chunks(rid_lists, coder), times, coder.ranks(), kept)
     if len(coder):
         codes, rows = pair_codes(rid_lists, coder)
         return _gaps_by_request(codes, rows, times, coder.ranks(), _complete(coder, complete))
@@ -292,9 +293,13 @@ def request_summary(frame: pd.DataFrame, requests: pd.DataFrame,
                     per_request: Optional[pd.DataFrame] = None,
                     batches: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """``request_summary.csv`` rows."""
+    # The gaps first: the copy of the columns read below is not held through their pass.
+    gaps = pooled_gaps(frame, requests, per_request, batches).statistics_row(
+        "subsequent_token_latency (ms)") if len(requests) else statistics_row(
+        "subsequent_token_latency (ms)", [])
     if requests.empty:
         done = requests
-    else:  # the columns read, not a copy of every column (held through the gaps' pass)
+    else:  # the columns read, not a copy of every column
         done = requests.loc[~requests["partial"].astype(bool).to_numpy(),
                             [c for c in _SUMMARY_COLUMNS if c in requests.columns]]
     col = (lambda name: done[name].to_numpy(dtype="float64")) if len(done) else (
@@ -303,9 +308,7 @@ def request_summary(frame: pd.DataFrame, requests: pd.DataFrame,
     steps = done["steps"].to_numpy() if len(done) else np.zeros(0)
     rows = [
         statistics_row("first_token_latency (ms)", col("ttft_ms")),
-        pooled_gaps(frame, requests, per_request, batches).statistics_row(
-            "subsequent_token_latency (ms)") if len(requests)
-        else statistics_row("subsequent_token_latency (ms)", []),
+        gaps,
         statistics_row("total_time (ms)", col("e2e_ms")),
         statistics_row("exec_time (ms)", exec_ms[steps > 0] if len(exec_ms) else exec_ms),
         statistics_row("waiting_time (ms)", col("queue_wait_ms")),
