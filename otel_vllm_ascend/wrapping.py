@@ -1,7 +1,8 @@
 """Wrapper factories: one per kind of callable, all with the same failure policy.
 
 A hook replaces ``owner.<attr>`` (a module function, a method, a ``classmethod`` /
-``staticmethod``) with a plain Python closure built here. Plain closures, not
+``staticmethod``) with a plain Python closure built here (for an :class:`AroundHandler`, its
+compiled twin where it is built: ``hotpath.py``). Plain closures, not
 ``wrapt.FunctionWrapper`` objects, because a disabled hook must stay within a few hundred
 nanoseconds of a bare call (see ``docs/benchmarks.md``); ``wrapt`` still provides the
 post-import hooks that install them.
