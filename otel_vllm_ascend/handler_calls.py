@@ -26,7 +26,6 @@ from otel_vllm_ascend.timers import DelegatingContext
 _meter_ns = time.thread_time_ns
 
 
-
 class GuardedOriginal:
     """The original as handed to a handler: runs at most once, remembers its outcome.
 
