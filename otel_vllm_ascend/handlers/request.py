@@ -108,12 +108,12 @@ def _add_request_after(state: tuple, this: Any, args: tuple, kwargs: dict, colle
     _adding.reset(token)
     internal_id = getattr(collector, "request_id", None)
     if isinstance(internal_id, str) and internal_id != request_id:
-        now = time.time_ns()
+        now, tid = native_thread.stamp()
         recorder.record_task(_expand_api_spans, ((
             contract.LINK_NAME, now, now,
             {contract.DOMAIN: DOMAIN, contract.LINK_FROM: request_id,
              contract.LINK_TO: internal_id, contract.RECORD: contract.RECORD_LINK},
-            native_thread.current.id, wire, None),))
+            tid, wire, None),))
 
 
 add_request_async = wrapping.AsyncAroundHandler(
