@@ -169,6 +169,17 @@ add_hot(AroundWrapper *self, long long elapsed)
     return 0;
 }
 
+/* Take the current exception as the object an ``except`` clause would see (its traceback
+ * attached); PyErr_Restore(*type, *value, *tb) raises it again. */
+static void
+fetch_exception(PyObject **type, PyObject **value, PyObject **tb)
+{
+    PyErr_Fetch(type, value, tb);
+    PyErr_NormalizeException(type, value, tb);
+    if (*tb != NULL)
+        PyException_SetTraceback(*value, *tb);
+}
+
 /* The current exception is an Exception (not only a BaseException): hook.failed(exc), which
  * clears it. 0 when handled, -1 when it is not ours to handle or failed() raised. */
 static int
@@ -177,10 +188,7 @@ handler_failed(AroundWrapper *self)
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return -1;
     PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL)
-        PyException_SetTraceback(value, tb);
+    fetch_exception(&type, &value, &tb);
     PyObject *result = PyObject_CallMethodObjArgs(self->hook, s_failed, value, NULL);
     Py_XDECREF(type);
     Py_XDECREF(value);
@@ -270,10 +278,7 @@ around_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwname
         returned_at = thread_ns();
     if (result == NULL) {  /* the original raised: its exception goes on as it is */
         PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        if (tb != NULL)
-            PyException_SetTraceback(value, tb);
+        fetch_exception(&type, &value, &tb);
         int ok = 0;
         if (self->after_errors) {
             PyObject *after_args[6] = {state, this, rest, kwargs, Py_None, value};
