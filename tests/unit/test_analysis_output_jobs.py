@@ -106,10 +106,8 @@ def test_outputs_written_here_are_those_of_the_forked_writer(tmp_path, monkeypat
             assert path.read_bytes() == here[name].read_bytes(), name
 
 
-def test_the_trace_of_the_request_columns_it_reads_is_that_of_the_whole_table(tmp_path):
-    # While the trace is built the CLI keeps only trace.REQUEST_COLUMNS of the request table
-    # (and the summary lines' columns).
-    from otel_vllm_ascend.analysis import trace
+def _records_and_requests(tmp_path):
+    """The records frame and request table of a small simulated capture."""
     from otel_vllm_ascend.analysis.readers import read_captures
     from otel_vllm_ascend.analysis.requests import build_requests
     from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
@@ -118,30 +116,34 @@ def test_the_trace_of_the_request_columns_it_reads_is_that_of_the_whole_table(tm
     sim.capture.write(tmp_path / "in")
     frame, _, _ = read_captures(tmp_path / "in")
     steps = engine_steps(frame)
-    requests = build_requests(frame, steps, step_requests(steps))
+    return frame, build_requests(frame, steps, step_requests(steps))
+
+
+def _trace_bytes(path, frame, requests):
+    from otel_vllm_ascend.analysis import trace
+
+    trace.write_chrome_trace(path, trace.build_chrome_trace(frame, requests))
+    return path.read_bytes()
+
+
+def test_the_trace_of_the_request_columns_it_reads_is_that_of_the_whole_table(tmp_path):
+    # While the trace is built the CLI keeps only trace.REQUEST_COLUMNS of the request table
+    # (and the summary lines' columns).
+    from otel_vllm_ascend.analysis import trace
+
+    frame, requests = _records_and_requests(tmp_path)
     narrow = cli._columns_of(requests, trace.REQUEST_COLUMNS)
     assert 0 < len(narrow.columns) < len(requests.columns) and len(narrow) == len(requests)
-    whole_path, narrow_path = tmp_path / "whole.json", tmp_path / "narrow.json"
-    trace.write_chrome_trace(whole_path, trace.build_chrome_trace(frame, requests))
-    trace.write_chrome_trace(narrow_path, trace.build_chrome_trace(frame, narrow))
-    assert whole_path.read_bytes() == narrow_path.read_bytes()
+    assert _trace_bytes(tmp_path / "whole.json", frame, requests) \
+        == _trace_bytes(tmp_path / "narrow.json", frame, narrow)
 
 
 def test_the_trace_of_the_record_columns_it_reads_is_that_of_the_whole_frame(tmp_path):
     # From the writing on the CLI keeps only trace.RECORD_COLUMNS of the records frame.
     from otel_vllm_ascend.analysis import trace
-    from otel_vllm_ascend.analysis.readers import read_captures
-    from otel_vllm_ascend.analysis.requests import build_requests
-    from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
-    sim = simulate_service(25, seed=9, max_batch=4, max_output=5)
-    sim.capture.write(tmp_path / "in")
-    frame, _, _ = read_captures(tmp_path / "in")
-    steps = engine_steps(frame)
-    requests = build_requests(frame, steps, step_requests(steps))
+    frame, requests = _records_and_requests(tmp_path)
     narrow = cli._columns_of(frame, trace.RECORD_COLUMNS)
     assert 0 < len(narrow.columns) < len(frame.columns) and len(narrow) == len(frame)
-    whole_path, narrow_path = tmp_path / "whole.json", tmp_path / "narrow.json"
-    trace.write_chrome_trace(whole_path, trace.build_chrome_trace(frame, requests))
-    trace.write_chrome_trace(narrow_path, trace.build_chrome_trace(narrow, requests))
-    assert whole_path.read_bytes() == narrow_path.read_bytes()
+    assert _trace_bytes(tmp_path / "whole.json", frame, requests) \
+        == _trace_bytes(tmp_path / "narrow.json", narrow, requests)
