@@ -33,7 +33,8 @@ typedef struct {
     PyObject_HEAD
     PyObject *hook;       /* hook.Hook: .active, .failed(), .failures, .symbol */
     PyObject *func;       /* the original */
-    PyObject *before;     /* before(this, args, kwargs) -> state or None */
+    PyObject *before;     /* before(this, args, kwargs) -> state or None; None: no before
+                           * half (the state is True) */
     PyObject *after;      /* after(state, this, args, kwargs, result, error) */
     PyObject *only_first; /* a frozenset of strings, or NULL */
     PyObject *meter;      /* selfmeter.meter: .on, .add_hot(ns, symbol) */
@@ -259,7 +260,8 @@ around_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwname
     }
     PyObject *result = NULL, *returned = NULL;
     PyObject *before_args[3] = {this, rest, kwargs};
-    PyObject *state = PyObject_Vectorcall(self->before, before_args, 3, NULL);
+    PyObject *state = self->before == Py_None
+        ? Py_NewRef(Py_True) : PyObject_Vectorcall(self->before, before_args, 3, NULL);
     if (state == NULL) {
         if (handler_failed(self) < 0)
             goto done;

@@ -380,7 +380,8 @@ class AsyncAroundHandler(AroundHandler):
 
 
 def always(this: Any, args: tuple, kwargs: dict) -> bool:
-    """An :class:`AroundHandler` ``before`` for handlers that record after the call only."""
+    """An :class:`AroundHandler` ``before`` for handlers that record after the call only (the
+    installed wrappers skip the call: their state is True)."""
     return True
 
 
@@ -396,6 +397,8 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
     """
     handler = hook.handler
     before, after = handler.before, handler.after
+    if before is always:  # an after-only handler: no call for its state
+        before = None
     after_errors, wraps, only_first = handler.after_errors, handler.wraps_result, \
         handler.only_first
     bound = hook.binding in ("method", "classmethod")
@@ -424,7 +427,7 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
         else:
             this, rest = None, args
         try:
-            state = before(this, rest, kwargs)
+            state = True if before is None else before(this, rest, kwargs)
         except Exception as exc:
             hook.failed(exc)
             state = None

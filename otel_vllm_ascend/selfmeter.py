@@ -11,7 +11,9 @@ attribute check). It adds up, in a few integers per process:
   0.5 µs, more on a loaded VM) and two reads' worth lands inside each metered call's
   interval: the report gives that estimate as ``meter_ns`` (calls x 2 x one read, timed in the
   process when the report is made), so ``hot_ns - meter_ns`` is what the hooks cost with the
-  meter off. Generator and context-manager targets are not metered.
+  meter off. Generator and context-manager targets are not metered; the context managers the
+  model runner's phases get are, at their exit (``handlers.model.PHASE_EXIT_SYMBOL``), where
+  their record is made.
 * ``by_symbol``: the same per hooked symbol, ``{symbol: [calls, hot_ns]}``.
 * ``drain_ns`` / ``drained``: CPU time of the recorder turning queued records into spans, and
   how many records it turned.

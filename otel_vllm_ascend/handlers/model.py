@@ -43,6 +43,7 @@ from otel_vllm_ascend import (
     native_thread,
     operator_profiler,
     recorder,
+    selfmeter,
     wrapping,
 )
 from otel_vllm_ascend.handlers import common, meta, spec_decode
@@ -50,6 +51,7 @@ from otel_vllm_ascend.records import CapturedException, SpanRecord, new_span_rec
 
 DOMAIN = "Execute"
 
+_meter, _meter_ns = selfmeter.meter, time.thread_time_ns
 _npu_synchronize: Optional[Callable[[], None]] = None
 _npu_checked = False
 _step_request_ids: List[str] = []  # the model runner's current step, for its forward phase
@@ -288,19 +290,43 @@ RUNNER_PHASES = {
 }
 
 
+# The self meter's row for the phases' exits, which run after the hook's wrapper returned.
+PHASE_EXIT_SYMBOL = "record_function_or_nullcontext: phase exit"
+
+
 class _PhaseContext:
     """The runner's context manager for one phase, recording the phase's span at its exit;
     every other attribute reads through to it (what ``record_function_or_nullcontext`` hands
-    the runner when recording). The class itself is the handler's ``after`` half (one call
-    less per phase)."""
+    the runner when recording).
+
+    The class is the handler's only half (``after``; the hook has no ``before``): the runner's
+    call of ``record_function_or_nullcontext(name)`` only makes its context manager, so the
+    phase starts once that returned, and its ``__new__`` hands back the runner's own for a
+    phase the span contract has no record for. Its exit, where the record is made, is metered
+    (the hook's wrapper returned before it)."""
 
     __slots__ = ("target", "state", "own")
 
-    def __init__(self, state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
-                 error: Optional[BaseException]) -> None:
+    def __new__(cls, state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
+                error: Optional[BaseException]) -> Any:
+        name = args[0] if args else kwargs.get("name")
+        phase = RUNNER_PHASES.get(name) if type(name) is str else None
+        if phase is None:
+            return result
+        if common._role_recorded is None:
+            common.ensure_role("worker")
+        self = object.__new__(cls)
         self.target = result
-        self.state = state  # (phase, request ids or None, start, thread id, synchronize or None)
         self.own = None  # the spans ending inside a phase outside any runner call
+        if phase != "forward":
+            self.state = (phase, None) + native_thread.stamp() + (None,)
+            return self
+        synchronize = npu_synchronize()
+        if synchronize is not None:
+            synchronize()
+        # (phase, request ids or None, start, thread id, synchronize or None)
+        self.state = (phase, _step_request_ids or None) + native_thread.stamp() + (synchronize,)
+        return self
 
     def __enter__(self):  # noqa: ANN204
         global _open_step
@@ -316,6 +342,7 @@ class _PhaseContext:
         try:
             return self.target.__exit__(exc_type, exc, tb)
         finally:
+            began = _meter_ns() if _meter.on else 0
             try:
                 phase, request_ids, start, tid, synchronize = self.state
                 own = self.own
@@ -333,30 +360,15 @@ class _PhaseContext:
                     record_worker_span(phase, start, end, tid, request_ids, exc)
             except Exception:  # our bookkeeping must not replace the block's outcome
                 pass
+            if began:
+                _meter.add_hot(_meter_ns() - began, PHASE_EXIT_SYMBOL)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.target, name)
 
 
-def _phase_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
-    name = args[0] if args else kwargs.get("name")
-    phase = RUNNER_PHASES.get(name) if type(name) is str else None
-    if phase is None:
-        return None  # a phase the span contract has no record for: the original alone
-    if common._role_recorded is None:
-        common.ensure_role("worker")
-    if phase != "forward":
-        start, tid = native_thread.stamp()
-        return phase, None, start, tid, None
-    synchronize = npu_synchronize()
-    if synchronize is not None:
-        synchronize()
-    start, tid = native_thread.stamp()
-    return phase, _step_request_ids or None, start, tid, synchronize
-
-
 record_function_or_nullcontext = wrapping.AroundHandler(
-    _phase_before, _PhaseContext, "record_function_or_nullcontext",
+    wrapping.always, _PhaseContext, "record_function_or_nullcontext",
     "``record_function_or_nullcontext(name)`` of a model runner: a span per known phase, from "
     "the phase's entry to its exit (the runner gets a transparent context manager around "
     "its own).", wraps_result=True, only_first=frozenset(RUNNER_PHASES))

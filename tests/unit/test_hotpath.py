@@ -116,6 +116,21 @@ def test_a_function_call_goes_through_both_halves(kind):
     assert hook.failed_with == []
 
 
+def test_an_after_only_handler_gets_true_as_its_state(kind, monkeypatch):
+    """``wrapping.always`` as ``before``: the wrappers skip that call, the state is True."""
+    monkeypatch.setattr(meter, "on", True)
+    meter.reset()
+    original = Original()
+    halves = Halves()
+    halves.handler.before = wrapping.always
+    hook, wrapper = hooked(kind, halves, function_of(original))
+    hook.symbol = "pkg.mod:target"
+    assert wrapper(1) == ("result", (1, 2), {"c": 3}) and len(original.calls) == 1
+    assert halves.calls == [("after", True, None, (1,), {}, ("result", (1, 2), {"c": 3}), None)]
+    assert meter.by_symbol["pkg.mod:target"][0] == 1
+    meter.reset()
+
+
 def test_a_method_is_bound_like_a_function(kind):
     halves = Halves()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 import types
 from itertools import chain
 
@@ -20,7 +21,7 @@ import pytest
 from runtime_helpers import Capture, instrument, spec
 from vllm_tiers import skip_module_unless_vllm
 
-from otel_vllm_ascend import contract, control, recorder
+from otel_vllm_ascend import contract, control, recorder, selfmeter
 from otel_vllm_ascend.config import ProfilerConfig
 from otel_vllm_ascend.exporters.message import span_to_records
 from otel_vllm_ascend.handlers import common, meta, model, spec_decode
@@ -215,6 +216,33 @@ def test_phase_context_is_transparent_and_the_original_runs_once(capture):
     assert not span.status.is_ok  # the block failed, even though the manager swallowed it
     unrecorded = model.record_function_or_nullcontext(original, None, "schedule: allocate")
     assert isinstance(unrecorded, Scope)  # other tags: vLLM's own object, untouched
+
+
+def test_the_self_meter_counts_a_phase_exit_and_not_the_runners_own(capture, monkeypatch):
+    """The phase's record is made at its exit, after the hook's wrapper returned: the exit has
+    a row of its own in the self meter; the runner's own ``__exit__`` is not ours."""
+    monkeypatch.setattr(selfmeter.meter, "on", True)
+    monkeypatch.setattr(selfmeter.meter, "by_symbol", {})
+
+    class SlowExit:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            deadline = time.thread_time_ns() + 20_000_000
+            while time.thread_time_ns() < deadline:  # 20 ms of the runner's own CPU
+                pass
+
+    for _ in range(2):
+        with model.record_function_or_nullcontext(lambda name: SlowExit(), None, "forward"):
+            pass
+    calls, ns = selfmeter.meter.by_symbol[model.PHASE_EXIT_SYMBOL]
+    assert calls == 2 and 0 < ns < 10_000_000
+    assert [s.name for s in capture.named("forward")] == ["forward", "forward"]
+    monkeypatch.setattr(selfmeter.meter, "on", False)
+    with model.record_function_or_nullcontext(lambda name: SlowExit(), None, "forward"):
+        pass
+    assert selfmeter.meter.by_symbol[model.PHASE_EXIT_SYMBOL][0] == 2
 
 
 def test_forward_phase_carries_the_runner_step_requests(capture):
