@@ -259,10 +259,11 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
         give_back_free_memory()
 
     # Two cores: the work after the tables is split in two halves of about equal CPU time, one
-    # of them in a forked child. With the report, the child draws it and writes the CSV files
-    # while this process builds the trace and writes it and profiler.db; without the report,
-    # profiler.db (the largest single job) and the CSV files go to the child once the trace
-    # is built.
+    # of them in a forked child: the child writes the CSV files, profiler.db's tables and
+    # report.html while this process builds the trace, writes it and adds it to profiler.db.
+    # Above FORK_BELOW_BYTES the tables' half runs here first and the tables are let go before
+    # the trace is built (output_jobs.py): with or without the report, the two are never held
+    # at once.
     def build_trace() -> Any:
         if trace is None:
             return None
@@ -286,37 +287,26 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
                 (kvcache if kvcache is not None else empty, kvcache_mod.KVCACHE_COLUMNS),
                 db_tables)
 
-    def write_db(job_run: _Run, trace_events: Any) -> None:
-        if "db" in formats:
-            job_run.wrote(job_run.stage(
-                "profiler.db", writers.write_profiler_db, out / "profiler.db",
-                *db_tables_args(), trace_events, getattr(trace_events, "origin_us", 0.0)))
-
     def write_json(trace_events: Any) -> None:
         if "json" in formats and trace_events is not None:
             run.wrote(run.stage("chrome_tracing.json", trace.write_chrome_trace,
                                 out / "chrome_tracing.json", trace_events))
 
-    def write_csvs(job_run: _Run) -> None:
+    def write_tables(job_run: _Run) -> None:
+        """The CSV files, profiler.db but the trace's tables, report.html."""
+        nonlocal frame, detail, spec_decode
+        report_records = _report_records(frame) if "html" in formats else None
+        if job_run.forked:  # this process's copy of the records: the report's are all it reads
+            frame = None
+            give_back_free_memory()
         if "csv" in formats:
             _write_csvs(job_run, out, requests, batches, kvcache, spec_decode, tables)
             if detail is not None:
                 detail_outputs.write_csvs(job_run, out, detail)
-
-    if "html" in formats:
-        def write_db_tables(job_run: _Run) -> None:  # profiler.db but the trace's tables
-            if "db" in formats:
-                job_run.stage("profiler.db", writers.write_profiler_tables, out / "profiler.db",
-                              *db_tables_args())
-
-        def tables_and_report(job_run: _Run) -> None:
-            nonlocal frame, detail, spec_decode
-            report_records = _report_records(frame)
-            if job_run.forked:  # this process's copy of the records: the report's are all it reads
-                frame = None
-                give_back_free_memory()
-            write_csvs(job_run)
-            write_db_tables(job_run)
+        if "db" in formats:
+            job_run.stage("profiler.db", writers.write_profiler_tables, out / "profiler.db",
+                          *db_tables_args())
+        if "html" in formats:
             # The report last, without the tables it does not read (the detail tables, 0.05 GB
             # at x100, under its drawing's transient when it is drawn in this process).
             stage_tables = detail_outputs.report_tables(detail)
@@ -325,40 +315,32 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
             _write_html(job_run, out, report_records, requests, batches, kvcache, tables,
                         stage_tables)
 
-        progress.stage("writing outputs")
-        join = _in_background(tables_and_report, run, "CSV files / report.html")
-        # The tables are the other process's to write now; this one builds the trace, writes it
-        # and adds it to profiler.db: only the request table (the trace's lifecycles) and what
-        # the summary lines read are kept here.
-        batches = batches[[]] if batches is not None else None  # its rows counted, no column
-        kvcache = spec_decode = detail = None
-        tables = {name: table for name, table in tables.items() if name == "service_summary"}
-        if requests is not None and trace is not None:  # the columns the trace and summary read
-            requests = _columns_of(requests, trace.REQUEST_COLUMNS + SUMMARY_REQUEST_COLUMNS)
-        give_back_free_memory()
-        trace_events = build_trace()
-        write_json(trace_events)
-        written_at, failed_at = len(run.written), len(run.failed)
-        join()
-        if "db" in formats and "profiler.db" not in run.failed:
-            path = run.stage("profiler.db", writers.finish_profiler_db, out / "profiler.db",
-                             trace_events, getattr(trace_events, "origin_us", 0.0))
-            # Listed where it was when this process wrote all of it, before the other's files.
-            if path is not None:
-                run.written.insert(written_at, Path(path))
-            else:
-                run.failed.insert(failed_at, run.failed.pop())
-    else:
-        trace_events = build_trace()
-        progress.stage("writing outputs")
-
-        def csv_and_db(job_run: _Run) -> None:
-            write_csvs(job_run)
-            write_db(job_run, trace_events)
-
-        join = _in_background(csv_and_db, run, "CSV files / profiler.db")
-        write_json(trace_events)
-        join()
+    progress.stage("writing outputs")
+    join = _in_background(write_tables, run, "CSV files / profiler.db / report.html")
+    # The tables are written (or the other process's to write); this one builds the trace,
+    # writes it and adds it to profiler.db: only the request table (the trace's lifecycles)
+    # and what the summary lines read are kept here.
+    batches = batches[[]] if batches is not None else None  # its rows counted, no column
+    kvcache = spec_decode = detail = None
+    tables = {name: table for name, table in tables.items() if name == "service_summary"}
+    if requests is not None and trace is not None:  # the columns the trace and summary read
+        requests = _columns_of(requests, trace.REQUEST_COLUMNS + SUMMARY_REQUEST_COLUMNS)
+    give_back_free_memory()
+    trace_events = build_trace()
+    write_json(trace_events)
+    written_at, failed_at = len(run.written), len(run.failed)
+    join()
+    if "db" in formats and "profiler.db" not in run.failed:
+        # Listed where it was when one job wrote all of it: with the report, this process's
+        # (before the other's files), without it the CSV files' (after them).
+        if "html" not in formats:
+            written_at, failed_at = len(run.written), len(run.failed)
+        path = run.stage("profiler.db", writers.finish_profiler_db, out / "profiler.db",
+                         trace_events, getattr(trace_events, "origin_us", 0.0))
+        if path is not None:
+            run.written.insert(written_at, Path(path))
+        else:
+            run.failed.insert(failed_at, run.failed.pop())
     progress.done()
     _print_summary(requests, batches, tables, run, out)
     if keep_until_exit is not None:  # the process ends next: freeing ~1M objects is wasted work

@@ -106,6 +106,43 @@ def test_outputs_written_here_are_those_of_the_forked_writer(tmp_path, monkeypat
             assert path.read_bytes() == here[name].read_bytes(), name
 
 
+@pytest.mark.parametrize("formats", [["csv", "json", "db", "html"], ["csv", "json", "db"]])
+def test_the_tables_are_written_and_let_go_before_the_trace_is_built(tmp_path, monkeypatch,
+                                                                      capsys, formats):
+    # The path above FORK_BELOW_BYTES (a large capture), with and without the report: the
+    # tables' files are on disk and the tables no longer passed on when the trace is built.
+    from otel_vllm_ascend.analysis import trace
+
+    sim = simulate_service(30, seed=5, max_batch=5, max_output=6)
+    sim.capture.write(tmp_path / "in")
+    out = tmp_path / "out"
+    seen = {}
+    build = trace.build_chrome_trace
+
+    def build_and_look(frame, requests=None, batches=None, kvcache=None):
+        seen["files"] = sorted(path.name for path in out.iterdir())
+        seen["batch columns"] = None if batches is None else len(batches.columns)
+        seen["kvcache"] = kvcache
+        return build(frame, requests, batches, kvcache)
+
+    monkeypatch.setattr(trace, "build_chrome_trace", build_and_look)
+    monkeypatch.setattr(output_jobs, "FORK_BELOW_BYTES", _ALWAYS)
+    monkeypatch.setattr(os, "fork", _no_fork)
+    status = cli.main(["--input-path", str(tmp_path / "in"), "--output-path", str(out),
+                       "--format", *formats, "--log-level", "warning"])
+    assert status == 0
+    assert {"request.csv", "batch.csv", "kvcache.csv", "profiler.db.tmp"} <= set(seen["files"])
+    assert "chrome_tracing.json" not in seen["files"]
+    assert ("report.html" in seen["files"]) == ("html" in formats)
+    assert seen["batch columns"] == 0 and seen["kvcache"] is None
+    listed = capsys.readouterr().out.split("written to ")[1].split(": ", 1)[1].split("\n")[0]
+    names = listed.split(", ")
+    assert names[0] == "chrome_tracing.json"
+    # profiler.db is listed where it was when one job wrote all of it: this process's part
+    # with the report, after the CSV files without it.
+    assert names.index("profiler.db") == (1 if "html" in formats else len(names) - 1)
+
+
 def _records_and_requests(tmp_path):
     """The records frame and request table of a small simulated capture."""
     from otel_vllm_ascend.analysis.readers import read_captures
