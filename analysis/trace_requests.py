@@ -33,8 +33,8 @@ REQUEST_COLUMNS = _REQUEST_ID_COLUMNS + ("arrival_us", "first_scheduled_us", "fi
 
 
 def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
-                    trace_pids: np.ndarray, slice_tids: np.ndarray, start_ns: np.ndarray,
-                    end_ns: np.ndarray, names: list, origin_us: float,
+                    trace_pids: np.ndarray, slice_tids: np.ndarray, start_ns: Any,
+                    end_ns: Any, names: list, origin_us: float,
                     lanes_pid: int, flows: _FlowParts) -> tuple[DeferredEvents, int]:
     """Request lifecycle slices on packed lanes plus one flow per request through its steps.
 
@@ -212,8 +212,9 @@ def _phase_slices(pid: int, lane: int, start: int, finish: int, arrival: Optiona
 class _RequestSteps:
     """Every (request, engine step) pair, grouped by request in time order.
 
-    ``rows`` holds each pair's record row (the step's), so the pairs (two million at ten times
-    the benchmark capture) cost 4 bytes each; times, pids and tracks are looked up when needed.
+    ``rows`` holds each pair's step (its position among the steps in time order), so the pairs
+    (two million at ten times the benchmark capture) cost 4 bytes each; the steps' times, pids
+    and tracks are looked up when needed.
     ``groups`` maps a request id to its group index (its pairs: :meth:`first` to
     :meth:`last` in ``rows``; a tuple of three per request here was about 150 bytes more a
     request); a step is
@@ -223,22 +224,28 @@ class _RequestSteps:
     """
 
     def __init__(self, frame: pd.DataFrame, trace_pids: np.ndarray, slice_tids: np.ndarray,
-                 start_ns: np.ndarray, end_ns: np.ndarray, names: list) -> None:
+                 start_ns: Any, end_ns: Any, names: list) -> None:
         step_name = _step_record_name(names)
         rows = np.zeros(0, dtype="int64")
+        starts = ends = np.zeros(0, dtype="int64")
         if step_name is not None:
             # Compared as category codes: no object array of every record's name.
             rows = np.flatnonzero((frame["name"] == step_name).to_numpy(dtype=bool))
-            rows = rows[end_ns[rows] > start_ns[rows]]
-            rows = rows[np.argsort(start_ns[rows], kind="stable")]
+            starts, ends = start_ns[rows], end_ns[rows]
+            spans = ends > starts
+            rows, starts, ends = rows[spans], starts[spans], ends[spans]
+            order = np.argsort(starts, kind="stable")
+            rows, starts, ends = rows[order], starts[order], ends[order]
+            del spans, order
         coder = RequestCodes()
         # Each request's steps in time order: the steps are in time order already.
-        # Each pair's record row written straight to its place (a second array of positions
-        # in ``rows`` held beside it was 80 MB at x100).
+        # Each pair's step (its position in ``rows``) written straight to its place (a second
+        # array of positions held beside it was 80 MB at x100); the steps' times and tracks
+        # are kept per step, not per record.
         self.rows, begins = rows_by_request(rid_sequence(frame["rids"].iloc[rows]), coder,
-                                            narrowest(rows, np.int32))
-        self._start_ns, self._end_ns = start_ns, end_ns
-        self._pids, self._tids = trace_pids, slice_tids
+                                            narrowest(np.arange(len(rows)), np.int32))
+        self._start_ns, self._end_ns = starts, ends
+        self._pids, self._tids = trace_pids[rows], slice_tids[rows]
         self._begins = begins
         self._stops = np.append(begins[1:], len(self.rows))
         self.groups = {rid: index for index, rid in enumerate(coder.ids().tolist())}
@@ -283,8 +290,8 @@ class _RequestSteps:
         return make
 
 
-def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], start_ns: np.ndarray,
-                       end_ns: np.ndarray, names: list, origin_us: float
+def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], start_ns: Any,
+                       end_ns: Any, names: list, origin_us: float
                        ) -> tuple[list, np.ndarray]:
     """The request ids and, per id, (arrival, first scheduled, first token, end, request table
     row) in ns since the origin as one int64 table, ``_RequestSlices._NONE`` where unknown
@@ -315,6 +322,7 @@ def _request_lifecycle(frame: pd.DataFrame, requests: Optional[pd.DataFrame], st
             return _lifecycle_table(lifecycle)
     # No request table: arrival = first httpReq, first scheduling = first schedule span,
     # end = last httpRes of each request id (first token: see _request_events).
+    start_ns, end_ns = start_ns[:], end_ns[:]  # whole arrays, made once (trace._NsTimes)
     lifecycle = {}
     for row, (name, rids) in enumerate(zip(names, frame["rids"].tolist())):
         if name not in _LIFECYCLE_RECORDS or not rids:

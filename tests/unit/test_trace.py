@@ -518,3 +518,67 @@ def test_track_names_read_a_chunk_of_records_at_a_time_are_the_same(monkeypatch,
     got = [e for e in build_chrome_trace(frame, requests_table()) if e["ph"] == "M"]
     assert got == want
     assert any("(overlap 1)" in e["args"].get("name", "") for e in got)
+
+
+def test_ns_times_of_any_rows_are_those_of_the_whole_conversion():
+    """The records' times made for the rows read (trace._NsTimes) are the whole int64
+    conversion's at those rows: slices, index arrays, masks, one row; NaN and ends before
+    their start included."""
+    from otel_vllm_ascend.analysis.trace import _NsTimes, _to_ns
+
+    rng = np.random.default_rng(7)
+    n = 1_000
+    origin = 1.7e15
+    start = origin + rng.random(n) * 1e9
+    start[rng.random(n) < 0.05] = np.nan
+    end = start + rng.choice([-3.0, 0.0, 0.25, 1e6], n)
+    end[rng.random(n) < 0.05] = np.nan
+    whole_start = _to_ns(start, origin)
+    whole_end = np.maximum(_to_ns(end, origin), whole_start)
+    starts, ends = _NsTimes(start, origin), _NsTimes(end, origin, start)
+    assert len(starts) == len(ends) == n
+    picks = rng.integers(0, n, 300)
+    for rows in (slice(None), slice(10, 700), slice(5, 900, 7), picks, picks.astype(np.int32),
+                 rng.random(n) < 0.3, 17):
+        assert np.array_equal(starts[rows], whole_start[rows])
+        assert np.array_equal(ends[rows], whole_end[rows])
+    assert (_to_ns(end, origin) < whole_start).any()  # ends before their start: floored
+
+
+def _arrays_held(value, seen=None):
+    """Every numpy array reachable from ``value`` through objects' attributes, closures, lists
+    and tuples (not into DataFrames: the records frame is the trace's to read)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen or isinstance(value, (pd.DataFrame, pd.Series, type, str, bytes)):
+        return []
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return [value]
+    found = []
+    for cell in getattr(value, "__closure__", None) or ():
+        try:
+            found += _arrays_held(cell.cell_contents, seen)
+        except ValueError:  # an empty cell
+            pass
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found += _arrays_held(item, seen)
+    elif hasattr(value, "__dict__") and not callable(value):
+        for item in vars(value).values():
+            found += _arrays_held(item, seen)
+    return found
+
+
+def test_the_built_trace_holds_no_time_per_record():
+    # The records' ns times (int64, 16 bytes a record) are made for the rows read when the
+    # trace is written; the request steps keep their steps' times, one per step.
+    capture = two_request_capture()
+    for at in range(40):  # more records than any per-request or per-step array has rows
+        capture.event(API, 0.5 + at * 0.01, "sample", "Other", **{"x=": float(at)})
+    frame = capture.frame()
+    events = build_chrome_trace(frame, requests_table())
+    held = _arrays_held(events)
+    assert held  # the walk reaches the trace's arrays
+    per_record = [a for a in held if a.dtype == np.int64 and len(a) == len(frame)]
+    assert per_record == []
+    assert list(events) == list(build_chrome_trace(frame, requests_table()))
