@@ -292,9 +292,11 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
             run.wrote(run.stage("chrome_tracing.json", trace.write_chrome_trace,
                                 out / "chrome_tracing.json", trace_events))
 
+    tables_written_here = False
+
     def write_tables(job_run: _Run) -> None:
         """The CSV files, profiler.db but the trace's tables, report.html."""
-        nonlocal frame, detail, spec_decode
+        nonlocal frame, detail, spec_decode, tables_written_here
         report_records = _report_records(frame) if "html" in formats else None
         if job_run.forked:  # this process's copy of the records: the report's are all it reads
             frame = None
@@ -314,6 +316,7 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
             give_back_free_memory()
             _write_html(job_run, out, report_records, requests, batches, kvcache, tables,
                         stage_tables)
+        tables_written_here = True  # in a forked child: the child's own copy of the flag
 
     progress.stage("writing outputs")
     join = _in_background(write_tables, run, "CSV files / profiler.db / report.html")
@@ -327,20 +330,42 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
         requests = _columns_of(requests, trace.REQUEST_COLUMNS + SUMMARY_REQUEST_COLUMNS)
     give_back_free_memory()
     trace_events = build_trace()
-    write_json(trace_events)
-    written_at, failed_at = len(run.written), len(run.failed)
+    # With profiler.db's tables written here already, the trace's events are made once for
+    # chrome_tracing.json and profiler.db (trace_file.WrittenAsRead); else the JSON file is
+    # written now, beside the other process's work.
+    one_reading = (tables_written_here and trace_events is not None and "json" in formats
+                   and "db" in formats)
+    if not one_reading:
+        write_json(trace_events)
+    json_at = written_at = len(run.written)
+    json_failed_at = failed_at = len(run.failed)
     join()
+    json_file = None
     if "db" in formats and "profiler.db" not in run.failed:
         # Listed where it was when one job wrote all of it: with the report, this process's
         # (before the other's files), without it the CSV files' (after them).
         if "html" not in formats:
             written_at, failed_at = len(run.written), len(run.failed)
+        db_events = trace_events
+        if one_reading:
+            db_events = json_file = trace.WrittenAsRead(trace_events, out / "chrome_tracing.json")
         path = run.stage("profiler.db", writers.finish_profiler_db, out / "profiler.db",
-                         trace_events, getattr(trace_events, "origin_us", 0.0))
+                         db_events, getattr(trace_events, "origin_us", 0.0))
         if path is not None:
             run.written.insert(written_at, Path(path))
         else:
             run.failed.insert(failed_at, run.failed.pop())
+    if one_reading:  # listed where write_json would have listed it
+        path = (run.stage("chrome_tracing.json", json_file.result) if json_file is not None
+                else None)
+        if path is None and "chrome_tracing.json" not in run.failed[json_failed_at:]:
+            # Not read to the end (profiler.db failed): written on its own.
+            path = run.stage("chrome_tracing.json", trace.write_chrome_trace,
+                             out / "chrome_tracing.json", trace_events)
+        if path is not None:
+            run.written.insert(json_at, Path(path))
+        else:
+            run.failed.insert(json_failed_at, run.failed.pop())
     progress.done()
     _print_summary(requests, batches, tables, run, out)
     if keep_until_exit is not None:  # the process ends next: freeing ~1M objects is wasted work

@@ -49,7 +49,12 @@ import pandas as pd
 
 # The timeline's parts, each in its own module; this one puts them together.
 from otel_vllm_ascend.analysis.allocator import give_back_free_memory
-from otel_vllm_ascend.analysis.trace_file import DeferredEvents, TraceEvents, write_chrome_trace
+from otel_vllm_ascend.analysis.trace_file import (
+    DeferredEvents,
+    TraceEvents,
+    WrittenAsRead,
+    write_chrome_trace,
+)
 from otel_vllm_ascend.analysis.trace_records import (
     _SCHEDULE_RECORD,
     _counter_events,
@@ -60,8 +65,8 @@ from otel_vllm_ascend.analysis.trace_records import (
 from otel_vllm_ascend.analysis.trace_requests import REQUEST_COLUMNS, _request_events
 from otel_vllm_ascend.analysis.trace_tracks import _slice_tids, _TraceProcesses
 
-__all__ = ["RECORD_COLUMNS", "REQUEST_COLUMNS", "TraceEvents", "build_chrome_trace",
-           "trace_origin_us", "write_chrome_trace"]
+__all__ = ["RECORD_COLUMNS", "REQUEST_COLUMNS", "TraceEvents", "WrittenAsRead",
+           "build_chrome_trace", "trace_origin_us", "write_chrome_trace"]
 
 # The records frame's columns the trace reads (all but the source, mark id and duration).
 RECORD_COLUMNS = ("host", "pid", "tid", "role", "dp_rank", "name", "domain", "type", "start_us",

@@ -3,7 +3,9 @@
 Flow events are most of a trace, so they are read a chunk of numpy columns at a time
 (:class:`_FlowParts`: the one per request per engine step made from compact inputs each time)
 and printed straight to JSON text; the records' own events (:class:`DeferredEvents`) are made
-again each time the trace is read; every other event is a plain dict.
+again each time the trace is read (once for the JSON file and profiler.db where
+:class:`WrittenAsRead` writes the file as profiler.db reads them); every other event is a plain
+dict.
 """
 
 from __future__ import annotations
@@ -180,34 +182,143 @@ def write_chrome_trace(path: Union[str, Path], events: Iterable[dict],
 
     Written in chunks so the whole JSON text never sits in memory at once.
     """
-    path = Path(path)
     if origin_us is None:
         origin_us = getattr(events, "origin_us", 0.0)
-    other = {"time_origin_unix_us": origin_us,
-             "time_origin_utc": datetime.fromtimestamp(origin_us / 1e6, tz=timezone.utc)
-             .isoformat(),
-             "generator": "otel-vllm-analyze"}
-    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     if isinstance(events, TraceEvents):
         plain, flows = events.plain(), events.flows
     else:
         plain, flows = iter(events), _FlowParts()
-    with open(path, "w", encoding="utf-8") as out:
-        out.write('{"displayTimeUnit":"ms","otherData":')
-        out.write(encode(other))
-        out.write(',"traceEvents":[\n')
-        separator = ""
+    with ChromeTraceFile(path, origin_us) as out:
         while chunk := list(islice(plain, WRITE_CHUNK_EVENTS)):
-            text = encode(chunk)  # "[...]": one C-level call
-            out.write(separator)
-            out.write(text[1:-1])
-            separator = ",\n"
-        for chunk in flows.chunks(WRITE_CHUNK_EVENTS):
-            out.write(separator)
-            out.write(_flow_json_lines(chunk))
-            separator = ",\n"
-        out.write("\n]}\n")
-    return path
+            out.write_events(chunk)
+        for flow_chunk in flows.chunks(WRITE_CHUNK_EVENTS):
+            out.write_flows(flow_chunk)
+    return Path(path)
+
+
+class ChromeTraceFile:
+    """``chrome_tracing.json`` written a chunk of events at a time: the plain events (dicts),
+    then the flows (:class:`FlowChunk`). A context manager: the file is complete when it
+    leaves without an exception."""
+
+    def __init__(self, path: Union[str, Path], origin_us: float) -> None:
+        self.path = Path(path)
+        self._origin_us = origin_us
+        self._out: Any = None
+        self._separator = ""
+        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+    def __enter__(self) -> ChromeTraceFile:
+        other = {"time_origin_unix_us": self._origin_us,
+                 "time_origin_utc": datetime.fromtimestamp(self._origin_us / 1e6,
+                                                           tz=timezone.utc).isoformat(),
+                 "generator": "otel-vllm-analyze"}
+        self._out = open(self.path, "w", encoding="utf-8")
+        self._out.write('{"displayTimeUnit":"ms","otherData":')
+        self._out.write(self._encode(other))
+        self._out.write(',"traceEvents":[\n')
+        return self
+
+    def write_events(self, chunk: list) -> None:
+        text = self._encode(chunk)  # "[...]": one C-level call
+        self._out.write(self._separator)
+        self._out.write(text[1:-1])
+        self._separator = ",\n"
+
+    def write_flows(self, chunk: FlowChunk) -> None:
+        self._out.write(self._separator)
+        self._out.write(_flow_json_lines(chunk))
+        self._separator = ",\n"
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        try:
+            if kind is None:
+                self._out.write("\n]}\n")
+        finally:
+            self._out.close()
+
+
+class WrittenAsRead:
+    """A trace's events, read once (as :func:`writers.finish_profiler_db` reads them) and
+    written to ``chrome_tracing.json`` as they are read: the records' events and the flows
+    are made once for the two outputs, not once each.
+
+    The reader sees the plain events (``plain()``) in the chunks :func:`write_chrome_trace`
+    writes, then the flows (``flows.chunks``). :meth:`result` tells how the file came out:
+    written whole, or the file's own error (which never stops the reader), or ``None`` when
+    the reader did not read everything (the file is then left incomplete).
+    """
+
+    def __init__(self, events: TraceEvents, path: Union[str, Path]) -> None:
+        self.origin_us = events.origin_us
+        self.events = events.events
+        self._events = events
+        self._file = ChromeTraceFile(path, events.origin_us)
+        self._error: Optional[BaseException] = None
+        self._open = False
+        # What the reader read to the end, in this order (flows: none to read counts as read).
+        self._read = {"plain": False, "flows": not len(events.flows)}
+        self.flows = _FlowsWrittenAsRead(self)
+
+    def _write(self, method: str, chunk: Any) -> None:
+        if self._error is not None:
+            return
+        try:
+            if not self._open:
+                self._file.__enter__()
+                self._open = True
+            getattr(self._file, method)(chunk)
+        except Exception as exc:  # the file's failure, reported by result(); reading goes on
+            self._error = exc
+            try:
+                self._close(exc)
+            except Exception:  # noqa: BLE001 - the first error is the one reported
+                pass
+
+    def _close(self, error: Optional[BaseException]) -> None:
+        if self._open:
+            self._open = False
+            self._file.__exit__(None if error is None else type(error), error, None)
+
+    def plain(self) -> Iterator[dict]:
+        plain = self._events.plain()
+        while chunk := list(islice(plain, WRITE_CHUNK_EVENTS)):
+            self._write("write_events", chunk)
+            yield from chunk
+        self._read["plain"] = True
+
+    def result(self) -> Optional[Path]:
+        """The path written; raises the file's error; ``None`` if not read to the end."""
+        if self._error is not None:
+            raise self._error
+        if not all(self._read.values()):
+            self._close(RuntimeError("not read to the end"))
+            return None
+        if not self._open:  # no event at all: the file is still written
+            self._file.__enter__()
+            self._open = True
+        self._close(None)
+        return self._file.path
+
+
+class _FlowsWrittenAsRead:
+    """The flows of a :class:`WrittenAsRead`, each chunk written to the file as it is read."""
+
+    def __init__(self, owner: WrittenAsRead) -> None:
+        self._owner = owner
+
+    def __len__(self) -> int:
+        return len(self._owner._events.flows)
+
+    def chunks(self, size: int) -> Iterator[FlowChunk]:
+        owner = self._owner
+        in_order = owner._read["plain"]  # else the file is not written from them: result() None
+        for chunk in owner._events.flows.chunks(size):
+            if in_order:
+                owner._write("write_flows", chunk)
+            yield chunk
+        if in_order:
+            owner._read["flows"] = True
 
 
 def _ts(ns: int) -> float:

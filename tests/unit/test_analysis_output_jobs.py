@@ -143,6 +143,44 @@ def test_the_tables_are_written_and_let_go_before_the_trace_is_built(tmp_path, m
     assert names.index("profiler.db") == (1 if "html" in formats else len(names) - 1)
 
 
+@pytest.mark.parametrize("formats", [["csv", "json", "db", "html"], ["csv", "json", "db"]])
+def test_the_trace_json_is_written_whole_when_profiler_db_fails_reading_it(
+        tmp_path, monkeypatch, capsys, formats):
+    # Above FORK_BELOW_BYTES chrome_tracing.json is written as profiler.db's trace tables read
+    # the events: if those fail half way, the JSON file is written on its own, byte for byte
+    # the file of a run where nothing failed, and listed where it always is.
+    from otel_vllm_ascend.analysis import writers
+
+    sim = simulate_service(30, seed=5, max_batch=5, max_output=6)
+    sim.capture.write(tmp_path / "in")
+    monkeypatch.setattr(output_jobs, "FORK_BELOW_BYTES", _ALWAYS)
+    monkeypatch.setattr(os, "fork", _no_fork)
+
+    def analyse(name):
+        out = tmp_path / name
+        status = cli.main(["--input-path", str(tmp_path / "in"), "--output-path", str(out),
+                           "--format", *formats, "--log-level", "critical"])
+        return status, out, capsys.readouterr().out.replace(str(out), "OUT")
+
+    whole_status, whole, whole_printed = analyse("whole")
+
+    def fail_half_way(conn, events, origin_us):
+        for count, _ in enumerate(events.plain()):
+            if count == 50:
+                raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(writers, "_write_trace_tables", fail_half_way)
+    status, failed, printed = analyse("failed")
+    assert (whole_status, status) == (0, 1)
+    assert (failed / "chrome_tracing.json").read_bytes() \
+        == (whole / "chrome_tracing.json").read_bytes()
+    assert not (failed / "profiler.db").exists()
+    assert "not written: profiler.db" in printed
+    assert printed.split("written to OUT: ")[1].split("\n")[0] \
+        == whole_printed.split("written to OUT: ")[1].split("\n")[0].replace(
+            ", profiler.db", "")
+
+
 def _records_and_requests(tmp_path):
     """The records frame and request table of a small simulated capture."""
     from otel_vllm_ascend.analysis.readers import read_captures

@@ -582,3 +582,67 @@ def test_the_built_trace_holds_no_time_per_record():
     per_record = [a for a in held if a.dtype == np.int64 and len(a) == len(frame)]
     assert per_record == []
     assert list(events) == list(build_chrome_trace(frame, requests_table()))
+
+
+def _trace_db_dump(path):
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return [list(db.execute(f"select * from {table} order by rowid"))
+                for table in ("process", "thread", "slice", "counter", "flow")]
+    finally:
+        db.close()
+
+
+def _trace_db(path, events):
+    import sqlite3
+
+    from otel_vllm_ascend.analysis.writers import _write_trace_tables
+
+    db = sqlite3.connect(path)
+    try:
+        _write_trace_tables(db, events, events.origin_us)
+        db.commit()
+    finally:
+        db.close()
+    return _trace_db_dump(path)
+
+
+@pytest.mark.parametrize("size", [1, 3, 10_000])
+def test_json_written_as_profiler_db_reads_the_events_is_the_json_written_alone(
+        tmp_path, monkeypatch, size):
+    # One reading of the events for chrome_tracing.json and profiler.db's trace tables: the
+    # same file byte for byte, and the same tables, whatever the chunk size.
+    from otel_vllm_ascend.analysis import trace_file
+    from otel_vllm_ascend.analysis.trace import WrittenAsRead
+
+    monkeypatch.setattr(trace_file, "WRITE_CHUNK_EVENTS", size)
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    alone = write_chrome_trace(tmp_path / "alone.json", events).read_bytes()
+    tables = _trace_db(tmp_path / "alone.db", events)
+    teed = WrittenAsRead(events, tmp_path / "teed.json")
+    assert _trace_db(tmp_path / "teed.db", teed) == tables
+    assert teed.result() == tmp_path / "teed.json"
+    assert (tmp_path / "teed.json").read_bytes() == alone
+    assert tables[-1]  # the flows were read and written
+
+
+def test_json_not_read_to_the_end_is_no_result_and_a_file_error_never_stops_the_reader(
+        tmp_path):
+    from otel_vllm_ascend.analysis.trace import WrittenAsRead
+
+    events = build_chrome_trace(two_request_capture().frame(), requests_table())
+    partial = WrittenAsRead(events, tmp_path / "partial.json")
+    next(iter(partial.plain()))
+    assert partial.result() is None
+    out_of_order = WrittenAsRead(events, tmp_path / "order.json")
+    assert sum(len(chunk.phase) for chunk in out_of_order.flows.chunks(10)) == len(events.flows)
+    assert list(out_of_order.plain())
+    assert out_of_order.result() is None  # flows read before the plain events: not written
+    (tmp_path / "a folder.json").mkdir()
+    broken = WrittenAsRead(events, tmp_path / "a folder.json")
+    tables = _trace_db(tmp_path / "broken.db", broken)
+    assert tables == _trace_db(tmp_path / "whole.db", events)
+    with pytest.raises(OSError):
+        broken.result()
