@@ -349,12 +349,9 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
         db_events = trace_events
         if one_reading:
             db_events = json_file = trace.WrittenAsRead(trace_events, out / "chrome_tracing.json")
-        path = run.stage("profiler.db", writers.finish_profiler_db, out / "profiler.db",
-                         db_events, getattr(trace_events, "origin_us", 0.0))
-        if path is not None:
-            run.written.insert(written_at, Path(path))
-        else:
-            run.failed.insert(failed_at, run.failed.pop())
+        run.place(run.stage("profiler.db", writers.finish_profiler_db, out / "profiler.db",
+                            db_events, getattr(trace_events, "origin_us", 0.0)),
+                  written_at, failed_at)
     if one_reading:  # listed where write_json would have listed it
         path = (run.stage("chrome_tracing.json", json_file.result) if json_file is not None
                 else None)
@@ -362,10 +359,7 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
             # Not read to the end (profiler.db failed): written on its own.
             path = run.stage("chrome_tracing.json", trace.write_chrome_trace,
                              out / "chrome_tracing.json", trace_events)
-        if path is not None:
-            run.written.insert(json_at, Path(path))
-        else:
-            run.failed.insert(json_failed_at, run.failed.pop())
+        run.place(path, json_at, json_failed_at)
     progress.done()
     _print_summary(requests, batches, tables, run, out)
     if keep_until_exit is not None:  # the process ends next: freeing ~1M objects is wasted work

@@ -48,6 +48,14 @@ class _Run:
         if path is not None:
             self.written.append(Path(path))
 
+    def place(self, path: Optional[Path], written_at: int, failed_at: int) -> None:
+        """The stage just run listed at a given place: ``path`` among the written files, or,
+        when it failed (``path`` None), its entry (the last failure) among the failed."""
+        if path is not None:
+            self.written.insert(written_at, Path(path))
+        else:
+            self.failed.insert(failed_at, self.failed.pop())
+
 
 def _in_background(jobs: Callable[[_Run], None], run: _Run,
                    what: str) -> Callable[[], None]:
