@@ -318,14 +318,14 @@ class _PhaseContext:
         self = object.__new__(cls)
         self.target = result
         self.own = None  # the spans ending inside a phase outside any runner call
-        if phase != "forward":
-            self.state = (phase, None) + native_thread.stamp() + (None,)
-            return self
-        synchronize = npu_synchronize()
-        if synchronize is not None:
-            synchronize()
+        request_ids = synchronize = None
+        if phase == "forward":
+            synchronize = npu_synchronize()
+            if synchronize is not None:
+                synchronize()
+            request_ids = _step_request_ids or None
         # (phase, request ids or None, start, thread id, synchronize or None)
-        self.state = (phase, _step_request_ids or None) + native_thread.stamp() + (synchronize,)
+        self.state = (phase, request_ids) + native_thread.stamp() + (synchronize,)
         return self
 
     def __enter__(self):  # noqa: ANN204
