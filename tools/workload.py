@@ -40,6 +40,7 @@ class RequestSpec:
     max_tokens: int
     ignore_eos: bool = True
     traceparent: Optional[str] = None
+    stop: Optional[Sequence[str]] = None  # stop strings (the API server's detokenizer checks them)
 
     @property
     def external_rid(self) -> str:
@@ -98,6 +99,8 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str, spec: Reque
         "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
         "ignore_eos": spec.ignore_eos,
     }
+    if spec.stop:
+        body["stop"] = list(spec.stop)
     headers = {"X-Request-Id": spec.request_id}
     if spec.traceparent:
         headers["traceparent"] = spec.traceparent

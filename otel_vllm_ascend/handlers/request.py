@@ -12,9 +12,11 @@
 * The OpenAI server's ``_get_trace_headers`` (before 0.32 it drops ``traceparent`` unless
   vLLM's own tracing is on): the caller's context is kept for ``AsyncLLM.add_request``, through
   ``AsyncLLM.generate`` where the response is streamed from another task.
-* ``OutputProcessor.process_outputs`` -> one ``httpRes`` per finished request with
+* ``OutputProcessor.process_outputs`` -> one ``httpRes`` per request the call finished with
   ``recvTokenSize`` (prompt tokens) and ``replyTokenSize`` (generated tokens), then one
-  ``detokenize`` naming every request of the call.
+  ``detokenize`` naming every request of the call. Finished: EngineCore gave a finish reason,
+  or the call dropped the request without one (a stop string its detokenizer found; EngineCore
+  learns of it by an abort).
 
 Records name requests by their external id (what the client sees); the link record lets the
 analyzer join them with EngineCore's internal ids. No prompt or completion text is read.
@@ -230,35 +232,39 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         return None
     if common._role_recorded is None:
         common.ensure_role("api_server")
-    # Taken before the call: the original drops finished requests from request_states. The
-    # state objects stay readable, so token counts are read after it (final counts).
+    # The request states are taken before the call: the original drops the requests it
+    # finishes from request_states, also those EngineCore did not finish (a stop string its
+    # detokenizer found). A state object stays readable after that, so token counts and
+    # external ids are read after the call (final counts, and in the CPU's caches then).
     states = getattr(this, "request_states", None) or {}
-    get_state = states.get
     request_ids = [output.request_id for output in engine_core_outputs]
-    # The request states (their external ids) are read on the recorder's thread: a state
-    # object stays readable after vLLM drops it, and its external id never changes.
-    known = list(map(get_state, request_ids))  # the loop in C
-    # One pass that keeps only the few finishing outputs, then their ids and states (looked
-    # up again: the same dict, before the call). (Loops over attrgetter measured slower: the
-    # comprehension's attribute reads are specialised by the interpreter; so did a pass over
-    # enumerate() for positions.)
-    finishing = [output for output in engine_core_outputs if output.finish_reason is not None]
-    finished = [(output.request_id, get_state(output.request_id)) for output in finishing] \
-        if finishing else finishing
+    known = list(map(states.get, request_ids))  # the loop in C
     start, tid = native_thread.stamp()
-    return states, request_ids, known, finished, start, tid
+    return states, engine_core_outputs, request_ids, known, len(states), start, tid
 
 
 _detokenize_switch = control.Switch(DOMAIN)
 
 
+def _finished(states: dict, engine_core_outputs: list, request_ids: List[str],
+              known: List[Any], count: int) -> list:
+    """(request id, state) of the requests this call finished, in the outputs' order: those
+    EngineCore finished (a finish reason), and those the call dropped without one."""
+    finishing = [output for output in engine_core_outputs if output.finish_reason is not None]
+    if not finishing and count == len(states):  # the common step: nothing finished
+        return finishing
+    return [(request_id, request_state) for request_id, request_state, output
+            in zip(request_ids, known, engine_core_outputs)
+            if request_state is not None
+            and (output.finish_reason is not None or request_id not in states)]
+
+
 def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
     end = time.time_ns()
-    states, request_ids, known, finished, start, tid = state
-    for request_id, request_state in finished:
-        if request_state is None:
-            continue
+    states, engine_core_outputs, request_ids, known, count, start, tid = state
+    for request_id, request_state in _finished(states, engine_core_outputs, request_ids, known,
+                                               count):
         external_id = getattr(request_state, "external_req_id", None) or request_id
         prompt = getattr(request_state, "prompt_token_ids", None)
         attributes = {contract.DOMAIN: DOMAIN, contract.RID: external_id,
@@ -274,7 +280,7 @@ def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: A
         recorder.record_task(_expand_api_spans, (
             ("httpRes", start, start, attributes, tid, context, None),))
     if _detokenize_switch.on:
-        recorder.record_task(_expand_detokenize, (end, tid, request_ids, known))
+        recorder.record_task(_expand_detokenize, (end, tid, _external_ids(request_ids, known)))
 
 
 process_outputs = wrapping.AroundHandler(
@@ -296,14 +302,8 @@ def _external_ids(request_ids: List[str], states: List[Any]) -> List[str]:
     return [external_id or request_id for request_id, external_id in zip(request_ids, external)]
 
 
-# ``detokenize`` crosses as one small record: the external ids are read from the states on the
-# recorder's thread (see ``_outputs_before``), the span record is made where spans are built
-# (handoff.register_expander).
-
-def _detokenize_to_wire(captured: tuple) -> tuple:
-    end, tid, request_ids, states = captured
-    return end, tid, _external_ids(request_ids, states)
-
+# ``detokenize`` crosses as one small record of plain values (end, thread id, the external
+# ids); the span record is made where spans are built (handoff.register_expander).
 
 def _detokenize_records(state: dict, wire: tuple) -> list:
     end, tid, external_ids = wire
@@ -313,5 +313,5 @@ def _detokenize_records(state: dict, wire: tuple) -> list:
         None, None, None, None, tid, None))]
 
 
-_expand_detokenize = handoff.register_expander("request.detokenize", _detokenize_to_wire,
+_expand_detokenize = handoff.register_expander("request.detokenize", None,
                                                _detokenize_records)

@@ -9,6 +9,8 @@ phase      config while it runs                              expected in the cap
 off_before ``enable 0``                                      nothing
 on         ``enable 1`` (main mix, concurrent, traceparent)  every request, once
 identity   ``enable 1`` (sequential, compared with baseline) every request, once
+stop       ``enable 1`` (identity's prompts with stop        every request, once
+           strings: ended by the API server, not EngineCore)
 off_after  back to ``enable 0``                              nothing
 timed      ``enable 1`` with ``timelimit`` (early requests)  every request, once
 expired    same file, after the time limit has passed        nothing
@@ -40,7 +42,7 @@ TOGGLE_PICKUP_S = 3.0  # the tool polls the config about every 0.5 s; the machin
 TIMELIMIT_S = 6
 OTLP_SETTLE_S = 20.0
 
-RECORDED_PHASES = ("on", "identity", "timed")
+RECORDED_PHASES = ("on", "identity", "stop", "timed")
 STOP_SIGNALS = {"instrument": signal.SIGINT, "plugin": signal.SIGTERM}
 SILENT_PHASES = ("off_before", "off_after", "expired")
 
@@ -49,6 +51,19 @@ def identity_specs(prefix: str) -> list:
     """Sequential requests whose outputs are compared between servers (same seed, same text)."""
     return workload.make_requests(6, seed=7, prompt_words=(3, 9, 21), output_tokens=(8, 24),
                                   id_prefix=prefix)
+
+
+def stop_specs(prefix: str, identity: list) -> list:
+    """The identity requests again, each with a stop string taken from the first half of the
+    text it gave (same prompt, greedy: the same text up to there), so each ends early. Their
+    ids are the identity request's id with ``s`` appended."""
+    specs = []
+    for spec, result in zip(identity_specs(prefix), identity):
+        piece = result.text[:len(result.text) // 2].strip()[-3:]
+        if len(piece) >= 2:
+            specs.append(dataclasses.replace(spec, request_id=result.request_id + "s",
+                                             stop=[piece]))
+    return specs
 
 
 @dataclasses.dataclass
@@ -143,6 +158,7 @@ def run_profiled(path: str, model: Path, work: Path) -> ServingRun:
             24, seed=2, prompt_words=(4, 12, 24, 40), output_tokens=(4, 16, 32, 64),
             id_prefix=f"{path}on", traceparent=True), concurrency=8)
         phases["identity"] = _run_phase(server, identity_specs(f"{path}id"), 1)
+        phases["stop"] = _run_phase(server, stop_specs(f"{path}id", phases["identity"]), 1)
 
         profiling_workdir.set_enable(files.config, False)
         time.sleep(TOGGLE_PICKUP_S)

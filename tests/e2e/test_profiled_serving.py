@@ -92,6 +92,19 @@ def test_each_recorded_request_once_with_client_usage(served):
         assert _number(row["reply_token_size"]) == result.completion_tokens, row
 
 
+def test_stop_strings_ended_requests_early(served):
+    # The stop phase's requests repeat identity's prompts with a stop string from their text:
+    # each must have ended early, at the same text, for the phase to test what it claims
+    # (the API server ends these requests; EngineCore gave no finish reason).
+    identity = {r.request_id: r for r in served.phases["identity"]}
+    stopped = served.phases["stop"]
+    assert stopped, "no identity output was long enough to take a stop string from"
+    for result in stopped:
+        full = identity[result.request_id[:-1]]
+        assert 0 < result.completion_tokens < full.completion_tokens, (result, full)
+        assert full.text.startswith(result.text), (result.text, full.text)
+
+
 def test_latencies_agree_with_the_client(served):
     rows = _csv(served, "request.csv")
     for result in served.results(*scenario.RECORDED_PHASES):
