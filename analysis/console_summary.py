@@ -28,7 +28,8 @@ def _warn_partial(requests: Optional[pd.DataFrame]) -> None:
                         no_start)
     if no_end:
         _logger.warning("%d request(s) have no httpRes record (capture ended before they"
-                        " finished): kept and marked partial, end-to-end latency left empty",
+                        " finished, or the client aborted them): kept and marked partial,"
+                        " end-to-end latency left empty",
                         no_end)
 
 

@@ -9,7 +9,9 @@ the frame has already mapped through the link records. Columns (times in ms, dat
                             partial requests)
 ``recv_token_size``         prompt tokens (``recvTokenSize=`` of ``httpRes``; else the engine's
                             ``num_prompt_tokens``)
-``reply_token_size``        generated tokens (``replyTokenSize=`` of ``httpRes``)
+``reply_token_size``        generated tokens: ``replyTokenSize=`` of ``httpRes``, summed over the
+                            request's ``httpRes`` (one per completion when a request asks for
+                            ``n`` > 1, as the client's ``usage`` counts them all)
 ``execution_time(ms)``      end-to-end latency: end of the last ``httpRes`` − arrival
 ``queue_wait_time(ms)``     first scheduling − entering the waiting queue (first ``Enqueue``, else
                             arrival); first scheduling = the first ``Dequeue`` from ``WAITING``,
@@ -18,7 +20,8 @@ the frame has already mapped through the link records. Columns (times in ms, dat
                             (``detokenize`` or ``httpRes``) − arrival; without API-server output
                             records, the end of the engine step that finished its prefill
 ``cache_hit_rate``          ``hitCache`` of the first ``CacheHitRate`` record, ``N/A`` if none
-``time_per_output_token(ms)`` (e2e − TTFT) / (generated tokens − 1), vLLM's TPOT
+``time_per_output_token(ms)`` (e2e − TTFT) / (generated tokens − 1), vLLM's TPOT (per completion:
+                            the tokens of one of the ``n`` that ran side by side)
 ``partial``                 ``True`` when the capture lacks the request's ``httpReq`` or
                             ``httpRes`` (collection started or stopped while it ran); latencies
                             that need the missing record are left empty
@@ -123,6 +126,22 @@ class _PerRequest:
         for codes, row_of in self._chunks(np.flatnonzero(row_mask)):
             func.at(out, codes, values[at[row_of]])
         return out
+
+    def total(self, row_mask: np.ndarray, row_values: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Each request's sum of its values in ``row_mask`` (NaN where none has one), and how
+        many it has. ``row_values``: one per row in ``row_mask``, in row order
+        (:meth:`values_at`)."""
+        out = np.zeros(self.n)
+        count = np.zeros(self.n)
+        masked = np.flatnonzero(row_mask)
+        for codes, rows in self._chunks(masked):
+            values = _floats(row_values[np.searchsorted(masked, rows)])
+            known = ~np.isnan(values)
+            np.add.at(out, codes[known], values[known])
+            np.add.at(count, codes[known], 1)
+        out[count == 0] = np.nan
+        return out, count
 
     def first(self, row_mask: np.ndarray, row_values: np.ndarray) -> np.ndarray:
         """Each request's value from its earliest record in ``row_mask`` with a value.
@@ -230,8 +249,8 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     is_res = per.rows_named("httpRes")
     table["end_us"] = per.reduce(is_res, end, fmax)
     table["recv"] = _floats(per.first(is_res, per.values_at("metrics", "recvTokenSize", is_res)))
-    table["reply_tokens"] = _floats(per.first(is_res, per.values_at("metrics", "replyTokenSize",
-                                                                    is_res)))
+    table["reply_tokens"], table["completions"] = per.total(
+        is_res, per.values_at("metrics", "replyTokenSize", is_res))
     table["first_output_us"] = per.reduce(per.rows_named(*OUTPUT_NAMES), start, fmin)
     table["first_seen_us"] = per.first_seen
     table["enqueue_us"] = per.reduce(per.rows_named("Enqueue"), start, fmin)
@@ -262,7 +281,8 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     e2e = (table["end_us"] - arrival) / 1000.0
     wait = (first_scheduled - enqueue) / 1000.0
     reply = table["reply_tokens"]
-    tpot = ((e2e - ttft) / (reply - 1)).where(reply > 1)
+    per_completion = reply / table["completions"]  # n > 1: the completions run side by side
+    tpot = ((e2e - ttft) / (per_completion - 1)).where(per_completion > 1)
     prompt = table["recv"].fillna(table["engine_prompt"])
     cache = hits.astype(object).where(hits.notna(), "N/A")
     start = arrival.fillna(table["first_seen_us"]).fillna(table["first_step_us"])

@@ -41,6 +41,8 @@ class RequestSpec:
     ignore_eos: bool = True
     traceparent: Optional[str] = None
     stop: Optional[Sequence[str]] = None  # stop strings (the API server's detokenizer checks them)
+    n: int = 1  # completions of the one prompt (vLLM V1 runs them as child requests)
+    temperature: float = 0.0  # greedy; n > 1 needs sampling
 
     @property
     def external_rid(self) -> str:
@@ -96,11 +98,13 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str, spec: Reque
                            traceparent=spec.traceparent)
     body = {
         "model": model, "prompt": spec.prompt, "max_tokens": spec.max_tokens,
-        "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
+        "temperature": spec.temperature, "stream": True, "stream_options": {"include_usage": True},
         "ignore_eos": spec.ignore_eos,
     }
     if spec.stop:
         body["stop"] = list(spec.stop)
+    if spec.n > 1:
+        body["n"] = spec.n
     headers = {"X-Request-Id": spec.request_id}
     if spec.traceparent:
         headers["traceparent"] = spec.traceparent

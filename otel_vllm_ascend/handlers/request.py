@@ -1,9 +1,10 @@
 """API-server handlers: a request's arrival, its id mapping, its response.
 
 * ``AsyncLLM.add_request`` -> events ``httpReq`` and ``tokenize`` (domain ``Engine``) before the
-  request is processed, then the ``link`` record external id -> internal id. The request gets a
-  trace context: the caller's ``traceparent`` (vLLM's ``trace_headers`` argument) as parent of
-  its records, or a new trace whose root is the ``httpReq`` record.
+  request is processed, then a ``link`` record external id -> internal id (one per child
+  request when it asks for ``n`` > 1 completions, so the analyzer joins them into one request).
+  The request gets a trace context: the caller's ``traceparent`` (vLLM's ``trace_headers``
+  argument) as parent of its records, or a new trace whose root is the ``httpReq`` record.
 * ``InputProcessor.assign_request_id`` (where vLLM creates the internal id) -> puts that context
   into the request's ``trace_headers`` when it has none, so EngineCore spans can link to the
   request's trace. ``trace_headers`` only feeds tracing: vLLM computes the same outputs; with
@@ -104,18 +105,44 @@ def _add_request_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]
     return request_id, wire, _adding.set((request_id, wire))
 
 
+def _internal_ids(this: Any, request_id: str, internal_id: Any, args: tuple,
+                  kwargs: dict) -> list:
+    """EngineCore's ids of the request: one, or one per completion when it asks for ``n`` > 1
+    (vLLM fans it out into child requests ``<index>_<internal id>``)."""
+    processor = getattr(this, "output_processor", None)
+    by_external = getattr(processor, "external_req_ids", None)  # vLLM 0.23 and later
+    if isinstance(by_external, dict):
+        internal_ids = by_external.get(request_id)
+        if internal_ids:
+            return list(internal_ids)
+    params = kwargs.get("params", args[2] if len(args) > 2 else None)
+    n = getattr(params, "n", 1)
+    if type(n) is int and n > 1:  # before: the children as the request states know them
+        states = getattr(processor, "request_states", None) or {}
+        children = [child for child in (f"{index}_{internal_id}" for index in range(n))
+                    if child in states]
+        if children:
+            return children
+    return [internal_id]
+
+
 def _add_request_after(state: tuple, this: Any, args: tuple, kwargs: dict, collector: Any,
                        error: Optional[BaseException]) -> None:
     request_id, wire, token = state
     _adding.reset(token)
     internal_id = getattr(collector, "request_id", None)
-    if isinstance(internal_id, str) and internal_id != request_id:
-        now, tid = native_thread.stamp()
-        recorder.record_task(_expand_api_spans, ((
-            contract.LINK_NAME, now, now,
-            {contract.DOMAIN: DOMAIN, contract.LINK_FROM: request_id,
-             contract.LINK_TO: internal_id, contract.RECORD: contract.RECORD_LINK},
-            tid, wire, None),))
+    if not isinstance(internal_id, str):
+        return
+    now, tid = native_thread.stamp()
+    links = []
+    for linked in _internal_ids(this, request_id, internal_id, args, kwargs):
+        if isinstance(linked, str) and linked != request_id:
+            links.append((contract.LINK_NAME, now, now,
+                          {contract.DOMAIN: DOMAIN, contract.LINK_FROM: request_id,
+                           contract.LINK_TO: linked, contract.RECORD: contract.RECORD_LINK},
+                          tid, wire, None))
+    if links:
+        recorder.record_task(_expand_api_spans, tuple(links))
 
 
 add_request_async = wrapping.AsyncAroundHandler(
@@ -259,6 +286,12 @@ def _finished(states: dict, engine_core_outputs: list, request_ids: List[str],
             and (output.finish_reason is not None or request_id not in states)]
 
 
+def _other_completions(processor: Any, external_id: str) -> bool:
+    """Whether completions of the request still run (``n`` > 1; vLLM 0.23 and later say)."""
+    by_external = getattr(processor, "external_req_ids", None)
+    return isinstance(by_external, dict) and bool(by_external.get(external_id))
+
+
 def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
     end = time.time_ns()
@@ -275,8 +308,8 @@ def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: A
         if reply is not None:
             attributes[contract.METRIC_PREFIX + "replyTokenSize"] = reply
         context = _request_wires.get(external_id)
-        if request_id not in states:  # really finished: forget its context
-            _request_wires.pop(external_id)
+        if request_id not in states and not _other_completions(this, external_id):
+            _request_wires.pop(external_id)  # really finished: forget its context
         recorder.record_task(_expand_api_spans, (
             ("httpRes", start, start, attributes, tid, context, None),))
     if _detokenize_switch.on:

@@ -11,6 +11,7 @@ on         ``enable 1`` (main mix, concurrent, traceparent)  every request, once
 identity   ``enable 1`` (sequential, compared with baseline) every request, once
 stop       ``enable 1`` (identity's prompts with stop        every request, once
            strings: ended by the API server, not EngineCore)
+parallel   ``enable 1`` (``n`` = 2 completions a request)    every request, once
 off_after  back to ``enable 0``                              nothing
 timed      ``enable 1`` with ``timelimit`` (early requests)  every request, once
 expired    same file, after the time limit has passed        nothing
@@ -42,7 +43,8 @@ TOGGLE_PICKUP_S = 3.0  # the tool polls the config about every 0.5 s; the machin
 TIMELIMIT_S = 6
 OTLP_SETTLE_S = 20.0
 
-RECORDED_PHASES = ("on", "identity", "stop", "timed")
+RECORDED_PHASES = ("on", "identity", "stop", "parallel", "timed")
+COMPLETIONS = 2  # of each request of the parallel phase
 STOP_SIGNALS = {"instrument": signal.SIGINT, "plugin": signal.SIGTERM}
 SILENT_PHASES = ("off_before", "off_after", "expired")
 
@@ -159,6 +161,10 @@ def run_profiled(path: str, model: Path, work: Path) -> ServingRun:
             id_prefix=f"{path}on", traceparent=True), concurrency=8)
         phases["identity"] = _run_phase(server, identity_specs(f"{path}id"), 1)
         phases["stop"] = _run_phase(server, stop_specs(f"{path}id", phases["identity"]), 1)
+        parallel = workload.make_requests(3, seed=6, output_tokens=(8, 16),
+                                          id_prefix=f"{path}par")
+        phases["parallel"] = _run_phase(server, [
+            dataclasses.replace(spec, n=COMPLETIONS, temperature=0.8) for spec in parallel], 3)
 
         profiling_workdir.set_enable(files.config, False)
         time.sleep(TOGGLE_PICKUP_S)

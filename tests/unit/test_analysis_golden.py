@@ -219,3 +219,41 @@ def test_summaries(golden):
 def test_summary_of_metric_without_values_is_empty_not_zero():
     table = batch_summary(pd.DataFrame())
     assert table.set_index("Metric").loc["prefill_exec_time (ms)"].isna().all()
+
+
+def test_request_of_n_completions_is_one_row(tmp_path):
+    """A request asking for ``n`` = 2 completions: vLLM V1 runs two child requests, linked to
+    the one external id; each child ends with its own ``httpRes``. One request.csv row: the
+    tokens of both (what the client's ``usage`` counts), the end of the later, TPOT per
+    completion. Q (one completion) beside it is unchanged."""
+    cap = Capture()
+    api = cap.process("h1", 100, "api_server")
+    ec = cap.process("h1", 200, "engine_core")
+    api.event("httpReq", ms(0.0), rid="P")
+    api.link(ms(0.1), "P", "0_P-z")
+    api.link(ms(0.1), "P", "1_P-z")
+    api.event("httpReq", ms(1.0), rid="Q")
+    api.link(ms(1.1), "Q", "Q-w")
+    for child in ("0_P-z", "1_P-z", "Q-w"):
+        ec.event("Enqueue", ms(2.0), "Schedule", [child],
+                 **{"QueueSize=": 1, "scope#QueueName": "WAITING"})
+    ec.event("Dequeue", ms(3.0), "Schedule", ["0_P-z", "1_P-z", "Q-w"],
+             **{"QueueSize=": 0, "scope#QueueName": "WAITING"})
+    api.event("detokenize", ms(5.0), rid=["P", "P", "Q"])
+    api.event("httpRes", ms(20.0), rid="P", **{"recvTokenSize=": 7, "replyTokenSize=": 4})
+    api.event("httpRes", ms(25.0), rid="P", **{"recvTokenSize=": 7, "replyTokenSize=": 4})
+    api.event("httpRes", ms(21.0), rid="Q", **{"recvTokenSize=": 5, "replyTokenSize=": 4})
+    cap.write(tmp_path, layout="per_process", encoding="json")
+    frame, _, report = read_captures(tmp_path)
+    assert report.problems == []
+    req = build_requests(frame).set_index("http_rid")
+    assert list(req.index) == ["P", "Q"]  # no row of its own for a child
+    p, q = req.loc["P"], req.loc["Q"]
+    assert (p["recv_token_size"], p["reply_token_size"]) == (7, 8)
+    assert p["execution_time(ms)"] == pytest.approx(25.0, abs=1e-3)
+    assert p["first_token_latency(ms)"] == pytest.approx(5.0, abs=1e-3)
+    assert p["queue_wait_time(ms)"] == pytest.approx(1.0, abs=1e-3)
+    assert p["time_per_output_token(ms)"] == pytest.approx((25.0 - 5.0) / (8 / 2 - 1), abs=1e-3)
+    assert (q["recv_token_size"], q["reply_token_size"]) == (5, 4)
+    assert q["time_per_output_token(ms)"] == pytest.approx((20.0 - 4.0) / 3, abs=1e-3)
+    assert not p["partial"] and not q["partial"]

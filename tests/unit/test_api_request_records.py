@@ -13,8 +13,8 @@ import pytest
 from test_step_records import _built_here, _built_in_writer
 from test_step_records import scripted as scripted  # noqa: F401  (the fixture)
 
-from otel_vllm_ascend import contract, recorder
-from otel_vllm_ascend.handlers import request
+from otel_vllm_ascend import contract, handoff, recorder
+from otel_vllm_ascend.handlers import common, request
 
 CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -144,3 +144,79 @@ def test_the_self_meter_counts_a_request_where_records_go_to_the_writer(monkeypa
         client.sock.close()
         peer.close()
     assert selfmeter.meter.requests == 3
+
+
+def _link_targets(this, params) -> list:
+    async def original(request_id, prompt, params, *args, **kwargs):
+        return SimpleNamespace(request_id="par-int")
+    asyncio.run(request.add_request_async(original, this, "par", {}, params))
+    links = [record for func, records in recorder._state.queue if func.__name__ ==
+             "request.api_spans" for record in records if record[0] == contract.LINK_NAME]
+    recorder._state.queue.clear()
+    assert all(record[3][contract.LINK_FROM] == "par" for record in links)
+    return [record[3][contract.LINK_TO] for record in links]
+
+
+@pytest.mark.usefixtures("scripted")
+def test_a_request_of_n_completions_links_every_child():
+    """``n`` > 1: vLLM V1 fans the request out into child requests, which EngineCore's records
+    name; each gets a link, so the analyzer joins them into the one request."""
+    params = SimpleNamespace(n=2)
+    # vLLM 0.23 and later: the output processor lists every internal id of an external one.
+    processor = SimpleNamespace(external_req_ids={"par": ["0_par-int", "1_par-int"]},
+                                request_states={})
+    assert _link_targets(SimpleNamespace(output_processor=processor), params) == [
+        "0_par-int", "1_par-int"]
+    # Before: the children as the request states know them (none invented).
+    processor = SimpleNamespace(request_states={"0_par-int": object(), "1_par-int": object()})
+    assert _link_targets(SimpleNamespace(output_processor=processor), params) == [
+        "0_par-int", "1_par-int"]
+    processor = SimpleNamespace(request_states={})
+    assert _link_targets(SimpleNamespace(output_processor=processor), params) == ["par-int"]
+    # One completion: the one internal id.
+    processor = SimpleNamespace(external_req_ids={"par": ["par-int"]}, request_states={})
+    assert _link_targets(SimpleNamespace(output_processor=processor),
+                         SimpleNamespace(n=1)) == ["par-int"]
+
+
+def test_the_output_processor_has_the_shape_the_link_hook_reads():
+    """The fake above has the installed vLLM's shape: where it has ``external_req_ids``, a
+    dict of lists; the request states, a dict."""
+    pytest.importorskip("vllm")
+    from vllm.v1.engine.output_processor import OutputProcessor
+
+    processor = OutputProcessor(None, log_stats=False)
+    assert isinstance(processor.request_states, dict)
+    by_external = getattr(processor, "external_req_ids", None)
+    assert by_external is None or isinstance(by_external, dict)
+
+
+@pytest.mark.usefixtures("scripted")
+def test_each_completion_ends_in_the_request_trace():
+    """``n`` > 1: the request's trace context is kept until its last completion finished, so
+    every ``httpRes`` has it as parent."""
+    wire = handoff.context_to_wire(common.parse_traceparent({"traceparent": CALLER}))
+    request._request_wires.put("par", wire)
+    children = ("0_par-int", "1_par-int")
+    states = {child: SimpleNamespace(external_req_id="par", prompt_token_ids=[1],
+                                     stats=SimpleNamespace(num_generation_tokens=2))
+              for child in children}
+    this = SimpleNamespace(request_states=states, external_req_ids={"par": list(children)})
+
+    def finishing(child):  # what vLLM 0.32's _finish_request does to both maps
+        def original(engine_core_outputs, engine_core_timestamp=None, iteration_stats=None):
+            states.pop(child)
+            this.external_req_ids["par"].remove(child)
+            if not this.external_req_ids["par"]:
+                del this.external_req_ids["par"]
+        return original
+
+    for child in children:
+        request.process_outputs(finishing(child), this,
+                                [SimpleNamespace(request_id=child, finish_reason="length")],
+                                0.0, None)
+    responses = [record for func, records in recorder._state.queue
+                 if func.__name__ == "request.api_spans" for record in records
+                 if record[0] == "httpRes"]
+    assert [record[5] for record in responses] == [wire, wire]
+    assert request._request_wires.get("par") is None  # forgotten after the last one
