@@ -26,7 +26,9 @@ the frame has already mapped through the link records. Columns (times in ms, dat
                             ``httpRes`` (collection started or stopped while it ran); latencies
                             that need the missing record are left empty
 ``preemptions``, ``swaps``  times the request was preempted / had its blocks swapped out (V0
-                            ``ReqState`` records, :mod:`.request_states`; 0 without them)
+                            ``ReqState`` records, :mod:`.request_states`; without them, vLLM
+                            V1's: a ``Dequeue`` from ``RUNNING`` during a schedule call, and no
+                            swapping)
 ==========================  ======================================================================
 
 Rows are sorted by arrival. The frame returned also holds the internal columns listed in
@@ -255,13 +257,19 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     table["first_seen_us"] = per.first_seen
     table["enqueue_us"] = per.reduce(per.rows_named("Enqueue"), start, fmin)
     is_dequeue = per.rows_named("Dequeue")
+    left_running = np.zeros_like(is_dequeue)
     if is_dequeue.any():
         # The queue names of the dequeue records only (upper-cased strings made for those).
         queue = np.asarray([str(name).upper() for name in
                             per.values_at("scopes", "QueueName", is_dequeue, "").tolist()],
                            dtype=object)
-        is_dequeue[np.flatnonzero(is_dequeue)[queue == "RUNNING"]] = False
+        running = np.flatnonzero(is_dequeue)[queue == "RUNNING"]
+        is_dequeue[running] = False
+        left_running[running] = True
     table["dequeue_us"] = per.reduce(is_dequeue, end, fmin)
+    # vLLM V1 takes a request out of RUNNING inside schedule() only to preempt it (finished
+    # ones leave in update_from_output): the schedule span's Dequeue from RUNNING.
+    table["left_running"] = per.total(left_running, np.ones(int(left_running.sum())))[1]
 
     for column, values in _engine_side(per, steps, engine_rows).items():
         table[column] = values
@@ -313,6 +321,7 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "has_arrival": has_arrival.to_numpy(),
         "has_end": has_end.to_numpy(),
         "_order": start.to_numpy(),
+        "_left_running": table["left_running"].to_numpy(dtype="int64"),
     }, copy=False)  # copied once, by the sort below
     out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     # Only the ReqState records and the two columns read (V1 captures have none).
@@ -321,6 +330,8 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         if len(frame) else frame)
     for column in ("preemptions", "swaps"):
         out[column] = out["http_rid"].map(states[column]).fillna(0).astype("int64")
+    if states.empty:  # vLLM V1 (V0 says it in ReqState, and its Dequeue from RUNNING is a finish)
+        out["preemptions"] = out["_left_running"]
     return out[list(CSV_COLUMNS + INTERNAL_COLUMNS)]
 
 

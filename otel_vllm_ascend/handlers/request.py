@@ -131,8 +131,8 @@ def _add_request_after(state: tuple, this: Any, args: tuple, kwargs: dict, colle
     request_id, wire, token = state
     _adding.reset(token)
     internal_id = getattr(collector, "request_id", None)
-    if not isinstance(internal_id, str):
-        return
+    if not isinstance(internal_id, str):  # before vLLM's internal ids: the client's id
+        internal_id = request_id
     now, tid = native_thread.stamp()
     links = []
     for linked in _internal_ids(this, request_id, internal_id, args, kwargs):

@@ -257,3 +257,34 @@ def test_request_of_n_completions_is_one_row(tmp_path):
     assert (q["recv_token_size"], q["reply_token_size"]) == (5, 4)
     assert q["time_per_output_token(ms)"] == pytest.approx((20.0 - 4.0) / 3, abs=1e-3)
     assert not p["partial"] and not q["partial"]
+
+
+def test_v1_preemption_is_a_dequeue_from_running(tmp_path):
+    """vLLM V1 has no ``ReqState`` records: a request taken out of RUNNING during a schedule
+    call was preempted (put back into WAITING, recomputed later). R is preempted once, S never;
+    R's queue wait is still its first scheduling's."""
+    cap = Capture()
+    api = cap.process("h1", 100, "api_server")
+    ec = cap.process("h1", 200, "engine_core")
+    for rid, at in (("R", 0.0), ("S", 0.5)):
+        api.event("httpReq", ms(at), rid=rid)
+        api.link(ms(at + 0.1), rid, rid + "-i")
+        ec.event("Enqueue", ms(at + 0.2), "Schedule", [rid + "-i"],
+                 **{"QueueSize=": 1, "scope#QueueName": "WAITING"})
+    ec.event("Dequeue", ms(2.0), "Schedule", ["R-i", "S-i"],
+             **{"QueueSize=": 0, "scope#QueueName": "WAITING"})
+    ec.event("Dequeue", ms(5.0), "Schedule", ["R-i"],
+             **{"QueueSize=": 1, "scope#QueueName": "RUNNING"})
+    ec.event("Enqueue", ms(5.0), "Schedule", ["R-i"],
+             **{"QueueSize=": 1, "scope#QueueName": "WAITING"})
+    ec.event("Dequeue", ms(9.0), "Schedule", ["R-i"],
+             **{"QueueSize=": 0, "scope#QueueName": "WAITING"})
+    for rid, at in (("S", 12.0), ("R", 15.0)):
+        api.event("httpRes", ms(at), rid=rid, **{"recvTokenSize=": 5, "replyTokenSize=": 3})
+    cap.write(tmp_path, layout="per_process", encoding="json")
+    frame, _, report = read_captures(tmp_path)
+    assert report.problems == []
+    req = build_requests(frame).set_index("http_rid")
+    assert (req.loc["R", "preemptions"], req.loc["S", "preemptions"]) == (1, 0)
+    assert (req.loc["R", "swaps"], req.loc["S", "swaps"]) == (0, 0)
+    assert req.loc["R", "queue_wait_time(ms)"] == pytest.approx(1.8, abs=1e-3)

@@ -146,9 +146,11 @@ def test_the_self_meter_counts_a_request_where_records_go_to_the_writer(monkeypa
     assert selfmeter.meter.requests == 3
 
 
-def _link_targets(this, params) -> list:
+def _link_targets(this, params, collector=None) -> list:
+    """The internal ids ``add_request`` linked request ``par`` to (``collector``: what vLLM's
+    add_request returns; default: one naming internal id ``par-int``)."""
     async def original(request_id, prompt, params, *args, **kwargs):
-        return SimpleNamespace(request_id="par-int")
+        return collector or SimpleNamespace(request_id="par-int")
     asyncio.run(request.add_request_async(original, this, "par", {}, params))
     links = [record for func, records in recorder._state.queue if func.__name__ ==
              "request.api_spans" for record in records if record[0] == contract.LINK_NAME]
@@ -220,3 +222,14 @@ def test_each_completion_ends_in_the_request_trace():
                  if record[0] == "httpRes"]
     assert [record[5] for record in responses] == [wire, wire]
     assert request._request_wires.get("par") is None  # forgotten after the last one
+
+
+@pytest.mark.usefixtures("scripted")
+def test_children_are_linked_where_the_request_keeps_the_clients_id():
+    """vLLM before its internal ids (0.9-0.10): the collector has no request id, the request
+    keeps the client's, and its children are ``<index>_<client's id>``."""
+    this = SimpleNamespace(output_processor=SimpleNamespace(
+        request_states={"0_par": object(), "1_par": object()}))
+    no_id = SimpleNamespace()  # RequestOutputCollector of vLLM 0.9: no request_id
+    assert _link_targets(this, SimpleNamespace(n=2), no_id) == ["0_par", "1_par"]
+    assert _link_targets(this, SimpleNamespace(n=1), no_id) == []
