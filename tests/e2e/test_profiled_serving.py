@@ -224,12 +224,17 @@ def test_v0_request_states_of_each_recorded_request(served, records_by_path):
             for key, value in message.items():
                 if key.endswith("+"):
                     changes[message["rid"]][key[:-1]] += value
+    parallel = {r.request_id for r in served.phases["parallel"]}
     for result in served.results(*scenario.RECORDED_PHASES):
-        [rid] = [rid for rid in changes if rid == result.external_rid
-                 or rid.startswith(result.external_rid + "-")]
-        # Entered WAITING, went through RUNNING, ended FINISHED: net +1 FINISHED, 0 elsewhere.
-        net = {state: count for state, count in changes[rid].items() if count}
-        assert net == {"FINISHED": 1}, (rid, dict(changes[rid]))
+        # V0 runs each of n > 1 completions as a sequence group <id>_parallel_sample_<index>.
+        rids = [rid for rid in changes if rid == result.external_rid
+                or rid.startswith(result.external_rid + "-")
+                or rid.startswith(result.external_rid + "_parallel_sample_")]
+        assert len(rids) == (scenario.COMPLETIONS if result.request_id in parallel else 1), rids
+        for rid in rids:
+            # Entered WAITING, went through RUNNING, ended FINISHED: net +1 FINISHED, else 0.
+            net = {state: count for state, count in changes[rid].items() if count}
+            assert net == {"FINISHED": 1}, (rid, dict(changes[rid]))
     rows = _csv(served, "request.csv")
     assert all(row["preemptions"] == "0" and row["swaps"] == "0" for row in rows), rows[:3]
 
