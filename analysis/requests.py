@@ -325,12 +325,12 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     }, copy=False)  # copied once, by the sort below
     out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     # Only the ReqState records and the two columns read (V1 captures have none).
+    is_state = (frame["name"] == "ReqState").to_numpy() if len(frame) else np.zeros(0, bool)
     states = request_state_counts(
-        frame.loc[(frame["name"] == "ReqState").to_numpy(), ["name", "rids", "metric_incs"]]
-        if len(frame) else frame)
+        frame.loc[is_state, ["name", "rids", "metric_incs"]] if len(frame) else frame)
     for column in ("preemptions", "swaps"):
         out[column] = out["http_rid"].map(states[column]).fillna(0).astype("int64")
-    if states.empty:  # vLLM V1 (V0 says it in ReqState, and its Dequeue from RUNNING is a finish)
+    if not is_state.any():  # vLLM V1 (V0 says it in ReqState; its Dequeue from RUNNING ends)
         out["preemptions"] = out["_left_running"]
     return out[list(CSV_COLUMNS + INTERNAL_COLUMNS)]
 

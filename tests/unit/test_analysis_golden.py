@@ -259,10 +259,12 @@ def test_request_of_n_completions_is_one_row(tmp_path):
     assert not p["partial"] and not q["partial"]
 
 
-def test_v1_preemption_is_a_dequeue_from_running(tmp_path):
+@pytest.mark.parametrize("engine", ["V1", "V0"])
+def test_v1_preemption_is_a_dequeue_from_running(tmp_path, engine):
     """vLLM V1 has no ``ReqState`` records: a request taken out of RUNNING during a schedule
     call was preempted (put back into WAITING, recomputed later). R is preempted once, S never;
-    R's queue wait is still its first scheduling's."""
+    R's queue wait is still its first scheduling's. On V0 (``ReqState`` records, here none that
+    preempt) a Dequeue from RUNNING is a request finishing: no preemption."""
     cap = Capture()
     api = cap.process("h1", 100, "api_server")
     ec = cap.process("h1", 200, "engine_core")
@@ -281,10 +283,14 @@ def test_v1_preemption_is_a_dequeue_from_running(tmp_path):
              **{"QueueSize=": 0, "scope#QueueName": "WAITING"})
     for rid, at in (("S", 12.0), ("R", 15.0)):
         api.event("httpRes", ms(at), rid=rid, **{"recvTokenSize=": 5, "replyTokenSize=": 3})
+    if engine == "V0":
+        for rid in ("R-i", "S-i"):
+            ec.event("ReqState", ms(0.3), "Request", rid, **{"WAITING+": 1})
     cap.write(tmp_path, layout="per_process", encoding="json")
     frame, _, report = read_captures(tmp_path)
     assert report.problems == []
     req = build_requests(frame).set_index("http_rid")
-    assert (req.loc["R", "preemptions"], req.loc["S", "preemptions"]) == (1, 0)
+    expected = (1, 0) if engine == "V1" else (0, 0)
+    assert (req.loc["R", "preemptions"], req.loc["S", "preemptions"]) == expected
     assert (req.loc["R", "swaps"], req.loc["S", "swaps"]) == (0, 0)
     assert req.loc["R", "queue_wait_time(ms)"] == pytest.approx(1.8, abs=1e-3)
