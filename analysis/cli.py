@@ -330,28 +330,42 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
         requests = _columns_of(requests, trace.REQUEST_COLUMNS + SUMMARY_REQUEST_COLUMNS)
     give_back_free_memory()
     trace_events = build_trace()
-    # With profiler.db's tables written here already, the trace's events are made once for
-    # chrome_tracing.json and profiler.db (trace_file.WrittenAsRead); else the JSON file is
-    # written now, beside the other process's work.
-    one_reading = (tables_written_here and trace_events is not None and "json" in formats
-                   and "db" in formats)
+    # The trace's events are made once for chrome_tracing.json and profiler.db
+    # (trace_file.WrittenAsRead): the JSON file is written as profiler.db's trace tables read
+    # them.
+    one_reading = trace_events is not None and "json" in formats and "db" in formats
     if not one_reading:
         write_json(trace_events)
     json_at = written_at = len(run.written)
     json_failed_at = failed_at = len(run.failed)
+    json_file = db_events = None
+    if "db" in formats:
+        db_events = trace_events
+        if one_reading:
+            db_events = json_file = trace.WrittenAsRead(trace_events, out / "chrome_tracing.json")
+    # Beside the other process's tables, the trace's are written to a file of their own, copied
+    # into profiler.db once both are done; their failure is listed where profiler.db's is.
+    trace_part = part_failure = None
+    if db_events is not None and not tables_written_here:
+        trace_part = run.stage("profiler.db", writers.write_trace_part, out / "profiler.db",
+                               db_events, trace_events.origin_us)
+        if trace_part is None:
+            part_failure = run.failed.pop()
     join()
-    json_file = None
     if "db" in formats and "profiler.db" not in run.failed:
         # Listed where it was when one job wrote all of it: with the report, this process's
         # (before the other's files), without it the CSV files' (after them).
         if "html" not in formats:
             written_at, failed_at = len(run.written), len(run.failed)
-        db_events = trace_events
-        if one_reading:
-            db_events = json_file = trace.WrittenAsRead(trace_events, out / "chrome_tracing.json")
-        run.place(run.stage("profiler.db", writers.finish_profiler_db, out / "profiler.db",
-                            db_events, getattr(trace_events, "origin_us", 0.0)),
-                  written_at, failed_at)
+        if part_failure is not None:
+            run.failed.append(part_failure)
+            run.place(None, written_at, failed_at)
+        else:
+            run.place(run.stage("profiler.db", writers.finish_profiler_db, out / "profiler.db",
+                                db_events, getattr(trace_events, "origin_us", 0.0),
+                                trace_part), written_at, failed_at)
+    elif trace_part is not None:  # the other tables failed: no profiler.db to add them to
+        trace_part.unlink(missing_ok=True)
     if one_reading:  # listed where write_json would have listed it
         path = (run.stage("chrome_tracing.json", json_file.result) if json_file is not None
                 else None)

@@ -344,20 +344,64 @@ def write_profiler_tables(path: Path, request_csv: tuple[pd.DataFrame, Sequence[
 
 
 def finish_profiler_db(path: Path, trace_events: Optional[Iterable[dict]] = None,
-                       trace_origin_us: float = 0.0) -> Path:
+                       trace_origin_us: float = 0.0, trace_part: Optional[Path] = None
+                       ) -> Path:
     """The second half of :func:`write_profiler_db`: the trace's tables (if any) added to the
-    file :func:`write_profiler_tables` wrote, which then replaces ``path``."""
+    file :func:`write_profiler_tables` wrote, which then replaces ``path``; or, given
+    ``trace_part`` (:func:`write_trace_part`'s file), that file's tables copied in."""
     path = Path(path)
     tmp = _db_tmp(path)
-    if trace_events is not None:
-        conn = _connect(tmp)
+    try:
+        if trace_part is not None:
+            _copy_trace_tables(tmp, trace_part)
+        elif trace_events is not None:
+            conn = _connect(tmp)
+            try:
+                _write_trace_tables(conn, trace_events, trace_origin_us)
+                conn.commit()
+            finally:
+                conn.close()
+    finally:
+        if trace_part is not None:
+            Path(trace_part).unlink(missing_ok=True)
+    _replace_atomically(tmp, path)
+    return path
+
+
+def write_trace_part(path: Path, trace_events: Iterable[dict],
+                     trace_origin_us: float = 0.0) -> Path:
+    """The trace's tables of ``path``'s profiler.db into a file of their own (returned), for a
+    process that writes them while another writes :func:`write_profiler_tables`'s file:
+    :func:`finish_profiler_db` copies them in (SQLite copies the rows, no Python value made)."""
+    part = Path(path).with_name(Path(path).name + ".trace.tmp")
+    part.unlink(missing_ok=True)
+    try:
+        conn = _connect(part)
         try:
             _write_trace_tables(conn, trace_events, trace_origin_us)
             conn.commit()
         finally:
             conn.close()
-    _replace_atomically(tmp, path)
-    return path
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return part
+
+
+def _copy_trace_tables(tmp: Path, part: Path) -> None:
+    """The trace's tables of ``part`` created in ``tmp`` as :func:`_write_trace_tables` creates
+    them, their rows copied as they are (ids and values as written, in rowid order: a plain
+    ``SELECT *`` lets SQLite copy the stored records without decoding them)."""
+    conn = _connect(tmp)
+    try:
+        conn.executescript(_TRACE_SCHEMA)
+        conn.execute("ATTACH DATABASE ? AS part", (str(part),))
+        for table in _TRACE_TABLES:
+            conn.execute(f"INSERT INTO main.{table} SELECT * FROM part.{table}")
+        conn.commit()
+        conn.execute("DETACH DATABASE part")
+    finally:
+        conn.close()
 
 
 def _db_tmp(path: Path) -> Path:
@@ -371,9 +415,8 @@ def _connect(tmp: Path) -> sqlite3.Connection:
     return conn
 
 
-def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
-                        origin_us: float) -> None:
-    conn.executescript("""
+_TRACE_TABLES = ("process", "thread", "slice", "counter", "flow")
+_TRACE_SCHEMA = """
         CREATE TABLE process (pid TEXT PRIMARY KEY, process_name TEXT, label TEXT,
                               process_sort_index INTEGER);
         CREATE TABLE thread (track_id INTEGER PRIMARY KEY, tid TEXT, pid TEXT,
@@ -385,7 +428,12 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
                               timestamp INTEGER, cat TEXT, args TEXT);
         CREATE TABLE flow (id INTEGER PRIMARY KEY, flow_id TEXT, name TEXT,
                            cat TEXT, track_id INTEGER, timestamp INTEGER, type TEXT);
-    """)
+    """  # the text sqlite_master keeps: its spacing is part of the schema
+
+
+def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
+                        origin_us: float) -> None:
+    conn.executescript(_TRACE_SCHEMA)
     processes: dict[str, dict] = {}
     tracks: dict[tuple, list] = {}  # (pid, tid) -> [track_id, thread_name, sort_index]
 

@@ -143,18 +143,21 @@ def test_the_tables_are_written_and_let_go_before_the_trace_is_built(tmp_path, m
     assert names.index("profiler.db") == (1 if "html" in formats else len(names) - 1)
 
 
+@pytest.mark.parametrize("fork_below", [_ALWAYS, _NEVER])
 @pytest.mark.parametrize("formats", [["csv", "json", "db", "html"], ["csv", "json", "db"]])
 def test_the_trace_json_is_written_whole_when_profiler_db_fails_reading_it(
-        tmp_path, monkeypatch, capsys, formats):
-    # Above FORK_BELOW_BYTES chrome_tracing.json is written as profiler.db's trace tables read
-    # the events: if those fail half way, the JSON file is written on its own, byte for byte
-    # the file of a run where nothing failed, and listed where it always is.
+        tmp_path, monkeypatch, capsys, formats, fork_below):
+    # chrome_tracing.json is written as profiler.db's trace tables read the events (above
+    # FORK_BELOW_BYTES into profiler.db, below it into a file of their own beside the forked
+    # writer's tables): if those fail half way, the JSON file is written on its own, byte for
+    # byte the file of a run where nothing failed, and listed where it always is.
     from otel_vllm_ascend.analysis import writers
 
     sim = simulate_service(30, seed=5, max_batch=5, max_output=6)
     sim.capture.write(tmp_path / "in")
-    monkeypatch.setattr(output_jobs, "FORK_BELOW_BYTES", _ALWAYS)
-    monkeypatch.setattr(os, "fork", _no_fork)
+    monkeypatch.setattr(output_jobs, "FORK_BELOW_BYTES", fork_below)
+    if fork_below == _ALWAYS:
+        monkeypatch.setattr(os, "fork", _no_fork)
 
     def analyse(name):
         out = tmp_path / name
@@ -175,6 +178,7 @@ def test_the_trace_json_is_written_whole_when_profiler_db_fails_reading_it(
     assert (failed / "chrome_tracing.json").read_bytes() \
         == (whole / "chrome_tracing.json").read_bytes()
     assert not (failed / "profiler.db").exists()
+    assert not (failed / "profiler.db.trace.tmp").exists()  # the trace tables apart: gone
     assert "not written: profiler.db" in printed
     assert printed.split("written to OUT: ")[1].split("\n")[0] \
         == whole_printed.split("written to OUT: ")[1].split("\n")[0].replace(

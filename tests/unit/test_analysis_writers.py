@@ -199,3 +199,62 @@ def test_profiler_db_in_two_halves_is_the_one_written_at_once(tmp_path, with_tra
     assert not (tmp_path / "two.db.tmp").exists()
     one, two = _db_dump(tmp_path / "one.db"), _db_dump(tmp_path / "two.db")
     assert one == two and ("slice" in one[1]) == with_trace
+
+
+def _db_in_order(path):
+    """sqlite_master and every table's rows with their rowids, in the file's own order."""
+    conn = sqlite3.connect(path)
+    schema = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    rows = {name: conn.execute(f'SELECT rowid, * FROM "{name}"').fetchall()
+            for kind, name, _, _ in schema if kind == "table"}
+    conn.close()
+    return schema, rows
+
+
+def test_the_trace_tables_written_apart_and_copied_in_are_those_written_in_place(tmp_path):
+    """The CLI's forked path: the tables written by one process, the trace's by another into
+    a file of their own (write_trace_part), copied in by finish_profiler_db: the same schema
+    in the same order, the same rows with the same rowids; the part's file is gone."""
+    import multiprocessing
+
+    requests = pd.DataFrame({"http_rid": ["a", "b"], "recv_token_size": [3.0, 4.0]})
+    summaries = {"service_summary": pd.DataFrame({"Metric": ["x"], "Value": [1.0]})}
+    batches = pd.DataFrame({"batch_type": ["Prefill"], "total_batch_size": [2.0]})
+    kvcache = pd.DataFrame({"name": ["kv"], "used_blocks": [7]})
+    tables = ((requests, list(requests.columns)), (batches, list(batches.columns)),
+              (kvcache, list(kvcache.columns)), summaries)
+    events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "p"}},
+              {"ph": "M", "name": "thread_name", "pid": 1, "tid": 2, "args": {"name": "t"}},
+              {"ph": "X", "name": "s", "pid": 1, "tid": 2, "ts": 1.0, "dur": 2.0,
+               "args": {"k": [1, "x"]}},
+              {"ph": "i", "name": "e", "pid": 1, "tid": 3, "ts": 4.5, "cat": "c"},
+              {"ph": "C", "name": "KV cache", "pid": 1, "ts": 2.0, "args": {"usage": 0.5}},
+              {"ph": "s", "name": "request", "cat": "request", "id": 7, "pid": 1, "tid": 2,
+               "ts": 1.001},
+              {"ph": "f", "name": "request", "cat": "request", "id": 7, "pid": 9, "tid": 1,
+               "ts": 3.0, "bp": "e"}]
+    writers.write_profiler_db(tmp_path / "one.db", *tables, events, 5.0)
+    child = multiprocessing.get_context("fork").Process(
+        target=writers.write_profiler_tables, args=(tmp_path / "two.db", *tables))
+    child.start()
+    part = writers.write_trace_part(tmp_path / "two.db", events, 5.0)
+    child.join()
+    assert child.exitcode == 0 and part.exists() and not (tmp_path / "two.db").exists()
+    assert writers.finish_profiler_db(tmp_path / "two.db", None, 0.0, part) \
+        == tmp_path / "two.db"
+    assert not part.exists() and not (tmp_path / "two.db.tmp").exists()
+    one, two = _db_in_order(tmp_path / "one.db"), _db_in_order(tmp_path / "two.db")
+    assert one == two
+    assert [len(one[1][name]) for name in ("process", "thread", "slice", "counter", "flow")] \
+        == [1, 3, 2, 1, 2]
+
+
+def test_a_trace_part_that_fails_leaves_no_file(tmp_path, monkeypatch):
+    def fail(conn, events, origin_us):
+        conn.execute("CREATE TABLE slice (id INTEGER)")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(writers, "_write_trace_tables", fail)
+    with pytest.raises(sqlite3.OperationalError):
+        writers.write_trace_part(tmp_path / "p.db", [], 0.0)
+    assert list(tmp_path.iterdir()) == []
