@@ -203,7 +203,10 @@ def step_requests(steps: pd.DataFrame) -> pd.DataFrame:
     # else float64; made a chunk of rows at a time (:func:`_number_column`). Readers widen to
     # float64 before any arithmetic.
     groups = _piece_groups(pieces)
-    numbers = {key: _number_column(pieces, groups, key) for key in _DETAIL_KEYS[1:]}
+    if len(groups) == 1:  # a chunk of steps (StepRequestChunks): each key read once
+        numbers = _narrowed(_GroupRows(pieces, groups[0]).columns(_DETAIL_KEYS[1:]))
+    else:
+        numbers = {key: _number_column(pieces, groups, key) for key in _DETAIL_KEYS[1:]}
     # The ids as category codes (int32 at most, 4 bytes a row against an 8-byte pointer: the
     # table is held from here to request_summary, twenty million rows at x100); a batch entry
     # without an id is the missing code. Read them with rid_values (None where missing).
@@ -379,25 +382,89 @@ _FLOAT_TYPES = [np.float16, np.float32, np.float64]
 def _group_values(pieces: list, group: tuple, key: str) -> np.ndarray:
     """The float64 values of ``key`` in one group of pieces; for ``type``, the iteration's
     rule where the dicts lack it."""
-    first_piece, end_piece, first_row, end_row = group
-    values = np.empty(end_row - first_row, dtype="float64")
-    first = 0
-    for piece in pieces[first_piece:end_piece]:
-        if isinstance(piece, tuple):
-            detail = piece[0]
-            last = first + len(detail)
-            piece_values = detail.column(key)
-            values[first:last] = np.nan if piece_values is None else piece_values
-        else:
-            last = first + len(piece["rid"])
+    return _GroupRows(pieces, group).columns((key,))[key]
+
+
+def _narrowed(columns: dict) -> dict:
+    """Each float64 column in the narrowest type that holds its values (as
+    :func:`_number_column` makes it)."""
+    return {key: values.astype(_narrowest(values)) for key, values in columns.items()}
+
+
+class _GroupRows:
+    """The rows of one group of pieces, read a key at a time without a step at a time: the
+    compact steps' fields concatenated per layout (one copy per layout, a few layouts), each
+    key then one field of that copy put at its rows."""
+
+    def __init__(self, pieces: list, group: tuple) -> None:
+        first_piece, end_piece, first_row, end_row = group
+        self.size = end_row - first_row
+        self.plain: list = []  # (first, last, dict piece)
+        by_layout: dict = {}  # (keys, fields' type) -> (a detail, its fields, their firsts)
+        first = 0
+        for piece in pieces[first_piece:end_piece]:
+            if piece.__class__ is tuple:
+                detail = piece[0]
+                fields = detail.fields
+                last = first + len(fields)
+                layout = by_layout.get((id(detail.keys), id(fields.dtype)))
+                if layout is None:
+                    layout = by_layout[(id(detail.keys), id(fields.dtype))] = (detail, [], [])
+                layout[1].append(fields)
+                layout[2].append(first)
+            else:
+                last = first + len(piece["rid"])
+                self.plain.append((first, last, piece))
+            first = last
+        whole = len(by_layout) == 1 and not self.plain
+        self.layouts = [(detail._value_keys(), _concatenated(fields),
+                         None if whole else _rows_of(fields, firsts))
+                        for detail, fields, firsts in by_layout.values()]
+
+    def columns(self, keys: Sequence[str]) -> dict:
+        """float64 values of ``keys``; for ``type``, the iteration's rule where the dicts
+        lack it."""
+        columns = {key: self._values(key) for key in keys}
+        if "type" in columns:
+            # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
+            values = columns["type"]
+            iteration = columns["iter"] if "iter" in columns else self._values("iter")
+            missing = np.isnan(values) & ~np.isnan(iteration)
+            values[missing] = (iteration[missing] > 0).astype("float64")
+        return columns
+
+    def _values(self, key: str) -> np.ndarray:
+        values = np.empty(self.size, dtype="float64")
+        for value_keys, fields, rows in self.layouts:
+            field = fields[f"f{value_keys.index(key)}"] if key in value_keys else np.nan
+            if rows is None:
+                values[:] = field
+            else:
+                values[rows] = field
+        for first, last, piece in self.plain:
             values[first:last] = piece[key]
-        first = last
-    if key == "type":
-        # Without a dict ``type``, iteration 0 is the prefill (the reference's rule).
-        iteration = _group_values(pieces, group, "iter")
-        missing = np.isnan(values) & ~np.isnan(iteration)
-        values[missing] = (iteration[missing] > 0).astype("float64")
-    return values
+        return values
+
+
+def _concatenated(fields: list) -> np.ndarray:
+    """Structured arrays of one layout as one: their bytes joined (``np.concatenate`` of
+    structured arrays checks their fields' types array by array, most of the group's time)."""
+    layout = fields[0].dtype
+    if len(fields) == 1:
+        return fields[0]
+    if not layout.itemsize:
+        return np.empty(sum(map(len, fields)), dtype=layout)
+    try:
+        return np.concatenate([part.view(np.uint8) for part in fields]).view(layout)
+    except ValueError:  # an array not laid out in one block
+        return np.concatenate(fields)
+
+
+def _rows_of(fields: list, firsts: list) -> np.ndarray:
+    """The group's rows of consecutive runs of ``len(fields[i])`` rows from ``firsts[i]``."""
+    lengths = np.fromiter(map(len, fields), dtype=np.int64, count=len(fields))
+    starts = np.asarray(firsts, dtype=np.int64) - (np.cumsum(lengths) - lengths)
+    return np.repeat(starts, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 def _narrowest(values: np.ndarray) -> Any:

@@ -167,3 +167,36 @@ def test_request_ids_read_through_the_frames_id_table():
     table = step_requests(_steps(details, [list(rids) for rids in batches]))
     assert rid_values(table["rid"]).tolist() == [rid for rids in batches for rid in rids]
     assert table["rid"].cat.categories.tolist() == ["r1", "r2", "r3", "r4"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compact_steps_read_a_layout_at_a_time_are_their_dicts(seed):
+    """A chunk's compact steps are read by layout (their fields joined, then put at their
+    rows): every value is the one its dict holds, whatever the mix of layouts (field widths
+    from int8 to int64, a key some layouts lack, dicts of an id only) and plain steps."""
+    rng = np.random.default_rng(seed)
+    details, rids, expected = [], [], []
+    for step in range(40):
+        names = [f"r{step}-{i}" for i in range(rng.integers(1, 5))]
+        shape = rng.integers(0, 4)
+        items = []
+        for name in names:
+            item = _item(name, int(rng.integers(0, 3)), int(rng.integers(0, 2)),
+                         int(rng.choice([5, 300, 70000, 2**40])))
+            if shape == 1:
+                del item["num_computed_tokens"], item["type"]
+            elif shape == 2:
+                item = {"rid": name}
+            items.append(item)
+        expected += items
+        details.append(items if shape == 3 else compact(items, names))
+        assert shape == 3 or details[-1] is not None
+        rids.append(names)
+    table = step_requests(_steps(details, rids))
+    assert table["rid"].tolist() == [item["rid"] for item in expected]
+    for key in ("iter", "num_scheduled_tokens", "num_prompt_tokens", "num_computed_tokens"):
+        want = [float(item.get(key, np.nan)) for item in expected]
+        np.testing.assert_array_equal(table[key].to_numpy(dtype="float64"), want)
+    kinds = [float(item["type"]) if "type" in item
+             else (float(item["iter"] > 0) if "iter" in item else np.nan) for item in expected]
+    np.testing.assert_array_equal(table["type"].to_numpy(dtype="float64"), kinds)
