@@ -468,14 +468,14 @@ def _write_trace_tables(conn: sqlite3.Connection, events: Iterable[dict],
             slices.append((start, duration, event.get("name"),
                            track(event.get("pid"), event.get("tid")), event.get("cat"),
                            dumps(event.get("args") or {}), start + duration))
-            if len(slices) >= TRACE_ROWS_HELD:  # inserted as they come: bounded memory
+            if len(slices) >= EVENT_ROWS_HELD:  # inserted as they come: bounded memory
                 _insert_rows(conn, insert_slice, "(?, ?, ?, ?, ?, ?, ?)", 7, slices)
                 slices = []
         elif ph == "C":
             counters.append((event.get("name"), str(event.get("pid")),
                              int(origin_ns + event["ts"] * 1000.0), event.get("cat"),
                              dumps(event.get("args") or {})))
-            if len(counters) >= TRACE_ROWS_HELD:
+            if len(counters) >= EVENT_ROWS_HELD:
                 _insert_rows(conn, insert_counter, "(?, ?, ?, ?, ?)", 5, counters)
                 counters = []
         elif ph == "M":
@@ -548,6 +548,9 @@ def _flow_rows(columns: Any, track: Any, origin_ns: int) -> Iterable[tuple]:
 
 # Trace rows held before they are inserted (a multiple of ROWS_PER_INSERT).
 TRACE_ROWS_HELD = 10_000
+# Slice and counter rows (their args as JSON text) held before they are inserted: below
+# FORK_BELOW_BYTES they are held beside the forked writer's work (write_trace_part).
+EVENT_ROWS_HELD = 2_000
 # Rows per INSERT statement for the trace tables: one statement step per 100 rows instead of
 # per row halves the time of the 206,000-row flow table.
 ROWS_PER_INSERT = 100
