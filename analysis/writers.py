@@ -355,12 +355,7 @@ def finish_profiler_db(path: Path, trace_events: Optional[Iterable[dict]] = None
         if trace_part is not None:
             _copy_trace_tables(tmp, trace_part)
         elif trace_events is not None:
-            conn = _connect(tmp)
-            try:
-                _write_trace_tables(conn, trace_events, trace_origin_us)
-                conn.commit()
-            finally:
-                conn.close()
+            _add_trace_tables(tmp, trace_events, trace_origin_us)
     finally:
         if trace_part is not None:
             Path(trace_part).unlink(missing_ok=True)
@@ -376,16 +371,20 @@ def write_trace_part(path: Path, trace_events: Iterable[dict],
     part = Path(path).with_name(Path(path).name + ".trace.tmp")
     part.unlink(missing_ok=True)
     try:
-        conn = _connect(part)
-        try:
-            _write_trace_tables(conn, trace_events, trace_origin_us)
-            conn.commit()
-        finally:
-            conn.close()
+        _add_trace_tables(part, trace_events, trace_origin_us)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
     return part
+
+
+def _add_trace_tables(path: Path, trace_events: Iterable[dict], origin_us: float) -> None:
+    conn = _connect(path)
+    try:
+        _write_trace_tables(conn, trace_events, origin_us)
+        conn.commit()
+    finally:
+        conn.close()
 
 
 def _copy_trace_tables(tmp: Path, part: Path) -> None:
