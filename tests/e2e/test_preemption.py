@@ -1,0 +1,62 @@
+"""Preemption under a KV cache too small for the load, counted as vLLM counts it.
+
+A server with a few dozen KV blocks (``--num-gpu-blocks-override``) gets more long requests at
+once than fit: vLLM preempts some (V1: recompute; V0 likewise on CPU) and counts them in its
+``vllm:num_preemptions_total``. request.csv's ``preemptions`` must add up to that counter, and
+the requests must still come out whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+import urllib.request
+
+import profiling_workdir
+import pytest
+import workload
+from serve import VllmServer
+
+KV_BLOCKS = 24
+
+
+def _preemptions_counted_by_vllm(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(value) for value in re.findall(
+        r"^vllm:num_preemptions(?:_total)?\{[^}]*\} ([0-9.e+]+)$", text, re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def preempted(tiny_model, e2e_root):
+    work = e2e_root / "preemption"
+    files = profiling_workdir.prepare(work, enable=1)
+    specs = workload.make_requests(24, seed=9, prompt_words=(40, 60), output_tokens=(96, 128),
+                                   id_prefix="pre")
+    server = VllmServer(tiny_model, work, env=files.env(),
+                        extra_args=["--num-gpu-blocks-override", str(KV_BLOCKS)])
+    try:
+        server.start()
+        results = workload.run(server.url, server.model_name, specs, len(specs), timeout_s=300)
+        counted = _preemptions_counted_by_vllm(server.url)
+    finally:
+        server.stop()
+    time.sleep(1.0)
+    rc, output = profiling_workdir.run_analyzer(files.prof_dir, work / "analysis")
+    assert rc == 0, output[-3000:]
+    with open(work / "analysis" / "request.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return results, counted, rows
+
+
+def test_preemptions_add_up_to_vllms_counter(preempted):
+    results, counted, rows = preempted
+    assert all(result.ok for result in results), [r.error for r in results if not r.ok]
+    assert counted > 0, "vLLM preempted nothing: the KV cache was not small enough"
+    assert sum(int(row["preemptions"]) for row in rows) == counted, rows
+    by_id = {row["http_rid"]: row for row in rows}
+    for result in results:  # preempted or not, each request is one whole row
+        row = by_id[result.external_rid]
+        assert float(row["reply_token_size"]) == result.completion_tokens, row
+        assert row["partial"] == "False", row
