@@ -223,6 +223,19 @@ def _floats(values: np.ndarray) -> np.ndarray:
         dtype="float64")
 
 
+def _linked_ids(frame: pd.DataFrame, requests: pd.Index) -> np.ndarray:
+    """Per request, how many ids of the engine's are linked to it: one per completion of a
+    request with ``n`` > 1 (V1 child requests, V0 sequence groups). Counts completions where
+    ``httpRes`` does not: V0 writes one for all of a request's completions."""
+    rows = np.flatnonzero((frame["name"] == "link").to_numpy()) if len(frame) else []
+    if not len(rows):
+        return np.zeros(len(requests))
+    pairs = pd.DataFrame({"from": key_values(frame["attrs"], "from", None, rows=rows),
+                          "to": key_values(frame["attrs"], "to", None, rows=rows)})
+    pairs = pairs[pairs["from"] != pairs["to"]].dropna().drop_duplicates()
+    return pairs["from"].value_counts().reindex(requests, fill_value=0).to_numpy(dtype=float)
+
+
 def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
                    per_request: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One row per request id: ``CSV_COLUMNS`` then ``INTERNAL_COLUMNS``."""
@@ -251,8 +264,9 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
     is_res = per.rows_named("httpRes")
     table["end_us"] = per.reduce(is_res, end, fmax)
     table["recv"] = _floats(per.first(is_res, per.values_at("metrics", "recvTokenSize", is_res)))
-    table["reply_tokens"], table["completions"] = per.total(
+    table["reply_tokens"], responses = per.total(
         is_res, per.values_at("metrics", "replyTokenSize", is_res))
+    table["completions"] = np.fmax(responses, _linked_ids(frame, table.index))
     table["first_output_us"] = per.reduce(per.rows_named(*OUTPUT_NAMES), start, fmin)
     table["first_seen_us"] = per.first_seen
     table["enqueue_us"] = per.reduce(per.rows_named("Enqueue"), start, fmin)

@@ -55,6 +55,7 @@ BUILTIN_HANDLERS = {
     "v0_request_output": f"{_MODULE}.v0_request:request_output",
     "v0_add_request": f"{_MODULE}.v0_request:add_request",
     "v0_add_processed_request": f"{_MODULE}.v0_request:add_processed_request",
+    "v0_parallel_sample": f"{_MODULE}.v0_request:parallel_sample",
     "v0_process_model_outputs": f"{_MODULE}.v0_request:process_model_outputs",
     "v0_schedule": f"{_MODULE}.v0_scheduler:schedule",
     "v0_queue_changes": f"{_MODULE}.v0_scheduler:queue_changes_handler",

@@ -1,7 +1,7 @@
 """V0 engine request-lifecycle handlers (domain ``Request``).
 
-API server (what the client sees; V0 keeps the API server's request id inside the engine, so no
-id mapping is needed):
+API server (what the client sees; V0 keeps the API server's request id inside the engine, so
+only the completions of a request with ``n`` > 1 need mapping, below):
 
 * ``MQLLMEngineClient.generate(prompt, sampling_params, request_id, lora_request,
   trace_headers, ...)`` (``vllm serve``'s default: the engine in its own process) -> events
@@ -22,6 +22,10 @@ API server records the same facts closer to the client):
 * ``LLMEngine._add_processed_request`` -> ``ReqState`` WAITING+1;
 * ``LLMEngine._process_model_outputs(ctx)`` -> ``httpRes`` per finished request, then one
   ``detokenize`` for the requests of the processed step.
+
+Engine side, in the default symbol file: ``ParallelSampleSequenceGroup.add_request`` (a request
+with ``n`` > 1, run as one sequence group ``<id>_parallel_sample_<i>`` per completion) -> a
+``link`` record from the request's id to each completion's, as V1's child requests get.
 
 No prompt or completion text is read, only ids and token counts.
 """
@@ -190,6 +194,34 @@ def _processed_request_after(state: Any, this: Any, args: tuple, kwargs: dict, r
 add_processed_request = wrapping.AroundHandler(
     wrapping.always, _processed_request_after, "v0_add_processed_request",
     "V0 ``LLMEngine._add_processed_request``: ``ReqState`` WAITING+1.")
+
+
+def _parallel_sample_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
+                           error: Optional[BaseException]) -> None:
+    if error is not None:
+        return
+    request_id = args[0] if args else kwargs.get("request_id")
+    engine = args[1] if len(args) > 1 else kwargs.get("engine")
+    params = args[2] if len(args) > 2 else kwargs.get("params")
+    n = getattr(params, "n", None)
+    groups = getattr(engine, "seq_id_to_seq_group", None)
+    if not isinstance(request_id, str) or type(n) is not int or not isinstance(groups, dict):
+        return
+    # The children as the engine holds them (vLLM names them "<id>_parallel_sample_<i>"): only
+    # those whose group is this request's are linked.
+    children = [child for child in (f"{request_id}_parallel_sample_{i}" for i in range(n))
+                if getattr(groups.get(child), "group_id", None) == request_id]
+    now = time.time_ns()
+    for child in children:
+        recorder.record_event(contract.LINK_NAME, {
+            contract.DOMAIN: REQUEST, contract.LINK_FROM: request_id, contract.LINK_TO: child,
+        }, timestamp_ns=now, record=contract.RECORD_LINK)
+
+
+parallel_sample = wrapping.AroundHandler(
+    wrapping.always, _parallel_sample_after, "v0_parallel_sample",
+    "V0 ``ParallelSampleSequenceGroup.add_request`` (``n`` > 1): a ``link`` record from the "
+    "request to each completion's sequence group.")
 
 
 def _model_outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:

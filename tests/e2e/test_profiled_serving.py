@@ -90,6 +90,12 @@ def test_each_recorded_request_once_with_client_usage(served):
         row = matching[0]
         assert _number(row["recv_token_size"]) == result.prompt_tokens, row
         assert _number(row["reply_token_size"]) == result.completion_tokens, row
+        # Complete: the engine's records joined the request's (V1 child requests and V0
+        # sequence groups of n > 1 through their link records).
+        assert row["partial"] == "False", row
+        assert _number(row["queue_wait_time(ms)"]) >= 0, row
+    completions = [row["http_rid"] for row in rows if "_parallel_sample_" in row["http_rid"]]
+    assert not completions, completions
 
 
 def test_stop_strings_ended_requests_early(served):

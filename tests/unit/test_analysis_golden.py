@@ -259,6 +259,37 @@ def test_request_of_n_completions_is_one_row(tmp_path):
     assert not p["partial"] and not q["partial"]
 
 
+def test_v0_request_of_n_completions_is_one_row(tmp_path):
+    """V0 runs each completion of an ``n`` = 2 request as a sequence group
+    ``<id>_parallel_sample_<i>``, linked to the request by the engine, and the API server
+    writes one ``httpRes`` with the tokens of both. One row: the groups' queue wait, TPOT per
+    completion (the completions counted from the links, not from the one ``httpRes``)."""
+    cap = Capture()
+    api = cap.process("h1", 100, "api_server")
+    engine = cap.process("h1", 200, "engine_core")
+    api.event("httpReq", ms(0.0), rid="P")
+    children = ["P_parallel_sample_0", "P_parallel_sample_1"]
+    for child in children:
+        engine.link(ms(0.5), "P", child)
+        engine.event("Enqueue", ms(1.0), "BatchSchedule", [child],
+                     **{"QueueSize=": 1, "scope#QueueName": "WAITING"})
+    engine.event("Dequeue", ms(3.0), "BatchSchedule", children,
+                 **{"QueueSize=": 0, "scope#QueueName": "WAITING"})
+    api.event("detokenize", ms(6.0), rid=["P"])
+    api.event("httpRes", ms(30.0), rid="P", **{"recvTokenSize=": 7, "replyTokenSize=": 10})
+    cap.write(tmp_path, layout="per_process", encoding="json")
+    frame, _, report = read_captures(tmp_path)
+    assert report.problems == []
+    req = build_requests(frame).set_index("http_rid")
+    assert list(req.index) == ["P"]  # no row of its own for a completion
+    p = req.loc["P"]
+    assert (p["recv_token_size"], p["reply_token_size"]) == (7, 10)
+    assert p["queue_wait_time(ms)"] == pytest.approx(2.0, abs=1e-3)
+    assert p["time_per_output_token(ms)"] == pytest.approx((30.0 - 6.0) / (10 / 2 - 1),
+                                                           abs=1e-3)
+    assert not p["partial"]
+
+
 @pytest.mark.parametrize("engine", ["V1", "V0"])
 def test_v1_preemption_is_a_dequeue_from_running(tmp_path, engine):
     """vLLM V1 has no ``ReqState`` records: a request taken out of RUNNING during a schedule

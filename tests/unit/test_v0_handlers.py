@@ -313,3 +313,43 @@ def test_streamed_outputs_are_added_up(capture):
     attrs = _attrs(res)
     assert (attrs["ms.metric.recvTokenSize"], attrs["ms.metric.replyTokenSize"]) == (3, 3)
     assert len(capture.named("detokenize")) == 3
+
+
+class _Engine:
+    """What ``ParallelSampleSequenceGroup.add_request`` uses of ``LLMEngine``: its
+    ``_add_processed_request`` (the real one's signature; here it makes the sequence group and
+    hands it to a real scheduler, as the engine does) and ``seq_id_to_seq_group``."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.seq_id_to_seq_group = {}
+        self.seq_ids = iter(range(100, 200))
+
+    def _add_processed_request(self, request_id, processed_inputs, params, arrival_time,
+                               lora_request, prompt_adapter_request=None,
+                               trace_headers=None, priority=0):
+        seq = Sequence(next(self.seq_ids), processed_inputs, block_size=BLOCK)
+        group = SequenceGroup(request_id, [seq], arrival_time=arrival_time,
+                              sampling_params=params, trace_headers=trace_headers,
+                              priority=priority)
+        self.scheduler.add_seq_group(group)
+        return group
+
+
+def test_completions_of_a_request_with_n_above_one_are_linked_to_it(capture):
+    from vllm.sequence import ParallelSampleSequenceGroup
+
+    engine = _Engine(_scheduler())
+    ParallelSampleSequenceGroup.add_request(
+        "cmpl-n", engine, SamplingParams(n=3, max_tokens=2),
+        processed_inputs=token_inputs([1, 2, 3]), arrival_time=time.time(), lora_request=None,
+        trace_headers=None, priority=0)
+    children = [f"cmpl-n_parallel_sample_{i}" for i in range(3)]
+    assert [g.request_id for g in engine.scheduler.waiting] == children  # vLLM's own naming
+    links = [_attrs(s) for s in capture.named("link")]
+    assert [(a["ms.link.from"], a["ms.link.to"], a["ms.record"]) for a in links] == [
+        ("cmpl-n", child, "link") for child in children]
+    # The engine's records name the completions; the links map them to the request.
+    enqueued = [a["ms.rid"] for a in _events(capture, "Enqueue")]
+    assert [list(rids) for rids in enqueued] == [[child] for child in children]
+
