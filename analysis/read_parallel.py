@@ -42,7 +42,12 @@ from otel_vllm_ascend.analysis.frame import (
     map_request_ids,
 )
 from otel_vllm_ascend.analysis.narrow_ints import narrowest
-from otel_vllm_ascend.analysis.read_results import ReadReport, _apply_meta, _fill_roles, _process
+from otel_vllm_ascend.analysis.read_results import (
+    ReadReport,
+    _apply_meta,
+    _complete_processes,
+    _process,
+)
 from otel_vllm_ascend.analysis.read_sqlite import (
     _DbRows,
     _host_from_stem,
@@ -344,7 +349,7 @@ class _Merge:
         builder = RecordBuilder()
         builder.columns = cols
         builder.links = links
-        _fill_roles(builder, self.processes)
+        _complete_processes(builder, self.processes)
         frame = builder.build(self.processes.values())
         return frame, sorted(self.processes.values(), key=lambda p: (p.host, p.pid))
 

@@ -42,16 +42,34 @@ def _apply_meta(proc: ProcessInfo, meta: dict[str, str]) -> None:
             pass
 
 
-def _fill_roles(builder: RecordBuilder, processes: dict[tuple[str, int], ProcessInfo]) -> None:
+def _complete_processes(builder: RecordBuilder,
+                        processes: dict[tuple[str, int], ProcessInfo]) -> None:
+    """Roles guessed from the record names where no Meta row gave one; then the DP ranks of
+    workers that recorded none, from their EngineCore."""
     missing = [p for p in processes.values() if not p.role]
-    if not missing:
-        return
-    names: dict[tuple[int, str], set] = {}
-    cols = builder.columns
-    for source, pid, name in zip(cols["source"], cols["pid"], cols["name"]):
-        names.setdefault((pid, source), set()).add(name)
-    for proc in missing:
-        seen: set = set()
-        for source in proc.sources:
-            seen |= names.get((proc.pid, source), set())
-        proc.role = guess_role(seen)
+    if missing:
+        names: dict[tuple[int, str], set] = {}
+        cols = builder.columns
+        for source, pid, name in zip(cols["source"], cols["pid"], cols["name"]):
+            names.setdefault((pid, source), set()).add(name)
+        for proc in missing:
+            seen: set = set()
+            for source in proc.sources:
+                seen |= names.get((proc.pid, source), set())
+            proc.role = guess_role(seen)
+    _inherit_dp_ranks(processes)
+
+
+def _inherit_dp_ranks(processes: dict[tuple[str, int], ProcessInfo]) -> None:
+    """A worker without a rank of its own gets its parent's (Meta ``ppid``): the workers of a
+    dense model's independent DP rank have a configuration of DP size 1, their EngineCore
+    knows its rank."""
+    for proc in processes.values():
+        if proc.dp_rank is not None or proc.role != "worker":
+            continue
+        try:
+            parent = processes.get((proc.host, int(float(proc.meta.get("ppid", "")))))
+        except ValueError:
+            continue
+        if parent is not None and parent.role == "engine_core":
+            proc.dp_rank = parent.dp_rank

@@ -32,7 +32,7 @@ import pandas as pd
 from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder
 from otel_vllm_ascend.analysis.read_otlp import _read_otlp
 from otel_vllm_ascend.analysis.read_parallel import read_files, worker_count
-from otel_vllm_ascend.analysis.read_results import ReadReport, _fill_roles
+from otel_vllm_ascend.analysis.read_results import ReadReport, _complete_processes
 from otel_vllm_ascend.analysis.read_sqlite import _read_db
 
 DB_NAME = re.compile(r"^ms_service_[\w.-]+\.db$")
@@ -123,6 +123,6 @@ def read_captures(root: Union[Path, Sequence[Path]], progress: Optional[Progress
         report.rows += len(builder) - before
     if progress is not None:
         progress(len(captures), len(captures), "")
-    _fill_roles(builder, processes)
+    _complete_processes(builder, processes)
     frame = builder.build(processes.values())
     return frame, sorted(processes.values(), key=lambda p: (p.host, p.pid)), report

@@ -121,9 +121,11 @@ class VllmServiceInstrumentor(BaseInstrumentor):
 # infrastructure rather than records (the last engine steps at shutdown, see
 # handlers/lifecycle.py; one trace per request across processes, see handlers/request.py) and
 # the process's Meta dpRankId, which vllm-ascend's files before 0.20 do not ask for.
-# OTEL_VLLM_SHUTDOWN_GRACE_S=0 leaves the shutdown hook out, from every symbol file.
-ALWAYS_ON_SYMBOLS = frozenset({"vllm.v1.engine.utils:shutdown"})
-ALWAYS_ON_HANDLERS = frozenset({"shutdown_grace", "assign_request_id", "carry_trace_context",
+# OTEL_VLLM_SHUTDOWN_GRACE_S=0 leaves the shutdown hooks out, from every symbol file.
+ALWAYS_ON_SYMBOLS = frozenset({"vllm.v1.engine.utils:shutdown",
+                               "vllm.v1.utils:APIServerProcessManager.shutdown"})
+ALWAYS_ON_HANDLERS = frozenset({"shutdown_grace", "api_servers_shutdown_grace",
+                                "assign_request_id", "carry_trace_context",
                                 "incoming_trace_headers", "bind_trace_context",
                                 "init_data_parallel"})
 # Records the reference added in its 26.x handlers. A file in the reference's layout (written by

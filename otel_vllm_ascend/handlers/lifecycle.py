@@ -11,6 +11,11 @@ timeout is raised to at least ``OTEL_VLLM_SHUTDOWN_GRACE_S`` seconds (default 5;
 hook out altogether). Only the wait before the forced kill changes: EngineCore still aborts or
 drains requests exactly as ``--shutdown-timeout`` says, and a process that exits sooner is not
 waited for.
+
+The same holds for the API servers themselves when vLLM runs several (``--api-server-count``,
+by default one per data-parallel rank): the main process stops them through
+``APIServerProcessManager.shutdown(timeout)``, which would kill them at once, before they write
+the ``httpRes`` of the last requests.
 """
 
 from __future__ import annotations
@@ -39,3 +44,16 @@ def shutdown_grace(original: Any, this: Any, procs: Any, timeout: Any = None, *a
 
 # vLLM 0.9-0.11's shutdown(procs) has no timeout (it always waits 5 s): the hook steps aside.
 shutdown_grace.expects = ("procs", "timeout")  # type: ignore[attr-defined]
+
+
+def api_servers_shutdown_grace(original: Any, this: Any, timeout: Any = None, *args: Any,
+                               **kwargs: Any) -> Any:
+    """``APIServerProcessManager.shutdown(timeout)``: wait at least the grace period before
+    killing the API servers."""
+    grace = grace_seconds()
+    if timeout is not None and timeout < grace:
+        timeout = grace
+    return original(timeout, *args, **kwargs)
+
+
+api_servers_shutdown_grace.expects = ("timeout",)  # type: ignore[attr-defined]

@@ -1,12 +1,17 @@
 """Process metadata: the Meta row ``dpRankId`` under data parallelism, once per process.
 
 * EngineCore: hooked on ``DPEngineCoreProc.add_request``; the first call records the engine's
-  data-parallel rank.
+  data-parallel rank. The built-in ``schedule`` records it too, at the engine's first step
+  (:func:`record_engine_dp_rank`), which also covers the ranks of a dense model: vLLM (0.23 and
+  later) runs them as independent engines (``EngineCoreProc``, data-parallel size 1), the rank
+  kept in ``data_parallel_index`` and the process named ``EngineCore_DP<rank>``.
 * Worker (model runner): ``init_data_parallel_worker`` on the runner's ``execute_model``, and the
   built-in ``execute_model_runner`` itself, record the runner's rank at its first step: its
   ``dp_rank`` (vllm-ascend), else ``data_parallel_rank``, else the parallel config's. Workers of
   a service without data parallelism (``data_parallel_size`` 1) record nothing, like their
-  EngineCore, so ``dp_rank`` stays empty for the whole service.
+  EngineCore, so ``dp_rank`` stays empty for the whole service. The workers of an independent
+  rank record nothing either (their configuration says size 1): the analyzer gives a worker
+  its EngineCore's rank.
 
 One row per process whichever hook comes first (an EngineCore that runs its model itself has
 both).
@@ -14,6 +19,7 @@ both).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from typing import Any, Optional
 
@@ -35,6 +41,34 @@ def init_data_parallel(original: Any, this: Any, *args: Any, **kwargs: Any) -> A
         common.ensure_role("engine_core")
         recorder.record_meta("dpRankId", int(rank))
     return result
+
+
+def engine_dp_rank(parallel: Any) -> Optional[int]:
+    """An EngineCore's data-parallel rank from its parallel config, or None without data
+    parallelism."""
+    size = getattr(parallel, "data_parallel_size", None)
+    if isinstance(size, int) and size > 1:
+        rank = getattr(parallel, "data_parallel_rank", None)
+    else:  # an independent rank, or no data parallelism
+        rank = getattr(parallel, "data_parallel_index", None)
+        if not multiprocessing.current_process().name.startswith("EngineCore_DP"):
+            return None
+    return rank if isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0 else None
+
+
+def record_engine_dp_rank(scheduler: Any) -> None:
+    """Meta ``dpRankId`` of an EngineCore, from its scheduler, once per process."""
+    global _recorded
+    if _recorded:
+        return
+    _recorded = True
+    try:
+        rank = engine_dp_rank(scheduler.vllm_config.parallel_config)
+    except AttributeError:  # a scheduler without vLLM's config (vllm-ascend's older one)
+        return
+    if rank is not None:
+        common.ensure_role("engine_core")
+        recorder.record_meta("dpRankId", rank)
 
 
 def worker_dp_rank(runner: Any) -> Optional[int]:

@@ -17,7 +17,7 @@ import time
 from typing import Any, Optional
 
 from otel_vllm_ascend import contract, control, native_thread, selfmeter, wrapping
-from otel_vllm_ascend.handlers import common
+from otel_vllm_ascend.handlers import common, meta
 from otel_vllm_ascend.records import SpanRecord, new_span_record
 
 DOMAIN = "Schedule"
@@ -88,6 +88,8 @@ def _used_blocks(this: Any) -> Optional[tuple]:
 def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
     if common._role_recorded is None:
         common.ensure_role("engine_core")
+    if not meta._recorded:
+        meta.record_engine_dp_rank(this)
     running = this.running
     state = (running[:] if type(running) is list else _snapshot(running),
              _snapshot(this.waiting), _used_blocks(this))

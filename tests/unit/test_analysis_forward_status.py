@@ -273,3 +273,24 @@ def test_queue_names_equal_the_per_record_reading():
     got = request_status._queue_names(candidates).tolist()
     assert got == [per_record(s, a) for s, a in zip(scopes, attrs)]
     assert got == ["WAITING", "SWAPPED", "RUNNING", "1", "1.0", "RUNNING", "", "TRUE"]
+
+
+def test_a_worker_without_a_rank_gets_its_engine_cores(tmp_path):
+    """A dense model's DP ranks are independent engines: the EngineCore records its rank, its
+    Worker (configured as DP size 1) none; the Worker's rows carry its parent's rank. A Worker
+    whose parent is not in the capture, or not an EngineCore, stays without one."""
+    cap = Capture()
+    engine = cap.process("h1", 200, "engine_core", dpRankId="1")
+    engine.event("Enqueue", ms(0.0), "Schedule", ["r1"])
+    api = cap.process("h1", 100, "api_server")
+    api.event("httpReq", ms(0.0), rid="r1")
+    for pid, ppid in ((300, "200"), (301, "7"), (302, "100")):
+        worker = cap.process("h1", pid, "worker", ppid=ppid)
+        worker.span("forward", ms(1.0), ms(2.0), "Execute", ["r1"])
+    cap.write(tmp_path / "in")
+    frame, processes, _ = read_captures(tmp_path / "in")
+    assert {p.pid: p.dp_rank for p in processes} == {100: None, 200: 1, 300: 1, 301: None,
+                                                     302: None}
+    table = forwards.build_forwards(frame, build_batches(frame))
+    ranks = dict(zip(table["pid"], table["dp_rank"]))
+    assert ranks[300] == 1 and pd.isna(ranks[301]) and pd.isna(ranks[302])

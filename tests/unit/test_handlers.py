@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import time
+import types
 from concurrent.futures import Future
 
 import pytest
@@ -389,6 +391,43 @@ def test_dp_rank_meta_once(capture):
     meta.init_data_parallel(lambda r: None, engine, "req")
     metas = [s.attributes for s in capture.named(contract.META_NAME)]
     assert [m.get("ms.meta.dpRankId") for m in metas if "ms.meta.dpRankId" in m] == ["3"]
+
+
+def _engine_scheduler(parallel):
+    """What the engine's rank is read from: the scheduler's ``vllm_config.parallel_config``."""
+    return types.SimpleNamespace(vllm_config=types.SimpleNamespace(parallel_config=parallel))
+
+
+@pytest.mark.parametrize("process_name, rank", [("EngineCore_DP1", 1), ("EngineCore", None)])
+def test_engine_rank_of_an_independent_dp_rank(capture, monkeypatch, process_name, rank):
+    """A dense model's DP ranks run as engines of DP size 1 (vLLM's own reconfiguration, on its
+    real ParallelConfig): the rank is kept in data_parallel_index, and vLLM names the process
+    EngineCore_DP<rank> only under data parallelism."""
+    from vllm.config import ParallelConfig
+
+    parallel = ParallelConfig(data_parallel_size=2)
+    parallel.data_parallel_index = 1
+    parallel.reconfigure_for_independent_dp_rank()
+    assert parallel.data_parallel_size == 1
+    monkeypatch.setattr(multiprocessing.current_process(), "name", process_name)
+    meta._recorded = False
+    meta.record_engine_dp_rank(_engine_scheduler(parallel))
+    meta.record_engine_dp_rank(_engine_scheduler(parallel))  # once per process
+    ranks = [s.attributes.get("ms.meta.dpRankId") for s in capture.named(contract.META_NAME)
+             if "ms.meta.dpRankId" in s.attributes]
+    assert ranks == ([] if rank is None else [str(rank)])
+
+
+def test_engine_rank_of_dp_engines_sharing_a_wave(capture):
+    from vllm.config import ParallelConfig
+
+    parallel = ParallelConfig(data_parallel_size=4)
+    parallel.data_parallel_rank = 2
+    meta._recorded = False
+    meta.record_engine_dp_rank(_engine_scheduler(parallel))
+    ranks = [s.attributes.get("ms.meta.dpRankId") for s in capture.named(contract.META_NAME)
+             if "ms.meta.dpRankId" in s.attributes]
+    assert ranks == ["2"]
 
 
 def test_default_yaml_hooks_resolve_on_installed_vllm():

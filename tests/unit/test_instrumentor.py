@@ -368,10 +368,12 @@ def test_runtime_hooks_of_the_default_kept_with_a_user_symbol_file(tmp_path, mon
         ("vllm.v1.engine.async_llm:AsyncLLM.generate", None),
         ("vllm.v1.engine.input_processor:InputProcessor.assign_request_id",
          "assign_request_id"),
-        ("vllm.v1.engine.utils:shutdown", "shutdown_grace")]
+        ("vllm.v1.engine.utils:shutdown", "shutdown_grace"),
+        ("vllm.v1.utils:APIServerProcessManager.shutdown", "api_servers_shutdown_grace")]
     monkeypatch.setenv("OTEL_VLLM_SHUTDOWN_GRACE_S", "0")
     specs, _, _ = _load_specs(str(user))
-    assert "vllm.v1.engine.utils:shutdown" not in [s.symbol for s in specs]
+    assert not {"vllm.v1.engine.utils:shutdown", "vllm.v1.utils:APIServerProcessManager.shutdown"
+                } & {s.symbol for s in specs}
 
 
 def test_runtime_hooks_chain_with_the_user_file_on_older_vllm(tmp_path, monkeypatch):
@@ -388,4 +390,4 @@ def test_runtime_hooks_chain_with_the_user_file_on_older_vllm(tmp_path, monkeypa
         None, "bind_trace_context"]
     assert {s.handler.rsplit(":", 1)[1] for s in specs if s.handler} == {
         "bind_trace_context", "assign_request_id", "incoming_trace_headers",
-        "init_data_parallel", "shutdown_grace"}
+        "init_data_parallel", "shutdown_grace", "api_servers_shutdown_grace"}

@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import pytest
 from runtime_helpers import Capture, instrument, spec, write_module
@@ -103,6 +104,32 @@ def test_shutdown_hook_installs_where_the_timeout_exists(tmp_path, capture):
     instrumentor = instrument(capture, [spec(name, "shutdown", handler="shutdown_grace")])
     assert len(instrumentor.hooks) == 1
     assert module.shutdown([], 0) >= 1, "the grace period raises a shorter timeout"
+
+
+def test_api_servers_get_the_grace_too(capture, monkeypatch):
+    """Several API servers (one per DP rank by default) are stopped by the main process's
+    APIServerProcessManager; with --shutdown-timeout 0 it killed them before they wrote their
+    last httpRes (found serving with --data-parallel-size 2). vLLM's real class; the processes
+    left out (none to stop), the timeout it passes on observed."""
+    utils = pytest.importorskip("vllm.v1.utils")
+    if not hasattr(utils, "APIServerProcessManager"):
+        pytest.skip("this vLLM has no APIServerProcessManager")
+    passed = []
+    monkeypatch.setattr(utils, "_shutdown_processes_and_cleanup_listeners",
+                        lambda procs, listeners, timeout=None: passed.append(timeout))
+    instrumentor = instrument(capture, [spec("vllm.v1.utils", "APIServerProcessManager.shutdown",
+                                             handler="api_servers_shutdown_grace")])
+    assert len(instrumentor.hooks) == 1
+
+    def manager():
+        made = object.__new__(utils.APIServerProcessManager)
+        made.processes, made._listeners = [], []
+        made._finalizer = weakref.finalize(made, lambda: None)
+        return made
+
+    manager().shutdown(0)
+    manager().shutdown(timeout=30)
+    assert passed == [5.0, 30], "a shorter timeout is raised to the grace, a longer one kept"
 
 
 def test_grace_zero_leaves_the_always_on_hook_out(tmp_path, monkeypatch):

@@ -1,0 +1,102 @@
+"""Data parallelism: ``vllm serve --data-parallel-size 2`` on a dense model.
+
+vLLM 0.32 runs the two ranks as independent engines (EngineCore_DP0 and EngineCore_DP1, each
+with its Worker) behind two API servers, which the main process starts and stops. Found serving
+this way: the ranks were never named (the engines run with a DP size of 1 and no
+``DPEngineCoreProc``), and the main process killed the API servers at shutdown before they
+wrote the ``httpRes`` of the last requests. Older releases (the version matrix) run the ranks
+as ``DPEngineCoreProc`` behind one API server.
+"""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import time
+from pathlib import Path
+
+import profiling_workdir
+import pytest
+import workload
+from serve import VllmServer
+
+from otel_vllm_ascend import engine as engine_module
+
+RANKS = 2
+pytestmark = pytest.mark.skipif(engine_module.detect().engine == engine_module.V0,
+                                reason="data parallelism serves with vLLM's V1 engine only")
+
+
+def _csv(folder: Path, name: str) -> list:
+    with open(folder / name, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _meta(prof_dir: Path) -> list:
+    """Each capture file's Meta rows as a dict."""
+    found = []
+    for path in sorted(prof_dir.rglob("ms_service_*.db")):
+        with sqlite3.connect(path) as db:
+            found.append(dict(db.execute("SELECT name, value FROM Meta").fetchall()))
+    return found
+
+
+@pytest.fixture(scope="module")
+def data_parallel(tiny_model, e2e_root):
+    work = e2e_root / "data_parallel"
+    files = profiling_workdir.prepare(work, enable=1)
+    specs = workload.make_requests(24, seed=5, prompt_words=(10, 40), output_tokens=(8, 24),
+                                   id_prefix="dp")
+    server = VllmServer(tiny_model, work, env=files.env(),
+                        extra_args=["--data-parallel-size", str(RANKS)])
+    try:
+        server.start()
+        results = workload.run(server.url, server.model_name, specs, 8, timeout_s=300)
+    finally:
+        server.stop()  # vLLM's default: abort, --shutdown-timeout 0
+    time.sleep(1.0)
+    rc, output = profiling_workdir.run_analyzer(files.prof_dir, work / "analysis")
+    assert rc == 0, output[-3000:]
+    return results, files.prof_dir, work / "analysis"
+
+
+def test_every_request_whole_after_the_api_servers_stopped(data_parallel):
+    results, _, analysis = data_parallel
+    assert all(result.ok for result in results), [r.error for r in results if not r.ok]
+    by_id = {row["http_rid"]: row for row in _csv(analysis, "request.csv")}
+    for result in results:
+        row = by_id[result.external_rid]
+        assert row["partial"] == "False", row
+        assert float(row["reply_token_size"]) == result.completion_tokens, row
+
+
+def test_each_engine_names_its_rank(data_parallel):
+    _, prof_dir, _ = data_parallel
+    roles = [meta.get("role") for meta in _meta(prof_dir)]
+    # vLLM 0.32 starts one API server per rank; older releases one for both.
+    assert roles.count("api_server") >= 1 and roles.count("engine_core") == RANKS, roles
+    ranks = sorted(int(meta["dpRankId"]) for meta in _meta(prof_dir)
+                   if meta.get("role") == "engine_core")
+    assert ranks == list(range(RANKS))
+
+
+def test_steps_and_forwards_carry_their_rank(data_parallel):
+    results, _, analysis = data_parallel
+    steps = [row for row in _csv(analysis, "batch.csv")
+             if row["name"] == "batchFrameworkProcessing"]
+    rank_of_pid = {}
+    for row in steps:
+        rank_of_pid.setdefault(row["pid"], set()).add(row["dp_rank"])
+    assert sorted(rank for ranks in rank_of_pid.values() for rank in ranks) == \
+        [str(rank) for rank in range(RANKS)], rank_of_pid  # one rank per engine, each once
+    # The Workers record no rank of their own (their configuration says DP size 1): they
+    # carry their EngineCore's.
+    forwards = _csv(analysis, "forward.csv")
+    assert forwards and {row["dp_rank"] for row in forwards} == \
+        {str(rank) for rank in range(RANKS)}
+    # Both ranks served: each request's steps ran on one engine.
+    requests_per_rank = {rank: 0 for rank in range(RANKS)}
+    for row in steps:
+        if "'iter': 0" in row["res_list"]:
+            requests_per_rank[int(row["dp_rank"])] += row["res_list"].count("'iter': 0")
+    assert sum(requests_per_rank.values()) == len(results) and all(requests_per_rank.values())
