@@ -11,6 +11,7 @@ as ``DPEngineCoreProc`` behind one API server.
 from __future__ import annotations
 
 import csv
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -47,7 +48,11 @@ def data_parallel(tiny_model, e2e_root):
     files = profiling_workdir.prepare(work, enable=1)
     specs = workload.make_requests(24, seed=5, prompt_words=(10, 40), output_tokens=(8, 24),
                                    id_prefix="dp")
-    server = VllmServer(tiny_model, work, env=files.env(),
+    # One core per rank, named: vLLM's automatic binding wants a NUMA node per rank on some
+    # releases (0.23), which a one-node machine has not.
+    cpus = sorted(os.sched_getaffinity(0))
+    bind = "|".join(str(cpus[rank % len(cpus)]) for rank in range(RANKS))
+    server = VllmServer(tiny_model, work, env={**files.env(), "VLLM_CPU_OMP_THREADS_BIND": bind},
                         extra_args=["--data-parallel-size", str(RANKS)])
     try:
         server.start()
