@@ -67,9 +67,10 @@ from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
 FORMATS = ("csv", "json", "db", "html")
-OPERATOR_CSV_FILES = ("op_summary.csv", "op_statistic.csv")  # only with operator data
+# Written only with operator data, or with data-parallel ranks.
+ONLY_WITH_CSV_FILES = ("op_summary.csv", "op_statistic.csv", "dp_summary.csv")
 CSV_FILES = ("request.csv", "request_summary.csv", "batch.csv", "batch_summary.csv",
-             "kvcache.csv", "service_summary.csv", "spec_decode.csv") + OPERATOR_CSV_FILES
+             "kvcache.csv", "service_summary.csv", "spec_decode.csv") + ONLY_WITH_CSV_FILES
 OUTPUT_FILES = {"csv": CSV_FILES + detail_outputs.CSV_FILES,
                 "json": ("chrome_tracing.json",), "db": ("profiler.db",),
                 "html": ("report.html",)}
@@ -157,8 +158,8 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     if existing:
         _logger.warning("replacing %d existing output file(s) in %s: %s", len(existing),
                         output_path, ", ".join(existing))
-    if "csv" in formats:  # an earlier run's operator tables must not outlive this capture's
-        for name in OPERATOR_CSV_FILES:
+    if "csv" in formats:  # an earlier run's optional tables must not outlive this capture's
+        for name in ONLY_WITH_CSV_FILES:
             (output_path / name).unlink(missing_ok=True)
     frame, processes, report = read_captures(input_path, progress.files)
     give_back_free_memory()  # the decoded messages' memory (allocator.py)
@@ -235,6 +236,7 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     if batches is not None:
         tables["batch_summary"] = run.stage("batch_summary.csv", summaries.batch_summary,
                                             batches)
+        tables["dp_summary"] = run.stage("dp_summary.csv", summaries.dp_summary, batches)
     # Operator data (torch profiler traces next to the capture): analysis/operators.py.
     operator_capture = _read_operator_data(run, input_path, tables)
     tables = {k: v for k, v in tables.items() if v is not None}

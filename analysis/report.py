@@ -52,13 +52,14 @@ from otel_vllm_ascend.analysis.report_figures import (
 
 _logger = logging.getLogger(__name__)
 
-SUMMARY_ORDER = ("service_summary", "request_summary", "batch_summary")
+SUMMARY_ORDER = ("service_summary", "request_summary", "batch_summary", "dp_summary")
 
 # Operator tables get their own section (operator_report.py), not a summary card.
 OPERATOR_TABLES = ("op_summary", "op_statistic")
 
 SUMMARY_TITLES = {"service_summary": "Service", "request_summary": "Requests",
-                  "batch_summary": "Engine steps (batches)"}
+                  "batch_summary": "Engine steps (batches)",
+                  "dp_summary": "Data-parallel ranks: the load of each"}
 
 
 def _fill(part: str, **values: str) -> str:

@@ -1,4 +1,4 @@
-"""``request_summary.csv``, ``batch_summary.csv``, ``service_summary.csv``.
+"""``request_summary.csv``, ``batch_summary.csv``, ``dp_summary.csv``, ``service_summary.csv``.
 
 The first two have columns ``Metric, Average, Max, Min, P50, P90, P99`` (mean, max, min and
 linearly interpolated percentiles, rounded to 4 decimals); a metric with no value at all leaves
@@ -20,6 +20,13 @@ wait), ``input_token_num``, ``generated_token_num``, and beyond the reference
 ``decode_exec_time (ms)`` (model execution of decode-only steps), and beyond the reference
 ``batch_size`` (requests per step), ``scheduled_tokens`` (tokens per step), ``exec_time (ms)`` and
 ``schedule_time (ms)`` over all steps.
+
+``dp_summary.csv`` (only for a capture with data-parallel ranks): one row per rank (``hostname``,
+``dp_rank``) of the engine steps, to see whether the ranks share the load: ``engine_step_num``,
+``scheduled_tokens`` (with ``prefill_tokens`` and ``decode_tokens``) and ``token_share`` (of all
+ranks' tokens), ``batch_size_mean`` / ``batch_size_max`` (requests per step), ``exec_time (ms)``
+(the rank's model execution, summed) and ``busy_rate`` (that time over the window from the first
+step of any rank to the last end of any: the same window for every rank).
 
 ``service_summary.csv``: ``total_input_token_num``, ``total_generated_token_num`` (complete
 requests), ``generate_token_speed (token/s)`` = generated / T and
@@ -344,6 +351,46 @@ def batch_summary(batches: pd.DataFrame) -> pd.DataFrame:
         statistics_row("schedule_time (ms)", sched_ms),
     ]
     return pd.DataFrame(rows, columns=list(STAT_COLUMNS))
+
+
+DP_COLUMNS = ("hostname", "dp_rank", "engine_step_num", "scheduled_tokens", "prefill_tokens",
+              "decode_tokens", "token_share", "batch_size_mean", "batch_size_max",
+              "exec_time (ms)", "busy_rate")
+
+
+def dp_summary(batches: pd.DataFrame) -> Optional[pd.DataFrame]:
+    """``dp_summary.csv`` rows; None when no engine step has a data-parallel rank."""
+    if batches is None or batches.empty or not batches["dp_rank"].notna().any():
+        return None
+    steps = pd.DataFrame({
+        "hostname": batches["host"].astype(str).to_numpy(),
+        "dp_rank": batches["dp_rank"].to_numpy(dtype="float64", na_value=np.nan),
+        "tokens": batches["total_scheduled_tokens"].to_numpy(dtype="float64"),
+        "prefill": batches["Prefill_scheduled_tokens"].to_numpy(dtype="float64"),
+        "decode": batches["Decode_scheduled_tokens"].to_numpy(dtype="float64"),
+        "size": batches["total_batch_size"].to_numpy(dtype="float64"),
+        "exec_ms": batches["model_exec_time(ms)"].to_numpy(dtype="float64"),
+    })
+    starts = batches["sched_start_us"].to_numpy(dtype="float64")
+    ends = np.fmax(batches["sched_end_us"].to_numpy(dtype="float64"),
+                   batches["exec_end_us"].to_numpy(dtype="float64"))
+    window_ms = (np.nanmax(ends) - np.nanmin(starts)) / 1000.0
+    ranked = steps.loc[steps["dp_rank"].notna()]
+    table = ranked.groupby(["hostname", "dp_rank"], sort=True).agg(
+        engine_step_num=("tokens", "size"), scheduled_tokens=("tokens", "sum"),
+        prefill_tokens=("prefill", "sum"), decode_tokens=("decode", "sum"),
+        batch_size_mean=("size", "mean"), batch_size_max=("size", "max"),
+        exec_ms=("exec_ms", "sum")).reset_index()
+    total = table["scheduled_tokens"].sum()
+    table["token_share"] = table["scheduled_tokens"] / total if total else np.nan
+    table["busy_rate"] = table["exec_ms"] / window_ms if window_ms > 0 else np.nan
+    table = table.rename(columns={"exec_ms": "exec_time (ms)"})
+    for column in ("dp_rank", "engine_step_num", "scheduled_tokens", "prefill_tokens",
+                   "decode_tokens", "batch_size_max"):
+        table[column] = table[column].round().astype("Int64")
+    for column in ("token_share", "busy_rate", "batch_size_mean", "exec_time (ms)"):
+        table[column] = table[column].round(4)
+    return table[list(DP_COLUMNS)]
 
 
 def _total(requests: pd.DataFrame, column: str) -> int:

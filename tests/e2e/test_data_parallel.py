@@ -105,3 +105,15 @@ def test_steps_and_forwards_carry_their_rank(data_parallel):
         if "'iter': 0" in row["res_list"]:
             requests_per_rank[int(row["dp_rank"])] += row["res_list"].count("'iter': 0")
     assert sum(requests_per_rank.values()) == len(results) and all(requests_per_rank.values())
+
+
+def test_dp_summary_one_row_per_rank(data_parallel):
+    _, _, analysis = data_parallel
+    rows = _csv(analysis, "dp_summary.csv")
+    assert [row["dp_rank"] for row in rows] == [str(rank) for rank in range(RANKS)]
+    steps = [row for row in _csv(analysis, "batch.csv")
+             if row["name"] == "batchFrameworkProcessing"]
+    for row in rows:
+        assert int(row["engine_step_num"]) == sum(s["dp_rank"] == row["dp_rank"] for s in steps)
+        assert 0 < float(row["busy_rate"]) <= 1, row
+    assert sum(float(row["token_share"]) for row in rows) == pytest.approx(1, abs=1e-3)

@@ -294,3 +294,46 @@ def test_a_worker_without_a_rank_gets_its_engine_cores(tmp_path):
     table = forwards.build_forwards(frame, build_batches(frame))
     ranks = dict(zip(table["pid"], table["dp_rank"]))
     assert ranks[300] == 1 and pd.isna(ranks[301]) and pd.isna(ranks[302])
+
+
+def test_dp_summary_by_hand(tmp_path):
+    """Two ranks: h1/200 (rank 0) runs STEPS (tokens 10, 7, 2; execution 4, 2, 1 ms), h1/210
+    (rank 1) one step of 3 requests, 3 tokens, 20.0-20.3 scheduled, executed 21.0-23.0.
+    The window: 0.0 (first schedule) to 23.0 (last execution end) = 23 ms."""
+    from otel_vllm_ascend.analysis.summaries import DP_COLUMNS, dp_summary
+
+    cap = Capture()
+    rank0 = cap.process("h1", 200, "engine_core", dpRankId="0")
+    for s0, s1, e0, e1, items, kind in STEPS:
+        tokens = sum(d["num_scheduled_tokens"] for d in items)
+        rank0.span("batchFrameworkProcessing", ms(s0), ms(s1), "Schedule", items,
+                   batch_type=kind, batch_size=len(items), **{"num_scheduled_tokens=": tokens})
+        rank0.span("modelExec", ms(e0), ms(e1), "Execute", items, batch_type=kind,
+                   batch_size=tokens)
+    rank1 = cap.process("h1", 210, "engine_core", dpRankId="1")
+    items = [detail(f"q{i}", 3, 1, 1, 5, 8) for i in range(3)]
+    rank1.span("batchFrameworkProcessing", ms(20.0), ms(20.3), "Schedule", items,
+               batch_type="Decode", batch_size=3, **{"num_scheduled_tokens=": 3})
+    rank1.span("modelExec", ms(21.0), ms(23.0), "Execute", items, batch_type="Decode",
+               batch_size=3)
+    cap.write(tmp_path / "in")
+    frame, _, _ = read_captures(tmp_path / "in")
+    table = dp_summary(build_batches(frame))
+    assert list(table.columns) == list(DP_COLUMNS)
+    rows = table.to_dict("records")
+    assert [(r["hostname"], r["dp_rank"], r["engine_step_num"]) for r in rows] == [
+        ("h1", 0, 3), ("h1", 1, 1)]
+    assert [(r["scheduled_tokens"], r["prefill_tokens"], r["decode_tokens"]) for r in rows] == [
+        (19, 16, 3), (3, 0, 3)]
+    assert [r["token_share"] for r in rows] == pytest.approx([19 / 22, 3 / 22], abs=1e-4)
+    assert [(r["batch_size_mean"], r["batch_size_max"]) for r in rows] == [
+        (pytest.approx(5 / 3, abs=1e-4), 2), (3.0, 3)]
+    assert [r["exec_time (ms)"] for r in rows] == pytest.approx([7.0, 2.0], abs=1e-3)
+    assert [r["busy_rate"] for r in rows] == pytest.approx([7 / 23, 2 / 23], abs=1e-4)
+
+
+def test_no_dp_summary_without_ranks(tmp_path):
+    from otel_vllm_ascend.analysis.summaries import dp_summary
+
+    frame = forward_capture(tmp_path)  # its EngineCore has no rank
+    assert dp_summary(build_batches(frame)) is None
