@@ -215,6 +215,25 @@ def run_profiled(path: str, model: Path, work: Path) -> ServingRun:
     return run
 
 
+def serve_once(model: Path, work: Path, specs: list, concurrency: int, extra_args: list,
+               env: Optional[dict] = None, before_stop=None) -> tuple:
+    """A profiled server (plugin path, recording from the start) with ``extra_args``, one
+    workload, vLLM's default stop, then the analyzer: (results, prof folder, analysis folder,
+    what ``before_stop(server)`` returned)."""
+    files = profiling_workdir.prepare(work, enable=1)
+    server = VllmServer(model, work, env={**files.env(), **(env or {})}, extra_args=extra_args)
+    try:
+        server.start()
+        results = workload.run(server.url, server.model_name, specs, concurrency, timeout_s=300)
+        seen = before_stop(server) if before_stop is not None else None
+    finally:
+        server.stop()
+    time.sleep(1.0)
+    rc, output = profiling_workdir.run_analyzer(files.prof_dir, work / "analysis")
+    assert rc == 0, output[-3000:]
+    return results, files.prof_dir, work / "analysis", seen
+
+
 def write_matrix_report(run: ServingRun, folder: Path) -> None:
     """What the version-matrix runner (tools/compat.py) tabulates for one profiled run."""
     import collections

@@ -13,13 +13,11 @@ from __future__ import annotations
 import csv
 import os
 import sqlite3
-import time
 from pathlib import Path
 
-import profiling_workdir
 import pytest
+import scenario
 import workload
-from serve import VllmServer
 
 from otel_vllm_ascend import engine as engine_module
 
@@ -44,25 +42,16 @@ def _meta(prof_dir: Path) -> list:
 
 @pytest.fixture(scope="module")
 def data_parallel(tiny_model, e2e_root):
-    work = e2e_root / "data_parallel"
-    files = profiling_workdir.prepare(work, enable=1)
     specs = workload.make_requests(24, seed=5, prompt_words=(10, 40), output_tokens=(8, 24),
                                    id_prefix="dp")
     # One core per rank, named: vLLM's automatic binding wants a NUMA node per rank on some
     # releases (0.23), which a one-node machine has not.
     cpus = sorted(os.sched_getaffinity(0))
     bind = "|".join(str(cpus[rank % len(cpus)]) for rank in range(RANKS))
-    server = VllmServer(tiny_model, work, env={**files.env(), "VLLM_CPU_OMP_THREADS_BIND": bind},
-                        extra_args=["--data-parallel-size", str(RANKS)])
-    try:
-        server.start()
-        results = workload.run(server.url, server.model_name, specs, 8, timeout_s=300)
-    finally:
-        server.stop()  # vLLM's default: abort, --shutdown-timeout 0
-    time.sleep(1.0)
-    rc, output = profiling_workdir.run_analyzer(files.prof_dir, work / "analysis")
-    assert rc == 0, output[-3000:]
-    return results, files.prof_dir, work / "analysis"
+    results, prof_dir, analysis, _ = scenario.serve_once(
+        tiny_model, e2e_root / "data_parallel", specs, 8,
+        ["--data-parallel-size", str(RANKS)], env={"VLLM_CPU_OMP_THREADS_BIND": bind})
+    return results, prof_dir, analysis
 
 
 def test_every_request_whole_after_the_api_servers_stopped(data_parallel):

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import csv
 import re
-import time
 import urllib.request
 
-import profiling_workdir
 import pytest
+import scenario
 import workload
-from serve import VllmServer
 
 KV_BLOCKS = 24
 
@@ -30,22 +28,13 @@ def _preemptions_counted_by_vllm(url: str) -> float:
 
 @pytest.fixture(scope="module")
 def preempted(tiny_model, e2e_root):
-    work = e2e_root / "preemption"
-    files = profiling_workdir.prepare(work, enable=1)
     specs = workload.make_requests(24, seed=9, prompt_words=(40, 60), output_tokens=(96, 128),
                                    id_prefix="pre")
-    server = VllmServer(tiny_model, work, env=files.env(),
-                        extra_args=["--num-gpu-blocks-override", str(KV_BLOCKS)])
-    try:
-        server.start()
-        results = workload.run(server.url, server.model_name, specs, len(specs), timeout_s=300)
-        counted = _preemptions_counted_by_vllm(server.url)
-    finally:
-        server.stop()
-    time.sleep(1.0)
-    rc, output = profiling_workdir.run_analyzer(files.prof_dir, work / "analysis")
-    assert rc == 0, output[-3000:]
-    with open(work / "analysis" / "request.csv", newline="") as handle:
+    results, _, analysis, counted = scenario.serve_once(
+        tiny_model, e2e_root / "preemption", specs, len(specs),
+        ["--num-gpu-blocks-override", str(KV_BLOCKS)],
+        before_stop=lambda server: _preemptions_counted_by_vllm(server.url))
+    with open(analysis / "request.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return results, counted, rows
 

@@ -50,8 +50,8 @@ STEPS = (
 )
 
 
-def engine_core(cap, runner_name=None):
-    ec = cap.process("h1", 200, "engine_core")
+def engine_core(cap, runner_name=None, pid=200, **meta):
+    ec = cap.process("h1", pid, "engine_core", **meta)
     for s0, s1, e0, e1, items, kind in STEPS:
         tokens = sum(d["num_scheduled_tokens"] for d in items)
         ec.span("batchFrameworkProcessing", ms(s0), ms(s1), "Schedule", items,
@@ -303,13 +303,7 @@ def test_dp_summary_by_hand(tmp_path):
     from otel_vllm_ascend.analysis.summaries import DP_COLUMNS, dp_summary
 
     cap = Capture()
-    rank0 = cap.process("h1", 200, "engine_core", dpRankId="0")
-    for s0, s1, e0, e1, items, kind in STEPS:
-        tokens = sum(d["num_scheduled_tokens"] for d in items)
-        rank0.span("batchFrameworkProcessing", ms(s0), ms(s1), "Schedule", items,
-                   batch_type=kind, batch_size=len(items), **{"num_scheduled_tokens=": tokens})
-        rank0.span("modelExec", ms(e0), ms(e1), "Execute", items, batch_type=kind,
-                   batch_size=tokens)
+    engine_core(cap, dpRankId="0")
     rank1 = cap.process("h1", 210, "engine_core", dpRankId="1")
     items = [detail(f"q{i}", 3, 1, 1, 5, 8) for i in range(3)]
     rank1.span("batchFrameworkProcessing", ms(20.0), ms(20.3), "Schedule", items,
