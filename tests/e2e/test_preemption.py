@@ -30,10 +30,15 @@ def _preemptions_counted_by_vllm(url: str) -> float:
 def preempted(tiny_model, e2e_root):
     specs = workload.make_requests(24, seed=9, prompt_words=(40, 60), output_tokens=(96, 128),
                                    id_prefix="pre")
-    results, _, analysis, counted = scenario.serve_once(
+    results, _, analysis, (counted, blocks) = scenario.serve_once(
         tiny_model, e2e_root / "preemption", specs, len(specs),
         ["--num-gpu-blocks-override", str(KV_BLOCKS)],
-        before_stop=lambda server: _preemptions_counted_by_vllm(server.url))
+        before_stop=lambda server: (_preemptions_counted_by_vllm(server.url),
+                                    scenario.gpu_blocks(server.url)))
+    if blocks is not None and blocks != KV_BLOCKS:
+        # vLLM 0.9's V1 engine logs the override but keeps the block count it computed.
+        pytest.skip(f"this vLLM ignored --num-gpu-blocks-override {KV_BLOCKS}: its KV cache "
+                    f"has {blocks} blocks, nothing to preempt")
     with open(analysis / "request.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return results, counted, rows
