@@ -4,12 +4,13 @@ vLLM 0.32 runs the two ranks as independent engines (EngineCore_DP0 and EngineCo
 with its Worker) behind two API servers, which the main process starts and stops. Found serving
 this way: the ranks were never named (the engines run with a DP size of 1 and no
 ``DPEngineCoreProc``), and the main process killed the API servers at shutdown before they
-wrote the ``httpRes`` of the last requests. Older releases (the version matrix) run the ranks
+wrote the ``httpRes`` of the last requests. vLLM up to 0.11 (the version matrix) runs the ranks
 as ``DPEngineCoreProc`` behind one API server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sqlite3
@@ -35,7 +36,7 @@ def _meta(prof_dir: Path) -> list:
     """Each capture file's Meta rows as a dict."""
     found = []
     for path in sorted(prof_dir.rglob("ms_service_*.db")):
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db:
             found.append(dict(db.execute("SELECT name, value FROM Meta").fetchall()))
     return found
 
@@ -83,12 +84,12 @@ def test_steps_and_forwards_carry_their_rank(data_parallel):
         rank_of_pid.setdefault(row["pid"], set()).add(row["dp_rank"])
     assert sorted(rank for ranks in rank_of_pid.values() for rank in ranks) == \
         [str(rank) for rank in range(RANKS)], rank_of_pid  # one rank per engine, each once
-    # The Workers record no rank of their own (their configuration says DP size 1): they
-    # carry their EngineCore's.
+    # From vLLM 0.23 the Workers record no rank of their own (their configuration says DP size
+    # 1): they carry their EngineCore's.
     forwards = _csv(analysis, "forward.csv")
     assert forwards and {row["dp_rank"] for row in forwards} == \
         {str(rank) for rank in range(RANKS)}
-    # Both ranks served: each request's steps ran on one engine.
+    # Both ranks served: every request had its first step (iter 0) on one of them.
     requests_per_rank = {rank: 0 for rank in range(RANKS)}
     for row in steps:
         if "'iter': 0" in row["res_list"]:
