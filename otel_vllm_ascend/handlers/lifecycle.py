@@ -33,13 +33,16 @@ def grace_seconds() -> float:
         return DEFAULT_GRACE_S
 
 
+def _at_least_grace(timeout: Any) -> Any:
+    """A timeout shorter than the grace period raised to it (None, vLLM's own default, kept)."""
+    grace = grace_seconds()
+    return grace if timeout is not None and timeout < grace else timeout
+
+
 def shutdown_grace(original: Any, this: Any, procs: Any, timeout: Any = None, *args: Any,
                    **kwargs: Any) -> Any:
     """``vllm.v1.engine.utils.shutdown``: wait at least the grace period before killing."""
-    grace = grace_seconds()
-    if timeout is not None and timeout < grace:
-        timeout = grace
-    return original(procs, timeout, *args, **kwargs)
+    return original(procs, _at_least_grace(timeout), *args, **kwargs)
 
 
 # vLLM 0.9-0.11's shutdown(procs) has no timeout (it always waits 5 s): the hook steps aside.
@@ -50,10 +53,7 @@ def api_servers_shutdown_grace(original: Any, this: Any, timeout: Any = None, *a
                                **kwargs: Any) -> Any:
     """``APIServerProcessManager.shutdown(timeout)``: wait at least the grace period before
     killing the API servers."""
-    grace = grace_seconds()
-    if timeout is not None and timeout < grace:
-        timeout = grace
-    return original(timeout, *args, **kwargs)
+    return original(_at_least_grace(timeout), *args, **kwargs)
 
 
 api_servers_shutdown_grace.expects = ("timeout",)  # type: ignore[attr-defined]

@@ -43,32 +43,24 @@ def init_data_parallel(original: Any, this: Any, *args: Any, **kwargs: Any) -> A
     return result
 
 
-def engine_dp_rank(parallel: Any) -> Optional[int]:
-    """An EngineCore's data-parallel rank from its parallel config, or None without data
-    parallelism."""
+def _rank(value: Any) -> Optional[int]:
+    """``value`` if it is a rank (an int, not a bool, >= 0), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def engine_dp_rank(scheduler: Any) -> Optional[int]:
+    """An EngineCore's data-parallel rank from its scheduler's parallel config, or None without
+    data parallelism (or without vLLM's config: vllm-ascend's older scheduler)."""
+    parallel = getattr(getattr(scheduler, "vllm_config", None), "parallel_config", None)
     size = getattr(parallel, "data_parallel_size", None)
     if isinstance(size, int) and size > 1:
-        rank = getattr(parallel, "data_parallel_rank", None)
-    else:  # an independent rank, or no data parallelism
-        rank = getattr(parallel, "data_parallel_index", None)
-        if not multiprocessing.current_process().name.startswith("EngineCore_DP"):
-            return None
-    return rank if isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0 else None
-
-
-def record_engine_dp_rank(scheduler: Any) -> None:
-    """Meta ``dpRankId`` of an EngineCore, from its scheduler, once per process."""
-    global _recorded
-    if _recorded:
-        return
-    _recorded = True
-    try:
-        rank = engine_dp_rank(scheduler.vllm_config.parallel_config)
-    except AttributeError:  # a scheduler without vLLM's config (vllm-ascend's older one)
-        return
-    if rank is not None:
-        common.ensure_role("engine_core")
-        recorder.record_meta("dpRankId", rank)
+        return _rank(getattr(parallel, "data_parallel_rank", None))
+    # An independent rank, or no data parallelism.
+    if not multiprocessing.current_process().name.startswith("EngineCore_DP"):
+        return None
+    return _rank(getattr(parallel, "data_parallel_index", None))
 
 
 def worker_dp_rank(runner: Any) -> Optional[int]:
@@ -81,22 +73,32 @@ def worker_dp_rank(runner: Any) -> Optional[int]:
         return None
     for holder, name in ((runner, "dp_rank"), (runner, "data_parallel_rank"),
                          (parallel, "data_parallel_rank")):
-        rank = getattr(holder, name, None)
-        if isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0:
+        rank = _rank(getattr(holder, name, None))
+        if rank is not None:
             return rank
     return None
 
 
-def record_worker_dp_rank(runner: Any) -> None:
-    """Meta ``dpRankId`` of a model runner, at its first step in the process."""
+def _record_once(role: str, rank_of: Any, holder: Any) -> None:
+    """Meta ``dpRankId`` of this process, the first time a hook asks: ``rank_of(holder)``."""
     global _recorded
     if _recorded:
         return
     _recorded = True
-    rank = worker_dp_rank(runner)
+    rank = rank_of(holder)
     if rank is not None:
-        common.ensure_role("worker")
+        common.ensure_role(role)
         recorder.record_meta("dpRankId", rank)
+
+
+def record_engine_dp_rank(scheduler: Any) -> None:
+    """Meta ``dpRankId`` of an EngineCore, from its scheduler, once per process."""
+    _record_once("engine_core", engine_dp_rank, scheduler)
+
+
+def record_worker_dp_rank(runner: Any) -> None:
+    """Meta ``dpRankId`` of a model runner, at its first step in the process."""
+    _record_once("worker", worker_dp_rank, runner)
 
 
 def _worker_before(this: Any, args: tuple, kwargs: dict) -> None:

@@ -105,16 +105,21 @@ def _add_request_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]
     return request_id, wire, _adding.set((request_id, wire))
 
 
+def _running_children(processor: Any, external_id: str) -> Any:
+    """The internal ids of the request's completions still running, as the output processor
+    keeps them (vLLM 0.23 and later); None where it keeps none."""
+    by_external = getattr(processor, "external_req_ids", None)
+    return by_external.get(external_id) if isinstance(by_external, dict) else None
+
+
 def _internal_ids(this: Any, request_id: str, internal_id: Any, args: tuple,
                   kwargs: dict) -> list:
     """EngineCore's ids of the request: one, or one per completion when it asks for ``n`` > 1
     (vLLM fans it out into child requests ``<index>_<internal id>``)."""
     processor = getattr(this, "output_processor", None)
-    by_external = getattr(processor, "external_req_ids", None)  # vLLM 0.23 and later
-    if isinstance(by_external, dict):
-        internal_ids = by_external.get(request_id)
-        if internal_ids:
-            return list(internal_ids)
+    internal_ids = _running_children(processor, request_id)
+    if internal_ids:
+        return list(internal_ids)
     params = kwargs.get("params", args[2] if len(args) > 2 else None)
     n = getattr(params, "n", 1)
     if type(n) is int and n > 1:  # before: the children as the request states know them
@@ -286,12 +291,6 @@ def _finished(states: dict, engine_core_outputs: list, request_ids: List[str],
             and (output.finish_reason is not None or request_id not in states)]
 
 
-def _other_completions(processor: Any, external_id: str) -> bool:
-    """Whether completions of the request still run (``n`` > 1; vLLM 0.23 and later say)."""
-    by_external = getattr(processor, "external_req_ids", None)
-    return isinstance(by_external, dict) and bool(by_external.get(external_id))
-
-
 def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
     end = time.time_ns()
@@ -308,7 +307,7 @@ def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: A
         if reply is not None:
             attributes[contract.METRIC_PREFIX + "replyTokenSize"] = reply
         context = _request_wires.get(external_id)
-        if request_id not in states and not _other_completions(this, external_id):
+        if request_id not in states and not _running_children(this, external_id):
             _request_wires.pop(external_id)  # really finished: forget its context
         recorder.record_task(_expand_api_spans, (
             ("httpRes", start, start, attributes, tid, context, None),))
