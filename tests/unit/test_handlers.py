@@ -325,6 +325,30 @@ def test_request_without_traceparent_gets_its_own_trace(capture):
     assert tokenize.context.trace_id == root.context.trace_id
 
 
+def test_request_made_before_add_request_gets_the_trace_context(capture):
+    """vLLM 0.12-0.13's OpenAI server runs process_inputs itself, outside add_request, and hands
+    add_request the EngineCoreRequest as its prompt (no assign_request_id to hook yet): the
+    context goes into that request before it is sent."""
+    made = _engine_request("cmpl-pre-0")
+    request.carry_trace_context(lambda: made, None)  # made outside add_request: left alone
+    assert made.trace_headers is None
+    sent = []
+
+    async def original(request_id, prompt, params, arrival_time=None, lora_request=None,
+                       tokenization_kwargs=None, trace_headers=None, **kwargs):
+        sent.append(prompt.trace_headers)
+        return RequestOutputCollector(prompt.sampling_params.output_kind, request_id)
+
+    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    asyncio.run(request.add_request_async(original, None, "cmpl-pre-0", made, None,
+                                          trace_headers={"traceparent": incoming}))
+    assert sent[0]["traceparent"].split("-")[1] == incoming.split("-")[1]
+    kept = _engine_request("cmpl-pre-1")
+    kept.trace_headers = {"traceparent": incoming}
+    asyncio.run(request.add_request_async(original, None, "cmpl-pre-1", kept, None))
+    assert sent[1] == {"traceparent": incoming}  # a request's own headers are kept
+
+
 def test_assign_request_id_keeps_existing_headers_and_ignores_other_callers(capture):
     req = _engine_request("x-0")
     request.assign_request_id(InputProcessor.assign_request_id, None, req)
