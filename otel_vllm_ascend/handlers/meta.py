@@ -4,7 +4,9 @@
   data-parallel rank. The built-in ``schedule`` records it too, at the engine's first step
   (:func:`record_engine_dp_rank`), which also covers the ranks of a dense model: vLLM (0.23 and
   later) runs them as independent engines (``EngineCoreProc``, data-parallel size 1), the rank
-  kept in ``data_parallel_index`` and the process named ``EngineCore_DP<rank>``.
+  kept in ``data_parallel_index`` and the process titled ``EngineCore_DP<rank>`` (only under data
+  parallelism; vLLM 0.14-0.17 name every engine's ``multiprocessing`` process ``EngineCore_DP<k>``,
+  so the name does not tell).
 * Worker (model runner): ``init_data_parallel_worker`` on the runner's ``execute_model``, and the
   built-in ``execute_model_runner`` itself, record the runner's rank at its first step: its
   ``dp_rank`` (vllm-ascend), else ``data_parallel_rank``, else the parallel config's. Workers of
@@ -19,7 +21,6 @@ both).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from typing import Any, Optional
 
@@ -58,9 +59,19 @@ def engine_dp_rank(scheduler: Any) -> Optional[int]:
     if isinstance(size, int) and size > 1:
         return _rank(getattr(parallel, "data_parallel_rank", None))
     # An independent rank, or no data parallelism.
-    if not multiprocessing.current_process().name.startswith("EngineCore_DP"):
+    if "EngineCore_DP" not in _process_title():
         return None
     return _rank(getattr(parallel, "data_parallel_index", None))
+
+
+def _process_title() -> str:
+    """The title vLLM gave this process (``VLLM::EngineCore_DP1``), or '' when not readable."""
+    try:
+        from setproctitle import getproctitle  # what vLLM sets it with
+
+        return getproctitle()
+    except Exception:
+        return ""
 
 
 def worker_dp_rank(runner: Any) -> Optional[int]:

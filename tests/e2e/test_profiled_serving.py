@@ -140,6 +140,15 @@ def test_batches_have_prefill_and_decode_steps(served, records_by_path):
     assert {_number(row["total_blocks"]) for row in steps} == {served.num_gpu_blocks}
 
 
+def test_no_data_parallel_rank_without_data_parallelism(served):
+    # Served without --data-parallel-size: no process records a rank (vLLM 0.14-0.17 name the
+    # engine's process EngineCore_DP0 all the same), so dp_rank stays empty everywhere and
+    # dp_summary.csv is not written.
+    steps = _csv(served, "batch.csv")
+    assert {row["dp_rank"] for row in steps} == {""}
+    assert not list(served.output_dir.rglob("dp_summary.csv"))
+
+
 def test_kv_cache_rows_match_what_vllm_reports(served):
     rows = [r for r in _csv(served, "kvcache.csv") if r["name"] == "KVCacheStatus"]
     assert rows, "no KVCacheStatus rows in kvcache.csv"

@@ -422,18 +422,24 @@ def _engine_scheduler(parallel):
     return types.SimpleNamespace(vllm_config=types.SimpleNamespace(parallel_config=parallel))
 
 
-@pytest.mark.parametrize("process_name, rank", [("EngineCore_DP1", 1), ("EngineCore", None)])
-def test_engine_rank_of_an_independent_dp_rank(capture, monkeypatch, process_name, rank):
+@pytest.mark.parametrize("process_name, title, rank", [
+    ("EngineCore_DP1", "VLLM::EngineCore_DP1", 1),  # a rank of --data-parallel-size 2
+    ("EngineCore", "VLLM::EngineCore", None),  # no data parallelism, vLLM 0.18 and later
+    ("EngineCore_DP0", "VLLM::EngineCore", None),  # no data parallelism, vLLM 0.14-0.17
+])
+def test_engine_rank_of_an_independent_dp_rank(capture, monkeypatch, process_name, title, rank):
     """A dense model's DP ranks run as engines of DP size 1 (vLLM's own reconfiguration, on its
-    real ParallelConfig): the rank is kept in data_parallel_index, and vLLM names the process
-    EngineCore_DP<rank> only under data parallelism."""
+    real ParallelConfig): the rank is kept in data_parallel_index, and vLLM titles the process
+    EngineCore_DP<rank> only under data parallelism (up to 0.17 it names every engine's
+    multiprocessing process EngineCore_DP<k>, DP or not: the name is not read)."""
     from vllm.config import ParallelConfig
 
     parallel = ParallelConfig(data_parallel_size=2)
-    parallel.data_parallel_index = 1
+    parallel.data_parallel_index = 1 if rank is not None else 0
     parallel.reconfigure_for_independent_dp_rank()
     assert parallel.data_parallel_size == 1
     monkeypatch.setattr(multiprocessing.current_process(), "name", process_name)
+    monkeypatch.setattr(meta, "_process_title", lambda: title)
     meta._recorded = False
     meta.record_engine_dp_rank(_engine_scheduler(parallel))
     meta.record_engine_dp_rank(_engine_scheduler(parallel))  # once per process
