@@ -43,11 +43,13 @@ class RequestSpec:
     stop: Optional[Sequence[str]] = None  # stop strings (the API server's detokenizer checks them)
     n: int = 1  # completions of the one prompt (vLLM V1 runs them as child requests)
     temperature: float = 0.0  # greedy; n > 1 needs sampling
+    chat: bool = False  # /v1/chat/completions (the prompt as one user message)
 
     @property
     def external_rid(self) -> str:
-        """vLLM's API-server id for this request: ``cmpl-<X-Request-Id>-<prompt index>``."""
-        return f"cmpl-{self.request_id}-0"
+        """vLLM's API-server id for this request: ``cmpl-<X-Request-Id>-<prompt index>``, or
+        ``chatcmpl-<X-Request-Id>`` for a chat request."""
+        return f"chatcmpl-{self.request_id}" if self.chat else f"cmpl-{self.request_id}-0"
 
 
 @dataclasses.dataclass
@@ -75,8 +77,10 @@ def make_requests(
     ignore_eos: bool = True,
     id_prefix: str = "wl",
     traceparent: bool = False,
+    chat_every: int = 0,
 ) -> list:
-    """``count`` requests cycling through every prompt/output length pair, deterministically."""
+    """``count`` requests cycling through every prompt/output length pair, deterministically;
+    with ``chat_every`` k, every k-th one (from the second) a chat request."""
     rng = random.Random(seed)
     run_tag = f"{rng.getrandbits(32):08x}"
     specs = []
@@ -88,7 +92,8 @@ def make_requests(
         if traceparent:
             parent = f"00-{rng.getrandbits(128):032x}-{rng.getrandbits(64):016x}-01"
         specs.append(RequestSpec(f"{id_prefix}{run_tag}{index:05d}", prompt, tokens,
-                                 ignore_eos, parent))
+                                 ignore_eos, parent,
+                                 chat=chat_every > 0 and index % chat_every == chat_every - 1))
     return specs
 
 
@@ -97,10 +102,14 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str, spec: Reque
     result = RequestResult(spec.request_id, spec.external_rid, ok=False,
                            traceparent=spec.traceparent)
     body = {
-        "model": model, "prompt": spec.prompt, "max_tokens": spec.max_tokens,
+        "model": model, "max_tokens": spec.max_tokens,
         "temperature": spec.temperature, "stream": True, "stream_options": {"include_usage": True},
         "ignore_eos": spec.ignore_eos,
     }
+    if spec.chat:
+        body["messages"] = [{"role": "user", "content": spec.prompt}]
+    else:
+        body["prompt"] = spec.prompt
     if spec.stop:
         body["stop"] = list(spec.stop)
     if spec.n > 1:
@@ -112,7 +121,8 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str, spec: Reque
     start = time.perf_counter()
     pieces = []
     try:
-        async with session.post(url + "/v1/completions", json=body, headers=headers,
+        path = "/v1/chat/completions" if spec.chat else "/v1/completions"
+        async with session.post(url + path, json=body, headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             result.status = response.status
             if response.status != 200:
@@ -127,9 +137,11 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str, spec: Reque
                     break
                 chunk = json.loads(data)
                 for choice in chunk.get("choices") or ():
-                    if choice.get("text") and result.ttft_s < 0:
+                    text = (choice.get("delta") or {}).get("content") if spec.chat \
+                        else choice.get("text")
+                    if text and result.ttft_s < 0:
                         result.ttft_s = time.perf_counter() - start
-                    pieces.append(choice.get("text") or "")
+                    pieces.append(text or "")
                 usage = chunk.get("usage")
                 if usage:
                     result.prompt_tokens = usage["prompt_tokens"]

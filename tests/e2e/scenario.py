@@ -7,7 +7,8 @@ config file with ``sed`` between them:
 phase      config while it runs                              expected in the capture
 ========== ================================================= ==========================
 off_before ``enable 0``                                      nothing
-on         ``enable 1`` (main mix, concurrent, traceparent)  every request, once
+on         ``enable 1`` (main mix, concurrent, traceparent,  every request, once
+           a third of it chat completions)
 identity   ``enable 1`` (sequential, compared with baseline) every request, once
 stop       ``enable 1`` (identity's prompts with stop        every request, once
            strings: ended by the API server, not EngineCore)
@@ -158,7 +159,7 @@ def run_profiled(path: str, model: Path, work: Path) -> ServingRun:
         time.sleep(TOGGLE_PICKUP_S)
         phases["on"] = _run_phase(server, workload.make_requests(
             24, seed=2, prompt_words=(4, 12, 24, 40), output_tokens=(4, 16, 32, 64),
-            id_prefix=f"{path}on", traceparent=True), concurrency=8)
+            id_prefix=f"{path}on", traceparent=True, chat_every=3), concurrency=8)
         phases["identity"] = _run_phase(server, identity_specs(f"{path}id"), 1)
         phases["stop"] = _run_phase(server, stop_specs(f"{path}id", phases["identity"]), 1)
         parallel = workload.make_requests(3, seed=6, output_tokens=(8, 16),
