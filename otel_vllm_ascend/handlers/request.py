@@ -10,7 +10,7 @@
   request's trace. ``trace_headers`` only feeds tracing: vLLM computes the same outputs; with
   vLLM's own tracing on, its ``llm_request`` span then joins our request trace.
 * ``Processor.process_inputs`` (0.9-0.13, before ``assign_request_id`` existed): the same. Where
-  the OpenAI server made the EngineCoreRequest itself (0.12-0.13) and hands it to
+  the OpenAI server made the EngineCoreRequest itself (0.11.1-0.13) and hands it to
   ``AsyncLLM.add_request`` as the prompt, that hook puts the context into it.
 * The OpenAI server's ``_get_trace_headers`` (before 0.32 it drops ``traceparent`` unless
   vLLM's own tracing is on): the caller's context is kept for ``AsyncLLM.add_request``, through
@@ -98,7 +98,7 @@ def _add_request_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]
         wire = _new_context_wire()
         parent, own = None, wire
     _request_wires.put(request_id, wire)
-    # vLLM 0.12-0.13's OpenAI server makes the EngineCoreRequest itself (process_inputs runs
+    # vLLM 0.11.1-0.13's OpenAI server makes the EngineCoreRequest itself (process_inputs runs
     # before this call, outside it) and passes it as the prompt: carry the context into it here.
     prompt = kwargs.get("prompt", args[1] if len(args) > 1 else None)
     if getattr(prompt, "trace_headers", False) is None:

@@ -326,7 +326,7 @@ def test_request_without_traceparent_gets_its_own_trace(capture):
 
 
 def test_request_made_before_add_request_gets_the_trace_context(capture):
-    """vLLM 0.12-0.13's OpenAI server runs process_inputs itself, outside add_request, and hands
+    """vLLM 0.11.1-0.13's OpenAI server runs process_inputs itself, outside add_request, and hands
     add_request the EngineCoreRequest as its prompt (no assign_request_id to hook yet): the
     context goes into that request before it is sent."""
     made = _engine_request("cmpl-pre-0")
