@@ -2,7 +2,7 @@
 
 * EngineCore: hooked on ``DPEngineCoreProc.add_request``; the first call records the engine's
   data-parallel rank. The built-in ``schedule`` records it too, at the engine's first step
-  (:func:`record_engine_dp_rank`), which also covers the ranks of a dense model: vLLM (0.23 and
+  (:func:`record_engine_dp_rank`), which also covers the ranks of a dense model: vLLM (0.14 and
   later) runs them as independent engines (``EngineCoreProc``, data-parallel size 1), the rank
   kept in ``data_parallel_index`` and the process titled ``EngineCore_DP<rank>`` (only under data
   parallelism; vLLM 0.14-0.17 name every engine's ``multiprocessing`` process ``EngineCore_DP<k>``,
