@@ -241,11 +241,12 @@ def test_sigterm_writes_records_still_queued(tmp_path, to_group):
         os.killpg(proc.pid, signal.SIGTERM)
     else:
         proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    # communicate, not wait: a child blocked writing to a full stderr pipe would never exit
+    _, err = proc.communicate(timeout=60)
     for writer in writers:
         assert _wait_gone(writer)
     # written by the writer, not by the producer's own fallback after the writer had stopped
-    assert "did not answer" not in proc.stderr.read()
+    assert "did not answer" not in err
     found = _records(session)
     assert _count(found[pid][1], "term") == 5000
 
