@@ -100,9 +100,7 @@ def _add_request_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]
     _request_wires.put(request_id, wire)
     # vLLM 0.11.1-0.13's OpenAI server makes the EngineCoreRequest itself (process_inputs runs
     # before this call, outside it) and passes it as the prompt: carry the context into it here.
-    prompt = kwargs.get("prompt", args[1] if len(args) > 1 else None)
-    if getattr(prompt, "trace_headers", False) is None:
-        prompt.trace_headers = common.trace_headers_of_wire(wire)
+    _carry_context(kwargs.get("prompt", args[1] if len(args) > 1 else None), wire)
     recorder.record_task(_expand_arrival, (
         ("httpReq", now, now, {contract.DOMAIN: DOMAIN, contract.RID: request_id,
                                "gen_ai.request.id": request_id,
@@ -200,14 +198,18 @@ def record_arrival(request_id: str, incoming: Any, domain: str) -> Any:
     return context
 
 
-def _carry_context(request: Any) -> None:
-    """Put the request's trace context into the EngineCoreRequest's ``trace_headers`` when it
-    has none (they only feed tracing; vLLM computes the same outputs)."""
-    adding = _adding.get()
-    if adding is None or request is None:
+def _carry_context(request: Any, wire: Optional[tuple] = None) -> None:
+    """Put a trace context (``wire``, else that of the request being added on this task) into
+    the EngineCoreRequest's ``trace_headers`` when it has none (they only feed tracing; vLLM
+    computes the same outputs). Anything without ``trace_headers`` is left alone."""
+    if getattr(request, "trace_headers", False) is not None:
         return
-    if getattr(request, "trace_headers", False) is None:
-        request.trace_headers = common.trace_headers_of_wire(adding[1])
+    if wire is None:
+        adding = _adding.get()
+        if adding is None:
+            return
+        wire = adding[1]
+    request.trace_headers = common.trace_headers_of_wire(wire)
 
 
 def _assign_request_id_after(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,

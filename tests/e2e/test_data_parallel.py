@@ -4,7 +4,7 @@ vLLM 0.32 runs the two ranks as independent engines (EngineCore_DP0 and EngineCo
 with its Worker) behind two API servers, which the main process starts and stops. Found serving
 this way: the ranks were never named (the engines run with a DP size of 1 and no
 ``DPEngineCoreProc``), and the main process killed the API servers at shutdown before they
-wrote the ``httpRes`` of the last requests. vLLM up to 0.11 (the version matrix) runs the ranks
+wrote the ``httpRes`` of the last requests. vLLM up to 0.13 (the version matrix) runs the ranks
 as ``DPEngineCoreProc`` behind one API server.
 """
 
@@ -84,7 +84,7 @@ def test_steps_and_forwards_carry_their_rank(data_parallel):
         rank_of_pid.setdefault(row["pid"], set()).add(row["dp_rank"])
     assert sorted(rank for ranks in rank_of_pid.values() for rank in ranks) == \
         [str(rank) for rank in range(RANKS)], rank_of_pid  # one rank per engine, each once
-    # From vLLM 0.23 the Workers record no rank of their own (their configuration says DP size
+    # From vLLM 0.14 the Workers record no rank of their own (their configuration says DP size
     # 1): they carry their EngineCore's.
     forwards = _csv(analysis, "forward.csv")
     assert forwards and {row["dp_rank"] for row in forwards} == \
