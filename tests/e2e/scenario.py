@@ -9,10 +9,12 @@ phase      config while it runs                              expected in the cap
 off_before ``enable 0``                                      nothing
 on         ``enable 1`` (main mix, concurrent, traceparent,  every request, once
            a third of it chat completions)
-identity   ``enable 1`` (sequential, compared with baseline) every request, once
+identity   ``enable 1`` (sequential, compared with baseline; every request, once
+           a third of it chat)
 stop       ``enable 1`` (identity's prompts with stop        every request, once
            strings: ended by the API server, not EngineCore)
-parallel   ``enable 1`` (``n`` = 2 completions a request)    every request, once
+parallel   ``enable 1`` (``n`` = 2 completions a request,    every request, once
+           one of the three a chat request)
 off_after  back to ``enable 0``                              nothing
 timed      ``enable 1`` with ``timelimit`` (early requests)  every request, once
 expired    same file, after the time limit has passed        nothing
@@ -51,9 +53,10 @@ SILENT_PHASES = ("off_before", "off_after", "expired")
 
 
 def identity_specs(prefix: str) -> list:
-    """Sequential requests whose outputs are compared between servers (same seed, same text)."""
+    """Sequential requests whose outputs are compared between servers (same seed, same text);
+    every third a chat request, so the stop phase has chat requests too."""
     return workload.make_requests(6, seed=7, prompt_words=(3, 9, 21), output_tokens=(8, 24),
-                                  id_prefix=prefix)
+                                  id_prefix=prefix, chat_every=3)
 
 
 def stop_specs(prefix: str, identity: list) -> list:
@@ -163,7 +166,7 @@ def run_profiled(path: str, model: Path, work: Path) -> ServingRun:
         phases["identity"] = _run_phase(server, identity_specs(f"{path}id"), 1)
         phases["stop"] = _run_phase(server, stop_specs(f"{path}id", phases["identity"]), 1)
         parallel = workload.make_requests(3, seed=6, output_tokens=(8, 16),
-                                          id_prefix=f"{path}par")
+                                          id_prefix=f"{path}par", chat_every=3)
         phases["parallel"] = _run_phase(server, [
             dataclasses.replace(spec, n=COMPLETIONS, temperature=0.8) for spec in parallel], 3)
 

@@ -223,7 +223,8 @@ def test_sigterm_writes_records_still_queued(tmp_path, to_group):
     _setup(tmp_path)
     session = tmp_path / "session"
     script = textwrap.dedent(f'''
-        import sys
+        import faulthandler, signal, sys
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, should it hang
         sys.path.insert(0, {str(tmp_path)!r})
         import producer_mod
         from otel_vllm_ascend import recorder
@@ -242,7 +243,14 @@ def test_sigterm_writes_records_still_queued(tmp_path, to_group):
     else:
         proc.send_signal(signal.SIGTERM)
     # communicate, not wait: a child blocked writing to a full stderr pipe would never exit
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # one CI run hung here: say where the producer was
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the producer did not exit after SIGTERM; its threads:\n{err[-6000:]}")
     for writer in writers:
         assert _wait_gone(writer)
     # written by the writer, not by the producer's own fallback after the writer had stopped
