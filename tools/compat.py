@@ -53,6 +53,7 @@ MATRIX = {
     "0.17.1": "every engine process named EngineCore_DP<k>, DP or not (0.14-0.17)",
     "0.18.1": "first line of the shutdown grace hooks and the new DP naming (0.18)",
     "0.27.1": "between vllm-ascend's current releases and the newest",
+    "0.29.0": "between vllm-ascend's current releases and the newest",
     "0.30.0": "between vllm-ascend's current releases and the newest",
     "0.19.1": "between the DP naming change (0.18) and vllm-ascend's current releases",
     "0.20.2": "oldest vLLM of vllm-ascend's current releases (0.20-0.25)",
