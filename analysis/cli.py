@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis import batches as batches_mod
-from otel_vllm_ascend.analysis import detail_outputs, summaries, writers
+from otel_vllm_ascend.analysis import detail_outputs, summaries, time_window, writers
 from otel_vllm_ascend.analysis import kvcache as kvcache_mod
 from otel_vllm_ascend.analysis import operators as operators_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", type=str.lower,
                         choices=["debug", "info", "warning", "error", "critical"],
                         help="log level (default info)")
+    parser.add_argument("--since", type=time_window.parse_time, metavar="TIME",
+                        help="only records that start at or after TIME (UTC ISO 8601 date and"
+                        " time, e.g. 2026-12-07T14:00:00, or seconds since the epoch)")
+    parser.add_argument("--until", type=time_window.parse_time, metavar="TIME",
+                        help="only records that start before TIME (as --since)")
     detail_outputs.add_arguments(parser)  # --span, --split-*
     return parser
 
@@ -142,12 +147,14 @@ def _where(input_path: Union[Path, Sequence[Path]]) -> str:
 def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats: Sequence[str],
             progress: Optional[_Progress] = None,
             keep_until_exit: Optional[list] = None,
-            details: Optional[detail_outputs.DetailOptions] = None) -> int:
+            details: Optional[detail_outputs.DetailOptions] = None,
+            window: Optional[time_window.TimeWindow] = None) -> int:
     """Run the whole analysis; returns the exit status.
 
     ``keep_until_exit``: a list that receives the large tables instead of letting them be
     freed on return, for a caller that ends the process right after without a teardown.
     ``details``: the ``--span`` / ``--split-*`` choices (:mod:`.detail_outputs`).
+    ``window``: ``--since`` / ``--until`` (:mod:`.time_window`).
     """
     progress = progress or _Progress(False)
     try:
@@ -161,7 +168,7 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     if "csv" in formats:  # an earlier run's optional tables must not outlive this capture's
         for name in ONLY_WITH_CSV_FILES:
             (output_path / name).unlink(missing_ok=True)
-    frame, processes, report = read_captures(input_path, progress.files)
+    frame, processes, report = read_captures(input_path, progress.files, window)
     give_back_free_memory()  # the decoded messages' memory (allocator.py)
     progress.done()
     for problem in report.problems:
@@ -172,14 +179,21 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
         _logger.warning("%d record(s) could not be decoded in total and were skipped",
                         report.unparsable)
     if frame.empty:
-        if report.files:
+        if report.files and window is not None:
+            _logger.error("no record starts in the time window %s in the %d capture file(s)"
+                          " read under %s; nothing to analyse", window.describe(), len(report.files),
+                          _where(input_path))
+        elif report.files:
             _logger.error("no records in the %d capture file(s) read under %s; nothing to"
                           " analyse", len(report.files), _where(input_path))
         else:
             _logger.error("nothing to analyse under %s", _where(input_path))
         return 1
-    _logger.info("read %d records from %d file(s), %d process(es)", len(frame),
-                 len(report.files), len(processes))
+    starts = frame["start_us"]
+    _logger.info("read %d records from %d file(s), %d process(es); they start from %s%s",
+                 len(frame), len(report.files), len(processes),
+                 time_window.TimeWindow(starts.min(), starts.max()).describe(),
+                 f" (time window {window.describe()})" if window is not None else "")
     run = _Run(output_path)
     progress.stage("building engine steps")
     steps = run.stage("engine steps", engine_steps, frame)
@@ -466,7 +480,12 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
 
         return compare_main(words[1:])
     # --- end of the compare subcommand ---
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        window = time_window.window_of(args.since, args.until)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     progress = _Progress(sys.stderr.isatty() and args.log_level != "debug")
@@ -478,7 +497,7 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
         inputs = [Path(p) for p in args.input_path]
         return analyse(inputs[0] if len(inputs) == 1 else inputs, Path(args.output_path),
                        formats, progress,
-                       keep_until_exit, detail_outputs.DetailOptions.from_args(args))
+                       keep_until_exit, detail_outputs.DetailOptions.from_args(args), window)
     except KeyboardInterrupt:
         progress.done()
         _logger.error("interrupted")

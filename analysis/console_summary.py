@@ -23,12 +23,14 @@ def _warn_partial(requests: Optional[pd.DataFrame]) -> None:
     no_start = int((~requests["has_arrival"].astype(bool)).sum())
     no_end = int((~requests["has_end"].astype(bool)).sum())
     if no_start:
-        _logger.warning("%d request(s) have no httpReq record (capture started while they"
-                        " ran): kept and marked partial, arrival-based latencies left empty",
+        _logger.warning("%d request(s) have no httpReq record (capture, or its --since"
+                        " window, started while they ran): kept and marked partial,"
+                        " arrival-based latencies left empty",
                         no_start)
     if no_end:
-        _logger.warning("%d request(s) have no httpRes record (capture ended before they"
-                        " finished, or the client aborted them): kept and marked partial,"
+        _logger.warning("%d request(s) have no httpRes record (capture, or its --until"
+                        " window, ended before they finished, or the client aborted them):"
+                        " kept and marked partial,"
                         " end-to-end latency left empty",
                         no_end)
 

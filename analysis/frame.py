@@ -79,6 +79,7 @@ from otel_vllm_ascend.analysis.narrow_ints import fits, narrowest
 from otel_vllm_ascend.analysis.record_dicts import RecordDicts
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail, compact
 from otel_vllm_ascend.analysis.rid_lists import RidLists, TableIds
+from otel_vllm_ascend.analysis.time_window import TimeWindow
 
 RECORD_COLUMNS: tuple[str, ...] = (
     "source", "host", "pid", "tid", "role", "dp_rank", "mark_id", "name", "domain", "type",
@@ -213,8 +214,10 @@ def _shared_text(value: Any) -> Any:
 class RecordBuilder:
     """Collects records column by column (cheap appends), then builds the frame once."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: Optional[TimeWindow] = None) -> None:
         self.columns: dict[str, list] = {name: [] for name in RECORD_COLUMNS}
+        self.window = window  # only records starting inside it are kept (time_window.py)
+        self.links_outside: list[tuple[str, str]] = []  # (to, from) of links not kept as rows
         self.links: dict[str, str] = {}  # internal (to) -> external (from)
         # The schedule span and the modelExec of one step carry the same request dicts:
         # keep one copy (halves the memory of a large capture) and its id list.
@@ -297,8 +300,9 @@ class RecordBuilder:
 
     def add(self, source: str, pid: int, tid: int, mark_id: int, start_us: float,
             end_us: float, message: dict, type_default: Optional[int] = None,
-            dur_us: Optional[float] = None) -> None:
-        """Add one record whose message keys are already decoded into ``message``.
+            dur_us: Optional[float] = None) -> bool:
+        """Add one record whose message keys are already decoded into ``message``; False when
+        it starts outside the builder's time window (a link still maps its ids then).
 
         ``dur_us`` should be computed from integer ns when the source has them: float µs since
         the epoch resolve only 0.25 µs, so ``end_us - start_us`` is not exact.
@@ -307,6 +311,10 @@ class RecordBuilder:
         name = message.pop("name", "")
         domain = message.pop("domain", "")
         rtype = message.pop("type", type_default)
+        window = self.window
+        outside = window is not None and not window.since_us <= start_us < window.until_us
+        if outside and name != "link" and rtype not in (_LINK_TYPE, "3"):
+            return False
         rid = message.pop("rid", None)
         batch_type = message.pop("batch_type", "")
         rids: list[str] = _NO_RIDS
@@ -383,6 +391,10 @@ class RecordBuilder:
             if known is not None and known != external:
                 self._stale.add(internal)  # records read earlier still hold the internal id
             self._ids[internal] = self._ids.get(external) or self._new_id(external)
+            if outside:
+                self.links_outside.append((internal, external))
+        if outside:
+            return False
         cols["source"].append(source)
         cols["pid"].append(pid)
         cols["tid"].append(tid)
@@ -401,6 +413,7 @@ class RecordBuilder:
         cols["metric_incs"].append(incs)
         cols["scopes"].append(scopes)
         cols["attrs"].append(attrs)
+        return True
 
     def build(self, processes: Iterable[ProcessInfo]) -> pd.DataFrame:
         """Map request ids, attach per-process columns, sort by time (once: the builder

@@ -160,9 +160,7 @@ def _add_otlp_span(span: dict, source: str, pid: int, proc: ProcessInfo,
         event_message, event_tid = span_message(event["name"], event_attrs, 0, domain)
         ts = int(event["timeUnixNano"]) / 1000.0
         mark = mark_ids[pid] = mark_ids.get(pid, -1) + 1
-        builder.add(source, pid, event_tid or tid, mark, ts, ts, event_message)
-        proc.records += 1
+        proc.records += builder.add(source, pid, event_tid or tid, mark, ts, ts, event_message)
     mark = mark_ids[pid] = mark_ids.get(pid, -1) + 1
-    builder.add(source, pid, tid, mark, start_ns / 1000.0, end_ns / 1000.0, message, None,
-                (end_ns - start_ns) / 1000.0)
-    proc.records += 1
+    proc.records += builder.add(source, pid, tid, mark, start_ns / 1000.0, end_ns / 1000.0,
+                                message, None, (end_ns - start_ns) / 1000.0)

@@ -59,6 +59,7 @@ from otel_vllm_ascend.analysis.read_sqlite import (
 from otel_vllm_ascend.analysis.record_dicts import RecordDicts
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail
 from otel_vllm_ascend.analysis.rid_lists import RidLists, consumed
+from otel_vllm_ascend.analysis.time_window import TimeWindow
 
 MIN_ROWS = 20_000  # fewer rows in all: the serial reader is as fast
 RANGE_ROWS = 8_192  # rows of a large file read as one task
@@ -99,6 +100,7 @@ class _Task:
     index: int  # the file's place in the reading order
     path: Path
     rowids: Optional[tuple[int, int]] = None  # None: the whole file
+    window: Optional[TimeWindow] = None  # --since / --until (time_window.py)
 
 
 @dataclass
@@ -119,22 +121,22 @@ class _Part:
     meta: dict = field(default_factory=dict)
 
 
-def plan(paths: list[Path]) -> tuple[list[_Task], int]:
+def plan(paths: list[Path], window: Optional[TimeWindow] = None) -> tuple[list[_Task], int]:
     """The tasks for ``paths`` (rowid ranges of the large files) and the rows in all."""
     tasks: list[_Task] = []
     total = 0
     for index, path in enumerate(paths):
         span = _rowid_span(path)
         if span is None:
-            tasks.append(_Task(index, path))
+            tasks.append(_Task(index, path, window=window))
             continue
         first, last = span
         total += last - first + 1
         if last - first + 1 <= RANGE_ROWS:
-            tasks.append(_Task(index, path))
+            tasks.append(_Task(index, path, window=window))
             continue
         for low in range(first, last + 1, RANGE_ROWS):
-            tasks.append(_Task(index, path, (low, min(low + RANGE_ROWS - 1, last))))
+            tasks.append(_Task(index, path, (low, min(low + RANGE_ROWS - 1, last)), window))
     return tasks, total
 
 
@@ -173,6 +175,7 @@ def _links_and_held(builder: RecordBuilder) -> tuple[list[tuple[str, str]], set]
     links = [(canonical_rid(attrs["to"]), canonical_rid(attrs["from"]))
              for name, rtype, attrs in zip(cols["name"], cols["type"], cols["attrs"])
              if (rtype == _LINK_TYPE or name == "link") and "to" in attrs and "from" in attrs]
+    links += builder.links_outside  # a time window's: ids mapped, rows not kept
     for name, dtype in _ARRAYS.items():  # sent as arrays: no Python number per row to pickle
         cols[name] = np.asarray(cols[name], dtype=dtype)
         if name in _NARROW:
@@ -201,11 +204,11 @@ def _links_and_held(builder: RecordBuilder) -> tuple[list[tuple[str, str]], set]
 
 def read_task(task: _Task) -> _Part:
     """Read one task (in a worker, or here when a worker could not)."""
-    return _read_whole(task.path) if task.rowids is None else _read_range(task)
+    return _read_whole(task.path, task.window) if task.rowids is None else _read_range(task)
 
 
-def _read_whole(path: Path) -> _Part:
-    builder = RecordBuilder()
+def _read_whole(path: Path, window: Optional[TimeWindow] = None) -> _Part:
+    builder = RecordBuilder(window)
     processes: dict[tuple[str, int], ProcessInfo] = {}
     report = ReadReport()
     ok = _read_db(path, builder, processes, report)
@@ -216,7 +219,7 @@ def _read_whole(path: Path) -> _Part:
 
 
 def _read_range(task: _Task) -> _Part:
-    builder = RecordBuilder()
+    builder = RecordBuilder(task.window)
     processes: dict[tuple[str, int], ProcessInfo] = {}
     try:
         conn = sqlite3.connect(f"file:{task.path}?mode=ro", uri=True)
@@ -373,12 +376,13 @@ def _join_types(pieces: list) -> Any:
             (piece if isinstance(piece, list) else piece.tolist())]
 
 
-def read_files(paths: list[Path], workers: int, progress: Optional[Progress] = None
+def read_files(paths: list[Path], workers: int, progress: Optional[Progress] = None,
+               window: Optional[TimeWindow] = None
                ) -> Optional[tuple[pd.DataFrame, list[ProcessInfo], ReadReport]]:
     """Read ``paths`` (``ms_service_*.db`` files, in reading order) with ``workers`` worker
     processes; None when the serial reader must read them (too few rows, links that make the
-    result order-dependent)."""
-    tasks, total = plan(paths)
+    result order-dependent). ``window``: only the records starting inside it."""
+    tasks, total = plan(paths, window)
     if workers < 2 or total < MIN_ROWS or len(tasks) < 2:
         return None
     report = ReadReport()
@@ -425,7 +429,7 @@ def read_files(paths: list[Path], workers: int, progress: Optional[Progress] = N
                 if failure:
                     report.problems.append(f"{path}: reading in a worker process failed"
                                            f" ({failure}); read again in this process")
-                parts = [_read_here(path, report)]
+                parts = [_read_here(path, report, window)]
             merge.add_file(path, parts)
             del parts
     finally:
@@ -439,9 +443,9 @@ def read_files(paths: list[Path], workers: int, progress: Optional[Progress] = N
     return frame, processes, report
 
 
-def _read_here(path: Path, report: ReadReport) -> _Part:
+def _read_here(path: Path, report: ReadReport, window: Optional[TimeWindow]) -> _Part:
     try:
-        return _read_whole(path)
+        return _read_whole(path, window)
     except Exception as exc:  # noqa: BLE001 - one message, the other files are still read
         report.problems.append(f"{path}: cannot be read ({type(exc).__name__}: {exc});"
                                " file skipped")

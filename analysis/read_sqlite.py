@@ -66,9 +66,8 @@ class _DbRows:
                 host = self.meta.get("hostname") or _host_from_stem(source, pid)
                 proc = seen[pid] = _process(self.processes, host, pid, source)
                 _apply_meta(proc, self.meta)
-            proc.records += 1
-            add(source, pid, tid, mark, start_ns / 1000.0, end_ns / 1000.0, decoded, None,
-                dur_us)
+            proc.records += add(source, pid, tid, mark, start_ns / 1000.0, end_ns / 1000.0,
+                                decoded, None, dur_us)
 
     def _bad(self, mark_id: Any) -> None:
         self.bad += 1

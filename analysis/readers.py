@@ -34,6 +34,7 @@ from otel_vllm_ascend.analysis.read_otlp import _read_otlp
 from otel_vllm_ascend.analysis.read_parallel import read_files, worker_count
 from otel_vllm_ascend.analysis.read_results import ReadReport, _complete_processes
 from otel_vllm_ascend.analysis.read_sqlite import _read_db
+from otel_vllm_ascend.analysis.time_window import TimeWindow
 
 DB_NAME = re.compile(r"^ms_service_[\w.-]+\.db$")
 OTLP_SUFFIXES = (".json", ".jsonl", ".ndjson")
@@ -70,10 +71,12 @@ def _looks_like_otlp(path: Path) -> bool:
     return head.lstrip()[:1] == b"{" and b'"resourceSpans"' in head
 
 
-def read_captures(root: Union[Path, Sequence[Path]], progress: Optional[Progress] = None
+def read_captures(root: Union[Path, Sequence[Path]], progress: Optional[Progress] = None,
+                  window: Optional[TimeWindow] = None
                   ) -> tuple[pd.DataFrame, list[ProcessInfo], ReadReport]:
     """Read every capture below ``root`` (one folder, or several read as one capture: one per
-    host, say) -> (records frame, processes, report)."""
+    host, say) -> (records frame, processes, report). ``window``: only the records starting
+    inside it (time_window.py)."""
     report = ReadReport()
     roots = [Path(root)] if isinstance(root, (str, os.PathLike)) else [Path(r) for r in root]
     captures: list[_Capture] = []
@@ -100,7 +103,7 @@ def read_captures(root: Union[Path, Sequence[Path]], progress: Optional[Progress
     if workers > 1 and all(capture.kind == "db" for capture in captures):
         # Several cores: files and ranges of large files read by worker processes, merged
         # into the frame the serial reader makes (read_parallel.py); None: read serially.
-        done = read_files([capture.path for capture in captures], workers, progress)
+        done = read_files([capture.path for capture in captures], workers, progress, window)
         if done is not None:
             frame, processes_read, parallel_report = done
             report.files = parallel_report.files
@@ -108,7 +111,7 @@ def read_captures(root: Union[Path, Sequence[Path]], progress: Optional[Progress
             report.unparsable = parallel_report.unparsable
             report.problems.extend(parallel_report.problems)
             return frame, processes_read, report
-    builder = RecordBuilder()
+    builder = RecordBuilder(window)
     processes: dict[tuple[str, int], ProcessInfo] = {}
     for index, capture in enumerate(captures):
         if progress is not None:

@@ -1,0 +1,157 @@
+"""``--since`` / ``--until`` (analysis/time_window.py): only the records that start inside the
+window are read; requests keep their client ids and are complete or partial by what the window
+holds of them."""
+
+import argparse
+import csv
+import logging
+import multiprocessing
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis_fixtures import simulate_service, write_otlp_json  # noqa: E402
+
+from otel_vllm_ascend.analysis import read_parallel  # noqa: E402
+from otel_vllm_ascend.analysis.cli import main  # noqa: E402
+from otel_vllm_ascend.analysis.readers import find_captures, read_captures  # noqa: E402
+from otel_vllm_ascend.analysis.requests import build_requests  # noqa: E402
+from otel_vllm_ascend.analysis.time_window import TimeWindow, parse_time, window_of  # noqa: E402
+
+
+def _utc(us: float) -> str:
+    return datetime.fromtimestamp(us / 1e6, timezone.utc).isoformat()
+
+
+@pytest.fixture(autouse=True)
+def serial(monkeypatch):
+    monkeypatch.setenv("OTEL_VLLM_ANALYZE_SERIAL", "1")
+
+
+def test_parse_time_forms():
+    moment = datetime(2026, 12, 7, 14, 0, tzinfo=timezone.utc).timestamp() * 1e6
+    assert parse_time("2026-12-07T14:00:00") == moment  # no offset: UTC, as the outputs
+    assert parse_time("2026-12-07 14:00") == moment
+    assert parse_time("2026-12-07T14:00:00Z") == moment
+    assert parse_time("2026-12-07T22:00:00.250+08:00") == moment + 250_000
+    assert parse_time(str(moment / 1e6)) == moment  # epoch seconds
+    for bad in ("", "soon", "nan", "inf", "2026-13-01"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
+            parse_time(bad)
+
+
+def test_window_of():
+    assert window_of(None, None) is None
+    assert window_of(5.0, None) == TimeWindow(5.0, float("inf"))
+    assert window_of(None, 5.0) == TimeWindow(float("-inf"), 5.0)
+    with pytest.raises(ValueError, match="--since must be before --until"):
+        window_of(5.0, 5.0)
+
+
+def _truth(n=30, seed=3):
+    sim = simulate_service(n, seed=seed, max_batch=3)
+    arrivals = sorted(r.arrival_us for r in sim.requests)
+    # from the 10th arrival to just before the 20th: requests cut on both sides
+    return sim, TimeWindow(arrivals[9], arrivals[19])
+
+
+def test_records_outside_the_window_are_not_read(tmp_path):
+    sim, window = _truth()
+    sim.capture.write(tmp_path / "db")
+    whole, _, _ = read_captures(tmp_path / "db")
+    frame, procs, report = read_captures(tmp_path / "db", window=window)
+    assert report.problems == []
+    inside = whole[(whole["start_us"] >= window.since_us) & (whole["start_us"] < window.until_us)]
+    assert 0 < len(frame) == len(inside) < len(whole)
+    assert frame["start_us"].tolist() == inside["start_us"].tolist()
+    assert frame["name"].astype(str).tolist() == inside["name"].astype(str).tolist()
+    # a request that arrived before the window: its link row is not kept, its id mapping is
+    early = {r.internal: r.external for r in sim.requests if r.arrival_us < window.since_us}
+    named = {rid for rids in frame["rids"] for rid in rids}
+    assert named & set(early.values()) and not named & set(early)
+    assert {p.role for p in procs} == {"api_server", "engine_core"}
+    kept_records = sum(p.records for p in procs)
+    assert kept_records == len(frame)
+
+
+def test_requests_complete_or_partial_by_what_the_window_holds(tmp_path):
+    sim, window = _truth()
+    sim.capture.write(tmp_path / "db")
+    whole = build_requests(read_captures(tmp_path / "db")[0]).set_index("http_rid")
+    cut = build_requests(read_captures(tmp_path / "db", window=window)[0]).set_index("http_rid")
+    by_id = {r.external: r for r in sim.requests}
+    assert set(cut.index) <= set(by_id)  # client ids only: every link was read
+    for rid, row in cut.iterrows():
+        truth = by_id[rid]
+        arrived, ended = truth.arrival_us >= window.since_us, truth.end_us < window.until_us
+        assert bool(row["has_arrival"]) == arrived, rid
+        assert bool(row["has_end"]) == ended, rid
+        assert bool(row["partial"]) == (not (arrived and ended)), rid
+        if arrived and ended:  # whole inside: the same row as without a window
+            for column in ("e2e_ms", "ttft_ms", "reply_tokens", "recv_token_size"):
+                assert row[column] == whole.loc[rid, column], (rid, column)
+    expected = {r.external for r in sim.requests
+                if r.arrival_us < window.until_us and r.end_us >= window.since_us}
+    assert set(cut.index) == expected
+    complete = [r for r in sim.requests
+                if r.arrival_us >= window.since_us and r.end_us < window.until_us]
+    assert 0 < len(complete) < len(expected)  # the window cuts some requests, not all
+
+
+def test_otlp_and_parallel_readers_keep_the_same_window(tmp_path, monkeypatch):
+    sim, window = _truth(40, seed=5)
+    sim.capture.write(tmp_path / "db")
+    write_otlp_json(sim.capture, tmp_path / "otlp" / "spans.jsonl")
+    serial, _, _ = read_captures(tmp_path / "db", window=window)
+    otlp, _, _ = read_captures(tmp_path / "otlp", window=window)
+    assert otlp["start_us"].tolist() == serial["start_us"].tolist()
+    if "fork" not in multiprocessing.get_all_start_methods() or sys.version_info < (3, 11):
+        return  # the parallel reader needs fork and Python 3.11 (test_analysis_read_parallel)
+    monkeypatch.delenv("OTEL_VLLM_ANALYZE_SERIAL")
+    monkeypatch.setattr(read_parallel, "MIN_ROWS", 1)
+    monkeypatch.setattr(read_parallel, "RANGE_ROWS", 7)
+    monkeypatch.setattr(read_parallel, "worker_count", lambda: 2)
+    paths = [capture.path for capture in find_captures(tmp_path / "db")]
+    parallel = read_parallel.read_files(paths, 2, window=window)
+    assert parallel is not None
+    frame = parallel[0]
+    assert frame["start_us"].tolist() == serial["start_us"].tolist()
+    assert frame["rids"].tolist() == serial["rids"].tolist()  # client ids there too
+
+
+def test_cli_window(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="otel_vllm_ascend.analysis")
+    sim, window = _truth()
+    sim.capture.write(tmp_path / "db")
+    out = tmp_path / "out"
+    assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(out),
+                 "--format", "csv", "--since", _utc(window.since_us),
+                 "--until", str(window.until_us / 1e6)]) == 0
+    with open(out / "request.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    expected = {r.external for r in sim.requests
+                if r.arrival_us < window.until_us and r.end_us >= window.since_us}
+    assert {row["http_rid"] for row in rows} == expected
+    assert f"(time window {window.describe()})" in caplog.text
+
+    caplog.clear()
+    late = max(r.end_us for r in sim.requests) / 1e6 + 60
+    assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(tmp_path / "o2"),
+                 "--since", str(late)]) == 1
+    assert "no record starts in the time window" in caplog.text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--since", "yesterday"], "argument --since: 'yesterday' is not a time"),
+    (["--since", "2026-12-07T15:00", "--until", "2026-12-07T14:00"],
+     "--since must be before --until"),
+])
+def test_cli_bad_window(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--input-path", str(tmp_path)] + args)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
