@@ -228,7 +228,7 @@ def _read_range(task: _Task) -> _Part:
     try:
         meta, meta_error = _read_meta(conn)
         sink = _DbRows(task.path, meta, builder, processes)
-        error = _read_mstx(conn, sink.feed, task.rowids)
+        error = _read_mstx(conn, sink.feed, task.rowids, task.window)
     finally:
         conn.close()
     if meta_error is not None or error is not None:

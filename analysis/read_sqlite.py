@@ -6,6 +6,7 @@ truncated or damaged file is salvaged up to the damage; every problem goes to th
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import tempfile
@@ -14,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder, parse_message
 from otel_vllm_ascend.analysis.read_results import ReadReport, _apply_meta, _process
+from otel_vllm_ascend.analysis.time_window import TimeWindow
 
 _FETCH = 1024
 
@@ -92,7 +94,7 @@ def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadRe
     try:
         meta, meta_error = _read_meta(conn)
         sink = _DbRows(path, meta, builder, processes)
-        error = _read_mstx(conn, sink.feed)
+        error = _read_mstx(conn, sink.feed, window=builder.window)
     finally:
         conn.close()
     if error is not None and not sink.rows and "malformed" in (meta_error or error):
@@ -179,16 +181,41 @@ def _salvage(path: Path) -> Optional[tuple[dict[str, str], list]]:
 _SELECT = "SELECT markId, message, pid, tid, timestamp, endTimestamp FROM Mstx"
 
 
+def _window_filter(window: Optional[TimeWindow]) -> tuple[list[str], list[int]]:
+    """SQL conditions (and their values) that pass the rows the builder may keep of a time
+    window: those starting inside it, links (a row holding ``from``: the builder keeps their
+    ids), and rows whose time is not a number (counted as undecodable there). The rest are
+    never decoded. The bounds are a µs wider than the window: the builder decides on µs as
+    floats (0.25 µs apart at today's times), SQLite on whole ns."""
+    if window is None:
+        return [], []
+    bounds, values = [], []
+    if math.isfinite(window.since_us):
+        bounds.append("timestamp >= ?")
+        values.append(int(window.since_us) * 1000 - 1000)
+    if math.isfinite(window.until_us):
+        bounds.append("timestamp < ?")
+        values.append(int(window.until_us) * 1000 + 2000)
+    return ["(" + " AND ".join(bounds) + " OR instr(message, 'from') > 0"
+            " OR typeof(timestamp) NOT IN ('integer', 'real'))"], values
+
+
 def _read_mstx(conn: sqlite3.Connection, feed: Callable[[list], None],
-               rowids: Optional[tuple[int, int]] = None) -> Optional[str]:
+               rowids: Optional[tuple[int, int]] = None,
+               window: Optional[TimeWindow] = None) -> Optional[str]:
     """Stream ``Mstx`` rows to ``feed`` in chunks; returns the error text if reading stopped.
 
     ``rowids`` (first, last): only the rows in that rowid range, in rowid order (the order of
     the whole table's scan: ``read_parallel`` reads a large file a range at a time).
+    ``window``: SQLite leaves out the rows the builder would not keep (:func:`_window_filter`).
     """
+    conditions, values = _window_filter(window)
+    if rowids is not None:
+        conditions.insert(0, "rowid >= ? AND rowid <= ?")
+        values[:0] = rowids
     try:
-        cursor = (conn.execute(_SELECT) if rowids is None else
-                  conn.execute(_SELECT + " WHERE rowid >= ? AND rowid <= ?", rowids))
+        cursor = conn.execute(_SELECT + (" WHERE " + " AND ".join(conditions)
+                                         if conditions else ""), values)
         while True:
             chunk = cursor.fetchmany(_FETCH)
             if not chunk:

@@ -6,6 +6,7 @@ import argparse
 import csv
 import logging
 import multiprocessing
+import sqlite3
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,9 +79,11 @@ def test_records_outside_the_window_are_not_read(tmp_path):
     assert kept_records == len(frame)
 
 
-def test_requests_complete_or_partial_by_what_the_window_holds(tmp_path):
+@pytest.mark.parametrize("layout, encoding", [("per_process", "json"),
+                                              ("per_thread", "caret")])  # the C library's
+def test_requests_complete_or_partial_by_what_the_window_holds(tmp_path, layout, encoding):
     sim, window = _truth()
-    sim.capture.write(tmp_path / "db")
+    sim.capture.write(tmp_path / "db", layout=layout, encoding=encoding)
     whole = build_requests(read_captures(tmp_path / "db")[0]).set_index("http_rid")
     cut = build_requests(read_captures(tmp_path / "db", window=window)[0]).set_index("http_rid")
     by_id = {r.external: r for r in sim.requests}
@@ -155,3 +158,18 @@ def test_cli_bad_window(tmp_path, capsys, args, message):
         main(["--input-path", str(tmp_path)] + args)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_rows_outside_the_window_are_not_decoded_unless_their_time_is_no_number(tmp_path):
+    sim, window = _truth()
+    api = sim.capture.processes[0]
+    api.raw("not a message", window.since_us - 5_000_000)  # outside: never decoded
+    api.raw("not a message either", window.since_us + 1)  # inside: undecodable, counted
+    paths = sim.capture.write(tmp_path / "db")
+    with sqlite3.connect(paths[0]) as conn:  # a time that is text: no window can place it
+        conn.execute("INSERT INTO Mstx (message, flag, markId, timestamp, endTimestamp, pid,"
+                     " tid) VALUES ('{}', 1, 99999, 'noon', 'noon', 100, 100)")
+    _, _, whole = read_captures(tmp_path / "db")
+    _, _, cut = read_captures(tmp_path / "db", window=window)
+    assert whole.unparsable == 3
+    assert cut.unparsable == 2
