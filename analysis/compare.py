@@ -49,6 +49,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.time_window import TimeWindow
+
 ALPHA = 0.01
 MIN_EFFECT = 0.05
 MIN_VALUES = 8  # below this, the normal approximation of the U statistic is not trusted
@@ -134,8 +136,9 @@ def is_analysis_folder(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in ANALYSIS_MARKERS)
 
 
-def load_run(path: Path, label: str) -> RunValues:
-    """Values of one input (capture folder or output folder); raises :class:`CompareInputError`."""
+def load_run(path: Path, label: str, window: Optional[TimeWindow] = None) -> RunValues:
+    """Values of one input (capture folder or output folder; of a capture, ``window``: only the
+    records that start inside it); raises :class:`CompareInputError`."""
     path = Path(path)
     if not path.exists():
         raise CompareInputError(f"{label} ({path}): does not exist")
@@ -143,9 +146,12 @@ def load_run(path: Path, label: str) -> RunValues:
         raise CompareInputError(f"{label} ({path}): is not a folder (give the capture folder or"
                                 " a folder of otel-vllm-analyze outputs)")
     if is_analysis_folder(path):
+        if window is not None:
+            raise CompareInputError(f"{label} ({path}): a time window needs a capture folder;"
+                                    " this is a folder of analysis outputs")
         run = _load_outputs(path, label)
     else:
-        run = _load_capture(path, label)
+        run = _load_capture(path, label, window)
     if not any(v.size for v in run.metrics.values()) and not run.spans:
         reasons = "; ".join(run.missing) or "nothing to compare"
         raise CompareInputError(f"{label} ({path}): nothing to compare: {reasons}")
@@ -220,7 +226,7 @@ def _group(names: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
     return {str(name): group.to_numpy(dtype="float64") for name, group in series}
 
 
-def _load_capture(path: Path, label: str) -> RunValues:
+def _load_capture(path: Path, label: str, window: Optional[TimeWindow]) -> RunValues:
     from otel_vllm_ascend.analysis import batches as batches_mod
     from otel_vllm_ascend.analysis import kvcache as kvcache_mod
     from otel_vllm_ascend.analysis import requests as requests_mod
@@ -229,8 +235,9 @@ def _load_capture(path: Path, label: str) -> RunValues:
     from otel_vllm_ascend.analysis.readers import read_captures
     from otel_vllm_ascend.analysis.steps import engine_steps, step_requests
 
-    run = RunValues(label, path, "capture")
-    frame, _, report = read_captures(path)
+    run = RunValues(label, path, "capture" if window is None
+                    else f"capture, records starting {window.describe()}")
+    frame, _, report = read_captures(path, window=window)
     run.problems = list(report.problems)
     if report.unparsable:
         run.problems.append(f"{report.unparsable} record(s) could not be decoded and were"
@@ -239,7 +246,10 @@ def _load_capture(path: Path, label: str) -> RunValues:
         # The reader's messages start with the file they are about; those about the folder
         # itself (no capture in it) with the folder.
         file_problems = [p for p in run.problems if not p.startswith(f"{path}: ")]
-        if report.files:
+        if report.files and window is not None:
+            reason = (f"no record starts in the time window {window.describe()} in the"
+                      f" {len(report.files)} capture file(s) read")
+        elif report.files:
             reason = f"no records in the {len(report.files)} capture file(s) read"
         elif file_problems:
             reason = "no readable capture (" + "; ".join(file_problems) + ")"

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from otel_vllm_ascend.analysis import compare
+from otel_vllm_ascend.analysis import compare, time_window
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-effect", type=float, default=compare.MIN_EFFECT,
                         help="smallest relative change of median or mean that is flagged"
                              f" (default {compare.MIN_EFFECT})")
+    for side in ("a", "b"):
+        parser.add_argument(f"--since-{side}", type=time_window.parse_time, metavar="TIME",
+                            help=f"{side.upper()} is the records of its capture that start at"
+                            " or after TIME (as otel-vllm-analyze --since)")
+        parser.add_argument(f"--until-{side}", type=time_window.parse_time, metavar="TIME",
+                            help=f"{side.upper()} is the records of its capture that start"
+                            " before TIME")
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
                         help="outputs to write (default: both)")
     parser.add_argument("--log-level", default="info", type=str.lower,
@@ -47,14 +54,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_compare(path_a: Path, path_b: Path, out: Path, formats: Sequence[str],
-                alpha: float = compare.ALPHA, min_effect: float = compare.MIN_EFFECT) -> int:
-    """The whole command; returns the exit status."""
+                alpha: float = compare.ALPHA, min_effect: float = compare.MIN_EFFECT,
+                windows: Sequence[Optional[time_window.TimeWindow]] = (None, None)) -> int:
+    """The whole command; returns the exit status. ``windows``: A's and B's time window
+    (``--since-a`` ...), None for the whole capture."""
     from otel_vllm_ascend.analysis.writers import write_csv
 
     runs = []
-    for label, path in (("A", path_a), ("B", path_b)):
+    for label, path, window in (("A", path_a, windows[0]), ("B", path_b, windows[1])):
         try:
-            runs.append(compare.load_run(Path(path), label))
+            runs.append(compare.load_run(Path(path), label, window))
         except compare.CompareInputError as exc:
             _logger.error("%s", exc)
             return 1
@@ -118,7 +127,13 @@ def _print_summary(table: pd.DataFrame, a: compare.RunValues, b: compare.RunValu
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        windows = (time_window.window_of(args.since_a, args.until_a),
+                   time_window.window_of(args.since_b, args.until_b))
+    except ValueError as exc:
+        parser.error(str(exc).replace("--since", "--since-X").replace("--until", "--until-X"))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     if not 0 < args.alpha < 1:
@@ -129,7 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return run_compare(Path(args.a), Path(args.b), Path(args.output_path),
-                           list(dict.fromkeys(args.format)), args.alpha, args.min_effect)
+                           list(dict.fromkeys(args.format)), args.alpha, args.min_effect,
+                           windows)
     except KeyboardInterrupt:
         _logger.error("interrupted")
         return 130

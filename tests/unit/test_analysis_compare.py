@@ -10,6 +10,7 @@ import logging
 import math
 import sqlite3
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,60 @@ def test_bad_arguments(tmp_path):
     assert compare_main([str(tmp_path), str(tmp_path), "--alpha", "2"]) == 2
     with pytest.raises(SystemExit):
         compare_main([str(tmp_path)])
+
+
+# ----------------------------------------------------------------------------- time windows
+
+HOUR_US = 3_600_000_000
+
+
+def _utc(us: float) -> str:
+    return datetime.fromtimestamp(us / 1e6, timezone.utc).isoformat()
+
+
+def test_two_windows_of_one_capture_folder(tmp_path, capsys):
+    """Two runs one hour apart in one folder (a server restarted with another setting, its
+    captures next to the first's): each window is one run."""
+    start = 1_764_400_000_000_000.0
+    folder = tmp_path / "prof"
+    simulate_service(60, seed=1, max_batch=4, start_us=start).capture.write(
+        folder, session="first")
+    simulate_service(60, seed=1, max_batch=4, start_us=start + HOUR_US, api_pid=300,
+                     engine_pid=400).capture.write(folder, session="second")
+    assert _slow_down_model_exec(folder / "second") > 0
+    middle = _utc(start + HOUR_US / 2)
+    assert compare_main([str(folder), str(folder), "-o", str(tmp_path / "o"),
+                         "--until-a", middle, "--since-b", middle]) == 0
+    table = _rows(tmp_path / "o" / "compare.csv")
+    flagged = {key for key, row in table.items() if row["significant"] == "True"}
+    assert flagged == {("batch", "model execution per step"), ("span", "modelExec")}
+    assert float(table[("span", "modelExec")]["rel_diff"]) == pytest.approx(1.0, abs=1e-6)
+    assert table[("request", "TTFT")]["n_a"] == table[("request", "TTFT")]["n_b"] == "60"
+    out = capsys.readouterr().out
+    assert f"A: {folder} (capture, records starting the start to {middle.replace('T', ' ')})" \
+        in out
+    # without windows both sides are the two runs together: no difference
+    assert compare_main([str(folder), str(folder), "-o", str(tmp_path / "same")]) == 0
+    assert not any(row["significant"] == "True"
+                   for row in _rows(tmp_path / "same" / "compare.csv").values())
+
+
+def test_window_errors_one_message(runs, caplog, tmp_path):
+    root, base, _ = runs
+    outputs = tmp_path / "analysed"
+    assert analyze_main(["--input-path", str(base), "--output-path", str(outputs),
+                         "--format", "csv"]) == 0
+    with caplog.at_level(logging.ERROR):
+        assert compare_main([str(outputs), str(base), "-o", str(tmp_path / "o"),
+                             "--since-a", "2026-01-01T00:00"]) == 1
+    assert f"A ({outputs}): a time window needs a capture folder" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert compare_main([str(base), str(base), "-o", str(tmp_path / "o2"),
+                             "--since-b", "2100-01-01T00:00"]) == 1
+    assert f"B ({base}): no record starts in the time window 2100-01-01 00:00:00+00:00 to" \
+        " the end" in caplog.text
+    with pytest.raises(SystemExit) as stopped:
+        compare_main([str(base), str(base), "--since-a", "2026-01-02", "--until-a",
+                      "2026-01-01"])
+    assert stopped.value.code == 2
