@@ -192,8 +192,9 @@ def emit_api_server(folder: Path, reqs: list[Request], steps: list[Step]) -> Non
         timeline.append((step.exec_end + int(0.5 * MS), 4, "detokenize", step))
     timeline.sort(key=lambda item: (item[0], item[1]))
     for count, (ts, _, name, obj) in enumerate(timeline, 1):
-        if name == "link":
-            rec.record_link(obj.external, obj.internal)
+        if name == "link":  # at its simulated time, as a server records it
+            rec.record_event(c.LINK_NAME, {c.DOMAIN: "Engine", c.LINK_FROM: obj.external,
+                                           c.LINK_TO: obj.internal}, ts, record=c.RECORD_LINK)
         elif name == "detokenize":
             rec.record_event(name, {c.DOMAIN: "Engine",
                                     c.RID: [b[0].external for b in obj.batch]}, ts)
