@@ -181,8 +181,9 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     if frame.empty:
         if report.files and window is not None:
             _logger.error("no record starts in the time window %s in the %d capture file(s)"
-                          " read under %s; nothing to analyse", window.describe(),
-                          len(report.files), _where(input_path))
+                          " read under %s%s; nothing to analyse", window.describe(),
+                          len(report.files), _where(input_path),
+                          time_window.outside_note(report.files))
         elif report.files:
             _logger.error("no records in the %d capture file(s) read under %s; nothing to"
                           " analyse", len(report.files), _where(input_path))

@@ -49,7 +49,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from otel_vllm_ascend.analysis.time_window import TimeWindow
+from otel_vllm_ascend.analysis.time_window import TimeWindow, outside_note
 
 ALPHA = 0.01
 MIN_EFFECT = 0.05
@@ -248,7 +248,7 @@ def _load_capture(path: Path, label: str, window: Optional[TimeWindow]) -> RunVa
         file_problems = [p for p in run.problems if not p.startswith(f"{path}: ")]
         if report.files and window is not None:
             reason = (f"no record starts in the time window {window.describe()} in the"
-                      f" {len(report.files)} capture file(s) read")
+                      f" {len(report.files)} capture file(s) read{outside_note(report.files)}")
         elif report.files:
             reason = f"no records in the {len(report.files)} capture file(s) read"
         elif file_problems:

@@ -125,6 +125,24 @@ def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadRe
     return True
 
 
+def time_span(paths: list) -> Optional[tuple[float, float]]:
+    """(first, last) start time in µs of the ``Mstx`` rows of these files (those that are
+    SQLite captures; None when none has a row): where a time window could lie."""
+    found: list[float] = []
+    for path in paths:
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = conn.execute("SELECT min(timestamp), max(timestamp) FROM Mstx WHERE"
+                                   " typeof(timestamp) IN ('integer', 'real')").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue
+        found.extend(value / 1000.0 for value in row if value is not None)
+    return (min(found), max(found)) if found else None
+
+
 def _pid_from_stem(stem: str) -> Optional[int]:
     match = re.search(r"-(\d+)(?:-\d+)?$", stem)
     return int(match.group(1)) if match else None

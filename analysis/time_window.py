@@ -37,6 +37,15 @@ def _text(us: float, open_end: str) -> str:
     return datetime.fromtimestamp(us / 1e6, timezone.utc).isoformat(sep=" ")
 
 
+def outside_note(files: list) -> str:
+    """`` (their records start from A to B)`` for the SQLite captures among ``files``, the
+    times a window could take; empty when they hold none (OTLP files are not scanned again)."""
+    from otel_vllm_ascend.analysis.read_sqlite import time_span
+
+    span = time_span([path for path in files if str(path).endswith(".db")])
+    return f" (their records start from {TimeWindow(*span).describe()})" if span else ""
+
+
 def parse_time(text: str) -> float:
     """µs since the epoch of ``text`` (ISO 8601, UTC unless it names an offset, or epoch
     seconds); ``argparse.ArgumentTypeError`` naming what is accepted when it is neither."""

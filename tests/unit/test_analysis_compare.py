@@ -351,7 +351,8 @@ def test_window_errors_one_message(runs, caplog, tmp_path):
         assert compare_main([str(base), str(base), "-o", str(tmp_path / "o2"),
                              "--since-b", "2100-01-01T00:00"]) == 1
     assert f"B ({base}): no record starts in the time window 2100-01-01 00:00:00+00:00 to" \
-        " the end" in caplog.text
+        " the end in the 2 capture file(s) read (their records start from 2025-11-29" \
+        in caplog.text
     with pytest.raises(SystemExit) as stopped:
         compare_main([str(base), str(base), "--since-a", "2026-01-02", "--until-a",
                       "2026-01-01"])

@@ -145,7 +145,9 @@ def test_cli_window(tmp_path, caplog):
     late = max(r.end_us for r in sim.requests) / 1e6 + 60
     assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(tmp_path / "o2"),
                  "--since", str(late)]) == 1
+    first = min(r.arrival_us for r in sim.requests)
     assert "no record starts in the time window" in caplog.text
+    assert f"(their records start from {_utc(first).replace('T', ' ')} to " in caplog.text
 
 
 @pytest.mark.parametrize("args, message", [
