@@ -61,7 +61,7 @@ from otel_vllm_ascend.analysis.console_summary import (
 from otel_vllm_ascend.analysis.host_clocks import clock_gaps
 from otel_vllm_ascend.analysis.output_jobs import _in_background, _Run
 from otel_vllm_ascend.analysis.progress import _Progress
-from otel_vllm_ascend.analysis.readers import read_captures
+from otel_vllm_ascend.analysis.readers import capture_span, read_captures
 from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="log level (default info)")
     parser.add_argument("--since", type=time_window.parse_time, metavar="TIME",
                         help="only records that start at or after TIME (UTC ISO 8601 date and"
-                        " time, e.g. 2026-12-07T14:00:00, or seconds since the epoch)")
+                        " time, e.g. 2026-12-07T14:00:00, seconds since the epoch, or"
+                        " relative to the capture: start+10m, end-1h)")
     parser.add_argument("--until", type=time_window.parse_time, metavar="TIME",
                         help="only records that start before TIME (as --since)")
     detail_outputs.add_arguments(parser)  # --span, --split-*
@@ -483,8 +484,9 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     # --- end of the compare subcommand ---
     parser = _parser()
     args = parser.parse_args(argv)
+    inputs = [Path(p) for p in args.input_path]
     try:
-        window = time_window.window_of(args.since, args.until)
+        window = time_window.window_of(args.since, args.until, lambda: capture_span(inputs))
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
@@ -495,7 +497,6 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        inputs = [Path(p) for p in args.input_path]
         return analyse(inputs[0] if len(inputs) == 1 else inputs, Path(args.output_path),
                        formats, progress,
                        keep_until_exit, detail_outputs.DetailOptions.from_args(args), window)

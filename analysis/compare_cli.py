@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from otel_vllm_ascend.analysis import compare, time_window
+from otel_vllm_ascend.analysis.readers import capture_span
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
@@ -130,8 +131,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        windows = (time_window.window_of(args.since_a, args.until_a),
-                   time_window.window_of(args.since_b, args.until_b))
+        windows = (time_window.window_of(args.since_a, args.until_a,
+                                         lambda: capture_span([Path(args.a)])),
+                   time_window.window_of(args.since_b, args.until_b,
+                                         lambda: capture_span([Path(args.b)])))
     except ValueError as exc:
         parser.error(str(exc).replace("--since", "--since-X").replace("--until", "--until-X"))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),

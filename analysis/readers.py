@@ -33,7 +33,7 @@ from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder
 from otel_vllm_ascend.analysis.read_otlp import _read_otlp
 from otel_vllm_ascend.analysis.read_parallel import read_files, worker_count
 from otel_vllm_ascend.analysis.read_results import ReadReport, _complete_processes
-from otel_vllm_ascend.analysis.read_sqlite import _read_db
+from otel_vllm_ascend.analysis.read_sqlite import _read_db, time_span
 from otel_vllm_ascend.analysis.time_window import TimeWindow
 
 DB_NAME = re.compile(r"^ms_service_[\w.-]+\.db$")
@@ -60,6 +60,13 @@ def find_captures(root: Path) -> list[_Capture]:
             elif name.endswith(OTLP_SUFFIXES) and _looks_like_otlp(path):
                 found.append(_Capture("otlp", path))
     return found
+
+
+def capture_span(roots: Sequence[Path]) -> Optional[tuple[float, float]]:
+    """(first, last) record start in µs of the SQLite captures below ``roots`` (None when they
+    hold none): what a time relative to the capture is measured on."""
+    return time_span([capture.path for root in roots if Path(root).is_dir()
+                      for capture in find_captures(Path(root)) if capture.kind == "db"])
 
 
 def _looks_like_otlp(path: Path) -> bool:

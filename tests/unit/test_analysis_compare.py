@@ -331,6 +331,11 @@ def test_two_windows_of_one_capture_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"A: {folder} (capture, records starting the start to {middle.replace('T', ' ')})" \
         in out
+    # the same windows relative to the capture: the first half hour and what follows
+    assert compare_main([str(folder), str(folder), "-o", str(tmp_path / "rel"),
+                         "--until-a", "start+30m", "--since-b", "start+30m"]) == 0
+    relative = _rows(tmp_path / "rel" / "compare.csv")
+    assert {key for key, row in relative.items() if row["significant"] == "True"} == flagged
     # without windows both sides are the two runs together: no difference
     assert compare_main([str(folder), str(folder), "-o", str(tmp_path / "same")]) == 0
     assert not any(row["significant"] == "True"

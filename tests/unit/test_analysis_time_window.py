@@ -21,7 +21,12 @@ from otel_vllm_ascend.analysis import read_parallel  # noqa: E402
 from otel_vllm_ascend.analysis.cli import main  # noqa: E402
 from otel_vllm_ascend.analysis.readers import find_captures, read_captures  # noqa: E402
 from otel_vllm_ascend.analysis.requests import build_requests  # noqa: E402
-from otel_vllm_ascend.analysis.time_window import TimeWindow, parse_time, window_of  # noqa: E402
+from otel_vllm_ascend.analysis.time_window import (  # noqa: E402
+    Relative,
+    TimeWindow,
+    parse_time,
+    window_of,
+)
 
 
 def _utc(us: float) -> str:
@@ -43,6 +48,31 @@ def test_parse_time_forms():
     for bad in ("", "soon", "nan", "inf", "2026-13-01"):
         with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
             parse_time(bad)
+
+
+def test_relative_times():
+    assert parse_time("start+10m") == Relative("start", 600e6)
+    assert parse_time("END - 1.5h") == Relative("end", -5400e6)
+    assert parse_time("start+90") == Relative("start", 90e6)  # seconds without a unit
+    assert parse_time("end") == Relative("end", 0.0)
+    for bad in ("start10m", "start+10x", "middle+1m"):
+        with pytest.raises(argparse.ArgumentTypeError, match="relative to the capture"):
+            parse_time(bad)
+    asked = []
+
+    def span():
+        asked.append(1)
+        return 1e15, 2e15
+
+    assert window_of(1.0, 2.0, span) == TimeWindow(1.0, 2.0) and not asked  # only when needed
+    # "end" is just after the last record's start: --until end keeps the last record
+    assert window_of(Relative("start", 10e6), Relative("end", 0.0), span) == \
+        TimeWindow(1e15 + 10e6, 2e15 + 1)
+    assert window_of(Relative("end", -60e6), None, span) == TimeWindow(2e15 + 1 - 60e6)
+    with pytest.raises(ValueError, match="needs its ms_service_\\*.db files"):
+        window_of(Relative("start", 0.0), None, lambda: None)
+    with pytest.raises(ValueError, match="--since must be before --until"):
+        window_of(Relative("end", 0.0), Relative("start", 0.0), span)
 
 
 def test_window_of():
@@ -140,6 +170,15 @@ def test_cli_window(tmp_path, caplog):
                 if r.arrival_us < window.until_us and r.end_us >= window.since_us}
     assert {row["http_rid"] for row in rows} == expected
     assert f"(time window {window.describe()})" in caplog.text
+
+    # the same window relative to the capture's first record
+    first = min(r.arrival_us for r in sim.requests)
+    relative = tmp_path / "relative"
+    assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(relative),
+                 "--format", "csv", "--since", f"start+{(window.since_us - first) / 1e6}",
+                 "--until", f"start+{(window.until_us - first) / 1e6}"]) == 0
+    with open(relative / "request.csv", newline="") as handle:
+        assert {row["http_rid"] for row in csv.DictReader(handle)} == expected
 
     caplog.clear()
     late = max(r.end_us for r in sim.requests) / 1e6 + 60
