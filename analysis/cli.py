@@ -333,7 +333,7 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
             detail = spec_decode = None
             give_back_free_memory()
             _write_html(job_run, out, report_records, requests, batches, kvcache, tables,
-                        stage_tables)
+                        stage_tables, window)
         tables_written_here = True  # in a forked child: the child's own copy of the flag
 
     progress.stage("writing outputs")
@@ -451,26 +451,31 @@ def _write_csvs(run: _Run, out: Path, requests: Any, batches: Any, kvcache: Any,
 
 
 def _write_html(run: _Run, out: Path, frame: pd.DataFrame, requests: Any, batches: Any,
-                kvcache: Any, tables: dict, stage_tables: Optional[dict] = None) -> None:
+                kvcache: Any, tables: dict, stage_tables: Optional[dict] = None,
+                window: Optional[time_window.TimeWindow] = None) -> None:
     report_mod = _load_report_module()
     if report_mod is None:
         _logger.error("report.html: the report writer is not available in this installation")
         run.failed.append("report.html")
         return
     run.wrote(run.stage("report.html", _write_report, report_mod, out, frame, requests,
-                        batches, kvcache, tables, stage_tables))
+                        batches, kvcache, tables, stage_tables, window))
 
 
 def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any,
                   batches: Any, kvcache: Any, tables: dict,
-                  stage_tables: Optional[dict] = None) -> Path:
+                  stage_tables: Optional[dict] = None,
+                  window: Optional[time_window.TimeWindow] = None) -> Path:
     empty = pd.DataFrame()
+    # a report of a window says so: its figures are not the whole capture's
+    title = "vLLM service profile" + (f" · records starting {window.describe()}"
+                                      if window is not None else "")
     return report_mod.write_report(
         out / "report.html",
         requests=requests if requests is not None else empty,
         batches=batches if batches is not None else empty,
         kvcache=kvcache if kvcache is not None else empty,
-        summaries=tables, frame=frame, stage_tables=stage_tables)
+        summaries=tables, frame=frame, stage_tables=stage_tables, title=title)
 
 
 def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] = None) -> int:

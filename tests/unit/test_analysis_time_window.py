@@ -162,7 +162,7 @@ def test_cli_window(tmp_path, caplog):
     sim.capture.write(tmp_path / "db")
     out = tmp_path / "out"
     assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(out),
-                 "--format", "csv", "--since", _utc(window.since_us),
+                 "--format", "csv", "html", "--since", _utc(window.since_us),
                  "--until", str(window.until_us / 1e6)]) == 0
     with open(out / "request.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -170,6 +170,8 @@ def test_cli_window(tmp_path, caplog):
                 if r.arrival_us < window.until_us and r.end_us >= window.since_us}
     assert {row["http_rid"] for row in rows} == expected
     assert f"(time window {window.describe()})" in caplog.text
+    page = (out / "report.html").read_text()
+    assert f"<title>vLLM service profile · records starting {window.describe()}" in page
 
     # the same window relative to the capture's first record
     first = min(r.arrival_us for r in sim.requests)
