@@ -490,8 +490,10 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     parser = _parser()
     args = parser.parse_args(argv)
     inputs = [Path(p) for p in args.input_path]
+    window = None
     try:
-        window = time_window.window_of(args.since, args.until, lambda: capture_span(inputs))
+        if any(path.is_dir() for path in inputs):  # else the inputs are refused, with a message
+            window = time_window.window_of(args.since, args.until, lambda: capture_span(inputs))
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),

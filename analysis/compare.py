@@ -145,10 +145,13 @@ def load_run(path: Path, label: str, window: Optional[TimeWindow] = None) -> Run
     if not path.is_dir():
         raise CompareInputError(f"{label} ({path}): is not a folder (give the capture folder or"
                                 " a folder of otel-vllm-analyze outputs)")
-    if is_analysis_folder(path):
-        if window is not None:
+    if window is not None and is_analysis_folder(path):
+        from otel_vllm_ascend.analysis.readers import find_captures
+
+        if not find_captures(path):  # outputs written next to their capture: the capture
             raise CompareInputError(f"{label} ({path}): a time window needs a capture folder;"
                                     " this is a folder of analysis outputs")
+    if is_analysis_folder(path) and window is None:
         run = _load_outputs(path, label)
     else:
         run = _load_capture(path, label, window)

@@ -130,13 +130,18 @@ def _print_summary(table: pd.DataFrame, a: compare.RunValues, b: compare.RunValu
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        windows = (time_window.window_of(args.since_a, args.until_a,
-                                         lambda: capture_span([Path(args.a)])),
-                   time_window.window_of(args.since_b, args.until_b,
-                                         lambda: capture_span([Path(args.b)])))
-    except ValueError as exc:
-        parser.error(str(exc).replace("--since", "--since-X").replace("--until", "--until-X"))
+    windows = []
+    for side, path, since, until in (("a", args.a, args.since_a, args.until_a),
+                                     ("b", args.b, args.since_b, args.until_b)):
+        if not Path(path).is_dir():
+            windows.append(None)  # the input itself is refused below, with its own message
+            continue
+        try:
+            windows.append(time_window.window_of(since, until,
+                                                 lambda path=path: capture_span([Path(path)])))
+        except ValueError as exc:
+            parser.error(f"{side.upper()} ({path}): " + str(exc).replace(
+                "--since", f"--since-{side}").replace("--until", f"--until-{side}"))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     if not 0 < args.alpha < 1:

@@ -68,6 +68,7 @@ Message text is decoded once per row: JSON objects directly; the C++ caret form
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
@@ -79,7 +80,7 @@ from otel_vllm_ascend.analysis.narrow_ints import fits, narrowest
 from otel_vllm_ascend.analysis.record_dicts import RecordDicts
 from otel_vllm_ascend.analysis.rid_detail import RequestDetail, compact
 from otel_vllm_ascend.analysis.rid_lists import RidLists, TableIds
-from otel_vllm_ascend.analysis.time_window import TimeWindow
+from otel_vllm_ascend.analysis.time_window import TimeWindow, record_us
 
 RECORD_COLUMNS: tuple[str, ...] = (
     "source", "host", "pid", "tid", "role", "dp_rank", "mark_id", "name", "domain", "type",
@@ -300,20 +301,26 @@ class RecordBuilder:
 
     def add(self, source: str, pid: int, tid: int, mark_id: int, start_us: float,
             end_us: float, message: dict, type_default: Optional[int] = None,
-            dur_us: Optional[float] = None) -> bool:
+            dur_us: Optional[float] = None, start_ns: Any = None) -> bool:
         """Add one record whose message keys are already decoded into ``message``; False when
         it starts outside the builder's time window (a link still maps its ids then).
 
         ``dur_us`` should be computed from integer ns when the source has them: float µs since
-        the epoch resolve only 0.25 µs, so ``end_us - start_us`` is not exact.
+        the epoch resolve only 0.25 µs, so ``end_us - start_us`` is not exact; ``start_ns``
+        (the source's start, when it has ns) places the record in the time window exactly.
         """
         cols = self.columns
         name = message.pop("name", "")
         domain = message.pop("domain", "")
         rtype = message.pop("type", type_default)
+        try:
+            rtype_int = None if rtype is None else int(rtype)
+        except (TypeError, ValueError):
+            rtype_int = None
         window = self.window
-        outside = window is not None and not window.since_us <= start_us < window.until_us
-        if outside and name != "link" and rtype not in (_LINK_TYPE, "3"):
+        outside = window is not None and not window.holds(
+            record_us(start_ns) if start_ns is not None else math.floor(start_us + 0.5))
+        if outside and name != "link" and rtype_int != _LINK_TYPE:
             return False
         rid = message.pop("rid", None)
         batch_type = message.pop("batch_type", "")
@@ -379,10 +386,6 @@ class RecordBuilder:
         incs = shared(incs) if incs else _EMPTY
         scopes = shared(scopes) if scopes else _EMPTY
         attrs = shared(attrs) if attrs else _EMPTY
-        try:
-            rtype_int = None if rtype is None else int(rtype)
-        except (TypeError, ValueError):
-            rtype_int = None
         if (rtype_int == _LINK_TYPE or name == "link") and "to" in attrs and "from" in attrs:
             internal = canonical_rid(attrs["to"])
             external = canonical_rid(attrs["from"])

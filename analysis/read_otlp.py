@@ -158,9 +158,11 @@ def _add_otlp_span(span: dict, source: str, pid: int, proc: ProcessInfo,
     for event in span.get("events") or []:
         event_attrs = _otlp_attributes(event.get("attributes"))
         event_message, event_tid = span_message(event["name"], event_attrs, 0, domain)
-        ts = int(event["timeUnixNano"]) / 1000.0
+        ns = int(event["timeUnixNano"])
+        ts = ns / 1000.0
         mark = mark_ids[pid] = mark_ids.get(pid, -1) + 1
-        proc.records += builder.add(source, pid, event_tid or tid, mark, ts, ts, event_message)
+        proc.records += builder.add(source, pid, event_tid or tid, mark, ts, ts, event_message,
+                                    start_ns=ns)
     mark = mark_ids[pid] = mark_ids.get(pid, -1) + 1
     proc.records += builder.add(source, pid, tid, mark, start_ns / 1000.0, end_ns / 1000.0,
-                                message, None, (end_ns - start_ns) / 1000.0)
+                                message, None, (end_ns - start_ns) / 1000.0, start_ns)

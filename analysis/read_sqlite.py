@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from otel_vllm_ascend.analysis.frame import ProcessInfo, RecordBuilder, parse_message
 from otel_vllm_ascend.analysis.read_results import ReadReport, _apply_meta, _process
-from otel_vllm_ascend.analysis.time_window import TimeWindow
+from otel_vllm_ascend.analysis.time_window import TimeWindow, record_us
 
 _FETCH = 1024
 
@@ -40,6 +40,7 @@ class _DbRows:
         self.processes = processes
         self.seen_pids: dict[int, ProcessInfo] = {}
         self.rows = 0
+        self.kept = 0  # rows the builder kept (fewer than rows with a time window)
         self.bad = 0
         self.first_bad: Any = None
 
@@ -68,8 +69,10 @@ class _DbRows:
                 host = self.meta.get("hostname") or _host_from_stem(source, pid)
                 proc = seen[pid] = _process(self.processes, host, pid, source)
                 _apply_meta(proc, self.meta)
-            proc.records += add(source, pid, tid, mark, start_ns / 1000.0, end_ns / 1000.0,
-                                decoded, None, dur_us)
+            kept = add(source, pid, tid, mark, start_ns / 1000.0, end_ns / 1000.0, decoded,
+                       None, dur_us, start_ns)
+            proc.records += kept
+            self.kept += kept
 
     def _bad(self, mark_id: Any) -> None:
         self.bad += 1
@@ -115,7 +118,9 @@ def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadRe
                                " details (host name, role) guessed")
     if error is not None:
         report.problems.append(
-            f"{path}: {error}; kept the {sink.rows} rows read before the damage")
+            f"{path}: {error}; kept the {sink.rows} rows read before the damage"
+            if builder.window is None else f"{path}: {error}; kept the {sink.kept} rows of"
+            " the time window read before the damage")
     sink.finish()
     if sink.bad:
         report.unparsable += sink.bad
@@ -139,7 +144,7 @@ def time_span(paths: list) -> Optional[tuple[float, float]]:
                 conn.close()
         except sqlite3.Error:
             continue
-        found.extend(value / 1000.0 for value in row if value is not None)
+        found.extend(record_us(value) for value in row if value is not None)
     return (min(found), max(found)) if found else None
 
 
@@ -199,21 +204,22 @@ def _salvage(path: Path) -> Optional[tuple[dict[str, str], list]]:
 _SELECT = "SELECT markId, message, pid, tid, timestamp, endTimestamp FROM Mstx"
 
 
-def _window_filter(window: Optional[TimeWindow]) -> tuple[list[str], list[int]]:
+def _window_filter(window: Optional[TimeWindow]) -> tuple[list[str], list[float]]:
     """SQL conditions (and their values) that pass the rows the builder may keep of a time
     window: those starting inside it, links (a row holding ``from``: the builder keeps their
     ids), and rows whose time is not a number (counted as undecodable there). The rest are
-    never decoded. The bounds are a µs wider than the window: the builder decides on µs as
-    floats (0.25 µs apart at today's times), SQLite on whole ns."""
+    never decoded. The bounds are a µs wider than the window (the builder rounds a start to
+    the µs), given as floats: SQLite compares them with integer times exactly, and no bound
+    overflows its integers."""
     if window is None:
         return [], []
     bounds, values = [], []
     if math.isfinite(window.since_us):
         bounds.append("timestamp >= ?")
-        values.append(int(window.since_us) * 1000 - 1000)
+        values.append(float(window.since_us * 1000 - 1000))
     if math.isfinite(window.until_us):
         bounds.append("timestamp < ?")
-        values.append(int(window.until_us) * 1000 + 2000)
+        values.append(float(window.until_us * 1000 + 1000))
     return ["(" + " AND ".join(bounds) + " OR instr(message, 'from') > 0"
             " OR typeof(timestamp) NOT IN ('integer', 'real'))"], values
 

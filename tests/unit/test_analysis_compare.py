@@ -8,6 +8,7 @@ exactly the values that depend on it must move and nothing else.
 import csv
 import logging
 import math
+import shutil
 import sqlite3
 import sys
 from datetime import datetime, timezone
@@ -362,3 +363,32 @@ def test_window_errors_one_message(runs, caplog, tmp_path):
         compare_main([str(base), str(base), "--since-a", "2026-01-02", "--until-a",
                       "2026-01-01"])
     assert stopped.value.code == 2
+    # a relative time for a missing input: that input's own message
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert compare_main([str(base), str(tmp_path / "nowhere"), "-o", str(tmp_path / "o3"),
+                             "--since-b", "start+1m"]) == 1
+    assert f"B ({tmp_path / 'nowhere'}): does not exist" in caplog.text
+
+
+def test_window_error_names_its_side(runs, capsys):
+    _, base, _ = runs
+    with pytest.raises(SystemExit):
+        compare_main([str(base), str(base), "--since-b", "2026-01-02", "--until-b",
+                      "2026-01-01"])
+    assert f"B ({base}): --since-b must be before --until-b" in capsys.readouterr().err
+
+
+def test_window_reads_the_capture_next_to_its_outputs(runs, tmp_path):
+    """Outputs written into the capture folder itself: a window reads the capture."""
+    _, base, _ = runs
+    both = tmp_path / "both"
+    shutil.copytree(base, both)
+    assert analyze_main(["--input-path", str(both), "--output-path", str(both),
+                         "--format", "csv"]) == 0
+    assert compare_main([str(both), str(both), "-o", str(tmp_path / "o"),
+                         "--since-a", "2000-01-01"]) == 0
+    table = _rows(tmp_path / "o" / "compare.csv")
+    # A, windowed, is read from the capture (spans too); B from the outputs (CSV only: no spans)
+    assert int(table[("span", "modelExec")]["n_a"]) > 0 == int(table[("span", "modelExec")]["n_b"])
+    assert table[("request", "TTFT")]["n_a"] == table[("request", "TTFT")]["n_b"] == "60"

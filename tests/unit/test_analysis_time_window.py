@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis_fixtures import simulate_service, write_otlp_json  # noqa: E402
+from analysis_fixtures import Capture, simulate_service, write_otlp_json  # noqa: E402
 
 from otel_vllm_ascend.analysis import read_parallel  # noqa: E402
 from otel_vllm_ascend.analysis.cli import main  # noqa: E402
@@ -25,6 +25,7 @@ from otel_vllm_ascend.analysis.time_window import (  # noqa: E402
     Relative,
     TimeWindow,
     parse_time,
+    text_of,
     window_of,
 )
 
@@ -45,9 +46,18 @@ def test_parse_time_forms():
     assert parse_time("2026-12-07T14:00:00Z") == moment
     assert parse_time("2026-12-07T22:00:00.250+08:00") == moment + 250_000
     assert parse_time(str(moment / 1e6)) == moment  # epoch seconds
-    for bad in ("", "soon", "nan", "inf", "2026-13-01"):
+    # the same on every Python version (fromisoformat reads fewer forms before 3.11)
+    assert parse_time("2026-12-07T22:00:00,25+0800") == moment + 250_000
+    assert parse_time("2026-12-07 14:00:00.123456789z") == moment + 123_456  # below µs: dropped
+    assert parse_time("2026-12-07 14:00:00 UTC") == moment
+    for bad in ("", "soon", "nan", "inf", "2026-13-01", "2026-02-30T00:00"):
         with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
             parse_time(bad)
+    for far in ("1796652000000", "1e303", "-1e12"):  # ms by mistake, or no date at all
+        with pytest.raises(argparse.ArgumentTypeError, match="out of range"):
+            parse_time(far)
+    assert text_of(1e25) == "10000000000000000000.000000 s since the epoch"
+    assert text_of(moment) == "2026-12-07 14:00:00+00:00"
 
 
 def test_relative_times():
@@ -216,3 +226,61 @@ def test_rows_outside_the_window_are_not_decoded_unless_their_time_is_no_number(
     _, _, cut = read_captures(tmp_path / "db", window=window)
     assert whole.unparsable == 3
     assert cut.unparsable == 2
+
+
+def test_a_window_starting_at_a_printed_time_keeps_that_record(tmp_path, caplog):
+    """A start is placed by its µs as the outputs print it (rounded), from its exact ns: a
+    request's printed start_datetime given as --since keeps its arrival."""
+    sim = simulate_service(6, seed=13)
+    api = sim.capture.processes[0]
+    for record in api.records:  # sub-µs parts that the printed time rounds up
+        if record.message.get("name") == "httpReq":
+            record.start_ns = record.end_ns = record.start_ns + 700
+    sim.capture.write(tmp_path / "db")
+    out = tmp_path / "whole"
+    assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(out),
+                 "--format", "csv"]) == 0
+    with open(out / "request.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        if row["partial"] == "False":
+            cut = tmp_path / row["http_rid"]
+            assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(cut),
+                         "--format", "csv", "--since", row["start_datetime"]]) == 0
+            with open(cut / "request.csv", newline="") as handle:
+                again = {r["http_rid"]: r for r in csv.DictReader(handle)}
+            assert again[row["http_rid"]]["partial"] == "False", row
+    # a whole µs that float division puts 0.25 µs low (ns -> float -> µs rounds twice)
+    exact = Capture()
+    exact.process("h", 7, "api_server").event("httpReq", 1765569789636944.0, rid="r")
+    exact.write(tmp_path / "exact")
+    assert 1765569789636944000 / 1000.0 < 1765569789636944
+    frame, _, _ = read_captures(tmp_path / "exact", window=TimeWindow(1765569789636944))
+    assert len(frame) == 1
+
+
+def test_no_window_and_a_time_no_date_can_hold(tmp_path):
+    """A REAL timestamp far beyond the year 9999 (a damaged row): the log line about the
+    records' times does not stop the analysis."""
+    paths = simulate_service(5, seed=2).capture.write(tmp_path / "db")
+    with sqlite3.connect(paths[0]) as conn:
+        conn.execute("INSERT INTO Mstx (message, flag, markId, timestamp, endTimestamp, pid,"
+                     " tid) VALUES ('{\"name\": \"x\", \"type\": 0}', 1, 999, 1e25, 1e25,"
+                     " 100, 100)")
+    assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(tmp_path / "o"),
+                 "--format", "csv"]) == 0
+
+
+def test_damaged_file_read_with_a_window(tmp_path):
+    sim, window = _truth(60, seed=4)
+    paths = sim.capture.write(tmp_path / "db")
+    engine = next(p for p in paths if p.name.endswith("-200.db"))
+    data = engine.read_bytes()
+    engine.write_bytes(data[:len(data) * 6 // 10])  # the last pages cut off
+    _, _, whole = read_captures(tmp_path / "db")
+    frame, _, cut = read_captures(tmp_path / "db", window=window)
+    [line] = [p for p in cut.problems if p.startswith(str(engine))]
+    kept = int(line.split("kept the ")[1].split()[0])
+    assert "rows of the time window read before the damage" in line, line
+    assert kept == sum(1 for pid in frame["pid"] if pid == 200)
+    assert any("rows read before the damage" in p for p in whole.problems)
