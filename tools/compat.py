@@ -50,7 +50,6 @@ MATRIX = {
     "0.10.1.1": "a V1 row of vllm-ascend's support table",
     "0.10.2": "middle rows of the support table",
     "0.11.0": "newest row of the support table",
-    "0.11.1": "first line whose OpenAI server makes the EngineCoreRequest itself (0.11.1-0.13)",
     "0.12.0": "first InputProcessor line (process_inputs makes the request, 0.12-0.13)",
     "0.13.0": "OpenAI server makes the EngineCoreRequest itself (0.11.1-0.13)",
     "0.14.1": "first line with assign_request_id and independent DP ranks (0.14)",
