@@ -49,6 +49,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from otel_vllm_ascend.analysis.read_sqlite import query
 from otel_vllm_ascend.analysis.time_window import TimeWindow, outside_note
 
 ALPHA = 0.01
@@ -301,12 +302,8 @@ def _spans_from_outputs(run: RunValues) -> dict[str, np.ndarray]:
     db = run.path / "profiler.db"
     if db.is_file():
         try:
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            try:
-                rows = conn.execute("SELECT name, duration FROM slice WHERE duration > 0"
-                                    " AND (cat IS NULL OR cat != 'request')").fetchall()
-            finally:
-                conn.close()
+            rows = query(db, "SELECT name, duration FROM slice WHERE duration > 0"
+                             " AND (cat IS NULL OR cat != 'request')")
             names = np.array([r[0] for r in rows], dtype=object)
             return _group(names, np.array([r[1] for r in rows], dtype="float64") / 1e6)
         except sqlite3.Error as exc:

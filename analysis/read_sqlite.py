@@ -130,18 +130,23 @@ def _read_db(path: Path, builder: RecordBuilder, processes: dict, report: ReadRe
     return True
 
 
-def time_span(paths: list) -> Optional[tuple[float, float]]:
-    """(first, last) start time in µs of the ``Mstx`` rows of these files (those that are
-    SQLite captures; None when none has a row): where a time window could lie."""
-    found: list[float] = []
+def query(path: Path, sql: str) -> list:
+    """The rows of one query on ``path``, opened read-only (``sqlite3.Error`` passes)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def time_span(paths: list) -> Optional[tuple[int, int]]:
+    """(first, last) record start in whole µs of the ``Mstx`` rows of these files (those that
+    are SQLite captures; None when none has a row): where a time window could lie."""
+    found: list[int] = []
     for path in paths:
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                row = conn.execute("SELECT min(timestamp), max(timestamp) FROM Mstx WHERE"
-                                   " typeof(timestamp) IN ('integer', 'real')").fetchone()
-            finally:
-                conn.close()
+            [row] = query(path, "SELECT min(timestamp), max(timestamp) FROM Mstx WHERE"
+                                " typeof(timestamp) IN ('integer', 'real')")
         except sqlite3.Error:
             continue
         found.extend(record_us(value) for value in row if value is not None)
