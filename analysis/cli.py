@@ -46,7 +46,13 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis import batches as batches_mod
-from otel_vllm_ascend.analysis import detail_outputs, summaries, time_window, writers
+from otel_vllm_ascend.analysis import (
+    detail_outputs,
+    every_window,
+    summaries,
+    time_window,
+    writers,
+)
 from otel_vllm_ascend.analysis import kvcache as kvcache_mod
 from otel_vllm_ascend.analysis import operators as operators_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
@@ -101,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
                         " relative to the capture: start+10m, end-1h)")
     parser.add_argument("--until", type=time_window.parse_time, metavar="TIME",
                         help="only records that start before TIME (as --since)")
+    parser.add_argument("--every", type=time_window.parse_duration, metavar="DURATION",
+                        help="analyse the capture (or --since to --until) one window of"
+                        " DURATION (90, 10m, 1h) after the other, each into a folder of its"
+                        " own, with windows.csv listing them")
     detail_outputs.add_arguments(parser)  # --span, --split-*
     return parser
 
@@ -149,13 +159,14 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
             progress: Optional[_Progress] = None,
             keep_until_exit: Optional[list] = None,
             details: Optional[detail_outputs.DetailOptions] = None,
-            window: Optional[time_window.TimeWindow] = None) -> int:
+            window: Optional[time_window.TimeWindow] = None, empty_ok: bool = False) -> int:
     """Run the whole analysis; returns the exit status.
 
     ``keep_until_exit``: a list that receives the large tables instead of letting them be
     freed on return, for a caller that ends the process right after without a teardown.
     ``details``: the ``--span`` / ``--split-*`` choices (:mod:`.detail_outputs`).
-    ``window``: ``--since`` / ``--until`` (:mod:`.time_window`).
+    ``window``: ``--since`` / ``--until`` (:mod:`.time_window`); ``empty_ok``: a window
+    without records is no error (``every_window.NO_RECORDS``, logged as information).
     """
     progress = progress or _Progress(False)
     try:
@@ -180,6 +191,9 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
         _logger.warning("%d record(s) could not be decoded in total and were skipped",
                         report.unparsable)
     if frame.empty:
+        if empty_ok and report.files:
+            _logger.info("no record starts in the time window %s", window.describe())
+            return every_window.NO_RECORDS
         if report.files and window is not None:
             _logger.error("no record starts in the time window %s in the %d capture file(s)"
                           " read under %s%s; nothing to analyse", window.describe(),
@@ -256,7 +270,7 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     # Operator data (torch profiler traces next to the capture): analysis/operators.py.
     operator_capture = _read_operator_data(run, input_path, tables)
     tables = {k: v for k, v in tables.items() if v is not None}
-    _warn_partial(requests)
+    _warn_partial(requests, window is not None)
     # --- detail outputs (forward.csv, request_status.csv, stage breakdown, span_info/)
     detail = None
     if {"csv", "html", "db"} & set(formats):
@@ -494,6 +508,8 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     try:
         if any(path.is_dir() for path in inputs):  # else the inputs are refused, with a message
             window = time_window.window_of(args.since, args.until, lambda: capture_span(inputs))
+            if args.every:  # a span with both ends, to cut
+                window = time_window.closed(window, lambda: capture_span(inputs), args.every)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
@@ -503,10 +519,16 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     # Millions of small objects and no reference cycles: the cyclic GC would only rescan them.
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    source = inputs[0] if len(inputs) == 1 else inputs
+    details = detail_outputs.DetailOptions.from_args(args)
     try:
-        return analyse(inputs[0] if len(inputs) == 1 else inputs, Path(args.output_path),
-                       formats, progress,
-                       keep_until_exit, detail_outputs.DetailOptions.from_args(args), window)
+        if args.every and window is not None:
+            return every_window.run_every(
+                lambda folder, part: analyse(source, folder, formats, progress, None, details,
+                                             part, empty_ok=True),
+                Path(args.output_path), window, args.every)
+        return analyse(source, Path(args.output_path), formats, progress, keep_until_exit,
+                       details, window)
     except KeyboardInterrupt:
         progress.done()
         _logger.error("interrupted")

@@ -17,18 +17,21 @@ _logger = logging.getLogger("otel_vllm_ascend.analysis")
 SUMMARY_REQUEST_COLUMNS = ("partial", "ttft_ms", "e2e_ms")
 
 
-def _warn_partial(requests: Optional[pd.DataFrame]) -> None:
+def _warn_partial(requests: Optional[pd.DataFrame], windowed: bool = False) -> None:
+    """Partial requests, said as a warning; as information for a time window, whose edges
+    are expected to cut requests."""
     if requests is None or requests.empty:
         return
+    say = _logger.info if windowed else _logger.warning
     no_start = int((~requests["has_arrival"].astype(bool)).sum())
     no_end = int((~requests["has_end"].astype(bool)).sum())
     if no_start:
-        _logger.warning("%d request(s) have no httpReq record (capture, or its --since"
+        say("%d request(s) have no httpReq record (capture, or its --since"
                         " window, started while they ran): kept and marked partial,"
                         " arrival-based latencies left empty",
                         no_start)
     if no_end:
-        _logger.warning("%d request(s) have no httpRes record (capture, or its --until"
+        say("%d request(s) have no httpRes record (capture, or its --until"
                         " window, ended before they finished, or the client aborted them):"
                         " kept and marked partial,"
                         " end-to-end latency left empty",

@@ -89,6 +89,22 @@ _NOT_A_TIME = ("is not a time: give an ISO 8601 date and time (UTC unless it nam
                " capture (start+10m, end-1h)")
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> int:
+    """Whole µs of ``10m``, ``1h``, ``90`` (seconds), at least a second."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give a number of seconds"
+                                         " or one with s, m, h or d (90, 10m, 1h)")
+    amount, unit = match.groups()
+    value = math.floor(Decimal(amount) * _UNIT_US[unit.lower()])
+    if value < 10**6:
+        raise argparse.ArgumentTypeError(f"{text!r}: a window is at least one second long")
+    return value
+
+
 def parse_time(text: str) -> Time:
     """Whole µs since the epoch of ``text`` (ISO 8601, UTC unless it names an offset, or epoch
     seconds), or a :class:`Relative` (``start+10m``, ``end-1h``); ``argparse.ArgumentTypeError``
@@ -132,6 +148,27 @@ def _iso(value: str) -> Optional[int]:
         digits = zone[1:].replace(":", "")
         moment -= sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
     return (moment - _EPOCH) // _US
+
+
+def closed(window: Optional[TimeWindow], span: Callable[[], Optional[tuple]],
+           align_us: int = 1) -> TimeWindow:
+    """``window`` with an open end (or none at all) closed at the capture's first record (down
+    to a multiple of ``align_us`` since the epoch: hourly windows start on the hour), or just
+    after its last; ``ValueError`` when the capture's SQLite files give no span."""
+    if window is not None and not math.isinf(window.since_us) \
+            and not math.isinf(window.until_us):
+        return window
+    known = span()
+    if known is None:
+        raise ValueError("--every needs the capture's ms_service_*.db files to find where it"
+                         " starts and ends, or both --since and --until")
+    window = window or TimeWindow()
+    closed_window = TimeWindow(known[0] - known[0] % align_us if math.isinf(window.since_us)
+                               else window.since_us,
+                               known[1] + 1 if math.isinf(window.until_us) else window.until_us)
+    if closed_window.since_us >= closed_window.until_us:
+        raise ValueError(f"no part of the capture lies in the window {window.describe()}")
+    return closed_window
 
 
 def window_of(since: Optional[Time], until: Optional[Time],

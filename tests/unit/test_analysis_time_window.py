@@ -11,6 +11,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -19,11 +20,13 @@ from analysis_fixtures import Capture, simulate_service, write_otlp_json  # noqa
 
 from otel_vllm_ascend.analysis import read_parallel  # noqa: E402
 from otel_vllm_ascend.analysis.cli import main  # noqa: E402
+from otel_vllm_ascend.analysis.every_window import cut, folder_name  # noqa: E402
 from otel_vllm_ascend.analysis.readers import find_captures, read_captures  # noqa: E402
 from otel_vllm_ascend.analysis.requests import build_requests  # noqa: E402
 from otel_vllm_ascend.analysis.time_window import (  # noqa: E402
     Relative,
     TimeWindow,
+    parse_duration,
     parse_time,
     text_of,
     window_of,
@@ -284,3 +287,62 @@ def test_damaged_file_read_with_a_window(tmp_path):
     assert "rows of the time window read before the damage" in line, line
     assert kept == sum(1 for pid in frame["pid"] if pid == 200)
     assert any("rows read before the damage" in p for p in whole.problems)
+
+
+def test_cut_and_folder_names():
+    hour = 3600 * 10**6
+    assert cut(TimeWindow(0, 2 * hour + 5), hour) == [
+        TimeWindow(0, hour), TimeWindow(hour, 2 * hour), TimeWindow(2 * hour, 2 * hour + 5)]
+    assert folder_name(parse_time("2026-12-07T14:00:00")) == "20261207-140000"
+    assert folder_name(parse_time("2026-12-07T14:00:00.5")) == "20261207-140000.500000"
+    assert parse_duration("10m") == 600 * 10**6 and parse_duration("90") == 90 * 10**6
+    for bad, message in (("soon", "not a duration"), ("0.5", "at least one second")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse_duration(bad)
+
+
+def test_every_window_its_own_analysis(tmp_path):
+    """Two short runs an hour apart, cut into windows of ten minutes: the two windows that hold
+    a run each have its 60 requests, complete; the five between have none and no folder."""
+    start = 1_764_400_000_000_000.0  # 07:06:40 UTC
+    for session, shift, pids in (("first", 0, (100, 200)), ("second", 3600e6, (300, 400))):
+        simulate_service(60, seed=1, start_us=start + shift, api_pid=pids[0],
+                         engine_pid=pids[1]).capture.write(tmp_path / "db", session=session)
+    out = tmp_path / "every"
+    assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(out),
+                 "--format", "csv", "--every", "10m"]) == 0
+    with open(out / "windows.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["window_start"][11:19] for row in rows] == [
+        "07:00:00", "07:10:00", "07:20:00", "07:30:00", "07:40:00", "07:50:00", "08:00:00"]
+    assert all(a["window_end"] == b["window_start"] for a, b in zip(rows, rows[1:]))
+    full = [row for row in rows if row["folder"]]
+    assert [row["folder"] for row in full] == ["20251129-070000", "20251129-080000"]
+    assert [row["complete_requests"] for row in full] == ["60", "60"]
+    assert all(row["requests"] == "0" and row["status"] == "0" for row in rows
+               if not row["folder"])
+    assert sorted(path.name for path in out.iterdir()) == [
+        "20251129-070000", "20251129-080000", "windows.csv"]
+    # a window's row is what analysing that window alone gives
+    alone = tmp_path / "alone"
+    assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(alone),
+                 "--format", "csv", "--since", "2025-11-29T08:00", "--until",
+                 "2025-11-29T08:10"]) == 0
+    with open(alone / "request.csv", newline="") as handle:
+        ttft = [float(r["first_token_latency(ms)"]) for r in csv.DictReader(handle)]
+    assert float(full[1]["ttft_p50_ms"]) == pytest.approx(np.percentile(ttft, 50), abs=1e-3)
+
+
+def test_every_without_sqlite_files_needs_both_ends(tmp_path, capsys):
+    sim, window = _truth()
+    write_otlp_json(sim.capture, tmp_path / "otlp" / "spans.jsonl")
+    with pytest.raises(SystemExit) as stopped:
+        main(["--input-path", str(tmp_path / "otlp"), "--every", "1m"])
+    assert stopped.value.code == 2
+    assert "--every needs the capture's ms_service_*.db files" in capsys.readouterr().err
+    out = tmp_path / "out"  # with both ends given, OTLP files are cut too
+    assert main(["--input-path", str(tmp_path / "otlp"), "--output-path", str(out),
+                 "--format", "csv", "--every", "1", "--since", _utc(window.since_us),
+                 "--until", _utc(window.since_us + 2.5e6)]) == 0
+    with open(out / "windows.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 3
