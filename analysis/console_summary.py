@@ -26,16 +26,13 @@ def _warn_partial(requests: Optional[pd.DataFrame], windowed: bool = False) -> N
     no_start = int((~requests["has_arrival"].astype(bool)).sum())
     no_end = int((~requests["has_end"].astype(bool)).sum())
     if no_start:
-        say("%d request(s) have no httpReq record (capture, or its --since"
-                        " window, started while they ran): kept and marked partial,"
-                        " arrival-based latencies left empty",
-                        no_start)
+        say("%d request(s) have no httpReq record (capture, or its --since window, started"
+            " while they ran): kept and marked partial, arrival-based latencies left empty",
+            no_start)
     if no_end:
-        say("%d request(s) have no httpRes record (capture, or its --until"
-                        " window, ended before they finished, or the client aborted them):"
-                        " kept and marked partial,"
-                        " end-to-end latency left empty",
-                        no_end)
+        say("%d request(s) have no httpRes record (capture, or its --until window, ended"
+            " before they finished, or the client aborted them): kept and marked partial,"
+            " end-to-end latency left empty", no_end)
 
 
 def _pct(values: Any, q: float) -> str:
