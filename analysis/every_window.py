@@ -13,6 +13,7 @@ output tokens/s and engine steps: how the service went, window by window.
 from __future__ import annotations
 
 import csv
+import gc
 import logging
 import math
 from datetime import timedelta
@@ -21,6 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from otel_vllm_ascend.analysis.allocator import give_back_free_memory
 from otel_vllm_ascend.analysis.time_window import _EPOCH, TimeWindow, text_of
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
@@ -58,6 +60,10 @@ def run_every(analyse_one: Callable[[Path, TimeWindow], int], out: Path, span: T
         folder = out / folder_name(int(window.since_us))
         _logger.info("window %d of %d: %s", index, len(windows), window.describe())
         status = analyse_one(folder, window)
+        # The analysis runs with the cyclic collector off (cli.main): what pandas leaves in
+        # cycles would otherwise add up, window after window.
+        gc.collect()
+        give_back_free_memory()
         row = {"window_start": text_of(window.since_us), "window_end": text_of(window.until_us),
                "folder": folder.name, "status": max(status, 0)}
         if status == NO_RECORDS:
