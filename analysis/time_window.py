@@ -59,7 +59,8 @@ def record_us(start_ns: Union[int, float]) -> Union[int, float]:
     """A record's start in whole µs, rounded as the outputs print it, from its ns."""
     if type(start_ns) is int:
         return (start_ns + 500) // 1000
-    return math.floor(start_ns / 1000 + 0.5)
+    us = start_ns / 1000
+    return math.floor(us + 0.5) if math.isfinite(us) else us  # an infinite one in no window
 
 
 def outside_note(files: list) -> str:
@@ -78,8 +79,9 @@ class Relative(NamedTuple):
     offset_us: int
 
 
-_RELATIVE = re.compile(r"(start|end)\s*(?:([+-])\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?))?",
-                       re.IGNORECASE)
+_AMOUNT = r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)"  # 90, 1.5h, 10m: a duration
+_RELATIVE = re.compile(r"(start|end)\s*(?:([+-])\s*" + _AMOUNT + ")?", re.IGNORECASE)
+_DURATION = re.compile(_AMOUNT, re.IGNORECASE)
 _UNIT_US = {"": 10**6, "s": 10**6, "m": 60 * 10**6, "h": 3600 * 10**6, "d": 86400 * 10**6}
 _ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
                   r"\s*(z|utc|[+-]\d{2}:?\d{2})?", re.IGNORECASE)
@@ -89,7 +91,9 @@ _NOT_A_TIME = ("is not a time: give an ISO 8601 date and time (UTC unless it nam
                " capture (start+10m, end-1h)")
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", re.IGNORECASE)
+
+def _duration_us(amount: str, unit: str) -> int:
+    return math.floor(Decimal(amount) * _UNIT_US[unit.lower()])
 
 
 def parse_duration(text: str) -> int:
@@ -98,8 +102,7 @@ def parse_duration(text: str) -> int:
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give a number of seconds"
                                          " or one with s, m, h or d (90, 10m, 1h)")
-    amount, unit = match.groups()
-    value = math.floor(Decimal(amount) * _UNIT_US[unit.lower()])
+    value = _duration_us(*match.groups())
     if value < 10**6:
         raise argparse.ArgumentTypeError(f"{text!r}: a window is at least one second long")
     return value
@@ -113,7 +116,7 @@ def parse_time(text: str) -> Time:
     relative = _RELATIVE.fullmatch(value)
     if relative:
         anchor, sign, amount, unit = relative.groups()
-        offset = math.floor(Decimal(amount or 0) * _UNIT_US[(unit or "").lower()])
+        offset = _duration_us(amount or "0", unit or "")
         return Relative(anchor.lower(), -offset if sign == "-" else offset)
     moment = _iso(value)
     if moment is None:
@@ -123,7 +126,10 @@ def parse_time(text: str) -> Time:
             seconds = None
         if seconds is None or not seconds.is_finite():
             raise argparse.ArgumentTypeError(f"{value!r} {_NOT_A_TIME}")
-        moment = math.floor(seconds * 10**6)
+        try:  # far beyond any date: out of range below, not a number of a billion digits
+            moment = math.floor(seconds * 10**6) if abs(seconds) < 10**15 else _LAST_US + 1
+        except ArithmeticError:  # an exponent beyond what decimal computes with
+            moment = _LAST_US + 1
     if not _FIRST_US <= moment <= _LAST_US:
         raise argparse.ArgumentTypeError(f"{value!r} is out of range: a time lies in the years"
                                          " 1 to 9999 (seconds since the epoch, not ms)")

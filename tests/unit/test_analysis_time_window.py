@@ -56,7 +56,7 @@ def test_parse_time_forms():
     for bad in ("", "soon", "nan", "inf", "2026-13-01", "2026-02-30T00:00"):
         with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
             parse_time(bad)
-    for far in ("1796652000000", "1e303", "-1e12"):  # ms by mistake, or no date at all
+    for far in ("1796652000000", "1e303", "-1e12", "1e1000000000"):  # ms by mistake, or no date
         with pytest.raises(argparse.ArgumentTypeError, match="out of range"):
             parse_time(far)
     assert text_of(1e25) == "10000000000000000000.000000 s since the epoch"
@@ -272,6 +272,12 @@ def test_no_window_and_a_time_no_date_can_hold(tmp_path):
                      " 100, 100)")
     assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(tmp_path / "o"),
                  "--format", "csv"]) == 0
+    with sqlite3.connect(paths[0]) as conn:  # an infinite time: in no window
+        conn.execute("INSERT INTO Mstx (message, flag, markId, timestamp, endTimestamp, pid,"
+                     " tid) VALUES ('{\"name\": \"y\", \"type\": 0}', 1, 998, 9e999, 9e999,"
+                     " 100, 100)")
+    frame, _, _ = read_captures(tmp_path / "db", window=TimeWindow(0))
+    assert "y" not in set(frame["name"].astype(str)) and "x" in set(frame["name"].astype(str))
 
 
 def test_damaged_file_read_with_a_window(tmp_path):
