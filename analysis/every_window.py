@@ -7,7 +7,9 @@ named by the window's start (``20261207-140000``). Memory is that of one window,
 capture's length. ``windows.csv`` in the output folder has one row per window: its start and
 end, its folder (empty for a window without records), the analysis's exit status, and from its
 CSV outputs the requests (all, complete), TTFT and end-to-end p50 / p99 of the complete ones,
-output tokens/s and engine steps: how the service went, window by window.
+output tokens/s (service_summary's: complete requests' tokens, so lowered by the requests the
+window's edges cut), the engine steps' decode and scheduled tokens per second of the window (not
+lowered so) and the engine steps: how the service went, window by window.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _logger = logging.getLogger("otel_vllm_ascend.analysis")
 WINDOWS_CSV = "windows.csv"
 COLUMNS = ("window_start", "window_end", "folder", "status", "requests", "complete_requests",
            "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "output_tokens_per_s",
-           "engine_steps")
+           "decode_tokens_per_s", "scheduled_tokens_per_s", "engine_steps")
 
 
 def cut(span: TimeWindow, every_us: int) -> list[TimeWindow]:
@@ -72,7 +74,7 @@ def run_every(analyse_one: Callable[[Path, TimeWindow], int], out: Path, span: T
             row.update(folder="", requests=0)
         else:
             worst = max(worst, status)
-            row.update(_figures(folder))
+            row.update(_figures(folder, (window.until_us - window.since_us) / 1e6))
         rows.append(row)
     path = out / WINDOWS_CSV
     with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -84,9 +86,9 @@ def run_every(analyse_one: Callable[[Path, TimeWindow], int], out: Path, span: T
     return worst
 
 
-def _figures(folder: Path) -> dict:
-    """One window's row figures, from its request.csv and service_summary.csv (none without
-    the csv format)."""
+def _figures(folder: Path, seconds: float) -> dict:
+    """One window's row figures, from its request.csv, service_summary.csv and batch.csv
+    (none without the csv format); ``seconds``: the window's length."""
     figures: dict = {}
     requests = _read(folder / "request.csv")
     if requests is not None:
@@ -103,6 +105,13 @@ def _figures(folder: Path) -> dict:
         values = {row["Metric"]: row["Value"] for row in summary}
         figures["output_tokens_per_s"] = values.get("generate_token_speed (token/s)", "")
         figures["engine_steps"] = values.get("engine_step_num", "")
+    steps = _read(folder / "batch.csv")
+    if steps is not None:
+        steps = [row for row in steps if row.get("name") == "batchFrameworkProcessing"]
+        for key, column in (("decode_tokens_per_s", "Decode_scheduled_tokens"),
+                            ("scheduled_tokens_per_s", "total_scheduled_tokens")):
+            figures[key] = round(float(_numbers(row.get(column) for row in steps).sum())
+                                 / seconds, 4)
     return figures
 
 

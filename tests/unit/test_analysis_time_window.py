@@ -311,9 +311,12 @@ def test_every_window_its_own_analysis(tmp_path):
     """Two short runs an hour apart, cut into windows of ten minutes: the two windows that hold
     a run each have its 60 requests, complete; the five between have none and no folder."""
     start = 1_764_400_000_000_000.0  # 07:06:40 UTC
+    scheduled = []
     for session, shift, pids in (("first", 0, (100, 200)), ("second", 3600e6, (300, 400))):
-        simulate_service(60, seed=1, start_us=start + shift, api_pid=pids[0],
-                         engine_pid=pids[1]).capture.write(tmp_path / "db", session=session)
+        sim = simulate_service(60, seed=1, start_us=start + shift, api_pid=pids[0],
+                               engine_pid=pids[1])
+        sim.capture.write(tmp_path / "db", session=session)
+        scheduled.append(sum(sim.step_tokens))
     out = tmp_path / "every"
     assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(out),
                  "--format", "csv", "--every", "10m"]) == 0
@@ -325,6 +328,13 @@ def test_every_window_its_own_analysis(tmp_path):
     full = [row for row in rows if row["folder"]]
     assert [row["folder"] for row in full] == ["20251129-070000", "20251129-080000"]
     assert [row["complete_requests"] for row in full] == ["60", "60"]
+    # the steps' tokens over the window's length (the last one ends just after the last
+    # record), whatever the requests the edges cut
+    lengths = [(parse_time(row["window_end"]) - parse_time(row["window_start"])) / 1e6
+               for row in full]
+    assert lengths[0] == 600 and 400 < lengths[1] < 401
+    assert [float(row["scheduled_tokens_per_s"]) for row in full] == \
+        [pytest.approx(tokens / length, abs=1e-4) for tokens, length in zip(scheduled, lengths)]
     assert all(row["requests"] == "0" and row["status"] == "0" for row in rows
                if not row["folder"])
     assert sorted(path.name for path in out.iterdir()) == [
