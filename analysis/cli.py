@@ -35,6 +35,7 @@ records found, 2 bad arguments or an unusable output folder.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
 import os
@@ -159,14 +160,16 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
             progress: Optional[_Progress] = None,
             keep_until_exit: Optional[list] = None,
             details: Optional[detail_outputs.DetailOptions] = None,
-            window: Optional[time_window.TimeWindow] = None, empty_ok: bool = False) -> int:
+            window: Optional[time_window.TimeWindow] = None, empty_ok: bool = False,
+            figures: Optional[dict] = None) -> int:
     """Run the whole analysis; returns the exit status.
 
     ``keep_until_exit``: a list that receives the large tables instead of letting them be
     freed on return, for a caller that ends the process right after without a teardown.
     ``details``: the ``--span`` / ``--split-*`` choices (:mod:`.detail_outputs`).
     ``window``: ``--since`` / ``--until`` (:mod:`.time_window`); ``empty_ok``: a window
-    without records is no error (``every_window.NO_RECORDS``, logged as information).
+    without records is no error (``every_window.NO_RECORDS``, logged as information);
+    ``figures``: a dict that receives the window's ``every_window.figures_of``.
     """
     progress = progress or _Progress(False)
     try:
@@ -355,6 +358,8 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     # The tables are written (or the other process's to write); this one builds the trace,
     # writes it and adds it to profiler.db: only the request table (the trace's lifecycles)
     # and what the summary lines read are kept here.
+    if figures is not None:
+        figures.update(every_window.figures_of(requests, batches, tables, window))
     batches = batches[[]] if batches is not None else None  # its rows counted, no column
     kvcache = spec_decode = detail = None
     tables = {name: table for name, table in tables.items() if name == "service_summary"}
@@ -505,11 +510,12 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     args = parser.parse_args(argv)
     inputs = [Path(p) for p in args.input_path]
     window = None
+    span = functools.cache(lambda: capture_span(inputs))  # one scan of the files, if any
     try:
         if any(path.is_dir() for path in inputs):  # else the inputs are refused, with a message
-            window = time_window.window_of(args.since, args.until, lambda: capture_span(inputs))
+            window = time_window.window_of(args.since, args.until, span)
             if args.every:  # a span with both ends, to cut
-                window = time_window.closed(window, lambda: capture_span(inputs), args.every)
+                window = time_window.closed(window, span, args.every)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
@@ -524,8 +530,8 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     try:
         if args.every and window is not None:
             return every_window.run_every(
-                lambda folder, part: analyse(source, folder, formats, progress, None, details,
-                                             part, empty_ok=True),
+                lambda folder, part, figures: analyse(source, folder, formats, progress, None,
+                                                      details, part, True, figures),
                 Path(args.output_path), window, args.every)
         return analyse(source, Path(args.output_path), formats, progress, keep_until_exit,
                        details, window)

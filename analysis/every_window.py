@@ -6,10 +6,11 @@ record, from its SQLite files); it is cut into windows of ``DURATION`` and each 
 named by the window's start (``20261207-140000``). Memory is that of one window, whatever the
 capture's length. ``windows.csv`` in the output folder has one row per window: its start and
 end, its folder (empty for a window without records), the analysis's exit status, and from its
-CSV outputs the requests (all, complete), TTFT and end-to-end p50 / p99 of the complete ones,
-output tokens/s (service_summary's: complete requests' tokens, so lowered by the requests the
-window's edges cut), the engine steps' decode and scheduled tokens per second of the window (not
-lowered so) and the engine steps: how the service went, window by window.
+tables (whatever ``--format`` writes) the requests (all, complete), TTFT and end-to-end p50 /
+p99 of the complete ones, output tokens/s (service_summary's: complete requests' tokens, so
+lowered by the requests the window's edges cut), the engine steps' decode and scheduled tokens
+per second of the window (not lowered so) and the engine steps: how the service went, window
+by window.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from __future__ import annotations
 import csv
 import gc
 import logging
-import math
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import pandas as pd
 
 from otel_vllm_ascend.analysis.allocator import give_back_free_memory
 from otel_vllm_ascend.analysis.time_window import _EPOCH, TimeWindow, text_of
@@ -50,10 +51,11 @@ def folder_name(since_us: int) -> str:
 NO_RECORDS = -1  # what ``analyse_one`` returns for a window without records
 
 
-def run_every(analyse_one: Callable[[Path, TimeWindow], int], out: Path, span: TimeWindow,
-              every_us: int) -> int:
-    """Analyse each window of ``span`` with ``analyse_one(folder, window)`` (its exit status,
-    or :data:`NO_RECORDS`) and write ``windows.csv``. Returns the worst exit status."""
+def run_every(analyse_one: Callable[[Path, TimeWindow, dict], int], out: Path,
+              span: TimeWindow, every_us: int) -> int:
+    """Analyse each window of ``span`` with ``analyse_one(folder, window, figures)`` (its exit
+    status, or :data:`NO_RECORDS`; it puts the window's :func:`figures_of` into ``figures``)
+    and write ``windows.csv``. Returns the worst exit status."""
     windows = cut(span, every_us)
     _logger.info("%d window(s) of %s s from %s", len(windows), f"{every_us / 1e6:g}",
                  span.describe())
@@ -61,7 +63,8 @@ def run_every(analyse_one: Callable[[Path, TimeWindow], int], out: Path, span: T
     for index, window in enumerate(windows, 1):
         folder = out / folder_name(int(window.since_us))
         _logger.info("window %d of %d: %s", index, len(windows), window.describe())
-        status = analyse_one(folder, window)
+        figures: dict = {}
+        status = analyse_one(folder, window, figures)
         # The analysis runs with the cyclic collector off (cli.main): what pandas leaves in
         # cycles would otherwise add up, window after window.
         gc.collect()
@@ -74,7 +77,7 @@ def run_every(analyse_one: Callable[[Path, TimeWindow], int], out: Path, span: T
             row.update(folder="", requests=0)
         else:
             worst = max(worst, status)
-            row.update(_figures(folder, (window.until_us - window.since_us) / 1e6))
+            row.update(figures)
         rows.append(row)
     path = out / WINDOWS_CSV
     with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -86,49 +89,28 @@ def run_every(analyse_one: Callable[[Path, TimeWindow], int], out: Path, span: T
     return worst
 
 
-def _figures(folder: Path, seconds: float) -> dict:
-    """One window's row figures, from its request.csv, service_summary.csv and batch.csv
-    (none without the csv format); ``seconds``: the window's length."""
+def figures_of(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
+               tables: dict, window: TimeWindow) -> dict:
+    """One window's row figures, from the analysis's tables as it wrote them."""
     figures: dict = {}
-    requests = _read(folder / "request.csv")
     if requests is not None:
-        complete = [row for row in requests if row.get("partial") == "False"]
+        complete = requests.loc[~requests["partial"].astype(bool)]
         figures.update(requests=len(requests), complete_requests=len(complete))
-        for key, column in (("ttft", "first_token_latency(ms)"),
-                            ("e2e", "execution_time(ms)")):
-            values = _numbers(row.get(column) for row in complete)
+        for key, column in (("ttft", "ttft_ms"), ("e2e", "e2e_ms")):
+            values = complete[column].to_numpy(dtype="float64")
+            values = values[np.isfinite(values)]
             if values.size:
                 figures[f"{key}_p50_ms"] = round(float(np.percentile(values, 50)), 3)
                 figures[f"{key}_p99_ms"] = round(float(np.percentile(values, 99)), 3)
-    summary = _read(folder / "service_summary.csv")
-    if summary is not None:
-        values = {row["Metric"]: row["Value"] for row in summary}
+    service = tables.get("service_summary")
+    if service is not None:
+        values = dict(zip(service["Metric"], service["Value"]))
         figures["output_tokens_per_s"] = values.get("generate_token_speed (token/s)", "")
         figures["engine_steps"] = values.get("engine_step_num", "")
-    steps = _read(folder / "batch.csv")
-    if steps is not None:
-        steps = [row for row in steps if row.get("name") == "batchFrameworkProcessing"]
+    if batches is not None:  # one row per engine step
+        seconds = (window.until_us - window.since_us) / 1e6
         for key, column in (("decode_tokens_per_s", "Decode_scheduled_tokens"),
                             ("scheduled_tokens_per_s", "total_scheduled_tokens")):
-            figures[key] = round(float(_numbers(row.get(column) for row in steps).sum())
-                                 / seconds, 4)
+            tokens = float(np.nansum(batches[column].to_numpy(dtype="float64")))
+            figures[key] = round(tokens / seconds, 4)
     return figures
-
-
-def _read(path: Path) -> Optional[list]:
-    if not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _numbers(texts) -> np.ndarray:  # noqa: ANN001
-    values = []
-    for text in texts:
-        try:
-            value = float(text)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(value):
-            values.append(value)
-    return np.asarray(values, dtype="float64")

@@ -68,7 +68,6 @@ Message text is decoded once per row: JSON objects directly; the C++ caret form
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
@@ -319,7 +318,7 @@ class RecordBuilder:
             rtype_int = None
         window = self.window
         outside = window is not None and not window.holds(
-            record_us(start_ns) if start_ns is not None else math.floor(start_us + 0.5))
+            record_us(start_us * 1000 if start_ns is None else start_ns))
         if outside and name != "link" and rtype_int != _LINK_TYPE:
             return False
         rid = message.pop("rid", None)

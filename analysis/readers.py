@@ -62,7 +62,7 @@ def find_captures(root: Path) -> list[_Capture]:
     return found
 
 
-def capture_span(roots: Sequence[Path]) -> Optional[tuple[float, float]]:
+def capture_span(roots: Sequence[Path]) -> Optional[tuple[int, int]]:
     """(first, last) record start in µs of the SQLite captures below ``roots`` (None when they
     hold none): what a time relative to the capture is measured on."""
     return time_span([capture.path for root in roots if Path(root).is_dir()

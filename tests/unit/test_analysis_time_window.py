@@ -339,6 +339,11 @@ def test_every_window_its_own_analysis(tmp_path):
                if not row["folder"])
     assert sorted(path.name for path in out.iterdir()) == [
         "20251129-070000", "20251129-080000", "windows.csv"]
+    # the figures come from the tables, whichever outputs are written
+    assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(tmp_path / "json"),
+                 "--format", "json", "--every", "10m"]) == 0
+    with open(tmp_path / "json" / "windows.csv", newline="") as handle:
+        assert list(csv.DictReader(handle)) == rows
     # a window's row is what analysing that window alone gives
     alone = tmp_path / "alone"
     assert main(["--input-path", str(tmp_path / "db"), "--output-path", str(alone),
