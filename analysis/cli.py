@@ -4,7 +4,8 @@ Usage::
 
     otel-vllm-analyze --input-path DIR [DIR ...] [--output-path OUT]
                       [--format csv json db html]
-                      [--log-level LEVEL] [--span NAME ...]
+                      [--log-level LEVEL] [--since TIME] [--until TIME]
+                      [--every DURATION | --stream DURATION] [--span NAME ...]
                       [--split-batch-size N ...] [--split-rid RID ...] [--split-number N]
     python -m otel_vllm_ascend.analysis --input-path DIR
     otel-vllm-analyze compare A B [-o OUT]     # two runs side by side (analysis/compare.py)
@@ -50,6 +51,7 @@ from otel_vllm_ascend.analysis import batches as batches_mod
 from otel_vllm_ascend.analysis import (
     detail_outputs,
     every_window,
+    stream_tables,
     summaries,
     time_window,
     writers,
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                         " host) make one analysis")
     parser.add_argument("--output-path", default="./output",
                         help="folder for the results (default ./output)")
-    parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
+    parser.add_argument("--format", nargs="+", choices=FORMATS,
                         help="outputs to write (default: all)")
     parser.add_argument("--log-level", default="info", type=str.lower,
                         choices=["debug", "info", "warning", "error", "critical"],
@@ -112,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="analyse the capture (or --since to --until) one window of"
                         " DURATION (90, 10m, 1h) after the other, each into a folder of its"
                         " own, with windows.csv listing them")
+    parser.add_argument("--stream", type=time_window.parse_duration, metavar="DURATION",
+                        help="write the whole capture's request, batch and KV-cache tables"
+                        " and their summaries (CSV) reading its records DURATION at a time:"
+                        " memory of one window, for captures too large to read whole")
     detail_outputs.add_arguments(parser)  # --span, --split-*
     return parser
 
@@ -497,6 +503,18 @@ def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any
         summaries=tables, frame=frame, stage_tables=stage_tables, title=title)
 
 
+def _check_stream_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--stream writes the CSV tables only, whole-capture ones: what it cannot do is refused."""
+    if args.every:
+        parser.error("--stream and --every exclude each other: --stream writes the whole"
+                     " capture's tables, --every one analysis per window")
+    if args.format and set(args.format) != {"csv"}:
+        parser.error("--stream writes CSV tables only (request.csv, batch.csv, kvcache.csv"
+                     " and their summaries); leave out --format or give --format csv")
+    if args.span or args.split_batch_size or args.split_rid or args.split_number:
+        parser.error("--stream does not write the detail tables (--span, --split-*)")
+
+
 def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] = None) -> int:
     """Console entry point (``keep_until_exit``: see :func:`analyse`)."""
     # --- subcommand: ``otel-vllm-analyze compare A B`` (analysis/compare_cli.py) ---
@@ -511,23 +529,39 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     inputs = [Path(p) for p in args.input_path]
     window = None
     span = functools.cache(lambda: capture_span(inputs))  # one scan of the files, if any
+    if args.stream:
+        _check_stream_arguments(parser, args)
     try:
         if any(path.is_dir() for path in inputs):  # else the inputs are refused, with a message
             window = time_window.window_of(args.since, args.until, span)
-            if args.every:  # a span with both ends, to cut
-                window = time_window.closed(window, span, args.every)
+            if args.every or args.stream:  # a span with both ends, to cut
+                window = time_window.closed(window, span, args.every or 1,
+                                            "--every" if args.every else "--stream")
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     progress = _Progress(sys.stderr.isatty() and args.log_level != "debug")
-    formats = list(dict.fromkeys(args.format))
+    formats = list(dict.fromkeys(args.format or FORMATS))
     # Millions of small objects and no reference cycles: the cyclic GC would only rescan them.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     source = inputs[0] if len(inputs) == 1 else inputs
     details = detail_outputs.DetailOptions.from_args(args)
     try:
+        if args.stream and window is not None:
+            try:
+                existing = prepare_output(Path(args.output_path), ["csv"])
+            except OutputError as exc:
+                _logger.error("%s", exc)
+                return 2
+            if existing:  # an earlier run's CSV files: none is left beside this run's tables
+                _logger.warning("replacing %d existing output file(s) in %s: %s",
+                                len(existing), args.output_path, ", ".join(existing))
+                for name in existing:
+                    (Path(args.output_path) / name).unlink(missing_ok=True)
+            return stream_tables.run_stream(source, Path(args.output_path), window,
+                                            args.stream)
         if args.every and window is not None:
             return every_window.run_every(
                 lambda folder, part, figures: analyse(source, folder, formats, progress, None,

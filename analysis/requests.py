@@ -56,7 +56,7 @@ REQUEST_EXTRA_COLUMNS = ("time_per_output_token(ms)", "partial", "preemptions", 
 CSV_COLUMNS = REQUEST_COLUMNS + REQUEST_EXTRA_COLUMNS
 INTERNAL_COLUMNS = ("arrival_us", "enqueue_us", "first_scheduled_us", "first_token_us", "end_us",
                     "ttft_ms", "queue_wait_ms", "e2e_ms", "tpot_ms", "exec_ms", "prompt_tokens",
-                    "reply_tokens", "steps", "has_arrival", "has_end")
+                    "reply_tokens", "steps", "has_arrival", "has_end", "start_us")
 
 OUTPUT_NAMES = ("detokenize", "httpRes")
 
@@ -334,10 +334,10 @@ def build_requests(frame: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
         "steps": table["steps"].fillna(0).to_numpy(dtype="int64"),
         "has_arrival": has_arrival.to_numpy(),
         "has_end": has_end.to_numpy(),
-        "_order": start.to_numpy(),
+        "start_us": start.to_numpy(),  # what rows are sorted by: arrival, else first record
         "_left_running": table["left_running"].to_numpy(dtype="int64"),
     }, copy=False)  # copied once, by the sort below
-    out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    out = out.sort_values("start_us", kind="stable").reset_index(drop=True)
     # Only the ReqState records and the two columns read (V1 captures have none).
     is_state = (frame["name"] == "ReqState").to_numpy() if len(frame) else np.zeros(0, bool)
     states = request_state_counts(

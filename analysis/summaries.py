@@ -159,6 +159,60 @@ class PooledGaps:
                 "P50": round(p50, 4), "P90": round(p90, 4), "P99": round(p99, 4)}
 
 
+class GapCounts:
+    """Pooled gaps (:class:`PooledGaps`) added part after part and held as how many times each
+    value occurs: real captures' gaps are whole quarter µs of a few thousand distinct values,
+    so this stays small however many gaps are added. Its :meth:`statistics_row` is that of
+    all the parts' gaps pooled: the same extremes and percentiles (the order statistics read
+    from the counts, interpolated as PooledGaps does), the mean from the exact sum (equal to
+    the pooled array's to the digits written). A part of float64 gaps (not quarter µs) is
+    held as it is."""
+
+    def __init__(self) -> None:
+        self.values = np.zeros(0, dtype=np.int64)  # distinct quarter µs, increasing
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.floats: list = []  # parts that are not quarter µs, in µs
+
+    def add(self, part: Optional[PooledGaps]) -> None:
+        if part is None or not len(part):
+            return
+        if part.values.dtype != np.int32:
+            self.floats.append(part.us())
+            return
+        values, counts = np.unique(part.values, return_counts=True)
+        values = np.concatenate((self.values, values.astype(np.int64)))
+        merged, where = np.unique(values, return_inverse=True)
+        total = np.zeros(len(merged), dtype=np.int64)
+        np.add.at(total, where, np.concatenate((self.counts, counts)))
+        self.values, self.counts = merged, total
+
+    def statistics_row(self, metric: str) -> dict:
+        if self.floats:  # some part not in quarter µs: every gap, pooled
+            pooled = PooledGaps(0)
+            pooled.values = np.concatenate(self.floats + [self.values.repeat(self.counts)
+                                                          * 0.25])
+            return pooled.statistics_row(metric)
+        n = int(self.counts.sum())
+        if n == 0:
+            return statistics_row(metric, [])
+        total = sum(v * c for v, c in zip(self.values.tolist(), self.counts.tolist()))  # exact
+        average = total * 0.25 / 1000.0 / n
+        virtual = (n - 1) * np.true_divide(_PERCENTILES, 100.0)
+        below = np.floor(virtual)
+        above = np.minimum(below + 1, n - 1)
+        ends = np.cumsum(self.counts)  # the order statistic k is values[first end > k]
+        low = _quarters_ms(self.values[np.searchsorted(ends, below, side="right")])
+        high = _quarters_ms(self.values[np.searchsorted(ends, above, side="right")])
+        gamma = virtual - below
+        diff = high - low
+        interpolated = np.where(gamma >= 0.5, high - diff * (1 - gamma), low + diff * gamma)
+        p50, p90, p99 = interpolated.tolist()
+        return {"Metric": metric, "Average": round(average, 4),
+                "Max": round(float(_quarters_ms(self.values[-1])), 4),
+                "Min": round(float(_quarters_ms(self.values[0])), 4),
+                "P50": round(p50, 4), "P90": round(p90, 4), "P99": round(p99, 4)}
+
+
 def _quarters_ms(quarters: np.ndarray) -> np.ndarray:
     """Quarter µs -> ms as float64, as ``(k * 0.25) / 1000.0`` (the product exact)."""
     return np.asarray(quarters, dtype="float64") * 0.25 / 1000.0
@@ -296,14 +350,17 @@ _SUMMARY_COLUMNS = ("ttft_ms", "exec_ms", "steps", "e2e_ms", "queue_wait_ms", "p
                     "reply_tokens", "tpot_ms")
 
 
-def request_summary(frame: pd.DataFrame, requests: pd.DataFrame,
+def request_summary(frame: Optional[pd.DataFrame], requests: pd.DataFrame,
                     per_request: Optional[pd.DataFrame] = None,
-                    batches: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-    """``request_summary.csv`` rows."""
+                    batches: Optional[pd.DataFrame] = None,
+                    gaps: Optional[PooledGaps | GapCounts] = None) -> pd.DataFrame:
+    """``request_summary.csv`` rows (``gaps``: the pooled gaps when already found, else from
+    ``frame``)."""
     # The gaps first: the copy of the columns read below is not held through their pass.
-    gaps = pooled_gaps(frame, requests, per_request, batches).statistics_row(
-        "subsequent_token_latency (ms)") if len(requests) else statistics_row(
-        "subsequent_token_latency (ms)", [])
+    if gaps is None and len(requests):
+        gaps = pooled_gaps(frame, requests, per_request, batches)
+    gaps = gaps.statistics_row("subsequent_token_latency (ms)") if gaps is not None and len(
+        requests) else statistics_row("subsequent_token_latency (ms)", [])
     if requests.empty:
         done = requests
     else:  # the columns read, not a copy of every column

@@ -157,7 +157,7 @@ def _iso(value: str) -> Optional[int]:
 
 
 def closed(window: Optional[TimeWindow], span: Callable[[], Optional[tuple]],
-           align_us: int = 1) -> TimeWindow:
+           align_us: int = 1, option: str = "--every") -> TimeWindow:
     """``window`` with an open end (or none at all) closed at the capture's first record (down
     to a multiple of ``align_us`` since the epoch: hourly windows start on the hour), or just
     after its last; ``ValueError`` when the capture's SQLite files give no span."""
@@ -166,7 +166,7 @@ def closed(window: Optional[TimeWindow], span: Callable[[], Optional[tuple]],
         return window
     known = span()
     if known is None:
-        raise ValueError("--every needs the capture's ms_service_*.db files to find where it"
+        raise ValueError(f"{option} needs the capture's ms_service_*.db files to find where it"
                          " starts and ends, or both --since and --until")
     window = window or TimeWindow()
     closed_window = TimeWindow(known[0] - known[0] % align_us if math.isinf(window.since_us)

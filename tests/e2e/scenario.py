@@ -259,3 +259,28 @@ def write_matrix_report(run: ServingRun, folder: Path) -> None:
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{run.path}.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+
+
+STREAMED_TABLES = ("request.csv", "batch.csv", "kvcache.csv", "request_summary.csv",
+                   "batch_summary.csv", "service_summary.csv", "dp_summary.csv")
+
+
+def streamed_tables_differ(prof_dir: Path, analysis_dir: Path, out: Path,
+                           every_us: int = 2_000_000, margin_us: int = 1_000_000) -> list:
+    """The tables ``--stream`` writes of the capture (windows of ``every_us``, ``margin_us``
+    before and after each) that are not byte for byte those of the whole capture's analysis
+    in ``analysis_dir``; a table only one of them wrote is listed too."""
+    from otel_vllm_ascend.analysis import stream_tables
+    from otel_vllm_ascend.analysis.readers import capture_span
+    from otel_vllm_ascend.analysis.time_window import closed
+
+    out.mkdir(parents=True, exist_ok=True)
+    span = closed(None, lambda: capture_span([prof_dir]))
+    assert stream_tables.run_stream(prof_dir, out, span, every_us, margin_us) == 0
+    differ = []
+    for name in STREAMED_TABLES:
+        ours, whole = out / name, analysis_dir / name
+        if ours.exists() != whole.exists() or (
+                ours.exists() and ours.read_bytes() != whole.read_bytes()):
+            differ.append(name)
+    return differ

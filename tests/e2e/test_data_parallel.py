@@ -107,3 +107,11 @@ def test_dp_summary_one_row_per_rank(data_parallel):
         assert int(row["engine_step_num"]) == sum(s["dp_rank"] == row["dp_rank"] for s in steps)
         assert 0 < float(row["busy_rate"]) <= 1, row
     assert sum(float(row["token_share"]) for row in rows) == pytest.approx(1, abs=1e-3)
+
+
+def test_streamed_tables_equal_the_whole_analysis(data_parallel, tmp_path):
+    """--stream over two engines' capture, dp_summary.csv included, read 1 s at a time with
+    0.5 s margins: the tables of one analysis of the whole capture."""
+    _, prof_dir, analysis = data_parallel
+    assert scenario.streamed_tables_differ(prof_dir, analysis, tmp_path, 1_000_000,
+                                           500_000) == []

@@ -299,6 +299,14 @@ def test_outputs_identical_with_and_without_the_tool(served, baseline):
     assert with_tool == without
 
 
+def test_streamed_tables_equal_the_whole_analysis(served, tmp_path):
+    """--stream's tables of this real capture (toggled on and off, n > 1, stop strings, the
+    server stopped while recording), read 2 s at a time with 1 s margins, are those of one
+    analysis of the whole capture."""
+    assert served.analyzer_rc == 0, served.analyzer_output[-3000:]
+    assert scenario.streamed_tables_differ(served.prof_dir, served.output_dir, tmp_path) == []
+
+
 def test_server_stopped_cleanly(served):
     # vLLM's own shutdown waits up to 5 s for EngineCore, the tool's grace as long again.
     assert served.stop_seconds is not None and served.stop_seconds < SHUTDOWN_LIMIT_S, (

@@ -1,0 +1,272 @@
+"""``--stream DURATION``: the whole capture's tables, read one window of records at a time.
+
+A capture too large to hold whole is read ``DURATION`` at a time, each window with a margin of
+records before and after it (:data:`MARGIN_US`). Every row of the tables belongs to exactly one
+window, and is computed in that window's reading exactly as one analysis of the whole capture
+computes it:
+
+* a request belongs to the window its first record (its arrival) lies in, unless an earlier
+  window wrote it already; the margin after the window holds the rest of its records. When an
+  own request has no end yet and was still running or waiting at the end of that margin, the
+  window is read again with the margin after it doubled, up to :data:`MAX_MARGINS` margins
+  (then one warning says that those requests may lack what they did later);
+* an engine step (batch.csv) and a KV record (kvcache.csv) belong to the window their start
+  lies in; the margins hold the neighbours their rows read (the previous KV row of the process,
+  the next step). ``step_id`` counts the steps of the whole capture.
+
+The rows are appended to ``request.csv``, ``batch.csv`` and ``kvcache.csv`` window after window;
+``request_summary.csv``, ``batch_summary.csv``, ``service_summary.csv`` (and ``dp_summary.csv``
+with data-parallel ranks) come last, from what is kept on the way: the columns they read per
+request and per step (about 130 and 110 bytes) and the gaps between outputs as counts of each
+value (:class:`summaries.GapCounts`). So memory is one window's analysis plus those columns,
+not the records of the whole capture.
+
+Only these CSV tables are written: the trace, profiler.db, report.html and the detail tables
+need the whole capture's records at once (``--every`` gives them per window).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from otel_vllm_ascend.analysis import batches as batches_mod
+from otel_vllm_ascend.analysis import kvcache as kvcache_mod
+from otel_vllm_ascend.analysis import requests as requests_mod
+from otel_vllm_ascend.analysis import spec_decode as spec_mod
+from otel_vllm_ascend.analysis import summaries, writers
+from otel_vllm_ascend.analysis.allocator import give_back_free_memory
+from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
+from otel_vllm_ascend.analysis.every_window import cut
+from otel_vllm_ascend.analysis.output_jobs import _Run
+from otel_vllm_ascend.analysis.readers import read_captures
+from otel_vllm_ascend.analysis.rid_lists import rid_sequence
+from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps
+from otel_vllm_ascend.analysis.time_window import INFINITE, TimeWindow, text_of
+
+_logger = logging.getLogger("otel_vllm_ascend.analysis")
+
+MARGIN_US = 60_000_000  # records read before and after each window
+MAX_MARGINS = 16  # the margin after a window doubles up to this many margins
+TABLE_FILES = ("request.csv", "batch.csv", "kvcache.csv")
+SUMMARY_FILES = ("request_summary.csv", "batch_summary.csv", "service_summary.csv",
+                 "dp_summary.csv")
+# What the summaries read of the tables, kept for the whole capture.
+REQUEST_KEPT = ("partial", "has_arrival", "has_end", "arrival_us", "end_us", "ttft_ms",
+                "exec_ms", "steps", "e2e_ms", "queue_wait_ms", "prompt_tokens", "reply_tokens",
+                "tpot_ms", "preemptions", "swaps")
+BATCH_KEPT = ("Prefill_batch_size", "Decode_batch_size", "model_exec_time(ms)", "sched_dur_us",
+              "total_batch_size", "total_scheduled_tokens", "Prefill_scheduled_tokens",
+              "Decode_scheduled_tokens", "host", "dp_rank", "sched_start_us", "sched_end_us",
+              "exec_end_us")
+
+
+class _Window(NamedTuple):
+    """One window's own rows, and what the summaries keep of them."""
+
+    requests: Optional[pd.DataFrame]
+    batches: Optional[pd.DataFrame]
+    kvcache: Optional[pd.DataFrame]
+    gaps: Optional[summaries.PooledGaps]
+    still_open: int  # own requests without an end that ran or waited until the reading's end
+    unparsable: int  # records of the reading (margins included) that could not be decoded
+
+
+def _owned(times: np.ndarray, own: TimeWindow) -> np.ndarray:
+    """Which of the rows at ``times`` (µs) ``own`` holds; the last window also holds those
+    without a time, which the tables sort last."""
+    mine = (times >= own.since_us) & (times < own.until_us)
+    return mine | np.isnan(times) if own.until_us == INFINITE else mine
+
+
+def _step_keys(steps: pd.DataFrame) -> np.ndarray:
+    """The steps' times as engine_steps orders them."""
+    return steps["sched_start_us"].fillna(steps["exec_start_us"]).to_numpy(dtype="float64")
+
+
+def _active_at_end(frame: pd.DataFrame, read: TimeWindow, ids: set, margin_us: int) -> int:
+    """How many of ``ids`` a record names in the last half margin of ``read``."""
+    start = frame["start_us"].to_numpy(dtype="float64")
+    tail = frame.loc[start >= read.until_us - margin_us / 2, "rids"]
+    named = set()
+    for rids in rid_sequence(tail):
+        if rids:
+            named.update(rids)
+    return len(named & ids)
+
+
+def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: TimeWindow,
+                 written: dict, step_offset: int, seen_problems: set, margin_us: int
+                 ) -> _Window:
+    frame, _processes, report = read_captures(source, None, read)
+    give_back_free_memory()
+    for problem in report.problems:
+        if problem not in seen_problems:
+            seen_problems.add(problem)
+            _logger.warning("%s", problem)
+    if frame.empty:
+        return _Window(None, None, None, None, 0, report.unparsable)
+    steps = engine_steps(frame)
+    per_request = StepRequestChunks(steps) if steps is not None else None
+    requests = requests_mod.build_requests(frame, steps, per_request)
+    own_requests = still_open = None
+    if requests is not None:
+        ids = requests["http_rid"].to_numpy(dtype=object)
+        mine = _owned(requests["start_us"].to_numpy(dtype="float64"), own) & np.fromiter(
+            (rid not in written for rid in ids), dtype=bool, count=len(ids))
+        own_requests = requests.loc[mine].reset_index(drop=True)
+        open_ids = own_requests.loc[~own_requests["has_end"].astype(bool)]
+        waiting = int(open_ids["first_scheduled_us"].isna().sum())
+        still_open = waiting + _active_at_end(
+            frame, read, set(open_ids.loc[open_ids["first_scheduled_us"].notna(), "http_rid"]),
+            margin_us)
+    spec_decode = spec_mod.build_spec_decode(frame, steps, per_request)
+    kvcache = kvcache_mod.build_kvcache(frame)
+    batches = gaps = None
+    step_rids = None
+    if steps is not None:
+        if own_requests is not None and summaries.gaps_from_steps(frame):
+            whole = per_request.whole()
+            step_rids = whole[["step_id", "rid"]] if whole is not None else None
+        batches = batches_mod.build_batches(
+            frame, steps, per_request, kvcache,
+            spec_decode if spec_decode is not None else spec_mod.empty_spec_decode())
+    if own_requests is not None:
+        gaps = summaries.pooled_gaps(frame, own_requests, step_rids, batches)
+    del frame, steps, per_request, step_rids
+    if batches is not None:
+        keys = _step_keys(batches)
+        mine = _owned(keys, own)
+        before = int(np.count_nonzero(keys < own.since_us))
+        batches = batches.loc[mine].reset_index(drop=True)
+        batches["step_id"] = batches["step_id"] - before + step_offset
+    if kvcache is not None:
+        kvcache = kvcache.loc[_owned(kvcache["start_us"].to_numpy(dtype="float64"), own)]
+    return _Window(own_requests, batches, kvcache, gaps, still_open or 0, report.unparsable)
+
+
+class _Appender:
+    """A CSV table written a window's rows at a time, as writers.write_csv writes it whole."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path, self.columns = path, columns
+        self.part = path.with_name(path.name + ".part")
+        self.started = False
+
+    def add(self, table: Optional[pd.DataFrame]) -> None:
+        if table is None or (self.started and table.empty):
+            return
+        writers.write_csv(self.part, table, self.columns)
+        with open(self.part, "rb") as part, open(self.path, "ab" if self.started else "wb") as out:
+            if self.started:
+                part.readline()  # the header, written once
+            shutil.copyfileobj(part, out)
+        self.part.unlink()
+        self.started = True
+
+
+def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
+               every_us: int, margin_us: int = MARGIN_US) -> int:
+    """Write the tables of ``span`` of the capture into ``out``, reading it ``every_us`` at a
+    time with ``margin_us`` on each side; returns the exit status."""
+    windows = cut(span, every_us)
+    _logger.info("reading %d window(s) of %s s from %s, %s s of margin on each side",
+                 len(windows), f"{every_us / 1e6:g}", span.describe(), f"{margin_us / 1e6:g}")
+    tables = {name: _Appender(out / name, columns) for name, columns in (
+        ("request.csv", requests_mod.CSV_COLUMNS), ("batch.csv", batches_mod.CSV_COLUMNS),
+        ("kvcache.csv", kvcache_mod.KVCACHE_COLUMNS))}
+    for name in TABLE_FILES + SUMMARY_FILES:
+        (out / name).unlink(missing_ok=True)
+    written: dict = {}  # id -> end (µs, NaN if none) of the requests written, while they matter
+    kept_requests: list = []
+    kept_batches: list = []
+    gaps = summaries.GapCounts()  # request_summary's pooled gaps, as counts of each value
+    steps_so_far = 0
+    seen_problems: set = set()
+    reread = 0
+    for index, own in enumerate(windows, 1):
+        # A row's time is compared as the tables hold it (µs as a float, which may lie a
+        # fraction below the whole µs the reading rounds to): the first and last windows own
+        # everything before and after them.
+        own = TimeWindow(-INFINITE if index == 1 else own.since_us,
+                         INFINITE if index == len(windows) else own.until_us)
+        after = margin_us
+        while True:
+            read = TimeWindow(max(own.since_us - margin_us, span.since_us),
+                              min(own.until_us + after, span.until_us))
+            window = _read_window(source, read, own, written, steps_so_far, seen_problems,
+                                  margin_us)
+            if not window.still_open or read.until_us >= span.until_us:
+                break
+            if after >= MAX_MARGINS * margin_us:
+                _logger.warning(
+                    "window %d: %d request(s) still running or waiting at %s, %s s after the"
+                    " window: read no further, so their rows may lack what they did later",
+                    index, window.still_open, text_of(read.until_us), f"{after / 1e6:g}")
+                break
+            reread += 1
+            _logger.info("window %d: %d request(s) still running at %s; reading it again"
+                         " with %s s after it", index, window.still_open,
+                         text_of(read.until_us), f"{2 * after / 1e6:g}")
+            after *= 2
+        _logger.info("window %d of %d: %s", index, len(windows), windows[index - 1].describe())
+        if window.unparsable:
+            _logger.warning("window %d: %d record(s) read for it (margins included) could not"
+                            " be decoded and were skipped", index, window.unparsable)
+        if window.requests is not None:
+            written.update(zip(window.requests["http_rid"].tolist(),
+                               window.requests["end_us"].tolist()))
+            # A request that ended a margin before the next window's reading starts is not
+            # read again (its last records follow its end by a step at most).
+            forget = own.until_us - 2 * margin_us
+            written = {rid: end for rid, end in written.items() if not end < forget}
+            tables["request.csv"].add(window.requests)
+            kept_requests.append(window.requests[list(REQUEST_KEPT)])
+            gaps.add(window.gaps)
+        if window.batches is not None:
+            tables["batch.csv"].add(window.batches)
+            kept_batches.append(window.batches[list(BATCH_KEPT)])
+            steps_so_far += len(window.batches)
+        tables["kvcache.csv"].add(window.kvcache)
+        del window
+        gc.collect()  # what pandas leaves in cycles (the analysis runs with the collector off)
+        give_back_free_memory()
+    return _write_summaries(out, kept_requests, kept_batches, gaps, tables, reread)
+
+
+def _write_summaries(out: Path, kept_requests: list, kept_batches: list,
+                     gaps: summaries.GapCounts,
+                     tables: dict, reread: int) -> int:
+    requests = pd.concat(kept_requests, ignore_index=True) if kept_requests else None
+    batches = pd.concat(kept_batches, ignore_index=True) if kept_batches else None
+    del kept_requests[:], kept_batches[:]
+    if requests is None and batches is None and not any(t.started for t in tables.values()):
+        _logger.error("no records in the window(s) read; nothing to analyse")
+        return 1
+    run = _Run(out)
+    run.written.extend(table.path for table in tables.values() if table.started)
+    summary: dict[str, Any] = {}
+    if requests is not None:
+        summary["request_summary"] = run.stage("request_summary.csv", summaries.request_summary,
+                                               None, requests, gaps=gaps)
+        summary["service_summary"] = run.stage("service_summary.csv",
+                                               summaries.service_summary, requests, batches)
+    if batches is not None:
+        summary["batch_summary"] = run.stage("batch_summary.csv", summaries.batch_summary,
+                                             batches)
+        summary["dp_summary"] = run.stage("dp_summary.csv", summaries.dp_summary, batches)
+    summary = {name: table for name, table in summary.items() if table is not None}
+    for name, table in summary.items():
+        run.wrote(run.stage(f"{name}.csv", writers.write_csv, out / f"{name}.csv", table,
+                            list(table.columns)))
+    _warn_partial(requests)
+    if reread:
+        _logger.info("%d window(s) read again for requests running past their margin", reread)
+    _print_summary(requests, batches, summary, run, out)
+    return 1 if run.failed else 0

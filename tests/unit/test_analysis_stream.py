@@ -1,0 +1,162 @@
+"""``--stream`` (analysis/stream_tables.py): the whole capture's tables, read a window of
+records at a time, are byte for byte those one analysis of the whole capture writes."""
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis_fixtures import simulate_service  # noqa: E402
+
+from otel_vllm_ascend.analysis import stream_tables, summaries  # noqa: E402
+from otel_vllm_ascend.analysis.cli import main  # noqa: E402
+from otel_vllm_ascend.analysis.readers import capture_span  # noqa: E402
+from otel_vllm_ascend.analysis.time_window import closed  # noqa: E402
+
+TABLES = ("request.csv", "batch.csv", "kvcache.csv", "request_summary.csv",
+          "batch_summary.csv", "service_summary.csv")
+
+
+@pytest.fixture(autouse=True)
+def serial(monkeypatch):
+    monkeypatch.setenv("OTEL_VLLM_ANALYZE_SERIAL", "1")
+
+
+def _whole(capture: Path, out: Path) -> Path:
+    assert main(["--input-path", str(capture), "--output-path", str(out),
+                 "--format", "csv"]) == 0
+    return out
+
+
+def _stream(capture: Path, out: Path, every_us: int, margin_us: int) -> Path:
+    out.mkdir()
+    span = closed(None, lambda: capture_span([capture]))
+    assert stream_tables.run_stream(capture, out, span, every_us, margin_us) == 0
+    return out
+
+
+def _assert_same_tables(whole: Path, streamed: Path) -> None:
+    for name in TABLES:
+        assert (streamed / name).read_bytes() == (whole / name).read_bytes(), name
+    assert not list(streamed.glob("*.part"))
+
+
+def _two_hosts(root: Path, layout: str = "per_process", encoding: str = "json",
+               apart_us: float = 0.0) -> Path:
+    """Two servers on two hosts, side by side or ``apart_us`` one after the other."""
+    start = 1_764_400_000_000_000.0
+    for session, shift, host, seed in (("first", 0.0, "node-a", 1),
+                                       ("second", apart_us + 1500.0, "node-b", 2)):
+        sim = simulate_service(120, seed=seed, start_us=start + shift, host=host, max_batch=6,
+                               max_output=30, api_pid=100 + seed, engine_pid=200 + seed)
+        sim.capture.write(root, layout=layout, encoding=encoding, session=session)
+    return root
+
+
+@pytest.mark.parametrize("layout, encoding", [("per_process", "json"),
+                                              ("per_thread", "caret")])  # the C library's
+@pytest.mark.parametrize("every_us, margin_us, apart_us", [
+    # windows shorter than a request: most are read again, their margins doubled
+    (20_000, 40_000, 0.0),
+    (7_000, 50_000, 0.0),  # margins longer than the windows
+    # the default margin, windows of ten minutes, the runs an hour apart
+    (600_000_000, 60_000_000, 3600e6),
+])
+def test_streamed_tables_equal_one_whole_analysis(tmp_path, layout, encoding, every_us,
+                                                  margin_us, apart_us, caplog):
+    capture = _two_hosts(tmp_path / "db", layout, encoding, apart_us)
+    whole = _whole(capture, tmp_path / "whole")
+    caplog.set_level(logging.INFO, "otel_vllm_ascend.analysis")
+    streamed = _stream(capture, tmp_path / "stream", every_us, margin_us)
+    _assert_same_tables(whole, streamed)
+    if margin_us == 40_000:  # requests outlive a margin: windows are read again
+        assert "reading it again with 0.08 s after it" in caplog.text
+        assert "read no further" not in caplog.text
+
+
+def test_cli_stream(tmp_path, capsys):
+    capture = _two_hosts(tmp_path / "db", apart_us=3600e6)
+    whole = _whole(capture, tmp_path / "whole")
+    capsys.readouterr()
+    out = tmp_path / "stream"
+    assert main(["--input-path", str(capture), "--output-path", str(out),
+                 "--stream", "10m"]) == 0
+    _assert_same_tables(whole, out)
+    assert sorted(path.name for path in out.iterdir()) == sorted(TABLES)
+    # into a folder holding an earlier analysis: none of its other CSV files is left there
+    again = tmp_path / "again"
+    shutil.copytree(whole, again)
+    assert (again / "forward.csv").exists()
+    assert main(["--input-path", str(capture), "--output-path", str(again),
+                 "--stream", "10m"]) == 0
+    assert sorted(path.name for path in again.iterdir()) == sorted(TABLES)
+    printed = capsys.readouterr().out
+    assert "requests: 240 (240 complete, 0 partial)" in printed
+    assert "request.csv, batch.csv, kvcache.csv, request_summary.csv" in printed
+    # --since / --until (here cutting requests of the first run): the tables of one analysis
+    # of that window
+    first_run = ["--since", "2025-11-29T07:06:40.3", "--until", "2025-11-29T07:06:41.5"]
+    assert main(["--input-path", str(capture), "--output-path", str(tmp_path / "w-whole"),
+                 "--format", "csv", *first_run]) == 0
+    assert main(["--input-path", str(capture), "--output-path", str(tmp_path / "w-stream"),
+                 "--stream", "1", *first_run]) == 0
+    _assert_same_tables(tmp_path / "w-whole", tmp_path / "w-stream")
+
+
+def test_a_request_running_past_every_margin_is_said(tmp_path, caplog):
+    """A request that outlives sixteen margins after its window: the window is not read
+    further, one warning says so, and that request is left without its end."""
+    sim = simulate_service(40, seed=4, max_batch=2, max_output=40)
+    sim.capture.write(tmp_path / "db")
+    whole = _whole(tmp_path / "db", tmp_path / "whole")
+    caplog.set_level(logging.INFO, "otel_vllm_ascend.analysis")
+    streamed = _stream(tmp_path / "db", tmp_path / "stream", 10_000, 300)
+    assert "read no further, so their rows may lack what they did later" in caplog.text
+    ours = (streamed / "request.csv").read_text().splitlines()
+    theirs = (whole / "request.csv").read_text().splitlines()
+    assert len(ours) == len(theirs)
+    differing = [a for a, b in zip(ours, theirs) if a != b]
+    assert differing and all(",True," in row for row in differing)  # partial, not wrong
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--every", "1m"], "--stream and --every exclude each other"),
+    (["--format", "csv", "json"], "--stream writes CSV tables only"),
+    (["--span", "forward"], "--stream does not write the detail tables"),
+    ([], "--stream needs the capture's ms_service_*.db files"),  # the folder holds none
+])
+def test_stream_refuses_what_it_cannot_write(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--input-path", str(tmp_path), "--stream", "1m", *extra])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sizes", [(1,), (2,), (0, 3, 0), (1000, 1, 5000, 17)])
+def test_gap_counts_give_the_pooled_gaps_statistics(sizes):
+    rng = np.random.default_rng(len(sizes))
+    parts = []
+    for size in sizes:
+        part = summaries.PooledGaps(size)
+        # quarter µs as a real capture's gaps are, many of them equal
+        part.put(np.arange(size), rng.integers(400, 90_000, size) * 0.25)
+        parts.append(part)
+    pooled = summaries.PooledGaps(sum(sizes))
+    pooled.values = np.concatenate([part.values for part in parts])
+    counts = summaries.GapCounts()
+    for part in parts:
+        counts.add(part)
+    assert counts.statistics_row("gap") == pooled.statistics_row("gap")
+    if sum(sizes) > 100:
+        assert len(counts.values) < sum(sizes)  # held as counts, not one value a gap
+    # a part not in quarter µs: every gap pooled as float64
+    odd = summaries.PooledGaps(2)
+    odd.put(np.arange(2), np.array([0.1, 7.3]))
+    counts.add(odd)
+    pooled.values = np.concatenate([pooled.us(), odd.us()])
+    assert counts.statistics_row("gap") == pooled.statistics_row("gap")
