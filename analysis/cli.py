@@ -115,9 +115,10 @@ def _parser() -> argparse.ArgumentParser:
                         " DURATION (90, 10m, 1h) after the other, each into a folder of its"
                         " own, with windows.csv listing them")
     parser.add_argument("--stream", type=time_window.parse_duration, metavar="DURATION",
-                        help="write the whole capture's request, batch and KV-cache tables"
-                        " and their summaries (CSV) reading its records DURATION at a time:"
-                        " memory of one window, for captures too large to read whole")
+                        help="write the whole capture's CSV tables (request, batch, KV"
+                        " cache, forward, request_status, spec_decode and the summaries)"
+                        " reading its records DURATION at a time: memory of one window, for"
+                        " captures too large to read whole")
     detail_outputs.add_arguments(parser)  # --span, --split-*
     return parser
 
@@ -509,8 +510,9 @@ def _check_stream_arguments(parser: argparse.ArgumentParser, args: argparse.Name
         parser.error("--stream and --every exclude each other: --stream writes the whole"
                      " capture's tables, --every one analysis per window")
     if args.format and set(args.format) != {"csv"}:
-        parser.error("--stream writes CSV tables only (request.csv, batch.csv, kvcache.csv"
-                     " and their summaries); leave out --format or give --format csv")
+        parser.error("--stream writes CSV tables only (request.csv, batch.csv, kvcache.csv,"
+                     " forward.csv, ... and the summaries); leave out --format or give"
+                     " --format csv")
     if args.span or args.split_batch_size or args.split_rid or args.split_number:
         parser.error("--stream does not write the detail tables (--span, --split-*)")
 

@@ -113,6 +113,7 @@ def build_request_status(frame: pd.DataFrame) -> pd.DataFrame:
         "dp_rank": pd.array([dp_of[key] for key in zip(index["host"].tolist(),
                                                        index["pid"].tolist())],
                             dtype="Int64"),
+        "start_us": start,  # internal (not written): the instant in µs
     })
     order = np.argsort(start, kind="stable")
     return out.iloc[order].reset_index(drop=True)

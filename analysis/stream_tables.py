@@ -10,19 +10,22 @@ computes it:
   own request has no end yet and was still running or waiting at the end of that margin, the
   window is read again with the margin after it doubled, up to :data:`MAX_MARGINS` margins
   (then one warning says that those requests may lack what they did later);
-* an engine step (batch.csv) and a KV record (kvcache.csv) belong to the window their start
-  lies in; the margins hold the neighbours their rows read (the previous KV row of the process,
-  the next step). ``step_id`` counts the steps of the whole capture.
+* any other row (an engine step of batch.csv, a KV record, a forward, a queue instant, a draft
+  verification of spec_decode.csv) belongs to the window its start lies in; the margins hold
+  the neighbours it reads (the previous KV row or forward of its process, the next step, the
+  drafts verified just after a step). What
+  counts from the capture's start (``step_id``, ``forward_iter``, the relative times of
+  forward.csv and request_status.csv) is carried from window to window.
 
-The rows are appended to ``request.csv``, ``batch.csv`` and ``kvcache.csv`` window after window;
+The rows are appended to the tables (:data:`TABLE_FILES`) window after window;
 ``request_summary.csv``, ``batch_summary.csv``, ``service_summary.csv`` (and ``dp_summary.csv``
 with data-parallel ranks) come last, from what is kept on the way: the columns they read per
 request and per step (about 130 and 110 bytes) and the gaps between outputs as counts of each
 value (:class:`summaries.GapCounts`). So memory is one window's analysis plus those columns,
 not the records of the whole capture.
 
-Only these CSV tables are written: the trace, profiler.db, report.html and the detail tables
-need the whole capture's records at once (``--every`` gives them per window).
+Only these CSV tables are written: the trace, profiler.db, report.html, the stage breakdown and
+span_info/ need the whole capture's records at once (``--every`` gives them per window).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis import batches as batches_mod
+from otel_vllm_ascend.analysis import forwards as forwards_mod
 from otel_vllm_ascend.analysis import kvcache as kvcache_mod
+from otel_vllm_ascend.analysis import request_status as status_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
 from otel_vllm_ascend.analysis import summaries, writers
@@ -54,7 +59,8 @@ _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
 MARGIN_US = 60_000_000  # records read before and after each window
 MAX_MARGINS = 16  # the margin after a window doubles up to this many margins
-TABLE_FILES = ("request.csv", "batch.csv", "kvcache.csv")
+TABLE_FILES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv", "forward.csv",
+               "request_status.csv")
 SUMMARY_FILES = ("request_summary.csv", "batch_summary.csv", "service_summary.csv",
                  "dp_summary.csv")
 # What the summaries read of the tables, kept for the whole capture.
@@ -73,6 +79,9 @@ class _Window(NamedTuple):
     requests: Optional[pd.DataFrame]
     batches: Optional[pd.DataFrame]
     kvcache: Optional[pd.DataFrame]
+    spec_decode: Optional[pd.DataFrame]
+    forwards: Optional[pd.DataFrame]
+    request_status: Optional[pd.DataFrame]
     gaps: Optional[summaries.PooledGaps]
     still_open: int  # own requests without an end that ran or waited until the reading's end
     unparsable: int  # records of the reading (margins included) that could not be decoded
@@ -111,7 +120,7 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
             seen_problems.add(problem)
             _logger.warning("%s", problem)
     if frame.empty:
-        return _Window(None, None, None, None, 0, report.unparsable)
+        return _Window(None, None, None, None, None, None, None, 0, report.unparsable)
     steps = engine_steps(frame)
     per_request = StepRequestChunks(steps) if steps is not None else None
     requests = requests_mod.build_requests(frame, steps, per_request)
@@ -139,16 +148,74 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
             spec_decode if spec_decode is not None else spec_mod.empty_spec_decode())
     if own_requests is not None:
         gaps = summaries.pooled_gaps(frame, own_requests, step_rids, batches)
+    request_status = status_mod.build_request_status(frame)
+    forwards = forwards_mod.build_forwards(frame, batches) if batches is not None else None
     del frame, steps, per_request, step_rids
+    # The window's steps are numbered from its reading's first: the whole capture's numbers
+    # are those minus the steps before the window plus the steps of the windows before.
+    before = 0
     if batches is not None:
         keys = _step_keys(batches)
-        mine = _owned(keys, own)
         before = int(np.count_nonzero(keys < own.since_us))
-        batches = batches.loc[mine].reset_index(drop=True)
+        batches = batches.loc[_owned(keys, own)].reset_index(drop=True)
         batches["step_id"] = batches["step_id"] - before + step_offset
-    if kvcache is not None:
-        kvcache = kvcache.loc[_owned(kvcache["start_us"].to_numpy(dtype="float64"), own)]
-    return _Window(own_requests, batches, kvcache, gaps, still_open or 0, report.unparsable)
+    spec_decode, forwards, request_status, kvcache = (
+        _own_rows(table, own) for table in (spec_decode, forwards, request_status, kvcache))
+    for table in (spec_decode, forwards):
+        if table is not None and len(table):
+            table["step_id"] = table["step_id"] - before + step_offset
+    return _Window(own_requests, batches, kvcache, spec_decode, forwards, request_status, gaps,
+                   still_open or 0, report.unparsable)
+
+
+def _own_rows(table: Optional[pd.DataFrame], own: TimeWindow) -> Optional[pd.DataFrame]:
+    """The rows of ``table`` that start in ``own`` (an empty table as it is)."""
+    if table is None or table.empty:
+        return table
+    return table.loc[_owned(table["start_us"].to_numpy(dtype="float64"), own)].reset_index(
+        drop=True)
+
+
+class _ProcessFirsts:
+    """What forward.csv and request_status.csv count from the whole capture's start: the first
+    forward of each host, the forwards so far of each process, the first queue instant of
+    each process. Rows reach it window after window, in time order."""
+
+    def __init__(self) -> None:
+        self.forward_start: dict = {}  # host -> its first forward's start (µs)
+        self.forwards: dict = {}  # (host, pid) -> forwards so far
+        self.queue_start: dict = {}  # (host, pid) -> its first queue instant (µs)
+
+    def forwards_of_window(self, table: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+        if table is None or table.empty:
+            return table
+        start = table["start_us"].to_numpy(dtype="float64")
+        hosts = table["hostname"].tolist()
+        for host, first in pd.Series(start).groupby(np.asarray(hosts, dtype=object),
+                                                    sort=False).min().items():
+            self.forward_start.setdefault(host, first)
+        table["relative_start_time(ms)"] = (start - np.array(
+            [self.forward_start[host] for host in hosts], dtype="float64")) / 1000.0
+        processes = list(zip(hosts, table["pid"].tolist()))
+        rank = table.groupby(["hostname", "pid"], sort=False).cumcount().to_numpy()
+        table["forward_iter"] = rank + 1 + np.array(
+            [self.forwards.get(key, 0) for key in processes], dtype="int64")
+        for key, count in pd.Series(processes).value_counts(sort=False).items():
+            self.forwards[key] = self.forwards.get(key, 0) + int(count)
+        return table
+
+    def queues_of_window(self, table: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+        if table is None or table.empty:
+            return table
+        start = table["start_us"].to_numpy(dtype="float64")
+        hosts, pids = table["hostuid"].tolist(), table["pid"].tolist()
+        processes = list(zip(hosts, pids))
+        for key, first in pd.Series(start).groupby([np.asarray(hosts, dtype=object),
+                                                    np.asarray(pids)], sort=False).min().items():
+            self.queue_start.setdefault(key, first)
+        table["relative_timestamp(ms)"] = (start - np.array(
+            [self.queue_start[key] for key in processes], dtype="float64")) / 1000.0
+        return table
 
 
 class _Appender:
@@ -180,7 +247,10 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
                  len(windows), f"{every_us / 1e6:g}", span.describe(), f"{margin_us / 1e6:g}")
     tables = {name: _Appender(out / name, columns) for name, columns in (
         ("request.csv", requests_mod.CSV_COLUMNS), ("batch.csv", batches_mod.CSV_COLUMNS),
-        ("kvcache.csv", kvcache_mod.KVCACHE_COLUMNS))}
+        ("kvcache.csv", kvcache_mod.KVCACHE_COLUMNS),
+        ("spec_decode.csv", spec_mod.CSV_COLUMNS), ("forward.csv", forwards_mod.CSV_COLUMNS),
+        ("request_status.csv", status_mod.CSV_COLUMNS))}
+    firsts = _ProcessFirsts()
     for name in TABLE_FILES + SUMMARY_FILES:
         (out / name).unlink(missing_ok=True)
     written: dict = {}  # id -> end (µs, NaN if none) of the requests written, while they matter
@@ -234,6 +304,9 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
             kept_batches.append(window.batches[list(BATCH_KEPT)])
             steps_so_far += len(window.batches)
         tables["kvcache.csv"].add(window.kvcache)
+        tables["spec_decode.csv"].add(window.spec_decode)
+        tables["forward.csv"].add(firsts.forwards_of_window(window.forwards))
+        tables["request_status.csv"].add(firsts.queues_of_window(window.request_status))
         del window
         gc.collect()  # what pandas leaves in cycles (the analysis runs with the collector off)
         give_back_free_memory()

@@ -261,8 +261,9 @@ def write_matrix_report(run: ServingRun, folder: Path) -> None:
     (folder / f"{run.path}.json").write_text(json.dumps(report, indent=1, sort_keys=True))
 
 
-STREAMED_TABLES = ("request.csv", "batch.csv", "kvcache.csv", "request_summary.csv",
-                   "batch_summary.csv", "service_summary.csv", "dp_summary.csv")
+STREAMED_TABLES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv", "forward.csv",
+                   "request_status.csv", "request_summary.csv", "batch_summary.csv",
+                   "service_summary.csv", "dp_summary.csv")
 
 
 def streamed_tables_differ(prof_dir: Path, analysis_dir: Path, out: Path,

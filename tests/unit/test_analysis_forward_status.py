@@ -84,7 +84,7 @@ def forward_capture(tmp_path):
 def test_forward_rows_by_hand(tmp_path):
     frame = forward_capture(tmp_path)
     table = forwards.build_forwards(frame, build_batches(frame))
-    assert list(table.columns) == list(forwards.CSV_COLUMNS)
+    assert list(table.columns) == list(forwards.CSV_COLUMNS) + ["start_us"]  # internal last
     expected = [
         # host, pid, relative start, duration, bubble, batch size, type, iter, dp, tokens, step
         ("h1", 300, 0.0, 2.8, NA, 1, "Prefill", 1, NA, 10, 0),
@@ -199,7 +199,7 @@ def status_frame(tmp_path):
 
 def test_request_status_rows_by_hand(tmp_path):
     table = request_status.build_request_status(status_frame(tmp_path))
-    assert list(table.columns) == list(request_status.CSV_COLUMNS)
+    assert list(table.columns) == list(request_status.CSV_COLUMNS) + ["start_us"]  # internal last
     expected = [
         # host, pid, at (ms), relative, waiting, running, swapped, dp
         ("h2", 500, 0.5, 0.0, 7, NA, NA, NA),

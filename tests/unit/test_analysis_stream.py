@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from analysis_fixtures import simulate_service  # noqa: E402
+from analysis_fixtures import simulate_service, write_otlp_json  # noqa: E402
+from test_analysis_spec_decode import spec_capture  # noqa: E402
 
 from otel_vllm_ascend.analysis import stream_tables, summaries  # noqa: E402
 from otel_vllm_ascend.analysis.cli import main  # noqa: E402
 from otel_vllm_ascend.analysis.readers import capture_span  # noqa: E402
-from otel_vllm_ascend.analysis.time_window import closed  # noqa: E402
+from otel_vllm_ascend.analysis.time_window import closed, text_of  # noqa: E402
 
-TABLES = ("request.csv", "batch.csv", "kvcache.csv", "request_summary.csv",
-          "batch_summary.csv", "service_summary.csv")
+TABLES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv", "forward.csv",
+          "request_status.csv", "request_summary.csv", "batch_summary.csv",
+          "service_summary.csv")
 
 
 @pytest.fixture(autouse=True)
@@ -91,13 +94,14 @@ def test_cli_stream(tmp_path, capsys):
     # into a folder holding an earlier analysis: none of its other CSV files is left there
     again = tmp_path / "again"
     shutil.copytree(whole, again)
-    assert (again / "forward.csv").exists()
+    assert (again / "prefill.csv").exists()
     assert main(["--input-path", str(capture), "--output-path", str(again),
                  "--stream", "10m"]) == 0
     assert sorted(path.name for path in again.iterdir()) == sorted(TABLES)
     printed = capsys.readouterr().out
     assert "requests: 240 (240 complete, 0 partial)" in printed
-    assert "request.csv, batch.csv, kvcache.csv, request_summary.csv" in printed
+    assert ("request.csv, batch.csv, kvcache.csv, spec_decode.csv, forward.csv,"
+            " request_status.csv, request_summary.csv") in printed
     # --since / --until (here cutting requests of the first run): the tables of one analysis
     # of that window
     first_run = ["--since", "2025-11-29T07:06:40.3", "--until", "2025-11-29T07:06:41.5"]
@@ -106,6 +110,35 @@ def test_cli_stream(tmp_path, capsys):
     assert main(["--input-path", str(capture), "--output-path", str(tmp_path / "w-stream"),
                  "--stream", "1", *first_run]) == 0
     _assert_same_tables(tmp_path / "w-whole", tmp_path / "w-stream")
+
+
+@pytest.mark.parametrize("every_us", [2_000, 3_400, 6_000])
+def test_stream_of_speculative_decoding_and_tensor_parallel_ranks(tmp_path, every_us):
+    """spec_decode.csv's hand-worked capture (two tensor-parallel Workers writing the same
+    records, a draft check planned before the step it belongs to, data-parallel rank 1):
+    windows of 2 to 6 ms with 3 ms margins (a step's drafts are checked up to 2.5 ms after it
+    starts) give one analysis's tables, dp_summary.csv too."""
+    spec_capture().write(tmp_path / "db")
+    whole = _whole(tmp_path / "db", tmp_path / "whole")
+    assert len((whole / "spec_decode.csv").read_text().splitlines()) == 5  # header, 4 rows
+    streamed = _stream(tmp_path / "db", tmp_path / "stream", every_us, 3_000)
+    _assert_same_tables(whole, streamed)
+    assert (streamed / "dp_summary.csv").read_bytes() == (whole / "dp_summary.csv").read_bytes()
+
+
+def test_stream_of_otlp_files(tmp_path):
+    """OTLP JSON files (no SQLite file to find the span in): --since and --until given, the
+    tables are those of one analysis of that window."""
+    sim = simulate_service(60, seed=5, max_batch=4, max_output=20)
+    write_otlp_json(sim.capture, tmp_path / "otlp" / "spans.jsonl")
+    first = min(r.arrival_us for r in sim.requests)
+    window = ["--since", text_of(first - first % 1e6), "--until", text_of(first + 2e6)]
+    whole, streamed = tmp_path / "whole", tmp_path / "stream"
+    assert main(["--input-path", str(tmp_path / "otlp"), "--output-path", str(whole),
+                 "--format", "csv", *window]) == 0
+    assert main(["--input-path", str(tmp_path / "otlp"), "--output-path", str(streamed),
+                 "--stream", "1", *window]) == 0
+    _assert_same_tables(whole, streamed)
 
 
 def test_a_request_running_past_every_margin_is_said(tmp_path, caplog):
