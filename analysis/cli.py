@@ -116,9 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                         " own, with windows.csv listing them")
     parser.add_argument("--stream", type=time_window.parse_duration, metavar="DURATION",
                         help="write the whole capture's CSV tables (request, batch, KV"
-                        " cache, forward, request_status, spec_decode and the summaries)"
-                        " reading its records DURATION at a time: memory of one window, for"
-                        " captures too large to read whole")
+                        " cache, forward, request_status, spec_decode, prefill / decode and the"
+                        " summaries) reading its records DURATION at a time: memory of one"
+                        " window, for captures too large to read whole")
     detail_outputs.add_arguments(parser)  # --span, --split-*
     return parser
 

@@ -13,19 +13,20 @@ computes it:
 * any other row (an engine step of batch.csv, a KV record, a forward, a queue instant, a draft
   verification of spec_decode.csv) belongs to the window its start lies in; the margins hold
   the neighbours it reads (the previous KV row or forward of its process, the next step, the
-  drafts verified just after a step). What
-  counts from the capture's start (``step_id``, ``forward_iter``, the relative times of
-  forward.csv and request_status.csv) is carried from window to window.
+  drafts verified just after a step, the output that follows a step). What counts from the
+  capture's start (``step_id``, ``forward_iter``, the relative times of forward.csv and
+  request_status.csv) is carried from window to window.
 
 The rows are appended to the tables (:data:`TABLE_FILES`) window after window;
 ``request_summary.csv``, ``batch_summary.csv``, ``service_summary.csv`` (and ``dp_summary.csv``
-with data-parallel ranks) come last, from what is kept on the way: the columns they read per
-request and per step (about 130 and 110 bytes) and the gaps between outputs as counts of each
-value (:class:`summaries.GapCounts`). So memory is one window's analysis plus those columns,
-not the records of the whole capture.
+with data-parallel ranks), ``prefill.csv`` and ``decode.csv`` come last, from what is kept on the
+way: the columns they read per request and per step (about 130 and 190 bytes) and the gaps
+between outputs as counts of each value (:class:`summaries.GapCounts`). So memory is one
+window's analysis plus those columns, not the records of the whole capture.
 
-Only these CSV tables are written: the trace, profiler.db, report.html, the stage breakdown and
-span_info/ need the whole capture's records at once (``--every`` gives them per window).
+Only these CSV tables are written: the trace, profiler.db, report.html, span_info/ and the
+stage breakdown's selections need the whole capture's records at once (``--every`` gives them
+per window).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from otel_vllm_ascend.analysis import kvcache as kvcache_mod
 from otel_vllm_ascend.analysis import request_status as status_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
+from otel_vllm_ascend.analysis import stages as stages_mod
 from otel_vllm_ascend.analysis import summaries, writers
 from otel_vllm_ascend.analysis.allocator import give_back_free_memory
 from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
@@ -62,7 +64,7 @@ MAX_MARGINS = 16  # the margin after a window doubles up to this many margins
 TABLE_FILES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv", "forward.csv",
                "request_status.csv")
 SUMMARY_FILES = ("request_summary.csv", "batch_summary.csv", "service_summary.csv",
-                 "dp_summary.csv")
+                 "dp_summary.csv") + tuple(stages_mod.CSV_FILES.values())
 # What the summaries read of the tables, kept for the whole capture.
 REQUEST_KEPT = ("partial", "has_arrival", "has_end", "arrival_us", "end_us", "ttft_ms",
                 "exec_ms", "steps", "e2e_ms", "queue_wait_ms", "prompt_tokens", "reply_tokens",
@@ -82,6 +84,7 @@ class _Window(NamedTuple):
     spec_decode: Optional[pd.DataFrame]
     forwards: Optional[pd.DataFrame]
     request_status: Optional[pd.DataFrame]
+    stages: Optional[pd.DataFrame]  # stages.step_stages of the window's steps
     gaps: Optional[summaries.PooledGaps]
     still_open: int  # own requests without an end that ran or waited until the reading's end
     unparsable: int  # records of the reading (margins included) that could not be decoded
@@ -120,7 +123,7 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
             seen_problems.add(problem)
             _logger.warning("%s", problem)
     if frame.empty:
-        return _Window(None, None, None, None, None, None, None, 0, report.unparsable)
+        return _Window(None, None, None, None, None, None, None, None, 0, report.unparsable)
     steps = engine_steps(frame)
     per_request = StepRequestChunks(steps) if steps is not None else None
     requests = requests_mod.build_requests(frame, steps, per_request)
@@ -149,7 +152,10 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
     if own_requests is not None:
         gaps = summaries.pooled_gaps(frame, own_requests, step_rids, batches)
     request_status = status_mod.build_request_status(frame)
-    forwards = forwards_mod.build_forwards(frame, batches) if batches is not None else None
+    forwards = stages = None
+    if batches is not None:
+        forwards = forwards_mod.build_forwards(frame, batches)
+        stages = stages_mod.step_stages(frame, batches, stages_mod.breakdown_rows(per_request))
     del frame, steps, per_request, step_rids
     # The window's steps are numbered from its reading's first: the whole capture's numbers
     # are those minus the steps before the window plus the steps of the windows before.
@@ -159,13 +165,14 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
         before = int(np.count_nonzero(keys < own.since_us))
         batches = batches.loc[_owned(keys, own)].reset_index(drop=True)
         batches["step_id"] = batches["step_id"] - before + step_offset
-    spec_decode, forwards, request_status, kvcache = (
-        _own_rows(table, own) for table in (spec_decode, forwards, request_status, kvcache))
-    for table in (spec_decode, forwards):
+    spec_decode, forwards, request_status, kvcache, stages = (
+        _own_rows(table, own) for table in (spec_decode, forwards, request_status, kvcache,
+                                            stages))
+    for table in (spec_decode, forwards, stages):
         if table is not None and len(table):
             table["step_id"] = table["step_id"] - before + step_offset
-    return _Window(own_requests, batches, kvcache, spec_decode, forwards, request_status, gaps,
-                   still_open or 0, report.unparsable)
+    return _Window(own_requests, batches, kvcache, spec_decode, forwards, request_status, stages,
+                   gaps, still_open or 0, report.unparsable)
 
 
 def _own_rows(table: Optional[pd.DataFrame], own: TimeWindow) -> Optional[pd.DataFrame]:
@@ -256,6 +263,7 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
     written: dict = {}  # id -> end (µs, NaN if none) of the requests written, while they matter
     kept_requests: list = []
     kept_batches: list = []
+    kept_stages: list = []  # one row of stage times per step, for prefill.csv and decode.csv
     gaps = summaries.GapCounts()  # request_summary's pooled gaps, as counts of each value
     steps_so_far = 0
     seen_problems: set = set()
@@ -307,18 +315,20 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
         tables["spec_decode.csv"].add(window.spec_decode)
         tables["forward.csv"].add(firsts.forwards_of_window(window.forwards))
         tables["request_status.csv"].add(firsts.queues_of_window(window.request_status))
+        if window.stages is not None:
+            kept_stages.append(window.stages)
         del window
         gc.collect()  # what pandas leaves in cycles (the analysis runs with the collector off)
         give_back_free_memory()
-    return _write_summaries(out, kept_requests, kept_batches, gaps, tables, reread)
+    return _write_summaries(out, kept_requests, kept_batches, kept_stages, gaps, tables, reread)
 
 
-def _write_summaries(out: Path, kept_requests: list, kept_batches: list,
-                     gaps: summaries.GapCounts,
-                     tables: dict, reread: int) -> int:
+def _write_summaries(out: Path, kept_requests: list, kept_batches: list, kept_stages: list,
+                     gaps: summaries.GapCounts, tables: dict, reread: int) -> int:
     requests = pd.concat(kept_requests, ignore_index=True) if kept_requests else None
     batches = pd.concat(kept_batches, ignore_index=True) if kept_batches else None
-    del kept_requests[:], kept_batches[:]
+    stages = pd.concat(kept_stages, ignore_index=True) if kept_stages else None
+    del kept_requests[:], kept_batches[:], kept_stages[:]
     if requests is None and batches is None and not any(t.started for t in tables.values()):
         _logger.error("no records in the window(s) read; nothing to analyse")
         return 1
@@ -338,6 +348,13 @@ def _write_summaries(out: Path, kept_requests: list, kept_batches: list,
     for name, table in summary.items():
         run.wrote(run.stage(f"{name}.csv", writers.write_csv, out / f"{name}.csv", table,
                             list(table.columns)))
+    if stages is not None:  # the stage breakdown of every step (no --split-* selection)
+        breakdown = run.stage("prefill.csv / decode.csv", stages_mod.stage_breakdown, stages,
+                              pd.DataFrame())
+        for phase, table in (breakdown or {}).items():
+            name = stages_mod.CSV_FILES[phase]
+            run.wrote(run.stage(name, writers.write_csv, out / name, table,
+                                stages_mod.CSV_COLUMNS))
     _warn_partial(requests)
     if reread:
         _logger.info("%d window(s) read again for requests running past their margin", reread)

@@ -263,7 +263,7 @@ def write_matrix_report(run: ServingRun, folder: Path) -> None:
 
 STREAMED_TABLES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv", "forward.csv",
                    "request_status.csv", "request_summary.csv", "batch_summary.csv",
-                   "service_summary.csv", "dp_summary.csv")
+                   "service_summary.csv", "dp_summary.csv", "prefill.csv", "decode.csv")
 
 
 def streamed_tables_differ(prof_dir: Path, analysis_dir: Path, out: Path,

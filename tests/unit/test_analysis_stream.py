@@ -22,7 +22,7 @@ from otel_vllm_ascend.analysis.time_window import closed, text_of  # noqa: E402
 
 TABLES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv", "forward.csv",
           "request_status.csv", "request_summary.csv", "batch_summary.csv",
-          "service_summary.csv")
+          "service_summary.csv", "prefill.csv", "decode.csv")
 
 
 @pytest.fixture(autouse=True)
@@ -94,10 +94,11 @@ def test_cli_stream(tmp_path, capsys):
     # into a folder holding an earlier analysis: none of its other CSV files is left there
     again = tmp_path / "again"
     shutil.copytree(whole, again)
-    assert (again / "prefill.csv").exists()
+    (again / "op_summary.csv").write_text("an earlier capture's operators\n")  # not streamed
+    (again / "span_info").mkdir()  # not a table: left alone
     assert main(["--input-path", str(capture), "--output-path", str(again),
                  "--stream", "10m"]) == 0
-    assert sorted(path.name for path in again.iterdir()) == sorted(TABLES)
+    assert sorted(path.name for path in again.iterdir()) == sorted(TABLES + ("span_info",))
     printed = capsys.readouterr().out
     assert "requests: 240 (240 complete, 0 partial)" in printed
     assert ("request.csv, batch.csv, kvcache.csv, spec_decode.csv, forward.csv,"
