@@ -136,6 +136,7 @@ def build_forwards(frame: pd.DataFrame, batches: Optional[pd.DataFrame] = None) 
         "scheduled_tokens": _whole(tokens),
         "step_id": _whole(step_id),
         "start_us": start,  # internal (not written): what rows are sorted by
+        "end_us": end,  # internal
     })
     order = np.argsort(start, kind="stable")
     return out.iloc[order].reset_index(drop=True)

@@ -12,10 +12,11 @@ computes it:
   (then one warning says that those requests may lack what they did later);
 * any other row (an engine step of batch.csv, a KV record, a forward, a queue instant, a draft
   verification of spec_decode.csv) belongs to the window its start lies in; the margins hold
-  the neighbours it reads (the previous KV row or forward of its process, the next step, the
-  drafts verified just after a step, the output that follows a step). What counts from the
-  capture's start (``step_id``, ``forward_iter``, the relative times of forward.csv and
-  request_status.csv) is carried from window to window.
+  the neighbours it reads (the drafts verified and the output given just after a step). What
+  lies further (the previous forward or KV row of a process idle for longer than the margin, a
+  step's next step after such a pause) and what counts from the capture's start
+  (``step_id``, ``forward_iter``, the relative times of forward.csv and request_status.csv)
+  is carried from window to window (:class:`_Carried`).
 
 The rows are appended to the tables (:data:`TABLE_FILES`) window after window;
 ``request_summary.csv``, ``batch_summary.csv``, ``service_summary.csv`` (and ``dp_summary.csv``
@@ -61,8 +62,11 @@ _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
 MARGIN_US = 60_000_000  # records read before and after each window
 MAX_MARGINS = 16  # the margin after a window doubles up to this many margins
-TABLE_FILES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv", "forward.csv",
-               "request_status.csv")
+# The tables appended window after window: file -> columns written.
+TABLE_FILES = {"request.csv": requests_mod.CSV_COLUMNS, "batch.csv": batches_mod.CSV_COLUMNS,
+               "kvcache.csv": kvcache_mod.KVCACHE_COLUMNS,
+               "spec_decode.csv": spec_mod.CSV_COLUMNS, "forward.csv": forwards_mod.CSV_COLUMNS,
+               "request_status.csv": status_mod.CSV_COLUMNS}
 SUMMARY_FILES = ("request_summary.csv", "batch_summary.csv", "service_summary.csv",
                  "dp_summary.csv") + tuple(stages_mod.CSV_FILES.values())
 # What the summaries read of the tables, kept for the whole capture.
@@ -183,15 +187,54 @@ def _own_rows(table: Optional[pd.DataFrame], own: TimeWindow) -> Optional[pd.Dat
         drop=True)
 
 
-class _ProcessFirsts:
-    """What forward.csv and request_status.csv count from the whole capture's start: the first
-    forward of each host, the forwards so far of each process, the first queue instant of
-    each process. Rows reach it window after window, in time order."""
+class _Carried:
+    """What the tables read beyond a window's margins: the first forward of each host, the
+    forwards so far of each process and the end of its last one, the first queue instant of
+    each process, each process's last step (its ``step_total`` waits for the process's next
+    step), its last known KV totals. Rows reach it window after window, in time order."""
 
     def __init__(self) -> None:
         self.forward_start: dict = {}  # host -> its first forward's start (µs)
         self.forwards: dict = {}  # (host, pid) -> forwards so far
+        self.forward_end: dict = {}  # (host, pid) -> the end of its last forward (µs)
         self.queue_start: dict = {}  # (host, pid) -> its first queue instant (µs)
+        self.open_step: dict = {}  # (host, pid) -> (stage table, row, start) of its last step
+        self.kv_total: dict = {}  # (host, pid) -> its last known total of KV blocks
+        self.kv_free: dict = {}  # (host, pid) -> its last known free KV blocks
+
+    def kvcache_of_window(self, table: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+        """The window's KV rows, a process's first ones given the total and the free blocks
+        last known before them when the reading holds none (a process idle longer than the
+        margin): what kvcache.build_kvcache carries forward over the whole capture."""
+        if table is None or table.empty:
+            return table
+        total = table["total_blocks"].to_numpy(dtype="float64").copy()
+        used = table["used_blocks"].to_numpy(dtype="float64").copy()
+        free = table["free_blocks"].to_numpy(dtype="float64")
+        freed = table["blocks_freed"].to_numpy(dtype="float64").copy()
+        usage = table["kvcache_usage_rate"].to_numpy(dtype="float64").copy()
+        release = table["name"].isin(kvcache_mod.RELEASE_NAMES).to_numpy()
+        processes = list(zip(table["host"].tolist(), table["pid"].tolist()))
+        seen: set = set()
+        for row, key in enumerate(processes):
+            if key not in seen:  # its first row here: the rise of free blocks since the last
+                seen.add(key)
+                last_free = self.kv_free.get(key)
+                if release[row] and last_free is not None and not np.isnan(free[row]):
+                    freed[row] = max(free[row] - last_free, 0.0)
+            if np.isnan(total[row]) and key in self.kv_total:
+                total[row] = self.kv_total[key]
+                if np.isnan(used[row]):
+                    used[row] = total[row] - free[row]
+                if np.isnan(usage[row]) and total[row] > 0:
+                    usage[row] = used[row] / total[row]
+            if not np.isnan(total[row]):
+                self.kv_total[key] = total[row]
+            if not np.isnan(free[row]):
+                self.kv_free[key] = free[row]
+        table["total_blocks"], table["used_blocks"] = total, used
+        table["blocks_freed"], table["kvcache_usage_rate"] = freed, usage
+        return table
 
     def forwards_of_window(self, table: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
         if table is None or table.empty:
@@ -207,8 +250,38 @@ class _ProcessFirsts:
         rank = table.groupby(["hostname", "pid"], sort=False).cumcount().to_numpy()
         table["forward_iter"] = rank + 1 + np.array(
             [self.forwards.get(key, 0) for key in processes], dtype="int64")
+        # A process's first forward here whose previous one lies before the reading: its gap
+        # from the end of the last one written.
+        bubble = table["bubble_time(ms)"].to_numpy(dtype="float64").copy()
+        end = table["end_us"].to_numpy(dtype="float64")
+        for row in np.flatnonzero(rank == 0):
+            last = self.forward_end.get(processes[row])
+            if last is not None and np.isnan(bubble[row]):
+                bubble[row] = (start[row] - last) / 1000.0
+        table["bubble_time(ms)"] = bubble
+        for row, key in enumerate(processes):
+            self.forward_end[key] = end[row]
         for key, count in pd.Series(processes).value_counts(sort=False).items():
             self.forwards[key] = self.forwards.get(key, 0) + int(count)
+        return table
+
+    def stages_of_window(self, table: Optional[pd.DataFrame],
+                         batches: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+        """The window's step stages, the last step before them of each process given its
+        ``step_total`` (the start of its next step: here)."""
+        if table is None or table.empty:
+            return table
+        start = table["start_us"].to_numpy(dtype="float64")
+        processes = list(zip(batches["host"].tolist(), batches["pid"].tolist()))  # row by row
+        total = table["step_total"].to_numpy(dtype="float64")
+        for row, key in enumerate(processes):
+            waiting = self.open_step.pop(key, None)
+            if waiting is not None:
+                earlier, at, began = waiting
+                earlier.iat[at, earlier.columns.get_loc("step_total")] = (start[row]
+                                                                          - began) / 1000.0
+            if np.isnan(total[row]):
+                self.open_step[key] = (table, row, start[row])
         return table
 
     def queues_of_window(self, table: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
@@ -252,14 +325,10 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
     windows = cut(span, every_us)
     _logger.info("reading %d window(s) of %s s from %s, %s s of margin on each side",
                  len(windows), f"{every_us / 1e6:g}", span.describe(), f"{margin_us / 1e6:g}")
-    tables = {name: _Appender(out / name, columns) for name, columns in (
-        ("request.csv", requests_mod.CSV_COLUMNS), ("batch.csv", batches_mod.CSV_COLUMNS),
-        ("kvcache.csv", kvcache_mod.KVCACHE_COLUMNS),
-        ("spec_decode.csv", spec_mod.CSV_COLUMNS), ("forward.csv", forwards_mod.CSV_COLUMNS),
-        ("request_status.csv", status_mod.CSV_COLUMNS))}
-    firsts = _ProcessFirsts()
-    for name in TABLE_FILES + SUMMARY_FILES:
+    for name in (*TABLE_FILES, *SUMMARY_FILES):
         (out / name).unlink(missing_ok=True)
+    tables = {name: _Appender(out / name, columns) for name, columns in TABLE_FILES.items()}
+    carried = _Carried()
     written: dict = {}  # id -> end (µs, NaN if none) of the requests written, while they matter
     kept_requests: list = []
     kept_batches: list = []
@@ -311,12 +380,12 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
             tables["batch.csv"].add(window.batches)
             kept_batches.append(window.batches[list(BATCH_KEPT)])
             steps_so_far += len(window.batches)
-        tables["kvcache.csv"].add(window.kvcache)
+        tables["kvcache.csv"].add(carried.kvcache_of_window(window.kvcache))
         tables["spec_decode.csv"].add(window.spec_decode)
-        tables["forward.csv"].add(firsts.forwards_of_window(window.forwards))
-        tables["request_status.csv"].add(firsts.queues_of_window(window.request_status))
+        tables["forward.csv"].add(carried.forwards_of_window(window.forwards))
+        tables["request_status.csv"].add(carried.queues_of_window(window.request_status))
         if window.stages is not None:
-            kept_stages.append(window.stages)
+            kept_stages.append(carried.stages_of_window(window.stages, window.batches))
         del window
         gc.collect()  # what pandas leaves in cycles (the analysis runs with the collector off)
         give_back_free_memory()

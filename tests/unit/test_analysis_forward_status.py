@@ -84,7 +84,7 @@ def forward_capture(tmp_path):
 def test_forward_rows_by_hand(tmp_path):
     frame = forward_capture(tmp_path)
     table = forwards.build_forwards(frame, build_batches(frame))
-    assert list(table.columns) == list(forwards.CSV_COLUMNS) + ["start_us"]  # internal last
+    assert list(table.columns) == list(forwards.CSV_COLUMNS) + ["start_us", "end_us"]
     expected = [
         # host, pid, relative start, duration, bubble, batch size, type, iter, dp, tokens, step
         ("h1", 300, 0.0, 2.8, NA, 1, "Prefill", 1, NA, 10, 0),

@@ -50,29 +50,40 @@ def _assert_same_tables(whole: Path, streamed: Path) -> None:
 
 
 def _two_hosts(root: Path, layout: str = "per_process", encoding: str = "json",
-               apart_us: float = 0.0) -> Path:
-    """Two servers on two hosts, side by side or ``apart_us`` one after the other."""
+               apart_us: float = 0.0, one_server: bool = False) -> Path:
+    """Two servers on two hosts, side by side or ``apart_us`` one after the other; or
+    (``one_server``) one server busy twice, ``apart_us`` apart, idle in between: a step's next
+    step and a forward's previous one lie beyond any margin."""
     start = 1_764_400_000_000_000.0
     for session, shift, host, seed in (("first", 0.0, "node-a", 1),
                                        ("second", apart_us + 1500.0, "node-b", 2)):
-        sim = simulate_service(120, seed=seed, start_us=start + shift, host=host, max_batch=6,
-                               max_output=30, api_pid=100 + seed, engine_pid=200 + seed)
+        pids = 101 if one_server else 100 + seed, 201 if one_server else 200 + seed
+        sim = simulate_service(120, seed=seed, start_us=start + shift,
+                               host="node-a" if one_server else host, max_batch=6,
+                               max_output=30, api_pid=pids[0], engine_pid=pids[1])
+        if one_server and session == "second":  # blocks freed before the first step: its
+            engine = sim.capture.processes[1]  # total is the one known an idle hour before
+            engine.event("Free", start + shift - 100, domain="Schedule.KVCache",
+                         **{"deviceBlock=": 990, "UsagePercent=": 0.01})
         sim.capture.write(root, layout=layout, encoding=encoding, session=session)
     return root
 
 
 @pytest.mark.parametrize("layout, encoding", [("per_process", "json"),
                                               ("per_thread", "caret")])  # the C library's
-@pytest.mark.parametrize("every_us, margin_us, apart_us", [
+@pytest.mark.parametrize("every_us, margin_us, apart_us, one_server", [
     # windows shorter than a request: most are read again, their margins doubled
-    (20_000, 40_000, 0.0),
-    (7_000, 50_000, 0.0),  # margins longer than the windows
+    (20_000, 40_000, 0.0, False),
+    (7_000, 50_000, 0.0, False),  # margins longer than the windows
     # the default margin, windows of ten minutes, the runs an hour apart
-    (600_000_000, 60_000_000, 3600e6),
+    (600_000_000, 60_000_000, 3600e6, False),
+    # one server idle between its two runs for longer than the margins
+    (600_000_000, 60_000_000, 3600e6, True),
+    (200_000, 100_000, 2e6, True),
 ])
 def test_streamed_tables_equal_one_whole_analysis(tmp_path, layout, encoding, every_us,
-                                                  margin_us, apart_us, caplog):
-    capture = _two_hosts(tmp_path / "db", layout, encoding, apart_us)
+                                                  margin_us, apart_us, one_server, caplog):
+    capture = _two_hosts(tmp_path / "db", layout, encoding, apart_us, one_server)
     whole = _whole(capture, tmp_path / "whole")
     caplog.set_level(logging.INFO, "otel_vllm_ascend.analysis")
     streamed = _stream(capture, tmp_path / "stream", every_us, margin_us)
