@@ -141,6 +141,20 @@ def prepare_output(path: Path, formats: Sequence[str]) -> list[str]:
     return [name for fmt in formats for name in OUTPUT_FILES[fmt] if (path / name).exists()]
 
 
+def _prepared(path: Path, formats: Sequence[str]) -> Optional[list[str]]:
+    """:func:`prepare_output`, its problem or the outputs it replaces said once; None when the
+    folder cannot be used."""
+    try:
+        existing = prepare_output(path, formats)
+    except OutputError as exc:
+        _logger.error("%s", exc)
+        return None
+    if existing:
+        _logger.warning("replacing %d existing output file(s) in %s: %s", len(existing), path,
+                        ", ".join(existing))
+    return existing
+
+
 def _load_trace_module() -> Any:
     try:
         from otel_vllm_ascend.analysis import trace
@@ -179,14 +193,8 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     ``figures``: a dict that receives the window's ``every_window.figures_of``.
     """
     progress = progress or _Progress(False)
-    try:
-        existing = prepare_output(output_path, formats)
-    except OutputError as exc:
-        _logger.error("%s", exc)
+    if _prepared(output_path, formats) is None:
         return 2
-    if existing:
-        _logger.warning("replacing %d existing output file(s) in %s: %s", len(existing),
-                        output_path, ", ".join(existing))
     if "csv" in formats:  # an earlier run's optional tables must not outlive this capture's
         for name in ONLY_WITH_CSV_FILES:
             (output_path / name).unlink(missing_ok=True)
@@ -552,18 +560,13 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     details = detail_outputs.DetailOptions.from_args(args)
     try:
         if args.stream and window is not None:
-            try:
-                existing = prepare_output(Path(args.output_path), ["csv"])
-            except OutputError as exc:
-                _logger.error("%s", exc)
+            out = Path(args.output_path)
+            existing = _prepared(out, ["csv"])
+            if existing is None:
                 return 2
-            if existing:  # an earlier run's CSV files: none is left beside this run's tables
-                _logger.warning("replacing %d existing output file(s) in %s: %s",
-                                len(existing), args.output_path, ", ".join(existing))
-                for name in existing:
-                    (Path(args.output_path) / name).unlink(missing_ok=True)
-            return stream_tables.run_stream(source, Path(args.output_path), window,
-                                            args.stream)
+            for name in existing:  # an earlier run's CSV files: none left beside these tables
+                (out / name).unlink(missing_ok=True)
+            return stream_tables.run_stream(source, out, window, args.stream)
         if args.every and window is not None:
             return every_window.run_every(
                 lambda folder, part, figures: analyse(source, folder, formats, progress, None,

@@ -41,6 +41,7 @@ from otel_vllm_ascend.analysis.steps import (
     engine_steps,
     rid_values,
     step_requests,
+    step_start_us,
 )
 
 RECORD_NAME = "specDecoding"
@@ -144,8 +145,7 @@ def _step_of(rows: pd.DataFrame, steps: pd.DataFrame,
         per_request = per_request.whole()
     if per_request.empty:
         return step_id, iteration
-    start = steps["sched_start_us"].fillna(steps["exec_start_us"])
-    step_start = dict(zip(steps["step_id"].tolist(), start.tolist()))
+    step_start = dict(zip(steps["step_id"].tolist(), step_start_us(steps).tolist()))
     candidates = per_request[["step_id", "iter", "num_computed_tokens"]].astype(
         {"num_computed_tokens": "float64"})  # joined with the records' float64 counts
     candidates["rid"] = rid_values(per_request["rid"])  # joined with the records' ids

@@ -53,7 +53,7 @@ from otel_vllm_ascend.analysis.rid_pairs import (
     place_by_code,
 )
 from otel_vllm_ascend.analysis.step_match import NO_STEP, step_of_records
-from otel_vllm_ascend.analysis.steps import StepRequestChunks, rid_values
+from otel_vllm_ascend.analysis.steps import StepRequestChunks, rid_values, step_start_us
 
 STAGES = ("scheduling", "model_execution", "model_forward", "logits_sampling",
           "output_processing", "step_total")
@@ -311,8 +311,7 @@ def _rows_of_steps(batches: pd.DataFrame, step_ids: np.ndarray) -> np.ndarray:
 
 
 def _step_total(batches: pd.DataFrame) -> np.ndarray:
-    start = batches["sched_start_us"].to_numpy(dtype="float64")
-    start = np.where(np.isnan(start), batches["exec_start_us"].to_numpy(dtype="float64"), start)
+    start = step_start_us(batches)
     keys = pd.DataFrame({"host": batches["host"].to_numpy(dtype=object),
                          "pid": batches["pid"].to_numpy(dtype="int64"), "start": start})
     following = keys.sort_values("start", kind="stable").groupby(
@@ -331,9 +330,7 @@ def step_stages(frame: pd.DataFrame, batches: pd.DataFrame,
         "step_id": batches["step_id"].to_numpy(dtype="int64"),
         "phase": phase.astype(object),
         "batch_size": batches["total_batch_size"].to_numpy(dtype="float64"),
-        "start_us": np.where(np.isnan(batches["sched_start_us"].to_numpy(dtype="float64")),
-                             batches["exec_start_us"].to_numpy(dtype="float64"),
-                             batches["sched_start_us"].to_numpy(dtype="float64")),
+        "start_us": step_start_us(batches),
         "scheduling": sched,
         "model_execution": batches["model_exec_time(ms)"].to_numpy(dtype="float64"),
         "model_forward": _worker_stage(frame, batches, FORWARD_NAMES),

@@ -48,6 +48,13 @@ def _number_or_nan(value: object) -> float:
         return np.nan
 
 
+def step_start_us(steps: pd.DataFrame) -> np.ndarray:
+    """Each step's start (µs): its schedule span's, else its execution's (a step whose schedule
+    span was not captured); what steps are ordered and numbered by."""
+    sched = steps["sched_start_us"].to_numpy(dtype="float64")
+    return np.where(np.isnan(sched), steps["exec_start_us"].to_numpy(dtype="float64"), sched)
+
+
 def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per engine step, ordered by time, ``step_id`` 0..n-1."""
     names = frame["name"]
@@ -117,8 +124,7 @@ def engine_steps(frame: pd.DataFrame) -> pd.DataFrame:
             "sched_scheduled_tokens": np.nan,
         })
         steps = pd.concat([steps, extra], ignore_index=True)
-    order_key = steps["sched_start_us"].fillna(steps["exec_start_us"])
-    steps = steps.iloc[np.argsort(order_key.to_numpy(), kind="stable")].reset_index(drop=True)
+    steps = steps.iloc[np.argsort(step_start_us(steps), kind="stable")].reset_index(drop=True)
     steps.insert(0, "step_id", np.arange(len(steps), dtype="int64"))
     return steps[list(STEP_COLUMNS)]
 

@@ -55,7 +55,7 @@ from otel_vllm_ascend.analysis.every_window import cut
 from otel_vllm_ascend.analysis.output_jobs import _Run
 from otel_vllm_ascend.analysis.readers import read_captures
 from otel_vllm_ascend.analysis.rid_lists import rid_sequence
-from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps
+from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps, step_start_us
 from otel_vllm_ascend.analysis.time_window import INFINITE, TimeWindow, text_of
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
@@ -67,8 +67,6 @@ TABLE_FILES = {"request.csv": requests_mod.CSV_COLUMNS, "batch.csv": batches_mod
                "kvcache.csv": kvcache_mod.KVCACHE_COLUMNS,
                "spec_decode.csv": spec_mod.CSV_COLUMNS, "forward.csv": forwards_mod.CSV_COLUMNS,
                "request_status.csv": status_mod.CSV_COLUMNS}
-SUMMARY_FILES = ("request_summary.csv", "batch_summary.csv", "service_summary.csv",
-                 "dp_summary.csv") + tuple(stages_mod.CSV_FILES.values())
 # What the summaries read of the tables, kept for the whole capture.
 REQUEST_KEPT = ("partial", "has_arrival", "has_end", "arrival_us", "end_us", "ttft_ms",
                 "exec_ms", "steps", "e2e_ms", "queue_wait_ms", "prompt_tokens", "reply_tokens",
@@ -99,11 +97,6 @@ def _owned(times: np.ndarray, own: TimeWindow) -> np.ndarray:
     without a time, which the tables sort last."""
     mine = (times >= own.since_us) & (times < own.until_us)
     return mine | np.isnan(times) if own.until_us == INFINITE else mine
-
-
-def _step_keys(steps: pd.DataFrame) -> np.ndarray:
-    """The steps' times as engine_steps orders them."""
-    return steps["sched_start_us"].fillna(steps["exec_start_us"]).to_numpy(dtype="float64")
 
 
 def _active_at_end(frame: pd.DataFrame, read: TimeWindow, ids: set, margin_us: int) -> int:
@@ -165,7 +158,7 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
     # are those minus the steps before the window plus the steps of the windows before.
     before = 0
     if batches is not None:
-        keys = _step_keys(batches)
+        keys = step_start_us(batches)
         before = int(np.count_nonzero(keys < own.since_us))
         batches = batches.loc[_owned(keys, own)].reset_index(drop=True)
         batches["step_id"] = batches["step_id"] - before + step_offset
@@ -320,13 +313,12 @@ class _Appender:
 
 def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
                every_us: int, margin_us: int = MARGIN_US) -> int:
-    """Write the tables of ``span`` of the capture into ``out``, reading it ``every_us`` at a
-    time with ``margin_us`` on each side; returns the exit status."""
+    """Write the tables of ``span`` of the capture into ``out`` (without an earlier run's:
+    the caller's to remove), reading it ``every_us`` at a time with ``margin_us`` on each
+    side; returns the exit status."""
     windows = cut(span, every_us)
     _logger.info("reading %d window(s) of %s s from %s, %s s of margin on each side",
                  len(windows), f"{every_us / 1e6:g}", span.describe(), f"{margin_us / 1e6:g}")
-    for name in (*TABLE_FILES, *SUMMARY_FILES):
-        (out / name).unlink(missing_ok=True)
     tables = {name: _Appender(out / name, columns) for name, columns in TABLE_FILES.items()}
     carried = _Carried()
     written: dict = {}  # id -> end (µs, NaN if none) of the requests written, while they matter

@@ -38,7 +38,7 @@ request states, :mod:`.request_states`), ``duration (s)``.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,12 +72,32 @@ def statistics_row(metric: str, values: object, owned: bool = False) -> dict:
     del finite
     if data.size == 0:
         return {"Metric": metric, **{c: np.nan for c in STAT_COLUMNS[1:]}}
-    average, largest, smallest = float(data.mean()), float(data.max()), float(data.min())
-    p50, p90, p99 = np.percentile(data, [50, 90, 99], overwrite_input=owned)
-    return {"Metric": metric, "Average": round(average, 4),
-            "Max": round(largest, 4), "Min": round(smallest, 4),
-            "P50": round(float(p50), 4), "P90": round(float(p90), 4),
-            "P99": round(float(p99), 4)}
+    return _row(metric, data.mean(), data.max(), data.min(),
+                np.percentile(data, _PERCENTILES, overwrite_input=owned))
+
+
+def _row(metric: str, average: float, largest: float, smallest: float,
+         percentiles: Sequence[float]) -> dict:
+    """One summary row: ``STAT_COLUMNS`` rounded as the CSV files write them."""
+    p50, p90, p99 = (round(float(value), 4) for value in percentiles)
+    return {"Metric": metric, "Average": round(float(average), 4),
+            "Max": round(float(largest), 4), "Min": round(float(smallest), 4),
+            "P50": p50, "P90": p90, "P99": p99}
+
+
+def _interpolated(n: int, ms_at: Callable[[np.ndarray, np.ndarray], tuple]) -> list:
+    """P50 / P90 / P99 of ``n`` values as ``np.percentile`` (method ``linear``) interpolates
+    them; ``ms_at(below, above)`` gives, in ms, the values of those order statistics (the
+    k-th smallest; -1: the largest)."""
+    virtual = (n - 1) * np.true_divide(_PERCENTILES, 100.0)
+    below = np.floor(virtual)
+    above = below + 1
+    below[virtual >= n - 1] = above[virtual >= n - 1] = -1  # the last value
+    below, above = below.astype(np.intp), above.astype(np.intp)
+    gamma = virtual - below
+    low, high = ms_at(below, above)
+    diff = high - low
+    return np.where(gamma >= 0.5, high - diff * (1 - gamma), low + diff * gamma).tolist()
 
 
 _QUARTERS_MAX = float(np.iinfo(np.int32).max)
@@ -141,22 +161,13 @@ class PooledGaps:
         if n == 0:
             return statistics_row(metric, [])
         average = _pairwise_sum(quarters, 0, n) / n
-        largest = float(_quarters_ms(quarters.max()))
-        smallest = float(_quarters_ms(quarters.min()))
-        virtual = (n - 1) * np.true_divide(_PERCENTILES, 100.0)
-        below = np.floor(virtual)
-        above = below + 1
-        below[virtual >= n - 1] = above[virtual >= n - 1] = -1  # the last value
-        below, above = below.astype(np.intp), above.astype(np.intp)
-        gamma = virtual - below
-        quarters.partition(np.unique(np.concatenate((below, above)) % n))
-        low, high = _quarters_ms(quarters[below]), _quarters_ms(quarters[above])
-        diff = high - low
-        interpolated = np.where(gamma >= 0.5, high - diff * (1 - gamma), low + diff * gamma)
-        p50, p90, p99 = interpolated.tolist()
-        return {"Metric": metric, "Average": round(average, 4),
-                "Max": round(largest, 4), "Min": round(smallest, 4),
-                "P50": round(p50, 4), "P90": round(p90, 4), "P99": round(p99, 4)}
+        largest, smallest = _quarters_ms(quarters.max()), _quarters_ms(quarters.min())
+
+        def ms_at(below: np.ndarray, above: np.ndarray) -> tuple:
+            quarters.partition(np.unique(np.concatenate((below, above)) % n))
+            return _quarters_ms(quarters[below]), _quarters_ms(quarters[above])
+
+        return _row(metric, average, largest, smallest, _interpolated(n, ms_at))
 
 
 class GapCounts:
@@ -196,21 +207,14 @@ class GapCounts:
         if n == 0:
             return statistics_row(metric, [])
         total = sum(v * c for v, c in zip(self.values.tolist(), self.counts.tolist()))  # exact
-        average = total * 0.25 / 1000.0 / n
-        virtual = (n - 1) * np.true_divide(_PERCENTILES, 100.0)
-        below = np.floor(virtual)
-        above = np.minimum(below + 1, n - 1)
         ends = np.cumsum(self.counts)  # the order statistic k is values[first end > k]
-        low = _quarters_ms(self.values[np.searchsorted(ends, below, side="right")])
-        high = _quarters_ms(self.values[np.searchsorted(ends, above, side="right")])
-        gamma = virtual - below
-        diff = high - low
-        interpolated = np.where(gamma >= 0.5, high - diff * (1 - gamma), low + diff * gamma)
-        p50, p90, p99 = interpolated.tolist()
-        return {"Metric": metric, "Average": round(average, 4),
-                "Max": round(float(_quarters_ms(self.values[-1])), 4),
-                "Min": round(float(_quarters_ms(self.values[0])), 4),
-                "P50": round(p50, 4), "P90": round(p90, 4), "P99": round(p99, 4)}
+
+        def ms_at(*orders: np.ndarray) -> tuple:
+            return tuple(_quarters_ms(self.values[np.searchsorted(ends, k % n, side="right")])
+                         for k in orders)
+
+        return _row(metric, total * 0.25 / 1000.0 / n, _quarters_ms(self.values[-1]),
+                    _quarters_ms(self.values[0]), _interpolated(n, ms_at))
 
 
 def _quarters_ms(quarters: np.ndarray) -> np.ndarray:
