@@ -117,8 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream", type=time_window.parse_duration, metavar="DURATION",
                         help="write the whole capture's CSV tables (request, batch, KV"
                         " cache, forward, request_status, spec_decode, prefill / decode and the"
-                        " summaries) reading its records DURATION at a time: memory of one"
-                        " window, for captures too large to read whole")
+                        " summaries), profiler.db (without the trace's tables) and report.html"
+                        " reading its records DURATION at a time: memory of one window, for"
+                        " captures too large to read whole; no chrome_tracing.json")
     detail_outputs.add_arguments(parser)  # --span, --split-*
     return parser
 
@@ -286,7 +287,7 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
                                             batches)
         tables["dp_summary"] = run.stage("dp_summary.csv", summaries.dp_summary, batches)
     # Operator data (torch profiler traces next to the capture): analysis/operators.py.
-    operator_capture = _read_operator_data(run, input_path, tables)
+    operator_capture = operators_mod.read_operator_tables(run, input_path, tables)
     tables = {k: v for k, v in tables.items() if v is not None}
     _warn_partial(requests, window is not None)
     # --- detail outputs (forward.csv, request_status.csv, stage breakdown, span_info/)
@@ -453,23 +454,6 @@ def _report_records(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[wanted, ["name", "host", "pid", "start_us", "metrics", "scopes"]]
 
 
-def _read_operator_data(run: _Run, input_path: Union[Path, Sequence[Path]], tables: dict) -> Any:
-    """Operator traces under the input: op_summary / op_statistic into ``tables``."""
-    capture = run.stage("operator data", operators_mod.read_operators, input_path)
-    if capture is None:
-        return None
-    for problem in capture.problems:
-        _logger.warning("%s", problem)
-    if capture.empty:
-        return None
-    _logger.info("read %d operator events of %d profiled steps from %d file(s)",
-                 len(capture.events), len(capture.steps), len(capture.sources))
-    tables["op_summary"] = run.stage("op_summary.csv", operators_mod.build_op_summary, capture)
-    tables["op_statistic"] = run.stage("op_statistic.csv", operators_mod.build_op_statistic,
-                                       capture)
-    return capture
-
-
 def _write_csvs(run: _Run, out: Path, requests: Any, batches: Any, kvcache: Any,
                 spec_decode: Any, tables: dict) -> None:
     for name, table, columns in (
@@ -486,20 +470,22 @@ def _write_csvs(run: _Run, out: Path, requests: Any, batches: Any, kvcache: Any,
 
 def _write_html(run: _Run, out: Path, frame: pd.DataFrame, requests: Any, batches: Any,
                 kvcache: Any, tables: dict, stage_tables: Optional[dict] = None,
-                window: Optional[time_window.TimeWindow] = None) -> None:
+                window: Optional[time_window.TimeWindow] = None, queue_table: Any = None
+                ) -> None:
     report_mod = _load_report_module()
     if report_mod is None:
         _logger.error("report.html: the report writer is not available in this installation")
         run.failed.append("report.html")
         return
     run.wrote(run.stage("report.html", _write_report, report_mod, out, frame, requests,
-                        batches, kvcache, tables, stage_tables, window))
+                        batches, kvcache, tables, stage_tables, window, queue_table))
 
 
 def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any,
                   batches: Any, kvcache: Any, tables: dict,
                   stage_tables: Optional[dict] = None,
-                  window: Optional[time_window.TimeWindow] = None) -> Path:
+                  window: Optional[time_window.TimeWindow] = None, queue_table: Any = None
+                  ) -> Path:
     empty = pd.DataFrame()
     # a report of a window says so: its figures are not the whole capture's
     title = "vLLM service profile" + (f" · records starting {window.describe()}"
@@ -509,20 +495,55 @@ def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any
         requests=requests if requests is not None else empty,
         batches=batches if batches is not None else empty,
         kvcache=kvcache if kvcache is not None else empty,
-        summaries=tables, frame=frame, stage_tables=stage_tables, title=title)
+        summaries=tables, frame=frame, stage_tables=stage_tables, title=title,
+        queue_table=queue_table)
+
+
+# What --stream writes: every output but the trace (chrome_tracing.json, and its tables in
+# profiler.db), which is not streamed.
+STREAM_FORMATS = ("csv", "db", "html")
 
 
 def _check_stream_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--stream writes the CSV tables only, whole-capture ones: what it cannot do is refused."""
+    """--stream writes the whole capture's tables, profiler.db and report.html: what it cannot
+    do is refused."""
     if args.every:
         parser.error("--stream and --every exclude each other: --stream writes the whole"
                      " capture's tables, --every one analysis per window")
-    if args.format and set(args.format) != {"csv"}:
-        parser.error("--stream writes CSV tables only (request.csv, batch.csv, kvcache.csv,"
-                     " forward.csv, ... and the summaries); leave out --format or give"
-                     " --format csv")
+    if args.format and "json" in args.format:
+        parser.error("--stream does not write the trace (chrome_tracing.json): give --format"
+                     " csv db html (or leave --format out), and get the trace of a part of the"
+                     " capture with --since / --until or --every")
     if args.span or args.split_batch_size or args.split_rid or args.split_number:
         parser.error("--stream does not write the detail tables (--span, --split-*)")
+
+
+def _stream(source: Union[Path, Sequence[Path]], out: Path, formats: list,
+            window: time_window.TimeWindow, args: argparse.Namespace) -> int:
+    existing = _prepared(out, formats)
+    if existing is None:
+        return 2
+    for name in existing:  # an earlier run's CSV files: none left beside these tables
+        if name.endswith(".csv"):
+            (out / name).unlink(missing_ok=True)
+    if (out / "chrome_tracing.json").exists():
+        _logger.warning("%s is an earlier analysis's: --stream does not write the trace",
+                        out / "chrome_tracing.json")
+    # The report says it is of a window only when one was asked for, as analyse()'s does.
+    asked = window if args.since is not None or args.until is not None else None
+    return stream_tables.run_stream(source, out, window, args.stream, formats=formats,
+                                    write_html=html_writer(out, asked))
+
+
+def html_writer(out: Path, window: Optional[time_window.TimeWindow]
+                ) -> stream_tables.HtmlWriter:
+    """report.html of ``--stream`` into ``out`` (``window``: the one asked for, if any)."""
+    def write_html(run: _Run, requests: Any, batches: Any, kvcache: Any, tables: dict,
+                   stage_tables: dict, frame: pd.DataFrame, queue_table: Any) -> None:
+        _write_html(run, out, frame, requests, batches, kvcache, tables, stage_tables, window,
+                    queue_table)
+
+    return write_html
 
 
 def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] = None) -> int:
@@ -560,13 +581,8 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     details = detail_outputs.DetailOptions.from_args(args)
     try:
         if args.stream and window is not None:
-            out = Path(args.output_path)
-            existing = _prepared(out, ["csv"])
-            if existing is None:
-                return 2
-            for name in existing:  # an earlier run's CSV files: none left beside these tables
-                (out / name).unlink(missing_ok=True)
-            return stream_tables.run_stream(source, out, window, args.stream)
+            return _stream(source, Path(args.output_path), list(dict.fromkeys(
+                args.format or STREAM_FORMATS)), window, args)
         if args.every and window is not None:
             return every_window.run_every(
                 lambda folder, part, figures: analyse(source, folder, formats, progress, None,

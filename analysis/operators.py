@@ -517,3 +517,21 @@ def merge_into_trace(trace: Any, capture: OperatorCapture, frame: pd.DataFrame,
         return 0
     events.extend(added)
     return len(added)
+
+
+def read_operator_tables(run: Any, input_path: Union[Path, Sequence[Path]], tables: dict) -> Any:
+    """Operator traces under the input: op_summary / op_statistic into ``tables``, each built
+    as a stage of ``run`` (output_jobs._Run); returns the operator capture (None without
+    one)."""
+    capture = run.stage("operator data", read_operators, input_path)
+    if capture is None:
+        return None
+    for problem in capture.problems:
+        _logger.warning("%s", problem)
+    if capture.empty:
+        return None
+    _logger.info("read %d operator events of %d profiled steps from %d file(s)",
+                 len(capture.events), len(capture.steps), len(capture.sources))
+    tables["op_summary"] = run.stage("op_summary.csv", build_op_summary, capture)
+    tables["op_statistic"] = run.stage("op_statistic.csv", build_op_statistic, capture)
+    return capture

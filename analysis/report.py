@@ -47,6 +47,7 @@ from otel_vllm_ascend.analysis.report_figures import (
     latency_over_time,
     max_of,
     mean_of,
+    queue_rows,
     steps_over_time,
 )
 
@@ -77,17 +78,21 @@ def write_report(path: Union[str, Path], requests: pd.DataFrame, batches: pd.Dat
                  kvcache: pd.DataFrame, summaries: Mapping[str, pd.DataFrame],
                  frame: Optional[pd.DataFrame] = None,
                  title: str = "vLLM service profile",
-                 stage_tables: Optional[Mapping[str, pd.DataFrame]] = None) -> Path:
+                 stage_tables: Optional[Mapping[str, pd.DataFrame]] = None,
+                 queue_table: Optional[pd.DataFrame] = None) -> Path:
     """Write ``report.html`` at ``path`` (see the module docstring); returns the path.
 
     ``requests``, ``batches``, ``kvcache`` are the builders' tables (with their internal µs
     columns), ``summaries`` maps ``service_summary`` / ``request_summary`` / ``batch_summary``
     to their tables, ``frame`` (optional) supplies the queue-length records and the capture
-    start, ``stage_tables`` (optional) the stage breakdown by phase (``prefill`` / ``decode``).
-    Missing or empty inputs leave their section with a note, never an exception.
+    start, ``stage_tables`` (optional) the stage breakdown by phase (``prefill`` / ``decode``),
+    ``queue_table`` (optional) the queue records already read from the frame
+    (``report_figures.queue_rows``). Missing or empty inputs leave their section with a note,
+    never an exception.
     """
     path = Path(path)
-    text = render_report(requests, batches, kvcache, summaries, frame, title, stage_tables)
+    text = render_report(requests, batches, kvcache, summaries, frame, title, stage_tables,
+                         queue_table)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -98,12 +103,15 @@ def render_report(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFra
                   kvcache: Optional[pd.DataFrame], summaries: Mapping[str, pd.DataFrame],
                   frame: Optional[pd.DataFrame] = None,
                   title: str = "vLLM service profile",
-                  stage_tables: Optional[Mapping[str, pd.DataFrame]] = None) -> str:
-    """The report page as HTML text."""
+                  stage_tables: Optional[Mapping[str, pd.DataFrame]] = None,
+                  queue_table: Optional[pd.DataFrame] = None) -> str:
+    """The report page as HTML text (the arguments: :func:`write_report`'s)."""
     requests = _table(requests)
     batches = _table(batches)
     kvcache = _table(kvcache)
     origin = _origin_us(frame, requests, batches, kvcache)
+    if queue_table is None:
+        queue_table = queue_rows(frame)
     sections = [
         ("Latency distributions",
          "Complete requests only. Solid line: median (p50); dashed line: p99.",
@@ -117,7 +125,7 @@ def render_report(requests: Optional[pd.DataFrame], batches: Optional[pd.DataFra
         ("KV cache and queues over time",
          "KV-cache block usage after each scheduling step and each request's release, and the "
          "scheduler's queue lengths.",
-         lambda: kv_and_queues(kvcache, frame, origin)),
+         lambda: kv_and_queues(kvcache, queue_table, origin)),
     ]
     body = [_header(title, requests, batches, kvcache, summaries, origin)]
     import matplotlib

@@ -270,25 +270,40 @@ def steps_over_time(batches: pd.DataFrame, origin: float) -> Optional[str]:
     return _svg(figure, "steps")
 
 
-def _queue_series(frame: Optional[pd.DataFrame]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Queue name (lower case) -> (times µs, sizes) from Enqueue / Dequeue records."""
+def queue_rows(frame: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+    """What the queue lengths are drawn from: per Enqueue / Dequeue record, its ``start_us``,
+    ``queue`` (the text of its queue name, a category), ``size``, and ``host`` / ``pid`` when
+    the records have them; None without such records' columns."""
     if frame is None or frame.empty or "name" not in frame.columns:
-        return {}
+        return None
     rows = frame.loc[frame["name"].isin(("Enqueue", "Dequeue")).to_numpy()]
-    # Read a key at a time, each record's queue and engine ("host pid") as codes: the queue
-    # records' dicts and texts (a third of a million records at x100) were most of the
-    # report's peak.
-    queue_code, queues = _codes_of_text(key_values(rows["scopes"], "QueueName", ""))
+    # Read a key at a time, each record's queue a category code: the queue records' dicts and
+    # texts (a third of a million records at x100) were most of the report's peak.
+    queues = pd.Categorical([str(value) for value in
+                             key_values(rows["scopes"], "QueueName", "").tolist()])
+    table = pd.DataFrame({"start_us": rows["start_us"].to_numpy(dtype="float64"),
+                          "queue": queues, "size": key_floats(rows["metrics"], "QueueSize")})
+    if {"host", "pid"} <= set(rows.columns):
+        table["host"] = rows["host"].astype(str).to_numpy(dtype=object)
+        table["pid"] = rows["pid"].to_numpy()
+    return table
+
+
+def _queue_series(rows: Optional[pd.DataFrame]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Queue name (lower case) -> (times µs, sizes) from :func:`queue_rows`' table."""
+    if rows is None or rows.empty:
+        return {}
+    queue_code, queues = _codes_of_text(rows["queue"])
     engine_code, engines = np.zeros(len(rows), dtype=np.int64), [""]
-    if {"host", "pid"} <= set(rows.columns) and len(rows):
-        hosts = rows["host"].astype(str).to_numpy(dtype=object)
+    if {"host", "pid"} <= set(rows.columns):
+        hosts = rows["host"].to_numpy(dtype=object)
         engine_code = pd.DataFrame({"host": hosts, "pid": rows["pid"].to_numpy()}).groupby(
             ["host", "pid"], sort=False).ngroup().to_numpy()
         firsts = np.unique(engine_code, return_index=True)[1]
         engines = [f"{host} {pid}" for host, pid in zip(
             hosts[firsts].tolist(), rows["pid"].iloc[firsts].astype(str).tolist())]
     several = len(engines) > 1  # data parallel: one series per queue and engine
-    sizes = key_floats(rows["metrics"], "QueueSize")
+    sizes = rows["size"].to_numpy(dtype="float64")
     keep = np.isfinite(sizes) & np.array([queue != "" for queue in queues], dtype=bool)[
         queue_code]
     # Each kept record's (queue, engine) pair, numbered in order of first appearance; a
@@ -308,24 +323,23 @@ def _queue_series(frame: Optional[pd.DataFrame]) -> dict[str, tuple[np.ndarray, 
     return series
 
 
-def _codes_of_text(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Each value's ``str(value).lower()`` as a code into the distinct texts (in order of
-    first appearance); one text made per distinct value, not per record."""
-    texts = np.empty(len(values), dtype=object)
-    texts[:] = [str(value) for value in values.tolist()]
-    codes, uniques = pd.factorize(texts)
+def _codes_of_text(texts: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Each text's lower case as a code into the distinct ones (in order of first
+    appearance); one lower case made per distinct text, not per record."""
+    codes, uniques = pd.factorize(texts.astype(object))
     lowered = np.empty(len(uniques), dtype=object)
     lowered[:] = [text.lower() for text in uniques.tolist()]
     merged, distinct = pd.factorize(lowered)
     return merged[codes], distinct.tolist()
 
 
-def kv_and_queues(kvcache: pd.DataFrame, frame: Optional[pd.DataFrame],
+def kv_and_queues(kvcache: pd.DataFrame, queue_table: Optional[pd.DataFrame],
                    origin: float) -> Optional[str]:
+    """KV-cache usage and the queue lengths (``queue_table``: :func:`queue_rows`) over time."""
     usage = column(kvcache, "kvcache_usage_rate") * 100
     kv_time = column(kvcache, "start_us")
     have_kv = np.isfinite(usage) & np.isfinite(kv_time)
-    queues = _queue_series(frame)
+    queues = _queue_series(queue_table)
     if not have_kv.any() and not queues:
         return None
     panels = int(have_kv.any()) + int(bool(queues))

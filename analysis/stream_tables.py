@@ -21,13 +21,15 @@ computes it:
 The rows are appended to the tables (:data:`TABLE_FILES`) window after window;
 ``request_summary.csv``, ``batch_summary.csv``, ``service_summary.csv`` (and ``dp_summary.csv``
 with data-parallel ranks), ``prefill.csv`` and ``decode.csv`` come last, from what is kept on the
-way: the columns they read per request and per step (about 130 and 190 bytes) and the gaps
+way: the columns they read per request and per step (about 130 and 200 bytes) and the gaps
 between outputs as counts of each value (:class:`summaries.GapCounts`). So memory is one
 window's analysis plus those columns, not the records of the whole capture.
 
-Only these CSV tables are written: the trace, profiler.db, report.html, span_info/ and the
-stage breakdown's selections need the whole capture's records at once (``--every`` gives them
-per window).
+``profiler.db`` gets the same rows a window at a time (:mod:`.stream_db`), and its other
+tables at the end; ``report.html`` is drawn at the end from the kept columns, the KV rows'
+usage and the queue records' lengths (about 40 bytes each). The trace (``chrome_tracing.json``
+and its tables in profiler.db), span_info/ and the stage breakdown's selections are not
+written: they need the whole capture's records at once (``--every`` gives them per window).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import gc
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -44,6 +46,7 @@ import pandas as pd
 from otel_vllm_ascend.analysis import batches as batches_mod
 from otel_vllm_ascend.analysis import forwards as forwards_mod
 from otel_vllm_ascend.analysis import kvcache as kvcache_mod
+from otel_vllm_ascend.analysis import operators as operators_mod
 from otel_vllm_ascend.analysis import request_status as status_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
@@ -54,8 +57,10 @@ from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_part
 from otel_vllm_ascend.analysis.every_window import cut
 from otel_vllm_ascend.analysis.output_jobs import _Run
 from otel_vllm_ascend.analysis.readers import read_captures
+from otel_vllm_ascend.analysis.report_figures import queue_rows
 from otel_vllm_ascend.analysis.rid_lists import rid_sequence
 from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps, step_start_us
+from otel_vllm_ascend.analysis.stream_db import StreamedDb
 from otel_vllm_ascend.analysis.time_window import INFINITE, TimeWindow, text_of
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
@@ -73,8 +78,10 @@ REQUEST_KEPT = ("partial", "has_arrival", "has_end", "arrival_us", "end_us", "tt
                 "tpot_ms", "preemptions", "swaps")
 BATCH_KEPT = ("Prefill_batch_size", "Decode_batch_size", "model_exec_time(ms)", "sched_dur_us",
               "total_batch_size", "total_scheduled_tokens", "Prefill_scheduled_tokens",
-              "Decode_scheduled_tokens", "host", "dp_rank", "sched_start_us", "sched_end_us",
-              "exec_end_us")
+              "Decode_scheduled_tokens", "host", "pid", "dp_rank", "sched_start_us", "sched_end_us",
+              "exec_start_us", "exec_end_us")
+# What report.html reads of the KV rows.
+KV_KEPT = ("start_us", "kvcache_usage_rate", "total_blocks", "host", "pid")
 
 
 class _Window(NamedTuple):
@@ -88,6 +95,8 @@ class _Window(NamedTuple):
     request_status: Optional[pd.DataFrame]
     stages: Optional[pd.DataFrame]  # stages.step_stages of the window's steps
     gaps: Optional[summaries.PooledGaps]
+    queues: Optional[pd.DataFrame]  # the queue records' lengths for report.html, if wanted
+    first_us: float  # the reading's first record's start (NaN: none)
     still_open: int  # own requests without an end that ran or waited until the reading's end
     unparsable: int  # records of the reading (margins included) that could not be decoded
 
@@ -111,8 +120,8 @@ def _active_at_end(frame: pd.DataFrame, read: TimeWindow, ids: set, margin_us: i
 
 
 def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: TimeWindow,
-                 written: dict, step_offset: int, seen_problems: set, margin_us: int
-                 ) -> _Window:
+                 written: dict, step_offset: int, seen_problems: set, margin_us: int,
+                 queues: bool) -> _Window:
     frame, _processes, report = read_captures(source, None, read)
     give_back_free_memory()
     for problem in report.problems:
@@ -120,7 +129,12 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
             seen_problems.add(problem)
             _logger.warning("%s", problem)
     if frame.empty:
-        return _Window(None, None, None, None, None, None, None, None, 0, report.unparsable)
+        return _Window(None, None, None, None, None, None, None, None, None, np.nan, 0,
+                       report.unparsable)
+    start = frame["start_us"].to_numpy(dtype="float64")
+    first_us = float(np.nanmin(start)) if np.isfinite(start).any() else np.nan
+    queue_table = _own_rows(queue_rows(frame), own) if queues else None
+    del start
     steps = engine_steps(frame)
     per_request = StepRequestChunks(steps) if steps is not None else None
     requests = requests_mod.build_requests(frame, steps, per_request)
@@ -169,7 +183,7 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
         if table is not None and len(table):
             table["step_id"] = table["step_id"] - before + step_offset
     return _Window(own_requests, batches, kvcache, spec_decode, forwards, request_status, stages,
-                   gaps, still_open or 0, report.unparsable)
+                   gaps, queue_table, first_us, still_open or 0, report.unparsable)
 
 
 def _own_rows(table: Optional[pd.DataFrame], own: TimeWindow) -> Optional[pd.DataFrame]:
@@ -311,15 +325,23 @@ class _Appender:
         self.started = True
 
 
+# report.html, drawn by the caller: (run, requests, batches, kvcache, summaries, stage
+# tables, a frame of the first record's start, queue records).
+HtmlWriter = Callable[[_Run, Any, Any, Any, dict, dict, pd.DataFrame, Any], None]
+
+
 def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
-               every_us: int, margin_us: int = MARGIN_US) -> int:
-    """Write the tables of ``span`` of the capture into ``out`` (without an earlier run's:
-    the caller's to remove), reading it ``every_us`` at a time with ``margin_us`` on each
-    side; returns the exit status."""
+               every_us: int, margin_us: int = MARGIN_US, formats: Sequence[str] = ("csv",),
+               write_html: Optional[HtmlWriter] = None) -> int:
+    """Write the ``formats`` (``csv``, ``db``; ``html`` with ``write_html``) of ``span`` of
+    the capture into ``out`` (without an earlier run's CSV files: the caller's to remove),
+    reading it ``every_us`` at a time with ``margin_us`` on each side; returns the exit
+    status."""
     windows = cut(span, every_us)
     _logger.info("reading %d window(s) of %s s from %s, %s s of margin on each side",
                  len(windows), f"{every_us / 1e6:g}", span.describe(), f"{margin_us / 1e6:g}")
-    tables = {name: _Appender(out / name, columns) for name, columns in TABLE_FILES.items()}
+    outputs = _Outputs(out, formats, write_html)
+    first_us = np.inf  # the first record's start (report.html's time origin)
     carried = _Carried()
     written: dict = {}  # id -> end (µs, NaN if none) of the requests written, while they matter
     kept_requests: list = []
@@ -340,7 +362,7 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
             read = TimeWindow(max(own.since_us - margin_us, span.since_us),
                               min(own.until_us + after, span.until_us))
             window = _read_window(source, read, own, written, steps_so_far, seen_problems,
-                                  margin_us)
+                                  margin_us, outputs.write_html is not None)
             if not window.still_open or read.until_us >= span.until_us:
                 break
             if after >= MAX_MARGINS * margin_us:
@@ -365,36 +387,103 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
             # read again (its last records follow its end by a step at most).
             forget = own.until_us - 2 * margin_us
             written = {rid: end for rid, end in written.items() if not end < forget}
-            tables["request.csv"].add(window.requests)
             kept_requests.append(window.requests[list(REQUEST_KEPT)])
             gaps.add(window.gaps)
         if window.batches is not None:
-            tables["batch.csv"].add(window.batches)
             kept_batches.append(window.batches[list(BATCH_KEPT)])
             steps_so_far += len(window.batches)
-        tables["kvcache.csv"].add(carried.kvcache_of_window(window.kvcache))
-        tables["spec_decode.csv"].add(window.spec_decode)
-        tables["forward.csv"].add(carried.forwards_of_window(window.forwards))
-        tables["request_status.csv"].add(carried.queues_of_window(window.request_status))
+        outputs.add(dict(zip(TABLE_FILES, (
+            window.requests, window.batches, carried.kvcache_of_window(window.kvcache),
+            window.spec_decode, carried.forwards_of_window(window.forwards),
+            carried.queues_of_window(window.request_status)))), window.queues)
         if window.stages is not None:
             kept_stages.append(carried.stages_of_window(window.stages, window.batches))
+        if window.first_us < first_us:
+            first_us = window.first_us
         del window
         gc.collect()  # what pandas leaves in cycles (the analysis runs with the collector off)
         give_back_free_memory()
-    return _write_summaries(out, kept_requests, kept_batches, kept_stages, gaps, tables, reread)
-
-
-def _write_summaries(out: Path, kept_requests: list, kept_batches: list, kept_stages: list,
-                     gaps: summaries.GapCounts, tables: dict, reread: int) -> int:
-    requests = pd.concat(kept_requests, ignore_index=True) if kept_requests else None
-    batches = pd.concat(kept_batches, ignore_index=True) if kept_batches else None
-    stages = pd.concat(kept_stages, ignore_index=True) if kept_stages else None
+    if reread:
+        _logger.info("%d window(s) read again for requests running past their margin", reread)
+    requests, batches, stages = (pd.concat(kept, ignore_index=True) if kept else None
+                                 for kept in (kept_requests, kept_batches, kept_stages))
     del kept_requests[:], kept_batches[:], kept_stages[:]
-    if requests is None and batches is None and not any(t.started for t in tables.values()):
+    if requests is None and batches is None and not np.isfinite(first_us):
         _logger.error("no records in the window(s) read; nothing to analyse")
+        outputs.abandon()
         return 1
-    run = _Run(out)
-    run.written.extend(table.path for table in tables.values() if table.started)
+    run = outputs.run
+    run.written.extend(table.path for table in outputs.tables.values() if table.started)
+    summary, stage_tables = _write_summaries(run, source, out, requests, batches, stages, gaps,
+                                             "csv" in formats)
+    outputs.finish(requests, batches, summary, stage_tables, first_us)
+    _warn_partial(requests)
+    _print_summary(requests, batches, summary, run, out)
+    return 1 if run.failed else 0
+
+
+class _Outputs:
+    """Where a window's rows go: the CSV files (``csv``), profiler.db (``db``), and what
+    report.html keeps (``html`` with ``write_html``); each failure is ``run``'s."""
+
+    def __init__(self, out: Path, formats: Sequence[str],
+                 write_html: Optional[HtmlWriter]) -> None:
+        self.run = _Run(out)
+        self.tables = ({name: _Appender(out / name, columns)
+                        for name, columns in TABLE_FILES.items()} if "csv" in formats else {})
+        self.db = StreamedDb(out / "profiler.db") if "db" in formats else None
+        self.write_html = write_html if "html" in formats else None
+        self.kv: list = []  # report.html's: the KV rows' usage, the queue records' lengths
+        self.queues: list = []
+
+    def add(self, rows: dict, queues: Optional[pd.DataFrame]) -> None:
+        """A window's rows (CSV file -> table or None), its queue records (report.html's)."""
+        for name, table in rows.items():
+            if name in self.tables:
+                self.tables[name].add(table)
+        if self.db is not None and self.run.stage("profiler.db", self._add_to_db, rows) is None:
+            self.abandon()
+        if self.write_html is not None:
+            kvcache = rows["kvcache.csv"]
+            if kvcache is not None and not kvcache.empty:
+                self.kv.append(kvcache[list(KV_KEPT)])
+            if queues is not None:
+                self.queues.append(queues)
+
+    def _add_to_db(self, rows: dict) -> bool:
+        for name, table in rows.items():
+            self.db.add(Path(name).stem, table, TABLE_FILES[name])
+        return True
+
+    def finish(self, requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
+               summary: dict, stage_tables: dict, first_us: float) -> None:
+        """profiler.db and report.html, from what was kept."""
+        if self.db is not None:
+            self.run.wrote(self.run.stage(
+                "profiler.db", self.db.finish, summary, requests, batches,
+                {name: TABLE_FILES[f"{name}.csv"] for name in writers.ROW_TABLES}))
+        if self.write_html is not None:
+            kvcache, queues = (pd.concat(kept, ignore_index=True) if kept else None
+                               for kept in (self.kv, self.queues))
+            del self.kv[:], self.queues[:]
+            self.write_html(self.run, requests, batches, kvcache, summary, stage_tables,
+                            pd.DataFrame({"start_us": [first_us] if np.isfinite(first_us)
+                                          else []}), queues)
+
+    def abandon(self) -> None:
+        """profiler.db not written (the CSV files are what they are)."""
+        if self.db is not None:
+            self.db.abandon()
+            self.db = None
+
+
+def _write_summaries(run: _Run, source: Union[Path, Sequence[Path]], out: Path,
+                     requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
+                     stages: Optional[pd.DataFrame], gaps: summaries.GapCounts, csv: bool
+                     ) -> tuple[dict, dict]:
+    """The summaries (the operator tables with operator data under ``source``) and the stage
+    breakdown of every step (``csv``: their CSV files written); returns them: (summary name
+    -> table, phase -> stage table)."""
     summary: dict[str, Any] = {}
     if requests is not None:
         summary["request_summary"] = run.stage("request_summary.csv", summaries.request_summary,
@@ -405,19 +494,18 @@ def _write_summaries(out: Path, kept_requests: list, kept_batches: list, kept_st
         summary["batch_summary"] = run.stage("batch_summary.csv", summaries.batch_summary,
                                              batches)
         summary["dp_summary"] = run.stage("dp_summary.csv", summaries.dp_summary, batches)
+    operators_mod.read_operator_tables(run, source, summary)  # not in the records: read once
     summary = {name: table for name, table in summary.items() if table is not None}
-    for name, table in summary.items():
-        run.wrote(run.stage(f"{name}.csv", writers.write_csv, out / f"{name}.csv", table,
-                            list(table.columns)))
+    breakdown = None
     if stages is not None:  # the stage breakdown of every step (no --split-* selection)
         breakdown = run.stage("prefill.csv / decode.csv", stages_mod.stage_breakdown, stages,
                               pd.DataFrame())
+    if csv:
+        for name, table in summary.items():
+            run.wrote(run.stage(f"{name}.csv", writers.write_csv, out / f"{name}.csv", table,
+                                list(table.columns)))
         for phase, table in (breakdown or {}).items():
             name = stages_mod.CSV_FILES[phase]
             run.wrote(run.stage(name, writers.write_csv, out / name, table,
                                 stages_mod.CSV_COLUMNS))
-    _warn_partial(requests)
-    if reread:
-        _logger.info("%d window(s) read again for requests running past their margin", reread)
-    _print_summary(requests, batches, summary, run, out)
-    return 1 if run.failed else 0
+    return summary, dict(breakdown or {})

@@ -244,14 +244,19 @@ def _store(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
     if not len(table):
         _store_rows(conn, name, table, "replace")
         return
-    objects = [column for column in table.columns
-               if table[column].dtype == object or _lazy_column(table[column])]
-    # Lazy text columns TEXT; any other object column what to_sql gives the whole column.
-    types = {column: "TEXT" if isinstance(table[column].iloc[0], LazyText)
-             else _sql_type(table[column]) for column in objects}
+    types = object_types(table)
     for first in range(0, len(table), DB_CHUNK_ROWS):
         _store_rows(conn, name, table.iloc[first:first + DB_CHUNK_ROWS],
                     "replace" if first == 0 else "append", types)
+
+
+def object_types(table: pd.DataFrame) -> dict:
+    """The SQLite types :func:`_store` gives ``table``'s object (and lazy) columns: TEXT for
+    lazy text, else what ``to_sql`` gives the whole column (``table`` not empty)."""
+    objects = [column for column in table.columns
+               if table[column].dtype == object or _lazy_column(table[column])]
+    return {column: "TEXT" if isinstance(table[column].iloc[0], LazyText)
+            else _sql_type(table[column]) for column in objects}
 
 
 # pandas' SQLite types of the kinds :func:`_sqlite_value` leaves; any other kind is TEXT.
@@ -266,6 +271,12 @@ def _sql_type(column: pd.Series) -> str:
 
 def _store_rows(conn: sqlite3.Connection, name: str, table: pd.DataFrame, if_exists: str,
                 types: Optional[dict] = None) -> None:
+    sql_rows(table).to_sql(name, conn, index=False, if_exists=if_exists, dtype=types)
+
+
+def sql_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` as ``to_sql`` gets it: lazy cells and object values made what
+    SQLite stores (:func:`_sqlite_value`)."""
     table = table.copy()
     for column in table.columns:
         if _lazy_column(table[column]):  # the chunk's cells, as an object column holds them
@@ -273,7 +284,7 @@ def _store_rows(conn: sqlite3.Connection, name: str, table: pd.DataFrame, if_exi
                                       dtype=object)
         if table[column].dtype == object:
             table[column] = table[column].map(_sqlite_value)
-    table.to_sql(name, conn, index=False, if_exists=if_exists, dtype=types)
+    return table
 
 
 def _lazy_column(column: pd.Series) -> bool:
@@ -312,35 +323,62 @@ def write_profiler_tables(path: Path, request_csv: tuple[pd.DataFrame, Sequence[
     puts the file in place. The halves can run in two processes, one after the other: the
     tables' process need not hold the trace, nor the trace's the tables."""
     path = Path(path)
-    tmp = _db_tmp(path)
-    if tmp.exists():
-        tmp.unlink()
-    conn = _connect(tmp)
+    conn = new_profiler_db(path)
     try:
-        for name, (table, columns), renames, view in (
-                ("request", request_csv, _REQUEST_DB_NAMES, "request_data"),
-                ("batch", batch_csv, _BATCH_DB_NAMES, "batch_info"),
-                ("kvcache", kvcache_csv, _KV_DB_NAMES, "kvcache_usage")):
-            stored = table.reindex(columns=list(columns)).rename(columns=renames)
-            if "cache_hit_rate" in stored.columns:  # no CacheHitRate record: NULL, not 'N/A'
-                stored["cache_hit_rate"] = stored["cache_hit_rate"].map(
-                    lambda v: None if v == "N/A" else v)
-            _store(conn, name, stored)
-            _view(conn, view, name, columns, renames)
+        for name, (table, columns) in zip(ROW_TABLES, (request_csv, batch_csv, kvcache_csv)):
+            _store(conn, name, stored_form(name, table, columns))
+            row_table_view(conn, name, columns)
         for name, table in summaries.items():
             _store(conn, name, table)
-        conn.execute("CREATE TABLE data_link (source_name TEXT, target_table TEXT,"
-                     " target_name TEXT)")
-        conn.execute("INSERT INTO data_link VALUES ('rid', 'request', 'http_rid')")
-        # --- MindStudio Insight: registry tables, *_curve views, latency tables (insight_db) ---
-        from otel_vllm_ascend.analysis.insight_db import write_insight_tables
-
-        write_insight_tables(conn, request_csv[0], batch_csv[0])
-        # --- end of the Insight tables ---
-        conn.commit()
+        finish_tables(conn, request_csv[0], batch_csv[0])
     finally:
         conn.close()
-    return tmp
+    return _db_tmp(path)
+
+
+# The row tables with the reference's column names: table -> (CSV name -> stored name, view).
+ROW_TABLES = {"request": (_REQUEST_DB_NAMES, "request_data"),
+              "batch": (_BATCH_DB_NAMES, "batch_info"),
+              "kvcache": (_KV_DB_NAMES, "kvcache_usage")}
+
+
+def new_profiler_db(path: Path) -> sqlite3.Connection:
+    """A connection to a new, empty temporary file beside ``path``, for profiler.db's tables."""
+    tmp = _db_tmp(Path(path))
+    if tmp.exists():
+        tmp.unlink()
+    return _connect(tmp)
+
+
+def stored_form(name: str, table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """A row table (:data:`ROW_TABLES`) as profiler.db stores it: the CSV columns under the
+    reference's names."""
+    stored = table.reindex(columns=list(columns)).rename(columns=ROW_TABLES[name][0])
+    if "cache_hit_rate" in stored.columns:  # no CacheHitRate record: NULL, not 'N/A'
+        stored["cache_hit_rate"] = stored["cache_hit_rate"].map(
+            lambda v: None if v == "N/A" else v)
+    return stored
+
+
+def row_table_view(conn: sqlite3.Connection, name: str, columns: Sequence[str]) -> None:
+    """A row table's view with the CSV column names."""
+    renames, view = ROW_TABLES[name]
+    _view(conn, view, name, columns, renames)
+
+
+def finish_tables(conn: sqlite3.Connection, requests: pd.DataFrame,
+                  batches: pd.DataFrame) -> None:
+    """The link row and the Insight tables (``requests`` and ``batches``: the builders' tables,
+    their internal columns included), once the others are written; then commit."""
+    conn.execute("CREATE TABLE data_link (source_name TEXT, target_table TEXT,"
+                 " target_name TEXT)")
+    conn.execute("INSERT INTO data_link VALUES ('rid', 'request', 'http_rid')")
+    # --- MindStudio Insight: registry tables, *_curve views, latency tables (insight_db) ---
+    from otel_vllm_ascend.analysis.insight_db import write_insight_tables
+
+    write_insight_tables(conn, requests, batches)
+    # --- end of the Insight tables ---
+    conn.commit()
 
 
 def finish_profiler_db(path: Path, trace_events: Optional[Iterable[dict]] = None,

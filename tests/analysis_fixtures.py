@@ -386,3 +386,26 @@ def write_otlp_json(capture: Capture, path: Path, spans_per_line: int = 50) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# profiler.db's tables of the trace, which ``--stream`` does not write.
+TRACE_TABLES = frozenset({"process", "thread", "slice", "counter", "flow"})
+
+
+def db_contents(path: Path, leave_out: frozenset = frozenset()) -> dict:
+    """Each table's and view's schema and rows (a table's in rowid order) of a SQLite file,
+    by name: two profiler.db files hold the same when these are equal, whatever order their
+    tables were made in."""
+    conn = sqlite3.connect(path)
+    try:
+        objects = conn.execute("SELECT type, name, sql FROM sqlite_master"
+                               " WHERE name NOT LIKE 'sqlite_%'").fetchall()
+        contents = {}
+        for kind, name, sql in objects:
+            if name not in leave_out:
+                order = " ORDER BY rowid" if kind == "table" else ""
+                contents[name] = (kind, sql, conn.execute(
+                    f'SELECT * FROM "{name}"{order}').fetchall())
+        return contents
+    finally:
+        conn.close()

@@ -268,20 +268,28 @@ STREAMED_TABLES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv",
 
 def streamed_tables_differ(prof_dir: Path, analysis_dir: Path, out: Path,
                            every_us: int = 2_000_000, margin_us: int = 1_000_000) -> list:
-    """The tables ``--stream`` writes of the capture (windows of ``every_us``, ``margin_us``
-    before and after each) that are not byte for byte those of the whole capture's analysis
-    in ``analysis_dir``; a table only one of them wrote is listed too."""
+    """The outputs ``--stream`` writes of the capture (windows of ``every_us``, ``margin_us``
+    before and after each) that are not those of the whole capture's analysis in
+    ``analysis_dir``: the tables byte for byte, report.html too, profiler.db's tables and
+    views but the trace's; an output only one of them wrote is listed too."""
+    from analysis_fixtures import TRACE_TABLES, db_contents
+
     from otel_vllm_ascend.analysis import stream_tables
+    from otel_vllm_ascend.analysis.cli import STREAM_FORMATS, html_writer
     from otel_vllm_ascend.analysis.readers import capture_span
     from otel_vllm_ascend.analysis.time_window import closed
 
     out.mkdir(parents=True, exist_ok=True)
     span = closed(None, lambda: capture_span([prof_dir]))
-    assert stream_tables.run_stream(prof_dir, out, span, every_us, margin_us) == 0
+    assert stream_tables.run_stream(prof_dir, out, span, every_us, margin_us, STREAM_FORMATS,
+                                    html_writer(out, None)) == 0
     differ = []
-    for name in STREAMED_TABLES:
+    for name in STREAMED_TABLES + ("report.html",):
         ours, whole = out / name, analysis_dir / name
         if ours.exists() != whole.exists() or (
                 ours.exists() and ours.read_bytes() != whole.read_bytes()):
             differ.append(name)
+    if db_contents(out / "profiler.db") != db_contents(analysis_dir / "profiler.db",
+                                                        TRACE_TABLES):
+        differ.append("profiler.db")
     return differ

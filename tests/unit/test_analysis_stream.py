@@ -3,21 +3,32 @@ records at a time, are byte for byte those one analysis of the whole capture wri
 
 import logging
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from analysis_fixtures import simulate_service, write_otlp_json  # noqa: E402
+from analysis_fixtures import (  # noqa: E402
+    TRACE_TABLES,
+    db_contents,
+    simulate_service,
+    write_otlp_json,
+)
 from test_analysis_spec_decode import spec_capture  # noqa: E402
 
-from otel_vllm_ascend.analysis import stream_tables, summaries  # noqa: E402
-from otel_vllm_ascend.analysis.cli import main  # noqa: E402
+from otel_vllm_ascend.analysis import batches as batches_mod  # noqa: E402
+from otel_vllm_ascend.analysis import kvcache as kvcache_mod  # noqa: E402
+from otel_vllm_ascend.analysis import requests as requests_mod  # noqa: E402
+from otel_vllm_ascend.analysis import stream_tables, summaries, writers  # noqa: E402
+from otel_vllm_ascend.analysis.cli import html_writer, main  # noqa: E402
 from otel_vllm_ascend.analysis.readers import capture_span  # noqa: E402
+from otel_vllm_ascend.analysis.stream_db import StreamedDb  # noqa: E402
 from otel_vllm_ascend.analysis.time_window import closed, text_of  # noqa: E402
 
 TABLES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv", "forward.csv",
@@ -30,23 +41,34 @@ def serial(monkeypatch):
     monkeypatch.setenv("OTEL_VLLM_ANALYZE_SERIAL", "1")
 
 
-def _whole(capture: Path, out: Path) -> Path:
+STREAMED = ("csv", "db", "html")
+
+
+def _whole(capture: Path, out: Path, formats=STREAMED) -> Path:
     assert main(["--input-path", str(capture), "--output-path", str(out),
-                 "--format", "csv"]) == 0
+                 "--format", *formats]) == 0
     return out
 
 
-def _stream(capture: Path, out: Path, every_us: int, margin_us: int) -> Path:
+def _stream(capture: Path, out: Path, every_us: int, margin_us: int,
+            formats=STREAMED) -> Path:
     out.mkdir()
     span = closed(None, lambda: capture_span([capture]))
-    assert stream_tables.run_stream(capture, out, span, every_us, margin_us) == 0
+    assert stream_tables.run_stream(capture, out, span, every_us, margin_us, formats,
+                                    html_writer(out, None)) == 0
     return out
 
 
-def _assert_same_tables(whole: Path, streamed: Path) -> None:
-    for name in TABLES:
-        assert (streamed / name).read_bytes() == (whole / name).read_bytes(), name
-    assert not list(streamed.glob("*.part"))
+def _assert_same_tables(whole: Path, streamed: Path, formats=STREAMED) -> None:
+    if "csv" in formats:
+        for name in TABLES:
+            assert (streamed / name).read_bytes() == (whole / name).read_bytes(), name
+    if "db" in formats:
+        assert db_contents(streamed / "profiler.db") == db_contents(
+            whole / "profiler.db", leave_out=TRACE_TABLES)
+    if "html" in formats:
+        assert (streamed / "report.html").read_text() == (whole / "report.html").read_text()
+    assert not list(streamed.glob("*.part")) and not list(streamed.glob("*.tmp"))
 
 
 def _two_hosts(root: Path, layout: str = "per_process", encoding: str = "json",
@@ -93,7 +115,7 @@ def test_streamed_tables_equal_one_whole_analysis(tmp_path, layout, encoding, ev
         assert "read no further" not in caplog.text
 
 
-def test_cli_stream(tmp_path, capsys):
+def test_cli_stream(tmp_path, capsys, caplog):
     capture = _two_hosts(tmp_path / "db", apart_us=3600e6)
     whole = _whole(capture, tmp_path / "whole")
     capsys.readouterr()
@@ -101,27 +123,39 @@ def test_cli_stream(tmp_path, capsys):
     assert main(["--input-path", str(capture), "--output-path", str(out),
                  "--stream", "10m"]) == 0
     _assert_same_tables(whole, out)
-    assert sorted(path.name for path in out.iterdir()) == sorted(TABLES)
-    # into a folder holding an earlier analysis: none of its other CSV files is left there
+    outputs = TABLES + ("profiler.db", "report.html")
+    assert sorted(path.name for path in out.iterdir()) == sorted(outputs)
+    # into a folder holding an earlier analysis: none of its other CSV files is left there,
+    # and its trace is said to be its own
     again = tmp_path / "again"
     shutil.copytree(whole, again)
     (again / "op_summary.csv").write_text("an earlier capture's operators\n")  # not streamed
+    (again / "chrome_tracing.json").write_text("{}")  # not streamed: left, and said
     (again / "span_info").mkdir()  # not a table: left alone
     assert main(["--input-path", str(capture), "--output-path", str(again),
                  "--stream", "10m"]) == 0
-    assert sorted(path.name for path in again.iterdir()) == sorted(TABLES + ("span_info",))
-    printed = capsys.readouterr().out
-    assert "requests: 240 (240 complete, 0 partial)" in printed
+    assert sorted(path.name for path in again.iterdir()) == sorted(
+        outputs + ("chrome_tracing.json", "span_info"))
+    captured = capsys.readouterr()
+    assert "chrome_tracing.json is an earlier analysis's" in caplog.text
+    assert "requests: 240 (240 complete, 0 partial)" in captured.out
     assert ("request.csv, batch.csv, kvcache.csv, spec_decode.csv, forward.csv,"
-            " request_status.csv, request_summary.csv") in printed
-    # --since / --until (here cutting requests of the first run): the tables of one analysis
-    # of that window
+            " request_status.csv, request_summary.csv") in captured.out
+    _assert_same_tables(whole, again)
+    # --format csv: the tables alone
+    only = tmp_path / "only"
+    assert main(["--input-path", str(capture), "--output-path", str(only), "--stream", "10m",
+                 "--format", "csv"]) == 0
+    assert sorted(path.name for path in only.iterdir()) == sorted(TABLES)
+    # --since / --until (here cutting requests of the first run): the outputs of one analysis
+    # of that window, the report's title saying which
     first_run = ["--since", "2025-11-29T07:06:40.3", "--until", "2025-11-29T07:06:41.5"]
     assert main(["--input-path", str(capture), "--output-path", str(tmp_path / "w-whole"),
-                 "--format", "csv", *first_run]) == 0
+                 "--format", *STREAMED, *first_run]) == 0
     assert main(["--input-path", str(capture), "--output-path", str(tmp_path / "w-stream"),
                  "--stream", "1", *first_run]) == 0
     _assert_same_tables(tmp_path / "w-whole", tmp_path / "w-stream")
+    assert "records starting 2025-11-29" in (tmp_path / "w-stream" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("every_us", [2_000, 3_400, 6_000])
@@ -147,7 +181,7 @@ def test_stream_of_otlp_files(tmp_path):
     window = ["--since", text_of(first - first % 1e6), "--until", text_of(first + 2e6)]
     whole, streamed = tmp_path / "whole", tmp_path / "stream"
     assert main(["--input-path", str(tmp_path / "otlp"), "--output-path", str(whole),
-                 "--format", "csv", *window]) == 0
+                 "--format", *STREAMED, *window]) == 0
     assert main(["--input-path", str(tmp_path / "otlp"), "--output-path", str(streamed),
                  "--stream", "1", *window]) == 0
     _assert_same_tables(whole, streamed)
@@ -171,7 +205,7 @@ def test_a_request_running_past_every_margin_is_said(tmp_path, caplog):
 
 @pytest.mark.parametrize("extra, message", [
     (["--every", "1m"], "--stream and --every exclude each other"),
-    (["--format", "csv", "json"], "--stream writes CSV tables only"),
+    (["--format", "csv", "json"], "--stream does not write the trace"),
     (["--span", "forward"], "--stream does not write the detail tables"),
     ([], "--stream needs the capture's ms_service_*.db files"),  # the folder holds none
 ])
@@ -205,3 +239,55 @@ def test_gap_counts_give_the_pooled_gaps_statistics(sizes):
     counts.add(odd)
     pooled.values = np.concatenate([pooled.us(), odd.us()])
     assert counts.statistics_row("gap") == pooled.statistics_row("gap")
+
+
+@pytest.mark.parametrize("windows", [
+    [{"x": [None, None]}, {"x": [1.5, 2.5]}],  # empty until then: TEXT, then REAL
+    [{"x": [1, 2]}, {"x": [1.5, np.nan]}],  # INTEGER, then REAL: 1 and 2 stored as reals
+    [{"x": ["a", None]}, {"x": [1.0, 2.0]}],  # text, then numbers: TEXT throughout
+    [{"x": []}, {"x": [3, 4]}, {"x": [True, None]}],  # no rows first, then mixed kinds
+    [{"x": [1.25, 2.0]}, {"x": [3.5]}],  # one type throughout: nothing made again
+])
+def test_streamed_db_types_are_the_whole_tables(tmp_path, windows):
+    """A column's SQLite type and stored values, its rows added a window at a time, are what
+    storing the whole table at once gives, also when a later window's values change it."""
+    tables = [pd.DataFrame({"step_id": range(len(w["x"])), **w}) for w in windows]
+    whole = pd.concat(tables, ignore_index=True)
+    conn = sqlite3.connect(tmp_path / "whole.db")
+    writers._store(conn, "forward", whole)
+    conn.commit()
+    conn.close()
+    db = StreamedDb(tmp_path / "profiler.db")
+    for table in tables:
+        db.add("forward", table, ["step_id", "x"])
+    db.finish({}, None, None, {"request": requests_mod.CSV_COLUMNS,
+                               "batch": batches_mod.CSV_COLUMNS,
+                               "kvcache": kvcache_mod.KVCACHE_COLUMNS})
+    ours = db_contents(tmp_path / "profiler.db")["forward"]
+    assert ours == db_contents(tmp_path / "whole.db")["forward"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_failing_profiler_db_leaves_the_other_outputs(tmp_path, monkeypatch, caplog):
+    """profiler.db failing in the third window: one message, no half-written database, the
+    tables and the report still written in full, exit status 1."""
+    capture = _two_hosts(tmp_path / "db")
+    whole = _whole(capture, tmp_path / "whole")
+    calls = []
+    real_add = StreamedDb.add
+
+    def add(self, name, table, columns):
+        calls.append(name)
+        if len(calls) > 12:  # the third window's first table
+            raise sqlite3.OperationalError("disk I/O error")
+        real_add(self, name, table, columns)
+
+    monkeypatch.setattr(StreamedDb, "add", add)
+    out = tmp_path / "stream"
+    out.mkdir()
+    span = closed(None, lambda: capture_span([capture]))
+    assert stream_tables.run_stream(capture, out, span, 300_000, 60_000, STREAMED,
+                                    html_writer(out, None)) == 1
+    assert "could not produce profiler.db: OperationalError: disk I/O error" in caplog.text
+    assert not (out / "profiler.db").exists() and not list(out.glob("*.tmp"))
+    _assert_same_tables(whole, out, ("csv", "html"))

@@ -143,7 +143,7 @@ def test_summary_tables_are_rendered_with_every_metric(analysed):
 
 def test_queue_lengths_come_from_the_enqueue_dequeue_records(analysed):
     _, frame, *_ = analysed
-    queues = figures_mod._queue_series(frame)
+    queues = figures_mod._queue_series(figures_mod.queue_rows(frame))
     assert set(queues) == {"waiting", "running"}
     rows = frame.loc[frame["name"].isin(["Enqueue", "Dequeue"])]
     waiting = [m["QueueSize"] for m, s in zip(rows["metrics"], rows["scopes"])
@@ -216,7 +216,7 @@ def test_two_engines_get_one_series_each(tmp_path):
     per_request = step_requests(steps)
     kvcache = build_kvcache(frame)
     batches = build_batches(frame, steps, per_request, kvcache)
-    queues = figures_mod._queue_series(frame)
+    queues = figures_mod._queue_series(figures_mod.queue_rows(frame))
     assert set(queues) == {"waiting node-a 200", "running node-a 200", "waiting node-a 201",
                            "running node-a 201"}
     svg = figures_mod.steps_over_time(batches, float(frame["start_us"].min()))
@@ -356,7 +356,8 @@ def test_queue_series_equal_the_per_record_reading(seed, engines):
         "pid": (rng.integers(0, engines, n) + 100).astype(np.int16),
         "start_us": np.sort(rng.uniform(0, 1e6, n)),
         "metrics": metrics, "scopes": scopes})
-    got, want = figures_mod._queue_series(frame), _queue_series_per_record(frame)
+    got = figures_mod._queue_series(figures_mod.queue_rows(frame))
+    want = _queue_series_per_record(frame)
     assert list(got) == list(want) and len(want) >= 3
     for key in want:
         np.testing.assert_array_equal(got[key][0], want[key][0])
