@@ -115,11 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                         " DURATION (90, 10m, 1h) after the other, each into a folder of its"
                         " own, with windows.csv listing them")
     parser.add_argument("--stream", type=time_window.parse_duration, metavar="DURATION",
-                        help="write the whole capture's CSV tables (request, batch, KV"
-                        " cache, forward, request_status, spec_decode, prefill / decode and the"
-                        " summaries), profiler.db (without the trace's tables) and report.html"
-                        " reading its records DURATION at a time: memory of one window, for"
-                        " captures too large to read whole; no chrome_tracing.json")
+                        help="write the whole capture's outputs reading its records"
+                        " DURATION at a time: memory of one window, for captures too large to"
+                        " read whole")
     detail_outputs.add_arguments(parser)  # --span, --split-*
     return parser
 
@@ -499,21 +497,11 @@ def _write_report(report_mod: Any, out: Path, frame: pd.DataFrame, requests: Any
         queue_table=queue_table)
 
 
-# What --stream writes: every output but the trace (chrome_tracing.json, and its tables in
-# profiler.db), which is not streamed.
-STREAM_FORMATS = ("csv", "db", "html")
-
-
 def _check_stream_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--stream writes the whole capture's tables, profiler.db and report.html: what it cannot
-    do is refused."""
+    """--stream writes the whole capture's outputs: what it cannot do is refused."""
     if args.every:
         parser.error("--stream and --every exclude each other: --stream writes the whole"
-                     " capture's tables, --every one analysis per window")
-    if args.format and "json" in args.format:
-        parser.error("--stream does not write the trace (chrome_tracing.json): give --format"
-                     " csv db html (or leave --format out), and get the trace of a part of the"
-                     " capture with --since / --until or --every")
+                     " capture's outputs, --every one analysis per window")
     if args.span or args.split_batch_size or args.split_rid or args.split_number:
         parser.error("--stream does not write the detail tables (--span, --split-*)")
 
@@ -526,9 +514,6 @@ def _stream(source: Union[Path, Sequence[Path]], out: Path, formats: list,
     for name in existing:  # an earlier run's CSV files: none left beside these tables
         if name.endswith(".csv"):
             (out / name).unlink(missing_ok=True)
-    if (out / "chrome_tracing.json").exists():
-        _logger.warning("%s is an earlier analysis's: --stream does not write the trace",
-                        out / "chrome_tracing.json")
     # The report says it is of a window only when one was asked for, as analyse()'s does.
     asked = window if args.since is not None or args.until is not None else None
     return stream_tables.run_stream(source, out, window, args.stream, formats=formats,
@@ -581,8 +566,7 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     details = detail_outputs.DetailOptions.from_args(args)
     try:
         if args.stream and window is not None:
-            return _stream(source, Path(args.output_path), list(dict.fromkeys(
-                args.format or STREAM_FORMATS)), window, args)
+            return _stream(source, Path(args.output_path), formats, window, args)
         if args.every and window is not None:
             return every_window.run_every(
                 lambda folder, part, figures: analyse(source, folder, formats, progress, None,

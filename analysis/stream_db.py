@@ -3,7 +3,7 @@
 The row tables (``request``, ``batch``, ``kvcache``, ``spec_decode``, ``forward``,
 ``request_status``) get each window's rows as they come; the views, the summaries, the link
 row and the Insight tables are added at the end, from what the stream keeps
-(writers.finish_tables). The trace's tables are not written: the trace is not streamed.
+(writers.finish_tables), then the trace's tables (stream_trace.py) as one analysis adds them.
 
 A column's SQLite type is what one analysis gives the whole table (``to_sql``'s inference
 over every value). A window sees only its own values, so the types are kept as a small sample
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -73,10 +73,11 @@ class StreamedDb:
         self._schemas[name] = schema
 
     def finish(self, summaries: dict, requests: Optional[pd.DataFrame],
-               batches: Optional[pd.DataFrame], columns: dict) -> Path:
+               batches: Optional[pd.DataFrame], columns: dict, trace_events: Any = None
+               ) -> Path:
         """The views (``columns``: row table -> its CSV columns), ``summaries``, the link row
-        and the Insight tables from the kept ``requests`` and ``batches``; profiler.db put in
-        place."""
+        and the Insight tables from the kept ``requests`` and ``batches``, the trace's tables
+        from ``trace_events`` (trace_file.TraceEvents, if any); profiler.db put in place."""
         conn, self.conn = self.conn, None
         try:
             for name in writers.ROW_TABLES:
@@ -91,7 +92,8 @@ class StreamedDb:
                                   batches if batches is not None else empty)
         finally:
             conn.close()
-        return writers.finish_profiler_db(self.path)
+        return writers.finish_profiler_db(self.path, trace_events,
+                                          getattr(trace_events, "origin_us", 0.0))
 
     def abandon(self) -> None:
         """Close and remove the unfinished file (a failed run leaves no half database)."""

@@ -52,6 +52,7 @@ from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
 from otel_vllm_ascend.analysis import stages as stages_mod
 from otel_vllm_ascend.analysis import summaries, writers
+from otel_vllm_ascend.analysis import trace as trace_mod
 from otel_vllm_ascend.analysis.allocator import give_back_free_memory
 from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
 from otel_vllm_ascend.analysis.every_window import cut
@@ -61,7 +62,9 @@ from otel_vllm_ascend.analysis.report_figures import queue_rows
 from otel_vllm_ascend.analysis.rid_lists import rid_sequence
 from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps, step_start_us
 from otel_vllm_ascend.analysis.stream_db import StreamedDb
+from otel_vllm_ascend.analysis.stream_trace import StreamedTrace
 from otel_vllm_ascend.analysis.time_window import INFINITE, TimeWindow, text_of
+from otel_vllm_ascend.analysis.trace_file import WrittenAsRead, write_chrome_trace
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
@@ -97,6 +100,8 @@ class _Window(NamedTuple):
     gaps: Optional[summaries.PooledGaps]
     queues: Optional[pd.DataFrame]  # the queue records' lengths for report.html, if wanted
     first_us: float  # the reading's first record's start (NaN: none)
+    frame: Optional[pd.DataFrame]  # the reading's records, for the trace (if wanted)
+    request_ids: Optional[set]  # every id of the reading's request table, for the trace
     still_open: int  # own requests without an end that ran or waited until the reading's end
     unparsable: int  # records of the reading (margins included) that could not be decoded
 
@@ -121,7 +126,7 @@ def _active_at_end(frame: pd.DataFrame, read: TimeWindow, ids: set, margin_us: i
 
 def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: TimeWindow,
                  written: dict, step_offset: int, seen_problems: set, margin_us: int,
-                 queues: bool) -> _Window:
+                 queues: bool, trace: bool) -> _Window:
     frame, _processes, report = read_captures(source, None, read)
     give_back_free_memory()
     for problem in report.problems:
@@ -129,8 +134,8 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
             seen_problems.add(problem)
             _logger.warning("%s", problem)
     if frame.empty:
-        return _Window(None, None, None, None, None, None, None, None, None, np.nan, 0,
-                       report.unparsable)
+        return _Window(None, None, None, None, None, None, None, None, None, np.nan, None,
+                       None, 0, report.unparsable)
     start = frame["start_us"].to_numpy(dtype="float64")
     first_us = float(np.nanmin(start)) if np.isfinite(start).any() else np.nan
     queue_table = _own_rows(queue_rows(frame), own) if queues else None
@@ -138,9 +143,10 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
     steps = engine_steps(frame)
     per_request = StepRequestChunks(steps) if steps is not None else None
     requests = requests_mod.build_requests(frame, steps, per_request)
-    own_requests = still_open = None
+    own_requests = still_open = request_ids = None
     if requests is not None:
         ids = requests["http_rid"].to_numpy(dtype=object)
+        request_ids = set(ids.tolist()) if trace else None
         mine = _owned(requests["start_us"].to_numpy(dtype="float64"), own) & np.fromiter(
             (rid not in written for rid in ids), dtype=bool, count=len(ids))
         own_requests = requests.loc[mine].reset_index(drop=True)
@@ -167,6 +173,7 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
     if batches is not None:
         forwards = forwards_mod.build_forwards(frame, batches)
         stages = stages_mod.step_stages(frame, batches, stages_mod.breakdown_rows(per_request))
+    kept_frame = frame if trace else None
     del frame, steps, per_request, step_rids
     # The window's steps are numbered from its reading's first: the whole capture's numbers
     # are those minus the steps before the window plus the steps of the windows before.
@@ -183,7 +190,8 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
         if table is not None and len(table):
             table["step_id"] = table["step_id"] - before + step_offset
     return _Window(own_requests, batches, kvcache, spec_decode, forwards, request_status, stages,
-                   gaps, queue_table, first_us, still_open or 0, report.unparsable)
+                   gaps, queue_table, first_us, kept_frame, request_ids, still_open or 0,
+                   report.unparsable)
 
 
 def _own_rows(table: Optional[pd.DataFrame], own: TimeWindow) -> Optional[pd.DataFrame]:
@@ -362,7 +370,8 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
             read = TimeWindow(max(own.since_us - margin_us, span.since_us),
                               min(own.until_us + after, span.until_us))
             window = _read_window(source, read, own, written, steps_so_far, seen_problems,
-                                  margin_us, outputs.write_html is not None)
+                                  margin_us, outputs.write_html is not None,
+                                  outputs.trace is not None)
             if not window.still_open or read.until_us >= span.until_us:
                 break
             if after >= MAX_MARGINS * margin_us:
@@ -395,7 +404,7 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
         outputs.add(dict(zip(TABLE_FILES, (
             window.requests, window.batches, carried.kvcache_of_window(window.kvcache),
             window.spec_decode, carried.forwards_of_window(window.forwards),
-            carried.queues_of_window(window.request_status)))), window.queues)
+            carried.queues_of_window(window.request_status)))), window, own)
         if window.stages is not None:
             kept_stages.append(carried.stages_of_window(window.stages, window.batches))
         if window.first_us < first_us:
@@ -414,76 +423,131 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
         return 1
     run = outputs.run
     run.written.extend(table.path for table in outputs.tables.values() if table.started)
-    summary, stage_tables = _write_summaries(run, source, out, requests, batches, stages, gaps,
-                                             "csv" in formats)
-    outputs.finish(requests, batches, summary, stage_tables, first_us)
+    summary, stage_tables, operators = _write_summaries(run, source, out, requests, batches,
+                                                        stages, gaps, "csv" in formats)
+    outputs.finish(requests, batches, summary, stage_tables, first_us, operators)
     _warn_partial(requests)
     _print_summary(requests, batches, summary, run, out)
     return 1 if run.failed else 0
 
 
 class _Outputs:
-    """Where a window's rows go: the CSV files (``csv``), profiler.db (``db``), and what
-    report.html keeps (``html`` with ``write_html``); each failure is ``run``'s."""
+    """Where a window's rows go: the CSV files (``csv``), profiler.db (``db``), the trace's
+    parts (``json`` or ``db``), and what report.html keeps (``html`` with ``write_html``);
+    each failure is ``run``'s."""
 
     def __init__(self, out: Path, formats: Sequence[str],
                  write_html: Optional[HtmlWriter]) -> None:
+        self.out = out
         self.run = _Run(out)
         self.tables = ({name: _Appender(out / name, columns)
                         for name, columns in TABLE_FILES.items()} if "csv" in formats else {})
         self.db = StreamedDb(out / "profiler.db") if "db" in formats else None
+        self.json = "json" in formats
+        self.trace = StreamedTrace(out) if self.json or self.db is not None else None
         self.write_html = write_html if "html" in formats else None
         self.kv: list = []  # report.html's: the KV rows' usage, the queue records' lengths
         self.queues: list = []
 
-    def add(self, rows: dict, queues: Optional[pd.DataFrame]) -> None:
-        """A window's rows (CSV file -> table or None), its queue records (report.html's)."""
+    def add(self, rows: dict, window: _Window, own: TimeWindow) -> None:
+        """A window's rows (CSV file -> table or None), and its reading's records."""
         for name, table in rows.items():
             if name in self.tables:
                 self.tables[name].add(table)
         if self.db is not None and self.run.stage("profiler.db", self._add_to_db, rows) is None:
-            self.abandon()
+            self.abandon_db()
+        if self.trace is not None and window.frame is not None and self.run.stage(
+                self._trace_outputs(), self._add_to_trace, window, own) is None:
+            self.abandon_trace()
         if self.write_html is not None:
             kvcache = rows["kvcache.csv"]
             if kvcache is not None and not kvcache.empty:
                 self.kv.append(kvcache[list(KV_KEPT)])
-            if queues is not None:
-                self.queues.append(queues)
+            if window.queues is not None:
+                self.queues.append(window.queues)
 
     def _add_to_db(self, rows: dict) -> bool:
         for name, table in rows.items():
             self.db.add(Path(name).stem, table, TABLE_FILES[name])
         return True
 
+    def _add_to_trace(self, window: _Window, own: TimeWindow) -> bool:
+        self.trace.add(window.frame, lambda times: _owned(times, own), window.requests,
+                       window.request_ids, own.until_us)
+        return True
+
+    def _trace_outputs(self) -> str:
+        return " / ".join(name for name, wanted in (("chrome_tracing.json", self.json),
+                                                   ("profiler.db", self.db is not None))
+                          if wanted)
+
     def finish(self, requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
-               summary: dict, stage_tables: dict, first_us: float) -> None:
-        """profiler.db and report.html, from what was kept."""
+               summary: dict, stage_tables: dict, first_us: float, operators: Any) -> None:
+        """The trace, profiler.db and report.html, from what was kept."""
+        run = self.run
+        trace = events = json_file = None
+        if self.trace is not None:
+            trace = run.stage(self._trace_outputs(), self._trace_events, operators)
+            if trace is None:
+                self.abandon_trace()
+                self.abandon_db()
+        if trace is not None:
+            events = trace
+            if self.json and self.db is not None:  # written as profiler.db reads the events
+                events = json_file = WrittenAsRead(trace, self.out / "chrome_tracing.json")
         if self.db is not None:
-            self.run.wrote(self.run.stage(
+            run.wrote(run.stage(
                 "profiler.db", self.db.finish, summary, requests, batches,
-                {name: TABLE_FILES[f"{name}.csv"] for name in writers.ROW_TABLES}))
+                {name: TABLE_FILES[f"{name}.csv"] for name in writers.ROW_TABLES}, events))
+        if self.json and trace is not None:
+            path = (run.stage("chrome_tracing.json", json_file.result) if json_file is not None
+                    else None)
+            if path is None and "chrome_tracing.json" not in run.failed:
+                path = run.stage("chrome_tracing.json", write_chrome_trace,
+                                 self.out / "chrome_tracing.json", trace)
+            run.wrote(path)
+        if self.trace is not None:
+            self.trace.remove()
         if self.write_html is not None:
             kvcache, queues = (pd.concat(kept, ignore_index=True) if kept else None
                                for kept in (self.kv, self.queues))
             del self.kv[:], self.queues[:]
-            self.write_html(self.run, requests, batches, kvcache, summary, stage_tables,
+            self.write_html(run, requests, batches, kvcache, summary, stage_tables,
                             pd.DataFrame({"start_us": [first_us] if np.isfinite(first_us)
                                           else []}), queues)
 
-    def abandon(self) -> None:
+    def _trace_events(self, operators: Any) -> Any:
+        events = self.trace.events()
+        if operators is not None:
+            self.run.stage("operators in chrome_tracing.json", operators_mod.merge_into_trace,
+                           events, operators, self.trace.processes_frame(), trace_mod)
+        return events
+
+    def abandon_db(self) -> None:
         """profiler.db not written (the CSV files are what they are)."""
         if self.db is not None:
             self.db.abandon()
             self.db = None
 
+    def abandon_trace(self) -> None:
+        """Neither the trace nor profiler.db written."""
+        if self.trace is not None:
+            self.trace.remove()
+            self.trace = None
+        self.json = False
+        self.abandon_db()
+
+    def abandon(self) -> None:
+        self.abandon_trace()
+
 
 def _write_summaries(run: _Run, source: Union[Path, Sequence[Path]], out: Path,
                      requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
                      stages: Optional[pd.DataFrame], gaps: summaries.GapCounts, csv: bool
-                     ) -> tuple[dict, dict]:
+                     ) -> tuple[dict, dict, Any]:
     """The summaries (the operator tables with operator data under ``source``) and the stage
-    breakdown of every step (``csv``: their CSV files written); returns them: (summary name
-    -> table, phase -> stage table)."""
+    breakdown of every step (``csv``: their CSV files written); returns them and the operator
+    data: (summary name -> table, phase -> stage table, operator capture or None)."""
     summary: dict[str, Any] = {}
     if requests is not None:
         summary["request_summary"] = run.stage("request_summary.csv", summaries.request_summary,
@@ -494,7 +558,7 @@ def _write_summaries(run: _Run, source: Union[Path, Sequence[Path]], out: Path,
         summary["batch_summary"] = run.stage("batch_summary.csv", summaries.batch_summary,
                                              batches)
         summary["dp_summary"] = run.stage("dp_summary.csv", summaries.dp_summary, batches)
-    operators_mod.read_operator_tables(run, source, summary)  # not in the records: read once
+    operators = operators_mod.read_operator_tables(run, source, summary)  # read once
     summary = {name: table for name, table in summary.items() if table is not None}
     breakdown = None
     if stages is not None:  # the stage breakdown of every step (no --split-* selection)
@@ -508,4 +572,4 @@ def _write_summaries(run: _Run, source: Union[Path, Sequence[Path]], out: Path,
             name = stages_mod.CSV_FILES[phase]
             run.wrote(run.stage(name, writers.write_csv, out / name, table,
                                 stages_mod.CSV_COLUMNS))
-    return summary, dict(breakdown or {})
+    return summary, dict(breakdown or {}), operators

@@ -42,12 +42,50 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
     four per request with the request's args, they were 0.4 GB at x100.
     """
     steps = _RequestSteps(frame, trace_pids, slice_tids, start_ns, end_ns, names)
-    infos = _RequestInfos(requests)
     rids, lifecycle = _request_lifecycle(frame, requests, start_ns, end_ns, names, origin_us)
     timed = len(rids)
     known_ids = set(rids)
     rids += [rid for rid in steps.groups if rid not in known_ids]
     del known_ids
+    lanes = RequestLanes()
+    slices, ends, group_flow = lay_out(steps, rids, lifecycle, timed, _RequestInfos(requests),
+                                       lanes_pid, lanes)
+    if ends is not None:
+        flows.add_held(ends)
+        flows.add_made(len(steps), steps.flow_maker(group_flow))
+    return slices.deferred(), lanes.count
+
+
+class RequestLanes:
+    """The Requests process's lanes and flows so far: a request's slice goes on the lane that
+    freed first (strictly before it starts), else on a new one; its flow is numbered next.
+    ``--stream`` carries one from window to window."""
+
+    def __init__(self) -> None:
+        self.free: list = []  # heap of (end_ns, lane)
+        self.count = 0  # lanes made
+        self.flows = 0  # flows numbered
+
+    def place(self, start: int, finish: int) -> tuple[int, int]:
+        """(lane, flow id) of the next request's slice."""
+        # Strictly earlier: a flow start on a shared boundary would be ambiguous.
+        if self.free and self.free[0][0] < start:
+            _, lane = heapq.heapreplace(self.free, (finish, self.free[0][1]))
+        else:
+            self.count += 1
+            lane = self.count
+            heapq.heappush(self.free, (finish, lane))
+        self.flows += 1
+        return lane, self.flows
+
+
+def lay_out(steps: _RequestSteps, rids: list, lifecycle: np.ndarray, timed: int,
+            infos: _RequestInfos, lanes_pid: int, lanes: RequestLanes
+            ) -> tuple[_RequestSlices, Optional[FlowChunk], np.ndarray]:
+    """The slices of the requests ``rids`` (the first ``timed`` with their ``lifecycle``
+    rows, the others timed from their steps), placed by ``lanes`` in order of their (start,
+    finish); returns the slices, their flows' start and finish events (None if no request
+    has a step) and each step group's flow id (0: no request of these)."""
     # Per request kept, as int64 (a sorted list of a tuple of eight per request was about 200
     # bytes a request): start, finish, arrival, scheduled, first token, request table row,
     # group index; an unknown value is ``none``.
@@ -79,26 +117,17 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
                         none if first_token is None else first_token,
                         none if info is None else info, none if group is None else group))
         kept.append(position)
-    del lifecycle
     table = np.frombuffer(numbers, dtype=np.int64).reshape(-1, 7)
     # By (start, finish), ties in the order above: what a stable sort of the tuples gave.
     order = _span_order(table[:, 0], table[:, 1])
     slices = _RequestSlices(lanes_pid, infos)
-    free_lanes: list = []  # heap of (end_ns, lane)
-    lane_count = 0
     # s and f events: phase, flow id, lane, ts; four int64 a row (a tuple of Python ints per
     # event was about 150 bytes, 60 MB at x100, held beside the spans).
     ends = array("q")
     group_flow = np.zeros(len(steps.groups), dtype="int64")
-    for flow_id, index in enumerate(order.tolist(), start=1):
+    for index in order.tolist():
         start, finish, arrival, scheduled, first_token, info, group = table[index].tolist()
-        # Strictly earlier: a flow start on a shared boundary would be ambiguous.
-        if free_lanes and free_lanes[0][0] < start:
-            _, lane = heapq.heapreplace(free_lanes, (finish, free_lanes[0][1]))
-        else:
-            lane_count += 1
-            lane = lane_count
-            heapq.heappush(free_lanes, (finish, lane))
+        lane, flow_id = lanes.place(start, finish)
         slices.add(rids[kept[index]], lane, start, finish, arrival, scheduled, first_token,
                    None if info == none else info)
         if group != none:
@@ -106,14 +135,13 @@ def _request_events(frame: pd.DataFrame, requests: Optional[pd.DataFrame],
             # 1 ns inside the slice: a flow event on a slice's exact start could be read before
             # the slice opens and bind to nothing.
             ends.extend((0, flow_id, lane, start + 1, 2, flow_id, lane, finish - 1))
-    del table, numbers, kept, order, rids
-    if ends:
-        table = np.frombuffer(ends, dtype=np.int64).reshape(-1, 4)
-        phase, flow_ids, lanes, ts = (table[:, column].copy() for column in range(4))
-        del table, ends
-        flows.add_held(FlowChunk(phase, flow_ids, np.full(len(phase), lanes_pid), lanes, ts))
-        flows.add_made(len(steps), steps.flow_maker(group_flow))
-    return slices.deferred(), lane_count
+    del table, numbers, kept, order
+    if not ends:
+        return slices, None, group_flow
+    table = np.frombuffer(ends, dtype=np.int64).reshape(-1, 4)
+    phase, flow_ids, lane_ids, ts = (table[:, column].copy() for column in range(4))
+    return slices, FlowChunk(phase, flow_ids, np.full(len(phase), lanes_pid), lane_ids,
+                             ts), group_flow
 
 
 def _span_order(starts: np.ndarray, finishes: np.ndarray) -> np.ndarray:

@@ -64,6 +64,12 @@ class _TraceProcesses:
 
     def metadata(self, slice_tids: np.ndarray, trace_pids: np.ndarray, tids: np.ndarray,
                  domains: list, lane_count: int) -> list[dict]:
+        return self.metadata_of(track_domains(slice_tids, trace_pids, tids, domains),
+                                lane_count)
+
+    def metadata_of(self, tracks: dict, lane_count: int) -> list[dict]:
+        """The processes', lanes' and tracks' names and order (``tracks``:
+        :func:`track_domains`)."""
         events = []
         for index, key in enumerate(sorted(self.keys, key=lambda k: (self.order_of[k], k))):
             pid = self.pid_of[key]
@@ -77,15 +83,7 @@ class _TraceProcesses:
                 events.append(_meta("thread_name", self.requests_pid, lane, name=f"lane {lane}"))
                 events.append(_meta("thread_sort_index", self.requests_pid, lane,
                                     sort_index=lane))
-        track_domains: dict = {}
-        # A chunk of records at a time: the whole columns as Python ints were the largest
-        # transient of the trace's build (about 0.1 KB a record).
-        for first in range(0, len(domains), _TRACK_ROWS):
-            rows = slice(first, first + _TRACK_ROWS)
-            for pid, tid, slice_tid, domain in zip(trace_pids[rows].tolist(), tids[rows].tolist(),
-                                                   slice_tids[rows].tolist(), domains[rows]):
-                track_domains.setdefault((pid, tid, slice_tid), set()).add(domain or "")
-        for (pid, tid, slice_tid), seen in sorted(track_domains.items()):
+        for (pid, tid, slice_tid), seen in sorted(tracks.items()):
             label = "/".join(sorted(d for d in seen if d))
             name = f"{label} thread {tid}" if label else f"thread {tid}"
             lane = slice_tid // OVERLAP_TID_STRIDE if slice_tid != tid else 0
@@ -95,6 +93,21 @@ class _TraceProcesses:
             events.append(_meta("thread_sort_index", pid, slice_tid,
                                 sort_index=lane * 1000 + (0 if label else 999)))
         return _dedupe_thread_meta(events)
+
+
+def track_domains(slice_tids: np.ndarray, trace_pids: np.ndarray, tids: np.ndarray,
+                  domains: Any, into: Optional[dict] = None) -> dict:
+    """(trace pid, tid, track) -> the domains of the records on that track, added to
+    ``into`` (a new dict if None)."""
+    tracks = {} if into is None else into
+    # A chunk of records at a time: the whole columns as Python ints were the largest
+    # transient of the trace's build (about 0.1 KB a record).
+    for first in range(0, len(domains), _TRACK_ROWS):
+        rows = slice(first, first + _TRACK_ROWS)
+        for pid, tid, slice_tid, domain in zip(trace_pids[rows].tolist(), tids[rows].tolist(),
+                                               slice_tids[rows].tolist(), domains[rows]):
+            tracks.setdefault((pid, tid, slice_tid), set()).add(domain or "")
+    return tracks
 
 
 def _dedupe_thread_meta(events: list) -> list:
@@ -142,20 +155,24 @@ def _slice_tids(trace_pids: np.ndarray, tids: np.ndarray, start_ns: np.ndarray,
     lanes: dict = {}
     for row, pid, tid, start, end in zip(rows.tolist(), pids_sorted.tolist(),
                                          tids_sorted.tolist(), starts.tolist(), ends.tolist()):
-        if (pid, tid) not in bad_tracks:
-            continue
-        stacks = lanes.setdefault((pid, tid), [[]])
-        for lane, stack in enumerate(stacks):
-            while stack and stack[-1] <= start:
-                stack.pop()
-            if not stack or end <= stack[-1]:
-                stack.append(end)
-                slice_tids[row] = tid + lane * OVERLAP_TID_STRIDE
-                break
-        else:
-            stacks.append([end])
-            slice_tids[row] = tid + (len(stacks) - 1) * OVERLAP_TID_STRIDE
+        if (pid, tid) in bad_tracks:
+            slice_tids[row] = tid + place_on_lanes(lanes.setdefault((pid, tid), [[]]), start,
+                                                   end) * OVERLAP_TID_STRIDE
     return _narrowest(slice_tids)
+
+
+def place_on_lanes(stacks: list, start: int, end: int) -> int:
+    """The lane of a span of one thread, its spans placed in order of start (the longer first):
+    the first lane whose open spans it nests in (a stack per lane of the open spans' ends),
+    else a new one. ``stacks`` is updated."""
+    for lane, stack in enumerate(stacks):
+        while stack and stack[-1] <= start:
+            stack.pop()
+        if not stack or end <= stack[-1]:
+            stack.append(end)
+            return lane
+    stacks.append([end])
+    return len(stacks) - 1
 
 
 def _narrowest(values: np.ndarray) -> np.ndarray:

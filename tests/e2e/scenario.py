@@ -270,26 +270,26 @@ def streamed_tables_differ(prof_dir: Path, analysis_dir: Path, out: Path,
                            every_us: int = 2_000_000, margin_us: int = 1_000_000) -> list:
     """The outputs ``--stream`` writes of the capture (windows of ``every_us``, ``margin_us``
     before and after each) that are not those of the whole capture's analysis in
-    ``analysis_dir``: the tables byte for byte, report.html too, profiler.db's tables and
-    views but the trace's; an output only one of them wrote is listed too."""
-    from analysis_fixtures import TRACE_TABLES, db_contents
+    ``analysis_dir``: the tables, report.html and chrome_tracing.json byte for byte,
+    profiler.db's tables and views row for row; an output only one of them wrote is listed
+    too."""
+    from analysis_fixtures import db_contents
 
     from otel_vllm_ascend.analysis import stream_tables
-    from otel_vllm_ascend.analysis.cli import STREAM_FORMATS, html_writer
+    from otel_vllm_ascend.analysis.cli import FORMATS, html_writer
     from otel_vllm_ascend.analysis.readers import capture_span
     from otel_vllm_ascend.analysis.time_window import closed
 
     out.mkdir(parents=True, exist_ok=True)
     span = closed(None, lambda: capture_span([prof_dir]))
-    assert stream_tables.run_stream(prof_dir, out, span, every_us, margin_us, STREAM_FORMATS,
+    assert stream_tables.run_stream(prof_dir, out, span, every_us, margin_us, FORMATS,
                                     html_writer(out, None)) == 0
     differ = []
-    for name in STREAMED_TABLES + ("report.html",):
+    for name in STREAMED_TABLES + ("report.html", "chrome_tracing.json"):
         ours, whole = out / name, analysis_dir / name
         if ours.exists() != whole.exists() or (
                 ours.exists() and ours.read_bytes() != whole.read_bytes()):
             differ.append(name)
-    if db_contents(out / "profiler.db") != db_contents(analysis_dir / "profiler.db",
-                                                        TRACE_TABLES):
+    if db_contents(out / "profiler.db") != db_contents(analysis_dir / "profiler.db"):
         differ.append("profiler.db")
     return differ

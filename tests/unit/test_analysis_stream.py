@@ -1,6 +1,7 @@
 """``--stream`` (analysis/stream_tables.py): the whole capture's tables, read a window of
 records at a time, are byte for byte those one analysis of the whole capture writes."""
 
+import json
 import logging
 import shutil
 import sqlite3
@@ -30,6 +31,7 @@ from otel_vllm_ascend.analysis.cli import html_writer, main  # noqa: E402
 from otel_vllm_ascend.analysis.readers import capture_span  # noqa: E402
 from otel_vllm_ascend.analysis.stream_db import StreamedDb  # noqa: E402
 from otel_vllm_ascend.analysis.time_window import closed, text_of  # noqa: E402
+from otel_vllm_ascend.analysis.trace_tracks import OVERLAP_TID_STRIDE  # noqa: E402
 
 TABLES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv", "forward.csv",
           "request_status.csv", "request_summary.csv", "batch_summary.csv",
@@ -41,7 +43,7 @@ def serial(monkeypatch):
     monkeypatch.setenv("OTEL_VLLM_ANALYZE_SERIAL", "1")
 
 
-STREAMED = ("csv", "db", "html")
+STREAMED = ("csv", "json", "db", "html")
 
 
 def _whole(capture: Path, out: Path, formats=STREAMED) -> Path:
@@ -63,12 +65,16 @@ def _assert_same_tables(whole: Path, streamed: Path, formats=STREAMED) -> None:
     if "csv" in formats:
         for name in TABLES:
             assert (streamed / name).read_bytes() == (whole / name).read_bytes(), name
+    if "json" in formats:
+        assert (streamed / "chrome_tracing.json").read_bytes() == (
+            whole / "chrome_tracing.json").read_bytes()
     if "db" in formats:
         assert db_contents(streamed / "profiler.db") == db_contents(
-            whole / "profiler.db", leave_out=TRACE_TABLES)
+            whole / "profiler.db", leave_out=frozenset() if "json" in formats else TRACE_TABLES)
     if "html" in formats:
         assert (streamed / "report.html").read_text() == (whole / "report.html").read_text()
     assert not list(streamed.glob("*.part")) and not list(streamed.glob("*.tmp"))
+    assert not (streamed / ".chrome_tracing.parts").exists()
 
 
 def _two_hosts(root: Path, layout: str = "per_process", encoding: str = "json",
@@ -115,7 +121,7 @@ def test_streamed_tables_equal_one_whole_analysis(tmp_path, layout, encoding, ev
         assert "read no further" not in caplog.text
 
 
-def test_cli_stream(tmp_path, capsys, caplog):
+def test_cli_stream(tmp_path, capsys):
     capture = _two_hosts(tmp_path / "db", apart_us=3600e6)
     whole = _whole(capture, tmp_path / "whole")
     capsys.readouterr()
@@ -123,21 +129,17 @@ def test_cli_stream(tmp_path, capsys, caplog):
     assert main(["--input-path", str(capture), "--output-path", str(out),
                  "--stream", "10m"]) == 0
     _assert_same_tables(whole, out)
-    outputs = TABLES + ("profiler.db", "report.html")
+    outputs = TABLES + ("profiler.db", "report.html", "chrome_tracing.json")
     assert sorted(path.name for path in out.iterdir()) == sorted(outputs)
-    # into a folder holding an earlier analysis: none of its other CSV files is left there,
-    # and its trace is said to be its own
+    # into a folder holding an earlier analysis: none of its other CSV files is left there
     again = tmp_path / "again"
     shutil.copytree(whole, again)
     (again / "op_summary.csv").write_text("an earlier capture's operators\n")  # not streamed
-    (again / "chrome_tracing.json").write_text("{}")  # not streamed: left, and said
     (again / "span_info").mkdir()  # not a table: left alone
     assert main(["--input-path", str(capture), "--output-path", str(again),
                  "--stream", "10m"]) == 0
-    assert sorted(path.name for path in again.iterdir()) == sorted(
-        outputs + ("chrome_tracing.json", "span_info"))
+    assert sorted(path.name for path in again.iterdir()) == sorted(outputs + ("span_info",))
     captured = capsys.readouterr()
-    assert "chrome_tracing.json is an earlier analysis's" in caplog.text
     assert "requests: 240 (240 complete, 0 partial)" in captured.out
     assert ("request.csv, batch.csv, kvcache.csv, spec_decode.csv, forward.csv,"
             " request_status.csv, request_summary.csv") in captured.out
@@ -205,7 +207,6 @@ def test_a_request_running_past_every_margin_is_said(tmp_path, caplog):
 
 @pytest.mark.parametrize("extra, message", [
     (["--every", "1m"], "--stream and --every exclude each other"),
-    (["--format", "csv", "json"], "--stream does not write the trace"),
     (["--span", "forward"], "--stream does not write the detail tables"),
     ([], "--stream needs the capture's ms_service_*.db files"),  # the folder holds none
 ])
@@ -291,3 +292,28 @@ def test_a_failing_profiler_db_leaves_the_other_outputs(tmp_path, monkeypatch, c
     assert "could not produce profiler.db: OperationalError: disk I/O error" in caplog.text
     assert not (out / "profiler.db").exists() and not list(out.glob("*.tmp"))
     _assert_same_tables(whole, out, ("csv", "html"))
+
+
+@pytest.mark.parametrize("every_us", [15_000, 40_000, 600_000_000])
+def test_streamed_trace_of_shared_pids_and_overlapping_spans(tmp_path, every_us):
+    """Two hosts whose processes have the same pids (the trace gives the second host's new
+    ones, and the Requests process the next free pid: known only when every process is) and
+    a thread whose spans overlap (interleaved coroutines: overlap tracks), streamed a few ms
+    at a time: chrome_tracing.json and profiler.db are one analysis's, byte for byte and row
+    for row."""
+    start = 1_764_400_000_000_000.0
+    for seed, host in ((1, "node-a"), (2, "node-b")):
+        sim = simulate_service(40, seed=seed, start_us=start + seed * 700.0, host=host,
+                               max_batch=4, max_output=20, api_pid=300, engine_pid=400)
+        api = sim.capture.processes[0]
+        for index in range(30):  # each span sticks out of the one before: never nested
+            begin = start + index * 3_000.0
+            api.span("handle", begin, begin + 4_500.0, "Coroutine", tid=77)
+        sim.capture.write(tmp_path / "db", session=host)
+    whole = _whole(tmp_path / "db", tmp_path / "whole")
+    trace = json.loads((whole / "chrome_tracing.json").read_text())["traceEvents"]
+    threads = {(e["pid"], e["tid"]) for e in trace if e.get("name") == "thread_name"}
+    assert any(tid == 77 + OVERLAP_TID_STRIDE for _, tid in threads)  # an overlap track
+    assert len({e["pid"] for e in trace if e.get("name") == "process_name"}) == 5
+    streamed = _stream(tmp_path / "db", tmp_path / "stream", every_us, 20_000)
+    _assert_same_tables(whole, streamed)
