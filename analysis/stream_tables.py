@@ -26,10 +26,11 @@ between outputs as counts of each value (:class:`summaries.GapCounts`). So memor
 window's analysis plus those columns, not the records of the whole capture.
 
 ``profiler.db`` gets the same rows a window at a time (:mod:`.stream_db`), and its other
-tables at the end; ``report.html`` is drawn at the end from the kept columns, the KV rows'
-usage and the queue records' lengths (about 40 bytes each). The trace (``chrome_tracing.json``
-and its tables in profiler.db), span_info/ and the stage breakdown's selections are not
-written: they need the whole capture's records at once (``--every`` gives them per window).
+tables at the end; the trace's events are made a window at a time too (:mod:`.stream_trace`)
+and written to ``chrome_tracing.json`` and profiler.db at the end; ``report.html`` is drawn at
+the end from the kept columns, the KV rows' usage and the queue records' lengths (about 40
+bytes each). span_info/ and the stage breakdown's selections are not written: they need the
+whole capture's records at once (``--every`` gives them per window).
 """
 
 from __future__ import annotations

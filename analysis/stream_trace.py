@@ -112,11 +112,12 @@ class StreamedTrace:
         start_ns = _to_ns(start_us, self.origin)
         end_ns = np.maximum(_to_ns(frame["end_us"].to_numpy(dtype="float64"), self.origin),
                             start_ns)
-        mine = np.flatnonzero(owns(start_us))
+        owned = owns(start_us)
+        mine = np.flatnonzero(owned)
         codes = self._process_codes(frame, mine)
         tids = frame["tid"].to_numpy()
         names, domains = frame["name"].array, frame["domain"].array
-        slice_tids = self._tracks(codes, tids, start_ns, end_ns, start_us, owns)
+        slice_tids = self._tracks(codes, tids, start_ns, end_ns, owned)
         samples = _metric_samples(frame, start_ns, end_ns)
         step_name = _step_record_name(names, prefer=_SCHEDULE_RECORD)
         for first in range(0, len(mine), _CHUNK_ROWS):
@@ -135,14 +136,13 @@ class StreamedTrace:
                            names, owns)
 
     def _tracks(self, codes: np.ndarray, tids: np.ndarray, start_ns: np.ndarray,
-                end_ns: np.ndarray, start_us: np.ndarray,
-                owns: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+                end_ns: np.ndarray, owned: np.ndarray) -> np.ndarray:
         """Each record's track (trace_tracks._slice_tids): the spans from the window's start
-        on are placed on their thread's lanes in order, from the lanes' state the windows
-        before left (``self.lane_stacks``, kept as it is at the window's end); records before
-        the window keep their tid (the window writes none of them)."""
+        (the ``owned`` records) on are placed on their thread's lanes in order, from the
+        lanes' state the windows before left (``self.lane_stacks``, kept as it is at the
+        window's end); records before the window keep their tid (the window writes none of
+        them)."""
         slice_tids = tids.astype(np.int64)
-        owned = owns(start_us)
         if not owned.any():
             return slice_tids
         rows = np.flatnonzero((end_ns > start_ns) & (owned | (start_ns > start_ns[owned].max())))

@@ -144,11 +144,16 @@ def test_cli_stream(tmp_path, capsys):
     assert ("request.csv, batch.csv, kvcache.csv, spec_decode.csv, forward.csv,"
             " request_status.csv, request_summary.csv") in captured.out
     _assert_same_tables(whole, again)
-    # --format csv: the tables alone
+    # --format csv: the tables alone; --format json: the trace alone, written on its own
     only = tmp_path / "only"
     assert main(["--input-path", str(capture), "--output-path", str(only), "--stream", "10m",
                  "--format", "csv"]) == 0
     assert sorted(path.name for path in only.iterdir()) == sorted(TABLES)
+    trace_only = tmp_path / "trace-only"
+    assert main(["--input-path", str(capture), "--output-path", str(trace_only), "--stream",
+                 "10m", "--format", "json"]) == 0
+    assert [path.name for path in trace_only.iterdir()] == ["chrome_tracing.json"]
+    _assert_same_tables(whole, trace_only, ("json",))
     # --since / --until (here cutting requests of the first run): the outputs of one analysis
     # of that window, the report's title saying which
     first_run = ["--since", "2025-11-29T07:06:40.3", "--until", "2025-11-29T07:06:41.5"]
