@@ -342,10 +342,10 @@ HtmlWriter = Callable[[_Run, Any, Any, Any, dict, dict, pd.DataFrame, Any], None
 def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
                every_us: int, margin_us: int = MARGIN_US, formats: Sequence[str] = ("csv",),
                write_html: Optional[HtmlWriter] = None) -> int:
-    """Write the ``formats`` (``csv``, ``db``; ``html`` with ``write_html``) of ``span`` of
-    the capture into ``out`` (without an earlier run's CSV files: the caller's to remove),
-    reading it ``every_us`` at a time with ``margin_us`` on each side; returns the exit
-    status."""
+    """Write the ``formats`` (``csv``, ``json``, ``db``; ``html`` with ``write_html``) of
+    ``span`` of the capture into ``out`` (without an earlier run's CSV files: the caller's to
+    remove), reading it ``every_us`` at a time with ``margin_us`` on each side; returns the
+    exit status."""
     windows = cut(span, every_us)
     _logger.info("reading %d window(s) of %s s from %s, %s s of margin on each side",
                  len(windows), f"{every_us / 1e6:g}", span.describe(), f"{margin_us / 1e6:g}")
@@ -478,9 +478,7 @@ class _Outputs:
         return True
 
     def _trace_outputs(self) -> str:
-        return " / ".join(name for name, wanted in (("chrome_tracing.json", self.json),
-                                                   ("profiler.db", self.db is not None))
-                          if wanted)
+        return "chrome_tracing.json" if self.json else "profiler.db's trace tables"
 
     def finish(self, requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
                summary: dict, stage_tables: dict, first_us: float, operators: Any) -> None:
@@ -491,7 +489,6 @@ class _Outputs:
             trace = run.stage(self._trace_outputs(), self._trace_events, operators)
             if trace is None:
                 self.abandon_trace()
-                self.abandon_db()
         if trace is not None:
             events = trace
             if self.json and self.db is not None:  # written as profiler.db reads the events
@@ -531,15 +528,16 @@ class _Outputs:
             self.db = None
 
     def abandon_trace(self) -> None:
-        """Neither the trace nor profiler.db written."""
+        """No trace written (profiler.db without its tables, as one analysis's when its
+        trace fails)."""
         if self.trace is not None:
             self.trace.remove()
             self.trace = None
         self.json = False
-        self.abandon_db()
 
     def abandon(self) -> None:
         self.abandon_trace()
+        self.abandon_db()
 
 
 def _write_summaries(run: _Run, source: Union[Path, Sequence[Path]], out: Path,

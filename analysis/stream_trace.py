@@ -290,8 +290,7 @@ class StreamedTrace:
                           dtype=np.int64)  # code + 1 -> trace pid
         for name in _FLOW_PARTS:
             trace.flows.add_made(self.counts[name],
-                                 _flow_maker(self.folder / f"{name}.bin", self.counts[name],
-                                             lookup))
+                                 _flow_maker(self.folder / f"{name}.bin", lookup))
         return trace
 
 
@@ -313,13 +312,12 @@ class _PlainPart:
                 yield event
 
 
-def _flow_maker(path: Path, count: int, lookup: np.ndarray
-                ) -> Callable[[int, int], FlowChunk]:
-    """The flow events ``first``..``stop`` of a part file (five int64 columns a row)."""
-    data = np.memmap(path, dtype=np.int64, mode="r", shape=(count, 5)) if count else None
-
+def _flow_maker(path: Path, lookup: np.ndarray) -> Callable[[int, int], FlowChunk]:
+    """The flow events ``first``..``stop`` of a part file (five int64 columns a row), read
+    from the file (mapped, the pages read stayed in the process's memory: 0.8 GB at x100)."""
     def make(first: int, stop: int) -> FlowChunk:
-        block = np.array(data[first:stop])
+        block = np.fromfile(path, dtype=np.int64, count=(stop - first) * 5,
+                            offset=first * 40).reshape(-1, 5)
         return FlowChunk(block[:, 0], block[:, 1], lookup[block[:, 2] + 1], block[:, 3],
                          block[:, 4])
 

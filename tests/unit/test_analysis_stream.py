@@ -30,6 +30,7 @@ from otel_vllm_ascend.analysis import stream_tables, summaries, writers  # noqa:
 from otel_vllm_ascend.analysis.cli import html_writer, main  # noqa: E402
 from otel_vllm_ascend.analysis.readers import capture_span  # noqa: E402
 from otel_vllm_ascend.analysis.stream_db import StreamedDb  # noqa: E402
+from otel_vllm_ascend.analysis.stream_trace import StreamedTrace  # noqa: E402
 from otel_vllm_ascend.analysis.time_window import closed, text_of  # noqa: E402
 from otel_vllm_ascend.analysis.trace_tracks import OVERLAP_TID_STRIDE  # noqa: E402
 
@@ -276,7 +277,7 @@ def test_streamed_db_types_are_the_whole_tables(tmp_path, windows):
 
 def test_a_failing_profiler_db_leaves_the_other_outputs(tmp_path, monkeypatch, caplog):
     """profiler.db failing in the third window: one message, no half-written database, the
-    tables and the report still written in full, exit status 1."""
+    tables, the trace and the report still written in full, exit status 1."""
     capture = _two_hosts(tmp_path / "db")
     whole = _whole(capture, tmp_path / "whole")
     calls = []
@@ -296,7 +297,7 @@ def test_a_failing_profiler_db_leaves_the_other_outputs(tmp_path, monkeypatch, c
                                     html_writer(out, None)) == 1
     assert "could not produce profiler.db: OperationalError: disk I/O error" in caplog.text
     assert not (out / "profiler.db").exists() and not list(out.glob("*.tmp"))
-    _assert_same_tables(whole, out, ("csv", "html"))
+    _assert_same_tables(whole, out, ("csv", "json", "html"))
 
 
 @pytest.mark.parametrize("every_us", [15_000, 40_000, 600_000_000])
@@ -322,3 +323,30 @@ def test_streamed_trace_of_shared_pids_and_overlapping_spans(tmp_path, every_us)
     assert len({e["pid"] for e in trace if e.get("name") == "process_name"}) == 5
     streamed = _stream(tmp_path / "db", tmp_path / "stream", every_us, 20_000)
     _assert_same_tables(whole, streamed)
+
+
+def test_a_failing_trace_leaves_the_other_outputs(tmp_path, monkeypatch, caplog):
+    """The trace failing in the third window: one message, no chrome_tracing.json and no part
+    files left, profiler.db written without the trace's tables (as one analysis's when its
+    trace fails), the tables and the report in full, exit status 1."""
+    capture = _two_hosts(tmp_path / "db")
+    whole = _whole(capture, tmp_path / "whole")
+    calls = []
+    real_add = StreamedTrace.add
+
+    def add(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("no room")
+        real_add(self, *args)
+
+    monkeypatch.setattr(StreamedTrace, "add", add)
+    out = tmp_path / "stream"
+    out.mkdir()
+    span = closed(None, lambda: capture_span([capture]))
+    assert stream_tables.run_stream(capture, out, span, 300_000, 60_000, STREAMED,
+                                    html_writer(out, None)) == 1
+    assert "could not produce chrome_tracing.json: MemoryError: no room" in caplog.text
+    assert not (out / "chrome_tracing.json").exists()
+    assert db_contents(out / "profiler.db") == db_contents(whole / "profiler.db", TRACE_TABLES)
+    _assert_same_tables(whole, out, ("csv", "html"))
