@@ -17,12 +17,12 @@ tracks' names are made, and the parts are read back as one analysis's trace even
 (trace_file.TraceEvents), which chrome_tracing.json and profiler.db are written from as one
 analysis writes them.
 
-Where the result can differ from one analysis's: a span longer than the margin that another
-span on its thread overlaps (the track it is moved to is chosen from the spans the window's
-reading holds), a capture whose engine-step record changes from window to window (as for
-forward.csv), and requests whose flows' order in the file follows their windows where their
-first steps come in another order (a later arrival scheduled first): the same events, in
-another order.
+Each request's flow through its steps is written in the order of the requests' first steps,
+as one analysis writes them: held until the windows read cannot hold a request that starts
+before it. Where the result can differ from one analysis's: a capture whose engine-step record
+changes from window to window (as for forward.csv), and a request whose first step starts
+before the window its arrival lies in (hosts' clocks apart): its flow comes later in the file
+(the same events, in another order).
 """
 
 from __future__ import annotations
@@ -314,7 +314,8 @@ class _PlainPart:
 
 def _flow_maker(path: Path, lookup: np.ndarray) -> Callable[[int, int], FlowChunk]:
     """The flow events ``first``..``stop`` of a part file (five int64 columns a row), read
-    from the file (mapped, the pages read stayed in the process's memory: 0.8 GB at x100)."""
+    with plain reads: a memory map's pages, once read, counted in the process's memory
+    (0.8 GB at x100)."""
     def make(first: int, stop: int) -> FlowChunk:
         block = np.fromfile(path, dtype=np.int64, count=(stop - first) * 5,
                             offset=first * 40).reshape(-1, 5)
