@@ -20,9 +20,11 @@ analysis writes them.
 Each request's flow through its steps is written in the order of the requests' first steps,
 as one analysis writes them: held until the windows read cannot hold a request that starts
 before it. Where the result can differ from one analysis's: a capture whose engine-step record
-changes from window to window (as for forward.csv), and a request whose first step starts
+changes from window to window (as for forward.csv); a request whose first step starts
 before the window its arrival lies in (hosts' clocks apart): its flow comes later in the file
-(the same events, in another order).
+(the same events, in another order); a request without its arrival record, whose slice then
+starts at its first scheduling, in a later window than its first record: it is laid out with
+its first record's window, so its lane and flow number may differ.
 """
 
 from __future__ import annotations
