@@ -502,12 +502,11 @@ def _check_stream_arguments(parser: argparse.ArgumentParser, args: argparse.Name
     if args.every:
         parser.error("--stream and --every exclude each other: --stream writes the whole"
                      " capture's outputs, --every one analysis per window")
-    if args.span or args.split_batch_size or args.split_rid or args.split_number:
-        parser.error("--stream does not write the detail tables (--span, --split-*)")
 
 
 def _stream(source: Union[Path, Sequence[Path]], out: Path, formats: list,
-            window: time_window.TimeWindow, args: argparse.Namespace) -> int:
+            window: time_window.TimeWindow, args: argparse.Namespace,
+            details: detail_outputs.DetailOptions) -> int:
     existing = _prepared(out, formats)
     if existing is None:
         return 2
@@ -517,7 +516,8 @@ def _stream(source: Union[Path, Sequence[Path]], out: Path, formats: list,
     # The report says it is of a window only when one was asked for, as analyse()'s does.
     asked = window if args.since is not None or args.until is not None else None
     return stream_tables.run_stream(source, out, window, args.stream, formats=formats,
-                                    write_html=html_writer(out, asked))
+                                    write_html=html_writer(out, asked),
+                                    details=details)
 
 
 def html_writer(out: Path, window: Optional[time_window.TimeWindow]
@@ -566,7 +566,7 @@ def main(argv: Optional[Sequence[str]] = None, keep_until_exit: Optional[list] =
     details = detail_outputs.DetailOptions.from_args(args)
     try:
         if args.stream and window is not None:
-            return _stream(source, Path(args.output_path), formats, window, args)
+            return _stream(source, Path(args.output_path), formats, window, args, details)
         if args.every and window is not None:
             return every_window.run_every(
                 lambda folder, part, figures: analyse(source, folder, formats, progress, None,

@@ -134,14 +134,22 @@ def write_span_info(folder: Path, tables: dict, summary: pd.DataFrame) -> Path:
     for old in folder.glob("*.csv"):
         old.unlink()
     for name, table in tables.items():
-        target = folder / span_info.file_name(name)
-        if target.name == span_info.SUMMARY_FILE:
-            _logger.warning("span_info: span %r is not written (its file name is the"
-                            " summary's)", name)
-            continue
-        writers.write_csv(target, table, span_info.OCCURRENCE_COLUMNS)
+        target = span_info_file(folder, name)
+        if target is not None:
+            writers.write_csv(target, table, span_info.OCCURRENCE_COLUMNS)
     writers.write_csv(folder / span_info.SUMMARY_FILE, summary, span_info.SUMMARY_COLUMNS)
     return folder
+
+
+def span_info_file(folder: Path, name: str) -> Optional[Path]:
+    """The occurrences file of span ``name`` in ``folder``; None (and a warning) when its
+    name is the summary's."""
+    target = folder / span_info.file_name(name)
+    if target.name == span_info.SUMMARY_FILE:
+        _logger.warning("span_info: span %r is not written (its file name is the summary's)",
+                        name)
+        return None
+    return target
 
 
 def report_tables(built: Optional[DetailTables]) -> dict:

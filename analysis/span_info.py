@@ -89,17 +89,16 @@ def build_span_info(frame: pd.DataFrame, requested: Sequence[str]
     names = span_names(requested)
     rows = span_rows(frame, names)
     groups = {name: group for name, group in rows.groupby("name", sort=False, observed=True)}
-    tables: dict[str, pd.DataFrame] = {}
-    summary = []
-    for name in names:
-        group = groups.get(name)
-        if group is None and name not in requested:
-            continue
-        if group is not None:
-            tables[name] = occurrences(group)
-            durations = tables[name]["during_time(ms)"].to_numpy()
-        else:
-            durations = np.zeros(0)
-        summary.append(summary_row(name, durations))
-    missing = [name for name in dict.fromkeys(requested) if name not in groups]
-    return tables, pd.DataFrame(summary, columns=list(SUMMARY_COLUMNS)), missing
+    tables = {name: occurrences(groups[name]) for name in names if name in groups}
+    summary, missing = summary_of(requested, {name: table["during_time(ms)"].to_numpy()
+                                              for name, table in tables.items()})
+    return tables, summary, missing
+
+
+def summary_of(requested: Sequence[str], durations: dict) -> tuple[pd.DataFrame, list[str]]:
+    """The summary table of the spans with ``durations`` (name -> ms of every occurrence:
+    the names the capture holds as spans), and the requested names it does not hold."""
+    summary = [summary_row(name, durations.get(name, np.zeros(0)))
+               for name in span_names(requested) if name in durations or name in requested]
+    missing = [name for name in dict.fromkeys(requested) if name not in durations]
+    return pd.DataFrame(summary, columns=list(SUMMARY_COLUMNS)), missing

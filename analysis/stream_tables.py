@@ -29,8 +29,9 @@ window's analysis plus those columns, not the records of the whole capture.
 tables at the end; the trace's events are made a window at a time too (:mod:`.stream_trace`)
 and written to ``chrome_tracing.json`` and profiler.db at the end; ``report.html`` is drawn at
 the end from the kept columns, the KV rows' usage and the queue records' lengths (about 40
-bytes each). span_info/ and the stage breakdown's selections are not written: they need the
-whole capture's records at once (``--every`` gives them per window).
+bytes each). ``span_info/`` (``--span``) is appended to as the tables are, its summary
+made at the end from the durations kept; the stage breakdown's ``--split-*`` selections come
+from the kept stage rows and the chosen request ids' steps.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis import batches as batches_mod
+from otel_vllm_ascend.analysis import detail_outputs, span_info, summaries, writers
 from otel_vllm_ascend.analysis import forwards as forwards_mod
 from otel_vllm_ascend.analysis import kvcache as kvcache_mod
 from otel_vllm_ascend.analysis import operators as operators_mod
@@ -52,7 +54,6 @@ from otel_vllm_ascend.analysis import request_status as status_mod
 from otel_vllm_ascend.analysis import requests as requests_mod
 from otel_vllm_ascend.analysis import spec_decode as spec_mod
 from otel_vllm_ascend.analysis import stages as stages_mod
-from otel_vllm_ascend.analysis import summaries, writers
 from otel_vllm_ascend.analysis import trace as trace_mod
 from otel_vllm_ascend.analysis.allocator import give_back_free_memory
 from otel_vllm_ascend.analysis.console_summary import _print_summary, _warn_partial
@@ -103,8 +104,18 @@ class _Window(NamedTuple):
     first_us: float  # the reading's first record's start (NaN: none)
     frame: Optional[pd.DataFrame]  # the reading's records, for the trace (if wanted)
     request_ids: Optional[set]  # every id of the reading's request table, for the trace
+    rid_steps: Optional[pd.DataFrame]  # (rid, type, step_id) of the --split-rid ids' steps
+    spans: Optional[pd.DataFrame]  # the records span_info/ lists (--span)
     still_open: int  # own requests without an end that ran or waited until the reading's end
     unparsable: int  # records of the reading (margins included) that could not be decoded
+
+
+class _Wants(NamedTuple):
+    """What a window's reading gives beyond the tables."""
+
+    queues: bool  # report.html's queue records
+    trace: bool  # the records themselves, for the trace
+    details: detail_outputs.DetailOptions  # --span and --split-*
 
 
 def _owned(times: np.ndarray, own: TimeWindow) -> np.ndarray:
@@ -127,7 +138,7 @@ def _active_at_end(frame: pd.DataFrame, read: TimeWindow, ids: set, margin_us: i
 
 def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: TimeWindow,
                  written: dict, step_offset: int, seen_problems: set, margin_us: int,
-                 queues: bool, trace: bool) -> _Window:
+                 wants: _Wants) -> _Window:
     frame, _processes, report = read_captures(source, None, read)
     give_back_free_memory()
     for problem in report.problems:
@@ -136,10 +147,12 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
             _logger.warning("%s", problem)
     if frame.empty:
         return _Window(None, None, None, None, None, None, None, None, None, np.nan, None,
-                       None, 0, report.unparsable)
+                       None, None, None, 0, report.unparsable)
     start = frame["start_us"].to_numpy(dtype="float64")
     first_us = float(np.nanmin(start)) if np.isfinite(start).any() else np.nan
-    queue_table = _own_rows(queue_rows(frame), own) if queues else None
+    queue_table = _own_rows(queue_rows(frame), own) if wants.queues else None
+    spans = (_own_rows(span_info.span_rows(frame, span_info.span_names(wants.details.spans)),
+                       own) if wants.details.spans else None)
     del start
     steps = engine_steps(frame)
     per_request = StepRequestChunks(steps) if steps is not None else None
@@ -147,7 +160,7 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
     own_requests = still_open = request_ids = None
     if requests is not None:
         ids = requests["http_rid"].to_numpy(dtype=object)
-        request_ids = set(ids.tolist()) if trace else None
+        request_ids = set(ids.tolist()) if wants.trace else None
         mine = _owned(requests["start_us"].to_numpy(dtype="float64"), own) & np.fromiter(
             (rid not in written for rid in ids), dtype=bool, count=len(ids))
         own_requests = requests.loc[mine].reset_index(drop=True)
@@ -170,11 +183,17 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
     if own_requests is not None:
         gaps = summaries.pooled_gaps(frame, own_requests, step_rids, batches)
     request_status = status_mod.build_request_status(frame)
-    forwards = stages = None
+    forwards = stages = rid_steps = None
+    selection = wants.details.selection
     if batches is not None:
         forwards = forwards_mod.build_forwards(frame, batches)
-        stages = stages_mod.step_stages(frame, batches, stages_mod.breakdown_rows(per_request))
-    kept_frame = frame if trace else None
+        stage_rows = stages_mod.breakdown_rows(per_request, selection)
+        stages = stages_mod.step_stages(frame, batches, stage_rows)
+        if selection.rids:
+            rid_steps = stage_rows.loc[stage_rows["rid"].isin(list(selection.rids)).to_numpy(),
+                                       ["rid", "type", "step_id"]]
+        del stage_rows
+    kept_frame = frame if wants.trace else None
     del frame, steps, per_request, step_rids
     # The window's steps are numbered from its reading's first: the whole capture's numbers
     # are those minus the steps before the window plus the steps of the windows before.
@@ -183,16 +202,18 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
         keys = step_start_us(batches)
         before = int(np.count_nonzero(keys < own.since_us))
         batches = batches.loc[_owned(keys, own)].reset_index(drop=True)
+        if rid_steps is not None:
+            rid_steps = rid_steps.loc[rid_steps["step_id"].isin(batches["step_id"]).to_numpy()]
         batches["step_id"] = batches["step_id"] - before + step_offset
     spec_decode, forwards, request_status, kvcache, stages = (
         _own_rows(table, own) for table in (spec_decode, forwards, request_status, kvcache,
                                             stages))
-    for table in (spec_decode, forwards, stages):
+    for table in (spec_decode, forwards, stages, rid_steps):
         if table is not None and len(table):
             table["step_id"] = table["step_id"] - before + step_offset
     return _Window(own_requests, batches, kvcache, spec_decode, forwards, request_status, stages,
-                   gaps, queue_table, first_us, kept_frame, request_ids, still_open or 0,
-                   report.unparsable)
+                   gaps, queue_table, first_us, kept_frame, request_ids, rid_steps, spans,
+                   still_open or 0, report.unparsable)
 
 
 def _own_rows(table: Optional[pd.DataFrame], own: TimeWindow) -> Optional[pd.DataFrame]:
@@ -341,15 +362,20 @@ HtmlWriter = Callable[[_Run, Any, Any, Any, dict, dict, pd.DataFrame, Any], None
 
 def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
                every_us: int, margin_us: int = MARGIN_US, formats: Sequence[str] = ("csv",),
-               write_html: Optional[HtmlWriter] = None) -> int:
+               write_html: Optional[HtmlWriter] = None,
+               details: Optional[detail_outputs.DetailOptions] = None) -> int:
     """Write the ``formats`` (``csv``, ``json``, ``db``; ``html`` with ``write_html``) of
     ``span`` of the capture into ``out`` (without an earlier run's CSV files: the caller's to
-    remove), reading it ``every_us`` at a time with ``margin_us`` on each side; returns the
-    exit status."""
+    remove), reading it ``every_us`` at a time with ``margin_us`` on each side, with the
+    ``--span`` / ``--split-*`` ``details``; returns the exit status."""
     windows = cut(span, every_us)
     _logger.info("reading %d window(s) of %s s from %s, %s s of margin on each side",
                  len(windows), f"{every_us / 1e6:g}", span.describe(), f"{margin_us / 1e6:g}")
+    details = details or detail_outputs.DetailOptions()
     outputs = _Outputs(out, formats, write_html)
+    wants = _Wants(outputs.write_html is not None, outputs.trace is not None, details)
+    spans = _SpanFiles(out / span_info.FOLDER, details.spans) if details.spans else None
+    kept_rid_steps: list = []  # the --split-rid ids' steps
     first_us = np.inf  # the first record's start (report.html's time origin)
     carried = _Carried()
     written: dict = {}  # id -> end (µs, NaN if none) of the requests written, while they matter
@@ -371,8 +397,7 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
             read = TimeWindow(max(own.since_us - margin_us, span.since_us),
                               min(own.until_us + after, span.until_us))
             window = _read_window(source, read, own, written, steps_so_far, seen_problems,
-                                  margin_us, outputs.write_html is not None,
-                                  outputs.trace is not None)
+                                  margin_us, wants)
             if not window.still_open or read.until_us >= span.until_us:
                 break
             if after >= MAX_MARGINS * margin_us:
@@ -408,6 +433,10 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
             carried.queues_of_window(window.request_status)))), window, own)
         if window.stages is not None:
             kept_stages.append(carried.stages_of_window(window.stages, window.batches))
+        if window.rid_steps is not None:
+            kept_rid_steps.append(window.rid_steps)
+        if spans is not None and window.spans is not None:
+            spans.add(window.spans)
         if window.first_us < first_us:
             first_us = window.first_us
         del window
@@ -424,12 +453,52 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
         return 1
     run = outputs.run
     run.written.extend(table.path for table in outputs.tables.values() if table.started)
+    rid_steps = (pd.concat(kept_rid_steps, ignore_index=True) if kept_rid_steps
+                 else pd.DataFrame(columns=["rid", "type", "step_id"]))
     summary, stage_tables, operators = _write_summaries(run, source, out, requests, batches,
-                                                        stages, gaps, "csv" in formats)
+                                                        stages, gaps, "csv" in formats,
+                                                        rid_steps, details.selection)
+    if spans is not None and "csv" in formats:
+        run.wrote(run.stage("span_info", spans.finish))
     outputs.finish(requests, batches, summary, stage_tables, first_us, operators)
     _warn_partial(requests)
     _print_summary(requests, batches, summary, run, out)
     return 1 if run.failed else 0
+
+
+class _SpanFiles:
+    """``span_info/`` written a window's spans at a time: a file per span name (rows
+    appended), ``span_summary.csv`` at the end from every occurrence's duration."""
+
+    def __init__(self, folder: Path, requested: Sequence[str]) -> None:
+        self.folder, self.requested = folder, requested
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.csv"):  # an earlier run's: its spans may not be asked now
+            old.unlink()
+        self.files: dict = {}  # span name -> its _Appender (None: not written)
+        self.durations: dict = {}  # span name -> arrays of its occurrences' durations (ms)
+
+    def add(self, rows: pd.DataFrame) -> None:
+        """The span records a window owns (span_info.span_rows)."""
+        for name, group in rows.groupby("name", sort=False, observed=True):
+            table = span_info.occurrences(group)
+            self.durations.setdefault(name, []).append(table["during_time(ms)"].to_numpy())
+            if name not in self.files:
+                target = detail_outputs.span_info_file(self.folder, name)
+                self.files[name] = (_Appender(target, span_info.OCCURRENCE_COLUMNS)
+                                    if target is not None else None)
+            if self.files[name] is not None:
+                self.files[name].add(table)
+
+    def finish(self) -> Path:
+        durations = {name: np.concatenate(parts) for name, parts in self.durations.items()}
+        summary, missing = span_info.summary_of(self.requested, durations)
+        if missing:
+            _logger.warning("--span: no span named %s in the capture",
+                            ", ".join(repr(name) for name in missing))
+        writers.write_csv(self.folder / span_info.SUMMARY_FILE, summary,
+                          span_info.SUMMARY_COLUMNS)
+        return self.folder
 
 
 class _Outputs:
@@ -542,11 +611,13 @@ class _Outputs:
 
 def _write_summaries(run: _Run, source: Union[Path, Sequence[Path]], out: Path,
                      requests: Optional[pd.DataFrame], batches: Optional[pd.DataFrame],
-                     stages: Optional[pd.DataFrame], gaps: summaries.GapCounts, csv: bool
+                     stages: Optional[pd.DataFrame], gaps: summaries.GapCounts, csv: bool,
+                     rid_steps: pd.DataFrame, selection: stages_mod.StageSelection
                      ) -> tuple[dict, dict, Any]:
     """The summaries (the operator tables with operator data under ``source``) and the stage
-    breakdown of every step (``csv``: their CSV files written); returns them and the operator
-    data: (summary name -> table, phase -> stage table, operator capture or None)."""
+    breakdown of every step and of the ``selection``'s (``rid_steps``: the steps of its
+    request ids) (``csv``: their CSV files written); returns them and the operator data:
+    (summary name -> table, phase -> stage table, operator capture or None)."""
     summary: dict[str, Any] = {}
     if requests is not None:
         summary["request_summary"] = run.stage("request_summary.csv", summaries.request_summary,
@@ -560,9 +631,12 @@ def _write_summaries(run: _Run, source: Union[Path, Sequence[Path]], out: Path,
     operators = operators_mod.read_operator_tables(run, source, summary)  # read once
     summary = {name: table for name, table in summary.items() if table is not None}
     breakdown = None
-    if stages is not None:  # the stage breakdown of every step (no --split-* selection)
+    if stages is not None:
         breakdown = run.stage("prefill.csv / decode.csv", stages_mod.stage_breakdown, stages,
-                              pd.DataFrame())
+                              rid_steps, selection)
+        unmatched = stages_mod.unknown_selections(breakdown) if breakdown else []
+        if unmatched:
+            _logger.warning("stage breakdown: no engine step matches %s", ", ".join(unmatched))
     if csv:
         for name, table in summary.items():
             run.wrote(run.stage(f"{name}.csv", writers.write_csv, out / f"{name}.csv", table,

@@ -28,7 +28,9 @@ from otel_vllm_ascend.analysis import kvcache as kvcache_mod  # noqa: E402
 from otel_vllm_ascend.analysis import requests as requests_mod  # noqa: E402
 from otel_vllm_ascend.analysis import stream_tables, summaries, writers  # noqa: E402
 from otel_vllm_ascend.analysis.cli import html_writer, main  # noqa: E402
+from otel_vllm_ascend.analysis.detail_outputs import DetailOptions  # noqa: E402
 from otel_vllm_ascend.analysis.readers import capture_span  # noqa: E402
+from otel_vllm_ascend.analysis.stages import StageSelection  # noqa: E402
 from otel_vllm_ascend.analysis.stream_db import StreamedDb  # noqa: E402
 from otel_vllm_ascend.analysis.stream_trace import StreamedTrace  # noqa: E402
 from otel_vllm_ascend.analysis.time_window import closed, text_of  # noqa: E402
@@ -145,11 +147,13 @@ def test_cli_stream(tmp_path, capsys):
     assert ("request.csv, batch.csv, kvcache.csv, spec_decode.csv, forward.csv,"
             " request_status.csv, request_summary.csv") in captured.out
     _assert_same_tables(whole, again)
-    # --format csv: the tables alone; --format json: the trace alone, written on its own
+    # --format csv: the tables alone (and span_info/ with --span); --format json: the trace
+    # alone, written on its own
     only = tmp_path / "only"
     assert main(["--input-path", str(capture), "--output-path", str(only), "--stream", "10m",
-                 "--format", "csv"]) == 0
-    assert sorted(path.name for path in only.iterdir()) == sorted(TABLES)
+                 "--format", "csv", "--span", "modelExec"]) == 0
+    assert sorted(path.name for path in only.iterdir()) == sorted(TABLES + ("span_info",))
+    assert (only / "span_info" / "modelExec.csv").exists()
     trace_only = tmp_path / "trace-only"
     assert main(["--input-path", str(capture), "--output-path", str(trace_only), "--stream",
                  "10m", "--format", "json"]) == 0
@@ -213,7 +217,6 @@ def test_a_request_running_past_every_margin_is_said(tmp_path, caplog):
 
 @pytest.mark.parametrize("extra, message", [
     (["--every", "1m"], "--stream and --every exclude each other"),
-    (["--span", "forward"], "--stream does not write the detail tables"),
     ([], "--stream needs the capture's ms_service_*.db files"),  # the folder holds none
 ])
 def test_stream_refuses_what_it_cannot_write(tmp_path, capsys, extra, message):
@@ -350,3 +353,31 @@ def test_a_failing_trace_leaves_the_other_outputs(tmp_path, monkeypatch, caplog)
     assert not (out / "chrome_tracing.json").exists()
     assert db_contents(out / "profiler.db") == db_contents(whole / "profiler.db", TRACE_TABLES)
     _assert_same_tables(whole, out, ("csv", "html"))
+
+
+@pytest.mark.parametrize("every_us, margin_us", [(20_000, 40_000), (600_000_000, 60_000_000)])
+def test_stream_writes_span_info_and_the_stage_selections(tmp_path, every_us, margin_us):
+    """--span and --split-*: span_info/ (a file per span, span_summary.csv with a span the
+    capture lacks) and prefill.csv / decode.csv with the selections (batch sizes, request
+    ids whose steps lie in several windows, the first N steps) are one analysis's."""
+    capture = _two_hosts(tmp_path / "db")
+    details = ["--span", "modelExec", "noSuchSpan", "--split-batch-size", "1", "3",
+               "--split-rid", "cmpl-00010005-0", "cmpl-00020050-0", "--split-number", "7"]
+    whole = tmp_path / "whole"
+    assert main(["--input-path", str(capture), "--output-path", str(whole), *details]) == 0
+    streamed = tmp_path / "stream"
+    streamed.mkdir()
+    span = closed(None, lambda: capture_span([capture]))
+    options = DetailOptions(("modelExec", "noSuchSpan"), StageSelection(
+        (1, 3), ("cmpl-00010005-0", "cmpl-00020050-0"), 7))
+    assert stream_tables.run_stream(capture, streamed, span, every_us, margin_us, STREAMED,
+                                    html_writer(streamed, None), options) == 0
+    _assert_same_tables(whole, streamed)
+    folder = streamed / "span_info"
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == sorted(path.name for path in (whole / "span_info").iterdir())
+    assert names == ["batchFrameworkProcessing.csv", "modelExec.csv", "span_summary.csv"]
+    for name in names:
+        assert (folder / name).read_bytes() == (whole / "span_info" / name).read_bytes(), name
+    decode = (streamed / "decode.csv").read_text()
+    assert "rid=cmpl-00010005-0" in decode and "batch_size=3" in decode
