@@ -278,31 +278,6 @@ def test_streamed_db_types_are_the_whole_tables(tmp_path, windows):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_a_failing_profiler_db_leaves_the_other_outputs(tmp_path, monkeypatch, caplog):
-    """profiler.db failing in the third window: one message, no half-written database, the
-    tables, the trace and the report still written in full, exit status 1."""
-    capture = _two_hosts(tmp_path / "db")
-    whole = _whole(capture, tmp_path / "whole")
-    calls = []
-    real_add = StreamedDb.add
-
-    def add(self, name, table, columns):
-        calls.append(name)
-        if len(calls) > 12:  # the third window's first table
-            raise sqlite3.OperationalError("disk I/O error")
-        real_add(self, name, table, columns)
-
-    monkeypatch.setattr(StreamedDb, "add", add)
-    out = tmp_path / "stream"
-    out.mkdir()
-    span = closed(None, lambda: capture_span([capture]))
-    assert stream_tables.run_stream(capture, out, span, 300_000, 60_000, STREAMED,
-                                    html_writer(out, None)) == 1
-    assert "could not produce profiler.db: OperationalError: disk I/O error" in caplog.text
-    assert not (out / "profiler.db").exists() and not list(out.glob("*.tmp"))
-    _assert_same_tables(whole, out, ("csv", "json", "html"))
-
-
 @pytest.mark.parametrize("every_us", [15_000, 40_000, 600_000_000])
 def test_streamed_trace_of_shared_pids_and_overlapping_spans(tmp_path, every_us):
     """Two hosts whose processes have the same pids (the trace gives the second host's new
@@ -328,31 +303,47 @@ def test_streamed_trace_of_shared_pids_and_overlapping_spans(tmp_path, every_us)
     _assert_same_tables(whole, streamed)
 
 
-def test_a_failing_trace_leaves_the_other_outputs(tmp_path, monkeypatch, caplog):
-    """The trace failing in the third window: one message, no chrome_tracing.json and no part
-    files left, profiler.db written without the trace's tables (as one analysis's when its
-    trace fails), the tables and the report in full, exit status 1."""
+@pytest.mark.parametrize("part, fail_at, error, message", [
+    # profiler.db failing in the third window (six tables a window)
+    ("db", 13, sqlite3.OperationalError("disk I/O error"),
+     "could not produce profiler.db: OperationalError: disk I/O error"),
+    ("trace", 3, MemoryError("no room"),  # the trace failing in the third window
+     "could not produce chrome_tracing.json: MemoryError: no room"),
+])
+def test_a_failing_output_leaves_the_others(tmp_path, monkeypatch, caplog, part, fail_at,
+                                            error, message):
+    """One message, exit status 1, no half-written file or part files left, every other
+    output in full: without profiler.db the tables, the trace and the report; without the
+    trace profiler.db too, without its trace tables (as one analysis's when its trace
+    fails)."""
     capture = _two_hosts(tmp_path / "db")
     whole = _whole(capture, tmp_path / "whole")
+    failing = StreamedDb if part == "db" else StreamedTrace
     calls = []
-    real_add = StreamedTrace.add
+    real_add = failing.add
 
     def add(self, *args):
         calls.append(1)
-        if len(calls) == 3:
-            raise MemoryError("no room")
+        if len(calls) == fail_at:
+            raise error
         real_add(self, *args)
 
-    monkeypatch.setattr(StreamedTrace, "add", add)
+    monkeypatch.setattr(failing, "add", add)
     out = tmp_path / "stream"
     out.mkdir()
     span = closed(None, lambda: capture_span([capture]))
     assert stream_tables.run_stream(capture, out, span, 300_000, 60_000, STREAMED,
                                     html_writer(out, None)) == 1
-    assert "could not produce chrome_tracing.json: MemoryError: no room" in caplog.text
-    assert not (out / "chrome_tracing.json").exists()
-    assert db_contents(out / "profiler.db") == db_contents(whole / "profiler.db", TRACE_TABLES)
-    _assert_same_tables(whole, out, ("csv", "html"))
+    assert message in caplog.text
+    assert not list(out.glob("*.tmp")) and not (out / ".chrome_tracing.parts").exists()
+    if part == "db":
+        assert not (out / "profiler.db").exists()
+        _assert_same_tables(whole, out, ("csv", "json", "html"))
+    else:
+        assert not (out / "chrome_tracing.json").exists()
+        assert db_contents(out / "profiler.db") == db_contents(whole / "profiler.db",
+                                                               TRACE_TABLES)
+        _assert_same_tables(whole, out, ("csv", "html"))
 
 
 @pytest.mark.parametrize("every_us, margin_us", [(20_000, 40_000), (600_000_000, 60_000_000)])
