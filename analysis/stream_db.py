@@ -45,7 +45,7 @@ class StreamedDb:
             table = table.reindex(columns=list(columns))
         if table.empty:
             if name not in self._schemas:
-                writers._store_rows(self.conn, name, table, "replace")
+                writers.store_rows(self.conn, name, table, "replace")
                 self._schemas[name] = None  # made from no rows: any row's kinds remake it
             return
         sample = _kinds_sample(table)
@@ -57,7 +57,7 @@ class StreamedDb:
         if self._schemas.get(name) != schema:
             self._remake(name, schema)
         for first in range(0, len(table), writers.DB_CHUNK_ROWS):
-            writers._store_rows(self.conn, name, table.iloc[first:first + writers.DB_CHUNK_ROWS],
+            writers.store_rows(self.conn, name, table.iloc[first:first + writers.DB_CHUNK_ROWS],
                                 "append", types)
 
     def _remake(self, name: str, schema: str) -> None:
@@ -82,11 +82,11 @@ class StreamedDb:
         try:
             for name in writers.ROW_TABLES:
                 if name not in self._schemas:  # one analysis stores it empty
-                    writers._store(conn, name, writers.stored_form(name, pd.DataFrame(),
+                    writers.store_table(conn, name, writers.stored_form(name, pd.DataFrame(),
                                                                    columns[name]))
                 writers.row_table_view(conn, name, columns[name])
             for name, table in summaries.items():
-                writers._store(conn, name, table)
+                writers.store_table(conn, name, table)
             empty = pd.DataFrame()
             writers.finish_tables(conn, requests if requests is not None else empty,
                                   batches if batches is not None else empty)
@@ -100,7 +100,7 @@ class StreamedDb:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-        writers._db_tmp(self.path).unlink(missing_ok=True)
+        writers.db_tmp(self.path).unlink(missing_ok=True)
 
 
 def _kinds_sample(table: pd.DataFrame) -> pd.DataFrame:
@@ -109,7 +109,7 @@ def _kinds_sample(table: pd.DataFrame) -> pd.DataFrame:
     rows = {0}
     for column in table.columns:
         values = table[column]
-        if values.dtype != object and not writers._lazy_column(values):
+        if values.dtype != object and not writers.lazy_column(values):
             continue  # the dtype decides: the first row keeps it
         kinds = pd.Series([_kind(value) for value in values.tolist()])
         rows.update(np.flatnonzero(~kinds.duplicated().to_numpy()).tolist())

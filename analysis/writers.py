@@ -152,7 +152,7 @@ def _long_text_column(table: pd.DataFrame) -> Optional[int]:
         values = table.iloc[:, position]
         if not len(values) or duplicated[position]:
             continue
-        if _lazy_column(values) and isinstance(column, str):
+        if lazy_column(values) and isinstance(column, str):
             return position  # a column of lazy cells by its type (date_cells.DateColumn)
         if not (values.dtype == object or isinstance(values.dtype, pd.StringDtype)):
             continue
@@ -237,24 +237,24 @@ def _view(conn: sqlite3.Connection, view: str, table: str, columns: Sequence[str
     conn.execute(f'CREATE VIEW "{view}" AS SELECT {", ".join(parts)} FROM "{table}"')
 
 
-def _store(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
+def store_table(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> None:
     """``table`` stored a chunk of rows at a time: only a chunk is copied and turned into SQL
     values at once (the whole table's copy was the profiler.db peak); the column types are
     those the whole table would get, set before the first chunk."""
     if not len(table):
-        _store_rows(conn, name, table, "replace")
+        store_rows(conn, name, table, "replace")
         return
     types = object_types(table)
     for first in range(0, len(table), DB_CHUNK_ROWS):
-        _store_rows(conn, name, table.iloc[first:first + DB_CHUNK_ROWS],
+        store_rows(conn, name, table.iloc[first:first + DB_CHUNK_ROWS],
                     "replace" if first == 0 else "append", types)
 
 
 def object_types(table: pd.DataFrame) -> dict:
-    """The SQLite types :func:`_store` gives ``table``'s object (and lazy) columns: TEXT for
+    """The SQLite types :func:`store_table` gives ``table``'s object (and lazy) columns: TEXT for
     lazy text, else what ``to_sql`` gives the whole column (``table`` not empty)."""
     objects = [column for column in table.columns
-               if table[column].dtype == object or _lazy_column(table[column])]
+               if table[column].dtype == object or lazy_column(table[column])]
     return {column: "TEXT" if isinstance(table[column].iloc[0], LazyText)
             else _sql_type(table[column]) for column in objects}
 
@@ -269,7 +269,7 @@ def _sql_type(column: pd.Series) -> str:
     return _SQL_TYPES.get(kind, "TEXT")
 
 
-def _store_rows(conn: sqlite3.Connection, name: str, table: pd.DataFrame, if_exists: str,
+def store_rows(conn: sqlite3.Connection, name: str, table: pd.DataFrame, if_exists: str,
                 types: Optional[dict] = None) -> None:
     sql_rows(table).to_sql(name, conn, index=False, if_exists=if_exists, dtype=types)
 
@@ -279,7 +279,7 @@ def sql_rows(table: pd.DataFrame) -> pd.DataFrame:
     SQLite stores (:func:`_sqlite_value`)."""
     table = table.copy()
     for column in table.columns:
-        if _lazy_column(table[column]):  # the chunk's cells, as an object column holds them
+        if lazy_column(table[column]):  # the chunk's cells, as an object column holds them
             table[column] = pd.Series(table[column].to_numpy(dtype=object), index=table.index,
                                       dtype=object)
         if table[column].dtype == object:
@@ -287,7 +287,7 @@ def sql_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _lazy_column(column: pd.Series) -> bool:
+def lazy_column(column: pd.Series) -> bool:
     """Whether ``column``'s type holds lazy cells made when read (date_cells.DateColumn)."""
     return getattr(column.dtype, "lazy_cells", False) is True
 
@@ -326,14 +326,14 @@ def write_profiler_tables(path: Path, request_csv: tuple[pd.DataFrame, Sequence[
     conn = new_profiler_db(path)
     try:
         for name, (table, columns) in zip(ROW_TABLES, (request_csv, batch_csv, kvcache_csv)):
-            _store(conn, name, stored_form(name, table, columns))
+            store_table(conn, name, stored_form(name, table, columns))
             row_table_view(conn, name, columns)
         for name, table in summaries.items():
-            _store(conn, name, table)
+            store_table(conn, name, table)
         finish_tables(conn, request_csv[0], batch_csv[0])
     finally:
         conn.close()
-    return _db_tmp(path)
+    return db_tmp(path)
 
 
 # The row tables with the reference's column names: table -> (CSV name -> stored name, view).
@@ -344,7 +344,7 @@ ROW_TABLES = {"request": (_REQUEST_DB_NAMES, "request_data"),
 
 def new_profiler_db(path: Path) -> sqlite3.Connection:
     """A connection to a new, empty temporary file beside ``path``, for profiler.db's tables."""
-    tmp = _db_tmp(Path(path))
+    tmp = db_tmp(Path(path))
     if tmp.exists():
         tmp.unlink()
     return _connect(tmp)
@@ -388,7 +388,7 @@ def finish_profiler_db(path: Path, trace_events: Optional[Iterable[dict]] = None
     file :func:`write_profiler_tables` wrote, which then replaces ``path``; or, given
     ``trace_part`` (:func:`write_trace_part`'s file), that file's tables copied in."""
     path = Path(path)
-    tmp = _db_tmp(path)
+    tmp = db_tmp(path)
     try:
         if trace_part is not None:
             _copy_trace_tables(tmp, trace_part)
@@ -441,7 +441,7 @@ def _copy_trace_tables(tmp: Path, part: Path) -> None:
         conn.close()
 
 
-def _db_tmp(path: Path) -> Path:
+def db_tmp(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 

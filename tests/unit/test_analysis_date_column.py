@@ -11,7 +11,7 @@ from datetime_values import datetime_values
 from otel_vllm_ascend.analysis import writers
 from otel_vllm_ascend.analysis.date_cells import DateColumn, datetime_column_us
 from otel_vllm_ascend.analysis.frame import format_datetime_us
-from otel_vllm_ascend.analysis.writers import NO_DATE, _store, lazy_datetimes_us, write_csv
+from otel_vllm_ascend.analysis.writers import NO_DATE, lazy_datetimes_us, store_table, write_csv
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -62,7 +62,7 @@ def test_written_and_stored_as_the_object_column(tmp_path, monkeypatch, chunk):
     dumps = []
     for name, table in (("a", objects), ("b", column)):
         conn = sqlite3.connect(tmp_path / f"{name}.db")
-        _store(conn, "batch", table)
+        store_table(conn, "batch", table)
         conn.commit()
         dumps.append((conn.execute("SELECT sql FROM sqlite_master").fetchall(),
                       conn.execute("SELECT n, t, typeof(t), x, hit, typeof(hit), u, typeof(u)"

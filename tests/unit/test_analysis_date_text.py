@@ -13,8 +13,8 @@ from otel_vllm_ascend.analysis.writers import (
     NO_DATE,
     DateText,
     LazyText,
-    _store,
     lazy_datetimes_us,
+    store_table,
     write_csv,
 )
 
@@ -54,7 +54,7 @@ def test_a_table_of_cells_is_written_as_the_table_of_texts(tmp_path):
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     for name, table in (("a", texts), ("b", lazy)):
         conn = sqlite3.connect(tmp_path / f"{name}.db")
-        _store(conn, "batch", table)
+        store_table(conn, "batch", table)
         conn.commit()
         conn.close()
 
@@ -83,11 +83,11 @@ def test_an_object_column_beside_lazy_cells_is_typed_by_the_whole_column(tmp_pat
     for name, table in (("lazy", lazy), ("texts", texts)):
         conn = sqlite3.connect(tmp_path / f"{name}.db")
         if name == "lazy":
-            _store(conn, "request", table)
+            store_table(conn, "request", table)
         else:
             # the whole table at once, its values mapped as profiler.db maps them (a bare
             # to_sql of the object column is TEXT on pandas 2.0: "mixed-integer-float")
-            writers._store_rows(conn, "request", table, "replace")
+            writers.store_rows(conn, "request", table, "replace")
         conn.commit()
         dumps.append((conn.execute("SELECT sql FROM sqlite_master").fetchall(),
                       conn.execute("SELECT t, typeof(t), hit, typeof(hit) FROM request")

@@ -264,7 +264,7 @@ def test_streamed_db_types_are_the_whole_tables(tmp_path, windows):
     tables = [pd.DataFrame({"step_id": range(len(w["x"])), **w}) for w in windows]
     whole = pd.concat(tables, ignore_index=True)
     conn = sqlite3.connect(tmp_path / "whole.db")
-    writers._store(conn, "forward", whole)
+    writers.store_table(conn, "forward", whole)
     conn.commit()
     conn.close()
     db = StreamedDb(tmp_path / "profiler.db")

@@ -123,7 +123,7 @@ def test_reusable_encoder_is_the_standard_encoding(separators):
         assert dumps(value) == json.dumps(value, separators=separators)
 
 
-def _stored(table: pd.DataFrame, store=writers._store) -> tuple:
+def _stored(table: pd.DataFrame, store=writers.store_table) -> tuple:
     import sqlite3
 
     conn = sqlite3.connect(":memory:")
@@ -155,7 +155,7 @@ def test_profiler_db_tables_stored_in_chunks_as_in_one_piece(monkeypatch, chunk)
     })
     # The reference: the whole table's copy stored in one piece.
     def whole_of(t):
-        return _stored(t, lambda conn, name, t: writers._store_rows(conn, name, t, "replace"))
+        return _stored(t, lambda conn, name, t: writers.store_rows(conn, name, t, "replace"))
 
     whole = whole_of(table)
     assert '"late_int" REAL' in whole[0] and '"int_then_text" TEXT' in whole[0]
