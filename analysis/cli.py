@@ -418,13 +418,8 @@ def analyse(input_path: Union[Path, Sequence[Path]], output_path: Path, formats:
     elif trace_part is not None:  # the other tables failed: no profiler.db to add them to
         trace_part.unlink(missing_ok=True)
     if one_reading:  # listed where write_json would have listed it
-        path = (run.stage("chrome_tracing.json", json_file.result) if json_file is not None
-                else None)
-        if path is None and "chrome_tracing.json" not in run.failed[json_failed_at:]:
-            # Not read to the end (profiler.db failed): written on its own.
-            path = run.stage("chrome_tracing.json", trace.write_chrome_trace,
-                             out / "chrome_tracing.json", trace_events)
-        run.place(path, json_at, json_failed_at)
+        run.place(trace.json_written(run, out / "chrome_tracing.json", trace_events, json_file,
+                                     json_failed_at), json_at, json_failed_at)
     progress.done()
     _print_summary(requests, batches, tables, run, out)
     if keep_until_exit is not None:  # the process ends next: freeing ~1M objects is wasted work

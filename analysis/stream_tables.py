@@ -66,7 +66,7 @@ from otel_vllm_ascend.analysis.steps import StepRequestChunks, engine_steps, ste
 from otel_vllm_ascend.analysis.stream_db import StreamedDb
 from otel_vllm_ascend.analysis.stream_trace import StreamedTrace
 from otel_vllm_ascend.analysis.time_window import INFINITE, TimeWindow, text_of
-from otel_vllm_ascend.analysis.trace_file import WrittenAsRead, write_chrome_trace
+from otel_vllm_ascend.analysis.trace_file import WrittenAsRead, json_written
 
 _logger = logging.getLogger("otel_vllm_ascend.analysis")
 
@@ -567,12 +567,7 @@ class _Outputs:
                 "profiler.db", self.db.finish, summary, requests, batches,
                 {name: TABLE_FILES[f"{name}.csv"] for name in writers.ROW_TABLES}, events))
         if self.json and trace is not None:
-            path = (run.stage("chrome_tracing.json", json_file.result) if json_file is not None
-                    else None)
-            if path is None and "chrome_tracing.json" not in run.failed:
-                path = run.stage("chrome_tracing.json", write_chrome_trace,
-                                 self.out / "chrome_tracing.json", trace)
-            run.wrote(path)
+            run.wrote(json_written(run, self.out / "chrome_tracing.json", trace, json_file))
         if self.trace is not None:
             self.trace.remove()
         if self.write_html is not None:

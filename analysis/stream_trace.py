@@ -33,6 +33,7 @@ import copy
 import heapq
 import json
 import shutil
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -220,7 +221,9 @@ class StreamedTrace:
             return
         slices, starts, group_flow = lay_out(steps, rids, lifecycle, timed,
                                              _RequestInfos(requests), _REQUESTS, self.lanes)
-        self._write_all("requests", slices.deferred())
+        events = iter(slices.deferred())
+        while batch := list(islice(events, _CHUNK_ROWS)):
+            self._write("requests", batch)
         if starts is not None:
             self._write_flows("starts", starts)
         # Each request's flow through its steps waits until no later window can hold a
@@ -243,16 +246,6 @@ class StreamedTrace:
             encode = self._encode
             self._plain[part].write("".join([encode(event) + "\n" for event in events]))
             self.counts[part] += len(events)
-
-    def _write_all(self, part: str, events: Any) -> None:
-        """``events`` (an iterable) written a chunk at a time."""
-        batch: list = []
-        for event in events:
-            batch.append(event)
-            if len(batch) == _CHUNK_ROWS:
-                self._write(part, batch)
-                batch = []
-        self._write(part, batch)
 
     def _write_flows(self, part: str, chunk: FlowChunk) -> None:
         np.stack([np.asarray(column, dtype=np.int64) for column in chunk], axis=1).tofile(

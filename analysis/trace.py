@@ -53,6 +53,7 @@ from otel_vllm_ascend.analysis.trace_file import (
     DeferredEvents,
     TraceEvents,
     WrittenAsRead,
+    json_written,
     write_chrome_trace,
 )
 from otel_vllm_ascend.analysis.trace_records import (
@@ -66,7 +67,7 @@ from otel_vllm_ascend.analysis.trace_requests import REQUEST_COLUMNS, _request_e
 from otel_vllm_ascend.analysis.trace_tracks import _slice_tids, _TraceProcesses
 
 __all__ = ["RECORD_COLUMNS", "REQUEST_COLUMNS", "TraceEvents", "WrittenAsRead",
-           "build_chrome_trace", "trace_origin_us", "write_chrome_trace"]
+           "build_chrome_trace", "json_written", "trace_origin_us", "write_chrome_trace"]
 
 # The records frame's columns the trace reads (all but the source, mark id and duration).
 RECORD_COLUMNS = ("host", "pid", "tid", "role", "dp_rank", "name", "domain", "type", "start_us",

@@ -196,6 +196,19 @@ def write_chrome_trace(path: Union[str, Path], events: Iterable[dict],
     return Path(path)
 
 
+def json_written(run: Any, path: Union[str, Path], events: TraceEvents,
+                 json_file: Optional[WrittenAsRead] = None, failed_from: int = 0
+                 ) -> Optional[Path]:
+    """``chrome_tracing.json`` at ``path``: as ``json_file`` wrote it while profiler.db read
+    the events, else (no such reading, or one not read to the end: profiler.db failed)
+    written on its own. Each failure is ``run``'s (output_jobs._Run); one of this file
+    listed from ``failed_from`` on means it is not written again."""
+    written = run.stage("chrome_tracing.json", json_file.result) if json_file is not None else None
+    if written is None and "chrome_tracing.json" not in run.failed[failed_from:]:
+        written = run.stage("chrome_tracing.json", write_chrome_trace, path, events)
+    return written
+
+
 class ChromeTraceFile:
     """``chrome_tracing.json`` written a chunk of events at a time: the plain events (dicts),
     then the flows (:class:`FlowChunk`). A context manager: the file is complete when it
