@@ -13,7 +13,8 @@ attribute check). It adds up, in a few integers per process:
   process when the report is made), so ``hot_ns - meter_ns`` is what the hooks cost with the
   meter off. Generator and context-manager targets are not metered; the context managers the
   model runner's phases get are, at their exit (``handlers.model.PHASE_EXIT_SYMBOL``), where
-  their record is made.
+  their record is made, and so is the callback that ends ``modelExec`` when the executor's
+  Future completes (``handlers.model.COMPLETION_SYMBOL``).
 * ``by_symbol``: the same per hooked symbol, ``{symbol: [calls, hot_ns]}``.
 * ``drain_ns`` / ``drained``: CPU time of the recorder turning queued records into spans, and
   how many records it turned.

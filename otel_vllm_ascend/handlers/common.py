@@ -473,11 +473,8 @@ def _classification_to_wire(batch: StepBatch) -> tuple:
     return batch.seq, tuple(inputs), contexts
 
 
-def _step_to_wire(record: tuple,
-                  span_to_wire: Optional[Callable[[tuple], tuple]] = None) -> tuple:
-    batch, classify, span = record
-    if span is not None and span_to_wire is not None:
-        span = span_to_wire(span)
+def _step_to_wire(record: tuple) -> tuple:
+    batch, classify, span = record  # the span's values are plain as the hooks took them
     return (batch.seq, _classification_to_wire(batch) if classify else None, span)
 
 
@@ -545,16 +542,11 @@ def _remote(state: dict) -> RemoteBatches:
     return batches
 
 
-def step_expander(name: str, expand_span: Callable[[RemoteBatches, int, tuple], Any],
-                  span_to_wire: Optional[Callable[[tuple], tuple]] = None
+def step_expander(name: str, expand_span: Callable[[RemoteBatches, int, tuple], Any]
                   ) -> Callable[[Any], Any]:
     """Register the expander of one kind of engine-step span: ``expand_span(batches, seq,
-    span values)`` gives its SpanRecord once the step is classified; ``span_to_wire`` (on the
-    recorder's thread) makes the hook's span values plain first, where they are not. Returns
-    the function :func:`record_step` queues."""
-
-    def step_to_wire(record: tuple) -> tuple:
-        return _step_to_wire(record, span_to_wire)
+    span values)`` gives its SpanRecord once the step is classified. Returns the function
+    :func:`record_step` queues."""
 
     def expand(state: dict, wire: tuple) -> Optional[list]:
         seq, classification, span = wire
@@ -565,7 +557,7 @@ def step_expander(name: str, expand_span: Callable[[RemoteBatches, int, tuple], 
             return None
         return [expand_span(batches, seq, span)]
 
-    return handoff.register_expander(name, step_to_wire, expand)
+    return handoff.register_expander(name, _step_to_wire, expand)
 
 
 def record_step(expander: Callable[[Any], Any], batch: StepBatch,

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -86,9 +87,22 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     return batch, total_tokens, start, tid
 
 
-def _finish_model_exec(batch: common.StepBatch, total_tokens: int, start: int, tid: int,
-                       _: Any = None) -> None:
+def _finish_model_exec(batch: common.StepBatch, total_tokens: int, start: int, tid: int
+                       ) -> None:
     common.record_step(_expand_model_exec, batch, (start, time.time_ns(), tid, total_tokens))
+
+
+# The self meter's row for the completion callback, which runs after the hook's wrapper returned
+# (on the thread that collects the worker's output: EngineCore's, in vLLM 0.32).
+COMPLETION_SYMBOL = "execute_model: completion"
+
+
+def _model_exec_completed(batch: common.StepBatch, total_tokens: int, start: int, tid: int,
+                          _: Any = None) -> None:
+    began = _meter_ns() if _meter.on else 0
+    _finish_model_exec(batch, total_tokens, start, tid)
+    if began:
+        _meter.add_hot(_meter_ns() - began, COMPLETION_SYMBOL)
 
 
 def _execute_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
@@ -96,7 +110,7 @@ def _execute_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: A
     add_done_callback = getattr(result, "add_done_callback", None)
     if add_done_callback is not None and not result.done():
         # runs once the worker's output arrives (or the call fails)
-        add_done_callback(functools.partial(_finish_model_exec, *state))
+        add_done_callback(functools.partial(_model_exec_completed, *state))
     else:
         _finish_model_exec(*state)
 
@@ -292,6 +306,7 @@ RUNNER_PHASES = {
 
 # The self meter's row for the phases' exits, which run after the hook's wrapper returned.
 PHASE_EXIT_SYMBOL = "record_function_or_nullcontext: phase exit"
+_nullcontext = contextlib.nullcontext
 
 
 class _PhaseContext:
@@ -330,7 +345,9 @@ class _PhaseContext:
 
     def __enter__(self):  # noqa: ANN204
         global _open_step
-        entered = self.target.__enter__()
+        target = self.target
+        # vLLM's usual context is a nullcontext, whose methods do nothing: not called
+        entered = target.enter_result if type(target) is _nullcontext else target.__enter__()
         if _open_step is None:
             # A phase outside the runner's call (vLLM 0.32's sampling phase, with ``sample``
             # inside it): the spans that end inside it go with its own, as one record.
@@ -340,7 +357,8 @@ class _PhaseContext:
     def __exit__(self, exc_type, exc, tb):  # noqa: ANN001, ANN204
         global _open_step
         try:
-            return self.target.__exit__(exc_type, exc, tb)
+            target = self.target
+            return None if type(target) is _nullcontext else target.__exit__(exc_type, exc, tb)
         finally:
             began = _meter_ns() if _meter.on else 0
             try:

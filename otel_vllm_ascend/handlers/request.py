@@ -278,22 +278,25 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     # detokenizer found). A state object stays readable after that, so token counts and
     # external ids are read after the call (final counts, and in the CPU's caches then).
     states = getattr(this, "request_states", None) or {}
-    request_ids = [output.request_id for output in engine_core_outputs]
-    known = list(map(states.get, request_ids))  # the loop in C
+    request_ids = list(map(_REQUEST_ID, engine_core_outputs))  # the loops in C
+    known = list(map(states.get, request_ids))
     start, tid = native_thread.stamp()
     return states, engine_core_outputs, request_ids, known, len(states), start, tid
 
 
 _detokenize_switch = control.Switch(DOMAIN)
+_REQUEST_ID = operator.attrgetter("request_id")
+_FINISH_REASON = operator.attrgetter("finish_reason")
 
 
 def _finished(states: dict, engine_core_outputs: list, request_ids: List[str],
               known: List[Any], count: int) -> list:
     """(request id, state) of the requests this call finished, in the outputs' order: those
     EngineCore finished (a finish reason), and those the call dropped without one."""
-    finishing = [output for output in engine_core_outputs if output.finish_reason is not None]
-    if not finishing and count == len(states):  # the common step: nothing finished
-        return finishing
+    if count == len(states):
+        reasons = list(map(_FINISH_REASON, engine_core_outputs))  # the loop in C
+        if reasons.count(None) == len(reasons):  # the common step: nothing finished
+            return []
     return [(request_id, request_state) for request_id, request_state, output
             in zip(request_ids, known, engine_core_outputs)
             if request_state is not None

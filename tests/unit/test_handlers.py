@@ -20,7 +20,7 @@ import pytest
 from runtime_helpers import Capture
 from vllm_tiers import skip_module_unless_vllm
 
-from otel_vllm_ascend import contract, recorder
+from otel_vllm_ascend import contract, recorder, selfmeter
 from otel_vllm_ascend.handlers import common, kvcache, meta, model, request, scheduler
 
 # vLLM (and torch, which it brings) before anything of theirs: without them this module is
@@ -371,6 +371,25 @@ def test_modelexec_ends_when_the_future_completes(capture):
     assert span.attributes["batch_type"] == "Prefill"
     assert span.attributes[contract.DOMAIN] == "Execute"
     assert span.end_time - span.start_time >= 10_000_000
+
+
+def test_modelexec_completion_is_metered_where_it_runs(capture, monkeypatch):
+    # The Future's callback runs after the hook's wrapper returned: it has a meter row of its
+    # own, and a call that completes inside the wrapper is not counted twice.
+    monkeypatch.setattr(selfmeter.meter, "on", True)
+    monkeypatch.setattr(selfmeter.meter, "by_symbol", {})
+    req = _request("r-m-2", range(4))
+    future = Future()
+    model.execute_model(lambda so, non_block=False: future, None,
+                        _scheduler_output(new=[(req, 4)]), non_block=True)
+    assert model.COMPLETION_SYMBOL not in selfmeter.meter.by_symbol
+    future.set_result("model output")
+    calls, ns = selfmeter.meter.by_symbol[model.COMPLETION_SYMBOL]
+    assert calls == 1 and ns > 0
+    blocking = _scheduler_output(new=[(_request("r-m-3", [1]), 1)])
+    model.execute_model(lambda so: "out", None, blocking)
+    assert selfmeter.meter.by_symbol[model.COMPLETION_SYMBOL][0] == 1
+    assert len(capture.named("modelExec")) == 2
 
 
 def test_modelexec_blocking_and_empty(capture):
