@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import operator
 import time
 from typing import Any, Callable, List, NamedTuple, Optional
 
@@ -218,14 +219,16 @@ def record_worker_span(name: str, start: int, end: int, tid: int,
         recorder.record_task(_expand_worker_spans, [span])
 
 
+_EXCEPTION = operator.itemgetter(6)  # a WorkerSpan's exception
+
+
 def _worker_spans_to_wire(spans: list) -> list:
     """The spans as they are (plain tuples), unless one carries an exception (as text)."""
-    for span in spans:
-        if span[6] is not None:
-            return [span if span[6] is None
-                    else tuple(span[:6]) + (tuple(handoff.capture_exception(span[6])),)
-                    for span in spans]
-    return spans
+    if not any(map(_EXCEPTION, spans)):  # the loop in C
+        return spans
+    return [span if span[6] is None
+            else tuple(span[:6]) + (tuple(handoff.capture_exception(span[6])),)
+            for span in spans]
 
 
 def _worker_span_records(state: dict, wire: list) -> list:
