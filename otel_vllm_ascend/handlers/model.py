@@ -315,36 +315,10 @@ _nullcontext = contextlib.nullcontext
 class _PhaseContext:
     """The runner's context manager for one phase, recording the phase's span at its exit;
     every other attribute reads through to it (what ``record_function_or_nullcontext`` hands
-    the runner when recording).
+    the runner when recording). Made by :func:`_phase_begins`; its exit, where the record is
+    made, is metered (the hook's wrapper returned before it)."""
 
-    The class is the handler's only half (``after``; the hook has no ``before``): the runner's
-    call of ``record_function_or_nullcontext(name)`` only makes its context manager, so the
-    phase starts once that returned, and its ``__new__`` hands back the runner's own for a
-    phase the span contract has no record for. Its exit, where the record is made, is metered
-    (the hook's wrapper returned before it)."""
-
-    __slots__ = ("target", "state", "own")
-
-    def __new__(cls, state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
-                error: Optional[BaseException]) -> Any:
-        name = args[0] if args else kwargs.get("name")
-        phase = RUNNER_PHASES.get(name) if type(name) is str else None
-        if phase is None:
-            return result
-        if common._role_recorded is None:
-            common.ensure_role("worker")
-        self = object.__new__(cls)
-        self.target = result
-        self.own = None  # the spans ending inside a phase outside any runner call
-        request_ids = synchronize = None
-        if phase == "forward":
-            synchronize = npu_synchronize()
-            if synchronize is not None:
-                synchronize()
-            request_ids = _step_request_ids or None
-        # (phase, request ids or None, start, thread id, synchronize or None)
-        self.state = (phase, request_ids) + native_thread.stamp() + (synchronize,)
-        return self
+    __slots__ = ("target", "phase", "request_ids", "start", "tid", "synchronize", "own")
 
     def __enter__(self):  # noqa: ANN204
         global _open_step
@@ -359,26 +333,28 @@ class _PhaseContext:
 
     def __exit__(self, exc_type, exc, tb):  # noqa: ANN001, ANN204
         global _open_step
+        target = self.target
         try:
-            target = self.target
             return None if type(target) is _nullcontext else target.__exit__(exc_type, exc, tb)
         finally:
             began = _meter_ns() if _meter.on else 0
             try:
-                phase, request_ids, start, tid, synchronize = self.state
                 own = self.own
                 if own is not None and _open_step is own:
                     _open_step = None
-                if synchronize is not None:
-                    synchronize()
+                if self.synchronize is not None:
+                    self.synchronize()
                 end = time.time_ns()
                 if own is not None:  # a WorkerSpan's fields, after the spans inside it
-                    own.append((phase, start, end, tid, request_ids, None, exc))
+                    own.append((self.phase, self.start, end, self.tid, self.request_ids, None,
+                                exc))
                     recorder.record_task(_expand_worker_spans, own)
                 elif _open_step is not None and exc is None:  # the common case, inlined
-                    _open_step.append((phase, start, end, tid, request_ids, None, None))
+                    _open_step.append((self.phase, self.start, end, self.tid, self.request_ids,
+                                       None, None))
                 else:
-                    record_worker_span(phase, start, end, tid, request_ids, exc)
+                    record_worker_span(self.phase, self.start, end, self.tid, self.request_ids,
+                                       exc)
             except Exception:  # our bookkeeping must not replace the block's outcome
                 pass
             if began:
@@ -388,8 +364,40 @@ class _PhaseContext:
         return getattr(self.target, name)
 
 
+_new_phase = object.__new__
+_phase_of = RUNNER_PHASES.get
+
+
+def _phase_begins(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
+                  error: Optional[BaseException]) -> Any:
+    """The hook's only half (``after``; no ``before``): the runner's call of
+    ``record_function_or_nullcontext(name)`` only makes its context manager, so the phase
+    starts once that returned. The runner's own context manager comes back as it is for a
+    phase the span contract has no record for. A plain function making the object (a class
+    as the half would cost a type call, about a third of a phase's cold cost more)."""
+    name = args[0] if args else kwargs.get("name")
+    phase = _phase_of(name) if type(name) is str else None
+    if phase is None:
+        return result
+    if common._role_recorded is None:
+        common.ensure_role("worker")
+    self = _new_phase(_PhaseContext)
+    self.target = result
+    self.phase = phase
+    self.own = None  # the spans ending inside a phase outside any runner call
+    if phase == "forward":
+        synchronize = self.synchronize = npu_synchronize()
+        if synchronize is not None:
+            synchronize()
+        self.request_ids = _step_request_ids or None
+    else:
+        self.request_ids = self.synchronize = None
+    self.start, self.tid = native_thread.stamp()
+    return self
+
+
 record_function_or_nullcontext = wrapping.AroundHandler(
-    wrapping.always, _PhaseContext, "record_function_or_nullcontext",
+    wrapping.always, _phase_begins, "record_function_or_nullcontext",
     "``record_function_or_nullcontext(name)`` of a model runner: a span per known phase, from "
     "the phase's entry to its exit (the runner gets a transparent context manager around "
     "its own).", wraps_result=True, only_first=frozenset(RUNNER_PHASES))
