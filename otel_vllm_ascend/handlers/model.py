@@ -318,7 +318,9 @@ class _PhaseContext:
     the runner when recording). Made by :func:`_phase_begins`; its exit, where the record is
     made, is metered (the hook's wrapper returned before it)."""
 
-    __slots__ = ("target", "phase", "request_ids", "start", "tid", "synchronize", "own")
+    # state: (phase, request ids or None, start, thread id, synchronize or None) in one slot:
+    # with __getattr__ defined, each attribute read takes the type's slower path
+    __slots__ = ("target", "state", "own")
 
     def __enter__(self):  # noqa: ANN204
         global _open_step
@@ -339,22 +341,20 @@ class _PhaseContext:
         finally:
             began = _meter_ns() if _meter.on else 0
             try:
+                phase, request_ids, start, tid, synchronize = self.state
                 own = self.own
                 if own is not None and _open_step is own:
                     _open_step = None
-                if self.synchronize is not None:
-                    self.synchronize()
+                if synchronize is not None:
+                    synchronize()
                 end = time.time_ns()
                 if own is not None:  # a WorkerSpan's fields, after the spans inside it
-                    own.append((self.phase, self.start, end, self.tid, self.request_ids, None,
-                                exc))
+                    own.append((phase, start, end, tid, request_ids, None, exc))
                     recorder.record_task(_expand_worker_spans, own)
                 elif _open_step is not None and exc is None:  # the common case, inlined
-                    _open_step.append((self.phase, self.start, end, self.tid, self.request_ids,
-                                       None, None))
+                    _open_step.append((phase, start, end, tid, request_ids, None, None))
                 else:
-                    record_worker_span(self.phase, self.start, end, self.tid, self.request_ids,
-                                       exc)
+                    record_worker_span(phase, start, end, tid, request_ids, exc)
             except Exception:  # our bookkeeping must not replace the block's outcome
                 pass
             if began:
@@ -383,16 +383,14 @@ def _phase_begins(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
         common.ensure_role("worker")
     self = _new_phase(_PhaseContext)
     self.target = result
-    self.phase = phase
     self.own = None  # the spans ending inside a phase outside any runner call
+    request_ids = synchronize = None
     if phase == "forward":
-        synchronize = self.synchronize = npu_synchronize()
+        synchronize = _npu_synchronize if _npu_checked else npu_synchronize()
         if synchronize is not None:
             synchronize()
-        self.request_ids = _step_request_ids or None
-    else:
-        self.request_ids = self.synchronize = None
-    self.start, self.tid = native_thread.stamp()
+        request_ids = _step_request_ids or None
+    self.state = (phase, request_ids) + native_thread.stamp() + (synchronize,)
     return self
 
 
