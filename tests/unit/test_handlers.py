@@ -388,8 +388,12 @@ def test_modelexec_completion_is_metered_where_it_runs(capture, monkeypatch):
     assert calls == 1 and ns > 0
     blocking = _scheduler_output(new=[(_request("r-m-3", [1]), 1)])
     model.execute_model(lambda so: "out", None, blocking)
+    done = Future()  # done before the hook sees it (vLLM's UniProcExecutor): made at once
+    done.set_result("model output")
+    model.execute_model(lambda so, non_block=False: done, None,
+                        _scheduler_output(new=[(_request("r-m-4", [1]), 1)]), non_block=True)
     assert selfmeter.meter.by_symbol[model.COMPLETION_SYMBOL][0] == 1
-    assert len(capture.named("modelExec")) == 2
+    assert len(capture.named("modelExec")) == 3
 
 
 def test_modelexec_blocking_and_empty(capture):
