@@ -87,19 +87,27 @@ def build(run: Any, frame: pd.DataFrame, batches: Optional[pd.DataFrame],
                                      frame)
     if batches is not None:
         built.forwards = run.stage("forward.csv", forwards.build_forwards, frame, batches)
-        if built.stage_tables:
-            unmatched = stages.unknown_selections(built.stage_tables)
-            if unmatched:
-                _logger.warning("stage breakdown: no engine step matches %s",
-                                ", ".join(unmatched))
+        warn_unmatched_selections(built.stage_tables)
     if options.spans:
         made = run.stage("span_info", span_info.build_span_info, frame, options.spans)
         if made is not None:
             built.span_tables, built.span_summary, missing = made
-            if missing:
-                _logger.warning("--span: no span named %s in the capture",
-                                ", ".join(repr(name) for name in missing))
+            warn_missing_spans(missing)
     return built
+
+
+def warn_unmatched_selections(stage_tables: Optional[dict]) -> None:
+    """One warning naming the ``--split-*`` selections no engine step matches."""
+    unmatched = stages.unknown_selections(stage_tables) if stage_tables else []
+    if unmatched:
+        _logger.warning("stage breakdown: no engine step matches %s", ", ".join(unmatched))
+
+
+def warn_missing_spans(missing: list) -> None:
+    """One warning naming the ``--span`` names the capture does not hold."""
+    if missing:
+        _logger.warning("--span: no span named %s in the capture",
+                        ", ".join(repr(name) for name in missing))
 
 
 def db_tables(built: Optional[DetailTables]) -> dict:
@@ -128,15 +136,26 @@ def write_csvs(run: Any, out: Path, built: DetailTables) -> None:
 
 
 def write_span_info(folder: Path, tables: dict, summary: pd.DataFrame) -> Path:
-    """``span_info/``: CSV files of an earlier run are removed first (their spans may not be
-    asked for now), then one file per span name and ``span_summary.csv``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.csv"):
-        old.unlink()
+    """``span_info/``: one file per span name and ``span_summary.csv``, in a folder without
+    an earlier run's files."""
+    empty_span_folder(folder)
     for name, table in tables.items():
         target = span_info_file(folder, name)
         if target is not None:
             writers.write_csv(target, table, span_info.OCCURRENCE_COLUMNS)
+    return write_span_summary(folder, summary)
+
+
+def empty_span_folder(folder: Path) -> None:
+    """``folder`` made, or its CSV files of an earlier run removed (their spans may not be
+    asked for now)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.csv"):
+        old.unlink()
+
+
+def write_span_summary(folder: Path, summary: pd.DataFrame) -> Path:
+    """``span_summary.csv`` in ``folder``; returns the folder (the output written)."""
     writers.write_csv(folder / span_info.SUMMARY_FILE, summary, span_info.SUMMARY_COLUMNS)
     return folder
 

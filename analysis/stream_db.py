@@ -58,7 +58,7 @@ class StreamedDb:
             self._remake(name, schema)
         for first in range(0, len(table), writers.DB_CHUNK_ROWS):
             writers.store_rows(self.conn, name, table.iloc[first:first + writers.DB_CHUNK_ROWS],
-                                "append", types)
+                               "append", types)
 
     def _remake(self, name: str, schema: str) -> None:
         """``name`` created by ``schema``, with the rows it holds already (if any)."""
@@ -83,7 +83,7 @@ class StreamedDb:
             for name in writers.ROW_TABLES:
                 if name not in self._schemas:  # one analysis stores it empty
                     writers.store_table(conn, name, writers.stored_form(name, pd.DataFrame(),
-                                                                   columns[name]))
+                                                                        columns[name]))
                 writers.row_table_view(conn, name, columns[name])
             for name, table in summaries.items():
                 writers.store_table(conn, name, table)

@@ -110,6 +110,9 @@ class _Window(NamedTuple):
     unparsable: int  # records of the reading (margins included) that could not be decoded
 
 
+_RID_STEP_COLUMNS = ("rid", "type", "step_id")  # a --split-rid id's steps, as kept
+
+
 class _Wants(NamedTuple):
     """What a window's reading gives beyond the tables."""
 
@@ -191,7 +194,7 @@ def _read_window(source: Union[Path, Sequence[Path]], read: TimeWindow, own: Tim
         stages = stages_mod.step_stages(frame, batches, stage_rows)
         if selection.rids:
             rid_steps = stage_rows.loc[stage_rows["rid"].isin(list(selection.rids)).to_numpy(),
-                                       ["rid", "type", "step_id"]]
+                                       list(_RID_STEP_COLUMNS)]
         del stage_rows
     kept_frame = frame if wants.trace else None
     del frame, steps, per_request, step_rids
@@ -454,7 +457,7 @@ def run_stream(source: Union[Path, Sequence[Path]], out: Path, span: TimeWindow,
     run = outputs.run
     run.written.extend(table.path for table in outputs.tables.values() if table.started)
     rid_steps = (pd.concat(kept_rid_steps, ignore_index=True) if kept_rid_steps
-                 else pd.DataFrame(columns=["rid", "type", "step_id"]))
+                 else pd.DataFrame(columns=list(_RID_STEP_COLUMNS)))
     summary, stage_tables, operators = _write_summaries(run, source, out, requests, batches,
                                                         stages, gaps, "csv" in formats,
                                                         rid_steps, details.selection)
@@ -472,9 +475,7 @@ class _SpanFiles:
 
     def __init__(self, folder: Path, requested: Sequence[str]) -> None:
         self.folder, self.requested = folder, requested
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.csv"):  # an earlier run's: its spans may not be asked now
-            old.unlink()
+        detail_outputs.empty_span_folder(folder)
         self.files: dict = {}  # span name -> its _Appender (None: not written)
         self.durations: dict = {}  # span name -> arrays of its occurrences' durations (ms)
 
@@ -493,12 +494,8 @@ class _SpanFiles:
     def finish(self) -> Path:
         durations = {name: np.concatenate(parts) for name, parts in self.durations.items()}
         summary, missing = span_info.summary_of(self.requested, durations)
-        if missing:
-            _logger.warning("--span: no span named %s in the capture",
-                            ", ".join(repr(name) for name in missing))
-        writers.write_csv(self.folder / span_info.SUMMARY_FILE, summary,
-                          span_info.SUMMARY_COLUMNS)
-        return self.folder
+        detail_outputs.warn_missing_spans(missing)
+        return detail_outputs.write_span_summary(self.folder, summary)
 
 
 class _Outputs:
@@ -629,9 +626,7 @@ def _write_summaries(run: _Run, source: Union[Path, Sequence[Path]], out: Path,
     if stages is not None:
         breakdown = run.stage("prefill.csv / decode.csv", stages_mod.stage_breakdown, stages,
                               rid_steps, selection)
-        unmatched = stages_mod.unknown_selections(breakdown) if breakdown else []
-        if unmatched:
-            _logger.warning("stage breakdown: no engine step matches %s", ", ".join(unmatched))
+        detail_outputs.warn_unmatched_selections(breakdown)
     if csv:
         for name, table in summary.items():
             run.wrote(run.stage(f"{name}.csv", writers.write_csv, out / f"{name}.csv", table,

@@ -247,7 +247,7 @@ def store_table(conn: sqlite3.Connection, name: str, table: pd.DataFrame) -> Non
     types = object_types(table)
     for first in range(0, len(table), DB_CHUNK_ROWS):
         store_rows(conn, name, table.iloc[first:first + DB_CHUNK_ROWS],
-                    "replace" if first == 0 else "append", types)
+                   "replace" if first == 0 else "append", types)
 
 
 def object_types(table: pd.DataFrame) -> dict:
@@ -270,7 +270,7 @@ def _sql_type(column: pd.Series) -> str:
 
 
 def store_rows(conn: sqlite3.Connection, name: str, table: pd.DataFrame, if_exists: str,
-                types: Optional[dict] = None) -> None:
+               types: Optional[dict] = None) -> None:
     sql_rows(table).to_sql(name, conn, index=False, if_exists=if_exists, dtype=types)
 
 
