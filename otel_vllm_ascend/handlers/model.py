@@ -88,8 +88,7 @@ def _execute_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     return batch, total_tokens, start, tid
 
 
-def _finish_model_exec(batch: common.StepBatch, total_tokens: int, start: int, tid: int
-                       ) -> None:
+def _finish_model_exec(batch: common.StepBatch, total_tokens: int, start: int, tid: int) -> None:
     common.record_step(_expand_model_exec, batch, (start, time.time_ns(), tid, total_tokens))
 
 
@@ -373,8 +372,8 @@ def _phase_begins(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
     """The hook's only half (``after``; no ``before``): the runner's call of
     ``record_function_or_nullcontext(name)`` only makes its context manager, so the phase
     starts once that returned. The runner's own context manager comes back as it is for a
-    phase the span contract has no record for. A plain function making the object (a class
-    as the half would cost a type call, about a third of a phase's cold cost more)."""
+    phase the span contract has no record for. A plain function making the object: a class
+    as the half costs a type call per phase (docs/benchmarks.md, issue 17, sixteenth part)."""
     name = args[0] if args else kwargs.get("name")
     phase = _phase_of(name) if type(name) is str else None
     if phase is None:
