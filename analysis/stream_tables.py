@@ -129,9 +129,12 @@ def _owned(times: np.ndarray, own: TimeWindow) -> np.ndarray:
 
 
 def _active_at_end(frame: pd.DataFrame, read: TimeWindow, ids: set, margin_us: int) -> int:
-    """How many of ``ids`` a record names in the last half margin of ``read``."""
+    """How many of ``ids`` a record names that lies in, or lasts into, the last half margin
+    of ``read`` (a step longer than the margin names its requests only at its start)."""
+    tail_us = read.until_us - margin_us / 2
     start = frame["start_us"].to_numpy(dtype="float64")
-    tail = frame.loc[start >= read.until_us - margin_us / 2, "rids"]
+    end = frame["end_us"].to_numpy(dtype="float64")
+    tail = frame.loc[(start >= tail_us) | (end >= tail_us), "rids"]
     named = set()
     for rids in rid_sequence(tail):
         if rids:

@@ -196,8 +196,10 @@ def simulate_service(n_requests: int, seed: int = 0, max_batch: int = 4,
                      start_us: float = 1_764_400_000_000_000.0, host: str = "node-a",
                      api_pid: int = 100, engine_pid: int = 200, max_output: int = 5,
                      max_prompt: int = 40, block_size: int = 16, kv_total: int = 1000,
-                     engine_tid: Optional[int] = None) -> Simulation:
-    """A small but complete vLLM V1 run; arrival gaps, sizes and step times from ``seed``."""
+                     engine_tid: Optional[int] = None,
+                     first_exec_us: Optional[int] = None) -> Simulation:
+    """A small but complete vLLM V1 run; arrival gaps, sizes and step times from ``seed``
+    (``first_exec_us``: how long the first step's model runs, as a cold compile does)."""
     rng = random.Random(seed)
     capture = Capture()
     api = capture.process(host, api_pid, "api_server")
@@ -283,6 +285,8 @@ def simulate_service(n_requests: int, seed: int = 0, max_batch: int = 4,
                     **{"num_scheduled_tokens=": tokens})
         exec_start = sched_end + 20
         exec_end = exec_start + rng.randint(500, 3000)
+        if first_exec_us and steps == 0:
+            exec_end = exec_start + first_exec_us
         engine.span("modelExec", exec_start, exec_end, "Execute", rid=detail,
                     batch_type=batch_type, batch_size=tokens)
         steps += 1

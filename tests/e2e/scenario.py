@@ -29,9 +29,11 @@ only once per path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import signal
+import sqlite3
 import time
 import urllib.request
 from pathlib import Path
@@ -266,13 +268,24 @@ STREAMED_TABLES = ("request.csv", "batch.csv", "kvcache.csv", "spec_decode.csv",
                    "service_summary.csv", "dp_summary.csv", "prefill.csv", "decode.csv")
 
 
+def _longest_record_us(prof_dir: Path) -> int:
+    longest = 0
+    for path in prof_dir.rglob("ms_service_*.db"):
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            ns = db.execute("SELECT max(endTimestamp - timestamp) FROM Mstx").fetchone()[0]
+        longest = max(longest, (ns or 0) // 1000)
+    return longest
+
+
 def streamed_tables_differ(prof_dir: Path, analysis_dir: Path, out: Path,
                            every_us: int = 2_000_000, margin_us: int = 1_000_000) -> list:
     """The outputs ``--stream`` writes of the capture (windows of ``every_us``, ``margin_us``
     before and after each) that are not those of the whole capture's analysis in
     ``analysis_dir``: the tables, report.html and chrome_tracing.json byte for byte,
     profiler.db's tables and views row for row; an output only one of them wrote is listed
-    too."""
+    too. The margins grow to an eighth of the capture's longest record: --stream reads on for
+    sixteen margins at most after a window whose requests run on, and a cold first step can
+    last 16 s."""
     from analysis_fixtures import db_contents
 
     from otel_vllm_ascend.analysis import stream_tables
@@ -281,6 +294,7 @@ def streamed_tables_differ(prof_dir: Path, analysis_dir: Path, out: Path,
     from otel_vllm_ascend.analysis.time_window import closed
 
     out.mkdir(parents=True, exist_ok=True)
+    margin_us = max(margin_us, _longest_record_us(prof_dir) // 8)
     span = closed(None, lambda: capture_span([prof_dir]))
     assert stream_tables.run_stream(prof_dir, out, span, every_us, margin_us, FORMATS,
                                     html_writer(out, None)) == 0

@@ -215,6 +215,19 @@ def test_a_request_running_past_every_margin_is_said(tmp_path, caplog):
     assert differing and all(",True," in row for row in differing)  # partial, not wrong
 
 
+def test_a_step_longer_than_the_margins_keeps_its_requests_read(tmp_path, caplog):
+    """A first step that runs for eight margins (vLLM's cold compile can take 16 s): its
+    request is named only at the step's start, yet the window is read on until it ends."""
+    sim = simulate_service(1, seed=6, max_output=10, first_exec_us=40_000)
+    sim.capture.write(tmp_path / "db")
+    whole = _whole(tmp_path / "db", tmp_path / "whole")
+    caplog.set_level(logging.INFO, "otel_vllm_ascend.analysis")
+    streamed = _stream(tmp_path / "db", tmp_path / "stream", 20_000, 5_000)
+    assert "window 1: 1 request(s) still running" in caplog.text
+    assert "read no further" not in caplog.text
+    _assert_same_tables(whole, streamed)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--every", "1m"], "--stream and --every exclude each other"),
     ([], "--stream needs the capture's ms_service_*.db files"),  # the folder holds none
