@@ -197,9 +197,12 @@ def simulate_service(n_requests: int, seed: int = 0, max_batch: int = 4,
                      api_pid: int = 100, engine_pid: int = 200, max_output: int = 5,
                      max_prompt: int = 40, block_size: int = 16, kv_total: int = 1000,
                      engine_tid: Optional[int] = None,
-                     first_exec_us: Optional[int] = None) -> Simulation:
+                     first_exec_us: Optional[int] = None,
+                     external_outputs: bool = False) -> Simulation:
     """A small but complete vLLM V1 run; arrival gaps, sizes and step times from ``seed``
-    (``first_exec_us``: how long the first step's model runs, as a cold compile does)."""
+    (``first_exec_us``: how long the first step's model runs, as a cold compile does).
+    ``detokenize`` names EngineCore's ids, as the handlers write it; ``external_outputs``: the
+    client's ids, as the handlers wrote it before."""
     rng = random.Random(seed)
     capture = Capture()
     api = capture.process(host, api_pid, "api_server")
@@ -293,7 +296,8 @@ def simulate_service(n_requests: int, seed: int = 0, max_batch: int = 4,
         step_tokens.append(tokens)
         step_sizes.append(len(batch))
         out_time = exec_end + rng.randint(100, 400)
-        api.event("detokenize", out_time, rid=[r.external for r in batch])
+        api.event("detokenize", out_time,
+                  rid=[r.external if external_outputs else r.internal for r in batch])
         finished = []
         for req in batch:
             produced[req.internal] = produced.get(req.internal, 0) + 1

@@ -17,12 +17,15 @@
   ``AsyncLLM.generate`` where the response is streamed from another task.
 * ``OutputProcessor.process_outputs`` -> one ``httpRes`` per request the call finished with
   ``recvTokenSize`` (prompt tokens) and ``replyTokenSize`` (generated tokens), then one
-  ``detokenize`` naming every request of the call. Finished: EngineCore gave a finish reason,
-  or the call dropped the request without one (a stop string its detokenizer found; EngineCore
-  learns of it by an abort).
+  ``detokenize`` naming every request of the call. Finished: the call dropped the request from
+  vLLM's request states, whether EngineCore gave a finish reason or the detokenizer found a
+  stop string (EngineCore learns of that by an abort); a request vLLM keeps (vLLM 0.32's
+  streaming input, between its chunks) goes on.
 
-Records name requests by their external id (what the client sees); the link record lets the
-analyzer join them with EngineCore's internal ids. No prompt or completion text is read.
+Records name requests by their external id (what the client sees), except ``detokenize``,
+which names EngineCore's ids as the outputs carry them (as msserviceprofiler's does; reading the
+external ids would touch every request's state each step); the link record lets the analyzer
+join EngineCore's ids with the external ones. No prompt or completion text is read.
 """
 
 from __future__ import annotations
@@ -275,40 +278,35 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         common.ensure_role("api_server")
     # The request states are taken before the call: the original drops the requests it
     # finishes from request_states, also those EngineCore did not finish (a stop string its
-    # detokenizer found). A state object stays readable after that, so token counts and
-    # external ids are read after the call (final counts, and in the CPU's caches then).
+    # detokenizer found). A state object stays readable after that, so a finished request's
+    # token counts and external id are read after the call (final counts, and in the CPU's
+    # caches then).
     states = getattr(this, "request_states", None) or {}
     request_ids = list(map(_REQUEST_ID, engine_core_outputs))  # the loops in C
     known = list(map(states.get, request_ids))
     start, tid = native_thread.stamp()
-    return states, engine_core_outputs, request_ids, known, len(states), start, tid
+    return states, request_ids, known, len(states), start, tid
 
 
 _detokenize_switch = control.Switch(DOMAIN)
 _REQUEST_ID = operator.attrgetter("request_id")
-_FINISH_REASON = operator.attrgetter("finish_reason")
 
 
-def _finished(states: dict, engine_core_outputs: list, request_ids: List[str],
-              known: List[Any], count: int) -> list:
-    """(request id, state) of the requests this call finished, in the outputs' order: those
-    EngineCore finished (a finish reason), and those the call dropped without one."""
-    if count == len(states):
-        reasons = list(map(_FINISH_REASON, engine_core_outputs))  # the loop in C
-        if reasons.count(None) == len(reasons):  # the common step: nothing finished
-            return []
-    return [(request_id, request_state) for request_id, request_state, output
-            in zip(request_ids, known, engine_core_outputs)
-            if request_state is not None
-            and (output.finish_reason is not None or request_id not in states)]
+def _finished(states: dict, request_ids: List[str], known: List[Any], count: int) -> list:
+    """(request id, state) of the requests this call dropped from the request states (it had
+    ``count`` before), in the outputs' order."""
+    if count == len(states):  # the common step: the call adds none, so it dropped none
+        return []
+    return [(request_id, request_state) for request_id, request_state
+            in zip(request_ids, known)
+            if request_state is not None and request_id not in states]
 
 
 def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
     end = time.time_ns()
-    states, engine_core_outputs, request_ids, known, count, start, tid = state
-    for request_id, request_state in _finished(states, engine_core_outputs, request_ids, known,
-                                               count):
+    states, request_ids, known, count, start, tid = state
+    for request_id, request_state in _finished(states, request_ids, known, count):
         external_id = getattr(request_state, "external_req_id", None) or request_id
         prompt = getattr(request_state, "prompt_token_ids", None)
         attributes = {contract.DOMAIN: DOMAIN, contract.RID: external_id,
@@ -319,12 +317,12 @@ def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: A
         if reply is not None:
             attributes[contract.METRIC_PREFIX + "replyTokenSize"] = reply
         context = _request_wires.get(external_id)
-        if request_id not in states and not _running_children(this, external_id):
-            _request_wires.pop(external_id)  # really finished: forget its context
+        if not _running_children(this, external_id):  # no other completion of it runs:
+            _request_wires.pop(external_id)  # forget its context
         recorder.record_task(_expand_api_spans, (
             ("httpRes", start, start, attributes, tid, context, None),))
     if _detokenize_switch.on:
-        recorder.record_task(_expand_detokenize, (end, tid, _external_ids(request_ids, known)))
+        recorder.record_task(_expand_detokenize, (end, tid, request_ids))
 
 
 process_outputs = wrapping.AroundHandler(
@@ -332,27 +330,13 @@ process_outputs = wrapping.AroundHandler(
     "``OutputProcessor.process_outputs``: ``httpRes`` per finished request, one ``detokenize``.")
 
 
-_EXTERNAL_ID = operator.attrgetter("external_req_id")
-
-
-def _external_ids(request_ids: List[str], states: List[Any]) -> List[str]:
-    """The ids the client knows of these requests (the internal id where vLLM has no other)."""
-    try:  # every state known, with its external id: one plain attribute read each, in C
-        external = list(map(_EXTERNAL_ID, states))
-    except AttributeError:  # a request vLLM no longer knew, or a vLLM without external ids
-        external = [getattr(state, "external_req_id", None) for state in states]
-    if all(external):
-        return external
-    return [external_id or request_id for request_id, external_id in zip(request_ids, external)]
-
-
-# ``detokenize`` crosses as one small record of plain values (end, thread id, the external
+# ``detokenize`` crosses as one small record of plain values (end, thread id, the request
 # ids); the span record is made where spans are built (handoff.register_expander).
 
 def _detokenize_records(state: dict, wire: tuple) -> list:
-    end, tid, external_ids = wire
+    end, tid, request_ids = wire
     return [new_span_record(SpanRecord, (
-        "detokenize", end, end, {contract.DOMAIN: DOMAIN, contract.RID: external_ids,
+        "detokenize", end, end, {contract.DOMAIN: DOMAIN, contract.RID: request_ids,
                                  contract.RECORD: contract.RECORD_EVENT},
         None, None, None, None, tid, None))]
 

@@ -57,7 +57,7 @@ def _check(spans: list, sent: dict) -> None:
                      ("httpReq", "fresh"), ("tokenize", "fresh"), ("link", None),
                      ("httpReq", "same-id"), ("tokenize", "same-id"),
                      ("httpRes", "caller"), ("httpRes", "fresh"),
-                     ("detokenize", ["caller", "fresh"])]
+                     ("detokenize", ["caller-int", "fresh-int"])]  # EngineCore's ids
     caller = [0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7]
     for span in spans[:3] + spans[8:9]:
         assert span["parent"] == caller, span["name"]

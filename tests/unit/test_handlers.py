@@ -300,7 +300,7 @@ def test_api_server_request_lifecycle(capture):
     assert res[contract.RID] == "cmpl-abc-0"
     assert res[contract.METRIC_PREFIX + "recvTokenSize"] == 5
     assert res[contract.METRIC_PREFIX + "replyTokenSize"] == 2  # both generated tokens
-    assert list(by_name["detokenize"].attributes[contract.RID]) == ["cmpl-abc-0"]
+    assert list(by_name["detokenize"].attributes[contract.RID]) == [internal]  # EngineCore's
     # Request records sit in the caller's trace.
     for name in ("httpReq", "tokenize", "link", "httpRes"):
         assert by_name[name].context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736

@@ -181,7 +181,8 @@ def _core_output(rid: str, finished: bool = False) -> SimpleNamespace:
 
 def _api_steps() -> None:
     """Three calls of the API server's ``process_outputs``: finishing requests (one vLLM keeps,
-    one it drops), a state without an external id, an output whose state vLLM no longer has."""
+    as 0.32 keeps a streaming input between chunks: no httpRes; one it drops), a state without
+    an external id, an output whose state vLLM no longer has."""
     states = {f"r{i}-int": SimpleNamespace(external_req_id=f"ext{i}",
                                            prompt_token_ids=[0] * (i + 3),
                                            stats=SimpleNamespace(num_generation_tokens=i + 1))
