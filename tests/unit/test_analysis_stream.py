@@ -199,14 +199,19 @@ def test_stream_of_otlp_files(tmp_path):
     _assert_same_tables(whole, streamed)
 
 
-def test_a_request_running_past_every_margin_is_said(tmp_path, caplog):
-    """A request that outlives sixteen margins after its window: the window is not read
-    further, one warning says so, and that request is left without its end."""
-    sim = simulate_service(40, seed=4, max_batch=2, max_output=40)
+def _whole_and_streamed(tmp_path, sim, every_us, margin_us, caplog) -> tuple:
+    """One analysis of ``sim``'s capture and its --stream reading, whose log ``caplog`` holds."""
     sim.capture.write(tmp_path / "db")
     whole = _whole(tmp_path / "db", tmp_path / "whole")
     caplog.set_level(logging.INFO, "otel_vllm_ascend.analysis")
-    streamed = _stream(tmp_path / "db", tmp_path / "stream", 10_000, 300)
+    return whole, _stream(tmp_path / "db", tmp_path / "stream", every_us, margin_us)
+
+
+def test_a_request_running_past_every_margin_is_said(tmp_path, caplog):
+    """A request that outlives sixteen margins after its window: the window is not read
+    further, one warning says so, and that request is left without its end."""
+    whole, streamed = _whole_and_streamed(
+        tmp_path, simulate_service(40, seed=4, max_batch=2, max_output=40), 10_000, 300, caplog)
     assert "read no further, so their rows may lack what they did later" in caplog.text
     ours = (streamed / "request.csv").read_text().splitlines()
     theirs = (whole / "request.csv").read_text().splitlines()
@@ -218,11 +223,9 @@ def test_a_request_running_past_every_margin_is_said(tmp_path, caplog):
 def test_a_step_longer_than_the_margins_keeps_its_requests_read(tmp_path, caplog):
     """A first step that runs for eight margins (vLLM's cold compile can take 16 s): its
     request is named only at the step's start, yet the window is read on until it ends."""
-    sim = simulate_service(1, seed=6, max_output=10, first_exec_us=40_000)
-    sim.capture.write(tmp_path / "db")
-    whole = _whole(tmp_path / "db", tmp_path / "whole")
-    caplog.set_level(logging.INFO, "otel_vllm_ascend.analysis")
-    streamed = _stream(tmp_path / "db", tmp_path / "stream", 20_000, 5_000)
+    whole, streamed = _whole_and_streamed(
+        tmp_path, simulate_service(1, seed=6, max_output=10, first_exec_us=40_000), 20_000,
+        5_000, caplog)
     assert "window 1: 1 request(s) still running" in caplog.text
     assert "read no further" not in caplog.text
     _assert_same_tables(whole, streamed)
