@@ -19,8 +19,9 @@
   ``recvTokenSize`` (prompt tokens) and ``replyTokenSize`` (generated tokens), then one
   ``detokenize`` naming every request of the call. Finished: the call dropped the request from
   vLLM's request states, whether EngineCore gave a finish reason or the detokenizer found a
-  stop string (EngineCore learns of that by an abort); a request vLLM keeps (vLLM 0.32's
-  streaming input, between its chunks) goes on.
+  stop string (EngineCore learns of that by an abort). vLLM 0.32 keeps a streaming-input
+  request between its chunks (no ``httpRes`` per chunk); one whose last input arrives after
+  its last output is dropped by ``add_request``, not here, and gets no ``httpRes``.
 
 Records name requests by their external id (what the client sees), except ``detokenize``,
 which names EngineCore's ids as the outputs carry them (as msserviceprofiler's does; reading the
