@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from otel_vllm_ascend.analysis.date_cells import datetime_column_us
+from otel_vllm_ascend.analysis.frame import canonical_rid
 from otel_vllm_ascend.analysis.record_dicts import key_values
 from otel_vllm_ascend.analysis.request_states import request_state_counts
 from otel_vllm_ascend.analysis.rid_lists import RidLists, rid_lengths
@@ -230,8 +231,11 @@ def _linked_ids(frame: pd.DataFrame, requests: pd.Index) -> np.ndarray:
     rows = np.flatnonzero((frame["name"] == "link").to_numpy()) if len(frame) else []
     if not len(rows):
         return np.zeros(len(requests))
-    pairs = pd.DataFrame({"from": key_values(frame["attrs"], "from", None, rows=rows),
-                          "to": key_values(frame["attrs"], "to", None, rows=rows)})
+    # ids as the link mapping reads them (frame.canonical_rid): a malformed value (a list, a
+    # dict) is text then, not an unhashable cell
+    pairs = pd.DataFrame({key: [None if value is None or value != value else canonical_rid(value)
+                                for value in key_values(frame["attrs"], key, None, rows=rows)]
+                          for key in ("from", "to")})
     pairs = pairs[pairs["from"] != pairs["to"]].dropna().drop_duplicates()
     return pairs["from"].value_counts().reindex(requests, fill_value=0).to_numpy(dtype=float)
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -31,7 +32,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_vllm_ascend import contract, handoff, native_thread, recorder
+from otel_vllm_ascend import contract, handoff, hotpath, native_thread, recorder
 from otel_vllm_ascend.process_role import detect_process_role
 from otel_vllm_ascend.records import SpanRecord, new_span_record
 
@@ -255,10 +256,20 @@ _expand_request_event = handoff.register_expander(
 def queue_changes(before: Iterable[Any], after: Iterable[Any]) -> Tuple[list, list]:
     """(left, joined) request ids between two snapshots of a scheduler queue. Its members (V1
     Requests, V0 SequenceGroups) compare by identity and are in a queue at most once."""
-    before = before if type(before) is list else list(before)
-    after = after if type(after) is list else list(after)
+    diff = queue_diff(before if type(before) is list else list(before),
+                      after if type(after) is list else list(after))
+    return ([], []) if diff is None else diff
+
+
+def _queue_diff(before: list, after: list) -> Optional[Tuple[list, list]]:
+    """None when two snapshots (lists) of a scheduler queue hold the same members in the same
+    order, else the (left, joined) request ids.
+
+    The reference and fallback of its compiled twin (``_hotpath.identity_diff``, which compares
+    members by their addresses only: a V1 Request's ``__lt__`` makes each ``==`` of two of
+    them a Python call reading both objects, cold in a server)."""
     if before == after:  # the common case of a steady decode step (identity, compared in C)
-        return [], []
+        return None
     # The usual change of a step: members left from the front (WAITING: scheduled) and joined
     # at the end (RUNNING: newly scheduled), i.e. after == before[k:] + new. Checked with slice
     # comparisons in C; anything else goes the set way below (same result either way).
@@ -283,6 +294,16 @@ def queue_changes(before: Iterable[Any], after: Iterable[Any]) -> Tuple[list, li
     changed = members.symmetric_difference(after)
     left = changed & members
     return _ids_in_order(left, before), _ids_in_order(changed - left, after)
+
+
+def _compiled_queue_diff() -> Callable[[list, list], Optional[Tuple[list, list]]]:
+    compiled = hotpath.compiled()
+    if compiled is None:
+        return _queue_diff
+    return functools.partial(compiled.identity_diff, "request_id")
+
+
+queue_diff = _compiled_queue_diff()
 
 
 def _ids_in_order(members: set, queue: list) -> list:
@@ -425,20 +446,18 @@ class StepBatch:
     Its classification (rows, ``batch_type``, the ``ms.rid_detail`` text, links) is worked out
     from those copies where the step's spans are expanded (:class:`RemoteBatches`: in the
     writer, or on the recorder's thread without one), carried there by the step's first record.
+
+    Made by :func:`describe_batch` (no type call, no ``__init__`` frame: it runs once per step
+    with cold caches): ``seq`` names the step to the expanders, ``requests`` is the scheduler's
+    request map (for link lookups), ``classified`` says a record carrying the classification
+    is queued.
     """
 
     __slots__ = ("output", "inputs", "requests", "seq", "classified")
 
-    def __init__(self, output: Any, inputs: BatchInputs,
-                 requests: Optional[Mapping[str, Any]]) -> None:
-        self.seq = next(_batch_numbers)  # names the step to the expanders
-        self.output = output
-        self.inputs = inputs
-        self.requests = requests  # the scheduler's, for link lookups
-        self.classified = False  # a record carrying the classification is queued
-
 
 _last_batch: Optional[StepBatch] = None
+_new_batch = object.__new__
 
 
 # -- one record per engine-step span, expanded where the spans are built ----------------------
@@ -583,7 +602,12 @@ def describe_batch(scheduler_output: Any, requests: Optional[Mapping[str, Any]] 
     last = _last_batch
     if last is not None and last.output is scheduler_output:
         return last
-    batch = StepBatch(scheduler_output, BatchInputs.of(scheduler_output), requests)
+    batch = _new_batch(StepBatch)
+    batch.seq = next(_batch_numbers)
+    batch.output = scheduler_output
+    batch.inputs = BatchInputs.of(scheduler_output)
+    batch.requests = requests
+    batch.classified = False
     _last_batch = batch
     return batch
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextvars
 import operator
+import random
 import time
 from typing import Any, List, Optional
 
@@ -75,13 +76,19 @@ def _trace_headers(args: tuple, kwargs: dict) -> Any:
 
 # External id -> the request's trace context in its wire form (the httpRes parent).
 _request_wires = common.ContextMap()
+_getrandbits = random.getrandbits
 
 
 def _new_context_wire() -> tuple:
     """A fresh trace for a request without ``traceparent`` (what common.new_request_context
-    gives, in its wire form)."""
-    ids = common._IDS
-    return ids.generate_trace_id(), ids.generate_span_id(), True, 1, None
+    gives, in its wire form): random ids as the SDK's RandomIdGenerator draws them, without its
+    two calls (a zero id, one draw in 2**64, is drawn again)."""
+    trace_id = _getrandbits(128)
+    span_id = _getrandbits(64)
+    if not trace_id or not span_id:
+        ids = common._IDS
+        return ids.generate_trace_id(), ids.generate_span_id(), True, 1, None
+    return trace_id, span_id, True, 1, None
 
 
 def _add_request_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
@@ -105,13 +112,13 @@ def _add_request_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]
     # vLLM 0.11.1-0.13's OpenAI server makes the EngineCoreRequest itself (process_inputs runs
     # before this call, outside it) and passes it as the prompt: carry the context into it here.
     _carry_context(kwargs.get("prompt", args[1] if len(args) > 1 else None), wire)
-    recorder.record_task(_expand_arrival, (
+    arrival = (
         ("httpReq", now, now, {contract.DOMAIN: DOMAIN, contract.RID: request_id,
                                "gen_ai.request.id": request_id,
                                contract.RECORD: contract.RECORD_EVENT}, tid, parent, own),
         ("tokenize", now, now, {contract.DOMAIN: DOMAIN, contract.RID: request_id,
-                                contract.RECORD: contract.RECORD_EVENT}, tid, wire, None)))
-    return request_id, wire, _adding.set((request_id, wire))
+                                contract.RECORD: contract.RECORD_EVENT}, tid, wire, None))
+    return request_id, wire, _adding.set((request_id, wire)), arrival
 
 
 def _running_children(processor: Any, external_id: str) -> Any:
@@ -142,7 +149,7 @@ def _internal_ids(this: Any, request_id: str, internal_id: Any, args: tuple,
 
 def _add_request_after(state: tuple, this: Any, args: tuple, kwargs: dict, collector: Any,
                        error: Optional[BaseException]) -> None:
-    request_id, wire, token = state
+    request_id, wire, token, arrival = state
     _adding.reset(token)
     internal_id = getattr(collector, "request_id", None)
     if not isinstance(internal_id, str):  # before vLLM's internal ids: the client's id
@@ -155,8 +162,9 @@ def _add_request_after(state: tuple, this: Any, args: tuple, kwargs: dict, colle
                           {contract.DOMAIN: DOMAIN, contract.LINK_FROM: request_id,
                            contract.LINK_TO: linked, contract.RECORD: contract.RECORD_LINK},
                           tid, wire, None))
-    if links:
-        recorder.record_task(_expand_api_spans, tuple(links))
+    # the arrival's records and the links as one task: one record less per request to queue
+    # and hand off (the arrival's stamp was taken before the call, as it was queued then)
+    recorder.record_task(_expand_arrival, arrival + tuple(links) if links else arrival)
 
 
 add_request_async = wrapping.AsyncAroundHandler(
@@ -277,37 +285,40 @@ def _outputs_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         return None
     if common._role_recorded is None:
         common.ensure_role("api_server")
-    # The request states are taken before the call: the original drops the requests it
+    # The request states are copied before the call: the original drops the requests it
     # finishes from request_states, also those EngineCore did not finish (a stop string its
     # detokenizer found). A state object stays readable after that, so a finished request's
-    # token counts and external id are read after the call (final counts, and in the CPU's
-    # caches then).
-    states = getattr(this, "request_states", None) or {}
-    request_ids = list(map(_REQUEST_ID, engine_core_outputs))  # the loops in C
-    known = list(map(states.get, request_ids))
+    # token counts and external id are read after the call (final counts). A dict copy is a
+    # table copy in C: no hashing of the outputs' freshly decoded ids, as lookups would be.
+    states = getattr(this, "request_states", None)
+    if type(states) is dict:
+        before = states.copy()
+    else:
+        states, before = None, {}
+    request_ids = list(map(_REQUEST_ID, engine_core_outputs))  # the loop in C
     start, tid = native_thread.stamp()
-    return states, request_ids, known, len(states), start, tid
+    return states, before, request_ids, start, tid
 
 
 _detokenize_switch = control.Switch(DOMAIN)
 _REQUEST_ID = operator.attrgetter("request_id")
 
 
-def _finished(states: dict, request_ids: List[str], known: List[Any], count: int) -> list:
-    """(request id, state) of the requests this call dropped from the request states (it had
-    ``count`` before), in the outputs' order."""
-    if count == len(states):  # the common step: the call adds none, so it dropped none
-        return []
-    return [(request_id, request_state) for request_id, request_state
-            in zip(request_ids, known)
-            if request_state is not None and request_id not in states]
+def _finished(states: dict, before: dict, request_ids: List[str]) -> list:
+    """(request id, state) of the requests this call dropped from the request states
+    (``before``: a copy taken before the call), in the outputs' order."""
+    return [(request_id, before[request_id]) for request_id in request_ids
+            if request_id in before and request_id not in states]
 
 
 def _outputs_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: Any,
                    error: Optional[BaseException]) -> None:
     end = time.time_ns()
-    states, request_ids, known, count, start, tid = state
-    for request_id, request_state in _finished(states, request_ids, known, count):
+    states, before, request_ids, start, tid = state
+    # the common step: the call adds no request state, so an unchanged count dropped none
+    finished = _finished(states, before, request_ids) \
+        if states is not None and len(before) != len(states) else ()
+    for request_id, request_state in finished:
         external_id = getattr(request_state, "external_req_id", None) or request_id
         prompt = getattr(request_state, "prompt_token_ids", None)
         attributes = {contract.DOMAIN: DOMAIN, contract.RID: external_id,

@@ -24,14 +24,16 @@ DOMAIN = "Schedule"
 KV_DOMAIN = "Schedule.KVCache"
 RUNNING, WAITING = "RUNNING", "WAITING"
 
-def _queue_changes(changes: list, queue_name: str, before: list, after: list) -> None:
-    """``(event name, queue name, request ids, queue size)`` of one queue's changes between
-    two snapshots, for the ``Dequeue`` / ``Enqueue`` events."""
-    left, joined = common.queue_changes(before, after)
+def _add_changes(changes: list, queue_name: str, diff: Optional[tuple], size: int) -> None:
+    """``(event name, queue name, request ids, queue size)`` of one queue's changes
+    (``common.queue_diff`` of two snapshots), for the ``Dequeue`` / ``Enqueue`` events."""
+    if diff is None:
+        return
+    left, joined = diff
     if left:
-        changes.append(("Dequeue", queue_name, left, len(after)))
+        changes.append(("Dequeue", queue_name, left, size))
     if joined:
-        changes.append(("Enqueue", queue_name, joined, len(after)))
+        changes.append(("Enqueue", queue_name, joined, size))
 
 
 # vLLM's FCFS waiting queue is a deque whose __iter__ / __len__ only call deque's own (Python
@@ -61,10 +63,30 @@ def _snapshot(queue: Any) -> list:
 
 
 # What the hook knows of the KV cache's block pool, found once per pool: (the pool, total
-# blocks, whether the pool's free-block queue holds the count get_num_free_blocks() returns).
-# The hook runs once per step with cold caches, where each call costs (docs/benchmarks.md,
-# issue 17, tenth part); the objects themselves are read every step, so a replaced one is seen.
+# blocks, whether the pool's free-block queue holds the count get_num_free_blocks() returns,
+# the divisor of vLLM's usage figure or None). The hook runs once per step with cold caches,
+# where each call costs (docs/benchmarks.md, issue 17, tenth part); the objects themselves are
+# read every step, so a replaced one is seen.
 _kv_pool: Optional[tuple] = None
+_NOT_YET = -1  # the divisor, while no free block has told the two formulas apart
+
+
+def _usage_divisor(this: Any, pool: Any, free: int) -> Any:
+    """``d`` such that vLLM's ``kv_cache_manager.usage`` is ``1 - free / d`` (0 for ``d`` 0):
+    the pool's blocks less its null block (vLLM 0.9 and later) or all of them (0.8), whichever
+    gives vLLM's own figure now. None when neither does (a manager of another kind: its usage
+    is asked every step); ``_NOT_YET`` when both would (no block free: asked again next step)."""
+    try:
+        usage = float(this.kv_cache_manager.usage)
+        blocks = int(pool.num_gpu_blocks)
+    except Exception:
+        return None
+    if free <= 0:
+        return _NOT_YET
+    for divisor in (blocks - 1, blocks):
+        if (1.0 - free / divisor if divisor else 0.0) == usage:
+            return divisor
+    return None
 
 
 def _used_blocks(this: Any) -> Optional[tuple]:
@@ -73,16 +95,29 @@ def _used_blocks(this: Any) -> Optional[tuple]:
     try:
         pool = this.kv_cache_manager.block_pool
         known = _kv_pool
-        if known is None or known[0] is not pool:
+        if known is None or known[0] is not pool or known[3] == _NOT_YET:
             queue = getattr(pool, "free_block_queue", None)
             direct = (type(getattr(queue, "num_free_blocks", None)) is int
                       and queue.num_free_blocks == pool.get_num_free_blocks())
-            known = _kv_pool = (pool, int(this.kv_cache_config.num_blocks), direct)
+            free = pool.free_block_queue.num_free_blocks if direct \
+                else int(pool.get_num_free_blocks())
+            _kv_pool = (pool, int(this.kv_cache_config.num_blocks), direct,
+                        _usage_divisor(this, pool, free))
+            return _kv_pool[1], free
         if known[2]:
             return known[1], pool.free_block_queue.num_free_blocks
         return known[1], int(pool.get_num_free_blocks())
     except Exception:
         return None
+
+
+def _kv_usage(this: Any, free: int) -> float:
+    """vLLM's ``kv_cache_manager.usage`` of the scheduler ``this`` with ``free`` blocks free,
+    by its formula where :func:`_used_blocks` recognised it (no call into vLLM)."""
+    divisor = _kv_pool[3] if _kv_pool is not None else None
+    if divisor is None or divisor < 0:
+        return float(this.kv_cache_manager.usage)
+    return 1.0 - free / divisor if divisor else 0.0
 
 
 def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
@@ -97,6 +132,7 @@ def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
 
 
 _kv_switch = control.Switch(KV_DOMAIN)
+_queue_diff = common.queue_diff
 
 
 def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: Any,
@@ -107,17 +143,20 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
     if not batch.inputs.scheduled or not control.engine_step(output):  # profiler_step_num
         common.record_step(_expand_schedule, batch, None)  # the step still counts
         return
-    # A steady step leaves both queues as they were: compared here (identity, in C) before
-    # any call; only a queue that changed has its request ids that left and joined worked out.
+    # A steady step leaves both queues as they were; only a queue that changed has its
+    # request ids that left and joined worked out.
     queue_changes: list = []
-    running = this.running
-    if type(running) is not list or running != running_before:
-        _queue_changes(queue_changes, RUNNING, running_before, _snapshot(running))
+    running = this.running  # only read here: not copied
+    if type(running) is not list:
+        running = _snapshot(running)
+    diff = _queue_diff(running_before, running)
+    if diff is not None:
+        _add_changes(queue_changes, RUNNING, diff, len(running))
     waiting = this.waiting
     if waiting_before or _queue_len(waiting):
         waiting_after = _snapshot(waiting)
-        if waiting_after != waiting_before:
-            _queue_changes(queue_changes, WAITING, waiting_before, waiting_after)
+        _add_changes(queue_changes, WAITING, _queue_diff(waiting_before, waiting_after),
+                     len(waiting_after))
     kv = None
     if _kv_switch.on:
         kv_after = _used_blocks(this)
@@ -126,7 +165,7 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
             used = total - free
             used_before = kv_before[0] - kv_before[1] if kv_before is not None else used
             try:
-                usage = float(this.kv_cache_manager.usage)
+                usage = _kv_usage(this, free)
             except Exception:
                 usage = used / total if total else 0.0
             kv = (total, used, free, usage, used - used_before)

@@ -8,7 +8,7 @@ the whole analysis in-process, serially, with every output but the report.
 import sys
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,6 +41,10 @@ RECORD = st.tuples(st.sampled_from(NAMES), st.integers(0, 10_000), st.integers(0
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(records=st.lists(RECORD, min_size=1, max_size=20),
        encoding=st.sampled_from(["json", "caret"]), role=st.sampled_from(["", "engine_core"]))
+# found by this test: a link naming a list (request.csv's link count could not hash it)
+@example(records=[("httpReq", 0, 0, False, "a", {}),
+                  ("link", 0, 0, False, None, {"from": False, "to": []})],
+         encoding="json", role="")
 def test_odd_records_never_break_the_analysis(records, encoding, role, tmp_path_factory,
                                               monkeypatch):
     monkeypatch.setenv("OTEL_VLLM_ANALYZE_SERIAL", "1")

@@ -13,7 +13,7 @@ import pytest
 from test_step_records import _built_here, _built_in_writer
 from test_step_records import scripted as scripted  # noqa: F401  (the fixture)
 
-from otel_vllm_ascend import contract, handoff, recorder
+from otel_vllm_ascend import contract, handoff, recorder, selfmeter
 from otel_vllm_ascend.handlers import common, request
 
 CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -152,8 +152,9 @@ def _link_targets(this, params, collector=None) -> list:
     async def original(request_id, prompt, params, *args, **kwargs):
         return collector or SimpleNamespace(request_id="par-int")
     asyncio.run(request.add_request_async(original, this, "par", {}, params))
-    links = [record for func, records in recorder._state.queue if func.__name__ ==
-             "request.api_spans" for record in records if record[0] == contract.LINK_NAME]
+    links = [record for func, records in recorder._state.queue if func.__name__ in
+             ("request.api_spans", selfmeter.REQUEST_TASK) for record in records
+             if record[0] == contract.LINK_NAME]
     recorder._state.queue.clear()
     assert all(record[3][contract.LINK_FROM] == "par" for record in links)
     return [record[3][contract.LINK_TO] for record in links]

@@ -58,3 +58,68 @@ def test_free_blocks_through_the_method_when_the_queue_disagrees(monkeypatch):
 def test_unreadable_kv_cache_gives_none(monkeypatch):
     monkeypatch.setattr(scheduler, "_kv_pool", None)
     assert scheduler._used_blocks(SimpleNamespace()) is None
+
+
+class _Manager:
+    """A KV cache manager whose ``usage`` counts its calls, by one of vLLM's formulas."""
+
+    def __init__(self, pool, divisor_of) -> None:
+        self.block_pool = pool
+        self.divisor_of = divisor_of
+        self.usage_calls = 0
+
+    @property
+    def usage(self) -> float:
+        self.usage_calls += 1
+        free = self.block_pool.get_num_free_blocks()
+        divisor = self.divisor_of(self.block_pool.num_gpu_blocks)
+        return 1.0 - free / divisor if divisor else 0
+
+
+def _scheduler_with_usage(free, divisor_of, blocks=101):
+    pool = _Pool(free)
+    pool.num_gpu_blocks = blocks
+    return SimpleNamespace(kv_cache_manager=_Manager(pool, divisor_of),
+                           kv_cache_config=SimpleNamespace(num_blocks=blocks))
+
+
+def _usage_after_steps(this, frees):
+    """The hook's usage figure and vLLM's after each step's free-block count."""
+    pool = this.kv_cache_manager.block_pool
+    figures = []
+    for free in frees:
+        pool.free = pool.free_block_queue.num_free_blocks = free
+        manager = this.kv_cache_manager
+        total, read = scheduler._used_blocks(this)
+        ours = scheduler._kv_usage(this, read)
+        calls = manager.usage_calls
+        figures.append((ours, manager.usage))
+        manager.usage_calls = calls  # the comparison's own call not counted
+    return figures
+
+
+def test_usage_by_vllm_formula_without_asking_vllm(monkeypatch):
+    # vLLM 0.9 and later leave the null block out; 0.8 counted every block
+    for divisor_of in (lambda blocks: blocks - 1, lambda blocks: blocks):
+        monkeypatch.setattr(scheduler, "_kv_pool", None)
+        this = _scheduler_with_usage(60, divisor_of)
+        figures = _usage_after_steps(this, [60, 55, 20, 100, 1])
+        assert [ours for ours, _ in figures] == [theirs for _, theirs in figures]
+        assert this.kv_cache_manager.usage_calls == 1  # once, to recognise the formula
+
+
+def test_usage_of_another_formula_is_asked_every_step(monkeypatch):
+    monkeypatch.setattr(scheduler, "_kv_pool", None)
+    this = _scheduler_with_usage(60, lambda blocks: blocks + 7)
+    figures = _usage_after_steps(this, [60, 50, 40])
+    assert [ours for ours, _ in figures] == [theirs for _, theirs in figures]
+    assert this.kv_cache_manager.usage_calls == 1 + 3
+
+
+def test_usage_formula_found_once_a_block_is_free(monkeypatch):
+    # With no block free both formulas give 1.0: the choice waits for a step with one free
+    monkeypatch.setattr(scheduler, "_kv_pool", None)
+    this = _scheduler_with_usage(0, lambda blocks: blocks)
+    figures = _usage_after_steps(this, [0, 0, 30, 10])
+    assert [ours for ours, _ in figures] == [theirs for _, theirs in figures]
+    assert figures[-1][0] == 1.0 - 10 / 101
