@@ -3,9 +3,7 @@
  * - AroundWrapper: the wrapper of an AroundHandler hook, handler_calls.around_handler's closure
  *   step for step (tests/unit/test_hotpath.py runs both);
  * - stamp(): (time.time_ns(), this thread's OS id) in one call, the id read once per thread
- *   (native_thread.stamp);
- * - identity_diff(): what changed between two snapshots of a scheduler queue, its members
- *   compared by identity only (common.queue_changes).
+ *   (native_thread.stamp).
  *
  * Why C: a hook runs about once per engine step, after vLLM's own work has pushed our code and
  * data out of the CPU caches, and there each further Python frame and object costs about a
@@ -20,7 +18,6 @@
 #include <Python.h>
 #include <structmember.h>
 #include <stddef.h>
-#include <stdint.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -88,147 +85,9 @@ stamp(PyObject *module, PyObject *unused)
     return pair;
 }
 
-/* -- identity_diff() -------------------------------------------------------------------- */
-
-/* A scheduler queue's members are vLLM Requests, whose ``__lt__`` makes every ``==`` between two
- * of them a Python-level call that also reads both (cold) objects; their addresses are all that
- * is compared here, in a small open-addressing set, so no member is read at all. */
-
-typedef struct {
-    uintptr_t *slots;  /* 0: empty */
-    size_t mask;
-} PointerSet;
-
-static size_t
-pointer_slot(uintptr_t p, size_t mask)
-{
-    return (size_t)(((unsigned long long)(p >> 4) * 0x9E3779B97F4A7C15ULL) >> 17) & mask;
-}
-
-static int
-pointer_set_fill(PointerSet *set, PyObject **items, Py_ssize_t n)
-{
-    size_t size = 16;
-    while (size < (size_t)n * 2)
-        size <<= 1;
-    set->slots = PyMem_Calloc(size, sizeof(uintptr_t));
-    if (set->slots == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    set->mask = size - 1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uintptr_t p = (uintptr_t)items[i];
-        size_t at = pointer_slot(p, set->mask);
-        while (set->slots[at] != 0 && set->slots[at] != p)
-            at = (at + 1) & set->mask;
-        set->slots[at] = p;
-    }
-    return 0;
-}
-
-static int
-pointer_set_has(const PointerSet *set, PyObject *item)
-{
-    if (set->slots == NULL)  /* the empty set */
-        return 0;
-    uintptr_t p = (uintptr_t)item;
-    size_t at = pointer_slot(p, set->mask);
-    while (set->slots[at] != 0) {
-        if (set->slots[at] == p)
-            return 1;
-        at = (at + 1) & set->mask;
-    }
-    return 0;
-}
-
-/* The items of ``items`` (``n`` of them) not in ``set``, in their order, or their attribute
- * ``name`` (when not None): a new list. */
-static PyObject *
-members_not_in(PyObject **items, Py_ssize_t n, const PointerSet *set, PyObject *name)
-{
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (pointer_set_has(set, items[i]))
-            continue;
-        PyObject *value = name == Py_None ? Py_NewRef(items[i]) : PyObject_GetAttr(items[i], name);
-        if (value == NULL || PyList_Append(out, value) < 0) {
-            Py_XDECREF(value);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(value);
-    }
-    return out;
-}
-
-static PyObject *
-identity_diff(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3 || !PyList_CheckExact(args[1]) || !PyList_CheckExact(args[2])
-        || (args[0] != Py_None && !PyUnicode_Check(args[0]))) {
-        PyErr_SetString(PyExc_TypeError,
-                        "identity_diff(name, before, after) takes a str or None and two lists");
-        return NULL;
-    }
-    /* The lists are read before any attribute is (an attribute read can run Python code). */
-    PyObject **before = PySequence_Fast_ITEMS(args[1]), **after = PySequence_Fast_ITEMS(args[2]);
-    Py_ssize_t n_before = PyList_GET_SIZE(args[1]), n_after = PyList_GET_SIZE(args[2]);
-    if (n_before == n_after) {
-        Py_ssize_t i = 0;
-        while (i < n_before && before[i] == after[i])
-            i++;
-        if (i == n_before)
-            Py_RETURN_NONE;  /* the same members in the same order */
-    }
-    PointerSet in_before, in_after;
-    if (pointer_set_fill(&in_before, before, n_before) < 0)
-        return NULL;
-    if (pointer_set_fill(&in_after, after, n_after) < 0) {
-        PyMem_Free(in_before.slots);
-        return NULL;
-    }
-    /* Members that changed queues, as new lists, before any attribute read */
-    PyObject *left = members_not_in(before, n_before, &in_after, Py_None);
-    PyObject *joined = left == NULL ? NULL : members_not_in(after, n_after, &in_before, Py_None);
-    PyMem_Free(in_before.slots);
-    PyMem_Free(in_after.slots);
-    if (joined == NULL) {
-        Py_XDECREF(left);
-        return NULL;
-    }
-    if (args[0] != Py_None) {
-        PyObject *name = args[0];
-        PointerSet none = {NULL, 0};
-        PyObject *left_values = members_not_in(PySequence_Fast_ITEMS(left),
-                                               PyList_GET_SIZE(left), &none, name);
-        PyObject *joined_values = left_values == NULL ? NULL : members_not_in(
-            PySequence_Fast_ITEMS(joined), PyList_GET_SIZE(joined), &none, name);
-        Py_DECREF(left);
-        Py_DECREF(joined);
-        if (joined_values == NULL) {
-            Py_XDECREF(left_values);
-            return NULL;
-        }
-        left = left_values;
-        joined = joined_values;
-    }
-    PyObject *pair = PyTuple_Pack(2, left, joined);
-    Py_DECREF(left);
-    Py_DECREF(joined);
-    return pair;
-}
-
 static PyMethodDef hotpath_functions[] = {
     {"stamp", stamp, METH_NOARGS,
      "stamp()\n--\n\n(time.time_ns(), the calling thread's OS id), the id read once per thread."},
-    {"identity_diff", (PyCFunction)(void (*)(void))identity_diff, METH_FASTCALL,
-     "identity_diff(name, before, after)\n--\n\nNone when the two lists hold the same objects "
-     "in the same order, else (left, joined): the objects of ``before`` not in ``after`` and "
-     "those of ``after`` not in ``before`` (by identity), each in its list's order, or their "
-     "attribute ``name`` when it is not None."},
     {NULL},
 };
 

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
@@ -32,7 +31,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_vllm_ascend import contract, handoff, hotpath, native_thread, recorder
+from otel_vllm_ascend import contract, handoff, native_thread, recorder
 from otel_vllm_ascend.process_role import detect_process_role
 from otel_vllm_ascend.records import SpanRecord, new_span_record
 
@@ -256,20 +255,10 @@ _expand_request_event = handoff.register_expander(
 def queue_changes(before: Iterable[Any], after: Iterable[Any]) -> Tuple[list, list]:
     """(left, joined) request ids between two snapshots of a scheduler queue. Its members (V1
     Requests, V0 SequenceGroups) compare by identity and are in a queue at most once."""
-    diff = queue_diff(before if type(before) is list else list(before),
-                      after if type(after) is list else list(after))
-    return ([], []) if diff is None else diff
-
-
-def _queue_diff(before: list, after: list) -> Optional[Tuple[list, list]]:
-    """None when two snapshots (lists) of a scheduler queue hold the same members in the same
-    order, else the (left, joined) request ids.
-
-    The reference and fallback of its compiled twin (``_hotpath.identity_diff``, which compares
-    members by their addresses only: a V1 Request's ``__lt__`` makes each ``==`` of two of
-    them a Python call reading both objects, cold in a server)."""
+    before = before if type(before) is list else list(before)
+    after = after if type(after) is list else list(after)
     if before == after:  # the common case of a steady decode step (identity, compared in C)
-        return None
+        return [], []
     # The usual change of a step: members left from the front (WAITING: scheduled) and joined
     # at the end (RUNNING: newly scheduled), i.e. after == before[k:] + new. Checked with slice
     # comparisons in C; anything else goes the set way below (same result either way).
@@ -294,16 +283,6 @@ def _queue_diff(before: list, after: list) -> Optional[Tuple[list, list]]:
     changed = members.symmetric_difference(after)
     left = changed & members
     return _ids_in_order(left, before), _ids_in_order(changed - left, after)
-
-
-def _compiled_queue_diff() -> Callable[[list, list], Optional[Tuple[list, list]]]:
-    compiled = hotpath.compiled()
-    if compiled is None:
-        return _queue_diff
-    return functools.partial(compiled.identity_diff, "request_id")
-
-
-queue_diff = _compiled_queue_diff()
 
 
 def _ids_in_order(members: set, queue: list) -> list:

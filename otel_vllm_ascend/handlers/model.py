@@ -36,7 +36,7 @@ import functools
 import json
 import operator
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, List, NamedTuple, Optional
 
 from otel_vllm_ascend import (
     contract,
@@ -56,7 +56,7 @@ DOMAIN = "Execute"
 _meter, _meter_ns = selfmeter.meter, time.thread_time_ns
 _npu_synchronize: Optional[Callable[[], None]] = None
 _npu_checked = False
-_step_request_ids: Any = []  # the runner's current step (a dict: its keys), for its forward phase
+_step_request_ids: List[str] = []  # the model runner's current step, for its forward phase
 
 
 def npu_synchronize() -> Optional[Callable[[], None]]:
@@ -211,7 +211,7 @@ class WorkerSpan(NamedTuple):
     start_ns: int
     end_ns: int
     thread_id: int
-    request_ids: Any  # ``ms.rid``: the runner's and the forward phase's (a dict: its keys)
+    request_ids: Optional[list]  # ``ms.rid`` (the runner's and the forward phase's)
     accepted: Optional[dict]  # ``spec_decode_accepted_by_req`` (JSON text) of the runner
     exception: Any  # None, an exception (captured as text on the recorder's thread)
 
@@ -244,8 +244,8 @@ def _worker_span_records(state: dict, wire: list) -> list:
     records = []
     for name, start, end, tid, request_ids, accepted, exception in wire:
         attributes: dict = {contract.DOMAIN: DOMAIN}
-        if request_ids is not None:  # the runner's scheduled-tokens dict: its keys
-            attributes[contract.RID] = list(request_ids)
+        if request_ids is not None:
+            attributes[contract.RID] = request_ids
         if accepted:
             attributes["spec_decode_accepted_by_req"] = json.dumps(accepted)
         records.append(new_span_record(SpanRecord, (
@@ -262,12 +262,7 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     global _step_request_ids, _open_step
     spec_decode.begin_step()
     scheduler_output = args[0] if args else kwargs.get("scheduler_output")
-    # The step's request ids are the keys of this dict, which vLLM makes per step and does not
-    # change after scheduling (a draft proposer may lower a value): kept as it is, so the hook
-    # does not touch the 32 id strings just decoded (made a list where the span is built).
-    request_ids = getattr(scheduler_output, "num_scheduled_tokens", None)
-    if type(request_ids) is not dict:
-        request_ids = list(request_ids or ())
+    request_ids = list(getattr(scheduler_output, "num_scheduled_tokens", None) or ())
     _step_request_ids = request_ids
     if not request_ids:
         return None

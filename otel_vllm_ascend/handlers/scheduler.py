@@ -24,16 +24,14 @@ DOMAIN = "Schedule"
 KV_DOMAIN = "Schedule.KVCache"
 RUNNING, WAITING = "RUNNING", "WAITING"
 
-def _add_changes(changes: list, queue_name: str, diff: Optional[tuple], size: int) -> None:
-    """``(event name, queue name, request ids, queue size)`` of one queue's changes
-    (``common.queue_diff`` of two snapshots), for the ``Dequeue`` / ``Enqueue`` events."""
-    if diff is None:
-        return
-    left, joined = diff
+def _queue_changes(changes: list, queue_name: str, before: list, after: list) -> None:
+    """``(event name, queue name, request ids, queue size)`` of one queue's changes between
+    two snapshots, for the ``Dequeue`` / ``Enqueue`` events."""
+    left, joined = common.queue_changes(before, after)
     if left:
-        changes.append(("Dequeue", queue_name, left, size))
+        changes.append(("Dequeue", queue_name, left, len(after)))
     if joined:
-        changes.append(("Enqueue", queue_name, joined, size))
+        changes.append(("Enqueue", queue_name, joined, len(after)))
 
 
 # vLLM's FCFS waiting queue is a deque whose __iter__ / __len__ only call deque's own (Python
@@ -132,7 +130,6 @@ def _schedule_before(this: Any, args: tuple, kwargs: dict) -> tuple:
 
 
 _kv_switch = control.Switch(KV_DOMAIN)
-_queue_diff = common.queue_diff
 
 
 def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: Any,
@@ -143,20 +140,17 @@ def _schedule_after(state: tuple, this: Any, args: tuple, kwargs: dict, output: 
     if not batch.inputs.scheduled or not control.engine_step(output):  # profiler_step_num
         common.record_step(_expand_schedule, batch, None)  # the step still counts
         return
-    # A steady step leaves both queues as they were; only a queue that changed has its
-    # request ids that left and joined worked out.
+    # A steady step leaves both queues as they were: compared here (identity, in C) before
+    # any call; only a queue that changed has its request ids that left and joined worked out.
     queue_changes: list = []
-    running = this.running  # only read here: not copied
-    if type(running) is not list:
-        running = _snapshot(running)
-    diff = _queue_diff(running_before, running)
-    if diff is not None:
-        _add_changes(queue_changes, RUNNING, diff, len(running))
+    running = this.running
+    if type(running) is not list or running != running_before:
+        _queue_changes(queue_changes, RUNNING, running_before, _snapshot(running))
     waiting = this.waiting
     if waiting_before or _queue_len(waiting):
         waiting_after = _snapshot(waiting)
-        _add_changes(queue_changes, WAITING, _queue_diff(waiting_before, waiting_after),
-                     len(waiting_after))
+        if waiting_after != waiting_before:
+            _queue_changes(queue_changes, WAITING, waiting_before, waiting_after)
     kv = None
     if _kv_switch.on:
         kv_after = _used_blocks(this)

@@ -3,16 +3,12 @@ queue changes between two snapshots."""
 
 from __future__ import annotations
 
-import functools
 import json
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from otel_vllm_ascend import hotpath
-from otel_vllm_ascend.handlers import common
-from otel_vllm_ascend.handlers.common import DETAIL_KEYS, details_json
+from otel_vllm_ascend.handlers.common import DETAIL_KEYS, details_json, queue_changes
 
 _numbers = st.one_of(st.integers(-10**12, 10**12), st.booleans(), st.floats(allow_nan=False))
 _rows = st.tuples(st.one_of(st.text(max_size=12), st.integers()), _numbers, _numbers, _numbers,
@@ -33,20 +29,7 @@ def test_typical_batch():
     assert text == json.dumps([dict(zip(DETAIL_KEYS, r)) for r in rows], separators=(",", ":"))
 
 
-@pytest.fixture(params=["compiled", "python"])
-def queue_changes(request, monkeypatch):
-    """``common.queue_changes`` on the compiled diff (``_hotpath.identity_diff``) and on its
-    Python twin."""
-    if request.param == "compiled":
-        assert hotpath.compiled() is not None  # built in the test environment
-        diff = functools.partial(hotpath.compiled().identity_diff, "request_id")
-    else:
-        diff = common._queue_diff
-    monkeypatch.setattr(common, "queue_diff", diff)
-    return common.queue_changes
-
-
-def test_queue_changes_match_a_pass_over_each_queue(queue_changes):
+def test_queue_changes_match_a_pass_over_each_queue():
     """Left / joined members by set operations, ordered as in their queue."""
     import random
 
@@ -82,31 +65,3 @@ def test_queue_changes_match_a_pass_over_each_queue(queue_changes):
             after.insert(0, rng.choice(pool))
             after = list(dict.fromkeys(after))
         assert queue_changes(before, after) == by_passes(before, after)
-
-
-class _Request:
-    """Compares as vLLM's Request does: ``__lt__`` of its own, ``==`` by identity."""
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-
-    def __lt__(self, other: _Request) -> bool:
-        return self.request_id < other.request_id
-
-
-@pytest.mark.parametrize("name", [None, "request_id"])
-def test_the_compiled_diff_is_none_only_for_the_same_members_in_order(name):
-    diff = hotpath.compiled().identity_diff
-    members = [_Request(f"r{i}") for i in range(6)]
-    values = members if name is None else [m.request_id for m in members]
-    assert diff(name, members, members[:]) is None
-    assert diff(name, [], []) is None
-    assert diff(name, members, members[::-1]) == ([], [])  # the same members, reordered
-    assert diff(name, members[:4], members[2:]) == (values[:2], values[4:])
-    assert diff(name, members, []) == (values, [])
-    twin = common._queue_diff(members[:4], members[2:])
-    assert twin == ([m.request_id for m in members[:2]], [m.request_id for m in members[4:]])
-    with pytest.raises(TypeError):
-        diff(name, tuple(members), members)
-    with pytest.raises(AttributeError):  # an attribute the members lack: the caller hears of it
-        diff("no_such_attribute", members[:1], [])
