@@ -156,15 +156,17 @@ def _add_request_after(state: tuple, this: Any, args: tuple, kwargs: dict, colle
         internal_id = request_id
     now, tid = native_thread.stamp()
     links = []
-    for linked in _internal_ids(this, request_id, internal_id, args, kwargs):
-        if isinstance(linked, str) and linked != request_id:
-            links.append((contract.LINK_NAME, now, now,
-                          {contract.DOMAIN: DOMAIN, contract.LINK_FROM: request_id,
-                           contract.LINK_TO: linked, contract.RECORD: contract.RECORD_LINK},
-                          tid, wire, None))
-    # the arrival's records and the links as one task: one record less per request to queue
-    # and hand off (the arrival's stamp was taken before the call, as it was queued then)
-    recorder.record_task(_expand_arrival, arrival + tuple(links) if links else arrival)
+    try:
+        for linked in _internal_ids(this, request_id, internal_id, args, kwargs):
+            if isinstance(linked, str) and linked != request_id:
+                links.append((contract.LINK_NAME, now, now,
+                              {contract.DOMAIN: DOMAIN, contract.LINK_FROM: request_id,
+                               contract.LINK_TO: linked, contract.RECORD: contract.RECORD_LINK},
+                              tid, wire, None))
+    finally:  # the arrival is queued even when the links could not be worked out
+        # the arrival's records and the links as one task: one record less per request to
+        # queue and hand off (the arrival's stamp was taken before the call)
+        recorder.record_task(_expand_arrival, arrival + tuple(links) if links else arrival)
 
 
 add_request_async = wrapping.AsyncAroundHandler(

@@ -69,7 +69,7 @@ _kv_pool: Optional[tuple] = None
 _NOT_YET = -1  # the divisor, while no free block has told the two formulas apart
 
 
-def _usage_divisor(this: Any, pool: Any, free: int) -> Any:
+def _usage_divisor(this: Any, pool: Any, free: int) -> Optional[int]:
     """``d`` such that vLLM's ``kv_cache_manager.usage`` is ``1 - free / d`` (0 for ``d`` 0):
     the pool's blocks less its null block (vLLM 0.9 and later) or all of them (0.8), whichever
     gives vLLM's own figure now. None when neither does (a manager of another kind: its usage

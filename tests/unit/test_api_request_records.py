@@ -182,6 +182,24 @@ def test_a_request_of_n_completions_links_every_child():
                          SimpleNamespace(n=1)) == ["par-int"]
 
 
+@pytest.mark.usefixtures("scripted")
+def test_the_arrival_is_queued_when_the_links_cannot_be_worked_out():
+    """The arrival goes with the links as one task, queued after vLLM's call: a failure while
+    working out the links (reported by the hook's wrapper) must not lose the request's
+    ``httpReq``."""
+    class Failing(dict):
+        def get(self, key, default=None):
+            raise RuntimeError("an output processor of another shape")
+
+    processor = SimpleNamespace(external_req_ids=Failing(), request_states={})
+    with pytest.raises(RuntimeError):
+        _link_targets(SimpleNamespace(output_processor=processor), SimpleNamespace(n=1))
+    names = [record[0] for func, records in recorder._state.queue
+             if func.__name__ == selfmeter.REQUEST_TASK for record in records]
+    recorder._state.queue.clear()
+    assert names == ["httpReq", "tokenize"]
+
+
 def test_the_output_processor_has_the_shape_the_link_hook_reads():
     """The fake above has the installed vLLM's shape: where it has ``external_req_ids``, a
     dict of lists; the request states, a dict."""
