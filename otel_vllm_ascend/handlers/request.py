@@ -163,9 +163,10 @@ def _add_request_after(state: tuple, this: Any, args: tuple, kwargs: dict, colle
                               {contract.DOMAIN: DOMAIN, contract.LINK_FROM: request_id,
                                contract.LINK_TO: linked, contract.RECORD: contract.RECORD_LINK},
                               tid, wire, None))
-    finally:  # the arrival is queued even when the links could not be worked out
-        # the arrival's records and the links as one task: one record less per request to
-        # queue and hand off (the arrival's stamp was taken before the call)
+    finally:
+        # The arrival's records (stamped before the call) and the links as one task: one record
+        # less per request to queue and hand off; queued even when the links could not be
+        # worked out.
         recorder.record_task(_expand_arrival, arrival + tuple(links) if links else arrival)
 
 
