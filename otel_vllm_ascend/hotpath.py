@@ -1,8 +1,9 @@
 """The compiled part of the hooks' hot path (``_hotpath.c``), where it is built and wanted.
 
 ``setup.py`` builds it where a C compiler is at hand; each of its pieces has a Python twin that
-is the reference and the fallback (``handler_calls.around_handler``, ``native_thread._stamp``).
-``OTEL_VLLM_PURE_PYTHON_HOOKS=1`` chooses the twins.
+is the reference and the fallback (``handler_calls.around_handler``, ``native_thread._stamp``,
+the runner phases' hook in ``handlers.model``). ``OTEL_VLLM_PURE_PYTHON_HOOKS=1`` chooses the
+twins.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@
   process``, ``sample_token``, ``draft_token``, and vllm-ascend's EPLB and async-state phases;
   vLLM's own tags map to the same names). ``forward`` carries the step's ``ms.rid`` and is
   synchronised on NPU. Other tags pass through unrecorded. Hooked in the runner's module (the
-  name the runner looks up), not where it is defined.
+  name the runner looks up), not where it is defined. Where ``_hotpath.c`` is built, a phase's
+  begin, entry and exit run in C once the Python twin has done its once-per-process work.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import contextlib
 import functools
 import json
 import operator
+import os
 import time
 from typing import Any, Callable, List, NamedTuple, Optional
 
@@ -42,6 +44,7 @@ from otel_vllm_ascend import (
     contract,
     control,
     handoff,
+    hotpath,
     native_thread,
     operator_profiler,
     recorder,
@@ -260,7 +263,8 @@ _expand_worker_spans = handoff.register_expander("worker.spans", _worker_spans_t
 
 def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     global _step_request_ids, _open_step
-    spec_decode.begin_step()
+    step = spec_decode._step  # spec_decode.begin_step(), inlined: a new step
+    step.verification = step.accepted_by_request = None
     scheduler_output = args[0] if args else kwargs.get("scheduler_output")
     request_ids = list(getattr(scheduler_output, "num_scheduled_tokens", None) or ())
     _step_request_ids = request_ids
@@ -270,8 +274,9 @@ def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
         common.ensure_role("worker")
     if not meta._recorded:
         meta.record_worker_dp_rank(this)
-    if operator_profiler._collector is not None:  # operator collection configured
-        operator_profiler.step_begin()
+    operators = operator_profiler._collector
+    if operators is not None and operators.busy:  # armed, or a window open (step_begin())
+        operators.step_begin()
     outer, _open_step = _open_step, []
     start, tid = native_thread.stamp()
     return request_ids, start, tid, outer
@@ -283,8 +288,9 @@ def _runner_after(state: tuple, this: Any, args: tuple, kwargs: dict, result: An
     end = time.time_ns()
     request_ids, start, tid, outer = state
     spans, _open_step = _open_step, outer
-    if operator_profiler._collector is not None:
-        operator_profiler.step_end()
+    operators = operator_profiler._collector
+    if operators is not None and operators._marker is not None:  # step_end(), inlined
+        operators.step_end()
     spans = spans if spans is not None else []
     spans.append(("modelRunnerExec", start, end, tid, request_ids,  # a WorkerSpan's fields
                   spec_decode._step.accepted_by_request, error))  # step_acceptance()
@@ -390,23 +396,45 @@ def _phase_begins(state: Any, this: Any, args: tuple, kwargs: dict, result: Any,
         return result
     if common._role_recorded is None:
         common.ensure_role("worker")
+    synchronize = _npu_synchronize if _npu_checked else npu_synchronize()
+    if synchronize is None and _compiled_phase_begins is not None:
+        _compiled_phase_begins.ready = True  # from the next phase on it does without this
     self = _new_phase(_PhaseContext)
     self.target = result
     self.own = None  # the spans ending inside a phase outside any runner call
-    request_ids = synchronize = None
+    request_ids = None
     if phase == "forward":
-        synchronize = _npu_synchronize if _npu_checked else npu_synchronize()
         if synchronize is not None:
             synchronize()
         request_ids = _step_request_ids or None
+    else:
+        synchronize = None
     self.state = (phase, request_ids) + native_thread.stamp() + (synchronize,)
     return self
+
+
+# The same in C where it is built (``_hotpath.PhaseBegins`` and its ``PhaseContext``): a phase
+# costs no Python frame of ours. This function stays its reference (tests/unit/test_hotpath.py)
+# and runs until the process's role is recorded and no NPU needs synchronising.
+_compiled_phase_begins = None if hotpath._built is None else hotpath._built.PhaseBegins(
+    RUNNER_PHASES, globals(), _phase_begins, _nullcontext, recorder.record_task,
+    _expand_worker_spans, record_worker_span, _meter, PHASE_EXIT_SYMBOL)
+
+
+def _after_fork_in_child() -> None:
+    if _compiled_phase_begins is not None:
+        _compiled_phase_begins.ready = False  # the child records its role again
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 record_function_or_nullcontext = wrapping.AroundHandler(
     wrapping.always, _phase_begins, "record_function_or_nullcontext",
     "``record_function_or_nullcontext(name)`` of a model runner: a span per known phase, from "
     "the phase's entry to its exit (the runner gets a transparent context manager around "
-    "its own).", wraps_result=True, only_first=frozenset(RUNNER_PHASES))
+    "its own).", wraps_result=True, only_first=frozenset(RUNNER_PHASES),
+    compiled=(None, _compiled_phase_begins))
 
 

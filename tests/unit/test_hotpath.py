@@ -4,11 +4,13 @@ Every case runs on both :func:`handler_calls.around_handler` wrappers, the C one
 Python closure it mirrors, and expects the same: the original runs exactly once, its result or
 exception (the same object) passes through, the halves get the same arguments, and the failure
 policy, the gates and the self meter behave alike. ``stamp`` likewise, across threads and a
-fork.
+fork. The runner phases' C part (``handlers.model``) gives the same records as its Python twin
+over one transcript of phases, inside and outside runner steps, and their failures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import os
@@ -16,10 +18,12 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 
 import pytest
 
-from otel_vllm_ascend import hotpath, native_thread, wrapping
+from otel_vllm_ascend import hotpath, native_thread, recorder, wrapping
+from otel_vllm_ascend.handlers import common, meta, model, spec_decode
 from otel_vllm_ascend.hook import HOOK_MARKER, Hook
 from otel_vllm_ascend.selfmeter import meter
 
@@ -387,3 +391,224 @@ def test_the_compiled_wrapper_reads_flags_of_objects_without_slots_by_name():
     del hook.active
     with pytest.raises(AttributeError):
         wrapper(3)
+
+
+# -- the model runner's phases: _hotpath.PhaseBegins against handlers.model._phase_begins ------
+
+class Scope:
+    """A runner's own context manager: says what it saw, may swallow or raise at its exit."""
+
+    def __init__(self, name, swallow=False, exit_raises=None):
+        self.name, self.swallow, self.exit_raises = name, swallow, exit_raises
+        self.custom = f"attribute of {name}"
+        self.exits = []
+
+    def __enter__(self):
+        return f"entered {self.name}"
+
+    def __exit__(self, *exc):
+        self.exits.append(exc[0])
+        if self.exit_raises is not None:
+            raise self.exit_raises
+        return self.swallow
+
+
+def _span_shape(span):
+    """A WorkerSpan without its clock: (name, ordered, same thread, request ids, error)."""
+    name, start, end, tid, request_ids, accepted, error = span
+    return (name, 0 < start <= end, tid == threading.get_native_id(), request_ids, accepted,
+            None if error is None else type(error).__name__)
+
+
+def _phases_transcript(kind, monkeypatch):
+    """One runner step's phases inside its call, then a phase outside any (vLLM 0.32's
+    sampling), with the errors a block and a manager can raise; the spans as recorded."""
+
+    monkeypatch.setattr(common, "_role_recorded", "worker")
+    queue = deque()
+    monkeypatch.setattr(recorder._state, "queue", queue)
+    monkeypatch.setattr(recorder._state, "thread", object())  # no drain thread: we read it
+    monkeypatch.setattr(meter, "on", True)
+    meter.reset()
+    if model._compiled_phase_begins is not None:
+        monkeypatch.setattr(model._compiled_phase_begins, "ready", False)
+    scopes = []
+
+    def original(name, **options):
+        scopes.append(Scope(name, **options))
+        return scopes[-1]
+
+    def vllm_scope(name):  # what vLLM hands out when not profiling
+        return contextlib.nullcontext(name)
+
+    handler = model.record_function_or_nullcontext
+    hook = RecordingHook(None, None, "record_function_or_nullcontext", vllm_scope, False,
+                         vllm_scope, "function", handler)
+    hook.active, hook.failed_with, hook.symbol = True, [], "runner phases"
+    phases = wrapping.build_wrapper(hook)
+    own_hook = RecordingHook(None, None, "own", original, False, original, "function",
+                             handler)
+    own_hook.active, own_hook.failed_with, own_hook.symbol = True, [], "own phases"
+    own_phases = wrapping.build_wrapper(own_hook)
+    seen = []
+
+    monkeypatch.setattr(model, "_open_step", [])  # inside the runner's call
+    monkeypatch.setattr(model, "_step_request_ids", ["r-1", "r-2"])
+    for tag in ("gpu_model_runner: preprocess", "gpu_model_runner: forward",
+                "gpu_model_runner: bookkeep"):
+        with phases(tag) as value:
+            seen.append(value)
+    context = phases("Postprocess")
+    seen.append(type(context).__name__)
+    with pytest.raises(KeyError):
+        with context:
+            raise KeyError("the block failed")
+    with own_phases("forward", swallow=True) as value:
+        seen.append(value)
+        seen.append(own_phases("forward", swallow=True).custom)  # reads through
+        raise ValueError("swallowed by the runner's manager")
+    with pytest.raises(OSError):
+        with own_phases("prepare input", exit_raises=OSError("the manager's exit failed")):
+            pass
+    inside = [_span_shape(span) for span in model._open_step]
+
+    monkeypatch.setattr(model, "_open_step", None)  # vLLM 0.32's sampling phase
+    with phases("gpu_model_runner: sample"):
+        model.record_worker_span("sample", 1, 2, threading.get_native_id(), None, None)
+    with pytest.raises(RuntimeError):
+        with phases("Sample"):
+            raise RuntimeError("sampling failed")
+    outside = [(task[0].__name__, [_span_shape(span) for span in task[1]]) for task in queue]
+    assert model._open_step is None
+    return (seen, inside, outside, [scope.exits for scope in scopes],
+            meter.by_symbol[model.PHASE_EXIT_SYMBOL][0], hook.failed_with)
+
+
+def test_the_phases_record_the_same_in_c_and_in_python(kind, monkeypatch):
+    seen, inside, outside, exits, metered, failures = _phases_transcript(kind, monkeypatch)
+    rid = ["r-1", "r-2"]
+    assert seen == ["gpu_model_runner: preprocess", "gpu_model_runner: forward",
+                    "gpu_model_runner: bookkeep",
+                    "PhaseContext" if kind == "compiled" else "_PhaseContext",
+                    "entered forward", "attribute of forward"]
+    assert inside == [("prepare input", True, True, None, None, None),
+                      ("forward", True, True, rid, None, None),
+                      ("post process", True, True, None, None, "KeyError"),
+                      ("forward", True, True, rid, None, "ValueError"),
+                      ("prepare input", True, True, None, None, None)]
+    assert outside == [("worker.spans", [("sample", True, True, None, None, None),
+                                         ("sample_token", True, True, None, None, None)]),
+                       ("worker.spans", [("sample_token", True, True, None, None,
+                                          "RuntimeError")])]
+    assert exits == [[ValueError], [], [None]]
+    assert metered == 7 and failures == []
+    if kind == "compiled":
+        assert model._compiled_phase_begins.ready  # the twin ran once, then the C one
+    meter.reset()
+
+
+class SchedulerOutput:
+    """The one field of vLLM's SchedulerOutput the runner's hook reads."""
+
+    def __init__(self, tokens):
+        self.num_scheduled_tokens = tokens
+
+
+def _runner_transcript(kind, monkeypatch):
+    """Model-runner steps with the logits' span inside and outside them, failing and not, as
+    the spans are queued."""
+
+    monkeypatch.setattr(common, "_role_recorded", "worker")
+    monkeypatch.setattr(meta, "_recorded", True)
+    queue = deque()
+    monkeypatch.setattr(recorder._state, "queue", queue)
+    monkeypatch.setattr(recorder._state, "thread", object())  # no drain thread: we read it
+
+    def logits(x, fail=False):
+        if fail:
+            raise ValueError("logits failed")
+        return x + 1
+
+    logits_hook = RecordingHook(None, None, "forward", logits, False, logits, "function",
+                                model.compute_logits)
+    logits_hook.active, logits_hook.failed_with = True, []
+    hooked_logits = wrapping.build_wrapper(logits_hook)
+
+    class Runner:
+        def execute_model(self, scheduler_output, accept=None, fail=False):
+            assert hooked_logits(1) == 2
+            with pytest.raises(ValueError):
+                hooked_logits(1, fail=True)
+            if accept is not None:
+                spec_decode._step.accepted_by_request = accept
+            if fail:
+                raise RuntimeError("the step failed")
+            return "output"
+
+    runner_hook = RecordingHook(None, None, "execute_model", Runner.execute_model, False,
+                                Runner.execute_model, "method", model.execute_model_runner)
+    runner_hook.active, runner_hook.failed_with = True, []
+    execute = wrapping.build_wrapper(runner_hook)
+    runner, results = Runner(), []
+    results.append(execute(runner, SchedulerOutput({"r-1": 1, "r-2": 3})))
+    results.append(execute(runner, SchedulerOutput({"r-3": 2}), accept={"r-3": 1}))
+    results.append(execute(runner, scheduler_output=SchedulerOutput({"r-4": 1})))
+    results.append(execute(runner, SchedulerOutput({})))  # nothing scheduled: no record
+    results.append(model._step_request_ids)
+    with pytest.raises(RuntimeError):
+        execute(runner, SchedulerOutput({"r-5": 1}), fail=True)
+    results.append(hooked_logits(5))  # outside any runner call
+    tasks = [(task[0].__name__, [_span_shape(span) for span in task[1]]) for task in queue]
+    failures = runner_hook.failed_with + logits_hook.failed_with
+    return results, tasks, model._open_step, failures
+
+
+def test_runner_steps_and_the_spans_inside_record_the_same_in_both_wrappers(kind, monkeypatch):
+    results, tasks, open_step, failures = _runner_transcript(kind, monkeypatch)
+    assert results == ["output", "output", "output", "output", [], 6]
+
+    def step(request_ids, accepted=None, error=None):
+        return ("worker.spans", [("computing_logits", True, True, None, None, None),
+                                 ("computing_logits", True, True, None, None, "ValueError"),
+                                 ("modelRunnerExec", True, True, request_ids, accepted, error)])
+
+    def alone(error=None):  # a span outside any runner call: a record of its own
+        return ("worker.spans", [("computing_logits", True, True, None, None, error)])
+
+    assert tasks == [step(["r-1", "r-2"]), step(["r-3"], {"r-3": 1}), step(["r-4"]),
+                     alone(), alone("ValueError"),  # the step with nothing scheduled
+                     step(["r-5"], error="RuntimeError"), alone()]
+    assert open_step is None and failures == []
+
+
+def test_with_an_npu_to_synchronise_the_python_twin_keeps_the_phases(kind, monkeypatch):
+    """On Ascend the logits' span and the forward phase synchronise the NPU stream at their
+    start and end: the phases' C part leaves them to its twin (here a stand-in stream)."""
+
+    synchronised = []
+    monkeypatch.setattr(model, "_npu_checked", True)
+    monkeypatch.setattr(model, "_npu_synchronize", lambda: synchronised.append(1))
+    monkeypatch.setattr(common, "_role_recorded", "worker")
+    monkeypatch.setattr(recorder._state, "queue", deque())
+    monkeypatch.setattr(recorder._state, "thread", object())
+    if model._compiled_phase_begins is not None:
+        monkeypatch.setattr(model._compiled_phase_begins, "ready", False)
+    monkeypatch.setattr(model, "_open_step", [])
+    monkeypatch.setattr(model, "_step_request_ids", ["r-1"])
+    hooks = []
+    for handler, original in ((model.compute_logits, lambda x: x + 1),
+                              (model.record_function_or_nullcontext, contextlib.nullcontext)):
+        hook = RecordingHook(None, None, "target", original, False, original, "function",
+                             handler)
+        hook.active, hook.failed_with = True, []
+        hooks.append(wrapping.build_wrapper(hook))
+    logits, phases = hooks
+    for _ in range(2):
+        assert logits(1) == 2
+        with phases("forward"):
+            pass
+    assert len(synchronised) == 8  # each span's start and end, both times
+    assert [_span_shape(span) for span in model._open_step] == [
+        ("computing_logits", True, True, None, None, None),
+        ("forward", True, True, ["r-1"], None, None)] * 2
+    assert model._compiled_phase_begins is None or not model._compiled_phase_begins.ready

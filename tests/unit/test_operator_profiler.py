@@ -285,15 +285,30 @@ def test_model_runner_hook_brackets_the_step(monkeypatch):
     from otel_vllm_ascend.handlers import model
 
     calls = []
-    # operator collection configured in this process (else the hook skips the profiler)
-    monkeypatch.setattr(model.operator_profiler, "_collector",
-                        operator_profiler.OperatorCollector())
-    monkeypatch.setattr(model.operator_profiler, "step_begin", lambda: calls.append("begin"))
-    monkeypatch.setattr(model.operator_profiler, "step_end", lambda: calls.append("end"))
+
+    class Collector(operator_profiler.OperatorCollector):
+        def step_begin(self):
+            calls.append("begin")
+            self._marker = "the step's marker"
+
+        def step_end(self):
+            calls.append("end")
+            self._marker = None
+
+    collector = Collector()
+    monkeypatch.setattr(model.operator_profiler, "_collector", collector)
     output = types.SimpleNamespace(num_scheduled_tokens={"r1": 3})
-    state = model._runner_before(types.SimpleNamespace(), (output,), {})
-    calls.append("model")
-    model._runner_after(state, None, (output,), {}, None, None)
+
+    def step():
+        state = model._runner_before(types.SimpleNamespace(), (output,), {})
+        calls.append("model")
+        model._runner_after(state, None, (output,), {}, None, None)
+
+    step()  # not armed (operator collection not configured): the collector is not called
+    assert calls == ["model"]
+    calls.clear()
+    collector.busy = True  # armed, or a window open
+    step()
     assert calls == ["begin", "model", "end"]
     empty = types.SimpleNamespace(num_scheduled_tokens={})
     assert model._runner_before(types.SimpleNamespace(), (empty,), {}) is None
