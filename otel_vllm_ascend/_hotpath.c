@@ -523,35 +523,35 @@ phase_begins_call(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
         return PyErr_Occurred() ? NULL : Py_NewRef(result);
     if (!self->ready)
         return PyObject_Vectorcall(self->twin, argv, 6, NULL);
-    PyObject *request_ids = Py_None;
+    PyObject *request_ids = Py_None;  /* the forward phase's: _step_request_ids or None */
     if (phase == s_forward || (PyUnicode_Check(phase) && PyUnicode_Compare(phase, s_forward) == 0)) {
         PyObject *ids = PyDict_GetItemWithError(self->ns, s_step_request_ids);
         if (ids == NULL && PyErr_Occurred())
             return NULL;
+        Py_XINCREF(ids);
         int truth = ids == NULL ? 0 : PyObject_IsTrue(ids);
+        if (truth > 0)
+            request_ids = ids;
+        else
+            Py_XDECREF(ids);
         if (truth < 0)
             return NULL;
-        if (truth)
-            request_ids = ids;
     }
+    if (request_ids == Py_None)
+        Py_INCREF(request_ids);
     PyObject *start = time_ns_object();
-    if (start == NULL)
-        return NULL;
-    PyObject *tid = thread_id_object();
-    if (tid == NULL) {
-        Py_DECREF(start);
-        return NULL;
-    }
-    PhaseContext *context = PyObject_GC_New(PhaseContext, &PhaseContextType);
+    PyObject *tid = start == NULL ? NULL : thread_id_object();
+    PhaseContext *context = tid == NULL ? NULL : PyObject_GC_New(PhaseContext, &PhaseContextType);
     if (context == NULL) {
-        Py_DECREF(start);
-        Py_DECREF(tid);
+        Py_XDECREF(start);
+        Py_XDECREF(tid);
+        Py_DECREF(request_ids);
         return NULL;
     }
     context->begins = (PhaseBegins *)Py_NewRef(op);
     context->target = Py_NewRef(result);
     context->phase = Py_NewRef(phase);
-    context->request_ids = Py_NewRef(request_ids);
+    context->request_ids = request_ids;
     context->start = start;
     context->tid = tid;
     context->own = NULL;
@@ -594,17 +594,6 @@ phase_record(PhaseContext *self, PyObject *exc)
 {
     PhaseBegins *begins = self->begins;
     PyObject *own = self->own;
-    PyObject *open = PyDict_GetItemWithError(begins->ns, s_open_step);
-    if (open == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_NameError, s_open_step);
-        return -1;
-    }
-    if (own != NULL && open == own) {
-        if (PyDict_SetItem(begins->ns, s_open_step, Py_None) < 0)
-            return -1;
-        open = Py_None;
-    }
     PyObject *end = time_ns_object();
     if (end == NULL)
         return -1;
@@ -613,6 +602,21 @@ phase_record(PhaseContext *self, PyObject *exc)
     Py_DECREF(end);
     if (span == NULL)
         return -1;
+    /* borrowed, and used before anything is allocated (a collection could run code) */
+    PyObject *open = PyDict_GetItemWithError(begins->ns, s_open_step);
+    if (open == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_NameError, s_open_step);
+        Py_DECREF(span);
+        return -1;
+    }
+    if (own != NULL && open == own) {
+        if (PyDict_SetItem(begins->ns, s_open_step, Py_None) < 0) {
+            Py_DECREF(span);
+            return -1;
+        }
+        open = Py_None;
+    }
     PyObject *out;
     if (own != NULL) {
         if (PyList_Append(own, span) < 0) {
@@ -830,6 +834,7 @@ static PyTypeObject PhaseBeginsType = {
     .tp_dealloc = phase_begins_dealloc,
     .tp_free = PyObject_GC_Del,
 };
+
 
 
 static struct PyModuleDef hotpath_module = {

@@ -206,11 +206,7 @@ def record_span(
     """
     queue = _state.queue
     if len(queue) >= MAX_QUEUE:
-        if drops.add(drops.RECORD_QUEUE) == 1:
-            _logger.warning("otel-vllm-ascend: record queue full (%d records, pid %d): dropping "
-                            "records until the recorder catches up; raise "
-                            "OTEL_VLLM_RECORD_QUEUE_SIZE if this recurs (the total is logged at "
-                            "exit)%s", MAX_QUEUE, os.getpid(), _failure_note())
+        _queue_full()
         return
     queue.append(new_span_record(SpanRecord, (
         name, start_ns, end_ns, attributes, events, parent, links, exception,
@@ -219,16 +215,26 @@ def record_span(
         _start_thread()
 
 
+def _queue_full() -> None:
+    """A record dropped: counted, and said once."""
+    if drops.add(drops.RECORD_QUEUE) == 1:
+        _logger.warning("otel-vllm-ascend: record queue full (%d records, pid %d): dropping "
+                        "records until the recorder catches up; raise "
+                        "OTEL_VLLM_RECORD_QUEUE_SIZE if this recurs (the total is logged at "
+                        "exit)%s", MAX_QUEUE, os.getpid(), _failure_note())
+
+
 def record_task(func: Any, arg: Any) -> bool:
     """Queue ``func(arg)`` to run on the recorder's thread, in order with the records (work a
     handler can leave there, e.g. classifying an engine step before its spans are built).
-    False when the queue was full (the task dropped)."""
+    False when the queue was full (the task dropped and counted)."""
     queue = _state.queue
     if len(queue) < MAX_QUEUE:  # else dropped: whatever needs the result computes it itself
         queue.append((func, arg))
         if _state.thread is None:
             _start_thread()
         return True
+    _queue_full()
     return False
 
 

@@ -26,3 +26,12 @@ def test_full_queue_drops_counts_and_warns_once(monkeypatch, caplog):
     assert sum("dropped 5 records" in m for m in messages) == 1  # one count, reported once
     drops.report()
     assert sum("dropped" in m for m in [r.getMessage() for r in caplog.records]) == 1
+
+
+def test_a_task_is_dropped_and_counted_when_the_queue_is_full(monkeypatch):
+    """Every step's records are tasks: a full queue drops them as it drops span records."""
+    monkeypatch.setattr(recorder, "MAX_QUEUE", 0)
+    monkeypatch.setattr(drops, "_drops", drops._Drops())  # this test's drops only
+    assert recorder.record_task(len, "a step's values") is False
+    assert recorder.record_task(len, "the next step's") is False
+    assert recorder.dropped_count() == 2
