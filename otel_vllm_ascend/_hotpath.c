@@ -461,7 +461,6 @@ static PyTypeObject AroundWrapperType = {
     .tp_free = PyObject_GC_Del,
 };
 
-
 /* -- PhaseBegins and PhaseContext ---------------------------------------------------------- */
 
 /* handlers.model's _phase_begins: the ``after`` half of the hook on the runner's
@@ -524,7 +523,8 @@ phase_begins_call(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     if (!self->ready)
         return PyObject_Vectorcall(self->twin, argv, 6, NULL);
     PyObject *request_ids = Py_None;  /* the forward phase's: _step_request_ids or None */
-    if (phase == s_forward || (PyUnicode_Check(phase) && PyUnicode_Compare(phase, s_forward) == 0)) {
+    if (phase == s_forward
+        || (PyUnicode_Check(phase) && PyUnicode_Compare(phase, s_forward) == 0)) {
         PyObject *ids = PyDict_GetItemWithError(self->ns, s_step_request_ids);
         if (ids == NULL && PyErr_Occurred())
             return NULL;
@@ -834,8 +834,6 @@ static PyTypeObject PhaseBeginsType = {
     .tp_dealloc = phase_begins_dealloc,
     .tp_free = PyObject_GC_Del,
 };
-
-
 
 static struct PyModuleDef hotpath_module = {
     PyModuleDef_HEAD_INIT, "_hotpath", "The hooks' hot path in C (see _hotpath.c).", -1,

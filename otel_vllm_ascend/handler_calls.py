@@ -331,18 +331,17 @@ class AroundHandler:
     string not in it goes straight to the original, before the meter and ``before`` (a hook on
     a function called for many values, of which few are recorded).
 
-    ``compiled``: ``(before, after)`` in C (``_hotpath.c``; None: that half as it is), which the
-    compiled wrapper calls instead; the Python halves stay their reference and what the Python
-    wrapper calls.
+    ``compiled_after``: ``after`` in C (``_hotpath.c``), which the compiled wrapper calls
+    instead; ``after`` stays its reference and what the Python wrapper calls.
     """
 
     def __init__(self, before: Callable, after: Callable, name: str, doc: str = "",
                  after_errors: bool = False, wraps_result: bool = False,
                  only_first: Optional[frozenset] = None,
-                 compiled: Optional[tuple] = None) -> None:
+                 compiled_after: Optional[Callable] = None) -> None:
         self.before = before
         self.after = after
-        self.compiled = compiled or (None, None)
+        self.compiled_after = compiled_after
         self.after_errors = after_errors
         self.wraps_result = wraps_result
         self.only_first = only_first
@@ -412,10 +411,8 @@ def around_handler(hook: Hook, func: Callable) -> Callable:
     filtered = hook.caller_filter is not None
     compiled = hotpath.compiled()
     if compiled is not None and not filtered:  # a caller filter reads the wrapper's frame
-        compiled_before, compiled_after = handler.compiled
-        return compiled.AroundWrapper(hook, func, compiled_before or before,
-                                      compiled_after or after, _meter, bound, after_errors,
-                                      wraps, only_first)
+        return compiled.AroundWrapper(hook, func, before, handler.compiled_after or after,
+                                      _meter, bound, after_errors, wraps, only_first)
 
     def wrapper(*args, **kwargs):
         if only_first is not None:

@@ -263,8 +263,7 @@ _expand_worker_spans = handoff.register_expander("worker.spans", _worker_spans_t
 
 def _runner_before(this: Any, args: tuple, kwargs: dict) -> Optional[tuple]:
     global _step_request_ids, _open_step
-    step = spec_decode._step  # spec_decode.begin_step(), inlined: a new step
-    step.verification = step.accepted_by_request = None
+    spec_decode.begin_step()
     scheduler_output = args[0] if args else kwargs.get("scheduler_output")
     request_ids = list(getattr(scheduler_output, "num_scheduled_tokens", None) or ())
     _step_request_ids = request_ids
@@ -435,6 +434,6 @@ record_function_or_nullcontext = wrapping.AroundHandler(
     "``record_function_or_nullcontext(name)`` of a model runner: a span per known phase, from "
     "the phase's entry to its exit (the runner gets a transparent context manager around "
     "its own).", wraps_result=True, only_first=frozenset(RUNNER_PHASES),
-    compiled=(None, _compiled_phase_begins))
+    compiled_after=_compiled_phase_begins)
 
 

@@ -414,7 +414,8 @@ class Scope:
 
 
 def _span_shape(span):
-    """A WorkerSpan without its clock: (name, ordered, same thread, request ids, error)."""
+    """A WorkerSpan without its clock: (name, ordered, this thread, request ids, accepted,
+    error's type name)."""
     name, start, end, tid, request_ids, accepted, error = span
     return (name, 0 < start <= end, tid == threading.get_native_id(), request_ids, accepted,
             None if error is None else type(error).__name__)
@@ -423,7 +424,6 @@ def _span_shape(span):
 def _phases_transcript(kind, monkeypatch):
     """One runner step's phases inside its call, then a phase outside any (vLLM 0.32's
     sampling), with the errors a block and a manager can raise; the spans as recorded."""
-
     monkeypatch.setattr(common, "_role_recorded", "worker")
     queue = deque()
     monkeypatch.setattr(recorder._state, "queue", queue)
@@ -517,7 +517,6 @@ class SchedulerOutput:
 def _runner_transcript(kind, monkeypatch):
     """Model-runner steps with the logits' span inside and outside them, failing and not, as
     the spans are queued."""
-
     monkeypatch.setattr(common, "_role_recorded", "worker")
     monkeypatch.setattr(meta, "_recorded", True)
     queue = deque()
@@ -584,7 +583,6 @@ def test_runner_steps_and_the_spans_inside_record_the_same_in_both_wrappers(kind
 def test_with_an_npu_to_synchronise_the_python_twin_keeps_the_phases(kind, monkeypatch):
     """On Ascend the logits' span and the forward phase synchronise the NPU stream at their
     start and end: the phases' C part leaves them to its twin (here a stand-in stream)."""
-
     synchronised = []
     monkeypatch.setattr(model, "_npu_checked", True)
     monkeypatch.setattr(model, "_npu_synchronize", lambda: synchronised.append(1))
