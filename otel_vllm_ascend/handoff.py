@@ -81,7 +81,7 @@ class _WireFunction:
         self.remote = remote  # writer side: (producer state, plain value) -> result
 
 
-_by_function: Dict[Any, _WireFunction] = {}
+wire_functions: Dict[Any, _WireFunction] = {}  # by the function a task queues
 _by_name: Dict[str, _WireFunction] = {}
 # What the writer keeps per producer process, kept here for the expanders run in this process
 # (without a writer): e.g. the engine steps classified so far.
@@ -94,7 +94,7 @@ def register_value(func: Callable[[Any], Any], name: str,
     """Let the writer compute ``Deferred(func, arg)``: it calls ``remote(state, to_wire(arg))``
     (default: ``func`` of the plain argument). ``state`` is a dict kept per producer process."""
     entry = _WireFunction(name, to_wire, remote or (lambda state, arg: func(arg)))
-    _by_function[func] = entry
+    wire_functions[func] = entry
     _by_name[name] = entry
 
 
@@ -182,7 +182,7 @@ _UNSET = _Unset()
 
 def _deferred_to_wire(value: Any) -> Optional[tuple]:
     """``(name, plain argument)`` for a registered deferred value, else None."""
-    entry = _by_function.get(value.func)
+    entry = wire_functions.get(value.func)
     if entry is None:
         return None
     arg = value.arg if entry.to_wire is None else entry.to_wire(value.arg)
@@ -211,7 +211,7 @@ def to_wire(rec: Any, deferred_type: type) -> Optional[tuple]:
     """
     if rec.__class__ is tuple:  # a task: (func, arg)
         func, arg = rec
-        entry = _by_function.get(func)
+        entry = wire_functions.get(func)
         if entry is None:
             func(arg)
             return None

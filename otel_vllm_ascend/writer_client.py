@@ -104,16 +104,22 @@ class WriterClient:
             unencoded = 0
             metering = _meter.on
             deferred = Deferred
-            while queue:
-                try:
-                    rec = popleft()
-                except IndexError:
-                    break
+            by_function = handoff.wire_functions
+            # Only this thread takes from the queue (under the recorder's lock), so the records
+            # counted now are there; producers may add more, left for the next drain.
+            for _ in range(len(queue)):
+                rec = popleft()
                 if self.state != "connected":
                     dropped += 1
                     continue
                 try:
-                    wire = handoff.to_wire(rec, deferred)
+                    # A registered task, the common record, without handoff.to_wire's frame.
+                    entry = by_function.get(rec[0]) if rec.__class__ is tuple else None
+                    if entry is not None:
+                        convert = entry.to_wire
+                        wire = ("", entry.name, rec[1] if convert is None else convert(rec[1]))
+                    else:
+                        wire = handoff.to_wire(rec, deferred)
                 except Exception as exc:
                     unencoded += 1
                     if drops.count(NOT_ENCODED) + unencoded == 1:
