@@ -123,6 +123,29 @@ def remote_function(name: str) -> Callable[[Dict[str, Any], Any], Any]:
     return entry.remote
 
 
+class Repeated:
+    """The value sent last of one kind (a step's request ids, say) in place of an equal new one.
+
+    marshal writes an object it has already written in the same frame as a 5-byte reference,
+    so a batch that did not change between engine steps crosses once per frame instead of
+    once per step (in C, the comparison is an identity check per item). Only ever swaps equal
+    values, so the writer decodes what it would have decoded anyway; the swapped-in object
+    is shared by the records that carry it, which only read it.
+    """
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: Any = None
+
+    def __call__(self, value: Any) -> Any:
+        last = self.last
+        if value.__class__ is last.__class__ and value == last:
+            return last
+        self.last = value
+        return value
+
+
 # -- span contexts ----------------------------------------------------------------------------
 
 def context_to_wire(context: Optional[SpanContext]) -> Optional[ContextWire]:

@@ -468,7 +468,13 @@ def _classification_to_wire(batch: StepBatch) -> tuple:
             contexts.append((request_id, headers))
     for request_id in inputs.finished:
         sent.pop(request_id, None)
-    return batch.seq, tuple(inputs), contexts
+    finished, new, cached_ids, cached_computed, scheduled = inputs
+    return batch.seq, (finished, new, _same_cached_ids(cached_ids), cached_computed,
+                       scheduled), contexts
+
+
+# A running batch sends the same request ids step after step (handoff.Repeated).
+_same_cached_ids = handoff.Repeated()
 
 
 def _step_to_wire(record: tuple) -> tuple:

@@ -356,5 +356,14 @@ def _detokenize_records(state: dict, wire: tuple) -> list:
         None, None, None, None, tid, None))]
 
 
-_expand_detokenize = handoff.register_expander("request.detokenize", None,
+_same_output_ids = handoff.Repeated()
+
+
+def _detokenize_to_wire(wire: tuple) -> tuple:
+    """The step's request ids swapped for the previous step's list when equal."""
+    end, tid, request_ids = wire
+    return end, tid, _same_output_ids(request_ids)
+
+
+_expand_detokenize = handoff.register_expander("request.detokenize", _detokenize_to_wire,
                                                _detokenize_records)
