@@ -213,6 +213,70 @@ def test_a_list_shared_by_records_crosses_once():
     assert payload[0][3][contract.RID] is payload[1][3][contract.RID]
 
 
+def test_a_value_equal_to_the_last_is_swapped_for_it():
+    same = handoff.Repeated()
+    first = ["a", "b"]
+    assert same(first) is first
+    assert same(["a", "b"]) is first
+    reordered = ["b", "a"]
+    assert same(reordered) is reordered  # order counts
+    assert same(("b", "a")).__class__ is tuple  # never a value of another type
+
+
+def test_an_unchanged_running_batch_crosses_once_per_frame(monkeypatch):
+    """Steps whose running requests did not change send their ids as references to the list
+    of the first; the writer classifies them as it would classify copies."""
+    monkeypatch.setattr(common, "_last_batch", None)
+    monkeypatch.setattr(common, "_headers_sent", {})
+    rids = [f"cmpl-{i:032x}-0" for i in range(32)]
+    steps = [_step(cached=[(rid, 10 + n) for rid in rids], scheduled=dict.fromkeys(rids, 1))
+             for n in range(3)] + [_step(cached=[(rid, 13) for rid in rids[1:]],
+                                         scheduled=dict.fromkeys(rids[1:], 1))]
+
+    def wires(repeated):
+        monkeypatch.setattr(common, "_same_cached_ids", repeated)
+        return [common._step_to_wire((common.describe_batch(output), True, None))
+                for output in steps]
+
+    swapped, copied = wires(handoff.Repeated()), wires(lambda ids: ids)
+    cached = [wire[1][1][2] for wire in swapped]
+    assert cached[1] is cached[0] and cached[2] is cached[0] and cached[3] == rids[1:]
+    assert [wire[1][1][2] for wire in copied] == cached
+    assert len(marshal.dumps(swapped, 4)) < len(marshal.dumps(copied, 4)) - 2 * 32 * 4
+
+    def classified(sent):
+        batches = common.RemoteBatches()
+        for _, classification, _ in marshal.loads(marshal.dumps(sent, 4)):
+            batches.resolve(classification)
+        return [(batches.details_json(seq), batches.steps[seq][1]) for seq, _, _ in sent]
+
+    assert classified(swapped) == classified(copied)
+
+
+def test_the_worker_and_detokenize_ids_of_an_unchanged_batch_cross_once(monkeypatch):
+    from otel_vllm_ascend.handlers import model, request
+
+    monkeypatch.setattr(model, "_same_request_ids", handoff.Repeated())
+    monkeypatch.setattr(request, "_same_output_ids", handoff.Repeated())
+
+    def runner_step(start, ids, error=None):
+        return [("forward", start, start + 1, 7, ids, None, None),
+                ("sample", start + 1, start + 2, 7, None, None, None),
+                ("modelRunnerExec", start, start + 3, 7, ids, None, error)]
+
+    first = model._worker_spans_to_wire(runner_step(0, ["a", "b"]))
+    sent = first[2][4]
+    second = model._worker_spans_to_wire(runner_step(10, ["a", "b"], _failing()))
+    assert second[0][4] is sent and second[2][4] is sent and second[1] == first[1][:1] + (
+        11, 12, 7, None, None, None)
+    assert second[2][6][:3] == ("ValueError", "ValueError", "bad input")  # still as text
+    third = model._worker_spans_to_wire(runner_step(20, ["a"]))
+    assert third == runner_step(20, ["a"])
+    outputs = request._detokenize_to_wire((5, 7, ["a", "b"]))
+    assert request._detokenize_to_wire((6, 7, ["a", "b"])) == (6, 7, ["a", "b"])
+    assert request._detokenize_to_wire((6, 7, ["a", "b"]))[2] is outputs[2]
+
+
 def test_the_writer_knows_every_name_a_producer_sends():
     """A name registered by a handler module the writer does not import would make the writer
     drop those records: compare, in fresh interpreters, the writer's names with the names of
