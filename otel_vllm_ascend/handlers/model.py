@@ -234,23 +234,13 @@ def record_worker_span(name: str, start: int, end: int, tid: int,
 _EXCEPTION = operator.itemgetter(6)  # a WorkerSpan's exception
 
 
-_same_request_ids = handoff.Repeated()
-
-
 def _worker_spans_to_wire(spans: list) -> list:
-    """The spans as plain tuples: an exception as text, and the runner's request ids swapped
-    for the previous step's list when equal (the forward phase holds the same list)."""
-    if any(map(_EXCEPTION, spans)):  # the loop in C
-        spans = [span if span[6] is None
-                 else tuple(span[:6]) + (tuple(handoff.capture_exception(span[6])),)
-                 for span in spans]
-    request_ids = spans[-1][4]
-    if request_ids is not None:
-        same = _same_request_ids(request_ids)
-        if same is not request_ids:
-            spans = [span if span[4] is not request_ids else span[:4] + (same,) + span[5:]
-                     for span in spans]
-    return spans
+    """The spans as they are (plain tuples), unless one carries an exception (as text)."""
+    if not any(map(_EXCEPTION, spans)):  # the loop in C
+        return spans
+    return [span if span[6] is None
+            else tuple(span[:6]) + (tuple(handoff.capture_exception(span[6])),)
+            for span in spans]
 
 
 def _worker_span_records(state: dict, wire: list) -> list:
