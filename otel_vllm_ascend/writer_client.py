@@ -105,9 +105,7 @@ class WriterClient:
             metering = _meter.on
             deferred = Deferred
             by_function = handoff.wire_functions
-            # Only this thread takes from the queue (under the recorder's lock), so the records
-            # counted now are there; producers may add more, left for the next drain.
-            for _ in range(len(queue)):
+            while queue:  # only this thread takes from it (under the recorder's lock)
                 rec = popleft()
                 if self.state != "connected":
                     dropped += 1
