@@ -180,7 +180,7 @@ def main():
     print(f"self meter over the 'total' runs: {meter.drained / metered_steps:.1f} records per "
           f"step; span building {meter.drain_ns / metered_steps / 1000:.1f} us per step "
           f"({meter.drain_ns / max(meter.drained, 1) / 1000:.2f} us per record); export thread "
-          f"{export_cpu / metered_steps / 1000:.1f} us per step (all cases, 10 ms ticks)")
+          f"{export_cpu / metered_steps / 1000:.1f} us per step (all cases)")
 
 
 if __name__ == "__main__":

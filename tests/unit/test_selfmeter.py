@@ -136,3 +136,35 @@ def test_export_thread_cpu_is_read_from_proc():
     after = selfmeter.export_thread_cpu_ns()
     provider.shutdown()
     assert after - before >= 50_000_000
+
+
+def test_export_thread_cpu_is_read_to_the_nanosecond():
+    """A thread that runs 3 ms is charged about 3 ms, not 0 or 10 (stat's ticks)."""
+    import os
+    import threading
+
+    go, done, release = threading.Event(), threading.Event(), threading.Event()
+
+    def export_worker():
+        go.wait(10)
+        end = time.thread_time() + 0.003
+        while time.thread_time() < end:
+            pass
+        done.set()
+        release.wait(10)  # stays alive (and named) until read
+
+    thread = threading.Thread(target=export_worker, name="OtelBatchSpanRecordProcessor",
+                              daemon=True)
+    thread.start()
+    try:
+        if not os.path.exists(f"/proc/self/task/{thread.native_id}/schedstat"):
+            pytest.skip("this kernel keeps no schedstat: stat's 10 ms ticks are all there is")
+        before = selfmeter.export_thread_cpu_ns()
+        go.set()
+        assert done.wait(10)
+        after = selfmeter.export_thread_cpu_ns()
+    finally:
+        go.set()
+        release.set()
+        thread.join(10)
+    assert 2_500_000 <= after - before <= 6_000_000
