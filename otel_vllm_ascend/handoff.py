@@ -18,7 +18,9 @@ Frame (one per drain, on a stream socket)::
 An object shared by records of one drain crosses once: marshal (version 4) writes a reference
 for an object it has already written, so the step's request-id list, held as the same list by
 ``batchFrameworkProcessing`` and ``modelExec`` (EngineCore) or ``modelRunnerExec`` and
-``forward`` (Worker), is sent once per frame and decoded as one list.
+``forward`` (Worker), is sent once per frame and decoded as one list. :class:`Repeated` extends
+that across steps: EngineCore's running request ids and the API server's ``detokenize`` ids,
+when equal to the previous step's, are swapped for the list already sent.
 
 HELLO carries a dict (``pid``, ``resource`` attributes, ``schema_url``, ``folder``, ``format``),
 RECORDS a list of wire records and tasks, BYE nothing (the producer is done; EOF says the same).
